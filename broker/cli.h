@@ -1,0 +1,72 @@
+/*
+ * cli — what every chatvault command shares: the command table, option
+ * handling for -c/--set, logging in logfmt, and building librdkafka
+ * configurations from the kafka.* keys.
+ */
+#ifndef CV_CLI_H
+#define CV_CLI_H
+
+#include <librdkafka/rdkafka.h>
+#include <stdarg.h>
+#include <stdbool.h>
+
+#include "config.h"
+
+/* Exit codes (DESIGN.md). */
+enum {
+    CV_EXIT_OK = 0,
+    CV_EXIT_FAILURE = 1,
+    CV_EXIT_USAGE = 2,
+    CV_EXIT_DIFFERENCES = 3,
+};
+
+typedef struct cv_command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} cv_command;
+
+int cv_cmd_broker(int argc, char **argv);
+int cv_cmd_dev_kafka(int argc, char **argv);
+int cv_cmd_migrate(int argc, char **argv);
+int cv_cmd_send(int argc, char **argv);
+int cv_cmd_config(int argc, char **argv);
+
+/* Long options shared by every command; append to a command's own table. */
+#define CV_COMMON_LONGOPTS                                                     \
+    {"config", required_argument, NULL, 'c'},                                  \
+        {"set", required_argument, NULL, 'S'}, {"help", no_argument, NULL, 'h'}
+
+/* Handles -c and --set into `cli`. Returns 1 when the option was one of
+ * them, 0 otherwise, -1 after printing an error. */
+int cv_cli_common_opt(cv_cli_config *cli, int opt, const char *arg);
+
+/* Builds the config or prints the one-line error; returns NULL on error. */
+cv_config *cv_cli_load_config(const cv_cli_config *cli);
+
+/* logfmt logging to stderr: level=... msg="..." then key=value pairs given
+ * as a printf-style tail, e.g. cv_log(CV_LOG_WARN, "postgres unavailable",
+ * "retry_in=%ds", 2). */
+typedef enum { CV_LOG_DEBUG, CV_LOG_INFO, CV_LOG_WARN, CV_LOG_ERROR } cv_log_level;
+void cv_log(cv_log_level level, const char *msg, const char *kvfmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void cv_log_set_min(cv_log_level level);
+const char *cv_log_level_name(cv_log_level level);
+
+/* Prints "chatvault <cmd>: <message>" on one line to stderr. */
+void cv_error(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* A librdkafka configuration from the kafka.* keys, with chatvault's
+ * defaults under them. `role` is "consumer" or "producer"; consumer-only
+ * keys are not given to a producer and the other way round. If
+ * kafka.bootstrap.servers is "embedded", `embedded_bootstraps` is used
+ * instead (it must be non-NULL then). Returns NULL with errbuf set. */
+rd_kafka_conf_t *cv_cli_kafka_conf(const cv_config *cfg, const char *role,
+                                   const char *embedded_bootstraps,
+                                   char *errbuf, size_t errlen);
+
+/* True when kafka.bootstrap.servers is "embedded". */
+bool cv_cli_kafka_embedded(const cv_config *cfg);
+
+#endif

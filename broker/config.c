@@ -1,0 +1,462 @@
+/*
+ * config — see config.h. The table below is the single source of truth for
+ * every non-kafka key: its type, default, bounds and one-line meaning.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { PROP_STR, PROP_INT, PROP_ENUM } prop_type;
+
+typedef struct prop {
+    const char *name;
+    prop_type type;
+    const char *def;
+    const char *desc;
+    int64_t min, max;       /* PROP_INT */
+    const char *choices;    /* PROP_ENUM: "a|b" */
+} prop;
+
+static const prop props[] = {
+    {"postgres.conninfo", PROP_STR, "dbname=chatvault",
+     "libpq connection string of the PostgreSQL store", 0, 0, NULL},
+    {"log.dir", PROP_STR, "/var/lib/chatvault/log",
+     "directory of the encrypted log, one subdirectory per topic-partition", 0, 0, NULL},
+    {"log.key_file", PROP_STR, "/etc/chatvault/log.key",
+     "key file of the encrypted log (mode 0600; see chatvault keygen)", 0, 0, NULL},
+    {"log.segment_bytes", PROP_INT, "134217728",
+     "roll to a new log segment after this many bytes", 4096, INT64_C(1) << 40, NULL},
+    {"ack.policy", PROP_ENUM, "all",
+     "stores that must hold a message before it is acked: all, or any (degraded mode)", 0, 0, "all|any"},
+    {"batch.max_messages", PROP_INT, "5000",
+     "most records written to the stores in one batch", 1, 1000000, NULL},
+    {"batch.max_bytes", PROP_INT, "16777216",
+     "most record bytes in one batch", 1024, INT64_C(1) << 32, NULL},
+    {"batch.max_ms", PROP_INT, "20",
+     "longest a batch waits to fill before it is written", 0, 60000, NULL},
+    {"limits.max_body_bytes", PROP_INT, "1048576",
+     "largest accepted message body; larger messages are rejected", 0, INT64_C(1) << 30, NULL},
+    {"topics.pattern", PROP_STR, "^chat\\..+",
+     "regular expression of the chat topics to consume", 0, 0, NULL},
+    {"topics.prefix", PROP_STR, "chat.",
+     "prefix of a chat topic; the rest of its name is the channel", 0, 0, NULL},
+    {"topics.acks", PROP_STR, "chatvault.acks",
+     "topic that receives DeliveryAck records (unless a message sets reply_to)", 0, 0, NULL},
+    {"topics.dlq", PROP_STR, "chatvault.dlq",
+     "dead-letter topic for rejected records", 0, 0, NULL},
+    {"http.listen", PROP_STR, "127.0.0.1:9187",
+     "address of the metrics, health and dashboard server (empty disables it)", 0, 0, NULL},
+    {"http.token", PROP_STR, "",
+     "bearer token required by every HTTP endpoint but /healthz (empty: none)", 0, 0, NULL},
+    {"shutdown.timeout_ms", PROP_INT, "30000",
+     "longest SIGTERM waits for the batch in flight before exiting", 0, 3600000, NULL},
+};
+#define NPROPS (sizeof(props) / sizeof(props[0]))
+
+#define KAFKA_PREFIX "kafka."
+#define ENV_PREFIX "CHATVAULT_"
+
+typedef struct kv {
+    char *key;
+    char *value;
+} kv;
+
+struct cv_config {
+    char *values[NPROPS];    /* NULL: default */
+    kv *kafka;
+    size_t nkafka, kafka_cap;
+};
+
+static const char *kafka_defaults[][2] = {
+    {"group.id", "chatvault"},
+};
+
+cv_config *cv_config_new(void) { return calloc(1, sizeof(cv_config)); }
+
+cv_config *cv_config_free(cv_config *cfg) {
+    if (!cfg)
+        return NULL;
+    for (size_t i = 0; i < NPROPS; i++)
+        free(cfg->values[i]);
+    for (size_t i = 0; i < cfg->nkafka; i++) {
+        free(cfg->kafka[i].key);
+        free(cfg->kafka[i].value);
+    }
+    free(cfg->kafka);
+    free(cfg);
+    return NULL;
+}
+
+static const prop *prop_find(const char *key, size_t *ret_idx) {
+    for (size_t i = 0; i < NPROPS; i++)
+        if (strcmp(props[i].name, key) == 0) {
+            if (ret_idx)
+                *ret_idx = i;
+            return &props[i];
+        }
+    return NULL;
+}
+
+static int parse_int(const char *s, int64_t *ret) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s)
+        return -EINVAL;
+    /* Accept the size suffixes operators write by hand. */
+    int64_t mult = 1;
+    if (*end == 'k' || *end == 'K')
+        mult = 1024, end++;
+    else if (*end == 'M')
+        mult = 1024 * 1024, end++;
+    else if (*end == 'G')
+        mult = INT64_C(1024) * 1024 * 1024, end++;
+    if (*end != '\0')
+        return -EINVAL;
+    if (v > INT64_MAX / mult || v < INT64_MIN / mult)
+        return -ERANGE;
+    *ret = (int64_t)v * mult;
+    return 0;
+}
+
+static bool choice_ok(const char *choices, const char *v) {
+    size_t n = strlen(v);
+    for (const char *p = choices; *p;) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && strncmp(p, v, n) == 0)
+            return true;
+        p += len + (bar ? 1 : 0);
+    }
+    return false;
+}
+
+static int validate(const prop *p, const char *value, const char *origin,
+                    char *errbuf, size_t errlen) {
+    int64_t v;
+    switch (p->type) {
+    case PROP_STR:
+        return 0;
+    case PROP_INT:
+        if (parse_int(value, &v) < 0) {
+            snprintf(errbuf, errlen, "%s: %s = \"%s\" is not an integer", origin,
+                     p->name, value);
+            return -EINVAL;
+        }
+        if (v < p->min || v > p->max) {
+            snprintf(errbuf, errlen,
+                     "%s: %s = %s is out of range (%" PRId64 "..%" PRId64 ")",
+                     origin, p->name, value, p->min, p->max);
+            return -EINVAL;
+        }
+        return 0;
+    case PROP_ENUM:
+        if (!choice_ok(p->choices, value)) {
+            snprintf(errbuf, errlen, "%s: %s = \"%s\" must be one of %s", origin,
+                     p->name, value, p->choices);
+            return -EINVAL;
+        }
+        return 0;
+    }
+    return 0;
+}
+
+static int kafka_set(cv_config *cfg, const char *key, const char *value) {
+    for (size_t i = 0; i < cfg->nkafka; i++)
+        if (strcmp(cfg->kafka[i].key, key) == 0) {
+            char *v = strdup(value);
+            if (!v)
+                return -ENOMEM;
+            free(cfg->kafka[i].value);
+            cfg->kafka[i].value = v;
+            return 0;
+        }
+    if (cfg->nkafka == cfg->kafka_cap) {
+        size_t cap = cfg->kafka_cap ? cfg->kafka_cap * 2 : 16;
+        kv *n = realloc(cfg->kafka, cap * sizeof(kv));
+        if (!n)
+            return -ENOMEM;
+        cfg->kafka = n;
+        cfg->kafka_cap = cap;
+    }
+    kv *e = &cfg->kafka[cfg->nkafka];
+    e->key = strdup(key);
+    e->value = strdup(value);
+    if (!e->key || !e->value) {
+        free(e->key);
+        free(e->value);
+        return -ENOMEM;
+    }
+    cfg->nkafka++;
+    return 0;
+}
+
+int cv_config_set(cv_config *cfg, const char *key, const char *value,
+                  const char *origin, char *errbuf, size_t errlen) {
+    size_t idx;
+    if (strncmp(key, KAFKA_PREFIX, strlen(KAFKA_PREFIX)) == 0) {
+        const char *k = key + strlen(KAFKA_PREFIX);
+        if (!*k) {
+            snprintf(errbuf, errlen, "%s: empty kafka property name", origin);
+            return -EINVAL;
+        }
+        if (kafka_set(cfg, k, value) < 0) {
+            snprintf(errbuf, errlen, "%s: out of memory", origin);
+            return -ENOMEM;
+        }
+        return 0;
+    }
+    const prop *p = prop_find(key, &idx);
+    if (!p) {
+        snprintf(errbuf, errlen, "%s: unknown configuration key \"%s\"", origin,
+                 key);
+        return -EINVAL;
+    }
+    int r = validate(p, value, origin, errbuf, errlen);
+    if (r < 0)
+        return r;
+    char *v = strdup(value);
+    if (!v) {
+        snprintf(errbuf, errlen, "%s: out of memory", origin);
+        return -ENOMEM;
+    }
+    free(cfg->values[idx]);
+    cfg->values[idx] = v;
+    return 0;
+}
+
+static char *trim(char *s) {
+    while (isspace((unsigned char)*s))
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+int cv_config_load_file(cv_config *cfg, const char *path, char *errbuf,
+                        size_t errlen) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(errbuf, errlen, "%s: cannot read config file: %s", path,
+                 strerror(errno));
+        return -errno;
+    }
+    char line[8192], origin[600];
+    int lineno = 0, r = 0;
+    while (fgets(line, sizeof(line), f)) {
+        lineno++;
+        snprintf(origin, sizeof(origin), "%s:%d", path, lineno);
+        if (!strchr(line, '\n') && !feof(f)) {
+            snprintf(errbuf, errlen, "%s: line longer than %zu bytes", origin,
+                     sizeof(line) - 2);
+            r = -EINVAL;
+            break;
+        }
+        char *s = trim(line);
+        if (*s == '\0' || *s == '#')
+            continue;
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            snprintf(errbuf, errlen, "%s: expected \"key = value\", got \"%s\"",
+                     origin, s);
+            r = -EINVAL;
+            break;
+        }
+        *eq = '\0';
+        char *key = trim(s), *value = trim(eq + 1);
+        if (!*key) {
+            snprintf(errbuf, errlen, "%s: missing key before \"=\"", origin);
+            r = -EINVAL;
+            break;
+        }
+        r = cv_config_set(cfg, key, value, origin, errbuf, errlen);
+        if (r < 0)
+            break;
+    }
+    if (r == 0 && ferror(f)) {
+        snprintf(errbuf, errlen, "%s: read error: %s", path, strerror(errno));
+        r = -EIO;
+    }
+    fclose(f);
+    return r;
+}
+
+/* "CHATVAULT_POSTGRES_CONNINFO" -> "postgres.conninfo". Table keys are
+ * matched by their env spelling (a key like log.key_file keeps its
+ * underscore); anything under KAFKA_ becomes a librdkafka property with
+ * dots, which is how librdkafka names its properties. */
+static int env_to_key(const char *name, char *out, size_t outlen) {
+    char want[256];
+    for (size_t i = 0; i < NPROPS; i++) {
+        size_t n = strlen(props[i].name);
+        if (n >= sizeof(want))
+            continue;
+        for (size_t j = 0; j <= n; j++) {
+            char c = props[i].name[j];
+            want[j] = c == '.' ? '_' : (char)toupper((unsigned char)c);
+        }
+        if (strcmp(want, name) == 0) {
+            snprintf(out, outlen, "%s", props[i].name);
+            return 0;
+        }
+    }
+    if (strncmp(name, "KAFKA_", 6) == 0 && name[6]) {
+        size_t n = strlen(name);
+        if (n >= outlen)
+            return -ENAMETOOLONG;
+        for (size_t j = 0; j <= n; j++) {
+            char c = name[j];
+            out[j] = c == '_' ? '.' : (char)tolower((unsigned char)c);
+        }
+        return 0;
+    }
+    return -ENOENT;
+}
+
+int cv_config_load_env(cv_config *cfg, char *const *envp, char *errbuf,
+                       size_t errlen) {
+    for (char *const *e = envp; e && *e; e++) {
+        if (strncmp(*e, ENV_PREFIX, strlen(ENV_PREFIX)) != 0)
+            continue;
+        const char *eq = strchr(*e, '=');
+        if (!eq)
+            continue;
+        char name[256], key[256], origin[300];
+        size_t n = (size_t)(eq - *e) - strlen(ENV_PREFIX);
+        if (n >= sizeof(name))
+            n = sizeof(name) - 1;
+        memcpy(name, *e + strlen(ENV_PREFIX), n);
+        name[n] = '\0';
+        if (strcmp(name, "CONFIG") == 0)
+            continue;
+        snprintf(origin, sizeof(origin), "environment %s%s", ENV_PREFIX, name);
+        if (env_to_key(name, key, sizeof(key)) < 0) {
+            snprintf(errbuf, errlen,
+                     "%s: unknown configuration variable (no key matches it)",
+                     origin);
+            return -EINVAL;
+        }
+        int r = cv_config_set(cfg, key, eq + 1, origin, errbuf, errlen);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+const char *cv_config_str(const cv_config *cfg, const char *key) {
+    size_t idx;
+    if (!prop_find(key, &idx)) {
+        fprintf(stderr, "chatvault: internal error: unknown config key %s\n", key);
+        abort();
+    }
+    return cfg->values[idx] ? cfg->values[idx] : props[idx].def;
+}
+
+int64_t cv_config_int(const cv_config *cfg, const char *key) {
+    int64_t v = 0;
+    /* Validated on set, and defaults are checked by the unit test. */
+    (void)parse_int(cv_config_str(cfg, key), &v);
+    return v;
+}
+
+int cv_config_kafka_at(const cv_config *cfg, size_t i, const char **ret_key,
+                       const char **ret_value) {
+    size_t ndef = sizeof(kafka_defaults) / sizeof(kafka_defaults[0]);
+    /* Defaults first, so that a user's value, applied later, wins. */
+    if (i < ndef) {
+        *ret_key = kafka_defaults[i][0];
+        *ret_value = kafka_defaults[i][1];
+        return 1;
+    }
+    i -= ndef;
+    if (i >= cfg->nkafka)
+        return 0;
+    *ret_key = cfg->kafka[i].key;
+    *ret_value = cfg->kafka[i].value;
+    return 1;
+}
+
+const char *cv_config_kafka_get(const cv_config *cfg, const char *key) {
+    const char *k, *v, *found = NULL;
+    for (size_t i = 0; cv_config_kafka_at(cfg, i, &k, &v); i++)
+        if (strcmp(k, key) == 0)
+            found = v;
+    return found;
+}
+
+void cv_config_print_help(FILE *out) {
+    fprintf(out, "Configuration keys (file `key = value`, env CHATVAULT_KEY_NAME, "
+                 "or --set key=value):\n");
+    for (size_t i = 0; i < NPROPS; i++) {
+        const prop *p = &props[i];
+        fprintf(out, "  %-24s %s\n  %-24s default: %s%s%s\n", p->name, p->desc,
+                "", *p->def ? p->def : "(empty)",
+                p->type == PROP_ENUM ? "; one of " : "",
+                p->type == PROP_ENUM ? p->choices : "");
+    }
+    fprintf(out, "  %-24s passed to librdkafka unchanged, e.g. "
+                 "kafka.bootstrap.servers\n"
+                 "  %-24s (`embedded` starts a mock cluster in the process); "
+                 "kafka.group.id defaults to chatvault\n",
+            "kafka.*", "");
+}
+
+void cv_config_print_example(FILE *out) {
+    fprintf(out, "# chatvault configuration: `key = value`, `#` starts a comment.\n"
+                 "# Generated by `chatvault config --example`; every key shows "
+                 "its default.\n\n"
+                 "# Kafka: any kafka.* key is passed to librdkafka unchanged.\n"
+                 "kafka.bootstrap.servers = localhost:9092\n"
+                 "kafka.group.id = chatvault\n");
+    for (size_t i = 0; i < NPROPS; i++) {
+        const prop *p = &props[i];
+        fprintf(out, "\n# %s%s%s%s\n%s = %s\n", p->desc,
+                p->type == PROP_ENUM ? " (" : "",
+                p->type == PROP_ENUM ? p->choices : "",
+                p->type == PROP_ENUM ? ")" : "", p->name, p->def);
+    }
+}
+
+int cv_config_build(const cv_cli_config *cli, char *const *envp,
+                    cv_config **ret_cfg, char *errbuf, size_t errlen) {
+    cv_config *cfg = cv_config_new();
+    if (!cfg) {
+        snprintf(errbuf, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    const char *path = cli->path;
+    if (!path) {
+        path = getenv("CHATVAULT_CONFIG");
+        if (path && !*path)
+            path = NULL;
+    }
+    int r = 0;
+    if (path)
+        r = cv_config_load_file(cfg, path, errbuf, errlen);
+    if (r == 0)
+        r = cv_config_load_env(cfg, envp, errbuf, errlen);
+    for (int i = 0; r == 0 && i < cli->nsets; i++) {
+        char key[256];
+        const char *s = cli->sets[i], *eq = strchr(s, '=');
+        if (!eq || eq == s || (size_t)(eq - s) >= sizeof(key)) {
+            snprintf(errbuf, errlen, "--set \"%s\": expected key=value", s);
+            r = -EINVAL;
+            break;
+        }
+        memcpy(key, s, (size_t)(eq - s));
+        key[eq - s] = '\0';
+        r = cv_config_set(cfg, trim(key), eq + 1, "--set", errbuf, errlen);
+    }
+    if (r < 0) {
+        cv_config_free(cfg);
+        return r;
+    }
+    *ret_cfg = cfg;
+    return 0;
+}

@@ -1,0 +1,50 @@
+/*
+ * chatvault — command dispatch. Each command lives in its own cmd_*.c file
+ * and parses its own options.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const cv_command commands[] = {
+    {"broker", cv_cmd_broker, "run the daemon: consume, persist, ack, commit"},
+    {"dev-kafka", cv_cmd_dev_kafka, "run a standalone mock Kafka cluster for trying chatvault"},
+    {"migrate", cv_cmd_migrate, "create or upgrade the PostgreSQL schema"},
+    {"send", cv_cmd_send, "publish chat messages, optionally waiting for their acks"},
+    {"config", cv_cmd_config, "print the configuration reference or an example file"},
+};
+
+static void usage(FILE *out) {
+    fprintf(out, "usage: chatvault <command> [options]   (chatvault <command> --help)\n\n"
+                 "commands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "\nEvery command reads the same configuration: -c FILE (or "
+                 "$CHATVAULT_CONFIG),\nCHATVAULT_* variables and --set key=value. "
+                 "`chatvault config` lists the keys.\n"
+                 "Exit codes: 0 ok, 1 runtime failure, 2 usage or config error, "
+                 "3 verification found differences.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return CV_EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return CV_EXIT_OK;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("chatvault %s\n", CV_VERSION);
+        return CV_EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "chatvault: unknown command \"%s\" (see chatvault --help)\n",
+            argv[1]);
+    return CV_EXIT_USAGE;
+}

@@ -1,0 +1,47 @@
+/*
+ * pgstore — the PostgreSQL store. One batch is one transaction: the valid
+ * records become rows of chatvault.messages (idempotent on (channel,
+ * message_id)), rejected records become rows of chatvault.rejected, and
+ * chatvault.kafka_offsets advances for every partition in the batch. Either
+ * all of it commits or none of it does.
+ */
+#ifndef CV_PGSTORE_H
+#define CV_PGSTORE_H
+
+#include <librdkafka/rdkafka.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "record.h"
+
+typedef struct cv_pgstore cv_pgstore;
+
+/* Connects and checks the schema version. `group` is the consumer group
+ * whose offsets this store keeps. */
+int cv_pgstore_open(const char *conninfo, const char *group,
+                    cv_pgstore **ret_store, char *errbuf, size_t errlen);
+cv_pgstore *cv_pgstore_free(cv_pgstore *store);
+
+/* Writes the batch in one transaction. On success every valid record has
+ * status PERSISTED (its row is stored; also when a re-delivered record finds
+ * its own row) or DUPLICATE (another record stored that message id first),
+ * CV_STORE_PG in stores, and persisted_at_us set to the commit time.
+ * `next_offsets` holds, per partition of the batch, the offset after its last
+ * record; chatvault.kafka_offsets is set to it in the same transaction.
+ * On failure nothing was committed and the records are untouched; the
+ * connection is re-established on the next call. */
+int cv_pgstore_write(cv_pgstore *store, cv_rec *recs, size_t n,
+                     const rd_kafka_topic_partition_list_t *next_offsets,
+                     char *errbuf, size_t errlen);
+
+/* For each partition of `parts`, raises .offset to the next offset stored in
+ * chatvault.kafka_offsets when that is ahead (an offset below 0 counts as
+ * behind everything). */
+int cv_pgstore_resume_offsets(cv_pgstore *store,
+                              rd_kafka_topic_partition_list_t *parts,
+                              char *errbuf, size_t errlen);
+
+/* Whether the connection is up (without a round trip). */
+bool cv_pgstore_connected(const cv_pgstore *store);
+
+#endif

@@ -1,0 +1,481 @@
+/*
+ * pipeline — see pipeline.h.
+ *
+ * Batches are written to the stores one at a time, but their acks are not
+ * waited for before the next batch is read: each written batch waits in a
+ * FIFO with a ticket counting its undelivered acks, and the offsets of the
+ * longest prefix of fully delivered batches are committed. That keeps the
+ * store busy while acks travel, without ever committing past an unacked
+ * record.
+ */
+#include "pipeline.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "acker.h"
+#include "arena.h"
+#include "envelope.h"
+#include "pgstore.h"
+#include "record.h"
+#include "util.h"
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define ARENA_LIMIT ((size_t)4 << 30)
+
+/* A batch whose records are stored and whose acks are on their way. */
+typedef struct pending {
+    struct pending *next;
+    cv_ack_ticket ticket;
+    rd_kafka_topic_partition_list_t *offsets; /* next offset per partition */
+} pending;
+
+struct cv_pipeline {
+    char *group, *pattern, *prefix, *ack_topic, *dlq_topic;
+    int64_t max_messages, max_bytes, max_ms, shutdown_timeout_ms;
+    cv_pipeline_log_fn *log_fn;
+    void *log_opaque;
+
+    rd_kafka_t *consumer;
+    cv_acker *acker;
+    cv_pgstore *pg;
+    cv_envelope_rules rules;
+    cv_arena *arena;
+
+    /* The batch being filled. */
+    cv_rec *recs;
+    size_t n, cap, bytes;
+    int64_t started_ms;
+
+    pending *head, **tail;
+    volatile sig_atomic_t *stop;
+    int fatal;
+    char fatal_err[512];
+    cv_pipeline_stats stats;
+};
+
+static void plog(cv_pipeline *p, int level, const char *msg, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void plog(cv_pipeline *p, int level, const char *msg, const char *fmt, ...) {
+    if (!p->log_fn)
+        return;
+    char kv[1024] = "";
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(kv, sizeof(kv), fmt, ap);
+        va_end(ap);
+    }
+    p->log_fn(p->log_opaque, level, msg, kv);
+}
+
+static void set_fatal(cv_pipeline *p, const char *err) {
+    if (!p->fatal) {
+        p->fatal = 1;
+        snprintf(p->fatal_err, sizeof(p->fatal_err), "%s", err);
+    }
+}
+
+static bool stopping(const cv_pipeline *p) { return p->stop && *p->stop; }
+
+/* Offsets to commit: one past the last record of each partition. Records
+ * of one partition arrive in order, and usually in runs, so the last
+ * partition found is tried first. */
+static rd_kafka_topic_partition_list_t *batch_offsets(const cv_rec *recs, size_t n) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
+    rd_kafka_topic_partition_t *last = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const cv_rec *r = &recs[i];
+        if (!last || last->partition != r->partition || strcmp(last->topic, r->topic) != 0) {
+            last = rd_kafka_topic_partition_list_find(l, r->topic, r->partition);
+            if (!last)
+                last = rd_kafka_topic_partition_list_add(l, r->topic, r->partition);
+        }
+        last->offset = r->offset + 1;
+    }
+    return l;
+}
+
+/* Commits the offsets of every completed batch at the head of the FIFO. */
+static void commit_completed(cv_pipeline *p, bool async) {
+    rd_kafka_topic_partition_list_t *commit = NULL;
+    while (p->head && p->head->ticket.outstanding == 0) {
+        pending *b = p->head;
+        if (!commit)
+            commit = rd_kafka_topic_partition_list_new(b->offsets->cnt);
+        for (int i = 0; i < b->offsets->cnt; i++) {
+            rd_kafka_topic_partition_t *src = &b->offsets->elems[i];
+            rd_kafka_topic_partition_t *dst =
+                rd_kafka_topic_partition_list_find(commit, src->topic, src->partition);
+            if (!dst)
+                dst = rd_kafka_topic_partition_list_add(commit, src->topic,
+                                                        src->partition);
+            if (src->offset > dst->offset)
+                dst->offset = src->offset;
+        }
+        p->stats.acked += b->ticket.delivered;
+        p->stats.committed_batches++;
+        p->head = b->next;
+        if (!p->head)
+            p->tail = &p->head;
+        rd_kafka_topic_partition_list_destroy(b->offsets);
+        free(b);
+    }
+    if (!commit)
+        return;
+    rd_kafka_resp_err_t err = rd_kafka_commit(p->consumer, commit, async ? 1 : 0);
+    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        plog(p, 2, "offset commit failed; the records will be re-delivered and "
+                   "deduplicated",
+             "error=\"%s\"", rd_kafka_err2str(err));
+    rd_kafka_topic_partition_list_destroy(commit);
+}
+
+static void release_batch(cv_pipeline *p) {
+    for (size_t i = 0; i < p->n; i++)
+        rd_kafka_message_destroy(p->recs[i].rkm);
+    p->n = 0;
+    p->bytes = 0;
+    cv_arena_reset(p->arena);
+}
+
+static void decode_batch(cv_pipeline *p) {
+    for (size_t i = 0; i < p->n; i++) {
+        cv_rec *r = &p->recs[i];
+        int rc = cv_envelope_decode(&p->rules, r->topic, r->rkm->payload,
+                                    r->rkm->len, p->arena, &r->env);
+        if (rc == -ENOMEM) {
+            /* The arena's bound: treat as undecodable rather than fail the
+             * batch forever. */
+            r->env.reason = CV_REJECT_DECODE;
+            snprintf(r->env.error, sizeof(r->env.error),
+                     "record does not fit the decoder's memory bound");
+        }
+        if (!cv_rec_valid(r)) {
+            r->status = CHATVAULT__V1__ACK_STATUS__REJECTED;
+            p->stats.rejected++;
+            p->stats.rejected_by_reason[r->env.reason & 15]++;
+            plog(p, 2, "record rejected",
+                 "topic=%s partition=%" PRId32 " offset=%" PRId64
+                 " reason=%s error=\"%s\"",
+                 r->topic, r->partition, r->offset,
+                 cv_reject_reason_name(r->env.reason), r->env.error);
+        }
+    }
+}
+
+/* Writes the batch to the stores, waiting out store failures with capped
+ * backoff while the acks of earlier batches keep flowing. Returns 0 when
+ * stored, -ECANCELED when asked to stop first. */
+static int store_batch(cv_pipeline *p, rd_kafka_topic_partition_list_t *offsets) {
+    char err[512];
+    int64_t backoff = BACKOFF_MIN_MS;
+    for (;;) {
+        int r = cv_pgstore_write(p->pg, p->recs, p->n, offsets, err, sizeof(err));
+        if (r == 0) {
+            if (backoff > BACKOFF_MIN_MS)
+                plog(p, 1, "postgres store recovered", NULL);
+            return 0;
+        }
+        p->stats.store_errors++;
+        if (r == -CV_ESCHEMA) {
+            set_fatal(p, err);
+            return r;
+        }
+        plog(p, 2, "postgres write failed; not acking, retrying",
+             "error=\"%s\" retry_in=%" PRId64 "ms", err, backoff);
+        int64_t until = cv_mono_ms() + backoff;
+        while (cv_mono_ms() < until) {
+            if (stopping(p))
+                return -ECANCELED;
+            cv_acker_poll(p->acker, 50);
+            commit_completed(p, true);
+        }
+        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+    }
+}
+
+/* Takes the batch being filled through the stores and hands it to the
+ * acker. On return the batch is empty (its records are either acked-to-be
+ * or left uncommitted for re-delivery). */
+static void process_batch(cv_pipeline *p) {
+    if (p->n == 0)
+        return;
+    decode_batch(p);
+    pending *b = calloc(1, sizeof(*b));
+    if (!b) {
+        set_fatal(p, "out of memory");
+        release_batch(p);
+        return;
+    }
+    b->offsets = batch_offsets(p->recs, p->n);
+    if (store_batch(p, b->offsets) < 0) {
+        /* Not stored, so not acked and not committed: Kafka re-delivers. */
+        rd_kafka_topic_partition_list_destroy(b->offsets);
+        free(b);
+        release_batch(p);
+        return;
+    }
+    for (size_t i = 0; i < p->n; i++) {
+        int s = p->recs[i].status;
+        p->stats.persisted += s == CHATVAULT__V1__ACK_STATUS__PERSISTED;
+        p->stats.duplicates += s == CHATVAULT__V1__ACK_STATUS__DUPLICATE;
+    }
+    p->stats.batches++;
+    char err[512];
+    if (cv_acker_send(p->acker, p->recs, p->n, &b->ticket, err, sizeof(err)) < 0)
+        set_fatal(p, err);
+    /* Queued even after a failure: the acks produced so far still count,
+     * and the ticket never completes, so nothing past it is committed. */
+    if (p->fatal)
+        b->ticket.outstanding++;
+    *p->tail = b;
+    p->tail = &b->next;
+    release_batch(p);
+}
+
+/* Finishes the batch in flight and waits for every pending ack (up to
+ * `timeout_ms`), then commits synchronously. */
+static void drain(cv_pipeline *p, int64_t timeout_ms) {
+    process_batch(p);
+    int64_t deadline = cv_mono_ms() + timeout_ms;
+    while (p->head && cv_mono_ms() < deadline) {
+        cv_acker_poll(p->acker, 20);
+        commit_completed(p, true);
+    }
+    commit_completed(p, false);
+    if (p->head)
+        plog(p, 2, "acks still undelivered after the drain timeout; their "
+                   "records stay uncommitted and will be re-delivered",
+             "timeout_ms=%" PRId64, timeout_ms);
+}
+
+static void assign(cv_pipeline *p, rd_kafka_topic_partition_list_t *parts) {
+    char err[512];
+    for (int i = 0; i < parts->cnt; i++)
+        parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
+    rd_kafka_resp_err_t kerr = rd_kafka_committed(p->consumer, parts, 10000);
+    if (kerr)
+        plog(p, 2, "cannot read committed offsets; resuming from PostgreSQL's",
+             "error=\"%s\"", rd_kafka_err2str(kerr));
+    for (int i = 0; i < parts->cnt; i++)
+        if (parts->elems[i].err)
+            parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
+    if (cv_pgstore_resume_offsets(p->pg, parts, err, sizeof(err)) < 0)
+        plog(p, 2, "cannot read chatvault.kafka_offsets; resuming from Kafka's "
+                   "committed offsets",
+             "error=\"%s\"", err);
+    for (int i = 0; i < parts->cnt; i++)
+        plog(p, 1, "partition assigned",
+             "topic=%s partition=%" PRId32 " offset=%" PRId64, parts->elems[i].topic,
+             parts->elems[i].partition, parts->elems[i].offset);
+    if (strcmp(rd_kafka_rebalance_protocol(p->consumer), "COOPERATIVE") == 0) {
+        rd_kafka_error_t *e = rd_kafka_incremental_assign(p->consumer, parts);
+        if (e) {
+            plog(p, 3, "incremental assign failed", "error=\"%s\"",
+                 rd_kafka_error_string(e));
+            rd_kafka_error_destroy(e);
+        }
+    } else {
+        rd_kafka_assign(p->consumer, parts);
+    }
+}
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
+    cv_pipeline *p = opaque;
+    bool cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        assign(p, parts);
+        return;
+    }
+    if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+        plog(p, 1, "partitions revoked; finishing the batch in flight",
+             "count=%d", parts->cnt);
+        drain(p, p->shutdown_timeout_ms);
+    } else {
+        plog(p, 3, "rebalance error", "error=\"%s\"", rd_kafka_err2str(err));
+    }
+    if (cooperative) {
+        rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
+        if (e)
+            rd_kafka_error_destroy(e);
+    } else {
+        rd_kafka_assign(rk, NULL);
+    }
+}
+
+static char *xstrdup(const char *s, int *oom) {
+    char *d = strdup(s ? s : "");
+    if (!d)
+        *oom = 1;
+    return d;
+}
+
+int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
+                    size_t errlen) {
+    rd_kafka_conf_t *cconf = c->consumer_conf, *pconf = c->producer_conf;
+    int oom = 0, r;
+    cv_pipeline *p = calloc(1, sizeof(*p));
+    if (!p) {
+        snprintf(errbuf, errlen, "out of memory");
+        rd_kafka_conf_destroy(cconf);
+        rd_kafka_conf_destroy(pconf);
+        return -ENOMEM;
+    }
+    p->group = xstrdup(c->group, &oom);
+    p->pattern = xstrdup(c->topics_pattern, &oom);
+    p->prefix = xstrdup(c->topics_prefix, &oom);
+    p->ack_topic = xstrdup(c->ack_topic, &oom);
+    p->dlq_topic = xstrdup(c->dlq_topic, &oom);
+    p->max_messages = c->batch_max_messages;
+    p->max_bytes = c->batch_max_bytes;
+    p->max_ms = c->batch_max_ms;
+    p->shutdown_timeout_ms = c->shutdown_timeout_ms;
+    p->log_fn = c->log;
+    p->log_opaque = c->log_opaque;
+    p->tail = &p->head;
+    p->rules.topic_prefix = p->prefix;
+    p->rules.max_body_bytes = (size_t)c->max_body_bytes;
+    p->rules.ack_topic = p->ack_topic;
+    p->rules.dlq_topic = p->dlq_topic;
+    p->cap = (size_t)p->max_messages;
+    p->recs = calloc(p->cap, sizeof(cv_rec));
+    p->arena = cv_arena_new(ARENA_LIMIT);
+    if (oom || !p->recs || !p->arena) {
+        snprintf(errbuf, errlen, "out of memory");
+        rd_kafka_conf_destroy(cconf);
+        rd_kafka_conf_destroy(pconf);
+        cv_pipeline_free(p);
+        return -ENOMEM;
+    }
+
+    r = cv_pgstore_open(c->pg_conninfo, p->group, &p->pg, errbuf, errlen);
+    if (r < 0) {
+        rd_kafka_conf_destroy(cconf);
+        rd_kafka_conf_destroy(pconf);
+        cv_pipeline_free(p);
+        return r;
+    }
+    r = cv_acker_new(pconf, p->ack_topic, p->dlq_topic, p->prefix, &p->acker,
+                     errbuf, errlen);
+    if (r < 0) {
+        rd_kafka_conf_destroy(cconf);
+        cv_pipeline_free(p);
+        return r;
+    }
+    char kerr[512];
+    rd_kafka_conf_set_opaque(cconf, p);
+    rd_kafka_conf_set_rebalance_cb(cconf, rebalance_cb);
+    p->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, cconf, kerr, sizeof(kerr));
+    if (!p->consumer) {
+        snprintf(errbuf, errlen, "kafka: cannot create the consumer: %s", kerr);
+        rd_kafka_conf_destroy(cconf);
+        cv_pipeline_free(p);
+        return -EINVAL;
+    }
+    rd_kafka_poll_set_consumer(p->consumer);
+    rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(sub, p->pattern, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t err = rd_kafka_subscribe(p->consumer, sub);
+    rd_kafka_topic_partition_list_destroy(sub);
+    if (err) {
+        snprintf(errbuf, errlen, "kafka: cannot subscribe to %s: %s", p->pattern,
+                 rd_kafka_err2str(err));
+        cv_pipeline_free(p);
+        return -EINVAL;
+    }
+    *ret = p;
+    return 0;
+}
+
+static void add_record(cv_pipeline *p, rd_kafka_message_t *m) {
+    if (p->n == 0)
+        p->started_ms = cv_mono_ms();
+    cv_rec *r = &p->recs[p->n++];
+    memset(r, 0, sizeof(*r));
+    r->rkm = m;
+    r->topic = rd_kafka_topic_name(m->rkt);
+    r->partition = m->partition;
+    r->offset = m->offset;
+    rd_kafka_timestamp_type_t tstype;
+    r->timestamp_ms = rd_kafka_message_timestamp(m, &tstype);
+    p->bytes += m->len + m->key_len;
+    p->stats.consumed++;
+}
+
+int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
+                    size_t errlen) {
+    p->stop = stop;
+    int64_t last_serve = cv_mono_ms();
+    while (!*stop && !p->fatal) {
+        int timeout = 100;
+        int64_t now = cv_mono_ms();
+        if (p->n) {
+            int64_t left = p->started_ms + p->max_ms - now;
+            timeout = left > 0 ? (int)left : 0;
+        }
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(p->consumer, timeout);
+        if (m && m->err) {
+            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                plog(p, 2, "consumer error", "error=\"%s\" topic=%s",
+                     rd_kafka_message_errstr(m),
+                     m->rkt ? rd_kafka_topic_name(m->rkt) : "-");
+            rd_kafka_message_destroy(m);
+            m = NULL;
+        }
+        if (m)
+            add_record(p, m);
+        now = cv_mono_ms();
+        if (p->n && (p->n >= p->cap || (int64_t)p->bytes >= p->max_bytes ||
+                     now - p->started_ms >= p->max_ms || !m))
+            process_batch(p);
+        if (!m || now - last_serve >= 10) {
+            cv_acker_poll(p->acker, 0);
+            commit_completed(p, true);
+            last_serve = now;
+        }
+    }
+    drain(p, p->shutdown_timeout_ms);
+    rd_kafka_consumer_close(p->consumer);
+    if (p->fatal) {
+        snprintf(errbuf, errlen, "%s", p->fatal_err);
+        return -EIO;
+    }
+    return 0;
+}
+
+void cv_pipeline_get_stats(const cv_pipeline *p, cv_pipeline_stats *ret) {
+    *ret = p->stats;
+}
+
+cv_pipeline *cv_pipeline_free(cv_pipeline *p) {
+    if (!p)
+        return NULL;
+    if (p->arena)
+        release_batch(p);
+    while (p->head) {
+        pending *b = p->head;
+        p->head = b->next;
+        rd_kafka_topic_partition_list_destroy(b->offsets);
+        free(b);
+    }
+    if (p->consumer)
+        rd_kafka_destroy(p->consumer);
+    p->acker = cv_acker_free(p->acker, 5000);
+    p->pg = cv_pgstore_free(p->pg);
+    cv_arena_free(p->arena);
+    free(p->recs);
+    free(p->group);
+    free(p->pattern);
+    free(p->prefix);
+    free(p->ack_topic);
+    free(p->dlq_topic);
+    free(p);
+    return NULL;
+}

@@ -1,0 +1,69 @@
+/*
+ * pipeline — the consumer group member that takes records to durable acks:
+ *
+ *   poll → decode + validate → batch → stores (one PostgreSQL transaction)
+ *        → produce acks → (all acks of the batch and of every batch before
+ *          it delivered) → commit the Kafka offsets
+ *
+ * A record is acked only after the stores hold it; offsets are committed only
+ * after the acks of everything below them were delivered. On a partition
+ * revoke and on stop the batch in flight is finished and committed first.
+ * On assignment, each partition resumes from the offset PostgreSQL's
+ * chatvault.kafka_offsets holds when that is ahead of Kafka's committed one.
+ */
+#ifndef CV_PIPELINE_H
+#define CV_PIPELINE_H
+
+#include <librdkafka/rdkafka.h>
+#include <signal.h>
+#include <stdint.h>
+
+typedef struct cv_pipeline cv_pipeline;
+
+typedef void cv_pipeline_log_fn(void *opaque, int level /* 0 debug..3 error */,
+                                const char *msg, const char *kv);
+
+typedef struct cv_pipeline_conf {
+    rd_kafka_conf_t *consumer_conf;   /* taken over by cv_pipeline_new */
+    rd_kafka_conf_t *producer_conf;   /* taken over by cv_pipeline_new */
+    const char *group;                /* consumer group id */
+    const char *topics_pattern;       /* regex without the leading '^' is
+                                         an exact topic */
+    const char *topics_prefix;
+    const char *ack_topic;
+    const char *dlq_topic;
+    const char *pg_conninfo;
+    int64_t batch_max_messages;
+    int64_t batch_max_bytes;
+    int64_t batch_max_ms;
+    int64_t max_body_bytes;
+    int64_t shutdown_timeout_ms;
+    cv_pipeline_log_fn *log;
+    void *log_opaque;
+} cv_pipeline_conf;
+
+/* Counters since start, for metrics and the end-of-run summary. */
+typedef struct cv_pipeline_stats {
+    int64_t consumed, persisted, duplicates, rejected, acked, batches;
+    int64_t committed_batches;
+    int64_t store_errors;
+    int64_t rejected_by_reason[16];
+} cv_pipeline_stats;
+
+/* Connects to PostgreSQL (checking the schema) and creates the Kafka
+ * clients. The configurations are taken over even on failure. */
+int cv_pipeline_new(const cv_pipeline_conf *conf, cv_pipeline **ret_pipeline,
+                    char *errbuf, size_t errlen);
+
+/* Runs until *stop becomes non-zero, then drains: finishes the batch in
+ * flight, waits (up to shutdown_timeout_ms) for its acks, commits, and
+ * leaves the group. Returns 0, or a negative error with errbuf set when it
+ * had to stop on a failure it cannot wait out. */
+int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
+                    size_t errlen);
+
+void cv_pipeline_get_stats(const cv_pipeline *p, cv_pipeline_stats *ret);
+
+cv_pipeline *cv_pipeline_free(cv_pipeline *p);
+
+#endif

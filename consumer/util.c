@@ -1,0 +1,179 @@
+/*
+ * util — see util.h.
+ */
+#include "util.h"
+
+#include <errno.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+bool cv_utf8_valid(const char *s, size_t len) {
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    while (p < end) {
+        unsigned c = *p;
+        if (c < 0x80) {
+            if (c == 0)
+                return false; /* PostgreSQL text cannot hold NUL */
+            p++;
+            continue;
+        }
+        size_t n;
+        unsigned min;
+        if ((c & 0xe0) == 0xc0)
+            n = 1, min = 0x80, c &= 0x1f;
+        else if ((c & 0xf0) == 0xe0)
+            n = 2, min = 0x800, c &= 0x0f;
+        else if ((c & 0xf8) == 0xf0)
+            n = 3, min = 0x10000, c &= 0x07;
+        else
+            return false;
+        if ((size_t)(end - p) <= n)
+            return false;
+        for (size_t i = 1; i <= n; i++) {
+            if ((p[i] & 0xc0) != 0x80)
+                return false;
+            c = (c << 6) | (p[i] & 0x3f);
+        }
+        if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+            return false;
+        p += n + 1;
+    }
+    return true;
+}
+
+void cv_buf_init(cv_buf *b, size_t limit) {
+    b->data = NULL;
+    b->len = b->cap = 0;
+    b->limit = limit;
+}
+
+void cv_buf_release(cv_buf *b) {
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+int cv_buf_reserve(cv_buf *b, size_t more) {
+    if (more > b->limit || b->len > b->limit - more)
+        return -ENOBUFS;
+    size_t need = b->len + more;
+    if (need <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < need)
+        cap *= 2;
+    if (cap > b->limit)
+        cap = b->limit;
+    unsigned char *n = realloc(b->data, cap);
+    if (!n)
+        return -ENOMEM;
+    b->data = n;
+    b->cap = cap;
+    return 0;
+}
+
+int cv_buf_append(cv_buf *b, const void *p, size_t n) {
+    int r = cv_buf_reserve(b, n);
+    if (r < 0)
+        return r;
+    if (n)
+        memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+int cv_buf_printf(cv_buf *b, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return -EINVAL;
+    int r = cv_buf_reserve(b, (size_t)n + 1);
+    if (r < 0)
+        return r;
+    va_start(ap, fmt);
+    vsnprintf((char *)b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+int cv_buf_json_string(cv_buf *b, const char *s, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    /* Worst case: every byte becomes \u00XX. */
+    if (len > (b->limit / 6))
+        return -ENOBUFS;
+    int r = cv_buf_reserve(b, len * 6 + 2);
+    if (r < 0)
+        return r;
+    unsigned char *o = b->data + b->len;
+    *o++ = '"';
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    while (p < end) {
+        unsigned char c = *p;
+        if (c >= 0x80) {
+            /* Copy a valid sequence whole, replace anything else. */
+            size_t n = (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
+                                            : (c & 0xf8) == 0xf0 ? 4 : 0;
+            if (n && (size_t)(end - p) >= n && cv_utf8_valid((const char *)p, n)) {
+                memcpy(o, p, n);
+                o += n;
+                p += n;
+            } else {
+                memcpy(o, "\\ufffd", 6);
+                o += 6;
+                p++;
+            }
+            continue;
+        }
+        if (c == '"' || c == '\\') {
+            *o++ = '\\';
+            *o++ = c;
+        } else if (c == '\n') {
+            *o++ = '\\', *o++ = 'n';
+        } else if (c == '\r') {
+            *o++ = '\\', *o++ = 'r';
+        } else if (c == '\t') {
+            *o++ = '\\', *o++ = 't';
+        } else if (c < 0x20 || c == 0x7f) {
+            memcpy(o, "\\u00", 4);
+            o[4] = hex[c >> 4];
+            o[5] = hex[c & 15];
+            o += 6;
+        } else {
+            *o++ = c;
+        }
+        p++;
+    }
+    *o++ = '"';
+    b->len = (size_t)(o - b->data);
+    return 0;
+}
+
+int cv_buf_base64(cv_buf *b, const void *p, size_t n) {
+    size_t need = sodium_base64_ENCODED_LEN(n, sodium_base64_VARIANT_ORIGINAL);
+    int r = cv_buf_reserve(b, need);
+    if (r < 0)
+        return r;
+    sodium_bin2base64((char *)b->data + b->len, need, p, n,
+                      sodium_base64_VARIANT_ORIGINAL);
+    b->len += need - 1; /* without the terminating NUL */
+    return 0;
+}
+
+int64_t cv_now_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t cv_mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}

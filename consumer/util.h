@@ -1,0 +1,60 @@
+/*
+ * util — small helpers shared by the consumer modules: UTF-8 checks, JSON
+ * string escaping into a bounded buffer, clocks.
+ */
+#ifndef CV_UTIL_H
+#define CV_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Error codes beyond errno values, returned negated. */
+enum {
+    CV_EREJECT = 10000, /* the record is invalid (see its reject reason) */
+    CV_ESTORE,          /* a store failed; the batch was not made durable */
+    CV_ESCHEMA,         /* the database schema is not the one this binary speaks */
+    CV_ECORRUPT,        /* a store's data is damaged */
+};
+
+bool cv_utf8_valid(const char *s, size_t len);
+
+/* A growable byte buffer with an upper bound. */
+typedef struct cv_buf {
+    unsigned char *data;
+    size_t len, cap, limit;
+} cv_buf;
+
+void cv_buf_init(cv_buf *b, size_t limit);
+void cv_buf_release(cv_buf *b);
+/* -ENOBUFS past the limit, -ENOMEM when out of memory. */
+int cv_buf_reserve(cv_buf *b, size_t more);
+int cv_buf_append(cv_buf *b, const void *p, size_t n);
+int cv_buf_printf(cv_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Appends `s` as a JSON string literal, quotes included. Bytes that are not
+ * valid UTF-8 are written as \ufffd. */
+int cv_buf_json_string(cv_buf *b, const char *s, size_t len);
+/* Appends standard base64 of `p`. */
+int cv_buf_base64(cv_buf *b, const void *p, size_t n);
+
+static inline void cv_be16(unsigned char *p, uint16_t v) {
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+}
+static inline void cv_be32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+static inline void cv_be64(unsigned char *p, uint64_t v) {
+    cv_be32(p, (uint32_t)(v >> 32));
+    cv_be32(p + 4, (uint32_t)v);
+}
+
+/* Wall clock in Unix microseconds; monotonic clock in milliseconds. */
+int64_t cv_now_us(void);
+int64_t cv_mono_ms(void);
+
+#endif

@@ -17,6 +17,7 @@ typedef struct chunk {
 struct cv_arena {
     chunk *head;
     size_t total, limit;
+    size_t refused; /* allocations refused, ever */
     ProtobufCAllocator pb;
 };
 
@@ -46,17 +47,25 @@ cv_arena *cv_arena_free(cv_arena *a) {
 }
 
 void *cv_arena_alloc(cv_arena *a, size_t n) {
+    if (n > SIZE_MAX - sizeof(chunk) - 15) {
+        a->refused++;
+        return NULL;
+    }
     n = (n + 15) & ~(size_t)15;
     if (n == 0)
         n = 16;
     chunk *c = a->head;
     if (!c || c->size - c->used < n) {
         size_t size = n > CHUNK_MIN ? n : CHUNK_MIN;
-        if (a->total + size > a->limit || size > SIZE_MAX - sizeof(chunk))
+        if (size > a->limit || a->total > a->limit - size) {
+            a->refused++;
             return NULL;
+        }
         c = malloc(sizeof(chunk) + size);
-        if (!c)
+        if (!c) {
+            a->refused++;
             return NULL;
+        }
         c->size = size;
         c->used = 0;
         c->next = a->head;
@@ -82,5 +91,7 @@ void cv_arena_reset(cv_arena *a) {
     a->head = c;
     a->total = c->size;
 }
+
+size_t cv_arena_refused(const cv_arena *a) { return a->refused; }
 
 ProtobufCAllocator *cv_arena_protobuf(cv_arena *a) { return &a->pb; }

@@ -19,6 +19,10 @@ cv_arena *cv_arena_free(cv_arena *a);
 void *cv_arena_alloc(cv_arena *a, size_t n);
 /* Forgets every allocation; keeps the first chunk for reuse. */
 void cv_arena_reset(cv_arena *a);
+/* How many allocations the arena has refused since it was made. A decoder
+ * that returns NULL for any failure can be told apart from bad input by
+ * comparing this before and after. */
+size_t cv_arena_refused(const cv_arena *a);
 /* A protobuf-c allocator that draws from this arena (free is a no-op). */
 ProtobufCAllocator *cv_arena_protobuf(cv_arena *a);
 

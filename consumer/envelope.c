@@ -86,8 +86,11 @@ int cv_envelope_decode(const cv_envelope_rules *rules, const char *topic,
 
     if (!value && len == 0)
         return reject(env, CV_REJECT_DECODE, "empty record value (tombstone)");
+    size_t refused = cv_arena_refused(arena);
     Chatvault__V1__ChatMessage *m = chatvault__v1__chat_message__unpack(
         cv_arena_protobuf(arena), len, value);
+    if (!m && cv_arena_refused(arena) != refused)
+        return -ENOMEM;
     if (!m)
         return reject(env, CV_REJECT_DECODE,
                       "value is not a chatvault.v1.ChatMessage (%zu bytes)", len);

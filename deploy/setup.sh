@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# deploy/setup.sh — install what chatvault needs to build, run and test, then
+# build it. Idempotent: packages already installed are not asked for again (so
+# a second run is fast and works offline), an existing build directory is
+# reused.
+#
+#   deploy/setup.sh [MESON_OPTION...]      e.g. -Dwerror=true
+#                                               -Db_sanitize=address,undefined
+#   CV_BUILD_DIR=build-asan deploy/setup.sh -Db_sanitize=address,undefined
+#
+# Env: CV_BUILD_DIR (default build), CV_SKIP_APT=1 to skip the package step.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+build=${CV_BUILD_DIR:-build}
+
+# Build: compiler, meson, the libraries. Run: PostgreSQL 15. Tests: Python
+# with Debian's kafka/psycopg2/protobuf modules, protoc for the Python wire
+# schema, kcat, jq, clang's sanitizer runtime and clang-format.
+packages=(
+    gcc libc6-dev meson ninja-build pkg-config
+    librdkafka-dev libprotobuf-c-dev protobuf-c-compiler libpq-dev libsodium-dev
+    postgresql-15 postgresql-client-15
+    python3 python3-kafka python3-psycopg2 python3-protobuf protobuf-compiler
+    kcat jq clang libclang-rt-14-dev clang-format
+)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+missing=()
+for p in "${packages[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+    [ "$status" = installed ] || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ] && [ "${CV_SKIP_APT:-0}" != 1 ]; then
+    sudo=()
+    if [ "$(id -u)" != 0 ]; then
+        if command -v sudo >/dev/null; then
+            sudo=(sudo)
+        else
+            log "missing packages: ${missing[*]}; run as root or install them"
+            exit 1
+        fi
+    fi
+    log "installing: ${missing[*]}"
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq \
+        --no-install-recommends "${missing[@]}" >/dev/null
+else
+    log "packages present"
+fi
+
+if [ -f "$build/build.ninja" ]; then
+    if [ "$#" -gt 0 ]; then
+        meson configure "$build" "$@" >/dev/null
+    fi
+else
+    meson setup "$build" "$@"
+fi
+ninja -C "$build"
+log "built $build/broker/chatvault"

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# deploy/test.sh — README's test command: set up, start a private PostgreSQL,
+# run every meson test suite against it, stop PostgreSQL again.
+#
+#   deploy/test.sh [--build-dir DIR] [--suite NAME]... [MESON_OPTION...]
+#
+#   deploy/test.sh                                   all suites in build/
+#   deploy/test.sh --suite integration
+#   deploy/test.sh --build-dir build-asan -Db_sanitize=address,undefined
+#
+# MESON_OPTIONs go to `meson setup` (deploy/setup.sh). Env: CV_BUILD_DIR
+# (default build), CV_MESON_TEST_ARGS (extra `meson test` arguments).
+# Exits with meson test's status.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+build=${CV_BUILD_DIR:-build}
+suites=()
+setup_opts=()
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+    --build-dir) build=$2; shift 2 ;;
+    --build-dir=*) build=${1#*=}; shift ;;
+    --suite) suites+=(--suite "$2"); shift 2 ;;
+    --suite=*) suites+=(--suite "${1#*=}"); shift ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) setup_opts+=("$1"); shift ;;
+    esac
+done
+
+CV_BUILD_DIR=$build deploy/setup.sh "${setup_opts[@]}"
+
+# Stop PostgreSQL on the way out only if this script started it.
+started_pg=0
+cleanup() {
+    if [ "$started_pg" = 1 ]; then
+        deploy/pg.sh stop || true
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if ! deploy/pg.sh status >/dev/null 2>&1; then
+    started_pg=1
+fi
+deploy/pg.sh start >/dev/null
+eval "$(deploy/pg.sh env)"
+export CV_TEST_PG
+echo "test.sh: CV_TEST_PG='$CV_TEST_PG' build=$build" >&2
+
+read -r -a extra <<<"${CV_MESON_TEST_ARGS:-}"
+set +e
+meson test -C "$build" --print-errorlogs "${suites[@]}" "${extra[@]}"
+rc=$?
+set -e
+exit "$rc"

@@ -1,0 +1,99 @@
+"""The chatvault command line a user meets first: send --wait-ack against a
+running broker, the example config, config errors, an unreachable database."""
+import os
+import re
+import socket
+import subprocess
+
+import cvtest
+
+EXAMPLE = os.path.join(cvtest.SOURCE_ROOT, 'deploy', 'chatvault.conf.example')
+
+
+def config_keys(h):
+    """Every key `chatvault config` lists, but the kafka.* pass-through."""
+    r = h.run('config', config=False)
+    h.is_(r.returncode, 0, 'chatvault config exits 0')
+    keys = re.findall(r'^  ([a-z][a-z0-9_]*\.[a-z0-9_.]+)\s', r.stdout, re.M)
+    return [k for k in keys if not k.startswith('kafka.')]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+with cvtest.Harness('cli', topics={'chat.cli': 2}) as h:
+    h.migrate()
+    h.start_broker()
+
+    # send --wait-ack: two bodies, each acked PERSISTED, and the rows exist.
+    r = h.run('send', '--channel', 'cli', '--wait-ack', '--timeout', '60000',
+              'hello', 'world', timeout=120)
+    h.is_(r.returncode, 0, 'send --wait-ack exits 0')
+    lines = r.stdout.splitlines()
+    h.ok(len(lines) == 2 and all('PERSISTED' in l for l in lines),
+         'send --wait-ack prints PERSISTED for each message',
+         'stdout: %r\nstderr: %r' % (r.stdout, r.stderr))
+    ids = [l.split()[0] for l in lines if l.split()]
+    rows = h.query('SELECT message_id, body FROM chatvault.messages '
+                   'WHERE channel = %s ORDER BY kafka_offset', ('cli',))
+    h.is_(sorted((m, bytes(b)) for m, b in rows),
+          sorted(zip(ids, [b'hello', b'world'])),
+          'the printed message ids are rows with the sent bodies')
+
+    # --id: a message id sent twice is acked DUPLICATE the second time.
+    r1 = h.run('send', '--channel', 'cli', '--id', 'cli-fixed-id', '--wait-ack',
+               '--timeout', '60000', 'once', timeout=120)
+    r2 = h.run('send', '--channel', 'cli', '--id', 'cli-fixed-id', '--wait-ack',
+               '--timeout', '60000', 'twice', timeout=120)
+    h.ok('PERSISTED' in r1.stdout and 'DUPLICATE' in r2.stdout,
+         'send --id twice: PERSISTED, then DUPLICATE',
+         'first: %r %r\nsecond: %r %r' % (r1.stdout, r1.stderr, r2.stdout, r2.stderr))
+    body = h.query("SELECT body FROM chatvault.messages WHERE "
+                   "channel = 'cli' AND message_id = 'cli-fixed-id'")
+    h.is_([bytes(b) for (b,) in body], [b'once'],
+          'the duplicate id is one row, with the first body')
+
+    rc = h.broker.stop()
+    h.is_(rc, 0, 'broker exits 0 on SIGTERM')
+
+    # The example config parses and names every key.
+    r = h.run('config', '--check', '-c', EXAMPLE, config=False)
+    h.ok(r.returncode == 0, 'config --check accepts deploy/chatvault.conf.example',
+         'exit %d, stderr: %s' % (r.returncode, r.stderr))
+    with open(EXAMPLE) as f:
+        example = f.read()
+    keys = config_keys(h)
+    h.ok(len(keys) >= 10, 'chatvault config lists the keys', repr(keys))
+    missing = [k for k in keys
+               if not re.search(r'^%s\s*=' % re.escape(k), example, re.M)]
+    h.ok(not missing, 'the example config sets every key of chatvault config',
+         'missing: %s (regenerate: chatvault config --example > '
+         'deploy/chatvault.conf.example)' % missing)
+
+    # An unknown key is a usage error naming it: in a file and with --set.
+    bad = os.path.join(h.tmp, 'bad.conf')
+    with open(bad, 'w') as f:
+        f.write('postgres.conninfo = dbname=x\nno.such.key = 1\n')
+    r = h.run('config', '--check', '-c', bad, config=False)
+    h.ok(r.returncode == 2 and 'no.such.key' in r.stderr,
+         'unknown key in a file: exit 2, error names the key',
+         'exit %d, stderr: %r' % (r.returncode, r.stderr))
+    r = h.run('migrate', '--set', 'bogus.setting=1')
+    h.ok(r.returncode == 2 and 'bogus.setting' in r.stderr,
+         'unknown key with --set: exit 2, error names the key',
+         'exit %d, stderr: %r' % (r.returncode, r.stderr))
+
+    # Unreachable PostgreSQL: migrate exits 1 with one line naming the host.
+    port = free_port()
+    r = h.run('migrate', '--set',
+              'postgres.conninfo=host=127.0.0.1 port=%d dbname=x connect_timeout=5'
+              % port, config=False)
+    err_lines = [l for l in r.stderr.splitlines() if l.strip()]
+    h.is_(r.returncode, 1, 'migrate against an unreachable PostgreSQL exits 1')
+    h.ok(len(err_lines) == 1 and '127.0.0.1' in err_lines[0],
+         'its error is one line naming the host', 'stderr: %r' % r.stderr)

@@ -12,7 +12,7 @@
 #include <time.h>
 
 bool cv_utf8_valid(const char *s, size_t len) {
-    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    const unsigned char *p = (const unsigned char *)s, *end = len ? p + len : p;
     while (p < end) {
         unsigned c = *p;
         if (c < 0x80) {
@@ -113,7 +113,7 @@ int cv_buf_json_string(cv_buf *b, const char *s, size_t len) {
         return r;
     unsigned char *o = b->data + b->len;
     *o++ = '"';
-    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    const unsigned char *p = (const unsigned char *)s, *end = len ? p + len : p;
     while (p < end) {
         unsigned char c = *p;
         if (c >= 0x80) {

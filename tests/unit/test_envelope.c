@@ -458,6 +458,7 @@ static void test_utf8(void) {
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         tap_ok(cv_utf8_valid(cases[i].s, cases[i].len) == (cases[i].ok != 0),
                "utf8: %s %s", cases[i].name, cases[i].ok ? "valid" : "invalid");
+    tap_ok(cv_utf8_valid(NULL, 0), "utf8: NULL with length 0 is empty, valid");
     /* The length bounds the scan: a valid prefix of an invalid string. */
     tap_ok(cv_utf8_valid("ab\xff", 2), "utf8: only len bytes are read");
 }
@@ -498,6 +499,10 @@ static void test_json_string(void) {
 
     cv_buf b;
     cv_buf_init(&b, 64);
+    int e = cv_buf_json_string(&b, NULL, 0);
+    tap_ok(e == 0 && b.len == 2 && memcmp(b.data, "\"\"", 2) == 0,
+           "json: NULL with length 0 (an empty protobuf bytes field) is \"\"");
+    b.len = 0;
     int r = cv_buf_json_string(&b, "0123456789", 10);
     TAP_IS_INT(r, 0, "json: fits a bounded buffer");
     r = cv_buf_json_string(&b, "0123456789012345678901234567890123456789", 40);

@@ -1,0 +1,3 @@
+
+m-1gen eralalice €€ùÀÁÄ‚*hello2
+text/plain

@@ -1,0 +1,3 @@
+
+m-1randomalice €€ùÀÁÄ‚*hello2
+text/plain

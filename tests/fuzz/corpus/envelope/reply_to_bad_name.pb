@@ -1,0 +1,3 @@
+
+m-1generalalice €€ùÀÁÄ‚*hello2
+text/plainB..

@@ -1,0 +1,3 @@
+
+m-1generalalÿice €€ùÀÁÄ‚*hello2
+text/plain

@@ -1,0 +1,3 @@
+
+m-1generalalice ÿÿÿÿÿÿÿÿÿ*hello2
+text/plain

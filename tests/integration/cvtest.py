@@ -134,6 +134,8 @@ class Proc:
 
 class Harness:
     def __init__(self, name, topics=None, partitions=8, config=None):
+        """TOPICS: {name: partitions} created up front; PARTITIONS: those of
+        chatvault.acks and chatvault.dlq."""
         self.name = name
         self.n = 0
         self.failed = 0

@@ -1,0 +1,1165 @@
+/*
+ * metrics — see metrics.h for the rules. Layout of the state:
+ *
+ *   channels[0..nchannels)   counters and status samples; the last slot,
+ *                            index max_channels, is "_other"
+ *   parts[0..nparts)         one per (topic, partition) seen or assigned,
+ *                            found through an open-addressing index; each
+ *                            holds the acked / consumed positions, the high
+ *                            watermark, the queue of consumed-unacked
+ *                            records and the high-watermark history
+ */
+#include "metrics.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chatvault.pb-c.h"
+
+/* ---- status rules ---- */
+
+const char *cv_lag_status_name(cv_lag_status s) {
+    static const char *names[] = {"OK", "WARN", "STALL", "STOP", "ERR"};
+    return (unsigned)s < CV_LAG__COUNT ? names[s] : "?";
+}
+
+cv_lag_status cv_lag_status_eval(const cv_lag_sample *s, size_t n,
+                                 int64_t window_ms, bool stores_down,
+                                 const char **ret_why) {
+    const char *why_tmp;
+    const char **why = ret_why ? ret_why : &why_tmp;
+    if (stores_down) {
+        *why = "a store is down: acks cannot be made";
+        return CV_LAG_ERR;
+    }
+    if (n == 0) {
+        *why = "no data yet";
+        return CV_LAG_OK;
+    }
+    const cv_lag_sample *now = &s[n - 1];
+    if (now->lag <= 0) {
+        *why = "no lag";
+        return CV_LAG_OK;
+    }
+    /* First sample of the window: the newest one at or before the start. */
+    size_t first = 0;
+    for (size_t i = 0; i < n; i++)
+        if (s[i].t_ms <= now->t_ms - window_ms)
+            first = i;
+    const cv_lag_sample *base = &s[first];
+    if (now->t_ms - base->t_ms < window_ms / 2) {
+        *why = "not enough history yet";
+        return CV_LAG_OK;
+    }
+    if (now->acked == base->acked) {
+        if (now->consumed != base->consumed || now->inflight > 0) {
+            *why = "records consumed but acks not advancing";
+            return CV_LAG_STALL;
+        }
+        *why = "nothing consumed while records wait in Kafka";
+        return CV_LAG_STOP;
+    }
+    bool growing = now->lag > base->lag;
+    for (size_t i = first + 1; growing && i < n; i++)
+        if (s[i].lag < s[i - 1].lag)
+            growing = false;
+    if (growing) {
+        *why = "lag growing over the window";
+        return CV_LAG_WARN;
+    }
+    *why = "acks advancing";
+    return CV_LAG_OK;
+}
+
+/* ---- histograms ---- */
+
+void cv_hist_init(cv_hist *h, const int64_t *bounds, size_t nbounds) {
+    memset(h, 0, sizeof(*h));
+    h->bounds = bounds;
+    h->nbounds = nbounds < CV_HIST_MAX_BUCKETS ? nbounds : CV_HIST_MAX_BUCKETS;
+}
+
+void cv_hist_observe(cv_hist *h, int64_t v) {
+    size_t i = 0;
+    while (i < h->nbounds && v > h->bounds[i])
+        i++;
+    h->counts[i]++;
+    h->count++;
+    h->sum += v;
+}
+
+double cv_hist_quantile(const cv_hist *h, const cv_hist *base, double q) {
+    uint64_t counts[CV_HIST_MAX_BUCKETS + 1], total = 0;
+    for (size_t i = 0; i <= h->nbounds; i++) {
+        uint64_t b = base ? base->counts[i] : 0;
+        counts[i] = h->counts[i] >= b ? h->counts[i] - b : 0;
+        total += counts[i];
+    }
+    if (total == 0)
+        return -1;
+    if (q < 0)
+        q = 0;
+    if (q > 1)
+        q = 1;
+    double rank = q * (double)total;
+    uint64_t cum = 0;
+    for (size_t i = 0; i <= h->nbounds; i++) {
+        if (counts[i] == 0 || (double)(cum + counts[i]) < rank) {
+            cum += counts[i];
+            continue;
+        }
+        if (i == h->nbounds)
+            return h->nbounds ? (double)h->bounds[h->nbounds - 1] : 0;
+        double lo = i ? (double)h->bounds[i - 1] : 0, hi = (double)h->bounds[i];
+        return lo + (hi - lo) * (rank - (double)cum) / (double)counts[i];
+    }
+    return h->nbounds ? (double)h->bounds[h->nbounds - 1] : 0;
+}
+
+/* Bucket bounds. Latencies in µs. */
+static const int64_t ack_latency_bounds[] = {
+    1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000,
+    2500000, 5000000, 10000000, 30000000, 60000000, 120000000, 300000000};
+static const int64_t pg_commit_bounds[] = {
+    250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
+    1000000, 2500000, 5000000, 10000000};
+static const int64_t log_fsync_bounds[] = {
+    50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000,
+    500000, 1000000};
+static const int64_t batch_size_bounds[] = {
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000};
+#define NB(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---- state ---- */
+
+#define OTHER_CHANNEL "_other"
+#define SAMPLES_MAX 64
+#define HW_HISTORY_MAX 64
+#define LAT_SNAPS 32
+#define RECENT_REJECTS 10
+#define PARTS_MAX 65536
+#define NSTATUS 5 /* CHATVAULT__V1__ACK_STATUS__* 0..4 */
+
+typedef struct mchannel {
+    char *name;
+    int64_t consumed, acked, rejected, duplicate;
+    int64_t stored[2]; /* [0] PostgreSQL, [1] log */
+    int64_t acked_by_status[NSTATUS];
+    int64_t rejected_by_reason[CV_REJECT__COUNT];
+    cv_lag_sample samples[SAMPLES_MAX]; /* ring */
+    size_t nsamples, sample_head;       /* head: index of the oldest */
+} mchannel;
+
+typedef struct inflight {
+    int64_t offset, ts_us;
+} inflight;
+
+typedef struct hwmark {
+    int64_t hw, seen_us;
+} hwmark;
+
+typedef struct mpart {
+    char *topic;
+    int32_t partition;
+    size_t channel;
+    bool assigned;
+    int64_t acked_next;    /* -1: unknown */
+    int64_t consumed_next; /* -1: nothing consumed */
+    int64_t high, low;     /* -1: unknown */
+    inflight *q;           /* ring of consumed-unacked records */
+    size_t qcap, qhead, qlen;
+    hwmark hws[HW_HISTORY_MAX];
+    size_t nhws;
+} mpart;
+
+typedef struct mstore {
+    bool seen, down;
+    int64_t errors, writes;
+    int64_t last_error_ms;
+    char last_error[256];
+} mstore;
+
+typedef struct rejnote {
+    int64_t time_ms;
+    char channel[64];
+    const char *reason;
+    char error[200];
+} rejnote;
+
+struct cv_metrics {
+    pthread_mutex_t lock;
+    cv_pipeline_observer obs;
+    char *prefix;
+    char *version;
+    size_t max_channels;
+    int64_t window_ms;
+    int64_t start_us;
+
+    mchannel *channels; /* max_channels + 1 slots */
+    size_t nchannels;   /* named ones in use; "_other" is always at max_channels */
+    bool other_used;
+
+    mpart **parts;
+    size_t nparts, partscap;
+    int32_t *index; /* open addressing over parts; -1 empty */
+    size_t indexcap;
+
+    cv_hist ack_latency, pg_commit, log_fsync, batch_size;
+    cv_hist lat_snaps[LAT_SNAPS];
+    int64_t lat_snap_ms[LAT_SNAPS];
+    size_t nlat_snaps, lat_snap_head;
+
+    mstore stores[2];
+    bool degraded;
+    int64_t degraded_since_us;
+    int64_t batches;
+    int64_t last_tick_ms; /* monotonic; 0 before the first tick */
+    int64_t ticks;
+
+    rejnote rejects[RECENT_REJECTS];
+    size_t nrejects, reject_head;
+};
+
+static size_t store_index(unsigned store) { return store == CV_STORE_LOG ? 1 : 0; }
+static const char *store_name(size_t i) { return i ? "log" : "postgres"; }
+
+static uint64_t hash_tp(const char *topic, int32_t partition) {
+    uint64_t h = 1469598103934665603u;
+    for (const unsigned char *p = (const unsigned char *)topic; *p; p++)
+        h = (h ^ *p) * 1099511628211u;
+    h = (h ^ (uint32_t)partition) * 1099511628211u;
+    return h ^ (h >> 29);
+}
+
+static mpart *part_find(cv_metrics *m, const char *topic, int32_t partition) {
+    if (!m->indexcap)
+        return NULL;
+    size_t mask = m->indexcap - 1;
+    for (size_t i = hash_tp(topic, partition) & mask;; i = (i + 1) & mask) {
+        int32_t k = m->index[i];
+        if (k < 0)
+            return NULL;
+        mpart *p = m->parts[k];
+        if (p->partition == partition && strcmp(p->topic, topic) == 0)
+            return p;
+    }
+}
+
+static void index_insert(cv_metrics *m, size_t k) {
+    size_t mask = m->indexcap - 1;
+    size_t i = hash_tp(m->parts[k]->topic, m->parts[k]->partition) & mask;
+    while (m->index[i] >= 0)
+        i = (i + 1) & mask;
+    m->index[i] = (int32_t)k;
+}
+
+static int index_rebuild(cv_metrics *m, size_t cap) {
+    int32_t *idx = malloc(cap * sizeof(*idx));
+    if (!idx)
+        return -ENOMEM;
+    free(m->index);
+    m->index = idx;
+    m->indexcap = cap;
+    for (size_t i = 0; i < cap; i++)
+        idx[i] = -1;
+    for (size_t k = 0; k < m->nparts; k++)
+        index_insert(m, k);
+    return 0;
+}
+
+/* The channel slot for a topic: its own while there is room, else
+ * "_other". */
+static size_t channel_for(cv_metrics *m, const char *topic) {
+    size_t plen = strlen(m->prefix);
+    const char *name = strncmp(topic, m->prefix, plen) == 0 && topic[plen]
+                           ? topic + plen
+                           : topic;
+    for (size_t i = 0; i < m->nchannels; i++)
+        if (strcmp(m->channels[i].name, name) == 0)
+            return i;
+    if (m->nchannels < m->max_channels) {
+        char *copy = strdup(name);
+        if (copy) {
+            m->channels[m->nchannels].name = copy;
+            return m->nchannels++;
+        }
+    }
+    m->other_used = true;
+    return m->max_channels;
+}
+
+static void part_free(mpart *p) {
+    if (!p)
+        return;
+    free(p->q);
+    free(p->topic);
+    free(p);
+}
+
+static mpart *part_get(cv_metrics *m, const char *topic, int32_t partition) {
+    mpart *p = part_find(m, topic, partition);
+    if (p || m->nparts >= PARTS_MAX)
+        return p;
+    if (m->nparts == m->partscap) {
+        size_t cap = m->partscap ? m->partscap * 2 : 64;
+        mpart **np = realloc(m->parts, cap * sizeof(*np));
+        if (!np)
+            return NULL;
+        m->parts = np;
+        m->partscap = cap;
+    }
+    p = calloc(1, sizeof(*p));
+    if (!p || !(p->topic = strdup(topic))) {
+        free(p);
+        return NULL;
+    }
+    p->partition = partition;
+    p->channel = channel_for(m, topic);
+    p->acked_next = p->consumed_next = p->high = p->low = -1;
+    m->parts[m->nparts++] = p;
+    if (m->nparts * 2 > m->indexcap) {
+        if (index_rebuild(m, m->indexcap ? m->indexcap * 2 : 256) < 0) {
+            m->nparts--;
+            part_free(p);
+            return NULL;
+        }
+    } else {
+        index_insert(m, m->nparts - 1);
+    }
+    return p;
+}
+
+static void q_push(mpart *p, int64_t offset, int64_t ts_us) {
+    if (p->qlen == p->qcap) {
+        if (p->qcap >= CV_METRICS_INFLIGHT_MAX)
+            return; /* full: the age of later records is underestimated */
+        size_t cap = p->qcap ? p->qcap * 2 : 256;
+        inflight *nq = malloc(cap * sizeof(*nq));
+        if (!nq)
+            return;
+        for (size_t i = 0; i < p->qlen; i++)
+            nq[i] = p->q[(p->qhead + i) % p->qcap];
+        free(p->q);
+        p->q = nq;
+        p->qcap = cap;
+        p->qhead = 0;
+    }
+    p->q[(p->qhead + p->qlen) % p->qcap] = (inflight){offset, ts_us};
+    p->qlen++;
+}
+
+/* Drops queued records below `next`. */
+static void q_pop_below(mpart *p, int64_t next) {
+    while (p->qlen && p->q[p->qhead].offset < next) {
+        p->qhead = (p->qhead + 1) % p->qcap;
+        p->qlen--;
+    }
+}
+
+/* Drops queued records at or above `offset` (a rewind). */
+static void q_drop_from(mpart *p, int64_t offset) {
+    while (p->qlen && p->q[(p->qhead + p->qlen - 1) % p->qcap].offset >= offset)
+        p->qlen--;
+}
+
+static void hw_note(mpart *p, int64_t hw, int64_t now_us) {
+    if (p->nhws && p->hws[p->nhws - 1].hw >= hw)
+        return;
+    if (p->nhws == HW_HISTORY_MAX) { /* merge: keep the oldest entry */
+        memmove(&p->hws[1], &p->hws[2], (HW_HISTORY_MAX - 2) * sizeof(hwmark));
+        p->nhws--;
+    }
+    p->hws[p->nhws++] = (hwmark){hw, now_us};
+}
+
+static void hw_prune(mpart *p) {
+    size_t k = 0;
+    while (k < p->nhws && p->hws[k].hw <= p->acked_next)
+        k++;
+    if (k) {
+        memmove(p->hws, p->hws + k, (p->nhws - k) * sizeof(hwmark));
+        p->nhws -= k;
+    }
+}
+
+static int64_t part_end(const mpart *p) {
+    return p->high > p->consumed_next ? p->high : p->consumed_next;
+}
+
+static int64_t part_lag(const mpart *p) {
+    if (p->acked_next < 0) /* position not known yet: no lag can be claimed */
+        return 0;
+    int64_t from = p->acked_next > p->low ? p->acked_next : p->low;
+    int64_t lag = part_end(p) - from;
+    return lag > 0 ? lag : 0;
+}
+
+/* Age of the oldest unacked record in µs (0 when nothing is unacked). */
+static int64_t part_lag_age_us(const mpart *p, int64_t now_us) {
+    if (part_lag(p) == 0)
+        return 0;
+    int64_t t = 0;
+    if (p->qlen)
+        t = p->q[p->qhead].ts_us;
+    else
+        for (size_t i = 0; i < p->nhws; i++)
+            if (p->hws[i].hw > p->acked_next) {
+                t = p->hws[i].seen_us;
+                break;
+            }
+    return t > 0 && now_us > t ? now_us - t : 0;
+}
+
+static int64_t part_inflight(const mpart *p) {
+    if (p->consumed_next < 0 || p->acked_next < 0)
+        return (int64_t)p->qlen;
+    int64_t n = p->consumed_next - p->acked_next;
+    return n > 0 ? n : 0;
+}
+
+/* ---- observer callbacks (pipeline thread) ---- */
+
+static int64_t rec_time_us(int64_t sent_at_us, int64_t timestamp_ms, int64_t now_us) {
+    if (sent_at_us > 0)
+        return sent_at_us;
+    if (timestamp_ms > 0)
+        return timestamp_ms * 1000;
+    return now_us;
+}
+
+static void obs_consumed(void *opaque, const cv_rec *recs, size_t n) {
+    cv_metrics *m = opaque;
+    int64_t now_us = cv_now_us();
+    pthread_mutex_lock(&m->lock);
+    m->batches++;
+    cv_hist_observe(&m->batch_size, (int64_t)n);
+    mpart *p = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const cv_rec *r = &recs[i];
+        if (!p || p->partition != r->partition || strcmp(p->topic, r->topic) != 0)
+            p = part_get(m, r->topic, r->partition);
+        if (!p)
+            continue;
+        mchannel *c = &m->channels[p->channel];
+        c->consumed++;
+        if (r->env.reason != CV_REJECT_NONE) {
+            c->rejected++;
+            if ((unsigned)r->env.reason < CV_REJECT__COUNT)
+                c->rejected_by_reason[r->env.reason]++;
+            rejnote *rn = &m->rejects[(m->reject_head + m->nrejects) % RECENT_REJECTS];
+            if (m->nrejects == RECENT_REJECTS)
+                m->reject_head = (m->reject_head + 1) % RECENT_REJECTS;
+            else
+                m->nrejects++;
+            rn->time_ms = now_us / 1000;
+            snprintf(rn->channel, sizeof(rn->channel), "%s", c->name);
+            rn->reason = cv_reject_reason_name(r->env.reason);
+            snprintf(rn->error, sizeof(rn->error), "%s", r->env.error);
+        }
+        if (p->consumed_next >= 0 && r->offset < p->consumed_next)
+            q_drop_from(p, r->offset); /* re-delivered after a rebalance */
+        if (p->acked_next < 0 || r->offset < p->acked_next)
+            p->acked_next = r->offset;
+        p->consumed_next = r->offset + 1;
+        int64_t sent = r->env.msg ? r->env.msg->sent_at_us : 0;
+        q_push(p, r->offset, rec_time_us(sent, r->timestamp_ms, now_us));
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void obs_stored(void *opaque, const cv_rec *recs, size_t n, int64_t pg_us,
+                       int64_t log_us) {
+    cv_metrics *m = opaque;
+    pthread_mutex_lock(&m->lock);
+    if (pg_us > 0) {
+        cv_hist_observe(&m->pg_commit, pg_us);
+        m->stores[0].seen = true;
+    }
+    if (log_us > 0) {
+        cv_hist_observe(&m->log_fsync, log_us);
+        m->stores[1].seen = true;
+    }
+    mpart *p = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const cv_rec *r = &recs[i];
+        if (!p || p->partition != r->partition || strcmp(p->topic, r->topic) != 0)
+            p = part_get(m, r->topic, r->partition);
+        if (!p)
+            continue;
+        mchannel *c = &m->channels[p->channel];
+        if (r->stores & CV_STORE_PG)
+            c->stored[0]++;
+        if (r->stores & CV_STORE_LOG)
+            c->stored[1]++;
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void obs_store_error(void *opaque, unsigned store, const char *error) {
+    cv_metrics *m = opaque;
+    pthread_mutex_lock(&m->lock);
+    mstore *s = &m->stores[store_index(store)];
+    s->seen = true;
+    s->down = true;
+    s->errors++;
+    s->last_error_ms = cv_now_us() / 1000;
+    snprintf(s->last_error, sizeof(s->last_error), "%s", error ? error : "");
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void obs_store_ok(void *opaque, unsigned store) {
+    cv_metrics *m = opaque;
+    pthread_mutex_lock(&m->lock);
+    mstore *s = &m->stores[store_index(store)];
+    s->seen = true;
+    s->down = false;
+    s->writes++;
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void obs_acked(void *opaque, const cv_ack_note *notes, size_t n) {
+    cv_metrics *m = opaque;
+    int64_t now_us = cv_now_us();
+    pthread_mutex_lock(&m->lock);
+    mpart *p = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const cv_ack_note *a = &notes[i];
+        if (!p || p->partition != a->partition || strcmp(p->topic, a->topic) != 0)
+            p = part_get(m, a->topic, a->partition);
+        if (!p)
+            continue;
+        mchannel *c = &m->channels[p->channel];
+        c->acked++;
+        if (a->status >= 0 && a->status < NSTATUS)
+            c->acked_by_status[a->status]++;
+        if (a->status == CHATVAULT__V1__ACK_STATUS__DUPLICATE)
+            c->duplicate++;
+        if (a->offset + 1 > p->acked_next)
+            p->acked_next = a->offset + 1;
+        q_pop_below(p, p->acked_next);
+        hw_prune(p);
+        if (a->sent_at_us > 0 || a->timestamp_ms > 0) {
+            int64_t lat = now_us - rec_time_us(a->sent_at_us, a->timestamp_ms, now_us);
+            cv_hist_observe(&m->ack_latency, lat > 0 ? lat : 0);
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* A sample of channel `ci` as things are now. Lock held. */
+static cv_lag_sample channel_sample(const cv_metrics *m, size_t ci, int64_t now_ms) {
+    const mchannel *c = &m->channels[ci];
+    cv_lag_sample s = {.t_ms = now_ms, .consumed = c->consumed, .acked = c->acked};
+    for (size_t k = 0; k < m->nparts; k++) {
+        const mpart *p = m->parts[k];
+        if (p->channel != ci)
+            continue;
+        s.lag += part_lag(p);
+        s.inflight += part_inflight(p);
+    }
+    return s;
+}
+
+static void channel_add_sample(mchannel *c, cv_lag_sample s) {
+    if (c->nsamples == SAMPLES_MAX) {
+        c->samples[c->sample_head] = s;
+        c->sample_head = (c->sample_head + 1) % SAMPLES_MAX;
+    } else {
+        c->samples[(c->sample_head + c->nsamples) % SAMPLES_MAX] = s;
+        c->nsamples++;
+    }
+}
+
+typedef struct tp_obs {
+    int32_t partition;
+    int64_t low, high, position;
+    bool have_wm;
+} tp_obs;
+
+static void obs_tick(void *opaque, rd_kafka_t *rk) {
+    cv_metrics *m = opaque;
+    int64_t now_us = cv_now_us(), now_ms = cv_mono_ms();
+    rd_kafka_topic_partition_list_t *asg = NULL;
+    tp_obs *obs = NULL;
+    if (rk && rd_kafka_assignment(rk, &asg) == RD_KAFKA_RESP_ERR_NO_ERROR && asg) {
+        rd_kafka_position(rk, asg);
+        obs = calloc((size_t)asg->cnt + 1, sizeof(*obs));
+        for (int i = 0; obs && i < asg->cnt; i++) {
+            const rd_kafka_topic_partition_t *tp = &asg->elems[i];
+            obs[i].partition = tp->partition;
+            obs[i].position = tp->offset;
+            obs[i].have_wm = rd_kafka_get_watermark_offsets(
+                                 rk, tp->topic, tp->partition, &obs[i].low,
+                                 &obs[i].high) == RD_KAFKA_RESP_ERR_NO_ERROR;
+        }
+    }
+    pthread_mutex_lock(&m->lock);
+    m->last_tick_ms = now_ms;
+    m->ticks++;
+    if (asg && obs) {
+        for (size_t k = 0; k < m->nparts; k++)
+            m->parts[k]->assigned = false;
+        for (int i = 0; i < asg->cnt; i++) {
+            mpart *p = part_get(m, asg->elems[i].topic, obs[i].partition);
+            if (!p)
+                continue;
+            p->assigned = true;
+            if (obs[i].have_wm && obs[i].high >= 0) {
+                p->high = obs[i].high;
+                p->low = obs[i].low;
+                hw_note(p, obs[i].high, now_us);
+                hw_prune(p);
+            }
+            if (p->acked_next < 0 && p->consumed_next < 0 && obs[i].position >= 0)
+                p->acked_next = obs[i].position;
+        }
+        /* Forget partitions taken away once nothing of theirs is in flight. */
+        size_t w = 0;
+        bool removed = false;
+        for (size_t k = 0; k < m->nparts; k++) {
+            mpart *p = m->parts[k];
+            if (!p->assigned && p->qlen == 0) {
+                part_free(p);
+                removed = true;
+            } else {
+                m->parts[w++] = p;
+            }
+        }
+        m->nparts = w;
+        if (removed)
+            index_rebuild(m, m->indexcap ? m->indexcap : 256);
+    }
+    for (size_t ci = 0; ci <= m->max_channels; ci++)
+        if (ci < m->nchannels || (ci == m->max_channels && m->other_used))
+            channel_add_sample(&m->channels[ci], channel_sample(m, ci, now_ms));
+    /* Ack-latency snapshots for the recent quantiles. */
+    size_t slot = (m->lat_snap_head + m->nlat_snaps) % LAT_SNAPS;
+    if (m->nlat_snaps == LAT_SNAPS)
+        m->lat_snap_head = (m->lat_snap_head + 1) % LAT_SNAPS;
+    else
+        m->nlat_snaps++;
+    m->lat_snaps[slot] = m->ack_latency;
+    m->lat_snap_ms[slot] = now_ms;
+    pthread_mutex_unlock(&m->lock);
+    free(obs);
+    if (asg)
+        rd_kafka_topic_partition_list_destroy(asg);
+}
+
+static void obs_degraded(void *opaque, int on) {
+    cv_metrics *m = opaque;
+    pthread_mutex_lock(&m->lock);
+    if (on && !m->degraded)
+        m->degraded_since_us = cv_now_us();
+    m->degraded = on != 0;
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* ---- lifetime ---- */
+
+int cv_metrics_new(const cv_metrics_conf *conf, cv_metrics **ret_metrics) {
+    if (!conf || conf->max_channels < 1 || conf->max_channels > 100000)
+        return -EINVAL;
+    cv_metrics *m = calloc(1, sizeof(*m));
+    if (!m)
+        return -ENOMEM;
+    pthread_mutex_init(&m->lock, NULL);
+    m->max_channels = conf->max_channels;
+    m->window_ms = conf->window_ms > 0 ? conf->window_ms : 10000;
+    m->prefix = strdup(conf->topics_prefix ? conf->topics_prefix : "");
+    m->version = strdup(conf->version ? conf->version : "unknown");
+    m->channels = calloc(m->max_channels + 1, sizeof(*m->channels));
+    if (!m->prefix || !m->version || !m->channels ||
+        !(m->channels[m->max_channels].name = strdup(OTHER_CHANNEL))) {
+        cv_metrics_free(m);
+        return -ENOMEM;
+    }
+    m->start_us = cv_now_us();
+    cv_hist_init(&m->ack_latency, ack_latency_bounds, NB(ack_latency_bounds));
+    cv_hist_init(&m->pg_commit, pg_commit_bounds, NB(pg_commit_bounds));
+    cv_hist_init(&m->log_fsync, log_fsync_bounds, NB(log_fsync_bounds));
+    cv_hist_init(&m->batch_size, batch_size_bounds, NB(batch_size_bounds));
+    m->obs = (cv_pipeline_observer){
+        .opaque = m,
+        .consumed = obs_consumed,
+        .stored = obs_stored,
+        .store_error = obs_store_error,
+        .store_ok = obs_store_ok,
+        .acked = obs_acked,
+        .tick = obs_tick,
+        .degraded = obs_degraded,
+    };
+    *ret_metrics = m;
+    return 0;
+}
+
+cv_metrics *cv_metrics_free(cv_metrics *m) {
+    if (!m)
+        return NULL;
+    for (size_t k = 0; k < m->nparts; k++)
+        part_free(m->parts[k]);
+    free(m->parts);
+    free(m->index);
+    if (m->channels)
+        for (size_t i = 0; i <= m->max_channels; i++)
+            free(m->channels[i].name);
+    free(m->channels);
+    free(m->prefix);
+    free(m->version);
+    pthread_mutex_destroy(&m->lock);
+    free(m);
+    return NULL;
+}
+
+const cv_pipeline_observer *cv_metrics_observer(cv_metrics *m) { return &m->obs; }
+
+/* ---- evaluation shared by the renderers (lock held) ---- */
+
+static bool stores_down(const cv_metrics *m) {
+    int down = m->stores[0].down + m->stores[1].down;
+    return m->degraded ? down >= 2 : down >= 1;
+}
+
+static bool channel_in_use(const cv_metrics *m, size_t ci) {
+    return ci < m->nchannels || (ci == m->max_channels && m->other_used);
+}
+
+typedef struct chview {
+    cv_lag_sample now;
+    cv_lag_status status;
+    const char *why;
+    double rate; /* acks per second over the window */
+    int64_t lag_age_us;
+} chview;
+
+static chview channel_view(const cv_metrics *m, size_t ci, int64_t now_ms,
+                           int64_t now_us) {
+    const mchannel *c = &m->channels[ci];
+    cv_lag_sample s[SAMPLES_MAX + 1];
+    size_t n = 0;
+    for (size_t i = 0; i < c->nsamples; i++)
+        s[n++] = c->samples[(c->sample_head + i) % SAMPLES_MAX];
+    chview v = {.now = channel_sample(m, ci, now_ms)};
+    s[n++] = v.now;
+    v.status = cv_lag_status_eval(s, n, m->window_ms, stores_down(m), &v.why);
+    size_t first = 0;
+    for (size_t i = 0; i < n; i++)
+        if (s[i].t_ms <= now_ms - m->window_ms)
+            first = i;
+    if (now_ms > s[first].t_ms)
+        v.rate = (double)(v.now.acked - s[first].acked) * 1000.0 /
+                 (double)(now_ms - s[first].t_ms);
+    for (size_t k = 0; k < m->nparts; k++)
+        if (m->parts[k]->channel == ci) {
+            int64_t age = part_lag_age_us(m->parts[k], now_us);
+            if (age > v.lag_age_us)
+                v.lag_age_us = age;
+        }
+    return v;
+}
+
+/* ---- Prometheus text ---- */
+
+static int prom_label(cv_buf *b, const char *s) {
+    int r = 0;
+    for (; *s && r == 0; s++) {
+        if (*s == '\\' || *s == '"')
+            r = cv_buf_printf(b, "\\%c", *s);
+        else if (*s == '\n')
+            r = cv_buf_append(b, "\\n", 2);
+        else
+            r = cv_buf_append(b, s, 1);
+    }
+    return r;
+}
+
+static int prom_family(cv_buf *b, const char *name, const char *type,
+                       const char *help) {
+    return cv_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* name{channel="..."<extra>} value */
+static int prom_ch(cv_buf *b, const char *name, const char *channel,
+                   const char *extra, const char *fmt_value, double v) {
+    int r = cv_buf_printf(b, "%s{channel=\"", name);
+    if (!r)
+        r = prom_label(b, channel);
+    if (!r)
+        r = cv_buf_printf(b, "\"%s} ", extra ? extra : "");
+    if (!r)
+        r = cv_buf_printf(b, fmt_value, v);
+    if (!r)
+        r = cv_buf_append(b, "\n", 1);
+    return r;
+}
+
+static int prom_hist(cv_buf *b, const char *name, const char *help,
+                     const cv_hist *h, double scale) {
+    int r = prom_family(b, name, "histogram", help);
+    uint64_t cum = 0;
+    for (size_t i = 0; !r && i < h->nbounds; i++) {
+        cum += h->counts[i];
+        r = cv_buf_printf(b, "%s_bucket{le=\"%.9g\"} %" PRIu64 "\n", name,
+                          (double)h->bounds[i] / scale, cum);
+    }
+    if (!r)
+        r = cv_buf_printf(b,
+                          "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n%s_sum %.9g\n"
+                          "%s_count %" PRIu64 "\n",
+                          name, h->count, name, (double)h->sum / scale, name,
+                          h->count);
+    return r;
+}
+
+#define CK(x)                                                                  \
+    do {                                                                       \
+        if ((r = (x)) < 0)                                                     \
+            goto out;                                                          \
+    } while (0)
+
+static const char *ack_status_label(int s) {
+    static const char *names[NSTATUS] = {"unspecified", "persisted", "duplicate",
+                                         "rejected", "degraded"};
+    return s >= 0 && s < NSTATUS ? names[s] : "unknown";
+}
+
+int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
+    int r = 0;
+    int64_t now_us = cv_now_us(), now_ms = cv_mono_ms();
+    pthread_mutex_lock(&m->lock);
+    CK(prom_family(b, "chatvault_build_info", "gauge",
+                   "Always 1; the labels say which build and libraries run."));
+    CK(cv_buf_printf(b,
+                     "chatvault_build_info{version=\"%s\",librdkafka=\"%s\","
+                     "libpq=\"%d\",libsodium=\"%s\"} 1\n",
+                     m->version, rd_kafka_version_str(), PQlibVersion(),
+                     sodium_version_string()));
+    CK(prom_family(b, "chatvault_start_time_seconds", "gauge",
+                   "Unix time the broker started."));
+    CK(cv_buf_printf(b, "chatvault_start_time_seconds %.3f\n", (double)m->start_us / 1e6));
+
+    struct {
+        const char *name, *help;
+        size_t off;
+    } counters[] = {
+        {"chatvault_consumed_total", "Records consumed from the chat topics.",
+         offsetof(mchannel, consumed)},
+        {"chatvault_duplicates_total",
+         "Records acked as DUPLICATE (message id already stored).",
+         offsetof(mchannel, duplicate)},
+    };
+    for (size_t k = 0; k < NB(counters); k++) {
+        CK(prom_family(b, counters[k].name, "counter", counters[k].help));
+        for (size_t ci = 0; ci <= m->max_channels; ci++)
+            if (channel_in_use(m, ci))
+                CK(prom_ch(b, counters[k].name, m->channels[ci].name, NULL, "%.0f",
+                           (double)*(const int64_t *)((const char *)&m->channels[ci] +
+                                                      counters[k].off)));
+    }
+    CK(prom_family(b, "chatvault_stored_total", "counter",
+                   "Records made durable, per store."));
+    for (size_t ci = 0; ci <= m->max_channels; ci++)
+        for (size_t s = 0; channel_in_use(m, ci) && s < 2; s++) {
+            char extra[32];
+            snprintf(extra, sizeof(extra), ",store=\"%s\"", store_name(s));
+            CK(prom_ch(b, "chatvault_stored_total", m->channels[ci].name, extra,
+                       "%.0f", (double)m->channels[ci].stored[s]));
+        }
+    CK(prom_family(b, "chatvault_acked_total", "counter",
+                   "Records whose DeliveryAck was delivered, per ack status."));
+    for (size_t ci = 0; ci <= m->max_channels; ci++)
+        for (int s = 1; channel_in_use(m, ci) && s < NSTATUS; s++) {
+            char extra[40];
+            snprintf(extra, sizeof(extra), ",status=\"%s\"", ack_status_label(s));
+            CK(prom_ch(b, "chatvault_acked_total", m->channels[ci].name, extra, "%.0f",
+                       (double)m->channels[ci].acked_by_status[s]));
+        }
+    CK(prom_family(b, "chatvault_rejected_total", "counter",
+                   "Records rejected (sent to the DLQ), per reason."));
+    for (size_t ci = 0; ci <= m->max_channels; ci++)
+        for (int s = 1; channel_in_use(m, ci) && s < CV_REJECT__COUNT; s++) {
+            if (!m->channels[ci].rejected_by_reason[s])
+                continue;
+            char extra[64];
+            snprintf(extra, sizeof(extra), ",reason=\"%s\"",
+                     cv_reject_reason_name((cv_reject_reason)s));
+            CK(prom_ch(b, "chatvault_rejected_total", m->channels[ci].name, extra,
+                       "%.0f", (double)m->channels[ci].rejected_by_reason[s]));
+        }
+
+    /* Per-partition lag; "_other" sums its partitions by number. */
+    CK(prom_family(b, "chatvault_ack_lag_messages", "gauge",
+                   "Records of the partition not acked yet (end offset - acked "
+                   "offset), consumed or still in Kafka."));
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1)
+            CK(prom_family(b, "chatvault_ack_lag_seconds", "gauge",
+                           "Age of the oldest unacked record of the partition."));
+        for (size_t k = 0; k < m->nparts; k++) {
+            const mpart *p = m->parts[k];
+            bool other = p->channel == m->max_channels;
+            if (other) { /* emitted once per partition number */
+                bool seen = false;
+                for (size_t j = 0; j < k && !seen; j++)
+                    seen = m->parts[j]->channel == m->max_channels &&
+                           m->parts[j]->partition == p->partition;
+                if (seen)
+                    continue;
+            }
+            double v = 0;
+            for (size_t j = k; j < m->nparts; j++) {
+                const mpart *q = m->parts[j];
+                if (j != k && (!other || q->channel != m->max_channels ||
+                               q->partition != p->partition))
+                    continue;
+                if (pass == 0)
+                    v += (double)part_lag(q);
+                else {
+                    double age = (double)part_lag_age_us(q, now_us) / 1e6;
+                    v = age > v ? age : v;
+                }
+            }
+            char extra[40];
+            snprintf(extra, sizeof(extra), ",partition=\"%" PRId32 "\"", p->partition);
+            CK(prom_ch(b, pass ? "chatvault_ack_lag_seconds" : "chatvault_ack_lag_messages",
+                       m->channels[p->channel].name, extra, pass ? "%.3f" : "%.0f", v));
+        }
+    }
+    CK(prom_family(b, "chatvault_channel_status", "gauge",
+                   "1 for the channel's current status (OK, WARN, STALL, STOP, "
+                   "ERR; see /api/lag), 0 for the others."));
+    for (size_t ci = 0; ci <= m->max_channels; ci++) {
+        if (!channel_in_use(m, ci))
+            continue;
+        chview v = channel_view(m, ci, now_ms, now_us);
+        for (int s = 0; s < CV_LAG__COUNT; s++) {
+            char extra[32];
+            snprintf(extra, sizeof(extra), ",status=\"%s\"",
+                     cv_lag_status_name((cv_lag_status)s));
+            CK(prom_ch(b, "chatvault_channel_status", m->channels[ci].name, extra,
+                       "%.0f", v.status == (cv_lag_status)s ? 1.0 : 0.0));
+        }
+    }
+    CK(prom_hist(b, "chatvault_ack_latency_seconds",
+                 "Time from a message's sent_at (else its Kafka timestamp) to "
+                 "the delivery of its ack.",
+                 &m->ack_latency, 1e6));
+    CK(prom_hist(b, "chatvault_pg_commit_seconds",
+                 "Duration of one batch's PostgreSQL transaction.", &m->pg_commit, 1e6));
+    CK(prom_hist(b, "chatvault_log_fsync_seconds",
+                 "Duration of one batch's log append and fdatasync.", &m->log_fsync, 1e6));
+    CK(prom_hist(b, "chatvault_batch_size_messages", "Records per decoded batch.",
+                 &m->batch_size, 1));
+    CK(prom_family(b, "chatvault_store_up", "gauge",
+                   "1 when the store's last write succeeded, 0 after a failed "
+                   "write until one succeeds."));
+    for (size_t s = 0; s < 2; s++)
+        if (m->stores[s].seen || s == 0)
+            CK(cv_buf_printf(b, "chatvault_store_up{store=\"%s\"} %d\n", store_name(s),
+                             !m->stores[s].down));
+    CK(prom_family(b, "chatvault_store_errors_total", "counter",
+                   "Failed store writes (each is retried)."));
+    for (size_t s = 0; s < 2; s++)
+        if (m->stores[s].seen || s == 0)
+            CK(cv_buf_printf(b, "chatvault_store_errors_total{store=\"%s\"} %" PRId64 "\n",
+                             store_name(s), m->stores[s].errors));
+    CK(prom_family(b, "chatvault_degraded", "gauge",
+                   "1 while ack.policy = any acks with one store only."));
+    CK(cv_buf_printf(b, "chatvault_degraded %d\n", m->degraded));
+    CK(prom_family(b, "chatvault_channels_overflow", "gauge",
+                   "1 when channels beyond metrics.max_channels are counted "
+                   "under channel=\"_other\"."));
+    CK(cv_buf_printf(b, "chatvault_channels_overflow %d\n", m->other_used));
+    CK(prom_family(b, "chatvault_pipeline_tick_age_seconds", "gauge",
+                   "Seconds since the pipeline thread last reported (about "
+                   "every second while it runs; grows while it is blocked)."));
+    CK(cv_buf_printf(b, "chatvault_pipeline_tick_age_seconds %.3f\n",
+                     m->last_tick_ms ? (double)(now_ms - m->last_tick_ms) / 1e3
+                                     : (double)(now_us - m->start_us) / 1e6));
+out:
+    pthread_mutex_unlock(&m->lock);
+    return r;
+}
+
+/* ---- /api/lag JSON ---- */
+
+static int json_str(cv_buf *b, const char *s) { return cv_buf_json_string(b, s, strlen(s)); }
+
+static int json_num(cv_buf *b, double v) {
+    if (v < 0) /* "none" */
+        return cv_buf_append(b, "null", 4);
+    return cv_buf_printf(b, "%.6g", v);
+}
+
+int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
+    int r = 0;
+    int64_t now_us = cv_now_us(), now_ms = cv_mono_ms();
+    pthread_mutex_lock(&m->lock);
+    bool down = stores_down(m);
+    cv_lag_status worst = CV_LAG_OK;
+    int64_t tot_lag = 0, tot_age = 0, tot_consumed = 0, tot_acked = 0,
+            tot_rejected = 0, tot_dup = 0, tot_inflight = 0;
+    double tot_rate = 0;
+    CK(cv_buf_printf(b, "{\"time_ms\":%" PRId64 ",\"version\":", now_us / 1000));
+    CK(json_str(b, m->version));
+    CK(cv_buf_printf(b,
+                     ",\"uptime_s\":%.1f,\"window_s\":%.1f,\"tick_age_s\":%.1f,"
+                     "\"degraded\":%s,\"degraded_since_ms\":%" PRId64 ","
+                     "\"channels_overflow\":%s,\"channels\":[",
+                     (double)(now_us - m->start_us) / 1e6, (double)m->window_ms / 1e3,
+                     m->last_tick_ms ? (double)(now_ms - m->last_tick_ms) / 1e3 : -1.0,
+                     m->degraded ? "true" : "false",
+                     m->degraded ? m->degraded_since_us / 1000 : 0,
+                     m->other_used ? "true" : "false"));
+    bool firstc = true;
+    for (size_t ci = 0; ci <= m->max_channels; ci++) {
+        if (!channel_in_use(m, ci))
+            continue;
+        const mchannel *c = &m->channels[ci];
+        chview v = channel_view(m, ci, now_ms, now_us);
+        if (v.status > worst)
+            worst = v.status;
+        tot_lag += v.now.lag;
+        tot_inflight += v.now.inflight;
+        tot_age = v.lag_age_us > tot_age ? v.lag_age_us : tot_age;
+        tot_consumed += c->consumed;
+        tot_acked += c->acked;
+        tot_rejected += c->rejected;
+        tot_dup += c->duplicate;
+        tot_rate += v.rate;
+        CK(cv_buf_printf(b, "%s{\"channel\":", firstc ? "" : ","));
+        firstc = false;
+        CK(json_str(b, c->name));
+        CK(cv_buf_printf(b, ",\"status\":\"%s\",\"why\":", cv_lag_status_name(v.status)));
+        CK(json_str(b, v.why));
+        CK(cv_buf_printf(b,
+                         ",\"rate\":%.2f,\"lag_messages\":%" PRId64
+                         ",\"lag_seconds\":%.3f,\"inflight\":%" PRId64
+                         ",\"consumed\":%" PRId64 ",\"acked\":%" PRId64
+                         ",\"stored_postgres\":%" PRId64 ",\"stored_log\":%" PRId64
+                         ",\"rejected\":%" PRId64 ",\"duplicate\":%" PRId64
+                         ",\"partitions\":[",
+                         v.rate, v.now.lag, (double)v.lag_age_us / 1e6, v.now.inflight,
+                         c->consumed, c->acked, c->stored[0], c->stored[1],
+                         c->rejected, c->duplicate));
+        bool firstp = true;
+        for (size_t k = 0; k < m->nparts; k++) {
+            const mpart *p = m->parts[k];
+            if (p->channel != ci)
+                continue;
+            CK(cv_buf_printf(b, "%s{\"topic\":", firstp ? "" : ","));
+            firstp = false;
+            CK(json_str(b, p->topic));
+            CK(cv_buf_printf(b,
+                             ",\"partition\":%" PRId32 ",\"high_watermark\":%" PRId64
+                             ",\"acked_offset\":%" PRId64 ",\"consumed_offset\":%" PRId64
+                             ",\"lag_messages\":%" PRId64 ",\"lag_seconds\":%.3f"
+                             ",\"inflight\":%" PRId64 ",\"assigned\":%s}",
+                             p->partition, p->high, p->acked_next, p->consumed_next,
+                             part_lag(p), (double)part_lag_age_us(p, now_us) / 1e6,
+                             part_inflight(p), p->assigned ? "true" : "false"));
+        }
+        CK(cv_buf_append(b, "]}", 2));
+    }
+    if (down)
+        worst = CV_LAG_ERR;
+    /* Sent→ack quantiles over the last window, from the tick snapshots. */
+    const cv_hist *base = NULL;
+    for (size_t i = 0; i < m->nlat_snaps; i++) {
+        size_t k = (m->lat_snap_head + i) % LAT_SNAPS;
+        if (!base || m->lat_snap_ms[k] <= now_ms - m->window_ms)
+            base = &m->lat_snaps[k];
+    }
+    CK(cv_buf_printf(b, "],\"status\":\"%s\",\"totals\":{\"lag_messages\":%" PRId64
+                        ",\"lag_seconds\":%.3f,\"inflight\":%" PRId64
+                        ",\"rate\":%.2f,\"consumed\":%" PRId64 ",\"acked\":%" PRId64
+                        ",\"rejected\":%" PRId64 ",\"duplicate\":%" PRId64
+                        ",\"batches\":%" PRId64 "},\"latency\":{\"p50_s\":",
+                     cv_lag_status_name(worst), tot_lag, (double)tot_age / 1e6,
+                     tot_inflight, tot_rate, tot_consumed, tot_acked, tot_rejected,
+                     tot_dup, m->batches));
+    double q50 = cv_hist_quantile(&m->ack_latency, base, 0.5);
+    double q99 = cv_hist_quantile(&m->ack_latency, base, 0.99);
+    CK(json_num(b, q50 < 0 ? q50 : q50 / 1e6));
+    CK(cv_buf_append(b, ",\"p99_s\":", 9));
+    CK(json_num(b, q99 < 0 ? q99 : q99 / 1e6));
+    q50 = cv_hist_quantile(&m->pg_commit, NULL, 0.99);
+    CK(cv_buf_append(b, ",\"pg_commit_p99_s\":", 19));
+    CK(json_num(b, q50 < 0 ? q50 : q50 / 1e6));
+    q50 = cv_hist_quantile(&m->log_fsync, NULL, 0.99);
+    CK(cv_buf_append(b, ",\"log_fsync_p99_s\":", 19));
+    CK(json_num(b, q50 < 0 ? q50 : q50 / 1e6));
+    CK(cv_buf_append(b, "},\"stores\":[", 12));
+    bool firsts = true;
+    for (size_t s = 0; s < 2; s++) {
+        if (!m->stores[s].seen && s != 0)
+            continue;
+        CK(cv_buf_printf(b, "%s{\"name\":\"%s\",\"up\":%s,\"errors\":%" PRId64
+                            ",\"last_error_ms\":%" PRId64 ",\"last_error\":",
+                         firsts ? "" : ",", store_name(s),
+                         m->stores[s].down ? "false" : "true", m->stores[s].errors,
+                         m->stores[s].last_error_ms));
+        firsts = false;
+        CK(json_str(b, m->stores[s].last_error));
+        CK(cv_buf_append(b, "}", 1));
+    }
+    CK(cv_buf_append(b, "],\"rejected_recent\":[", 21));
+    for (size_t i = 0; i < m->nrejects; i++) { /* newest first */
+        const rejnote *rn =
+            &m->rejects[(m->reject_head + m->nrejects - 1 - i) % RECENT_REJECTS];
+        CK(cv_buf_printf(b, "%s{\"time_ms\":%" PRId64 ",\"channel\":", i ? "," : "",
+                         rn->time_ms));
+        CK(json_str(b, rn->channel));
+        CK(cv_buf_append(b, ",\"reason\":", 10));
+        CK(json_str(b, rn->reason));
+        CK(cv_buf_append(b, ",\"error\":", 9));
+        CK(json_str(b, rn->error));
+        CK(cv_buf_append(b, "}", 1));
+    }
+    CK(cv_buf_append(b, "]}\n", 3));
+out:
+    pthread_mutex_unlock(&m->lock);
+    return r;
+}
+
+bool cv_metrics_ready(cv_metrics *m, char *why, size_t whylen) {
+    int64_t now_us = cv_now_us(), now_ms = cv_mono_ms();
+    bool ok = true;
+    pthread_mutex_lock(&m->lock);
+    if (!m->last_tick_ms) {
+        snprintf(why, whylen, "pipeline not running yet");
+        ok = false;
+    } else if (now_ms - m->last_tick_ms > 3 * m->window_ms) {
+        snprintf(why, whylen, "pipeline thread silent for %.0f s",
+                 (double)(now_ms - m->last_tick_ms) / 1e3);
+        ok = false;
+    }
+    for (size_t s = 0; ok && s < 2; s++)
+        if (m->stores[s].down && stores_down(m)) {
+            snprintf(why, whylen, "store %s down: %s", store_name(s),
+                     m->stores[s].last_error);
+            ok = false;
+        }
+    for (size_t ci = 0; ok && ci <= m->max_channels; ci++) {
+        if (!channel_in_use(m, ci))
+            continue;
+        chview v = channel_view(m, ci, now_ms, now_us);
+        if (v.status == CV_LAG_STALL || v.status == CV_LAG_STOP ||
+            v.status == CV_LAG_ERR) {
+            snprintf(why, whylen, "channel %s is %s: %s", m->channels[ci].name,
+                     cv_lag_status_name(v.status), v.why);
+            ok = false;
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (ok)
+        snprintf(why, whylen, "ready");
+    return ok;
+}

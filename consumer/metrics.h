@@ -1,0 +1,145 @@
+/*
+ * metrics — what the pipeline did, per channel and partition, for the
+ * Prometheus endpoint, the /api/lag JSON, the dashboard and `chatvault lag`.
+ *
+ * cv_metrics implements a cv_pipeline_observer. The pipeline thread feeds it;
+ * any other thread renders it. One mutex guards everything; callbacks hold it
+ * for a few microseconds per batch, renderers for one pass over the state.
+ *
+ * Ack lag, per partition:
+ *   - in messages: end − acked, where `acked` is the next offset whose ack is
+ *     delivered (everything below it is acked) and `end` is the larger of the
+ *     high watermark read at the last tick and the next offset consumed. So
+ *     consumed-but-unacked records count, and so do records still in Kafka.
+ *   - in seconds: the age of the oldest unacked message. When that message
+ *     was consumed it is exact: now − its sent_at_us (else its Kafka
+ *     timestamp, else the time it was consumed). When every unacked record
+ *     is still in Kafka (not consumed yet), the age is measured from the
+ *     first tick whose high watermark showed the record existed, so it is a
+ *     lower bound, at most one tick (≈1 s) short; the history of high
+ *     watermarks kept for that is bounded (64 entries per partition; when it
+ *     is full, intermediate entries are merged, which can only make the age
+ *     younger). Consumed-unacked records are queued per partition up to
+ *     CV_METRICS_INFLIGHT_MAX; past it newer records are not queued and the
+ *     age of a record missing from the queue is taken from the next queued
+ *     one (younger: an underestimate).
+ *   Partitions no longer assigned to this instance leave the lag once their
+ *   records in flight are acked.
+ *
+ * Status per channel, from samples taken at every tick (≈1 s) of the
+ * channel's cumulative acked and consumed counts, its lag and its records in
+ * flight, plus one sample taken at render time. The window is the samples of
+ * the last `window_ms` plus the newest sample before them (the baseline).
+ * Rules, first match wins (Burrow's rules applied to ack progress):
+ *   ERR   a store is down and acks cannot be made (a store write failed and
+ *         no write to it succeeded since, unless ack.policy = any runs
+ *         degraded on the other store).
+ *   OK    the lag now is 0, or the window spans less than half of window_ms
+ *         (not enough history to judge).
+ *   STALL acks did not advance over the window, lag > 0, and records were
+ *         consumed in the window or are in flight now: the pipeline has the
+ *         records but does not get them acked.
+ *   STOP  acks did not advance, nothing was consumed and nothing is in
+ *         flight, lag > 0: records wait in Kafka and nobody takes them.
+ *   WARN  acks advance but the lag never shrank from one sample to the next
+ *         and is larger at the end than at the start: falling behind.
+ *   OK    otherwise.
+ *
+ * Label cardinality: the first `max_channels` channels seen get their own
+ * label; later ones are counted under channel="_other" (their per-partition
+ * lag is summed by partition number there).
+ */
+#ifndef CV_METRICS_H
+#define CV_METRICS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pipeline.h"
+#include "util.h"
+
+/* ---- Pure parts (unit-tested) ---- */
+
+typedef enum cv_lag_status {
+    CV_LAG_OK = 0,
+    CV_LAG_WARN,
+    CV_LAG_STALL,
+    CV_LAG_STOP,
+    CV_LAG_ERR,
+    CV_LAG__COUNT
+} cv_lag_status;
+
+/* "OK", "WARN", "STALL", "STOP", "ERR". */
+const char *cv_lag_status_name(cv_lag_status s);
+
+/* One observation of a channel. Counts are cumulative since start. */
+typedef struct cv_lag_sample {
+    int64_t t_ms;     /* monotonic time */
+    int64_t consumed; /* records consumed */
+    int64_t acked;    /* records whose ack was delivered */
+    int64_t lag;      /* ack lag in messages */
+    int64_t inflight; /* consumed, ack not delivered yet */
+} cv_lag_sample;
+
+/* Applies the status rules above to samples `s[0..n)` in time order, the
+ * last being "now". `ret_why`, when not NULL, gets a short static
+ * explanation. */
+cv_lag_status cv_lag_status_eval(const cv_lag_sample *s, size_t n,
+                                 int64_t window_ms, bool stores_down,
+                                 const char **ret_why);
+
+/* A fixed-bucket histogram of integer observations (µs or counts). */
+#define CV_HIST_MAX_BUCKETS 24
+typedef struct cv_hist {
+    const int64_t *bounds; /* upper bounds, ascending; +Inf is implicit */
+    size_t nbounds;        /* ≤ CV_HIST_MAX_BUCKETS */
+    uint64_t counts[CV_HIST_MAX_BUCKETS + 1]; /* per bucket, last is +Inf */
+    uint64_t count;
+    int64_t sum;
+} cv_hist;
+
+void cv_hist_init(cv_hist *h, const int64_t *bounds, size_t nbounds);
+void cv_hist_observe(cv_hist *h, int64_t v);
+/* The q-quantile (0..1) of the observations in `h` minus those in `base`
+ * (NULL: none), interpolated linearly inside a bucket as Prometheus'
+ * histogram_quantile does; observations past the last bound give the last
+ * bound. Returns -1 when there are no observations. */
+double cv_hist_quantile(const cv_hist *h, const cv_hist *base, double q);
+
+/* ---- The observer ---- */
+
+#define CV_METRICS_INFLIGHT_MAX (1u << 18)
+
+typedef struct cv_metrics cv_metrics;
+
+typedef struct cv_metrics_conf {
+    const char *topics_prefix; /* "chat.": channel = topic minus it */
+    size_t max_channels;       /* channels with their own label (≥ 1) */
+    int64_t window_ms;         /* status window; 0 means 10000 */
+    const char *version;       /* for chatvault_build_info */
+} cv_metrics_conf;
+
+/* Returns 0, -EINVAL for a bad conf, or -ENOMEM. */
+int cv_metrics_new(const cv_metrics_conf *conf, cv_metrics **ret_metrics);
+
+/* Accepts NULL; returns NULL. The pipeline must be freed first. */
+cv_metrics *cv_metrics_free(cv_metrics *m);
+
+/* The observer to put in cv_pipeline_conf.observer; valid as long as `m`. */
+const cv_pipeline_observer *cv_metrics_observer(cv_metrics *m);
+
+/* Appends the Prometheus text exposition (format 0.0.4) to `out`.
+ * Returns 0 or the cv_buf error. Thread-safe. */
+int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *out);
+
+/* Appends the /api/lag JSON document to `out` (described in README.md,
+ * "Observability"). Returns 0 or the cv_buf error. Thread-safe. */
+int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *out);
+
+/* Ready: the pipeline ticked in the last 3 windows, no store is down, no
+ * channel is STALL, STOP or ERR. When not ready, `why` says what is wrong.
+ * Thread-safe. */
+bool cv_metrics_ready(cv_metrics *m, char *why, size_t whylen);
+
+#endif

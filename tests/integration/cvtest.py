@@ -73,7 +73,7 @@ def now_us():
 
 def chat_message(channel, body, message_id=None, **kw):
     """A ChatMessage; returns (message_id, serialized bytes)."""
-    mid = message_id or str(uuid.uuid4())
+    mid = str(uuid.uuid4()) if message_id is None else message_id
     m = pb.ChatMessage(message_id=mid, channel=channel,
                        sender_id=kw.pop('sender_id', 'cvtest'),
                        sent_at_us=kw.pop('sent_at_us', now_us()),

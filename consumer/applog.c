@@ -1,0 +1,1780 @@
+/*
+ * applog — the encrypted, tamper-evident append-only log. This comment is the
+ * format specification. All integers are big-endian.
+ *
+ * LAYOUT
+ *   <log.dir>/<topic>-<partition>/<first offset, 20 digits>.cvlog
+ * One directory per Kafka topic-partition (Kafka topic names are
+ * [A-Za-z0-9._-], so they are safe as file names). A segment file is named
+ * by the offset of its first record and holds records of ascending offsets;
+ * offsets ascend across the segments of a directory too (gaps are allowed:
+ * Kafka offsets have gaps). A writer rolls to a new segment before a record
+ * would take the segment past log.segment_bytes, and every writer session
+ * (cv_applog_open) starts a new segment on its first append, so a segment is
+ * only ever written by one session of one instance; older segments are
+ * never written again ("sealed"; the last segment is "open").
+ * A new segment is written as "<name>.tmp" with its first batch, fdatasynced,
+ * renamed into place and the directory fsynced: a segment file never has a
+ * torn header or a torn first batch. A *.tmp left by a crash is deleted.
+ *
+ * SEGMENT HEADER (H bytes, H = 108 + T + N)
+ *   0   8  magic "CVAPLOG\n"
+ *   8   2  format version, 1
+ *  10   2  H, header length in bytes
+ *  12   4  key id of the key that seals every record of the segment
+ *  16  16  segment id (random; also the first 16 bytes of every nonce)
+ *  32  16  writer id (random per writer session: which session wrote it)
+ *  48   8  first offset (equals the file name)
+ *  56   8  created at, Unix microseconds
+ *  64  32  chain hash of the last record of the previous segment of this
+ *          directory (zeros for the first segment ever written)
+ *  96   4  partition
+ * 100   2  T, topic length (1..255)
+ * 102   2  N, writer name length (0..64): the host name of the instance
+ * 104   T  topic
+ * 104+T N  writer name
+ * H-4   4  CRC32C of bytes [0, H-4)
+ * The header hash HH = BLAKE2b-256(header bytes [0, H)) is bound into every
+ * record's additional data, so changing any header byte fails every record.
+ *
+ * RECORD FRAME (L bytes, L = 32 + P + 16), directly after the header and
+ * after each other
+ *   0   4  magic "CVR\x01" (lets recovery find frames after a damaged one)
+ *   4   4  CRC32C of bytes [8, L): the cheap check, run before decrypting
+ *   8   4  L, frame length (71 .. 64 MiB)
+ *  12   4  batch number within the segment (1 for the batch that created
+ *          it, +1 per group commit that wrote to the segment)
+ *  16   8  record index within the segment (0, 1, 2, ...)
+ *  24   8  Kafka offset
+ *  32   P  ciphertext of the plaintext below
+ *  32+P 16 Poly1305 tag
+ * Plaintext (P = 22 + T + V bytes):
+ *   0   8  Kafka offset
+ *   8   8  Kafka timestamp, ms (-1 when none)
+ *  16   4  partition
+ *  20   2  T, topic length
+ *  22   T  topic
+ *  22+T V  the Kafka record value (the serialized ChatMessage), verbatim
+ * Cipher: XChaCha20-Poly1305 (IETF) with the segment's key;
+ *   nonce (24) = segment id (16) || record index (8)    -- unique per key
+ *   additional data (96) = HH (32) || frame bytes [8, 32) (24) ||
+ *                          byte position of the frame in the file (8) ||
+ *                          chain hash of the previous record (32)
+ * so a record authenticates only in its own segment, at its own position,
+ * after its own predecessor: moved, copied, swapped or dropped records fail.
+ * Chain hash C = BLAKE2b-256(C_prev || frame bytes [0, L)); C_prev of a
+ * segment's first record is the header's previous-segment chain hash. The
+ * chain is over the bytes on disk, so it is checkable without the key; C is
+ * the record's digest (DeliveryAck.log_digest).
+ *
+ * DURABILITY AND RECOVERY
+ * An append encodes the batch into one buffer per touched segment, writes
+ * each with pwrite, then fdatasyncs every touched segment once (and renames
+ * new segments into place, fsyncing the directory) before reporting success.
+ * The writer tracks "requested" (written) and "durable" (synced) state; on
+ * any failure it truncates the segment back to the durable size, removes
+ * segments the batch created and restores chain and offsets, so nothing of
+ * a failed append can later be mistaken for durable.
+ * Opening a partition scans its last segment with the reader. A frame that
+ * fails (short, bad length, bad CRC, failed authentication) is a torn tail
+ * only if it is in the segment's last batch: no later frame in the file
+ * passes its CRC with a batch number above (last good batch + 1), and the
+ * failure is not in batch 1 (which the rename made atomic). A torn tail is
+ * truncated (reported through cv_applog_set_torn_cb) and writing continues
+ * in a new segment. Any other damage stops the partition with file and byte
+ * offset and the advice to run `chatvault log check`. Deleting whole
+ * records at the end of the last segment is indistinguishable from a crash;
+ * the digests carried by the acks are the external anchor for that.
+ *
+ * MANY INSTANCES
+ * Each broker instance has its own log.dir (its own volume); a shared
+ * directory would need a shared file system with working fsync and would
+ * have two writers of one partition during a rebalance (the old owner
+ * finishing its batch while the new owner starts), interleaving two chains.
+ * With per-instance directories a partition that moves between instances
+ * leaves its history in pieces, one chain per directory; the writer id and
+ * writer name in each segment header say which instance wrote which
+ * segment. A record re-delivered after a rebalance may sit in two
+ * directories: the reader merges several directories of one partition by
+ * offset, returns such a record once, and reports an offset whose bytes
+ * differ between directories as damage. `chatvault log` takes --log-dir
+ * several times for that.
+ */
+#include "applog.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <sodium.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util.h"
+
+#define HDR_MAGIC "CVAPLOG\n"
+#define HDR_VERSION 1
+#define HDR_FIXED 104
+#define HDR_MAX (HDR_FIXED + 255 + 64 + 4)
+#define FRAME_MAGIC "CVR\x01"
+#define FRAME_HDR 32
+#define TAG_BYTES crypto_aead_xchacha20poly1305_ietf_ABYTES
+#define PT_FIXED 22
+#define FRAME_MIN (FRAME_HDR + PT_FIXED + 1 + TAG_BYTES)
+#define FRAME_MAX (64u << 20)
+#define AD_BYTES 96
+#define DIGEST 32
+#define SEG_SUFFIX ".cvlog"
+#define TMP_SUFFIX ".tmp"
+#define NAME_DIGITS 20
+#define INDEX_KEEP 65536 /* recent (offset, digest) pairs kept per partition */
+#define BUF_LIMIT (1u << 30)
+#define WRITER_NAME_MAX 64
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static void errf(char *errbuf, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void errf(char *errbuf, size_t errlen, const char *fmt, ...) {
+    if (!errbuf || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(errbuf, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static uint16_t rd16(const unsigned char *p) {
+    return (uint16_t)((p[0] << 8) | p[1]);
+}
+static uint32_t rd32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
+           ((uint32_t)p[2] << 8) | p[3];
+}
+static uint64_t rd64(const unsigned char *p) {
+    return ((uint64_t)rd32(p) << 32) | rd32(p + 4);
+}
+
+/* ---- CRC32C (Castagnoli) ---------------------------------------------- */
+
+static uint32_t crc_table[8][256];
+
+static void crc_init_table(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^
+                              crc_table[0][crc_table[t - 1][i] & 0xff];
+}
+
+static uint32_t crc32c_sw(const unsigned char *p, size_t n) {
+    uint32_t c = 0xffffffffu;
+    while (n >= 8) {
+        uint32_t lo = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 |
+                           (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+        uint32_t hi = (uint32_t)p[4] | (uint32_t)p[5] << 8 |
+                      (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
+        c = crc_table[7][lo & 0xff] ^ crc_table[6][(lo >> 8) & 0xff] ^
+            crc_table[5][(lo >> 16) & 0xff] ^ crc_table[4][lo >> 24] ^
+            crc_table[3][hi & 0xff] ^ crc_table[2][(hi >> 8) & 0xff] ^
+            crc_table[1][(hi >> 16) & 0xff] ^ crc_table[0][hi >> 24];
+        p += 8;
+        n -= 8;
+    }
+    while (n--)
+        c = crc_table[0][(c ^ *p++) & 0xff] ^ (c >> 8);
+    return c ^ 0xffffffffu;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("sse4.2"))) static uint32_t
+crc32c_hw(const unsigned char *p, size_t n) {
+    uint64_t c = 0xffffffffu;
+    while (n >= 8) {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        c = __builtin_ia32_crc32di(c, v);
+        p += 8;
+        n -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (n--)
+        c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return c32 ^ 0xffffffffu;
+}
+#define HAVE_CRC_HW 1
+#endif
+
+static uint32_t (*crc32c_fn)(const unsigned char *, size_t);
+
+static void crc_setup(void) {
+    if (crc32c_fn)
+        return;
+    crc_init_table();
+#ifdef HAVE_CRC_HW
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("sse4.2")) {
+        crc32c_fn = crc32c_hw;
+        return;
+    }
+#endif
+    crc32c_fn = crc32c_sw;
+}
+
+static uint32_t crc32c(const void *p, size_t n) {
+    return crc32c_fn((const unsigned char *)p, n);
+}
+
+static int lib_init(char *errbuf, size_t errlen) {
+    if (sodium_init() < 0) {
+        errf(errbuf, errlen, "libsodium failed to initialise");
+        return -EIO;
+    }
+    crc_setup();
+    return 0;
+}
+
+/* ---- segment header --------------------------------------------------- */
+
+typedef struct seghdr {
+    uint16_t hlen;
+    uint32_t key_id;
+    unsigned char seg_id[16], writer_id[16];
+    int64_t first_offset, created_us;
+    unsigned char prev_chain[DIGEST];
+    int32_t partition;
+    char topic[256];
+    size_t topic_len;
+    char writer_name[WRITER_NAME_MAX + 1];
+    unsigned char hash[DIGEST]; /* HH */
+} seghdr;
+
+/* Encodes h into out (HDR_MAX bytes); returns the length. Fills h->hash. */
+static size_t hdr_encode(seghdr *h, unsigned char *out) {
+    size_t nlen = strlen(h->writer_name);
+    size_t hl = HDR_FIXED + h->topic_len + nlen + 4;
+    memcpy(out, HDR_MAGIC, 8);
+    cv_be16(out + 8, HDR_VERSION);
+    cv_be16(out + 10, (uint16_t)hl);
+    cv_be32(out + 12, h->key_id);
+    memcpy(out + 16, h->seg_id, 16);
+    memcpy(out + 32, h->writer_id, 16);
+    cv_be64(out + 48, (uint64_t)h->first_offset);
+    cv_be64(out + 56, (uint64_t)h->created_us);
+    memcpy(out + 64, h->prev_chain, DIGEST);
+    cv_be32(out + 96, (uint32_t)h->partition);
+    cv_be16(out + 100, (uint16_t)h->topic_len);
+    cv_be16(out + 102, (uint16_t)nlen);
+    memcpy(out + HDR_FIXED, h->topic, h->topic_len);
+    memcpy(out + HDR_FIXED + h->topic_len, h->writer_name, nlen);
+    cv_be32(out + hl - 4, crc32c(out, hl - 4));
+    h->hlen = (uint16_t)hl;
+    crypto_generichash(h->hash, DIGEST, out, hl, NULL, 0);
+    return hl;
+}
+
+/* Decodes a header; returns NULL or what is wrong. */
+static const char *hdr_decode(const unsigned char *p, size_t size, seghdr *h) {
+    if (size < HDR_FIXED + 4)
+        return "file is shorter than a segment header";
+    if (memcmp(p, HDR_MAGIC, 8) != 0)
+        return "not a chatvault log segment (bad magic)";
+    if (rd16(p + 8) != HDR_VERSION)
+        return "unknown segment format version";
+    size_t hl = rd16(p + 10);
+    size_t tl = rd16(p + 100), nl = rd16(p + 102);
+    if (hl != HDR_FIXED + tl + nl + 4 || tl == 0 || tl > 255 ||
+        nl > WRITER_NAME_MAX || hl > size)
+        return "bad segment header length";
+    if (crc32c(p, hl - 4) != rd32(p + hl - 4))
+        return "segment header CRC mismatch";
+    h->hlen = (uint16_t)hl;
+    h->key_id = rd32(p + 12);
+    memcpy(h->seg_id, p + 16, 16);
+    memcpy(h->writer_id, p + 32, 16);
+    h->first_offset = (int64_t)rd64(p + 48);
+    h->created_us = (int64_t)rd64(p + 56);
+    memcpy(h->prev_chain, p + 64, DIGEST);
+    h->partition = (int32_t)rd32(p + 96);
+    h->topic_len = tl;
+    memcpy(h->topic, p + HDR_FIXED, tl);
+    h->topic[tl] = '\0';
+    memcpy(h->writer_name, p + HDR_FIXED + tl, nl);
+    h->writer_name[nl] = '\0';
+    crypto_generichash(h->hash, DIGEST, p, hl, NULL, 0);
+    return NULL;
+}
+
+static void build_ad(unsigned char *ad, const unsigned char *hh,
+                     const unsigned char *frame, uint64_t pos,
+                     const unsigned char *prev) {
+    memcpy(ad, hh, DIGEST);
+    memcpy(ad + 32, frame + 8, 24);
+    cv_be64(ad + 56, pos);
+    memcpy(ad + 64, prev, DIGEST);
+}
+
+static void build_nonce(unsigned char *nonce, const unsigned char *seg_id,
+                        uint64_t index) {
+    memcpy(nonce, seg_id, 16);
+    cv_be64(nonce + 16, index);
+}
+
+static void chain_next(unsigned char *out, const unsigned char *prev,
+                       const unsigned char *frame, size_t len) {
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, NULL, 0, DIGEST);
+    crypto_generichash_update(&st, prev, DIGEST);
+    crypto_generichash_update(&st, frame, len);
+    crypto_generichash_final(&st, out, DIGEST);
+}
+
+/* Checks magic, length and CRC of the frame at pos; returns NULL or why. */
+static const char *frame_check(const unsigned char *map, size_t size,
+                               size_t pos, uint32_t *ret_len) {
+    if (size - pos < FRAME_HDR)
+        return "short frame (file ends inside a frame header)";
+    const unsigned char *f = map + pos;
+    if (memcmp(f, FRAME_MAGIC, 4) != 0)
+        return "bad frame magic";
+    uint32_t len = rd32(f + 8);
+    if (len < FRAME_MIN || len > FRAME_MAX)
+        return "bad frame length";
+    if (len > size - pos)
+        return "short frame (file ends inside the frame)";
+    if (crc32c(f + 8, len - 8) != rd32(f + 4))
+        return "frame CRC mismatch";
+    *ret_len = len;
+    return NULL;
+}
+
+/* ---- reading one segment ---------------------------------------------- */
+
+typedef struct seg {
+    char *path;
+    unsigned char *map;
+    size_t size;
+    seghdr h;
+    size_t pos;        /* next frame */
+    uint64_t index;    /* next record index */
+    uint32_t batch;    /* batch of the last good frame; 0 before the first */
+    unsigned char chain[DIGEST];
+    int64_t last_offset;
+    uint64_t last_pos; /* position of the last good frame */
+} seg;
+
+static void seg_close(seg *s) {
+    if (s->map && s->size)
+        munmap(s->map, s->size);
+    free(s->path);
+    memset(s, 0, sizeof(*s));
+}
+
+/* Maps the file and decodes its header. On error fills errbuf. */
+static int seg_open(seg *s, const char *path, char *errbuf, size_t errlen) {
+    memset(s, 0, sizeof(*s));
+    s->last_offset = -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        errf(errbuf, errlen, "log segment %s: %s", path, strerror(e));
+        return -e;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
+        close(fd);
+        errf(errbuf, errlen, "log segment %s: %s", path, strerror(e));
+        return -e;
+    }
+    s->size = (size_t)st.st_size;
+    if (s->size) {
+        void *m = mmap(NULL, s->size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            errf(errbuf, errlen, "log segment %s: mmap: %s", path, strerror(e));
+            return -e;
+        }
+        s->map = m;
+    }
+    close(fd);
+    s->path = strdup(path);
+    if (!s->path) {
+        seg_close(s);
+        return -ENOMEM;
+    }
+    const char *why = hdr_decode(s->map, s->size, &s->h);
+    if (why) {
+        errf(errbuf, errlen, "log segment %s at byte 0: %s", path, why);
+        seg_close(s);
+        return -CV_ECORRUPT;
+    }
+    s->pos = s->h.hlen;
+    memcpy(s->chain, s->h.prev_chain, DIGEST);
+    return 0;
+}
+
+/* After a failure at `at`: is it a torn tail (see the format comment)? */
+static bool seg_tail_is_torn(const seg *s, size_t at) {
+    if (s->batch == 0)
+        return false; /* batch 1 is made atomic by the rename */
+    size_t q = at + 1;
+    while (q + FRAME_HDR <= s->size) {
+        const unsigned char *m =
+            memmem(s->map + q, s->size - q, FRAME_MAGIC, 4);
+        if (!m)
+            break;
+        q = (size_t)(m - s->map);
+        uint32_t len;
+        if (!frame_check(s->map, s->size, q, &len) &&
+            rd32(s->map + q + 12) > s->batch + 1)
+            return false;
+        q++;
+    }
+    return true;
+}
+
+/* A record as read from a segment, before merging. */
+typedef struct rawrec {
+    int64_t offset, timestamp_ms;
+    int32_t partition;
+    const unsigned char *value;
+    size_t value_len;
+    unsigned char digest[DIGEST];
+    uint64_t pos;
+    const unsigned char *frame;
+    uint32_t frame_len;
+} rawrec;
+
+enum { NEXT_DAMAGE = 1, NEXT_AUTH, NEXT_NOKEY };
+
+/* Reads the next record. key NULL: no decryption. plain receives the
+ * plaintext. Returns 1, 0 at the end, or -CV_ECORRUPT / -EBADMSG with
+ * errbuf set and *ret_at the failing position. */
+static int seg_next(seg *s, const unsigned char *key, cv_buf *plain,
+                    rawrec *out, uint64_t *ret_at, char *errbuf,
+                    size_t errlen) {
+    if (s->pos == s->size)
+        return 0;
+    *ret_at = s->pos;
+    uint32_t len;
+    const char *why = frame_check(s->map, s->size, s->pos, &len);
+    if (why) {
+        errf(errbuf, errlen, "log segment %s at byte %zu: %s", s->path, s->pos,
+             why);
+        return -CV_ECORRUPT;
+    }
+    const unsigned char *f = s->map + s->pos;
+    uint32_t batch = rd32(f + 12);
+    uint64_t index = rd64(f + 16);
+    int64_t offset = (int64_t)rd64(f + 24);
+    if (index != s->index) {
+        errf(errbuf, errlen,
+             "log segment %s at byte %zu: record index %" PRIu64
+             " where %" PRIu64 " was expected (record dropped or moved)",
+             s->path, s->pos, index, s->index);
+        return -CV_ECORRUPT;
+    }
+    if (batch < s->batch || batch == 0 || (s->batch == 0 && batch != 1)) {
+        errf(errbuf, errlen,
+             "log segment %s at byte %zu: batch number %" PRIu32
+             " out of order",
+             s->path, s->pos, batch);
+        return -CV_ECORRUPT;
+    }
+    if (s->index == 0 ? offset != s->h.first_offset : offset <= s->last_offset) {
+        errf(errbuf, errlen,
+             "log segment %s at byte %zu: offset %" PRId64
+             " does not follow offset %" PRId64,
+             s->path, s->pos, offset, s->last_offset);
+        return -CV_ECORRUPT;
+    }
+    out->value = NULL;
+    out->value_len = 0;
+    out->timestamp_ms = -1;
+    out->partition = s->h.partition;
+    if (key) {
+        unsigned char ad[AD_BYTES], nonce[24];
+        build_ad(ad, s->h.hash, f, s->pos, s->chain);
+        build_nonce(nonce, s->h.seg_id, index);
+        size_t plen = len - FRAME_HDR - TAG_BYTES;
+        plain->len = 0;
+        int r = cv_buf_reserve(plain, plen);
+        if (r < 0)
+            return r;
+        if (crypto_aead_xchacha20poly1305_ietf_decrypt_detached(
+                plain->data, NULL, f + FRAME_HDR, plen, f + len - TAG_BYTES, ad,
+                sizeof(ad), nonce, key) != 0) {
+            errf(errbuf, errlen,
+                 "log segment %s at byte %zu: record fails authentication "
+                 "(changed, moved or reordered, or wrong key)",
+                 s->path, s->pos);
+            return -EBADMSG;
+        }
+        plain->len = plen;
+        const unsigned char *p = plain->data;
+        size_t tl = rd16(p + 20);
+        if (PT_FIXED + tl > plen || (int64_t)rd64(p) != offset ||
+            (int32_t)rd32(p + 16) != s->h.partition || tl != s->h.topic_len ||
+            memcmp(p + PT_FIXED, s->h.topic, tl) != 0) {
+            errf(errbuf, errlen,
+                 "log segment %s at byte %zu: record coordinates do not match "
+                 "its frame and segment header",
+                 s->path, s->pos);
+            return -CV_ECORRUPT;
+        }
+        out->timestamp_ms = (int64_t)rd64(p + 8);
+        out->value = p + PT_FIXED + tl;
+        out->value_len = plen - PT_FIXED - tl;
+    }
+    chain_next(s->chain, s->chain, f, len);
+    memcpy(out->digest, s->chain, DIGEST);
+    out->offset = offset;
+    out->pos = s->pos;
+    out->frame = f;
+    out->frame_len = len;
+    s->last_pos = s->pos;
+    s->last_offset = offset;
+    s->batch = batch;
+    s->index++;
+    s->pos += len;
+    return 1;
+}
+
+/* ---- listing a partition directory ------------------------------------ */
+
+static int name_cmp(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static bool is_seg_name(const char *n, const char *suffix) {
+    size_t l = strlen(n), sl = strlen(suffix);
+    if (l != NAME_DIGITS + sl || strcmp(n + NAME_DIGITS, suffix) != 0)
+        return false;
+    for (int i = 0; i < NAME_DIGITS; i++)
+        if (n[i] < '0' || n[i] > '9')
+            return false;
+    return true;
+}
+
+static void free_names(char **names, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
+/* Sorted names of the files in dir ending in suffix (segment-named). A
+ * missing directory holds none. */
+static int list_names(const char *dir, const char *suffix, char ***ret,
+                      size_t *ret_n, char *errbuf, size_t errlen) {
+    DIR *d = opendir(dir);
+    if (!d) {
+        if (errno == ENOENT) {
+            *ret = NULL;
+            *ret_n = 0;
+            return 0;
+        }
+        int e = errno;
+        errf(errbuf, errlen, "log directory %s: %s", dir, strerror(e));
+        return -e;
+    }
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (!is_seg_name(de->d_name, suffix))
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            char **nn = realloc(names, cap * sizeof(*nn));
+            if (!nn)
+                goto nomem;
+            names = nn;
+        }
+        if (!(names[n] = strdup(de->d_name)))
+            goto nomem;
+        n++;
+    }
+    closedir(d);
+    if (n)
+        qsort(names, n, sizeof(*names), name_cmp);
+    *ret = names;
+    *ret_n = n;
+    return 0;
+nomem:
+    closedir(d);
+    free_names(names, n);
+    return -ENOMEM;
+}
+
+static char *path_join(const char *dir, const char *name) {
+    size_t l = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(l);
+    if (p)
+        snprintf(p, l, "%s/%s", dir, name);
+    return p;
+}
+
+/* ---- one directory of a partition ------------------------------------- */
+
+typedef struct pdir {
+    char *dir;
+    char **names;
+    size_t nseg, iseg;
+    seg cur;
+    bool open;
+    bool any; /* a segment was read: chain/last_offset/topic are set */
+    unsigned char chain[DIGEST];
+    int64_t last_offset;
+    char topic[256];
+    int32_t partition;
+    const cv_keyring *keys;
+    const unsigned char *key;
+    int64_t skip_below;
+    cv_buf plain;
+    /* torn tail seen */
+    bool torn;
+    char *torn_file;
+    uint64_t torn_pos;
+    /* lookahead for merging */
+    bool has;
+    rawrec rec;
+} pdir;
+
+static void pdir_release(pdir *d) {
+    if (d->open)
+        seg_close(&d->cur);
+    free_names(d->names, d->nseg);
+    free(d->dir);
+    free(d->torn_file);
+    cv_buf_release(&d->plain);
+    memset(d, 0, sizeof(*d));
+}
+
+/* Opens a directory; with start_offset >= 0 begins at the segment that would
+ * hold it (its header's link to earlier segments is then taken on trust). */
+static int pdir_init(pdir *d, const char *dir, const cv_keyring *keys,
+                     int64_t start_offset, char *errbuf, size_t errlen) {
+    memset(d, 0, sizeof(*d));
+    d->last_offset = -1;
+    d->skip_below = INT64_MIN;
+    d->keys = keys;
+    cv_buf_init(&d->plain, FRAME_MAX);
+    d->dir = strdup(dir);
+    if (!d->dir)
+        return -ENOMEM;
+    int r = list_names(dir, SEG_SUFFIX, &d->names, &d->nseg, errbuf, errlen);
+    if (r < 0)
+        return r;
+    if (start_offset >= 0)
+        while (d->iseg + 1 < d->nseg &&
+               strtoll(d->names[d->iseg + 1], NULL, 10) <= start_offset)
+            d->iseg++;
+    return 0;
+}
+
+static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
+    char *path = path_join(d->dir, d->names[d->iseg]);
+    if (!path)
+        return -ENOMEM;
+    int r = seg_open(&d->cur, path, errbuf, errlen);
+    if (r < 0) {
+        free(path);
+        return r;
+    }
+    seghdr *h = &d->cur.h;
+    char want[NAME_DIGITS + 8];
+    snprintf(want, sizeof(want), "%020" PRId64 SEG_SUFFIX, h->first_offset);
+    const char *why = NULL;
+    if (strcmp(want, d->names[d->iseg]) != 0)
+        why = "file name does not match the first offset in its header";
+    else if (d->any && (strcmp(h->topic, d->topic) != 0 ||
+                        h->partition != d->partition))
+        why = "header names another topic-partition than the segments "
+              "before it";
+    else if (d->any && h->first_offset <= d->last_offset)
+        why = "first offset does not follow the previous segment";
+    else if (d->any && sodium_memcmp(h->prev_chain, d->chain, DIGEST) != 0)
+        why = "header does not chain to the previous segment's last record "
+              "(segment dropped, replaced or reordered)";
+    if (why) {
+        errf(errbuf, errlen, "log segment %s at byte 0: %s", path, why);
+        free(path);
+        seg_close(&d->cur);
+        return -CV_ECORRUPT;
+    }
+    free(path);
+    d->key = NULL;
+    if (d->keys) {
+        d->key = cv_keyring_get(d->keys, h->key_id);
+        if (!d->key) {
+            errf(errbuf, errlen,
+                 "log segment %s at byte 12: key id %" PRIu32
+                 " is not in the key file",
+                 d->cur.path, h->key_id);
+            seg_close(&d->cur);
+            return -ENOKEY;
+        }
+    }
+    if (!d->any) {
+        memcpy(d->topic, h->topic, h->topic_len + 1);
+        d->partition = h->partition;
+    }
+    d->open = true;
+    d->any = true;
+    d->iseg++;
+    return 0;
+}
+
+/* Next record of the directory into d->rec. 1, 0 at the end, or error. */
+static int pdir_next(pdir *d, char *errbuf, size_t errlen) {
+    for (;;) {
+        if (!d->open) {
+            if (d->iseg >= d->nseg)
+                return 0;
+            int r = pdir_open_next_seg(d, errbuf, errlen);
+            if (r < 0)
+                return r;
+        }
+        uint64_t at = 0;
+        const unsigned char *key = NULL;
+        /* Decrypt what is returned; below skip_below frame check + chain. */
+        if (d->key && d->cur.pos < d->cur.size && d->cur.size - d->cur.pos >= FRAME_HDR &&
+            (int64_t)rd64(d->cur.map + d->cur.pos + 24) >= d->skip_below)
+            key = d->key;
+        int r = seg_next(&d->cur, key, &d->plain, &d->rec, &at, errbuf, errlen);
+        if (r == 1) {
+            memcpy(d->chain, d->cur.chain, DIGEST);
+            d->last_offset = d->rec.offset;
+            if (d->rec.offset < d->skip_below)
+                continue;
+            return 1;
+        }
+        if (r < 0) {
+            bool last = d->iseg >= d->nseg;
+            if (r == -ENOMEM || !last || !seg_tail_is_torn(&d->cur, at))
+                return r;
+            d->torn = true;
+            d->torn_pos = at;
+            d->torn_file = strdup(d->cur.path);
+            if (!d->torn_file)
+                return -ENOMEM;
+        }
+        memcpy(d->chain, d->cur.chain, DIGEST);
+        seg_close(&d->cur);
+        d->open = false;
+        if (r < 0)
+            return 0;
+    }
+}
+
+/* ---- the reader: merging directories ---------------------------------- */
+
+struct cv_applog_reader {
+    pdir *dirs;
+    size_t n;
+    bool started;
+    int err;
+    char errmsg[512];
+    size_t last; /* dir whose record was returned last */
+    bool has_last;
+};
+
+int cv_applog_reader_open(const char *const *dirs, size_t ndirs,
+                          const cv_keyring *keys, cv_applog_reader **ret,
+                          char *errbuf, size_t errlen) {
+    int r = lib_init(errbuf, errlen);
+    if (r < 0)
+        return r;
+    cv_applog_reader *rd = calloc(1, sizeof(*rd));
+    if (!rd || !(rd->dirs = calloc(ndirs ? ndirs : 1, sizeof(pdir)))) {
+        free(rd);
+        return -ENOMEM;
+    }
+    rd->n = ndirs;
+    for (size_t i = 0; i < ndirs; i++) {
+        r = pdir_init(&rd->dirs[i], dirs[i], keys, -1, errbuf, errlen);
+        if (r < 0) {
+            cv_applog_reader_free(rd);
+            return r;
+        }
+    }
+    *ret = rd;
+    return 0;
+}
+
+void cv_applog_reader_skip_to(cv_applog_reader *r, int64_t offset) {
+    for (size_t i = 0; i < r->n; i++)
+        r->dirs[i].skip_below = offset;
+}
+
+static void fill_record(const pdir *d, cv_applog_record *rec) {
+    const seg *s = &d->cur;
+    rec->topic = d->topic;
+    rec->partition = d->partition;
+    rec->offset = d->rec.offset;
+    rec->timestamp_ms = d->rec.timestamp_ms;
+    rec->value = d->rec.value;
+    rec->value_len = d->rec.value_len;
+    memcpy(rec->digest, d->rec.digest, DIGEST);
+    rec->file = s->path;
+    rec->pos = d->rec.pos;
+    rec->key_id = s->h.key_id;
+    memcpy(rec->writer_id, s->h.writer_id, 16);
+    rec->writer_name = s->h.writer_name;
+}
+
+int cv_applog_reader_next(cv_applog_reader *r, cv_applog_record *rec,
+                          char *errbuf, size_t errlen) {
+    if (r->err) {
+        errf(errbuf, errlen, "%s", r->errmsg);
+        return r->err;
+    }
+    /* The record returned last is consumed now (its memory stayed valid
+     * until this call). */
+    for (size_t i = 0; i < r->n; i++) {
+        pdir *d = &r->dirs[i];
+        if (d->has)
+            continue;
+        int x = pdir_next(d, r->errmsg, sizeof(r->errmsg));
+        if (x < 0) {
+            r->err = x;
+            errf(errbuf, errlen, "%s", r->errmsg);
+            return x;
+        }
+        d->has = x == 1;
+    }
+    size_t best = SIZE_MAX;
+    for (size_t i = 0; i < r->n; i++)
+        if (r->dirs[i].has &&
+            (best == SIZE_MAX || r->dirs[i].rec.offset < r->dirs[best].rec.offset))
+            best = i;
+    if (best == SIZE_MAX)
+        return 0;
+    pdir *b = &r->dirs[best];
+    for (size_t i = 0; i < r->n; i++) {
+        pdir *d = &r->dirs[i];
+        if (i == best || !d->has || d->rec.offset != b->rec.offset)
+            continue;
+        if (strcmp(d->topic, b->topic) != 0 || d->partition != b->partition) {
+            snprintf(r->errmsg, sizeof(r->errmsg),
+                     "log directories %s and %s hold different "
+                     "topic-partitions",
+                     b->dir, d->dir);
+            r->err = -CV_ECORRUPT;
+        } else if (b->rec.value && d->rec.value &&
+                   (b->rec.value_len != d->rec.value_len ||
+                    memcmp(b->rec.value, d->rec.value, b->rec.value_len) != 0)) {
+            snprintf(r->errmsg, sizeof(r->errmsg),
+                     "offset %" PRId64 " differs between log segment %s at "
+                     "byte %" PRIu64 " and log segment %s at byte %" PRIu64,
+                     b->rec.offset, b->cur.path, b->rec.pos, d->cur.path,
+                     d->rec.pos);
+            r->err = -CV_ECORRUPT;
+        }
+        if (r->err) {
+            errf(errbuf, errlen, "%s", r->errmsg);
+            return r->err;
+        }
+        d->has = false; /* the same record: returned once */
+    }
+    fill_record(b, rec);
+    b->has = false;
+    return 1;
+}
+
+size_t cv_applog_reader_torn(const cv_applog_reader *r, size_t i,
+                             const char **ret_file, uint64_t *ret_pos) {
+    size_t n = 0;
+    for (size_t k = 0; k < r->n; k++) {
+        if (!r->dirs[k].torn)
+            continue;
+        if (n == i) {
+            if (ret_file)
+                *ret_file = r->dirs[k].torn_file;
+            if (ret_pos)
+                *ret_pos = r->dirs[k].torn_pos;
+        }
+        n++;
+    }
+    return n;
+}
+
+cv_applog_reader *cv_applog_reader_free(cv_applog_reader *r) {
+    if (!r)
+        return NULL;
+    for (size_t i = 0; i < r->n; i++)
+        pdir_release(&r->dirs[i]);
+    free(r->dirs);
+    free(r);
+    return NULL;
+}
+
+/* ---- listing ---------------------------------------------------------- */
+
+int cv_applog_partition_dir(const char *dir, const char *topic,
+                            int32_t partition, char *buf, size_t len) {
+    int n = snprintf(buf, len, "%s/%s-%" PRId32, dir, topic, partition);
+    return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+static int str_cmp(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int cv_applog_partitions(const char *dir, cv_applog_partition_fn *fn,
+                         void *opaque, char *errbuf, size_t errlen) {
+    DIR *d = opendir(dir);
+    if (!d) {
+        int e = errno;
+        errf(errbuf, errlen, "log directory %s: %s", dir, strerror(e));
+        return -e;
+    }
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    int r = 0;
+    while ((de = readdir(d))) {
+        const char *dash = strrchr(de->d_name, '-');
+        if (!dash || dash == de->d_name || !dash[1] ||
+            strspn(dash + 1, "0123456789") != strlen(dash + 1))
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            char **nn = realloc(names, cap * sizeof(*nn));
+            if (!nn) {
+                r = -ENOMEM;
+                goto out;
+            }
+            names = nn;
+        }
+        if (!(names[n] = strdup(de->d_name))) {
+            r = -ENOMEM;
+            goto out;
+        }
+        n++;
+    }
+    if (n)
+        qsort(names, n, sizeof(*names), str_cmp);
+    for (size_t i = 0; i < n && r == 0; i++) {
+        char *path = path_join(dir, names[i]);
+        if (!path) {
+            r = -ENOMEM;
+            break;
+        }
+        char *dash = strrchr(names[i], '-');
+        *dash = '\0';
+        struct stat st;
+        if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+            r = fn(opaque, path, names[i],
+                   (int32_t)strtol(dash + 1, NULL, 10));
+        free(path);
+    }
+out:
+    closedir(d);
+    free_names(names, n);
+    return r;
+}
+
+int cv_applog_segments(const char *partition_dir, cv_applog_segment_fn *fn,
+                       void *opaque, char *errbuf, size_t errlen) {
+    int r = lib_init(errbuf, errlen);
+    if (r < 0)
+        return r;
+    char **names;
+    size_t n;
+    r = list_names(partition_dir, SEG_SUFFIX, &names, &n, errbuf, errlen);
+    if (r < 0)
+        return r;
+    cv_buf none;
+    cv_buf_init(&none, 0);
+    for (size_t i = 0; i < n && r == 0; i++) {
+        char *path = path_join(partition_dir, names[i]);
+        if (!path) {
+            r = -ENOMEM;
+            break;
+        }
+        seg s;
+        r = seg_open(&s, path, errbuf, errlen);
+        free(path);
+        if (r < 0)
+            break;
+        cv_applog_segment_info si = {
+            .file = s.path,
+            .topic = s.h.topic,
+            .partition = s.h.partition,
+            .bytes = s.size,
+            .key_id = s.h.key_id,
+            .first_offset = s.h.first_offset,
+            .last_offset = -1,
+            .created_us = s.h.created_us,
+            .sealed = i + 1 < n,
+            .writer_name = s.h.writer_name,
+        };
+        memcpy(si.writer_id, s.h.writer_id, 16);
+        rawrec rr;
+        uint64_t at = 0;
+        int x;
+        char ignored[8];
+        while ((x = seg_next(&s, NULL, &none, &rr, &at, ignored,
+                             sizeof(ignored))) == 1)
+            ;
+        if (x < 0) {
+            si.damaged = true;
+            si.damaged_at = at;
+            si.torn = i + 1 == n && seg_tail_is_torn(&s, at);
+        }
+        si.records = s.index;
+        si.last_offset = s.last_offset;
+        r = fn(opaque, &si);
+        seg_close(&s);
+    }
+    free_names(names, n);
+    return r;
+}
+
+/* ---- the writer ------------------------------------------------------- */
+
+static int open3(const char *path, int flags, mode_t mode) {
+    return open(path, flags, mode);
+}
+
+static const cv_applog_syscalls real_syscalls = {
+    .open = open3,
+    .pwrite = pwrite,
+    .fdatasync = fdatasync,
+    .fsync = fsync,
+    .rename = rename,
+    .ftruncate = ftruncate,
+    .unlink = unlink,
+};
+
+/* A segment being written. "d" fields are the durable state. */
+typedef struct wseg {
+    char *path, *tmp; /* tmp is set while the file is not yet renamed */
+    int fd;
+    seghdr h;
+    uint64_t size, dsize;
+    uint64_t nrec, dnrec;
+    uint32_t batch, dbatch;
+    cv_buf buf;     /* this append's bytes */
+    uint64_t wpos;  /* file position of buf.data[0] */
+    bool in_batch;  /* touched by the current append */
+} wseg;
+
+typedef struct part {
+    char *topic;
+    int32_t partition;
+    char *dir;
+    int dirfd;
+    int state; /* 0 not opened, 1 ready, <0 refused with err */
+    char *err;
+    wseg *cur, *dcur;
+    wseg **touched; /* segments the current append writes to */
+    size_t ntouched, tcap;
+    bool touched_part;
+    unsigned char chain[DIGEST], dchain[DIGEST];
+    int64_t last, dlast;
+    /* recent (offset, digest), ascending */
+    int64_t *ioff;
+    unsigned char (*idig)[DIGEST];
+    size_t ilen, dilen, icap;
+    struct part *next;
+} part;
+
+struct cv_applog {
+    char *dir;
+    const cv_keyring *keys;
+    uint32_t key_id;
+    const unsigned char *key;
+    uint64_t segment_bytes;
+    unsigned char writer_id[16];
+    char writer_name[WRITER_NAME_MAX + 1];
+    cv_applog_syscalls sys;
+    cv_applog_torn_fn *torn_fn;
+    void *torn_opaque;
+    part *parts;
+};
+
+static wseg *wseg_free(wseg *w) {
+    if (!w)
+        return NULL;
+    if (w->fd >= 0)
+        close(w->fd);
+    free(w->path);
+    free(w->tmp);
+    cv_buf_release(&w->buf);
+    free(w);
+    return NULL;
+}
+
+static void part_free(part *p) {
+    if (p->dcur != p->cur)
+        wseg_free(p->cur);
+    wseg_free(p->dcur);
+    if (p->dirfd >= 0)
+        close(p->dirfd);
+    free(p->topic);
+    free(p->dir);
+    free(p->err);
+    free(p->ioff);
+    free(p->idig);
+    free(p->touched);
+    free(p);
+}
+
+cv_applog *cv_applog_free(cv_applog *log) {
+    if (!log)
+        return NULL;
+    while (log->parts) {
+        part *p = log->parts;
+        log->parts = p->next;
+        part_free(p);
+    }
+    free(log->dir);
+    free(log);
+    return NULL;
+}
+
+void cv_applog_set_torn_cb(cv_applog *log, cv_applog_torn_fn *fn,
+                           void *opaque) {
+    log->torn_fn = fn;
+    log->torn_opaque = opaque;
+}
+
+void cv_applog_set_syscalls(cv_applog *log, const cv_applog_syscalls *sys) {
+    log->sys = sys ? *sys : real_syscalls;
+}
+
+static int sys_fsync_dir(cv_applog *log, const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int r = log->sys.fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return r;
+}
+
+int cv_applog_open(const char *dir, const cv_keyring *keys,
+                   uint64_t segment_bytes, cv_applog **ret, char *errbuf,
+                   size_t errlen) {
+    int r = lib_init(errbuf, errlen);
+    if (r < 0)
+        return r;
+    if (!keys || !cv_keyring_count(keys)) {
+        errf(errbuf, errlen, "log %s: no key to seal segments with", dir);
+        return -ENOKEY;
+    }
+    if (segment_bytes < 4096) {
+        errf(errbuf, errlen, "log %s: segment size %" PRIu64
+                             " is below the minimum of 4096 bytes",
+             dir, segment_bytes);
+        return -EINVAL;
+    }
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+        int e = errno;
+        errf(errbuf, errlen, "log directory %s: cannot create: %s", dir,
+             strerror(e));
+        return -e;
+    }
+    struct stat st;
+    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        errf(errbuf, errlen, "log directory %s is not a directory", dir);
+        return -ENOTDIR;
+    }
+    cv_applog *log = calloc(1, sizeof(*log));
+    if (!log || !(log->dir = strdup(dir))) {
+        free(log);
+        return -ENOMEM;
+    }
+    log->keys = keys;
+    log->key_id = cv_keyring_newest(keys);
+    log->key = cv_keyring_get(keys, log->key_id);
+    log->segment_bytes = segment_bytes;
+    log->sys = real_syscalls;
+    randombytes_buf(log->writer_id, sizeof(log->writer_id));
+    if (gethostname(log->writer_name, sizeof(log->writer_name)) < 0)
+        log->writer_name[0] = '\0';
+    log->writer_name[WRITER_NAME_MAX] = '\0';
+    *ret = log;
+    return 0;
+}
+
+static part *find_part(const cv_applog *log, const char *topic,
+                       int32_t partition) {
+    for (part *p = log->parts; p; p = p->next)
+        if (p->partition == partition && strcmp(p->topic, topic) == 0)
+            return p;
+    return NULL;
+}
+
+static int index_push(part *p, int64_t offset, const unsigned char *digest) {
+    if (p->ilen == p->icap) {
+        size_t ncap = p->icap ? p->icap * 2 : 1024;
+        int64_t *no = realloc(p->ioff, ncap * sizeof(*no));
+        if (!no)
+            return -ENOMEM;
+        p->ioff = no;
+        unsigned char(*nd)[DIGEST] = realloc(p->idig, ncap * sizeof(*nd));
+        if (!nd)
+            return -ENOMEM;
+        p->idig = nd;
+        p->icap = ncap;
+    }
+    p->ioff[p->ilen] = offset;
+    memcpy(p->idig[p->ilen], digest, DIGEST);
+    p->ilen++;
+    return 0;
+}
+
+/* Keeps the newest INDEX_KEEP entries once twice as many are held. */
+static void index_trim(part *p) {
+    if (p->ilen < 2 * INDEX_KEEP)
+        return;
+    size_t drop = p->ilen - INDEX_KEEP;
+    memmove(p->ioff, p->ioff + drop, INDEX_KEEP * sizeof(*p->ioff));
+    memmove(p->idig, p->idig + drop, INDEX_KEEP * sizeof(*p->idig));
+    p->ilen = p->dilen = INDEX_KEEP;
+}
+
+static void part_refuse(part *p, int err, const char *msg) {
+    p->state = err;
+    free(p->err);
+    p->err = strdup(msg);
+}
+
+/* Opens a partition: directory, stray temp files, recovery of the last
+ * segment. On damage the partition is refused (state < 0). */
+static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
+    char msg[768];
+    if (mkdir(p->dir, 0700) < 0 && errno != EEXIST) {
+        int e = errno;
+        errf(errbuf, errlen, "log directory %s: cannot create: %s", p->dir,
+             strerror(e));
+        return -e;
+    }
+    int r = sys_fsync_dir(log, log->dir);
+    if (r < 0) {
+        errf(errbuf, errlen, "log directory %s: fsync: %s", log->dir,
+             strerror(-r));
+        return r;
+    }
+    p->dirfd = open(p->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (p->dirfd < 0) {
+        int e = errno;
+        errf(errbuf, errlen, "log directory %s: %s", p->dir, strerror(e));
+        return -e;
+    }
+    /* Unfinished new segments: their batch was never reported durable. */
+    char **tmps;
+    size_t ntmp;
+    char tsuffix[16];
+    snprintf(tsuffix, sizeof(tsuffix), "%s%s", SEG_SUFFIX, TMP_SUFFIX);
+    r = list_names(p->dir, tsuffix, &tmps, &ntmp, errbuf, errlen);
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < ntmp; i++) {
+        char *path = path_join(p->dir, tmps[i]);
+        struct stat st;
+        if (!path || stat(path, &st) < 0 || log->sys.unlink(path) < 0) {
+            r = path ? -errno : -ENOMEM;
+            errf(errbuf, errlen, "log segment %s: cannot remove: %s",
+                 path ? path : tmps[i], strerror(-r));
+            free(path);
+            free_names(tmps, ntmp);
+            return r;
+        }
+        if (log->torn_fn)
+            log->torn_fn(log->torn_opaque, path, 0, (uint64_t)st.st_size,
+                         "unfinished new segment removed");
+        free(path);
+    }
+    free_names(tmps, ntmp);
+    if (ntmp && log->sys.fsync(p->dirfd) < 0) {
+        r = -errno;
+        errf(errbuf, errlen, "log directory %s: fsync: %s", p->dir,
+             strerror(-r));
+        return r;
+    }
+
+    memset(p->chain, 0, DIGEST);
+    p->last = -1;
+    pdir d;
+    r = pdir_init(&d, p->dir, log->keys, INT64_MAX, errbuf, errlen);
+    if (r < 0) {
+        pdir_release(&d);
+        return r;
+    }
+    if (d.nseg) {
+        for (;;) {
+            r = pdir_next(&d, msg, sizeof(msg));
+            if (r <= 0)
+                break;
+            if ((r = index_push(p, d.rec.offset, d.rec.digest)) < 0)
+                break;
+        }
+        if (r == -ENOMEM) {
+            pdir_release(&d);
+            return r;
+        }
+        if (r < 0) {
+            char full[1024];
+            snprintf(full, sizeof(full),
+                     "%s; the partition is not written until this is "
+                     "resolved: run `chatvault log check`",
+                     msg);
+            part_refuse(p, r == -ENOKEY ? -ENOKEY : -CV_ECORRUPT, full);
+            pdir_release(&d);
+            errf(errbuf, errlen, "%s", full);
+            return p->state;
+        }
+        if (d.torn) {
+            struct stat st;
+            int fd = log->sys.open(d.torn_file, O_WRONLY | O_CLOEXEC, 0);
+            if (fd < 0 || fstat(fd, &st) < 0 ||
+                log->sys.ftruncate(fd, (off_t)d.torn_pos) < 0 ||
+                log->sys.fsync(fd) < 0) {
+                r = -errno;
+                errf(errbuf, errlen,
+                     "log segment %s: cannot truncate torn tail at byte "
+                     "%" PRIu64 ": %s",
+                     d.torn_file, d.torn_pos, strerror(-r));
+                if (fd >= 0)
+                    close(fd);
+                pdir_release(&d);
+                return r;
+            }
+            close(fd);
+            if (log->torn_fn)
+                log->torn_fn(log->torn_opaque, d.torn_file, d.torn_pos,
+                             (uint64_t)st.st_size - d.torn_pos,
+                             "torn tail after a crash truncated");
+        }
+        memcpy(p->chain, d.chain, DIGEST);
+        p->last = d.last_offset;
+    }
+    pdir_release(&d);
+    memcpy(p->dchain, p->chain, DIGEST);
+    p->dlast = p->last;
+    p->dilen = p->ilen;
+    p->state = 1;
+    return 0;
+}
+
+static int get_part(cv_applog *log, const char *topic, int32_t partition,
+                    part **ret, char *errbuf, size_t errlen) {
+    part *p = find_part(log, topic, partition);
+    if (!p) {
+        size_t tl = strlen(topic);
+        if (tl == 0 || tl > 255 || strchr(topic, '/') || topic[0] == '.' ||
+            partition < 0) {
+            errf(errbuf, errlen, "log: invalid topic-partition \"%s\"-%" PRId32,
+                 topic, partition);
+            return -EINVAL;
+        }
+        p = calloc(1, sizeof(*p));
+        if (!p || !(p->topic = strdup(topic))) {
+            free(p);
+            return -ENOMEM;
+        }
+        p->partition = partition;
+        p->dirfd = -1;
+        size_t dl = strlen(log->dir) + tl + 16;
+        if (!(p->dir = malloc(dl))) {
+            part_free(p);
+            return -ENOMEM;
+        }
+        cv_applog_partition_dir(log->dir, topic, partition, p->dir, dl);
+        p->next = log->parts;
+        log->parts = p;
+    }
+    if (p->state == 0) {
+        int r = part_open(log, p, errbuf, errlen);
+        if (r < 0 && p->state == 0) {
+            /* Not refused for damage: retried on the next append. */
+            if (p->dirfd >= 0)
+                close(p->dirfd);
+            p->dirfd = -1;
+            p->ilen = p->dilen = 0;
+            return r;
+        }
+    }
+    if (p->state < 0) {
+        errf(errbuf, errlen, "%s", p->err);
+        return p->state;
+    }
+    *ret = p;
+    return 0;
+}
+
+/* The digest of an offset the partition already holds: the in-memory index,
+ * else a read of the segment that would hold it. -ERANGE if not held. */
+static int lookup_digest(cv_applog *log, part *p, int64_t offset,
+                         unsigned char *out, char *errbuf, size_t errlen) {
+    if (p->ilen && offset >= p->ioff[0]) {
+        size_t lo = 0, hi = p->ilen;
+        while (lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (p->ioff[mid] < offset)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo < p->ilen && p->ioff[lo] == offset) {
+            memcpy(out, p->idig[lo], DIGEST);
+            return 0;
+        }
+    } else {
+        pdir d;
+        int r = pdir_init(&d, p->dir, NULL, offset, errbuf, errlen);
+        while (r == 0 && (r = pdir_next(&d, errbuf, errlen)) == 1 &&
+               d.rec.offset < offset)
+            r = 0;
+        bool found = r == 1 && d.rec.offset == offset;
+        if (found)
+            memcpy(out, d.rec.digest, DIGEST);
+        pdir_release(&d);
+        if (found)
+            return 0;
+        if (r < 0)
+            return r;
+    }
+    errf(errbuf, errlen,
+         "log %s: offset %" PRId64 " is below the last offset %" PRId64
+         " and not in the log (consumer group offsets moved back?)",
+         p->dir, offset, p->last);
+    return -ERANGE;
+}
+
+static int touch(part *p, wseg *w) {
+    if (w->in_batch)
+        return 0;
+    if (p->ntouched == p->tcap) {
+        size_t ncap = p->tcap ? p->tcap * 2 : 4;
+        wseg **nt = realloc(p->touched, ncap * sizeof(*nt));
+        if (!nt)
+            return -ENOMEM;
+        p->touched = nt;
+        p->tcap = ncap;
+    }
+    w->in_batch = true;
+    w->wpos = w->size;
+    w->buf.len = 0;
+    w->batch++;
+    p->touched[p->ntouched++] = w;
+    return 0;
+}
+
+/* Starts a new segment for `first_offset` (in memory: written at commit). */
+static int new_segment(cv_applog *log, part *p, int64_t first_offset) {
+    wseg *w = calloc(1, sizeof(*w));
+    if (!w)
+        return -ENOMEM;
+    w->fd = -1;
+    cv_buf_init(&w->buf, BUF_LIMIT);
+    seghdr *h = &w->h;
+    h->key_id = log->key_id;
+    randombytes_buf(h->seg_id, sizeof(h->seg_id));
+    memcpy(h->writer_id, log->writer_id, 16);
+    h->first_offset = first_offset;
+    h->created_us = cv_now_us();
+    memcpy(h->prev_chain, p->chain, DIGEST);
+    h->partition = p->partition;
+    h->topic_len = strlen(p->topic);
+    memcpy(h->topic, p->topic, h->topic_len + 1);
+    snprintf(h->writer_name, sizeof(h->writer_name), "%s", log->writer_name);
+    char name[NAME_DIGITS + 16];
+    snprintf(name, sizeof(name), "%020" PRId64 SEG_SUFFIX, first_offset);
+    w->path = path_join(p->dir, name);
+    w->tmp = w->path ? malloc(strlen(w->path) + sizeof(TMP_SUFFIX)) : NULL;
+    if (!w->tmp) {
+        wseg_free(w);
+        return -ENOMEM;
+    }
+    sprintf(w->tmp, "%s%s", w->path, TMP_SUFFIX);
+    int r = touch(p, w);
+    if (r == 0)
+        r = cv_buf_reserve(&w->buf, HDR_MAX);
+    if (r < 0) {
+        if (w->in_batch)
+            p->ntouched--;
+        wseg_free(w);
+        return r;
+    }
+    size_t hl = hdr_encode(h, w->buf.data);
+    w->buf.len = hl;
+    w->size = hl;
+    p->cur = w;
+    return 0;
+}
+
+/* Encodes one entry into the partition's current segment buffer. */
+static int encode(cv_applog *log, part *p, cv_applog_entry *e) {
+    size_t tl = strlen(p->topic);
+    size_t plen = PT_FIXED + tl + e->value_len;
+    size_t len = FRAME_HDR + plen + TAG_BYTES;
+    if (len > FRAME_MAX)
+        return -EMSGSIZE;
+    if (!p->cur || (p->cur->nrec > 0 && p->cur->size + len > log->segment_bytes)) {
+        int r = new_segment(log, p, e->offset);
+        if (r < 0)
+            return r;
+    }
+    wseg *w = p->cur;
+    int r = touch(p, w);
+    if (r < 0 || (r = cv_buf_reserve(&w->buf, len)) < 0)
+        return r;
+    unsigned char *f = w->buf.data + w->buf.len;
+    uint64_t pos = w->size;
+    memcpy(f, FRAME_MAGIC, 4);
+    cv_be32(f + 8, (uint32_t)len);
+    cv_be32(f + 12, w->batch);
+    cv_be64(f + 16, w->nrec);
+    cv_be64(f + 24, (uint64_t)e->offset);
+    unsigned char *pt = f + FRAME_HDR;
+    cv_be64(pt, (uint64_t)e->offset);
+    cv_be64(pt + 8, (uint64_t)e->timestamp_ms);
+    cv_be32(pt + 16, (uint32_t)p->partition);
+    cv_be16(pt + 20, (uint16_t)tl);
+    memcpy(pt + PT_FIXED, p->topic, tl);
+    if (e->value_len)
+        memcpy(pt + PT_FIXED + tl, e->value, e->value_len);
+    unsigned char ad[AD_BYTES], nonce[24];
+    build_ad(ad, w->h.hash, f, pos, p->chain);
+    build_nonce(nonce, w->h.seg_id, w->nrec);
+    crypto_aead_xchacha20poly1305_ietf_encrypt_detached(
+        pt, f + FRAME_HDR + plen, NULL, pt, plen, ad, sizeof(ad), NULL, nonce,
+        log->key);
+    cv_be32(f + 4, crc32c(f + 8, len - 8));
+    chain_next(p->chain, p->chain, f, len);
+    memcpy(e->digest, p->chain, DIGEST);
+    if ((r = index_push(p, e->offset, p->chain)) < 0)
+        return r;
+    w->buf.len += len;
+    w->size += len;
+    w->nrec++;
+    p->last = e->offset;
+    return 0;
+}
+
+static int write_all(cv_applog *log, wseg *w, char *errbuf, size_t errlen) {
+    const char *path = w->tmp ? w->tmp : w->path;
+    if (w->fd < 0) {
+        w->fd = log->sys.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                              0600);
+        if (w->fd < 0) {
+            int e = errno;
+            errf(errbuf, errlen, "log segment %s: cannot create: %s", path,
+                 strerror(e));
+            return -e;
+        }
+    }
+    size_t done = 0;
+    while (done < w->buf.len) {
+        ssize_t n = log->sys.pwrite(w->fd, w->buf.data + done, w->buf.len - done,
+                                    (off_t)(w->wpos + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int e = n < 0 ? errno : EIO;
+            errf(errbuf, errlen,
+                 "log segment %s: write at byte %" PRIu64 " failed: %s", path,
+                 w->wpos + done, strerror(e));
+            return -e;
+        }
+        done += (size_t)n;
+    }
+    return 0;
+}
+
+/* Undoes everything the current append did to p: truncates back to the
+ * durable size, removes new segments. Returns <0 if that failed too (the
+ * partition is then refused: its files are in an unknown state). */
+static int rollback(cv_applog *log, part *p) {
+    int bad = 0;
+    bool unlinked = false;
+    for (size_t i = 0; i < p->ntouched; i++) {
+        wseg *w = p->touched[i];
+        w->in_batch = false;
+        w->buf.len = 0;
+        if (w == p->dcur) {
+            if (w->size != w->dsize && w->fd >= 0 &&
+                log->sys.ftruncate(w->fd, (off_t)w->dsize) < 0)
+                bad = -errno;
+            w->size = w->dsize;
+            w->nrec = w->dnrec;
+            w->batch = w->dbatch;
+            continue;
+        }
+        if (w->fd >= 0) {
+            if (log->sys.unlink(w->tmp ? w->tmp : w->path) < 0 && errno != ENOENT)
+                bad = -errno;
+            unlinked = true;
+        }
+        if (w == p->cur)
+            p->cur = NULL;
+        wseg_free(w);
+    }
+    p->ntouched = 0;
+    if (unlinked && log->sys.fsync(p->dirfd) < 0)
+        bad = -errno;
+    p->cur = p->dcur;
+    memcpy(p->chain, p->dchain, DIGEST);
+    p->last = p->dlast;
+    p->ilen = p->dilen;
+    if (bad < 0) {
+        char msg[512];
+        snprintf(msg, sizeof(msg),
+                 "log %s: could not undo a failed append (%s); restart the "
+                 "broker so recovery rescans the partition",
+                 p->dir, strerror(-bad));
+        part_refuse(p, bad, msg);
+    }
+    return bad;
+}
+
+static void commit(part *p) {
+    bool dcur_touched = false;
+    for (size_t i = 0; i < p->ntouched; i++) {
+        wseg *w = p->touched[i];
+        if (w == p->dcur)
+            dcur_touched = true;
+        w->in_batch = false;
+        w->dsize = w->size;
+        w->dnrec = w->nrec;
+        w->dbatch = w->batch;
+        if (w->buf.cap > (1u << 20)) {
+            cv_buf_release(&w->buf);
+            cv_buf_init(&w->buf, BUF_LIMIT);
+        }
+        w->buf.len = 0;
+        if (w != p->cur)
+            wseg_free(w); /* rolled away from: sealed */
+    }
+    if (p->dcur && p->dcur != p->cur && !dcur_touched)
+        wseg_free(p->dcur);
+    p->ntouched = 0;
+    p->dcur = p->cur;
+    memcpy(p->dchain, p->chain, DIGEST);
+    p->dlast = p->last;
+    index_trim(p);
+    p->dilen = p->ilen;
+}
+
+int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n,
+                     char *errbuf, size_t errlen) {
+    int r = 0;
+    part **tp = NULL;
+    size_t ntp = 0, tpcap = 0;
+    /* Phase 1: encode every entry into per-segment buffers. */
+    for (size_t i = 0; i < n; i++) {
+        cv_applog_entry *e = &entries[i];
+        part *p = NULL;
+        if ((r = get_part(log, e->topic, e->partition, &p, errbuf, errlen)) < 0)
+            goto fail;
+        if (!p->touched_part) {
+            if (ntp == tpcap) {
+                tpcap = tpcap ? tpcap * 2 : 8;
+                part **ntpv = realloc(tp, tpcap * sizeof(*ntpv));
+                if (!ntpv) {
+                    r = -ENOMEM;
+                    goto fail;
+                }
+                tp = ntpv;
+            }
+            tp[ntp++] = p;
+            p->touched_part = true;
+        }
+        if (e->offset <= p->last) {
+            if ((r = lookup_digest(log, p, e->offset, e->digest, errbuf,
+                                   errlen)) < 0)
+                goto fail;
+            continue;
+        }
+        if ((r = encode(log, p, e)) < 0) {
+            errf(errbuf, errlen,
+                 "log %s: cannot encode offset %" PRId64 ": %s", p->dir,
+                 e->offset, r == -EMSGSIZE ? "record too large" : strerror(-r));
+            goto fail;
+        }
+    }
+    /* Phase 2: one write per touched segment. */
+    for (size_t k = 0; k < ntp; k++)
+        for (size_t i = 0; i < tp[k]->ntouched; i++)
+            if ((r = write_all(log, tp[k]->touched[i], errbuf, errlen)) < 0)
+                goto fail;
+    /* Phase 3: one fdatasync per touched segment, then new segments are
+     * renamed into place and their directory fsynced. */
+    for (size_t k = 0; k < ntp; k++)
+        for (size_t i = 0; i < tp[k]->ntouched; i++) {
+            wseg *w = tp[k]->touched[i];
+            if (log->sys.fdatasync(w->fd) < 0) {
+                r = -errno;
+                errf(errbuf, errlen,
+                     "log segment %s: fdatasync up to byte %" PRIu64
+                     " failed: %s",
+                     w->tmp ? w->tmp : w->path, w->size, strerror(-r));
+                goto fail;
+            }
+        }
+    for (size_t k = 0; k < ntp; k++) {
+        bool renamed = false;
+        for (size_t i = 0; i < tp[k]->ntouched; i++) {
+            wseg *w = tp[k]->touched[i];
+            if (!w->tmp)
+                continue;
+            if (log->sys.rename(w->tmp, w->path) < 0) {
+                r = -errno;
+                errf(errbuf, errlen, "log segment %s: rename from %s: %s",
+                     w->path, w->tmp, strerror(-r));
+                goto fail;
+            }
+            free(w->tmp);
+            w->tmp = NULL;
+            renamed = true;
+        }
+        if (renamed && log->sys.fsync(tp[k]->dirfd) < 0) {
+            r = -errno;
+            errf(errbuf, errlen, "log directory %s: fsync: %s", tp[k]->dir,
+                 strerror(-r));
+            goto fail;
+        }
+    }
+    for (size_t k = 0; k < ntp; k++) {
+        commit(tp[k]);
+        tp[k]->touched_part = false;
+    }
+    free(tp);
+    return 0;
+
+fail:
+    for (size_t k = 0; k < ntp; k++) {
+        rollback(log, tp[k]);
+        tp[k]->touched_part = false;
+    }
+    free(tp);
+    return r < 0 ? r : -EIO;
+}
+
+int cv_applog_positions(const cv_applog *log, const char *topic,
+                        int32_t partition, int64_t *ret_requested,
+                        int64_t *ret_durable) {
+    const part *p = find_part(log, topic, partition);
+    if (!p || p->state != 1)
+        return -ENOENT;
+    *ret_requested = p->last;
+    *ret_durable = p->dlast;
+    return 0;
+}

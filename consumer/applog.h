@@ -1,0 +1,187 @@
+/*
+ * applog — the encrypted, tamper-evident append-only log: the second store.
+ *
+ * One directory per Kafka topic-partition under log.dir, segment files named
+ * by the first offset they hold; every record is sealed with
+ * XChaCha20-Poly1305 and chained to the previous one by BLAKE2b-256. The
+ * byte-level format, the recovery rules and the multi-instance layout are
+ * written at the top of applog.c.
+ *
+ * A cv_applog is used by one thread at a time.
+ */
+#ifndef CV_APPLOG_H
+#define CV_APPLOG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "keyring.h"
+
+#define CV_APPLOG_DIGEST_BYTES 32
+#define CV_APPLOG_WRITER_ID_BYTES 16
+
+typedef struct cv_applog cv_applog; /* all partitions under one log.dir */
+
+typedef struct cv_applog_entry {
+    const char *topic;
+    int32_t partition;
+    int64_t offset;
+    int64_t timestamp_ms;
+    const void *value;
+    size_t value_len;
+    unsigned char digest[32]; /* out: the record's chain hash */
+} cv_applog_entry;
+
+/* Opens the log under `dir` (created if missing). `keys` must outlive the
+ * log; new segments are sealed with its newest key, existing ones are read
+ * with the key their header names. Segments roll once they would pass
+ * `segment_bytes`. Partitions are opened (and recovered) lazily, on their
+ * first append. The caller owns *ret and frees it with cv_applog_free(). */
+int cv_applog_open(const char *dir, const cv_keyring *keys,
+                   uint64_t segment_bytes, cv_applog **ret, char *errbuf,
+                   size_t errlen);
+
+/* Appends entries (any mix of partitions; each partition's offsets
+ * ascending), then fdatasyncs every touched segment ONCE (group commit)
+ * before returning 0. An entry whose (topic, partition, offset) the log
+ * already holds is not written again; its digest is still filled. On
+ * failure returns negative with errbuf naming file and byte offset; nothing
+ * is reported durable (the bytes of this call are truncated away again).
+ * A partition whose log is damaged before its tail fails every append with
+ * -CV_ECORRUPT and an error that says to run `chatvault log check`. An
+ * entry below the partition's last offset that the log does not hold
+ * fails with -ERANGE (the log cannot insert behind its tail). */
+int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n,
+                     char *errbuf, size_t errlen);
+
+/* Closes every segment. Accepts NULL; returns NULL. */
+cv_applog *cv_applog_free(cv_applog *log);
+
+/* Called once for each torn tail that recovery cut off when a partition is
+ * opened: `file`, the byte offset it was cut at, how many bytes were dropped
+ * and why. Also called (with pos 0) for an unfinished new segment (*.tmp)
+ * that recovery removed. */
+typedef void cv_applog_torn_fn(void *opaque, const char *file, uint64_t pos,
+                               uint64_t dropped, const char *why);
+void cv_applog_set_torn_cb(cv_applog *log, cv_applog_torn_fn *fn,
+                           void *opaque);
+
+/* The system calls that matter for durability, swappable so tests can
+ * inject faults (ENOSPC, EIO, short writes). Each has the libc signature and
+ * convention (-1 with errno set on failure). */
+typedef struct cv_applog_syscalls {
+    int (*open)(const char *path, int flags, mode_t mode);
+    ssize_t (*pwrite)(int fd, const void *buf, size_t n, off_t offset);
+    int (*fdatasync)(int fd);
+    int (*fsync)(int fd);
+    int (*rename)(const char *from, const char *to);
+    int (*ftruncate)(int fd, off_t length);
+    int (*unlink)(const char *path);
+} cv_applog_syscalls;
+
+/* The table `log` uses from now on; NULL restores the real system calls.
+ * The table is copied. */
+void cv_applog_set_syscalls(cv_applog *log, const cv_applog_syscalls *sys);
+
+/* Positions of one partition: the last offset asked to be written
+ * (requested) and the last offset made durable. Both -1 when the partition
+ * holds nothing; -ENOENT when this log has not opened the partition. They
+ * differ only while an append is in flight or after a failed one. */
+int cv_applog_positions(const cv_applog *log, const char *topic,
+                        int32_t partition, int64_t *ret_requested,
+                        int64_t *ret_durable);
+
+/* Writes "<dir>/<topic>-<partition>" into buf; -ENAMETOOLONG if it does not
+ * fit. */
+int cv_applog_partition_dir(const char *dir, const char *topic,
+                            int32_t partition, char *buf, size_t len);
+
+/* Calls fn for every partition directory under `dir` (sorted by name).
+ * A nonzero return from fn stops the walk and is returned. */
+typedef int cv_applog_partition_fn(void *opaque, const char *path,
+                                   const char *topic, int32_t partition);
+int cv_applog_partitions(const char *dir, cv_applog_partition_fn *fn,
+                         void *opaque, char *errbuf, size_t errlen);
+
+/* One segment as `chatvault log list` shows it. Records are counted by
+ * their frame check (CRC32C) and chain, without decrypting. */
+typedef struct cv_applog_segment_info {
+    const char *file;
+    const char *topic;
+    int32_t partition;
+    uint64_t bytes;
+    uint32_t key_id;
+    int64_t first_offset, last_offset; /* last is -1 when empty */
+    uint64_t records;
+    int64_t created_us;
+    bool sealed;        /* a later segment follows; no writer appends here */
+    unsigned char writer_id[CV_APPLOG_WRITER_ID_BYTES];
+    const char *writer_name; /* host name of the writing instance */
+    bool damaged;            /* a frame failed its check (see torn/error) */
+    bool torn;               /* ... at the very end of the last segment */
+    uint64_t damaged_at;
+} cv_applog_segment_info;
+typedef int cv_applog_segment_fn(void *opaque, const cv_applog_segment_info *si);
+int cv_applog_segments(const char *partition_dir, cv_applog_segment_fn *fn,
+                       void *opaque, char *errbuf, size_t errlen);
+
+/*
+ * The reader: one serves recovery, `log check`, `log cat`, verify and
+ * replay. It walks the records of one topic-partition in offset order and
+ * checks everything it passes: frame check, authentication, hash chain,
+ * record index and position, offsets ascending, segment headers (topic,
+ * partition, file name, link to the previous segment).
+ *
+ * It can merge several directories of the same partition (one per broker
+ * instance that owned it: see "Many instances" in applog.c); a record held
+ * by several is returned once, and an offset whose bytes differ between
+ * directories is an error.
+ */
+typedef struct cv_applog_reader cv_applog_reader;
+
+typedef struct cv_applog_record {
+    const char *topic;
+    int32_t partition;
+    int64_t offset;
+    int64_t timestamp_ms;
+    const void *value; /* NULL when the reader has no keys */
+    size_t value_len;
+    unsigned char digest[CV_APPLOG_DIGEST_BYTES]; /* the chain hash */
+    const char *file;                             /* where it was read */
+    uint64_t pos;                                 /* byte offset in file */
+    uint32_t key_id;
+    unsigned char writer_id[CV_APPLOG_WRITER_ID_BYTES];
+    const char *writer_name;
+} cv_applog_record;
+
+/* Opens a reader over `ndirs` directories of one partition. With keys NULL
+ * records are checked by frame check and chain only and come back without
+ * their value. A directory that does not exist holds nothing. The caller
+ * owns *ret and frees it with cv_applog_reader_free(). */
+int cv_applog_reader_open(const char *const *dirs, size_t ndirs,
+                          const cv_keyring *keys, cv_applog_reader **ret,
+                          char *errbuf, size_t errlen);
+
+/* Records below `offset` are still checked (frame check and chain) but not
+ * decrypted nor returned. Call before the first next(). */
+void cv_applog_reader_skip_to(cv_applog_reader *r, int64_t offset);
+
+/* Returns 1 and fills *rec (valid until the next call), 0 at the end, or a
+ * negative error (-CV_ECORRUPT for damage, -ENOKEY for a key id the key
+ * ring lacks, -EBADMSG for a failed authentication) with errbuf naming file
+ * and byte offset. After an error the reader only returns the same error. */
+int cv_applog_reader_next(cv_applog_reader *r, cv_applog_record *rec,
+                          char *errbuf, size_t errlen);
+
+/* A torn tail found at the end of a directory's last segment is not an
+ * error (a writer crashed there or is writing there now). Returns the
+ * number of such tails seen so far; with i below it, fills file and byte
+ * offset of the i-th. */
+size_t cv_applog_reader_torn(const cv_applog_reader *r, size_t i,
+                             const char **ret_file, uint64_t *ret_pos);
+
+cv_applog_reader *cv_applog_reader_free(cv_applog_reader *r);
+
+#endif

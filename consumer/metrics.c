@@ -58,13 +58,19 @@ cv_lag_status cv_lag_status_eval(const cv_lag_sample *s, size_t n,
         *why = "not enough history yet";
         return CV_LAG_OK;
     }
-    if (now->acked == base->acked) {
+    bool lag_all_window = now->lag_since_ms > 0 &&
+                          now->lag_since_ms <= now->t_ms - window_ms;
+    if (now->acked == base->acked && lag_all_window) {
         if (now->consumed != base->consumed || now->inflight > 0) {
             *why = "records consumed but acks not advancing";
             return CV_LAG_STALL;
         }
         *why = "nothing consumed while records wait in Kafka";
         return CV_LAG_STOP;
+    }
+    if (now->acked == base->acked) {
+        *why = "lag appeared less than a window ago";
+        return CV_LAG_OK;
     }
     bool growing = now->lag > base->lag;
     for (size_t i = first + 1; growing && i < n; i++)
@@ -173,6 +179,7 @@ typedef struct mpart {
     int64_t acked_next;    /* -1: unknown */
     int64_t consumed_next; /* -1: nothing consumed */
     int64_t high, low;     /* -1: unknown */
+    int64_t lag_since_ms;  /* monotonic; 0 while the lag is 0 */
     inflight *q;           /* ring of consumed-unacked records */
     size_t qcap, qhead, qlen;
     hwmark hws[HW_HISTORY_MAX];
@@ -424,6 +431,14 @@ static int64_t part_inflight(const mpart *p) {
     return n > 0 ? n : 0;
 }
 
+/* Keeps lag_since_ms current after the positions changed. */
+static void part_touch(mpart *p, int64_t now_ms) {
+    if (part_lag(p) == 0)
+        p->lag_since_ms = 0;
+    else if (!p->lag_since_ms)
+        p->lag_since_ms = now_ms;
+}
+
 /* ---- observer callbacks (pipeline thread) ---- */
 
 static int64_t rec_time_us(int64_t sent_at_us, int64_t timestamp_ms, int64_t now_us) {
@@ -436,7 +451,7 @@ static int64_t rec_time_us(int64_t sent_at_us, int64_t timestamp_ms, int64_t now
 
 static void obs_consumed(void *opaque, const cv_rec *recs, size_t n) {
     cv_metrics *m = opaque;
-    int64_t now_us = cv_now_us();
+    int64_t now_us = cv_now_us(), now_ms = cv_mono_ms();
     pthread_mutex_lock(&m->lock);
     m->batches++;
     cv_hist_observe(&m->batch_size, (int64_t)n);
@@ -470,6 +485,7 @@ static void obs_consumed(void *opaque, const cv_rec *recs, size_t n) {
         p->consumed_next = r->offset + 1;
         int64_t sent = r->env.msg ? r->env.msg->sent_at_us : 0;
         q_push(p, r->offset, rec_time_us(sent, r->timestamp_ms, now_us));
+        part_touch(p, now_ms);
     }
     pthread_mutex_unlock(&m->lock);
 }
@@ -526,7 +542,7 @@ static void obs_store_ok(void *opaque, unsigned store) {
 
 static void obs_acked(void *opaque, const cv_ack_note *notes, size_t n) {
     cv_metrics *m = opaque;
-    int64_t now_us = cv_now_us();
+    int64_t now_us = cv_now_us(), now_ms = cv_mono_ms();
     pthread_mutex_lock(&m->lock);
     mpart *p = NULL;
     for (size_t i = 0; i < n; i++) {
@@ -545,6 +561,7 @@ static void obs_acked(void *opaque, const cv_ack_note *notes, size_t n) {
             p->acked_next = a->offset + 1;
         q_pop_below(p, p->acked_next);
         hw_prune(p);
+        part_touch(p, now_ms);
         if (a->sent_at_us > 0 || a->timestamp_ms > 0) {
             int64_t lat = now_us - rec_time_us(a->sent_at_us, a->timestamp_ms, now_us);
             cv_hist_observe(&m->ack_latency, lat > 0 ? lat : 0);
@@ -563,6 +580,8 @@ static cv_lag_sample channel_sample(const cv_metrics *m, size_t ci, int64_t now_
             continue;
         s.lag += part_lag(p);
         s.inflight += part_inflight(p);
+        if (p->lag_since_ms && (!s.lag_since_ms || p->lag_since_ms < s.lag_since_ms))
+            s.lag_since_ms = p->lag_since_ms;
     }
     return s;
 }
@@ -579,7 +598,7 @@ static void channel_add_sample(mchannel *c, cv_lag_sample s) {
 
 typedef struct tp_obs {
     int32_t partition;
-    int64_t low, high, position;
+    int64_t low, high, position, assigned_at;
     bool have_wm;
 } tp_obs;
 
@@ -589,8 +608,10 @@ static void obs_tick(void *opaque, rd_kafka_t *rk) {
     rd_kafka_topic_partition_list_t *asg = NULL;
     tp_obs *obs = NULL;
     if (rk && rd_kafka_assignment(rk, &asg) == RD_KAFKA_RESP_ERR_NO_ERROR && asg) {
-        rd_kafka_position(rk, asg);
         obs = calloc((size_t)asg->cnt + 1, sizeof(*obs));
+        for (int i = 0; obs && i < asg->cnt; i++)
+            obs[i].assigned_at = asg->elems[i].offset;
+        rd_kafka_position(rk, asg);
         for (int i = 0; obs && i < asg->cnt; i++) {
             const rd_kafka_topic_partition_t *tp = &asg->elems[i];
             obs[i].partition = tp->partition;
@@ -617,8 +638,18 @@ static void obs_tick(void *opaque, rd_kafka_t *rk) {
                 hw_note(p, obs[i].high, now_us);
                 hw_prune(p);
             }
-            if (p->acked_next < 0 && p->consumed_next < 0 && obs[i].position >= 0)
-                p->acked_next = obs[i].position;
+            if (p->acked_next < 0 && p->consumed_next < 0) {
+                /* Where consumption starts: the offset the pipeline assigned
+                 * (from PostgreSQL's kafka_offsets), else the position, else
+                 * the start of the partition (auto.offset.reset = earliest). */
+                if (obs[i].assigned_at >= 0)
+                    p->acked_next = obs[i].assigned_at;
+                else if (obs[i].position >= 0)
+                    p->acked_next = obs[i].position;
+                else if (obs[i].have_wm && obs[i].high >= 0)
+                    p->acked_next = obs[i].low > 0 ? obs[i].low : 0;
+            }
+            part_touch(p, now_ms);
         }
         /* Forget partitions taken away once nothing of theirs is in flight. */
         size_t w = 0;
@@ -867,6 +898,8 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
                    "Records made durable, per store."));
     for (size_t ci = 0; ci <= m->max_channels; ci++)
         for (size_t s = 0; channel_in_use(m, ci) && s < 2; s++) {
+            if (s == 1 && !m->stores[1].seen) /* the log store is off */
+                continue;
             char extra[32];
             snprintf(extra, sizeof(extra), ",store=\"%s\"", store_name(s));
             CK(prom_ch(b, "chatvault_stored_total", m->channels[ci].name, extra,

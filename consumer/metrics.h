@@ -27,8 +27,10 @@
  *   records in flight are acked.
  *
  * Status per channel, from samples taken at every tick (≈1 s) of the
- * channel's cumulative acked and consumed counts, its lag and its records in
- * flight, plus one sample taken at render time. The window is the samples of
+ * channel's cumulative acked and consumed counts, its lag, its records in
+ * flight and since when its lag has been > 0, plus one sample taken at
+ * render time (so a pipeline blocked inside a store, which stops ticking,
+ * is still judged). The window is the samples of
  * the last `window_ms` plus the newest sample before them (the baseline).
  * Rules, first match wins (Burrow's rules applied to ack progress):
  *   ERR   a store is down and acks cannot be made (a store write failed and
@@ -36,11 +38,12 @@
  *         degraded on the other store).
  *   OK    the lag now is 0, or the window spans less than half of window_ms
  *         (not enough history to judge).
- *   STALL acks did not advance over the window, lag > 0, and records were
- *         consumed in the window or are in flight now: the pipeline has the
- *         records but does not get them acked.
- *   STOP  acks did not advance, nothing was consumed and nothing is in
- *         flight, lag > 0: records wait in Kafka and nobody takes them.
+ *   STALL acks did not advance over the window, the lag has been > 0 for
+ *         the whole window, and records were consumed in the window or are
+ *         in flight now: the pipeline has the records but does not get them
+ *         acked (a store blocks, acks are not delivered).
+ *   STOP  as STALL, but nothing was consumed and nothing is in flight:
+ *         records wait in Kafka and nobody takes them.
  *   WARN  acks advance but the lag never shrank from one sample to the next
  *         and is larger at the end than at the start: falling behind.
  *   OK    otherwise.
@@ -80,6 +83,8 @@ typedef struct cv_lag_sample {
     int64_t acked;    /* records whose ack was delivered */
     int64_t lag;      /* ack lag in messages */
     int64_t inflight; /* consumed, ack not delivered yet */
+    int64_t lag_since_ms; /* monotonic time since which lag > 0 without a
+                             break; 0 when the lag is 0 */
 } cv_lag_sample;
 
 /* Applies the status rules above to samples `s[0..n)` in time order, the

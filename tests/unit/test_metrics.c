@@ -78,6 +78,12 @@ static const status_case status_cases[] = {
       {180, 90, 90, 90}, {190, 90, 100, 100}, {200, 90, 110, 110},
       {210, 210, 0, 0}},
      CV_LAG_OK},
+    {"idle channel gets new records, acks frozen for less than a window: OK",
+     false, 12,
+     {{5, 5, 0, 0}, {5, 5, 0, 0}, {5, 5, 0, 0}, {5, 5, 0, 0}, {5, 5, 0, 0},
+      {5, 5, 0, 0}, {5, 5, 0, 0}, {5, 5, 0, 0}, {9, 5, 4, 4}, {9, 5, 4, 4},
+      {9, 5, 4, 4}, {9, 5, 4, 4}},
+     CV_LAG_OK},
     {"too little history to judge: OK", false, 3,
      {{100, 90, 10, 10}, {110, 90, 20, 20}, {120, 90, 30, 30}}, CV_LAG_OK},
 };
@@ -92,6 +98,14 @@ static void test_status_rules(void) {
                                    .acked = c->rows[k].acked,
                                    .lag = c->rows[k].lag,
                                    .inflight = c->rows[k].inflight};
+        /* The lag has been > 0 since the first sample of the final run of
+         * non-zero lags (the run is assumed to have started there). */
+        for (size_t k = 0; k < c->n; k++) {
+            int64_t since = 0;
+            for (size_t j = k + 1; j-- > 0 && c->rows[j].lag > 0;)
+                since = s[j].t_ms;
+            s[k].lag_since_ms = since;
+        }
         const char *why = NULL;
         cv_lag_status got = cv_lag_status_eval(s, c->n, 10000, c->stores_down, &why);
         TAP_IS_STR(cv_lag_status_name(got), cv_lag_status_name(c->want), c->name);
@@ -103,12 +117,21 @@ static void test_status_rules(void) {
  * ago and the render-time sample is the only recent one. */
 static void test_status_blocked_pipeline(void) {
     cv_lag_sample s[] = {
-        {.t_ms = 1000, .consumed = 50, .acked = 40, .lag = 10, .inflight = 10},
-        {.t_ms = 2000, .consumed = 60, .acked = 40, .lag = 20, .inflight = 20},
-        {.t_ms = 30000, .consumed = 60, .acked = 40, .lag = 20, .inflight = 20},
+        {.t_ms = 1000, .consumed = 40, .acked = 40, .lag = 0, .inflight = 0},
+        {.t_ms = 2000, .consumed = 40, .acked = 40, .lag = 0, .inflight = 0},
+        {.t_ms = 30000, .consumed = 60, .acked = 40, .lag = 20, .inflight = 20,
+         .lag_since_ms = 2500},
     };
     TAP_IS_STR(cv_lag_status_name(cv_lag_status_eval(s, 3, 10000, false, NULL)),
                "STALL", "blocked pipeline: baseline before the window, STALL");
+    s[2].t_ms = 9000;
+    TAP_IS_STR(cv_lag_status_name(cv_lag_status_eval(s, 3, 10000, false, NULL)),
+               "OK", "blocked for less than a window: not judged yet");
+    s[2].t_ms = 30000;
+    s[2].consumed = 40;
+    s[2].inflight = 0;
+    TAP_IS_STR(cv_lag_status_name(cv_lag_status_eval(s, 3, 10000, false, NULL)),
+               "STOP", "lag in Kafka for a window, nothing consumed: STOP");
 }
 
 static const int64_t bounds[] = {10, 20, 50, 100};

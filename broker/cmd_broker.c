@@ -10,6 +10,8 @@
 
 #include "cli.h"
 #include "devkafka.h"
+#include "http.h"
+#include "metrics.h"
 #include "pipeline.h"
 
 static volatile sig_atomic_t stop;
@@ -71,7 +73,16 @@ int cv_cmd_broker(int argc, char **argv) {
     int rc = CV_EXIT_OK;
     cv_devkafka *dk = NULL;
     cv_pipeline *p = NULL;
+    cv_metrics *metrics = NULL;
+    cv_http *http = NULL;
     const char *embedded = NULL;
+    cv_metrics_conf mc = {.topics_prefix = cv_config_str(cfg, "topics.prefix"),
+                          .max_channels = 100, .version = CV_VERSION};
+    if (cv_metrics_new(&mc, &metrics) < 0) {
+        cv_error("broker", "out of memory");
+        rc = CV_EXIT_FAILURE;
+        goto out;
+    }
     if (cv_cli_kafka_embedded(cfg)) {
         if (cv_devkafka_start(1, &dk, err, sizeof(err)) < 0 ||
             cv_devkafka_create_topic(dk, cv_config_str(cfg, "topics.acks"), 4, err,
@@ -117,7 +128,16 @@ int cv_cmd_broker(int argc, char **argv) {
         .shutdown_timeout_ms = cv_config_int(cfg, "shutdown.timeout_ms"),
         .log = pipeline_log,
     };
+    pc.observer = cv_metrics_observer(metrics);
     if (cv_pipeline_new(&pc, &p, err, sizeof(err)) < 0) {
+        cv_error("broker", "%s", err);
+        rc = CV_EXIT_FAILURE;
+        goto out;
+    }
+    cv_http_conf hc = {.listen = cv_config_str(cfg, "http.listen"),
+                       .token = cv_config_str(cfg, "http.token"),
+                       .metrics = metrics};
+    if (*hc.listen && cv_http_start(&hc, &http, err, sizeof(err)) < 0) {
         cv_error("broker", "%s", err);
         rc = CV_EXIT_FAILURE;
         goto out;
@@ -141,7 +161,9 @@ int cv_cmd_broker(int argc, char **argv) {
            st.consumed, st.persisted, st.duplicates, st.rejected, st.acked,
            st.batches);
 out:
+    cv_http_stop(http);
     cv_pipeline_free(p);
+    cv_metrics_free(metrics);
     cv_devkafka_free(dk);
     cv_config_free(cfg);
     return rc;

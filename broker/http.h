@@ -1,0 +1,46 @@
+/*
+ * http — the broker's observability server on http.listen (libmicrohttpd,
+ * its own thread): GET /metrics (Prometheus text), /healthz (process alive),
+ * /readyz (stores reachable, pipeline running, no channel stalled),
+ * /api/lag (JSON), / (the dashboard, embedded in the binary).
+ *
+ * It only reads cv_metrics snapshots; it never touches the pipeline.
+ *
+ * With http.token set, every endpoint but /healthz needs the token, as
+ * `Authorization: Bearer <token>` (tools, Prometheus' `authorization`) or as
+ * the password of HTTP Basic auth with any user name (so a browser can open
+ * the dashboard: it asks once and sends it with the page's own requests).
+ * The comparison is constant-time. Binding an address that is not loopback
+ * without a token logs a warning.
+ */
+#ifndef CV_HTTP_H
+#define CV_HTTP_H
+
+#include <stddef.h>
+
+#include "metrics.h"
+
+typedef struct cv_http cv_http;
+
+typedef struct cv_http_conf {
+    const char *listen;  /* "host:port", "[v6addr]:port" or ":port"; host is
+                            a numeric address or "localhost" */
+    const char *token;   /* NULL or "": no authentication */
+    cv_metrics *metrics; /* read-only; must outlive the server */
+} cv_http_conf;
+
+/* Binds and starts serving. Returns 0, or a negative errno with errbuf set
+ * ("http.listen = \"...\": ..."). */
+int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
+                  size_t errlen);
+
+/* Stops serving and frees. Accepts NULL; returns NULL. */
+cv_http *cv_http_stop(cv_http *h);
+
+/* Parses a listen address into `ret_ss` (sockaddr_in or sockaddr_in6).
+ * Returns 0 or -EINVAL with errbuf set. Exposed for tests and `lag`. */
+struct sockaddr_storage;
+int cv_http_parse_listen(const char *listen, struct sockaddr_storage *ret_ss,
+                         char *errbuf, size_t errlen);
+
+#endif

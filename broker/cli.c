@@ -156,6 +156,10 @@ rd_kafka_conf_t *cv_cli_kafka_conf(const cv_config *cfg, const char *role,
          * msgs/s; a deeper prefetch queue lifts it past 1M. */
         {"queued.min.messages", "200000"},
         {"queued.max.messages.kbytes", "65536"},
+        /* A restarted broker waits this long for its dead predecessor's
+         * partitions; librdkafka's 45 s default is an outage of acks. */
+        {"session.timeout.ms", "10000"},
+        {"heartbeat.interval.ms", "3000"},
         /* A channel topic created while the broker runs is found this fast. */
         {"topic.metadata.refresh.interval.ms", "5000"},
         {NULL, NULL}};
@@ -187,7 +191,8 @@ rd_kafka_conf_t *cv_cli_kafka_conf(const cv_config *cfg, const char *role,
         if (conf_set(conf, k, v, errbuf, errlen) < 0)
             goto fail;
     }
-    if (!cv_config_kafka_get(cfg, "bootstrap.servers")) {
+    const char *boot = cv_config_kafka_get(cfg, "bootstrap.servers");
+    if (!boot || !*boot) {
         snprintf(errbuf, errlen,
                  "kafka.bootstrap.servers is not set (use host:port, or "
                  "\"embedded\" for a mock cluster inside the broker)");

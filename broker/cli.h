@@ -31,6 +31,8 @@ int cv_cmd_dev_kafka(int argc, char **argv);
 int cv_cmd_migrate(int argc, char **argv);
 int cv_cmd_send(int argc, char **argv);
 int cv_cmd_config(int argc, char **argv);
+int cv_cmd_keygen(int argc, char **argv);
+int cv_cmd_log(int argc, char **argv);
 
 /* Long options shared by every command; append to a command's own table. */
 #define CV_COMMON_LONGOPTS                                                     \

@@ -13,6 +13,8 @@ static const cv_command commands[] = {
     {"migrate", cv_cmd_migrate, "create or upgrade the PostgreSQL schema"},
     {"send", cv_cmd_send, "publish chat messages, optionally waiting for their acks"},
     {"config", cv_cmd_config, "print the configuration reference or an example file"},
+    {"log", cv_cmd_log, "list, print (cat) and check the encrypted log"},
+    {"keygen", cv_cmd_keygen, "add a key to the encrypted log's key file"},
 };
 
 static void usage(FILE *out) {

@@ -17,7 +17,7 @@
  * renamed into place and the directory fsynced: a segment file never has a
  * torn header or a torn first batch. A *.tmp left by a crash is deleted.
  *
- * SEGMENT HEADER (H bytes, H = 108 + T + N)
+ * SEGMENT HEADER (H bytes, H = 124 + T + N)
  *   0   8  magic "CVAPLOG\n"
  *   8   2  format version, 1
  *  10   2  H, header length in bytes
@@ -31,8 +31,11 @@
  *  96   4  partition
  * 100   2  T, topic length (1..255)
  * 102   2  N, writer name length (0..64): the host name of the instance
- * 104   T  topic
- * 104+T N  writer name
+ * 104  16  key check: BLAKE2b-128 keyed with the segment's key over
+ *          "chatvault log key check" || segment id; tells a wrong key
+ *          (same id, other bytes) apart from damaged records
+ * 120   T  topic
+ * 120+T N  writer name
  * H-4   4  CRC32C of bytes [0, H-4)
  * The header hash HH = BLAKE2b-256(header bytes [0, H)) is bound into every
  * record's additional data, so changing any header byte fails every record.
@@ -120,7 +123,8 @@
 
 #define HDR_MAGIC "CVAPLOG\n"
 #define HDR_VERSION 1
-#define HDR_FIXED 104
+#define HDR_FIXED 120
+#define KEYCHECK_CONTEXT "chatvault log key check"
 #define HDR_MAX (HDR_FIXED + 255 + 64 + 4)
 #define FRAME_MAGIC "CVR\x01"
 #define FRAME_HDR 32
@@ -253,6 +257,7 @@ typedef struct seghdr {
     unsigned char seg_id[16], writer_id[16];
     int64_t first_offset, created_us;
     unsigned char prev_chain[DIGEST];
+    unsigned char key_check[16];
     int32_t partition;
     char topic[256];
     size_t topic_len;
@@ -276,6 +281,7 @@ static size_t hdr_encode(seghdr *h, unsigned char *out) {
     cv_be32(out + 96, (uint32_t)h->partition);
     cv_be16(out + 100, (uint16_t)h->topic_len);
     cv_be16(out + 102, (uint16_t)nlen);
+    memcpy(out + 104, h->key_check, 16);
     memcpy(out + HDR_FIXED, h->topic, h->topic_len);
     memcpy(out + HDR_FIXED + h->topic_len, h->writer_name, nlen);
     cv_be32(out + hl - 4, crc32c(out, hl - 4));
@@ -307,6 +313,7 @@ static const char *hdr_decode(const unsigned char *p, size_t size, seghdr *h) {
     h->created_us = (int64_t)rd64(p + 56);
     memcpy(h->prev_chain, p + 64, DIGEST);
     h->partition = (int32_t)rd32(p + 96);
+    memcpy(h->key_check, p + 104, 16);
     h->topic_len = tl;
     memcpy(h->topic, p + HDR_FIXED, tl);
     h->topic[tl] = '\0';
@@ -329,6 +336,16 @@ static void build_nonce(unsigned char *nonce, const unsigned char *seg_id,
                         uint64_t index) {
     memcpy(nonce, seg_id, 16);
     cv_be64(nonce + 16, index);
+}
+
+static void key_check(unsigned char *out, const unsigned char *seg_id,
+                      const unsigned char *key) {
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, key, CV_KEY_BYTES, 16);
+    crypto_generichash_update(&st, (const unsigned char *)KEYCHECK_CONTEXT,
+                              sizeof(KEYCHECK_CONTEXT) - 1);
+    crypto_generichash_update(&st, seg_id, 16);
+    crypto_generichash_final(&st, out, 16);
 }
 
 static void chain_next(unsigned char *out, const unsigned char *prev,
@@ -726,6 +743,17 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
                  d->cur.path, h->key_id);
             seg_close(&d->cur);
             return -ENOKEY;
+        }
+        unsigned char kc[16];
+        key_check(kc, h->seg_id, d->key);
+        if (sodium_memcmp(kc, h->key_check, 16) != 0) {
+            errf(errbuf, errlen,
+                 "log segment %s at byte 104: key id %" PRIu32
+                 " of the key file is not the key this segment was written "
+                 "with (wrong key file?)",
+                 d->cur.path, h->key_id);
+            seg_close(&d->cur);
+            return -EKEYREJECTED;
         }
     }
     if (!d->any) {
@@ -1335,7 +1363,8 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
                      "%s; the partition is not written until this is "
                      "resolved: run `chatvault log check`",
                      msg);
-            part_refuse(p, r == -ENOKEY ? -ENOKEY : -CV_ECORRUPT, full);
+            part_refuse(p, r == -ENOKEY || r == -EKEYREJECTED ? r : -CV_ECORRUPT,
+                        full);
             pdir_release(&d);
             errf(errbuf, errlen, "%s", full);
             return p->state;
@@ -1491,6 +1520,7 @@ static int new_segment(cv_applog *log, part *p, int64_t first_offset) {
     h->first_offset = first_offset;
     h->created_us = cv_now_us();
     memcpy(h->prev_chain, p->chain, DIGEST);
+    key_check(h->key_check, h->seg_id, log->key);
     h->partition = p->partition;
     h->topic_len = strlen(p->topic);
     memcpy(h->topic, p->topic, h->topic_len + 1);

@@ -169,9 +169,11 @@ int cv_applog_reader_open(const char *const *dirs, size_t ndirs,
 void cv_applog_reader_skip_to(cv_applog_reader *r, int64_t offset);
 
 /* Returns 1 and fills *rec (valid until the next call), 0 at the end, or a
- * negative error (-CV_ECORRUPT for damage, -ENOKEY for a key id the key
- * ring lacks, -EBADMSG for a failed authentication) with errbuf naming file
- * and byte offset. After an error the reader only returns the same error. */
+ * negative error with errbuf naming file and byte offset: -CV_ECORRUPT for
+ * damage, -EBADMSG for a record that fails authentication, -ENOKEY for a
+ * key id the key ring lacks, -EKEYREJECTED when the ring's key of that id is
+ * not the one the segment was written with. After an error the reader only
+ * returns the same error. */
 int cv_applog_reader_next(cv_applog_reader *r, cv_applog_record *rec,
                           char *errbuf, size_t errlen);
 

@@ -12,13 +12,6 @@
 /* pg_advisory_lock key: "chatvaul" as a big-endian int64. */
 #define MIGRATE_LOCK_KEY "7162241009358694764"
 
-static void one_line(char *s) {
-    for (; *s; s++)
-        if (*s == '\n' || *s == '\r')
-            *s = ' ';
-    while (s[-1] == ' ')
-        *--s = '\0';
-}
 
 static void quiet_notice(void *arg, const char *message) { (void)arg, (void)message; }
 
@@ -34,7 +27,7 @@ PGconn *cv_pg_connect(const char *conninfo, char *errbuf, size_t errlen) {
                  host && *host ? host : "(default socket)",
                  port && *port ? " port " : "", port && *port ? port : "",
                  PQerrorMessage(conn));
-        one_line(errbuf);
+        cv_one_line(errbuf);
         PQfinish(conn);
         return NULL;
     }
@@ -49,7 +42,7 @@ static int exec_ok(PGconn *conn, const char *sql, const char *what, char *errbuf
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
         snprintf(errbuf, errlen, "postgres: %s: %s", what,
                  PQresultErrorMessage(res));
-        one_line(errbuf);
+        cv_one_line(errbuf);
         PQclear(res);
         return -CV_ESTORE;
     }
@@ -64,7 +57,7 @@ int cv_pgmigrate_current(PGconn *conn, int *ret_version, char *errbuf,
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         snprintf(errbuf, errlen, "postgres: reading the schema version: %s",
                  PQresultErrorMessage(res));
-        one_line(errbuf);
+        cv_one_line(errbuf);
         PQclear(res);
         return -CV_ESTORE;
     }
@@ -78,7 +71,7 @@ int cv_pgmigrate_current(PGconn *conn, int *ret_version, char *errbuf,
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         snprintf(errbuf, errlen, "postgres: reading the schema version: %s",
                  PQresultErrorMessage(res));
-        one_line(errbuf);
+        cv_one_line(errbuf);
         PQclear(res);
         return -CV_ESTORE;
     }
@@ -105,7 +98,7 @@ static int apply_one(PGconn *conn, const cv_migration *m, char *errbuf,
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
             snprintf(errbuf, errlen, "postgres: recording %s: %s", m->name,
                      PQresultErrorMessage(res));
-            one_line(errbuf);
+            cv_one_line(errbuf);
             r = -CV_ESTORE;
         }
         PQclear(res);

@@ -78,14 +78,6 @@ static const char rejected_sql[] =
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
     " ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING";
 
-static void one_line(char *s) {
-    size_t n = strlen(s);
-    for (size_t i = 0; i < n; i++)
-        if (s[i] == '\n' || s[i] == '\r')
-            s[i] = ' ';
-    while (n > 0 && s[n - 1] == ' ')
-        s[--n] = '\0';
-}
 
 static int pg_fail(cv_pgstore *st, PGresult *res, const char *what,
                    char *errbuf, size_t errlen) {
@@ -93,7 +85,7 @@ static int pg_fail(cv_pgstore *st, PGresult *res, const char *what,
     if (!msg || !*msg)
         msg = PQerrorMessage(st->conn);
     snprintf(errbuf, errlen, "postgres: %s: %s", what, msg);
-    one_line(errbuf);
+    cv_one_line(errbuf);
     if (res)
         PQclear(res);
     return -CV_ESTORE;

@@ -33,13 +33,25 @@ typedef struct pending {
     struct pending *next;
     cv_ack_ticket ticket;
     rd_kafka_topic_partition_list_t *offsets; /* next offset per partition */
+    cv_ack_note *notes;                       /* for the observer, or NULL */
+    size_t nnotes;
 } pending;
+
+/* Topic names outlive the Kafka messages that carried them: the observer
+ * sees them after the batch is released. A few hundred topics at most. */
+typedef struct interned {
+    struct interned *next;
+    char name[];
+} interned;
 
 struct cv_pipeline {
     char *group, *pattern, *prefix, *ack_topic, *dlq_topic;
     int64_t max_messages, max_bytes, max_ms, shutdown_timeout_ms;
     cv_pipeline_log_fn *log_fn;
     void *log_opaque;
+    cv_pipeline_observer obs;
+    interned *topics;
+    int64_t last_tick_ms;
 
     rd_kafka_t *consumer;
     cv_acker *acker;
@@ -53,6 +65,8 @@ struct cv_pipeline {
     int64_t started_ms;
 
     pending *head, **tail;
+    bool in_store;      /* store_batch is waiting for a store */
+    bool abandon;       /* a revoke came meanwhile: give the batch up */
     volatile sig_atomic_t *stop;
     int fatal;
     char fatal_err[512];
@@ -72,6 +86,32 @@ static void plog(cv_pipeline *p, int level, const char *msg, const char *fmt, ..
         va_end(ap);
     }
     p->log_fn(p->log_opaque, level, msg, kv);
+}
+
+#define OBSERVE(p, fn, ...)                                                    \
+    do {                                                                       \
+        if ((p)->obs.fn)                                                       \
+            (p)->obs.fn((p)->obs.opaque, __VA_ARGS__);                         \
+    } while (0)
+
+static const char *intern_topic(cv_pipeline *p, const char *name) {
+    for (interned *t = p->topics; t; t = t->next)
+        if (strcmp(t->name, name) == 0)
+            return t->name;
+    size_t n = strlen(name) + 1;
+    interned *t = malloc(sizeof(*t) + n);
+    if (!t)
+        return NULL;
+    memcpy(t->name, name, n);
+    t->next = p->topics;
+    p->topics = t;
+    return t->name;
+}
+
+static void pending_free(pending *b) {
+    rd_kafka_topic_partition_list_destroy(b->offsets);
+    free(b->notes);
+    free(b);
 }
 
 static void set_fatal(cv_pipeline *p, const char *err) {
@@ -123,8 +163,9 @@ static void commit_completed(cv_pipeline *p, bool async) {
         p->head = b->next;
         if (!p->head)
             p->tail = &p->head;
-        rd_kafka_topic_partition_list_destroy(b->offsets);
-        free(b);
+        if (b->notes)
+            OBSERVE(p, acked, b->notes, b->nnotes);
+        pending_free(b);
     }
     if (!commit)
         return;
@@ -167,37 +208,80 @@ static void decode_batch(cv_pipeline *p) {
                  cv_reject_reason_name(r->env.reason), r->env.error);
         }
     }
+    OBSERVE(p, consumed, p->recs, p->n);
+}
+
+/* Keeps the consumer group membership alive while a store is down: the
+ * assigned partitions are paused, so polling returns no records (librdkafka
+ * drops what it had prefetched and, on resume, fetches again from the
+ * position after the batch in flight). A rebalance may run inside the poll;
+ * see rebalance_cb for what it does to the batch in flight. */
+static void poll_paused(cv_pipeline *p, bool pause) {
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    if (rd_kafka_assignment(p->consumer, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return;
+    if (pause)
+        rd_kafka_pause_partitions(p->consumer, parts);
+    else
+        rd_kafka_resume_partitions(p->consumer, parts);
+    rd_kafka_topic_partition_list_destroy(parts);
+}
+
+static void serve_while_waiting(cv_pipeline *p, int64_t ms) {
+    int64_t until = cv_mono_ms() + ms;
+    while (cv_mono_ms() < until && !stopping(p) && !p->abandon) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(p->consumer, 0);
+        if (m) /* paused: only errors and events arrive */
+            rd_kafka_message_destroy(m);
+        cv_acker_poll(p->acker, 50);
+        commit_completed(p, true);
+    }
 }
 
 /* Writes the batch to the stores, waiting out store failures with capped
  * backoff while the acks of earlier batches keep flowing. Returns 0 when
- * stored, -ECANCELED when asked to stop first. */
+ * stored; -ECANCELED when asked to stop, or when a rebalance took the
+ * partitions away, before the stores came back. */
 static int store_batch(cv_pipeline *p, rd_kafka_topic_partition_list_t *offsets) {
     char err[512];
     int64_t backoff = BACKOFF_MIN_MS;
+    bool paused = false;
+    int r;
+    p->in_store = true;
     for (;;) {
-        int r = cv_pgstore_write(p->pg, p->recs, p->n, offsets, err, sizeof(err));
+        int64_t t0 = cv_now_us();
+        r = cv_pgstore_write(p->pg, p->recs, p->n, offsets, err, sizeof(err));
         if (r == 0) {
+            OBSERVE(p, store_ok, CV_STORE_PG);
+            OBSERVE(p, stored, p->recs, p->n, cv_now_us() - t0, (int64_t)0);
             if (backoff > BACKOFF_MIN_MS)
-                plog(p, 1, "postgres store recovered", NULL);
-            return 0;
+                plog(p, 1, "postgres store recovered; acking again", NULL);
+            break;
         }
         p->stats.store_errors++;
+        OBSERVE(p, store_error, CV_STORE_PG, err);
         if (r == -CV_ESCHEMA) {
             set_fatal(p, err);
-            return r;
+            break;
         }
         plog(p, 2, "postgres write failed; not acking, retrying",
              "error=\"%s\" retry_in=%" PRId64 "ms", err, backoff);
-        int64_t until = cv_mono_ms() + backoff;
-        while (cv_mono_ms() < until) {
-            if (stopping(p))
-                return -ECANCELED;
-            cv_acker_poll(p->acker, 50);
-            commit_completed(p, true);
+        if (!paused) {
+            poll_paused(p, true);
+            paused = true;
+        }
+        serve_while_waiting(p, backoff);
+        if (stopping(p) || p->abandon) {
+            r = -ECANCELED;
+            break;
         }
         backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
     }
+    if (paused && !p->abandon)
+        poll_paused(p, false);
+    p->in_store = false;
+    p->abandon = false;
+    return r;
 }
 
 /* Takes the batch being filled through the stores and hands it to the
@@ -216,8 +300,7 @@ static void process_batch(cv_pipeline *p) {
     b->offsets = batch_offsets(p->recs, p->n);
     if (store_batch(p, b->offsets) < 0) {
         /* Not stored, so not acked and not committed: Kafka re-delivers. */
-        rd_kafka_topic_partition_list_destroy(b->offsets);
-        free(b);
+        pending_free(b);
         release_batch(p);
         return;
     }
@@ -227,6 +310,22 @@ static void process_batch(cv_pipeline *p) {
         p->stats.duplicates += s == CHATVAULT__V1__ACK_STATUS__DUPLICATE;
     }
     p->stats.batches++;
+    if (p->obs.acked && (b->notes = calloc(p->n, sizeof(cv_ack_note)))) {
+        b->nnotes = p->n;
+        for (size_t i = 0; i < p->n; i++) {
+            const cv_rec *r = &p->recs[i];
+            cv_ack_note *note = &b->notes[i];
+            note->topic = intern_topic(p, r->topic);
+            note->partition = r->partition;
+            note->offset = r->offset;
+            note->sent_at_us = r->env.msg ? r->env.msg->sent_at_us : 0;
+            note->timestamp_ms = r->timestamp_ms;
+            note->status = r->status;
+            note->stores = r->stores;
+            if (!note->topic)
+                b->nnotes = 0;
+        }
+    }
     char err[512];
     if (cv_acker_send(p->acker, p->recs, p->n, &b->ticket, err, sizeof(err)) < 0)
         set_fatal(p, err);
@@ -241,8 +340,15 @@ static void process_batch(cv_pipeline *p) {
 
 /* Finishes the batch in flight and waits for every pending ack (up to
  * `timeout_ms`), then commits synchronously. */
+static void drain_acks(cv_pipeline *p, int64_t timeout_ms);
+
 static void drain(cv_pipeline *p, int64_t timeout_ms) {
     process_batch(p);
+    drain_acks(p, timeout_ms);
+}
+
+/* Waits for every pending ack, then commits synchronously. */
+static void drain_acks(cv_pipeline *p, int64_t timeout_ms) {
     int64_t deadline = cv_mono_ms() + timeout_ms;
     while (p->head && cv_mono_ms() < deadline) {
         cv_acker_poll(p->acker, 20);
@@ -295,9 +401,19 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         return;
     }
     if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
-        plog(p, 1, "partitions revoked; finishing the batch in flight",
-             "count=%d", parts->cnt);
-        drain(p, p->shutdown_timeout_ms);
+        if (p->in_store) {
+            /* A store is down and the batch in flight is not durable: give
+             * it up uncommitted; the next owner is re-delivered it. */
+            plog(p, 2, "partitions revoked while a store is down; the batch in "
+                       "flight is left for the next owner",
+                 "count=%d", parts->cnt);
+            p->abandon = true;
+            drain_acks(p, p->shutdown_timeout_ms);
+        } else {
+            plog(p, 1, "partitions revoked; finishing the batch in flight",
+                 "count=%d", parts->cnt);
+            drain(p, p->shutdown_timeout_ms);
+        }
     } else {
         plog(p, 3, "rebalance error", "error=\"%s\"", rd_kafka_err2str(err));
     }
@@ -339,6 +455,8 @@ int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
     p->shutdown_timeout_ms = c->shutdown_timeout_ms;
     p->log_fn = c->log;
     p->log_opaque = c->log_opaque;
+    if (c->observer)
+        p->obs = *c->observer;
     p->tail = &p->head;
     p->rules.topic_prefix = p->prefix;
     p->rules.max_body_bytes = (size_t)c->max_body_bytes;
@@ -422,7 +540,10 @@ int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
         }
         rd_kafka_message_t *m = rd_kafka_consumer_poll(p->consumer, timeout);
         if (m && m->err) {
-            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            if (m->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART && !m->rkt)
+                plog(p, 1, "no topic matches topics.pattern yet; waiting",
+                     "detail=\"%s\"", rd_kafka_message_errstr(m));
+            else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                 plog(p, 2, "consumer error", "error=\"%s\" topic=%s",
                      rd_kafka_message_errstr(m),
                      m->rkt ? rd_kafka_topic_name(m->rkt) : "-");
@@ -439,6 +560,10 @@ int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
             cv_acker_poll(p->acker, 0);
             commit_completed(p, true);
             last_serve = now;
+        }
+        if (now - p->last_tick_ms >= 1000) {
+            OBSERVE(p, tick, p->consumer);
+            p->last_tick_ms = now;
         }
     }
     drain(p, p->shutdown_timeout_ms);
@@ -462,8 +587,11 @@ cv_pipeline *cv_pipeline_free(cv_pipeline *p) {
     while (p->head) {
         pending *b = p->head;
         p->head = b->next;
-        rd_kafka_topic_partition_list_destroy(b->offsets);
-        free(b);
+        pending_free(b);
+    }
+    for (interned *t = p->topics, *n; t; t = n) {
+        n = t->next;
+        free(t);
     }
     if (p->consumer)
         rd_kafka_destroy(p->consumer);

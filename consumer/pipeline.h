@@ -18,7 +18,43 @@
 #include <signal.h>
 #include <stdint.h>
 
+#include "record.h"
+
 typedef struct cv_pipeline cv_pipeline;
+
+/* One record whose ack was delivered. */
+typedef struct cv_ack_note {
+    const char *topic;        /* valid for the pipeline's lifetime */
+    int32_t partition;
+    int64_t offset;
+    int64_t sent_at_us;       /* from the message; 0 if none (rejected) */
+    int64_t timestamp_ms;     /* Kafka timestamp, -1 if none */
+    int status;               /* CHATVAULT__V1__ACK_STATUS__* */
+    uint32_t stores;          /* CV_STORE_PG | CV_STORE_LOG */
+} cv_ack_note;
+
+/* What the pipeline tells an observer (metrics). Every call comes from the
+ * pipeline's own thread; any member may be NULL. */
+typedef struct cv_pipeline_observer {
+    void *opaque;
+    /* A batch was decoded: rec->env says valid or rejected and why. */
+    void (*consumed)(void *opaque, const cv_rec *recs, size_t n);
+    /* The stores made the batch durable, taking pg_us (the transaction) and
+     * log_us (append + fdatasync; 0 when the log store is off). */
+    void (*stored)(void *opaque, const cv_rec *recs, size_t n, int64_t pg_us,
+                   int64_t log_us);
+    /* A store write failed; the pipeline retries (or degrades). */
+    void (*store_error)(void *opaque, unsigned store, const char *error);
+    /* A store write succeeded. */
+    void (*store_ok)(void *opaque, unsigned store);
+    /* Every ack of these records is delivered; their offsets are being
+     * committed. */
+    void (*acked)(void *opaque, const cv_ack_note *notes, size_t n);
+    /* About once a second: read watermarks, assignment, positions. */
+    void (*tick)(void *opaque, rd_kafka_t *consumer);
+    /* ack.policy = any is running on one store (1) or back on all (0). */
+    void (*degraded)(void *opaque, int on);
+} cv_pipeline_observer;
 
 typedef void cv_pipeline_log_fn(void *opaque, int level /* 0 debug..3 error */,
                                 const char *msg, const char *kv);
@@ -40,6 +76,7 @@ typedef struct cv_pipeline_conf {
     int64_t shutdown_timeout_ms;
     cv_pipeline_log_fn *log;
     void *log_opaque;
+    const cv_pipeline_observer *observer; /* may be NULL */
 } cv_pipeline_conf;
 
 /* Counters since start, for metrics and the end-of-run summary. */

@@ -45,6 +45,22 @@ bool cv_utf8_valid(const char *s, size_t len) {
     return true;
 }
 
+void cv_one_line(char *s) {
+    char *o = s, *start = s;
+    bool space = false;
+    for (; *s; s++) {
+        if (*s == '\n' || *s == '\r' || *s == '\t' || *s == ' ') {
+            space = true;
+            continue;
+        }
+        if (space && o > start)
+            *o++ = ' ';
+        space = false;
+        *o++ = *s;
+    }
+    *o = '\0';
+}
+
 void cv_buf_init(cv_buf *b, size_t limit) {
     b->data = NULL;
     b->len = b->cap = 0;

@@ -19,6 +19,10 @@ enum {
 
 bool cv_utf8_valid(const char *s, size_t len);
 
+/* Folds a multi-line error message (libpq's) onto one line in place:
+ * newlines and tabs become single spaces; trailing space is dropped. */
+void cv_one_line(char *s);
+
 /* A growable byte buffer with an upper bound. */
 typedef struct cv_buf {
     unsigned char *data;

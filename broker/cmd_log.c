@@ -431,6 +431,7 @@ static int run_check(const plist *pl, const cv_keyring *kr) {
             if (!n++)
                 first = rec.offset;
             last = rec.offset;
+            r = 0;
         }
         if (rd)
             report_torn("log check", rd);

@@ -85,7 +85,8 @@
  * failure is not in batch 1 (which the rename made atomic). A torn tail is
  * truncated (reported through cv_applog_set_torn_cb) and writing continues
  * in a new segment. Any other damage stops the partition with file and byte
- * offset and the advice to run `chatvault log check`. Deleting whole
+ * offset and the advice to run `chatvault log check`. The scanned segment
+ * is fdatasynced before its offsets count as held. Deleting whole
  * records at the end of the last segment is indistinguishable from a crash;
  * the digests carried by the acks are the external anchor for that.
  *
@@ -1390,6 +1391,24 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
                 log->torn_fn(log->torn_opaque, d.torn_file, d.torn_pos,
                              (uint64_t)st.st_size - d.torn_pos,
                              "torn tail after a crash truncated");
+        } else {
+            /* What recovery read may still be only in the page cache (a
+             * crashed writer's last batch): make it durable before the
+             * offsets it holds are treated as held. */
+            char *last = path_join(p->dir, d.names[d.nseg - 1]);
+            int fd = last ? log->sys.open(last, O_WRONLY | O_CLOEXEC, 0) : -1;
+            if (fd < 0 || log->sys.fdatasync(fd) < 0) {
+                r = last ? -errno : -ENOMEM;
+                errf(errbuf, errlen, "log segment %s: fdatasync: %s",
+                     last ? last : p->dir, strerror(-r));
+                if (fd >= 0)
+                    close(fd);
+                free(last);
+                pdir_release(&d);
+                return r;
+            }
+            close(fd);
+            free(last);
         }
         memcpy(p->chain, d.chain, DIGEST);
         p->last = d.last_offset;

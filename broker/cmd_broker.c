@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "devkafka.h"
 #include "http.h"
+#include "keyring.h"
 #include "metrics.h"
 #include "pipeline.h"
 
@@ -75,7 +76,24 @@ int cv_cmd_broker(int argc, char **argv) {
     cv_pipeline *p = NULL;
     cv_metrics *metrics = NULL;
     cv_http *http = NULL;
+    cv_keyring *keys = NULL;
     const char *embedded = NULL;
+    const char *log_dir = cv_config_str(cfg, "log.dir");
+    if (*log_dir) {
+        /* A key file that is missing, unreadable or open to others is a
+         * configuration error: refuse to start rather than write a log
+         * nobody can read, or one anybody can. */
+        if (cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err,
+                            sizeof(err)) < 0) {
+            cv_error("broker", "%s (log.key_file; create one with `chatvault "
+                     "keygen`)", err);
+            cv_config_free(cfg);
+            return CV_EXIT_USAGE;
+        }
+    } else {
+        cv_log(CV_LOG_WARN, "log.dir is empty: the encrypted log store is off; "
+               "messages are kept in PostgreSQL only", NULL);
+    }
     cv_metrics_conf mc = {.topics_prefix = cv_config_str(cfg, "topics.prefix"),
                           .max_channels = 100, .version = CV_VERSION};
     if (cv_metrics_new(&mc, &metrics) < 0) {
@@ -121,6 +139,12 @@ int cv_cmd_broker(int argc, char **argv) {
         .ack_topic = cv_config_str(cfg, "topics.acks"),
         .dlq_topic = cv_config_str(cfg, "topics.dlq"),
         .pg_conninfo = cv_config_str(cfg, "postgres.conninfo"),
+        .log_dir = log_dir,
+        .log_keys = keys,
+        .log_segment_bytes = (uint64_t)cv_config_int(cfg, "log.segment_bytes"),
+        .ack_policy = strcmp(cv_config_str(cfg, "ack.policy"), "any") == 0
+                          ? CV_ACK_POLICY_ANY
+                          : CV_ACK_POLICY_ALL,
         .batch_max_messages = cv_config_int(cfg, "batch.max_messages"),
         .batch_max_bytes = cv_config_int(cfg, "batch.max_bytes"),
         .batch_max_ms = cv_config_int(cfg, "batch.max_ms"),
@@ -147,8 +171,9 @@ int cv_cmd_broker(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     cv_log(CV_LOG_INFO, "broker started",
-           "group=%s pattern=\"%s\" acks=%s dlq=%s", pc.group, pc.topics_pattern,
-           pc.ack_topic, pc.dlq_topic);
+           "group=%s pattern=\"%s\" acks=%s dlq=%s log_dir=%s ack_policy=%s",
+           pc.group, pc.topics_pattern, pc.ack_topic, pc.dlq_topic,
+           *log_dir ? log_dir : "(off)", cv_config_str(cfg, "ack.policy"));
     if (cv_pipeline_run(p, &stop, err, sizeof(err)) < 0) {
         cv_error("broker", "%s", err);
         rc = CV_EXIT_FAILURE;
@@ -165,6 +190,7 @@ out:
     cv_pipeline_free(p);
     cv_metrics_free(metrics);
     cv_devkafka_free(dk);
+    cv_keyring_free(keys);
     cv_config_free(cfg);
     return rc;
 }

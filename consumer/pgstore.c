@@ -425,9 +425,9 @@ int cv_pgstore_write(cv_pgstore *st, cv_rec *recs, size_t n,
     return 0;
 }
 
-int cv_pgstore_resume_offsets(cv_pgstore *st,
-                              rd_kafka_topic_partition_list_t *parts,
-                              char *errbuf, size_t errlen) {
+int cv_pgstore_read_offsets(cv_pgstore *st,
+                            rd_kafka_topic_partition_list_t *parts,
+                            char *errbuf, size_t errlen) {
     int r = ensure_connected(st, errbuf, errlen);
     if (r < 0)
         return r;
@@ -444,11 +444,8 @@ int cv_pgstore_resume_offsets(cv_pgstore *st,
         if (PQresultStatus(res) != PGRES_TUPLES_OK)
             return pg_fail(st, res, "reading chatvault.kafka_offsets", errbuf,
                            errlen);
-        if (PQntuples(res) == 1) {
-            int64_t next = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-            if (next > p->offset)
-                p->offset = next;
-        }
+        p->offset = PQntuples(res) == 1 ? strtoll(PQgetvalue(res, 0, 0), NULL, 10)
+                                         : RD_KAFKA_OFFSET_INVALID;
         PQclear(res);
     }
     return 0;

@@ -34,12 +34,12 @@ int cv_pgstore_write(cv_pgstore *store, cv_rec *recs, size_t n,
                      const rd_kafka_topic_partition_list_t *next_offsets,
                      char *errbuf, size_t errlen);
 
-/* For each partition of `parts`, raises .offset to the next offset stored in
- * chatvault.kafka_offsets when that is ahead (an offset below 0 counts as
- * behind everything). */
-int cv_pgstore_resume_offsets(cv_pgstore *store,
-                              rd_kafka_topic_partition_list_t *parts,
-                              char *errbuf, size_t errlen);
+/* For each partition of `parts`, sets .offset to the next offset that
+ * chatvault.kafka_offsets holds for it, or RD_KAFKA_OFFSET_INVALID when it
+ * holds none. */
+int cv_pgstore_read_offsets(cv_pgstore *store,
+                            rd_kafka_topic_partition_list_t *parts,
+                            char *errbuf, size_t errlen);
 
 /* Whether the connection is up (without a round trip). */
 bool cv_pgstore_connected(const cv_pgstore *store);

@@ -20,7 +20,7 @@
 #include "acker.h"
 #include "arena.h"
 #include "envelope.h"
-#include "pgstore.h"
+#include "stores.h"
 #include "record.h"
 #include "util.h"
 
@@ -55,7 +55,7 @@ struct cv_pipeline {
 
     rd_kafka_t *consumer;
     cv_acker *acker;
-    cv_pgstore *pg;
+    cv_stores *stores;
     cv_envelope_rules rules;
     cv_arena *arena;
 
@@ -238,47 +238,46 @@ static void serve_while_waiting(cv_pipeline *p, int64_t ms) {
     }
 }
 
-/* Writes the batch to the stores, waiting out store failures with capped
- * backoff while the acks of earlier batches keep flowing. Returns 0 when
- * stored; -ECANCELED when asked to stop, or when a rebalance took the
- * partitions away, before the stores came back. */
+/* Writes the batch to the stores, waiting out store failures while the
+ * acks of earlier batches keep flowing. Returns 0 when the batch is durable
+ * as ack.policy asks; -ECANCELED when asked to stop, or when a rebalance
+ * took the partitions away, before the stores came back. */
 static int store_batch(cv_pipeline *p, rd_kafka_topic_partition_list_t *offsets) {
     char err[512];
-    int64_t backoff = BACKOFF_MIN_MS;
     bool paused = false;
     int r;
     p->in_store = true;
     for (;;) {
-        int64_t t0 = cv_now_us();
-        r = cv_pgstore_write(p->pg, p->recs, p->n, offsets, err, sizeof(err));
+        int64_t pg_us, log_us;
+        r = cv_stores_write(p->stores, p->recs, p->n, offsets, &pg_us, &log_us,
+                            err, sizeof(err));
         if (r == 0) {
-            OBSERVE(p, store_ok, CV_STORE_PG);
-            OBSERVE(p, stored, p->recs, p->n, cv_now_us() - t0, (int64_t)0);
-            if (backoff > BACKOFF_MIN_MS)
-                plog(p, 1, "postgres store recovered; acking again", NULL);
+            OBSERVE(p, stored, p->recs, p->n, pg_us, log_us);
             break;
         }
-        p->stats.store_errors++;
-        OBSERVE(p, store_error, CV_STORE_PG, err);
-        if (r == -CV_ESCHEMA) {
+        if (r != -EAGAIN) {
             set_fatal(p, err);
             break;
         }
-        plog(p, 2, "postgres write failed; not acking, retrying",
-             "error=\"%s\" retry_in=%" PRId64 "ms", err, backoff);
+        p->stats.store_errors++;
         if (!paused) {
+            plog(p, 2, "batch not durable; not acking, waiting for the stores",
+                 "error=\"%s\"", err);
             poll_paused(p, true);
             paused = true;
         }
-        serve_while_waiting(p, backoff);
+        int64_t wait = cv_stores_retry_ms(p->stores);
+        serve_while_waiting(p, wait < 20 ? 20 : wait);
         if (stopping(p) || p->abandon) {
             r = -ECANCELED;
             break;
         }
-        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
     }
-    if (paused && !p->abandon)
+    if (paused && !p->abandon) {
         poll_paused(p, false);
+        if (r == 0)
+            plog(p, 1, "stores are back; acking again", NULL);
+    }
     p->in_store = false;
     p->abandon = false;
     return r;
@@ -372,7 +371,7 @@ static void assign(cv_pipeline *p, rd_kafka_topic_partition_list_t *parts) {
     for (int i = 0; i < parts->cnt; i++)
         if (parts->elems[i].err)
             parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
-    if (cv_pgstore_resume_offsets(p->pg, parts, err, sizeof(err)) < 0)
+    if (cv_stores_resume_offsets(p->stores, parts, err, sizeof(err)) < 0)
         plog(p, 2, "cannot read chatvault.kafka_offsets; resuming from Kafka's "
                    "committed offsets",
              "error=\"%s\"", err);
@@ -426,6 +425,27 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
 }
 
+static void stores_log(void *opaque, int level, const char *msg, const char *kv) {
+    cv_pipeline *p = opaque;
+    if (p->log_fn)
+        p->log_fn(p->log_opaque, level, msg, kv);
+}
+
+static void stores_error(void *opaque, unsigned store, const char *error) {
+    cv_pipeline *p = opaque;
+    OBSERVE(p, store_error, store, error);
+}
+
+static void stores_ok(void *opaque, unsigned store) {
+    cv_pipeline *p = opaque;
+    OBSERVE(p, store_ok, store);
+}
+
+static void stores_degraded(void *opaque, int on) {
+    cv_pipeline *p = opaque;
+    OBSERVE(p, degraded, on);
+}
+
 static char *xstrdup(const char *s, int *oom) {
     char *d = strdup(s ? s : "");
     if (!d)
@@ -473,7 +493,22 @@ int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
         return -ENOMEM;
     }
 
-    r = cv_pgstore_open(c->pg_conninfo, p->group, &p->pg, errbuf, errlen);
+    cv_stores_conf sc = {
+        .pg_conninfo = c->pg_conninfo,
+        .group = p->group,
+        .log_dir = c->log_dir,
+        .log_keys = c->log_keys,
+        .log_segment_bytes = c->log_segment_bytes,
+        .policy = c->ack_policy,
+        .rules = &p->rules,
+        .max_batch = p->cap,
+        .events = {.opaque = p,
+                   .log = stores_log,
+                   .store_error = stores_error,
+                   .store_ok = stores_ok,
+                   .degraded = stores_degraded},
+    };
+    r = cv_stores_open(&sc, &p->stores, errbuf, errlen);
     if (r < 0) {
         rd_kafka_conf_destroy(cconf);
         rd_kafka_conf_destroy(pconf);
@@ -596,7 +631,7 @@ cv_pipeline *cv_pipeline_free(cv_pipeline *p) {
     if (p->consumer)
         rd_kafka_destroy(p->consumer);
     p->acker = cv_acker_free(p->acker, 5000);
-    p->pg = cv_pgstore_free(p->pg);
+    p->stores = cv_stores_free(p->stores);
     cv_arena_free(p->arena);
     free(p->recs);
     free(p->group);

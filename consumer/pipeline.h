@@ -18,7 +18,9 @@
 #include <signal.h>
 #include <stdint.h>
 
+#include "keyring.h"
 #include "record.h"
+#include "stores.h"
 
 typedef struct cv_pipeline cv_pipeline;
 
@@ -69,6 +71,10 @@ typedef struct cv_pipeline_conf {
     const char *ack_topic;
     const char *dlq_topic;
     const char *pg_conninfo;
+    const char *log_dir;              /* NULL or "": the log store is off */
+    const cv_keyring *log_keys;       /* must outlive the pipeline */
+    uint64_t log_segment_bytes;
+    cv_ack_policy ack_policy;
     int64_t batch_max_messages;
     int64_t batch_max_bytes;
     int64_t batch_max_ms;

@@ -1,0 +1,431 @@
+/*
+ * stores — see stores.h.
+ */
+#include "stores.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arena.h"
+#include "pgstore.h"
+#include "util.h"
+
+#define RETRY_MIN_MS 200
+#define RETRY_MAX_MS 5000
+
+/* A partition whose records from `from` on are in the log but not in
+ * PostgreSQL. */
+typedef struct behind {
+    struct behind *next;
+    int32_t partition;
+    int64_t from;
+    char topic[];
+} behind;
+
+/* Health of one store. */
+typedef struct health {
+    bool down;
+    int64_t retry_at_ms;
+    int64_t backoff_ms;
+} health;
+
+struct cv_stores {
+    cv_pgstore *pg;
+    cv_applog *log;
+    char *log_dir;
+    const cv_keyring *keys;
+    cv_ack_policy policy;
+    cv_envelope_rules rules;
+    size_t max_batch;
+    cv_stores_events ev;
+
+    health pg_health, log_health;
+    bool degraded;
+    behind *behind;
+
+    cv_applog_entry *entries;
+    cv_rec *fill;           /* records read back from the log for backfill */
+    cv_arena *fill_arena;
+};
+
+static void slog(cv_stores *st, int level, const char *msg, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void slog(cv_stores *st, int level, const char *msg, const char *fmt, ...) {
+    if (!st->ev.log)
+        return;
+    char kv[1024] = "";
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(kv, sizeof(kv), fmt, ap);
+        va_end(ap);
+    }
+    st->ev.log(st->ev.opaque, level, msg, kv);
+}
+
+static void torn_cb(void *opaque, const char *file, uint64_t pos, uint64_t dropped,
+                    const char *why) {
+    slog(opaque, 2, "log recovery cut a torn tail; records before it are intact",
+         "file=%s offset=%" PRIu64 " dropped_bytes=%" PRIu64 " why=\"%s\"", file,
+         pos, dropped, why);
+}
+
+int cv_stores_open(const cv_stores_conf *c, cv_stores **ret, char *errbuf,
+                   size_t errlen) {
+    cv_stores *st = calloc(1, sizeof(*st));
+    if (!st) {
+        snprintf(errbuf, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    st->policy = c->policy;
+    st->rules = *c->rules;
+    st->max_batch = c->max_batch;
+    st->ev = c->events;
+    st->keys = c->log_keys;
+    st->pg_health.backoff_ms = st->log_health.backoff_ms = RETRY_MIN_MS;
+    int r = cv_pgstore_open(c->pg_conninfo, c->group, &st->pg, errbuf, errlen);
+    if (r < 0)
+        goto fail;
+    if (c->log_dir && *c->log_dir) {
+        st->log_dir = strdup(c->log_dir);
+        st->entries = calloc(c->max_batch, sizeof(cv_applog_entry));
+        st->fill = calloc(c->max_batch, sizeof(cv_rec));
+        st->fill_arena = cv_arena_new((size_t)4 << 30);
+        if (!st->log_dir || !st->entries || !st->fill || !st->fill_arena) {
+            snprintf(errbuf, errlen, "out of memory");
+            r = -ENOMEM;
+            goto fail;
+        }
+        r = cv_applog_open(c->log_dir, c->log_keys, c->log_segment_bytes, &st->log,
+                           errbuf, errlen);
+        if (r < 0)
+            goto fail;
+        cv_applog_set_torn_cb(st->log, torn_cb, st);
+    }
+    *ret = st;
+    return 0;
+fail:
+    cv_stores_free(st);
+    return r;
+}
+
+cv_stores *cv_stores_free(cv_stores *st) {
+    if (!st)
+        return NULL;
+    cv_pgstore_free(st->pg);
+    cv_applog_free(st->log);
+    for (behind *b = st->behind, *n; b; b = n) {
+        n = b->next;
+        free(b);
+    }
+    free(st->log_dir);
+    free(st->entries);
+    free(st->fill);
+    cv_arena_free(st->fill_arena);
+    free(st);
+    return NULL;
+}
+
+bool cv_stores_degraded(const cv_stores *st) { return st->degraded; }
+bool cv_stores_has_log(const cv_stores *st) { return st->log != NULL; }
+
+int64_t cv_stores_retry_ms(const cv_stores *st) {
+    int64_t now = cv_mono_ms(), wait = 0;
+    const health *hs[2] = {&st->pg_health, &st->log_health};
+    for (int i = 0; i < 2; i++)
+        if (hs[i]->down && hs[i]->retry_at_ms - now > wait)
+            wait = hs[i]->retry_at_ms - now;
+    return wait;
+}
+
+static bool due(const health *h) { return !h->down || cv_mono_ms() >= h->retry_at_ms; }
+
+static void mark_ok(cv_stores *st, health *h, unsigned store, const char *name) {
+    if (h->down)
+        slog(st, 1, "store recovered", "store=%s", name);
+    h->down = false;
+    h->backoff_ms = RETRY_MIN_MS;
+    if (st->ev.store_ok)
+        st->ev.store_ok(st->ev.opaque, store);
+}
+
+static void mark_failed(cv_stores *st, health *h, unsigned store, const char *name,
+                        const char *err) {
+    h->down = true;
+    h->retry_at_ms = cv_mono_ms() + h->backoff_ms;
+    slog(st, 2, "store write failed",
+         "store=%s error=\"%s\" retry_in=%" PRId64 "ms policy=%s", name, err,
+         h->backoff_ms, st->policy == CV_ACK_POLICY_ALL ? "all" : "any");
+    h->backoff_ms = h->backoff_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : h->backoff_ms * 2;
+    if (st->ev.store_error)
+        st->ev.store_error(st->ev.opaque, store, err);
+}
+
+static void set_degraded(cv_stores *st, bool on) {
+    if (st->degraded == on)
+        return;
+    st->degraded = on;
+    slog(st, on ? 2 : 1, on ? "degraded: acking with one store (ack.policy = any)"
+                            : "both stores hold new batches again",
+         NULL);
+    if (st->ev.degraded)
+        st->ev.degraded(st->ev.opaque, on);
+}
+
+static int add_behind(cv_stores *st, const char *topic, int32_t partition,
+                      int64_t from) {
+    for (behind *b = st->behind; b; b = b->next)
+        if (b->partition == partition && strcmp(b->topic, topic) == 0)
+            return 0; /* already behind from an earlier offset */
+    size_t len = strlen(topic) + 1;
+    behind *b = malloc(sizeof(*b) + len);
+    if (!b)
+        return -ENOMEM;
+    memcpy(b->topic, topic, len);
+    b->partition = partition;
+    b->from = from;
+    b->next = NULL;
+    behind **tail = &st->behind;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = b;
+    return 0;
+}
+
+/* Writes one chunk of records read back from the log to PostgreSQL. */
+static int backfill_chunk(cv_stores *st, const behind *b, size_t k, char *errbuf,
+                          size_t errlen) {
+    rd_kafka_topic_partition_list_t *next = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(next, b->topic, b->partition)->offset =
+        st->fill[k - 1].offset + 1;
+    int r = cv_pgstore_write(st->pg, st->fill, k, next, errbuf, errlen);
+    rd_kafka_topic_partition_list_destroy(next);
+    cv_arena_reset(st->fill_arena);
+    return r;
+}
+
+/* Copies into PostgreSQL what the log holds of one partition from b->from
+ * on, in offset order and in chunks; b->from advances with each commit. */
+static int backfill_partition(cv_stores *st, behind *b, char *errbuf, size_t errlen) {
+    char dir[PATH_MAX];
+    int r = cv_applog_partition_dir(st->log_dir, b->topic, b->partition, dir,
+                                    sizeof(dir));
+    if (r < 0) {
+        snprintf(errbuf, errlen, "log: partition directory name too long");
+        return r;
+    }
+    const char *dirs[1] = {dir};
+    cv_applog_reader *rd = NULL;
+    r = cv_applog_reader_open(dirs, 1, st->keys, &rd, errbuf, errlen);
+    if (r < 0)
+        return r;
+    cv_applog_reader_skip_to(rd, b->from);
+    size_t k = 0;
+    int64_t copied = 0;
+    cv_applog_record rec;
+    while ((r = cv_applog_reader_next(rd, &rec, errbuf, errlen)) == 1) {
+        if (rec.offset < b->from)
+            continue;
+        cv_rec *f = &st->fill[k];
+        memset(f, 0, sizeof(*f));
+        f->topic = b->topic;
+        f->partition = b->partition;
+        f->offset = rec.offset;
+        f->timestamp_ms = rec.timestamp_ms;
+        if (cv_envelope_decode(&st->rules, b->topic, rec.value, rec.value_len,
+                               st->fill_arena, &f->env) < 0) {
+            slog(st, 2, "backfill skips a log record that does not validate",
+                 "topic=%s partition=%" PRId32 " offset=%" PRId64 " error=\"%s\"",
+                 b->topic, b->partition, rec.offset, f->env.error);
+            continue;
+        }
+        if (++k == st->max_batch) {
+            r = backfill_chunk(st, b, k, errbuf, errlen);
+            if (r < 0)
+                break;
+            b->from = st->fill[k - 1].offset + 1;
+            copied += (int64_t)k;
+            k = 0;
+        }
+    }
+    if (r == 0 && k > 0) {
+        r = backfill_chunk(st, b, k, errbuf, errlen);
+        if (r == 0) {
+            b->from = st->fill[k - 1].offset + 1;
+            copied += (int64_t)k;
+        }
+    }
+    cv_arena_reset(st->fill_arena);
+    cv_applog_reader_free(rd);
+    if (copied > 0 || r == 0)
+        slog(st, 1, r == 0 ? "postgres backfilled from the log"
+                           : "postgres backfill interrupted",
+             "topic=%s partition=%" PRId32 " records=%" PRId64
+             " next_offset=%" PRId64, b->topic, b->partition, copied, b->from);
+    return r;
+}
+
+static int backfill(cv_stores *st, char *errbuf, size_t errlen) {
+    while (st->behind) {
+        behind *b = st->behind;
+        int r = backfill_partition(st, b, errbuf, errlen);
+        if (r < 0)
+            return r;
+        st->behind = b->next;
+        free(b);
+    }
+    return 0;
+}
+
+static int write_pg(cv_stores *st, cv_rec *recs, size_t n,
+                    const rd_kafka_topic_partition_list_t *next, char *errbuf,
+                    size_t errlen) {
+    int r = 0;
+    if (st->behind && st->log)
+        r = backfill(st, errbuf, errlen);
+    if (r == 0)
+        r = cv_pgstore_write(st->pg, recs, n, next, errbuf, errlen);
+    return r;
+}
+
+/* Appends the records the log should hold; fills their digests. */
+static int write_log(cv_stores *st, cv_rec *recs, size_t n, bool pg_done,
+                     char *errbuf, size_t errlen) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        cv_rec *r = &recs[i];
+        if (!cv_rec_valid(r) ||
+            (pg_done && r->status != CHATVAULT__V1__ACK_STATUS__PERSISTED))
+            continue;
+        cv_applog_entry *e = &st->entries[k++];
+        e->topic = r->topic;
+        e->partition = r->partition;
+        e->offset = r->offset;
+        e->timestamp_ms = r->timestamp_ms;
+        e->value = r->rkm ? r->rkm->payload : NULL;
+        e->value_len = r->rkm ? r->rkm->len : 0;
+    }
+    if (k == 0)
+        return 0;
+    int rc = cv_applog_append(st->log, st->entries, k, errbuf, errlen);
+    if (rc < 0)
+        return rc;
+    k = 0;
+    for (size_t i = 0; i < n; i++) {
+        cv_rec *r = &recs[i];
+        if (!cv_rec_valid(r) ||
+            (pg_done && r->status != CHATVAULT__V1__ACK_STATUS__PERSISTED))
+            continue;
+        memcpy(r->digest, st->entries[k++].digest, CV_DIGEST_BYTES);
+        r->has_digest = true;
+        r->stores |= CV_STORE_LOG;
+    }
+    return 0;
+}
+
+int cv_stores_write(cv_stores *st, cv_rec *recs, size_t n,
+                    const rd_kafka_topic_partition_list_t *next,
+                    int64_t *ret_pg_us, int64_t *ret_log_us, char *errbuf,
+                    size_t errlen) {
+    char err[512];
+    bool pg_done = false, log_done = st->log == NULL;
+    int64_t t0, pg_us = 0, log_us = 0;
+    int r;
+    errbuf[0] = '\0';
+
+    if (due(&st->pg_health)) {
+        t0 = cv_now_us();
+        r = write_pg(st, recs, n, next, err, sizeof(err));
+        pg_us = cv_now_us() - t0;
+        if (r == 0) {
+            pg_done = true;
+            mark_ok(st, &st->pg_health, CV_STORE_PG, "postgres");
+        } else if (r == -CV_ESCHEMA) {
+            snprintf(errbuf, errlen, "%s", err);
+            return r;
+        } else {
+            mark_failed(st, &st->pg_health, CV_STORE_PG, "postgres", err);
+            snprintf(errbuf, errlen, "%s", err);
+        }
+    }
+    /* The log follows PostgreSQL's verdict on duplicates; without it (under
+     * `any`) it takes every valid record. */
+    if (!log_done && (pg_done || st->policy == CV_ACK_POLICY_ANY) &&
+        due(&st->log_health)) {
+        t0 = cv_now_us();
+        r = write_log(st, recs, n, pg_done, err, sizeof(err));
+        log_us = cv_now_us() - t0;
+        if (r == 0) {
+            log_done = true;
+            mark_ok(st, &st->log_health, CV_STORE_LOG, "log");
+        } else {
+            mark_failed(st, &st->log_health, CV_STORE_LOG, "log", err);
+            snprintf(errbuf, errlen, "%s", err);
+        }
+    }
+    *ret_pg_us = pg_us;
+    *ret_log_us = log_us;
+
+    if (pg_done && log_done) {
+        set_degraded(st, false);
+        return 0;
+    }
+    if (st->policy == CV_ACK_POLICY_ANY && (pg_done || log_done)) {
+        int64_t now = cv_now_us();
+        for (size_t i = 0; i < n; i++) {
+            cv_rec *rec = &recs[i];
+            if (!cv_rec_valid(rec))
+                continue;
+            if (!pg_done || rec->status == CHATVAULT__V1__ACK_STATUS__PERSISTED)
+                rec->status = CHATVAULT__V1__ACK_STATUS__DEGRADED;
+            if (!pg_done)
+                rec->persisted_at_us = now;
+        }
+        if (!pg_done) {
+            /* PostgreSQL misses these: backfill them from the log. */
+            for (size_t i = 0; i < n; i++)
+                if (cv_rec_valid(&recs[i]) &&
+                    add_behind(st, recs[i].topic, recs[i].partition,
+                               recs[i].offset) < 0)
+                    return -ENOMEM;
+        } else {
+            for (int i = 0; i < next->cnt; i++)
+                slog(st, 2, "log misses records that PostgreSQL holds; run "
+                            "`chatvault verify --repair` once the log is back",
+                     "topic=%s partition=%" PRId32 " up_to_offset=%" PRId64,
+                     next->elems[i].topic, next->elems[i].partition,
+                     next->elems[i].offset - 1);
+        }
+        set_degraded(st, true);
+        return 0;
+    }
+    return -EAGAIN;
+}
+
+int cv_stores_resume_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts,
+                             char *errbuf, size_t errlen) {
+    rd_kafka_topic_partition_list_t *pg = rd_kafka_topic_partition_list_copy(parts);
+    int r = cv_pgstore_read_offsets(st->pg, pg, errbuf, errlen);
+    for (int i = 0; r == 0 && i < parts->cnt; i++) {
+        rd_kafka_topic_partition_t *k = &parts->elems[i];
+        int64_t g = pg->elems[i].offset;
+        if (g < 0)
+            continue;
+        if (k->offset < 0) {
+            k->offset = g; /* Kafka lost or never had this group's offset */
+        } else if (g < k->offset && st->log) {
+            slog(st, 1, "postgres is behind the acked offset; backfilling from the log",
+                 "topic=%s partition=%" PRId32 " postgres_next=%" PRId64
+                 " kafka_committed=%" PRId64, k->topic, k->partition, g, k->offset);
+            if (add_behind(st, k->topic, k->partition, g) < 0)
+                r = -ENOMEM;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(pg);
+    return r;
+}

@@ -9,6 +9,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+#include <poll.h>
+
 #include "cli.h"
 #include "devkafka.h"
 
@@ -31,7 +35,17 @@ static void usage(FILE *out) {
             "a client\n"
             "                     asks for are otherwise auto-created with the "
             "mock's\n"
-            "                     default partition count\n\n"
+            "                     default partition count\n"
+            "  --control          read fault-injection commands from stdin, one "
+            "per line,\n"
+            "                     answering \"ok\" or \"error: ...\" on stdout:\n"
+            "                       broker-down ID | broker-up ID\n"
+            "                       broker-rtt ID MS\n"
+            "                       request-errors APIKEY COUNT ERRCODE   (e.g. "
+            "0 5 6 = Produce\n"
+            "                         fails 5 times with NOT_LEADER_FOR_PARTITION)\n"
+            "                       leader TOPIC PARTITION BROKER_ID\n"
+            "                       topic NAME PARTITIONS\n\n"
             "NOT a real Kafka. Known limits of librdkafka 2.0.2's mock cluster, "
             "measured:\nit keeps only about 5 MiB per partition and silently "
             "drops older batches, so\ngive topics enough partitions for the "
@@ -39,14 +53,54 @@ static void usage(FILE *out) {
             "chatvault and in tests, never for data you keep.\n");
 }
 
+/* One fault-injection command from --control; answers on stdout. */
+static void control_command(cv_devkafka *dk, char *line) {
+    rd_kafka_mock_cluster_t *mc = cv_devkafka_mock(dk);
+    char cmd[64], name[256];
+    int a, b, c;
+    rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
+    line[strcspn(line, "\r\n")] = '\0';
+    if (sscanf(line, "broker-down %d", &a) == 1) {
+        err = rd_kafka_mock_broker_set_down(mc, a);
+    } else if (sscanf(line, "broker-up %d", &a) == 1) {
+        err = rd_kafka_mock_broker_set_up(mc, a);
+    } else if (sscanf(line, "broker-rtt %d %d", &a, &b) == 2) {
+        err = rd_kafka_mock_broker_set_rtt(mc, a, b);
+    } else if (sscanf(line, "request-errors %d %d %d", &a, &b, &c) == 3 && b > 0 &&
+               b <= 1000) {
+        rd_kafka_resp_err_t errs[1000];
+        for (int i = 0; i < b; i++)
+            errs[i] = (rd_kafka_resp_err_t)c;
+        rd_kafka_mock_push_request_errors_array(mc, (int16_t)a, (size_t)b, errs);
+    } else if (sscanf(line, "leader %255s %d %d", name, &a, &b) == 3) {
+        err = rd_kafka_mock_partition_set_leader(mc, name, a, b);
+    } else if (sscanf(line, "topic %255s %d", name, &a) == 2) {
+        err = rd_kafka_mock_topic_create(mc, name, a, 1);
+    } else {
+        if (sscanf(line, "%63s", cmd) != 1)
+            return; /* blank line */
+        printf("error: unknown command \"%s\"\n", line);
+        fflush(stdout);
+        return;
+    }
+    if (err)
+        printf("error: %s\n", rd_kafka_err2str(err));
+    else
+        printf("ok\n");
+    fflush(stdout);
+    cv_log(CV_LOG_INFO, "fault injected", "command=\"%s\" result=%s", line,
+           err ? rd_kafka_err2str(err) : "ok");
+}
+
 int cv_cmd_dev_kafka(int argc, char **argv) {
     static const struct option opts[] = {
         {"brokers", required_argument, NULL, 'b'},
         {"partitions", required_argument, NULL, 'p'},
         {"topic", required_argument, NULL, 't'},
+        {"control", no_argument, NULL, 'C'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
-    int brokers = 1, partitions = 4, ntopics = 0, opt;
+    int brokers = 1, partitions = 4, ntopics = 0, control = 0, opt;
     const char *topics[256];
     optind = 1;
     while ((opt = getopt_long(argc, argv, "b:p:t:h", opts, NULL)) != -1) {
@@ -71,6 +125,9 @@ int cv_cmd_dev_kafka(int argc, char **argv) {
                 return CV_EXIT_USAGE;
             }
             topics[ntopics++] = optarg;
+            break;
+        case 'C':
+            control = 1;
             break;
         case 'h':
             usage(stdout);
@@ -128,6 +185,17 @@ int cv_cmd_dev_kafka(int argc, char **argv) {
            "bootstrap=%s brokers=%d partitions=%d limit=\"about 5 MiB per "
            "partition; older batches are dropped\"",
            cv_devkafka_bootstraps(dk), brokers, partitions);
+    if (control) {
+        char line[512];
+        struct pollfd pfd = {.fd = 0, .events = POLLIN};
+        while (!stop) {
+            if (poll(&pfd, 1, 200) <= 0)
+                continue;
+            if (!fgets(line, sizeof(line), stdin))
+                break; /* stdin closed: keep running until killed */
+            control_command(dk, line);
+        }
+    }
     while (!stop)
         pause();
     cv_devkafka_free(dk);

@@ -1,0 +1,220 @@
+#!/bin/bash
+# deploy/bench/run.sh — the end-to-end benchmark, start to finish.
+#
+# Starts a `chatvault dev-kafka` cluster with enough partitions for the mock's
+# ~5 MiB-per-partition retention, creates a fresh database, migrates it,
+# starts `chatvault broker` with a config written here, runs chatvault-bench
+# (publish N messages, wait for every ack), then times the pipeline a user
+# would otherwise script — kcat -C ... | psql -c '\copy ...' — over the same
+# messages, prints a summary table and stops everything it started.
+#
+#   deploy/bench/run.sh [--messages N] [--partitions P] [--ack-partitions P]
+#                       [--linger-ms N] [--set key=value]... [--no-kcat]
+#                       [--perf SECONDS] [--keep-log]
+#
+# CV_BENCH_PG: libpq conninfo of the PostgreSQL server to use, without dbname
+# (default "host=127.0.0.1 port=55432 user=postgres"). The databases
+# cv_bench and cv_bench_kcat on it are dropped and re-created.
+# Logs, the config and the summary go to deploy/bench/results/<time>/.
+set -euo pipefail
+
+messages=1000000
+channels=16
+partitions=16
+ack_partitions=64
+linger_ms=5
+body_bytes=256
+run_kcat=1
+perf_seconds=0
+keep=0
+sets=()
+
+usage() { sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; }
+
+while [ $# -gt 0 ]; do
+    case $1 in
+    --messages) messages=$2; shift 2 ;;
+    --partitions) partitions=$2; shift 2 ;;
+    --ack-partitions) ack_partitions=$2; shift 2 ;;
+    --linger-ms) linger_ms=$2; shift 2 ;;
+    --set) sets+=("$2"); shift 2 ;;
+    --no-kcat) run_kcat=0; shift ;;
+    --perf) perf_seconds=$2; shift 2 ;;
+    --keep-log) keep=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+src=$(cd "$(dirname "$0")/../.." && pwd)
+build=${CV_BUILD_DIR:-$src/build}
+pg=${CV_BENCH_PG:-host=127.0.0.1 port=55432 user=postgres}
+chatvault=$build/broker/chatvault
+bench=$build/deploy/bench/chatvault-bench
+out=$src/deploy/bench/results/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$out"
+export PGOPTIONS="-c client_min_messages=warning"
+
+for tool in psql kcat; do
+    command -v $tool >/dev/null || { echo "run.sh: $tool not found" >&2; exit 1; }
+done
+ninja -C "$build" >/dev/null
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    # The encrypted log of a million messages is ~0.5 GB: keep it only when
+    # asked to.
+    [ "$keep" = 1 ] || rm -rf "$out/log"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now() { date +%s.%N; }
+log() { echo "run.sh: $*" >&2; }
+
+# 1. Kafka: every chat topic and the ack topic get enough partitions.
+topic_args=()
+topics=()
+for ((c = 0; c < channels; c++)); do
+    t=$(printf 'chat.bench-%02d' "$c")
+    topics+=("$t")
+    topic_args+=(--topic "$t:$partitions")
+done
+"$chatvault" dev-kafka --partitions "$ack_partitions" "${topic_args[@]}" \
+    >"$out/dev-kafka.out" 2>"$out/dev-kafka.log" &
+pids+=($!)
+bootstrap=
+for _ in $(seq 100); do
+    bootstrap=$(head -n 1 "$out/dev-kafka.out" 2>/dev/null || true)
+    [ -n "$bootstrap" ] && break
+    sleep 0.1
+done
+[ -n "$bootstrap" ] || { log "dev-kafka did not start; see $out/dev-kafka.log"; exit 1; }
+log "dev-kafka at $bootstrap ($channels topics x $partitions partitions, acks x $ack_partitions)"
+
+# 2. A fresh database, migrated.
+psql -X -q -v ON_ERROR_STOP=1 "$pg dbname=postgres" \
+    -c "DROP DATABASE IF EXISTS cv_bench" -c "CREATE DATABASE cv_bench" >/dev/null
+cat >"$out/chatvault.conf" <<EOF
+# written by deploy/bench/run.sh
+kafka.bootstrap.servers = $bootstrap
+postgres.conninfo = $pg dbname=cv_bench
+http.listen =
+log.dir = $out/log
+log.key_file = $out/log.key
+EOF
+for kv in "${sets[@]+"${sets[@]}"}"; do
+    printf '%s = %s\n' "${kv%%=*}" "${kv#*=}" >>"$out/chatvault.conf"
+done
+"$chatvault" migrate -c "$out/chatvault.conf" 2>>"$out/migrate.log"
+"$chatvault" keygen -c "$out/chatvault.conf" >/dev/null 2>>"$out/keygen.log"
+
+# 3. The broker; wait until it owns partitions.
+"$chatvault" broker -c "$out/chatvault.conf" 2>"$out/broker.log" &
+broker_pid=$!
+pids+=("$broker_pid")
+for _ in $(seq 300); do
+    grep -q 'partition assigned\|partitions assigned' "$out/broker.log" && break
+    kill -0 "$broker_pid" 2>/dev/null || { log "broker exited; see $out/broker.log"; exit 1; }
+    sleep 0.1
+done
+log "broker pid $broker_pid running (log $out/broker.log)"
+
+# CPU seconds (user + system) of a process, from /proc/<pid>/stat.
+cpu_of() {
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' \
+        "/proc/$1/stat" 2>/dev/null || echo 0
+}
+pg_backends=$(psql -X -qtA "$pg dbname=postgres" -c \
+    "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE datname = 'cv_bench'")
+kafka_pid=${pids[0]}
+kafka_cpu0=$(cpu_of "$kafka_pid")
+pg_cpu0=0
+for b in $pg_backends; do pg_cpu0=$(awk -v a="$pg_cpu0" -v b="$(cpu_of "$b")" 'BEGIN { print a + b }'); done
+
+if [ "$perf_seconds" -gt 0 ]; then
+    # System-wide, so PostgreSQL and the mock cluster show next to the broker.
+    (sleep 2; exec perf record -a -g -o "$out/perf.data" -- sleep "$perf_seconds") \
+        >"$out/perf.log" 2>&1 &
+    perf_pid=$!
+    pids+=("$perf_pid")
+fi
+
+# 4. The benchmark itself.
+set +e
+"$bench" --bootstrap "$bootstrap" --messages "$messages" --channels "$channels" \
+    --body-bytes "$body_bytes" --linger-ms "$linger_ms" --broker-pid "$broker_pid" |
+    tee "$out/bench.out"
+bench_rc=${PIPESTATUS[0]}
+set -e
+if [ "$perf_seconds" -gt 0 ]; then
+    wait "$perf_pid" || true
+    perf report -i "$out/perf.data" --no-children --sort comm,dso --stdio 2>/dev/null |
+        grep -v '^#' | grep -v '^$' | head -n 25 >"$out/perf-by-process.txt" || true
+fi
+kafka_cpu=$(awk -v a="$kafka_cpu0" -v b="$(cpu_of "$kafka_pid")" 'BEGIN { printf "%.2f", b - a }')
+pg_cpu1=0
+for b in $pg_backends; do pg_cpu1=$(awk -v a="$pg_cpu1" -v b="$(cpu_of "$b")" 'BEGIN { print a + b }'); done
+pg_cpu=$(awk -v a="$pg_cpu0" -v b="$pg_cpu1" 'BEGIN { printf "%.2f", b - a }')
+kill -TERM "$broker_pid"
+wait "$broker_pid" || log "broker exited with status $?"
+result=$(grep '^RESULT ' "$out/bench.out" || true)
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$result"; }
+
+# 5. The pipeline a user would otherwise script, over the same messages:
+# one balanced kcat consumer over the chat topics, printing CSV rows (the
+# value between \x01 quote bytes: kcat has no binary-safe text encoding, and
+# the bench's values hold no \x01 and no backslash), into psql's \copy.
+# SQL_ASCII lets the raw protobuf bytes through COPY into a bytea.
+kcat_rate=0
+kcat_s=0
+kcat_rows=0
+if [ "$run_kcat" = 1 ]; then
+    psql -X -q -v ON_ERROR_STOP=1 "$pg dbname=postgres" \
+        -c "DROP DATABASE IF EXISTS cv_bench_kcat" \
+        -c "CREATE DATABASE cv_bench_kcat ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0" >/dev/null
+    psql -X -q -v ON_ERROR_STOP=1 "$pg dbname=cv_bench_kcat" -c \
+        'CREATE TABLE kcat_copy (topic text NOT NULL, "partition" int NOT NULL,
+             "offset" bigint NOT NULL, value bytea, PRIMARY KEY (topic, "partition", "offset"))' >/dev/null
+    log "kcat | psql over the same $messages messages"
+    t0=$(now)
+    kcat -C -q -b "$bootstrap" -G "cv-bench-kcat-$$" -X auto.offset.reset=earliest -e \
+        -f $'%t,%p,%o,\x01%s\x01\n' "${topics[@]}" 2>"$out/kcat.log" |
+        psql -X -q -v ON_ERROR_STOP=1 "$pg dbname=cv_bench_kcat" \
+            -c "\\copy kcat_copy FROM STDIN WITH (FORMAT csv, QUOTE E'\\x01')" 2>"$out/psql.log"
+    t1=$(now)
+    kcat_rows=$(psql -X -qtA "$pg dbname=cv_bench_kcat" -c 'SELECT count(*) FROM kcat_copy')
+    kcat_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+    kcat_rate=$(awk -v n="$kcat_rows" -v s="$kcat_s" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }')
+    [ "$kcat_rows" = "$messages" ] || log "kcat|psql copied $kcat_rows rows, expected $messages"
+fi
+
+rows=$(psql -X -qtA "$pg dbname=cv_bench" -c 'SELECT count(*) FROM chatvault.messages')
+ours=$(field e2e_msgs_per_s)
+ratio=$(awk -v a="${ours:-0}" -v b="$kcat_rate" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+{
+    echo
+    echo "== chatvault bench summary ($(date -u +%FT%TZ), $(nproc) cores, $messages msgs, ${body_bytes}-byte bodies, $channels channels)"
+    printf '%-40s %s\n' "chatvault end to end (publish -> ack)" "$(field e2e_msgs_per_s) msgs/s in $(field e2e_s) s"
+    printf '%-40s %s\n' "  publish only" "$(field publish_s) s"
+    printf '%-40s %s\n' "  sent -> ack latency p50 / p99 / max" "$(field p50_ms) / $(field p99_ms) / $(field max_ms) ms"
+    printf '%-40s %s\n' "  broker CPU / peak RSS" "$(field broker_cpu_s) s / $(field broker_peak_rss_mib) MiB"
+    printf '%-40s %s\n' "  CPU of dev-kafka / broker's PG backend" "$kafka_cpu s / $pg_cpu s"
+    printf '%-40s %s\n' "  acked / missing / rows in PostgreSQL" "$(field acked) / $(field missing) / $rows"
+    if [ "$run_kcat" = 1 ]; then
+        printf '%-40s %s\n' "kcat -C | psql \\copy (drain only)" "$kcat_rate msgs/s in $kcat_s s ($kcat_rows rows)"
+        printf '%-40s %s\n' "ratio chatvault / kcat|psql" "$ratio"
+    fi
+    printf '%-40s %s\n' "results" "$out"
+} | tee "$out/summary.txt"
+
+if [ "$bench_rc" -ne 0 ] || [ "$rows" != "$messages" ]; then
+    log "FAILED: bench exit $bench_rc, $rows rows for $messages messages"
+    exit 1
+fi

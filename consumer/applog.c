@@ -116,6 +116,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -1114,6 +1115,11 @@ typedef struct part {
     wseg **touched; /* segments the current append writes to */
     size_t ntouched, tcap;
     bool touched_part;
+    /* this append's work for the partition (run by one thread) */
+    size_t *jidx; /* indexes into the entries */
+    size_t njidx, jcap;
+    int jr;
+    char jerr[768];
     unsigned char chain[DIGEST], dchain[DIGEST];
     int64_t last, dlast;
     /* recent (offset, digest), ascending */
@@ -1135,6 +1141,16 @@ struct cv_applog {
     cv_applog_torn_fn *torn_fn;
     void *torn_opaque;
     part *parts;
+    /* Workers that run the partitions of one append in parallel: their
+     * encoding and, above all, their fdatasyncs overlap. */
+    pthread_t *th;
+    size_t nth;
+    bool pool_up, stop;
+    pthread_mutex_t mu;
+    pthread_cond_t work_cv, done_cv;
+    part **jobs;
+    size_t njobs, next_job, jobs_done;
+    cv_applog_entry *entries;
 };
 
 static wseg *wseg_free(wseg *w) {
@@ -1161,12 +1177,16 @@ static void part_free(part *p) {
     free(p->ioff);
     free(p->idig);
     free(p->touched);
+    free(p->jidx);
     free(p);
 }
+
+static void pool_stop(cv_applog *log);
 
 cv_applog *cv_applog_free(cv_applog *log) {
     if (!log)
         return NULL;
+    pool_stop(log);
     while (log->parts) {
         part *p = log->parts;
         log->parts = p->next;
@@ -1722,12 +1742,157 @@ static void commit(part *p) {
     p->dilen = p->ilen;
 }
 
+/* Everything one append does to one partition: encode its entries, write
+ * each touched segment once, fdatasync each once, rename new segments into
+ * place and fsync the directory. Touches only p (and the files of p), so
+ * partitions run in parallel. Result in p->jr / p->jerr. */
+static void part_job(cv_applog *log, part *p) {
+    int r = 0;
+    for (size_t k = 0; k < p->njidx && r == 0; k++) {
+        cv_applog_entry *e = &log->entries[p->jidx[k]];
+        if (e->offset <= p->last) {
+            r = lookup_digest(log, p, e->offset, e->digest, p->jerr,
+                              sizeof(p->jerr));
+            continue;
+        }
+        if ((r = encode(log, p, e)) < 0)
+            snprintf(p->jerr, sizeof(p->jerr),
+                     "log %s: cannot encode offset %" PRId64 ": %s", p->dir,
+                     e->offset,
+                     r == -EMSGSIZE ? "record too large" : strerror(-r));
+    }
+    for (size_t i = 0; i < p->ntouched && r == 0; i++)
+        r = write_all(log, p->touched[i], p->jerr, sizeof(p->jerr));
+    for (size_t i = 0; i < p->ntouched && r == 0; i++) {
+        wseg *w = p->touched[i];
+        if (log->sys.fdatasync(w->fd) < 0) {
+            r = -errno;
+            snprintf(p->jerr, sizeof(p->jerr),
+                     "log segment %s: fdatasync up to byte %" PRIu64
+                     " failed: %s",
+                     w->tmp ? w->tmp : w->path, w->size, strerror(-r));
+        }
+    }
+    bool renamed = false;
+    for (size_t i = 0; i < p->ntouched && r == 0; i++) {
+        wseg *w = p->touched[i];
+        if (!w->tmp)
+            continue;
+        if (log->sys.rename(w->tmp, w->path) < 0) {
+            r = -errno;
+            snprintf(p->jerr, sizeof(p->jerr),
+                     "log segment %s: rename from %s: %s", w->path, w->tmp,
+                     strerror(-r));
+            break;
+        }
+        free(w->tmp);
+        w->tmp = NULL;
+        renamed = true;
+    }
+    if (r == 0 && renamed && log->sys.fsync(p->dirfd) < 0) {
+        r = -errno;
+        snprintf(p->jerr, sizeof(p->jerr), "log directory %s: fsync: %s",
+                 p->dir, strerror(-r));
+    }
+    p->jr = r;
+}
+
+/* Takes and runs jobs until none is left; called with log->mu held. */
+static void run_jobs_locked(cv_applog *log) {
+    while (log->next_job < log->njobs) {
+        part *p = log->jobs[log->next_job++];
+        pthread_mutex_unlock(&log->mu);
+        part_job(log, p);
+        pthread_mutex_lock(&log->mu);
+        if (++log->jobs_done == log->njobs)
+            pthread_cond_signal(&log->done_cv);
+    }
+}
+
+static void *worker(void *arg) {
+    cv_applog *log = arg;
+    pthread_mutex_lock(&log->mu);
+    while (!log->stop) {
+        run_jobs_locked(log);
+        if (!log->stop)
+            pthread_cond_wait(&log->work_cv, &log->mu);
+    }
+    pthread_mutex_unlock(&log->mu);
+    return NULL;
+}
+
+/* Starts the workers (once). Without them, jobs run on the caller. */
+static void pool_start(cv_applog *log) {
+    if (log->pool_up)
+        return;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    size_t want = ncpu < 2 ? 2 : ncpu > 8 ? 8 : (size_t)ncpu;
+    if (pthread_mutex_init(&log->mu, NULL) != 0)
+        return;
+    if (pthread_cond_init(&log->work_cv, NULL) != 0) {
+        pthread_mutex_destroy(&log->mu);
+        return;
+    }
+    if (pthread_cond_init(&log->done_cv, NULL) != 0) {
+        pthread_cond_destroy(&log->work_cv);
+        pthread_mutex_destroy(&log->mu);
+        return;
+    }
+    log->pool_up = true;
+    log->th = calloc(want, sizeof(*log->th));
+    for (size_t i = 0; log->th && i < want; i++) {
+        if (pthread_create(&log->th[i], NULL, worker, log) != 0)
+            break;
+        log->nth++;
+    }
+}
+
+static void pool_stop(cv_applog *log) {
+    if (!log->pool_up)
+        return;
+    pthread_mutex_lock(&log->mu);
+    log->stop = true;
+    pthread_cond_broadcast(&log->work_cv);
+    pthread_mutex_unlock(&log->mu);
+    for (size_t i = 0; i < log->nth; i++)
+        pthread_join(log->th[i], NULL);
+    free(log->th);
+    free(log->jobs);
+    pthread_cond_destroy(&log->done_cv);
+    pthread_cond_destroy(&log->work_cv);
+    pthread_mutex_destroy(&log->mu);
+    log->pool_up = false;
+}
+
+/* Runs part_job for every partition of tp: on the workers when there are
+ * several, on the caller for one. */
+static void run_parts(cv_applog *log, part **tp, size_t ntp) {
+    if (ntp > 1)
+        pool_start(log);
+    if (ntp == 1 || !log->pool_up || log->nth == 0) {
+        for (size_t k = 0; k < ntp; k++)
+            part_job(log, tp[k]);
+        return;
+    }
+    pthread_mutex_lock(&log->mu);
+    log->jobs = tp;
+    log->njobs = ntp;
+    log->next_job = log->jobs_done = 0;
+    pthread_cond_broadcast(&log->work_cv);
+    run_jobs_locked(log);
+    while (log->jobs_done < log->njobs)
+        pthread_cond_wait(&log->done_cv, &log->mu);
+    log->jobs = NULL;
+    log->njobs = log->next_job = log->jobs_done = 0;
+    pthread_mutex_unlock(&log->mu);
+}
+
 int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n,
                      char *errbuf, size_t errlen) {
     int r = 0;
     part **tp = NULL;
     size_t ntp = 0, tpcap = 0;
-    /* Phase 1: encode every entry into per-segment buffers. */
+    /* Group the entries by partition (opening partitions on the way). */
     for (size_t i = 0; i < n; i++) {
         cv_applog_entry *e = &entries[i];
         part *p = NULL;
@@ -1745,62 +1910,29 @@ int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n,
             }
             tp[ntp++] = p;
             p->touched_part = true;
+            p->njidx = 0;
         }
-        if (e->offset <= p->last) {
-            if ((r = lookup_digest(log, p, e->offset, e->digest, errbuf,
-                                   errlen)) < 0)
-                goto fail;
-            continue;
-        }
-        if ((r = encode(log, p, e)) < 0) {
-            errf(errbuf, errlen,
-                 "log %s: cannot encode offset %" PRId64 ": %s", p->dir,
-                 e->offset, r == -EMSGSIZE ? "record too large" : strerror(-r));
-            goto fail;
-        }
-    }
-    /* Phase 2: one write per touched segment. */
-    for (size_t k = 0; k < ntp; k++)
-        for (size_t i = 0; i < tp[k]->ntouched; i++)
-            if ((r = write_all(log, tp[k]->touched[i], errbuf, errlen)) < 0)
-                goto fail;
-    /* Phase 3: one fdatasync per touched segment, then new segments are
-     * renamed into place and their directory fsynced. */
-    for (size_t k = 0; k < ntp; k++)
-        for (size_t i = 0; i < tp[k]->ntouched; i++) {
-            wseg *w = tp[k]->touched[i];
-            if (log->sys.fdatasync(w->fd) < 0) {
-                r = -errno;
-                errf(errbuf, errlen,
-                     "log segment %s: fdatasync up to byte %" PRIu64
-                     " failed: %s",
-                     w->tmp ? w->tmp : w->path, w->size, strerror(-r));
+        if (p->njidx == p->jcap) {
+            size_t ncap = p->jcap ? p->jcap * 2 : 64;
+            size_t *nj = realloc(p->jidx, ncap * sizeof(*nj));
+            if (!nj) {
+                r = -ENOMEM;
                 goto fail;
             }
+            p->jidx = nj;
+            p->jcap = ncap;
         }
-    for (size_t k = 0; k < ntp; k++) {
-        bool renamed = false;
-        for (size_t i = 0; i < tp[k]->ntouched; i++) {
-            wseg *w = tp[k]->touched[i];
-            if (!w->tmp)
-                continue;
-            if (log->sys.rename(w->tmp, w->path) < 0) {
-                r = -errno;
-                errf(errbuf, errlen, "log segment %s: rename from %s: %s",
-                     w->path, w->tmp, strerror(-r));
-                goto fail;
-            }
-            free(w->tmp);
-            w->tmp = NULL;
-            renamed = true;
-        }
-        if (renamed && log->sys.fsync(tp[k]->dirfd) < 0) {
-            r = -errno;
-            errf(errbuf, errlen, "log directory %s: fsync: %s", tp[k]->dir,
-                 strerror(-r));
+        p->jidx[p->njidx++] = i;
+    }
+    log->entries = entries;
+    run_parts(log, tp, ntp);
+    log->entries = NULL;
+    for (size_t k = 0; k < ntp; k++)
+        if (tp[k]->jr < 0) {
+            r = tp[k]->jr;
+            errf(errbuf, errlen, "%s", tp[k]->jerr);
             goto fail;
         }
-    }
     for (size_t k = 0; k < ntp; k++) {
         commit(tp[k]);
         tp[k]->touched_part = false;

@@ -117,6 +117,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -1840,11 +1841,16 @@ static void pool_start(cv_applog *log) {
     }
     log->pool_up = true;
     log->th = calloc(want, sizeof(*log->th));
+    /* Workers take no signals: those stay with the application's threads. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     for (size_t i = 0; log->th && i < want; i++) {
         if (pthread_create(&log->th[i], NULL, worker, log) != 0)
             break;
         log->nth++;
     }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
 static void pool_stop(cv_applog *log) {

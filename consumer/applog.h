@@ -7,7 +7,10 @@
  * byte-level format, the recovery rules and the multi-instance layout are
  * written at the top of applog.c.
  *
- * A cv_applog is used by one thread at a time.
+ * A cv_applog is used by one thread at a time. Internally an append that
+ * touches several partitions runs them on a few worker threads (started on
+ * first need, with all signals blocked, joined by cv_applog_free()), so
+ * their encryption and fdatasyncs overlap.
  */
 #ifndef CV_APPLOG_H
 #define CV_APPLOG_H

@@ -103,6 +103,20 @@
  * offset, returns such a record once, and reports an offset whose bytes
  * differ between directories as damage. `chatvault log` takes --log-dir
  * several times for that.
+ *
+ * REPAIR SEGMENTS
+ * `chatvault verify --repair` fills records the log lacks (rebuilt from
+ * PostgreSQL) without ever writing behind a live chain: each repair session
+ * writes a directory of its own inside the partition directory,
+ *   <log.dir>/<topic>-<partition>/repair-<session start, Unix us, 20 digits>/
+ * holding ordinary segments (same header, frames, chain and rules; offsets
+ * ascend within the directory) except that their magic is "CVAPLOGR". The
+ * magic is covered by the header CRC and by HH, so a repair segment cannot
+ * pass as a broker segment or the other way round; a "CVAPLOGR" segment
+ * outside a repair directory, or a "CVAPLOG\n" one inside, is damage. The
+ * reader merges every repair directory of a partition with the partition's
+ * own records (the rules of MANY INSTANCES apply); the broker's writer never
+ * reads or writes them.
  */
 #include "applog.h"
 
@@ -125,6 +139,8 @@
 #include "util.h"
 
 #define HDR_MAGIC "CVAPLOG\n"
+#define HDR_MAGIC_REPAIR "CVAPLOGR"
+#define REPAIR_PREFIX "repair-"
 #define HDR_VERSION 1
 #define HDR_FIXED 120
 #define KEYCHECK_CONTEXT "chatvault log key check"
@@ -266,13 +282,14 @@ typedef struct seghdr {
     size_t topic_len;
     char writer_name[WRITER_NAME_MAX + 1];
     unsigned char hash[DIGEST]; /* HH */
+    bool repair;                /* magic HDR_MAGIC_REPAIR */
 } seghdr;
 
 /* Encodes h into out (HDR_MAX bytes); returns the length. Fills h->hash. */
 static size_t hdr_encode(seghdr *h, unsigned char *out) {
     size_t nlen = strlen(h->writer_name);
     size_t hl = HDR_FIXED + h->topic_len + nlen + 4;
-    memcpy(out, HDR_MAGIC, 8);
+    memcpy(out, h->repair ? HDR_MAGIC_REPAIR : HDR_MAGIC, 8);
     cv_be16(out + 8, HDR_VERSION);
     cv_be16(out + 10, (uint16_t)hl);
     cv_be32(out + 12, h->key_id);
@@ -297,7 +314,7 @@ static size_t hdr_encode(seghdr *h, unsigned char *out) {
 static const char *hdr_decode(const unsigned char *p, size_t size, seghdr *h) {
     if (size < HDR_FIXED + 4)
         return "file is shorter than a segment header";
-    if (memcmp(p, HDR_MAGIC, 8) != 0)
+    if (memcmp(p, HDR_MAGIC, 8) != 0 && memcmp(p, HDR_MAGIC_REPAIR, 8) != 0)
         return "not a chatvault log segment (bad magic)";
     if (rd16(p + 8) != HDR_VERSION)
         return "unknown segment format version";
@@ -309,6 +326,7 @@ static const char *hdr_decode(const unsigned char *p, size_t size, seghdr *h) {
     if (crc32c(p, hl - 4) != rd32(p + hl - 4))
         return "segment header CRC mismatch";
     h->hlen = (uint16_t)hl;
+    h->repair = memcmp(p, HDR_MAGIC_REPAIR, 8) == 0;
     h->key_id = rd32(p + 12);
     memcpy(h->seg_id, p + 16, 16);
     memcpy(h->writer_id, p + 32, 16);
@@ -647,6 +665,63 @@ static char *path_join(const char *dir, const char *name) {
     return p;
 }
 
+/* "repair-" and 20 digits: no partition directory is named like that (a
+ * partition number has at most 10 digits). */
+static bool is_repair_name(const char *n) {
+    size_t pl = sizeof(REPAIR_PREFIX) - 1;
+    if (strlen(n) != pl + NAME_DIGITS || strncmp(n, REPAIR_PREFIX, pl) != 0)
+        return false;
+    return strspn(n + pl, "0123456789") == NAME_DIGITS;
+}
+
+static bool is_repair_dir(const char *path) {
+    const char *slash = strrchr(path, '/');
+    return is_repair_name(slash ? slash + 1 : path);
+}
+
+/* Sorted names of the repair directories inside a partition directory (a
+ * missing directory holds none). */
+static int list_repair_dirs(const char *dir, char ***ret, size_t *ret_n,
+                            char *errbuf, size_t errlen) {
+    *ret = NULL;
+    *ret_n = 0;
+    DIR *d = opendir(dir);
+    if (!d) {
+        if (errno == ENOENT || errno == ENOTDIR)
+            return 0;
+        int e = errno;
+        errf(errbuf, errlen, "log directory %s: %s", dir, strerror(e));
+        return -e;
+    }
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (!is_repair_name(de->d_name))
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 4;
+            char **nn = realloc(names, cap * sizeof(*nn));
+            if (!nn)
+                goto nomem;
+            names = nn;
+        }
+        if (!(names[n] = strdup(de->d_name)))
+            goto nomem;
+        n++;
+    }
+    closedir(d);
+    if (n)
+        qsort(names, n, sizeof(*names), name_cmp);
+    *ret = names;
+    *ret_n = n;
+    return 0;
+nomem:
+    closedir(d);
+    free_names(names, n);
+    return -ENOMEM;
+}
+
 /* ---- one directory of a partition ------------------------------------- */
 
 typedef struct pdir {
@@ -656,6 +731,7 @@ typedef struct pdir {
     seg cur;
     bool open;
     bool any; /* a segment was read: chain/last_offset/topic are set */
+    bool repair; /* a repair directory: its segments must be repair ones */
     unsigned char chain[DIGEST];
     int64_t last_offset;
     char topic[256];
@@ -691,6 +767,7 @@ static int pdir_init(pdir *d, const char *dir, const cv_keyring *keys,
     d->last_offset = -1;
     d->skip_below = INT64_MIN;
     d->keys = keys;
+    d->repair = is_repair_dir(dir);
     cv_buf_init(&d->plain, FRAME_MAX);
     d->dir = strdup(dir);
     if (!d->dir)
@@ -729,6 +806,9 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
     else if (d->any && sodium_memcmp(h->prev_chain, d->chain, DIGEST) != 0)
         why = "header does not chain to the previous segment's last record "
               "(segment dropped, replaced or reordered)";
+    else if (h->repair != d->repair)
+        why = h->repair ? "repair segment outside a repair directory"
+                        : "broker segment inside a repair directory";
     if (why) {
         errf(errbuf, errlen, "log segment %s at byte 0: %s", path, why);
         free(path);
@@ -829,18 +909,46 @@ int cv_applog_reader_open(const char *const *dirs, size_t ndirs,
     int r = lib_init(errbuf, errlen);
     if (r < 0)
         return r;
-    cv_applog_reader *rd = calloc(1, sizeof(*rd));
-    if (!rd || !(rd->dirs = calloc(ndirs ? ndirs : 1, sizeof(pdir)))) {
-        free(rd);
-        return -ENOMEM;
+    /* Every directory is read with the repair directories inside it. */
+    char ***rep = calloc(ndirs ? ndirs : 1, sizeof(*rep));
+    size_t *nrep = calloc(ndirs ? ndirs : 1, sizeof(*nrep));
+    size_t total = ndirs;
+    cv_applog_reader *rd = NULL;
+    if (!rep || !nrep) {
+        r = -ENOMEM;
+        goto out;
     }
-    rd->n = ndirs;
     for (size_t i = 0; i < ndirs; i++) {
-        r = pdir_init(&rd->dirs[i], dirs[i], keys, -1, errbuf, errlen);
-        if (r < 0) {
-            cv_applog_reader_free(rd);
-            return r;
+        r = list_repair_dirs(dirs[i], &rep[i], &nrep[i], errbuf, errlen);
+        if (r < 0)
+            goto out;
+        total += nrep[i];
+    }
+    rd = calloc(1, sizeof(*rd));
+    if (!rd || !(rd->dirs = calloc(total ? total : 1, sizeof(pdir)))) {
+        free(rd);
+        rd = NULL;
+        r = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < ndirs && r == 0; i++) {
+        r = pdir_init(&rd->dirs[rd->n++], dirs[i], keys, -1, errbuf, errlen);
+        for (size_t k = 0; k < nrep[i] && r == 0; k++) {
+            char *path = path_join(dirs[i], rep[i][k]);
+            r = path ? pdir_init(&rd->dirs[rd->n++], path, keys, -1, errbuf,
+                                 errlen)
+                     : -ENOMEM;
+            free(path);
         }
+    }
+out:
+    for (size_t i = 0; rep && i < ndirs; i++)
+        free_names(rep[i], nrep ? nrep[i] : 0);
+    free(rep);
+    free(nrep);
+    if (r < 0) {
+        cv_applog_reader_free(rd);
+        return r;
     }
     *ret = rd;
     return 0;
@@ -1141,6 +1249,8 @@ struct cv_applog {
     cv_applog_syscalls sys;
     cv_applog_torn_fn *torn_fn;
     void *torn_opaque;
+    bool repair;            /* cv_applog_open_repair: repair directories */
+    int64_t repair_session; /* their name: the session's start, Unix us */
     part *parts;
     /* Workers that run the partitions of one append in parallel: their
      * encoding and, above all, their fdatasyncs overlap. */
@@ -1262,6 +1372,19 @@ int cv_applog_open(const char *dir, const cv_keyring *keys,
     return 0;
 }
 
+int cv_applog_open_repair(const char *dir, const cv_keyring *keys,
+                          uint64_t segment_bytes, cv_applog **ret,
+                          char *errbuf, size_t errlen) {
+    cv_applog *log;
+    int r = cv_applog_open(dir, keys, segment_bytes, &log, errbuf, errlen);
+    if (r < 0)
+        return r;
+    log->repair = true;
+    log->repair_session = cv_now_us();
+    *ret = log;
+    return 0;
+}
+
 static part *find_part(const cv_applog *log, const char *topic,
                        int32_t partition) {
     for (part *p = log->parts; p; p = p->next)
@@ -1309,6 +1432,31 @@ static void part_refuse(part *p, int err, const char *msg) {
  * segment. On damage the partition is refused (state < 0). */
 static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
     char msg[768];
+    if (log->repair) {
+        /* The partition directory the repair directory lives in. */
+        char parent[PATH_MAX];
+        if (cv_applog_partition_dir(log->dir, p->topic, p->partition, parent,
+                                    sizeof(parent)) < 0)
+            return -ENAMETOOLONG;
+        if (mkdir(parent, 0700) < 0 && errno != EEXIST) {
+            int e = errno;
+            errf(errbuf, errlen, "log directory %s: cannot create: %s", parent,
+                 strerror(e));
+            return -e;
+        }
+        if (mkdir(p->dir, 0700) < 0 && errno != EEXIST) {
+            int e = errno;
+            errf(errbuf, errlen, "log directory %s: cannot create: %s", p->dir,
+                 strerror(e));
+            return -e;
+        }
+        int rr = sys_fsync_dir(log, parent);
+        if (rr < 0) {
+            errf(errbuf, errlen, "log directory %s: fsync: %s", parent,
+                 strerror(-rr));
+            return rr;
+        }
+    }
     if (mkdir(p->dir, 0700) < 0 && errno != EEXIST) {
         int e = errno;
         errf(errbuf, errlen, "log directory %s: cannot create: %s", p->dir,
@@ -1460,12 +1608,17 @@ static int get_part(cv_applog *log, const char *topic, int32_t partition,
         }
         p->partition = partition;
         p->dirfd = -1;
-        size_t dl = strlen(log->dir) + tl + 16;
+        size_t dl = strlen(log->dir) + tl + 16 + sizeof(REPAIR_PREFIX) + NAME_DIGITS;
         if (!(p->dir = malloc(dl))) {
             part_free(p);
             return -ENOMEM;
         }
         cv_applog_partition_dir(log->dir, topic, partition, p->dir, dl);
+        if (log->repair) {
+            size_t l = strlen(p->dir);
+            snprintf(p->dir + l, dl - l, "/" REPAIR_PREFIX "%020" PRId64,
+                     log->repair_session);
+        }
         p->next = log->parts;
         log->parts = p;
     }
@@ -1555,6 +1708,7 @@ static int new_segment(cv_applog *log, part *p, int64_t first_offset) {
     cv_buf_init(&w->buf, BUF_LIMIT);
     seghdr *h = &w->h;
     h->key_id = log->key_id;
+    h->repair = log->repair;
     randombytes_buf(h->seg_id, sizeof(h->seg_id));
     memcpy(h->writer_id, log->writer_id, 16);
     h->first_offset = first_offset;

@@ -59,6 +59,17 @@ int cv_applog_open(const char *dir, const cv_keyring *keys,
 int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n,
                      char *errbuf, size_t errlen);
 
+/* Opens a writer for `chatvault verify --repair`: like cv_applog_open, but
+ * every partition it appends to gets a new repair directory
+ * (<dir>/<topic>-<partition>/repair-<session>/) of repair segments; see
+ * "REPAIR SEGMENTS" in applog.c. Appends to a partition must ascend within
+ * the session; they may lie below the partition's own tail. The caller
+ * appends only offsets the log lacks: the reader reports an offset whose
+ * bytes differ between the partition and a repair directory as damage. */
+int cv_applog_open_repair(const char *dir, const cv_keyring *keys,
+                          uint64_t segment_bytes, cv_applog **ret,
+                          char *errbuf, size_t errlen);
+
 /* Closes every segment. Accepts NULL; returns NULL. */
 cv_applog *cv_applog_free(cv_applog *log);
 
@@ -159,7 +170,8 @@ typedef struct cv_applog_record {
     const char *writer_name;
 } cv_applog_record;
 
-/* Opens a reader over `ndirs` directories of one partition. With keys NULL
+/* Opens a reader over `ndirs` directories of one partition, each read
+ * together with the repair directories inside it. With keys NULL
  * records are checked by frame check and chain only and come back without
  * their value. A directory that does not exist holds nothing. The caller
  * owns *ret and frees it with cv_applog_reader_free(). */

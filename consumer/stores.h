@@ -10,9 +10,10 @@
  *   before it takes new ones; a log that missed batches is reported (the
  *   gap is what `chatvault verify --repair` fills).
  *
- * PostgreSQL decides duplicates, so the log receives the records
- * PostgreSQL stored as PERSISTED (or, while PostgreSQL is away under
- * `any`, every valid record).
+ * The log receives every valid record of the batch (a DUPLICATE too: the
+ * log is the record of what was consumed, keyed by Kafka coordinates;
+ * PostgreSQL holds one row per message id). Both stores are written at the
+ * same time, the log on a second thread, so their latencies overlap.
  *
  * A store that failed is tried again after a capped, growing pause rather
  * than on every batch.

@@ -74,6 +74,9 @@ topics = {'chat.alpha': 2, 'chat.beta': 2, 'chat.gamma': 2}
 with cvtest.Harness('dashboard', topics=topics, partitions=2,
                     config={'http.listen': '127.0.0.1:%d' % port}) as h:
     h.migrate()
+    if not os.path.exists(os.path.join(h.tmp, 'log.key')):  # the log store's key
+        r = h.run('keygen')
+        h.ok(r.returncode == 0, 'chatvault keygen', r.stderr)
     h.start_broker()
     up = False
     deadline = time.time() + 30

@@ -154,12 +154,21 @@ class Harness:
         self.broker_starts = 0
 
     # --- TAP --------------------------------------------------------------
-    def ok(self, cond, name, diag=None):
+    def ok(self, cond, name, diag=None, todo=None):
+        """A TAP test point. TODO names a known, reported chatvault bug: a
+        failure is then printed as `not ok ... # TODO` (an expected failure,
+        which does not fail the run) unless CV_STRICT=1. A pass prints plain
+        `ok`, so a fixed bug never turns into an unexpected pass."""
         self.n += 1
-        print('%s %d - %s' % ('ok' if cond else 'not ok', self.n, name), flush=True)
+        todo = todo if (todo and not cond and os.environ.get('CV_STRICT') != '1') else None
+        line = '%s %d - %s' % ('ok' if cond else 'not ok', self.n, name)
+        if todo:
+            line += ' # TODO %s' % todo
+        print(line, flush=True)
         if not cond:
-            print('not ok %d - %s' % (self.n, name), file=sys.stderr, flush=True)
-            self.failed += 1
+            print(line, file=sys.stderr, flush=True)
+            if not todo:
+                self.failed += 1
             if diag:
                 self.diag(diag)
         return bool(cond)

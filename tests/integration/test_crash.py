@@ -1,0 +1,139 @@
+"""Crash safety: while 50,000 messages are being published, the broker is
+killed with SIGKILL at random moments (at least 3) and restarted each time.
+Afterwards PostgreSQL holds exactly the published set, no message twice, and
+every message was acked at least once."""
+import os
+import random
+import threading
+import time
+
+import cvtest
+
+N = 50000
+CHANNELS = ['crash%02d' % i for i in range(10)]
+PARTITIONS = 4
+KILLS = 4
+seed = int(os.environ.get('CV_CRASH_SEED', str(int(time.time()))))
+rnd = random.Random(seed)
+
+topics = {'chat.' + c: PARTITIONS for c in CHANNELS}
+
+# Known chatvault bug, reported to the lead: after a crash between a batch's
+# COMMIT and the delivery of its acks, the restarted broker resumes from
+# chatvault.kafka_offsets (ahead of Kafka's committed offset) and never acks
+# those stored messages (consumer/pipeline.c assign()); nor does it commit that
+# position to Kafka while no new record arrives, so the group's offsets stay
+# behind. Until it is fixed these failures show as `not ok ... # TODO`; set
+# this to None when it is (or run with CV_STRICT=1 to see them fail).
+KNOWN_BUG_ACK_GAP = ('stored-but-unacked messages are skipped on resume from '
+                     'chatvault.kafka_offsets')
+
+with cvtest.Harness('crash', topics=topics, partitions=16) as h:
+    h.diag('seed %d (CV_CRASH_SEED=%d reproduces the kill points)' % (seed, seed))
+    h.migrate()
+    h.start_broker()
+
+    sent = {}
+    publish_error = []
+
+    def publish():
+        try:
+            prod = h.producer()
+            prnd = random.Random(seed + 1)
+            for i in range(N):
+                ch = CHANNELS[i % len(CHANNELS)]
+                body = ('%d:' % i).encode() + prnd.randbytes(prnd.randrange(0, 120))
+                mid, value = cvtest.chat_message(ch, body)
+                sent[mid] = (ch, body)
+                prod.send('chat.' + ch, value=value, key=mid.encode())
+                if i % 500 == 499:        # ~5,000 msgs/s: the run lasts ~10 s
+                    time.sleep(0.1)
+            prod.flush(timeout=120)
+        except Exception as e:            # reported by the main thread
+            publish_error.append(repr(e))
+
+    publisher = threading.Thread(target=publish, daemon=True)
+    publisher.start()
+
+    # Each kill comes once the running broker has stored a random number of
+    # further rows, after a random delay, so that the kills land anywhere in
+    # the store/ack/commit cycle of a broker that is busy.
+    def rows():
+        return h.query('SELECT count(*) FROM chatvault.messages')[0][0]
+
+    kills = 0
+    for k in range(KILLS):
+        start_rows = rows()
+        target = start_rows + rnd.randrange(500, N // (KILLS + 2))
+        deadline = time.time() + 300
+        while time.time() < deadline and h.broker.alive() and rows() < target:
+            time.sleep(0.02)
+        time.sleep(rnd.uniform(0, 0.3))
+        if h.broker.alive():
+            rows_then = rows()
+            h.broker.kill9()
+            kills += 1
+            h.diag('kill -9 #%d at %d rows (target %d)' % (kills, rows_then, target))
+        else:
+            h.diag('broker was not running before kill #%d (exit %s)'
+                   % (k + 1, h.broker.p.returncode))
+        h.start_broker()
+
+    publisher.join(timeout=300)
+    h.ok(not publisher.is_alive() and not publish_error and len(sent) == N,
+         'python3-kafka published %d messages' % N, publish_error)
+    h.ok(kills >= 3, 'the broker was killed with SIGKILL %d times while storing '
+         '(want >= 3)' % kills)
+
+    # Everything is stored and acked at least once.
+    acks_c = h.consumer('chatvault.acks')
+    acked = {}
+    statuses = {}
+
+    def all_acked(out):
+        for r in out[len(all_acked.seen):]:
+            a = cvtest.parse_ack(r.value)
+            st = cvtest.STATUS.get(a.status, a.status)
+            statuses[st] = statuses.get(st, 0) + 1
+            acked[a.message_id] = acked.get(a.message_id, 0) + 1
+        all_acked.seen = out[:]
+        return len(set(acked) & set(sent)) >= N
+    all_acked.seen = []
+
+    h.drain(acks_c, all_acked, timeout=400, idle=60)
+    rows_n = h.wait_rows(N, timeout=60)
+
+    rows = h.query('SELECT channel, message_id, body, kafka_topic, kafka_partition, '
+                   'kafka_offset FROM chatvault.messages')
+    h.is_(len(rows), N, 'exactly %d rows' % N)
+    ids = [r[1] for r in rows]
+    h.is_(len(set(ids)), len(ids), 'no message id stored twice')
+    h.is_(len({(r[3], r[4], r[5]) for r in rows}), len(rows),
+          'no Kafka record stored twice')
+    h.ok(set(ids) == set(sent), 'the rows are exactly the published set',
+         'missing %d, extra %d' % (len(set(sent) - set(ids)), len(set(ids) - set(sent))))
+    wrong = [r[1] for r in rows if r[1] in sent and
+             (sent[r[1]][0] != r[0] or sent[r[1]][1] != bytes(r[2]))]
+    h.ok(not wrong, 'every row holds the channel and body that were sent', wrong[:5])
+
+    not_acked = set(sent) - set(acked)
+    h.ok(not not_acked, 'every message was acked at least once',
+         '%d never acked, e.g. %s' % (len(not_acked), sorted(not_acked)[:5]),
+         todo=KNOWN_BUG_ACK_GAP)
+    h.ok(set(statuses) <= {'PERSISTED', 'DUPLICATE'},
+         'acks are PERSISTED or (re-delivered) DUPLICATE', statuses)
+    h.diag('acks: %s; re-acked messages: %d' %
+           (statuses, sum(1 for v in acked.values() if v > 1)))
+
+    deadline = time.time() + 60
+    while True:
+        offs = h.group_offsets(['chat.' + c for c in CHANNELS])
+        behind = {str(tp): v for tp, v in offs.items() if v[0] != v[1]}
+        if not behind or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    h.ok(not behind, 'group chatvault committed offset = end offset everywhere',
+         'behind (committed, end): %s' % behind, todo=KNOWN_BUG_ACK_GAP)
+
+    rc = h.broker.stop()
+    h.is_(rc, 0, 'the last broker exits 0 on SIGTERM')

@@ -160,6 +160,10 @@ rd_kafka_conf_t *cv_cli_kafka_conf(const cv_config *cfg, const char *role,
          * partitions; librdkafka's 45 s default is an outage of acks. */
         {"session.timeout.ms", "10000"},
         {"heartbeat.interval.ms", "3000"},
+        /* Bounds the wait of an idle fetch. A real Kafka answers as soon as
+         * data arrives; the mock cluster holds every fetch this long, so it
+         * is also the mock's floor on ack latency per hop. */
+        {"fetch.wait.max.ms", "50"},
         /* A channel topic created while the broker runs is found this fast. */
         {"topic.metadata.refresh.interval.ms", "5000"},
         {NULL, NULL}};

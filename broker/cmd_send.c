@@ -5,6 +5,9 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <unistd.h>
 #include <inttypes.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -127,14 +130,28 @@ static rd_kafka_t *ack_watcher(const cv_config *cfg, const char *topic) {
     return rk;
 }
 
-static int wait_acks(rd_kafka_t *rk, sent *msgs, size_t n, int64_t timeout_ms) {
-    size_t remaining = n;
-    int failed = 0;
+/* What --wait-ack has seen so far. */
+typedef struct ack_state {
+    size_t acked;        /* messages whose ack arrived */
+    size_t first_open;   /* no ack is missing below this index */
+    int failed;          /* a REJECTED ack arrived */
+} ack_state;
+
+/* Reads the acks that arrive within `timeout_ms` (0: only those already
+ * there) and prints each one as it comes. Acks of one channel arrive in the
+ * order the messages were sent, so the search starts at the first message
+ * still waiting. */
+static void read_acks(rd_kafka_t *rk, sent *msgs, size_t n, ack_state *as,
+                      int64_t timeout_ms) {
     int64_t deadline = cv_mono_ms() + timeout_ms;
-    while (remaining > 0 && cv_mono_ms() < deadline) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
-        if (!m)
+    while (as->acked < n) {
+        int64_t left = deadline - cv_mono_ms();
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, left > 100 ? 100 : left > 0 ? (int)left : 0);
+        if (!m) {
+            if (left <= 0)
+                break;
             continue;
+        }
         if (m->err) {
             rd_kafka_message_destroy(m);
             continue;
@@ -145,35 +162,112 @@ static int wait_acks(rd_kafka_t *rk, sent *msgs, size_t n, int64_t timeout_ms) {
         rd_kafka_message_destroy(m);
         if (!ack)
             continue;
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = as->first_open; i < n; i++) {
             if (msgs[i].acked || strcmp(msgs[i].id, ack->message_id) != 0)
                 continue;
             msgs[i].acked = 1;
-            remaining--;
+            as->acked++;
+            while (as->first_open < n && msgs[as->first_open].acked)
+                as->first_open++;
             const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(
                 &chatvault__v1__ack_status__descriptor, (int)ack->status);
-            const char *status = ev ? ev->name : "UNKNOWN";
             printf("%s %s latency_ms=%.1f stores=%s%s%s topic=%s partition=%d "
                    "offset=%" PRId64 "%s%s\n",
-                   msgs[i].id, status, (now - msgs[i].sent_at_us) / 1000.0,
+                   msgs[i].id, ev ? ev->name : "UNKNOWN",
+                   (now - msgs[i].sent_at_us) / 1000.0,
                    ack->stores & 1 ? "postgres" : "",
                    (ack->stores & 3) == 3 ? "+" : "", ack->stores & 2 ? "log" : "",
                    ack->topic, ack->partition, ack->offset,
                    *ack->error ? " error=" : "", ack->error);
             fflush(stdout);
             if (ack->status == CHATVAULT__V1__ACK_STATUS__REJECTED)
-                failed = 1;
+                as->failed = 1;
             break;
         }
         chatvault__v1__delivery_ack__free_unpacked(ack, NULL);
     }
+}
+
+static int missing_acks(const sent *msgs, size_t n, const ack_state *as,
+                        int64_t timeout_ms) {
     for (size_t i = 0; i < n; i++)
-        if (!msgs[i].acked) {
+        if (!msgs[i].acked)
             cv_error("send", "no ack for message %s within %" PRId64 " ms",
                      msgs[i].id, timeout_ms);
-            failed = 1;
+    return as->failed || as->acked < n ? CV_EXIT_FAILURE : CV_EXIT_OK;
+}
+
+/* Lines of stdin, read with read(2) so that --wait-ack can print acks while
+ * it waits for the next line (stdio would block inside getline). */
+#define LINE_LIMIT ((size_t)64 << 20)
+typedef struct line_reader {
+    char *buf;
+    size_t start, len, cap;
+    bool eof;
+} line_reader;
+
+typedef struct idle_acks {
+    rd_kafka_t *watcher;
+    sent *msgs;
+    size_t n;
+    ack_state *as;
+} idle_acks;
+
+/* Returns the next line without its newline (NUL-terminated, valid until
+ * the next call) and its length, or NULL at the end of input or on error
+ * (*ret_err set). While no line is complete, reads acks every 50 ms. */
+static char *next_line(line_reader *lr, size_t *ret_len, const idle_acks *idle,
+                       int *ret_err) {
+    *ret_err = 0;
+    for (;;) {
+        char *nl = lr->len > lr->start
+                       ? memchr(lr->buf + lr->start, '\n', lr->len - lr->start)
+                       : NULL;
+        if (nl || (lr->eof && lr->len > lr->start)) {
+            char *line = lr->buf + lr->start;
+            size_t n = nl ? (size_t)(nl - line) : lr->len - lr->start;
+            line[n] = '\0'; /* the newline, or the spare byte kept below */
+            lr->start += n + (nl ? 1 : 0);
+            *ret_len = n;
+            return line;
         }
-    return failed ? CV_EXIT_FAILURE : CV_EXIT_OK;
+        if (lr->eof)
+            return NULL;
+        if (lr->start > 0) { /* move the partial line to the front */
+            memmove(lr->buf, lr->buf + lr->start, lr->len - lr->start);
+            lr->len -= lr->start;
+            lr->start = 0;
+        }
+        if (lr->cap - lr->len < 4096 + 1) {
+            size_t cap = lr->cap ? lr->cap * 2 : 65536;
+            char *b = cap <= LINE_LIMIT ? realloc(lr->buf, cap) : NULL;
+            if (!b) {
+                cv_error("send", "stdin: a line longer than %zu bytes", LINE_LIMIT / 2);
+                *ret_err = -ENOBUFS;
+                return NULL;
+            }
+            lr->buf = b;
+            lr->cap = cap;
+        }
+        if (idle->watcher) {
+            struct pollfd pfd = {.fd = 0, .events = POLLIN};
+            if (poll(&pfd, 1, 50) == 0) {
+                read_acks(idle->watcher, idle->msgs, idle->n, idle->as, 0);
+                continue;
+            }
+        }
+        ssize_t got = read(0, lr->buf + lr->len, lr->cap - lr->len - 1);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            cv_error("send", "reading stdin: %s", strerror(errno));
+            *ret_err = -errno;
+            return NULL;
+        }
+        if (got == 0)
+            lr->eof = true;
+        lr->len += (size_t)got;
+    }
 }
 
 static int send_one(rd_kafka_t *rk, const send_opts *o, const char *topic,
@@ -335,8 +429,8 @@ int cv_cmd_send(int argc, char **argv) {
             goto out;
         }
     }
-    char *line = NULL;
-    size_t linecap = 0;
+    line_reader lr = {0};
+    ack_state as = {0};
     for (int i = 0;; i++) {
         const char *body;
         size_t len;
@@ -346,13 +440,14 @@ int cv_cmd_send(int argc, char **argv) {
             body = argv[optind + i];
             len = strlen(body);
         } else {
-            ssize_t got = getline(&line, &linecap, stdin);
-            if (got < 0)
+            idle_acks idle = {watcher, msgs, n, &as};
+            int lerr;
+            body = next_line(&lr, &len, &idle, &lerr);
+            if (!body) {
+                if (lerr)
+                    rc = CV_EXIT_FAILURE;
                 break;
-            if (got > 0 && line[got - 1] == '\n')
-                line[--got] = '\0';
-            body = line;
-            len = (size_t)got;
+            }
         }
         if (n == cap) {
             cap = cap ? cap * 2 : 64;
@@ -372,8 +467,10 @@ int cv_cmd_send(int argc, char **argv) {
         if (!o.wait_ack)
             printf("%s\n", msgs[n].id);
         n++;
+        if (watcher) /* print acks as they come, not after the last line */
+            read_acks(watcher, msgs, n, &as, 0);
     }
-    free(line);
+    free(lr.buf);
     if (rd_kafka_flush(rk, (int)o.timeout_ms) != RD_KAFKA_RESP_ERR_NO_ERROR) {
         cv_error("send", "kafka: %d messages not delivered to %s within %" PRId64
                  " ms", rd_kafka_outq_len(rk), topic, o.timeout_ms);
@@ -381,8 +478,10 @@ int cv_cmd_send(int argc, char **argv) {
     }
     if (delivery_err)
         rc = CV_EXIT_FAILURE;
-    if (rc == CV_EXIT_OK && watcher)
-        rc = wait_acks(watcher, msgs, n, o.timeout_ms);
+    if (rc == CV_EXIT_OK && watcher) {
+        read_acks(watcher, msgs, n, &as, o.timeout_ms);
+        rc = missing_acks(msgs, n, &as, o.timeout_ms);
+    }
 out:
     free(msgs);
     if (watcher) {

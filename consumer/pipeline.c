@@ -253,6 +253,13 @@ static int store_batch(cv_pipeline *p, rd_kafka_topic_partition_list_t *offsets)
                             err, sizeof(err));
         if (r == 0) {
             OBSERVE(p, stored, p->recs, p->n, pg_us, log_us);
+            plog(p, 0, "batch stored",
+                 "records=%zu pg_us=%" PRId64 " log_us=%" PRId64
+                 " first_record_age_ms=%" PRId64,
+                 p->n, pg_us, log_us,
+                 p->recs[0].timestamp_ms >= 0
+                     ? cv_now_us() / 1000 - p->recs[0].timestamp_ms
+                     : (int64_t)-1);
             break;
         }
         if (r != -EAGAIN) {

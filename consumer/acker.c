@@ -4,6 +4,7 @@
 #include "acker.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,8 @@ typedef struct retry {
 
 struct cv_acker {
     rd_kafka_t *rk;
+    rd_kafka_conf_t *conf;       /* a copy, to build a new producer from */
+    int64_t restarts;
     char *ack_topic, *dlq_topic, *prefix;
     retry *retries, **retries_tail;
     int64_t retry_at_ms;
@@ -93,6 +96,7 @@ int cv_acker_new(rd_kafka_conf_t *conf, const char *ack_topic,
     a->retries_tail = &a->retries;
     rd_kafka_conf_set_opaque(conf, a);
     rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
+    a->conf = rd_kafka_conf_dup(conf);
     char kerr[512];
     a->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
     if (!a->rk) {
@@ -125,6 +129,8 @@ cv_acker *cv_acker_free(cv_acker *a, int timeout_ms) {
         n = r->next;
         retry_free(r);
     }
+    if (a->conf)
+        rd_kafka_conf_destroy(a->conf);
     free(a->ack_topic);
     free(a->dlq_topic);
     free(a->prefix);
@@ -135,6 +141,36 @@ cv_acker *cv_acker_free(cv_acker *a, int timeout_ms) {
 rd_kafka_t *cv_acker_handle(cv_acker *a) { return a->rk; }
 
 rd_kafka_resp_err_t cv_acker_last_error(const cv_acker *a) { return a->last_error; }
+
+int64_t cv_acker_restarts(const cv_acker *a) { return a->restarts; }
+
+/* An idempotent producer that hit a fatal error (a broken sequence after
+ * faults, say) refuses every message from then on. Its undelivered messages
+ * are purged into the retry list (their delivery reports say so) and a new
+ * producer takes over; acks are at-least-once, so a message that was in
+ * flight may be acked twice. */
+static bool restart_if_fatal(cv_acker *a) {
+    char reason[512];
+    rd_kafka_resp_err_t err = rd_kafka_fatal_error(a->rk, reason, sizeof(reason));
+    if (!err)
+        return false;
+    rd_kafka_conf_t *conf = rd_kafka_conf_dup(a->conf);
+    char kerr[512];
+    rd_kafka_purge(a->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    /* Serves the purged messages' delivery reports: dr_cb → retries. */
+    rd_kafka_flush(a->rk, 2000);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        return false; /* try again on the next poll */
+    }
+    rd_kafka_destroy(a->rk);
+    a->rk = rk;
+    a->restarts++;
+    a->retry_at_ms = cv_mono_ms();
+    a->last_error = err;
+    return true;
+}
 
 /* Produces one message, serving delivery reports while the queue is full.
  * `headers` is taken over on success. */
@@ -158,6 +194,8 @@ static rd_kafka_resp_err_t produce(cv_acker *a, const char *topic, const void *k
                 RD_KAFKA_V_VALUE((void *)value, value_len),
                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(t),
                 RD_KAFKA_V_END);
+        if (err == RD_KAFKA_RESP_ERR__FATAL && restart_if_fatal(a))
+            continue;
         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
             return err;
         rd_kafka_poll(a->rk, 10);
@@ -279,6 +317,7 @@ int cv_acker_send(cv_acker *a, const cv_rec *recs, size_t n,
 
 void cv_acker_poll(cv_acker *a, int timeout_ms) {
     rd_kafka_poll(a->rk, timeout_ms);
+    restart_if_fatal(a);
     if (!a->retries || cv_mono_ms() < a->retry_at_ms)
         return;
     retry *list = a->retries;

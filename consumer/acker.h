@@ -51,6 +51,9 @@ rd_kafka_t *cv_acker_handle(cv_acker *acker);
  * once deliveries succeed again). */
 rd_kafka_resp_err_t cv_acker_last_error(const cv_acker *acker);
 
+/* How many times the producer was replaced after a fatal error. */
+int64_t cv_acker_restarts(const cv_acker *acker);
+
 /* Encodes the DeliveryAck of `rec` into `buf`; returns its length, or 0 if
  * it does not fit. */
 size_t cv_acker_encode(const cv_rec *rec, unsigned char *buf, size_t cap);

@@ -1,0 +1,463 @@
+"""faultlib — what the fault suite needs on top of the integration harness.
+
+tests/integration/cvtest.py runs chatvault against PostgreSQL and the mock
+Kafka cluster; this module adds the faults:
+
+  FaultHarness   a cvtest.Harness that can own a private PostgreSQL (to stop
+                 it without disturbing the tests that share $CV_TEST_PG), a
+                 dev-kafka with several brokers and --control (fault
+                 injection on stdin), tmpfs mounts, several broker instances
+  Publisher      python3-kafka publishing at a steady rate in a thread
+  AckCollector   python3-kafka reading chatvault.acks in a thread, with the
+                 time each ack arrived
+  log_cat()      the records `chatvault log cat` reads back (merging several
+                 instance directories with --log-dir)
+  http_get()     /readyz, /metrics
+
+Everything started here is stopped and everything mounted is unmounted on the
+way out, whatever happened.
+"""
+import json
+import os
+import random
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, '..', 'integration'))
+import cvtest  # noqa: E402
+
+psycopg2 = cvtest.psycopg2
+BIN = cvtest.BIN
+PGSH = os.path.join(cvtest.SOURCE_ROOT, 'deploy', 'pg.sh')
+PG_USER = os.environ.get('CV_PG_USER', 'chatvault-pg')
+
+
+def pg_bin(name):
+    for d in ['/usr/lib/postgresql/15/bin'] + sorted(
+            os.path.join('/usr/lib/postgresql', v, 'bin')
+            for v in (os.listdir('/usr/lib/postgresql')
+                      if os.path.isdir('/usr/lib/postgresql') else [])):
+        if os.access(os.path.join(d, name), os.X_OK):
+            return os.path.join(d, name)
+    return name
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def http_get(url, timeout=5):
+    """(status, body) of GET URL; (None, error text) when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode(errors='replace')
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors='replace')
+    except (urllib.error.URLError, OSError) as e:
+        return None, str(e)
+
+
+class PrivatePG:
+    """A PostgreSQL server of our own (deploy/pg.sh in a temp dir), which a
+    test may stop with `pg_ctl stop -m immediate` and start again."""
+
+    def __init__(self):
+        self.base = tempfile.mkdtemp(prefix='cvfault-pg-')
+        os.chmod(self.base, 0o755)    # the server's user must reach it
+        self.dir = os.path.join(self.base, 'pg')
+        self.conninfo = None
+        self.start()
+
+    def _pgsh(self, cmd):
+        r = subprocess.run(['bash', PGSH, cmd, self.dir], capture_output=True,
+                           text=True, timeout=180)
+        if r.returncode != 0:
+            raise RuntimeError('deploy/pg.sh %s %s exited %d: %s'
+                               % (cmd, self.dir, r.returncode, r.stderr))
+        return r
+
+    @property
+    def real(self):
+        return os.path.realpath(self.dir)
+
+    def start(self):
+        out = self._pgsh('start').stdout.strip().splitlines()
+        self.conninfo = out[-1]
+        return self.conninfo
+
+    def _as_pg(self, args):
+        if os.getuid() == 0:
+            args = ['runuser', '-u', PG_USER, '--'] + args
+        return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+    def stop_immediate(self):
+        """`pg_ctl stop -m immediate`: the server dies as in a crash."""
+        r = self._as_pg([pg_bin('pg_ctl'), 'stop', '-D',
+                         os.path.join(self.real, 'data'), '-m', 'immediate', '-w'])
+        if r.returncode != 0:
+            raise RuntimeError('pg_ctl stop -m immediate: %s' % r.stderr)
+
+    def running(self):
+        r = self._as_pg([pg_bin('pg_ctl'), 'status', '-D',
+                         os.path.join(self.real, 'data')])
+        return r.returncode == 0
+
+    def destroy(self):
+        real = self.real
+        try:
+            if os.path.exists(os.path.join(real, 'data')) and self.running():
+                self.stop_immediate()
+        except Exception as e:
+            print('# cannot stop private PostgreSQL: %s' % e, flush=True)
+        shutil.rmtree(real, ignore_errors=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+class ControlProc(cvtest.Proc):
+    """dev-kafka --control: stdin takes commands, stdout answers."""
+
+    def __init__(self, name, args, logpath):
+        self.name = name
+        self.args = args
+        self.logpath = logpath
+        self.log = open(logpath, 'ab')
+        self.p = subprocess.Popen(args, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=self.log,
+                                  start_new_session=True, bufsize=0)
+        self.lock = threading.Lock()
+
+    def readline(self, timeout=30):
+        buf = b''
+        deadline = time.time() + timeout
+        while not buf.endswith(b'\n'):
+            left = deadline - time.time()
+            if left <= 0 or not select.select([self.p.stdout], [], [], left)[0]:
+                raise RuntimeError('dev-kafka did not answer (got %r)' % buf)
+            c = self.p.stdout.read(1)
+            if not c:
+                raise RuntimeError('dev-kafka closed its stdout (got %r)' % buf)
+            buf += c
+        return buf.decode().strip()
+
+    def command(self, line):
+        with self.lock:
+            self.p.stdin.write((line + '\n').encode())
+            self.p.stdin.flush()
+            return self.readline()
+
+
+class FaultHarness(cvtest.Harness):
+    def __init__(self, name, topics=None, partitions=8, config=None,
+                 private_pg=False, kafka_brokers=1, control=False):
+        super().__init__(name, topics=topics, partitions=partitions,
+                         config=config)
+        self.want_private_pg = private_pg
+        self.private_pg = None
+        self.kafka_brokers = kafka_brokers
+        self.control_on = control
+        self.mounts = []
+        self.instances = {}
+
+    # --- lifecycle -----------------------------------------------------------
+    def __enter__(self):
+        try:
+            if self.want_private_pg:
+                self.private_pg = PrivatePG()
+                self.diag('private PostgreSQL: %s (in %s)'
+                          % (self.private_pg.conninfo, self.private_pg.real))
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        super().__enter__()
+        try:
+            self.keygen()
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def __exit__(self, etype, exc, tb):
+        try:
+            super().__exit__(etype, exc, tb)    # kills processes, sys.exit()
+        finally:
+            for m in reversed(self.mounts):
+                subprocess.run(['umount', '-l', m], capture_output=True)
+            if self.private_pg is not None:
+                self.private_pg.destroy()
+
+    # --- PostgreSQL: the private server when there is one ------------------
+    @property
+    def server_pg(self):
+        return self.private_pg.conninfo if self.private_pg else cvtest.PG
+
+    def _admin(self, sql):
+        conn = psycopg2.connect(self.server_pg + ' dbname=postgres')
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()
+
+    @property
+    def conninfo(self):
+        return '%s dbname=%s' % (self.server_pg, self.db)
+
+    # --- Kafka: several brokers and --control ----------------------------
+    def _start_kafka(self):
+        if self.kafka_brokers == 1 and not self.control_on:
+            return super()._start_kafka()
+        args = [BIN, 'dev-kafka', '--partitions', str(self.partitions),
+                '--brokers', str(self.kafka_brokers)]
+        for t, parts in self.topics.items():
+            args += ['--topic', '%s:%d' % (t, parts)]
+        if self.control_on:
+            args.append('--control')
+        path = os.path.join(self.tmp, 'dev-kafka.log')
+        self.kafka = ControlProc('dev-kafka', args, path)
+        self.procs.append(self.kafka)
+        self.logs.append(path)
+        self.bootstrap = self.kafka.readline(timeout=30)
+
+    def control(self, line):
+        """Sends one fault-injection command; fails the test on an error."""
+        ans = self.kafka.command(line)
+        self.diag('injected: %s -> %s' % (line, ans))
+        if ans != 'ok':
+            raise RuntimeError('dev-kafka --control %r: %s' % (line, ans))
+        return ans
+
+    # --- chatvault ---------------------------------------------------------
+    def keygen(self):
+        r = self.run('keygen')
+        if r.returncode != 0:
+            raise RuntimeError('chatvault keygen exited %d: %s'
+                               % (r.returncode, r.stderr))
+
+    def instance_config(self, name, **overrides):
+        """A config file of its own for broker instance NAME (its own
+        log.dir, as consumer/applog.c "MANY INSTANCES" asks)."""
+        ov = {'log.dir': os.path.join(self.tmp, 'log-' + name)}
+        ov.update(overrides)
+        src = self.write_config(**ov)
+        path = os.path.join(self.tmp, 'chatvault-%s.conf' % name)
+        shutil.copyfile(src, path)
+        self.write_config()
+        return path, ov['log.dir']
+
+    def start_instance(self, name, **overrides):
+        """Starts (or restarts) broker instance NAME with its own config and
+        log.dir; returns the Proc."""
+        path, logdir = self.instance_config(name, **overrides)
+        logpath = os.path.join(self.tmp, 'broker-%s.log' % name)
+        with open(logpath, 'a') as f:
+            f.write('==== start\n')
+        p = cvtest.Proc('broker-' + name, [BIN, 'broker', '-c', path], logpath)
+        self.procs.append(p)
+        if logpath not in self.logs:
+            self.logs.append(logpath)
+        self.instances[name] = (p, path, logdir)
+        return p
+
+    def mount_tmpfs(self, path, size):
+        os.makedirs(path, exist_ok=True)
+        subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=%s' % size, 'tmpfs',
+                        path], check=True, capture_output=True)
+        self.mounts.append(path)
+        self.diag('mounted tmpfs size=%s on %s' % (size, path))
+
+    def remount(self, path, size):
+        subprocess.run(['mount', '-o', 'remount,size=%s' % size, path],
+                       check=True, capture_output=True)
+        self.diag('injected: remount %s size=%s' % (path, size))
+
+    def unmount(self, path):
+        subprocess.run(['umount', path], check=True, capture_output=True)
+        self.mounts.remove(path)
+
+    def read_log(self, name=None):
+        path = os.path.join(self.tmp, 'broker.log' if name is None
+                            else 'broker-%s.log' % name)
+        with open(path, errors='replace') as f:
+            return f.read()
+
+
+def log_cat(h, dirs=None, config=None):
+    """The records of `chatvault log cat` (dicts), over DIRS merged when given.
+    Raises when the tool fails."""
+    args = [BIN, 'log', 'cat', '-c', config or h.config_path]
+    for d in dirs or []:
+        args += ['--log-dir', d]
+    r = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True,
+                       timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError('chatvault log cat exited %d: %s'
+                           % (r.returncode, r.stderr.decode(errors='replace')[-2000:]))
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+class Publisher(threading.Thread):
+    """Publishes TOTAL messages over CHANNELS at about RATE per second with
+    python3-kafka; sent = {message_id: (channel, body)} of the acknowledged
+    (acks=all) ones, errors = the failed sends."""
+
+    def __init__(self, h, channels, total, rate, seed=1, body_max=100, **kw):
+        super().__init__(daemon=True)
+        self.h = h
+        self.channels = channels
+        self.total = total
+        self.rate = rate
+        self.rnd = random.Random(seed)
+        self.body_max = body_max
+        self.kw = kw
+        self.sent = {}
+        self.attempted = 0
+        self.errors = []
+        self.lock = threading.Lock()
+        self.stop_flag = False
+        self.paused = threading.Event()
+
+    def run(self):
+        try:
+            prod = self.h.producer(retries=1000000, retry_backoff_ms=200,
+                                   request_timeout_ms=30000,
+                                   max_in_flight_requests_per_connection=1,
+                                   **self.kw)
+            t0 = time.time()
+            for i in range(self.total):
+                if self.stop_flag:
+                    break
+                while self.paused.is_set() and not self.stop_flag:
+                    time.sleep(0.05)
+                ch = self.channels[i % len(self.channels)]
+                body = ('%d:' % i).encode() + self.rnd.randbytes(
+                    self.rnd.randrange(0, self.body_max))
+                mid, value = cvtest.chat_message(ch, body)
+                fut = prod.send('chat.' + ch,
+                                value=value, key=mid.encode())
+                fut.add_callback(self._ok, mid, ch, body)
+                fut.add_errback(self._err, mid)
+                self.attempted += 1
+                if self.rate and i % 50 == 49:
+                    ahead = (i + 1) / self.rate - (time.time() - t0)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            prod.flush(timeout=300)
+        except Exception as e:  # reported by the test
+            self.errors.append(repr(e))
+
+    def _ok(self, mid, ch, body, _md):
+        with self.lock:
+            self.sent[mid] = (ch, body)
+
+    def _err(self, mid, exc):
+        self.errors.append('%s: %r' % (mid, exc))
+
+
+class AckCollector(threading.Thread):
+    """Reads the ack topic from the start in a thread. items: (arrival time,
+    DeliveryAck, Kafka timestamp ms of the ack record)."""
+
+    def __init__(self, h, topic='chatvault.acks'):
+        super().__init__(daemon=True)
+        self.c = h.consumer(topic)
+        self.items = []
+        self.lock = threading.Lock()
+        self.stop_flag = False
+        self.error = None
+
+    def run(self):
+        try:
+            while not self.stop_flag:
+                batch = self.c.poll(timeout_ms=300, max_records=20000)
+                now = time.time()
+                got = [(now, cvtest.parse_ack(r.value), r.timestamp)
+                       for recs in batch.values() for r in recs]
+                if got:
+                    with self.lock:
+                        self.items.extend(got)
+        except Exception as e:
+            self.error = repr(e)
+
+    def snapshot(self):
+        with self.lock:
+            return list(self.items)
+
+    def count(self):
+        with self.lock:
+            return len(self.items)
+
+    def acked_ids(self):
+        return {a.message_id for _, a, _ in self.snapshot()}
+
+    def wait_all(self, ids, timeout=300, idle=90, alive=None):
+        """Waits until every id in IDS has an ack, TIMEOUT passes, or no ack
+        arrived for IDLE seconds. Returns the ids still missing."""
+        ids = set(ids)
+        deadline = time.time() + timeout
+        last_n, last_t = -1, time.time()
+        while True:
+            missing = ids - self.acked_ids()
+            n = self.count()
+            if n != last_n:
+                last_n, last_t = n, time.time()
+            if not missing or time.time() > deadline or time.time() - last_t > idle:
+                return missing
+            if alive is not None and not alive():
+                time.sleep(2)
+                return ids - self.acked_ids()
+            time.sleep(0.5)
+
+    def stop(self):
+        self.stop_flag = True
+        self.join(timeout=10)
+
+
+def status_counts(items):
+    out = {}
+    for _, a, _ in items:
+        st = cvtest.STATUS.get(a.status, a.status)
+        out[st] = out.get(st, 0) + 1
+    return out
+
+
+def check_store(h, name, ids_stored, sent):
+    """TAP points: the store NAME holds exactly the published set, once each.
+    ids_stored: list of message ids (one per stored record)."""
+    h.is_(len(ids_stored), len(sent), '%s holds %d records (one per published '
+          'message)' % (name, len(sent)))
+    h.is_(len(set(ids_stored)), len(ids_stored), '%s: no message stored twice' % name)
+    got = set(ids_stored)
+    want = set(sent)
+    h.ok(got == want, '%s holds exactly the published set' % name,
+         'missing %d (e.g. %s), extra %d' % (len(want - got), sorted(want - got)[:3],
+                                             len(got - want)))
+
+
+def pg_ids(h):
+    return [r[0] for r in h.query('SELECT message_id FROM chatvault.messages')]
+
+
+def wait_committed(h, topics, timeout=60):
+    """Waits until group chatvault's committed offset is the end offset of
+    every partition; returns {tp: (committed, end)} of those behind."""
+    deadline = time.time() + timeout
+    while True:
+        offs = h.group_offsets(topics)
+        behind = {str(tp): v for tp, v in offs.items() if v[0] != v[1]}
+        if not behind or time.time() > deadline:
+            return behind
+        time.sleep(0.5)

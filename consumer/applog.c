@@ -60,6 +60,8 @@
  *  22+T V  the Kafka record value (the serialized ChatMessage), verbatim
  * Cipher: XChaCha20-Poly1305 (IETF) with the segment's key;
  *   nonce (24) = segment id (16) || record index (8)    -- unique per key
+ *   (computed as ChaCha20-Poly1305-IETF under HChaCha20(key, segment id)
+ *   with nonce 0 (4) || record index (8), which is the same thing)
  *   additional data (96) = HH (32) || frame bytes [8, 32) (24) ||
  *                          byte position of the frame in the file (8) ||
  *                          chain hash of the previous record (32)
@@ -353,10 +355,19 @@ static void build_ad(unsigned char *ad, const unsigned char *hh,
     memcpy(ad + 64, prev, DIGEST);
 }
 
-static void build_nonce(unsigned char *nonce, const unsigned char *seg_id,
-                        uint64_t index) {
-    memcpy(nonce, seg_id, 16);
-    cv_be64(nonce + 16, index);
+/* XChaCha20-Poly1305 with nonce N = segment id (16) || index (8) is, by
+ * its definition, ChaCha20-Poly1305-IETF under the subkey
+ * HChaCha20(key, segment id) with nonce 0 (4) || index (8). The subkey is
+ * the same for a whole segment, so it is derived once per segment instead
+ * of once per record. */
+static void segment_subkey(unsigned char *subkey, const unsigned char *seg_id,
+                           const unsigned char *key) {
+    crypto_core_hchacha20(subkey, seg_id, key, NULL);
+}
+
+static void build_nonce(unsigned char *nonce, uint64_t index) {
+    memset(nonce, 0, 4);
+    cv_be64(nonce + 4, index);
 }
 
 static void key_check(unsigned char *out, const unsigned char *seg_id,
@@ -410,12 +421,14 @@ typedef struct seg {
     unsigned char chain[DIGEST];
     int64_t last_offset;
     uint64_t last_pos; /* position of the last good frame */
+    unsigned char subkey[CV_KEY_BYTES]; /* set by the caller that decrypts */
 } seg;
 
 static void seg_close(seg *s) {
     if (s->map && s->size)
         munmap(s->map, s->size);
     free(s->path);
+    sodium_memzero(s->subkey, sizeof(s->subkey));
     memset(s, 0, sizeof(*s));
 }
 
@@ -544,15 +557,16 @@ static int seg_next(seg *s, const unsigned char *key, cv_buf *plain,
     out->timestamp_ms = -1;
     out->partition = s->h.partition;
     if (key) {
-        unsigned char ad[AD_BYTES], nonce[24];
+        unsigned char ad[AD_BYTES],
+            nonce[crypto_aead_chacha20poly1305_ietf_NPUBBYTES];
         build_ad(ad, s->h.hash, f, s->pos, s->chain);
-        build_nonce(nonce, s->h.seg_id, index);
+        build_nonce(nonce, index);
         size_t plen = len - FRAME_HDR - TAG_BYTES;
         plain->len = 0;
         int r = cv_buf_reserve(plain, plen);
         if (r < 0)
             return r;
-        if (crypto_aead_xchacha20poly1305_ietf_decrypt_detached(
+        if (crypto_aead_chacha20poly1305_ietf_decrypt_detached(
                 plain->data, NULL, f + FRAME_HDR, plen, f + len - TAG_BYTES, ad,
                 sizeof(ad), nonce, key) != 0) {
             errf(errbuf, errlen,
@@ -838,6 +852,7 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
             seg_close(&d->cur);
             return -EKEYREJECTED;
         }
+        segment_subkey(d->cur.subkey, h->seg_id, d->key);
     }
     if (!d->any) {
         memcpy(d->topic, h->topic, h->topic_len + 1);
@@ -864,7 +879,7 @@ static int pdir_next(pdir *d, char *errbuf, size_t errlen) {
         /* Decrypt what is returned; below skip_below frame check + chain. */
         if (d->key && d->cur.pos < d->cur.size && d->cur.size - d->cur.pos >= FRAME_HDR &&
             (int64_t)rd64(d->cur.map + d->cur.pos + 24) >= d->skip_below)
-            key = d->key;
+            key = d->cur.subkey;
         int r = seg_next(&d->cur, key, &d->plain, &d->rec, &at, errbuf, errlen);
         if (r == 1) {
             memcpy(d->chain, d->cur.chain, DIGEST);
@@ -1211,6 +1226,7 @@ typedef struct wseg {
     cv_buf buf;     /* this append's bytes */
     uint64_t wpos;  /* file position of buf.data[0] */
     bool in_batch;  /* touched by the current append */
+    unsigned char subkey[CV_KEY_BYTES];
 } wseg;
 
 typedef struct part {
@@ -1272,6 +1288,7 @@ static wseg *wseg_free(wseg *w) {
     free(w->path);
     free(w->tmp);
     cv_buf_release(&w->buf);
+    sodium_memzero(w->subkey, sizeof(w->subkey));
     free(w);
     return NULL;
 }
@@ -1715,6 +1732,7 @@ static int new_segment(cv_applog *log, part *p, int64_t first_offset) {
     h->created_us = cv_now_us();
     memcpy(h->prev_chain, p->chain, DIGEST);
     key_check(h->key_check, h->seg_id, log->key);
+    segment_subkey(w->subkey, h->seg_id, log->key);
     h->partition = p->partition;
     h->topic_len = strlen(p->topic);
     memcpy(h->topic, p->topic, h->topic_len + 1);
@@ -1775,12 +1793,13 @@ static int encode(cv_applog *log, part *p, cv_applog_entry *e) {
     memcpy(pt + PT_FIXED, p->topic, tl);
     if (e->value_len)
         memcpy(pt + PT_FIXED + tl, e->value, e->value_len);
-    unsigned char ad[AD_BYTES], nonce[24];
+    unsigned char ad[AD_BYTES],
+        nonce[crypto_aead_chacha20poly1305_ietf_NPUBBYTES];
     build_ad(ad, w->h.hash, f, pos, p->chain);
-    build_nonce(nonce, w->h.seg_id, w->nrec);
-    crypto_aead_xchacha20poly1305_ietf_encrypt_detached(
+    build_nonce(nonce, w->nrec);
+    crypto_aead_chacha20poly1305_ietf_encrypt_detached(
         pt, f + FRAME_HDR + plen, NULL, pt, plen, ad, sizeof(ad), NULL, nonce,
-        log->key);
+        w->subkey);
     cv_be32(f + 4, crc32c(f + 8, len - 8));
     chain_next(p->chain, p->chain, f, len);
     memcpy(e->digest, p->chain, DIGEST);

@@ -101,11 +101,12 @@ log "dev-kafka at $bootstrap ($channels topics x $partitions partitions, acks x 
 # 2. A fresh database, migrated.
 psql -X -q -v ON_ERROR_STOP=1 "$pg dbname=postgres" \
     -c "DROP DATABASE IF EXISTS cv_bench" -c "CREATE DATABASE cv_bench" >/dev/null
+http_port=$((20000 + RANDOM % 20000))
 cat >"$out/chatvault.conf" <<EOF
 # written by deploy/bench/run.sh
 kafka.bootstrap.servers = $bootstrap
 postgres.conninfo = $pg dbname=cv_bench
-http.listen =
+http.listen = 127.0.0.1:$http_port
 log.dir = $out/log
 log.key_file = $out/log.key
 EOF
@@ -162,6 +163,16 @@ kafka_cpu=$(awk -v a="$kafka_cpu0" -v b="$(cpu_of "$kafka_pid")" 'BEGIN { printf
 pg_cpu1=0
 for b in $pg_backends; do pg_cpu1=$(awk -v a="$pg_cpu1" -v b="$(cpu_of "$b")" 'BEGIN { print a + b }'); done
 pg_cpu=$(awk -v a="$pg_cpu0" -v b="$pg_cpu1" 'BEGIN { printf "%.2f", b - a }')
+# Where the broker's time went, from its own histograms.
+curl -s "http://127.0.0.1:$http_port/metrics" >"$out/metrics.txt" || true
+metric() { awk -v m="$1" '$1 == m { v += $2 } END { printf "%.3f", v }' "$out/metrics.txt"; }
+pg_sum=$(metric chatvault_pg_commit_seconds_sum)
+pg_n=$(metric chatvault_pg_commit_seconds_count)
+log_sum=$(metric chatvault_log_fsync_seconds_sum)
+log_n=$(metric chatvault_log_fsync_seconds_count)
+batch_sum=$(metric chatvault_batch_size_messages_sum)
+batch_n=$(metric chatvault_batch_size_messages_count)
+mean() { awk -v a="$1" -v b="$2" -v k="$3" 'BEGIN { printf "%.1f", (b > 0 ? a * k / b : 0) }'; }
 kill -TERM "$broker_pid"
 wait "$broker_pid" || log "broker exited with status $?"
 result=$(grep '^RESULT ' "$out/bench.out" || true)
@@ -206,6 +217,9 @@ ratio=$(awk -v a="${ours:-0}" -v b="$kcat_rate" 'BEGIN { printf "%.2f", (b > 0 ?
     printf '%-40s %s\n' "  sent -> ack latency p50 / p99 / max" "$(field p50_ms) / $(field p99_ms) / $(field max_ms) ms"
     printf '%-40s %s\n' "  broker CPU / peak RSS" "$(field broker_cpu_s) s / $(field broker_peak_rss_mib) MiB"
     printf '%-40s %s\n' "  CPU of dev-kafka / broker's PG backend" "$kafka_cpu s / $pg_cpu s"
+    printf '%-40s %s\n' "  batches / mean size" "${batch_n%.*} / $(mean "$batch_sum" "$batch_n" 1) msgs"
+    printf '%-40s %s\n' "  PG transactions: total / mean" "$pg_sum s / $(mean "$pg_sum" "$pg_n" 1000) ms"
+    printf '%-40s %s\n' "  log append+fdatasync: total / mean" "$log_sum s / $(mean "$log_sum" "$log_n" 1000) ms"
     printf '%-40s %s\n' "  acked / missing / rows in PostgreSQL" "$(field acked) / $(field missing) / $rows"
     if [ "$run_kcat" = 1 ]; then
         printf '%-40s %s\n' "kcat -C | psql \\copy (drain only)" "$kcat_rate msgs/s in $kcat_s s ($kcat_rows rows)"

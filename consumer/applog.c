@@ -970,8 +970,16 @@ out:
 }
 
 void cv_applog_reader_skip_to(cv_applog_reader *r, int64_t offset) {
-    for (size_t i = 0; i < r->n; i++)
-        r->dirs[i].skip_below = offset;
+    for (size_t i = 0; i < r->n; i++) {
+        pdir *d = &r->dirs[i];
+        d->skip_below = offset;
+        if (d->open || d->any)
+            continue; /* already reading: only decryption is skipped */
+        /* Segments wholly below `offset` are not read at all. */
+        while (d->iseg + 1 < d->nseg &&
+               strtoll(d->names[d->iseg + 1], NULL, 10) <= offset)
+            d->iseg++;
+    }
 }
 
 static void fill_record(const pdir *d, cv_applog_record *rec) {

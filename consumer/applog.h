@@ -179,8 +179,11 @@ int cv_applog_reader_open(const char *const *dirs, size_t ndirs,
                           const cv_keyring *keys, cv_applog_reader **ret,
                           char *errbuf, size_t errlen);
 
-/* Records below `offset` are still checked (frame check and chain) but not
- * decrypted nor returned. Call before the first next(). */
+/* Starts at `offset`: segments that end below it are not read at all (the
+ * link of the first segment read to the ones before it is then not
+ * checked); records below it in the segment that holds it are checked by
+ * frame check and chain but neither decrypted nor returned. Call before the
+ * first next(); `log check` does not call it. */
 void cv_applog_reader_skip_to(cv_applog_reader *r, int64_t offset);
 
 /* Returns 1 and fills *rec (valid until the next call), 0 at the end, or a

@@ -259,6 +259,22 @@ static void test_round_trip(void) {
            "the reader sees each record once after re-appends (%" PRId64 ")",
            s.count);
 
+    {
+        cv_applog_reader *rd = NULL;
+        cv_applog_reader_open(&d0, 1, kr, &rd, err, sizeof(err));
+        cv_applog_reader_skip_to(rd, 77777);
+        cv_applog_record rec;
+        int64_t n = 0, firsto = -1;
+        while (cv_applog_reader_next(rd, &rec, err, sizeof(err)) == 1)
+            if (!n++)
+                firsto = rec.offset;
+        cv_applog_reader_free(rd);
+        tap_ok(firsto == 77777 && n == N_ROUND + 10 - 77777,
+               "skip_to(77777) starts there (%" PRId64 " records from %" PRId64
+               ")",
+               n, firsto);
+    }
+
     cv_keyring *k1only = NULL;
     char k1[512];
     snprintf(k1, sizeof(k1), "%s/k1.key", root);
@@ -487,6 +503,19 @@ static void test_corruption(void) {
     spit(work_file(work, 12), f, len);
     free(f);
     expect_error(work, "a flipped byte", 12, UINT64_MAX, "CRC");
+    {
+        const char *d = pdir(work, 0);
+        cv_applog_reader *rd = NULL;
+        cv_applog_reader_open(&d, 1, small_kr, &rd, err, sizeof(err));
+        cv_applog_reader_skip_to(rd, 100);
+        cv_applog_record rec;
+        int n = 0, r;
+        while ((r = cv_applog_reader_next(rd, &rec, err, sizeof(err))) == 1)
+            n++;
+        cv_applog_reader_free(rd);
+        tap_ok(r == 0 && n == 50,
+               "skip_to does not read segments below its offset (%d)", n);
+    }
 
     fresh_copy(base, work);
     f = slurp(work_file(work, 12), &len);

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# deploy/quickstart.sh — README's first command: try chatvault with nothing
+# else installed. Installs and builds (deploy/setup.sh), starts a private
+# PostgreSQL (deploy/pg.sh), creates the database `chatvault`, migrates it,
+# starts `chatvault broker` with embedded (mock) Kafka, and runs a demo sender
+# that publishes a few messages per second over several channels with
+# --wait-ack, printing each ack's status and latency.
+#
+#   deploy/quickstart.sh [--rounds N] [--channels "a b c"]
+#
+# Ctrl-C stops everything it started (sender, broker, PostgreSQL). Config and
+# logs are in .run/ (git-ignored). Env: CV_BUILD_DIR (default build),
+# CV_HTTP_LISTEN (default 127.0.0.1:9187).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+rounds=0                       # 0: until Ctrl-C
+channels="general random support"
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+    --rounds) rounds=$2; shift 2 ;;
+    --channels) channels=$2; shift 2 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "quickstart: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+build=${CV_BUILD_DIR:-build}
+run=$root/.run
+bin=$root/$build/broker/chatvault
+say() { printf '\033[1mquickstart:\033[0m %s\n' "$*"; }
+
+broker_pid=""
+sender_pids=()
+pg_started=0
+# The broker runs in its own process group (setsid): Ctrl-C at the terminal
+# reaches the senders at once, and the broker is stopped here after them with
+# SIGTERM, so it finishes its batch in flight.
+stop_group() {
+    local pid=$1 sig=$2
+    kill "-$sig" -- "-$pid" 2>/dev/null || kill "-$sig" "$pid" 2>/dev/null || true
+}
+cleanup() {
+    trap - EXIT INT TERM
+    set +e
+    echo
+    for pid in "${sender_pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null
+    done
+    for pid in "${sender_pids[@]}"; do
+        wait "$pid" 2>/dev/null
+    done
+    if [ -n "$broker_pid" ] && kill -0 "$broker_pid" 2>/dev/null; then
+        say "stopping the broker (pid $broker_pid)"
+        stop_group "$broker_pid" TERM
+        for _ in $(seq 1 150); do
+            kill -0 "$broker_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        stop_group "$broker_pid" KILL
+        wait "$broker_pid" 2>/dev/null
+    fi
+    if [ "$pg_started" = 1 ]; then
+        say "stopping PostgreSQL"
+        deploy/pg.sh stop
+    fi
+    say "stopped; nothing left running. Logs are in .run/"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+CV_BUILD_DIR=$build deploy/setup.sh
+
+mkdir -p "$run"
+if ! deploy/pg.sh status >/dev/null 2>&1; then
+    pg_started=1
+fi
+pg=$(deploy/pg.sh start)
+say "PostgreSQL: $pg"
+if ! psql "$pg dbname=postgres" -Atqc "SELECT 1 FROM pg_database WHERE datname = 'chatvault'" |
+    grep -q 1; then
+    psql "$pg dbname=postgres" -qc "CREATE DATABASE chatvault"
+fi
+
+conf=$run/chatvault.conf
+cat >"$conf" <<EOF
+# Written by deploy/quickstart.sh; the full reference: chatvault config,
+# deploy/chatvault.conf.example.
+kafka.bootstrap.servers = embedded
+# look for new chat.<channel> topics every second (librdkafka's default: 5 min)
+kafka.topic.metadata.refresh.interval.ms = 1000
+postgres.conninfo = $pg dbname=chatvault
+log.dir = $run/log
+log.key_file = $run/log.key
+http.listen = ${CV_HTTP_LISTEN:-127.0.0.1:9187}
+EOF
+if [ ! -f "$run/log.key" ] && "$bin" keygen --help >/dev/null 2>&1; then
+    "$bin" keygen -c "$conf" >/dev/null
+fi
+"$bin" migrate -c "$conf"
+# The embedded Kafka cluster is new at every start, so the positions stored
+# for the previous one would make the broker skip the new cluster's first
+# records: forget them (the stored messages stay).
+psql "$pg dbname=chatvault" -qc "DELETE FROM chatvault.kafka_offsets WHERE consumer_group = 'chatvault'"
+
+: >"$run/broker.log"
+setsid "$bin" broker -c "$conf" 2>>"$run/broker.log" &
+broker_pid=$!
+bootstrap=""
+for _ in $(seq 1 300); do
+    bootstrap=$(sed -n 's/.*msg="embedded kafka started" bootstrap=\([^ ]*\).*/\1/p' \
+        "$run/broker.log" | tail -1)
+    [ -n "$bootstrap" ] && break
+    kill -0 "$broker_pid" 2>/dev/null || break
+    sleep 0.1
+done
+if [ -z "$bootstrap" ]; then
+    say "the broker did not start; .run/broker.log says:"
+    tail -20 "$run/broker.log"
+    exit 1
+fi
+# Other processes reach the broker's in-process mock cluster at its address.
+send_conf=$run/send.conf
+printf 'kafka.bootstrap.servers = %s\n' "$bootstrap" >"$send_conf"
+printf 'kafka.bootstrap.servers=%s\n' "$bootstrap" >"$run/bootstrap"
+
+cat <<EOF
+
+  chatvault is running (broker pid $broker_pid, embedded Kafka at $bootstrap).
+
+  Broker log:        tail -f .run/broker.log
+  Stored messages:   psql "$pg dbname=chatvault" -c 'SELECT channel, message_id, convert_from(body, '"'"'UTF8'"'"') AS body, persisted_at FROM chatvault.messages ORDER BY persisted_at DESC LIMIT 10'
+  Send one yourself: $build/broker/chatvault send -c .run/send.conf --channel general --wait-ack 'hello'
+  Dashboard:         http://${CV_HTTP_LISTEN:-127.0.0.1:9187}/   (metrics: /metrics)
+
+  The demo sender publishes to: $channels. Ctrl-C stops everything.
+
+EOF
+
+# The demo sender: every second one message per channel, each through
+# `chatvault send --wait-ack`, which prints the ack's status and the
+# send->ack latency (the first ones wait for the consumer group to form).
+i=0
+while [ "$rounds" = 0 ] || [ "$i" -lt "$rounds" ]; do
+    i=$((i + 1))
+    sender_pids=()
+    for ch in $channels; do
+        "$bin" send -c "$send_conf" --channel "$ch" --sender demo --wait-ack \
+            --timeout 15000 "message $i to #$ch at $(date +%T)" &
+        sender_pids+=($!)
+    done
+    for pid in "${sender_pids[@]}"; do
+        wait "$pid" || true
+    done
+    sender_pids=()
+    kill -0 "$broker_pid" 2>/dev/null || break
+    sleep 1
+done
+if ! kill -0 "$broker_pid" 2>/dev/null; then
+    say "the broker exited; .run/broker.log says:"
+    tail -20 "$run/broker.log"
+    exit 1
+fi

@@ -14,7 +14,7 @@
     if (s == null) return "–";
     if (s === 0) return "0";
     if (s < 0.001) return (s * 1e6).toFixed(0) + " µs";
-    if (s < 1) return (s * 1e3).toFixed(s < 0.01 ? 2 : 1) + " ms";
+    if (s < 1) return (s * 1e3).toFixed(s < 0.01 ? 2 : s < 0.1 ? 1 : 0) + " ms";
     if (s < 120) return s.toFixed(1) + " s";
     if (s < 7200) return (s / 60).toFixed(1) + " min";
     return (s / 3600).toFixed(1) + " h";
@@ -31,20 +31,29 @@
     return e;
   }
 
-  function makeChart(target, labels, colors, yFmt) {
+  // Tick steps for counts: whole numbers only.
+  const INT_INCRS = [];
+  for (let m = 1; m <= 1e9; m *= 10) INT_INCRS.push(m, 2 * m, 5 * m);
+
+  function makeChart(target, labels, colors, yFmt, integer) {
     const opts = {
       width: target.clientWidth || 600,
       height: 220,
       cursor: { drag: { x: false, y: false } },
       legend: { live: true },
-      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max, 1e-9) * 1.15] } },
+      scales: {
+        // At least a minute wide, so the time axis reads in seconds, not ms.
+        x: { time: true, range: (u, min, max) => [Math.min(min, max - 60), max] },
+        y: { range: (u, min, max) => [0, Math.max(max, 1e-9) * 1.15] },
+      },
       axes: [
         { stroke: "#8796a6", grid: { stroke: "#26313d" }, ticks: { stroke: "#26313d" } },
         { stroke: "#8796a6", grid: { stroke: "#26313d" }, ticks: { stroke: "#26313d" },
-          size: 70, values: (u, vals) => vals.map(yFmt) },
+          size: 70, values: (u, vals) => vals.map(yFmt), incrs: integer ? INT_INCRS : undefined },
       ],
       series: [{}].concat(labels.map((l, i) => ({
         label: l, stroke: colors[i], width: 2, fill: i === 0 ? colors[i] + "22" : undefined,
+        points: { show: false },
         value: (u, v) => (v == null ? "–" : yFmt(v)),
         spanGaps: false,
       }))),
@@ -52,7 +61,7 @@
     return new uPlot(opts, [[]].concat(labels.map(() => [])), target);
   }
 
-  const lagChart = makeChart($("chart-lag"), ["ack lag"], ["#4ea1f3"], (v) => fmtInt(v));
+  const lagChart = makeChart($("chart-lag"), ["ack lag"], ["#4ea1f3"], (v) => fmtInt(v), true);
   const latChart = makeChart($("chart-lat"), ["p50", "p99"], ["#2fb86b", "#f07b2d"], (v) => fmtSecs(v));
   window.addEventListener("resize", () => {
     for (const [c, id] of [[lagChart, "chart-lag"], [latChart, "chart-lat"]])

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -71,6 +72,68 @@ static int reject(cv_envelope *env, cv_reject_reason r, const char *fmt, ...) {
 
 static bool text_ok(const char *s) { return !s || cv_utf8_valid(s, strlen(s)); }
 
+/* Reads a varint at *p (bounded by end); false when it does not fit. */
+static bool wire_varint(const unsigned char **p, const unsigned char *end,
+                        uint64_t *ret) {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64 && *p < end; shift += 7) {
+        unsigned char b = *(*p)++;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *ret = v;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Whether a string field of the encoded ChatMessage (or of one of its
+ * attribute entries, depth 1) holds a NUL byte. protobuf-c hands strings
+ * over NUL-terminated, so "a\0b" would silently arrive as "a": another
+ * message's id, or a shortened channel. Only called on bytes that decoded. */
+static bool wire_string_has_nul(const unsigned char *p, const unsigned char *end,
+                                int depth) {
+    while (p < end) {
+        uint64_t key, n;
+        if (!wire_varint(&p, end, &key))
+            return false;
+        unsigned field = (unsigned)(key >> 3);
+        switch (key & 7) {
+        case 0:
+            if (!wire_varint(&p, end, &n))
+                return false;
+            break;
+        case 1:
+            if (end - p < 8)
+                return false;
+            p += 8;
+            break;
+        case 5:
+            if (end - p < 4)
+                return false;
+            p += 4;
+            break;
+        case 2:
+            if (!wire_varint(&p, end, &n) || n > (uint64_t)(end - p))
+                return false;
+            if (depth == 0 && field == 7) {
+                if (wire_string_has_nul(p, p + n, 1))
+                    return true;
+            } else if (depth == 0 ? field == 1 || field == 2 || field == 3 ||
+                                        field == 6 || field == 8
+                                  : field == 1 || field == 2) {
+                if (memchr(p, 0, (size_t)n))
+                    return true;
+            }
+            p += n;
+            break;
+        default:
+            return false; /* groups: not in this schema */
+        }
+    }
+    return false;
+}
+
 int cv_envelope_decode(const cv_envelope_rules *rules, const char *topic,
                        const void *value, size_t len, cv_arena *arena,
                        cv_envelope *env) {
@@ -95,6 +158,8 @@ int cv_envelope_decode(const cv_envelope_rules *rules, const char *topic,
         return reject(env, CV_REJECT_DECODE,
                       "value is not a chatvault.v1.ChatMessage (%zu bytes)", len);
     env->msg = m;
+    if (wire_string_has_nul(value, (const unsigned char *)value + len, 0))
+        return reject(env, CV_REJECT_BAD_TEXT, "a string field contains a NUL byte");
 
     size_t idlen = strlen(m->message_id);
     if (idlen == 0)

@@ -302,6 +302,72 @@ static void test_rejects(void) {
            "bad topic is reported before a decode failure");
 }
 
+/* Appends a length-delimited field (tag `field`, wire type 2) to buf. */
+static size_t put_field(unsigned char *buf, size_t at, unsigned field,
+                        const void *data, size_t len) {
+    buf[at++] = (unsigned char)(field << 3 | 2);
+    buf[at++] = (unsigned char)len; /* the tests keep len < 128 */
+    memcpy(buf + at, data, len);
+    return at + len;
+}
+
+/* protobuf-c hands strings over NUL-terminated: a NUL inside a string field
+ * would silently shorten it (an id "a\0b" stored as "a"). Built by hand,
+ * since protobuf-c cannot encode such a string. */
+static void test_embedded_nul(void) {
+    static const struct {
+        unsigned field;
+        const char *value;
+        size_t len;
+        const char *name;
+    } cases[] = {
+        {1, "m\0-1", 4, "message_id"},
+        {3, "al\0ice", 6, "sender_id"},
+        {6, "text\0", 5, "content_type"},
+        {8, "acks\0", 5, "reply_to"},
+    };
+    unsigned char buf[256], entry[64];
+    cv_envelope env;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t n = 0;
+        if (cases[i].field != 1)
+            n = put_field(buf, n, 1, "m-1", 3);
+        n = put_field(buf, n, cases[i].field, cases[i].value, cases[i].len);
+        n = put_field(buf, n, 2, "general", 7);
+        cv_arena_reset(arena);
+        int r = cv_envelope_decode(&rules, "chat.general", buf, n, arena, &env);
+        tap_ok(r == -CV_EREJECT && env.reason == CV_REJECT_BAD_TEXT,
+               "NUL inside %s: rejected as bad_text", cases[i].name);
+    }
+
+    size_t n = put_field(buf, 0, 1, "m-1", 3);
+    n = put_field(buf, n, 2, "gene\0ral", 8);
+    cv_arena_reset(arena);
+    int r = cv_envelope_decode(&rules, "chat.gene", buf, n, arena, &env);
+    tap_ok(r == -CV_EREJECT && env.reason == CV_REJECT_BAD_TEXT,
+           "NUL inside channel: rejected, not read as a shorter channel");
+
+    size_t e = put_field(entry, 0, 1, "k", 1);
+    e = put_field(entry, e, 2, "v\0w", 3);
+    n = put_field(buf, 0, 1, "m-1", 3);
+    n = put_field(buf, n, 2, "general", 7);
+    n = put_field(buf, n, 7, entry, e);
+    cv_arena_reset(arena);
+    r = cv_envelope_decode(&rules, "chat.general", buf, n, arena, &env);
+    tap_ok(r == -CV_EREJECT && env.reason == CV_REJECT_BAD_TEXT,
+           "NUL inside an attribute value: rejected as bad_text");
+
+    n = put_field(buf, 0, 1, "m-1", 3);
+    n = put_field(buf, n, 2, "general", 7);
+    n = put_field(buf, n, 5, "\0\0b\0", 4);
+    buf[n++] = 4 << 3; /* sent_at_us = 0 */
+    buf[n++] = 0;
+    cv_arena_reset(arena);
+    r = cv_envelope_decode(&rules, "chat.general", buf, n, arena, &env);
+    tap_ok(r == 0 && env.msg && env.msg->body.len == 4,
+           "NUL bytes inside the body (bytes, not text): valid");
+}
+
 static void test_boundaries(void) {
     Chatvault__V1__ChatMessage m;
     char *id128 = repeat('i', CV_MESSAGE_ID_MAX);
@@ -529,6 +595,7 @@ int main(void) {
     test_reason_names();
     test_valid();
     test_rejects();
+    test_embedded_nul();
     test_boundaries();
     test_arena();
     test_utf8();

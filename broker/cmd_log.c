@@ -253,9 +253,20 @@ static int list_one(void *opaque, const cv_applog_segment_info *si) {
         snprintf(last, sizeof(last), "%" PRId64, si->last_offset);
     else
         snprintf(last, sizeof(last), "-");
+    char name[128];
+    if (si->repair) {
+        /* "repair-<session>/<segment>" */
+        const char *b = base_name(si->file);
+        const char *slash = b - 1, *start = slash;
+        while (start > si->file && start[-1] != '/')
+            start--;
+        snprintf(name, sizeof(name), "%.*s/%s", (int)(slash - start), start, b);
+    } else {
+        snprintf(name, sizeof(name), "%s", base_name(si->file));
+    }
     printf("%-24s %-26s %12" PRId64 " %12s %9" PRIu64 " %12" PRIu64
            " %5" PRIu32 " %-14s %s/%s\n",
-           c->name, base_name(si->file), si->first_offset, last, si->records,
+           c->name, name, si->first_offset, last, si->records,
            si->bytes, si->key_id, state,
            si->writer_name[0] ? si->writer_name : "?", wid);
     return 0;

@@ -117,8 +117,17 @@
  * pass as a broker segment or the other way round; a "CVAPLOGR" segment
  * outside a repair directory, or a "CVAPLOG\n" one inside, is damage. The
  * reader merges every repair directory of a partition with the partition's
- * own records (the rules of MANY INSTANCES apply); the broker's writer never
- * reads or writes them.
+ * own records (the rules of MANY INSTANCES apply). The broker's writer
+ * never reads them, and writes them only for late records (below).
+ *
+ * LATE RECORDS
+ * A record that reaches the broker's writer below its partition's last
+ * offset but is not in the partition (one rejected on an earlier delivery
+ * under other limits, say, and valid now) cannot join the chain behind its
+ * tail. It goes to the writer session's repair directory of the partition,
+ *   <log.dir>/<topic>-<partition>/repair-<session start, Unix us, 20 digits>/
+ * in the same group commit, so it is stored, chained there and merged by
+ * the reader like a repaired record. Its digest is its chain hash there.
  */
 #include "applog.h"
 
@@ -811,6 +820,9 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
     const char *why = NULL;
     if (strcmp(want, d->names[d->iseg]) != 0)
         why = "file name does not match the first offset in its header";
+    else if (h->repair != d->repair)
+        why = h->repair ? "repair segment outside a repair directory"
+                        : "broker segment inside a repair directory";
     else if (d->any && (strcmp(h->topic, d->topic) != 0 ||
                         h->partition != d->partition))
         why = "header names another topic-partition than the segments "
@@ -820,9 +832,6 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
     else if (d->any && sodium_memcmp(h->prev_chain, d->chain, DIGEST) != 0)
         why = "header does not chain to the previous segment's last record "
               "(segment dropped, replaced or reordered)";
-    else if (h->repair != d->repair)
-        why = h->repair ? "repair segment outside a repair directory"
-                        : "broker segment inside a repair directory";
     if (why) {
         errf(errbuf, errlen, "log segment %s at byte 0: %s", path, why);
         free(path);
@@ -1150,20 +1159,18 @@ out:
     return r;
 }
 
-int cv_applog_segments(const char *partition_dir, cv_applog_segment_fn *fn,
+/* The segments of one directory (a partition's or a repair one). */
+static int segments_of(const char *dir, bool repair, cv_applog_segment_fn *fn,
                        void *opaque, char *errbuf, size_t errlen) {
-    int r = lib_init(errbuf, errlen);
-    if (r < 0)
-        return r;
     char **names;
     size_t n;
-    r = list_names(partition_dir, SEG_SUFFIX, &names, &n, errbuf, errlen);
+    int r = list_names(dir, SEG_SUFFIX, &names, &n, errbuf, errlen);
     if (r < 0)
         return r;
     cv_buf none;
     cv_buf_init(&none, 0);
     for (size_t i = 0; i < n && r == 0; i++) {
-        char *path = path_join(partition_dir, names[i]);
+        char *path = path_join(dir, names[i]);
         if (!path) {
             r = -ENOMEM;
             break;
@@ -1184,6 +1191,7 @@ int cv_applog_segments(const char *partition_dir, cv_applog_segment_fn *fn,
             .created_us = s.h.created_us,
             .sealed = i + 1 < n,
             .writer_name = s.h.writer_name,
+            .repair = repair,
         };
         memcpy(si.writer_id, s.h.writer_id, 16);
         rawrec rr;
@@ -1198,12 +1206,37 @@ int cv_applog_segments(const char *partition_dir, cv_applog_segment_fn *fn,
             si.damaged_at = at;
             si.torn = i + 1 == n && seg_tail_is_torn(&s, at);
         }
+        if (s.h.repair != repair) {
+            si.damaged = true;
+            si.torn = false;
+            si.damaged_at = 0;
+        }
         si.records = s.index;
         si.last_offset = s.last_offset;
         r = fn(opaque, &si);
         seg_close(&s);
     }
     free_names(names, n);
+    return r;
+}
+
+int cv_applog_segments(const char *partition_dir, cv_applog_segment_fn *fn,
+                       void *opaque, char *errbuf, size_t errlen) {
+    int r = lib_init(errbuf, errlen);
+    if (r < 0)
+        return r;
+    r = segments_of(partition_dir, false, fn, opaque, errbuf, errlen);
+    char **reps = NULL;
+    size_t nrep = 0;
+    if (r == 0)
+        r = list_repair_dirs(partition_dir, &reps, &nrep, errbuf, errlen);
+    for (size_t i = 0; i < nrep && r == 0; i++) {
+        char *path = path_join(partition_dir, reps[i]);
+        r = path ? segments_of(path, true, fn, opaque, errbuf, errlen)
+                 : -ENOMEM;
+        free(path);
+    }
+    free_names(reps, nrep);
     return r;
 }
 
@@ -1248,6 +1281,8 @@ typedef struct part {
     wseg **touched; /* segments the current append writes to */
     size_t ntouched, tcap;
     bool touched_part;
+    bool repair;       /* writes a repair directory (HDR_MAGIC_REPAIR) */
+    struct part *late; /* the broker's repair directory for late records */
     /* this append's work for the partition (run by one thread) */
     size_t *jidx; /* indexes into the entries */
     size_t njidx, jcap;
@@ -1314,6 +1349,8 @@ static void part_free(part *p) {
     free(p->idig);
     free(p->touched);
     free(p->jidx);
+    if (p->late)
+        part_free(p->late);
     free(p);
 }
 
@@ -1390,6 +1427,7 @@ int cv_applog_open(const char *dir, const cv_keyring *keys,
     log->segment_bytes = segment_bytes;
     log->sys = real_syscalls;
     randombytes_buf(log->writer_id, sizeof(log->writer_id));
+    log->repair_session = cv_now_us();
     if (gethostname(log->writer_name, sizeof(log->writer_name)) < 0)
         log->writer_name[0] = '\0';
     log->writer_name[WRITER_NAME_MAX] = '\0';
@@ -1405,7 +1443,6 @@ int cv_applog_open_repair(const char *dir, const cv_keyring *keys,
     if (r < 0)
         return r;
     log->repair = true;
-    log->repair_session = cv_now_us();
     *ret = log;
     return 0;
 }
@@ -1457,7 +1494,7 @@ static void part_refuse(part *p, int err, const char *msg) {
  * segment. On damage the partition is refused (state < 0). */
 static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
     char msg[768];
-    if (log->repair) {
+    if (p->repair) {
         /* The partition directory the repair directory lives in. */
         char parent[PATH_MAX];
         if (cv_applog_partition_dir(log->dir, p->topic, p->partition, parent,
@@ -1639,6 +1676,7 @@ static int get_part(cv_applog *log, const char *topic, int32_t partition,
             return -ENOMEM;
         }
         cv_applog_partition_dir(log->dir, topic, partition, p->dir, dl);
+        p->repair = log->repair;
         if (log->repair) {
             size_t l = strlen(p->dir);
             snprintf(p->dir + l, dl - l, "/" REPAIR_PREFIX "%020" PRId64,
@@ -1733,7 +1771,7 @@ static int new_segment(cv_applog *log, part *p, int64_t first_offset) {
     cv_buf_init(&w->buf, BUF_LIMIT);
     seghdr *h = &w->h;
     h->key_id = log->key_id;
-    h->repair = log->repair;
+    h->repair = p->repair;
     randombytes_buf(h->seg_id, sizeof(h->seg_id));
     memcpy(h->writer_id, log->writer_id, 16);
     h->first_offset = first_offset;
@@ -1854,6 +1892,8 @@ static int write_all(cv_applog *log, wseg *w, char *errbuf, size_t errlen) {
  * durable size, removes new segments. Returns <0 if that failed too (the
  * partition is then refused: its files are in an unknown state). */
 static int rollback(cv_applog *log, part *p) {
+    if (p->late && p->late->state == 1)
+        rollback(log, p->late);
     int bad = 0;
     bool unlinked = false;
     for (size_t i = 0; i < p->ntouched; i++) {
@@ -1897,6 +1937,8 @@ static int rollback(cv_applog *log, part *p) {
 }
 
 static void commit(part *p) {
+    if (p->late && p->late->state == 1)
+        commit(p->late);
     bool dcur_touched = false;
     for (size_t i = 0; i < p->ntouched; i++) {
         wseg *w = p->touched[i];
@@ -1924,25 +1966,10 @@ static void commit(part *p) {
     p->dilen = p->ilen;
 }
 
-/* Everything one append does to one partition: encode its entries, write
- * each touched segment once, fdatasync each once, rename new segments into
- * place and fsync the directory. Touches only p (and the files of p), so
- * partitions run in parallel. Result in p->jr / p->jerr. */
-static void part_job(cv_applog *log, part *p) {
+/* Writes each touched segment of p once, fdatasyncs each once, renames new
+ * segments into place and fsyncs the directory. */
+static int flush_part(cv_applog *log, part *p) {
     int r = 0;
-    for (size_t k = 0; k < p->njidx && r == 0; k++) {
-        cv_applog_entry *e = &log->entries[p->jidx[k]];
-        if (e->offset <= p->last) {
-            r = lookup_digest(log, p, e->offset, e->digest, p->jerr,
-                              sizeof(p->jerr));
-            continue;
-        }
-        if ((r = encode(log, p, e)) < 0)
-            snprintf(p->jerr, sizeof(p->jerr),
-                     "log %s: cannot encode offset %" PRId64 ": %s", p->dir,
-                     e->offset,
-                     r == -EMSGSIZE ? "record too large" : strerror(-r));
-    }
     for (size_t i = 0; i < p->ntouched && r == 0; i++)
         r = write_all(log, p->touched[i], p->jerr, sizeof(p->jerr));
     for (size_t i = 0; i < p->ntouched && r == 0; i++) {
@@ -1975,6 +2002,83 @@ static void part_job(cv_applog *log, part *p) {
         r = -errno;
         snprintf(p->jerr, sizeof(p->jerr), "log directory %s: fsync: %s",
                  p->dir, strerror(-r));
+    }
+    return r;
+}
+
+/* The partition's repair directory of this session, for late records: a
+ * record below the tail that the partition does not hold cannot go into
+ * the chain, so it goes beside it (see LATE RECORDS). */
+static int late_part(cv_applog *log, part *p, part **ret) {
+    if (!p->late) {
+        part *l = calloc(1, sizeof(*l));
+        size_t dl = strlen(p->dir) + sizeof(REPAIR_PREFIX) + NAME_DIGITS + 2;
+        if (!l || !(l->topic = strdup(p->topic)) || !(l->dir = malloc(dl))) {
+            if (l)
+                free(l->topic);
+            free(l);
+            return -ENOMEM;
+        }
+        snprintf(l->dir, dl, "%s/" REPAIR_PREFIX "%020" PRId64, p->dir,
+                 log->repair_session);
+        l->partition = p->partition;
+        l->dirfd = -1;
+        l->repair = true;
+        p->late = l;
+    }
+    part *l = p->late;
+    if (l->state == 0) {
+        int r = part_open(log, l, p->jerr, sizeof(p->jerr));
+        if (r < 0 && l->state == 0) {
+            if (l->dirfd >= 0)
+                close(l->dirfd);
+            l->dirfd = -1;
+            l->ilen = l->dilen = 0;
+            return r;
+        }
+    }
+    if (l->state < 0) {
+        snprintf(p->jerr, sizeof(p->jerr), "%s", l->err);
+        return l->state;
+    }
+    *ret = l;
+    return 0;
+}
+
+/* Everything one append does to one partition: encode its entries, then
+ * flush_part. Touches only p (and the files of p), so partitions run in
+ * parallel. Result in p->jr / p->jerr. */
+static void part_job(cv_applog *log, part *p) {
+    int r = 0;
+    for (size_t k = 0; k < p->njidx && r == 0; k++) {
+        cv_applog_entry *e = &log->entries[p->jidx[k]];
+        part *into = p;
+        if (e->offset <= p->last) {
+            r = lookup_digest(log, p, e->offset, e->digest, p->jerr,
+                              sizeof(p->jerr));
+            if (r != -ERANGE || p->repair)
+                continue;
+            /* A late record (not held, below the tail). */
+            if ((r = late_part(log, p, &into)) < 0)
+                continue;
+            if (e->offset <= into->last) {
+                r = lookup_digest(log, into, e->offset, e->digest, p->jerr,
+                                  sizeof(p->jerr));
+                continue;
+            }
+        }
+        if ((r = encode(log, into, e)) < 0)
+            snprintf(p->jerr, sizeof(p->jerr),
+                     "log %s: cannot encode offset %" PRId64 ": %s",
+                     into->dir, e->offset,
+                     r == -EMSGSIZE ? "record too large" : strerror(-r));
+    }
+    if (r == 0)
+        r = flush_part(log, p);
+    if (r == 0 && p->late && p->late->ntouched) {
+        r = flush_part(log, p->late);
+        if (r < 0)
+            memcpy(p->jerr, p->late->jerr, sizeof(p->jerr));
     }
     p->jr = r;
 }

@@ -54,8 +54,9 @@ int cv_applog_open(const char *dir, const cv_keyring *keys,
  * is reported durable (the bytes of this call are truncated away again).
  * A partition whose log is damaged before its tail fails every append with
  * -CV_ECORRUPT and an error that says to run `chatvault log check`. An
- * entry below the partition's last offset that the log does not hold
- * fails with -ERANGE (the log cannot insert behind its tail). */
+ * entry below the partition's last offset that the log does not hold is
+ * written to the session's repair directory of the partition ("LATE
+ * RECORDS" in applog.c), where the reader finds it. */
 int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n,
                      char *errbuf, size_t errlen);
 
@@ -120,7 +121,8 @@ int cv_applog_partitions(const char *dir, cv_applog_partition_fn *fn,
                          void *opaque, char *errbuf, size_t errlen);
 
 /* One segment as `chatvault log list` shows it. Records are counted by
- * their frame check (CRC32C) and chain, without decrypting. */
+ * their frame check (CRC32C) and chain, without decrypting. The partition
+ * directory's segments come first, then those of its repair directories. */
 typedef struct cv_applog_segment_info {
     const char *file;
     const char *topic;
@@ -133,6 +135,7 @@ typedef struct cv_applog_segment_info {
     bool sealed;        /* a later segment follows; no writer appends here */
     unsigned char writer_id[CV_APPLOG_WRITER_ID_BYTES];
     const char *writer_name; /* host name of the writing instance */
+    bool repair;             /* in a repair directory (verify --repair) */
     bool damaged;            /* a frame failed its check (see torn/error) */
     bool torn;               /* ... at the very end of the last segment */
     uint64_t damaged_at;

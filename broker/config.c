@@ -106,8 +106,9 @@ static int parse_int(const char *s, int64_t *ret) {
     char *end;
     errno = 0;
     long long v = strtoll(s, &end, 10);
-    if (errno || end == s)
+    if (end == s)
         return -EINVAL;
+    bool overflow = errno == ERANGE;
     /* Accept the size suffixes operators write by hand. */
     int64_t mult = 1;
     if (*end == 'k' || *end == 'K')
@@ -118,7 +119,7 @@ static int parse_int(const char *s, int64_t *ret) {
         mult = INT64_C(1024) * 1024 * 1024, end++;
     if (*end != '\0')
         return -EINVAL;
-    if (v > INT64_MAX / mult || v < INT64_MIN / mult)
+    if (overflow || v > INT64_MAX / mult || v < INT64_MIN / mult)
         return -ERANGE;
     *ret = (int64_t)v * mult;
     return 0;
@@ -138,17 +139,19 @@ static bool choice_ok(const char *choices, const char *v) {
 
 static int validate(const prop *p, const char *value, const char *origin,
                     char *errbuf, size_t errlen) {
-    int64_t v;
+    int64_t v = 0;
+    int r;
     switch (p->type) {
     case PROP_STR:
         return 0;
     case PROP_INT:
-        if (parse_int(value, &v) < 0) {
+        r = parse_int(value, &v);
+        if (r == -EINVAL) {
             snprintf(errbuf, errlen, "%s: %s = \"%s\" is not an integer", origin,
                      p->name, value);
             return -EINVAL;
         }
-        if (v < p->min || v > p->max) {
+        if (r == -ERANGE || v < p->min || v > p->max) {
             snprintf(errbuf, errlen,
                      "%s: %s = %s is out of range (%" PRId64 "..%" PRId64 ")",
                      origin, p->name, value, p->min, p->max);

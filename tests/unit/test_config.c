@@ -152,13 +152,23 @@ static void test_file_errors(void) {
 
     r = load_text("log.segment_bytes = 99999999999999999999G\n", NULL, err,
                   sizeof(err), NULL);
-    tap_ok(r == -EINVAL && contains(err, "log.segment_bytes"),
-           "int overflow: error names key (%s)", err);
+    tap_ok(r == -EINVAL && contains(err, "log.segment_bytes") &&
+               contains(err, "out of range"),
+           "int overflow: error names key, says out of range (%s)", err);
 
     r = load_text("log.segment_bytes = 9000000000000000000G\n", NULL, err,
                   sizeof(err), NULL);
-    tap_ok(r == -EINVAL && contains(err, "log.segment_bytes"),
-           "int overflow through a suffix: error names key (%s)", err);
+    tap_ok(r == -EINVAL && contains(err, "log.segment_bytes") &&
+               contains(err, "out of range"),
+           "int overflow through a suffix: says out of range (%s)", err);
+
+    r = load_text("batch.max_ms = 1x5\n", NULL, err, sizeof(err), NULL);
+    tap_ok(r == -EINVAL && contains(err, "not an integer"),
+           "digits after a suffix: not an integer (%s)", err);
+
+    r = load_text("batch.max_ms = 99999999999999999999x\n", NULL, err, sizeof(err), NULL);
+    tap_ok(r == -EINVAL && contains(err, "not an integer"),
+           "overflowing digits with garbage: not an integer (%s)", err);
 
     r = load_text("ack.policy = some\n", NULL, err, sizeof(err), NULL);
     tap_ok(r == -EINVAL && contains(err, "ack.policy") && contains(err, "all|any"),

@@ -1,13 +1,20 @@
 /*
  * chatvault lag — ack lag per channel from a running broker: fetches its
  * /api/lag (http.listen, or --url) and prints a table, or the JSON itself.
+ * With --direct, or when no broker answers at http.listen, it computes the
+ * lag itself from Kafka (high watermarks, the group's committed offsets, the
+ * oldest unacked record) and PostgreSQL (chatvault.kafka_offsets), judging
+ * status over two snapshots --interval apart, and renders the same JSON.
  * Exit 0 when every channel is OK, 1 when any is WARN, STALL, STOP or ERR
- * or the broker cannot be reached, 2 on a usage error.
+ * or nothing can be reached, 2 on a usage error.
  */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
+#include <libpq-fe.h>
 #include <math.h>
 #include <netdb.h>
+#include <regex.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chatvault.pb-c.h"
 #include "cli.h"
 #include "json.h"
 #include "util.h"
@@ -28,13 +36,20 @@ static void on_signal(int sig) { (void)sig, stop = 1; }
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: chatvault lag [--url URL] [--json] [--partitions] [--watch [SECONDS]]\n"
-            "                     [-c FILE] [--set key=value]...\n\n"
+            "usage: chatvault lag [--url URL | --direct [--interval S]] [--json] [--partitions]\n"
+            "                     [--watch [SECONDS]] [-c FILE] [--set key=value]...\n\n"
             "Shows the ack lag of every channel as a running broker sees it: its\n"
             "/api/lag, at --url (default http://<http.listen>, with http.token sent as\n"
-            "a bearer token). Only http:// URLs.\n\n"
+            "a bearer token). Only http:// URLs. When no broker answers at http.listen\n"
+            "(and with --direct), the lag is computed from Kafka and PostgreSQL instead:\n"
+            "high watermarks, the group's committed offsets (kafka.group.id), the\n"
+            "oldest unacked record and chatvault.kafka_offsets, taken twice --interval\n"
+            "seconds apart (default 5) to judge the status. There CONSUMED and ACKED\n"
+            "are the stored and committed offsets summed over the partitions.\n\n"
             "  --url URL          the broker's HTTP address, e.g. http://10.0.0.5:9187\n"
-            "  --json             print the broker's JSON document unchanged\n"
+            "  --direct           compute from Kafka + PostgreSQL, do not ask a broker\n"
+            "  --interval S       direct mode: seconds between the two snapshots\n"
+            "  --json             print the JSON document (/api/lag's shape)\n"
             "  --partitions       one line per partition under each channel\n"
             "  --watch [SECONDS]  refresh every SECONDS (default 2) until interrupted\n\n"
             "Status (per channel, over the broker's sliding window):\n"
@@ -279,25 +294,395 @@ static int print_table(const cv_json *d, const char *where, bool partitions, boo
     return rc;
 }
 
-/* One fetch and print. Returns the exit code. */
-static int lag_once(const url *u, const char *where, const char *token, bool json,
-                    bool partitions, bool color) {
+/* ---- direct mode: Kafka + PostgreSQL, no broker ---- */
+
+typedef struct dpart {
+    char *topic;
+    const char *channel;
+    int32_t partition;
+    int64_t lo, hi;           /* watermarks; -1 unknown */
+    int64_t committed[2];     /* group's committed offset per snapshot; -1 none */
+    int64_t stored[2];        /* chatvault.kafka_offsets next_offset; -1 none */
+    int64_t hi_first;         /* high watermark at the first snapshot */
+    int64_t oldest_us;        /* sent_at (or Kafka time) of the oldest unacked */
+} dpart;
+
+static int64_t dp_acked(const dpart *p, int snap) {
+    int64_t a = p->committed[snap] >= 0 ? p->committed[snap] : p->lo;
+    return a > p->lo ? a : (p->lo > 0 ? p->lo : 0);
+}
+
+static int64_t dp_lag(const dpart *p, int snap) {
+    int64_t hi = snap ? p->hi : p->hi_first;
+    int64_t l = hi - dp_acked(p, snap);
+    return l > 0 ? l : 0;
+}
+
+static bool topic_matches(const char *pattern, regex_t *re, const char *topic) {
+    return pattern[0] == '^' ? regexec(re, topic, 0, NULL, 0) == 0
+                             : strcmp(pattern, topic) == 0;
+}
+
+/* Committed offsets of the group and PostgreSQL's next offsets into
+ * snapshot `snap`. PostgreSQL failing is reported through *pg_ok. */
+static int d_snapshot(rd_kafka_t *rk, PGconn *pg, const char *group, dpart *ps,
+                      size_t n, int snap, bool *pg_ok, char *err, size_t errlen) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)n);
+    for (size_t i = 0; i < n; i++) {
+        int64_t lo = -1, hi = -1;
+        if (rd_kafka_query_watermark_offsets(rk, ps[i].topic, ps[i].partition, &lo, &hi,
+                                             5000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            ps[i].lo = lo;
+            ps[i].hi = hi;
+        }
+        if (snap == 0)
+            ps[i].hi_first = ps[i].hi;
+        rd_kafka_topic_partition_list_add(l, ps[i].topic, ps[i].partition);
+    }
+    rd_kafka_resp_err_t e = rd_kafka_committed(rk, l, 10000);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(err, errlen, "reading the committed offsets of group %s: %s", group,
+                 rd_kafka_err2str(e));
+        rd_kafka_topic_partition_list_destroy(l);
+        return -EIO;
+    }
+    for (size_t i = 0; i < n; i++)
+        ps[i].committed[snap] = l->elems[i].offset >= 0 ? l->elems[i].offset : -1;
+    rd_kafka_topic_partition_list_destroy(l);
+    for (size_t i = 0; i < n; i++)
+        ps[i].stored[snap] = -1;
+    *pg_ok = false;
+    if (!pg || PQstatus(pg) != CONNECTION_OK)
+        return 0;
+    const char *params[1] = {group};
+    PGresult *res = PQexecParams(pg,
+                                 "SELECT topic, kafka_partition, next_offset FROM "
+                                 "chatvault.kafka_offsets WHERE consumer_group = $1",
+                                 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+        *pg_ok = true;
+        for (int r = 0; r < PQntuples(res); r++) {
+            const char *t = PQgetvalue(res, r, 0);
+            int32_t part = (int32_t)strtol(PQgetvalue(res, r, 1), NULL, 10);
+            for (size_t i = 0; i < n; i++)
+                if (ps[i].partition == part && strcmp(ps[i].topic, t) == 0)
+                    ps[i].stored[snap] = strtoll(PQgetvalue(res, r, 2), NULL, 10);
+        }
+    }
+    PQclear(res);
+    return 0;
+}
+
+/* Reads the record at each lagging partition's acked offset for its age. */
+static void d_oldest(rd_kafka_t *rk, dpart *ps, size_t n) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)n);
+    size_t want = 0;
+    for (size_t i = 0; i < n; i++)
+        if (dp_lag(&ps[i], 1) > 0) {
+            rd_kafka_topic_partition_list_add(l, ps[i].topic, ps[i].partition)->offset =
+                dp_acked(&ps[i], 1);
+            want++;
+        }
+    if (want && rd_kafka_assign(rk, l) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        int64_t deadline = cv_mono_ms() + 8000;
+        size_t got = 0;
+        while (got < want && cv_mono_ms() < deadline) {
+            rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
+            if (!m)
+                continue;
+            for (size_t i = 0; !m->err && i < n; i++) {
+                if (ps[i].partition != m->partition || ps[i].oldest_us ||
+                    strcmp(ps[i].topic, rd_kafka_topic_name(m->rkt)) != 0)
+                    continue;
+                Chatvault__V1__ChatMessage *cm =
+                    chatvault__v1__chat_message__unpack(NULL, m->len, m->payload);
+                int64_t ts = cm && cm->sent_at_us > 0 ? cm->sent_at_us : 0;
+                if (cm)
+                    chatvault__v1__chat_message__free_unpacked(cm, NULL);
+                if (!ts) {
+                    rd_kafka_timestamp_type_t tt;
+                    int64_t ms = rd_kafka_message_timestamp(m, &tt);
+                    ts = ms > 0 ? ms * 1000 : cv_now_us();
+                }
+                ps[i].oldest_us = ts;
+                got++;
+            }
+            rd_kafka_message_destroy(m);
+        }
+        rd_kafka_assign(rk, NULL);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+static int d_status(const dpart *ps, size_t n, const char *ch, bool pg_ok,
+                    const char **why) {
+    int64_t lag0 = 0, lag1 = 0, acked0 = 0, acked1 = 0, pending = 0, stored_moved = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (ps[i].channel != ch)
+            continue;
+        lag0 += dp_lag(&ps[i], 0);
+        lag1 += dp_lag(&ps[i], 1);
+        acked0 += dp_acked(&ps[i], 0);
+        acked1 += dp_acked(&ps[i], 1);
+        if (ps[i].stored[1] > dp_acked(&ps[i], 1))
+            pending += ps[i].stored[1] - dp_acked(&ps[i], 1);
+        if (ps[i].stored[1] != ps[i].stored[0])
+            stored_moved = 1;
+    }
+    if (!pg_ok) {
+        *why = "PostgreSQL unreachable";
+        return 4;
+    }
+    if (lag1 == 0) {
+        *why = "no lag";
+        return 0;
+    }
+    if (acked1 == acked0) {
+        if (pending || stored_moved) {
+            *why = "records stored but acks (committed offsets) not advancing";
+            return 2;
+        }
+        *why = "records wait in Kafka and nothing takes them (is a broker running?)";
+        return 3;
+    }
+    if (lag1 > lag0) {
+        *why = "acks advance but the lag grew";
+        return 1;
+    }
+    *why = "acks advancing";
+    return 0;
+}
+
+static int dpart_cmp(const void *a, const void *b) {
+    const dpart *x = a, *y = b;
+    int c = strcmp(x->topic, y->topic);
+    return c ? c : (x->partition > y->partition) - (x->partition < y->partition);
+}
+
+/* Computes the /api/lag document from Kafka and PostgreSQL into `out`. */
+static int lag_direct(const cv_config *cfg, double interval, cv_buf *out, char *err,
+                      size_t errlen) {
+    static const char *names[] = {"OK", "WARN", "STALL", "STOP", "ERR"};
+    const char *pattern = cv_config_str(cfg, "topics.pattern");
+    const char *prefix = cv_config_str(cfg, "topics.prefix");
+    const char *group = cv_config_kafka_get(cfg, "group.id");
+    int rc = -EIO;
+    regex_t re;
+    bool have_re = false;
+    rd_kafka_t *rk = NULL;
+    PGconn *pg = NULL;
+    dpart *ps = NULL;
+    size_t n = 0;
+    const rd_kafka_metadata_t *md = NULL;
+    if (pattern[0] == '^') {
+        if (regcomp(&re, pattern, REG_EXTENDED | REG_NOSUB) != 0) {
+            snprintf(err, errlen, "topics.pattern \"%s\" is not a regular expression", pattern);
+            return -EINVAL;
+        }
+        have_re = true;
+    }
+    char kerr[512];
+    rd_kafka_conf_t *conf = cv_cli_kafka_conf(cfg, "consumer", NULL, kerr, sizeof(kerr));
+    if (!conf) {
+        snprintf(err, errlen, "%s", kerr);
+        rc = -EINVAL;
+        goto out;
+    }
+    if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr)))) {
+        snprintf(err, errlen, "kafka: %.400s", kerr);
+        goto out;
+    }
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 1, NULL, &md, 10000);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(err, errlen, "kafka metadata: %s", rd_kafka_err2str(e));
+        goto out;
+    }
+    size_t cap = 0;
+    for (int t = 0; t < md->topic_cnt; t++)
+        if (topic_matches(pattern, &re, md->topics[t].topic))
+            cap += (size_t)md->topics[t].partition_cnt;
+    ps = calloc(cap + 1, sizeof(*ps));
+    if (!ps) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    size_t plen = strlen(prefix);
+    for (int t = 0; t < md->topic_cnt; t++) {
+        const rd_kafka_metadata_topic_t *mt = &md->topics[t];
+        if (!topic_matches(pattern, &re, mt->topic))
+            continue;
+        for (int k = 0; k < mt->partition_cnt; k++) {
+            dpart *p = &ps[n];
+            if (!(p->topic = strdup(mt->topic))) {
+                snprintf(err, errlen, "out of memory");
+                goto out;
+            }
+            p->partition = mt->partitions[k].id;
+            p->lo = p->hi = p->hi_first = -1;
+            n++;
+        }
+    }
+    qsort(ps, n, sizeof(*ps), dpart_cmp);
+    for (size_t i = 0; i < n; i++) { /* channel: one shared pointer per topic */
+        if (i && strcmp(ps[i].topic, ps[i - 1].topic) == 0)
+            ps[i].channel = ps[i - 1].channel;
+        else
+            ps[i].channel = strncmp(ps[i].topic, prefix, plen) == 0 && ps[i].topic[plen]
+                                ? ps[i].topic + plen
+                                : ps[i].topic;
+    }
+    pg = PQconnectdb(cv_config_str(cfg, "postgres.conninfo"));
+    bool pg_ok = false;
+    if (d_snapshot(rk, pg, group, ps, n, 0, &pg_ok, err, errlen) < 0)
+        goto out;
+    struct timespec ts = {(time_t)interval, (long)((interval - (double)(time_t)interval) * 1e9)};
+    while (!stop && nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+    if (d_snapshot(rk, pg, group, ps, n, 1, &pg_ok, err, errlen) < 0)
+        goto out;
+    d_oldest(rk, ps, n);
+    int64_t now_us = cv_now_us();
+
+    int worst = 0;
+    int64_t tot_lag = 0, tot_age = 0, tot_inflight = 0, tot_acked = 0, tot_stored = 0;
+    double tot_rate = 0;
+    int r = cv_buf_printf(out, "{\"source\":\"direct\",\"time_ms\":%" PRId64
+                               ",\"version\":\"%s\",\"window_s\":%.1f,\"degraded\":false,"
+                               "\"channels\":[",
+                          now_us / 1000, CV_VERSION, interval);
+    for (size_t i = 0; r == 0 && i < n; i++) {
+        if (i && ps[i].channel == ps[i - 1].channel)
+            continue;
+        const char *ch = ps[i].channel, *why = "";
+        int st = d_status(ps, n, ch, pg_ok, &why);
+        worst = st > worst ? st : worst;
+        int64_t lag = 0, age = 0, inflight = 0, acked = 0, acked0 = 0, stored = 0;
+        for (size_t k = i; k < n && ps[k].channel == ch; k++) {
+            const dpart *p = &ps[k];
+            lag += dp_lag(p, 1);
+            acked += dp_acked(p, 1);
+            acked0 += dp_acked(p, 0);
+            stored += p->stored[1] > 0 ? p->stored[1] : 0;
+            if (p->stored[1] > dp_acked(p, 1))
+                inflight += p->stored[1] - dp_acked(p, 1);
+            if (dp_lag(p, 1) && p->oldest_us && now_us - p->oldest_us > age)
+                age = now_us - p->oldest_us;
+        }
+        double rate = (double)(acked - acked0) / interval;
+        tot_lag += lag, tot_inflight += inflight, tot_acked += acked, tot_stored += stored;
+        tot_age = age > tot_age ? age : tot_age;
+        tot_rate += rate;
+        r = cv_buf_printf(out, "%s{\"channel\":", i ? "," : "");
+        if (!r)
+            r = cv_buf_json_string(out, ch, strlen(ch));
+        if (!r)
+            r = cv_buf_printf(out, ",\"status\":\"%s\",\"why\":\"%s\",\"rate\":%.2f,"
+                                   "\"lag_messages\":%" PRId64 ",\"lag_seconds\":%.3f,"
+                                   "\"inflight\":%" PRId64 ",\"consumed\":%" PRId64
+                                   ",\"acked\":%" PRId64 ",\"rejected\":0,\"duplicate\":0,"
+                                   "\"partitions\":[",
+                              names[st], why, rate, lag, (double)age / 1e6, inflight,
+                              stored, acked);
+        for (size_t k = i; r == 0 && k < n && ps[k].channel == ch; k++) {
+            const dpart *p = &ps[k];
+            r = cv_buf_printf(out, "%s{\"topic\":", k > i ? "," : "");
+            if (!r)
+                r = cv_buf_json_string(out, p->topic, strlen(p->topic));
+            if (!r)
+                r = cv_buf_printf(out, ",\"partition\":%" PRId32 ",\"high_watermark\":%" PRId64
+                                       ",\"acked_offset\":%" PRId64 ",\"stored_offset\":%" PRId64
+                                       ",\"lag_messages\":%" PRId64 ",\"lag_seconds\":%.3f"
+                                       ",\"inflight\":%" PRId64 ",\"assigned\":true}",
+                                  p->partition, p->hi, dp_acked(p, 1), p->stored[1],
+                                  dp_lag(p, 1),
+                                  dp_lag(p, 1) && p->oldest_us
+                                      ? (double)(now_us - p->oldest_us) / 1e6
+                                      : 0.0,
+                                  p->stored[1] > dp_acked(p, 1) ? p->stored[1] - dp_acked(p, 1)
+                                                                : 0);
+        }
+        if (!r)
+            r = cv_buf_append(out, "]}", 2);
+    }
+    if (!r)
+        r = cv_buf_printf(out, "],\"status\":\"%s\",\"totals\":{\"lag_messages\":%" PRId64
+                               ",\"lag_seconds\":%.3f,\"inflight\":%" PRId64 ",\"rate\":%.2f"
+                               ",\"consumed\":%" PRId64 ",\"acked\":%" PRId64
+                               "},\"latency\":{\"p50_s\":null,\"p99_s\":null},"
+                               "\"stores\":[{\"name\":\"postgres\",\"up\":%s,\"last_error\":",
+                          names[worst], tot_lag, (double)tot_age / 1e6, tot_inflight,
+                          tot_rate, tot_stored, tot_acked, pg_ok ? "true" : "false");
+    if (!r) {
+        const char *pe = pg_ok ? "" : PQerrorMessage(pg);
+        char line[512];
+        snprintf(line, sizeof(line), "%s", pe);
+        cv_one_line(line);
+        r = cv_buf_json_string(out, line, strlen(line));
+    }
+    if (!r)
+        r = cv_buf_append(out, "}],\"rejected_recent\":[]}\n", 25);
+    if (r < 0) {
+        snprintf(err, errlen, "output too large");
+        goto out;
+    }
+    rc = 0;
+out:
+    for (size_t i = 0; ps && i < n; i++)
+        free(ps[i].topic);
+    free(ps);
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    if (rk) {
+        rd_kafka_consumer_close(rk);
+        rd_kafka_destroy(rk);
+    }
+    if (pg)
+        PQfinish(pg);
+    if (have_re)
+        regfree(&re);
+    return rc;
+}
+
+typedef struct lag_src {
+    const url *u;          /* NULL: direct only */
+    const char *where;
+    const char *token;
+    const cv_config *cfg;
+    bool fallback;         /* no broker answering: compute directly */
+    double interval;       /* direct mode: seconds between the snapshots */
+} lag_src;
+
+/* One fetch (or computation) and print. Returns the exit code. */
+static int lag_once(lag_src *src, bool json, bool partitions, bool color) {
     char err[512];
     cv_buf body;
     cv_buf_init(&body, RESPONSE_LIMIT);
-    int status = http_get(u, token, &body, err, sizeof(err));
     int rc = CV_EXIT_FAILURE;
-    if (status < 0) {
-        cv_error("lag", "%s", err);
-        goto out;
+    const char *where = src->where;
+    if (src->u) {
+        int status = http_get(src->u, src->token, &body, err, sizeof(err));
+        if (status < 0 && src->fallback) {
+            fprintf(stderr, "chatvault lag: no broker at %s (%s); computing from Kafka "
+                            "and PostgreSQL\n", src->where, strerror(-status));
+            src->u = NULL;
+        } else if (status < 0) {
+            cv_error("lag", "%s", err);
+            goto out;
+        } else if (status == 401) {
+            cv_error("lag", "%s: 401 unauthorized (set http.token to the broker's token)",
+                     where);
+            goto out;
+        } else if (status != 200) {
+            cv_error("lag", "%s: HTTP %d", where, status);
+            goto out;
+        }
     }
-    if (status == 401) {
-        cv_error("lag", "%s: 401 unauthorized (set http.token to the broker's token)", where);
-        goto out;
-    }
-    if (status != 200) {
-        cv_error("lag", "%s: HTTP %d", where, status);
-        goto out;
+    if (!src->u) {
+        where = "Kafka + PostgreSQL (direct)";
+        if (lag_direct(src->cfg, src->interval, &body, err, sizeof(err)) < 0) {
+            cv_error("lag", "%s", err);
+            goto out;
+        }
     }
     cv_json *d = NULL;
     if (cv_json_parse((const char *)body.data, body.len, &d, err, sizeof(err)) < 0) {
@@ -325,11 +710,13 @@ int cv_cmd_lag(int argc, char **argv) {
                                          {"json", no_argument, NULL, 'j'},
                                          {"partitions", no_argument, NULL, 'p'},
                                          {"watch", optional_argument, NULL, 'w'},
+                                         {"direct", no_argument, NULL, 'd'},
+                                         {"interval", required_argument, NULL, 'i'},
                                          {NULL, 0, NULL, 0}};
     cv_cli_config cli = {0};
     const char *url_arg = NULL;
-    bool json = false, partitions = false;
-    double watch = 0;
+    bool json = false, partitions = false, direct = false;
+    double watch = 0, interval = 5;
     int opt;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
@@ -351,6 +738,18 @@ int cv_cmd_lag(int argc, char **argv) {
         case 'p':
             partitions = true;
             break;
+        case 'd':
+            direct = true;
+            break;
+        case 'i': {
+            char *end = NULL;
+            interval = strtod(optarg, &end);
+            if (*end || interval < 0.5 || interval > 600) {
+                cv_error("lag", "--interval \"%s\": give seconds between 0.5 and 600", optarg);
+                return CV_EXIT_USAGE;
+            }
+            break;
+        }
         case 'w': {
             const char *a = optarg;
             if (!a && optind < argc && argv[optind][0] >= '0' && argv[optind][0] <= '9')
@@ -377,35 +776,42 @@ int cv_cmd_lag(int argc, char **argv) {
         return CV_EXIT_USAGE;
     char where[600], err[512];
     const char *listen = cv_config_str(cfg, "http.listen");
-    if (url_arg)
-        snprintf(where, sizeof(where), "%s", url_arg);
-    else if (*listen)
-        snprintf(where, sizeof(where), "http://%s", listen);
-    else {
-        cv_error("lag", "http.listen is empty (the broker serves no HTTP): give --url");
-        cv_config_free(cfg);
-        return CV_EXIT_USAGE;
-    }
+    lag_src src = {.cfg = cfg, .token = cv_config_str(cfg, "http.token"),
+                   .interval = interval, .where = where};
     url u;
-    if (parse_url(where, &u, err, sizeof(err)) < 0) {
-        cv_error("lag", "%s", err);
+    if (url_arg && direct) {
+        cv_error("lag", "give --url or --direct, not both");
         cv_config_free(cfg);
         return CV_EXIT_USAGE;
     }
-    const char *token = cv_config_str(cfg, "http.token");
+    if (!direct && (url_arg || *listen)) {
+        if (url_arg)
+            snprintf(where, sizeof(where), "%s", url_arg);
+        else
+            snprintf(where, sizeof(where), "http://%s", listen);
+        if (parse_url(where, &u, err, sizeof(err)) < 0) {
+            cv_error("lag", "%s", err);
+            cv_config_free(cfg);
+            return CV_EXIT_USAGE;
+        }
+        src.u = &u;
+        src.fallback = !url_arg;
+    } else {
+        snprintf(where, sizeof(where), "Kafka + PostgreSQL (direct)");
+    }
     bool tty = isatty(STDOUT_FILENO);
     int rc;
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     if (watch <= 0) {
-        rc = lag_once(&u, where, token, json, partitions, tty);
+        rc = lag_once(&src, json, partitions, tty);
     } else {
-        struct sigaction sa = {0};
-        sa.sa_handler = on_signal;
-        sigaction(SIGINT, &sa, NULL);
-        sigaction(SIGTERM, &sa, NULL);
         do {
             if (tty && !json)
                 fputs("\033[H\033[2J", stdout);
-            rc = lag_once(&u, where, token, json, partitions, tty);
+            rc = lag_once(&src, json, partitions, tty);
             if (!json && !tty)
                 putchar('\n');
             struct timespec ts = {(time_t)watch, (long)((watch - (double)(time_t)watch) * 1e9)};

@@ -223,4 +223,24 @@ with cvtest.Harness('metrics', topics=topics, partitions=4,
     h.is_(val(scrape()[0], 'chatvault_acked_total', channel='m1', status='persisted'),
           sent['m1'] + 10, 'the 10 messages published meanwhile are acked')
     h.is_(get('/readyz')[0], 200, '/readyz 200 again')
+
+    # --- chatvault lag -----------------------------------------------------
+    r = h.run('lag')
+    h.ok(r.returncode == 0 and re.search(r'^m1 +OK ', r.stdout, re.M),
+         'chatvault lag: table from the broker, m1 OK, exit 0', r.stdout + r.stderr)
+    r = h.run('lag', '--json')
+    h.ok(r.returncode == 0 and json.loads(r.stdout)['status'] == 'OK',
+         'chatvault lag --json: the broker\'s document', r.stdout[:300] + r.stderr)
     h.is_(h.broker.stop(), 0, 'broker exits 0 on SIGTERM')
+    r = h.run('lag', '--direct', '--interval', '1', '--json')
+    d = json.loads(r.stdout) if r.stdout.startswith('{') else {}
+    h.ok(r.returncode == 0 and d.get('source') == 'direct' and d.get('status') == 'OK',
+         'chatvault lag --direct with everything acked: OK, exit 0', r.stdout[:400] + r.stderr)
+    for i in range(3):
+        prod.send('chat.m2', value=cvtest.chat_message('m2', b'nobody consumes %d' % i)[1])
+    prod.flush(timeout=60)
+    r = h.run('lag', '--interval', '1')   # no broker answers: falls back to direct
+    h.ok(r.returncode == 1 and re.search(r'^m2 +STOP +[0-9.]+ +3 ', r.stdout, re.M)
+         and 'no broker at' in r.stderr,
+         'chatvault lag without a broker: m2 STOP with 3 waiting, exit 1',
+         r.stdout + r.stderr)

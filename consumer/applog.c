@@ -119,6 +119,19 @@
  * reader merges every repair directory of a partition with the partition's
  * own records (the rules of MANY INSTANCES apply). The broker's writer
  * never reads them, and writes them only for late records (below).
+ * A repair segment's header has one more field, before the CRC (so for it
+ * H = 156 + T + N):
+ * 120+T+N 32  bridge: zeros, or the previous-segment chain hash of a
+ *             partition segment whose link is broken (the segment before it
+ *             was removed or lost)
+ * A session that refills a lost segment "bridges" it: its first segment's
+ * previous-segment chain hash is the chain hash of the partition's last
+ * record before the loss, and its bridge field is the chain hash the next
+ * partition segment links to. The reader accepts a broken link between two
+ * partition segments only when a repair directory's first segment, holding
+ * at least one record, names exactly those two hashes (its records
+ * authenticate only with its header unchanged). Any other broken link is
+ * damage.
  *
  * LATE RECORDS
  * A record that reaches the broker's writer below its partition's last
@@ -155,7 +168,7 @@
 #define HDR_VERSION 1
 #define HDR_FIXED 120
 #define KEYCHECK_CONTEXT "chatvault log key check"
-#define HDR_MAX (HDR_FIXED + 255 + 64 + 4)
+#define HDR_MAX (HDR_FIXED + 255 + 64 + DIGEST + 4)
 #define FRAME_MAGIC "CVR\x01"
 #define FRAME_HDR 32
 #define TAG_BYTES crypto_aead_xchacha20poly1305_ietf_ABYTES
@@ -294,12 +307,14 @@ typedef struct seghdr {
     char writer_name[WRITER_NAME_MAX + 1];
     unsigned char hash[DIGEST]; /* HH */
     bool repair;                /* magic HDR_MAGIC_REPAIR */
+    unsigned char bridge[DIGEST]; /* repair segments only */
 } seghdr;
 
 /* Encodes h into out (HDR_MAX bytes); returns the length. Fills h->hash. */
 static size_t hdr_encode(seghdr *h, unsigned char *out) {
     size_t nlen = strlen(h->writer_name);
-    size_t hl = HDR_FIXED + h->topic_len + nlen + 4;
+    size_t extra = h->repair ? DIGEST : 0;
+    size_t hl = HDR_FIXED + h->topic_len + nlen + extra + 4;
     memcpy(out, h->repair ? HDR_MAGIC_REPAIR : HDR_MAGIC, 8);
     cv_be16(out + 8, HDR_VERSION);
     cv_be16(out + 10, (uint16_t)hl);
@@ -315,6 +330,8 @@ static size_t hdr_encode(seghdr *h, unsigned char *out) {
     memcpy(out + 104, h->key_check, 16);
     memcpy(out + HDR_FIXED, h->topic, h->topic_len);
     memcpy(out + HDR_FIXED + h->topic_len, h->writer_name, nlen);
+    if (extra)
+        memcpy(out + HDR_FIXED + h->topic_len + nlen, h->bridge, DIGEST);
     cv_be32(out + hl - 4, crc32c(out, hl - 4));
     h->hlen = (uint16_t)hl;
     crypto_generichash(h->hash, DIGEST, out, hl, NULL, 0);
@@ -331,7 +348,9 @@ static const char *hdr_decode(const unsigned char *p, size_t size, seghdr *h) {
         return "unknown segment format version";
     size_t hl = rd16(p + 10);
     size_t tl = rd16(p + 100), nl = rd16(p + 102);
-    if (hl != HDR_FIXED + tl + nl + 4 || tl == 0 || tl > 255 ||
+    bool repair = memcmp(p, HDR_MAGIC_REPAIR, 8) == 0;
+    size_t extra = repair ? DIGEST : 0;
+    if (hl != HDR_FIXED + tl + nl + extra + 4 || tl == 0 || tl > 255 ||
         nl > WRITER_NAME_MAX || hl > size)
         return "bad segment header length";
     if (crc32c(p, hl - 4) != rd32(p + hl - 4))
@@ -351,6 +370,9 @@ static const char *hdr_decode(const unsigned char *p, size_t size, seghdr *h) {
     h->topic[tl] = '\0';
     memcpy(h->writer_name, p + HDR_FIXED + tl, nl);
     h->writer_name[nl] = '\0';
+    memset(h->bridge, 0, DIGEST);
+    if (extra)
+        memcpy(h->bridge, p + HDR_FIXED + tl + nl, DIGEST);
     crypto_generichash(h->hash, DIGEST, p, hl, NULL, 0);
     return NULL;
 }
@@ -747,7 +769,10 @@ nomem:
 
 /* ---- one directory of a partition ------------------------------------- */
 
+struct cv_applog_reader;
+
 typedef struct pdir {
+    struct cv_applog_reader *owner; /* the reader it belongs to, if any */
     char *dir;
     char **names;
     size_t nseg, iseg;
@@ -805,6 +830,9 @@ static int pdir_init(pdir *d, const char *dir, const cv_keyring *keys,
     return 0;
 }
 
+static bool reader_bridged(struct cv_applog_reader *r, const pdir *d,
+                           const seghdr *h, const char *path);
+
 static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
     char *path = path_join(d->dir, d->names[d->iseg]);
     if (!path)
@@ -829,7 +857,8 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
               "before it";
     else if (d->any && h->first_offset <= d->last_offset)
         why = "first offset does not follow the previous segment";
-    else if (d->any && sodium_memcmp(h->prev_chain, d->chain, DIGEST) != 0)
+    else if (d->any && sodium_memcmp(h->prev_chain, d->chain, DIGEST) != 0 &&
+             !(d->owner && !d->repair && reader_bridged(d->owner, d, h, path)))
         why = "header does not chain to the previous segment's last record "
               "(segment dropped, replaced or reordered)";
     if (why) {
@@ -917,15 +946,26 @@ static int pdir_next(pdir *d, char *errbuf, size_t errlen) {
 
 /* ---- the reader: merging directories ---------------------------------- */
 
+typedef struct bridge {
+    unsigned char from[DIGEST], to[DIGEST];
+} bridge;
+
 struct cv_applog_reader {
     pdir *dirs;
     size_t n;
+    bridge *bridges; /* named by the first segments of repair directories */
+    size_t nbridges;
+    cv_applog_break_fn *on_break;
+    void *break_opaque;
     bool started;
     int err;
     char errmsg[512];
     size_t last; /* dir whose record was returned last */
     bool has_last;
 };
+
+static int collect_bridge(cv_applog_reader *r, const pdir *d, char *errbuf,
+                          size_t errlen);
 
 int cv_applog_reader_open(const char *const *dirs, size_t ndirs,
                           const cv_keyring *keys, cv_applog_reader **ret,
@@ -956,13 +996,16 @@ int cv_applog_reader_open(const char *const *dirs, size_t ndirs,
         goto out;
     }
     for (size_t i = 0; i < ndirs && r == 0; i++) {
-        r = pdir_init(&rd->dirs[rd->n++], dirs[i], keys, -1, errbuf, errlen);
+        r = pdir_init(&rd->dirs[rd->n], dirs[i], keys, -1, errbuf, errlen);
+        rd->dirs[rd->n++].owner = rd;
         for (size_t k = 0; k < nrep[i] && r == 0; k++) {
             char *path = path_join(dirs[i], rep[i][k]);
-            r = path ? pdir_init(&rd->dirs[rd->n++], path, keys, -1, errbuf,
-                                 errlen)
-                     : -ENOMEM;
+            pdir *d = &rd->dirs[rd->n++];
+            r = path ? pdir_init(d, path, keys, -1, errbuf, errlen) : -ENOMEM;
+            d->owner = rd;
             free(path);
+            if (r == 0)
+                r = collect_bridge(rd, d, errbuf, errlen);
         }
     }
 out:
@@ -975,6 +1018,61 @@ out:
         return r;
     }
     *ret = rd;
+    return 0;
+}
+
+static bool reader_bridged(struct cv_applog_reader *r, const pdir *d,
+                           const seghdr *h, const char *path) {
+    for (size_t i = 0; i < r->nbridges; i++)
+        if (sodium_memcmp(r->bridges[i].from, d->chain, DIGEST) == 0 &&
+            sodium_memcmp(r->bridges[i].to, h->prev_chain, DIGEST) == 0)
+            return true;
+    if (!r->on_break)
+        return false;
+    cv_applog_break b = {
+        .file = path,
+        .after_offset = d->last_offset,
+        .next_offset = h->first_offset,
+    };
+    memcpy(b.after_chain, d->chain, DIGEST);
+    memcpy(b.next_prev_chain, h->prev_chain, DIGEST);
+    r->on_break(r->break_opaque, &b);
+    return true;
+}
+
+void cv_applog_reader_on_break(cv_applog_reader *r, cv_applog_break_fn *fn,
+                               void *opaque) {
+    r->on_break = fn;
+    r->break_opaque = opaque;
+}
+
+/* Adds the bridge named by the first segment of repair directory d. */
+static int collect_bridge(cv_applog_reader *r, const pdir *d, char *errbuf,
+                          size_t errlen) {
+    static const unsigned char zero[DIGEST];
+    if (!d->nseg)
+        return 0;
+    char *path = path_join(d->dir, d->names[0]);
+    if (!path)
+        return -ENOMEM;
+    seg s;
+    int x = seg_open(&s, path, errbuf, errlen);
+    free(path);
+    if (x < 0)
+        return x;
+    if (s.h.repair && s.size > s.h.hlen &&
+        sodium_memcmp(s.h.bridge, zero, DIGEST) != 0) {
+        bridge *nb = realloc(r->bridges, (r->nbridges + 1) * sizeof(*nb));
+        if (!nb) {
+            seg_close(&s);
+            return -ENOMEM;
+        }
+        r->bridges = nb;
+        memcpy(nb[r->nbridges].from, s.h.prev_chain, DIGEST);
+        memcpy(nb[r->nbridges].to, s.h.bridge, DIGEST);
+        r->nbridges++;
+    }
+    seg_close(&s);
     return 0;
 }
 
@@ -1089,6 +1187,7 @@ cv_applog_reader *cv_applog_reader_free(cv_applog_reader *r) {
     for (size_t i = 0; i < r->n; i++)
         pdir_release(&r->dirs[i]);
     free(r->dirs);
+    free(r->bridges);
     free(r);
     return NULL;
 }
@@ -1289,6 +1388,7 @@ typedef struct part {
     int jr;
     char jerr[768];
     unsigned char chain[DIGEST], dchain[DIGEST];
+    unsigned char bridge[DIGEST]; /* repair: see REPAIR SEGMENTS */
     int64_t last, dlast;
     /* recent (offset, digest), ascending */
     int64_t *ioff;
@@ -1442,8 +1542,40 @@ int cv_applog_open_repair(const char *dir, const cv_keyring *keys,
     int r = cv_applog_open(dir, keys, segment_bytes, &log, errbuf, errlen);
     if (r < 0)
         return r;
+    /* Sessions of one process get distinct directories. */
+    static int64_t last_session;
     log->repair = true;
+    if (log->repair_session <= last_session)
+        log->repair_session = last_session + 1;
+    last_session = log->repair_session;
     *ret = log;
+    return 0;
+}
+
+static int get_part(cv_applog *log, const char *topic, int32_t partition,
+                    part **ret, char *errbuf, size_t errlen);
+
+int cv_applog_repair_bridge(cv_applog *log, const char *topic,
+                            int32_t partition, const unsigned char *after_chain,
+                            const unsigned char *next_prev_chain, char *errbuf,
+                            size_t errlen) {
+    if (!log->repair) {
+        errf(errbuf, errlen, "log %s: only a repair session bridges", log->dir);
+        return -EINVAL;
+    }
+    part *p;
+    int r = get_part(log, topic, partition, &p, errbuf, errlen);
+    if (r < 0)
+        return r;
+    if (p->last >= 0 || p->cur) {
+        errf(errbuf, errlen,
+             "log %s: a bridge must come before the session's first record",
+             p->dir);
+        return -EBUSY;
+    }
+    memcpy(p->chain, after_chain, DIGEST);
+    memcpy(p->dchain, after_chain, DIGEST);
+    memcpy(p->bridge, next_prev_chain, DIGEST);
     return 0;
 }
 
@@ -1772,6 +1904,8 @@ static int new_segment(cv_applog *log, part *p, int64_t first_offset) {
     seghdr *h = &w->h;
     h->key_id = log->key_id;
     h->repair = p->repair;
+    if (p->repair)
+        memcpy(h->bridge, p->bridge, DIGEST);
     randombytes_buf(h->seg_id, sizeof(h->seg_id));
     memcpy(h->writer_id, log->writer_id, 16);
     h->first_offset = first_offset;
@@ -1966,6 +2100,10 @@ static void commit(part *p) {
     p->dilen = p->ilen;
 }
 
+/* Everything one append does to one partition: encode its entries, write
+ * each touched segment once, fdatasync each once, rename new segments into
+ * place and fsync the directory. Touches only p (and the files of p), so
+ * partitions run in parallel. Result in p->jr / p->jerr. */
 /* Writes each touched segment of p once, fdatasyncs each once, renames new
  * segments into place and fsyncs the directory. */
 static int flush_part(cv_applog *log, part *p) {

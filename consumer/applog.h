@@ -71,6 +71,18 @@ int cv_applog_open_repair(const char *dir, const cv_keyring *keys,
                           uint64_t segment_bytes, cv_applog **ret,
                           char *errbuf, size_t errlen);
 
+/* Makes this repair session's directory of topic-partition bridge a lost
+ * segment (see REPAIR SEGMENTS in applog.c): its records chain on from
+ * `after_chain` (the chain hash of the partition's last record before the
+ * loss) and its header names `next_prev_chain` (the link of the partition
+ * segment after the loss), so the reader accepts the broken link. Both come
+ * from a cv_applog_break. Call before the session's first append to that
+ * partition (-EBUSY after), on a log from cv_applog_open_repair. */
+int cv_applog_repair_bridge(cv_applog *log, const char *topic,
+                            int32_t partition, const unsigned char *after_chain,
+                            const unsigned char *next_prev_chain, char *errbuf,
+                            size_t errlen);
+
 /* Closes every segment. Accepts NULL; returns NULL. */
 cv_applog *cv_applog_free(cv_applog *log);
 
@@ -197,6 +209,23 @@ void cv_applog_reader_skip_to(cv_applog_reader *r, int64_t offset);
  * returns the same error. */
 int cv_applog_reader_next(cv_applog_reader *r, cv_applog_record *rec,
                           char *errbuf, size_t errlen);
+
+/* A partition segment that does not chain to the one before it, where no
+ * repair bridges the link: a segment between them was removed or lost. */
+typedef struct cv_applog_break {
+    const char *file;      /* the segment whose link is broken */
+    int64_t after_offset;  /* the last offset before it */
+    int64_t next_offset;   /* its first offset */
+    unsigned char after_chain[CV_APPLOG_DIGEST_BYTES];
+    unsigned char next_prev_chain[CV_APPLOG_DIGEST_BYTES];
+} cv_applog_break;
+typedef void cv_applog_break_fn(void *opaque, const cv_applog_break *b);
+
+/* With fn set, a broken link is reported to fn and reading goes on instead
+ * of failing with -CV_ECORRUPT (for verify, which reports the lost range
+ * and bridges it in --repair). Call before the first next(). */
+void cv_applog_reader_on_break(cv_applog_reader *r, cv_applog_break_fn *fn,
+                               void *opaque);
 
 /* A torn tail found at the end of a directory's last segment is not an
  * error (a writer crashed there or is writing there now). Returns the

@@ -191,6 +191,14 @@ class FaultHarness(cvtest.Harness):
 
     def __exit__(self, etype, exc, tb):
         try:
+            # Our mounts go before the harness removes its temp dir: stop
+            # the processes that may hold files there first.
+            for p in reversed(self.procs):
+                if p.alive():
+                    p.close()
+            for m in reversed(self.mounts):
+                subprocess.run(['umount', '-l', m], capture_output=True)
+            self.mounts = []
             super().__exit__(etype, exc, tb)    # kills processes, sys.exit()
         finally:
             for m in reversed(self.mounts):
@@ -445,6 +453,32 @@ def check_store(h, name, ids_stored, sent):
     h.ok(got == want, '%s holds exactly the published set' % name,
          'missing %d (e.g. %s), extra %d' % (len(want - got), sorted(want - got)[:3],
                                              len(got - want)))
+
+
+def kafka_records(h, topics):
+    """How many records the chat TOPICS hold (sum of end offsets: the mock
+    cluster's offsets start at 0 and have no gaps)."""
+    return sum(end for _, end in h.group_offsets(list(topics)).values())
+
+
+def check_log(h, name, recs, sent, records):
+    """TAP points: the log records RECS (from log_cat) hold every published
+    message and each Kafka record once; RECORDS is how many valid records the
+    chat topics hold. The log is keyed by Kafka coordinates: a message the
+    publisher itself sent twice (a python3-kafka retry) is two records, in
+    the log twice and in PostgreSQL once (acked DUPLICATE the second time)."""
+    coords = {(r['topic'], r['partition'], r['offset']) for r in recs}
+    h.is_(len(coords), len(recs), '%s: no Kafka record stored twice' % name)
+    h.is_(len(recs), records, '%s holds one record per valid Kafka record (%d)'
+          % (name, records))
+    got = {r['message_id'] for r in recs}
+    want = set(sent)
+    h.ok(got == want, '%s holds exactly the published set of message ids' % name,
+         'missing %d (e.g. %s), extra %d' % (len(want - got), sorted(want - got)[:3],
+                                             len(got - want)))
+    if len(recs) != len(got):
+        h.diag('%s: %d records for %d message ids (messages the publisher sent '
+               'twice)' % (name, len(recs), len(got)))
 
 
 def pg_ids(h):

@@ -32,34 +32,38 @@
 #define RESPONSE_LIMIT (64u << 20)
 
 static volatile sig_atomic_t stop;
-static void on_signal(int sig) { (void)sig, stop = 1; }
+static void on_signal(int sig) {
+    (void)sig, stop = 1;
+}
 
 static void usage(FILE *out) {
-    fprintf(out,
-            "usage: chatvault lag [--url URL | --direct [--interval S]] [--json] [--partitions]\n"
-            "                     [--watch [SECONDS]] [-c FILE] [--set key=value]...\n\n"
-            "Shows the ack lag of every channel as a running broker sees it: its\n"
-            "/api/lag, at --url (default http://<http.listen>, with http.token sent as\n"
-            "a bearer token). Only http:// URLs. When no broker answers at http.listen\n"
-            "(and with --direct), the lag is computed from Kafka and PostgreSQL instead:\n"
-            "high watermarks, the group's committed offsets (kafka.group.id), the\n"
-            "oldest unacked record and chatvault.kafka_offsets, taken twice --interval\n"
-            "seconds apart (default 5) to judge the status. There CONSUMED and ACKED\n"
-            "are the stored and committed offsets summed over the partitions.\n\n"
-            "  --url URL          the broker's HTTP address, e.g. http://10.0.0.5:9187\n"
-            "  --direct           compute from Kafka + PostgreSQL, do not ask a broker\n"
-            "  --interval S       direct mode: seconds between the two snapshots\n"
-            "  --json             print the JSON document (/api/lag's shape)\n"
-            "  --partitions       one line per partition under each channel\n"
-            "  --watch [SECONDS]  refresh every SECONDS (default 2) until interrupted\n\n"
-            "Status (per channel, over the broker's sliding window):\n"
-            "  OK     acks keep up\n"
-            "  WARN   acks advance but the lag grew over the whole window\n"
-            "  STALL  records consumed, acks not advancing for the whole window\n"
-            "  STOP   records wait in Kafka, nothing consumed for the whole window\n"
-            "  ERR    a store is down: acks cannot be made\n\n"
-            "Exit status: 0 every channel OK; 1 any other status, or the broker\n"
-            "cannot be reached; 2 usage or configuration error.\n");
+    fprintf(
+        out,
+        "usage: chatvault lag [--url URL | --direct [--interval S]] [--json] "
+        "[--partitions]\n"
+        "                     [--watch [SECONDS]] [-c FILE] [--set key=value]...\n\n"
+        "Shows the ack lag of every channel as a running broker sees it: its\n"
+        "/api/lag, at --url (default http://<http.listen>, with http.token sent as\n"
+        "a bearer token). Only http:// URLs. When no broker answers at http.listen\n"
+        "(and with --direct), the lag is computed from Kafka and PostgreSQL instead:\n"
+        "high watermarks, the group's committed offsets (kafka.group.id), the\n"
+        "oldest unacked record and chatvault.kafka_offsets, taken twice --interval\n"
+        "seconds apart (default 5) to judge the status. There CONSUMED and ACKED\n"
+        "are the stored and committed offsets summed over the partitions.\n\n"
+        "  --url URL          the broker's HTTP address, e.g. http://10.0.0.5:9187\n"
+        "  --direct           compute from Kafka + PostgreSQL, do not ask a broker\n"
+        "  --interval S       direct mode: seconds between the two snapshots\n"
+        "  --json             print the JSON document (/api/lag's shape)\n"
+        "  --partitions       one line per partition under each channel\n"
+        "  --watch [SECONDS]  refresh every SECONDS (default 2) until interrupted\n\n"
+        "Status (per channel, over the broker's sliding window):\n"
+        "  OK     acks keep up\n"
+        "  WARN   acks advance but the lag grew over the whole window\n"
+        "  STALL  records consumed, acks not advancing for the whole window\n"
+        "  STOP   records wait in Kafka, nothing consumed for the whole window\n"
+        "  ERR    a store is down: acks cannot be made\n\n"
+        "Exit status: 0 every channel OK; 1 any other status, or the broker\n"
+        "cannot be reached; 2 usage or configuration error.\n");
 }
 
 typedef struct url {
@@ -138,15 +142,18 @@ static int http_get(const url *u, const char *token, cv_buf *body, char *err,
     }
     freeaddrinfo(ai);
     if (fd < 0) {
-        snprintf(err, errlen, "cannot connect to %s:%s: %s (is the broker running "
-                 "with http.listen set?)", u->host, u->port, strerror(e));
+        snprintf(err, errlen,
+                 "cannot connect to %s:%s: %s (is the broker running "
+                 "with http.listen set?)",
+                 u->host, u->port, strerror(e));
         return -e;
     }
     char req[2048];
     int n = snprintf(req, sizeof(req),
                      "GET %s HTTP/1.0\r\nHost: %s:%s\r\nAccept: application/json\r\n"
                      "User-Agent: chatvault-lag\r\n%s%s%sConnection: close\r\n\r\n",
-                     u->path, u->host, u->port, token && *token ? "Authorization: Bearer " : "",
+                     u->path, u->host, u->port,
+                     token && *token ? "Authorization: Bearer " : "",
                      token && *token ? token : "", token && *token ? "\r\n" : "");
     if (n < 0 || (size_t)n >= sizeof(req) || write(fd, req, (size_t)n) != n) {
         snprintf(err, errlen, "cannot send the request to %s:%s", u->host, u->port);
@@ -266,7 +273,8 @@ static int print_table(const cv_json *d, const char *where, bool partitions, boo
                cv_json_num(cv_json_get(c, "rejected"), 0),
                strcmp(st, "OK") ? cv_json_str(cv_json_get(c, "why"), "") : "");
         const cv_json *parts = cv_json_get(c, "partitions");
-        for (const cv_json *p = parts && partitions ? parts->child : NULL; p; p = p->next) {
+        for (const cv_json *p = parts && partitions ? parts->child : NULL; p;
+             p = p->next) {
             fmt_secs(age, sizeof(age), cv_json_num(cv_json_get(p, "lag_seconds"), -1));
             printf("  %-20s [%3.0f] %10s %10.0f %9s %9.0f   end %.0f acked %.0f%s\n",
                    cv_json_str(cv_json_get(p, "topic"), "?"),
@@ -300,11 +308,11 @@ typedef struct dpart {
     char *topic;
     const char *channel;
     int32_t partition;
-    int64_t lo, hi;           /* watermarks; -1 unknown */
-    int64_t committed[2];     /* group's committed offset per snapshot; -1 none */
-    int64_t stored[2];        /* chatvault.kafka_offsets next_offset; -1 none */
-    int64_t hi_first;         /* high watermark at the first snapshot */
-    int64_t oldest_us;        /* sent_at (or Kafka time) of the oldest unacked */
+    int64_t lo, hi;       /* watermarks; -1 unknown */
+    int64_t committed[2]; /* group's committed offset per snapshot; -1 none */
+    int64_t stored[2];    /* chatvault.kafka_offsets next_offset; -1 none */
+    int64_t hi_first;     /* high watermark at the first snapshot */
+    int64_t oldest_us;    /* sent_at (or Kafka time) of the oldest unacked */
 } dpart;
 
 static int64_t dp_acked(const dpart *p, int snap) {
@@ -325,8 +333,8 @@ static bool topic_matches(const char *pattern, regex_t *re, const char *topic) {
 
 /* Committed offsets of the group and PostgreSQL's next offsets into
  * snapshot `snap`. PostgreSQL failing is reported through *pg_ok. */
-static int d_snapshot(rd_kafka_t *rk, PGconn *pg, const char *group, dpart *ps,
-                      size_t n, int snap, bool *pg_ok, char *err, size_t errlen) {
+static int d_snapshot(rd_kafka_t *rk, PGconn *pg, const char *group, dpart *ps, size_t n,
+                      int snap, bool *pg_ok, char *err, size_t errlen) {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)n);
     for (size_t i = 0; i < n; i++) {
         int64_t lo = -1, hi = -1;
@@ -476,7 +484,8 @@ static int lag_direct(const cv_config *cfg, double interval, cv_buf *out, char *
     const rd_kafka_metadata_t *md = NULL;
     if (pattern[0] == '^') {
         if (regcomp(&re, pattern, REG_EXTENDED | REG_NOSUB) != 0) {
-            snprintf(err, errlen, "topics.pattern \"%s\" is not a regular expression", pattern);
+            snprintf(err, errlen, "topics.pattern \"%s\" is not a regular expression",
+                     pattern);
             return -EINVAL;
         }
         have_re = true;
@@ -535,7 +544,8 @@ static int lag_direct(const cv_config *cfg, double interval, cv_buf *out, char *
     bool pg_ok = false;
     if (d_snapshot(rk, pg, group, ps, n, 0, &pg_ok, err, errlen) < 0)
         goto out;
-    struct timespec ts = {(time_t)interval, (long)((interval - (double)(time_t)interval) * 1e9)};
+    struct timespec ts = {(time_t)interval,
+                          (long)((interval - (double)(time_t)interval) * 1e9)};
     while (!stop && nanosleep(&ts, &ts) < 0 && errno == EINTR)
         ;
     if (d_snapshot(rk, pg, group, ps, n, 1, &pg_ok, err, errlen) < 0)
@@ -546,9 +556,10 @@ static int lag_direct(const cv_config *cfg, double interval, cv_buf *out, char *
     int worst = 0;
     int64_t tot_lag = 0, tot_age = 0, tot_inflight = 0, tot_acked = 0, tot_stored = 0;
     double tot_rate = 0;
-    int r = cv_buf_printf(out, "{\"source\":\"direct\",\"time_ms\":%" PRId64
-                               ",\"version\":\"%s\",\"window_s\":%.1f,\"degraded\":false,"
-                               "\"channels\":[",
+    int r = cv_buf_printf(out,
+                          "{\"source\":\"direct\",\"time_ms\":%" PRId64
+                          ",\"version\":\"%s\",\"window_s\":%.1f,\"degraded\":false,"
+                          "\"channels\":[",
                           now_us / 1000, CV_VERSION, interval);
     for (size_t i = 0; r == 0 && i < n; i++) {
         if (i && ps[i].channel == ps[i - 1].channel)
@@ -569,18 +580,20 @@ static int lag_direct(const cv_config *cfg, double interval, cv_buf *out, char *
                 age = now_us - p->oldest_us;
         }
         double rate = (double)(acked - acked0) / interval;
-        tot_lag += lag, tot_inflight += inflight, tot_acked += acked, tot_stored += stored;
+        tot_lag += lag, tot_inflight += inflight, tot_acked += acked,
+            tot_stored += stored;
         tot_age = age > tot_age ? age : tot_age;
         tot_rate += rate;
         r = cv_buf_printf(out, "%s{\"channel\":", i ? "," : "");
         if (!r)
             r = cv_buf_json_string(out, ch, strlen(ch));
         if (!r)
-            r = cv_buf_printf(out, ",\"status\":\"%s\",\"why\":\"%s\",\"rate\":%.2f,"
-                                   "\"lag_messages\":%" PRId64 ",\"lag_seconds\":%.3f,"
-                                   "\"inflight\":%" PRId64 ",\"consumed\":%" PRId64
-                                   ",\"acked\":%" PRId64 ",\"rejected\":0,\"duplicate\":0,"
-                                   "\"partitions\":[",
+            r = cv_buf_printf(out,
+                              ",\"status\":\"%s\",\"why\":\"%s\",\"rate\":%.2f,"
+                              "\"lag_messages\":%" PRId64 ",\"lag_seconds\":%.3f,"
+                              "\"inflight\":%" PRId64 ",\"consumed\":%" PRId64
+                              ",\"acked\":%" PRId64 ",\"rejected\":0,\"duplicate\":0,"
+                              "\"partitions\":[",
                               names[st], why, rate, lag, (double)age / 1e6, inflight,
                               stored, acked);
         for (size_t k = i; r == 0 && k < n && ps[k].channel == ch; k++) {
@@ -589,27 +602,27 @@ static int lag_direct(const cv_config *cfg, double interval, cv_buf *out, char *
             if (!r)
                 r = cv_buf_json_string(out, p->topic, strlen(p->topic));
             if (!r)
-                r = cv_buf_printf(out, ",\"partition\":%" PRId32 ",\"high_watermark\":%" PRId64
-                                       ",\"acked_offset\":%" PRId64 ",\"stored_offset\":%" PRId64
-                                       ",\"lag_messages\":%" PRId64 ",\"lag_seconds\":%.3f"
-                                       ",\"inflight\":%" PRId64 ",\"assigned\":true}",
-                                  p->partition, p->hi, dp_acked(p, 1), p->stored[1],
-                                  dp_lag(p, 1),
-                                  dp_lag(p, 1) && p->oldest_us
-                                      ? (double)(now_us - p->oldest_us) / 1e6
-                                      : 0.0,
-                                  p->stored[1] > dp_acked(p, 1) ? p->stored[1] - dp_acked(p, 1)
-                                                                : 0);
+                r = cv_buf_printf(
+                    out,
+                    ",\"partition\":%" PRId32 ",\"high_watermark\":%" PRId64
+                    ",\"acked_offset\":%" PRId64 ",\"stored_offset\":%" PRId64
+                    ",\"lag_messages\":%" PRId64 ",\"lag_seconds\":%.3f"
+                    ",\"inflight\":%" PRId64 ",\"assigned\":true}",
+                    p->partition, p->hi, dp_acked(p, 1), p->stored[1], dp_lag(p, 1),
+                    dp_lag(p, 1) && p->oldest_us ? (double)(now_us - p->oldest_us) / 1e6
+                                                 : 0.0,
+                    p->stored[1] > dp_acked(p, 1) ? p->stored[1] - dp_acked(p, 1) : 0);
         }
         if (!r)
             r = cv_buf_append(out, "]}", 2);
     }
     if (!r)
-        r = cv_buf_printf(out, "],\"status\":\"%s\",\"totals\":{\"lag_messages\":%" PRId64
-                               ",\"lag_seconds\":%.3f,\"inflight\":%" PRId64 ",\"rate\":%.2f"
-                               ",\"consumed\":%" PRId64 ",\"acked\":%" PRId64
-                               "},\"latency\":{\"p50_s\":null,\"p99_s\":null},"
-                               "\"stores\":[{\"name\":\"postgres\",\"up\":%s,\"last_error\":",
+        r = cv_buf_printf(out,
+                          "],\"status\":\"%s\",\"totals\":{\"lag_messages\":%" PRId64
+                          ",\"lag_seconds\":%.3f,\"inflight\":%" PRId64 ",\"rate\":%.2f"
+                          ",\"consumed\":%" PRId64 ",\"acked\":%" PRId64
+                          "},\"latency\":{\"p50_s\":null,\"p99_s\":null},"
+                          "\"stores\":[{\"name\":\"postgres\",\"up\":%s,\"last_error\":",
                           names[worst], tot_lag, (double)tot_age / 1e6, tot_inflight,
                           tot_rate, tot_stored, tot_acked, pg_ok ? "true" : "false");
     if (!r) {
@@ -644,12 +657,12 @@ out:
 }
 
 typedef struct lag_src {
-    const url *u;          /* NULL: direct only */
+    const url *u; /* NULL: direct only */
     const char *where;
     const char *token;
     const cv_config *cfg;
-    bool fallback;         /* no broker answering: compute directly */
-    double interval;       /* direct mode: seconds between the snapshots */
+    bool fallback;   /* no broker answering: compute directly */
+    double interval; /* direct mode: seconds between the snapshots */
 } lag_src;
 
 /* One fetch (or computation) and print. Returns the exit code. */
@@ -662,8 +675,10 @@ static int lag_once(lag_src *src, bool json, bool partitions, bool color) {
     if (src->u) {
         int status = http_get(src->u, src->token, &body, err, sizeof(err));
         if (status < 0 && src->fallback) {
-            fprintf(stderr, "chatvault lag: no broker at %s (%s); computing from Kafka "
-                            "and PostgreSQL\n", src->where, strerror(-status));
+            fprintf(stderr,
+                    "chatvault lag: no broker at %s (%s); computing from Kafka "
+                    "and PostgreSQL\n",
+                    src->where, strerror(-status));
             src->u = NULL;
         } else if (status < 0) {
             cv_error("lag", "%s", err);
@@ -745,7 +760,8 @@ int cv_cmd_lag(int argc, char **argv) {
             char *end = NULL;
             interval = strtod(optarg, &end);
             if (*end || interval < 0.5 || interval > 600) {
-                cv_error("lag", "--interval \"%s\": give seconds between 0.5 and 600", optarg);
+                cv_error("lag", "--interval \"%s\": give seconds between 0.5 and 600",
+                         optarg);
                 return CV_EXIT_USAGE;
             }
             break;
@@ -776,8 +792,10 @@ int cv_cmd_lag(int argc, char **argv) {
         return CV_EXIT_USAGE;
     char where[600], err[512];
     const char *listen = cv_config_str(cfg, "http.listen");
-    lag_src src = {.cfg = cfg, .token = cv_config_str(cfg, "http.token"),
-                   .interval = interval, .where = where};
+    lag_src src = {.cfg = cfg,
+                   .token = cv_config_str(cfg, "http.token"),
+                   .interval = interval,
+                   .where = where};
     url u;
     if (url_arg && direct) {
         cv_error("lag", "give --url or --direct, not both");
@@ -814,7 +832,8 @@ int cv_cmd_lag(int argc, char **argv) {
             rc = lag_once(&src, json, partitions, tty);
             if (!json && !tty)
                 putchar('\n');
-            struct timespec ts = {(time_t)watch, (long)((watch - (double)(time_t)watch) * 1e9)};
+            struct timespec ts = {(time_t)watch,
+                                  (long)((watch - (double)(time_t)watch) * 1e9)};
             while (!stop && nanosleep(&ts, &ts) < 0 && errno == EINTR)
                 ;
         } while (!stop);

@@ -65,7 +65,7 @@ int cv_http_parse_listen(const char *listen, struct sockaddr_storage *ret_ss,
         s6->sin6_port = htons((uint16_t)p);
     } else {
         struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-        const char *h = hlen == 0 ? "0.0.0.0"
+        const char *h = hlen == 0                        ? "0.0.0.0"
                         : strcmp(host, "localhost") == 0 ? "127.0.0.1"
                                                          : host;
         if (inet_pton(AF_INET, h, &s4->sin_addr) != 1) {
@@ -86,8 +86,7 @@ static bool is_loopback(const struct sockaddr_storage *ss) {
     if (ss->ss_family == AF_INET)
         return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
     const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
-    return IN6_IS_ADDR_LOOPBACK(a) ||
-           (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
 }
 
 /* Compares a presented token with the configured one in constant time:
@@ -112,8 +111,8 @@ static bool authorized(const cv_http *h, struct MHD_Connection *c) {
         size_t declen = 0;
         const char *b64 = auth + 6;
         if (strlen(b64) > 680 ||
-            sodium_base642bin(dec, sizeof(dec) - 1, b64, strlen(b64), NULL, &declen,
-                              NULL, sodium_base64_VARIANT_ORIGINAL) != 0)
+            sodium_base642bin(dec, sizeof(dec) - 1, b64, strlen(b64), NULL, &declen, NULL,
+                              sodium_base64_VARIANT_ORIGINAL) != 0)
             return false;
         dec[declen] = '\0';
         const char *colon = memchr(dec, ':', declen);
@@ -148,8 +147,8 @@ static enum MHD_Result send_response(struct MHD_Connection *c, unsigned status,
 
 static enum MHD_Result send_text(struct MHD_Connection *c, unsigned status,
                                  const char *text) {
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
+    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), (void *)text,
+                                                             MHD_RESPMEM_MUST_COPY);
     return send_response(c, status, r, "text/plain; charset=utf-8", true);
 }
 
@@ -174,10 +173,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
                               void **con_cls) {
     cv_http *h = cls;
     (void)version, (void)upload_data, (void)con_cls;
-    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
-        struct MHD_Response *r =
-            MHD_create_response_from_buffer(19, (void *)"method not allowed\n",
-                                            MHD_RESPMEM_PERSISTENT);
+    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
+        strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
+        struct MHD_Response *r = MHD_create_response_from_buffer(
+            19, (void *)"method not allowed\n", MHD_RESPMEM_PERSISTENT);
         if (r)
             MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
         return send_response(c, MHD_HTTP_METHOD_NOT_ALLOWED, r,
@@ -253,14 +252,13 @@ int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
     if (conf->token && *conf->token) {
         h->has_token = true;
         crypto_generichash(h->token_hash, sizeof(h->token_hash),
-                           (const unsigned char *)conf->token, strlen(conf->token),
-                           NULL, 0);
+                           (const unsigned char *)conf->token, strlen(conf->token), NULL,
+                           0);
     } else if (!is_loopback(&ss)) {
         cv_log(CV_LOG_WARN, "http server reachable from the network without a token",
                "listen=%s hint=\"set http.token, or bind 127.0.0.1\"", conf->listen);
     }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
-                     MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     h->daemon = MHD_start_daemon(
@@ -270,8 +268,8 @@ int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
     if (!h->daemon) {
         int e = errno ? errno : EADDRINUSE;
-        snprintf(errbuf, errlen, "http.listen = \"%s\": cannot listen: %s",
-                 conf->listen, strerror(e));
+        snprintf(errbuf, errlen, "http.listen = \"%s\": cannot listen: %s", conf->listen,
+                 strerror(e));
         free(h);
         return -e;
     }

@@ -24,10 +24,10 @@ struct cv_json {
     cv_json_type type;
     bool b;
     double num;
-    char *str;       /* CV_JSON_STR: NUL-terminated, UTF-8 */
-    char *key;       /* member of an object: its name */
-    cv_json *child;  /* first element or member */
-    cv_json *next;   /* next sibling */
+    char *str;      /* CV_JSON_STR: NUL-terminated, UTF-8 */
+    char *key;      /* member of an object: its name */
+    cv_json *child; /* first element or member */
+    cv_json *next;  /* next sibling */
 };
 
 /* Parses `s[0..len)`. On success the caller owns *ret_root (cv_json_free).

@@ -9,7 +9,7 @@
 #include <stddef.h>
 
 typedef struct cv_web_asset {
-    const char *path;         /* "/index.html", "/vendor/uPlot.iife.min.js" */
+    const char *path; /* "/index.html", "/vendor/uPlot.iife.min.js" */
     const char *content_type;
     const unsigned char *data;
     size_t len;

@@ -15,9 +15,9 @@
 #include <inttypes.h>
 #include <libpq-fe.h>
 #include <pthread.h>
+#include <sodium.h>
 #include <stddef.h>
 #include <stdio.h>
-#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,9 +30,8 @@ const char *cv_lag_status_name(cv_lag_status s) {
     return (unsigned)s < CV_LAG__COUNT ? names[s] : "?";
 }
 
-cv_lag_status cv_lag_status_eval(const cv_lag_sample *s, size_t n,
-                                 int64_t window_ms, bool stores_down,
-                                 const char **ret_why) {
+cv_lag_status cv_lag_status_eval(const cv_lag_sample *s, size_t n, int64_t window_ms,
+                                 bool stores_down, const char **ret_why) {
     const char *why_tmp;
     const char **why = ret_why ? ret_why : &why_tmp;
     if (stores_down) {
@@ -58,8 +57,8 @@ cv_lag_status cv_lag_status_eval(const cv_lag_sample *s, size_t n,
         *why = "not enough history yet";
         return CV_LAG_OK;
     }
-    bool lag_all_window = now->lag_since_ms > 0 &&
-                          now->lag_since_ms <= now->t_ms - window_ms;
+    bool lag_all_window =
+        now->lag_since_ms > 0 && now->lag_since_ms <= now->t_ms - window_ms;
     if (now->acked == base->acked && lag_all_window) {
         if (now->consumed != base->consumed || now->inflight > 0) {
             *why = "records consumed but acks not advancing";
@@ -131,16 +130,16 @@ double cv_hist_quantile(const cv_hist *h, const cv_hist *base, double q) {
 
 /* Bucket bounds. Latencies in µs. */
 static const int64_t ack_latency_bounds[] = {
-    1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000,
-    2500000, 5000000, 10000000, 30000000, 60000000, 120000000, 300000000};
-static const int64_t pg_commit_bounds[] = {
-    250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
-    1000000, 2500000, 5000000, 10000000};
-static const int64_t log_fsync_bounds[] = {
-    50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000,
-    500000, 1000000};
-static const int64_t batch_size_bounds[] = {
-    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000};
+    1000,    2500,    5000,    10000,    25000,    50000,    100000,    250000,   500000,
+    1000000, 2500000, 5000000, 10000000, 30000000, 60000000, 120000000, 300000000};
+static const int64_t pg_commit_bounds[] = {250,    500,     1000,    2500,    5000,
+                                           10000,  25000,   50000,   100000,  250000,
+                                           500000, 1000000, 2500000, 5000000, 10000000};
+static const int64_t log_fsync_bounds[] = {50,     100,    250,    500,    1000,
+                                           2500,   5000,   10000,  25000,  50000,
+                                           100000, 250000, 500000, 1000000};
+static const int64_t batch_size_bounds[] = {1,   2,   5,    10,   20,   50,    100,
+                                            200, 500, 1000, 2000, 5000, 10000, 20000};
 #define NB(a) (sizeof(a) / sizeof((a)[0]))
 
 /* ---- state ---- */
@@ -234,8 +233,12 @@ struct cv_metrics {
     size_t nrejects, reject_head;
 };
 
-static size_t store_index(unsigned store) { return store == CV_STORE_LOG ? 1 : 0; }
-static const char *store_name(size_t i) { return i ? "log" : "postgres"; }
+static size_t store_index(unsigned store) {
+    return store == CV_STORE_LOG ? 1 : 0;
+}
+static const char *store_name(size_t i) {
+    return i ? "log" : "postgres";
+}
 
 static uint64_t hash_tp(const char *topic, int32_t partition) {
     uint64_t h = 1469598103934665603u;
@@ -285,9 +288,8 @@ static int index_rebuild(cv_metrics *m, size_t cap) {
  * "_other". */
 static size_t channel_for(cv_metrics *m, const char *topic) {
     size_t plen = strlen(m->prefix);
-    const char *name = strncmp(topic, m->prefix, plen) == 0 && topic[plen]
-                           ? topic + plen
-                           : topic;
+    const char *name =
+        strncmp(topic, m->prefix, plen) == 0 && topic[plen] ? topic + plen : topic;
     for (size_t i = 0; i < m->nchannels; i++)
         if (strcmp(m->channels[i].name, name) == 0)
             return i;
@@ -616,9 +618,9 @@ static void obs_tick(void *opaque, rd_kafka_t *rk) {
             const rd_kafka_topic_partition_t *tp = &asg->elems[i];
             obs[i].partition = tp->partition;
             obs[i].position = tp->offset;
-            obs[i].have_wm = rd_kafka_get_watermark_offsets(
-                                 rk, tp->topic, tp->partition, &obs[i].low,
-                                 &obs[i].high) == RD_KAFKA_RESP_ERR_NO_ERROR;
+            obs[i].have_wm = rd_kafka_get_watermark_offsets(rk, tp->topic, tp->partition,
+                                                            &obs[i].low, &obs[i].high) ==
+                             RD_KAFKA_RESP_ERR_NO_ERROR;
         }
     }
     pthread_mutex_lock(&m->lock);
@@ -749,7 +751,9 @@ cv_metrics *cv_metrics_free(cv_metrics *m) {
     return NULL;
 }
 
-const cv_pipeline_observer *cv_metrics_observer(cv_metrics *m) { return &m->obs; }
+const cv_pipeline_observer *cv_metrics_observer(cv_metrics *m) {
+    return &m->obs;
+}
 
 /* ---- evaluation shared by the renderers (lock held) ---- */
 
@@ -811,14 +815,13 @@ static int prom_label(cv_buf *b, const char *s) {
     return r;
 }
 
-static int prom_family(cv_buf *b, const char *name, const char *type,
-                       const char *help) {
+static int prom_family(cv_buf *b, const char *name, const char *type, const char *help) {
     return cv_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
 /* name{channel="..."<extra>} value */
-static int prom_ch(cv_buf *b, const char *name, const char *channel,
-                   const char *extra, const char *fmt_value, double v) {
+static int prom_ch(cv_buf *b, const char *name, const char *channel, const char *extra,
+                   const char *fmt_value, double v) {
     int r = cv_buf_printf(b, "%s{channel=\"", name);
     if (!r)
         r = prom_label(b, channel);
@@ -831,8 +834,8 @@ static int prom_ch(cv_buf *b, const char *name, const char *channel,
     return r;
 }
 
-static int prom_hist(cv_buf *b, const char *name, const char *help,
-                     const cv_hist *h, double scale) {
+static int prom_hist(cv_buf *b, const char *name, const char *help, const cv_hist *h,
+                     double scale) {
     int r = prom_family(b, name, "histogram", help);
     uint64_t cum = 0;
     for (size_t i = 0; !r && i < h->nbounds; i++) {
@@ -844,15 +847,14 @@ static int prom_hist(cv_buf *b, const char *name, const char *help,
         r = cv_buf_printf(b,
                           "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n%s_sum %.9g\n"
                           "%s_count %" PRIu64 "\n",
-                          name, h->count, name, (double)h->sum / scale, name,
-                          h->count);
+                          name, h->count, name, (double)h->sum / scale, name, h->count);
     return r;
 }
 
-#define CK(x)                                                                  \
-    do {                                                                       \
-        if ((r = (x)) < 0)                                                     \
-            goto out;                                                          \
+#define CK(x)                                                                            \
+    do {                                                                                 \
+        if ((r = (x)) < 0)                                                               \
+            goto out;                                                                    \
     } while (0)
 
 static const char *ack_status_label(int s) {
@@ -874,7 +876,8 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
                      sodium_version_string()));
     CK(prom_family(b, "chatvault_start_time_seconds", "gauge",
                    "Unix time the broker started."));
-    CK(cv_buf_printf(b, "chatvault_start_time_seconds %.3f\n", (double)m->start_us / 1e6));
+    CK(cv_buf_printf(b, "chatvault_start_time_seconds %.3f\n",
+                     (double)m->start_us / 1e6));
 
     struct {
         const char *name, *help;
@@ -902,8 +905,8 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
                 continue;
             char extra[32];
             snprintf(extra, sizeof(extra), ",store=\"%s\"", store_name(s));
-            CK(prom_ch(b, "chatvault_stored_total", m->channels[ci].name, extra,
-                       "%.0f", (double)m->channels[ci].stored[s]));
+            CK(prom_ch(b, "chatvault_stored_total", m->channels[ci].name, extra, "%.0f",
+                       (double)m->channels[ci].stored[s]));
         }
     CK(prom_family(b, "chatvault_acked_total", "counter",
                    "Records whose DeliveryAck was delivered, per ack status."));
@@ -923,8 +926,8 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
             char extra[64];
             snprintf(extra, sizeof(extra), ",reason=\"%s\"",
                      cv_reject_reason_name((cv_reject_reason)s));
-            CK(prom_ch(b, "chatvault_rejected_total", m->channels[ci].name, extra,
-                       "%.0f", (double)m->channels[ci].rejected_by_reason[s]));
+            CK(prom_ch(b, "chatvault_rejected_total", m->channels[ci].name, extra, "%.0f",
+                       (double)m->channels[ci].rejected_by_reason[s]));
         }
 
     /* Per-partition lag; "_other" sums its partitions by number. */
@@ -961,7 +964,8 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
             }
             char extra[40];
             snprintf(extra, sizeof(extra), ",partition=\"%" PRId32 "\"", p->partition);
-            CK(prom_ch(b, pass ? "chatvault_ack_lag_seconds" : "chatvault_ack_lag_messages",
+            CK(prom_ch(b,
+                       pass ? "chatvault_ack_lag_seconds" : "chatvault_ack_lag_messages",
                        m->channels[p->channel].name, extra, pass ? "%.3f" : "%.0f", v));
         }
     }
@@ -976,8 +980,8 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
             char extra[32];
             snprintf(extra, sizeof(extra), ",status=\"%s\"",
                      cv_lag_status_name((cv_lag_status)s));
-            CK(prom_ch(b, "chatvault_channel_status", m->channels[ci].name, extra,
-                       "%.0f", v.status == (cv_lag_status)s ? 1.0 : 0.0));
+            CK(prom_ch(b, "chatvault_channel_status", m->channels[ci].name, extra, "%.0f",
+                       v.status == (cv_lag_status)s ? 1.0 : 0.0));
         }
     }
     CK(prom_hist(b, "chatvault_ack_latency_seconds",
@@ -987,7 +991,8 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
     CK(prom_hist(b, "chatvault_pg_commit_seconds",
                  "Duration of one batch's PostgreSQL transaction.", &m->pg_commit, 1e6));
     CK(prom_hist(b, "chatvault_log_fsync_seconds",
-                 "Duration of one batch's log append and fdatasync.", &m->log_fsync, 1e6));
+                 "Duration of one batch's log append and fdatasync.", &m->log_fsync,
+                 1e6));
     CK(prom_hist(b, "chatvault_batch_size_messages", "Records per decoded batch.",
                  &m->batch_size, 1));
     CK(prom_family(b, "chatvault_store_up", "gauge",
@@ -1001,7 +1006,8 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
                    "Failed store writes (each is retried)."));
     for (size_t s = 0; s < 2; s++)
         if (m->stores[s].seen || s == 0)
-            CK(cv_buf_printf(b, "chatvault_store_errors_total{store=\"%s\"} %" PRId64 "\n",
+            CK(cv_buf_printf(b,
+                             "chatvault_store_errors_total{store=\"%s\"} %" PRId64 "\n",
                              store_name(s), m->stores[s].errors));
     CK(prom_family(b, "chatvault_degraded", "gauge",
                    "1 while ack.policy = any acks with one store only."));
@@ -1023,7 +1029,9 @@ out:
 
 /* ---- /api/lag JSON ---- */
 
-static int json_str(cv_buf *b, const char *s) { return cv_buf_json_string(b, s, strlen(s)); }
+static int json_str(cv_buf *b, const char *s) {
+    return cv_buf_json_string(b, s, strlen(s));
+}
 
 static int json_num(cv_buf *b, double v) {
     if (v < 0) /* "none" */
@@ -1037,8 +1045,8 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
     pthread_mutex_lock(&m->lock);
     bool down = stores_down(m);
     cv_lag_status worst = CV_LAG_OK;
-    int64_t tot_lag = 0, tot_age = 0, tot_consumed = 0, tot_acked = 0,
-            tot_rejected = 0, tot_dup = 0, tot_inflight = 0;
+    int64_t tot_lag = 0, tot_age = 0, tot_consumed = 0, tot_acked = 0, tot_rejected = 0,
+            tot_dup = 0, tot_inflight = 0;
     double tot_rate = 0;
     CK(cv_buf_printf(b, "{\"time_ms\":%" PRId64 ",\"version\":", now_us / 1000));
     CK(json_str(b, m->version));
@@ -1072,16 +1080,15 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
         CK(json_str(b, c->name));
         CK(cv_buf_printf(b, ",\"status\":\"%s\",\"why\":", cv_lag_status_name(v.status)));
         CK(json_str(b, v.why));
-        CK(cv_buf_printf(b,
-                         ",\"rate\":%.2f,\"lag_messages\":%" PRId64
-                         ",\"lag_seconds\":%.3f,\"inflight\":%" PRId64
-                         ",\"consumed\":%" PRId64 ",\"acked\":%" PRId64
-                         ",\"stored_postgres\":%" PRId64 ",\"stored_log\":%" PRId64
-                         ",\"rejected\":%" PRId64 ",\"duplicate\":%" PRId64
-                         ",\"partitions\":[",
-                         v.rate, v.now.lag, (double)v.lag_age_us / 1e6, v.now.inflight,
-                         c->consumed, c->acked, c->stored[0], c->stored[1],
-                         c->rejected, c->duplicate));
+        CK(cv_buf_printf(
+            b,
+            ",\"rate\":%.2f,\"lag_messages\":%" PRId64
+            ",\"lag_seconds\":%.3f,\"inflight\":%" PRId64 ",\"consumed\":%" PRId64
+            ",\"acked\":%" PRId64 ",\"stored_postgres\":%" PRId64
+            ",\"stored_log\":%" PRId64 ",\"rejected\":%" PRId64 ",\"duplicate\":%" PRId64
+            ",\"partitions\":[",
+            v.rate, v.now.lag, (double)v.lag_age_us / 1e6, v.now.inflight, c->consumed,
+            c->acked, c->stored[0], c->stored[1], c->rejected, c->duplicate));
         bool firstp = true;
         for (size_t k = 0; k < m->nparts; k++) {
             const mpart *p = m->parts[k];
@@ -1110,11 +1117,12 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
         if (!base || m->lat_snap_ms[k] <= now_ms - m->window_ms)
             base = &m->lat_snaps[k];
     }
-    CK(cv_buf_printf(b, "],\"status\":\"%s\",\"totals\":{\"lag_messages\":%" PRId64
-                        ",\"lag_seconds\":%.3f,\"inflight\":%" PRId64
-                        ",\"rate\":%.2f,\"consumed\":%" PRId64 ",\"acked\":%" PRId64
-                        ",\"rejected\":%" PRId64 ",\"duplicate\":%" PRId64
-                        ",\"batches\":%" PRId64 "},\"latency\":{\"p50_s\":",
+    CK(cv_buf_printf(b,
+                     "],\"status\":\"%s\",\"totals\":{\"lag_messages\":%" PRId64
+                     ",\"lag_seconds\":%.3f,\"inflight\":%" PRId64
+                     ",\"rate\":%.2f,\"consumed\":%" PRId64 ",\"acked\":%" PRId64
+                     ",\"rejected\":%" PRId64 ",\"duplicate\":%" PRId64
+                     ",\"batches\":%" PRId64 "},\"latency\":{\"p50_s\":",
                      cv_lag_status_name(worst), tot_lag, (double)tot_age / 1e6,
                      tot_inflight, tot_rate, tot_consumed, tot_acked, tot_rejected,
                      tot_dup, m->batches));
@@ -1134,8 +1142,9 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
     for (size_t s = 0; s < 2; s++) {
         if (!m->stores[s].seen && s != 0)
             continue;
-        CK(cv_buf_printf(b, "%s{\"name\":\"%s\",\"up\":%s,\"errors\":%" PRId64
-                            ",\"last_error_ms\":%" PRId64 ",\"last_error\":",
+        CK(cv_buf_printf(b,
+                         "%s{\"name\":\"%s\",\"up\":%s,\"errors\":%" PRId64
+                         ",\"last_error_ms\":%" PRId64 ",\"last_error\":",
                          firsts ? "" : ",", store_name(s),
                          m->stores[s].down ? "false" : "true", m->stores[s].errors,
                          m->stores[s].last_error_ms));

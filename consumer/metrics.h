@@ -78,11 +78,11 @@ const char *cv_lag_status_name(cv_lag_status s);
 
 /* One observation of a channel. Counts are cumulative since start. */
 typedef struct cv_lag_sample {
-    int64_t t_ms;     /* monotonic time */
-    int64_t consumed; /* records consumed */
-    int64_t acked;    /* records whose ack was delivered */
-    int64_t lag;      /* ack lag in messages */
-    int64_t inflight; /* consumed, ack not delivered yet */
+    int64_t t_ms;         /* monotonic time */
+    int64_t consumed;     /* records consumed */
+    int64_t acked;        /* records whose ack was delivered */
+    int64_t lag;          /* ack lag in messages */
+    int64_t inflight;     /* consumed, ack not delivered yet */
     int64_t lag_since_ms; /* monotonic time since which lag > 0 without a
                              break; 0 when the lag is 0 */
 } cv_lag_sample;
@@ -90,9 +90,8 @@ typedef struct cv_lag_sample {
 /* Applies the status rules above to samples `s[0..n)` in time order, the
  * last being "now". `ret_why`, when not NULL, gets a short static
  * explanation. */
-cv_lag_status cv_lag_status_eval(const cv_lag_sample *s, size_t n,
-                                 int64_t window_ms, bool stores_down,
-                                 const char **ret_why);
+cv_lag_status cv_lag_status_eval(const cv_lag_sample *s, size_t n, int64_t window_ms,
+                                 bool stores_down, const char **ret_why);
 
 /* A fixed-bucket histogram of integer observations (µs or counts). */
 #define CV_HIST_MAX_BUCKETS 24

@@ -25,67 +25,176 @@ typedef struct status_case {
 
 static const status_case status_cases[] = {
     {"no samples at all is OK", false, 0, {{0}}, CV_LAG_OK},
-    {"idle channel, no lag: OK", false, 12,
-     {{5, 5, 0, 0}, {5, 5, 0, 0}, {5, 5, 0, 0}, {5, 5, 0, 0}, {5, 5, 0, 0},
-      {5, 5, 0, 0}, {5, 5, 0, 0}, {5, 5, 0, 0}, {5, 5, 0, 0}, {5, 5, 0, 0},
-      {5, 5, 0, 0}, {5, 5, 0, 0}},
+    {"idle channel, no lag: OK",
+     false,
+     12,
+     {{5, 5, 0, 0},
+      {5, 5, 0, 0},
+      {5, 5, 0, 0},
+      {5, 5, 0, 0},
+      {5, 5, 0, 0},
+      {5, 5, 0, 0},
+      {5, 5, 0, 0},
+      {5, 5, 0, 0},
+      {5, 5, 0, 0},
+      {5, 5, 0, 0},
+      {5, 5, 0, 0},
+      {5, 5, 0, 0}},
      CV_LAG_OK},
-    {"acks advancing with steady small lag: OK", false, 12,
-     {{100, 90, 10, 10}, {200, 190, 12, 10}, {300, 290, 9, 9}, {400, 390, 10, 10},
-      {500, 490, 11, 10}, {600, 590, 10, 10}, {700, 690, 8, 8}, {800, 790, 10, 10},
-      {900, 890, 10, 10}, {1000, 990, 12, 10}, {1100, 1090, 10, 10},
+    {"acks advancing with steady small lag: OK",
+     false,
+     12,
+     {{100, 90, 10, 10},
+      {200, 190, 12, 10},
+      {300, 290, 9, 9},
+      {400, 390, 10, 10},
+      {500, 490, 11, 10},
+      {600, 590, 10, 10},
+      {700, 690, 8, 8},
+      {800, 790, 10, 10},
+      {900, 890, 10, 10},
+      {1000, 990, 12, 10},
+      {1100, 1090, 10, 10},
       {1200, 1190, 10, 10}},
      CV_LAG_OK},
-    {"acks advancing but lag never shrinks and grows: WARN", false, 12,
-     {{100, 90, 10, 10}, {200, 180, 20, 20}, {300, 270, 30, 30}, {400, 360, 40, 40},
-      {500, 450, 50, 50}, {600, 540, 60, 60}, {700, 630, 70, 70}, {800, 720, 80, 80},
-      {900, 810, 90, 90}, {1000, 900, 100, 100}, {1100, 990, 110, 110},
+    {"acks advancing but lag never shrinks and grows: WARN",
+     false,
+     12,
+     {{100, 90, 10, 10},
+      {200, 180, 20, 20},
+      {300, 270, 30, 30},
+      {400, 360, 40, 40},
+      {500, 450, 50, 50},
+      {600, 540, 60, 60},
+      {700, 630, 70, 70},
+      {800, 720, 80, 80},
+      {900, 810, 90, 90},
+      {1000, 900, 100, 100},
+      {1100, 990, 110, 110},
       {1200, 1080, 120, 120}},
      CV_LAG_WARN},
-    {"growth before the window does not count: OK", false, 12,
-     {{100, 90, 10, 10}, {200, 180, 200, 20}, {300, 270, 300, 30}, {400, 360, 40, 40},
-      {500, 450, 50, 50}, {600, 540, 60, 60}, {700, 630, 70, 70}, {800, 720, 80, 80},
-      {900, 810, 90, 90}, {1000, 900, 100, 100}, {1100, 990, 110, 110},
+    {"growth before the window does not count: OK",
+     false,
+     12,
+     {{100, 90, 10, 10},
+      {200, 180, 200, 20},
+      {300, 270, 300, 30},
+      {400, 360, 40, 40},
+      {500, 450, 50, 50},
+      {600, 540, 60, 60},
+      {700, 630, 70, 70},
+      {800, 720, 80, 80},
+      {900, 810, 90, 90},
+      {1000, 900, 100, 100},
+      {1100, 990, 110, 110},
       {1200, 1080, 105, 105}},
      CV_LAG_OK},
-    {"consumed, acks frozen: STALL", false, 12,
-     {{100, 90, 10, 10}, {110, 90, 20, 20}, {120, 90, 30, 30}, {130, 90, 40, 40},
-      {140, 90, 50, 50}, {150, 90, 60, 60}, {160, 90, 70, 70}, {170, 90, 80, 80},
-      {180, 90, 90, 90}, {190, 90, 100, 100}, {200, 90, 110, 110},
+    {"consumed, acks frozen: STALL",
+     false,
+     12,
+     {{100, 90, 10, 10},
+      {110, 90, 20, 20},
+      {120, 90, 30, 30},
+      {130, 90, 40, 40},
+      {140, 90, 50, 50},
+      {150, 90, 60, 60},
+      {160, 90, 70, 70},
+      {170, 90, 80, 80},
+      {180, 90, 90, 90},
+      {190, 90, 100, 100},
+      {200, 90, 110, 110},
       {210, 90, 120, 120}},
      CV_LAG_STALL},
-    {"nothing consumed but records in flight, acks frozen: STALL", false, 12,
-     {{100, 90, 10, 10}, {100, 90, 10, 10}, {100, 90, 10, 10}, {100, 90, 10, 10},
-      {100, 90, 10, 10}, {100, 90, 10, 10}, {100, 90, 10, 10}, {100, 90, 10, 10},
-      {100, 90, 10, 10}, {100, 90, 10, 10}, {100, 90, 10, 10}, {100, 90, 10, 10}},
+    {"nothing consumed but records in flight, acks frozen: STALL",
+     false,
+     12,
+     {{100, 90, 10, 10},
+      {100, 90, 10, 10},
+      {100, 90, 10, 10},
+      {100, 90, 10, 10},
+      {100, 90, 10, 10},
+      {100, 90, 10, 10},
+      {100, 90, 10, 10},
+      {100, 90, 10, 10},
+      {100, 90, 10, 10},
+      {100, 90, 10, 10},
+      {100, 90, 10, 10},
+      {100, 90, 10, 10}},
      CV_LAG_STALL},
-    {"lag waits in Kafka, nothing consumed or in flight: STOP", false, 12,
-     {{100, 100, 5, 0}, {100, 100, 5, 0}, {100, 100, 6, 0}, {100, 100, 6, 0},
-      {100, 100, 7, 0}, {100, 100, 7, 0}, {100, 100, 8, 0}, {100, 100, 8, 0},
-      {100, 100, 9, 0}, {100, 100, 9, 0}, {100, 100, 10, 0}, {100, 100, 10, 0}},
+    {"lag waits in Kafka, nothing consumed or in flight: STOP",
+     false,
+     12,
+     {{100, 100, 5, 0},
+      {100, 100, 5, 0},
+      {100, 100, 6, 0},
+      {100, 100, 6, 0},
+      {100, 100, 7, 0},
+      {100, 100, 7, 0},
+      {100, 100, 8, 0},
+      {100, 100, 8, 0},
+      {100, 100, 9, 0},
+      {100, 100, 9, 0},
+      {100, 100, 10, 0},
+      {100, 100, 10, 0}},
      CV_LAG_STOP},
-    {"acks stopped mid-window while lag grows: WARN, not STALL yet", false, 12,
-     {{100, 90, 10, 10}, {110, 100, 10, 10}, {120, 110, 10, 10}, {130, 120, 10, 10},
-      {140, 130, 10, 10}, {150, 140, 10, 10}, {160, 140, 20, 20}, {170, 140, 30, 30},
-      {180, 140, 40, 40}, {190, 140, 50, 50}, {200, 140, 60, 60},
+    {"acks stopped mid-window while lag grows: WARN, not STALL yet",
+     false,
+     12,
+     {{100, 90, 10, 10},
+      {110, 100, 10, 10},
+      {120, 110, 10, 10},
+      {130, 120, 10, 10},
+      {140, 130, 10, 10},
+      {150, 140, 10, 10},
+      {160, 140, 20, 20},
+      {170, 140, 30, 30},
+      {180, 140, 40, 40},
+      {190, 140, 50, 50},
+      {200, 140, 60, 60},
       {210, 140, 70, 70}},
      CV_LAG_WARN},
-    {"store down beats everything: ERR", true, 2,
-     {{5, 5, 0, 0}, {5, 5, 0, 0}}, CV_LAG_ERR},
-    {"lag back to zero right now: OK", false, 12,
-     {{100, 90, 10, 10}, {110, 90, 20, 20}, {120, 90, 30, 30}, {130, 90, 40, 40},
-      {140, 90, 50, 50}, {150, 90, 60, 60}, {160, 90, 70, 70}, {170, 90, 80, 80},
-      {180, 90, 90, 90}, {190, 90, 100, 100}, {200, 90, 110, 110},
+    {"store down beats everything: ERR",
+     true,
+     2,
+     {{5, 5, 0, 0}, {5, 5, 0, 0}},
+     CV_LAG_ERR},
+    {"lag back to zero right now: OK",
+     false,
+     12,
+     {{100, 90, 10, 10},
+      {110, 90, 20, 20},
+      {120, 90, 30, 30},
+      {130, 90, 40, 40},
+      {140, 90, 50, 50},
+      {150, 90, 60, 60},
+      {160, 90, 70, 70},
+      {170, 90, 80, 80},
+      {180, 90, 90, 90},
+      {190, 90, 100, 100},
+      {200, 90, 110, 110},
       {210, 210, 0, 0}},
      CV_LAG_OK},
     {"idle channel gets new records, acks frozen for less than a window: OK",
-     false, 12,
-     {{5, 5, 0, 0}, {5, 5, 0, 0}, {5, 5, 0, 0}, {5, 5, 0, 0}, {5, 5, 0, 0},
-      {5, 5, 0, 0}, {5, 5, 0, 0}, {5, 5, 0, 0}, {9, 5, 4, 4}, {9, 5, 4, 4},
-      {9, 5, 4, 4}, {9, 5, 4, 4}},
+     false,
+     12,
+     {{5, 5, 0, 0},
+      {5, 5, 0, 0},
+      {5, 5, 0, 0},
+      {5, 5, 0, 0},
+      {5, 5, 0, 0},
+      {5, 5, 0, 0},
+      {5, 5, 0, 0},
+      {5, 5, 0, 0},
+      {9, 5, 4, 4},
+      {9, 5, 4, 4},
+      {9, 5, 4, 4},
+      {9, 5, 4, 4}},
      CV_LAG_OK},
-    {"too little history to judge: OK", false, 3,
-     {{100, 90, 10, 10}, {110, 90, 20, 20}, {120, 90, 30, 30}}, CV_LAG_OK},
+    {"too little history to judge: OK",
+     false,
+     3,
+     {{100, 90, 10, 10}, {110, 90, 20, 20}, {120, 90, 30, 30}},
+     CV_LAG_OK},
 };
 
 static void test_status_rules(void) {
@@ -119,19 +228,23 @@ static void test_status_blocked_pipeline(void) {
     cv_lag_sample s[] = {
         {.t_ms = 1000, .consumed = 40, .acked = 40, .lag = 0, .inflight = 0},
         {.t_ms = 2000, .consumed = 40, .acked = 40, .lag = 0, .inflight = 0},
-        {.t_ms = 30000, .consumed = 60, .acked = 40, .lag = 20, .inflight = 20,
+        {.t_ms = 30000,
+         .consumed = 60,
+         .acked = 40,
+         .lag = 20,
+         .inflight = 20,
          .lag_since_ms = 2500},
     };
-    TAP_IS_STR(cv_lag_status_name(cv_lag_status_eval(s, 3, 10000, false, NULL)),
-               "STALL", "blocked pipeline: baseline before the window, STALL");
+    TAP_IS_STR(cv_lag_status_name(cv_lag_status_eval(s, 3, 10000, false, NULL)), "STALL",
+               "blocked pipeline: baseline before the window, STALL");
     s[2].t_ms = 9000;
-    TAP_IS_STR(cv_lag_status_name(cv_lag_status_eval(s, 3, 10000, false, NULL)),
-               "OK", "blocked for less than a window: not judged yet");
+    TAP_IS_STR(cv_lag_status_name(cv_lag_status_eval(s, 3, 10000, false, NULL)), "OK",
+               "blocked for less than a window: not judged yet");
     s[2].t_ms = 30000;
     s[2].consumed = 40;
     s[2].inflight = 0;
-    TAP_IS_STR(cv_lag_status_name(cv_lag_status_eval(s, 3, 10000, false, NULL)),
-               "STOP", "lag in Kafka for a window, nothing consumed: STOP");
+    TAP_IS_STR(cv_lag_status_name(cv_lag_status_eval(s, 3, 10000, false, NULL)), "STOP",
+               "lag in Kafka for a window, nothing consumed: STOP");
 }
 
 static const int64_t bounds[] = {10, 20, 50, 100};
@@ -139,7 +252,8 @@ static const int64_t bounds[] = {10, 20, 50, 100};
 static void test_histogram(void) {
     cv_hist h, base;
     cv_hist_init(&h, bounds, 4);
-    TAP_IS_INT((long long)(cv_hist_quantile(&h, NULL, 0.5)), -1, "empty histogram has no quantile");
+    TAP_IS_INT((long long)(cv_hist_quantile(&h, NULL, 0.5)), -1,
+               "empty histogram has no quantile");
     for (int i = 0; i < 10; i++)
         cv_hist_observe(&h, 5); /* bucket le=10 */
     for (int i = 0; i < 10; i++)
@@ -165,8 +279,8 @@ static void test_histogram(void) {
 /* Feeds the observer like the pipeline does and checks the rendered lag. */
 static void test_observer_lag(void) {
     cv_metrics *m = NULL;
-    cv_metrics_conf conf = {.topics_prefix = "chat.", .max_channels = 2,
-                            .version = "test"};
+    cv_metrics_conf conf = {
+        .topics_prefix = "chat.", .max_channels = 2, .version = "test"};
     TAP_IS_INT(cv_metrics_new(&conf, &m), 0, "cv_metrics_new");
     const cv_pipeline_observer *o = cv_metrics_observer(m);
     cv_rec recs[5];
@@ -192,23 +306,37 @@ static void test_observer_lag(void) {
            "a: 3 consumed-unacked records, the oldest 5 s old");
     tap_ok(strstr(j, "\"channel\":\"_other\"") != NULL,
            "third channel goes to _other with max_channels = 2");
-    tap_ok(strstr(j, "\"reason\":\"channel_mismatch\"") != NULL, "recent rejection listed");
+    tap_ok(strstr(j, "\"reason\":\"channel_mismatch\"") != NULL,
+           "recent rejection listed");
     cv_ack_note notes[2] = {
-        {.topic = "chat.a", .partition = 0, .offset = 10, .timestamp_ms = -1,
-         .sent_at_us = cv_now_us() - 2000000, .status = 1, .stores = CV_STORE_PG},
-        {.topic = "chat.a", .partition = 0, .offset = 11, .timestamp_ms = -1,
-         .sent_at_us = cv_now_us() - 2000000, .status = 2, .stores = CV_STORE_PG},
+        {.topic = "chat.a",
+         .partition = 0,
+         .offset = 10,
+         .timestamp_ms = -1,
+         .sent_at_us = cv_now_us() - 2000000,
+         .status = 1,
+         .stores = CV_STORE_PG},
+        {.topic = "chat.a",
+         .partition = 0,
+         .offset = 11,
+         .timestamp_ms = -1,
+         .sent_at_us = cv_now_us() - 2000000,
+         .status = 2,
+         .stores = CV_STORE_PG},
     };
     o->acked(o->opaque, notes, 2);
     b.len = 0;
     cv_metrics_render_prometheus(m, &b);
     cv_buf_append(&b, "", 1);
     j = (const char *)b.data;
-    tap_ok(strstr(j, "chatvault_ack_lag_messages{channel=\"a\",partition=\"0\"} 1\n") != NULL,
+    tap_ok(strstr(j, "chatvault_ack_lag_messages{channel=\"a\",partition=\"0\"} 1\n") !=
+               NULL,
            "a: lag 1 after two acks");
-    tap_ok(strstr(j, "chatvault_acked_total{channel=\"a\",status=\"duplicate\"} 1\n") != NULL,
+    tap_ok(strstr(j, "chatvault_acked_total{channel=\"a\",status=\"duplicate\"} 1\n") !=
+               NULL,
            "duplicate ack counted");
-    tap_ok(strstr(j, "chatvault_rejected_total{channel=\"_other\",reason=\"channel_mismatch\"} 1\n") != NULL,
+    tap_ok(strstr(j, "chatvault_rejected_total{channel=\"_other\",reason=\"channel_"
+                     "mismatch\"} 1\n") != NULL,
            "rejection counted under _other");
     tap_ok(strstr(j, "chatvault_ack_latency_seconds_count 2\n") != NULL,
            "two sent->ack latencies observed");
@@ -224,7 +352,8 @@ static void test_observer_lag(void) {
     tap_ok(strstr((const char *)b.data, "\"status\":\"ERR\"") != NULL,
            "store down: channels ERR");
     o->store_ok(o->opaque, CV_STORE_PG);
-    tap_ok(cv_metrics_ready(m, why, sizeof(why)), "ready again after a good write (%s)", why);
+    tap_ok(cv_metrics_ready(m, why, sizeof(why)), "ready again after a good write (%s)",
+           why);
     cv_buf_release(&b);
     m = cv_metrics_free(m);
     tap_ok(m == NULL, "free returns NULL");

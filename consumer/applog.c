@@ -180,7 +180,7 @@
 #define SEG_SUFFIX ".cvlog"
 #define TMP_SUFFIX ".tmp"
 #define NAME_DIGITS 20
-#define INDEX_KEEP 65536 /* recent (offset, digest) pairs kept per partition */
+#define INDEX_KEEP 16384 /* recent (offset, digest) pairs kept per partition */
 #define BUF_LIMIT (1u << 30)
 #define WRITER_NAME_MAX 64
 
@@ -1394,6 +1394,12 @@ typedef struct part {
     int64_t *ioff;
     unsigned char (*idig)[DIGEST];
     size_t ilen, dilen, icap;
+    /* (offset, digest) of the older segment last looked up on disk, so a
+     * re-delivery reaching below the index reads that segment once */
+    int64_t *coff;
+    unsigned char (*cdig)[DIGEST];
+    size_t clen, ccap;
+    bool cused; /* looked up during the current append */
     struct part *next;
 } part;
 
@@ -1447,6 +1453,8 @@ static void part_free(part *p) {
     free(p->err);
     free(p->ioff);
     free(p->idig);
+    free(p->coff);
+    free(p->cdig);
     free(p->touched);
     free(p->jidx);
     if (p->late)
@@ -1836,41 +1844,84 @@ static int get_part(cv_applog *log, const char *topic, int32_t partition,
     return 0;
 }
 
+/* Index of `offset` in the ascending array `v` of n, or n if absent. */
+static size_t find_offset(const int64_t *v, size_t n, int64_t offset) {
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (v[mid] < offset)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && v[lo] == offset ? lo : n;
+}
+
+/* Fills the disk-lookup cache with every record of the segment that would
+ * hold `offset` (frame check and chain only). */
+static int cache_segment(part *p, int64_t offset, char *errbuf,
+                         size_t errlen) {
+    pdir d;
+    int r = pdir_init(&d, p->dir, NULL, offset, errbuf, errlen);
+    size_t seg_index = d.iseg;
+    p->clen = 0;
+    while (r == 0 && (r = pdir_next(&d, errbuf, errlen)) == 1 &&
+           d.iseg == seg_index + 1) {
+        r = 0;
+        if (p->clen == p->ccap) {
+            size_t ncap = p->ccap ? p->ccap * 2 : 1024;
+            int64_t *no = realloc(p->coff, ncap * sizeof(*no));
+            if (!no) {
+                r = -ENOMEM;
+                break;
+            }
+            p->coff = no;
+            unsigned char(*nd)[DIGEST] = realloc(p->cdig, ncap * sizeof(*nd));
+            if (!nd) {
+                r = -ENOMEM;
+                break;
+            }
+            p->cdig = nd;
+            p->ccap = ncap;
+        }
+        p->coff[p->clen] = d.rec.offset;
+        memcpy(p->cdig[p->clen], d.rec.digest, DIGEST);
+        p->clen++;
+    }
+    pdir_release(&d);
+    if (r < 0) {
+        p->clen = 0;
+        return r;
+    }
+    return 0;
+}
+
 /* The digest of an offset the partition already holds: the in-memory index,
- * else a read of the segment that would hold it. -ERANGE if not held. */
+ * else the segment that would hold it (read once into the lookup cache).
+ * -ERANGE if not held. */
 static int lookup_digest(cv_applog *log, part *p, int64_t offset,
                          unsigned char *out, char *errbuf, size_t errlen) {
+    size_t i;
     if (p->ilen && offset >= p->ioff[0]) {
-        size_t lo = 0, hi = p->ilen;
-        while (lo < hi) {
-            size_t mid = lo + (hi - lo) / 2;
-            if (p->ioff[mid] < offset)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        if (lo < p->ilen && p->ioff[lo] == offset) {
-            memcpy(out, p->idig[lo], DIGEST);
+        if ((i = find_offset(p->ioff, p->ilen, offset)) < p->ilen) {
+            memcpy(out, p->idig[i], DIGEST);
             return 0;
         }
     } else {
-        pdir d;
-        int r = pdir_init(&d, p->dir, NULL, offset, errbuf, errlen);
-        while (r == 0 && (r = pdir_next(&d, errbuf, errlen)) == 1 &&
-               d.rec.offset < offset)
-            r = 0;
-        bool found = r == 1 && d.rec.offset == offset;
-        if (found)
-            memcpy(out, d.rec.digest, DIGEST);
-        pdir_release(&d);
-        if (found)
+        p->cused = true;
+        if (!p->clen || offset < p->coff[0] || offset > p->coff[p->clen - 1]) {
+            int r = cache_segment(p, offset, errbuf, errlen);
+            if (r < 0)
+                return r;
+        }
+        if ((i = find_offset(p->coff, p->clen, offset)) < p->clen) {
+            memcpy(out, p->cdig[i], DIGEST);
             return 0;
-        if (r < 0)
-            return r;
+        }
     }
     errf(errbuf, errlen,
          "log %s: offset %" PRId64 " is below the last offset %" PRId64
-         " and not in the log (consumer group offsets moved back?)",
+         " and not in the log",
          p->dir, offset, p->last);
     return -ERANGE;
 }
@@ -2098,6 +2149,14 @@ static void commit(part *p) {
     p->dlast = p->last;
     index_trim(p);
     p->dilen = p->ilen;
+    if (!p->cused && p->ccap) {
+        free(p->coff);
+        free(p->cdig);
+        p->coff = NULL;
+        p->cdig = NULL;
+        p->clen = p->ccap = 0;
+    }
+    p->cused = false;
 }
 
 /* Everything one append does to one partition: encode its entries, write

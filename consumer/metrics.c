@@ -572,20 +572,36 @@ static void obs_acked(void *opaque, const cv_ack_note *notes, size_t n) {
     pthread_mutex_unlock(&m->lock);
 }
 
-/* A sample of channel `ci` as things are now. Lock held. */
-static cv_lag_sample channel_sample(const cv_metrics *m, size_t ci, int64_t now_ms) {
-    const mchannel *c = &m->channels[ci];
-    cv_lag_sample s = {.t_ms = now_ms, .consumed = c->consumed, .acked = c->acked};
+/* Every channel's sample (and, with now_us > 0, the age of its oldest
+ * unacked record) as things are now, in one pass over the partitions.
+ * Returns a calloc'ed array of max_channels + 1, or NULL. Lock held. */
+typedef struct chagg {
+    cv_lag_sample s;
+    int64_t age_us;
+} chagg;
+
+static chagg *channel_aggregates(const cv_metrics *m, int64_t now_ms, int64_t now_us) {
+    chagg *a = calloc(m->max_channels + 1, sizeof(*a));
+    if (!a)
+        return NULL;
+    for (size_t ci = 0; ci <= m->max_channels; ci++)
+        a[ci].s = (cv_lag_sample){.t_ms = now_ms,
+                                  .consumed = m->channels[ci].consumed,
+                                  .acked = m->channels[ci].acked};
     for (size_t k = 0; k < m->nparts; k++) {
         const mpart *p = m->parts[k];
-        if (p->channel != ci)
-            continue;
-        s.lag += part_lag(p);
-        s.inflight += part_inflight(p);
-        if (p->lag_since_ms && (!s.lag_since_ms || p->lag_since_ms < s.lag_since_ms))
-            s.lag_since_ms = p->lag_since_ms;
+        cv_lag_sample *s = &a[p->channel].s;
+        s->lag += part_lag(p);
+        s->inflight += part_inflight(p);
+        if (p->lag_since_ms && (!s->lag_since_ms || p->lag_since_ms < s->lag_since_ms))
+            s->lag_since_ms = p->lag_since_ms;
+        if (now_us > 0) {
+            int64_t age = part_lag_age_us(p, now_us);
+            if (age > a[p->channel].age_us)
+                a[p->channel].age_us = age;
+        }
     }
-    return s;
+    return a;
 }
 
 static void channel_add_sample(mchannel *c, cv_lag_sample s) {
@@ -666,12 +682,19 @@ static void obs_tick(void *opaque, rd_kafka_t *rk) {
             }
         }
         m->nparts = w;
-        if (removed)
-            index_rebuild(m, m->indexcap ? m->indexcap : 256);
+        if (removed && index_rebuild(m, m->indexcap ? m->indexcap : 256) < 0) {
+            /* The old index points at freed partitions: drop it; lookups
+             * miss (and re-create) until a rebuild succeeds. */
+            free(m->index);
+            m->index = NULL;
+            m->indexcap = 0;
+        }
     }
-    for (size_t ci = 0; ci <= m->max_channels; ci++)
+    chagg *agg = channel_aggregates(m, now_ms, 0);
+    for (size_t ci = 0; agg && ci <= m->max_channels; ci++)
         if (ci < m->nchannels || (ci == m->max_channels && m->other_used))
-            channel_add_sample(&m->channels[ci], channel_sample(m, ci, now_ms));
+            channel_add_sample(&m->channels[ci], agg[ci].s);
+    free(agg);
     /* Ack-latency snapshots for the recent quantiles. */
     size_t slot = (m->lat_snap_head + m->nlat_snaps) % LAT_SNAPS;
     if (m->nlat_snaps == LAT_SNAPS)
@@ -774,14 +797,14 @@ typedef struct chview {
     int64_t lag_age_us;
 } chview;
 
-static chview channel_view(const cv_metrics *m, size_t ci, int64_t now_ms,
-                           int64_t now_us) {
+static chview channel_view(const cv_metrics *m, size_t ci, const chagg *agg,
+                           int64_t now_ms) {
     const mchannel *c = &m->channels[ci];
     cv_lag_sample s[SAMPLES_MAX + 1];
     size_t n = 0;
     for (size_t i = 0; i < c->nsamples; i++)
         s[n++] = c->samples[(c->sample_head + i) % SAMPLES_MAX];
-    chview v = {.now = channel_sample(m, ci, now_ms)};
+    chview v = {.now = agg[ci].s, .lag_age_us = agg[ci].age_us};
     s[n++] = v.now;
     v.status = cv_lag_status_eval(s, n, m->window_ms, stores_down(m), &v.why);
     size_t first = 0;
@@ -791,12 +814,6 @@ static chview channel_view(const cv_metrics *m, size_t ci, int64_t now_ms,
     if (now_ms > s[first].t_ms)
         v.rate = (double)(v.now.acked - s[first].acked) * 1000.0 /
                  (double)(now_ms - s[first].t_ms);
-    for (size_t k = 0; k < m->nparts; k++)
-        if (m->parts[k]->channel == ci) {
-            int64_t age = part_lag_age_us(m->parts[k], now_us);
-            if (age > v.lag_age_us)
-                v.lag_age_us = age;
-        }
     return v;
 }
 
@@ -866,6 +883,9 @@ static const char *ack_status_label(int s) {
 int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
     int r = 0;
     int64_t now_us = cv_now_us(), now_ms = cv_mono_ms();
+    double *other_lag = NULL, *other_age = NULL;
+    bool *other_seen = NULL;
+    chagg *agg = NULL;
     pthread_mutex_lock(&m->lock);
     CK(prom_family(b, "chatvault_build_info", "gauge",
                    "Always 1; the labels say which build and libraries run."));
@@ -930,52 +950,69 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
                        (double)m->channels[ci].rejected_by_reason[s]));
         }
 
-    /* Per-partition lag; "_other" sums its partitions by number. */
-    CK(prom_family(b, "chatvault_ack_lag_messages", "gauge",
-                   "Records of the partition not acked yet (end offset - acked "
-                   "offset), consumed or still in Kafka."));
-    for (int pass = 0; pass < 2; pass++) {
-        if (pass == 1)
-            CK(prom_family(b, "chatvault_ack_lag_seconds", "gauge",
-                           "Age of the oldest unacked record of the partition."));
+    /* Per-partition lag; "_other" sums its partitions by number (max age). */
+    int32_t maxp = -1;
+    for (size_t k = 0; k < m->nparts; k++)
+        if (m->parts[k]->channel == m->max_channels && m->parts[k]->partition > maxp)
+            maxp = m->parts[k]->partition;
+    if (maxp >= 0) {
+        other_lag = calloc((size_t)maxp + 1, sizeof(*other_lag));
+        other_age = calloc((size_t)maxp + 1, sizeof(*other_age));
+        other_seen = calloc((size_t)maxp + 1, sizeof(*other_seen));
+        if (!other_lag || !other_age || !other_seen) {
+            r = -ENOMEM;
+            goto out;
+        }
         for (size_t k = 0; k < m->nparts; k++) {
             const mpart *p = m->parts[k];
-            bool other = p->channel == m->max_channels;
-            if (other) { /* emitted once per partition number */
-                bool seen = false;
-                for (size_t j = 0; j < k && !seen; j++)
-                    seen = m->parts[j]->channel == m->max_channels &&
-                           m->parts[j]->partition == p->partition;
-                if (seen)
-                    continue;
-            }
-            double v = 0;
-            for (size_t j = k; j < m->nparts; j++) {
-                const mpart *q = m->parts[j];
-                if (j != k && (!other || q->channel != m->max_channels ||
-                               q->partition != p->partition))
-                    continue;
-                if (pass == 0)
-                    v += (double)part_lag(q);
-                else {
-                    double age = (double)part_lag_age_us(q, now_us) / 1e6;
-                    v = age > v ? age : v;
-                }
-            }
-            char extra[40];
+            if (p->channel != m->max_channels || p->partition < 0)
+                continue;
+            other_lag[p->partition] += (double)part_lag(p);
+            other_seen[p->partition] = true;
+            double age = (double)part_lag_age_us(p, now_us) / 1e6;
+            if (age > other_age[p->partition])
+                other_age[p->partition] = age;
+        }
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        const char *name =
+            pass ? "chatvault_ack_lag_seconds" : "chatvault_ack_lag_messages";
+        if (pass == 0)
+            CK(prom_family(b, name, "gauge",
+                           "Records of the partition not acked yet (end offset - acked "
+                           "offset), consumed or still in Kafka."));
+        else
+            CK(prom_family(b, name, "gauge",
+                           "Age of the oldest unacked record of the partition."));
+        char extra[40];
+        for (size_t k = 0; k < m->nparts; k++) {
+            const mpart *p = m->parts[k];
+            if (p->channel == m->max_channels)
+                continue;
             snprintf(extra, sizeof(extra), ",partition=\"%" PRId32 "\"", p->partition);
-            CK(prom_ch(b,
-                       pass ? "chatvault_ack_lag_seconds" : "chatvault_ack_lag_messages",
-                       m->channels[p->channel].name, extra, pass ? "%.3f" : "%.0f", v));
+            CK(prom_ch(
+                b, name, m->channels[p->channel].name, extra, pass ? "%.3f" : "%.0f",
+                pass ? (double)part_lag_age_us(p, now_us) / 1e6 : (double)part_lag(p)));
+        }
+        for (int32_t q = 0; q <= maxp; q++) {
+            if (!other_seen[q])
+                continue;
+            snprintf(extra, sizeof(extra), ",partition=\"%" PRId32 "\"", q);
+            CK(prom_ch(b, name, OTHER_CHANNEL, extra, pass ? "%.3f" : "%.0f",
+                       pass ? other_age[q] : other_lag[q]));
         }
     }
     CK(prom_family(b, "chatvault_channel_status", "gauge",
                    "1 for the channel's current status (OK, WARN, STALL, STOP, "
                    "ERR; see /api/lag), 0 for the others."));
+    if (!(agg = channel_aggregates(m, now_ms, now_us))) {
+        r = -ENOMEM;
+        goto out;
+    }
     for (size_t ci = 0; ci <= m->max_channels; ci++) {
         if (!channel_in_use(m, ci))
             continue;
-        chview v = channel_view(m, ci, now_ms, now_us);
+        chview v = channel_view(m, ci, agg, now_ms);
         for (int s = 0; s < CV_LAG__COUNT; s++) {
             char extra[32];
             snprintf(extra, sizeof(extra), ",status=\"%s\"",
@@ -1024,6 +1061,10 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
                                      : (double)(now_us - m->start_us) / 1e6));
 out:
     pthread_mutex_unlock(&m->lock);
+    free(agg);
+    free(other_lag);
+    free(other_age);
+    free(other_seen);
     return r;
 }
 
@@ -1043,6 +1084,11 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
     int r = 0;
     int64_t now_us = cv_now_us(), now_ms = cv_mono_ms();
     pthread_mutex_lock(&m->lock);
+    chagg *agg = channel_aggregates(m, now_ms, now_us);
+    if (!agg) {
+        r = -ENOMEM;
+        goto out;
+    }
     bool down = stores_down(m);
     cv_lag_status worst = CV_LAG_OK;
     int64_t tot_lag = 0, tot_age = 0, tot_consumed = 0, tot_acked = 0, tot_rejected = 0,
@@ -1064,7 +1110,7 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
         if (!channel_in_use(m, ci))
             continue;
         const mchannel *c = &m->channels[ci];
-        chview v = channel_view(m, ci, now_ms, now_us);
+        chview v = channel_view(m, ci, agg, now_ms);
         if (v.status > worst)
             worst = v.status;
         tot_lag += v.now.lag;
@@ -1168,6 +1214,7 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
     CK(cv_buf_append(b, "]}\n", 3));
 out:
     pthread_mutex_unlock(&m->lock);
+    free(agg);
     return r;
 }
 
@@ -1189,18 +1236,21 @@ bool cv_metrics_ready(cv_metrics *m, char *why, size_t whylen) {
                      m->stores[s].last_error);
             ok = false;
         }
-    for (size_t ci = 0; ok && ci <= m->max_channels; ci++) {
+    chagg *agg = ok ? channel_aggregates(m, now_ms, now_us) : NULL;
+    for (size_t ci = 0; agg && ci <= m->max_channels; ci++) {
         if (!channel_in_use(m, ci))
             continue;
-        chview v = channel_view(m, ci, now_ms, now_us);
+        chview v = channel_view(m, ci, agg, now_ms);
         if (v.status == CV_LAG_STALL || v.status == CV_LAG_STOP ||
             v.status == CV_LAG_ERR) {
             snprintf(why, whylen, "channel %s is %s: %s", m->channels[ci].name,
                      cv_lag_status_name(v.status), v.why);
             ok = false;
+            break;
         }
     }
     pthread_mutex_unlock(&m->lock);
+    free(agg);
     if (ok)
         snprintf(why, whylen, "ready");
     return ok;

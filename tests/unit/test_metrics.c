@@ -338,6 +338,13 @@ static void test_observer_lag(void) {
     tap_ok(strstr(j, "chatvault_rejected_total{channel=\"_other\",reason=\"channel_"
                      "mismatch\"} 1\n") != NULL,
            "rejection counted under _other");
+    tap_ok(
+        strstr(j, "chatvault_ack_lag_messages{channel=\"_other\",partition=\"0\"} 1\n") !=
+            NULL,
+        "_other: lag summed by partition number");
+    tap_ok(strstr(j, "chatvault_ack_lag_messages{channel=\"b\",partition=\"0\"} 1\n") !=
+               NULL,
+           "b: its own series");
     tap_ok(strstr(j, "chatvault_ack_latency_seconds_count 2\n") != NULL,
            "two sent->ack latencies observed");
     tap_ok(strstr(j, "chatvault_channel_status{channel=\"a\",status=\"OK\"} 1\n") != NULL,

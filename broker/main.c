@@ -15,6 +15,7 @@ static const cv_command commands[] = {
     {"config", cv_cmd_config, "print the configuration reference or an example file"},
     {"log", cv_cmd_log, "list, print (cat) and check the encrypted log"},
     {"keygen", cv_cmd_keygen, "add a key to the encrypted log's key file"},
+    {"replay", cv_cmd_replay, "re-deliver stored messages to Kafka from PostgreSQL or the log"},
     {"verify", cv_cmd_verify, "prove PostgreSQL and the log agree; --repair fills each from the other"},
     {"lag", cv_cmd_lag, "show the ack lag and status of every channel from a running broker"},
 };

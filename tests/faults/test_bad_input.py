@@ -118,6 +118,7 @@ with faultlib.FaultHarness('bad_input', topics={TOPIC: 1, 'chat.other': 1},
           'PostgreSQL holds exactly the %d good records' % len(goods))
     log_ids = [r['message_id'] for r in faultlib.log_cat(h)]
     faultlib.check_store(h, 'the log', log_ids, goods)
+    faultlib.check_verify(h)
     good_acks = [by_off.get((TOPIC, o), []) for p, o in zip(plan, offsets) if not p[3]]
     h.ok(all(len(l) == 1 and cvtest.STATUS[l[0].status] == 'PERSISTED'
              for l in good_acks),

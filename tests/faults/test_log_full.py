@@ -104,6 +104,7 @@ with faultlib.FaultHarness('log_full_' + policy, topics=topics, partitions=8,
     os.unlink(filler)
     logrecs = faultlib.log_cat(h)
     log_ids = [r['message_id'] for r in logrecs]
+    pre_repair_ids = set(log_ids)   # what the broker itself made durable
     if policy == 'all':
         faultlib.check_store(h, 'the log', log_ids, sent)
     else:
@@ -112,17 +113,19 @@ with faultlib.FaultHarness('log_full_' + policy, topics=topics, partitions=8,
         h.diag('the log misses %d messages (acked DEGRADED while it was full; '
                '`chatvault verify --repair` would fill the gap)'
                % len(set(sent) - set(log_ids)))
-        r = h.run('verify', '--help')
-        if r.returncode != 0:
-            h.diag('`chatvault verify` is not implemented yet (exit %d: %s): the '
-                   'repair the broker asks for cannot be run; not checked'
-                   % (r.returncode, r.stderr.strip()))
-        else:
-            r = h.run('verify', '--repair', timeout=600)
-            h.diag('chatvault verify --repair: exit %d' % r.returncode)
-            log_ids = [x['message_id'] for x in faultlib.log_cat(h)]
-            faultlib.check_store(h, 'the log after verify --repair', log_ids, sent)
-    in_log, in_pg = set(log_ids), set(ids)
+        r = faultlib.verify(h)
+        h.is_(r.returncode, 3, '`chatvault verify` reports the gap (exit 3)')
+        h.diag('verify: ' + ' | '.join(r.stdout.strip().splitlines()[-3:])[:600])
+        r = faultlib.verify(h, repair=True)
+        h.is_(r.returncode, 0, '`chatvault verify --repair` fills it and then '
+              'finds the stores in agreement (exit 0)')
+        h.diag('verify --repair: ' + ' | '.join(
+            (r.stdout + r.stderr).strip().splitlines()[-3:])[:600])
+        logrecs = faultlib.log_cat(h)
+        log_ids = [x['message_id'] for x in logrecs]
+        faultlib.check_store(h, 'the log after verify --repair', log_ids, sent)
+    faultlib.check_verify(h)
+    in_log, in_pg = pre_repair_ids, set(ids)
     claims_log = [a.message_id for _, a, _ in items if a.stores & LOG
                   and a.message_id not in in_log]
     claims_pg = [a.message_id for _, a, _ in items if a.stores & PG

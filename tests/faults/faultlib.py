@@ -303,6 +303,16 @@ class FaultHarness(cvtest.Harness):
             return f.read()
 
 
+def group_coordinator(h, group='chatvault'):
+    """The node id of GROUP's coordinator (kafka-python's admin client)."""
+    from kafka import KafkaAdminClient
+    admin = KafkaAdminClient(bootstrap_servers=h.bootstrap)
+    try:
+        return admin._find_coordinator_ids([group])[group]
+    finally:
+        admin.close()
+
+
 def log_cat(h, dirs=None, config=None):
     """The records of `chatvault log cat` (dicts), over DIRS merged when given.
     Raises when the tool fails."""
@@ -479,6 +489,29 @@ def check_log(h, name, recs, sent, records):
     if len(recs) != len(got):
         h.diag('%s: %d records for %d message ids (messages the publisher sent '
                'twice)' % (name, len(recs), len(got)))
+
+
+def verify(h, dirs=None, repair=False, config=None):
+    """`chatvault verify [--repair]` (over DIRS when given); returns the
+    CompletedProcess (exit 0: the stores agree, 3: differences)."""
+    args = ['verify', '--quiet']
+    if repair:
+        args.append('--repair')
+    for d in dirs or []:
+        args += ['--log-dir', d]
+    if config:
+        args += ['-c', config]
+        return h.run(*args, timeout=900, config=False)
+    return h.run(*args, timeout=900)
+
+
+def check_verify(h, dirs=None):
+    """TAP point: `chatvault verify` finds the two stores in agreement."""
+    r = verify(h, dirs=dirs)
+    h.ok(r.returncode == 0, '`chatvault verify` finds PostgreSQL and the log in '
+         'agreement (exit 0)', 'exit %d: %s %s' % (r.returncode, r.stdout[-1500:],
+                                                 r.stderr[-1500:]))
+    return r
 
 
 def pg_ids(h):

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -267,12 +268,9 @@ static int fsync_parent(const char *path) {
     return r;
 }
 
-int cv_keyring_generate(const char *path, uint32_t *ret_id, char *errbuf,
-                        size_t errlen) {
-    if (sodium_init() < 0) {
-        errf(errbuf, errlen, "libsodium failed to initialise");
-        return -EIO;
-    }
+/* cv_keyring_generate with the directory locked. */
+static int generate_locked(const char *path, uint32_t *ret_id, char *errbuf,
+                           size_t errlen) {
     cv_keyring *kr = NULL;
     int r = cv_keyring_load(path, &kr, errbuf, errlen);
     if (r == -ENOENT) {
@@ -367,6 +365,43 @@ out:
     }
     free(tmp);
     cv_keyring_free(kr);
+    return r;
+}
+
+int cv_keyring_generate(const char *path, uint32_t *ret_id, char *errbuf,
+                        size_t errlen) {
+    if (sodium_init() < 0) {
+        errf(errbuf, errlen, "libsodium failed to initialise");
+        return -EIO;
+    }
+    /* Two keygens at once would each rename their own copy into place and
+     * one new key would be lost: they take turns on a lock of the
+     * directory. */
+    char *copy = strdup(path);
+    if (!copy)
+        return -ENOMEM;
+    const char *dir = dirname(copy);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) {
+        int e = errno;
+        errf(errbuf, errlen, "key file %s: directory %s: %s", path, dir,
+             strerror(e));
+        free(copy);
+        return -e;
+    }
+    free(copy);
+    int r;
+    while ((r = flock(dfd, LOCK_EX)) < 0 && errno == EINTR)
+        ;
+    if (r < 0) {
+        r = -errno;
+        errf(errbuf, errlen, "key file %s: cannot lock its directory: %s",
+             path, strerror(-r));
+        close(dfd);
+        return r;
+    }
+    r = generate_locked(path, ret_id, errbuf, errlen);
+    close(dfd); /* releases the lock */
     return r;
 }
 

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "keyring.h"
@@ -108,6 +109,33 @@ static void test_refusals(void) {
     }
 }
 
+static void test_concurrent_keygen(void) {
+    char path[512], err[512];
+    snprintf(path, sizeof(path), "%s/busy.key", dir);
+    enum { N = 8 };
+    pid_t pids[N];
+    fflush(stdout);
+    for (int i = 0; i < N; i++) {
+        pids[i] = fork();
+        if (pids[i] == 0) {
+            uint32_t id;
+            _exit(cv_keyring_generate(path, &id, err, sizeof(err)) < 0);
+        }
+    }
+    int failed = 0;
+    for (int i = 0; i < N; i++) {
+        int st;
+        waitpid(pids[i], &st, 0);
+        failed += !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+    }
+    cv_keyring *kr = NULL;
+    int r = cv_keyring_load(path, &kr, err, sizeof(err));
+    tap_ok(failed == 0 && r == 0 && cv_keyring_count(kr) == N &&
+               cv_keyring_newest(kr) == N,
+           "%d keygens at once add %d keys with ids 1..%d", N, N, N);
+    cv_keyring_free(kr);
+}
+
 int main(void) {
     snprintf(dir, sizeof(dir), "/tmp/cv-test-keyring-XXXXXX");
     if (!mkdtemp(dir)) {
@@ -116,6 +144,7 @@ int main(void) {
     }
     test_generate_and_load();
     test_refusals();
+    test_concurrent_keygen();
     char cmd[512];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     if (system(cmd) != 0)

@@ -34,35 +34,33 @@ struct cv_pgstore {
 
 static const char stage_sql[] =
     "CREATE TEMP TABLE IF NOT EXISTS cv_stage ("
-    " seq integer, channel text, message_id text, kafka_topic text,"
+    " seq integer, channel text COLLATE \"C\", message_id text COLLATE \"C\","
+    " kafka_topic text COLLATE \"C\","
     " kafka_partition integer, kafka_offset bigint, kafka_timestamp timestamptz,"
     " sender_id text, sent_at_us bigint, body bytea, content_type text,"
     " attributes jsonb, reply_to text) ON COMMIT DELETE ROWS";
 
-/* Rows whose record got no row of its own: neither inserted now, nor the
- * very record (same coordinates) that an earlier delivery stored. The outer
- * query sees the table as it was before the INSERT, so `m` is the row that
- * already existed, if any. */
+/* Moves the staged batch into chatvault.messages; the first record of a
+ * message id (in batch order) wins. */
 static const char insert_sql[] =
-    "WITH ins AS ("
-    " INSERT INTO chatvault.messages (channel, message_id, kafka_topic,"
-    "  kafka_partition, kafka_offset, kafka_timestamp, sender_id, sent_at_us,"
-    "  body, content_type, attributes, reply_to)"
+    "INSERT INTO chatvault.messages (channel, message_id, kafka_topic,"
+    " kafka_partition, kafka_offset, kafka_timestamp, sender_id, sent_at_us,"
+    " body, content_type, attributes, reply_to)"
     " SELECT channel, message_id, kafka_topic, kafka_partition, kafka_offset,"
-    "  kafka_timestamp, sender_id, sent_at_us, body, content_type, attributes,"
-    "  reply_to FROM cv_stage ORDER BY seq"
-    " ON CONFLICT (channel, message_id) DO NOTHING"
-    " RETURNING kafka_topic, kafka_partition, kafka_offset)"
-    "SELECT s.seq FROM cv_stage s"
-    " LEFT JOIN ins ON ins.kafka_topic = s.kafka_topic"
-    "  AND ins.kafka_partition = s.kafka_partition"
-    "  AND ins.kafka_offset = s.kafka_offset"
-    " LEFT JOIN chatvault.messages m ON m.channel = s.channel"
-    "  AND m.message_id = s.message_id"
-    " WHERE ins.kafka_offset IS NULL"
-    "  AND (m.channel IS NULL OR m.kafka_topic <> s.kafka_topic"
-    "   OR m.kafka_partition <> s.kafka_partition"
-    "   OR m.kafka_offset <> s.kafka_offset)";
+    " kafka_timestamp, sender_id, sent_at_us, body, content_type, attributes,"
+    " reply_to FROM cv_stage ORDER BY seq"
+    " ON CONFLICT (channel, message_id) DO NOTHING";
+
+/* After the insert, within the same transaction: staged records whose
+ * message id is held by a row from another record are duplicates. A
+ * re-delivered record finds its own row (same coordinates): not a
+ * duplicate. Only run when the insert took fewer rows than were staged. */
+static const char duplicates_sql[] =
+    "SELECT s.seq FROM cv_stage s JOIN chatvault.messages m"
+    " ON m.channel = s.channel AND m.message_id = s.message_id"
+    " WHERE m.kafka_topic <> s.kafka_topic"
+    " OR m.kafka_partition <> s.kafka_partition"
+    " OR m.kafka_offset <> s.kafka_offset";
 
 static const char offsets_sql[] =
     "INSERT INTO chatvault.kafka_offsets AS k (consumer_group, topic,"
@@ -283,14 +281,21 @@ static int copy_stage(cv_pgstore *st, char *errbuf, size_t errlen) {
     return 0;
 }
 
-static int insert_rows(cv_pgstore *st, cv_rec *recs, size_t n, char *errbuf,
-                       size_t errlen) {
+static int insert_rows(cv_pgstore *st, cv_rec *recs, size_t n, size_t staged,
+                       char *errbuf, size_t errlen) {
     PGresult *res = PQexec(st->conn, insert_sql);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
         return pg_fail(st, res, "inserting messages", errbuf, errlen);
+    size_t inserted = strtoull(PQcmdTuples(res), NULL, 10);
+    PQclear(res);
     for (size_t i = 0; i < n; i++)
         if (cv_rec_valid(&recs[i]))
             recs[i].status = CHATVAULT__V1__ACK_STATUS__PERSISTED;
+    if (inserted == staged)
+        return 0; /* every record got its row: the common case */
+    res = PQexec(st->conn, duplicates_sql);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return pg_fail(st, res, "finding duplicate message ids", errbuf, errlen);
     int rows = PQntuples(res);
     for (int i = 0; i < rows; i++) {
         long seq = strtol(PQgetvalue(res, i, 0), NULL, 10);
@@ -395,7 +400,7 @@ int cv_pgstore_write(cv_pgstore *st, cv_rec *recs, size_t n,
     if (rows > 0) {
         r = copy_stage(st, errbuf, errlen);
         if (r == 0)
-            r = insert_rows(st, recs, n, errbuf, errlen);
+            r = insert_rows(st, recs, n, rows, errbuf, errlen);
     }
     for (size_t i = 0; r == 0 && i < n; i++)
         if (!cv_rec_valid(&recs[i]))

@@ -96,9 +96,10 @@ class Proc:
         self.args = args
         self.logpath = logpath
         self.log = open(logpath, 'ab')
+        # Same process group as the test: when meson kills a test that
+        # timed out, its group goes with it.
         self.p = subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                                  stdout=stdout, stderr=self.log,
-                                  start_new_session=True)
+                                  stdout=stdout, stderr=self.log)
 
     @property
     def pid(self):
@@ -124,10 +125,7 @@ class Proc:
 
     def close(self):
         if self.alive():
-            try:
-                os.killpg(self.p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self.p.kill()
             self.p.wait()
         self.log.close()
 
@@ -185,6 +183,11 @@ class Harness:
 
     # --- lifecycle -----------------------------------------------------------
     def __enter__(self):
+        # SIGTERM (meson's timeout, a CI job being cancelled) unwinds through
+        # __exit__, which stops every process started here.
+        def on_term(signum, frame):
+            raise SystemExit(128 + signum)
+        signal.signal(signal.SIGTERM, on_term)
         try:
             self._start_kafka()
             self._create_db()
@@ -195,7 +198,12 @@ class Harness:
         return self
 
     def __exit__(self, etype, exc, tb):
-        if etype is not None and not issubclass(etype, SystemExit):
+        if etype is not None and issubclass(etype, SystemExit):
+            if exc.code not in (0, None):
+                self.failed += 1
+                self.n += 1
+                print('not ok %d - stopped (exit %s)' % (self.n, exc.code), flush=True)
+        elif etype is not None:
             self.failed += 1
             self.n += 1
             print('not ok %d - test body raised %s' % (self.n, etype.__name__),
@@ -286,6 +294,7 @@ class Harness:
         }
         cfg.update(self.extra_config)
         cfg.update(overrides)
+        self.config_values = cfg
         self.config_path = os.path.join(self.tmp, 'chatvault.conf')
         with open(self.config_path, 'w') as f:
             for k, v in cfg.items():
@@ -306,7 +315,17 @@ class Harness:
         if r.returncode != 0:
             raise RuntimeError('chatvault migrate exited %d: %s' % (r.returncode, r.stderr))
 
+    def keygen(self):
+        """Creates log.key_file (the encrypted log's key) unless it exists."""
+        path = self.config_values['log.key_file']
+        if not os.path.exists(path):
+            r = self.run('keygen')
+            if r.returncode != 0:
+                raise RuntimeError('chatvault keygen exited %d: %s'
+                                   % (r.returncode, r.stderr))
+
     def start_broker(self):
+        self.keygen()
         self.broker_starts += 1
         path = os.path.join(self.tmp, 'broker.log')
         with open(path, 'a') as f:

@@ -2308,8 +2308,10 @@ static void *worker(void *arg) {
 static void pool_start(cv_applog *log) {
     if (log->pool_up)
         return;
+    /* Most of a job is waiting for fdatasync, not computing: more workers
+     * than cores let more of those waits overlap. */
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    size_t want = ncpu < 2 ? 2 : ncpu > 8 ? 8 : (size_t)ncpu;
+    size_t want = ncpu < 4 ? 8 : ncpu > 8 ? 16 : (size_t)ncpu * 2;
     if (pthread_mutex_init(&log->mu, NULL) != 0)
         return;
     if (pthread_cond_init(&log->work_cv, NULL) != 0) {

@@ -16,6 +16,8 @@ static const cv_command commands[] = {
     {"log", cv_cmd_log, "list, print (cat) and check the encrypted log"},
     {"keygen", cv_cmd_keygen, "add a key to the encrypted log's key file"},
     {"replay", cv_cmd_replay, "re-deliver stored messages to Kafka from PostgreSQL or the log"},
+    {"export", cv_cmd_export, "write selected messages to JSON Lines with a manifest"},
+    {"import", cv_cmd_import, "load an export file into PostgreSQL, idempotently"},
     {"verify", cv_cmd_verify, "prove PostgreSQL and the log agree; --repair fills each from the other"},
     {"lag", cv_cmd_lag, "show the ack lag and status of every channel from a running broker"},
 };

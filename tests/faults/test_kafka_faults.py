@@ -18,7 +18,7 @@ from faultlib import cvtest
 CHANNELS = ['kf%d' % i for i in range(4)]
 PARTITIONS = 4
 RATE = 500
-DURATION = 90
+DURATION = 110
 ACK_TIMEOUT_MS = 5000     # the ack producer's kafka.message.timeout.ms
 ACK_PARTS = 8
 
@@ -87,18 +87,26 @@ with faultlib.FaultHarness('kafka_faults', topics=topics, partitions=ACK_PARTS,
     at(60)
     inject('broker-up 2')
     inject('broker-up 3')
-    # Every ack partition led by a broker that is down for longer than the
-    # ack producer's message.timeout.ms: ack deliveries fail for certain and
-    # must be produced again.
-    at(64)
+    # Every ack partition led by a broker (not the group coordinator, so the
+    # group stays assigned) that is down for longer than the ack producer's
+    # message.timeout.ms: ack deliveries fail for certain and must be
+    # produced again. First the group must be consuming again.
+    n = acks.count()
+    deadline = time.time() + 120
+    while time.time() < deadline and acks.count() < n + 1000:
+        time.sleep(0.2)
+    coord = faultlib.group_coordinator(h)
+    ack_broker = [b for b in (1, 2, 3) if b != coord][0]
+    h.diag('group coordinator: broker %d; ack partitions go to broker %d'
+           % (coord, ack_broker))
     for p in range(ACK_PARTS):
-        h.kafka.command('leader chatvault.acks %d 3' % p)
-    injected.append('+%.0fs leader of every ack partition moved to broker 3'
-                    % (time.time() - t0))
-    inject('broker-down 3')
+        h.kafka.command('leader chatvault.acks %d %d' % (p, ack_broker))
+    injected.append('+%.0fs leader of every ack partition moved to broker %d'
+                    % (time.time() - t0, ack_broker))
+    inject('broker-down %d' % ack_broker)
     t_acks_down = time.time()
-    at(64 + 3 * ACK_TIMEOUT_MS / 1000)
-    inject('broker-up 3')
+    time.sleep(3 * ACK_TIMEOUT_MS / 1000)
+    inject('broker-up %d' % ack_broker)
     t_acks_up = time.time()
 
     pub.join(timeout=600)
@@ -134,6 +142,7 @@ with faultlib.FaultHarness('kafka_faults', topics=topics, partitions=ACK_PARTS,
     h.diag('the chat topics hold %d records for %d published messages (%d sent '
            'twice by python3-kafka retries)' % (records, len(sent), records - len(sent)))
     faultlib.check_log(h, 'the log', logrecs, sent, records)
+    faultlib.check_verify(h)
 
     # Offsets never committed past an unacked message.
     first_ack = {}

@@ -105,6 +105,7 @@ with faultlib.FaultHarness('rebalance', topics=topics, partitions=32) as h:
     coords = collections.Counter((r['topic'], r['partition'], r['offset'])
                                  for r in merged)
     h.ok(max(coords.values() or [1]) == 1, 'the merged log: no Kafka record twice')
+    faultlib.check_verify(h, dirs=dirs)
     args = ['log', 'check']
     for d in dirs:
         args += ['--log-dir', d]

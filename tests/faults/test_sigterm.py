@@ -142,6 +142,7 @@ with faultlib.FaultHarness('sigterm', topics=topics, partitions=8,
     faultlib.check_store(h, 'PostgreSQL (all %d)' % len(sent), ids, sent)
     log_ids = [r['message_id'] for r in faultlib.log_cat(h)]
     faultlib.check_store(h, 'the log (all %d)' % len(sent), log_ids, sent)
+    faultlib.check_verify(h)
     statuses = faultlib.status_counts(items)
     rc = h.broker.stop(timeout=TIMEOUT_MS / 1000 + 60)
     h.is_(rc, 0, 'broker exits 0 on SIGTERM at the end')

@@ -175,6 +175,7 @@ typedef struct mpart {
     int32_t partition;
     size_t channel;
     bool assigned;
+    bool probe;            /* the end-to-end probe's topic */
     int64_t acked_next;    /* -1: unknown */
     int64_t consumed_next; /* -1: nothing consumed */
     int64_t high, low;     /* -1: unknown */
@@ -231,6 +232,10 @@ struct cv_metrics {
 
     rejnote rejects[RECENT_REJECTS];
     size_t nrejects, reject_head;
+
+    char *probe_topic; /* NULL: no probe */
+    cv_hist probe_latency;
+    int64_t probe_sent, probe_acked, probe_last_ack_us, probe_last_latency_us;
 };
 
 static size_t store_index(unsigned store) {
@@ -331,6 +336,7 @@ static mpart *part_get(cv_metrics *m, const char *topic, int32_t partition) {
     }
     p->partition = partition;
     p->channel = channel_for(m, topic);
+    p->probe = m->probe_topic && strcmp(topic, m->probe_topic) == 0;
     p->acked_next = p->consumed_next = p->high = p->low = -1;
     m->parts[m->nparts++] = p;
     if (m->nparts * 2 > m->indexcap) {
@@ -566,7 +572,14 @@ static void obs_acked(void *opaque, const cv_ack_note *notes, size_t n) {
         part_touch(p, now_ms);
         if (a->sent_at_us > 0 || a->timestamp_ms > 0) {
             int64_t lat = now_us - rec_time_us(a->sent_at_us, a->timestamp_ms, now_us);
-            cv_hist_observe(&m->ack_latency, lat > 0 ? lat : 0);
+            lat = lat > 0 ? lat : 0;
+            cv_hist_observe(&m->ack_latency, lat);
+            if (p->probe) {
+                cv_hist_observe(&m->probe_latency, lat);
+                m->probe_acked++;
+                m->probe_last_ack_us = now_us;
+                m->probe_last_latency_us = lat;
+            }
         }
     }
     pthread_mutex_unlock(&m->lock);
@@ -742,6 +755,15 @@ int cv_metrics_new(const cv_metrics_conf *conf, cv_metrics **ret_metrics) {
     cv_hist_init(&m->pg_commit, pg_commit_bounds, NB(pg_commit_bounds));
     cv_hist_init(&m->log_fsync, log_fsync_bounds, NB(log_fsync_bounds));
     cv_hist_init(&m->batch_size, batch_size_bounds, NB(batch_size_bounds));
+    cv_hist_init(&m->probe_latency, ack_latency_bounds, NB(ack_latency_bounds));
+    if (conf->probe_channel && *conf->probe_channel) {
+        size_t n = strlen(m->prefix) + strlen(conf->probe_channel) + 1;
+        if (!(m->probe_topic = malloc(n))) {
+            cv_metrics_free(m);
+            return -ENOMEM;
+        }
+        snprintf(m->probe_topic, n, "%s%s", m->prefix, conf->probe_channel);
+    }
     m->obs = (cv_pipeline_observer){
         .opaque = m,
         .consumed = obs_consumed,
@@ -769,6 +791,7 @@ cv_metrics *cv_metrics_free(cv_metrics *m) {
     free(m->channels);
     free(m->prefix);
     free(m->version);
+    free(m->probe_topic);
     pthread_mutex_destroy(&m->lock);
     free(m);
     return NULL;
@@ -776,6 +799,12 @@ cv_metrics *cv_metrics_free(cv_metrics *m) {
 
 const cv_pipeline_observer *cv_metrics_observer(cv_metrics *m) {
     return &m->obs;
+}
+
+void cv_metrics_probe_sent(cv_metrics *m) {
+    pthread_mutex_lock(&m->lock);
+    m->probe_sent++;
+    pthread_mutex_unlock(&m->lock);
 }
 
 /* ---- evaluation shared by the renderers (lock held) ---- */
@@ -1032,6 +1061,22 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
                  1e6));
     CK(prom_hist(b, "chatvault_batch_size_messages", "Records per decoded batch.",
                  &m->batch_size, 1));
+    if (m->probe_topic) {
+        CK(prom_hist(b, "chatvault_probe_latency_seconds",
+                     "End-to-end probe: publish of a canary message to the durable "
+                     "delivery of its ack.",
+                     &m->probe_latency, 1e6));
+        CK(prom_family(b, "chatvault_probe_sent_total", "counter",
+                       "Canary messages the end-to-end probe published."));
+        CK(cv_buf_printf(b, "chatvault_probe_sent_total %" PRId64 "\n", m->probe_sent));
+        CK(prom_family(b, "chatvault_probe_acked_total", "counter",
+                       "Canary messages whose ack was delivered."));
+        CK(cv_buf_printf(b, "chatvault_probe_acked_total %" PRId64 "\n", m->probe_acked));
+        CK(prom_family(b, "chatvault_probe_last_ack_timestamp_seconds", "gauge",
+                       "Unix time of the last canary ack (0: none yet)."));
+        CK(cv_buf_printf(b, "chatvault_probe_last_ack_timestamp_seconds %.3f\n",
+                         (double)m->probe_last_ack_us / 1e6));
+    }
     CK(prom_family(b, "chatvault_store_up", "gauge",
                    "1 when the store's last write succeeded, 0 after a failed "
                    "write until one succeeds."));
@@ -1183,7 +1228,23 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
     q50 = cv_hist_quantile(&m->log_fsync, NULL, 0.99);
     CK(cv_buf_append(b, ",\"log_fsync_p99_s\":", 19));
     CK(json_num(b, q50 < 0 ? q50 : q50 / 1e6));
-    CK(cv_buf_append(b, "},\"stores\":[", 12));
+    CK(cv_buf_append(b, "},\"probe\":", 10));
+    if (!m->probe_topic) {
+        CK(cv_buf_append(b, "null", 4));
+    } else {
+        CK(cv_buf_append(b, "{\"topic\":", 9));
+        CK(json_str(b, m->probe_topic));
+        CK(cv_buf_printf(b,
+                         ",\"sent\":%" PRId64 ",\"acked\":%" PRId64
+                         ",\"last_ack_ms\":%" PRId64 ",\"last_latency_s\":",
+                         m->probe_sent, m->probe_acked, m->probe_last_ack_us / 1000));
+        CK(json_num(b, m->probe_acked ? (double)m->probe_last_latency_us / 1e6 : -1));
+        double pq = cv_hist_quantile(&m->probe_latency, NULL, 0.99);
+        CK(cv_buf_append(b, ",\"p99_s\":", 9));
+        CK(json_num(b, pq < 0 ? pq : pq / 1e6));
+        CK(cv_buf_append(b, "}", 1));
+    }
+    CK(cv_buf_append(b, ",\"stores\":[", 11));
     bool firsts = true;
     for (size_t s = 0; s < 2; s++) {
         if (!m->stores[s].seen && s != 0)

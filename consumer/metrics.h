@@ -122,6 +122,8 @@ typedef struct cv_metrics_conf {
     size_t max_channels;       /* channels with their own label (≥ 1) */
     int64_t window_ms;         /* status window; 0 means 10000 */
     const char *version;       /* for chatvault_build_info */
+    const char *probe_channel; /* the end-to-end probe's channel, or NULL: its
+                                  acks feed chatvault_probe_latency_seconds */
 } cv_metrics_conf;
 
 /* Returns 0, -EINVAL for a bad conf, or -ENOMEM. */
@@ -140,6 +142,9 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *out);
 /* Appends the /api/lag JSON document to `out` (described in README.md,
  * "Observability"). Returns 0 or the cv_buf error. Thread-safe. */
 int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *out);
+
+/* The end-to-end probe published one message now. Thread-safe. */
+void cv_metrics_probe_sent(cv_metrics *m);
 
 /* Ready: the pipeline ticked in the last 3 windows, no store is down, no
  * channel is STALL, STOP or ERR. When not ready, `why` says what is wrong.

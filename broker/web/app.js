@@ -165,6 +165,26 @@
     $("no-rejects").hidden = d.rejected_recent.length > 0;
   }
 
+  // The canary: last publish → durable ack time; red when none came back
+  // for three times the window while probes are being sent.
+  function renderProbe(d) {
+    const p = d.probe;
+    const tile = $("tile-probe");
+    if (!p) {
+      $("t-probe").textContent = "off";
+      $("t-probe-note").textContent = "probe.interval_ms = 0";
+      tile.classList.remove("bad");
+      return;
+    }
+    const since = p.last_ack_ms ? (d.time_ms - p.last_ack_ms) / 1000 : null;
+    const stale = p.sent > 0 && (since == null ? d.uptime_s > 3 * d.window_s : since > 3 * d.window_s);
+    $("t-probe").textContent = p.last_latency_s == null ? "–" : fmtSecs(p.last_latency_s);
+    $("t-probe-note").textContent = stale
+      ? (since == null ? "no probe acked yet" : `no ack for ${fmtSecs(since)}`)
+      : `p99 ${fmtSecs(p.p99_s)} · ${fmtInt(p.acked)}/${fmtInt(p.sent)} acked`;
+    tile.classList.toggle("bad", stale);
+  }
+
   function render(d) {
     $("version").textContent = d.version;
     $("uptime").textContent = fmtUptime(d.uptime_s);
@@ -179,6 +199,7 @@
     $("t-p50").textContent = fmtSecs(d.latency.p50_s);
     $("t-p99").textContent = fmtSecs(d.latency.p99_s);
     $("t-rejected").textContent = fmtInt(d.totals.rejected);
+    renderProbe(d);
     $("banner-degraded").hidden = !d.degraded;
     $("degraded-since").textContent = d.degraded && d.degraded_since_ms
       ? "since " + new Date(d.degraded_since_ms).toLocaleTimeString() : "";

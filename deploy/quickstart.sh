@@ -35,9 +35,9 @@ say() { printf '\033[1mquickstart:\033[0m %s\n' "$*"; }
 broker_pid=""
 sender_pids=()
 pg_started=0
-# The broker runs in its own process group (setsid): Ctrl-C at the terminal
-# reaches the senders at once, and the broker is stopped here after them with
-# SIGTERM, so it finishes its batch in flight.
+# The broker and each sender run in their own process group (setsid), so they
+# are stopped here, senders first, then the broker with SIGTERM so that it
+# finishes its batch in flight.
 stop_group() {
     local pid=$1 sig=$2
     kill "-$sig" -- "-$pid" 2>/dev/null || kill "-$sig" "$pid" 2>/dev/null || true
@@ -47,7 +47,7 @@ cleanup() {
     set +e
     echo
     for pid in "${sender_pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null
+        stop_group "$pid" TERM
     done
     for pid in "${sender_pids[@]}"; do
         wait "$pid" 2>/dev/null
@@ -139,24 +139,23 @@ cat <<EOF
 
 EOF
 
-# The demo sender: every second one message per channel, each through
-# `chatvault send --wait-ack`, which prints the ack's status and the
-# send->ack latency (the first ones wait for the consumer group to form).
-i=0
-while [ "$rounds" = 0 ] || [ "$i" -lt "$rounds" ]; do
-    i=$((i + 1))
-    sender_pids=()
-    for ch in $channels; do
-        "$bin" send -c "$send_conf" --channel "$ch" --sender demo --wait-ack \
-            --timeout 15000 "message $i to #$ch at $(date +%T)" &
-        sender_pids+=($!)
-    done
-    for pid in "${sender_pids[@]}"; do
-        wait "$pid" || true
-    done
-    sender_pids=()
-    kill -0 "$broker_pid" 2>/dev/null || break
-    sleep 1
+# The demo sender: one long-lived `chatvault send --wait-ack` per channel,
+# fed a line a second, printing each ack's status and send->ack latency as
+# it arrives (the first ones wait for the consumer group to form). Each runs
+# in its own process group, stopped as a whole on the way out.
+for ch in $channels; do
+    CV_CH=$ch CV_BIN=$bin CV_SEND_CONF=$send_conf CV_ROUNDS=$rounds setsid bash -c '
+        i=0
+        while [ "$CV_ROUNDS" = 0 ] || [ "$i" -lt "$CV_ROUNDS" ]; do
+            i=$((i + 1))
+            echo "message $i to #$CV_CH at $(date +%T)"
+            sleep 1
+        done | stdbuf -oL "$CV_BIN" send -c "$CV_SEND_CONF" --channel "$CV_CH" \
+            --sender demo --wait-ack --timeout 15000 2>&1 | sed -u "s/^/  #$CV_CH  /"' &
+    sender_pids+=($!)
+done
+for pid in "${sender_pids[@]}"; do
+    wait "$pid" || true
 done
 if ! kill -0 "$broker_pid" 2>/dev/null; then
     say "the broker exited; .run/broker.log says:"

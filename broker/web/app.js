@@ -142,11 +142,13 @@
       err.title = s.last_error;
       tr.appendChild(err);
       tbody.appendChild(tr);
-      if (!s.up) down.push(`${s.name}: ${s.last_error}`);
+      if (!s.up) down.push(s.last_error.startsWith(s.name) ? s.last_error : `${s.name}: ${s.last_error}`);
     }
     const b = $("banner-stores");
     b.hidden = down.length === 0;
-    b.textContent = down.length ? "STORE DOWN — acks are held until it is back. " + down.join(" · ") : "";
+    b.textContent = !down.length ? ""
+      : (d.degraded ? "STORE DOWN — acking with the other store only. "
+                    : "STORE DOWN — acks are held until it is back. ") + down.join(" · ");
   }
 
   function renderRejects(d) {

@@ -5,24 +5,35 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "chatvault.pb-c.h"
 
-#define FETCH_ROWS 5000
-#define FETCH_SQL "FETCH 5000 FROM cv_pgread"
+#define FETCH_ROWS 10000
+#define FETCH_SQL "FETCH 10000 FROM cv_pgread"
+#define AHEAD 3 /* batches fetched ahead of the caller */
 #define PARAMS_MAX 12
 #define ARRAY_LIMIT ((size_t)256 << 20)
 
+/* A fetcher thread runs the FETCHes while the caller reads, so the server
+ * never waits for the caller (nor on a full socket buffer): up to AHEAD
+ * batches are held. The connection belongs to the thread while it runs. */
 struct cv_pgread {
     PGconn *conn;
     bool in_tx, cursor;
     PGresult *res;   /* the batch being read */
     int row, nrows;
-    bool pending;    /* the next FETCH was sent */
-    bool last;       /* res is the last batch */
+    pthread_t th;
+    bool th_up;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    PGresult *q[AHEAD];
+    size_t qhead, qlen;
+    bool done, stop; /* the thread fetched the last batch / must stop */
+    char *err;       /* the thread's error */
     cv_buf attr;     /* this row's attribute strings */
     const char **attrv;
     size_t attrcap;
@@ -74,6 +85,8 @@ static int array_literal(cv_buf *b, const int64_t *offs, const char *const *ids,
         r = cv_buf_append(b, "}", 2); /* with the NUL */
     return r;
 }
+
+static void *fetcher(void *arg);
 
 int cv_pgread_open(PGconn *conn, const cv_pgread_sel *sel, cv_pgread **ret,
                    char *errbuf, size_t errlen) {
@@ -168,12 +181,16 @@ int cv_pgread_open(PGconn *conn, const cv_pgread_sel *sel, cv_pgread **ret,
     }
     PQclear(res);
     rd->cursor = true;
-    if (!PQsendQueryParams(conn, FETCH_SQL,
-                           0, NULL, NULL, NULL, NULL, 1)) {
-        r = fail(conn, NULL, "FETCH", errbuf, errlen);
+    pthread_mutex_init(&rd->mu, NULL);
+    pthread_cond_init(&rd->cv, NULL);
+    if (pthread_create(&rd->th, NULL, fetcher, rd) != 0) {
+        pthread_mutex_destroy(&rd->mu);
+        pthread_cond_destroy(&rd->cv);
+        snprintf(errbuf, errlen, "postgres: cannot start the fetcher thread");
+        r = -EAGAIN;
         goto out;
     }
-    rd->pending = true;
+    rd->th_up = true;
     *ret = rd;
     rd = NULL;
 out:
@@ -183,33 +200,69 @@ out:
     return r;
 }
 
-/* The result of the FETCH sent last; sends the next one when this batch is
- * full (so the server works on it while the caller reads this one). */
+static void *fetcher(void *arg) {
+    cv_pgread *rd = arg;
+    for (;;) {
+        pthread_mutex_lock(&rd->mu);
+        while (rd->qlen == AHEAD && !rd->stop)
+            pthread_cond_wait(&rd->cv, &rd->mu);
+        bool stop = rd->stop;
+        pthread_mutex_unlock(&rd->mu);
+        if (stop)
+            return NULL;
+        PGresult *res = PQexecParams(rd->conn, FETCH_SQL, 0, NULL, NULL, NULL,
+                                     NULL, 1);
+        char *err = NULL;
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            char buf[1024];
+            fail(rd->conn, res, "FETCH from chatvault.messages", buf,
+                 sizeof(buf));
+            err = strdup(buf);
+            res = NULL;
+        }
+        pthread_mutex_lock(&rd->mu);
+        if (res) {
+            rd->q[(rd->qhead + rd->qlen) % AHEAD] = res;
+            rd->qlen++;
+            rd->done = PQntuples(res) < FETCH_ROWS;
+        } else {
+            rd->err = err ? err : strdup("postgres: FETCH failed");
+            rd->done = true;
+        }
+        bool done = rd->done;
+        pthread_cond_broadcast(&rd->cv);
+        pthread_mutex_unlock(&rd->mu);
+        if (done)
+            return NULL;
+    }
+}
+
+/* The next batch from the fetcher: 1, 0 when there is none, or an error. */
 static int take_batch(cv_pgread *rd, char *errbuf, size_t errlen) {
-    PGresult *res, *got = NULL;
-    while ((res = PQgetResult(rd->conn))) {
-        if (got)
-            PQclear(got);
-        got = res;
+    pthread_mutex_lock(&rd->mu);
+    while (rd->qlen == 0 && !rd->done)
+        pthread_cond_wait(&rd->cv, &rd->mu);
+    PGresult *got = NULL;
+    if (rd->qlen) {
+        got = rd->q[rd->qhead];
+        rd->qhead = (rd->qhead + 1) % AHEAD;
+        rd->qlen--;
+        pthread_cond_broadcast(&rd->cv);
     }
-    rd->pending = false;
-    if (PQresultStatus(got) != PGRES_TUPLES_OK)
-        return fail(rd->conn, got, "FETCH from chatvault.messages", errbuf,
-                    errlen);
-    if (rd->res)
-        PQclear(rd->res);
-    rd->res = got;
-    rd->row = 0;
-    rd->nrows = PQntuples(got);
-    rd->last = rd->nrows < FETCH_ROWS;
-    if (!rd->last) {
-        if (!PQsendQueryParams(rd->conn,
-                               FETCH_SQL, 0,
-                               NULL, NULL, NULL, NULL, 1))
-            return fail(rd->conn, NULL, "FETCH", errbuf, errlen);
-        rd->pending = true;
+    int r = got ? 1 : 0;
+    if (!got && rd->err) {
+        snprintf(errbuf, errlen, "%s", rd->err);
+        r = -CV_ESTORE;
     }
-    return 0;
+    pthread_mutex_unlock(&rd->mu);
+    if (got) {
+        if (rd->res)
+            PQclear(rd->res);
+        rd->res = got;
+        rd->row = 0;
+        rd->nrows = PQntuples(got);
+    }
+    return r;
 }
 
 static int64_t get_i64(const PGresult *res, int row, int col) {
@@ -293,10 +346,8 @@ static int parse_attrs(cv_pgread *rd, const unsigned char *p, size_t len,
 
 int cv_pgread_next(cv_pgread *rd, cv_pgrow *row, char *errbuf, size_t errlen) {
     while (!rd->res || rd->row >= rd->nrows) {
-        if (rd->res && rd->last)
-            return 0;
         int r = take_batch(rd, errbuf, errlen);
-        if (r < 0)
+        if (r <= 0)
             return r;
     }
     const PGresult *res = rd->res;
@@ -331,10 +382,17 @@ int cv_pgread_next(cv_pgread *rd, cv_pgrow *row, char *errbuf, size_t errlen) {
 cv_pgread *cv_pgread_free(cv_pgread *rd) {
     if (!rd)
         return NULL;
-    if (rd->pending) {
-        PGresult *res;
-        while ((res = PQgetResult(rd->conn)))
-            PQclear(res);
+    if (rd->th_up) {
+        pthread_mutex_lock(&rd->mu);
+        rd->stop = true;
+        pthread_cond_broadcast(&rd->cv);
+        pthread_mutex_unlock(&rd->mu);
+        pthread_join(rd->th, NULL);
+        for (size_t i = 0; i < rd->qlen; i++)
+            PQclear(rd->q[(rd->qhead + i) % AHEAD]);
+        free(rd->err);
+        pthread_mutex_destroy(&rd->mu);
+        pthread_cond_destroy(&rd->cv);
     }
     if (rd->res)
         PQclear(rd->res);

@@ -5,9 +5,9 @@
  * One reader walks the messages of ONE channel (every query on messages is
  * per channel, so the table can be hash-partitioned or distributed on it),
  * ordered by (kafka_partition, kafka_offset), through a server-side cursor
- * fetched in batches in binary format: memory stays bounded whatever the
- * channel's size, and the next batch is already requested while the caller
- * works on the current one.
+ * fetched in batches in binary format by a thread of the reader, a few
+ * batches ahead of the caller: memory stays bounded whatever the channel's
+ * size, and the server never waits for the caller.
  *
  * The reader owns a transaction on the connection (REPEATABLE READ, READ
  * ONLY) from open to free; the caller does not use the connection meanwhile.

@@ -20,7 +20,10 @@
 #include "util.h"
 
 #define LOOKUP_BATCH 1000   /* message ids per duplicate lookup */
-#define REPAIR_BATCH 1000   /* records per repair write */
+#define REPAIR_BATCH 5000   /* records per PostgreSQL repair transaction */
+#define QUERY_OFFSETS 10000 /* offsets per query for rows to rebuild */
+#define APPEND_MAX 65536    /* records per repair append (one fdatasync) */
+#define APPEND_BYTES ((size_t)64 << 20)
 #define PROGRESS_EVERY 8192 /* offsets between progress calls */
 #define ARENA_LIMIT ((size_t)1 << 30)
 #define VALUES_LIMIT ((size_t)1 << 30)
@@ -577,6 +580,18 @@ out:
     return r < 0 ? r : 0;
 }
 
+/* Appends the buffered values (ents[i].value at vals + at[i]). */
+static int append_values(vctx *c, cv_applog *log, cv_applog_entry *ents,
+                         const size_t *at, size_t ne, cv_buf *vals) {
+    for (size_t k = 0; k < ne; k++)
+        ents[k].value = vals->data + at[k];
+    int r = cv_applog_append(log, ents, ne, c->err, c->errlen);
+    if (r == 0)
+        c->st->repaired_log += ne;
+    vals->len = 0;
+    return r;
+}
+
 /* Appends the rows at `offs` to a repair directory of the log: the run's
  * shared session, or with `brk` a session of its own that bridges it. */
 static int repair_log(vctx *c, const unit *u, const int64_t *offs, size_t n,
@@ -611,10 +626,11 @@ static int repair_log(vctx *c, const unit *u, const int64_t *offs, size_t n,
     cv_buf vals, one;
     cv_buf_init(&vals, VALUES_LIMIT);
     cv_buf_init(&one, VALUES_LIMIT);
-    cv_applog_entry *ents = calloc(REPAIR_BATCH, sizeof(*ents));
-    size_t *at = calloc(REPAIR_BATCH, sizeof(*at));
+    cv_applog_entry *ents = calloc(APPEND_MAX, sizeof(*ents));
+    size_t *at = calloc(APPEND_MAX, sizeof(*at));
+    size_t ne = 0;
     r = ents && at ? 0 : -ENOMEM;
-    for (size_t i = 0; r == 0 && i < n; i += REPAIR_BATCH) {
+    for (size_t i = 0; r == 0 && i < n; i += QUERY_OFFSETS) {
         cv_pgread_sel sel = {
             .channel = u->channel,
             .partition = u->partition,
@@ -623,42 +639,39 @@ static int repair_log(vctx *c, const unit *u, const int64_t *offs, size_t n,
             .since_us = -1,
             .until_us = -1,
             .offsets = offs + i,
-            .noffsets = n - i < REPAIR_BATCH ? n - i : REPAIR_BATCH,
+            .noffsets = n - i < QUERY_OFFSETS ? n - i : QUERY_OFFSETS,
         };
         cv_pgread *rd = NULL;
         r = cv_pgread_open(c->conn, &sel, &rd, c->err, c->errlen);
-        if (r < 0)
-            break;
-        size_t ne = 0;
-        vals.len = 0;
         cv_pgrow row;
-        while ((r = cv_pgread_next(rd, &row, c->err, c->errlen)) == 1) {
+        while (r == 0 && (r = cv_pgread_next(rd, &row, c->err, c->errlen)) == 1) {
             r = 0;
-            if (strcmp(row.topic, u->topic) != 0 || ne == REPAIR_BATCH)
+            if (strcmp(row.topic, u->topic) != 0)
                 continue;
             if ((r = cv_pgrow_pack(&row, &one)) < 0)
                 break;
+            /* One group commit (one fdatasync) per APPEND_MAX records or
+             * APPEND_BYTES of values. */
+            if (ne == APPEND_MAX || (ne && vals.len + one.len > APPEND_BYTES)) {
+                if ((r = append_values(c, log, ents, at, ne, &vals)) < 0)
+                    break;
+                ne = 0;
+            }
             at[ne] = vals.len;
             if ((r = cv_buf_append(&vals, one.data, one.len)) < 0)
                 break;
-            ents[ne] = (cv_applog_entry){
+            ents[ne++] = (cv_applog_entry){
                 .topic = u->topic,
                 .partition = u->partition,
                 .offset = row.offset,
                 .timestamp_ms = row.timestamp_ms,
                 .value_len = one.len,
             };
-            ne++;
         }
         cv_pgread_free(rd);
-        if (r < 0)
-            break;
-        for (size_t k = 0; k < ne; k++)
-            ents[k].value = vals.data + at[k];
-        r = cv_applog_append(log, ents, ne, c->err, c->errlen);
-        if (r == 0)
-            c->st->repaired_log += ne;
     }
+    if (r == 0 && ne)
+        r = append_values(c, log, ents, at, ne, &vals);
     if (r == -ENOMEM || r == -ENOBUFS)
         snprintf(c->err, c->errlen, "out of memory rebuilding log records");
     free(ents);

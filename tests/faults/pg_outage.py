@@ -51,10 +51,14 @@ def run(policy):
         h.diag('injected: pg_ctl stop -m immediate at t=%.1f (acks so far %d)'
                % (t_stop, acks.count()))
         ready_during = []
+        committed = []
         while time.time() < t_stop + OUTAGE:
             time.sleep(1)
+            if time.time() > t_stop + SETTLE and not committed:
+                committed.append(h.group_offsets(list(topics)))
             if time.time() > t_stop + 15 and http_on and len(ready_during) < 5:
                 ready_during.append(faultlib.http_get(base + '/readyz'))
+        committed.append(h.group_offsets(list(topics)))
         t_restart = time.time()
         h.private_pg.start()
         h.diag('injected: PostgreSQL started again after %.1f s' % (t_restart - t_stop))
@@ -66,7 +70,12 @@ def run(policy):
         h.diag('acks received during the outage: %d (%d after the first %d s): %s'
                % (len(window), len(late), SETTLE, faultlib.status_counts(window)))
 
+        c_first = sum(max(c or 0, 0) for c, _ in committed[0].values())
+        c_last = sum(max(c or 0, 0) for c, _ in committed[-1].values())
+        h.diag('committed offsets (sum over partitions) %d s into the outage: %d; '
+               'at its end: %d' % (SETTLE, c_first, c_last))
         if policy == 'all':
+            h.is_(c_last, c_first, 'no offset committed while PostgreSQL is down')
             h.ok(len(window) <= BATCH, 'at most one batch in flight (%d) acked after '
                  'the stop: %d' % (BATCH, len(window)))
             h.is_(len(late), 0, 'no ack arrives while PostgreSQL is down '
@@ -82,6 +91,8 @@ def run(policy):
             else:
                 h.diag('/readyz not served (http.listen): check skipped')
         else:
+            h.ok(c_last > c_first, 'offsets keep being committed while PostgreSQL '
+                 'is down (on the log alone)')
             h.ok(len(late) >= RATE * (OUTAGE - SETTLE) / 4,
                  'acks keep flowing while PostgreSQL is down (%d)' % len(late))
             bad = [(cvtest.STATUS.get(a.status), a.stores) for _, a, _ in late
@@ -113,6 +124,7 @@ def run(policy):
         logrecs = faultlib.log_cat(h)
         log_ids = [r['message_id'] for r in logrecs]
         faultlib.check_store(h, 'the log', log_ids, sent)
+        faultlib.check_verify(h)
 
         statuses = faultlib.status_counts(items)
         by_id = {}
@@ -142,6 +154,18 @@ def run(policy):
                                               ('DUPLICATE', PG)},
                  'after PostgreSQL returned, acks are PERSISTED with both stores '
                  'again', tail_st)
+            # In order: per partition, rows by offset were stored at
+            # non-decreasing times (a backfill that skipped ahead and came
+            # back would show as a later offset stored earlier).
+            rows = h.query('SELECT kafka_topic, kafka_partition, kafka_offset, '
+                           'persisted_at FROM chatvault.messages '
+                           'ORDER BY 1, 2, 3')
+            out_of_order = [(t, p, o) for (t, p, o, at), (t0_, p0, _, at0)
+                            in zip(rows[1:], rows[:-1])
+                            if (t, p) == (t0_, p0) and at < at0]
+            h.ok(not out_of_order, 'PostgreSQL was filled in offset order within '
+                 'each partition', '%d rows stored before a lower offset, e.g. %s'
+                 % (len(out_of_order), out_of_order[:3]))
             log = h.broker_log()
             h.ok('backfill' in log, 'the broker logged the backfill',
                  [l for l in log.splitlines() if 'postgres' in l][-5:])

@@ -6,7 +6,9 @@ message id, the last of its partition) still leaves no lag once its offset is
 committed; and with PostgreSQL unavailable to the broker (its database
 refuses connections, the broker's session is terminated) the store shows
 down, channels with waiting messages turn ERR, /readyz fails, and all of it
-recovers when PostgreSQL is back."""
+recovers when PostgreSQL is back; `chatvault lag` reads the broker, and
+computes the lag itself when no broker runs; with ack.policy = any the same
+outage is degraded mode (acks DEGRADED, no ERR) instead."""
 import json
 import os
 import re
@@ -244,3 +246,38 @@ with cvtest.Harness('metrics', topics=topics, partitions=4,
          and 'no broker at' in r.stderr,
          'chatvault lag without a broker: m2 STOP with 3 waiting, exit 1',
          r.stdout + r.stderr)
+
+    # --- ack.policy = any: degraded mode -----------------------------------
+    h.write_config(**{'ack.policy': 'any'})
+    h.start_broker()
+    drained = wait(lambda: (lambda d: d if d['totals']['lag_messages'] == 0 and any(
+        c['channel'] == 'm2' and c['acked'] >= 3 for c in d['channels']) else None)(
+            lag()) if get('/healthz', token=None)[0] == 200 else None, 90)
+    h.ok(drained, 'restarted with ack.policy = any: the 3 waiting m2 messages are acked')
+    h._admin('ALTER DATABASE %s ALLOW_CONNECTIONS false' % h.db)
+    try:
+        h._admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                 "WHERE datname = '%s' AND pid <> pg_backend_pid()" % h.db)
+        for i in range(5):
+            prod.send('chat.m1', value=cvtest.chat_message('m1', b'degraded %d' % i)[1])
+        prod.flush(timeout=60)
+        d = wait(lambda: (lambda dd: dd if dd['degraded'] and dd['totals']['lag_messages'] == 0
+                          else None)(lag()), 60)
+        h.ok(d, 'PostgreSQL away: /api/lag says degraded and the lag drains (log only)',
+             json.dumps(lag())[:600])
+        m = scrape()[0]
+        h.is_(val(m, 'chatvault_degraded'), 1, 'chatvault_degraded 1')
+        h.is_(val(m, 'chatvault_acked_total', channel='m1', status='degraded'), 5,
+              'the 5 messages are acked DEGRADED')
+        h.is_(val(m, 'chatvault_store_up', store='postgres'), 0, 'store_up{postgres} 0')
+        h.ok(d and all(c['status'] == 'OK' for c in d['channels']),
+             'degraded is not ERR: acks keep flowing', d and d['channels'])
+    finally:
+        h._admin('ALTER DATABASE %s ALLOW_CONNECTIONS true' % h.db)
+    # Store health is the last write's result: the next message shows it.
+    prod.send('chat.m1', value=cvtest.chat_message('m1', b'after the outage')[1])
+    prod.flush(timeout=60)
+    back = wait(lambda: (lambda mm: mm if val(mm, 'chatvault_store_up', store='postgres') == 1
+                         and val(mm, 'chatvault_degraded') == 0 else None)(scrape()[0]), 90)
+    h.ok(back, 'PostgreSQL back and written to: store_up{postgres} 1, degraded 0')
+    h.is_(h.broker.stop(), 0, 'broker exits 0 on SIGTERM')

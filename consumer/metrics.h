@@ -146,7 +146,8 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *out);
 /* The end-to-end probe published one message now. Thread-safe. */
 void cv_metrics_probe_sent(cv_metrics *m);
 
-/* Ready: the pipeline ticked in the last 3 windows, no store is down, no
+/* Ready: the pipeline ticked in the last 3 windows, acks can be made (no
+ * store is down, or ack.policy = any runs degraded on the other one), no
  * channel is STALL, STOP or ERR. When not ready, `why` says what is wrong.
  * Thread-safe. */
 bool cv_metrics_ready(cv_metrics *m, char *why, size_t whylen);

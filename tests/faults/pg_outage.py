@@ -20,11 +20,16 @@ LOG = 2                  # DeliveryAck.stores bits
 PG = 1
 
 
-def run(policy):
+def run(policy, crash=False):
+    """CRASH: the broker is killed with SIGKILL halfway through the outage
+    and started again once PostgreSQL is back, so what it acked DEGRADED
+    before dying must be backfilled by the next broker, from the log, on
+    assignment (cv_stores_resume_offsets)."""
     port = faultlib.free_port()
     total = int(RATE * (BEFORE + OUTAGE + AFTER))
     topics = {'chat.' + c: PARTITIONS for c in CHANNELS}
-    with faultlib.FaultHarness('pg_down_' + policy, topics=topics, partitions=8,
+    name = 'pg_down_' + policy + ('_crash' if crash else '')
+    with faultlib.FaultHarness(name, topics=topics, partitions=8,
                                private_pg=True,
                                config={'ack.policy': policy,
                                        'batch.max_messages': BATCH,
@@ -52,8 +57,15 @@ def run(policy):
                % (t_stop, acks.count()))
         ready_during = []
         committed = []
+        killed = False
         while time.time() < t_stop + OUTAGE:
             time.sleep(1)
+            if crash and not killed and time.time() > t_stop + OUTAGE / 2:
+                committed.append(h.group_offsets(list(topics)))
+                h.broker.kill9()
+                killed = True
+                h.diag('injected: kill -9 of the broker %.0f s into the outage '
+                       '(acks so far %d)' % (time.time() - t_stop, acks.count()))
             if time.time() > t_stop + SETTLE and not committed:
                 committed.append(h.group_offsets(list(topics)))
             if time.time() > t_stop + 15 and http_on and len(ready_during) < 5:
@@ -62,7 +74,11 @@ def run(policy):
         t_restart = time.time()
         h.private_pg.start()
         h.diag('injected: PostgreSQL started again after %.1f s' % (t_restart - t_stop))
-        h.ok(h.broker.alive(), 'the broker kept running through the outage')
+        if crash:
+            h.start_broker()
+            h.diag('injected: broker started again')
+        else:
+            h.ok(h.broker.alive(), 'the broker kept running through the outage')
 
         items = acks.snapshot()
         window = [x for x in items if t_stop < x[0] < t_restart]

@@ -1,6 +1,13 @@
 """PostgreSQL down under load with ack.policy = any: a private PostgreSQL is
 stopped with `pg_ctl stop -m immediate` for >= 30 s while messages flow, then
-started again. See pg_outage.py for the checks."""
+started again. See pg_outage.py for the checks.
+
+  test_pg_down_any.py         the broker rides out the outage
+  test_pg_down_any.py crash   the broker is also killed (-9) mid-outage and
+                              restarted when PostgreSQL is back: the next
+                              broker must backfill what was acked DEGRADED"""
+import sys
+
 import pg_outage
 
-pg_outage.run('any')
+pg_outage.run('any', crash=sys.argv[1:] == ['crash'])

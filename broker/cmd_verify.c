@@ -20,7 +20,7 @@
 
 #define MAX_DIRS 32
 
-enum { O_JSON = 0x2000, O_REPAIR, O_LOG_DIR, O_QUIET };
+enum { O_JSON = 0x2000, O_REPAIR, O_LOG_DIR, O_QUIET, O_JOBS };
 
 typedef struct vout {
     bool json;
@@ -179,7 +179,9 @@ static void usage(FILE *out) {
             "Differences (exit 3): only_in_postgres, only_in_log, different "
             "(message id,\nsender, sent_at, content type, reply_to or body "
             "digest), kafka_offsets (a\nconsumer group's next offset not past "
-            "its rows), log_damaged. A log record\nwhose message id PostgreSQL "
+            "its rows), log_damaged,\nlog_segment_missing (a segment removed "
+            "from the middle of a partition).\nA log record "
+            "whose message id PostgreSQL "
             "holds from another offset is a duplicate, not a\ndifference. "
             "Offsets neither store holds (gaps) are reported but are not a\n"
             "difference: records acked DUPLICATE are stored in neither store.\n\n"
@@ -197,6 +199,9 @@ static void usage(FILE *out) {
             "                        the directories of several broker "
             "instances (repairs go\n"
             "                        to the first)\n"
+            "      --jobs N          compare N partitions at once, each with "
+            "its own\n"
+            "                        PostgreSQL connection (default 2)\n"
             "      --quiet           no progress display\n"
             "      --channel C, --partition N  (below) limit what is "
             "compared\n"
@@ -216,9 +221,11 @@ int cv_cmd_verify(int argc, char **argv) {
         {"repair", no_argument, NULL, O_REPAIR},
         {"log-dir", required_argument, NULL, O_LOG_DIR},
         {"quiet", no_argument, NULL, O_QUIET},
+        {"jobs", required_argument, NULL, O_JOBS},
         {NULL, 0, NULL, 0}};
     cv_cli_config cli = {0};
     vout o = {.pass = 1};
+    unsigned jobs = 2;
     cv_select_init(&o.sel);
     cv_buf_init(&o.line, 1 << 20);
     const char *dirs[MAX_DIRS];
@@ -253,6 +260,17 @@ int cv_cmd_verify(int argc, char **argv) {
         case O_QUIET:
             quiet = true;
             break;
+        case O_JOBS: {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 1 || v > 64) {
+                cv_error("verify", "--jobs: \"%s\" is not a number from 1 to 64",
+                         optarg);
+                goto out;
+            }
+            jobs = (unsigned)v;
+            break;
+        }
         case O_LOG_DIR:
             if (ndirs == MAX_DIRS) {
                 cv_error("verify", "more than %d --log-dir", MAX_DIRS);
@@ -304,6 +322,7 @@ int cv_cmd_verify(int argc, char **argv) {
         .rules = &rules,
         .log_segment_bytes = (uint64_t)cv_config_int(cfg, "log.segment_bytes"),
         .partition = o.sel.partition,
+        .jobs = jobs,
         .repair = repair,
         .opaque = &o,
         .want_channel = want_channel,

@@ -41,8 +41,9 @@ typedef struct cv_pgread_sel {
     size_t noffsets;
     const char *const *ids;   /* exactly these message ids */
     size_t nids;
-    bool digest_only;         /* verify: sha256(body) instead of body,
-                                 no attributes */
+    bool digest_only;         /* verify: sha256(body) instead of body, no
+                                 channel (the selection's is returned),
+                                 timestamps (-1) nor attributes */
 } cv_pgread_sel;
 
 /* One row; every pointer is valid until the next cv_pgread_next(). */

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,13 +85,23 @@ static void *vec_push(vec *x) {
     return (char *)x->v + x->size * x->n++;
 }
 
+/* What the workers share; everything else of a vctx is the worker's. */
+typedef struct vshared {
+    pthread_mutex_t mu; /* guards the callbacks, prog and the fields below */
+    cv_verify_progress prog;
+    size_t next_unit;
+    int err;            /* the first worker error */
+    char errmsg[1024];
+} vshared;
+
 typedef struct vctx {
     const cv_verify_conf *conf;
+    vshared *sh;
     cv_verify_stats *st;
     PGconn *conn;
-    vec units;   /* unit */
-    vec offsets; /* groupoff */
-    cv_verify_progress prog;
+    vec units;   /* unit (shared, read-only once workers run) */
+    vec offsets; /* groupoff (likewise) */
+    bool repairing;
     uint64_t since_progress;
     cv_arena *arena;
     cv_pgstore *store;  /* repair: opened on first use */
@@ -300,16 +311,25 @@ static void emit(vctx *c, cv_verify_kind kind, const unit *u, int64_t first,
         .message_id = id,
         .detail = detail,
     };
+    pthread_mutex_lock(&c->sh->mu);
     c->conf->finding(c->conf->opaque, &f);
+    pthread_mutex_unlock(&c->sh->mu);
 }
 
 static void progress(vctx *c, const unit *u, bool force) {
-    if (!c->conf->progress || (!force && c->since_progress < PROGRESS_EVERY))
+    if (!force && c->since_progress < PROGRESS_EVERY)
         return;
+    pthread_mutex_lock(&c->sh->mu);
+    cv_verify_progress *p = &c->sh->prog;
+    p->messages_done += c->since_progress;
     c->since_progress = 0;
-    c->prog.topic = u->topic;
-    c->prog.partition = u->partition;
-    c->conf->progress(c->conf->opaque, &c->prog);
+    if (c->conf->progress) {
+        p->topic = u->topic;
+        p->partition = u->partition;
+        p->repairing = c->repairing;
+        c->conf->progress(c->conf->opaque, p);
+    }
+    pthread_mutex_unlock(&c->sh->mu);
 }
 
 /* ---- gaps ------------------------------------------------------------- */
@@ -848,7 +868,6 @@ static int compare_unit(vctx *c, const unit *u) {
             x[1] = off - 1;
         }
         prev = off;
-        c->prog.messages_done++;
         c->since_progress++;
         progress(c, u, false);
         if (adv_pg) {
@@ -903,12 +922,12 @@ static int compare_unit(vctx *c, const unit *u) {
         goto out;
     progress(c, u, true);
     if (conf->repair && log_ok) {
-        c->prog.repairing = true;
+        c->repairing = true;
         progress(c, u, true);
         r = repair_pg(c, u, &cands);
         if (r == 0)
             r = repair_log_all(c, u, &only_pg, &bs);
-        c->prog.repairing = false;
+        c->repairing = false;
     }
 out:
     cv_pgread_free(pr);
@@ -923,30 +942,103 @@ out:
     return r;
 }
 
+static void add_stats(cv_verify_stats *to, const cv_verify_stats *s) {
+    to->partitions += s->partitions;
+    to->pg_rows += s->pg_rows;
+    to->log_records += s->log_records;
+    to->matched += s->matched;
+    to->only_pg += s->only_pg;
+    to->only_log += s->only_log;
+    to->different += s->different;
+    to->offsets += s->offsets;
+    to->log_damaged += s->log_damaged;
+    to->segments_missing += s->segments_missing;
+    to->duplicates += s->duplicates;
+    to->gaps += s->gaps;
+    to->gap_offsets += s->gap_offsets;
+    to->repaired_pg += s->repaired_pg;
+    to->repaired_log += s->repaired_log;
+    to->repair_skipped += s->repair_skipped;
+}
+
+/* A worker: its own connection, arena, repair stores and counts; takes
+ * the next partition until none is left or a worker failed. */
+typedef struct worker {
+    vctx c;
+    cv_verify_stats st;
+    char err[1024];
+    pthread_t th;
+    bool started;
+} worker;
+
+static void *work(void *arg) {
+    worker *w = arg;
+    vctx *c = &w->c;
+    vshared *sh = c->sh;
+    int r = 0;
+    c->conn = cv_pg_connect(c->conf->pg_conninfo, w->err, sizeof(w->err));
+    c->arena = cv_arena_new((size_t)256 << 20);
+    if (!c->conn)
+        r = -CV_ESTORE;
+    else if (!c->arena)
+        r = -ENOMEM;
+    for (;;) {
+        pthread_mutex_lock(&sh->mu);
+        size_t i = sh->next_unit++;
+        if (r < 0 && !sh->err) {
+            sh->err = r;
+            snprintf(sh->errmsg, sizeof(sh->errmsg), "%s",
+                     r == -ENOMEM ? "out of memory" : w->err);
+        }
+        bool stop = sh->err != 0 || i >= c->units.n;
+        pthread_mutex_unlock(&sh->mu);
+        if (stop)
+            break;
+        const unit *u = (const unit *)c->units.v + i;
+        r = compare_unit(c, u);
+        if (r == 0) {
+            w->st.partitions++;
+            pthread_mutex_lock(&sh->mu);
+            sh->prog.partitions_done++;
+            pthread_mutex_unlock(&sh->mu);
+            progress(c, u, true);
+        }
+    }
+    c->store = cv_pgstore_free(c->store);
+    c->rlog = cv_applog_free(c->rlog);
+    c->arena = cv_arena_free(c->arena);
+    if (c->conn)
+        PQfinish(c->conn);
+    c->conn = NULL;
+    return NULL;
+}
+
 int cv_verify_run(const cv_verify_conf *conf, cv_verify_stats *ret_stats,
                   char *errbuf, size_t errlen) {
     cv_verify_stats st = {0};
+    vshared sh = {0};
+    pthread_mutex_init(&sh.mu, NULL);
     vctx c = {
         .conf = conf,
+        .sh = &sh,
         .st = &st,
         .units = {.size = sizeof(unit)},
         .offsets = {.size = sizeof(groupoff)},
         .err = errbuf,
         .errlen = errlen,
     };
+    size_t njobs = conf->jobs ? conf->jobs : 2;
+    worker *ws = NULL;
     int r = 0;
     if (sodium_init() < 0) {
         snprintf(errbuf, errlen, "libsodium failed to initialise");
-        return -EIO;
+        r = -EIO;
+        goto out;
     }
     if (!conf->keys || conf->nlog_dirs == 0) {
         snprintf(errbuf, errlen, "verify needs log.dir and log.key_file");
-        return -EINVAL;
-    }
-    c.arena = cv_arena_new((size_t)256 << 20);
-    if (!c.arena) {
-        snprintf(errbuf, errlen, "out of memory");
-        return -ENOMEM;
+        r = -EINVAL;
+        goto out;
     }
     c.conn = cv_pg_connect(conf->pg_conninfo, errbuf, errlen);
     if (!c.conn) {
@@ -971,19 +1063,46 @@ int cv_verify_run(const cv_verify_conf *conf, cv_verify_stats *ret_stats,
     fold_units(&c);
     if ((r = load_group_offsets(&c)) < 0)
         goto out;
-    c.prog.partitions_total = c.units.n;
+    PQfinish(c.conn);
+    c.conn = NULL;
+    sh.prog.partitions_total = c.units.n;
     for (size_t i = 0; i < c.units.n; i++)
-        c.prog.messages_total += ((unit *)c.units.v)[i].pg_rows;
-    for (size_t i = 0; i < c.units.n; i++) {
-        const unit *u = (const unit *)c.units.v + i;
-        r = compare_unit(&c, u);
-        if (r < 0)
-            goto out;
-        st.partitions++;
-        c.prog.partitions_done++;
-        progress(&c, u, true);
+        sh.prog.messages_total += ((unit *)c.units.v)[i].pg_rows;
+    if (njobs > c.units.n)
+        njobs = c.units.n ? c.units.n : 1;
+    if (!(ws = calloc(njobs, sizeof(*ws)))) {
+        r = -ENOMEM;
+        snprintf(errbuf, errlen, "out of memory");
+        goto out;
+    }
+    for (size_t k = 0; k < njobs; k++) {
+        ws[k].c = c;
+        ws[k].c.st = &ws[k].st;
+        ws[k].c.err = ws[k].err;
+        ws[k].c.errlen = sizeof(ws[k].err);
+        if (pthread_create(&ws[k].th, NULL, work, &ws[k]) != 0) {
+            pthread_mutex_lock(&sh.mu);
+            if (!sh.err) {
+                sh.err = -EAGAIN;
+                snprintf(sh.errmsg, sizeof(sh.errmsg),
+                         "cannot start a verify thread");
+            }
+            pthread_mutex_unlock(&sh.mu);
+            break;
+        }
+        ws[k].started = true;
+    }
+    for (size_t k = 0; k < njobs; k++) {
+        if (ws[k].started)
+            pthread_join(ws[k].th, NULL);
+        add_stats(&st, &ws[k].st);
+    }
+    if (sh.err) {
+        r = sh.err;
+        snprintf(errbuf, errlen, "%s", sh.errmsg);
     }
 out:
+    free(ws);
     for (size_t i = 0; i < c.units.n; i++) {
         free(((unit *)c.units.v)[i].topic);
         free(((unit *)c.units.v)[i].channel);
@@ -994,11 +1113,9 @@ out:
         free(((groupoff *)c.offsets.v)[i].topic);
     }
     free(c.offsets.v);
-    cv_pgstore_free(c.store);
-    cv_applog_free(c.rlog);
-    cv_arena_free(c.arena);
     if (c.conn)
         PQfinish(c.conn);
+    pthread_mutex_destroy(&sh.mu);
     *ret_stats = st;
     return r;
 }

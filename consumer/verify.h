@@ -109,8 +109,12 @@ typedef struct cv_verify_conf {
     const cv_envelope_rules *rules; /* topic prefix, limits */
     uint64_t log_segment_bytes;     /* of repair segments */
     int32_t partition;              /* -1: every partition */
+    unsigned jobs;                  /* partitions compared at once, each
+                                       with its own connection (0: 2) */
     bool repair;
     void *opaque;
+    /* The callbacks are called under a lock, one at a time, from the
+     * worker threads. Findings of different partitions interleave. */
     /* Which channels to compare (NULL: all). */
     bool (*want_channel)(void *opaque, const char *channel);
     void (*finding)(void *opaque, const cv_verify_finding *f);

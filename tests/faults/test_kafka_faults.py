@@ -35,6 +35,29 @@ with faultlib.FaultHarness('kafka_faults', topics=topics, partitions=ACK_PARTS,
     pub.start()
     t0 = time.time()
 
+    # Undecodable records among the good ones, twice a second: their DLQ
+    # copies and chatvault.rejected rows must survive the faults too.
+    bad = {}                # (topic, partition, offset) -> bytes
+    bad_errors = []
+    bad_stop = []
+
+    def publish_bad():
+        prod = h.producer(retries=1000000, retry_backoff_ms=200,
+                          max_in_flight_requests_per_connection=1)
+        i = 0
+        while not bad_stop:
+            v = b'\x07undecodable %d \xff' % i
+            try:
+                md = prod.send('chat.' + CHANNELS[i % len(CHANNELS)],
+                               value=v).get(timeout=120)
+                bad[(md.topic, md.partition, md.offset)] = v
+            except Exception as e:
+                bad_errors.append(repr(e))
+            i += 1
+            time.sleep(0.5)
+    bad_pub = threading.Thread(target=publish_bad, daemon=True)
+    bad_pub.start()
+
     samples = []            # (time, {(topic, partition): committed})
     sampler_stop = []
 
@@ -110,6 +133,10 @@ with faultlib.FaultHarness('kafka_faults', topics=topics, partitions=ACK_PARTS,
     t_acks_up = time.time()
 
     pub.join(timeout=600)
+    bad_stop.append(1)
+    bad_pub.join(timeout=300)
+    h.diag('%d undecodable records published among them (%d sends failed)'
+           % (len(bad), len(bad_errors)))
     # MESSAGE_TOO_LARGE may land on the publisher's own requests: those
     # messages were never published and are not expected.
     failed = len(pub.errors)
@@ -138,9 +165,33 @@ with faultlib.FaultHarness('kafka_faults', topics=topics, partitions=ACK_PARTS,
           'messages')
     logrecs = faultlib.log_cat(h)
     log_ids = [r['message_id'] for r in logrecs]
-    records = faultlib.kafka_records(h, topics)
-    h.diag('the chat topics hold %d records for %d published messages (%d sent '
-           'twice by python3-kafka retries)' % (records, len(sent), records - len(sent)))
+    # Rejected records: a row each, a DLQ copy each (at least once).
+    rej = h.query('SELECT kafka_topic, kafka_partition, kafka_offset, raw '
+                  'FROM chatvault.rejected')
+    rej_coords = {(t, p_, o) for t, p_, o, _ in rej}
+    h.is_(len(rej_coords), len(rej), 'chatvault.rejected: no record twice')
+    h.ok(set(bad) <= rej_coords and all(bytes(r[3]).startswith(b'\x07undecodable')
+                                        for r in rej),
+         'chatvault.rejected holds every undecodable record (%d rows for %d known)'
+         % (len(rej), len(bad)), 'missing %d' % len(set(bad) - rej_coords))
+    dlq = h.drain(h.consumer('chatvault.dlq'), lambda out: False, timeout=300, idle=5)
+    first_dlq = {}
+    for r in dlq:
+        hd = {k: v for k, v in (r.headers or [])}
+        try:
+            k = (hd['__connect.errors.topic'].decode(),
+                 int(hd['__connect.errors.partition']),
+                 int(hd['__connect.errors.offset']))
+        except (KeyError, ValueError):
+            continue
+        first_dlq[k] = min(first_dlq.get(k, r.timestamp), r.timestamp)
+    h.ok(rej_coords <= set(first_dlq), 'every rejected record is on chatvault.dlq '
+         '(%d DLQ records for %d rejected)' % (len(dlq), len(rej)),
+         'missing %d' % len(rej_coords - set(first_dlq)))
+    records = faultlib.kafka_records(h, topics) - len(rej)
+    h.diag('the chat topics hold %d valid records for %d published messages (%d '
+           'sent twice by python3-kafka retries) and %d rejected'
+           % (records, len(sent), records - len(sent), len(rej)))
     faultlib.check_log(h, 'the log', logrecs, sent, records)
     faultlib.check_verify(h)
 
@@ -153,13 +204,14 @@ with faultlib.FaultHarness('kafka_faults', topics=topics, partitions=ACK_PARTS,
     for t, offs in samples:
         for (topic, part), c in offs.items():
             for o in range(c):
-                ts = first_ack.get((topic, part, o))
+                ts = first_ack.get((topic, part, o),
+                                   first_dlq.get((topic, part, o)))
                 if ts is None or ts > t * 1000:
                     violations.append((round(t - t0, 1), topic, part, c, o, ts))
                     break
     h.ok(len(samples) >= 20, '%d samples of the committed offsets taken' % len(samples))
     h.ok(not violations, 'no committed offset was ever past a message without an '
-         'ack produced before the commit',
+         'ack (or, rejected, a DLQ copy) produced before the commit',
          'first violations (t, topic, partition, committed, offset, ack ts): %s'
          % violations[:5])
     # Messages stored while every ack partition was down, early enough that
@@ -186,8 +238,8 @@ with faultlib.FaultHarness('kafka_faults', topics=topics, partitions=ACK_PARTS,
         by_id[a.message_id] = by_id.get(a.message_id, 0) + 1
     h.diag('injected: %s' % '; '.join(injected))
     h.diag('counts: published=%d (failed sends %d) stored_pg=%d stored_log=%d '
-           'acks=%d acked_messages=%d re-acked=%d rejected=0 statuses=%s '
-           'offset_samples=%d' % (len(sent), failed, len(ids), len(log_ids),
-                                  len(items), len(by_id),
-                                  sum(1 for v in by_id.values() if v > 1),
-                                  statuses, len(samples)))
+           'acks=%d acked_messages=%d re-acked=%d rejected=%d (dlq records %d) '
+           'statuses=%s offset_samples=%d'
+           % (len(sent), failed, len(ids), len(log_ids), len(items), len(by_id),
+              sum(1 for v in by_id.values() if v > 1), len(rej), len(dlq),
+              statuses, len(samples)))

@@ -3,6 +3,7 @@ test_pg_down_any.py: messages flow at a steady rate; a private PostgreSQL is
 stopped with `pg_ctl stop -m immediate` for OUTAGE seconds mid-run and started
 again; the checks depend on ack.policy."""
 import os
+import subprocess
 import time
 
 import faultlib
@@ -18,22 +19,28 @@ SETTLE = 5               # acks of batches in flight at the stop may still come
 BATCH = 5000             # batch.max_messages: the in-flight allowance
 LOG = 2                  # DeliveryAck.stores bits
 PG = 1
+BOTH_AT, BOTH_S = 8, 12  # (both) log full from 8 s into the outage, for 12 s
 
 
-def run(policy, crash=False):
+def run(policy, crash=False, both=False):
     """CRASH: the broker is killed with SIGKILL halfway through the outage
     and started again once PostgreSQL is back, so what it acked DEGRADED
     before dying must be backfilled by the next broker, from the log, on
-    assignment (cv_stores_resume_offsets)."""
+    assignment (cv_stores_resume_offsets).
+    BOTH: log.dir is a tmpfs that is also full for BOTH_S seconds in the
+    middle of the outage: with neither store, nothing may be acked."""
     port = faultlib.free_port()
     total = int(RATE * (BEFORE + OUTAGE + AFTER))
     topics = {'chat.' + c: PARTITIONS for c in CHANNELS}
-    name = 'pg_down_' + policy + ('_crash' if crash else '')
+    name = 'pg_down_' + policy + ('_crash' if crash else '') + ('_both' if both else '')
     with faultlib.FaultHarness(name, topics=topics, partitions=8,
                                private_pg=True,
                                config={'ack.policy': policy,
                                        'batch.max_messages': BATCH,
                                        'http.listen': '127.0.0.1:%d' % port}) as h:
+        logdir = os.path.join(h.tmp, 'log')
+        if both:
+            h.mount_tmpfs(logdir, '64m')
         h.migrate()
         h.start_broker()
         acks = faultlib.AckCollector(h)
@@ -58,6 +65,8 @@ def run(policy, crash=False):
         ready_during = []
         committed = []
         killed = False
+        t_fill = t_free = None
+        filler = os.path.join(logdir, 'filler')
         while time.time() < t_stop + OUTAGE:
             time.sleep(1)
             if crash and not killed and time.time() > t_stop + OUTAGE / 2:
@@ -66,6 +75,16 @@ def run(policy, crash=False):
                 killed = True
                 h.diag('injected: kill -9 of the broker %.0f s into the outage '
                        '(acks so far %d)' % (time.time() - t_stop, acks.count()))
+            if both and t_fill is None and time.time() > t_stop + BOTH_AT:
+                subprocess.run(['dd', 'if=/dev/zero', 'of=' + filler, 'bs=64k'],
+                               capture_output=True)
+                t_fill = time.time()
+                h.diag('injected: log.dir full too, %.0f s into the outage '
+                       '(acks so far %d)' % (t_fill - t_stop, acks.count()))
+            if both and t_fill and not t_free and time.time() > t_fill + BOTH_S:
+                t_free = time.time()
+                os.unlink(filler)
+                h.diag('injected: log.dir space back after %.0f s' % (t_free - t_fill))
             if time.time() > t_stop + SETTLE and not committed:
                 committed.append(h.group_offsets(list(topics)))
             if time.time() > t_stop + 15 and http_on and len(ready_during) < 5:
@@ -113,6 +132,13 @@ def run(policy, crash=False):
                  'acks keep flowing while PostgreSQL is down (%d)' % len(late))
             bad = [(cvtest.STATUS.get(a.status), a.stores) for _, a, _ in late
                    if cvtest.STATUS.get(a.status) != 'DEGRADED' or a.stores != LOG]
+            if both:
+                none = [x for x in items if t_fill + SETTLE < x[0] < t_free]
+                h.is_(len(none), 0, 'no ack while both stores are down (%.0f s, '
+                      'after %d s of settling)' % (t_free - t_fill - SETTLE, SETTLE))
+                after = [x for x in items if t_free + SETTLE < x[0] < t_restart]
+                h.ok(after, 'acks flow again (DEGRADED) once the log has space: %d'
+                     % len(after))
             h.ok(late and not bad, 'every ack during the outage is DEGRADED with '
                  'stores = log only', 'not so: %d, e.g. %s' % (len(bad), bad[:5]))
             if http_on:
@@ -198,3 +224,5 @@ def run(policy, crash=False):
         acks.stop()
         rc = h.broker.stop()
         h.is_(rc, 0, 'broker exits 0 on SIGTERM')
+        if both:
+            h.unmount(logdir)

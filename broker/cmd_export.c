@@ -230,8 +230,13 @@ int cv_cmd_export(int argc, char **argv) {
     if (mode != CV_SRC_PG && ndirs &&
         cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err,
                         sizeof(err)) < 0) {
-        cv_error("export", "%s (log.key_file)", err);
-        goto out;
+        if (mode == CV_SRC_LOG) {
+            cv_error("export", "%s (log.key_file)", err);
+            goto out;
+        }
+        cv_log(CV_LOG_WARN, "log unreadable: exporting from PostgreSQL only",
+               "error=\"%s\"", err);
+        ndirs = 0;
     }
     cv_src_conf sc = {
         .mode = mode,

@@ -219,9 +219,14 @@ int cv_cmd_replay(int argc, char **argv) {
         }
         if (ndirs && cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys,
                                      err, sizeof(err)) < 0) {
-            cv_error("replay", "%s (log.key_file)", err);
-            rc = CV_EXIT_FAILURE;
-            goto out;
+            if (mode == CV_SRC_LOG) {
+                cv_error("replay", "%s (log.key_file)", err);
+                rc = CV_EXIT_FAILURE;
+                goto out;
+            }
+            cv_log(CV_LOG_WARN, "log unreadable: replaying from PostgreSQL only",
+                   "error=\"%s\"", err);
+            ndirs = 0;
         }
     }
     rc = CV_EXIT_FAILURE;

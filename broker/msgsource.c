@@ -151,6 +151,12 @@ int cv_src_open(const cv_src_conf *conf, cv_src **ret, char *pg_error,
                 r = -CV_ESTORE;
                 goto fail;
             }
+            if (!conf->nlog_dirs) {
+                snprintf(errbuf, errlen, "%s (postgres.conninfo), and no log "
+                                         "to serve from", err);
+                r = -CV_ESTORE;
+                goto fail;
+            }
             if (pg_error)
                 snprintf(pg_error, pg_errlen, "%s", err);
             s->mode = CV_SRC_LOG;
@@ -161,7 +167,7 @@ int cv_src_open(const cv_src_conf *conf, cv_src **ret, char *pg_error,
         if (r < 0)
             goto fail;
     }
-    if (s->mode != CV_SRC_PG) {
+    if (s->mode != CV_SRC_PG && conf->nlog_dirs) {
         if (!conf->keys) {
             snprintf(errbuf, errlen, "reading the log needs log.key_file");
             r = -EINVAL;

@@ -110,7 +110,7 @@ static int load_ids(cv_select *s, const char *cmd, const char *path) {
     int r = 1;
     while ((n = getline(&line, &cap, f)) >= 0) {
         lineno++;
-        while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        while (n && strchr("\n\r \t", line[n - 1]))
             line[--n] = '\0';
         char *p = line + strspn(line, " \t");
         if (!*p || *p == '#')
@@ -168,7 +168,8 @@ int cv_select_opt(cv_select *s, const char *cmd, int opt, const char *arg) {
     }
     case CV_SEL_PARTITION:
         r = num_arg(cmd, "partition", arg, INT32_MAX, &v);
-        s->partition = (int32_t)v;
+        if (r == 1)
+            s->partition = (int32_t)v;
         return r;
     case CV_SEL_FROM_OFFSET:
         return num_arg(cmd, "from-offset", arg, INT64_MAX, &s->from_offset);

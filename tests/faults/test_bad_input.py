@@ -50,6 +50,18 @@ def bad_records(tag):
         ('oversize body', msg('bad', b'x' * (MAX_BODY + 1), 'big-' + tag),
          'body_too_large', 'big-' + tag),
         ('invalid UTF-8 sender', raw_bad_utf8, 'bad_text', 'utf-' + tag),
+        ('NUL in sender_id', msg('bad', b'nul sender', 'nulsender-' + tag,
+                                 sender_id='a\x00b'), 'bad_text', 'nulsender-' + tag),
+        # The id cannot be read faithfully ("nulid-x\0tail" would arrive as
+        # "nulid-x"): no ack, or it would name another message's id.
+        ('NUL in message_id', msg('bad', b'nul id', 'nulid-' + tag + '\x00tail'),
+         'bad_text', None),
+        ('reply_to a chat topic', msg('bad', b'reply', 'replychat-' + tag,
+                                      reply_to='chat.other'),
+         'bad_reply_to', 'replychat-' + tag),
+        ('reply_to not a topic name', msg('bad', b'reply', 'replyname-' + tag,
+                                          reply_to='not a topic!'),
+         'bad_reply_to', 'replyname-' + tag),
     ]
 
 
@@ -87,8 +99,9 @@ with faultlib.FaultHarness('bad_input', topics={TOPIC: 1, 'chat.other': 1},
     # Round 1: published before the broker runs, so one poll, one batch.
     add_round('batch')
     offsets = publish(0)
+    nkinds = len(bad_records('x'))
     h.is_(offsets, list(range(len(plan))), 'round 1: %d records (%d bad) at '
-          'offsets 0..%d of one partition' % (len(plan), 9, len(plan) - 1))
+          'offsets 0..%d of one partition' % (len(plan), nkinds, len(plan) - 1))
     h.start_broker()
     time.sleep(3)
     # Round 2: the same among a live stream.
@@ -96,7 +109,7 @@ with faultlib.FaultHarness('bad_input', topics={TOPIC: 1, 'chat.other': 1},
     add_round('live')
     offsets += publish(n1)
     h.diag('injected: %d bad records (%d kinds x 2 rounds) among %d good ones, '
-           'one partition' % (sum(1 for p in plan if p[3]), 9, len(goods)))
+           'one partition' % (sum(1 for p in plan if p[3]), nkinds, len(goods)))
 
     bads = [(p, o) for p, o in zip(plan, offsets) if p[3]]
     want_acks = len(goods) + sum(1 for p, _ in bads if p[4])
@@ -138,6 +151,9 @@ with faultlib.FaultHarness('bad_input', topics={TOPIC: 1, 'chat.other': 1},
         dlq_by_off[int(hd.get('__connect.errors.offset', b'-1'))] = (r, hd)
     for (name, value, headers, reason, ack_id), off in bads:
         got = by_off.get((TOPIC, off), [])
+        if ack_id is None and got:
+            h.diag('%s: acked as %s' % (name, [(a.message_id, cvtest.STATUS[a.status])
+                                               for a in got]))
         if ack_id:
             h.ok(len(got) == 1 and cvtest.STATUS[got[0].status] == 'REJECTED'
                  and got[0].message_id == ack_id and got[0].error,

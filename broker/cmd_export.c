@@ -55,8 +55,7 @@
 enum { O_SOURCE = 0x2000, O_OUTPUT, O_LOG_DIR, O_QUIET };
 
 static bool textual(const char *ct) {
-    return strncmp(ct, "text/", 5) == 0 || strstr(ct, "json") ||
-           strstr(ct, "xml");
+    return strncmp(ct, "text/", 5) == 0 || strstr(ct, "json") || strstr(ct, "xml");
 }
 
 static int put_str(cv_buf *b, const char *key, const char *v) {
@@ -66,53 +65,63 @@ static int put_str(cv_buf *b, const char *key, const char *v) {
 
 static int export_line(cv_buf *b, const cv_msg *m) {
     int r = cv_buf_append(b, "{\"channel\":", 11);
-    if (r == 0) r = cv_buf_json_string(b, m->channel, strlen(m->channel));
-    if (r == 0) r = put_str(b, "message_id", m->message_id);
-    if (r == 0) r = put_str(b, "topic", m->topic);
+    if (r == 0)
+        r = cv_buf_json_string(b, m->channel, strlen(m->channel));
+    if (r == 0)
+        r = put_str(b, "message_id", m->message_id);
+    if (r == 0)
+        r = put_str(b, "topic", m->topic);
     if (r == 0)
         r = cv_buf_printf(b, ",\"partition\":%" PRId32 ",\"offset\":%" PRId64,
                           m->partition, m->offset);
     if (r == 0)
         r = m->timestamp_ms >= 0
-                ? cv_buf_printf(b, ",\"kafka_timestamp_ms\":%" PRId64,
-                                m->timestamp_ms)
+                ? cv_buf_printf(b, ",\"kafka_timestamp_ms\":%" PRId64, m->timestamp_ms)
                 : cv_buf_printf(b, ",\"kafka_timestamp_ms\":null");
-    if (r == 0) r = put_str(b, "sender_id", m->sender_id);
-    if (r == 0) r = cv_buf_printf(b, ",\"sent_at_us\":%" PRId64, m->sent_at_us);
-    if (r == 0) r = put_str(b, "content_type", m->content_type);
-    if (r == 0) r = cv_buf_append(b, ",\"attributes\":{", 15);
+    if (r == 0)
+        r = put_str(b, "sender_id", m->sender_id);
+    if (r == 0)
+        r = cv_buf_printf(b, ",\"sent_at_us\":%" PRId64, m->sent_at_us);
+    if (r == 0)
+        r = put_str(b, "content_type", m->content_type);
+    if (r == 0)
+        r = cv_buf_append(b, ",\"attributes\":{", 15);
     for (size_t i = 0; r == 0 && i < m->nattrs; i++) {
-        if (i) r = cv_buf_append(b, ",", 1);
+        if (i)
+            r = cv_buf_append(b, ",", 1);
         if (r == 0)
             r = cv_buf_json_string(b, m->attrs[2 * i], strlen(m->attrs[2 * i]));
-        if (r == 0) r = cv_buf_append(b, ":", 1);
         if (r == 0)
-            r = cv_buf_json_string(b, m->attrs[2 * i + 1],
-                                   strlen(m->attrs[2 * i + 1]));
+            r = cv_buf_append(b, ":", 1);
+        if (r == 0)
+            r = cv_buf_json_string(b, m->attrs[2 * i + 1], strlen(m->attrs[2 * i + 1]));
     }
-    if (r == 0) r = cv_buf_append(b, "}", 1);
-    if (r == 0) r = put_str(b, "reply_to", m->reply_to);
+    if (r == 0)
+        r = cv_buf_append(b, "}", 1);
+    if (r == 0)
+        r = put_str(b, "reply_to", m->reply_to);
     if (r == 0)
         r = m->persisted_at_us >= 0
-                ? cv_buf_printf(b, ",\"persisted_at_us\":%" PRId64,
-                                m->persisted_at_us)
+                ? cv_buf_printf(b, ",\"persisted_at_us\":%" PRId64, m->persisted_at_us)
                 : cv_buf_printf(b, ",\"persisted_at_us\":null");
-    bool text = textual(m->content_type) &&
-                !memchr(m->body, 0, m->body_len) &&
+    bool text = textual(m->content_type) && !memchr(m->body, 0, m->body_len) &&
                 cv_utf8_valid((const char *)m->body, m->body_len);
     if (r == 0)
-        r = cv_buf_printf(b, ",\"body_encoding\":\"%s\",\"body\":",
-                          text ? "utf-8" : "base64");
+        r = cv_buf_printf(
+            b, ",\"body_encoding\":\"%s\",\"body\":", text ? "utf-8" : "base64");
     if (r == 0) {
         if (text) {
             r = cv_buf_json_string(b, (const char *)m->body, m->body_len);
         } else {
             r = cv_buf_append(b, "\"", 1);
-            if (r == 0) r = cv_buf_base64(b, m->body, m->body_len);
-            if (r == 0) r = cv_buf_append(b, "\"", 1);
+            if (r == 0)
+                r = cv_buf_base64(b, m->body, m->body_len);
+            if (r == 0)
+                r = cv_buf_append(b, "\"", 1);
         }
     }
-    if (r == 0) r = cv_buf_append(b, "}\n", 2);
+    if (r == 0)
+        r = cv_buf_append(b, "}\n", 2);
     return r;
 }
 
@@ -122,37 +131,35 @@ static void hex(char *out, const unsigned char *d, size_t n) {
 }
 
 static void export_usage(FILE *out) {
-    fprintf(out,
-            "usage: chatvault export [-c FILE] [--set key=value]... "
-            "[selection] [--source pg|log|auto]\n"
-            "                        [--output FILE]\n\n"
-            "Writes the selected messages as JSON Lines, one object per "
-            "message, and a\nlast line with a manifest (count and SHA-256 "
-            "digest of the lines before it).\nThe body is text when it is "
-            "valid UTF-8 and content_type is textual, else\nbase64 "
-            "(\"body_encoding\"). `chatvault import` loads the file into "
-            "another\ndatabase.\n\n"
-            "options:\n"
-            "      --source pg|log|auto  where messages come from (default "
-            "auto, as replay)\n"
-            "  -o, --output FILE     write to FILE (replaced when complete) "
-            "instead of stdout\n"
-            "      --log-dir DIR     read this log directory instead of "
-            "log.dir (repeatable)\n"
-            "      --quiet           no progress display\n"
-            "  -c, --config FILE     configuration file\n"
-            "      --set key=value   configuration override\n\n" CV_SELECT_HELP);
+    fprintf(out, "usage: chatvault export [-c FILE] [--set key=value]... "
+                 "[selection] [--source pg|log|auto]\n"
+                 "                        [--output FILE]\n\n"
+                 "Writes the selected messages as JSON Lines, one object per "
+                 "message, and a\nlast line with a manifest (count and SHA-256 "
+                 "digest of the lines before it).\nThe body is text when it is "
+                 "valid UTF-8 and content_type is textual, else\nbase64 "
+                 "(\"body_encoding\"). `chatvault import` loads the file into "
+                 "another\ndatabase.\n\n"
+                 "options:\n"
+                 "      --source pg|log|auto  where messages come from (default "
+                 "auto, as replay)\n"
+                 "  -o, --output FILE     write to FILE (replaced when complete) "
+                 "instead of stdout\n"
+                 "      --log-dir DIR     read this log directory instead of "
+                 "log.dir (repeatable)\n"
+                 "      --quiet           no progress display\n"
+                 "  -c, --config FILE     configuration file\n"
+                 "      --set key=value   configuration override\n\n" CV_SELECT_HELP);
 }
 
 int cv_cmd_export(int argc, char **argv) {
-    static const struct option opts[] = {
-        CV_COMMON_LONGOPTS,
-        CV_SELECT_LONGOPTS,
-        {"source", required_argument, NULL, O_SOURCE},
-        {"output", required_argument, NULL, 'o'},
-        {"log-dir", required_argument, NULL, O_LOG_DIR},
-        {"quiet", no_argument, NULL, O_QUIET},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {CV_COMMON_LONGOPTS,
+                                         CV_SELECT_LONGOPTS,
+                                         {"source", required_argument, NULL, O_SOURCE},
+                                         {"output", required_argument, NULL, 'o'},
+                                         {"log-dir", required_argument, NULL, O_LOG_DIR},
+                                         {"quiet", no_argument, NULL, O_QUIET},
+                                         {NULL, 0, NULL, 0}};
     cv_cli_config cli = {0};
     cv_select sel;
     cv_select_init(&sel);
@@ -194,8 +201,7 @@ int cv_cmd_export(int argc, char **argv) {
             else if (strcmp(optarg, "auto") == 0)
                 mode = CV_SRC_AUTO;
             else {
-                cv_error("export", "--source: \"%s\" is not pg, log or auto",
-                         optarg);
+                cv_error("export", "--source: \"%s\" is not pg, log or auto", optarg);
                 goto out;
             }
             break;
@@ -228,8 +234,8 @@ int cv_cmd_export(int argc, char **argv) {
         dirs[ndirs++] = cv_config_str(cfg, "log.dir");
     char err[1024];
     if (mode != CV_SRC_PG && ndirs &&
-        cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err,
-                        sizeof(err)) < 0) {
+        cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err, sizeof(err)) <
+            0) {
         if (mode == CV_SRC_LOG) {
             cv_error("export", "%s (log.key_file)", err);
             goto out;
@@ -277,14 +283,15 @@ int cv_cmd_export(int argc, char **argv) {
     while ((r = cv_src_next(src, &m, err, sizeof(err))) == 1) {
         line.len = 0;
         if (export_line(&line, &m) < 0) {
-            cv_error("export", "message %s of channel %s does not fit in a "
-                               "line", m.message_id, m.channel);
+            cv_error("export",
+                     "message %s of channel %s does not fit in a "
+                     "line",
+                     m.message_id, m.channel);
             goto out;
         }
         crypto_hash_sha256_update(&hs, line.data, line.len);
         if (fwrite(line.data, 1, line.len, out) != line.len) {
-            cv_error("export", "%s: %s", output ? tmp : "stdout",
-                     strerror(errno));
+            cv_error("export", "%s: %s", output ? tmp : "stdout", strerror(errno));
             goto out;
         }
         count++;
@@ -351,16 +358,16 @@ static const char *jstr(const cv_json *o, const char *k) {
 
 /* One message object into the next record of the batch: rebuilt as the
  * ChatMessage it was and validated as the broker validates. */
-static int import_one(ibatch *b, const cv_envelope_rules *rules,
-                      const cv_json *o, char *err, size_t errlen) {
+static int import_one(ibatch *b, const cv_envelope_rules *rules, const cv_json *o,
+                      char *err, size_t errlen) {
     const char *ch = jstr(o, "channel"), *id = jstr(o, "message_id"),
                *topic = jstr(o, "topic"), *enc = jstr(o, "body_encoding"),
                *body = jstr(o, "body");
     const cv_json *attrs = cv_json_get(o, "attributes");
-    if (!ch || !id || !topic || !enc || !body || !attrs ||
-        attrs->type != CV_JSON_OBJ) {
-        snprintf(err, errlen, "a message lacks channel, message_id, topic, "
-                              "attributes or body");
+    if (!ch || !id || !topic || !enc || !body || !attrs || attrs->type != CV_JSON_OBJ) {
+        snprintf(err, errlen,
+                 "a message lacks channel, message_id, topic, "
+                 "attributes or body");
         return -EINVAL;
     }
     size_t blen = strlen(body);
@@ -379,8 +386,7 @@ static int import_one(ibatch *b, const cv_envelope_rules *rules,
     } else if (strcmp(enc, "utf-8") == 0) {
         bin = (unsigned char *)body;
     } else {
-        snprintf(err, errlen, "message %s: unknown body_encoding \"%s\"", id,
-                 enc);
+        snprintf(err, errlen, "message %s: unknown body_encoding \"%s\"", id, enc);
         return -EINVAL;
     }
     Chatvault__V1__ChatMessage m = CHATVAULT__V1__CHAT_MESSAGE__INIT;
@@ -424,10 +430,8 @@ static int import_one(ibatch *b, const cv_envelope_rules *rules,
     rec->topic = tcopy;
     rec->partition = (int32_t)cv_json_num(cv_json_get(o, "partition"), -1);
     rec->offset = (int64_t)cv_json_num(cv_json_get(o, "offset"), -1);
-    rec->timestamp_ms =
-        (int64_t)cv_json_num(cv_json_get(o, "kafka_timestamp_ms"), -1);
-    int r = cv_envelope_decode(rules, tcopy, b->packed.data, need, b->arena,
-                               &rec->env);
+    rec->timestamp_ms = (int64_t)cv_json_num(cv_json_get(o, "kafka_timestamp_ms"), -1);
+    int r = cv_envelope_decode(rules, tcopy, b->packed.data, need, b->arena, &rec->env);
     if (r == -ENOMEM)
         return r;
     if (r < 0 || rec->partition < 0 || rec->offset < 0) {
@@ -439,8 +443,7 @@ static int import_one(ibatch *b, const cv_envelope_rules *rules,
     return 0;
 }
 
-static int import_flush(ibatch *b, cv_pgstore *store, char *err,
-                        size_t errlen) {
+static int import_flush(ibatch *b, cv_pgstore *store, char *err, size_t errlen) {
     if (!b->n)
         return 0;
     rd_kafka_topic_partition_list_t *none = rd_kafka_topic_partition_list_new(0);
@@ -464,8 +467,8 @@ static int import_flush(ibatch *b, cv_pgstore *store, char *err,
 /* Reads FILE; with store NULL only checks (parse, count, digest), else
  * loads. Returns 0 or an exit code. */
 static int import_pass(const char *path, cv_pgstore *store,
-                       const cv_envelope_rules *rules, ibatch *b,
-                       uint64_t *ret_count, cv_progress *prog) {
+                       const cv_envelope_rules *rules, ibatch *b, uint64_t *ret_count,
+                       cv_progress *prog) {
     FILE *f = fopen(path, "r");
     if (!f) {
         cv_error("import", "%s: %s", path, strerror(errno));
@@ -482,13 +485,13 @@ static int import_pass(const char *path, cv_pgstore *store,
     while ((n = getline(&line, &cap, f)) >= 0) {
         lineno++;
         if (manifest) {
-            cv_error("import", "%s line %" PRIu64 ": data after the manifest",
-                     path, lineno);
+            cv_error("import", "%s line %" PRIu64 ": data after the manifest", path,
+                     lineno);
             goto out;
         }
         if ((size_t)n > LINE_MAX_BYTES) {
-            cv_error("import", "%s line %" PRIu64 ": longer than %zu bytes",
-                     path, lineno, LINE_MAX_BYTES);
+            cv_error("import", "%s line %" PRIu64 ": longer than %zu bytes", path, lineno,
+                     LINE_MAX_BYTES);
             goto out;
         }
         cv_json *o = NULL;
@@ -510,15 +513,17 @@ static int import_pass(const char *path, cv_pgstore *store,
             const char *fmt = jstr(mf, "format"), *digest = jstr(mf, "digest");
             double mc = cv_json_num(cv_json_get(mf, "count"), -1);
             if (!fmt || strcmp(fmt, FORMAT) != 0) {
-                cv_error("import", "%s: the manifest's format is not " FORMAT,
-                         path);
+                cv_error("import", "%s: the manifest's format is not " FORMAT, path);
             } else if (mc != (double)count) {
-                cv_error("import", "%s: the manifest says %.0f messages, the "
-                                   "file holds %" PRIu64 " (truncated or "
-                                   "edited)", path, mc, count);
+                cv_error("import",
+                         "%s: the manifest says %.0f messages, the "
+                         "file holds %" PRIu64 " (truncated or "
+                         "edited)",
+                         path, mc, count);
             } else if (!digest || strcmp(digest, want) != 0) {
-                cv_error("import", "%s: the digest of the file is %s, the "
-                                   "manifest says %s (changed since export)",
+                cv_error("import",
+                         "%s: the digest of the file is %s, the "
+                         "manifest says %s (changed since export)",
                          path, want, digest ? digest : "nothing");
             } else {
                 rc = 0;
@@ -573,25 +578,23 @@ out:
 }
 
 static void import_usage(FILE *out) {
-    fprintf(out,
-            "usage: chatvault import [-c FILE] [--set key=value]... [--quiet] "
-            "EXPORT_FILE\n\n"
-            "Loads a file written by `chatvault export` into the PostgreSQL "
-            "of\npostgres.conninfo. The manifest (count and digest) is "
-            "checked before anything\nis written; a file that does not match "
-            "it is refused. Messages are validated\nas the broker validates "
-            "them and written through its own write path,\nidempotently: a "
-            "message already stored is not written again, so importing\ntwice "
-            "is harmless. Kafka coordinates are kept; chatvault.kafka_offsets "
-            "is\nleft alone. Exit 1 when a message was not imported.\n\n"
-            "To check an imported database, run `chatvault verify --channel "
-            "C` with it\nand the log of the site the export came from.\n");
+    fprintf(out, "usage: chatvault import [-c FILE] [--set key=value]... [--quiet] "
+                 "EXPORT_FILE\n\n"
+                 "Loads a file written by `chatvault export` into the PostgreSQL "
+                 "of\npostgres.conninfo. The manifest (count and digest) is "
+                 "checked before anything\nis written; a file that does not match "
+                 "it is refused. Messages are validated\nas the broker validates "
+                 "them and written through its own write path,\nidempotently: a "
+                 "message already stored is not written again, so importing\ntwice "
+                 "is harmless. Kafka coordinates are kept; chatvault.kafka_offsets "
+                 "is\nleft alone. Exit 1 when a message was not imported.\n\n"
+                 "To check an imported database, run `chatvault verify --channel "
+                 "C` with it\nand the log of the site the export came from.\n");
 }
 
 int cv_cmd_import(int argc, char **argv) {
-    static const struct option opts[] = {CV_COMMON_LONGOPTS,
-                                         {"quiet", no_argument, NULL, O_QUIET},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        CV_COMMON_LONGOPTS, {"quiet", no_argument, NULL, O_QUIET}, {NULL, 0, NULL, 0}};
     cv_cli_config cli = {0};
     bool quiet = false;
     int opt, rc = CV_EXIT_USAGE;
@@ -627,8 +630,7 @@ int cv_cmd_import(int argc, char **argv) {
     rc = CV_EXIT_FAILURE;
     if (sodium_init() < 0)
         goto out;
-    if (!(b = calloc(1, sizeof(*b))) ||
-        !(b->arena = cv_arena_new((size_t)1 << 30)))
+    if (!(b = calloc(1, sizeof(*b))) || !(b->arena = cv_arena_new((size_t)1 << 30)))
         goto out;
     cv_buf_init(&b->packed, (size_t)1 << 30);
     cv_envelope_rules rules = {
@@ -644,8 +646,8 @@ int cv_cmd_import(int argc, char **argv) {
         goto out;
     rc = CV_EXIT_FAILURE;
     char err[1024];
-    if (cv_pgstore_open(cv_config_str(cfg, "postgres.conninfo"),
-                        "chatvault-import", &store, err, sizeof(err)) < 0) {
+    if (cv_pgstore_open(cv_config_str(cfg, "postgres.conninfo"), "chatvault-import",
+                        &store, err, sizeof(err)) < 0) {
         cv_error("import", "%s (postgres.conninfo)", err);
         goto out;
     }

@@ -46,17 +46,15 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     rstats *st = opaque;
     if (m->err) {
         if (!st->failed++)
-            snprintf(st->first_error, sizeof(st->first_error), "%s [%" PRId32
-                     "]: %s", rd_kafka_topic_name(m->rkt), m->partition,
-                     rd_kafka_err2str(m->err));
+            snprintf(st->first_error, sizeof(st->first_error), "%s [%" PRId32 "]: %s",
+                     rd_kafka_topic_name(m->rkt), m->partition, rd_kafka_err2str(m->err));
     } else {
         st->delivered++;
     }
 }
 
 /* Expands {channel} in the --to-topic template. */
-static int expand_topic(const char *tmpl, const char *channel, char *out,
-                        size_t len) {
+static int expand_topic(const char *tmpl, const char *channel, char *out, size_t len) {
     size_t n = 0;
     for (const char *p = tmpl; *p;) {
         const char *piece = p;
@@ -87,36 +85,35 @@ static int parse_rate(const char *s, double *ret) {
 }
 
 static void usage(FILE *out) {
-    fprintf(out,
-            "usage: chatvault replay [-c FILE] [--set key=value]... "
-            "[selection] [options]\n\n"
-            "Re-delivers stored messages to Kafka, keeping their message_id, "
-            "with headers\n" HDR_REPLAY " (the store it came from: postgres "
-            "or log) and\n" HDR_ORIGIN " (original topic/partition/offset). "
-            "Receivers deduplicate\non the message id; chatvault acks a "
-            "replayed message DUPLICATE and does not\nstore it twice. The "
-            "producer is idempotent; replay waits until Kafka has\n"
-            "acknowledged every message and exits 1 if any failed.\n\n"
-            "options:\n"
-            "      --source pg|log|auto  where messages come from (default "
-            "auto: PostgreSQL,\n"
-            "                        the log for what PostgreSQL lacks, "
-            "everything from the\n"
-            "                        log when PostgreSQL is unreachable; log "
-            "records are\n"
-            "                        authenticated before they are sent)\n"
-            "      --to-topic T      publish to T instead of the original "
-            "topic and\n"
-            "                        partition; \"{channel}\" in T is the "
-            "message's channel\n"
-            "                        (e.g. \"recovered.{channel}\")\n"
-            "      --rate N[/s]      at most N messages per second\n"
-            "      --dry-run         count and show a sample; send nothing\n"
-            "      --log-dir DIR     read this log directory instead of "
-            "log.dir (repeatable)\n"
-            "      --quiet           no progress display\n"
-            "  -c, --config FILE     configuration file\n"
-            "      --set key=value   configuration override\n\n" CV_SELECT_HELP);
+    fprintf(out, "usage: chatvault replay [-c FILE] [--set key=value]... "
+                 "[selection] [options]\n\n"
+                 "Re-delivers stored messages to Kafka, keeping their message_id, "
+                 "with headers\n" HDR_REPLAY " (the store it came from: postgres "
+                 "or log) and\n" HDR_ORIGIN " (original topic/partition/offset). "
+                 "Receivers deduplicate\non the message id; chatvault acks a "
+                 "replayed message DUPLICATE and does not\nstore it twice. The "
+                 "producer is idempotent; replay waits until Kafka has\n"
+                 "acknowledged every message and exits 1 if any failed.\n\n"
+                 "options:\n"
+                 "      --source pg|log|auto  where messages come from (default "
+                 "auto: PostgreSQL,\n"
+                 "                        the log for what PostgreSQL lacks, "
+                 "everything from the\n"
+                 "                        log when PostgreSQL is unreachable; log "
+                 "records are\n"
+                 "                        authenticated before they are sent)\n"
+                 "      --to-topic T      publish to T instead of the original "
+                 "topic and\n"
+                 "                        partition; \"{channel}\" in T is the "
+                 "message's channel\n"
+                 "                        (e.g. \"recovered.{channel}\")\n"
+                 "      --rate N[/s]      at most N messages per second\n"
+                 "      --dry-run         count and show a sample; send nothing\n"
+                 "      --log-dir DIR     read this log directory instead of "
+                 "log.dir (repeatable)\n"
+                 "      --quiet           no progress display\n"
+                 "  -c, --config FILE     configuration file\n"
+                 "      --set key=value   configuration override\n\n" CV_SELECT_HELP);
 }
 
 int cv_cmd_replay(int argc, char **argv) {
@@ -170,8 +167,7 @@ int cv_cmd_replay(int argc, char **argv) {
             else if (strcmp(optarg, "auto") == 0)
                 mode = CV_SRC_AUTO;
             else {
-                cv_error("replay", "--source: \"%s\" is not pg, log or auto",
-                         optarg);
+                cv_error("replay", "--source: \"%s\" is not pg, log or auto", optarg);
                 goto out;
             }
             break;
@@ -180,8 +176,10 @@ int cv_cmd_replay(int argc, char **argv) {
             break;
         case O_RATE:
             if (parse_rate(optarg, &rate) < 0) {
-                cv_error("replay", "--rate: \"%s\" is not a positive number "
-                                   "of messages per second", optarg);
+                cv_error("replay",
+                         "--rate: \"%s\" is not a positive number "
+                         "of messages per second",
+                         optarg);
                 goto out;
             }
             break;
@@ -217,8 +215,8 @@ int cv_cmd_replay(int argc, char **argv) {
             cv_error("replay", "--source log needs log.dir (or --log-dir)");
             goto out;
         }
-        if (ndirs && cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys,
-                                     err, sizeof(err)) < 0) {
+        if (ndirs && cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err,
+                                     sizeof(err)) < 0) {
             if (mode == CV_SRC_LOG) {
                 cv_error("replay", "%s (log.key_file)", err);
                 rc = CV_EXIT_FAILURE;
@@ -231,8 +229,7 @@ int cv_cmd_replay(int argc, char **argv) {
     }
     rc = CV_EXIT_FAILURE;
     if (!dry) {
-        rd_kafka_conf_t *kc = cv_cli_kafka_conf(cfg, "producer", NULL, err,
-                                                sizeof(err));
+        rd_kafka_conf_t *kc = cv_cli_kafka_conf(cfg, "producer", NULL, err, sizeof(err));
         if (!kc) {
             cv_error("replay", "%s", err);
             rc = CV_EXIT_USAGE;
@@ -282,8 +279,10 @@ int cv_cmd_replay(int argc, char **argv) {
         int32_t part = m.partition;
         if (to_topic) {
             if (expand_topic(to_topic, m.channel, topic, sizeof(topic)) < 0) {
-                cv_error("replay", "--to-topic: the topic for channel %s is "
-                                   "too long", m.channel);
+                cv_error("replay",
+                         "--to-topic: the topic for channel %s is "
+                         "too long",
+                         m.channel);
                 goto out;
             }
             dest = topic;
@@ -306,8 +305,8 @@ int cv_cmd_replay(int argc, char **argv) {
             while ((now = cv_mono_ms()) < due && !stop_requested)
                 rd_kafka_poll(rk, (int)(due - now));
         }
-        snprintf(origin, sizeof(origin), "%s/%" PRId32 "/%" PRId64, m.topic,
-                 m.partition, m.offset);
+        snprintf(origin, sizeof(origin), "%s/%" PRId32 "/%" PRId64, m.topic, m.partition,
+                 m.offset);
         const char *from = m.from_log ? "log" : "postgres";
         rd_kafka_resp_err_t e;
         while ((e = rd_kafka_producev(
@@ -342,20 +341,20 @@ int cv_cmd_replay(int argc, char **argv) {
     cv_progress_end(&prog);
     double secs = (double)(cv_mono_ms() - start_ms) / 1000.0;
     uint64_t unconfirmed = dry ? 0 : st.selected - st.delivered - st.failed;
-    cv_log(st.failed || unconfirmed || stop_requested ? CV_LOG_ERROR : CV_LOG_INFO,
-           dry ? "replay dry run" : "replay done",
-           "selected=%" PRIu64 " sent=%" PRIu64 " failed=%" PRIu64
-           " unconfirmed=%" PRIu64 " from_postgres=%" PRIu64 " from_log=%" PRIu64
-           " seconds=%.2f rate=%.0f/s%s%s%s",
-           st.selected, st.delivered, st.failed, unconfirmed, st.from_pg,
-           st.from_log, secs, secs > 0 ? (double)st.selected / secs : 0,
-           st.failed ? " first_error=\"" : "", st.failed ? st.first_error : "",
-           st.failed ? "\"" : "");
+    cv_log(
+        st.failed || unconfirmed || stop_requested ? CV_LOG_ERROR : CV_LOG_INFO,
+        dry ? "replay dry run" : "replay done",
+        "selected=%" PRIu64 " sent=%" PRIu64 " failed=%" PRIu64 " unconfirmed=%" PRIu64
+        " from_postgres=%" PRIu64 " from_log=%" PRIu64 " seconds=%.2f rate=%.0f/s%s%s%s",
+        st.selected, st.delivered, st.failed, unconfirmed, st.from_pg, st.from_log, secs,
+        secs > 0 ? (double)st.selected / secs : 0, st.failed ? " first_error=\"" : "",
+        st.failed ? st.first_error : "", st.failed ? "\"" : "");
     if (stop_requested)
-        cv_error("replay", "interrupted: %" PRIu64 " messages were selected "
-                           "before the stop", st.selected);
-    rc = st.failed || unconfirmed || stop_requested ? CV_EXIT_FAILURE
-                                                   : CV_EXIT_OK;
+        cv_error("replay",
+                 "interrupted: %" PRIu64 " messages were selected "
+                 "before the stop",
+                 st.selected);
+    rc = st.failed || unconfirmed || stop_requested ? CV_EXIT_FAILURE : CV_EXIT_OK;
 out:
     fflush(stdout);
     cv_src_free(src);

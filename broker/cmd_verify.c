@@ -49,13 +49,13 @@ static void flush_run(vout *o) {
     if (o->rfirst == o->rlast)
         printf("%s channel=%s topic=%s partition=%" PRId32 " offset=%" PRId64
                " message_id=%s\n",
-               cv_verify_kind_name(o->rkind), o->rchannel, o->rtopic, o->rpart,
-               o->rfirst, o->rid);
+               cv_verify_kind_name(o->rkind), o->rchannel, o->rtopic, o->rpart, o->rfirst,
+               o->rid);
     else
         printf("%s channel=%s topic=%s partition=%" PRId32 " offsets=%" PRId64
                "..%" PRId64 " count=%" PRId64 "\n",
-               cv_verify_kind_name(o->rkind), o->rchannel, o->rtopic, o->rpart,
-               o->rfirst, o->rlast, o->rlast - o->rfirst + 1);
+               cv_verify_kind_name(o->rkind), o->rchannel, o->rtopic, o->rpart, o->rfirst,
+               o->rlast, o->rlast - o->rfirst + 1);
 }
 
 static void print_json_finding(vout *o, const cv_verify_finding *f) {
@@ -68,8 +68,8 @@ static void print_json_finding(vout *o, const cv_verify_finding *f) {
     cv_buf_json_string(b, f->topic, strlen(f->topic));
     cv_buf_printf(b, ",\"partition\":%" PRId32, f->partition);
     if (f->offset >= 0)
-        cv_buf_printf(b, ",\"offset\":%" PRId64 ",\"last_offset\":%" PRId64,
-                      f->offset, f->last_offset);
+        cv_buf_printf(b, ",\"offset\":%" PRId64 ",\"last_offset\":%" PRId64, f->offset,
+                      f->last_offset);
     if (f->message_id) {
         cv_buf_printf(b, ",\"message_id\":");
         cv_buf_json_string(b, f->message_id, strlen(f->message_id));
@@ -124,105 +124,101 @@ static void on_finding(void *opaque, const cv_verify_finding *f) {
 static void on_progress(void *opaque, const cv_verify_progress *p) {
     vout *o = opaque;
     char note[300];
-    snprintf(note, sizeof(note), "%s%s/%" PRId32, p->repairing ? "repair " : "",
-             p->topic, p->partition);
+    snprintf(note, sizeof(note), "%s%s/%" PRId32, p->repairing ? "repair " : "", p->topic,
+             p->partition);
     cv_progress_update(&o->prog, p->messages_done, p->messages_total, note);
 }
 
 static void print_summary(vout *o, const cv_verify_stats *s, const char *what) {
     uint64_t diff = cv_verify_differences(s);
     if (o->json) {
-        printf("{\"pass\":%d,\"summary\":{\"partitions\":%" PRIu64
-               ",\"pg_rows\":%" PRIu64 ",\"log_records\":%" PRIu64
-               ",\"matched\":%" PRIu64 ",\"only_in_postgres\":%" PRIu64
-               ",\"only_in_log\":%" PRIu64 ",\"different\":%" PRIu64
-               ",\"kafka_offsets\":%" PRIu64 ",\"log_damaged\":%" PRIu64
-               ",\"log_segment_missing\":%" PRIu64
-               ",\"duplicates\":%" PRIu64 ",\"gaps\":%" PRIu64
-               ",\"gap_offsets\":%" PRIu64 ",\"repaired_postgres\":%" PRIu64
-               ",\"repaired_log\":%" PRIu64 ",\"repair_skipped\":%" PRIu64
-               "},\"differences\":%" PRIu64 ",\"clean\":%s}\n",
-               o->pass, s->partitions, s->pg_rows, s->log_records, s->matched,
-               s->only_pg, s->only_log, s->different, s->offsets,
-               s->log_damaged, s->segments_missing, s->duplicates, s->gaps, s->gap_offsets,
-               s->repaired_pg, s->repaired_log, s->repair_skipped, diff,
-               diff ? "false" : "true");
+        printf("{\"pass\":%d,\"summary\":{\"partitions\":%" PRIu64 ",\"pg_rows\":%" PRIu64
+               ",\"log_records\":%" PRIu64 ",\"matched\":%" PRIu64
+               ",\"only_in_postgres\":%" PRIu64 ",\"only_in_log\":%" PRIu64
+               ",\"different\":%" PRIu64 ",\"kafka_offsets\":%" PRIu64
+               ",\"log_damaged\":%" PRIu64 ",\"log_segment_missing\":%" PRIu64
+               ",\"duplicates\":%" PRIu64 ",\"gaps\":%" PRIu64 ",\"gap_offsets\":%" PRIu64
+               ",\"repaired_postgres\":%" PRIu64 ",\"repaired_log\":%" PRIu64
+               ",\"repair_skipped\":%" PRIu64 "},\"differences\":%" PRIu64
+               ",\"clean\":%s}\n",
+               o->pass, s->partitions, s->pg_rows, s->log_records, s->matched, s->only_pg,
+               s->only_log, s->different, s->offsets, s->log_damaged, s->segments_missing,
+               s->duplicates, s->gaps, s->gap_offsets, s->repaired_pg, s->repaired_log,
+               s->repair_skipped, diff, diff ? "false" : "true");
         fflush(stdout);
         return;
     }
     fflush(stdout);
     cv_log(diff ? CV_LOG_WARN : CV_LOG_INFO,
            diff ? "the stores differ" : "the stores agree",
-           "pass=%s partitions=%" PRIu64 " pg_rows=%" PRIu64
-           " log_records=%" PRIu64 " matched=%" PRIu64
-           " only_in_postgres=%" PRIu64 " only_in_log=%" PRIu64
-           " different=%" PRIu64 " kafka_offsets=%" PRIu64
-           " log_damaged=%" PRIu64 " log_segment_missing=%" PRIu64
-           " duplicates=%" PRIu64 " gaps=%" PRIu64
+           "pass=%s partitions=%" PRIu64 " pg_rows=%" PRIu64 " log_records=%" PRIu64
+           " matched=%" PRIu64 " only_in_postgres=%" PRIu64 " only_in_log=%" PRIu64
+           " different=%" PRIu64 " kafka_offsets=%" PRIu64 " log_damaged=%" PRIu64
+           " log_segment_missing=%" PRIu64 " duplicates=%" PRIu64 " gaps=%" PRIu64
            " gap_offsets=%" PRIu64 "%s",
-           what, s->partitions, s->pg_rows, s->log_records, s->matched,
-           s->only_pg, s->only_log, s->different, s->offsets, s->log_damaged,
-           s->segments_missing, s->duplicates, s->gaps, s->gap_offsets,
+           what, s->partitions, s->pg_rows, s->log_records, s->matched, s->only_pg,
+           s->only_log, s->different, s->offsets, s->log_damaged, s->segments_missing,
+           s->duplicates, s->gaps, s->gap_offsets,
            diff && o->pass == 1 ? " next=\"run chatvault verify --repair\"" : "");
 }
 
 static void usage(FILE *out) {
-    fprintf(out,
-            "usage: chatvault verify [-c FILE] [--set key=value]... [--repair] "
-            "[--json]\n"
-            "                        [--channel C]... [--partition N] "
-            "[--log-dir DIR]...\n\n"
-            "Compares PostgreSQL (postgres.conninfo) with the encrypted log "
-            "(log.dir,\nlog.key_file) per channel and partition, streaming both "
-            "in offset order.\nEvery log record is authenticated and its hash "
-            "chain checked on the way.\n\n"
-            "Differences (exit 3): only_in_postgres, only_in_log, different "
-            "(message id,\nsender, sent_at, content type, reply_to or body "
-            "digest), kafka_offsets (a\nconsumer group's next offset not past "
-            "its rows), log_damaged,\nlog_segment_missing (a segment removed "
-            "from the middle of a partition).\nA log record "
-            "whose message id PostgreSQL "
-            "holds from another offset is a duplicate, not a\ndifference. "
-            "Offsets neither store holds (gaps) are reported but are not a\n"
-            "difference: records acked DUPLICATE are stored in neither store.\n\n"
-            "options:\n"
-            "      --repair          fill PostgreSQL from the log and the log "
-            "from PostgreSQL\n"
-            "                        (into repair segments), then verify "
-            "again; never deletes\n"
-            "      --json            JSON Lines on stdout: one object per "
-            "finding, then a\n"
-            "                        summary object (\"pass\": 1, and 2 after "
-            "--repair)\n"
-            "      --log-dir DIR     read this log directory instead of "
-            "log.dir; repeat for\n"
-            "                        the directories of several broker "
-            "instances (repairs go\n"
-            "                        to the first)\n"
-            "      --jobs N          compare N partitions at once, each with "
-            "its own\n"
-            "                        PostgreSQL connection (default 2)\n"
-            "      --quiet           no progress display\n"
-            "      --channel C, --partition N  (below) limit what is "
-            "compared\n"
-            "  -c, --config FILE     configuration file\n"
-            "      --set key=value   configuration override\n\n"
-            "A database filled by `chatvault import` is verified against the "
-            "log of the\nsite it was exported from, for the channels exported "
-            "(--channel): it has no\nchatvault.kafka_offsets rows, which is "
-            "not a difference.\n");
+    fprintf(out, "usage: chatvault verify [-c FILE] [--set key=value]... [--repair] "
+                 "[--json]\n"
+                 "                        [--channel C]... [--partition N] "
+                 "[--log-dir DIR]...\n\n"
+                 "Compares PostgreSQL (postgres.conninfo) with the encrypted log "
+                 "(log.dir,\nlog.key_file) per channel and partition, streaming both "
+                 "in offset order.\nEvery log record is authenticated and its hash "
+                 "chain checked on the way.\n\n"
+                 "Differences (exit 3): only_in_postgres, only_in_log, different "
+                 "(message id,\nsender, sent_at, content type, reply_to or body "
+                 "digest), kafka_offsets (a\nconsumer group's next offset not past "
+                 "its rows), log_damaged,\nlog_segment_missing (a segment removed "
+                 "from the middle of a partition).\nA log record "
+                 "whose message id PostgreSQL holds from another offset is a\n"
+                 "duplicate, not a difference. Offsets neither store holds (gaps)\n"
+                 "are reported but are not a difference: records acked DUPLICATE "
+                 "are stored\nin neither store.\n\n"
+                 "options:\n"
+                 "      --repair          fill PostgreSQL from the log and the log "
+                 "from PostgreSQL\n"
+                 "                        (into repair segments), then verify "
+                 "again; never deletes\n"
+                 "      --json            JSON Lines on stdout: one object per "
+                 "finding, then a\n"
+                 "                        summary object (\"pass\": 1, and 2 after "
+                 "--repair)\n"
+                 "      --log-dir DIR     read this log directory instead of "
+                 "log.dir; repeat for\n"
+                 "                        the directories of several broker "
+                 "instances (repairs go\n"
+                 "                        to the first)\n"
+                 "      --jobs N          compare N partitions at once, each with "
+                 "its own\n"
+                 "                        PostgreSQL connection (default 2)\n"
+                 "      --quiet           no progress display\n"
+                 "      --channel C       only this channel, or a shell pattern "
+                 "(\"eu-*\");\n"
+                 "                        repeatable\n"
+                 "      --partition N     only this Kafka partition\n"
+                 "  -c, --config FILE     configuration file\n"
+                 "      --set key=value   configuration override\n\n"
+                 "A database filled by `chatvault import` is verified against the "
+                 "log of the\nsite it was exported from, for the channels exported "
+                 "(--channel): it has no\nchatvault.kafka_offsets rows, which is "
+                 "not a difference.\n");
 }
 
 int cv_cmd_verify(int argc, char **argv) {
-    static const struct option opts[] = {
-        CV_COMMON_LONGOPTS,
-        CV_SELECT_LONGOPTS,
-        {"json", no_argument, NULL, O_JSON},
-        {"repair", no_argument, NULL, O_REPAIR},
-        {"log-dir", required_argument, NULL, O_LOG_DIR},
-        {"quiet", no_argument, NULL, O_QUIET},
-        {"jobs", required_argument, NULL, O_JOBS},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {CV_COMMON_LONGOPTS,
+                                         CV_SELECT_LONGOPTS,
+                                         {"json", no_argument, NULL, O_JSON},
+                                         {"repair", no_argument, NULL, O_REPAIR},
+                                         {"log-dir", required_argument, NULL, O_LOG_DIR},
+                                         {"quiet", no_argument, NULL, O_QUIET},
+                                         {"jobs", required_argument, NULL, O_JOBS},
+                                         {NULL, 0, NULL, 0}};
     cv_cli_config cli = {0};
     vout o = {.pass = 1};
     unsigned jobs = 2;
@@ -264,8 +260,7 @@ int cv_cmd_verify(int argc, char **argv) {
             char *end;
             long v = strtol(optarg, &end, 10);
             if (*end || v < 1 || v > 64) {
-                cv_error("verify", "--jobs: \"%s\" is not a number from 1 to 64",
-                         optarg);
+                cv_error("verify", "--jobs: \"%s\" is not a number from 1 to 64", optarg);
                 goto out;
             }
             jobs = (unsigned)v;
@@ -303,8 +298,8 @@ int cv_cmd_verify(int argc, char **argv) {
         goto out;
     }
     char err[1024];
-    if (cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err,
-                        sizeof(err)) < 0) {
+    if (cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err, sizeof(err)) <
+        0) {
         cv_error("verify", "%s (log.key_file)", err);
         goto out;
     }
@@ -342,8 +337,7 @@ int cv_cmd_verify(int argc, char **argv) {
     print_summary(&o, &st, repair ? "repair" : "verify");
     if (repair) {
         cv_log(CV_LOG_INFO, "repaired",
-               "postgres_rows=%" PRIu64 " log_records=%" PRIu64
-               " skipped=%" PRIu64,
+               "postgres_rows=%" PRIu64 " log_records=%" PRIu64 " skipped=%" PRIu64,
                st.repaired_pg, st.repaired_log, st.repair_skipped);
         o.pass = 2;
         vc.repair = false;

@@ -122,8 +122,8 @@ static int log_partition(void *opaque, const char *path, const char *topic,
     return 0;
 }
 
-int cv_src_open(const cv_src_conf *conf, cv_src **ret, char *pg_error,
-                size_t pg_errlen, char *errbuf, size_t errlen) {
+int cv_src_open(const cv_src_conf *conf, cv_src **ret, char *pg_error, size_t pg_errlen,
+                char *errbuf, size_t errlen) {
     cv_src *s = calloc(1, sizeof(*s));
     if (!s) {
         snprintf(errbuf, errlen, "out of memory");
@@ -152,8 +152,10 @@ int cv_src_open(const cv_src_conf *conf, cv_src **ret, char *pg_error,
                 goto fail;
             }
             if (!conf->nlog_dirs) {
-                snprintf(errbuf, errlen, "%s (postgres.conninfo), and no log "
-                                         "to serve from", err);
+                snprintf(errbuf, errlen,
+                         "%s (postgres.conninfo), and no log "
+                         "to serve from",
+                         err);
                 r = -CV_ESTORE;
                 goto fail;
             }
@@ -174,8 +176,7 @@ int cv_src_open(const cv_src_conf *conf, cv_src **ret, char *pg_error,
             goto fail;
         }
         for (size_t i = 0; i < conf->nlog_dirs; i++) {
-            r = cv_applog_partitions(conf->log_dirs[i], log_partition, s,
-                                     errbuf, errlen);
+            r = cv_applog_partitions(conf->log_dirs[i], log_partition, s, errbuf, errlen);
             if (r == -ENOENT)
                 r = 0;
             if (r < 0)
@@ -208,7 +209,9 @@ fail:
     return r;
 }
 
-bool cv_src_has_pg(const cv_src *s) { return s->conn != NULL; }
+bool cv_src_has_pg(const cv_src *s) {
+    return s->conn != NULL;
+}
 
 static void close_channel(cv_src *s) {
     s->pr = cv_pgread_free(s->pr);
@@ -237,9 +240,9 @@ static int advance_log(cv_src *s, char *errbuf, size_t errlen) {
             if (s->lp_i >= s->lp_end)
                 return 0;
             s->cur = &s->lp[s->lp_i++];
-            int r = cv_applog_reader_open((const char *const *)s->cur->paths,
-                                          s->cur->npaths, s->conf.keys, &s->lr,
-                                          errbuf, errlen);
+            int r =
+                cv_applog_reader_open((const char *const *)s->cur->paths, s->cur->npaths,
+                                      s->conf.keys, &s->lr, errbuf, errlen);
             if (r < 0)
                 return r;
             if (sel->from_offset >= 0)
@@ -253,27 +256,25 @@ static int advance_log(cv_src *s, char *errbuf, size_t errlen) {
             continue;
         }
         cv_arena_reset(s->arena);
-        s->lm = chatvault__v1__chat_message__unpack(
-            cv_arena_protobuf(s->arena), s->rec.value_len, s->rec.value);
+        s->lm = chatvault__v1__chat_message__unpack(cv_arena_protobuf(s->arena),
+                                                    s->rec.value_len, s->rec.value);
         if (!s->lm) {
             snprintf(errbuf, errlen,
-                     "log record %s/%" PRId32 " offset %" PRId64 " (%s at byte %"
-                     PRIu64 ") is not a ChatMessage",
-                     s->rec.topic, s->rec.partition, s->rec.offset,
-                     s->rec.file, s->rec.pos);
+                     "log record %s/%" PRId32 " offset %" PRId64 " (%s at byte %" PRIu64
+                     ") is not a ChatMessage",
+                     s->rec.topic, s->rec.partition, s->rec.offset, s->rec.file,
+                     s->rec.pos);
             return -EBADMSG;
         }
-        if (cv_select_match(sel, s->rec.partition, s->rec.offset,
-                            s->lm->sent_at_us, s->rec.timestamp_ms,
-                            s->cur->channel, s->lm->message_id)) {
+        if (cv_select_match(sel, s->rec.partition, s->rec.offset, s->lm->sent_at_us,
+                            s->rec.timestamp_ms, s->cur->channel, s->lm->message_id)) {
             s->has_log = true;
             return 0;
         }
     }
 }
 
-static int open_channel(cv_src *s, const char *chan, char *errbuf,
-                        size_t errlen) {
+static int open_channel(cv_src *s, const char *chan, char *errbuf, size_t errlen) {
     s->chan = chan;
     s->open = true;
     int r;
@@ -335,8 +336,7 @@ static int emit_log(cv_src *s, cv_msg *m) {
     }
     for (size_t i = 0; i < lm->n_attributes; i++) {
         s->attrv[2 * i] = lm->attributes[i]->key ? lm->attributes[i]->key : "";
-        s->attrv[2 * i + 1] =
-            lm->attributes[i]->value ? lm->attributes[i]->value : "";
+        s->attrv[2 * i + 1] = lm->attributes[i]->value ? lm->attributes[i]->value : "";
     }
     *m = (cv_msg){
         .from_log = true,

@@ -52,7 +52,7 @@ typedef struct cv_src_conf {
     size_t nlog_dirs;
     const cv_keyring *keys; /* needed for the log */
     const char *topic_prefix;
-    cv_select *sel;         /* must outlive the source */
+    cv_select *sel; /* must outlive the source */
 } cv_src_conf;
 
 typedef struct cv_src cv_src;
@@ -60,8 +60,8 @@ typedef struct cv_src cv_src;
 /* Opens the stores the mode needs. In auto mode an unreachable PostgreSQL
  * is not an error: *ret_pg_error (if not NULL) receives why, and the log
  * serves. The caller owns *ret (cv_src_free). */
-int cv_src_open(const cv_src_conf *conf, cv_src **ret, char *pg_error,
-                size_t pg_errlen, char *errbuf, size_t errlen);
+int cv_src_open(const cv_src_conf *conf, cv_src **ret, char *pg_error, size_t pg_errlen,
+                char *errbuf, size_t errlen);
 
 /* 1 and *msg filled, 0 at the end, or a negative error with errbuf set. */
 int cv_src_next(cv_src *s, cv_msg *msg, char *errbuf, size_t errlen);

@@ -21,8 +21,7 @@ void cv_progress_init(cv_progress *p, const char *what, bool enabled) {
     p->start_ms = p->last_ms = cv_mono_ms();
 }
 
-void cv_progress_update(cv_progress *p, uint64_t done, uint64_t total,
-                        const char *note) {
+void cv_progress_update(cv_progress *p, uint64_t done, uint64_t total, const char *note) {
     if (!p->enabled)
         return;
     int64_t now = cv_mono_ms();
@@ -32,8 +31,8 @@ void cv_progress_update(cv_progress *p, uint64_t done, uint64_t total,
     double secs = (double)(now - p->start_ms) / 1000.0;
     double rate = secs > 0 ? (double)done / secs : 0;
     if (!p->tty) {
-        cv_log(CV_LOG_INFO, "progress", "command=%s done=%" PRIu64
-               " total=%" PRIu64 " rate=%.0f/s at=\"%s\"",
+        cv_log(CV_LOG_INFO, "progress",
+               "command=%s done=%" PRIu64 " total=%" PRIu64 " rate=%.0f/s at=\"%s\"",
                p->what, done, total, rate, note ? note : "");
         return;
     }
@@ -46,12 +45,12 @@ void cv_progress_update(cv_progress *p, uint64_t done, uint64_t total,
         bar[i] = i < fill ? '#' : (total ? '.' : ' ');
     bar[BAR] = '\0';
     if (total)
-        fprintf(stderr, "\r%s [%s] %3.0f%% %" PRIu64 "/%" PRIu64
-                        " %.0f msg/s %-30.30s\033[K",
+        fprintf(stderr,
+                "\r%s [%s] %3.0f%% %" PRIu64 "/%" PRIu64 " %.0f msg/s %-30.30s\033[K",
                 p->what, bar, frac * 100, done, total, rate, note ? note : "");
     else
-        fprintf(stderr, "\r%s %" PRIu64 " %.0f msg/s %-30.30s\033[K", p->what,
-                done, rate, note ? note : "");
+        fprintf(stderr, "\r%s %" PRIu64 " %.0f msg/s %-30.30s\033[K", p->what, done, rate,
+                note ? note : "");
     fflush(stderr);
     p->drawn = true;
 }

@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 typedef struct cv_progress {
-    const char *what;  /* "verify", "replay", ... */
+    const char *what; /* "verify", "replay", ... */
     bool enabled, tty, drawn;
     int64_t start_ms, last_ms;
 } cv_progress;
@@ -21,8 +21,7 @@ void cv_progress_init(cv_progress *p, const char *what, bool enabled);
 /* `total` 0: unknown. `note` (may be NULL) says what is being worked on.
  * Cheap to call often: it draws at most every 100 ms (every 5 s without a
  * terminal). */
-void cv_progress_update(cv_progress *p, uint64_t done, uint64_t total,
-                        const char *note);
+void cv_progress_update(cv_progress *p, uint64_t done, uint64_t total, const char *note);
 
 /* Clears the bar (a terminal) so the summary starts on a clean line. */
 void cv_progress_end(cv_progress *p);

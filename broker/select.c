@@ -79,14 +79,13 @@ int cv_parse_time_us(const char *s, int64_t *ret_us) {
     return 0;
 }
 
-static int num_arg(const char *cmd, const char *name, const char *arg,
-                   int64_t max, int64_t *ret) {
+static int num_arg(const char *cmd, const char *name, const char *arg, int64_t max,
+                   int64_t *ret) {
     char *end;
     errno = 0;
     long long v = strtoll(arg, &end, 10);
     if (errno || end == arg || *end || v < 0 || v > max) {
-        cv_error(cmd, "--%s: \"%s\" is not a number from 0 to %" PRId64, name,
-                 arg, max);
+        cv_error(cmd, "--%s: \"%s\" is not a number from 0 to %" PRId64, name, arg, max);
         return -1;
     }
     *ret = v;
@@ -158,8 +157,7 @@ int cv_select_opt(cv_select *s, const char *cmd, int opt, const char *arg) {
     int r;
     switch (opt) {
     case CV_SEL_CHANNEL: {
-        const char **nc =
-            realloc(s->channels, (s->nchannels + 1) * sizeof(*nc));
+        const char **nc = realloc(s->channels, (s->nchannels + 1) * sizeof(*nc));
         if (!nc)
             return -1;
         s->channels = nc;
@@ -177,9 +175,10 @@ int cv_select_opt(cv_select *s, const char *cmd, int opt, const char *arg) {
         return num_arg(cmd, "to-offset", arg, INT64_MAX, &s->to_offset);
     case CV_SEL_SINCE:
     case CV_SEL_UNTIL:
-        if (cv_parse_time_us(arg, opt == CV_SEL_SINCE ? &s->since_us
-                                                      : &s->until_us) < 0) {
-            cv_error(cmd, "--%s: \"%s\" is not a time (RFC 3339 UTC, a date, "
+        if (cv_parse_time_us(arg, opt == CV_SEL_SINCE ? &s->since_us : &s->until_us) <
+            0) {
+            cv_error(cmd,
+                     "--%s: \"%s\" is not a time (RFC 3339 UTC, a date, "
                      "90s/15m/2h/7d ago, or Unix ms)",
                      opt == CV_SEL_SINCE ? "since" : "until", arg);
             return -1;
@@ -227,9 +226,8 @@ int cv_select_pg(cv_select *s, const char *channel, cv_pgread_sel *ret) {
     ret->partition = s->partition;
     ret->from_offset = s->from_offset;
     ret->to_offset = s->to_offset;
-    ret->time_field = s->since_us >= 0 || s->until_us >= 0
-                          ? s->time_field
-                          : CV_PGREAD_TIME_NONE;
+    ret->time_field =
+        s->since_us >= 0 || s->until_us >= 0 ? s->time_field : CV_PGREAD_TIME_NONE;
     ret->since_us = s->since_us;
     ret->until_us = s->until_us;
     if (!s->has_ids)
@@ -255,17 +253,16 @@ int cv_select_pg(cv_select *s, const char *channel, cv_pgread_sel *ret) {
 }
 
 bool cv_select_match(const cv_select *s, int32_t partition, int64_t offset,
-                     int64_t sent_at_us, int64_t kafka_ts_ms,
-                     const char *channel, const char *message_id) {
+                     int64_t sent_at_us, int64_t kafka_ts_ms, const char *channel,
+                     const char *message_id) {
     if (s->partition >= 0 && partition != s->partition)
         return false;
     if (s->from_offset >= 0 && offset < s->from_offset)
         return false;
     if (s->to_offset >= 0 && offset > s->to_offset)
         return false;
-    int64_t t = s->time_field == CV_PGREAD_TIME_PERSISTED_AT
-                    ? kafka_ts_ms * 1000
-                    : sent_at_us;
+    int64_t t =
+        s->time_field == CV_PGREAD_TIME_PERSISTED_AT ? kafka_ts_ms * 1000 : sent_at_us;
     if (s->since_us >= 0 && t < s->since_us)
         return false;
     if (s->until_us >= 0 && t >= s->until_us)

@@ -26,43 +26,44 @@ enum {
     CV_SEL_IDS,
 };
 
-#define CV_SELECT_LONGOPTS                                                     \
-    {"channel", required_argument, NULL, CV_SEL_CHANNEL},                      \
-        {"partition", required_argument, NULL, CV_SEL_PARTITION},              \
-        {"from-offset", required_argument, NULL, CV_SEL_FROM_OFFSET},          \
-        {"to-offset", required_argument, NULL, CV_SEL_TO_OFFSET},              \
-        {"since", required_argument, NULL, CV_SEL_SINCE},                      \
-        {"until", required_argument, NULL, CV_SEL_UNTIL},                      \
-        {"time", required_argument, NULL, CV_SEL_TIME},                        \
-        {"ids", required_argument, NULL, CV_SEL_IDS}
+#define CV_SELECT_LONGOPTS                                                               \
+    {"channel", required_argument, NULL, CV_SEL_CHANNEL},                                \
+        {"partition", required_argument, NULL, CV_SEL_PARTITION},                        \
+        {"from-offset", required_argument, NULL, CV_SEL_FROM_OFFSET},                    \
+        {"to-offset", required_argument, NULL, CV_SEL_TO_OFFSET},                        \
+        {"since", required_argument, NULL, CV_SEL_SINCE},                                \
+        {"until", required_argument, NULL, CV_SEL_UNTIL},                                \
+        {"time", required_argument, NULL, CV_SEL_TIME}, {                                \
+        "ids", required_argument, NULL, CV_SEL_IDS                                       \
+    }
 
-#define CV_SELECT_HELP                                                         \
-    "selection (all of them apply; every message when none is given):\n"       \
-    "      --channel C       a channel, or a shell pattern (\"eu-*\"); "        \
-    "repeatable\n"                                                             \
-    "      --partition N     one Kafka partition\n"                            \
-    "      --from-offset N   offsets from N (inclusive)\n"                     \
-    "      --to-offset N     offsets up to N (inclusive)\n"                    \
-    "      --since TIME      from TIME (inclusive): RFC 3339 UTC, a date,\n"    \
-    "                        a duration ago (90s, 15m, 2h, 7d) or Unix ms\n"   \
-    "      --until TIME      before TIME (exclusive), same forms\n"            \
-    "      --time sent|persisted\n"                                          \
-    "                        the time --since/--until apply to (default sent:\n" \
-    "                        the sender's sent_at; persisted: when stored; the\n" \
-    "                        log keeps no store time and uses the Kafka\n"     \
-    "                        timestamp)\n"                                     \
-    "      --ids FILE        only these message ids: one per line, or\n"       \
+#define CV_SELECT_HELP                                                                   \
+    "selection (all of them apply; every message when none is given):\n"                 \
+    "      --channel C       a channel, or a shell pattern (\"eu-*\"); "                 \
+    "repeatable\n"                                                                       \
+    "      --partition N     one Kafka partition\n"                                      \
+    "      --from-offset N   offsets from N (inclusive)\n"                               \
+    "      --to-offset N     offsets up to N (inclusive)\n"                              \
+    "      --since TIME      from TIME (inclusive): RFC 3339 UTC, a date,\n"             \
+    "                        a duration ago (90s, 15m, 2h, 7d) or Unix ms\n"             \
+    "      --until TIME      before TIME (exclusive), same forms\n"                      \
+    "      --time sent|persisted\n"                                                      \
+    "                        the time --since/--until apply to (default sent:\n"         \
+    "                        the sender's sent_at; persisted: when stored; the\n"        \
+    "                        log keeps no store time and uses the Kafka\n"               \
+    "                        timestamp)\n"                                               \
+    "      --ids FILE        only these message ids: one per line, or\n"                 \
     "                        \"channel message_id\" per line\n"
 
 typedef struct cv_select {
     const char **channels; /* names or patterns */
     size_t nchannels;
-    int32_t partition;     /* -1: all */
+    int32_t partition;              /* -1: all */
     int64_t from_offset, to_offset; /* -1: unbounded */
     cv_pgread_time time_field;
-    int64_t since_us, until_us;     /* -1: unbounded */
+    int64_t since_us, until_us; /* -1: unbounded */
     bool has_ids;
-    char **ids;           /* sorted "channel\tid" or "\tid" (any channel) */
+    char **ids; /* sorted "channel\tid" or "\tid" (any channel) */
     size_t nids;
     /* scratch for cv_select_ids() */
     const char **chan_ids;
@@ -84,8 +85,8 @@ int cv_select_pg(cv_select *s, const char *channel, cv_pgread_sel *ret);
 /* Whether a record matches (channel already matched). `time_us` is the
  * record's sent_at (or, with --time persisted, its Kafka timestamp). */
 bool cv_select_match(const cv_select *s, int32_t partition, int64_t offset,
-                     int64_t sent_at_us, int64_t kafka_ts_ms,
-                     const char *channel, const char *message_id);
+                     int64_t sent_at_us, int64_t kafka_ts_ms, const char *channel,
+                     const char *message_id);
 
 /* Parses TIME as --since does, into Unix microseconds. */
 int cv_parse_time_us(const char *s, int64_t *ret_us);

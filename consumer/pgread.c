@@ -24,7 +24,7 @@
 struct cv_pgread {
     PGconn *conn;
     bool in_tx, cursor;
-    PGresult *res;   /* the batch being read */
+    PGresult *res; /* the batch being read */
     int row, nrows;
     pthread_t th;
     bool th_up;
@@ -52,8 +52,8 @@ static int fail(PGconn *conn, PGresult *res, const char *what, char *errbuf,
     return -CV_ESTORE;
 }
 
-static int exec_ok(PGconn *conn, const char *sql, const char *what,
-                   char *errbuf, size_t errlen) {
+static int exec_ok(PGconn *conn, const char *sql, const char *what, char *errbuf,
+                   size_t errlen) {
     PGresult *res = PQexec(conn, sql);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         return fail(conn, res, what, errbuf, errlen);
@@ -89,8 +89,8 @@ static int array_literal(cv_buf *b, const int64_t *offs, const char *const *ids,
 
 static void *fetcher(void *arg);
 
-int cv_pgread_open(PGconn *conn, const cv_pgread_sel *sel, cv_pgread **ret,
-                   char *errbuf, size_t errlen) {
+int cv_pgread_open(PGconn *conn, const cv_pgread_sel *sel, cv_pgread **ret, char *errbuf,
+                   size_t errlen) {
     cv_buf sql, arr;
     cv_buf_init(&sql, 1 << 16);
     cv_buf_init(&arr, ARRAY_LIMIT);
@@ -122,19 +122,18 @@ int cv_pgread_open(PGconn *conn, const cv_pgread_sel *sel, cv_pgread **ret,
             ? "-1::bigint"
             : "COALESCE((extract(epoch FROM kafka_timestamp) * 1000)::bigint, -1)",
         sel->digest_only ? "sha256(body)" : "body",
-        sel->digest_only
-            ? "NULL::text[]"
-            : "ARRAY(SELECT x FROM jsonb_each_text(attributes) e,"
-              " LATERAL (VALUES (e.key), (e.value)) v(x))",
+        sel->digest_only ? "NULL::text[]"
+                         : "ARRAY(SELECT x FROM jsonb_each_text(attributes) e,"
+                           " LATERAL (VALUES (e.key), (e.value)) v(x))",
         sel->digest_only ? "-1::bigint"
                          : "(extract(epoch FROM persisted_at) * 1000000)::bigint");
-#define ADD_I64(cond_sql, v)                                                   \
-    do {                                                                       \
-        snprintf(vals[np], sizeof(vals[np]), "%" PRId64, (int64_t)(v));        \
-        params[np] = vals[np];                                                 \
-        np++;                                                                  \
-        if (r == 0)                                                            \
-            r = cv_buf_printf(&sql, cond_sql, np);                             \
+#define ADD_I64(cond_sql, v)                                                             \
+    do {                                                                                 \
+        snprintf(vals[np], sizeof(vals[np]), "%" PRId64, (int64_t)(v));                  \
+        params[np] = vals[np];                                                           \
+        np++;                                                                            \
+        if (r == 0)                                                                      \
+            r = cv_buf_printf(&sql, cond_sql, np);                                       \
     } while (0)
     if (sel->partition >= 0)
         ADD_I64(" AND kafka_partition = $%d", sel->partition);
@@ -164,9 +163,9 @@ int cv_pgread_open(PGconn *conn, const cv_pgread_sel *sel, cv_pgread **ret,
                           sel->noffsets ? sel->noffsets : sel->nids);
         params[np++] = (const char *)arr.data;
         if (r == 0)
-            r = cv_buf_printf(&sql, sel->noffsets
-                                        ? " AND kafka_offset = ANY($%d::bigint[])"
-                                        : " AND message_id = ANY($%d::text[])",
+            r = cv_buf_printf(&sql,
+                              sel->noffsets ? " AND kafka_offset = ANY($%d::bigint[])"
+                                            : " AND message_id = ANY($%d::text[])",
                               np);
     }
     if (r == 0)
@@ -174,20 +173,18 @@ int cv_pgread_open(PGconn *conn, const cv_pgread_sel *sel, cv_pgread **ret,
     if (r == 0)
         r = cv_buf_append(&sql, "", 1);
     if (r < 0) {
-        snprintf(errbuf, errlen, "postgres: building the query: %s",
-                 strerror(-r));
+        snprintf(errbuf, errlen, "postgres: building the query: %s", strerror(-r));
         goto out;
     }
-    r = exec_ok(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-                "BEGIN", errbuf, errlen);
+    r = exec_ok(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "BEGIN", errbuf,
+                errlen);
     if (r < 0)
         goto out;
     rd->in_tx = true;
-    PGresult *res = PQexecParams(conn, (const char *)sql.data, np, NULL, params,
-                                 NULL, NULL, 0);
+    PGresult *res =
+        PQexecParams(conn, (const char *)sql.data, np, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        r = fail(conn, res, "opening a cursor on chatvault.messages", errbuf,
-                 errlen);
+        r = fail(conn, res, "opening a cursor on chatvault.messages", errbuf, errlen);
         goto out;
     }
     PQclear(res);
@@ -221,13 +218,11 @@ static void *fetcher(void *arg) {
         pthread_mutex_unlock(&rd->mu);
         if (stop)
             return NULL;
-        PGresult *res = PQexecParams(rd->conn, FETCH_SQL, 0, NULL, NULL, NULL,
-                                     NULL, 1);
+        PGresult *res = PQexecParams(rd->conn, FETCH_SQL, 0, NULL, NULL, NULL, NULL, 1);
         char *err = NULL;
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
             char buf[1024];
-            fail(rd->conn, res, "FETCH from chatvault.messages", buf,
-                 sizeof(buf));
+            fail(rd->conn, res, "FETCH from chatvault.messages", buf, sizeof(buf));
             err = strdup(buf);
             res = NULL;
         }
@@ -286,18 +281,16 @@ static int64_t get_i64(const PGresult *res, int row, int col) {
 
 static int32_t get_i32(const PGresult *res, int row, int col) {
     const unsigned char *p = (const unsigned char *)PQgetvalue(res, row, col);
-    return (int32_t)((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
-                     (uint32_t)p[2] << 8 | p[3]);
+    return (int32_t)((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+                     p[3]);
 }
 
 static uint32_t be32(const unsigned char *p) {
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
-           p[3];
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
 /* Decodes a binary one-dimensional text[] into NUL-terminated strings. */
-static int parse_attrs(cv_pgread *rd, const unsigned char *p, size_t len,
-                       cv_pgrow *row) {
+static int parse_attrs(cv_pgread *rd, const unsigned char *p, size_t len, cv_pgrow *row) {
     row->attrs = NULL;
     row->nattrs = 0;
     rd->attr.len = 0;
@@ -379,8 +372,7 @@ int cv_pgread_next(cv_pgread *rd, cv_pgrow *row, char *errbuf, size_t errlen) {
                 : parse_attrs(rd, (const unsigned char *)PQgetvalue(res, i, 10),
                               (size_t)PQgetlength(res, i, 10), row);
     if (r < 0) {
-        snprintf(errbuf, errlen,
-                 "postgres: attributes of message %s of channel %s: %s",
+        snprintf(errbuf, errlen, "postgres: attributes of message %s of channel %s: %s",
                  row->message_id, row->channel,
                  r == -ENOMEM ? "out of memory" : "malformed array");
         return r;
@@ -459,16 +451,15 @@ int cv_pgrow_pack(const cv_pgrow *row, cv_buf *out) {
     return r;
 }
 
-int cv_pgread_channels(PGconn *conn, cv_pgread_channel_fn *fn, void *opaque,
-                       char *errbuf, size_t errlen) {
+int cv_pgread_channels(PGconn *conn, cv_pgread_channel_fn *fn, void *opaque, char *errbuf,
+                       size_t errlen) {
     /* GROUP BY channel: served by the primary key's index, and fine on a
      * table partitioned or distributed on channel. */
-    PGresult *res =
-        PQexec(conn, "SELECT channel FROM chatvault.messages GROUP BY channel"
-                     " ORDER BY channel");
+    PGresult *res = PQexec(conn, "SELECT channel FROM chatvault.messages GROUP BY channel"
+                                 " ORDER BY channel");
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return fail(conn, res, "listing the channels of chatvault.messages",
-                    errbuf, errlen);
+        return fail(conn, res, "listing the channels of chatvault.messages", errbuf,
+                    errlen);
     int r = 0;
     for (int i = 0; r == 0 && i < PQntuples(res); i++)
         r = fn(opaque, PQgetvalue(res, i, 0));

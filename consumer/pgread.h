@@ -30,18 +30,18 @@ typedef enum {
 } cv_pgread_time;
 
 typedef struct cv_pgread_sel {
-    const char *channel;      /* required */
-    int32_t partition;        /* -1: every partition */
-    int64_t from_offset;      /* -1: no lower bound (inclusive) */
-    int64_t to_offset;        /* -1: no upper bound (inclusive) */
+    const char *channel; /* required */
+    int32_t partition;   /* -1: every partition */
+    int64_t from_offset; /* -1: no lower bound (inclusive) */
+    int64_t to_offset;   /* -1: no upper bound (inclusive) */
     cv_pgread_time time_field;
     int64_t since_us, until_us; /* Unix us; since inclusive, until exclusive;
                                    -1: unbounded */
-    const int64_t *offsets;   /* exactly these offsets (with partition) */
+    const int64_t *offsets;     /* exactly these offsets (with partition) */
     size_t noffsets;
-    const char *const *ids;   /* exactly these message ids */
+    const char *const *ids; /* exactly these message ids */
     size_t nids;
-    bool digest_only;         /* verify: sha256(body) instead of body, no
+    bool digest_only; /* verify: sha256(body) instead of body, no
                                  channel (the selection's is returned),
                                  timestamps (-1) nor attributes */
 } cv_pgread_sel;
@@ -67,8 +67,8 @@ typedef struct cv_pgread cv_pgread;
 
 /* Starts the transaction and the cursor. The caller owns *ret and ends it
  * with cv_pgread_free(), which ends the transaction. */
-int cv_pgread_open(PGconn *conn, const cv_pgread_sel *sel, cv_pgread **ret,
-                   char *errbuf, size_t errlen);
+int cv_pgread_open(PGconn *conn, const cv_pgread_sel *sel, cv_pgread **ret, char *errbuf,
+                   size_t errlen);
 
 /* 1 and *row filled, 0 at the end, or -CV_ESTORE with errbuf set. */
 int cv_pgread_next(cv_pgread *r, cv_pgrow *row, char *errbuf, size_t errlen);
@@ -82,7 +82,7 @@ int cv_pgrow_pack(const cv_pgrow *row, cv_buf *out);
 /* The channels of chatvault.messages, sorted; calls fn for each. A nonzero
  * return from fn stops the walk and is returned. */
 typedef int cv_pgread_channel_fn(void *opaque, const char *channel);
-int cv_pgread_channels(PGconn *conn, cv_pgread_channel_fn *fn, void *opaque,
-                       char *errbuf, size_t errlen);
+int cv_pgread_channels(PGconn *conn, cv_pgread_channel_fn *fn, void *opaque, char *errbuf,
+                       size_t errlen);
 
 #endif

@@ -40,13 +40,12 @@ static const char *const kind_names[] = {
 };
 
 const char *cv_verify_kind_name(cv_verify_kind k) {
-    return k >= CV_VERIFY_ONLY_PG && k <= CV_VERIFY_GAP ? kind_names[k]
-                                                        : "unknown";
+    return k >= CV_VERIFY_ONLY_PG && k <= CV_VERIFY_GAP ? kind_names[k] : "unknown";
 }
 
 uint64_t cv_verify_differences(const cv_verify_stats *s) {
-    return s->only_pg + s->only_log + s->different + s->offsets +
-           s->log_damaged + s->segments_missing;
+    return s->only_pg + s->only_log + s->different + s->offsets + s->log_damaged +
+           s->segments_missing;
 }
 
 /* ---- the topic-partitions to compare ---------------------------------- */
@@ -90,7 +89,7 @@ typedef struct vshared {
     pthread_mutex_t mu; /* guards the callbacks, prog and the fields below */
     cv_verify_progress prog;
     size_t next_unit;
-    int err;            /* the first worker error */
+    int err; /* the first worker error */
     char errmsg[1024];
 } vshared;
 
@@ -104,8 +103,8 @@ typedef struct vctx {
     bool repairing;
     uint64_t since_progress;
     cv_arena *arena;
-    cv_pgstore *store;  /* repair: opened on first use */
-    cv_applog *rlog;    /* repair: opened on first use */
+    cv_pgstore *store; /* repair: opened on first use */
+    cv_applog *rlog;   /* repair: opened on first use */
     char *err;
     size_t errlen;
 } vctx;
@@ -123,8 +122,8 @@ static bool want(const vctx *c, const char *channel, int32_t partition) {
     return !conf->want_channel || conf->want_channel(conf->opaque, channel);
 }
 
-static int add_unit(vctx *c, const char *topic, const char *channel,
-                    int32_t partition, uint64_t rows) {
+static int add_unit(vctx *c, const char *topic, const char *channel, int32_t partition,
+                    uint64_t rows) {
     unit *u = vec_push(&c->units);
     if (!u)
         return -ENOMEM;
@@ -148,10 +147,10 @@ static int pg_fail(vctx *c, PGresult *res, const char *what) {
 }
 
 static int load_pg_units(vctx *c) {
-    PGresult *res = PQexec(
-        c->conn, "SELECT channel, kafka_topic, kafka_partition, count(*)"
-                 " FROM chatvault.messages"
-                 " GROUP BY channel, kafka_topic, kafka_partition");
+    PGresult *res =
+        PQexec(c->conn, "SELECT channel, kafka_topic, kafka_partition, count(*)"
+                        " FROM chatvault.messages"
+                        " GROUP BY channel, kafka_topic, kafka_partition");
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         return pg_fail(c, res, "listing the partitions of chatvault.messages");
     int r = 0;
@@ -252,8 +251,7 @@ static void view_from_row(view *v, const cv_pgrow *row) {
         memcpy(v->body_sha, row->body, 32);
 }
 
-static void view_from_log(view *v, const cv_applog_record *rec,
-                          cv_arena *arena) {
+static void view_from_log(view *v, const cv_applog_record *rec, cv_arena *arena) {
     cv_arena_reset(arena);
     v->offset = rec->offset;
     Chatvault__V1__ChatMessage *m = chatvault__v1__chat_message__unpack(
@@ -267,7 +265,8 @@ static void view_from_log(view *v, const cv_applog_record *rec,
     v->content_type = m->content_type;
     v->reply_to = m->reply_to;
     v->sent_at_us = m->sent_at_us;
-    crypto_hash_sha256(v->body_sha, m->body.data ? m->body.data : (const unsigned char *)"",
+    crypto_hash_sha256(v->body_sha,
+                       m->body.data ? m->body.data : (const unsigned char *)"",
                        m->body.len);
 }
 
@@ -275,15 +274,14 @@ static void view_from_log(view *v, const cv_applog_record *rec,
 static bool view_diff(const view *a, const view *b, char *buf, size_t len) {
     buf[0] = '\0';
     size_t n = 0;
-#define DIFF(cond, name)                                                       \
-    do {                                                                       \
-        if (cond && n < len)                                                   \
-            n += (size_t)snprintf(buf + n, len - n, "%s%s", n ? "," : "",      \
-                                  name);                                       \
+#define DIFF(cond, name)                                                                 \
+    do {                                                                                 \
+        if (cond && n < len)                                                             \
+            n += (size_t)snprintf(buf + n, len - n, "%s%s", n ? "," : "", name);         \
     } while (0)
     if (!a->decoded || !b->decoded) {
-        snprintf(buf, len, "%s", !b->decoded ? "log value does not decode"
-                                             : "row has no body digest");
+        snprintf(buf, len, "%s",
+                 !b->decoded ? "log value does not decode" : "row has no body digest");
         return true;
     }
     DIFF(strcmp(a->message_id, b->message_id) != 0, "message_id");
@@ -297,8 +295,8 @@ static bool view_diff(const view *a, const view *b, char *buf, size_t len) {
     return buf[0] != '\0';
 }
 
-static void emit(vctx *c, cv_verify_kind kind, const unit *u, int64_t first,
-                 int64_t last, const char *id, const char *detail) {
+static void emit(vctx *c, cv_verify_kind kind, const unit *u, int64_t first, int64_t last,
+                 const char *id, const char *detail) {
     if (!c->conf->finding)
         return;
     cv_verify_finding f = {
@@ -439,11 +437,11 @@ static int resolve_candidates(vctx *c, const unit *u, vec *cands) {
             return r;
         }
         const char *params[2] = {u->channel, (const char *)arr.data};
-        PGresult *res = PQexecParams(
-            c->conn,
-            "SELECT message_id FROM chatvault.messages"
-            " WHERE channel = $1 AND message_id = ANY($2::text[])",
-            2, NULL, params, NULL, NULL, 0);
+        PGresult *res =
+            PQexecParams(c->conn,
+                         "SELECT message_id FROM chatvault.messages"
+                         " WHERE channel = $1 AND message_id = ANY($2::text[])",
+                         2, NULL, params, NULL, NULL, 0);
         cv_buf_release(&arr);
         if (PQresultStatus(res) != PGRES_TUPLES_OK)
             return pg_fail(c, res, "looking up message ids");
@@ -464,8 +462,7 @@ static int resolve_candidates(vctx *c, const unit *u, vec *cands) {
                 continue;
             }
             c->st->only_log++;
-            emit(c, CV_VERIFY_ONLY_LOG, u, cv[k].offset, cv[k].offset,
-                 id ? id : "",
+            emit(c, CV_VERIFY_ONLY_LOG, u, cv[k].offset, cv[k].offset, id ? id : "",
                  id ? "PostgreSQL has no row for this record"
                     : "PostgreSQL has no row; the log value does not decode");
             cv[keep++] = cv[k];
@@ -488,13 +485,13 @@ static int open_dirs_reader(vctx *c, const unit *u, cv_applog_reader **ret) {
     for (size_t i = 0; r == 0 && i < conf->nlog_dirs; i++) {
         size_t l = strlen(conf->log_dirs[i]) + strlen(u->topic) + 16;
         paths[i] = malloc(l);
-        r = paths[i] ? cv_applog_partition_dir(conf->log_dirs[i], u->topic,
-                                                u->partition, paths[i], l)
+        r = paths[i] ? cv_applog_partition_dir(conf->log_dirs[i], u->topic, u->partition,
+                                               paths[i], l)
                      : -ENOMEM;
     }
     if (r == 0)
-        r = cv_applog_reader_open((const char *const *)paths, conf->nlog_dirs,
-                                  conf->keys, ret, c->err, c->errlen);
+        r = cv_applog_reader_open((const char *const *)paths, conf->nlog_dirs, conf->keys,
+                                  ret, c->err, c->errlen);
     for (size_t i = 0; i < conf->nlog_dirs; i++)
         free(paths[i]);
     free(paths);
@@ -532,8 +529,8 @@ static int repair_pg(vctx *c, const unit *u, const vec *cands) {
         return 0;
     int r = 0;
     if (!c->store) {
-        r = cv_pgstore_open(c->conf->pg_conninfo, "chatvault-verify", &c->store,
-                            c->err, c->errlen);
+        r = cv_pgstore_open(c->conf->pg_conninfo, "chatvault-verify", &c->store, c->err,
+                            c->errlen);
         if (r < 0)
             return r;
     }
@@ -551,8 +548,8 @@ static int repair_pg(vctx *c, const unit *u, const vec *cands) {
     }
     size_t n = 0, k = 0;
     cv_applog_record rec;
-    while (k < cands->n && (r = cv_applog_reader_next(rd, &rec, c->err,
-                                                      c->errlen)) == 1) {
+    while (k < cands->n &&
+           (r = cv_applog_reader_next(rd, &rec, c->err, c->errlen)) == 1) {
         r = 0;
         while (k < cands->n && cv[k].offset < rec.offset)
             k++;
@@ -565,8 +562,8 @@ static int repair_pg(vctx *c, const unit *u, const vec *cands) {
         x->partition = u->partition;
         x->offset = rec.offset;
         x->timestamp_ms = rec.timestamp_ms;
-        int d = cv_envelope_decode(c->conf->rules, u->topic, rec.value,
-                                   rec.value_len, arena, &x->env);
+        int d = cv_envelope_decode(c->conf->rules, u->topic, rec.value, rec.value_len,
+                                   arena, &x->env);
         if (d == -ENOMEM) {
             /* The arena is full: write what it holds, then decode again. */
             if ((r = flush_pg(c, recs, n)) < 0)
@@ -575,8 +572,8 @@ static int repair_pg(vctx *c, const unit *u, const vec *cands) {
             recs[0] = *x;
             x = &recs[0];
             n = 0;
-            d = cv_envelope_decode(c->conf->rules, u->topic, rec.value,
-                                   rec.value_len, arena, &x->env);
+            d = cv_envelope_decode(c->conf->rules, u->topic, rec.value, rec.value_len,
+                                   arena, &x->env);
         }
         if (d < 0) {
             c->st->repair_skipped++;
@@ -601,8 +598,8 @@ out:
 }
 
 /* Appends the buffered values (ents[i].value at vals + at[i]). */
-static int append_values(vctx *c, cv_applog *log, cv_applog_entry *ents,
-                         const size_t *at, size_t ne, cv_buf *vals) {
+static int append_values(vctx *c, cv_applog *log, cv_applog_entry *ents, const size_t *at,
+                         size_t ne, cv_buf *vals) {
     for (size_t k = 0; k < ne; k++)
         ents[k].value = vals->data + at[k];
     int r = cv_applog_append(log, ents, ne, c->err, c->errlen);
@@ -622,12 +619,10 @@ static int repair_log(vctx *c, const unit *u, const int64_t *offs, size_t n,
     cv_applog *own = NULL, *log;
     if (brk) {
         r = cv_applog_open_repair(c->conf->log_dirs[0], c->conf->keys,
-                                  c->conf->log_segment_bytes, &own, c->err,
-                                  c->errlen);
+                                  c->conf->log_segment_bytes, &own, c->err, c->errlen);
         if (r == 0)
-            r = cv_applog_repair_bridge(own, u->topic, u->partition,
-                                        brk->after_chain, brk->next_prev_chain,
-                                        c->err, c->errlen);
+            r = cv_applog_repair_bridge(own, u->topic, u->partition, brk->after_chain,
+                                        brk->next_prev_chain, c->err, c->errlen);
         if (r < 0) {
             cv_applog_free(own);
             return r;
@@ -636,8 +631,8 @@ static int repair_log(vctx *c, const unit *u, const int64_t *offs, size_t n,
     } else {
         if (!c->rlog) {
             r = cv_applog_open_repair(c->conf->log_dirs[0], c->conf->keys,
-                                      c->conf->log_segment_bytes, &c->rlog,
-                                      c->err, c->errlen);
+                                      c->conf->log_segment_bytes, &c->rlog, c->err,
+                                      c->errlen);
             if (r < 0)
                 return r;
         }
@@ -718,8 +713,8 @@ static void on_break(void *opaque, const cv_applog_break *b) {
              ": the segment(s) between were removed or lost",
              b->file, b->after_offset);
     bs->c->st->segments_missing++;
-    emit(bs->c, CV_VERIFY_SEGMENT_MISSING, bs->u, b->after_offset + 1,
-         b->next_offset - 1, NULL, detail);
+    emit(bs->c, CV_VERIFY_SEGMENT_MISSING, bs->u, b->after_offset + 1, b->next_offset - 1,
+         NULL, detail);
     cv_applog_break *x = vec_push(&bs->v);
     if (!x) {
         bs->nomem = true;
@@ -731,8 +726,7 @@ static void on_break(void *opaque, const cv_applog_break *b) {
 
 /* Repairs the log: rows inside a lost segment's range go to a session that
  * bridges it, the others to the run's shared session. */
-static int repair_log_all(vctx *c, const unit *u, const vec *only_pg,
-                          const breaks *bs) {
+static int repair_log_all(vctx *c, const unit *u, const vec *only_pg, const breaks *bs) {
     const int64_t *offs = only_pg->v;
     size_t n = only_pg->n, i = 0;
     int r = 0;
@@ -1013,8 +1007,8 @@ static void *work(void *arg) {
     return NULL;
 }
 
-int cv_verify_run(const cv_verify_conf *conf, cv_verify_stats *ret_stats,
-                  char *errbuf, size_t errlen) {
+int cv_verify_run(const cv_verify_conf *conf, cv_verify_stats *ret_stats, char *errbuf,
+                  size_t errlen) {
     cv_verify_stats st = {0};
     vshared sh = {0};
     pthread_mutex_init(&sh.mu, NULL);
@@ -1084,8 +1078,7 @@ int cv_verify_run(const cv_verify_conf *conf, cv_verify_stats *ret_stats,
             pthread_mutex_lock(&sh.mu);
             if (!sh.err) {
                 sh.err = -EAGAIN;
-                snprintf(sh.errmsg, sizeof(sh.errmsg),
-                         "cannot start a verify thread");
+                snprintf(sh.errmsg, sizeof(sh.errmsg), "cannot start a verify thread");
             }
             pthread_mutex_unlock(&sh.mu);
             break;

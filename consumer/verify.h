@@ -80,11 +80,11 @@ typedef struct cv_verify_finding {
 } cv_verify_finding;
 
 typedef struct cv_verify_stats {
-    uint64_t partitions;   /* topic-partitions compared */
+    uint64_t partitions; /* topic-partitions compared */
     uint64_t pg_rows, log_records, matched;
     uint64_t only_pg, only_log, different, offsets, log_damaged;
     uint64_t segments_missing;
-    uint64_t duplicates;   /* log records whose id PostgreSQL holds elsewhere */
+    uint64_t duplicates; /* log records whose id PostgreSQL holds elsewhere */
     uint64_t gaps, gap_offsets;
     uint64_t repaired_pg, repaired_log, repair_skipped;
 } cv_verify_stats;
@@ -128,7 +128,7 @@ typedef struct cv_verify_conf {
  * failure, as far as the run got). Returns 0 when the run completed
  * (whatever it found), or a negative error with errbuf set when a store
  * could not be read or a repair could not be written. */
-int cv_verify_run(const cv_verify_conf *conf, cv_verify_stats *ret_stats,
-                  char *errbuf, size_t errlen);
+int cv_verify_run(const cv_verify_conf *conf, cv_verify_stats *ret_stats, char *errbuf,
+                  size_t errlen);
 
 #endif

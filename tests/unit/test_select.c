@@ -47,11 +47,15 @@ static void test_options(void) {
     TAP_IS_INT(cv_select_opt(&s, "t", CV_SEL_SINCE, "1000"), 1, "--since (ms)");
     TAP_IS_INT(cv_select_opt(&s, "t", CV_SEL_UNTIL, "2000"), 1, "--until (ms)");
     fprintf(stderr, "# expected errors follow\n");
-    TAP_IS_INT(cv_select_opt(&s, "t", CV_SEL_PARTITION, "-1"), -1, "a negative partition is refused");
-    TAP_IS_INT(cv_select_opt(&s, "t", CV_SEL_TIME, "kafka"), -1, "--time takes sent or persisted");
+    TAP_IS_INT(cv_select_opt(&s, "t", CV_SEL_PARTITION, "-1"), -1,
+               "a negative partition is refused");
+    TAP_IS_INT(cv_select_opt(&s, "t", CV_SEL_TIME, "kafka"), -1,
+               "--time takes sent or persisted");
     TAP_IS_INT(cv_select_opt(&s, "t", 'x', "1"), 0, "other options are not selectors");
-    tap_ok(cv_select_match(&s, 3, 15, 1500000, -1, "support", "m"), "a record inside every bound matches");
-    tap_ok(!cv_select_match(&s, 2, 15, 1500000, -1, "support", "m"), "another partition does not");
+    tap_ok(cv_select_match(&s, 3, 15, 1500000, -1, "support", "m"),
+           "a record inside every bound matches");
+    tap_ok(!cv_select_match(&s, 2, 15, 1500000, -1, "support", "m"),
+           "another partition does not");
     tap_ok(!cv_select_match(&s, 3, 9, 1500000, -1, "support", "m") &&
                !cv_select_match(&s, 3, 21, 1500000, -1, "support", "m"),
            "offsets outside [from, to] do not");
@@ -65,8 +69,8 @@ static void test_options(void) {
     cv_pgread_sel ps;
     TAP_IS_INT(cv_select_pg(&s, "support", &ps), 0, "a PostgreSQL selection");
     tap_ok(ps.partition == 3 && ps.from_offset == 10 && ps.to_offset == 20 &&
-               ps.time_field == CV_PGREAD_TIME_PERSISTED_AT &&
-               ps.since_us == 1000000 && ps.until_us == 2000000 && ps.nids == 0,
+               ps.time_field == CV_PGREAD_TIME_PERSISTED_AT && ps.since_us == 1000000 &&
+               ps.until_us == 2000000 && ps.nids == 0,
            "carries every bound");
     cv_select_release(&s);
 }
@@ -89,14 +93,16 @@ static void test_ids(void) {
            "an id with a channel only in that channel");
     tap_ok(cv_select_match(&s, 0, 0, 0, -1, "sales", "sales-1"),
            "tabs and surrounding blanks separate too");
-    tap_ok(!cv_select_match(&s, 0, 0, 0, -1, "support", "nope"), "other ids do not match");
+    tap_ok(!cv_select_match(&s, 0, 0, 0, -1, "support", "nope"),
+           "other ids do not match");
     cv_pgread_sel ps;
     cv_select_pg(&s, "support", &ps);
     int seen = 0;
     for (size_t i = 0; i < ps.nids; i++)
         seen += strcmp(ps.ids[i], "both-1") == 0 || strcmp(ps.ids[i], "plain-1") == 0 ||
                 strcmp(ps.ids[i], "plain-2") == 0;
-    tap_ok(ps.nids == 3 && seen == 3, "PostgreSQL gets the channel's ids and the channel-less ones");
+    tap_ok(ps.nids == 3 && seen == 3,
+           "PostgreSQL gets the channel's ids and the channel-less ones");
     cv_select_pg(&s, "nobody", &ps);
     TAP_IS_INT(ps.nids, 2, "a channel with no ids of its own gets the channel-less ones");
     cv_select_release(&s);

@@ -1,16 +1,19 @@
 /*
  * pipeline — see pipeline.h.
  *
- * Batches are written to the stores one at a time, but their acks are not
- * waited for before the next batch is read: each written batch waits in a
- * FIFO with a ticket counting its undelivered acks, and the offsets of the
- * longest prefix of fully delivered batches are committed. That keeps the
- * store busy while acks travel, without ever committing past an unacked
- * record.
+ * Three stages overlap. The stores write one batch on their own thread
+ * while this thread polls, decodes and fills the next; a written batch's
+ * acks are produced and the batch waits in a FIFO with a ticket counting
+ * its undelivered acks, and the offsets of the longest prefix of fully
+ * delivered batches are committed. Batches enter the stores, and leave
+ * them, in consumption order, so nothing is ever committed past an unacked
+ * record. Retries after a store failure run on this thread, with the
+ * partitions paused.
  */
 #include "pipeline.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -44,6 +47,30 @@ typedef struct interned {
     char name[];
 } interned;
 
+/* Records on their way through the stores. Two of these alternate: one
+ * fills while the other is stored. */
+typedef struct batch {
+    cv_rec *recs;
+    size_t n, bytes;
+    int64_t started_ms;
+    cv_arena *arena;  /* the decoded messages of recs */
+    rd_kafka_topic_partition_list_t *offsets; /* set when it is submitted */
+    /* The stores' verdict, written by the store thread. */
+    int result;
+    int64_t pg_us, log_us;
+    char err[512];
+} batch;
+
+/* The store thread takes one batch at a time. */
+typedef struct store_thread {
+    pthread_t tid;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    batch *job;       /* handed over, not yet taken */
+    batch *done;      /* written, verdict in it */
+    bool quit, started;
+} store_thread;
+
 struct cv_pipeline {
     char *group, *pattern, *prefix, *ack_topic, *dlq_topic;
     int64_t max_messages, max_bytes, max_ms, shutdown_timeout_ms;
@@ -57,12 +84,12 @@ struct cv_pipeline {
     cv_acker *acker;
     cv_stores *stores;
     cv_envelope_rules rules;
-    cv_arena *arena;
-
-    /* The batch being filled. */
-    cv_rec *recs;
-    size_t n, cap, bytes;
-    int64_t started_ms;
+    batch bufs[2];
+    batch *fill;      /* the batch being filled */
+    batch *storing;   /* the batch at the store thread, or NULL */
+    size_t cap;
+    store_thread st;
+    bool in_rebalance; /* inside rebalance_cb: do not poll the consumer */
 
     pending *head, **tail;
     bool in_store;      /* store_batch is waiting for a store */
@@ -177,19 +204,22 @@ static void commit_completed(cv_pipeline *p, bool async) {
     rd_kafka_topic_partition_list_destroy(commit);
 }
 
-static void release_batch(cv_pipeline *p) {
-    for (size_t i = 0; i < p->n; i++)
-        rd_kafka_message_destroy(p->recs[i].rkm);
-    p->n = 0;
-    p->bytes = 0;
-    cv_arena_reset(p->arena);
+static void release_batch(batch *b) {
+    for (size_t i = 0; i < b->n; i++)
+        rd_kafka_message_destroy(b->recs[i].rkm);
+    b->n = 0;
+    b->bytes = 0;
+    if (b->offsets)
+        rd_kafka_topic_partition_list_destroy(b->offsets);
+    b->offsets = NULL;
+    cv_arena_reset(b->arena);
 }
 
-static void decode_batch(cv_pipeline *p) {
-    for (size_t i = 0; i < p->n; i++) {
-        cv_rec *r = &p->recs[i];
+static void decode_batch(cv_pipeline *p, batch *b) {
+    for (size_t i = 0; i < b->n; i++) {
+        cv_rec *r = &b->recs[i];
         int rc = cv_envelope_decode(&p->rules, r->topic, r->rkm->payload,
-                                    r->rkm->len, p->arena, &r->env);
+                                    r->rkm->len, b->arena, &r->env);
         if (rc == -ENOMEM) {
             /* The arena's bound: treat as undecodable rather than fail the
              * batch forever. */
@@ -208,14 +238,55 @@ static void decode_batch(cv_pipeline *p) {
                  cv_reject_reason_name(r->env.reason), r->env.error);
         }
     }
-    OBSERVE(p, consumed, p->recs, p->n);
+    OBSERVE(p, consumed, b->recs, b->n);
+}
+
+/* The store thread: writes each batch it is handed and posts the verdict. */
+static void *store_main(void *arg) {
+    cv_pipeline *p = arg;
+    store_thread *t = &p->st;
+    pthread_mutex_lock(&t->mu);
+    for (;;) {
+        while (!t->job && !t->quit)
+            pthread_cond_wait(&t->cv, &t->mu);
+        if (t->quit)
+            break;
+        batch *b = t->job;
+        t->job = NULL;
+        pthread_mutex_unlock(&t->mu);
+        b->result = cv_stores_write(p->stores, b->recs, b->n, b->offsets, &b->pg_us,
+                                    &b->log_us, b->err, sizeof(b->err));
+        pthread_mutex_lock(&t->mu);
+        t->done = b;
+        pthread_cond_broadcast(&t->cv);
+    }
+    pthread_mutex_unlock(&t->mu);
+    return NULL;
+}
+
+/* Waits up to `ms` for the store thread's verdict; NULL if none yet. */
+static batch *store_wait(cv_pipeline *p, int ms) {
+    store_thread *t = &p->st;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += (long)ms * 1000000;
+    until.tv_sec += until.tv_nsec / 1000000000;
+    until.tv_nsec %= 1000000000;
+    pthread_mutex_lock(&t->mu);
+    while (!t->done && ms > 0 &&
+           pthread_cond_timedwait(&t->cv, &t->mu, &until) != ETIMEDOUT)
+        ;
+    batch *b = t->done;
+    t->done = NULL;
+    pthread_mutex_unlock(&t->mu);
+    return b;
 }
 
 /* Keeps the consumer group membership alive while a store is down: the
  * assigned partitions are paused, so polling returns no records (librdkafka
  * drops what it had prefetched and, on resume, fetches again from the
- * position after the batch in flight). A rebalance may run inside the poll;
- * see rebalance_cb for what it does to the batch in flight. */
+ * position after the last record it returned). A rebalance may run inside
+ * the poll; see rebalance_cb for what it does to the batches in flight. */
 static void poll_paused(cv_pipeline *p, bool pause) {
     rd_kafka_topic_partition_list_t *parts = NULL;
     if (rd_kafka_assignment(p->consumer, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -230,46 +301,29 @@ static void poll_paused(cv_pipeline *p, bool pause) {
 static void serve_while_waiting(cv_pipeline *p, int64_t ms) {
     int64_t until = cv_mono_ms() + ms;
     while (cv_mono_ms() < until && !stopping(p) && !p->abandon) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(p->consumer, 0);
-        if (m) /* paused: only errors and events arrive */
-            rd_kafka_message_destroy(m);
+        if (!p->in_rebalance) {
+            rd_kafka_message_t *m = rd_kafka_consumer_poll(p->consumer, 0);
+            if (m) /* paused: only errors and events arrive */
+                rd_kafka_message_destroy(m);
+        }
         cv_acker_poll(p->acker, 50);
         commit_completed(p, true);
     }
 }
 
-/* Writes the batch to the stores, waiting out store failures while the
- * acks of earlier batches keep flowing. Returns 0 when the batch is durable
- * as ack.policy asks; -ECANCELED when asked to stop, or when a rebalance
- * took the partitions away, before the stores came back. */
-static int store_batch(cv_pipeline *p, rd_kafka_topic_partition_list_t *offsets) {
-    char err[512];
+/* Writes a batch the first attempt could not make durable, on this thread,
+ * waiting out the stores with the partitions paused while the acks of
+ * earlier batches keep flowing. Returns 0 when durable; -ECANCELED when
+ * asked to stop, or when a rebalance took the partitions away, first. */
+static int store_retry(cv_pipeline *p, batch *b) {
     bool paused = false;
-    int r;
+    int r = b->result;
     p->in_store = true;
-    for (;;) {
-        int64_t pg_us, log_us;
-        r = cv_stores_write(p->stores, p->recs, p->n, offsets, &pg_us, &log_us,
-                            err, sizeof(err));
-        if (r == 0) {
-            OBSERVE(p, stored, p->recs, p->n, pg_us, log_us);
-            plog(p, 0, "batch stored",
-                 "records=%zu pg_us=%" PRId64 " log_us=%" PRId64
-                 " first_record_age_ms=%" PRId64,
-                 p->n, pg_us, log_us,
-                 p->recs[0].timestamp_ms >= 0
-                     ? cv_now_us() / 1000 - p->recs[0].timestamp_ms
-                     : (int64_t)-1);
-            break;
-        }
-        if (r != -EAGAIN) {
-            set_fatal(p, err);
-            break;
-        }
+    plog(p, 2, "batch not durable; not acking, waiting for the stores",
+         "error=\"%s\"", b->err);
+    while (r == -EAGAIN) {
         p->stats.store_errors++;
         if (!paused) {
-            plog(p, 2, "batch not durable; not acking, waiting for the stores",
-                 "error=\"%s\"", err);
             poll_paused(p, true);
             paused = true;
         }
@@ -279,48 +333,47 @@ static int store_batch(cv_pipeline *p, rd_kafka_topic_partition_list_t *offsets)
             r = -ECANCELED;
             break;
         }
+        r = cv_stores_write(p->stores, b->recs, b->n, b->offsets, &b->pg_us,
+                            &b->log_us, b->err, sizeof(b->err));
     }
+    if (r != 0 && r != -ECANCELED)
+        set_fatal(p, b->err);
     if (paused && !p->abandon) {
         poll_paused(p, false);
         if (r == 0)
             plog(p, 1, "stores are back; acking again", NULL);
     }
     p->in_store = false;
-    p->abandon = false;
     return r;
 }
 
-/* Takes the batch being filled through the stores and hands it to the
- * acker. On return the batch is empty (its records are either acked-to-be
- * or left uncommitted for re-delivery). */
-static void process_batch(cv_pipeline *p) {
-    if (p->n == 0)
-        return;
-    decode_batch(p);
-    pending *b = calloc(1, sizeof(*b));
-    if (!b) {
+/* A durable batch: count it, produce its acks, queue it for the commit. */
+static void ack_batch(cv_pipeline *p, batch *b) {
+    OBSERVE(p, stored, b->recs, b->n, b->pg_us, b->log_us);
+    plog(p, 0, "batch stored",
+         "records=%zu pg_us=%" PRId64 " log_us=%" PRId64
+         " first_record_age_ms=%" PRId64,
+         b->n, b->pg_us, b->log_us,
+         b->recs[0].timestamp_ms >= 0 ? cv_now_us() / 1000 - b->recs[0].timestamp_ms
+                                      : (int64_t)-1);
+    pending *pb = calloc(1, sizeof(*pb));
+    if (!pb) {
         set_fatal(p, "out of memory");
-        release_batch(p);
         return;
     }
-    b->offsets = batch_offsets(p->recs, p->n);
-    if (store_batch(p, b->offsets) < 0) {
-        /* Not stored, so not acked and not committed: Kafka re-delivers. */
-        pending_free(b);
-        release_batch(p);
-        return;
-    }
-    for (size_t i = 0; i < p->n; i++) {
-        int s = p->recs[i].status;
+    pb->offsets = b->offsets;
+    b->offsets = NULL;
+    for (size_t i = 0; i < b->n; i++) {
+        int s = b->recs[i].status;
         p->stats.persisted += s == CHATVAULT__V1__ACK_STATUS__PERSISTED;
         p->stats.duplicates += s == CHATVAULT__V1__ACK_STATUS__DUPLICATE;
     }
     p->stats.batches++;
-    if (p->obs.acked && (b->notes = calloc(p->n, sizeof(cv_ack_note)))) {
-        b->nnotes = p->n;
-        for (size_t i = 0; i < p->n; i++) {
-            const cv_rec *r = &p->recs[i];
-            cv_ack_note *note = &b->notes[i];
+    if (p->obs.acked && (pb->notes = calloc(b->n, sizeof(cv_ack_note)))) {
+        pb->nnotes = b->n;
+        for (size_t i = 0; i < b->n; i++) {
+            const cv_rec *r = &b->recs[i];
+            cv_ack_note *note = &pb->notes[i];
             note->topic = intern_topic(p, r->topic);
             note->partition = r->partition;
             note->offset = r->offset;
@@ -329,27 +382,84 @@ static void process_batch(cv_pipeline *p) {
             note->status = r->status;
             note->stores = r->stores;
             if (!note->topic)
-                b->nnotes = 0;
+                pb->nnotes = 0;
         }
     }
     char err[512];
-    if (cv_acker_send(p->acker, p->recs, p->n, &b->ticket, err, sizeof(err)) < 0)
+    if (cv_acker_send(p->acker, b->recs, b->n, &pb->ticket, err, sizeof(err)) < 0)
         set_fatal(p, err);
     /* Queued even after a failure: the acks produced so far still count,
      * and the ticket never completes, so nothing past it is committed. */
     if (p->fatal)
-        b->ticket.outstanding++;
-    *p->tail = b;
-    p->tail = &b->next;
-    release_batch(p);
+        pb->ticket.outstanding++;
+    *p->tail = pb;
+    p->tail = &pb->next;
 }
 
-/* Finishes the batch in flight and waits for every pending ack (up to
+/* Takes the batch the store thread finished the rest of the way: acks when
+ * it is durable, retries when it is not yet. Returns true when a revoke
+ * made it give the batch up (the next one must go too). */
+static bool complete_stored(cv_pipeline *p, batch *b) {
+    bool abandoned = false;
+    p->storing = NULL;
+    if (b->result == -EAGAIN)
+        b->result = store_retry(p, b);
+    if (b->result == 0)
+        ack_batch(p, b);
+    else if (b->result == -ECANCELED)
+        abandoned = p->abandon;
+    else
+        set_fatal(p, b->err);
+    p->abandon = false;
+    /* Not stored means not acked and not committed: Kafka re-delivers. */
+    release_batch(b);
+    return abandoned;
+}
+
+/* Waits for the batch at the store thread, acks of earlier batches flowing
+ * meanwhile, and completes it. */
+static bool finish_storing(cv_pipeline *p) {
+    if (!p->storing)
+        return false;
+    batch *b;
+    while (!(b = store_wait(p, 20))) {
+        cv_acker_poll(p->acker, 0);
+        commit_completed(p, true);
+    }
+    return complete_stored(p, b);
+}
+
+/* Hands the filled batch to the store thread (after the one before it is
+ * finished, so batches leave the stores in order) and starts a new one. */
+static void submit_fill(cv_pipeline *p) {
+    batch *b = p->fill;
+    if (b->n == 0)
+        return;
+    if (finish_storing(p)) {
+        /* A revoke gave up the batch before this one: this one goes too. */
+        release_batch(b);
+        return;
+    }
+    decode_batch(p, b);
+    b->offsets = batch_offsets(b->recs, b->n);
+    b->result = 0;
+    store_thread *t = &p->st;
+    pthread_mutex_lock(&t->mu);
+    t->job = b;
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+    p->storing = b;
+    p->fill = b == &p->bufs[0] ? &p->bufs[1] : &p->bufs[0];
+}
+
+/* Finishes every batch in flight (or, after a revoke that found the stores
+ * down, gives them up) and waits for every pending ack (up to
  * `timeout_ms`), then commits synchronously. */
 static void drain_acks(cv_pipeline *p, int64_t timeout_ms);
 
 static void drain(cv_pipeline *p, int64_t timeout_ms) {
-    process_batch(p);
+    submit_fill(p);
+    finish_storing(p);
     drain_acks(p, timeout_ms);
 }
 
@@ -369,6 +479,7 @@ static void drain_acks(cv_pipeline *p, int64_t timeout_ms) {
 
 static void assign(cv_pipeline *p, rd_kafka_topic_partition_list_t *parts) {
     char err[512];
+    finish_storing(p); /* the stores' connection is this thread's again */
     for (int i = 0; i < parts->cnt; i++)
         parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
     rd_kafka_resp_err_t kerr = rd_kafka_committed(p->consumer, parts, 10000);
@@ -402,18 +513,22 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque) {
     cv_pipeline *p = opaque;
     bool cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    p->in_rebalance = true;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         assign(p, parts);
+        p->in_rebalance = false;
         return;
     }
     if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
         if (p->in_store) {
             /* A store is down and the batch in flight is not durable: give
-             * it up uncommitted; the next owner is re-delivered it. */
-            plog(p, 2, "partitions revoked while a store is down; the batch in "
-                       "flight is left for the next owner",
+             * it, and the one filling behind it, up uncommitted; the next
+             * owner is re-delivered them. */
+            plog(p, 2, "partitions revoked while a store is down; the batches "
+                       "in flight are left for the next owner",
                  "count=%d", parts->cnt);
             p->abandon = true;
+            release_batch(p->fill);
             drain_acks(p, p->shutdown_timeout_ms);
         } else {
             plog(p, 1, "partitions revoked; finishing the batch in flight",
@@ -430,6 +545,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     } else {
         rd_kafka_assign(rk, NULL);
     }
+    p->in_rebalance = false;
 }
 
 static void stores_log(void *opaque, int level, const char *msg, const char *kv) {
@@ -490,9 +606,14 @@ int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
     p->rules.ack_topic = p->ack_topic;
     p->rules.dlq_topic = p->dlq_topic;
     p->cap = (size_t)p->max_messages;
-    p->recs = calloc(p->cap, sizeof(cv_rec));
-    p->arena = cv_arena_new(ARENA_LIMIT);
-    if (oom || !p->recs || !p->arena) {
+    for (int i = 0; i < 2; i++) {
+        p->bufs[i].recs = calloc(p->cap, sizeof(cv_rec));
+        p->bufs[i].arena = cv_arena_new(ARENA_LIMIT);
+        if (!p->bufs[i].recs || !p->bufs[i].arena)
+            oom = 1;
+    }
+    p->fill = &p->bufs[0];
+    if (oom) {
         snprintf(errbuf, errlen, "out of memory");
         rd_kafka_conf_destroy(cconf);
         rd_kafka_conf_destroy(pconf);
@@ -540,6 +661,14 @@ int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
         return -EINVAL;
     }
     rd_kafka_poll_set_consumer(p->consumer);
+    pthread_mutex_init(&p->st.mu, NULL);
+    pthread_cond_init(&p->st.cv, NULL);
+    if (pthread_create(&p->st.tid, NULL, store_main, p) != 0) {
+        snprintf(errbuf, errlen, "cannot start the store thread");
+        cv_pipeline_free(p);
+        return -EAGAIN;
+    }
+    p->st.started = true;
     rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(sub, p->pattern, RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t err = rd_kafka_subscribe(p->consumer, sub);
@@ -555,9 +684,10 @@ int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
 }
 
 static void add_record(cv_pipeline *p, rd_kafka_message_t *m) {
-    if (p->n == 0)
-        p->started_ms = cv_mono_ms();
-    cv_rec *r = &p->recs[p->n++];
+    batch *b = p->fill;
+    if (b->n == 0)
+        b->started_ms = cv_mono_ms();
+    cv_rec *r = &b->recs[b->n++];
     memset(r, 0, sizeof(*r));
     r->rkm = m;
     r->topic = rd_kafka_topic_name(m->rkt);
@@ -565,7 +695,7 @@ static void add_record(cv_pipeline *p, rd_kafka_message_t *m) {
     r->offset = m->offset;
     rd_kafka_timestamp_type_t tstype;
     r->timestamp_ms = rd_kafka_message_timestamp(m, &tstype);
-    p->bytes += m->len + m->key_len;
+    b->bytes += m->len + m->key_len;
     p->stats.consumed++;
 }
 
@@ -574,11 +704,12 @@ int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
     p->stop = stop;
     int64_t last_serve = cv_mono_ms();
     while (!*stop && !p->fatal) {
-        int timeout = 100;
+        batch *f = p->fill;
+        int timeout = p->storing ? 5 : 100;
         int64_t now = cv_mono_ms();
-        if (p->n) {
-            int64_t left = p->started_ms + p->max_ms - now;
-            timeout = left > 0 ? (int)left : 0;
+        if (f->n) {
+            int64_t left = f->started_ms + p->max_ms - now;
+            timeout = left < timeout ? (left > 0 ? (int)left : 0) : timeout;
         }
         rd_kafka_message_t *m = rd_kafka_consumer_poll(p->consumer, timeout);
         if (m && m->err) {
@@ -595,9 +726,20 @@ int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
         if (m)
             add_record(p, m);
         now = cv_mono_ms();
-        if (p->n && (p->n >= p->cap || (int64_t)p->bytes >= p->max_bytes ||
-                     now - p->started_ms >= p->max_ms || !m))
-            process_batch(p);
+        /* The batch at the stores is done: ack it now rather than when the
+         * next one is ready, or a quiet channel waits for a busy one. */
+        if (p->storing && (!m || p->fill->n % 256 == 0)) {
+            batch *done = store_wait(p, 0);
+            if (done && complete_stored(p, done))
+                release_batch(p->fill);
+        }
+        /* A full batch goes to the stores as soon as they are free; one
+         * that is due (batch.max_ms, or nothing more to read) goes when
+         * they are idle, and meanwhile keeps filling. */
+        f = p->fill;
+        if (f->n && (f->n >= p->cap || (int64_t)f->bytes >= p->max_bytes ||
+                     (!p->storing && (now - f->started_ms >= p->max_ms || !m))))
+            submit_fill(p);
         if (!m || now - last_serve >= 10) {
             cv_acker_poll(p->acker, 0);
             commit_completed(p, true);
@@ -624,8 +766,19 @@ void cv_pipeline_get_stats(const cv_pipeline *p, cv_pipeline_stats *ret) {
 cv_pipeline *cv_pipeline_free(cv_pipeline *p) {
     if (!p)
         return NULL;
-    if (p->arena)
-        release_batch(p);
+    if (p->st.started) {
+        finish_storing(p);
+        pthread_mutex_lock(&p->st.mu);
+        p->st.quit = true;
+        pthread_cond_broadcast(&p->st.cv);
+        pthread_mutex_unlock(&p->st.mu);
+        pthread_join(p->st.tid, NULL);
+        pthread_mutex_destroy(&p->st.mu);
+        pthread_cond_destroy(&p->st.cv);
+    }
+    for (int i = 0; i < 2; i++)
+        if (p->bufs[i].arena)
+            release_batch(&p->bufs[i]);
     while (p->head) {
         pending *b = p->head;
         p->head = b->next;
@@ -639,8 +792,10 @@ cv_pipeline *cv_pipeline_free(cv_pipeline *p) {
         rd_kafka_destroy(p->consumer);
     p->acker = cv_acker_free(p->acker, 5000);
     p->stores = cv_stores_free(p->stores);
-    cv_arena_free(p->arena);
-    free(p->recs);
+    for (int i = 0; i < 2; i++) {
+        cv_arena_free(p->bufs[i].arena);
+        free(p->bufs[i].recs);
+    }
     free(p->group);
     free(p->pattern);
     free(p->prefix);

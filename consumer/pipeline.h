@@ -35,8 +35,9 @@ typedef struct cv_ack_note {
     uint32_t stores;          /* CV_STORE_PG | CV_STORE_LOG */
 } cv_ack_note;
 
-/* What the pipeline tells an observer (metrics). Every call comes from the
- * pipeline's own thread; any member may be NULL. */
+/* What the pipeline tells an observer (metrics); any member may be NULL.
+ * store_error, store_ok and degraded come from the store thread, the rest
+ * from the thread that runs the pipeline: an observer locks its state. */
 typedef struct cv_pipeline_observer {
     void *opaque;
     /* A batch was decoded: rec->env says valid or rejected and why. */

@@ -13,6 +13,7 @@
 #include "http.h"
 #include "keyring.h"
 #include "metrics.h"
+#include "probe.h"
 #include "pipeline.h"
 
 static volatile sig_atomic_t stop;
@@ -76,6 +77,8 @@ int cv_cmd_broker(int argc, char **argv) {
     cv_pipeline *p = NULL;
     cv_metrics *metrics = NULL;
     cv_http *http = NULL;
+    cv_probe *probe = NULL;
+    int64_t probe_ms = cv_config_int(cfg, "probe.interval_ms");
     cv_keyring *keys = NULL;
     const char *embedded = NULL;
     const char *log_dir = cv_config_str(cfg, "log.dir");
@@ -94,8 +97,11 @@ int cv_cmd_broker(int argc, char **argv) {
         cv_log(CV_LOG_WARN, "log.dir is empty: the encrypted log store is off; "
                "messages are kept in PostgreSQL only", NULL);
     }
-    cv_metrics_conf mc = {.topics_prefix = cv_config_str(cfg, "topics.prefix"),
-                          .max_channels = 100, .version = CV_VERSION};
+    cv_metrics_conf mc = {
+        .topics_prefix = cv_config_str(cfg, "topics.prefix"),
+        .max_channels = (size_t)cv_config_int(cfg, "metrics.max_channels"),
+        .version = CV_VERSION,
+        .probe_channel = probe_ms > 0 ? CV_PROBE_CHANNEL : NULL};
     if (cv_metrics_new(&mc, &metrics) < 0) {
         cv_error("broker", "out of memory");
         rc = CV_EXIT_FAILURE;
@@ -166,6 +172,21 @@ int cv_cmd_broker(int argc, char **argv) {
         rc = CV_EXIT_FAILURE;
         goto out;
     }
+    if (probe_ms > 0) {
+        char probe_topic[256];
+        snprintf(probe_topic, sizeof(probe_topic), "%s%s", pc.topics_prefix,
+                 CV_PROBE_CHANNEL);
+        rd_kafka_conf_t *prc =
+            cv_cli_kafka_conf(cfg, "producer", embedded, err, sizeof(err));
+        cv_probe_conf prb = {.producer_conf = prc, .topic = probe_topic,
+                             .channel = CV_PROBE_CHANNEL, .interval_ms = probe_ms,
+                             .metrics = metrics};
+        if (!prc || cv_probe_start(&prb, &probe, err, sizeof(err)) < 0) {
+            cv_error("broker", "probe: %s", err);
+            rc = CV_EXIT_FAILURE;
+            goto out;
+        }
+    }
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
@@ -186,6 +207,7 @@ int cv_cmd_broker(int argc, char **argv) {
            st.consumed, st.persisted, st.duplicates, st.rejected, st.acked,
            st.batches);
 out:
+    cv_probe_stop(probe);
     cv_http_stop(http);
     cv_pipeline_free(p);
     cv_metrics_free(metrics);

@@ -53,6 +53,10 @@ static const prop props[] = {
      "address of the metrics, health and dashboard server (empty disables it)", 0, 0, NULL},
     {"http.token", PROP_STR, "",
      "bearer token required by every HTTP endpoint but /healthz (empty: none)", 0, 0, NULL},
+    {"metrics.max_channels", PROP_INT, "100",
+     "channels with their own metric label; more are summed under channel=\"_other\"", 1, 100000, NULL},
+    {"probe.interval_ms", PROP_INT, "0",
+     "publish an end-to-end canary to channel _probe this often and time it to its durable ack (0: off)", 0, 3600000, NULL},
     {"shutdown.timeout_ms", PROP_INT, "30000",
      "longest SIGTERM waits for the batch in flight before exiting", 0, 3600000, NULL},
 };

@@ -36,7 +36,7 @@ static const prop props[] = {
     {"batch.max_messages", PROP_INT, "5000",
      "most records written to the stores in one batch", 1, 1000000, NULL},
     {"batch.max_bytes", PROP_INT, "16777216",
-     "most record bytes in one batch", 1024, INT64_C(1) << 32, NULL},
+     "most record bytes in one batch", 1024, INT64_C(1) << 30, NULL},
     {"batch.max_ms", PROP_INT, "20",
      "longest a batch waits to fill before it is written", 0, 60000, NULL},
     {"limits.max_body_bytes", PROP_INT, "1048576",

@@ -29,7 +29,10 @@
 
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
-#define ARENA_LIMIT ((size_t)4 << 30)
+/* Decoding takes at most ~20 times a record's wire size (a map of tiny
+ * attributes is the worst case), so this bound is never what stops a
+ * batch that batch.max_bytes admitted. */
+#define ARENA_LIMIT(max_bytes) ((size_t)(max_bytes) * 32 + ((size_t)64 << 20))
 
 /* A batch whose records are stored and whose acks are on their way. */
 typedef struct pending {
@@ -215,18 +218,17 @@ static void release_batch(batch *b) {
     cv_arena_reset(b->arena);
 }
 
-static void decode_batch(cv_pipeline *p, batch *b) {
+/* Decodes the batch. -ENOMEM when memory ran out: a valid record must not
+ * be rejected for that, so the batch is given up (uncommitted) instead.
+ * The arena's bound is far above what batch.max_bytes lets a batch need
+ * (see ARENA_LIMIT), so only a real allocation failure gets here. */
+static int decode_batch(cv_pipeline *p, batch *b) {
     for (size_t i = 0; i < b->n; i++) {
         cv_rec *r = &b->recs[i];
         int rc = cv_envelope_decode(&p->rules, r->topic, r->rkm->payload,
                                     r->rkm->len, b->arena, &r->env);
-        if (rc == -ENOMEM) {
-            /* The arena's bound: treat as undecodable rather than fail the
-             * batch forever. */
-            r->env.reason = CV_REJECT_DECODE;
-            snprintf(r->env.error, sizeof(r->env.error),
-                     "record does not fit the decoder's memory bound");
-        }
+        if (rc == -ENOMEM)
+            return rc;
         if (!cv_rec_valid(r)) {
             r->status = CHATVAULT__V1__ACK_STATUS__REJECTED;
             p->stats.rejected++;
@@ -239,6 +241,7 @@ static void decode_batch(cv_pipeline *p, batch *b) {
         }
     }
     OBSERVE(p, consumed, b->recs, b->n);
+    return 0;
 }
 
 /* The store thread: writes each batch it is handed and posts the verdict. */
@@ -440,7 +443,12 @@ static void submit_fill(cv_pipeline *p) {
         release_batch(b);
         return;
     }
-    decode_batch(p, b);
+    if (decode_batch(p, b) < 0) {
+        set_fatal(p, "out of memory decoding a batch; its records stay "
+                     "uncommitted and are re-delivered after a restart");
+        release_batch(b);
+        return;
+    }
     b->offsets = batch_offsets(b->recs, b->n);
     b->result = 0;
     store_thread *t = &p->st;
@@ -608,7 +616,7 @@ int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
     p->cap = (size_t)p->max_messages;
     for (int i = 0; i < 2; i++) {
         p->bufs[i].recs = calloc(p->cap, sizeof(cv_rec));
-        p->bufs[i].arena = cv_arena_new(ARENA_LIMIT);
+        p->bufs[i].arena = cv_arena_new(ARENA_LIMIT(p->max_bytes));
         if (!p->bufs[i].recs || !p->bufs[i].arena)
             oom = 1;
     }

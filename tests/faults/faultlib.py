@@ -51,6 +51,12 @@ def pg_bin(name):
     return name
 
 
+def need_root(why):
+    """Skips the whole test (exit 77) when not run as root."""
+    if os.getuid() != 0:
+        cvtest.skip_all('needs root: %s' % why)
+
+
 def free_port():
     s = socket.socket()
     s.bind(('127.0.0.1', 0))
@@ -528,3 +534,52 @@ def wait_committed(h, topics, timeout=60):
         if not behind or time.time() > deadline:
             return behind
         time.sleep(0.5)
+
+
+class OffsetSampler(threading.Thread):
+    """Samples group chatvault's committed offsets of TOPICS every EVERY
+    seconds. samples: (time the answer came, {(topic, partition): offset})."""
+
+    def __init__(self, h, topics, every=2.0):
+        super().__init__(daemon=True)
+        self.h = h
+        self.topics = list(topics)
+        self.every = every
+        self.samples = []
+        self.failures = 0
+        self.stop_flag = False
+
+    def run(self):
+        while not self.stop_flag:
+            try:
+                offs = self.h.group_offsets(self.topics)
+                t = time.time()     # committed at the latest now
+                self.samples.append((t, {(tp.topic, tp.partition): c
+                                         for tp, (c, _) in offs.items()
+                                         if c is not None}))
+            except Exception:
+                self.failures += 1
+            time.sleep(self.every)
+
+    def stop(self):
+        self.stop_flag = True
+        self.join(timeout=60)
+
+    def violations(self, items, t0=0):
+        """Samples where a committed offset passed a record whose first ack
+        (Kafka timestamp of the ack record, from AckCollector ITEMS) was not
+        produced before the sample: (t, topic, partition, committed, offset,
+        ack ts)."""
+        first = {}
+        for _, a, ts in items:
+            k = (a.topic, a.partition, a.offset)
+            first[k] = min(first.get(k, ts), ts)
+        out = []
+        for t, offs in self.samples:
+            for (topic, part), c in offs.items():
+                for o in range(c):
+                    ts = first.get((topic, part, o))
+                    if ts is None or ts > t * 1000:
+                        out.append((round(t - t0, 1), topic, part, c, o, ts))
+                        break
+        return out

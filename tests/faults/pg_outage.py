@@ -29,6 +29,8 @@ def run(policy, crash=False, both=False):
     assignment (cv_stores_resume_offsets).
     BOTH: log.dir is a tmpfs that is also full for BOTH_S seconds in the
     middle of the outage: with neither store, nothing may be acked."""
+    if both:
+        faultlib.need_root('log.dir on a tmpfs')
     port = faultlib.free_port()
     total = int(RATE * (BEFORE + OUTAGE + AFTER))
     topics = {'chat.' + c: PARTITIONS for c in CHANNELS}

@@ -29,6 +29,7 @@ BATCH = 5000
 PG, LOG = 1, 2
 
 topics = {'chat.' + c: PARTITIONS for c in CHANNELS}
+faultlib.need_root('log.dir on a tmpfs')
 total = RATE * (BEFORE + FULL + AFTER)
 with faultlib.FaultHarness('log_full_' + policy, topics=topics, partitions=8,
                            config={'ack.policy': policy,

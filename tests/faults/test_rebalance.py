@@ -31,6 +31,9 @@ with faultlib.FaultHarness('rebalance', topics=topics, partitions=32) as h:
     acks.start()
     pub = faultlib.Publisher(h, CHANNELS, N, RATE, body_max=80)
     pub.start()
+    t0 = time.time()
+    sampler = faultlib.OffsetSampler(h, topics, every=3)
+    sampler.start()
 
     term_rcs = []
     kills = 0
@@ -76,8 +79,15 @@ with faultlib.FaultHarness('rebalance', topics=topics, partitions=32) as h:
     behind = faultlib.wait_committed(h, list(topics), timeout=120)
     h.ok(not behind, 'committed offset = end offset everywhere', behind)
     time.sleep(3)
+    sampler.stop()
     items = acks.snapshot()
     acks.stop()
+    bad = sampler.violations(items, t0)
+    h.ok(len(sampler.samples) >= 10 and not bad,
+         'no committed offset ever passed a message without an ack produced '
+         'before the commit (%d samples)' % len(sampler.samples),
+         'first violations (t, topic, partition, committed, offset, ack ts): %s'
+         % bad[:5])
     for n in NAMES:
         rc = h.instances[n][0].stop(timeout=120)
         h.is_(rc, 0, 'instance %s exits 0 on SIGTERM at the end' % n)

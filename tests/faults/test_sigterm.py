@@ -25,6 +25,7 @@ TIMEOUT_MS = 5000
 SLACK_S = 10            # scheduling slack on a shared 2-core machine
 
 topics = {'chat.' + c: PARTITIONS for c in CHANNELS}
+faultlib.need_root('log.dir on a tmpfs')
 with faultlib.FaultHarness('sigterm', topics=topics, partitions=8,
                            config={'shutdown.timeout_ms': TIMEOUT_MS}) as h:
     logdir = os.path.join(h.tmp, 'log')

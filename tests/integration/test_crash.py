@@ -100,7 +100,7 @@ with cvtest.Harness('crash', topics=topics, partitions=16) as h:
         return len(set(acked) & set(sent)) >= N
     all_acked.seen = []
 
-    h.drain(acks_c, all_acked, timeout=400, idle=60)
+    h.drain(acks_c, all_acked, timeout=400, idle=45)
     rows_n = h.wait_rows(N, timeout=60)
 
     rows = h.query('SELECT channel, message_id, body, kafka_topic, kafka_partition, '

@@ -57,6 +57,22 @@ def need_root(why):
         cvtest.skip_all('needs root: %s' % why)
 
 
+def fixed_port(lo=20000, hi=30000):
+    """A free TCP port in [lo, hi): below the kernel's ephemeral range."""
+    rnd = random.Random()
+    for _ in range(200):
+        port = rnd.randrange(lo, hi)
+        s = socket.socket()
+        try:
+            s.bind(('127.0.0.1', port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError('no free port in [%d, %d)' % (lo, hi))
+
+
 def free_port():
     s = socket.socket()
     s.bind(('127.0.0.1', 0))
@@ -85,6 +101,13 @@ class PrivatePG:
         os.chmod(self.base, 0o755)    # the server's user must reach it
         self.dir = os.path.join(self.base, 'pg')
         self.conninfo = None
+        # A port below the ephemeral range (32768+), so that no outgoing
+        # connection takes it while the server is stopped: the broker's
+        # postgres.conninfo must stay valid across the restart.
+        os.makedirs(self.dir)
+        os.chmod(self.dir, 0o700)
+        with open(os.path.join(self.dir, 'port'), 'w') as f:
+            f.write('%d\n' % fixed_port())
         self.start()
 
     def _pgsh(self, cmd):
@@ -101,6 +124,9 @@ class PrivatePG:
 
     def start(self):
         out = self._pgsh('start').stdout.strip().splitlines()
+        if self.conninfo and out[-1] != self.conninfo:
+            raise RuntimeError('private PostgreSQL came back on another address '
+                               '(%s, was %s)' % (out[-1], self.conninfo))
         self.conninfo = out[-1]
         return self.conninfo
 

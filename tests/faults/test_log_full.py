@@ -29,12 +29,14 @@ BATCH = 5000
 PG, LOG = 1, 2
 
 topics = {'chat.' + c: PARTITIONS for c in CHANNELS}
+port = faultlib.free_port()
 faultlib.need_root('log.dir on a tmpfs')
 total = RATE * (BEFORE + FULL + AFTER)
 with faultlib.FaultHarness('log_full_' + policy, topics=topics, partitions=8,
                            config={'ack.policy': policy,
                                    'batch.max_messages': BATCH,
-                                   'log.segment_bytes': 256 * 1024}) as h:
+                                   'log.segment_bytes': 256 * 1024,
+                                   'http.listen': '127.0.0.1:%d' % port}) as h:
     logdir = os.path.join(h.tmp, 'log')
     h.mount_tmpfs(logdir, '6m')
     h.migrate()
@@ -56,8 +58,14 @@ with faultlib.FaultHarness('log_full_' + policy, topics=topics, partitions=8,
     h.diag('injected: log.dir full at t=%.1f (filler %d bytes, %d bytes free, '
            'acks so far %d)' % (t_full, os.path.getsize(filler),
                                 st.f_bavail * st.f_frsize, acks.count()))
+    ready = None
     while time.time() < t_full + FULL:
         time.sleep(0.5)
+        if ready is None and time.time() > t_full + 15:
+            ready = faultlib.http_get('http://127.0.0.1:%d/readyz' % port)
+    h.diag('/readyz while the log is full: %s' % (ready,))
+    if policy == 'all' and ready and ready[0] in (200, 503):
+        h.is_(ready[0], 503, '/readyz is not ready while the log is full')
     items = acks.snapshot()
     window = [x for x in items if x[0] > t_full]
     late = [x for x in window if x[0] > t_full + SETTLE]

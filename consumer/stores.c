@@ -19,12 +19,12 @@
 #define RETRY_MIN_MS 200
 #define RETRY_MAX_MS 5000
 
-/* A partition whose records from `from` on are in the log but not in
- * PostgreSQL. */
+/* A partition whose records from `from` on (up to `until`, exclusive, when
+ * known; -1 otherwise) are in the log but not in PostgreSQL. */
 typedef struct behind {
     struct behind *next;
     int32_t partition;
-    int64_t from;
+    int64_t from, until;
     char topic[];
 } behind;
 
@@ -48,6 +48,9 @@ struct cv_stores {
     health pg_health, log_health;
     bool degraded;
     behind *behind;
+    /* Kafka's committed offsets of partitions assigned while PostgreSQL
+     * could not be asked for its own; compared once it answers. */
+    rd_kafka_topic_partition_list_t *unchecked;
 
     cv_applog_entry *entries;
     cv_rec *fill;           /* records read back from the log for backfill */
@@ -124,6 +127,8 @@ cv_stores *cv_stores_free(cv_stores *st) {
         n = b->next;
         free(b);
     }
+    if (st->unchecked)
+        rd_kafka_topic_partition_list_destroy(st->unchecked);
     free(st->log_dir);
     free(st->entries);
     free(st->fill);
@@ -179,10 +184,17 @@ static void set_degraded(cv_stores *st, bool on) {
 }
 
 static int add_behind(cv_stores *st, const char *topic, int32_t partition,
-                      int64_t from) {
+                      int64_t from, int64_t until) {
     for (behind *b = st->behind; b; b = b->next)
-        if (b->partition == partition && strcmp(b->topic, topic) == 0)
-            return 0; /* already behind from an earlier offset */
+        if (b->partition == partition && strcmp(b->topic, topic) == 0) {
+            /* One range covering both. */
+            if (from < b->from)
+                b->from = from;
+            b->until = b->until < 0 || until < 0 ? -1
+                       : until > b->until         ? until
+                                                  : b->until;
+            return 0;
+        }
     size_t len = strlen(topic) + 1;
     behind *b = malloc(sizeof(*b) + len);
     if (!b)
@@ -190,6 +202,7 @@ static int add_behind(cv_stores *st, const char *topic, int32_t partition,
     memcpy(b->topic, topic, len);
     b->partition = partition;
     b->from = from;
+    b->until = until;
     b->next = NULL;
     behind **tail = &st->behind;
     while (*tail)
@@ -197,6 +210,9 @@ static int add_behind(cv_stores *st, const char *topic, int32_t partition,
     *tail = b;
     return 0;
 }
+
+static int compare_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts,
+                           char *errbuf, size_t errlen);
 
 /* Writes one chunk of records read back from the log to PostgreSQL. */
 static int backfill_chunk(cv_stores *st, const behind *b, size_t k, char *errbuf,
@@ -227,11 +243,18 @@ static int backfill_partition(cv_stores *st, behind *b, char *errbuf, size_t err
         return r;
     cv_applog_reader_skip_to(rd, b->from);
     size_t k = 0;
-    int64_t copied = 0;
+    int64_t copied = 0, first = -1, last = -1, want_from = b->from;
     cv_applog_record rec;
     while ((r = cv_applog_reader_next(rd, &rec, errbuf, errlen)) == 1) {
         if (rec.offset < b->from)
             continue;
+        if (b->until >= 0 && rec.offset >= b->until) {
+            r = 0; /* Kafka re-delivers these anyway */
+            break;
+        }
+        if (first < 0)
+            first = rec.offset;
+        last = rec.offset;
         cv_rec *f = &st->fill[k];
         memset(f, 0, sizeof(*f));
         f->topic = b->topic;
@@ -263,6 +286,20 @@ static int backfill_partition(cv_stores *st, behind *b, char *errbuf, size_t err
     }
     cv_arena_reset(st->fill_arena);
     cv_applog_reader_free(rd);
+    /* What this instance's log lacks of the range may be in another
+     * instance's log (the partition moved while PostgreSQL was away): say
+     * so rather than leave PostgreSQL short in silence. Offsets of rejected
+     * records are missing from both stores, so this may also name those. */
+    if (r == 0 && (first < 0 || first > want_from ||
+                   (b->until >= 0 && last < b->until - 1)))
+        slog(st, 2, "postgres misses records this instance's log does not "
+                    "hold (another instance may have written them); run "
+                    "`chatvault verify --repair` with every instance's log "
+                    "directory (--log-dir)",
+             "topic=%s partition=%" PRId32 " from_offset=%" PRId64
+             " acked_up_to=%" PRId64 " backfilled_first=%" PRId64
+             " backfilled_last=%" PRId64, b->topic, b->partition, want_from,
+             b->until >= 0 ? b->until - 1 : (int64_t)-1, first, last);
     if (copied > 0 || r == 0)
         slog(st, 1, r == 0 ? "postgres backfilled from the log"
                            : "postgres backfill interrupted",
@@ -283,15 +320,19 @@ static int backfill(cv_stores *st, char *errbuf, size_t errlen) {
     return 0;
 }
 
-static int write_pg(cv_stores *st, cv_rec *recs, size_t n,
-                    const rd_kafka_topic_partition_list_t *next, char *errbuf,
-                    size_t errlen) {
-    int r = 0;
-    if (st->behind && st->log)
-        r = backfill(st, errbuf, errlen);
-    if (r == 0)
-        r = cv_pgstore_write(st->pg, recs, n, next, errbuf, errlen);
-    return r;
+/* Brings PostgreSQL up to what the log holds before it takes new batches:
+ * compares offsets left unchecked at assignment, then backfills. Runs
+ * before the batch's log append starts, so the log is not read and written
+ * at once. */
+static int pg_catch_up(cv_stores *st, char *errbuf, size_t errlen) {
+    if (st->unchecked) {
+        int r = compare_offsets(st, st->unchecked, errbuf, errlen);
+        if (r < 0)
+            return r;
+        rd_kafka_topic_partition_list_destroy(st->unchecked);
+        st->unchecked = NULL;
+    }
+    return backfill(st, errbuf, errlen);
 }
 
 /* The log append of one batch, run on its own thread while PostgreSQL
@@ -353,6 +394,18 @@ int cv_stores_write(cv_stores *st, cv_rec *recs, size_t n,
     int r;
     errbuf[0] = '\0';
 
+    bool pg_due = due(&st->pg_health);
+    if (pg_due && st->log && (st->unchecked || st->behind)) {
+        int64_t t0 = cv_now_us();
+        r = pg_catch_up(st, err, sizeof(err));
+        pg_us = cv_now_us() - t0;
+        if (r < 0) {
+            mark_failed(st, &st->pg_health, CV_STORE_PG, "postgres", err);
+            snprintf(errbuf, errlen, "%s", err);
+            pg_due = false;
+        }
+    }
+
     log_job job = {.st = st};
     pthread_t worker;
     bool log_running = false;
@@ -366,10 +419,10 @@ int cv_stores_write(cv_stores *st, cv_rec *recs, size_t n,
             log_worker(&job); /* no thread to be had: append here */
         }
     }
-    if (due(&st->pg_health)) {
+    if (pg_due) {
         int64_t t0 = cv_now_us();
-        r = write_pg(st, recs, n, next, err, sizeof(err));
-        pg_us = cv_now_us() - t0;
+        r = cv_pgstore_write(st->pg, recs, n, next, err, sizeof(err));
+        pg_us += cv_now_us() - t0;
         if (r == 0) {
             pg_done = true;
             mark_ok(st, &st->pg_health, CV_STORE_PG, "postgres");
@@ -419,7 +472,7 @@ int cv_stores_write(cv_stores *st, cv_rec *recs, size_t n,
             for (size_t i = 0; i < n; i++)
                 if (cv_rec_valid(&recs[i]) &&
                     add_behind(st, recs[i].topic, recs[i].partition,
-                               recs[i].offset) < 0)
+                               recs[i].offset, -1) < 0)
                     return -ENOMEM;
         } else {
             slog(st, 2, "log misses records that PostgreSQL holds; run "
@@ -434,8 +487,12 @@ int cv_stores_write(cv_stores *st, cv_rec *recs, size_t n,
     return -EAGAIN;
 }
 
-int cv_stores_resume_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts,
-                             char *errbuf, size_t errlen) {
+/* Compares PostgreSQL's next offsets with Kafka's committed ones (in
+ * `parts`); where PostgreSQL is behind, queues the gap for backfill. With
+ * `resume`, also sets .offset where Kafka has none. */
+static int compare_offsets_resume(cv_stores *st,
+                                  rd_kafka_topic_partition_list_t *parts,
+                                  bool resume, char *errbuf, size_t errlen) {
     rd_kafka_topic_partition_list_t *pg = rd_kafka_topic_partition_list_copy(parts);
     int r = cv_pgstore_read_offsets(st->pg, pg, errbuf, errlen);
     for (int i = 0; r == 0 && i < parts->cnt; i++) {
@@ -444,15 +501,37 @@ int cv_stores_resume_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *par
         if (g < 0)
             continue;
         if (k->offset < 0) {
-            k->offset = g; /* Kafka lost or never had this group's offset */
+            if (resume)
+                k->offset = g; /* Kafka lost or never had this group's offset */
         } else if (g < k->offset && st->log) {
             slog(st, 1, "postgres is behind the acked offset; backfilling from the log",
                  "topic=%s partition=%" PRId32 " postgres_next=%" PRId64
                  " kafka_committed=%" PRId64, k->topic, k->partition, g, k->offset);
-            if (add_behind(st, k->topic, k->partition, g) < 0)
+            if (add_behind(st, k->topic, k->partition, g, k->offset) < 0)
                 r = -ENOMEM;
         }
     }
     rd_kafka_topic_partition_list_destroy(pg);
+    return r;
+}
+
+static int compare_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts,
+                           char *errbuf, size_t errlen) {
+    return compare_offsets_resume(st, parts, false, errbuf, errlen);
+}
+
+int cv_stores_resume_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts,
+                             char *errbuf, size_t errlen) {
+    int r = compare_offsets_resume(st, parts, true, errbuf, errlen);
+    if (r < 0 && r != -ENOMEM && st->log) {
+        /* PostgreSQL cannot say where it is: compare when it can. */
+        if (!st->unchecked)
+            st->unchecked = rd_kafka_topic_partition_list_new(parts->cnt);
+        for (int i = 0; i < parts->cnt; i++)
+            if (parts->elems[i].offset >= 0)
+                rd_kafka_topic_partition_list_add(st->unchecked, parts->elems[i].topic,
+                                                  parts->elems[i].partition)
+                    ->offset = parts->elems[i].offset;
+    }
     return r;
 }

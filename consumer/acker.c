@@ -228,7 +228,7 @@ size_t cv_acker_encode(const cv_rec *rec, unsigned char *buf, size_t cap) {
 /* A rejected record gets an ack only when a message id could be read. */
 static bool rejected_has_id(const cv_rec *rec) {
     const Chatvault__V1__ChatMessage *m = rec->env.msg;
-    if (!m || !m->message_id)
+    if (!m || !m->message_id || rec->env.id_unreadable)
         return false;
     size_t n = strlen(m->message_id);
     return n > 0 && n <= CV_MESSAGE_ID_MAX && cv_utf8_valid(m->message_id, n);

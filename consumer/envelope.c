@@ -87,51 +87,52 @@ static bool wire_varint(const unsigned char **p, const unsigned char *end,
     return false;
 }
 
-/* Whether a string field of the encoded ChatMessage (or of one of its
- * attribute entries, depth 1) holds a NUL byte. protobuf-c hands strings
- * over NUL-terminated, so "a\0b" would silently arrive as "a": another
- * message's id, or a shortened channel. Only called on bytes that decoded. */
-static bool wire_string_has_nul(const unsigned char *p, const unsigned char *end,
-                                int depth) {
+/* The number of the first string field of the encoded ChatMessage that
+ * holds a NUL byte (7 for one inside an attribute entry), or 0. protobuf-c
+ * hands strings over NUL-terminated, so "a\0b" would silently arrive as
+ * "a": another message's id, or a shortened channel. Only called on bytes
+ * that decoded. */
+static unsigned wire_string_has_nul(const unsigned char *p, const unsigned char *end,
+                                    int depth) {
     while (p < end) {
         uint64_t key, n;
         if (!wire_varint(&p, end, &key))
-            return false;
+            return 0;
         unsigned field = (unsigned)(key >> 3);
         switch (key & 7) {
         case 0:
             if (!wire_varint(&p, end, &n))
-                return false;
+                return 0;
             break;
         case 1:
             if (end - p < 8)
-                return false;
+                return 0;
             p += 8;
             break;
         case 5:
             if (end - p < 4)
-                return false;
+                return 0;
             p += 4;
             break;
         case 2:
             if (!wire_varint(&p, end, &n) || n > (uint64_t)(end - p))
-                return false;
+                return 0;
             if (depth == 0 && field == 7) {
                 if (wire_string_has_nul(p, p + n, 1))
-                    return true;
+                    return 7;
             } else if (depth == 0 ? field == 1 || field == 2 || field == 3 ||
                                         field == 6 || field == 8
                                   : field == 1 || field == 2) {
                 if (memchr(p, 0, (size_t)n))
-                    return true;
+                    return field;
             }
             p += n;
             break;
         default:
-            return false; /* groups: not in this schema */
+            return 0; /* groups: not in this schema */
         }
     }
-    return false;
+    return 0;
 }
 
 int cv_envelope_decode(const cv_envelope_rules *rules, const char *topic,
@@ -139,6 +140,7 @@ int cv_envelope_decode(const cv_envelope_rules *rules, const char *topic,
                        cv_envelope *env) {
     env->msg = NULL;
     env->reason = CV_REJECT_NONE;
+    env->id_unreadable = false;
     env->error[0] = '\0';
 
     const char *topic_channel = cv_envelope_topic_channel(rules, topic);
@@ -158,8 +160,16 @@ int cv_envelope_decode(const cv_envelope_rules *rules, const char *topic,
         return reject(env, CV_REJECT_DECODE,
                       "value is not a chatvault.v1.ChatMessage (%zu bytes)", len);
     env->msg = m;
-    if (wire_string_has_nul(value, (const unsigned char *)value + len, 0))
-        return reject(env, CV_REJECT_BAD_TEXT, "a string field contains a NUL byte");
+    static const char *const field_names[] = {
+        [1] = "message_id", [2] = "channel", [3] = "sender_id",
+        [6] = "content_type", [7] = "an attribute", [8] = "reply_to"};
+    unsigned nul = wire_string_has_nul(value, (const unsigned char *)value + len, 0);
+    if (nul) {
+        /* A message id cut short at its NUL would name another message. */
+        env->id_unreadable = nul == 1;
+        return reject(env, CV_REJECT_BAD_TEXT, "%s contains a NUL byte",
+                      field_names[nul]);
+    }
 
     size_t idlen = strlen(m->message_id);
     if (idlen == 0)

@@ -47,6 +47,8 @@ typedef struct cv_envelope {
      * the record did not decode. Valid until the arena is reset. */
     Chatvault__V1__ChatMessage *msg;
     cv_reject_reason reason;    /* CV_REJECT_NONE when valid */
+    bool id_unreadable;         /* msg->message_id is not the id that was
+                                   sent (a NUL cut it short): name no id */
     char error[200];            /* one line, set when rejected */
 } cv_envelope;
 

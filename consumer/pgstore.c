@@ -361,6 +361,7 @@ static int write_rejected(cv_pgstore *st, const cv_rec *rec, char *errbuf,
                               ? m->channel
                               : NULL;
     const char *id = m && m->message_id && *m->message_id &&
+                             !rec->env.id_unreadable &&
                              cv_utf8_valid(m->message_id, strlen(m->message_id))
                          ? m->message_id
                          : NULL;

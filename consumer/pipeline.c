@@ -190,6 +190,11 @@ static void commit_completed(cv_pipeline *p, bool async) {
         }
         p->stats.acked += b->ticket.delivered;
         p->stats.committed_batches++;
+        if (b->ticket.failures > 0)
+            plog(p, 2, "acks were produced again after failed deliveries",
+                 "failures=%" PRId64 " delivered=%" PRId64
+                 " note=\"receivers may see these acks twice\"",
+                 b->ticket.failures, b->ticket.delivered);
         p->head = b->next;
         if (!p->head)
             p->tail = &p->head;

@@ -506,6 +506,24 @@ static void assign(cv_pipeline *p, rd_kafka_topic_partition_list_t *parts) {
         plog(p, 2, "cannot read chatvault.kafka_offsets; resuming from Kafka's "
                    "committed offsets",
              "error=\"%s\"", err);
+    /* An offset past the partition's end means the topic is not the one
+     * the offset was stored for (recreated, or a new cluster such as the
+     * embedded one): start from its beginning rather than skip what it
+     * holds. Records read twice are deduplicated by the stores. */
+    for (int i = 0; i < parts->cnt; i++) {
+        rd_kafka_topic_partition_t *tp = &parts->elems[i];
+        int64_t lo, hi;
+        if (tp->offset > 0 &&
+            rd_kafka_query_watermark_offsets(p->consumer, tp->topic, tp->partition,
+                                             &lo, &hi, 5000) == 0 &&
+            tp->offset > hi) {
+            plog(p, 2, "stored offset is past the partition's end; reading it "
+                       "from the beginning",
+                 "topic=%s partition=%" PRId32 " offset=%" PRId64
+                 " end_offset=%" PRId64, tp->topic, tp->partition, tp->offset, hi);
+            tp->offset = RD_KAFKA_OFFSET_BEGINNING;
+        }
+    }
     for (int i = 0; i < parts->cnt; i++)
         plog(p, 1, "partition assigned",
              "topic=%s partition=%" PRId32 " offset=%" PRId64, parts->elems[i].topic,
@@ -641,6 +659,7 @@ int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
         .log_keys = c->log_keys,
         .log_segment_bytes = c->log_segment_bytes,
         .policy = c->ack_policy,
+        .offsets_comparable = !c->fresh_cluster,
         .rules = &p->rules,
         .max_batch = p->cap,
         .events = {.opaque = p,
@@ -726,7 +745,7 @@ int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
         }
         rd_kafka_message_t *m = rd_kafka_consumer_poll(p->consumer, timeout);
         if (m && m->err) {
-            if (m->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART && !m->rkt)
+            if (m->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
                 plog(p, 1, "no topic matches topics.pattern yet; waiting",
                      "detail=\"%s\"", rd_kafka_message_errstr(m));
             else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)

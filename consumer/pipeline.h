@@ -76,6 +76,8 @@ typedef struct cv_pipeline_conf {
     const cv_keyring *log_keys;       /* must outlive the pipeline */
     uint64_t log_segment_bytes;
     cv_ack_policy ack_policy;
+    bool fresh_cluster;               /* Kafka is new (embedded): stored
+                                         offsets belong to another cluster */
     int64_t batch_max_messages;
     int64_t batch_max_bytes;
     int64_t batch_max_ms;

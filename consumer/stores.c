@@ -41,6 +41,7 @@ struct cv_stores {
     char *log_dir;
     const cv_keyring *keys;
     cv_ack_policy policy;
+    bool offsets_comparable;
     cv_envelope_rules rules;
     size_t max_batch;
     cv_stores_events ev;
@@ -87,6 +88,7 @@ int cv_stores_open(const cv_stores_conf *c, cv_stores **ret, char *errbuf,
         return -ENOMEM;
     }
     st->policy = c->policy;
+    st->offsets_comparable = c->offsets_comparable;
     st->rules = *c->rules;
     st->max_batch = c->max_batch;
     st->ev = c->events;
@@ -522,6 +524,8 @@ static int compare_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts
 
 int cv_stores_resume_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts,
                              char *errbuf, size_t errlen) {
+    if (!st->offsets_comparable)
+        return 0;
     int r = compare_offsets_resume(st, parts, true, errbuf, errlen);
     if (r < 0 && r != -ENOMEM && st->log) {
         /* PostgreSQL cannot say where it is: compare when it can. */

@@ -50,6 +50,10 @@ typedef struct cv_stores_conf {
     const cv_keyring *log_keys;  /* must outlive the stores */
     uint64_t log_segment_bytes;
     cv_ack_policy policy;
+    /* False when the Kafka cluster is not the one the stored offsets were
+     * taken from (the embedded cluster is new at every start): then
+     * chatvault.kafka_offsets is neither resumed from nor compared. */
+    bool offsets_comparable;
     const cv_envelope_rules *rules; /* to decode records read back from the log */
     size_t max_batch;
     cv_stores_events events;

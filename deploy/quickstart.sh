@@ -100,10 +100,8 @@ if [ ! -f "$run/log.key" ] && "$bin" keygen --help >/dev/null 2>&1; then
     "$bin" keygen -c "$conf" >/dev/null
 fi
 "$bin" migrate -c "$conf"
-# The embedded Kafka cluster is new at every start, so the positions stored
-# for the previous one would make the broker skip the new cluster's first
-# records: forget them (the stored messages stay).
-psql "$pg dbname=chatvault" -qc "DELETE FROM chatvault.kafka_offsets WHERE consumer_group = 'chatvault'"
+# The embedded Kafka cluster is new at every start; the broker knows, and
+# does not resume from the offsets stored for the previous one.
 
 : >"$run/broker.log"
 setsid "$bin" broker -c "$conf" 2>>"$run/broker.log" &

@@ -18,15 +18,10 @@ rnd = random.Random(seed)
 
 topics = {'chat.' + c: PARTITIONS for c in CHANNELS}
 
-# Known chatvault bug, reported to the lead: after a crash between a batch's
-# COMMIT and the delivery of its acks, the restarted broker resumes from
-# chatvault.kafka_offsets (ahead of Kafka's committed offset) and never acks
-# those stored messages (consumer/pipeline.c assign()); nor does it commit that
-# position to Kafka while no new record arrives, so the group's offsets stay
-# behind. Until it is fixed these failures show as `not ok ... # TODO`; set
-# this to None when it is (or run with CV_STRICT=1 to see them fail).
-KNOWN_BUG_ACK_GAP = ('stored-but-unacked messages are skipped on resume from '
-                     'chatvault.kafka_offsets')
+# Once a known bug (a crash between a batch's COMMIT and the delivery of its
+# acks skipping those acks on resume) made these checks `# TODO`; the broker
+# now resumes from Kafka's committed offset, which follows the acks.
+KNOWN_BUG_ACK_GAP = None  # fixed: Kafka's committed offset wins on resume
 
 with cvtest.Harness('crash', topics=topics, partitions=16) as h:
     h.diag('seed %d (CV_CRASH_SEED=%d reproduces the kill points)' % (seed, seed))

@@ -160,16 +160,8 @@ int cv_cmd_replay(int argc, char **argv) {
             rc = CV_EXIT_OK;
             goto out;
         case O_SOURCE:
-            if (strcmp(optarg, "pg") == 0 || strcmp(optarg, "postgres") == 0)
-                mode = CV_SRC_PG;
-            else if (strcmp(optarg, "log") == 0)
-                mode = CV_SRC_LOG;
-            else if (strcmp(optarg, "auto") == 0)
-                mode = CV_SRC_AUTO;
-            else {
-                cv_error("replay", "--source: \"%s\" is not pg, log or auto", optarg);
+            if (cv_src_parse_mode("replay", optarg, &mode) < 0)
                 goto out;
-            }
             break;
         case O_TO_TOPIC:
             to_topic = optarg;

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "applog.h"
+#include "cli.h"
 #include "arena.h"
 #include "chatvault.pb-c.h"
 #include "pgmigrate.h"
@@ -427,4 +428,18 @@ cv_src *cv_src_free(cv_src *s) {
     free(s->attrv);
     free(s);
     return NULL;
+}
+
+int cv_src_parse_mode(const char *cmd, const char *arg, cv_src_mode *ret_mode) {
+    if (strcmp(arg, "pg") == 0 || strcmp(arg, "postgres") == 0)
+        *ret_mode = CV_SRC_PG;
+    else if (strcmp(arg, "log") == 0)
+        *ret_mode = CV_SRC_LOG;
+    else if (strcmp(arg, "auto") == 0)
+        *ret_mode = CV_SRC_AUTO;
+    else {
+        cv_error(cmd, "--source: \"%s\" is not pg, log or auto", arg);
+        return -EINVAL;
+    }
+    return 0;
 }

@@ -25,6 +25,10 @@ typedef enum {
     CV_SRC_LOG,
 } cv_src_mode;
 
+/* Parses a --source value: "pg" (or "postgres"), "log" or "auto". Prints
+ * the one-line error as `cmd` and returns -EINVAL when it is none of them. */
+int cv_src_parse_mode(const char *cmd, const char *arg, cv_src_mode *ret_mode);
+
 /* One message; every pointer is valid until the next cv_src_next(). */
 typedef struct cv_msg {
     bool from_log;

@@ -490,11 +490,9 @@ int cv_stores_write(cv_stores *st, cv_rec *recs, size_t n,
 }
 
 /* Compares PostgreSQL's next offsets with Kafka's committed ones (in
- * `parts`); where PostgreSQL is behind, queues the gap for backfill. With
- * `resume`, also sets .offset where Kafka has none. */
-static int compare_offsets_resume(cv_stores *st,
-                                  rd_kafka_topic_partition_list_t *parts,
-                                  bool resume, char *errbuf, size_t errlen) {
+ * `parts`); where PostgreSQL is behind, queues the gap for backfill. */
+static int compare_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts,
+                           char *errbuf, size_t errlen) {
     rd_kafka_topic_partition_list_t *pg = rd_kafka_topic_partition_list_copy(parts);
     int r = cv_pgstore_read_offsets(st->pg, pg, errbuf, errlen);
     for (int i = 0; r == 0 && i < parts->cnt; i++) {
@@ -502,10 +500,11 @@ static int compare_offsets_resume(cv_stores *st,
         int64_t g = pg->elems[i].offset;
         if (g < 0)
             continue;
-        if (k->offset < 0) {
-            if (resume)
-                k->offset = g; /* Kafka lost or never had this group's offset */
-        } else if (g < k->offset && st->log) {
+        /* Where Kafka has no offset, consumption starts at the beginning
+         * (auto.offset.reset), never at PostgreSQL's: PostgreSQL commits
+         * before the acks go out, so its offset may be past records whose
+         * acks never did (a broker killed right after its COMMIT). */
+        if (k->offset >= 0 && g < k->offset && st->log) {
             slog(st, 1, "postgres is behind the acked offset; backfilling from the log",
                  "topic=%s partition=%" PRId32 " postgres_next=%" PRId64
                  " kafka_committed=%" PRId64, k->topic, k->partition, g, k->offset);
@@ -517,16 +516,12 @@ static int compare_offsets_resume(cv_stores *st,
     return r;
 }
 
-static int compare_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts,
-                           char *errbuf, size_t errlen) {
-    return compare_offsets_resume(st, parts, false, errbuf, errlen);
-}
 
 int cv_stores_resume_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts,
                              char *errbuf, size_t errlen) {
     if (!st->offsets_comparable)
         return 0;
-    int r = compare_offsets_resume(st, parts, true, errbuf, errlen);
+    int r = compare_offsets(st, parts, errbuf, errlen);
     if (r < 0 && r != -ENOMEM && st->log) {
         /* PostgreSQL cannot say where it is: compare when it can. */
         if (!st->unchecked)

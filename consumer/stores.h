@@ -78,12 +78,14 @@ int cv_stores_write(cv_stores *st, cv_rec *recs, size_t n,
 /* Milliseconds until a failed store is due to be tried again (0 if none). */
 int64_t cv_stores_retry_ms(const cv_stores *st);
 
-/* On assignment: for each partition sets .offset to where consumption
- * resumes. Kafka's committed offset (given in .offset, or
- * RD_KAFKA_OFFSET_INVALID) wins, because Kafka's commit follows the acks;
- * PostgreSQL's chatvault.kafka_offsets is used where Kafka has none. Where
- * PostgreSQL is behind Kafka (acks went out while it was away), the gap is
- * queued for backfill from the log. */
+/* On assignment, with Kafka's committed offset of each partition in
+ * .offset (or RD_KAFKA_OFFSET_INVALID): consumption resumes there, never at
+ * chatvault.kafka_offsets, because PostgreSQL commits before the acks go
+ * out and Kafka's commit follows them: resuming from PostgreSQL would skip
+ * stored records whose acks were lost in a crash. Where PostgreSQL is
+ * behind Kafka (acks went out while it was away), the gap is queued for
+ * backfill from the log; when PostgreSQL cannot be asked now, it is asked
+ * before its next write. */
 int cv_stores_resume_offsets(cv_stores *st,
                              rd_kafka_topic_partition_list_t *parts,
                              char *errbuf, size_t errlen);

@@ -59,7 +59,9 @@ with cvtest.Harness('crash', topics=topics, partitions=16) as h:
     kills = 0
     for k in range(KILLS):
         start_rows = rows()
-        target = start_rows + rnd.randrange(500, N // (KILLS + 2))
+        # The broker can store faster than this loop looks: a target past N
+        # would never be reached and only cost the 300 s deadline.
+        target = min(start_rows + rnd.randrange(500, N // (KILLS + 2)), N - 1)
         deadline = time.time() + 300
         while time.time() < deadline and h.broker.alive() and rows() < target:
             time.sleep(0.02)
@@ -95,6 +97,11 @@ with cvtest.Harness('crash', topics=topics, partitions=16) as h:
         return len(set(acked) & set(sent)) >= N
     all_acked.seen = []
 
+    tps = [cvtest.TopicPartition('chatvault.acks', p)
+           for p in sorted(acks_c.partitions_for_topic('chatvault.acks'))]
+    firsts, ends = acks_c.beginning_offsets(tps), acks_c.end_offsets(tps)
+    h.diag('chatvault.acks (partition: first, end offset): %s' % ', '.join(
+        '%d: %d, %d' % (tp.partition, firsts[tp], ends[tp]) for tp in tps if ends[tp]))
     h.drain(acks_c, all_acked, timeout=400, idle=45)
     rows_n = h.wait_rows(N, timeout=60)
 

@@ -27,8 +27,7 @@
 #include "record.h"
 #include "util.h"
 
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 5000
+#define KAFKA_START_TIMEOUT_MS 10000
 /* Decoding takes at most ~20 times a record's wire size (a map of tiny
  * attributes is the worst case), so this bound is never what stops a
  * batch that batch.max_bytes admitted. */
@@ -682,7 +681,9 @@ int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
         cv_pipeline_free(p);
         return r;
     }
-    char kerr[512];
+    char kerr[512], bootstrap[512] = "?";
+    size_t blen = sizeof(bootstrap);
+    rd_kafka_conf_get(cconf, "bootstrap.servers", bootstrap, &blen);
     rd_kafka_conf_set_opaque(cconf, p);
     rd_kafka_conf_set_rebalance_cb(cconf, rebalance_cb);
     p->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, cconf, kerr, sizeof(kerr));
@@ -693,6 +694,20 @@ int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
         return -EINVAL;
     }
     rd_kafka_poll_set_consumer(p->consumer);
+    /* librdkafka connects lazily and retries forever: ask once, so that a
+     * wrong or dead address is a clear error at start, not a silent wait. */
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t merr = rd_kafka_metadata(p->consumer, 1, NULL, &md,
+                                                 KAFKA_START_TIMEOUT_MS);
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    if (merr) {
+        snprintf(errbuf, errlen,
+                 "kafka: cannot reach %s (kafka.bootstrap.servers) within %d s: %s",
+                 bootstrap, KAFKA_START_TIMEOUT_MS / 1000, rd_kafka_err2str(merr));
+        cv_pipeline_free(p);
+        return -EHOSTUNREACH;
+    }
     pthread_mutex_init(&p->st.mu, NULL);
     pthread_cond_init(&p->st.cv, NULL);
     if (pthread_create(&p->st.tid, NULL, store_main, p) != 0) {

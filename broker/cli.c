@@ -42,7 +42,9 @@ cv_config *cv_cli_load_config(const cv_cli_config *cli) {
 
 static cv_log_level log_min = CV_LOG_INFO;
 
-void cv_log_set_min(cv_log_level level) { log_min = level; }
+void cv_log_set_min(cv_log_level level) {
+    log_min = level;
+}
 
 const char *cv_log_level_name(cv_log_level level) {
     static const char *names[] = {"debug", "info", "warn", "error"};
@@ -98,29 +100,43 @@ void cv_error(const char *cmd, const char *fmt, ...) {
 
 static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
                          const char *buf) {
-    cv_log_level l = level <= 3 ? CV_LOG_ERROR
+    cv_log_level l = level <= 3   ? CV_LOG_ERROR
                      : level == 4 ? CV_LOG_WARN
                      : level <= 6 ? CV_LOG_INFO
                                   : CV_LOG_DEBUG;
     char msg[1024];
     snprintf(msg, sizeof(msg), "%s", buf);
-    cv_log(l, msg, "component=kafka client=%s facility=%s", rd_kafka_name(rk),
-           fac);
+    cv_log(l, msg, "component=kafka client=%s facility=%s", rd_kafka_name(rk), fac);
 }
 
 /* Properties that only one side understands; giving them to the other makes
  * librdkafka warn at start-up. */
-static const char *consumer_only[] = {
-    "group.", "auto.", "enable.auto.", "partition.assignment", "session.timeout",
-    "max.poll", "queued.", "fetch.", "isolation.", "heartbeat.", "check.crcs",
-    "enable.partition.eof", "offset.store", "consume.callback", "group.instance",
-    NULL};
-static const char *producer_only[] = {
-    "enable.idempotence", "linger.ms", "queue.buffering.", "batch.", "acks",
-    "request.required.acks", "compression.", "message.timeout.ms", "retries",
-    "delivery.", "transactional.", "sticky.partitioning", "partitioner",
-    "message.send.max.retries", "enable.gapless", "queuing.strategy",
-    "request.timeout.ms", NULL};
+static const char *consumer_only[] = {"group.",          "auto.",
+                                      "enable.auto.",    "partition.assignment",
+                                      "session.timeout", "max.poll",
+                                      "queued.",         "fetch.",
+                                      "isolation.",      "heartbeat.",
+                                      "check.crcs",      "enable.partition.eof",
+                                      "offset.store",    "consume.callback",
+                                      "group.instance",  NULL};
+static const char *producer_only[] = {"enable.idempotence",
+                                      "linger.ms",
+                                      "queue.buffering.",
+                                      "batch.",
+                                      "acks",
+                                      "request.required.acks",
+                                      "compression.",
+                                      "message.timeout.ms",
+                                      "retries",
+                                      "delivery.",
+                                      "transactional.",
+                                      "sticky.partitioning",
+                                      "partitioner",
+                                      "message.send.max.retries",
+                                      "enable.gapless",
+                                      "queuing.strategy",
+                                      "request.timeout.ms",
+                                      NULL};
 
 static bool has_prefix_in(const char *key, const char **list) {
     for (; *list; list++)
@@ -134,8 +150,8 @@ bool cv_cli_kafka_embedded(const cv_config *cfg) {
     return b && strcmp(b, "embedded") == 0;
 }
 
-static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v,
-                    char *errbuf, size_t errlen) {
+static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v, char *errbuf,
+                    size_t errlen) {
     char kerr[512];
     if (rd_kafka_conf_set(conf, k, v, kerr, sizeof(kerr)) != RD_KAFKA_CONF_OK) {
         snprintf(errbuf, errlen, "kafka.%s = \"%s\": %s", k, v, kerr);
@@ -145,8 +161,8 @@ static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v,
 }
 
 rd_kafka_conf_t *cv_cli_kafka_conf(const cv_config *cfg, const char *role,
-                                   const char *embedded_bootstraps,
-                                   char *errbuf, size_t errlen) {
+                                   const char *embedded_bootstraps, char *errbuf,
+                                   size_t errlen) {
     bool consumer = strcmp(role, "consumer") == 0;
     static const char *consumer_defaults[][2] = {
         {"enable.auto.commit", "false"},

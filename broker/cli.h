@@ -40,9 +40,10 @@ int cv_cmd_export(int argc, char **argv);
 int cv_cmd_import(int argc, char **argv);
 
 /* Long options shared by every command; append to a command's own table. */
-#define CV_COMMON_LONGOPTS                                                     \
-    {"config", required_argument, NULL, 'c'},                                  \
-        {"set", required_argument, NULL, 'S'}, {"help", no_argument, NULL, 'h'}
+#define CV_COMMON_LONGOPTS                                                               \
+    {"config", required_argument, NULL, 'c'}, {"set", required_argument, NULL, 'S'}, {   \
+        "help", no_argument, NULL, 'h'                                                   \
+    }
 
 /* Handles -c and --set into `cli`. Returns 1 when the option was one of
  * them, 0 otherwise, -1 after printing an error. */
@@ -70,8 +71,8 @@ void cv_error(const char *cmd, const char *fmt, ...)
  * kafka.bootstrap.servers is "embedded", `embedded_bootstraps` is used
  * instead (it must be non-NULL then). Returns NULL with errbuf set. */
 rd_kafka_conf_t *cv_cli_kafka_conf(const cv_config *cfg, const char *role,
-                                   const char *embedded_bootstraps,
-                                   char *errbuf, size_t errlen);
+                                   const char *embedded_bootstraps, char *errbuf,
+                                   size_t errlen);
 
 /* True when kafka.bootstrap.servers is "embedded". */
 bool cv_cli_kafka_embedded(const cv_config *cfg);

@@ -13,11 +13,13 @@
 #include "http.h"
 #include "keyring.h"
 #include "metrics.h"
-#include "probe.h"
 #include "pipeline.h"
+#include "probe.h"
 
 static volatile sig_atomic_t stop;
-static void on_signal(int sig) { (void)sig, stop = 1; }
+static void on_signal(int sig) {
+    (void)sig, stop = 1;
+}
 
 static void pipeline_log(void *opaque, int level, const char *msg, const char *kv) {
     (void)opaque;
@@ -25,24 +27,22 @@ static void pipeline_log(void *opaque, int level, const char *msg, const char *k
 }
 
 static void usage(FILE *out) {
-    fprintf(out,
-            "usage: chatvault broker [-c FILE] [--set key=value]...\n\n"
-            "Consumes the chat topics (topics.pattern) as a member of consumer "
-            "group\nkafka.group.id, stores every message in PostgreSQL, produces "
-            "a DeliveryAck to\ntopics.acks (or the message's reply_to) once it "
-            "is durable, then commits the\noffsets. SIGTERM or SIGINT finishes "
-            "the batch in flight and exits 0.\n\n"
-            "With kafka.bootstrap.servers = embedded it starts librdkafka's mock "
-            "Kafka cluster\ninside the process (its address is logged). The mock "
-            "keeps only about 5 MiB per\npartition and silently drops older "
-            "batches: for trying chatvault, not for data.\n\n");
+    fprintf(out, "usage: chatvault broker [-c FILE] [--set key=value]...\n\n"
+                 "Consumes the chat topics (topics.pattern) as a member of consumer "
+                 "group\nkafka.group.id, stores every message in PostgreSQL, produces "
+                 "a DeliveryAck to\ntopics.acks (or the message's reply_to) once it "
+                 "is durable, then commits the\noffsets. SIGTERM or SIGINT finishes "
+                 "the batch in flight and exits 0.\n\n"
+                 "With kafka.bootstrap.servers = embedded it starts librdkafka's mock "
+                 "Kafka cluster\ninside the process (its address is logged). The mock "
+                 "keeps only about 5 MiB per\npartition and silently drops older "
+                 "batches: for trying chatvault, not for data.\n\n");
     cv_config_print_help(out);
 }
 
 int cv_cmd_broker(int argc, char **argv) {
-    static const struct option opts[] = {CV_COMMON_LONGOPTS,
-                                         {"verbose", no_argument, NULL, 'v'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        CV_COMMON_LONGOPTS, {"verbose", no_argument, NULL, 'v'}, {NULL, 0, NULL, 0}};
     cv_cli_config cli = {0};
     int opt;
     optind = 1;
@@ -86,22 +86,26 @@ int cv_cmd_broker(int argc, char **argv) {
         /* A key file that is missing, unreadable or open to others is a
          * configuration error: refuse to start rather than write a log
          * nobody can read, or one anybody can. */
-        if (cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err,
-                            sizeof(err)) < 0) {
-            cv_error("broker", "%s (log.key_file; create one with `chatvault "
-                     "keygen`)", err);
+        if (cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err, sizeof(err)) <
+            0) {
+            cv_error("broker",
+                     "%s (log.key_file; create one with `chatvault "
+                     "keygen`)",
+                     err);
             cv_config_free(cfg);
             return CV_EXIT_USAGE;
         }
     } else {
-        cv_log(CV_LOG_WARN, "log.dir is empty: the encrypted log store is off; "
-               "messages are kept in PostgreSQL only", NULL);
+        cv_log(CV_LOG_WARN,
+               "log.dir is empty: the encrypted log store is off; "
+               "messages are kept in PostgreSQL only",
+               NULL);
     }
-    cv_metrics_conf mc = {
-        .topics_prefix = cv_config_str(cfg, "topics.prefix"),
-        .max_channels = (size_t)cv_config_int(cfg, "metrics.max_channels"),
-        .version = CV_VERSION,
-        .probe_channel = probe_ms > 0 ? CV_PROBE_CHANNEL : NULL};
+    cv_metrics_conf mc = {.topics_prefix = cv_config_str(cfg, "topics.prefix"),
+                          .max_channels =
+                              (size_t)cv_config_int(cfg, "metrics.max_channels"),
+                          .version = CV_VERSION,
+                          .probe_channel = probe_ms > 0 ? CV_PROBE_CHANNEL : NULL};
     if (cv_metrics_new(&mc, &metrics) < 0) {
         cv_error("broker", "out of memory");
         rc = CV_EXIT_FAILURE;
@@ -123,13 +127,15 @@ int cv_cmd_broker(int argc, char **argv) {
                "older batches dropped\"",
                embedded);
     }
-    rd_kafka_conf_t *cconf = cv_cli_kafka_conf(cfg, "consumer", embedded, err, sizeof(err));
+    rd_kafka_conf_t *cconf =
+        cv_cli_kafka_conf(cfg, "consumer", embedded, err, sizeof(err));
     if (!cconf) {
         cv_error("broker", "config error: %s", err);
         rc = CV_EXIT_USAGE;
         goto out;
     }
-    rd_kafka_conf_t *pconf = cv_cli_kafka_conf(cfg, "producer", embedded, err, sizeof(err));
+    rd_kafka_conf_t *pconf =
+        cv_cli_kafka_conf(cfg, "producer", embedded, err, sizeof(err));
     if (!pconf) {
         rd_kafka_conf_destroy(cconf);
         cv_error("broker", "config error: %s", err);
@@ -179,8 +185,10 @@ int cv_cmd_broker(int argc, char **argv) {
                  CV_PROBE_CHANNEL);
         rd_kafka_conf_t *prc =
             cv_cli_kafka_conf(cfg, "producer", embedded, err, sizeof(err));
-        cv_probe_conf prb = {.producer_conf = prc, .topic = probe_topic,
-                             .channel = CV_PROBE_CHANNEL, .interval_ms = probe_ms,
+        cv_probe_conf prb = {.producer_conf = prc,
+                             .topic = probe_topic,
+                             .channel = CV_PROBE_CHANNEL,
+                             .interval_ms = probe_ms,
                              .metrics = metrics};
         if (!prc || cv_probe_start(&prb, &probe, err, sizeof(err)) < 0) {
             cv_error("broker", "probe: %s", err);
@@ -193,9 +201,9 @@ int cv_cmd_broker(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     cv_log(CV_LOG_INFO, "broker started",
-           "group=%s pattern=\"%s\" acks=%s dlq=%s log_dir=%s ack_policy=%s",
-           pc.group, pc.topics_pattern, pc.ack_topic, pc.dlq_topic,
-           *log_dir ? log_dir : "(off)", cv_config_str(cfg, "ack.policy"));
+           "group=%s pattern=\"%s\" acks=%s dlq=%s log_dir=%s ack_policy=%s", pc.group,
+           pc.topics_pattern, pc.ack_topic, pc.dlq_topic, *log_dir ? log_dir : "(off)",
+           cv_config_str(cfg, "ack.policy"));
     if (cv_pipeline_run(p, &stop, err, sizeof(err)) < 0) {
         cv_error("broker", "%s", err);
         rc = CV_EXIT_FAILURE;
@@ -205,8 +213,7 @@ int cv_cmd_broker(int argc, char **argv) {
     cv_log(CV_LOG_INFO, "broker stopped",
            "consumed=%" PRId64 " persisted=%" PRId64 " duplicates=%" PRId64
            " rejected=%" PRId64 " acked=%" PRId64 " batches=%" PRId64,
-           st.consumed, st.persisted, st.duplicates, st.rejected, st.acked,
-           st.batches);
+           st.consumed, st.persisted, st.duplicates, st.rejected, st.acked, st.batches);
 out:
     cv_probe_stop(probe);
     cv_http_stop(http);

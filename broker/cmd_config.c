@@ -8,11 +8,10 @@
 #include "cli.h"
 
 int cv_cmd_config(int argc, char **argv) {
-    static const struct option opts[] = {
-        CV_COMMON_LONGOPTS,
-        {"example", no_argument, NULL, 'e'},
-        {"check", no_argument, NULL, 'k'},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {CV_COMMON_LONGOPTS,
+                                         {"example", no_argument, NULL, 'e'},
+                                         {"check", no_argument, NULL, 'k'},
+                                         {NULL, 0, NULL, 0}};
     cv_cli_config cli = {0};
     int opt, example = 0, check = 0;
     optind = 1;

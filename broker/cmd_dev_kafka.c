@@ -17,40 +17,41 @@
 #include "devkafka.h"
 
 static volatile sig_atomic_t stop;
-static void on_signal(int sig) { (void)sig, stop = 1; }
+static void on_signal(int sig) {
+    (void)sig, stop = 1;
+}
 
 static void usage(FILE *out) {
-    fprintf(out,
-            "usage: chatvault dev-kafka [--brokers N] [--partitions N] "
-            "[--topic NAME[:PARTITIONS]]...\n\n"
-            "Runs librdkafka's mock Kafka cluster on loopback TCP, prints its "
-            "bootstrap servers\non the first line of stdout and runs until "
-            "killed (SIGINT/SIGTERM).\n\n"
-            "  --brokers N        brokers in the cluster (default 1)\n"
-            "  --partitions N     partitions of each --topic without its own "
-            "count,\n"
-            "                     and of chatvault.acks / chatvault.dlq "
-            "(default 4)\n"
-            "  --topic NAME[:P]   create a topic up front (repeatable); topics "
-            "a client\n"
-            "                     asks for are otherwise auto-created with the "
-            "mock's\n"
-            "                     default partition count\n"
-            "  --control          read fault-injection commands from stdin, one "
-            "per line,\n"
-            "                     answering \"ok\" or \"error: ...\" on stdout:\n"
-            "                       broker-down ID | broker-up ID\n"
-            "                       broker-rtt ID MS\n"
-            "                       request-errors APIKEY COUNT ERRCODE   (e.g. "
-            "0 5 6 = Produce\n"
-            "                         fails 5 times with NOT_LEADER_FOR_PARTITION)\n"
-            "                       leader TOPIC PARTITION BROKER_ID\n"
-            "                       topic NAME PARTITIONS\n\n"
-            "NOT a real Kafka. Known limits of librdkafka 2.0.2's mock cluster, "
-            "measured:\nit keeps only about 5 MiB per partition and silently "
-            "drops older batches, so\ngive topics enough partitions for the "
-            "volume you send; its transactions only\npretend. Use it to try "
-            "chatvault and in tests, never for data you keep.\n");
+    fprintf(out, "usage: chatvault dev-kafka [--brokers N] [--partitions N] "
+                 "[--topic NAME[:PARTITIONS]]...\n\n"
+                 "Runs librdkafka's mock Kafka cluster on loopback TCP, prints its "
+                 "bootstrap servers\non the first line of stdout and runs until "
+                 "killed (SIGINT/SIGTERM).\n\n"
+                 "  --brokers N        brokers in the cluster (default 1)\n"
+                 "  --partitions N     partitions of each --topic without its own "
+                 "count,\n"
+                 "                     and of chatvault.acks / chatvault.dlq "
+                 "(default 4)\n"
+                 "  --topic NAME[:P]   create a topic up front (repeatable); topics "
+                 "a client\n"
+                 "                     asks for are otherwise auto-created with the "
+                 "mock's\n"
+                 "                     default partition count\n"
+                 "  --control          read fault-injection commands from stdin, one "
+                 "per line,\n"
+                 "                     answering \"ok\" or \"error: ...\" on stdout:\n"
+                 "                       broker-down ID | broker-up ID\n"
+                 "                       broker-rtt ID MS\n"
+                 "                       request-errors APIKEY COUNT ERRCODE   (e.g. "
+                 "0 5 6 = Produce\n"
+                 "                         fails 5 times with NOT_LEADER_FOR_PARTITION)\n"
+                 "                       leader TOPIC PARTITION BROKER_ID\n"
+                 "                       topic NAME PARTITIONS\n\n"
+                 "NOT a real Kafka. Known limits of librdkafka 2.0.2's mock cluster, "
+                 "measured:\nit keeps only about 5 MiB per partition and silently "
+                 "drops older batches, so\ngive topics enough partitions for the "
+                 "volume you send; its transactions only\npretend. Use it to try "
+                 "chatvault and in tests, never for data you keep.\n");
 }
 
 /* One fault-injection command from --control; answers on stdout. */
@@ -93,13 +94,12 @@ static void control_command(cv_devkafka *dk, char *line) {
 }
 
 int cv_cmd_dev_kafka(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"brokers", required_argument, NULL, 'b'},
-        {"partitions", required_argument, NULL, 'p'},
-        {"topic", required_argument, NULL, 't'},
-        {"control", no_argument, NULL, 'C'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"brokers", required_argument, NULL, 'b'},
+                                         {"partitions", required_argument, NULL, 'p'},
+                                         {"topic", required_argument, NULL, 't'},
+                                         {"control", no_argument, NULL, 'C'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     int brokers = 1, partitions = 4, ntopics = 0, control = 0, opt;
     const char *topics[256];
     optind = 1;

@@ -13,10 +13,9 @@
 #include "keyring.h"
 
 int cv_cmd_keygen(int argc, char **argv) {
-    static const struct option opts[] = {
-        CV_COMMON_LONGOPTS,
-        {"key-file", required_argument, NULL, 'k'},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {CV_COMMON_LONGOPTS,
+                                         {"key-file", required_argument, NULL, 'k'},
+                                         {NULL, 0, NULL, 0}};
     cv_cli_config cli = {0};
     const char *key_file = NULL;
     int opt;
@@ -66,8 +65,8 @@ int cv_cmd_keygen(int argc, char **argv) {
                    ? CV_EXIT_USAGE
                    : CV_EXIT_FAILURE;
     }
-    cv_log(CV_LOG_INFO, "log key added", "key_id=%" PRIu32 " key_file=\"%s\"",
-           id, key_file);
+    cv_log(CV_LOG_INFO, "log key added", "key_id=%" PRIu32 " key_file=\"%s\"", id,
+           key_file);
     printf("%" PRIu32 "\n", id);
     cv_config_free(cfg);
     return CV_EXIT_OK;

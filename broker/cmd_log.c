@@ -109,12 +109,10 @@ static void plist_free(plist *pl) {
 static int collect(const logopts *o, const char *prefix, plist *pl) {
     char err[1024];
     for (size_t i = 0; i < o->ndirs; i++) {
-        int r = cv_applog_partitions(o->dirs[i], add_partition, pl, err,
-                                     sizeof(err));
+        int r = cv_applog_partitions(o->dirs[i], add_partition, pl, err, sizeof(err));
         if (r < 0) {
             cv_error("log", "%s", err);
-            return r == -ENOENT || r == -ENOTDIR ? CV_EXIT_USAGE
-                                                 : CV_EXIT_FAILURE;
+            return r == -ENOENT || r == -ENOTDIR ? CV_EXIT_USAGE : CV_EXIT_FAILURE;
         }
     }
     size_t w = 0;
@@ -184,36 +182,35 @@ static int parse_since(const char *s, int64_t *ret_ms) {
 }
 
 static void usage(FILE *out) {
-    fprintf(out,
-            "usage: chatvault log list  [options]\n"
-            "       chatvault log cat   [options] [--channel C] "
-            "[--from-offset N] [--since TIME]\n"
-            "       chatvault log check [options]\n\n"
-            "list   segments per partition: first/last offset, records, bytes, "
-            "key id,\n       sealed or open, and the instance that wrote it\n"
-            "cat    decrypt and print one JSON object per record\n"
-            "check  verify every record's authentication and the hash chain; "
-            "exit 3 with\n       file and byte offset of the first problem of "
-            "each partition\n\n"
-            "options:\n"
-            "  -c, --config FILE     configuration file (log.dir, "
-            "log.key_file)\n"
-            "      --set key=value   override a configuration key\n"
-            "      --log-dir DIR     read this log directory instead of "
-            "log.dir; give it once\n"
-            "                        per broker instance to merge their "
-            "histories\n"
-            "      --key-file PATH   key file instead of log.key_file\n"
-            "      --topic T         only this topic\n"
-            "      --partition N     only this partition number\n"
-            "      --channel C       (cat) only messages of this channel\n"
-            "      --from-offset N   (cat) start at this Kafka offset\n"
-            "      --since TIME      (cat) only records from TIME: "
-            "2026-01-31T12:00:00Z,\n"
-            "                        2026-01-31, a duration ago (90s, 15m, 2h, "
-            "7d) or Unix ms\n\n"
-            "Exit codes: 0 ok, 1 runtime failure, 2 usage, config or key "
-            "error, 3 damage found.\n");
+    fprintf(out, "usage: chatvault log list  [options]\n"
+                 "       chatvault log cat   [options] [--channel C] "
+                 "[--from-offset N] [--since TIME]\n"
+                 "       chatvault log check [options]\n\n"
+                 "list   segments per partition: first/last offset, records, bytes, "
+                 "key id,\n       sealed or open, and the instance that wrote it\n"
+                 "cat    decrypt and print one JSON object per record\n"
+                 "check  verify every record's authentication and the hash chain; "
+                 "exit 3 with\n       file and byte offset of the first problem of "
+                 "each partition\n\n"
+                 "options:\n"
+                 "  -c, --config FILE     configuration file (log.dir, "
+                 "log.key_file)\n"
+                 "      --set key=value   override a configuration key\n"
+                 "      --log-dir DIR     read this log directory instead of "
+                 "log.dir; give it once\n"
+                 "                        per broker instance to merge their "
+                 "histories\n"
+                 "      --key-file PATH   key file instead of log.key_file\n"
+                 "      --topic T         only this topic\n"
+                 "      --partition N     only this partition number\n"
+                 "      --channel C       (cat) only messages of this channel\n"
+                 "      --from-offset N   (cat) start at this Kafka offset\n"
+                 "      --since TIME      (cat) only records from TIME: "
+                 "2026-01-31T12:00:00Z,\n"
+                 "                        2026-01-31, a duration ago (90s, 15m, 2h, "
+                 "7d) or Unix ms\n\n"
+                 "Exit codes: 0 ok, 1 runtime failure, 2 usage, config or key "
+                 "error, 3 damage found.\n");
 }
 
 static void hex(char *out, const unsigned char *p, size_t n) {
@@ -264,25 +261,22 @@ static int list_one(void *opaque, const cv_applog_segment_info *si) {
     } else {
         snprintf(name, sizeof(name), "%s", base_name(si->file));
     }
-    printf("%-24s %-26s %12" PRId64 " %12s %9" PRIu64 " %12" PRIu64
-           " %5" PRIu32 " %-14s %s/%s\n",
-           c->name, name, si->first_offset, last, si->records,
-           si->bytes, si->key_id, state,
-           si->writer_name[0] ? si->writer_name : "?", wid);
+    printf("%-24s %-26s %12" PRId64 " %12s %9" PRIu64 " %12" PRIu64 " %5" PRIu32
+           " %-14s %s/%s\n",
+           c->name, name, si->first_offset, last, si->records, si->bytes, si->key_id,
+           state, si->writer_name[0] ? si->writer_name : "?", wid);
     return 0;
 }
 
 static int run_list(const logopts *o, const plist *pl) {
     char err[1024];
-    printf("%-24s %-26s %12s %12s %9s %12s %5s %-14s %s\n", "PARTITION",
-           "SEGMENT", "FIRST", "LAST", "RECORDS", "BYTES", "KEY", "STATE",
-           "WRITER");
+    printf("%-24s %-26s %12s %12s %9s %12s %5s %-14s %s\n", "PARTITION", "SEGMENT",
+           "FIRST", "LAST", "RECORDS", "BYTES", "KEY", "STATE", "WRITER");
     bool damaged = false;
     for (size_t i = 0; i < pl->n; i++)
         for (size_t k = 0; k < pl->v[i].npaths; k++) {
             list_ctx c = {.name = pl->v[i].name};
-            int r = cv_applog_segments(pl->v[i].paths[k], list_one, &c, err,
-                                       sizeof(err));
+            int r = cv_applog_segments(pl->v[i].paths[k], list_one, &c, err, sizeof(err));
             if (r < 0) {
                 fflush(stdout);
                 cv_error("log list", "%s", err);
@@ -317,10 +311,9 @@ static void report_torn(const char *cmd, const cv_applog_reader *rd) {
     }
 }
 
-static int print_record(cv_buf *b, const cv_applog_record *rec,
-                        const logopts *o) {
-    Chatvault__V1__ChatMessage *m = chatvault__v1__chat_message__unpack(
-        NULL, rec->value_len, rec->value);
+static int print_record(cv_buf *b, const cv_applog_record *rec, const logopts *o) {
+    Chatvault__V1__ChatMessage *m =
+        chatvault__v1__chat_message__unpack(NULL, rec->value_len, rec->value);
     if (m && o->channel && strcmp(m->channel, o->channel) != 0) {
         chatvault__v1__chat_message__free_unpacked(m, NULL);
         return 0;
@@ -362,8 +355,8 @@ static int print_record(cv_buf *b, const cv_applog_record *rec,
         if (r == 0)
             r = cv_buf_json_string(b, m->sender_id, strlen(m->sender_id));
         if (r == 0)
-            r = cv_buf_printf(b, ",\"sent_at_us\":%" PRId64 ",\"content_type\":",
-                              m->sent_at_us);
+            r = cv_buf_printf(
+                b, ",\"sent_at_us\":%" PRId64 ",\"content_type\":", m->sent_at_us);
         if (r == 0)
             r = cv_buf_json_string(b, m->content_type, strlen(m->content_type));
         if (r == 0)
@@ -382,8 +375,8 @@ static int print_record(cv_buf *b, const cv_applog_record *rec,
             r = cv_buf_printf(b, "\"");
     }
     if (r == 0)
-        r = cv_buf_printf(b, ",\"digest\":\"%s\",\"key_id\":%" PRIu32 "}\n",
-                          dig, rec->key_id);
+        r = cv_buf_printf(b, ",\"digest\":\"%s\",\"key_id\":%" PRIu32 "}\n", dig,
+                          rec->key_id);
     if (m)
         chatvault__v1__chat_message__free_unpacked(m, NULL);
     if (r < 0)
@@ -400,15 +393,14 @@ static int run_cat(const logopts *o, const plist *pl, const cv_keyring *kr) {
     int code = CV_EXIT_OK;
     for (size_t i = 0; i < pl->n && code == CV_EXIT_OK; i++) {
         cv_applog_reader *rd = NULL;
-        int r = cv_applog_reader_open(pl->v[i].paths, pl->v[i].npaths, kr, &rd,
-                                      err, sizeof(err));
+        int r = cv_applog_reader_open(pl->v[i].paths, pl->v[i].npaths, kr, &rd, err,
+                                      sizeof(err));
         if (r == 0 && o->from_offset >= 0)
             cv_applog_reader_skip_to(rd, o->from_offset);
         cv_applog_record rec;
         while (r == 0 && (r = cv_applog_reader_next(rd, &rec, err, sizeof(err))) == 1)
             if ((r = print_record(&b, &rec, o)) < 0) {
-                snprintf(err, sizeof(err), "writing to stdout: %s",
-                         strerror(-r));
+                snprintf(err, sizeof(err), "writing to stdout: %s", strerror(-r));
                 break;
             }
         if (rd)
@@ -433,8 +425,8 @@ static int run_check(const plist *pl, const cv_keyring *kr) {
     int code = CV_EXIT_OK;
     for (size_t i = 0; i < pl->n; i++) {
         cv_applog_reader *rd = NULL;
-        int r = cv_applog_reader_open(pl->v[i].paths, pl->v[i].npaths, kr, &rd,
-                                      err, sizeof(err));
+        int r = cv_applog_reader_open(pl->v[i].paths, pl->v[i].npaths, kr, &rd, err,
+                                      sizeof(err));
         cv_applog_record rec;
         uint64_t n = 0;
         int64_t first = -1, last = -1;
@@ -454,22 +446,19 @@ static int run_check(const plist *pl, const cv_keyring *kr) {
             int c = exit_for(r);
             if (code == CV_EXIT_OK || c == CV_EXIT_DIFFERENCES)
                 code = c;
-            printf("FAIL %s records_before_problem=%" PRIu64 "\n",
-                   pl->v[i].name, n);
+            printf("FAIL %s records_before_problem=%" PRIu64 "\n", pl->v[i].name, n);
             continue;
         }
-        printf("ok   %s records=%" PRIu64 " first=%" PRId64 " last=%" PRId64
-               " dirs=%zu%s\n",
-               pl->v[i].name, n, first, last, pl->v[i].npaths,
-               torn ? " torn_tail=yes" : "");
+        printf(
+            "ok   %s records=%" PRIu64 " first=%" PRId64 " last=%" PRId64 " dirs=%zu%s\n",
+            pl->v[i].name, n, first, last, pl->v[i].npaths, torn ? " torn_tail=yes" : "");
     }
     fflush(stdout);
     return code;
 }
 
 int cv_cmd_log(int argc, char **argv) {
-    enum { O_LOGDIR = 256, O_KEYFILE, O_TOPIC, O_PARTITION, O_CHANNEL,
-           O_FROM, O_SINCE };
+    enum { O_LOGDIR = 256, O_KEYFILE, O_TOPIC, O_PARTITION, O_CHANNEL, O_FROM, O_SINCE };
     static const struct option opts[] = {
         CV_COMMON_LONGOPTS,
         {"log-dir", required_argument, NULL, O_LOGDIR},
@@ -535,8 +524,7 @@ int cv_cmd_log(int argc, char **argv) {
             if (errno || end == optarg || *end || v < 0 ||
                 (opt == O_PARTITION && v > INT32_MAX)) {
                 cv_error("log", "--%s: \"%s\" is not a non-negative number",
-                         opt == O_PARTITION ? "partition" : "from-offset",
-                         optarg);
+                         opt == O_PARTITION ? "partition" : "from-offset", optarg);
                 return CV_EXIT_USAGE;
             }
             if (opt == O_PARTITION)
@@ -547,9 +535,10 @@ int cv_cmd_log(int argc, char **argv) {
         }
         case O_SINCE:
             if (parse_since(optarg, &o.since_ms) < 0) {
-                cv_error("log", "--since: \"%s\" is not a time "
-                                "(2026-01-31T12:00:00Z, 2026-01-31, 15m, 2h, "
-                                "7d or Unix ms)",
+                cv_error("log",
+                         "--since: \"%s\" is not a time "
+                         "(2026-01-31T12:00:00Z, 2026-01-31, 15m, 2h, "
+                         "7d or Unix ms)",
                          optarg);
                 return CV_EXIT_USAGE;
             }

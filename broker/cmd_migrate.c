@@ -40,8 +40,8 @@ int cv_cmd_migrate(int argc, char **argv) {
     if (!cfg)
         return CV_EXIT_USAGE;
     char err[512];
-    PGconn *conn = cv_pg_connect(cv_config_str(cfg, "postgres.conninfo"), err,
-                                 sizeof(err));
+    PGconn *conn =
+        cv_pg_connect(cv_config_str(cfg, "postgres.conninfo"), err, sizeof(err));
     if (!conn) {
         cv_error("migrate", "%s (postgres.conninfo)", err);
         cv_config_free(cfg);

@@ -5,14 +5,14 @@
  */
 #include <errno.h>
 #include <getopt.h>
-#include <poll.h>
-#include <stdbool.h>
-#include <unistd.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <sodium.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "chatvault.pb-c.h"
 #include "cli.h"
@@ -37,26 +37,25 @@ typedef struct send_opts {
 } send_opts;
 
 static void usage(FILE *out) {
-    fprintf(out,
-            "usage: chatvault send --channel C [options] [BODY...]\n\n"
-            "Publishes one ChatMessage per BODY argument, or per line of stdin "
-            "when no BODY\nis given, to the topic <topics.prefix><channel>. "
-            "Message ids are generated\n(a random UUID) unless --id is given.\n\n"
-            "  --channel C        channel to publish to (required)\n"
-            "  --sender S         sender_id (default: $USER)\n"
-            "  --id ID            message_id (only with a single message)\n"
-            "  --content-type T   content_type (default text/plain)\n"
-            "  --attr K=V         an attribute (repeatable)\n"
-            "  --reply-to TOPIC   ask for the ack on TOPIC instead of topics.acks\n"
-            "  --wait-ack         wait for each message's ack; print status and "
-            "latency\n"
-            "  --timeout MS       how long --wait-ack waits (default 30000); "
-            "exit 1 if an\n                     ack is missing\n"
-            "  -c FILE, --set k=v configuration (kafka.bootstrap.servers, "
-            "topics.*)\n\n"
-            "Prints one line per message: message id (and with --wait-ack: "
-            "status, latency\nin ms, stores). Exit 0 when all were sent (and "
-            "acked, not REJECTED).\n");
+    fprintf(out, "usage: chatvault send --channel C [options] [BODY...]\n\n"
+                 "Publishes one ChatMessage per BODY argument, or per line of stdin "
+                 "when no BODY\nis given, to the topic <topics.prefix><channel>. "
+                 "Message ids are generated\n(a random UUID) unless --id is given.\n\n"
+                 "  --channel C        channel to publish to (required)\n"
+                 "  --sender S         sender_id (default: $USER)\n"
+                 "  --id ID            message_id (only with a single message)\n"
+                 "  --content-type T   content_type (default text/plain)\n"
+                 "  --attr K=V         an attribute (repeatable)\n"
+                 "  --reply-to TOPIC   ask for the ack on TOPIC instead of topics.acks\n"
+                 "  --wait-ack         wait for each message's ack; print status and "
+                 "latency\n"
+                 "  --timeout MS       how long --wait-ack waits (default 30000); "
+                 "exit 1 if an\n                     ack is missing\n"
+                 "  -c FILE, --set k=v configuration (kafka.bootstrap.servers, "
+                 "topics.*)\n\n"
+                 "Prints one line per message: message id (and with --wait-ack: "
+                 "status, latency\nin ms, stores). Exit 0 when all were sent (and "
+                 "acked, not REJECTED).\n");
 }
 
 static void uuid4(char out[37]) {
@@ -65,9 +64,9 @@ static void uuid4(char out[37]) {
     b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
     snprintf(out, 37,
-             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10],
-             b[11], b[12], b[13], b[14], b[15]);
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
+             b[13], b[14], b[15]);
 }
 
 static int delivery_err;
@@ -101,8 +100,9 @@ static rd_kafka_t *ack_watcher(const cv_config *cfg, const char *topic) {
     rd_kafka_topic_destroy(rkt);
     if (e || md->topic_cnt != 1 || md->topics[0].err) {
         cv_error("send", "kafka: cannot read metadata of ack topic %s: %s", topic,
-                 rd_kafka_err2str(e ? e : md->topic_cnt ? md->topics[0].err
-                                                        : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
+                 rd_kafka_err2str(e               ? e
+                                  : md->topic_cnt ? md->topics[0].err
+                                                  : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
         if (md)
             rd_kafka_metadata_destroy(md);
         rd_kafka_destroy(rk);
@@ -132,9 +132,9 @@ static rd_kafka_t *ack_watcher(const cv_config *cfg, const char *topic) {
 
 /* What --wait-ack has seen so far. */
 typedef struct ack_state {
-    size_t acked;        /* messages whose ack arrived */
-    size_t first_open;   /* no ack is missing below this index */
-    int failed;          /* a REJECTED ack arrived */
+    size_t acked;      /* messages whose ack arrived */
+    size_t first_open; /* no ack is missing below this index */
+    int failed;        /* a REJECTED ack arrived */
 } ack_state;
 
 /* Reads the acks that arrive within `timeout_ms` (0: only those already
@@ -146,7 +146,9 @@ static void read_acks(rd_kafka_t *rk, sent *msgs, size_t n, ack_state *as,
     int64_t deadline = cv_mono_ms() + timeout_ms;
     while (as->acked < n) {
         int64_t left = deadline - cv_mono_ms();
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, left > 100 ? 100 : left > 0 ? (int)left : 0);
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, left > 100 ? 100
+                                                           : left > 0 ? (int)left
+                                                                      : 0);
         if (!m) {
             if (left <= 0)
                 break;
@@ -174,11 +176,10 @@ static void read_acks(rd_kafka_t *rk, sent *msgs, size_t n, ack_state *as,
             printf("%s %s latency_ms=%.1f stores=%s%s%s topic=%s partition=%d "
                    "offset=%" PRId64 "%s%s\n",
                    msgs[i].id, ev ? ev->name : "UNKNOWN",
-                   (now - msgs[i].sent_at_us) / 1000.0,
-                   ack->stores & 1 ? "postgres" : "",
+                   (now - msgs[i].sent_at_us) / 1000.0, ack->stores & 1 ? "postgres" : "",
                    (ack->stores & 3) == 3 ? "+" : "", ack->stores & 2 ? "log" : "",
-                   ack->topic, ack->partition, ack->offset,
-                   *ack->error ? " error=" : "", ack->error);
+                   ack->topic, ack->partition, ack->offset, *ack->error ? " error=" : "",
+                   ack->error);
             fflush(stdout);
             if (ack->status == CHATVAULT__V1__ACK_STATUS__REJECTED)
                 as->failed = 1;
@@ -192,8 +193,8 @@ static int missing_acks(const sent *msgs, size_t n, const ack_state *as,
                         int64_t timeout_ms) {
     for (size_t i = 0; i < n; i++)
         if (!msgs[i].acked)
-            cv_error("send", "no ack for message %s within %" PRId64 " ms",
-                     msgs[i].id, timeout_ms);
+            cv_error("send", "no ack for message %s within %" PRId64 " ms", msgs[i].id,
+                     timeout_ms);
     return as->failed || as->acked < n ? CV_EXIT_FAILURE : CV_EXIT_OK;
 }
 
@@ -315,17 +316,16 @@ static int send_one(rd_kafka_t *rk, const send_opts *o, const char *topic,
 }
 
 int cv_cmd_send(int argc, char **argv) {
-    static const struct option opts[] = {
-        CV_COMMON_LONGOPTS,
-        {"channel", required_argument, NULL, 'C'},
-        {"sender", required_argument, NULL, 's'},
-        {"id", required_argument, NULL, 'i'},
-        {"content-type", required_argument, NULL, 'T'},
-        {"attr", required_argument, NULL, 'a'},
-        {"reply-to", required_argument, NULL, 'r'},
-        {"wait-ack", no_argument, NULL, 'w'},
-        {"timeout", required_argument, NULL, 't'},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {CV_COMMON_LONGOPTS,
+                                         {"channel", required_argument, NULL, 'C'},
+                                         {"sender", required_argument, NULL, 's'},
+                                         {"id", required_argument, NULL, 'i'},
+                                         {"content-type", required_argument, NULL, 'T'},
+                                         {"attr", required_argument, NULL, 'a'},
+                                         {"reply-to", required_argument, NULL, 'r'},
+                                         {"wait-ack", no_argument, NULL, 'w'},
+                                         {"timeout", required_argument, NULL, 't'},
+                                         {NULL, 0, NULL, 0}};
     cv_cli_config cli = {0};
     send_opts o = {.content_type = "text/plain", .timeout_ms = 30000};
     o.sender = getenv("USER") ? getenv("USER") : "chatvault-send";
@@ -338,12 +338,24 @@ int cv_cmd_send(int argc, char **argv) {
         if (r)
             continue;
         switch (opt) {
-        case 'C': o.channel = optarg; break;
-        case 's': o.sender = optarg; break;
-        case 'i': o.id = optarg; break;
-        case 'T': o.content_type = optarg; break;
-        case 'r': o.reply_to = optarg; break;
-        case 'w': o.wait_ack = 1; break;
+        case 'C':
+            o.channel = optarg;
+            break;
+        case 's':
+            o.sender = optarg;
+            break;
+        case 'i':
+            o.id = optarg;
+            break;
+        case 'T':
+            o.content_type = optarg;
+            break;
+        case 'r':
+            o.reply_to = optarg;
+            break;
+        case 'w':
+            o.wait_ack = 1;
+            break;
         case 't': {
             char *end;
             o.timeout_ms = strtoll(optarg, &end, 10);
@@ -379,8 +391,9 @@ int cv_cmd_send(int argc, char **argv) {
         }
     }
     if (!o.channel || !cv_channel_valid(o.channel, strlen(o.channel))) {
-        cv_error("send", o.channel ? "--channel \"%s\" is not [A-Za-z0-9._-]{1,200}"
-                                   : "--channel is required%s",
+        cv_error("send",
+                 o.channel ? "--channel \"%s\" is not [A-Za-z0-9._-]{1,200}"
+                           : "--channel is required%s",
                  o.channel ? o.channel : "");
         return CV_EXIT_USAGE;
     }
@@ -422,8 +435,8 @@ int cv_cmd_send(int argc, char **argv) {
         goto out;
     }
     if (o.wait_ack) {
-        watcher = ack_watcher(cfg, o.reply_to ? o.reply_to
-                                              : cv_config_str(cfg, "topics.acks"));
+        watcher =
+            ack_watcher(cfg, o.reply_to ? o.reply_to : cv_config_str(cfg, "topics.acks"));
         if (!watcher) {
             rc = CV_EXIT_FAILURE;
             goto out;
@@ -472,8 +485,8 @@ int cv_cmd_send(int argc, char **argv) {
     }
     free(lr.buf);
     if (rd_kafka_flush(rk, (int)o.timeout_ms) != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        cv_error("send", "kafka: %d messages not delivered to %s within %" PRId64
-                 " ms", rd_kafka_outq_len(rk), topic, o.timeout_ms);
+        cv_error("send", "kafka: %d messages not delivered to %s within %" PRId64 " ms",
+                 rd_kafka_outq_len(rk), topic, o.timeout_ms);
         rc = CV_EXIT_FAILURE;
     }
     if (delivery_err)

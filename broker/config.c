@@ -18,8 +18,8 @@ typedef struct prop {
     prop_type type;
     const char *def;
     const char *desc;
-    int64_t min, max;       /* PROP_INT */
-    const char *choices;    /* PROP_ENUM: "a|b" */
+    int64_t min, max;    /* PROP_INT */
+    const char *choices; /* PROP_ENUM: "a|b" */
 } prop;
 
 static const prop props[] = {
@@ -32,31 +32,39 @@ static const prop props[] = {
     {"log.segment_bytes", PROP_INT, "134217728",
      "roll to a new log segment after this many bytes", 4096, INT64_C(1) << 40, NULL},
     {"ack.policy", PROP_ENUM, "all",
-     "stores that must hold a message before it is acked: all, or any (degraded mode)", 0, 0, "all|any"},
+     "stores that must hold a message before it is acked: all, or any (degraded mode)", 0,
+     0, "all|any"},
     {"batch.max_messages", PROP_INT, "5000",
      "most records written to the stores in one batch", 1, 1000000, NULL},
-    {"batch.max_bytes", PROP_INT, "16777216",
-     "most record bytes in one batch", 1024, INT64_C(1) << 30, NULL},
-    {"batch.max_ms", PROP_INT, "20",
-     "longest a batch waits to fill before it is written", 0, 60000, NULL},
+    {"batch.max_bytes", PROP_INT, "16777216", "most record bytes in one batch", 1024,
+     INT64_C(1) << 30, NULL},
+    {"batch.max_ms", PROP_INT, "20", "longest a batch waits to fill before it is written",
+     0, 60000, NULL},
     {"limits.max_body_bytes", PROP_INT, "1048576",
-     "largest accepted message body; larger messages are rejected", 0, INT64_C(1) << 30, NULL},
+     "largest accepted message body; larger messages are rejected", 0, INT64_C(1) << 30,
+     NULL},
     {"topics.pattern", PROP_STR, "^chat\\..+",
      "regular expression of the chat topics to consume", 0, 0, NULL},
     {"topics.prefix", PROP_STR, "chat.",
      "prefix of a chat topic; the rest of its name is the channel", 0, 0, NULL},
     {"topics.acks", PROP_STR, "chatvault.acks",
-     "topic that receives DeliveryAck records (unless a message sets reply_to)", 0, 0, NULL},
-    {"topics.dlq", PROP_STR, "chatvault.dlq",
-     "dead-letter topic for rejected records", 0, 0, NULL},
+     "topic that receives DeliveryAck records (unless a message sets reply_to)", 0, 0,
+     NULL},
+    {"topics.dlq", PROP_STR, "chatvault.dlq", "dead-letter topic for rejected records", 0,
+     0, NULL},
     {"http.listen", PROP_STR, "127.0.0.1:9187",
-     "address of the metrics, health and dashboard server (empty disables it)", 0, 0, NULL},
+     "address of the metrics, health and dashboard server (empty disables it)", 0, 0,
+     NULL},
     {"http.token", PROP_STR, "",
-     "bearer token required by every HTTP endpoint but /healthz (empty: none)", 0, 0, NULL},
+     "bearer token required by every HTTP endpoint but /healthz (empty: none)", 0, 0,
+     NULL},
     {"metrics.max_channels", PROP_INT, "100",
-     "channels with their own metric label; more are summed under channel=\"_other\"", 1, 100000, NULL},
+     "channels with their own metric label; more are summed under channel=\"_other\"", 1,
+     100000, NULL},
     {"probe.interval_ms", PROP_INT, "0",
-     "publish an end-to-end canary to channel _probe this often and time it to its durable ack (0: off)", 0, 3600000, NULL},
+     "publish an end-to-end canary to channel _probe this often and time it to its "
+     "durable ack (0: off)",
+     0, 3600000, NULL},
     {"shutdown.timeout_ms", PROP_INT, "30000",
      "longest SIGTERM waits for the batch in flight before exiting", 0, 3600000, NULL},
 };
@@ -71,7 +79,7 @@ typedef struct kv {
 } kv;
 
 struct cv_config {
-    char *values[NPROPS];    /* NULL: default */
+    char *values[NPROPS]; /* NULL: default */
     kv *kafka;
     size_t nkafka, kafka_cap;
 };
@@ -80,7 +88,9 @@ static const char *kafka_defaults[][2] = {
     {"group.id", "chatvault"},
 };
 
-cv_config *cv_config_new(void) { return calloc(1, sizeof(cv_config)); }
+cv_config *cv_config_new(void) {
+    return calloc(1, sizeof(cv_config));
+}
 
 cv_config *cv_config_free(cv_config *cfg) {
     if (!cfg)
@@ -141,8 +151,8 @@ static bool choice_ok(const char *choices, const char *v) {
     return false;
 }
 
-static int validate(const prop *p, const char *value, const char *origin,
-                    char *errbuf, size_t errlen) {
+static int validate(const prop *p, const char *value, const char *origin, char *errbuf,
+                    size_t errlen) {
     int64_t v = 0;
     int r;
     switch (p->type) {
@@ -151,21 +161,21 @@ static int validate(const prop *p, const char *value, const char *origin,
     case PROP_INT:
         r = parse_int(value, &v);
         if (r == -EINVAL) {
-            snprintf(errbuf, errlen, "%s: %s = \"%s\" is not an integer", origin,
-                     p->name, value);
+            snprintf(errbuf, errlen, "%s: %s = \"%s\" is not an integer", origin, p->name,
+                     value);
             return -EINVAL;
         }
         if (r == -ERANGE || v < p->min || v > p->max) {
             snprintf(errbuf, errlen,
-                     "%s: %s = %s is out of range (%" PRId64 "..%" PRId64 ")",
-                     origin, p->name, value, p->min, p->max);
+                     "%s: %s = %s is out of range (%" PRId64 "..%" PRId64 ")", origin,
+                     p->name, value, p->min, p->max);
             return -EINVAL;
         }
         return 0;
     case PROP_ENUM:
         if (!choice_ok(p->choices, value)) {
-            snprintf(errbuf, errlen, "%s: %s = \"%s\" must be one of %s", origin,
-                     p->name, value, p->choices);
+            snprintf(errbuf, errlen, "%s: %s = \"%s\" must be one of %s", origin, p->name,
+                     value, p->choices);
             return -EINVAL;
         }
         return 0;
@@ -203,8 +213,8 @@ static int kafka_set(cv_config *cfg, const char *key, const char *value) {
     return 0;
 }
 
-int cv_config_set(cv_config *cfg, const char *key, const char *value,
-                  const char *origin, char *errbuf, size_t errlen) {
+int cv_config_set(cv_config *cfg, const char *key, const char *value, const char *origin,
+                  char *errbuf, size_t errlen) {
     size_t idx;
     if (strncmp(key, KAFKA_PREFIX, strlen(KAFKA_PREFIX)) == 0) {
         const char *k = key + strlen(KAFKA_PREFIX);
@@ -220,8 +230,7 @@ int cv_config_set(cv_config *cfg, const char *key, const char *value,
     }
     const prop *p = prop_find(key, &idx);
     if (!p) {
-        snprintf(errbuf, errlen, "%s: unknown configuration key \"%s\"", origin,
-                 key);
+        snprintf(errbuf, errlen, "%s: unknown configuration key \"%s\"", origin, key);
         return -EINVAL;
     }
     int r = validate(p, value, origin, errbuf, errlen);
@@ -246,8 +255,7 @@ static char *trim(char *s) {
     return s;
 }
 
-int cv_config_load_file(cv_config *cfg, const char *path, char *errbuf,
-                        size_t errlen) {
+int cv_config_load_file(cv_config *cfg, const char *path, char *errbuf, size_t errlen) {
     FILE *f = fopen(path, "r");
     if (!f) {
         snprintf(errbuf, errlen, "%s: cannot read config file: %s", path,
@@ -270,8 +278,8 @@ int cv_config_load_file(cv_config *cfg, const char *path, char *errbuf,
             continue;
         char *eq = strchr(s, '=');
         if (!eq) {
-            snprintf(errbuf, errlen, "%s: expected \"key = value\", got \"%s\"",
-                     origin, s);
+            snprintf(errbuf, errlen, "%s: expected \"key = value\", got \"%s\"", origin,
+                     s);
             r = -EINVAL;
             break;
         }
@@ -326,8 +334,7 @@ static int env_to_key(const char *name, char *out, size_t outlen) {
     return -ENOENT;
 }
 
-int cv_config_load_env(cv_config *cfg, char *const *envp, char *errbuf,
-                       size_t errlen) {
+int cv_config_load_env(cv_config *cfg, char *const *envp, char *errbuf, size_t errlen) {
     for (char *const *e = envp; e && *e; e++) {
         if (strncmp(*e, ENV_PREFIX, strlen(ENV_PREFIX)) != 0)
             continue;
@@ -345,8 +352,7 @@ int cv_config_load_env(cv_config *cfg, char *const *envp, char *errbuf,
         snprintf(origin, sizeof(origin), "environment %s%s", ENV_PREFIX, name);
         if (env_to_key(name, key, sizeof(key)) < 0) {
             snprintf(errbuf, errlen,
-                     "%s: unknown configuration variable (no key matches it)",
-                     origin);
+                     "%s: unknown configuration variable (no key matches it)", origin);
             return -EINVAL;
         }
         int r = cv_config_set(cfg, key, eq + 1, origin, errbuf, errlen);
@@ -402,15 +408,15 @@ void cv_config_print_help(FILE *out) {
                  "or --set key=value):\n");
     for (size_t i = 0; i < NPROPS; i++) {
         const prop *p = &props[i];
-        fprintf(out, "  %-24s %s\n  %-24s default: %s%s%s\n", p->name, p->desc,
-                "", *p->def ? p->def : "(empty)",
-                p->type == PROP_ENUM ? "; one of " : "",
+        fprintf(out, "  %-24s %s\n  %-24s default: %s%s%s\n", p->name, p->desc, "",
+                *p->def ? p->def : "(empty)", p->type == PROP_ENUM ? "; one of " : "",
                 p->type == PROP_ENUM ? p->choices : "");
     }
-    fprintf(out, "  %-24s passed to librdkafka unchanged, e.g. "
-                 "kafka.bootstrap.servers\n"
-                 "  %-24s (`embedded` starts a mock cluster in the process); "
-                 "kafka.group.id defaults to chatvault\n",
+    fprintf(out,
+            "  %-24s passed to librdkafka unchanged, e.g. "
+            "kafka.bootstrap.servers\n"
+            "  %-24s (`embedded` starts a mock cluster in the process); "
+            "kafka.group.id defaults to chatvault\n",
             "kafka.*", "");
 }
 
@@ -423,15 +429,14 @@ void cv_config_print_example(FILE *out) {
                  "kafka.group.id = chatvault\n");
     for (size_t i = 0; i < NPROPS; i++) {
         const prop *p = &props[i];
-        fprintf(out, "\n# %s%s%s%s\n%s = %s\n", p->desc,
-                p->type == PROP_ENUM ? " (" : "",
-                p->type == PROP_ENUM ? p->choices : "",
-                p->type == PROP_ENUM ? ")" : "", p->name, p->def);
+        fprintf(out, "\n# %s%s%s%s\n%s = %s\n", p->desc, p->type == PROP_ENUM ? " (" : "",
+                p->type == PROP_ENUM ? p->choices : "", p->type == PROP_ENUM ? ")" : "",
+                p->name, p->def);
     }
 }
 
-int cv_config_build(const cv_cli_config *cli, char *const *envp,
-                    cv_config **ret_cfg, char *errbuf, size_t errlen) {
+int cv_config_build(const cv_cli_config *cli, char *const *envp, cv_config **ret_cfg,
+                    char *errbuf, size_t errlen) {
     cv_config *cfg = cv_config_new();
     if (!cfg) {
         snprintf(errbuf, errlen, "out of memory");

@@ -10,9 +10,9 @@
 #ifndef CV_CONFIG_H
 #define CV_CONFIG_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
-#include <stddef.h>
 
 typedef struct cv_config cv_config;
 
@@ -22,16 +22,14 @@ cv_config *cv_config_free(cv_config *cfg);
 
 /* Sets one key. `origin` says where the value came from ("file.conf:12",
  * "--set", "env CHATVAULT_X") and is used in the error message. */
-int cv_config_set(cv_config *cfg, const char *key, const char *value,
-                  const char *origin, char *errbuf, size_t errlen);
+int cv_config_set(cv_config *cfg, const char *key, const char *value, const char *origin,
+                  char *errbuf, size_t errlen);
 
 /* Reads a file of `key = value` lines; `#` starts a comment. */
-int cv_config_load_file(cv_config *cfg, const char *path, char *errbuf,
-                        size_t errlen);
+int cv_config_load_file(cv_config *cfg, const char *path, char *errbuf, size_t errlen);
 
 /* Applies every CHATVAULT_* variable of `envp` except CHATVAULT_CONFIG. */
-int cv_config_load_env(cv_config *cfg, char *const *envp, char *errbuf,
-                       size_t errlen);
+int cv_config_load_env(cv_config *cfg, char *const *envp, char *errbuf, size_t errlen);
 
 /* Value of a table key (never NULL for a key in the table; the default when
  * unset). Asking for a key not in the table aborts: it is a programming
@@ -60,7 +58,7 @@ typedef struct cv_cli_config {
 
 /* Builds the config from file (cli->path, else $CHATVAULT_CONFIG, else none),
  * environment and --set flags. On failure returns -EINVAL with errbuf set. */
-int cv_config_build(const cv_cli_config *cli, char *const *envp,
-                    cv_config **ret_cfg, char *errbuf, size_t errlen);
+int cv_config_build(const cv_cli_config *cli, char *const *envp, cv_config **ret_cfg,
+                    char *errbuf, size_t errlen);
 
 #endif

@@ -15,8 +15,7 @@ struct cv_devkafka {
     rd_kafka_mock_cluster_t *mcluster;
 };
 
-int cv_devkafka_start(int nbrokers, cv_devkafka **ret, char *errbuf,
-                      size_t errlen) {
+int cv_devkafka_start(int nbrokers, cv_devkafka **ret, char *errbuf, size_t errlen) {
     char kerr[512];
     cv_devkafka *dk = calloc(1, sizeof(*dk));
     if (!dk) {
@@ -55,8 +54,8 @@ int cv_devkafka_create_topic(cv_devkafka *dk, const char *topic, int partitions,
     rd_kafka_resp_err_t err =
         rd_kafka_mock_topic_create(dk->mcluster, topic, partitions, 1);
     if (err) {
-        snprintf(errbuf, errlen, "cannot create topic %s with %d partitions: %s",
-                 topic, partitions, rd_kafka_err2str(err));
+        snprintf(errbuf, errlen, "cannot create topic %s with %d partitions: %s", topic,
+                 partitions, rd_kafka_err2str(err));
         return -EINVAL;
     }
     return 0;

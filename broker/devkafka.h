@@ -11,8 +11,7 @@
 
 typedef struct cv_devkafka cv_devkafka;
 
-int cv_devkafka_start(int nbrokers, cv_devkafka **ret, char *errbuf,
-                      size_t errlen);
+int cv_devkafka_start(int nbrokers, cv_devkafka **ret, char *errbuf, size_t errlen);
 /* "127.0.0.1:port,..." — valid until cv_devkafka_free. */
 const char *cv_devkafka_bootstraps(const cv_devkafka *dk);
 int cv_devkafka_create_topic(cv_devkafka *dk, const char *topic, int partitions,

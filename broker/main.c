@@ -9,17 +9,21 @@
 
 static const cv_command commands[] = {
     {"broker", cv_cmd_broker, "run the daemon: consume, persist, ack, commit"},
-    {"dev-kafka", cv_cmd_dev_kafka, "run a standalone mock Kafka cluster for trying chatvault"},
+    {"dev-kafka", cv_cmd_dev_kafka,
+     "run a standalone mock Kafka cluster for trying chatvault"},
     {"migrate", cv_cmd_migrate, "create or upgrade the PostgreSQL schema"},
     {"send", cv_cmd_send, "publish chat messages, optionally waiting for their acks"},
     {"config", cv_cmd_config, "print the configuration reference or an example file"},
     {"log", cv_cmd_log, "list, print (cat) and check the encrypted log"},
     {"keygen", cv_cmd_keygen, "add a key to the encrypted log's key file"},
-    {"replay", cv_cmd_replay, "re-deliver stored messages to Kafka from PostgreSQL or the log"},
+    {"replay", cv_cmd_replay,
+     "re-deliver stored messages to Kafka from PostgreSQL or the log"},
     {"export", cv_cmd_export, "write selected messages to JSON Lines with a manifest"},
     {"import", cv_cmd_import, "load an export file into PostgreSQL, idempotently"},
-    {"verify", cv_cmd_verify, "prove PostgreSQL and the log agree; --repair fills each from the other"},
-    {"lag", cv_cmd_lag, "show the ack lag and status of every channel from a running broker"},
+    {"verify", cv_cmd_verify,
+     "prove PostgreSQL and the log agree; --repair fills each from the other"},
+    {"lag", cv_cmd_lag,
+     "show the ack lag and status of every channel from a running broker"},
 };
 
 static void usage(FILE *out) {

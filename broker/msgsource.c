@@ -11,9 +11,9 @@
 #include <string.h>
 
 #include "applog.h"
-#include "cli.h"
 #include "arena.h"
 #include "chatvault.pb-c.h"
+#include "cli.h"
 #include "pgmigrate.h"
 #include "pgread.h"
 #include "util.h"

@@ -4,8 +4,8 @@
 #include "acker.h"
 
 #include <errno.h>
-#include <stdbool.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +27,7 @@ typedef struct retry {
 
 struct cv_acker {
     rd_kafka_t *rk;
-    rd_kafka_conf_t *conf;       /* a copy, to build a new producer from */
+    rd_kafka_conf_t *conf; /* a copy, to build a new producer from */
     int64_t restarts;
     char *ack_topic, *dlq_topic, *prefix;
     retry *retries, **retries_tail;
@@ -82,9 +82,9 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     (void)rk;
 }
 
-int cv_acker_new(rd_kafka_conf_t *conf, const char *ack_topic,
-                 const char *dlq_topic, const char *topic_prefix,
-                 cv_acker **ret_acker, char *errbuf, size_t errlen) {
+int cv_acker_new(rd_kafka_conf_t *conf, const char *ack_topic, const char *dlq_topic,
+                 const char *topic_prefix, cv_acker **ret_acker, char *errbuf,
+                 size_t errlen) {
     cv_acker *a = calloc(1, sizeof(*a));
     if (!a || !(a->ack_topic = strdup(ack_topic)) ||
         !(a->dlq_topic = strdup(dlq_topic)) || !(a->prefix = strdup(topic_prefix))) {
@@ -138,11 +138,17 @@ cv_acker *cv_acker_free(cv_acker *a, int timeout_ms) {
     return NULL;
 }
 
-rd_kafka_t *cv_acker_handle(cv_acker *a) { return a->rk; }
+rd_kafka_t *cv_acker_handle(cv_acker *a) {
+    return a->rk;
+}
 
-rd_kafka_resp_err_t cv_acker_last_error(const cv_acker *a) { return a->last_error; }
+rd_kafka_resp_err_t cv_acker_last_error(const cv_acker *a) {
+    return a->last_error;
+}
 
-int64_t cv_acker_restarts(const cv_acker *a) { return a->restarts; }
+int64_t cv_acker_restarts(const cv_acker *a) {
+    return a->restarts;
+}
 
 /* An idempotent producer that hit a fatal error (a broken sequence after
  * faults, say) refuses every message from then on. Its undelivered messages
@@ -175,25 +181,22 @@ static bool restart_if_fatal(cv_acker *a) {
 /* Produces one message, serving delivery reports while the queue is full.
  * `headers` is taken over on success. */
 static rd_kafka_resp_err_t produce(cv_acker *a, const char *topic, const void *key,
-                                   size_t key_len, const void *value,
-                                   size_t value_len, rd_kafka_headers_t *headers,
-                                   cv_ack_ticket *t) {
+                                   size_t key_len, const void *value, size_t value_len,
+                                   rd_kafka_headers_t *headers, cv_ack_ticket *t) {
     for (;;) {
         rd_kafka_resp_err_t err;
         if (headers)
             err = rd_kafka_producev(
-                a->rk, RD_KAFKA_V_TOPIC(topic),
-                RD_KAFKA_V_KEY((void *)key, key_len),
+                a->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY((void *)key, key_len),
                 RD_KAFKA_V_VALUE((void *)value, value_len),
-                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_OPAQUE(t), RD_KAFKA_V_END);
+                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(headers),
+                RD_KAFKA_V_OPAQUE(t), RD_KAFKA_V_END);
         else
-            err = rd_kafka_producev(
-                a->rk, RD_KAFKA_V_TOPIC(topic),
-                RD_KAFKA_V_KEY((void *)key, key_len),
-                RD_KAFKA_V_VALUE((void *)value, value_len),
-                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(t),
-                RD_KAFKA_V_END);
+            err = rd_kafka_producev(a->rk, RD_KAFKA_V_TOPIC(topic),
+                                    RD_KAFKA_V_KEY((void *)key, key_len),
+                                    RD_KAFKA_V_VALUE((void *)value, value_len),
+                                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                    RD_KAFKA_V_OPAQUE(t), RD_KAFKA_V_END);
         if (err == RD_KAFKA_RESP_ERR__FATAL && restart_if_fatal(a))
             continue;
         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
@@ -256,8 +259,7 @@ static rd_kafka_headers_t *dlq_headers(const cv_rec *rec) {
     rd_kafka_header_add(h, "__connect.errors.offset", -1, off, -1);
     rd_kafka_header_add(h, "__connect.errors.exception.class.name", -1,
                         "chatvault.Rejected", -1);
-    rd_kafka_header_add(h, "__connect.errors.exception.message", -1,
-                        rec->env.error, -1);
+    rd_kafka_header_add(h, "__connect.errors.exception.message", -1, rec->env.error, -1);
     rd_kafka_header_add(h, "__connect.errors.stage", -1, reason, -1);
     return h;
 }
@@ -270,8 +272,8 @@ static const char *ack_key(const cv_acker *a, const cv_rec *rec) {
     return strncmp(rec->topic, a->prefix, n) == 0 ? rec->topic + n : rec->topic;
 }
 
-int cv_acker_send(cv_acker *a, const cv_rec *recs, size_t n,
-                  cv_ack_ticket *t, char *errbuf, size_t errlen) {
+int cv_acker_send(cv_acker *a, const cv_rec *recs, size_t n, cv_ack_ticket *t,
+                  char *errbuf, size_t errlen) {
     unsigned char buf[ACK_MAX_BYTES];
     for (size_t i = 0; i < n; i++) {
         const cv_rec *rec = &recs[i];
@@ -284,8 +286,8 @@ int cv_acker_send(cv_acker *a, const cv_rec *recs, size_t n,
             if (err) {
                 t->outstanding--;
                 rd_kafka_headers_destroy(h);
-                snprintf(errbuf, errlen, "kafka: producing to %s: %s",
-                         a->dlq_topic, rd_kafka_err2str(err));
+                snprintf(errbuf, errlen, "kafka: producing to %s: %s", a->dlq_topic,
+                         rd_kafka_err2str(err));
                 return -EIO;
             }
             if (!rejected_has_id(rec))
@@ -293,15 +295,14 @@ int cv_acker_send(cv_acker *a, const cv_rec *recs, size_t n,
         }
         size_t len = cv_acker_encode(rec, buf, sizeof(buf));
         if (len == 0) {
-            snprintf(errbuf, errlen, "ack of %s/%" PRId32 "@%" PRId64
-                     " does not fit in %d bytes", rec->topic, rec->partition,
-                     rec->offset, ACK_MAX_BYTES);
+            snprintf(errbuf, errlen,
+                     "ack of %s/%" PRId32 "@%" PRId64 " does not fit in %d bytes",
+                     rec->topic, rec->partition, rec->offset, ACK_MAX_BYTES);
             return -EMSGSIZE;
         }
         const Chatvault__V1__ChatMessage *m = rec->env.msg;
-        const char *topic = cv_rec_valid(rec) && m->reply_to && *m->reply_to
-                                ? m->reply_to
-                                : a->ack_topic;
+        const char *topic =
+            cv_rec_valid(rec) && m->reply_to && *m->reply_to ? m->reply_to : a->ack_topic;
         const char *key = ack_key(a, rec);
         t->outstanding++;
         err = produce(a, topic, key, strlen(key), buf, len, NULL, t);
@@ -326,9 +327,8 @@ void cv_acker_poll(cv_acker *a, int timeout_ms) {
     a->retry_at_ms = 0;
     for (retry *r = list, *next; r; r = next) {
         next = r->next;
-        rd_kafka_resp_err_t err =
-            produce(a, r->topic, r->key, r->key_len, r->value, r->value_len,
-                    r->headers, r->ticket);
+        rd_kafka_resp_err_t err = produce(a, r->topic, r->key, r->key_len, r->value,
+                                          r->value_len, r->headers, r->ticket);
         if (err) {
             /* Still failing to enqueue: keep it for the next round. */
             r->next = NULL;

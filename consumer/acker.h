@@ -23,21 +23,21 @@ typedef struct cv_acker cv_acker;
 typedef struct cv_ack_ticket {
     int64_t outstanding;
     int64_t delivered;
-    int64_t failures;        /* deliveries that failed and were retried */
+    int64_t failures; /* deliveries that failed and were retried */
 } cv_ack_ticket;
 
 /* `conf` is taken over (also on failure). */
-int cv_acker_new(rd_kafka_conf_t *conf, const char *ack_topic,
-                 const char *dlq_topic, const char *topic_prefix,
-                 cv_acker **ret_acker, char *errbuf, size_t errlen);
+int cv_acker_new(rd_kafka_conf_t *conf, const char *ack_topic, const char *dlq_topic,
+                 const char *topic_prefix, cv_acker **ret_acker, char *errbuf,
+                 size_t errlen);
 /* Flushes what it can within `timeout_ms`, then frees. Accepts NULL. */
 cv_acker *cv_acker_free(cv_acker *acker, int timeout_ms);
 
 /* Produces the acks (and DLQ records) of `recs`, counting them into
  * `ticket`. Records must have their status set. Never blocks for long: when
  * the local queue is full it serves delivery reports and tries again. */
-int cv_acker_send(cv_acker *acker, const cv_rec *recs, size_t n,
-                  cv_ack_ticket *ticket, char *errbuf, size_t errlen);
+int cv_acker_send(cv_acker *acker, const cv_rec *recs, size_t n, cv_ack_ticket *ticket,
+                  char *errbuf, size_t errlen);
 
 /* Serves delivery reports and re-produces failed deliveries whose pause
  * has passed. Waits at most `timeout_ms`. */

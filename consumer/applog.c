@@ -149,13 +149,13 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <pthread.h>
-#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -201,8 +201,7 @@ static uint16_t rd16(const unsigned char *p) {
     return (uint16_t)((p[0] << 8) | p[1]);
 }
 static uint32_t rd32(const unsigned char *p) {
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
-           ((uint32_t)p[2] << 8) | p[3];
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 static uint64_t rd64(const unsigned char *p) {
     return ((uint64_t)rd32(p) << 32) | rd32(p + 4);
@@ -221,17 +220,17 @@ static void crc_init_table(void) {
     }
     for (uint32_t i = 0; i < 256; i++)
         for (int t = 1; t < 8; t++)
-            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^
-                              crc_table[0][crc_table[t - 1][i] & 0xff];
+            crc_table[t][i] =
+                (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xff];
 }
 
 static uint32_t crc32c_sw(const unsigned char *p, size_t n) {
     uint32_t c = 0xffffffffu;
     while (n >= 8) {
-        uint32_t lo = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 |
-                           (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
-        uint32_t hi = (uint32_t)p[4] | (uint32_t)p[5] << 8 |
-                      (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
+        uint32_t lo = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                           (uint32_t)p[3] << 24);
+        uint32_t hi = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 |
+                      (uint32_t)p[7] << 24;
         c = crc_table[7][lo & 0xff] ^ crc_table[6][(lo >> 8) & 0xff] ^
             crc_table[5][(lo >> 16) & 0xff] ^ crc_table[4][lo >> 24] ^
             crc_table[3][hi & 0xff] ^ crc_table[2][(hi >> 8) & 0xff] ^
@@ -245,8 +244,8 @@ static uint32_t crc32c_sw(const unsigned char *p, size_t n) {
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target("sse4.2"))) static uint32_t
-crc32c_hw(const unsigned char *p, size_t n) {
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(const unsigned char *p,
+                                                            size_t n) {
     uint64_t c = 0xffffffffu;
     while (n >= 8) {
         uint64_t v;
@@ -305,8 +304,8 @@ typedef struct seghdr {
     char topic[256];
     size_t topic_len;
     char writer_name[WRITER_NAME_MAX + 1];
-    unsigned char hash[DIGEST]; /* HH */
-    bool repair;                /* magic HDR_MAGIC_REPAIR */
+    unsigned char hash[DIGEST];   /* HH */
+    bool repair;                  /* magic HDR_MAGIC_REPAIR */
     unsigned char bridge[DIGEST]; /* repair segments only */
 } seghdr;
 
@@ -421,8 +420,8 @@ static void chain_next(unsigned char *out, const unsigned char *prev,
 }
 
 /* Checks magic, length and CRC of the frame at pos; returns NULL or why. */
-static const char *frame_check(const unsigned char *map, size_t size,
-                               size_t pos, uint32_t *ret_len) {
+static const char *frame_check(const unsigned char *map, size_t size, size_t pos,
+                               uint32_t *ret_len) {
     if (size - pos < FRAME_HDR)
         return "short frame (file ends inside a frame header)";
     const unsigned char *f = map + pos;
@@ -446,12 +445,12 @@ typedef struct seg {
     unsigned char *map;
     size_t size;
     seghdr h;
-    size_t pos;        /* next frame */
-    uint64_t index;    /* next record index */
-    uint32_t batch;    /* batch of the last good frame; 0 before the first */
+    size_t pos;     /* next frame */
+    uint64_t index; /* next record index */
+    uint32_t batch; /* batch of the last good frame; 0 before the first */
     unsigned char chain[DIGEST];
     int64_t last_offset;
-    uint64_t last_pos; /* position of the last good frame */
+    uint64_t last_pos;                  /* position of the last good frame */
     unsigned char subkey[CV_KEY_BYTES]; /* set by the caller that decrypts */
 } seg;
 
@@ -514,8 +513,7 @@ static bool seg_tail_is_torn(const seg *s, size_t at) {
         return false; /* batch 1 is made atomic by the rename */
     size_t q = at + 1;
     while (q + FRAME_HDR <= s->size) {
-        const unsigned char *m =
-            memmem(s->map + q, s->size - q, FRAME_MAGIC, 4);
+        const unsigned char *m = memmem(s->map + q, s->size - q, FRAME_MAGIC, 4);
         if (!m)
             break;
         q = (size_t)(m - s->map);
@@ -545,17 +543,15 @@ enum { NEXT_DAMAGE = 1, NEXT_AUTH, NEXT_NOKEY };
 /* Reads the next record. key NULL: no decryption. plain receives the
  * plaintext. Returns 1, 0 at the end, or -CV_ECORRUPT / -EBADMSG with
  * errbuf set and *ret_at the failing position. */
-static int seg_next(seg *s, const unsigned char *key, cv_buf *plain,
-                    rawrec *out, uint64_t *ret_at, char *errbuf,
-                    size_t errlen) {
+static int seg_next(seg *s, const unsigned char *key, cv_buf *plain, rawrec *out,
+                    uint64_t *ret_at, char *errbuf, size_t errlen) {
     if (s->pos == s->size)
         return 0;
     *ret_at = s->pos;
     uint32_t len;
     const char *why = frame_check(s->map, s->size, s->pos, &len);
     if (why) {
-        errf(errbuf, errlen, "log segment %s at byte %zu: %s", s->path, s->pos,
-             why);
+        errf(errbuf, errlen, "log segment %s at byte %zu: %s", s->path, s->pos, why);
         return -CV_ECORRUPT;
     }
     const unsigned char *f = s->map + s->pos;
@@ -564,16 +560,15 @@ static int seg_next(seg *s, const unsigned char *key, cv_buf *plain,
     int64_t offset = (int64_t)rd64(f + 24);
     if (index != s->index) {
         errf(errbuf, errlen,
-             "log segment %s at byte %zu: record index %" PRIu64
-             " where %" PRIu64 " was expected (record dropped or moved)",
+             "log segment %s at byte %zu: record index %" PRIu64 " where %" PRIu64
+             " was expected (record dropped or moved)",
              s->path, s->pos, index, s->index);
         return -CV_ECORRUPT;
     }
     if (batch < s->batch || batch == 0 || (s->batch == 0 && batch != 1)) {
         errf(errbuf, errlen,
-             "log segment %s at byte %zu: batch number %" PRIu32
-             " out of order",
-             s->path, s->pos, batch);
+             "log segment %s at byte %zu: batch number %" PRIu32 " out of order", s->path,
+             s->pos, batch);
         return -CV_ECORRUPT;
     }
     if (s->index == 0 ? offset != s->h.first_offset : offset <= s->last_offset) {
@@ -588,8 +583,7 @@ static int seg_next(seg *s, const unsigned char *key, cv_buf *plain,
     out->timestamp_ms = -1;
     out->partition = s->h.partition;
     if (key) {
-        unsigned char ad[AD_BYTES],
-            nonce[crypto_aead_chacha20poly1305_ietf_NPUBBYTES];
+        unsigned char ad[AD_BYTES], nonce[crypto_aead_chacha20poly1305_ietf_NPUBBYTES];
         build_ad(ad, s->h.hash, f, s->pos, s->chain);
         build_nonce(nonce, index);
         size_t plen = len - FRAME_HDR - TAG_BYTES;
@@ -660,8 +654,8 @@ static void free_names(char **names, size_t n) {
 
 /* Sorted names of the files in dir ending in suffix (segment-named). A
  * missing directory holds none. */
-static int list_names(const char *dir, const char *suffix, char ***ret,
-                      size_t *ret_n, char *errbuf, size_t errlen) {
+static int list_names(const char *dir, const char *suffix, char ***ret, size_t *ret_n,
+                      char *errbuf, size_t errlen) {
     DIR *d = opendir(dir);
     if (!d) {
         if (errno == ENOENT) {
@@ -726,8 +720,8 @@ static bool is_repair_dir(const char *path) {
 
 /* Sorted names of the repair directories inside a partition directory (a
  * missing directory holds none). */
-static int list_repair_dirs(const char *dir, char ***ret, size_t *ret_n,
-                            char *errbuf, size_t errlen) {
+static int list_repair_dirs(const char *dir, char ***ret, size_t *ret_n, char *errbuf,
+                            size_t errlen) {
     *ret = NULL;
     *ret_n = 0;
     DIR *d = opendir(dir);
@@ -778,7 +772,7 @@ typedef struct pdir {
     size_t nseg, iseg;
     seg cur;
     bool open;
-    bool any; /* a segment was read: chain/last_offset/topic are set */
+    bool any;    /* a segment was read: chain/last_offset/topic are set */
     bool repair; /* a repair directory: its segments must be repair ones */
     unsigned char chain[DIGEST];
     int64_t last_offset;
@@ -830,8 +824,8 @@ static int pdir_init(pdir *d, const char *dir, const cv_keyring *keys,
     return 0;
 }
 
-static bool reader_bridged(struct cv_applog_reader *r, const pdir *d,
-                           const seghdr *h, const char *path);
+static bool reader_bridged(struct cv_applog_reader *r, const pdir *d, const seghdr *h,
+                           const char *path);
 
 static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
     char *path = path_join(d->dir, d->names[d->iseg]);
@@ -851,8 +845,7 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
     else if (h->repair != d->repair)
         why = h->repair ? "repair segment outside a repair directory"
                         : "broker segment inside a repair directory";
-    else if (d->any && (strcmp(h->topic, d->topic) != 0 ||
-                        h->partition != d->partition))
+    else if (d->any && (strcmp(h->topic, d->topic) != 0 || h->partition != d->partition))
         why = "header names another topic-partition than the segments "
               "before it";
     else if (d->any && h->first_offset <= d->last_offset)
@@ -873,8 +866,7 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
         d->key = cv_keyring_get(d->keys, h->key_id);
         if (!d->key) {
             errf(errbuf, errlen,
-                 "log segment %s at byte 12: key id %" PRIu32
-                 " is not in the key file",
+                 "log segment %s at byte 12: key id %" PRIu32 " is not in the key file",
                  d->cur.path, h->key_id);
             seg_close(&d->cur);
             return -ENOKEY;
@@ -967,9 +959,8 @@ struct cv_applog_reader {
 static int collect_bridge(cv_applog_reader *r, const pdir *d, char *errbuf,
                           size_t errlen);
 
-int cv_applog_reader_open(const char *const *dirs, size_t ndirs,
-                          const cv_keyring *keys, cv_applog_reader **ret,
-                          char *errbuf, size_t errlen) {
+int cv_applog_reader_open(const char *const *dirs, size_t ndirs, const cv_keyring *keys,
+                          cv_applog_reader **ret, char *errbuf, size_t errlen) {
     int r = lib_init(errbuf, errlen);
     if (r < 0)
         return r;
@@ -1021,8 +1012,8 @@ out:
     return 0;
 }
 
-static bool reader_bridged(struct cv_applog_reader *r, const pdir *d,
-                           const seghdr *h, const char *path) {
+static bool reader_bridged(struct cv_applog_reader *r, const pdir *d, const seghdr *h,
+                           const char *path) {
     for (size_t i = 0; i < r->nbridges; i++)
         if (sodium_memcmp(r->bridges[i].from, d->chain, DIGEST) == 0 &&
             sodium_memcmp(r->bridges[i].to, h->prev_chain, DIGEST) == 0)
@@ -1060,8 +1051,7 @@ static int collect_bridge(cv_applog_reader *r, const pdir *d, char *errbuf,
     free(path);
     if (x < 0)
         return x;
-    if (s.h.repair && s.size > s.h.hlen &&
-        sodium_memcmp(s.h.bridge, zero, DIGEST) != 0) {
+    if (s.h.repair && s.size > s.h.hlen && sodium_memcmp(s.h.bridge, zero, DIGEST) != 0) {
         bridge *nb = realloc(r->bridges, (r->nbridges + 1) * sizeof(*nb));
         if (!nb) {
             seg_close(&s);
@@ -1105,8 +1095,8 @@ static void fill_record(const pdir *d, cv_applog_record *rec) {
     rec->writer_name = s->h.writer_name;
 }
 
-int cv_applog_reader_next(cv_applog_reader *r, cv_applog_record *rec,
-                          char *errbuf, size_t errlen) {
+int cv_applog_reader_next(cv_applog_reader *r, cv_applog_record *rec, char *errbuf,
+                          size_t errlen) {
     if (r->err) {
         errf(errbuf, errlen, "%s", r->errmsg);
         return r->err;
@@ -1149,8 +1139,7 @@ int cv_applog_reader_next(cv_applog_reader *r, cv_applog_record *rec,
             snprintf(r->errmsg, sizeof(r->errmsg),
                      "offset %" PRId64 " differs between log segment %s at "
                      "byte %" PRIu64 " and log segment %s at byte %" PRIu64,
-                     b->rec.offset, b->cur.path, b->rec.pos, d->cur.path,
-                     d->rec.pos);
+                     b->rec.offset, b->cur.path, b->rec.pos, d->cur.path, d->rec.pos);
             r->err = -CV_ECORRUPT;
         }
         if (r->err) {
@@ -1164,8 +1153,8 @@ int cv_applog_reader_next(cv_applog_reader *r, cv_applog_record *rec,
     return 1;
 }
 
-size_t cv_applog_reader_torn(const cv_applog_reader *r, size_t i,
-                             const char **ret_file, uint64_t *ret_pos) {
+size_t cv_applog_reader_torn(const cv_applog_reader *r, size_t i, const char **ret_file,
+                             uint64_t *ret_pos) {
     size_t n = 0;
     for (size_t k = 0; k < r->n; k++) {
         if (!r->dirs[k].torn)
@@ -1194,8 +1183,8 @@ cv_applog_reader *cv_applog_reader_free(cv_applog_reader *r) {
 
 /* ---- listing ---------------------------------------------------------- */
 
-int cv_applog_partition_dir(const char *dir, const char *topic,
-                            int32_t partition, char *buf, size_t len) {
+int cv_applog_partition_dir(const char *dir, const char *topic, int32_t partition,
+                            char *buf, size_t len) {
     int n = snprintf(buf, len, "%s/%s-%" PRId32, dir, topic, partition);
     return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
@@ -1204,8 +1193,8 @@ static int str_cmp(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-int cv_applog_partitions(const char *dir, cv_applog_partition_fn *fn,
-                         void *opaque, char *errbuf, size_t errlen) {
+int cv_applog_partitions(const char *dir, cv_applog_partition_fn *fn, void *opaque,
+                         char *errbuf, size_t errlen) {
     DIR *d = opendir(dir);
     if (!d) {
         int e = errno;
@@ -1248,8 +1237,7 @@ int cv_applog_partitions(const char *dir, cv_applog_partition_fn *fn,
         *dash = '\0';
         struct stat st;
         if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
-            r = fn(opaque, path, names[i],
-                   (int32_t)strtol(dash + 1, NULL, 10));
+            r = fn(opaque, path, names[i], (int32_t)strtol(dash + 1, NULL, 10));
         free(path);
     }
 out:
@@ -1297,8 +1285,7 @@ static int segments_of(const char *dir, bool repair, cv_applog_segment_fn *fn,
         uint64_t at = 0;
         int x;
         char ignored[8];
-        while ((x = seg_next(&s, NULL, &none, &rr, &at, ignored,
-                             sizeof(ignored))) == 1)
+        while ((x = seg_next(&s, NULL, &none, &rr, &at, ignored, sizeof(ignored))) == 1)
             ;
         if (x < 0) {
             si.damaged = true;
@@ -1319,8 +1306,8 @@ static int segments_of(const char *dir, bool repair, cv_applog_segment_fn *fn,
     return r;
 }
 
-int cv_applog_segments(const char *partition_dir, cv_applog_segment_fn *fn,
-                       void *opaque, char *errbuf, size_t errlen) {
+int cv_applog_segments(const char *partition_dir, cv_applog_segment_fn *fn, void *opaque,
+                       char *errbuf, size_t errlen) {
     int r = lib_init(errbuf, errlen);
     if (r < 0)
         return r;
@@ -1331,8 +1318,7 @@ int cv_applog_segments(const char *partition_dir, cv_applog_segment_fn *fn,
         r = list_repair_dirs(partition_dir, &reps, &nrep, errbuf, errlen);
     for (size_t i = 0; i < nrep && r == 0; i++) {
         char *path = path_join(partition_dir, reps[i]);
-        r = path ? segments_of(path, true, fn, opaque, errbuf, errlen)
-                 : -ENOMEM;
+        r = path ? segments_of(path, true, fn, opaque, errbuf, errlen) : -ENOMEM;
         free(path);
     }
     free_names(reps, nrep);
@@ -1363,9 +1349,9 @@ typedef struct wseg {
     uint64_t size, dsize;
     uint64_t nrec, dnrec;
     uint32_t batch, dbatch;
-    cv_buf buf;     /* this append's bytes */
-    uint64_t wpos;  /* file position of buf.data[0] */
-    bool in_batch;  /* touched by the current append */
+    cv_buf buf;    /* this append's bytes */
+    uint64_t wpos; /* file position of buf.data[0] */
+    bool in_batch; /* touched by the current append */
     unsigned char subkey[CV_KEY_BYTES];
 } wseg;
 
@@ -1478,8 +1464,7 @@ cv_applog *cv_applog_free(cv_applog *log) {
     return NULL;
 }
 
-void cv_applog_set_torn_cb(cv_applog *log, cv_applog_torn_fn *fn,
-                           void *opaque) {
+void cv_applog_set_torn_cb(cv_applog *log, cv_applog_torn_fn *fn, void *opaque) {
     log->torn_fn = fn;
     log->torn_opaque = opaque;
 }
@@ -1497,9 +1482,8 @@ static int sys_fsync_dir(cv_applog *log, const char *dir) {
     return r;
 }
 
-int cv_applog_open(const char *dir, const cv_keyring *keys,
-                   uint64_t segment_bytes, cv_applog **ret, char *errbuf,
-                   size_t errlen) {
+int cv_applog_open(const char *dir, const cv_keyring *keys, uint64_t segment_bytes,
+                   cv_applog **ret, char *errbuf, size_t errlen) {
     int r = lib_init(errbuf, errlen);
     if (r < 0)
         return r;
@@ -1508,15 +1492,14 @@ int cv_applog_open(const char *dir, const cv_keyring *keys,
         return -ENOKEY;
     }
     if (segment_bytes < 4096) {
-        errf(errbuf, errlen, "log %s: segment size %" PRIu64
-                             " is below the minimum of 4096 bytes",
-             dir, segment_bytes);
+        errf(errbuf, errlen,
+             "log %s: segment size %" PRIu64 " is below the minimum of 4096 bytes", dir,
+             segment_bytes);
         return -EINVAL;
     }
     if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
         int e = errno;
-        errf(errbuf, errlen, "log directory %s: cannot create: %s", dir,
-             strerror(e));
+        errf(errbuf, errlen, "log directory %s: cannot create: %s", dir, strerror(e));
         return -e;
     }
     struct stat st;
@@ -1543,9 +1526,8 @@ int cv_applog_open(const char *dir, const cv_keyring *keys,
     return 0;
 }
 
-int cv_applog_open_repair(const char *dir, const cv_keyring *keys,
-                          uint64_t segment_bytes, cv_applog **ret,
-                          char *errbuf, size_t errlen) {
+int cv_applog_open_repair(const char *dir, const cv_keyring *keys, uint64_t segment_bytes,
+                          cv_applog **ret, char *errbuf, size_t errlen) {
     cv_applog *log;
     int r = cv_applog_open(dir, keys, segment_bytes, &log, errbuf, errlen);
     if (r < 0)
@@ -1560,11 +1542,11 @@ int cv_applog_open_repair(const char *dir, const cv_keyring *keys,
     return 0;
 }
 
-static int get_part(cv_applog *log, const char *topic, int32_t partition,
-                    part **ret, char *errbuf, size_t errlen);
+static int get_part(cv_applog *log, const char *topic, int32_t partition, part **ret,
+                    char *errbuf, size_t errlen);
 
-int cv_applog_repair_bridge(cv_applog *log, const char *topic,
-                            int32_t partition, const unsigned char *after_chain,
+int cv_applog_repair_bridge(cv_applog *log, const char *topic, int32_t partition,
+                            const unsigned char *after_chain,
                             const unsigned char *next_prev_chain, char *errbuf,
                             size_t errlen) {
     if (!log->repair) {
@@ -1577,8 +1559,7 @@ int cv_applog_repair_bridge(cv_applog *log, const char *topic,
         return r;
     if (p->last >= 0 || p->cur) {
         errf(errbuf, errlen,
-             "log %s: a bridge must come before the session's first record",
-             p->dir);
+             "log %s: a bridge must come before the session's first record", p->dir);
         return -EBUSY;
     }
     memcpy(p->chain, after_chain, DIGEST);
@@ -1587,8 +1568,7 @@ int cv_applog_repair_bridge(cv_applog *log, const char *topic,
     return 0;
 }
 
-static part *find_part(const cv_applog *log, const char *topic,
-                       int32_t partition) {
+static part *find_part(const cv_applog *log, const char *topic, int32_t partition) {
     for (part *p = log->parts; p; p = p->next)
         if (p->partition == partition && strcmp(p->topic, topic) == 0)
             return p;
@@ -1654,21 +1634,18 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
         }
         int rr = sys_fsync_dir(log, parent);
         if (rr < 0) {
-            errf(errbuf, errlen, "log directory %s: fsync: %s", parent,
-                 strerror(-rr));
+            errf(errbuf, errlen, "log directory %s: fsync: %s", parent, strerror(-rr));
             return rr;
         }
     }
     if (mkdir(p->dir, 0700) < 0 && errno != EEXIST) {
         int e = errno;
-        errf(errbuf, errlen, "log directory %s: cannot create: %s", p->dir,
-             strerror(e));
+        errf(errbuf, errlen, "log directory %s: cannot create: %s", p->dir, strerror(e));
         return -e;
     }
     int r = sys_fsync_dir(log, log->dir);
     if (r < 0) {
-        errf(errbuf, errlen, "log directory %s: fsync: %s", log->dir,
-             strerror(-r));
+        errf(errbuf, errlen, "log directory %s: fsync: %s", log->dir, strerror(-r));
         return r;
     }
     p->dirfd = open(p->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -1704,8 +1681,7 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
     free_names(tmps, ntmp);
     if (ntmp && log->sys.fsync(p->dirfd) < 0) {
         r = -errno;
-        errf(errbuf, errlen, "log directory %s: fsync: %s", p->dir,
-             strerror(-r));
+        errf(errbuf, errlen, "log directory %s: fsync: %s", p->dir, strerror(-r));
         return r;
     }
 
@@ -1735,8 +1711,7 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
                      "%s; the partition is not written until this is "
                      "resolved: run `chatvault log check`",
                      msg);
-            part_refuse(p, r == -ENOKEY || r == -EKEYREJECTED ? r : -CV_ECORRUPT,
-                        full);
+            part_refuse(p, r == -ENOKEY || r == -EKEYREJECTED ? r : -CV_ECORRUPT, full);
             pdir_release(&d);
             errf(errbuf, errlen, "%s", full);
             return p->state;
@@ -1745,8 +1720,7 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
             struct stat st;
             int fd = log->sys.open(d.torn_file, O_WRONLY | O_CLOEXEC, 0);
             if (fd < 0 || fstat(fd, &st) < 0 ||
-                log->sys.ftruncate(fd, (off_t)d.torn_pos) < 0 ||
-                log->sys.fsync(fd) < 0) {
+                log->sys.ftruncate(fd, (off_t)d.torn_pos) < 0 || log->sys.fsync(fd) < 0) {
                 r = -errno;
                 errf(errbuf, errlen,
                      "log segment %s: cannot truncate torn tail at byte "
@@ -1792,15 +1766,15 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
     return 0;
 }
 
-static int get_part(cv_applog *log, const char *topic, int32_t partition,
-                    part **ret, char *errbuf, size_t errlen) {
+static int get_part(cv_applog *log, const char *topic, int32_t partition, part **ret,
+                    char *errbuf, size_t errlen) {
     part *p = find_part(log, topic, partition);
     if (!p) {
         size_t tl = strlen(topic);
         if (tl == 0 || tl > 255 || strchr(topic, '/') || topic[0] == '.' ||
             partition < 0) {
-            errf(errbuf, errlen, "log: invalid topic-partition \"%s\"-%" PRId32,
-                 topic, partition);
+            errf(errbuf, errlen, "log: invalid topic-partition \"%s\"-%" PRId32, topic,
+                 partition);
             return -EINVAL;
         }
         p = calloc(1, sizeof(*p));
@@ -1859,8 +1833,7 @@ static size_t find_offset(const int64_t *v, size_t n, int64_t offset) {
 
 /* Fills the disk-lookup cache with every record of the segment that would
  * hold `offset` (frame check and chain only). */
-static int cache_segment(part *p, int64_t offset, char *errbuf,
-                         size_t errlen) {
+static int cache_segment(part *p, int64_t offset, char *errbuf, size_t errlen) {
     pdir d;
     int r = pdir_init(&d, p->dir, NULL, offset, errbuf, errlen);
     size_t seg_index = d.iseg;
@@ -1899,8 +1872,8 @@ static int cache_segment(part *p, int64_t offset, char *errbuf,
 /* The digest of an offset the partition already holds: the in-memory index,
  * else the segment that would hold it (read once into the lookup cache).
  * -ERANGE if not held. */
-static int lookup_digest(cv_applog *log, part *p, int64_t offset,
-                         unsigned char *out, char *errbuf, size_t errlen) {
+static int lookup_digest(cv_applog *log, part *p, int64_t offset, unsigned char *out,
+                         char *errbuf, size_t errlen) {
     size_t i;
     if (p->ilen && offset >= p->ioff[0]) {
         if ((i = find_offset(p->ioff, p->ilen, offset)) < p->ilen) {
@@ -2024,13 +1997,11 @@ static int encode(cv_applog *log, part *p, cv_applog_entry *e) {
     memcpy(pt + PT_FIXED, p->topic, tl);
     if (e->value_len)
         memcpy(pt + PT_FIXED + tl, e->value, e->value_len);
-    unsigned char ad[AD_BYTES],
-        nonce[crypto_aead_chacha20poly1305_ietf_NPUBBYTES];
+    unsigned char ad[AD_BYTES], nonce[crypto_aead_chacha20poly1305_ietf_NPUBBYTES];
     build_ad(ad, w->h.hash, f, pos, p->chain);
     build_nonce(nonce, w->nrec);
     crypto_aead_chacha20poly1305_ietf_encrypt_detached(
-        pt, f + FRAME_HDR + plen, NULL, pt, plen, ad, sizeof(ad), NULL, nonce,
-        w->subkey);
+        pt, f + FRAME_HDR + plen, NULL, pt, plen, ad, sizeof(ad), NULL, nonce, w->subkey);
     cv_be32(f + 4, crc32c(f + 8, len - 8));
     chain_next(p->chain, p->chain, f, len);
     memcpy(e->digest, p->chain, DIGEST);
@@ -2046,12 +2017,10 @@ static int encode(cv_applog *log, part *p, cv_applog_entry *e) {
 static int write_all(cv_applog *log, wseg *w, char *errbuf, size_t errlen) {
     const char *path = w->tmp ? w->tmp : w->path;
     if (w->fd < 0) {
-        w->fd = log->sys.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-                              0600);
+        w->fd = log->sys.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (w->fd < 0) {
             int e = errno;
-            errf(errbuf, errlen, "log segment %s: cannot create: %s", path,
-                 strerror(e));
+            errf(errbuf, errlen, "log segment %s: cannot create: %s", path, strerror(e));
             return -e;
         }
     }
@@ -2063,9 +2032,8 @@ static int write_all(cv_applog *log, wseg *w, char *errbuf, size_t errlen) {
             continue;
         if (n <= 0) {
             int e = n < 0 ? errno : EIO;
-            errf(errbuf, errlen,
-                 "log segment %s: write at byte %" PRIu64 " failed: %s", path,
-                 w->wpos + done, strerror(e));
+            errf(errbuf, errlen, "log segment %s: write at byte %" PRIu64 " failed: %s",
+                 path, w->wpos + done, strerror(e));
             return -e;
         }
         done += (size_t)n;
@@ -2174,8 +2142,7 @@ static int flush_part(cv_applog *log, part *p) {
         if (log->sys.fdatasync(w->fd) < 0) {
             r = -errno;
             snprintf(p->jerr, sizeof(p->jerr),
-                     "log segment %s: fdatasync up to byte %" PRIu64
-                     " failed: %s",
+                     "log segment %s: fdatasync up to byte %" PRIu64 " failed: %s",
                      w->tmp ? w->tmp : w->path, w->size, strerror(-r));
         }
     }
@@ -2186,9 +2153,8 @@ static int flush_part(cv_applog *log, part *p) {
             continue;
         if (log->sys.rename(w->tmp, w->path) < 0) {
             r = -errno;
-            snprintf(p->jerr, sizeof(p->jerr),
-                     "log segment %s: rename from %s: %s", w->path, w->tmp,
-                     strerror(-r));
+            snprintf(p->jerr, sizeof(p->jerr), "log segment %s: rename from %s: %s",
+                     w->path, w->tmp, strerror(-r));
             break;
         }
         free(w->tmp);
@@ -2197,8 +2163,8 @@ static int flush_part(cv_applog *log, part *p) {
     }
     if (r == 0 && renamed && log->sys.fsync(p->dirfd) < 0) {
         r = -errno;
-        snprintf(p->jerr, sizeof(p->jerr), "log directory %s: fsync: %s",
-                 p->dir, strerror(-r));
+        snprintf(p->jerr, sizeof(p->jerr), "log directory %s: fsync: %s", p->dir,
+                 strerror(-r));
     }
     return r;
 }
@@ -2251,8 +2217,7 @@ static void part_job(cv_applog *log, part *p) {
         cv_applog_entry *e = &log->entries[p->jidx[k]];
         part *into = p;
         if (e->offset <= p->last) {
-            r = lookup_digest(log, p, e->offset, e->digest, p->jerr,
-                              sizeof(p->jerr));
+            r = lookup_digest(log, p, e->offset, e->digest, p->jerr, sizeof(p->jerr));
             if (r != -ERANGE || p->repair)
                 continue;
             /* A late record (not held, below the tail). */
@@ -2266,8 +2231,7 @@ static void part_job(cv_applog *log, part *p) {
         }
         if ((r = encode(log, into, e)) < 0)
             snprintf(p->jerr, sizeof(p->jerr),
-                     "log %s: cannot encode offset %" PRId64 ": %s",
-                     into->dir, e->offset,
+                     "log %s: cannot encode offset %" PRId64 ": %s", into->dir, e->offset,
                      r == -EMSGSIZE ? "record too large" : strerror(-r));
     }
     if (r == 0)
@@ -2377,8 +2341,8 @@ static void run_parts(cv_applog *log, part **tp, size_t ntp) {
     pthread_mutex_unlock(&log->mu);
 }
 
-int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n,
-                     char *errbuf, size_t errlen) {
+int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n, char *errbuf,
+                     size_t errlen) {
     int r = 0;
     part **tp = NULL;
     size_t ntp = 0, tpcap = 0;
@@ -2439,9 +2403,8 @@ fail:
     return r < 0 ? r : -EIO;
 }
 
-int cv_applog_positions(const cv_applog *log, const char *topic,
-                        int32_t partition, int64_t *ret_requested,
-                        int64_t *ret_durable) {
+int cv_applog_positions(const cv_applog *log, const char *topic, int32_t partition,
+                        int64_t *ret_requested, int64_t *ret_durable) {
     const part *p = find_part(log, topic, partition);
     if (!p || p->state != 1)
         return -ENOENT;

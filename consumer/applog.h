@@ -42,9 +42,8 @@ typedef struct cv_applog_entry {
  * with the key their header names. Segments roll once they would pass
  * `segment_bytes`. Partitions are opened (and recovered) lazily, on their
  * first append. The caller owns *ret and frees it with cv_applog_free(). */
-int cv_applog_open(const char *dir, const cv_keyring *keys,
-                   uint64_t segment_bytes, cv_applog **ret, char *errbuf,
-                   size_t errlen);
+int cv_applog_open(const char *dir, const cv_keyring *keys, uint64_t segment_bytes,
+                   cv_applog **ret, char *errbuf, size_t errlen);
 
 /* Appends entries (any mix of partitions; each partition's offsets
  * ascending), then fdatasyncs every touched segment ONCE (group commit)
@@ -57,8 +56,8 @@ int cv_applog_open(const char *dir, const cv_keyring *keys,
  * entry below the partition's last offset that the log does not hold is
  * written to the session's repair directory of the partition ("LATE
  * RECORDS" in applog.c), where the reader finds it. */
-int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n,
-                     char *errbuf, size_t errlen);
+int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n, char *errbuf,
+                     size_t errlen);
 
 /* Opens a writer for `chatvault verify --repair`: like cv_applog_open, but
  * every partition it appends to gets a new repair directory
@@ -67,9 +66,8 @@ int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n,
  * the session; they may lie below the partition's own tail. The caller
  * appends only offsets the log lacks: the reader reports an offset whose
  * bytes differ between the partition and a repair directory as damage. */
-int cv_applog_open_repair(const char *dir, const cv_keyring *keys,
-                          uint64_t segment_bytes, cv_applog **ret,
-                          char *errbuf, size_t errlen);
+int cv_applog_open_repair(const char *dir, const cv_keyring *keys, uint64_t segment_bytes,
+                          cv_applog **ret, char *errbuf, size_t errlen);
 
 /* Makes this repair session's directory of topic-partition bridge a lost
  * segment (see REPAIR SEGMENTS in applog.c): its records chain on from
@@ -78,8 +76,8 @@ int cv_applog_open_repair(const char *dir, const cv_keyring *keys,
  * segment after the loss), so the reader accepts the broken link. Both come
  * from a cv_applog_break. Call before the session's first append to that
  * partition (-EBUSY after), on a log from cv_applog_open_repair. */
-int cv_applog_repair_bridge(cv_applog *log, const char *topic,
-                            int32_t partition, const unsigned char *after_chain,
+int cv_applog_repair_bridge(cv_applog *log, const char *topic, int32_t partition,
+                            const unsigned char *after_chain,
                             const unsigned char *next_prev_chain, char *errbuf,
                             size_t errlen);
 
@@ -92,8 +90,7 @@ cv_applog *cv_applog_free(cv_applog *log);
  * that recovery removed. */
 typedef void cv_applog_torn_fn(void *opaque, const char *file, uint64_t pos,
                                uint64_t dropped, const char *why);
-void cv_applog_set_torn_cb(cv_applog *log, cv_applog_torn_fn *fn,
-                           void *opaque);
+void cv_applog_set_torn_cb(cv_applog *log, cv_applog_torn_fn *fn, void *opaque);
 
 /* The system calls that matter for durability, swappable so tests can
  * inject faults (ENOSPC, EIO, short writes). Each has the libc signature and
@@ -116,21 +113,20 @@ void cv_applog_set_syscalls(cv_applog *log, const cv_applog_syscalls *sys);
  * (requested) and the last offset made durable. Both -1 when the partition
  * holds nothing; -ENOENT when this log has not opened the partition. They
  * differ only while an append is in flight or after a failed one. */
-int cv_applog_positions(const cv_applog *log, const char *topic,
-                        int32_t partition, int64_t *ret_requested,
-                        int64_t *ret_durable);
+int cv_applog_positions(const cv_applog *log, const char *topic, int32_t partition,
+                        int64_t *ret_requested, int64_t *ret_durable);
 
 /* Writes "<dir>/<topic>-<partition>" into buf; -ENAMETOOLONG if it does not
  * fit. */
-int cv_applog_partition_dir(const char *dir, const char *topic,
-                            int32_t partition, char *buf, size_t len);
+int cv_applog_partition_dir(const char *dir, const char *topic, int32_t partition,
+                            char *buf, size_t len);
 
 /* Calls fn for every partition directory under `dir` (sorted by name).
  * A nonzero return from fn stops the walk and is returned. */
-typedef int cv_applog_partition_fn(void *opaque, const char *path,
-                                   const char *topic, int32_t partition);
-int cv_applog_partitions(const char *dir, cv_applog_partition_fn *fn,
-                         void *opaque, char *errbuf, size_t errlen);
+typedef int cv_applog_partition_fn(void *opaque, const char *path, const char *topic,
+                                   int32_t partition);
+int cv_applog_partitions(const char *dir, cv_applog_partition_fn *fn, void *opaque,
+                         char *errbuf, size_t errlen);
 
 /* One segment as `chatvault log list` shows it. Records are counted by
  * their frame check (CRC32C) and chain, without decrypting. The partition
@@ -144,7 +140,7 @@ typedef struct cv_applog_segment_info {
     int64_t first_offset, last_offset; /* last is -1 when empty */
     uint64_t records;
     int64_t created_us;
-    bool sealed;        /* a later segment follows; no writer appends here */
+    bool sealed; /* a later segment follows; no writer appends here */
     unsigned char writer_id[CV_APPLOG_WRITER_ID_BYTES];
     const char *writer_name; /* host name of the writing instance */
     bool repair;             /* in a repair directory (verify --repair) */
@@ -153,8 +149,8 @@ typedef struct cv_applog_segment_info {
     uint64_t damaged_at;
 } cv_applog_segment_info;
 typedef int cv_applog_segment_fn(void *opaque, const cv_applog_segment_info *si);
-int cv_applog_segments(const char *partition_dir, cv_applog_segment_fn *fn,
-                       void *opaque, char *errbuf, size_t errlen);
+int cv_applog_segments(const char *partition_dir, cv_applog_segment_fn *fn, void *opaque,
+                       char *errbuf, size_t errlen);
 
 /*
  * The reader: one serves recovery, `log check`, `log cat`, verify and
@@ -190,9 +186,8 @@ typedef struct cv_applog_record {
  * records are checked by frame check and chain only and come back without
  * their value. A directory that does not exist holds nothing. The caller
  * owns *ret and frees it with cv_applog_reader_free(). */
-int cv_applog_reader_open(const char *const *dirs, size_t ndirs,
-                          const cv_keyring *keys, cv_applog_reader **ret,
-                          char *errbuf, size_t errlen);
+int cv_applog_reader_open(const char *const *dirs, size_t ndirs, const cv_keyring *keys,
+                          cv_applog_reader **ret, char *errbuf, size_t errlen);
 
 /* Starts at `offset`: segments that end below it are not read at all (the
  * link of the first segment read to the ones before it is then not
@@ -207,15 +202,15 @@ void cv_applog_reader_skip_to(cv_applog_reader *r, int64_t offset);
  * key id the key ring lacks, -EKEYREJECTED when the ring's key of that id is
  * not the one the segment was written with. After an error the reader only
  * returns the same error. */
-int cv_applog_reader_next(cv_applog_reader *r, cv_applog_record *rec,
-                          char *errbuf, size_t errlen);
+int cv_applog_reader_next(cv_applog_reader *r, cv_applog_record *rec, char *errbuf,
+                          size_t errlen);
 
 /* A partition segment that does not chain to the one before it, where no
  * repair bridges the link: a segment between them was removed or lost. */
 typedef struct cv_applog_break {
-    const char *file;      /* the segment whose link is broken */
-    int64_t after_offset;  /* the last offset before it */
-    int64_t next_offset;   /* its first offset */
+    const char *file;     /* the segment whose link is broken */
+    int64_t after_offset; /* the last offset before it */
+    int64_t next_offset;  /* its first offset */
     unsigned char after_chain[CV_APPLOG_DIGEST_BYTES];
     unsigned char next_prev_chain[CV_APPLOG_DIGEST_BYTES];
 } cv_applog_break;
@@ -224,15 +219,14 @@ typedef void cv_applog_break_fn(void *opaque, const cv_applog_break *b);
 /* With fn set, a broken link is reported to fn and reading goes on instead
  * of failing with -CV_ECORRUPT (for verify, which reports the lost range
  * and bridges it in --repair). Call before the first next(). */
-void cv_applog_reader_on_break(cv_applog_reader *r, cv_applog_break_fn *fn,
-                               void *opaque);
+void cv_applog_reader_on_break(cv_applog_reader *r, cv_applog_break_fn *fn, void *opaque);
 
 /* A torn tail found at the end of a directory's last segment is not an
  * error (a writer crashed there or is writing there now). Returns the
  * number of such tails seen so far; with i below it, fills file and byte
  * offset of the i-th. */
-size_t cv_applog_reader_torn(const cv_applog_reader *r, size_t i,
-                             const char **ret_file, uint64_t *ret_pos);
+size_t cv_applog_reader_torn(const cv_applog_reader *r, size_t i, const char **ret_file,
+                             uint64_t *ret_pos);
 
 cv_applog_reader *cv_applog_reader_free(cv_applog_reader *r);
 

@@ -21,8 +21,12 @@ struct cv_arena {
     ProtobufCAllocator pb;
 };
 
-static void *pb_alloc(void *ctx, size_t n) { return cv_arena_alloc(ctx, n); }
-static void pb_free(void *ctx, void *p) { (void)ctx, (void)p; }
+static void *pb_alloc(void *ctx, size_t n) {
+    return cv_arena_alloc(ctx, n);
+}
+static void pb_free(void *ctx, void *p) {
+    (void)ctx, (void)p;
+}
 
 cv_arena *cv_arena_new(size_t limit) {
     cv_arena *a = calloc(1, sizeof(*a));
@@ -92,6 +96,10 @@ void cv_arena_reset(cv_arena *a) {
     a->total = c->size;
 }
 
-size_t cv_arena_refused(const cv_arena *a) { return a->refused; }
+size_t cv_arena_refused(const cv_arena *a) {
+    return a->refused;
+}
 
-ProtobufCAllocator *cv_arena_protobuf(cv_arena *a) { return &a->pb; }
+ProtobufCAllocator *cv_arena_protobuf(cv_arena *a) {
+    return &a->pb;
+}

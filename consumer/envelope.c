@@ -29,8 +29,8 @@ const char *cv_reject_reason_name(cv_reject_reason r) {
 }
 
 static bool channel_char(unsigned char c) {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-           (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '_' || c == '-';
 }
 
 static bool name_chars(const char *s, size_t len) {
@@ -51,8 +51,7 @@ bool cv_topic_name_valid(const char *s) {
            strcmp(s, "..") != 0 && name_chars(s, len);
 }
 
-const char *cv_envelope_topic_channel(const cv_envelope_rules *rules,
-                                      const char *topic) {
+const char *cv_envelope_topic_channel(const cv_envelope_rules *rules, const char *topic) {
     size_t n = strlen(rules->topic_prefix);
     if (strncmp(topic, rules->topic_prefix, n) != 0)
         return NULL;
@@ -70,7 +69,9 @@ static int reject(cv_envelope *env, cv_reject_reason r, const char *fmt, ...) {
     return -CV_EREJECT;
 }
 
-static bool text_ok(const char *s) { return !s || cv_utf8_valid(s, strlen(s)); }
+static bool text_ok(const char *s) {
+    return !s || cv_utf8_valid(s, strlen(s));
+}
 
 /* Reads a varint at *p (bounded by end); false when it does not fit. */
 static bool wire_varint(const unsigned char **p, const unsigned char *end,
@@ -136,8 +137,7 @@ static unsigned wire_string_has_nul(const unsigned char *p, const unsigned char 
 }
 
 int cv_envelope_decode(const cv_envelope_rules *rules, const char *topic,
-                       const void *value, size_t len, cv_arena *arena,
-                       cv_envelope *env) {
+                       const void *value, size_t len, cv_arena *arena, cv_envelope *env) {
     env->msg = NULL;
     env->reason = CV_REJECT_NONE;
     env->id_unreadable = false;
@@ -152,8 +152,8 @@ int cv_envelope_decode(const cv_envelope_rules *rules, const char *topic,
     if (!value && len == 0)
         return reject(env, CV_REJECT_DECODE, "empty record value (tombstone)");
     size_t refused = cv_arena_refused(arena);
-    Chatvault__V1__ChatMessage *m = chatvault__v1__chat_message__unpack(
-        cv_arena_protobuf(arena), len, value);
+    Chatvault__V1__ChatMessage *m =
+        chatvault__v1__chat_message__unpack(cv_arena_protobuf(arena), len, value);
     if (!m && cv_arena_refused(arena) != refused)
         return -ENOMEM;
     if (!m)
@@ -161,7 +161,7 @@ int cv_envelope_decode(const cv_envelope_rules *rules, const char *topic,
                       "value is not a chatvault.v1.ChatMessage (%zu bytes)", len);
     env->msg = m;
     static const char *const field_names[] = {
-        [1] = "message_id", [2] = "channel", [3] = "sender_id",
+        [1] = "message_id",   [2] = "channel",      [3] = "sender_id",
         [6] = "content_type", [7] = "an attribute", [8] = "reply_to"};
     unsigned nul = wire_string_has_nul(value, (const unsigned char *)value + len, 0);
     if (nul) {
@@ -175,33 +175,28 @@ int cv_envelope_decode(const cv_envelope_rules *rules, const char *topic,
     if (idlen == 0)
         return reject(env, CV_REJECT_MISSING_FIELD, "message_id is empty");
     if (idlen > CV_MESSAGE_ID_MAX)
-        return reject(env, CV_REJECT_ID_TOO_LONG,
-                      "message_id is %zu bytes (at most %d)", idlen,
-                      CV_MESSAGE_ID_MAX);
+        return reject(env, CV_REJECT_ID_TOO_LONG, "message_id is %zu bytes (at most %d)",
+                      idlen, CV_MESSAGE_ID_MAX);
     if (!cv_utf8_valid(m->message_id, idlen))
         return reject(env, CV_REJECT_BAD_TEXT, "message_id is not valid UTF-8");
     size_t chlen = strlen(m->channel);
     if (chlen == 0)
         return reject(env, CV_REJECT_MISSING_FIELD, "channel is empty");
     if (!cv_channel_valid(m->channel, chlen))
-        return reject(env, CV_REJECT_BAD_CHANNEL,
-                      "channel is not [A-Za-z0-9._-]{1,200}");
+        return reject(env, CV_REJECT_BAD_CHANNEL, "channel is not [A-Za-z0-9._-]{1,200}");
     if (strcmp(m->channel, topic_channel) != 0)
         return reject(env, CV_REJECT_CHANNEL_MISMATCH,
-                      "channel \"%s\" does not match topic %s", m->channel,
-                      topic);
+                      "channel \"%s\" does not match topic %s", m->channel, topic);
     if (m->body.len > rules->max_body_bytes)
         return reject(env, CV_REJECT_BODY_TOO_LARGE,
-                      "body is %zu bytes (limits.max_body_bytes = %zu)",
-                      m->body.len, rules->max_body_bytes);
-    if (!text_ok(m->sender_id) || !text_ok(m->content_type) ||
-        !text_ok(m->reply_to))
+                      "body is %zu bytes (limits.max_body_bytes = %zu)", m->body.len,
+                      rules->max_body_bytes);
+    if (!text_ok(m->sender_id) || !text_ok(m->content_type) || !text_ok(m->reply_to))
         return reject(env, CV_REJECT_BAD_TEXT,
                       "sender_id, content_type or reply_to is not valid UTF-8");
     for (size_t i = 0; i < m->n_attributes; i++)
         if (!text_ok(m->attributes[i]->key) || !text_ok(m->attributes[i]->value))
-            return reject(env, CV_REJECT_BAD_TEXT,
-                          "attribute %zu is not valid UTF-8", i);
+            return reject(env, CV_REJECT_BAD_TEXT, "attribute %zu is not valid UTF-8", i);
     if (m->reply_to && *m->reply_to) {
         const char *r = m->reply_to;
         if (!cv_topic_name_valid(r))

@@ -36,9 +36,9 @@ typedef enum cv_reject_reason {
 const char *cv_reject_reason_name(cv_reject_reason r);
 
 typedef struct cv_envelope_rules {
-    const char *topic_prefix;   /* "chat." */
+    const char *topic_prefix; /* "chat." */
     size_t max_body_bytes;
-    const char *ack_topic;      /* reply_to may not name these or a chat topic */
+    const char *ack_topic; /* reply_to may not name these or a chat topic */
     const char *dlq_topic;
 } cv_envelope_rules;
 
@@ -46,10 +46,10 @@ typedef struct cv_envelope {
     /* Decoded message, allocated from the arena given to decode; NULL when
      * the record did not decode. Valid until the arena is reset. */
     Chatvault__V1__ChatMessage *msg;
-    cv_reject_reason reason;    /* CV_REJECT_NONE when valid */
-    bool id_unreadable;         /* msg->message_id is not the id that was
+    cv_reject_reason reason; /* CV_REJECT_NONE when valid */
+    bool id_unreadable;      /* msg->message_id is not the id that was
                                    sent (a NUL cut it short): name no id */
-    char error[200];            /* one line, set when rejected */
+    char error[200];         /* one line, set when rejected */
 } cv_envelope;
 
 /* Decodes and validates `value` read from `topic`. Returns 0 when valid,
@@ -57,13 +57,11 @@ typedef struct cv_envelope {
  * set if the bytes decoded, so a message id may be read), -ENOMEM when the
  * arena is exhausted. */
 int cv_envelope_decode(const cv_envelope_rules *rules, const char *topic,
-                       const void *value, size_t len, cv_arena *arena,
-                       cv_envelope *env);
+                       const void *value, size_t len, cv_arena *arena, cv_envelope *env);
 
 /* The channel part of a topic name, or NULL when the topic does not carry
  * the prefix. */
-const char *cv_envelope_topic_channel(const cv_envelope_rules *rules,
-                                      const char *topic);
+const char *cv_envelope_topic_channel(const cv_envelope_rules *rules, const char *topic);
 
 bool cv_channel_valid(const char *s, size_t len);
 bool cv_topic_name_valid(const char *s);

@@ -101,8 +101,8 @@ static int parse_line(char *line, uint32_t *ret_id, unsigned char *ret_key,
     }
     p++;
     size_t hexlen = strlen(p);
-    while (hexlen && (p[hexlen - 1] == ' ' || p[hexlen - 1] == '\t' ||
-                      p[hexlen - 1] == '\r'))
+    while (hexlen &&
+           (p[hexlen - 1] == ' ' || p[hexlen - 1] == '\t' || p[hexlen - 1] == '\r'))
         hexlen--;
     size_t got = 0;
     const char *end = NULL;
@@ -117,8 +117,8 @@ static int parse_line(char *line, uint32_t *ret_id, unsigned char *ret_key,
 }
 
 /* Reads and parses an open key file; `path` is for messages. */
-static int load_fd(int fd, const char *path, cv_keyring **ret_keys,
-                   char *errbuf, size_t errlen) {
+static int load_fd(int fd, const char *path, cv_keyring **ret_keys, char *errbuf,
+                   size_t errlen) {
     struct stat st;
     if (fstat(fd, &st) < 0) {
         int e = errno;
@@ -137,8 +137,7 @@ static int load_fd(int fd, const char *path, cv_keyring **ret_keys,
         return -EACCES;
     }
     if (st.st_size > (off_t)KEYFILE_MAX) {
-        errf(errbuf, errlen, "key file %s is larger than %u bytes", path,
-             KEYFILE_MAX);
+        errf(errbuf, errlen, "key file %s is larger than %u bytes", path, KEYFILE_MAX);
         return -EINVAL;
     }
     size_t cap = (size_t)st.st_size + 1;
@@ -193,8 +192,8 @@ static int load_fd(int fd, const char *path, cv_keyring **ret_keys,
             sodium_memzero(kb, sizeof(kb));
             if (r < 0) {
                 if (why)
-                    errf(errbuf, errlen, "key file %s:%d is malformed: %s",
-                         path, lineno, why);
+                    errf(errbuf, errlen, "key file %s:%d is malformed: %s", path, lineno,
+                         why);
                 cv_keyring_free(kr);
                 goto out;
             }
@@ -204,8 +203,9 @@ static int load_fd(int fd, const char *path, cv_keyring **ret_keys,
         line = nl + 1;
     }
     if (kr->n == 0) {
-        errf(errbuf, errlen, "key file %s holds no key (create one with "
-                             "chatvault keygen)",
+        errf(errbuf, errlen,
+             "key file %s holds no key (create one with "
+             "chatvault keygen)",
              path);
         cv_keyring_free(kr);
         r = -EINVAL;
@@ -282,8 +282,9 @@ static int generate_locked(const char *path, uint32_t *ret_id, char *errbuf,
     }
     uint32_t id = kr->n ? kr->keys[kr->n - 1].id : 0;
     if (id == UINT32_MAX) {
-        errf(errbuf, errlen, "key file %s: key id 4294967295 is taken; no "
-                             "higher id exists",
+        errf(errbuf, errlen,
+             "key file %s: key id 4294967295 is taken; no "
+             "higher id exists",
              path);
         cv_keyring_free(kr);
         return -EOVERFLOW;
@@ -309,8 +310,8 @@ static int generate_locked(const char *path, uint32_t *ret_id, char *errbuf,
     size_t len = (size_t)snprintf(
         text, cap, "# chatvault log keys: keep secret, mode 0600 (chatvault keygen)\n");
     for (size_t i = 0; i < kr->n; i++) {
-        len += (size_t)snprintf(text + len, cap - len, "key %" PRIu32 " ",
-                                kr->keys[i].id);
+        len +=
+            (size_t)snprintf(text + len, cap - len, "key %" PRIu32 " ", kr->keys[i].id);
         sodium_bin2hex(text + len, cap - len, kr->keys[i].bytes, CV_KEY_BYTES);
         len += 2 * CV_KEY_BYTES;
         text[len++] = '\n';
@@ -323,26 +324,22 @@ static int generate_locked(const char *path, uint32_t *ret_id, char *errbuf,
              strerror(-r));
         goto out;
     }
-    if (fchmod(fd, 0600) < 0 || (r = write_all(fd, text, len)) < 0 ||
-        fsync(fd) < 0) {
+    if (fchmod(fd, 0600) < 0 || (r = write_all(fd, text, len)) < 0 || fsync(fd) < 0) {
         if (r == 0)
             r = -errno;
-        errf(errbuf, errlen, "key file %s: writing %s: %s", path, tmp,
-             strerror(-r));
+        errf(errbuf, errlen, "key file %s: writing %s: %s", path, tmp, strerror(-r));
         goto unlink_tmp;
     }
     if (close(fd) < 0) {
         fd = -1;
         r = -errno;
-        errf(errbuf, errlen, "key file %s: closing %s: %s", path, tmp,
-             strerror(-r));
+        errf(errbuf, errlen, "key file %s: closing %s: %s", path, tmp, strerror(-r));
         goto unlink_tmp;
     }
     fd = -1;
     if (rename(tmp, path) < 0) {
         r = -errno;
-        errf(errbuf, errlen, "key file %s: rename from %s: %s", path, tmp,
-             strerror(-r));
+        errf(errbuf, errlen, "key file %s: rename from %s: %s", path, tmp, strerror(-r));
         goto unlink_tmp;
     }
     if ((r = fsync_parent(path)) < 0) {
@@ -368,8 +365,7 @@ out:
     return r;
 }
 
-int cv_keyring_generate(const char *path, uint32_t *ret_id, char *errbuf,
-                        size_t errlen) {
+int cv_keyring_generate(const char *path, uint32_t *ret_id, char *errbuf, size_t errlen) {
     if (sodium_init() < 0) {
         errf(errbuf, errlen, "libsodium failed to initialise");
         return -EIO;
@@ -384,8 +380,7 @@ int cv_keyring_generate(const char *path, uint32_t *ret_id, char *errbuf,
     int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0) {
         int e = errno;
-        errf(errbuf, errlen, "key file %s: directory %s: %s", path, dir,
-             strerror(e));
+        errf(errbuf, errlen, "key file %s: directory %s: %s", path, dir, strerror(e));
         free(copy);
         return -e;
     }
@@ -395,8 +390,8 @@ int cv_keyring_generate(const char *path, uint32_t *ret_id, char *errbuf,
         ;
     if (r < 0) {
         r = -errno;
-        errf(errbuf, errlen, "key file %s: cannot lock its directory: %s",
-             path, strerror(-r));
+        errf(errbuf, errlen, "key file %s: cannot lock its directory: %s", path,
+             strerror(-r));
         close(dfd);
         return r;
     }
@@ -423,7 +418,9 @@ uint32_t cv_keyring_newest(const cv_keyring *keys) {
     return keys->n ? keys->keys[keys->n - 1].id : 0;
 }
 
-size_t cv_keyring_count(const cv_keyring *keys) { return keys->n; }
+size_t cv_keyring_count(const cv_keyring *keys) {
+    return keys->n;
+}
 
 uint32_t cv_keyring_id_at(const cv_keyring *keys, size_t i) {
     return i < keys->n ? keys->keys[i].id : 0;

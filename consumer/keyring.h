@@ -33,15 +33,13 @@ typedef struct cv_keyring cv_keyring;
  * (malformed; the error names path and line) or another negative errno; the
  * one-line error in errbuf names the path. On success the caller owns
  * *ret_keys and frees it with cv_keyring_free(). */
-int cv_keyring_load(const char *path, cv_keyring **ret_keys, char *errbuf,
-                    size_t errlen);
+int cv_keyring_load(const char *path, cv_keyring **ret_keys, char *errbuf, size_t errlen);
 
 /* Appends a new random key to the key file at `path` with the next key id
  * (1 for a new file), creating the file with mode 0600. The file is replaced
  * durably: temp file, fsync, rename, fsync of the directory. An existing file
  * is checked as cv_keyring_load() does first. Stores the new id in *ret_id. */
-int cv_keyring_generate(const char *path, uint32_t *ret_id, char *errbuf,
-                        size_t errlen);
+int cv_keyring_generate(const char *path, uint32_t *ret_id, char *errbuf, size_t errlen);
 
 /* The 32-byte key with id `key_id`, or NULL when the ring has no such key.
  * The pointer lives as long as the ring. */

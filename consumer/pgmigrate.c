@@ -12,8 +12,9 @@
 /* pg_advisory_lock key: "chatvaul" as a big-endian int64. */
 #define MIGRATE_LOCK_KEY "7162241009358694764"
 
-
-static void quiet_notice(void *arg, const char *message) { (void)arg, (void)message; }
+static void quiet_notice(void *arg, const char *message) {
+    (void)arg, (void)message;
+}
 
 PGconn *cv_pg_connect(const char *conninfo, char *errbuf, size_t errlen) {
     PGconn *conn = PQconnectdb(conninfo);
@@ -24,9 +25,8 @@ PGconn *cv_pg_connect(const char *conninfo, char *errbuf, size_t errlen) {
     if (PQstatus(conn) != CONNECTION_OK) {
         const char *host = PQhost(conn), *port = PQport(conn);
         snprintf(errbuf, errlen, "postgres: cannot connect to %s%s%s: %s",
-                 host && *host ? host : "(default socket)",
-                 port && *port ? " port " : "", port && *port ? port : "",
-                 PQerrorMessage(conn));
+                 host && *host ? host : "(default socket)", port && *port ? " port " : "",
+                 port && *port ? port : "", PQerrorMessage(conn));
         cv_one_line(errbuf);
         PQfinish(conn);
         return NULL;
@@ -40,8 +40,7 @@ static int exec_ok(PGconn *conn, const char *sql, const char *what, char *errbuf
     PGresult *res = PQexec(conn, sql);
     ExecStatusType st = PQresultStatus(res);
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-        snprintf(errbuf, errlen, "postgres: %s: %s", what,
-                 PQresultErrorMessage(res));
+        snprintf(errbuf, errlen, "postgres: %s: %s", what, PQresultErrorMessage(res));
         cv_one_line(errbuf);
         PQclear(res);
         return -CV_ESTORE;
@@ -50,10 +49,9 @@ static int exec_ok(PGconn *conn, const char *sql, const char *what, char *errbuf
     return 0;
 }
 
-int cv_pgmigrate_current(PGconn *conn, int *ret_version, char *errbuf,
-                         size_t errlen) {
-    PGresult *res = PQexec(conn,
-                           "SELECT to_regclass('chatvault.schema_migrations') IS NOT NULL");
+int cv_pgmigrate_current(PGconn *conn, int *ret_version, char *errbuf, size_t errlen) {
+    PGresult *res =
+        PQexec(conn, "SELECT to_regclass('chatvault.schema_migrations') IS NOT NULL");
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         snprintf(errbuf, errlen, "postgres: reading the schema version: %s",
                  PQresultErrorMessage(res));
@@ -67,7 +65,8 @@ int cv_pgmigrate_current(PGconn *conn, int *ret_version, char *errbuf,
         *ret_version = 0;
         return 0;
     }
-    res = PQexec(conn, "SELECT coalesce(max(version), 0) FROM chatvault.schema_migrations");
+    res =
+        PQexec(conn, "SELECT coalesce(max(version), 0) FROM chatvault.schema_migrations");
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         snprintf(errbuf, errlen, "postgres: reading the schema version: %s",
                  PQresultErrorMessage(res));
@@ -80,8 +79,7 @@ int cv_pgmigrate_current(PGconn *conn, int *ret_version, char *errbuf,
     return 0;
 }
 
-static int apply_one(PGconn *conn, const cv_migration *m, char *errbuf,
-                     size_t errlen) {
+static int apply_one(PGconn *conn, const cv_migration *m, char *errbuf, size_t errlen) {
     char what[200];
     snprintf(what, sizeof(what), "migration %s", m->name);
     int r = exec_ok(conn, "BEGIN", what, errbuf, errlen);
@@ -93,8 +91,9 @@ static int apply_one(PGconn *conn, const cv_migration *m, char *errbuf,
         snprintf(version, sizeof(version), "%d", m->version);
         const char *params[2] = {version, m->name};
         PGresult *res = PQexecParams(
-            conn, "INSERT INTO chatvault.schema_migrations (version, name) VALUES ($1, $2)",
-            2, NULL, params, NULL, NULL, 0);
+            conn,
+            "INSERT INTO chatvault.schema_migrations (version, name) VALUES ($1, $2)", 2,
+            NULL, params, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
             snprintf(errbuf, errlen, "postgres: recording %s: %s", m->name,
                      PQresultErrorMessage(res));

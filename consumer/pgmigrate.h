@@ -33,8 +33,7 @@ int cv_pgmigrate_apply(PGconn *conn, int *ret_from, int *ret_to, char *errbuf,
                        size_t errlen);
 
 /* The schema version the database holds (0: none). */
-int cv_pgmigrate_current(PGconn *conn, int *ret_version, char *errbuf,
-                         size_t errlen);
+int cv_pgmigrate_current(PGconn *conn, int *ret_version, char *errbuf, size_t errlen);
 
 /* 0 when the database holds exactly the binary's latest version; otherwise
  * -CV_ESCHEMA with an error that says what to run. */

@@ -27,9 +27,9 @@ struct cv_pgstore {
     PGconn *conn;
     char *conninfo;
     char *group;
-    bool prepared;      /* staging table exists on this connection */
-    cv_buf copy;        /* COPY payload, reused across batches */
-    cv_buf json;        /* one attributes object */
+    bool prepared; /* staging table exists on this connection */
+    cv_buf copy;   /* COPY payload, reused across batches */
+    cv_buf json;   /* one attributes object */
 };
 
 static const char stage_sql[] =
@@ -76,9 +76,8 @@ static const char rejected_sql[] =
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
     " ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING";
 
-
-static int pg_fail(cv_pgstore *st, PGresult *res, const char *what,
-                   char *errbuf, size_t errlen) {
+static int pg_fail(cv_pgstore *st, PGresult *res, const char *what, char *errbuf,
+                   size_t errlen) {
     const char *msg = res ? PQresultErrorMessage(res) : PQerrorMessage(st->conn);
     if (!msg || !*msg)
         msg = PQerrorMessage(st->conn);
@@ -89,8 +88,8 @@ static int pg_fail(cv_pgstore *st, PGresult *res, const char *what,
     return -CV_ESTORE;
 }
 
-static int exec_cmd(cv_pgstore *st, const char *sql, const char *what,
-                    char *errbuf, size_t errlen) {
+static int exec_cmd(cv_pgstore *st, const char *sql, const char *what, char *errbuf,
+                    size_t errlen) {
     PGresult *res = PQexec(st->conn, sql);
     ExecStatusType s = PQresultStatus(res);
     if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK)
@@ -115,8 +114,7 @@ static int ensure_connected(cv_pgstore *st, char *errbuf, size_t errlen) {
     int r = cv_pgmigrate_check(st->conn, errbuf, errlen);
     if (r < 0)
         return r;
-    r = exec_cmd(st, "SET synchronous_commit = on", "session setup", errbuf,
-                 errlen);
+    r = exec_cmd(st, "SET synchronous_commit = on", "session setup", errbuf, errlen);
     if (r < 0)
         return r;
 prepare:
@@ -129,8 +127,8 @@ prepare:
     return 0;
 }
 
-int cv_pgstore_open(const char *conninfo, const char *group,
-                    cv_pgstore **ret_store, char *errbuf, size_t errlen) {
+int cv_pgstore_open(const char *conninfo, const char *group, cv_pgstore **ret_store,
+                    char *errbuf, size_t errlen) {
     cv_pgstore *st = calloc(1, sizeof(*st));
     if (!st || !(st->conninfo = strdup(conninfo)) || !(st->group = strdup(group))) {
         snprintf(errbuf, errlen, "out of memory");
@@ -181,7 +179,9 @@ static int put_bytes(cv_buf *b, const void *p, size_t n) {
     return r < 0 ? r : cv_buf_append(b, p, n);
 }
 
-static int put_text(cv_buf *b, const char *s) { return put_bytes(b, s, s ? strlen(s) : 0); }
+static int put_text(cv_buf *b, const char *s) {
+    return put_bytes(b, s, s ? strlen(s) : 0);
+}
 
 static int put_i32(cv_buf *b, int32_t v) {
     unsigned char f[8];
@@ -216,8 +216,7 @@ static int attributes_json(cv_pgstore *st, const Chatvault__V1__ChatMessage *m) 
     return r < 0 ? r : cv_buf_append(j, "}", 1);
 }
 
-static int build_copy(cv_pgstore *st, const cv_rec *recs, size_t n,
-                      size_t *ret_rows) {
+static int build_copy(cv_pgstore *st, const cv_rec *recs, size_t n, size_t *ret_rows) {
     static const unsigned char header[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
     cv_buf *b = &st->copy;
     b->len = 0;
@@ -231,23 +230,36 @@ static int build_copy(cv_pgstore *st, const cv_rec *recs, size_t n,
         unsigned char nf[2];
         cv_be16(nf, 13);
         r = cv_buf_append(b, nf, 2);
-        if (r == 0) r = put_i32(b, (int32_t)i);
-        if (r == 0) r = put_text(b, m->channel);
-        if (r == 0) r = put_text(b, m->message_id);
-        if (r == 0) r = put_text(b, rec->topic);
-        if (r == 0) r = put_i32(b, rec->partition);
-        if (r == 0) r = put_i64(b, rec->offset);
+        if (r == 0)
+            r = put_i32(b, (int32_t)i);
+        if (r == 0)
+            r = put_text(b, m->channel);
+        if (r == 0)
+            r = put_text(b, m->message_id);
+        if (r == 0)
+            r = put_text(b, rec->topic);
+        if (r == 0)
+            r = put_i32(b, rec->partition);
+        if (r == 0)
+            r = put_i64(b, rec->offset);
         if (r == 0)
             r = rec->timestamp_ms >= 0
                     ? put_i64(b, rec->timestamp_ms * 1000 - PG_EPOCH_OFFSET_US)
                     : put_null(b);
-        if (r == 0) r = put_text(b, m->sender_id);
-        if (r == 0) r = put_i64(b, m->sent_at_us);
-        if (r == 0) r = put_bytes(b, m->body.data, m->body.len);
-        if (r == 0) r = put_text(b, m->content_type);
-        if (r == 0) r = attributes_json(st, m);
-        if (r == 0) r = put_bytes(b, st->json.data, st->json.len);
-        if (r == 0) r = put_text(b, m->reply_to);
+        if (r == 0)
+            r = put_text(b, m->sender_id);
+        if (r == 0)
+            r = put_i64(b, m->sent_at_us);
+        if (r == 0)
+            r = put_bytes(b, m->body.data, m->body.len);
+        if (r == 0)
+            r = put_text(b, m->content_type);
+        if (r == 0)
+            r = attributes_json(st, m);
+        if (r == 0)
+            r = put_bytes(b, st->json.data, st->json.len);
+        if (r == 0)
+            r = put_text(b, m->reply_to);
         rows++;
     }
     if (r == 0) {
@@ -336,8 +348,7 @@ static int write_offsets(cv_pgstore *st,
     }
     const char *params[4] = {st->group, (char *)topics.data, (char *)parts.data,
                              (char *)offs.data};
-    PGresult *res = PQexecParams(st->conn, offsets_sql, 4, NULL, params, NULL,
-                                 NULL, 0);
+    PGresult *res = PQexecParams(st->conn, offsets_sql, 4, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         r = pg_fail(st, res, "updating chatvault.kafka_offsets", errbuf, errlen);
     else
@@ -356,24 +367,28 @@ static int write_rejected(cv_pgstore *st, const cv_rec *rec, char *errbuf,
     snprintf(off, sizeof(off), "%" PRId64, rec->offset);
     const Chatvault__V1__ChatMessage *m = rec->env.msg;
     /* Channel and message id only when they are valid text. */
-    const char *channel = m && m->channel && *m->channel &&
-                                  cv_utf8_valid(m->channel, strlen(m->channel))
-                              ? m->channel
-                              : NULL;
-    const char *id = m && m->message_id && *m->message_id &&
-                             !rec->env.id_unreadable &&
+    const char *channel =
+        m && m->channel && *m->channel && cv_utf8_valid(m->channel, strlen(m->channel))
+            ? m->channel
+            : NULL;
+    const char *id = m && m->message_id && *m->message_id && !rec->env.id_unreadable &&
                              cv_utf8_valid(m->message_id, strlen(m->message_id))
                          ? m->message_id
                          : NULL;
-    const char *values[8] = {rec->topic, part, off, channel, id,
+    const char *values[8] = {rec->topic,
+                             part,
+                             off,
+                             channel,
+                             id,
                              cv_reject_reason_name(rec->env.reason),
-                             rec->env.error, rec->rkm->payload};
+                             rec->env.error,
+                             rec->rkm->payload};
     int lengths[8] = {0, 0, 0, 0, 0, 0, 0, (int)rec->rkm->len};
     int formats[8] = {0, 0, 0, 0, 0, 0, 0, 1};
     if (!rec->rkm->payload)
         values[7] = NULL;
-    PGresult *res = PQexecParams(st->conn, rejected_sql, 8, NULL, values, lengths,
-                                 formats, 0);
+    PGresult *res =
+        PQexecParams(st->conn, rejected_sql, 8, NULL, values, lengths, formats, 0);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         return pg_fail(st, res, "inserting into chatvault.rejected", errbuf, errlen);
     PQclear(res);
@@ -381,8 +396,8 @@ static int write_rejected(cv_pgstore *st, const cv_rec *rec, char *errbuf,
 }
 
 int cv_pgstore_write(cv_pgstore *st, cv_rec *recs, size_t n,
-                     const rd_kafka_topic_partition_list_t *next_offsets,
-                     char *errbuf, size_t errlen) {
+                     const rd_kafka_topic_partition_list_t *next_offsets, char *errbuf,
+                     size_t errlen) {
     if (n == 0)
         return 0;
     int r = ensure_connected(st, errbuf, errlen);
@@ -391,8 +406,8 @@ int cv_pgstore_write(cv_pgstore *st, cv_rec *recs, size_t n,
     size_t rows = 0;
     r = build_copy(st, recs, n, &rows);
     if (r < 0) {
-        snprintf(errbuf, errlen, "postgres: building the COPY of %zu records: %s",
-                 n, strerror(-r));
+        snprintf(errbuf, errlen, "postgres: building the COPY of %zu records: %s", n,
+                 strerror(-r));
         return r;
     }
     r = exec_cmd(st, "BEGIN", "BEGIN", errbuf, errlen);
@@ -431,8 +446,7 @@ int cv_pgstore_write(cv_pgstore *st, cv_rec *recs, size_t n,
     return 0;
 }
 
-int cv_pgstore_read_offsets(cv_pgstore *st,
-                            rd_kafka_topic_partition_list_t *parts,
+int cv_pgstore_read_offsets(cv_pgstore *st, rd_kafka_topic_partition_list_t *parts,
                             char *errbuf, size_t errlen) {
     int r = ensure_connected(st, errbuf, errlen);
     if (r < 0)
@@ -448,10 +462,9 @@ int cv_pgstore_read_offsets(cv_pgstore *st,
             " WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3",
             3, NULL, values, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_TUPLES_OK)
-            return pg_fail(st, res, "reading chatvault.kafka_offsets", errbuf,
-                           errlen);
+            return pg_fail(st, res, "reading chatvault.kafka_offsets", errbuf, errlen);
         p->offset = PQntuples(res) == 1 ? strtoll(PQgetvalue(res, 0, 0), NULL, 10)
-                                         : RD_KAFKA_OFFSET_INVALID;
+                                        : RD_KAFKA_OFFSET_INVALID;
         PQclear(res);
     }
     return 0;

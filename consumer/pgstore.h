@@ -18,8 +18,8 @@ typedef struct cv_pgstore cv_pgstore;
 
 /* Connects and checks the schema version. `group` is the consumer group
  * whose offsets this store keeps. */
-int cv_pgstore_open(const char *conninfo, const char *group,
-                    cv_pgstore **ret_store, char *errbuf, size_t errlen);
+int cv_pgstore_open(const char *conninfo, const char *group, cv_pgstore **ret_store,
+                    char *errbuf, size_t errlen);
 cv_pgstore *cv_pgstore_free(cv_pgstore *store);
 
 /* Writes the batch in one transaction. On success every valid record has
@@ -31,14 +31,13 @@ cv_pgstore *cv_pgstore_free(cv_pgstore *store);
  * On failure nothing was committed and the records are untouched; the
  * connection is re-established on the next call. */
 int cv_pgstore_write(cv_pgstore *store, cv_rec *recs, size_t n,
-                     const rd_kafka_topic_partition_list_t *next_offsets,
-                     char *errbuf, size_t errlen);
+                     const rd_kafka_topic_partition_list_t *next_offsets, char *errbuf,
+                     size_t errlen);
 
 /* For each partition of `parts`, sets .offset to the next offset that
  * chatvault.kafka_offsets holds for it, or RD_KAFKA_OFFSET_INVALID when it
  * holds none. */
-int cv_pgstore_read_offsets(cv_pgstore *store,
-                            rd_kafka_topic_partition_list_t *parts,
+int cv_pgstore_read_offsets(cv_pgstore *store, rd_kafka_topic_partition_list_t *parts,
                             char *errbuf, size_t errlen);
 
 /* Whether the connection is up (without a round trip). */

@@ -13,8 +13,8 @@
 #include "pipeline.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,15 +23,15 @@
 #include "acker.h"
 #include "arena.h"
 #include "envelope.h"
-#include "stores.h"
 #include "record.h"
+#include "stores.h"
 #include "util.h"
 
 #define KAFKA_START_TIMEOUT_MS 10000
 /* Decoding takes at most ~20 times a record's wire size (a map of tiny
  * attributes is the worst case), so this bound is never what stops a
  * batch that batch.max_bytes admitted. */
-#define ARENA_LIMIT(max_bytes) ((size_t)(max_bytes) * 32 + ((size_t)64 << 20))
+#define ARENA_LIMIT(max_bytes) ((size_t)(max_bytes)*32 + ((size_t)64 << 20))
 
 /* A batch whose records are stored and whose acks are on their way. */
 typedef struct pending {
@@ -55,7 +55,7 @@ typedef struct batch {
     cv_rec *recs;
     size_t n, bytes;
     int64_t started_ms;
-    cv_arena *arena;  /* the decoded messages of recs */
+    cv_arena *arena;                          /* the decoded messages of recs */
     rd_kafka_topic_partition_list_t *offsets; /* set when it is submitted */
     /* The stores' verdict, written by the store thread. */
     int result;
@@ -68,8 +68,8 @@ typedef struct store_thread {
     pthread_t tid;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    batch *job;       /* handed over, not yet taken */
-    batch *done;      /* written, verdict in it */
+    batch *job;  /* handed over, not yet taken */
+    batch *done; /* written, verdict in it */
     bool quit, started;
 } store_thread;
 
@@ -87,15 +87,15 @@ struct cv_pipeline {
     cv_stores *stores;
     cv_envelope_rules rules;
     batch bufs[2];
-    batch *fill;      /* the batch being filled */
-    batch *storing;   /* the batch at the store thread, or NULL */
+    batch *fill;    /* the batch being filled */
+    batch *storing; /* the batch at the store thread, or NULL */
     size_t cap;
     store_thread st;
     bool in_rebalance; /* inside rebalance_cb: do not poll the consumer */
 
     pending *head, **tail;
-    bool in_store;      /* store_batch is waiting for a store */
-    bool abandon;       /* a revoke came meanwhile: give the batch up */
+    bool in_store; /* store_batch is waiting for a store */
+    bool abandon;  /* a revoke came meanwhile: give the batch up */
     volatile sig_atomic_t *stop;
     int fatal;
     char fatal_err[512];
@@ -117,10 +117,10 @@ static void plog(cv_pipeline *p, int level, const char *msg, const char *fmt, ..
     p->log_fn(p->log_opaque, level, msg, kv);
 }
 
-#define OBSERVE(p, fn, ...)                                                    \
-    do {                                                                       \
-        if ((p)->obs.fn)                                                       \
-            (p)->obs.fn((p)->obs.opaque, __VA_ARGS__);                         \
+#define OBSERVE(p, fn, ...)                                                              \
+    do {                                                                                 \
+        if ((p)->obs.fn)                                                                 \
+            (p)->obs.fn((p)->obs.opaque, __VA_ARGS__);                                   \
     } while (0)
 
 static const char *intern_topic(cv_pipeline *p, const char *name) {
@@ -150,7 +150,9 @@ static void set_fatal(cv_pipeline *p, const char *err) {
     }
 }
 
-static bool stopping(const cv_pipeline *p) { return p->stop && *p->stop; }
+static bool stopping(const cv_pipeline *p) {
+    return p->stop && *p->stop;
+}
 
 /* Offsets to commit: one past the last record of each partition. Records
  * of one partition arrive in order, and usually in runs, so the last
@@ -160,7 +162,8 @@ static rd_kafka_topic_partition_list_t *batch_offsets(const cv_rec *recs, size_t
     rd_kafka_topic_partition_t *last = NULL;
     for (size_t i = 0; i < n; i++) {
         const cv_rec *r = &recs[i];
-        if (!last || last->partition != r->partition || strcmp(last->topic, r->topic) != 0) {
+        if (!last || last->partition != r->partition ||
+            strcmp(last->topic, r->topic) != 0) {
             last = rd_kafka_topic_partition_list_find(l, r->topic, r->partition);
             if (!last)
                 last = rd_kafka_topic_partition_list_add(l, r->topic, r->partition);
@@ -182,8 +185,8 @@ static void commit_completed(cv_pipeline *p, bool async) {
             rd_kafka_topic_partition_t *dst =
                 rd_kafka_topic_partition_list_find(commit, src->topic, src->partition);
             if (!dst)
-                dst = rd_kafka_topic_partition_list_add(commit, src->topic,
-                                                        src->partition);
+                dst =
+                    rd_kafka_topic_partition_list_add(commit, src->topic, src->partition);
             if (src->offset > dst->offset)
                 dst->offset = src->offset;
         }
@@ -205,8 +208,9 @@ static void commit_completed(cv_pipeline *p, bool async) {
         return;
     rd_kafka_resp_err_t err = rd_kafka_commit(p->consumer, commit, async ? 1 : 0);
     if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
-        plog(p, 2, "offset commit failed; the records will be re-delivered and "
-                   "deduplicated",
+        plog(p, 2,
+             "offset commit failed; the records will be re-delivered and "
+             "deduplicated",
              "error=\"%s\"", rd_kafka_err2str(err));
     rd_kafka_topic_partition_list_destroy(commit);
 }
@@ -229,8 +233,8 @@ static void release_batch(batch *b) {
 static int decode_batch(cv_pipeline *p, batch *b) {
     for (size_t i = 0; i < b->n; i++) {
         cv_rec *r = &b->recs[i];
-        int rc = cv_envelope_decode(&p->rules, r->topic, r->rkm->payload,
-                                    r->rkm->len, b->arena, &r->env);
+        int rc = cv_envelope_decode(&p->rules, r->topic, r->rkm->payload, r->rkm->len,
+                                    b->arena, &r->env);
         if (rc == -ENOMEM)
             return rc;
         if (!cv_rec_valid(r)) {
@@ -240,8 +244,8 @@ static int decode_batch(cv_pipeline *p, batch *b) {
             plog(p, 2, "record rejected",
                  "topic=%s partition=%" PRId32 " offset=%" PRId64
                  " reason=%s error=\"%s\"",
-                 r->topic, r->partition, r->offset,
-                 cv_reject_reason_name(r->env.reason), r->env.error);
+                 r->topic, r->partition, r->offset, cv_reject_reason_name(r->env.reason),
+                 r->env.error);
         }
     }
     OBSERVE(p, consumed, b->recs, b->n);
@@ -326,8 +330,8 @@ static int store_retry(cv_pipeline *p, batch *b) {
     bool paused = false;
     int r = b->result;
     p->in_store = true;
-    plog(p, 2, "batch not durable; not acking, waiting for the stores",
-         "error=\"%s\"", b->err);
+    plog(p, 2, "batch not durable; not acking, waiting for the stores", "error=\"%s\"",
+         b->err);
     while (r == -EAGAIN) {
         p->stats.store_errors++;
         if (!paused) {
@@ -340,8 +344,8 @@ static int store_retry(cv_pipeline *p, batch *b) {
             r = -ECANCELED;
             break;
         }
-        r = cv_stores_write(p->stores, b->recs, b->n, b->offsets, &b->pg_us,
-                            &b->log_us, b->err, sizeof(b->err));
+        r = cv_stores_write(p->stores, b->recs, b->n, b->offsets, &b->pg_us, &b->log_us,
+                            b->err, sizeof(b->err));
     }
     if (r != 0 && r != -ECANCELED)
         set_fatal(p, b->err);
@@ -358,8 +362,7 @@ static int store_retry(cv_pipeline *p, batch *b) {
 static void ack_batch(cv_pipeline *p, batch *b) {
     OBSERVE(p, stored, b->recs, b->n, b->pg_us, b->log_us);
     plog(p, 0, "batch stored",
-         "records=%zu pg_us=%" PRId64 " log_us=%" PRId64
-         " first_record_age_ms=%" PRId64,
+         "records=%zu pg_us=%" PRId64 " log_us=%" PRId64 " first_record_age_ms=%" PRId64,
          b->n, b->pg_us, b->log_us,
          b->recs[0].timestamp_ms >= 0 ? cv_now_us() / 1000 - b->recs[0].timestamp_ms
                                       : (int64_t)-1);
@@ -484,8 +487,9 @@ static void drain_acks(cv_pipeline *p, int64_t timeout_ms) {
     }
     commit_completed(p, false);
     if (p->head)
-        plog(p, 2, "acks still undelivered after the drain timeout; their "
-                   "records stay uncommitted and will be re-delivered",
+        plog(p, 2,
+             "acks still undelivered after the drain timeout; their "
+             "records stay uncommitted and will be re-delivered",
              "timeout_ms=%" PRId64, timeout_ms);
 }
 
@@ -502,8 +506,9 @@ static void assign(cv_pipeline *p, rd_kafka_topic_partition_list_t *parts) {
         if (parts->elems[i].err)
             parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
     if (cv_stores_resume_offsets(p->stores, parts, err, sizeof(err)) < 0)
-        plog(p, 2, "cannot read chatvault.kafka_offsets; resuming from Kafka's "
-                   "committed offsets",
+        plog(p, 2,
+             "cannot read chatvault.kafka_offsets; resuming from Kafka's "
+             "committed offsets",
              "error=\"%s\"", err);
     /* An offset past the partition's end means the topic is not the one
      * the offset was stored for (recreated, or a new cluster such as the
@@ -513,20 +518,20 @@ static void assign(cv_pipeline *p, rd_kafka_topic_partition_list_t *parts) {
         rd_kafka_topic_partition_t *tp = &parts->elems[i];
         int64_t lo, hi;
         if (tp->offset > 0 &&
-            rd_kafka_query_watermark_offsets(p->consumer, tp->topic, tp->partition,
-                                             &lo, &hi, 5000) == 0 &&
+            rd_kafka_query_watermark_offsets(p->consumer, tp->topic, tp->partition, &lo,
+                                             &hi, 5000) == 0 &&
             tp->offset > hi) {
-            plog(p, 2, "stored offset is past the partition's end; reading it "
-                       "from the beginning",
-                 "topic=%s partition=%" PRId32 " offset=%" PRId64
-                 " end_offset=%" PRId64, tp->topic, tp->partition, tp->offset, hi);
+            plog(p, 2,
+                 "stored offset is past the partition's end; reading it "
+                 "from the beginning",
+                 "topic=%s partition=%" PRId32 " offset=%" PRId64 " end_offset=%" PRId64,
+                 tp->topic, tp->partition, tp->offset, hi);
             tp->offset = RD_KAFKA_OFFSET_BEGINNING;
         }
     }
     for (int i = 0; i < parts->cnt; i++)
-        plog(p, 1, "partition assigned",
-             "topic=%s partition=%" PRId32 " offset=%" PRId64, parts->elems[i].topic,
-             parts->elems[i].partition, parts->elems[i].offset);
+        plog(p, 1, "partition assigned", "topic=%s partition=%" PRId32 " offset=%" PRId64,
+             parts->elems[i].topic, parts->elems[i].partition, parts->elems[i].offset);
     if (strcmp(rd_kafka_rebalance_protocol(p->consumer), "COOPERATIVE") == 0) {
         rd_kafka_error_t *e = rd_kafka_incremental_assign(p->consumer, parts);
         if (e) {
@@ -554,15 +559,16 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             /* A store is down and the batch in flight is not durable: give
              * it, and the one filling behind it, up uncommitted; the next
              * owner is re-delivered them. */
-            plog(p, 2, "partitions revoked while a store is down; the batches "
-                       "in flight are left for the next owner",
+            plog(p, 2,
+                 "partitions revoked while a store is down; the batches "
+                 "in flight are left for the next owner",
                  "count=%d", parts->cnt);
             p->abandon = true;
             release_batch(p->fill);
             drain_acks(p, p->shutdown_timeout_ms);
         } else {
-            plog(p, 1, "partitions revoked; finishing the batch in flight",
-                 "count=%d", parts->cnt);
+            plog(p, 1, "partitions revoked; finishing the batch in flight", "count=%d",
+                 parts->cnt);
             drain(p, p->shutdown_timeout_ms);
         }
     } else {
@@ -674,8 +680,8 @@ int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
         cv_pipeline_free(p);
         return r;
     }
-    r = cv_acker_new(pconf, p->ack_topic, p->dlq_topic, p->prefix, &p->acker,
-                     errbuf, errlen);
+    r = cv_acker_new(pconf, p->ack_topic, p->dlq_topic, p->prefix, &p->acker, errbuf,
+                     errlen);
     if (r < 0) {
         rd_kafka_conf_destroy(cconf);
         cv_pipeline_free(p);
@@ -697,8 +703,8 @@ int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
     /* librdkafka connects lazily and retries forever: ask once, so that a
      * wrong or dead address is a clear error at start, not a silent wait. */
     const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t merr = rd_kafka_metadata(p->consumer, 1, NULL, &md,
-                                                 KAFKA_START_TIMEOUT_MS);
+    rd_kafka_resp_err_t merr =
+        rd_kafka_metadata(p->consumer, 1, NULL, &md, KAFKA_START_TIMEOUT_MS);
     if (md)
         rd_kafka_metadata_destroy(md);
     if (merr) {

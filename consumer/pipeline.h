@@ -26,13 +26,13 @@ typedef struct cv_pipeline cv_pipeline;
 
 /* One record whose ack was delivered. */
 typedef struct cv_ack_note {
-    const char *topic;        /* valid for the pipeline's lifetime */
+    const char *topic; /* valid for the pipeline's lifetime */
     int32_t partition;
     int64_t offset;
-    int64_t sent_at_us;       /* from the message; 0 if none (rejected) */
-    int64_t timestamp_ms;     /* Kafka timestamp, -1 if none */
-    int status;               /* CHATVAULT__V1__ACK_STATUS__* */
-    uint32_t stores;          /* CV_STORE_PG | CV_STORE_LOG */
+    int64_t sent_at_us;   /* from the message; 0 if none (rejected) */
+    int64_t timestamp_ms; /* Kafka timestamp, -1 if none */
+    int status;           /* CHATVAULT__V1__ACK_STATUS__* */
+    uint32_t stores;      /* CV_STORE_PG | CV_STORE_LOG */
 } cv_ack_note;
 
 /* What the pipeline tells an observer (metrics); any member may be NULL.
@@ -63,20 +63,20 @@ typedef void cv_pipeline_log_fn(void *opaque, int level /* 0 debug..3 error */,
                                 const char *msg, const char *kv);
 
 typedef struct cv_pipeline_conf {
-    rd_kafka_conf_t *consumer_conf;   /* taken over by cv_pipeline_new */
-    rd_kafka_conf_t *producer_conf;   /* taken over by cv_pipeline_new */
-    const char *group;                /* consumer group id */
-    const char *topics_pattern;       /* regex without the leading '^' is
+    rd_kafka_conf_t *consumer_conf; /* taken over by cv_pipeline_new */
+    rd_kafka_conf_t *producer_conf; /* taken over by cv_pipeline_new */
+    const char *group;              /* consumer group id */
+    const char *topics_pattern;     /* regex without the leading '^' is
                                          an exact topic */
     const char *topics_prefix;
     const char *ack_topic;
     const char *dlq_topic;
     const char *pg_conninfo;
-    const char *log_dir;              /* NULL or "": the log store is off */
-    const cv_keyring *log_keys;       /* must outlive the pipeline */
+    const char *log_dir;        /* NULL or "": the log store is off */
+    const cv_keyring *log_keys; /* must outlive the pipeline */
     uint64_t log_segment_bytes;
     cv_ack_policy ack_policy;
-    bool fresh_cluster;               /* Kafka is new (embedded): stored
+    bool fresh_cluster; /* Kafka is new (embedded): stored
                                          offsets belong to another cluster */
     int64_t batch_max_messages;
     int64_t batch_max_bytes;

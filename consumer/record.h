@@ -18,16 +18,16 @@
 #define CV_DIGEST_BYTES 32
 
 typedef struct cv_rec {
-    rd_kafka_message_t *rkm;  /* owns topic, key and value bytes */
+    rd_kafka_message_t *rkm; /* owns topic, key and value bytes */
     const char *topic;
     int32_t partition;
     int64_t offset;
-    int64_t timestamp_ms;     /* Kafka timestamp, -1 if none */
-    cv_envelope env;          /* decoded message or why it was rejected */
+    int64_t timestamp_ms; /* Kafka timestamp, -1 if none */
+    cv_envelope env;      /* decoded message or why it was rejected */
 
     /* Filled by the stores. */
-    int status;               /* CHATVAULT__V1__ACK_STATUS__* */
-    uint32_t stores;          /* CV_STORE_* holding it durably */
+    int status;      /* CHATVAULT__V1__ACK_STATUS__* */
+    uint32_t stores; /* CV_STORE_* holding it durably */
     int64_t persisted_at_us;
     bool has_digest;
     unsigned char digest[CV_DIGEST_BYTES];

@@ -54,7 +54,7 @@ struct cv_stores {
     rd_kafka_topic_partition_list_t *unchecked;
 
     cv_applog_entry *entries;
-    cv_rec *fill;           /* records read back from the log for backfill */
+    cv_rec *fill; /* records read back from the log for backfill */
     cv_arena *fill_arena;
 };
 
@@ -76,8 +76,8 @@ static void slog(cv_stores *st, int level, const char *msg, const char *fmt, ...
 static void torn_cb(void *opaque, const char *file, uint64_t pos, uint64_t dropped,
                     const char *why) {
     slog(opaque, 2, "log recovery cut a torn tail; records before it are intact",
-         "file=%s offset=%" PRIu64 " dropped_bytes=%" PRIu64 " why=\"%s\"", file,
-         pos, dropped, why);
+         "file=%s offset=%" PRIu64 " dropped_bytes=%" PRIu64 " why=\"%s\"", file, pos,
+         dropped, why);
 }
 
 int cv_stores_open(const cv_stores_conf *c, cv_stores **ret, char *errbuf,
@@ -139,8 +139,12 @@ cv_stores *cv_stores_free(cv_stores *st) {
     return NULL;
 }
 
-bool cv_stores_degraded(const cv_stores *st) { return st->degraded; }
-bool cv_stores_has_log(const cv_stores *st) { return st->log != NULL; }
+bool cv_stores_degraded(const cv_stores *st) {
+    return st->degraded;
+}
+bool cv_stores_has_log(const cv_stores *st) {
+    return st->log != NULL;
+}
 
 int64_t cv_stores_retry_ms(const cv_stores *st) {
     int64_t now = cv_mono_ms(), wait = 0;
@@ -151,7 +155,9 @@ int64_t cv_stores_retry_ms(const cv_stores *st) {
     return wait;
 }
 
-static bool due(const health *h) { return !h->down || cv_mono_ms() >= h->retry_at_ms; }
+static bool due(const health *h) {
+    return !h->down || cv_mono_ms() >= h->retry_at_ms;
+}
 
 static void mark_ok(cv_stores *st, health *h, unsigned store, const char *name) {
     if (h->down)
@@ -178,23 +184,24 @@ static void set_degraded(cv_stores *st, bool on) {
     if (st->degraded == on)
         return;
     st->degraded = on;
-    slog(st, on ? 2 : 1, on ? "degraded: acking with one store (ack.policy = any)"
-                            : "both stores hold new batches again",
+    slog(st, on ? 2 : 1,
+         on ? "degraded: acking with one store (ack.policy = any)"
+            : "both stores hold new batches again",
          NULL);
     if (st->ev.degraded)
         st->ev.degraded(st->ev.opaque, on);
 }
 
-static int add_behind(cv_stores *st, const char *topic, int32_t partition,
-                      int64_t from, int64_t until) {
+static int add_behind(cv_stores *st, const char *topic, int32_t partition, int64_t from,
+                      int64_t until) {
     for (behind *b = st->behind; b; b = b->next)
         if (b->partition == partition && strcmp(b->topic, topic) == 0) {
             /* One range covering both. */
             if (from < b->from)
                 b->from = from;
             b->until = b->until < 0 || until < 0 ? -1
-                       : until > b->until         ? until
-                                                  : b->until;
+                       : until > b->until        ? until
+                                                 : b->until;
             return 0;
         }
     size_t len = strlen(topic) + 1;
@@ -232,8 +239,8 @@ static int backfill_chunk(cv_stores *st, const behind *b, size_t k, char *errbuf
  * on, in offset order and in chunks; b->from advances with each commit. */
 static int backfill_partition(cv_stores *st, behind *b, char *errbuf, size_t errlen) {
     char dir[PATH_MAX];
-    int r = cv_applog_partition_dir(st->log_dir, b->topic, b->partition, dir,
-                                    sizeof(dir));
+    int r =
+        cv_applog_partition_dir(st->log_dir, b->topic, b->partition, dir, sizeof(dir));
     if (r < 0) {
         snprintf(errbuf, errlen, "log: partition directory name too long");
         return r;
@@ -292,21 +299,23 @@ static int backfill_partition(cv_stores *st, behind *b, char *errbuf, size_t err
      * instance's log (the partition moved while PostgreSQL was away): say
      * so rather than leave PostgreSQL short in silence. Offsets of rejected
      * records are missing from both stores, so this may also name those. */
-    if (r == 0 && (first < 0 || first > want_from ||
-                   (b->until >= 0 && last < b->until - 1)))
-        slog(st, 2, "postgres misses records this instance's log does not "
-                    "hold (another instance may have written them); run "
-                    "`chatvault verify --repair` with every instance's log "
-                    "directory (--log-dir)",
-             "topic=%s partition=%" PRId32 " from_offset=%" PRId64
-             " acked_up_to=%" PRId64 " backfilled_first=%" PRId64
-             " backfilled_last=%" PRId64, b->topic, b->partition, want_from,
+    if (r == 0 &&
+        (first < 0 || first > want_from || (b->until >= 0 && last < b->until - 1)))
+        slog(st, 2,
+             "postgres misses records this instance's log does not "
+             "hold (another instance may have written them); run "
+             "`chatvault verify --repair` with every instance's log "
+             "directory (--log-dir)",
+             "topic=%s partition=%" PRId32 " from_offset=%" PRId64 " acked_up_to=%" PRId64
+             " backfilled_first=%" PRId64 " backfilled_last=%" PRId64,
+             b->topic, b->partition, want_from,
              b->until >= 0 ? b->until - 1 : (int64_t)-1, first, last);
     if (copied > 0 || r == 0)
-        slog(st, 1, r == 0 ? "postgres backfilled from the log"
-                           : "postgres backfill interrupted",
-             "topic=%s partition=%" PRId32 " records=%" PRId64
-             " next_offset=%" PRId64, b->topic, b->partition, copied, b->from);
+        slog(st, 1,
+             r == 0 ? "postgres backfilled from the log"
+                    : "postgres backfill interrupted",
+             "topic=%s partition=%" PRId32 " records=%" PRId64 " next_offset=%" PRId64,
+             b->topic, b->partition, copied, b->from);
     return r;
 }
 
@@ -387,9 +396,8 @@ static void take_digests(cv_stores *st, cv_rec *recs, size_t n) {
 }
 
 int cv_stores_write(cv_stores *st, cv_rec *recs, size_t n,
-                    const rd_kafka_topic_partition_list_t *next,
-                    int64_t *ret_pg_us, int64_t *ret_log_us, char *errbuf,
-                    size_t errlen) {
+                    const rd_kafka_topic_partition_list_t *next, int64_t *ret_pg_us,
+                    int64_t *ret_log_us, char *errbuf, size_t errlen) {
     char err[512];
     bool pg_done = false, log_done = st->log == NULL, schema_err = false;
     int64_t pg_us = 0;
@@ -473,12 +481,13 @@ int cv_stores_write(cv_stores *st, cv_rec *recs, size_t n,
             /* PostgreSQL misses these: backfill them from the log. */
             for (size_t i = 0; i < n; i++)
                 if (cv_rec_valid(&recs[i]) &&
-                    add_behind(st, recs[i].topic, recs[i].partition,
-                               recs[i].offset, -1) < 0)
+                    add_behind(st, recs[i].topic, recs[i].partition, recs[i].offset, -1) <
+                        0)
                     return -ENOMEM;
         } else {
-            slog(st, 2, "log misses records that PostgreSQL holds; run "
-                        "`chatvault verify --repair` once the log is back",
+            slog(st, 2,
+                 "log misses records that PostgreSQL holds; run "
+                 "`chatvault verify --repair` once the log is back",
                  "partitions=%d first=%s/%" PRId32 "@%" PRId64, next->cnt,
                  next->elems[0].topic, next->elems[0].partition,
                  next->elems[0].offset - 1);
@@ -507,7 +516,8 @@ static int compare_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts
         if (k->offset >= 0 && g < k->offset && st->log) {
             slog(st, 1, "postgres is behind the acked offset; backfilling from the log",
                  "topic=%s partition=%" PRId32 " postgres_next=%" PRId64
-                 " kafka_committed=%" PRId64, k->topic, k->partition, g, k->offset);
+                 " kafka_committed=%" PRId64,
+                 k->topic, k->partition, g, k->offset);
             if (add_behind(st, k->topic, k->partition, g, k->offset) < 0)
                 r = -ENOMEM;
         }
@@ -515,7 +525,6 @@ static int compare_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts
     rd_kafka_topic_partition_list_destroy(pg);
     return r;
 }
-
 
 int cv_stores_resume_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts,
                              char *errbuf, size_t errlen) {

@@ -46,8 +46,8 @@ typedef struct cv_stores_events {
 typedef struct cv_stores_conf {
     const char *pg_conninfo;
     const char *group;
-    const char *log_dir;         /* NULL or "": the log store is off */
-    const cv_keyring *log_keys;  /* must outlive the stores */
+    const char *log_dir;        /* NULL or "": the log store is off */
+    const cv_keyring *log_keys; /* must outlive the stores */
     uint64_t log_segment_bytes;
     cv_ack_policy policy;
     /* False when the Kafka cluster is not the one the stored offsets were
@@ -72,8 +72,7 @@ cv_stores *cv_stores_free(cv_stores *st);
  * store took. */
 int cv_stores_write(cv_stores *st, cv_rec *recs, size_t n,
                     const rd_kafka_topic_partition_list_t *next_offsets,
-                    int64_t *ret_pg_us, int64_t *ret_log_us, char *errbuf,
-                    size_t errlen);
+                    int64_t *ret_pg_us, int64_t *ret_log_us, char *errbuf, size_t errlen);
 
 /* Milliseconds until a failed store is due to be tried again (0 if none). */
 int64_t cv_stores_retry_ms(const cv_stores *st);
@@ -86,8 +85,7 @@ int64_t cv_stores_retry_ms(const cv_stores *st);
  * behind Kafka (acks went out while it was away), the gap is queued for
  * backfill from the log; when PostgreSQL cannot be asked now, it is asked
  * before its next write. */
-int cv_stores_resume_offsets(cv_stores *st,
-                             rd_kafka_topic_partition_list_t *parts,
+int cv_stores_resume_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts,
                              char *errbuf, size_t errlen);
 
 bool cv_stores_degraded(const cv_stores *st);

@@ -134,8 +134,10 @@ int cv_buf_json_string(cv_buf *b, const char *s, size_t len) {
         unsigned char c = *p;
         if (c >= 0x80) {
             /* Copy a valid sequence whole, replace anything else. */
-            size_t n = (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
-                                            : (c & 0xf8) == 0xf0 ? 4 : 0;
+            size_t n = (c & 0xe0) == 0xc0   ? 2
+                       : (c & 0xf0) == 0xe0 ? 3
+                       : (c & 0xf8) == 0xf0 ? 4
+                                            : 0;
             if (n && (size_t)(end - p) >= n && cv_utf8_valid((const char *)p, n)) {
                 memcpy(o, p, n);
                 o += n;

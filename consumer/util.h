@@ -34,8 +34,7 @@ void cv_buf_release(cv_buf *b);
 /* -ENOBUFS past the limit, -ENOMEM when out of memory. */
 int cv_buf_reserve(cv_buf *b, size_t more);
 int cv_buf_append(cv_buf *b, const void *p, size_t n);
-int cv_buf_printf(cv_buf *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+int cv_buf_printf(cv_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends `s` as a JSON string literal, quotes included. Bytes that are not
  * valid UTF-8 are written as \ufffd. */
 int cv_buf_json_string(cv_buf *b, const char *s, size_t len);

@@ -25,22 +25,22 @@ static inline void tap_ok(int cond, const char *fmt, ...) {
     fflush(stdout);
 }
 
-#define TAP_IS_INT(a, b, name)                                                 \
-    do {                                                                       \
-        long long a_ = (long long)(a), b_ = (long long)(b);                    \
-        tap_ok(a_ == b_, "%s", name);                                          \
-        if (a_ != b_)                                                          \
-            printf("#   got %lld, expected %lld\n", a_, b_);                   \
+#define TAP_IS_INT(a, b, name)                                                           \
+    do {                                                                                 \
+        long long a_ = (long long)(a), b_ = (long long)(b);                              \
+        tap_ok(a_ == b_, "%s", name);                                                    \
+        if (a_ != b_)                                                                    \
+            printf("#   got %lld, expected %lld\n", a_, b_);                             \
     } while (0)
 
-#define TAP_IS_STR(a, b, name)                                                 \
-    do {                                                                       \
-        const char *a_ = (a), *b_ = (b);                                       \
-        int eq_ = a_ && b_ && strcmp(a_, b_) == 0;                             \
-        tap_ok(eq_, "%s", name);                                               \
-        if (!eq_)                                                              \
-            printf("#   got \"%s\", expected \"%s\"\n", a_ ? a_ : "(null)",    \
-                   b_ ? b_ : "(null)");                                        \
+#define TAP_IS_STR(a, b, name)                                                           \
+    do {                                                                                 \
+        const char *a_ = (a), *b_ = (b);                                                 \
+        int eq_ = a_ && b_ && strcmp(a_, b_) == 0;                                       \
+        tap_ok(eq_, "%s", name);                                                         \
+        if (!eq_)                                                                        \
+            printf("#   got \"%s\", expected \"%s\"\n", a_ ? a_ : "(null)",              \
+                   b_ ? b_ : "(null)");                                                  \
     } while (0)
 
 static inline int tap_done(void) {

@@ -61,12 +61,12 @@ typedef struct ack_state {
     const char *run_id;
     size_t run_id_len;
     long n;
-    unsigned char *seen;        /* per message: acks received (saturating) */
-    int64_t *latency_us;        /* first ack of each message, in arrival order */
+    unsigned char *seen; /* per message: acks received (saturating) */
+    int64_t *latency_us; /* first ack of each message, in arrival order */
     long nlatency;
-    long by_status[5];          /* index: AckStatus, 0 = other */
-    long repeats;               /* acks of a message already acked */
-    long foreign;               /* acks of other runs or undecodable */
+    long by_status[5]; /* index: AckStatus, 0 = other */
+    long repeats;      /* acks of a message already acked */
+    long foreign;      /* acks of other runs or undecodable */
     atomic_long distinct;
     atomic_llong last_new_mono_us;
     atomic_bool stop;
@@ -74,7 +74,9 @@ typedef struct ack_state {
 } ack_state;
 
 static volatile sig_atomic_t interrupted;
-static void on_signal(int sig) { (void)sig, interrupted = 1; }
+static void on_signal(int sig) {
+    (void)sig, interrupted = 1;
+}
 
 static atomic_long delivery_failures;
 static char delivery_error[256];
@@ -86,26 +88,25 @@ static int64_t now_us(clockid_t clock) {
 }
 
 static void usage(FILE *out) {
-    fprintf(out,
-            "usage: chatvault-bench --bootstrap HOST:PORT [options]\n\n"
-            "Publishes chat messages to a Kafka cluster that `chatvault broker` "
-            "consumes,\nwaits for every DeliveryAck and prints throughput, "
-            "latency and broker cost.\n\n"
-            "  --bootstrap SERVERS     Kafka bootstrap servers (required)\n"
-            "  --messages N            messages to publish (default 1000000)\n"
-            "  --body-bytes N          body size (default 256)\n"
-            "  --channels N            channels, one topic each (default 16)\n"
-            "  --topic-prefix P        chat topic prefix (default chat.)\n"
-            "  --channel-prefix P      channel names P00, P01, ... (default "
-            "bench-)\n"
-            "  --ack-topic T           ack topic (default chatvault.acks)\n"
-            "  --linger-ms N           producer linger.ms, >= 5 (default 5)\n"
-            "  --idle-timeout S        give up when no new ack came for S "
-            "seconds (default 60)\n"
-            "  --broker-pid PID        report this process's CPU time and "
-            "peak RSS\n"
-            "  -X key=value            extra librdkafka property for both "
-            "clients\n");
+    fprintf(out, "usage: chatvault-bench --bootstrap HOST:PORT [options]\n\n"
+                 "Publishes chat messages to a Kafka cluster that `chatvault broker` "
+                 "consumes,\nwaits for every DeliveryAck and prints throughput, "
+                 "latency and broker cost.\n\n"
+                 "  --bootstrap SERVERS     Kafka bootstrap servers (required)\n"
+                 "  --messages N            messages to publish (default 1000000)\n"
+                 "  --body-bytes N          body size (default 256)\n"
+                 "  --channels N            channels, one topic each (default 16)\n"
+                 "  --topic-prefix P        chat topic prefix (default chat.)\n"
+                 "  --channel-prefix P      channel names P00, P01, ... (default "
+                 "bench-)\n"
+                 "  --ack-topic T           ack topic (default chatvault.acks)\n"
+                 "  --linger-ms N           producer linger.ms, >= 5 (default 5)\n"
+                 "  --idle-timeout S        give up when no new ack came for S "
+                 "seconds (default 60)\n"
+                 "  --broker-pid PID        report this process's CPU time and "
+                 "peak RSS\n"
+                 "  -X key=value            extra librdkafka property for both "
+                 "clients\n");
 }
 
 static int parse_long(const char *s, long min, long max, long *ret) {
@@ -119,19 +120,18 @@ static int parse_long(const char *s, long min, long max, long *ret) {
 }
 
 static int parse_args(int argc, char **argv, bench_opts *o) {
-    static const struct option opts[] = {
-        {"bootstrap", required_argument, NULL, 'b'},
-        {"messages", required_argument, NULL, 'n'},
-        {"body-bytes", required_argument, NULL, 's'},
-        {"channels", required_argument, NULL, 'c'},
-        {"topic-prefix", required_argument, NULL, 'T'},
-        {"channel-prefix", required_argument, NULL, 'C'},
-        {"ack-topic", required_argument, NULL, 'a'},
-        {"linger-ms", required_argument, NULL, 'l'},
-        {"idle-timeout", required_argument, NULL, 'i'},
-        {"broker-pid", required_argument, NULL, 'p'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"bootstrap", required_argument, NULL, 'b'},
+                                         {"messages", required_argument, NULL, 'n'},
+                                         {"body-bytes", required_argument, NULL, 's'},
+                                         {"channels", required_argument, NULL, 'c'},
+                                         {"topic-prefix", required_argument, NULL, 'T'},
+                                         {"channel-prefix", required_argument, NULL, 'C'},
+                                         {"ack-topic", required_argument, NULL, 'a'},
+                                         {"linger-ms", required_argument, NULL, 'l'},
+                                         {"idle-timeout", required_argument, NULL, 'i'},
+                                         {"broker-pid", required_argument, NULL, 'p'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     *o = (bench_opts){.topic_prefix = "chat.",
                       .channel_prefix = "bench-",
                       .ack_topic = "chatvault.acks",
@@ -186,7 +186,8 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
             break;
         case 'X':
             if (!strchr(optarg, '=') ||
-                o->nkafka_props == (int)(sizeof(o->kafka_props) / sizeof(o->kafka_props[0])))
+                o->nkafka_props ==
+                    (int)(sizeof(o->kafka_props) / sizeof(o->kafka_props[0])))
                 goto bad;
             o->kafka_props[o->nkafka_props++] = optarg;
             break;
@@ -292,8 +293,8 @@ static int ack_consumer_start(const bench_opts *o, ack_state *st) {
         rd_kafka_resp_err_t e =
             rd_kafka_query_watermark_offsets(st->rk, o->ack_topic, p, &lo, &hi, 10000);
         if (e) {
-            fprintf(stderr, "chatvault-bench: watermarks of %s [%d]: %s\n",
-                    o->ack_topic, p, rd_kafka_err2str(e));
+            fprintf(stderr, "chatvault-bench: watermarks of %s [%d]: %s\n", o->ack_topic,
+                    p, rd_kafka_err2str(e));
             rd_kafka_topic_partition_list_destroy(assign);
             return -EIO;
         }
@@ -457,8 +458,8 @@ static double proc_cpu_seconds(long pid, double *ret_user, double *ret_sys) {
      * state; utime and stime are fields 14 and 15. */
     const char *p = strrchr(line, ')');
     unsigned long long ut, st;
-    if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
-                     &ut, &st) != 2)
+    if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
+                     &st) != 2)
         return -1;
     double hz = (double)sysconf(_SC_CLK_TCK);
     *ret_user = (double)ut / hz;
@@ -563,7 +564,8 @@ int main(int argc, char **argv) {
         goto out;
     }
     double cpu_user0 = 0, cpu_sys0 = 0, cpu_user1 = 0, cpu_sys1 = 0;
-    double cpu0 = o.broker_pid ? proc_cpu_seconds(o.broker_pid, &cpu_user0, &cpu_sys0) : -1;
+    double cpu0 =
+        o.broker_pid ? proc_cpu_seconds(o.broker_pid, &cpu_user0, &cpu_sys0) : -1;
     if (o.broker_pid && cpu0 < 0)
         fprintf(stderr, "chatvault-bench: cannot read /proc/%ld/stat\n", o.broker_pid);
 
@@ -584,7 +586,8 @@ int main(int argc, char **argv) {
     while (prc == 0 && !interrupted && atomic_load(&acks.distinct) < o.messages) {
         usleep(20000);
         int64_t t = now_us(CLOCK_MONOTONIC);
-        if (t - atomic_load(&acks.last_new_mono_us) > (int64_t)o.idle_timeout_s * 1000000) {
+        if (t - atomic_load(&acks.last_new_mono_us) >
+            (int64_t)o.idle_timeout_s * 1000000) {
             fprintf(stderr, "chatvault-bench: no new ack for %d s; giving up\n",
                     o.idle_timeout_s);
             break;
@@ -619,9 +622,8 @@ int main(int argc, char **argv) {
            failed);
     printf("acked       %ld distinct of %ld: PERSISTED %ld, DUPLICATE %ld, "
            "REJECTED %ld, DEGRADED %ld, other %ld; %ld repeated acks, %ld foreign\n",
-           distinct, o.messages, acks.by_status[1], acks.by_status[2],
-           acks.by_status[3], acks.by_status[4], acks.by_status[0], acks.repeats,
-           acks.foreign);
+           distinct, o.messages, acks.by_status[1], acks.by_status[2], acks.by_status[3],
+           acks.by_status[4], acks.by_status[0], acks.repeats, acks.foreign);
     if (missing == 0)
         printf("end to end  %ld msgs in %.2f s = %.0f msgs/s (first publish -> "
                "last ack)\n",
@@ -643,8 +645,8 @@ int main(int argc, char **argv) {
     bool ok = prc == 0 && failed == 0 && missing == 0 && acks.by_status[0] == 0 &&
               acks.by_status[3] == 0 && acks.by_status[4] == 0;
     if (missing > 0) {
-        printf("FAIL: %ld of %ld messages were never acked; first missing ids:",
-               missing, o.messages);
+        printf("FAIL: %ld of %ld messages were never acked; first missing ids:", missing,
+               o.messages);
         int shown = 0;
         for (long i = 0; i < o.messages && shown < MISSING_SHOWN; i++)
             if (!acks.seen[i]) {

@@ -29,7 +29,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* The key the seed segments were written with (key id 1). */
-#define FUZZ_KEY_LINE                                                          \
+#define FUZZ_KEY_LINE                                                                    \
     "key 1 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n"
 
 static char root[64], logdir[128], partdir[192];
@@ -117,8 +117,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (cv_applog_open(logdir, keys, 1u << 20, &log, err, sizeof(err)) < 0)
         abort();
     static const char value[] = "fuzz";
-    cv_applog_entry e = {"chat.fuzz", 0, INT64_MAX - 1, 0, value,
-                         sizeof(value) - 1, {0}};
+    cv_applog_entry e = {"chat.fuzz", 0, INT64_MAX - 1, 0, value, sizeof(value) - 1, {0}};
     int r = cv_applog_append(log, &e, 1, err, sizeof(err));
     cv_applog_free(log);
     if (r == 0 && read_dir(true) != INT64_MAX - 1)

@@ -76,8 +76,7 @@ static void check_valid(const Chatvault__V1__ChatMessage *m, const char *topic) 
     }
     if (*m->reply_to) {
         check(cv_topic_name_valid(m->reply_to));
-        check(strncmp(m->reply_to, rules.topic_prefix,
-                      strlen(rules.topic_prefix)) != 0);
+        check(strncmp(m->reply_to, rules.topic_prefix, strlen(rules.topic_prefix)) != 0);
         check(strcmp(m->reply_to, rules.dlq_topic) != 0);
     }
     /* The acker re-encodes fields of valid messages: packing must work. */

@@ -55,8 +55,8 @@ int main(int argc, char **argv) {
             m.body.len = strlen(body);
             m.content_type = "text/plain";
             size_t len = chatvault__v1__chat_message__pack(&m, vals[n]);
-            ents[n] = (cv_applog_entry){topic, partition, o,
-                                        1700000000000 + o, vals[n], len, {0}};
+            ents[n] = (cv_applog_entry){topic,   partition, o,  1700000000000 + o,
+                                        vals[n], len,       {0}};
         }
         if (cv_applog_append(log, ents, n, err, sizeof(err)) < 0) {
             fprintf(stderr, "log_writer: %s\n", err);

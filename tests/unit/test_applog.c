@@ -8,10 +8,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -81,9 +81,9 @@ static void make_value(int64_t offset, unsigned char *v, size_t n) {
 
 /* Appends offsets [from, to) of one partition in batches of `batch`,
  * storing digests in dig[offset] when dig is not NULL. */
-static int append_range(cv_applog *log, int32_t partition, int64_t from,
-                        int64_t to, size_t batch, unsigned char (*dig)[32],
-                        char *err, size_t errlen) {
+static int append_range(cv_applog *log, int32_t partition, int64_t from, int64_t to,
+                        size_t batch, unsigned char (*dig)[32], char *err,
+                        size_t errlen) {
     static unsigned char vals[1000][VALUE_LEN];
     static cv_applog_entry ents[1000];
     if (batch > 1000)
@@ -130,17 +130,16 @@ static seen read_all(const char *const *dirs, size_t n, const cv_keyring *kr,
     cv_applog_record rec;
     unsigned char want[VALUE_LEN];
     int r;
-    while ((r = cv_applog_reader_next(rd, &rec, s.errmsg, sizeof(s.errmsg))) ==
-           1) {
+    while ((r = cv_applog_reader_next(rd, &rec, s.errmsg, sizeof(s.errmsg))) == 1) {
         s.count++;
         if (rec.offset <= s.last)
             s.out_of_order++;
         s.last = rec.offset;
         make_value(rec.offset, want, VALUE_LEN);
-        if (kr && (rec.value_len != VALUE_LEN ||
-                   memcmp(rec.value, want, VALUE_LEN) != 0 ||
-                   rec.timestamp_ms != 1700000000000 + rec.offset ||
-                   strcmp(rec.topic, TOPIC) != 0))
+        if (kr &&
+            (rec.value_len != VALUE_LEN || memcmp(rec.value, want, VALUE_LEN) != 0 ||
+             rec.timestamp_ms != 1700000000000 + rec.offset ||
+             strcmp(rec.topic, TOPIC) != 0))
             s.bad_value++;
         if (dig && memcmp(dig[rec.offset], rec.digest, 32) != 0)
             s.bad_digest++;
@@ -215,8 +214,7 @@ static void test_round_trip(void) {
                "rotate: add key 2");
     cv_keyring_load(keyfile, &kr, err, sizeof(err));
     cv_applog_open(logdir, kr, 4u << 20, &log, err, sizeof(err));
-    r = append_range(log, 0, N_ROUND / 2, N_ROUND, 1000, digests, err,
-                     sizeof(err));
+    r = append_range(log, 0, N_ROUND / 2, N_ROUND, 1000, digests, err, sizeof(err));
     TAP_IS_INT(r, 0, "append 50,000 more records with key 2 (new session)");
 
     const char *d0 = pdir(logdir, 0);
@@ -237,8 +235,8 @@ static void test_round_trip(void) {
     for (int i = 0; i < 20; i++) {
         int64_t o = N_ROUND - 10 + i;
         make_value(o, vals[i], VALUE_LEN);
-        ents[i] = (cv_applog_entry){TOPIC, 0, o, 1700000000000 + o, vals[i],
-                                    VALUE_LEN, {0}};
+        ents[i] =
+            (cv_applog_entry){TOPIC, 0, o, 1700000000000 + o, vals[i], VALUE_LEN, {0}};
     }
     r = cv_applog_append(log, ents, 20, err, sizeof(err));
     TAP_IS_INT(r, 0, "re-append 10 held and 10 new offsets");
@@ -249,8 +247,7 @@ static void test_round_trip(void) {
     for (int i = 10; i < 20; i++)
         memcpy(digests[N_ROUND - 10 + i], ents[i].digest, 32);
     make_value(5, vals[20], VALUE_LEN);
-    ents[20] = (cv_applog_entry){TOPIC, 0, 5, 1700000000005, vals[20],
-                                 VALUE_LEN, {0}};
+    ents[20] = (cv_applog_entry){TOPIC, 0, 5, 1700000000005, vals[20], VALUE_LEN, {0}};
     r = cv_applog_append(log, &ents[20], 1, err, sizeof(err));
     tap_ok(r == 0 && memcmp(ents[20].digest, digests[5], 32) == 0,
            "an old offset found on disk is a no-op with its digest");
@@ -261,12 +258,10 @@ static void test_round_trip(void) {
     r = append_range(log, 0, 1000, 4000, 1000, redig, err, sizeof(err));
     double t3 = now_s();
     tap_ok(r == 0 && memcmp(redig + 1000, digests + 1000, 3000 * 32) == 0,
-           "re-delivering 3,000 old offsets returns their digests (%.3f s)",
-           t3 - t2);
+           "re-delivering 3,000 old offsets returns their digests (%.3f s)", t3 - t2);
     s = read_all(&d0, 1, kr, digests);
     tap_ok(s.err == 0 && s.count == N_ROUND + 10 && s.bad_digest == 0,
-           "the reader sees each record once after re-appends (%" PRId64 ")",
-           s.count);
+           "the reader sees each record once after re-appends (%" PRId64 ")", s.count);
 
     {
         cv_applog_reader *rd = NULL;
@@ -279,9 +274,8 @@ static void test_round_trip(void) {
                 firsto = rec.offset;
         cv_applog_reader_free(rd);
         tap_ok(firsto == 77777 && n == N_ROUND + 10 - 77777,
-               "skip_to(77777) starts there (%" PRId64 " records from %" PRId64
-               ")",
-               n, firsto);
+               "skip_to(77777) starts there (%" PRId64 " records from %" PRId64 ")", n,
+               firsto);
     }
 
     cv_keyring *k1only = NULL;
@@ -298,8 +292,7 @@ static void test_round_trip(void) {
     free(kt);
     cv_keyring_load(k1, &k1only, err, sizeof(err));
     s = read_all(&d0, 1, k1only, NULL);
-    tap_ok(s.err == -ENOKEY && strstr(s.errmsg, "key id 2") &&
-               strstr(s.errmsg, ".cvlog"),
+    tap_ok(s.err == -ENOKEY && strstr(s.errmsg, "key id 2") && strstr(s.errmsg, ".cvlog"),
            "a key ring without the newer key: %s", s.errmsg);
     cv_keyring_free(k1only);
     log = cv_applog_free(log);
@@ -365,8 +358,8 @@ typedef struct torn_seen {
     char file[512];
 } torn_seen;
 
-static void on_torn(void *opaque, const char *file, uint64_t pos,
-                    uint64_t dropped, const char *why) {
+static void on_torn(void *opaque, const char *file, uint64_t pos, uint64_t dropped,
+                    const char *why) {
     torn_seen *t = opaque;
     t->calls++;
     t->pos = pos;
@@ -389,8 +382,7 @@ static void test_crash_recovery(void) {
     int failures = 0, torn_ok = 0;
     for (uint64_t cut = last.pos + 1; cut < flen; cut++) {
         char cmd[2048];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s' && cp -a '%s' '%s'", work,
-                 base, work);
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s' && cp -a '%s' '%s'", work, base, work);
         if (system(cmd) != 0)
             die("cp");
         char seg[700];
@@ -401,8 +393,7 @@ static void test_crash_recovery(void) {
         cv_applog_open(work, small_kr, 1u << 20, &log, err, sizeof(err));
         cv_applog_set_torn_cb(log, on_torn, &t);
         /* Re-deliver the torn record and one more: both must be written. */
-        int r = append_range(log, 0, next - 1, next + 1, 10, NULL, err,
-                             sizeof(err));
+        int r = append_range(log, 0, next - 1, next + 1, 10, NULL, err, sizeof(err));
         cv_applog_free(log);
         if (t.calls == 1 && t.pos == last.pos && strcmp(t.file, seg) == 0)
             torn_ok++;
@@ -410,8 +401,8 @@ static void test_crash_recovery(void) {
         seen s = read_all(&d, 1, small_kr, NULL);
         if (r != 0 || s.err != 0 || s.count != next + 1 || s.bad_value) {
             if (!failures++)
-                printf("# cut at %" PRIu64 ": r=%d %s / %s count=%" PRId64 "\n",
-                       cut, r, err, s.errmsg, s.count);
+                printf("# cut at %" PRIu64 ": r=%d %s / %s count=%" PRId64 "\n", cut, r,
+                       err, s.errmsg, s.count);
         }
         if (count_segments(d) != 2 && !failures++)
             printf("# cut at %" PRIu64 ": writing did not continue in a new "
@@ -427,8 +418,7 @@ static void test_crash_recovery(void) {
 
     /* Zeros after the last record (a file extended but not written). */
     char cmd[2048];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s' && cp -a '%s' '%s'", work, base,
-             work);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s' && cp -a '%s' '%s'", work, base, work);
     if (system(cmd) != 0)
         die("cp");
     unsigned char *ext = calloc(1, flen + 4096);
@@ -453,8 +443,7 @@ static size_t ncrp;
 
 static void fresh_copy(const char *base, const char *work) {
     char cmd[2048];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s' && cp -a '%s' '%s'", work, base,
-             work);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s' && cp -a '%s' '%s'", work, base, work);
     if (system(cmd) != 0)
         die("cp");
 }
@@ -522,8 +511,8 @@ static void test_corruption(void) {
         while ((r = cv_applog_reader_next(rd, &rec, err, sizeof(err))) == 1)
             n++;
         cv_applog_reader_free(rd);
-        tap_ok(r == 0 && n == 50,
-               "skip_to does not read segments below its offset (%d)", n);
+        tap_ok(r == 0 && n == 50, "skip_to does not read segments below its offset (%d)",
+               n);
     }
 
     fresh_copy(base, work);
@@ -564,8 +553,7 @@ static void test_corruption(void) {
     memcpy(f + crp[62].pos, f1 + crp[12].pos, crp[12].len);
     spit(work_file(work, 62), f, len);
     free(f);
-    expect_error(work, "a record copied from another segment", 62, UINT64_MAX,
-                 NULL);
+    expect_error(work, "a record copied from another segment", 62, UINT64_MAX, NULL);
     /* ... and the same with its offset field made to fit (CRC fixed): only
      * the authentication can tell. */
     fresh_copy(base, work);
@@ -595,8 +583,8 @@ static void test_corruption(void) {
     int r = append_range(log, 0, 150, 151, 1, NULL, err, sizeof(err));
     char at[64];
     snprintf(at, sizeof(at), "at byte %" PRIu64, crp[112].pos);
-    tap_ok(r == -CV_ECORRUPT && strstr(err, work_file(work, 112)) &&
-               strstr(err, at) && strstr(err, "chatvault log check"),
+    tap_ok(r == -CV_ECORRUPT && strstr(err, work_file(work, 112)) && strstr(err, at) &&
+               strstr(err, "chatvault log check"),
            "append refuses a partition damaged before its tail: %s", err);
     r = append_range(log, 0, 150, 151, 1, NULL, err, sizeof(err));
     tap_ok(r == -CV_ECORRUPT, "... and keeps refusing it");
@@ -655,8 +643,8 @@ static void test_faults(void) {
     snprintf(logdir, sizeof(logdir), "%s/%s", root, "faults");
     cv_applog *log = NULL;
     cv_applog_open(logdir, small_kr, 64 << 10, &log, err, sizeof(err));
-    cv_applog_syscalls sys = {f_open,   f_pwrite, f_fdatasync, fsync,
-                              rename,   ftruncate, unlink};
+    cv_applog_syscalls sys = {f_open, f_pwrite,  f_fdatasync, fsync,
+                              rename, ftruncate, unlink};
     cv_applog_set_syscalls(log, &sys);
     append_range(log, 0, 0, 100, 100, NULL, err, sizeof(err));
     const char *d = pdir(logdir, 0);
@@ -672,27 +660,25 @@ static void test_faults(void) {
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         /* 300 records of 64 KiB segments: the batch also rolls segments. */
         fault = cases[c].f;
-        int r = append_range(log, 0, next, next + 300, 300, NULL, err,
-                             sizeof(err));
+        int r = append_range(log, 0, next, next + 300, 300, NULL, err, sizeof(err));
         tap_ok(r < 0 && strstr(err, ".cvlog") && strstr(err, "byte") &&
                    strstr(err, cases[c].want),
                "%s: append fails naming file and byte: %s", cases[c].name, err);
         int64_t req = 0, dur = 0;
         cv_applog_positions(log, TOPIC, 0, &req, &dur);
         tap_ok(dur == next - 1 && req == dur,
-               "%s: nothing is reported durable (durable %" PRId64 ")",
-               cases[c].name, dur);
+               "%s: nothing is reported durable (durable %" PRId64 ")", cases[c].name,
+               dur);
         seen s = read_all(&d, 1, small_kr, NULL);
         tap_ok(s.err == 0 && s.count == next,
-               "%s: the files hold only the durable records (%" PRId64 ")",
-               cases[c].name, s.count);
+               "%s: the files hold only the durable records (%" PRId64 ")", cases[c].name,
+               s.count);
         fault = F_NONE;
         r = append_range(log, 0, next, next + 300, 300, NULL, err, sizeof(err));
         next += 300;
         s = read_all(&d, 1, small_kr, NULL);
         tap_ok(r == 0 && s.err == 0 && s.count == next && !s.bad_value,
-               "%s: the same append succeeds after the fault clears",
-               cases[c].name);
+               "%s: the same append succeeds after the fault clears", cases[c].name);
     }
     /* A batch over two partitions where the syncs fail: neither keeps
      * anything of it. */
@@ -700,18 +686,16 @@ static void test_faults(void) {
     unsigned char v2[2][VALUE_LEN];
     make_value(next, v2[0], VALUE_LEN);
     make_value(0, v2[1], VALUE_LEN);
-    two[0] = (cv_applog_entry){TOPIC, 0, next, 1700000000000 + next, v2[0],
-                               VALUE_LEN, {0}};
-    two[1] = (cv_applog_entry){TOPIC, 1, 0, 1700000000000, v2[1], VALUE_LEN,
-                               {0}};
+    two[0] =
+        (cv_applog_entry){TOPIC, 0, next, 1700000000000 + next, v2[0], VALUE_LEN, {0}};
+    two[1] = (cv_applog_entry){TOPIC, 1, 0, 1700000000000, v2[1], VALUE_LEN, {0}};
     fault = F_FDATASYNC_EIO;
     int r2 = cv_applog_append(log, two, 2, err, sizeof(err));
     fault = F_NONE;
     int64_t req0, dur0, req1, dur1;
     cv_applog_positions(log, TOPIC, 0, &req0, &dur0);
     cv_applog_positions(log, TOPIC, 1, &req1, &dur1);
-    tap_ok(r2 < 0 && dur0 == next - 1 && req0 == dur0 && dur1 == -1 &&
-               req1 == -1,
+    tap_ok(r2 < 0 && dur0 == next - 1 && req0 == dur0 && dur1 == -1 && req1 == -1,
            "a failed batch over two partitions leaves neither advanced");
     r2 = cv_applog_append(log, two, 2, err, sizeof(err));
     next++;
@@ -779,8 +763,7 @@ static void test_merge(void) {
     const char *dirs3[] = {pdir(a, 3), pdir(c, 3)};
     s = read_all(dirs3, 2, small_kr, NULL);
     tap_ok(s.err == -CV_ECORRUPT && strstr(s.errmsg, "offset 50 differs"),
-           "an offset whose bytes differ between instances is reported: %s",
-           s.errmsg);
+           "an offset whose bytes differ between instances is reported: %s", s.errmsg);
 }
 
 /* A writer process killed with SIGKILL in the middle of its appends: every
@@ -799,12 +782,10 @@ static void test_kill9(void) {
     if (pid == 0) {
         close(pfd[0]);
         cv_applog *log = NULL;
-        if (cv_applog_open(logdir, small_kr, 256u << 10, &log, err,
-                           sizeof(err)) < 0)
+        if (cv_applog_open(logdir, small_kr, 256u << 10, &log, err, sizeof(err)) < 0)
             _exit(1);
         for (int64_t o = 0;; o += 100) {
-            if (append_range(log, 0, o, o + 100, 100, NULL, err,
-                             sizeof(err)) < 0)
+            if (append_range(log, 0, o, o + 100, 100, NULL, err, sizeof(err)) < 0)
                 _exit(1);
             int64_t durable = o + 99;
             if (write(pfd[1], &durable, sizeof(durable)) != sizeof(durable))
@@ -823,30 +804,28 @@ static void test_kill9(void) {
     int status;
     waitpid(pid, &status, 0);
     tap_ok(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL && durable >= 0,
-           "a writer killed with SIGKILL after %" PRId64 " durable offsets",
-           durable + 1);
+           "a writer killed with SIGKILL after %" PRId64 " durable offsets", durable + 1);
     /* Kafka re-delivers from the committed offset: durable + 1. */
     cv_applog *log = NULL;
     cv_applog_open(logdir, small_kr, 256u << 10, &log, err, sizeof(err));
     torn_seen t = {0};
     cv_applog_set_torn_cb(log, on_torn, &t);
-    int r = append_range(log, 0, durable + 1, durable + 301, 100, NULL, err,
-                         sizeof(err));
+    int r = append_range(log, 0, durable + 1, durable + 301, 100, NULL, err, sizeof(err));
     cv_applog_free(log);
     const char *d = pdir(logdir, 0);
     seen s = read_all(&d, 1, small_kr, NULL);
-    tap_ok(r == 0 && s.err == 0 && s.count == durable + 301 &&
-               s.out_of_order == 0 && s.bad_value == 0,
-           "after the restart the log holds offsets 0..%" PRId64
-           " exactly once (%" PRId64 " records, torn tails cut: %d)",
+    tap_ok(r == 0 && s.err == 0 && s.count == durable + 301 && s.out_of_order == 0 &&
+               s.bad_value == 0,
+           "after the restart the log holds offsets 0..%" PRId64 " exactly once (%" PRId64
+           " records, torn tails cut: %d)",
            durable + 300, s.count, t.calls);
 }
 
 static int count_repair(void *opaque, const cv_applog_segment_info *si) {
     int *c = opaque;
     c[0]++;
-    if (si->repair && !si->damaged && si->first_offset == 10 &&
-        si->last_offset == 19 && si->records == 10)
+    if (si->repair && !si->damaged && si->first_offset == 10 && si->last_offset == 19 &&
+        si->records == 10)
         c[1]++;
     return 0;
 }
@@ -868,12 +847,10 @@ static void test_repair(void) {
     const char *d = pdir(logdir, 5);
     seen s = read_all(&d, 1, small_kr, NULL);
     tap_ok(s.err == 0 && s.count == 30 && s.out_of_order == 0 && !s.bad_value,
-           "the reader merges the repair directory (%" PRId64 " records)",
-           s.count);
+           "the reader merges the repair directory (%" PRId64 " records)", s.count);
     int c[2] = {0, 0};
     cv_applog_segments(d, count_repair, c, err, sizeof(err));
-    tap_ok(c[0] == 2 && c[1] == 1,
-           "the segment list shows the repair segment as one");
+    tap_ok(c[0] == 2 && c[1] == 1, "the segment list shows the repair segment as one");
     cv_applog_open(logdir, small_kr, 1 << 20, &log, err, sizeof(err));
     r = append_range(log, 5, 25, 35, 10, NULL, err, sizeof(err));
     cv_applog_free(log);
@@ -881,8 +858,7 @@ static void test_repair(void) {
     tap_ok(r == 0 && s.err == 0 && s.count == 35,
            "the broker's writer continues the partition beside it");
     char cmd[2048];
-    snprintf(cmd, sizeof(cmd),
-             "cp '%s'/repair-*/00000000000000000010.cvlog '%s'/", d, d);
+    snprintf(cmd, sizeof(cmd), "cp '%s'/repair-*/00000000000000000010.cvlog '%s'/", d, d);
     if (system(cmd) != 0)
         die("cp");
     s = read_all(&d, 1, small_kr, NULL);
@@ -915,10 +891,8 @@ static void test_late(void) {
     cv_applog_free(log);
     const char *d = pdir(logdir, 6);
     seen s = read_all(&d, 1, small_kr, NULL);
-    tap_ok(r == 0 && s.err == 0 && s.count == 31 && s.out_of_order == 0 &&
-               !s.bad_value,
-           "the reader returns 0..30 with the late records in place (%" PRId64
-           ")",
+    tap_ok(r == 0 && s.err == 0 && s.count == 31 && s.out_of_order == 0 && !s.bad_value,
+           "the reader returns 0..30 with the late records in place (%" PRId64 ")",
            s.count);
     int c[2] = {0, 0};
     cv_applog_segments(d, count_repair, c, err, sizeof(err));
@@ -939,9 +913,8 @@ static void test_throughput_partitions(void) {
     double t0 = now_s();
     for (int b = 0; b < total / 1000 && r == 0; b++) {
         for (int i = 0; i < 1000; i++)
-            ents[i] = (cv_applog_entry){TOPIC, i % nparts,
-                                        (int64_t)b * 125 + i / nparts, 0, v,
-                                        VALUE_LEN, {0}};
+            ents[i] = (cv_applog_entry){
+                TOPIC, i % nparts, (int64_t)b * 125 + i / nparts, 0, v, VALUE_LEN, {0}};
         r = cv_applog_append(log, ents, 1000, err, sizeof(err));
     }
     double t1 = now_s();

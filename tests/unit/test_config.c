@@ -36,8 +36,8 @@ static int contains(const char *hay, const char *needle) {
 }
 
 /* Loads `text` as a config file into a fresh config; returns the result. */
-static int load_text(const char *text, cv_config **ret_cfg, char *err,
-                     size_t errlen, const char **ret_path) {
+static int load_text(const char *text, cv_config **ret_cfg, char *err, size_t errlen,
+                     const char **ret_path) {
     const char *path = write_file(text);
     if (ret_path)
         *ret_path = path;
@@ -71,12 +71,11 @@ static void test_file_syntax(void) {
     TAP_IS_INT(r, 0, "file: comments, blank lines, whitespace parse");
     if (r)
         printf("#   error: %s\n", err);
-    TAP_IS_STR(cv_config_str(cfg, "postgres.conninfo"),
-               "host=db port=5432 dbname=cv", "file: '=' inside a value is kept");
+    TAP_IS_STR(cv_config_str(cfg, "postgres.conninfo"), "host=db port=5432 dbname=cv",
+               "file: '=' inside a value is kept");
     TAP_IS_INT(cv_config_int(cfg, "batch.max_messages"), 250,
                "file: tabs and spaces around key and value are trimmed");
-    TAP_IS_STR(cv_config_str(cfg, "ack.policy"), "any",
-               "file: no spaces around '='");
+    TAP_IS_STR(cv_config_str(cfg, "ack.policy"), "any", "file: no spaces around '='");
     TAP_IS_STR(cv_config_str(cfg, "topics.acks"), "my.acks",
                "file: CRLF line ending is trimmed");
     TAP_IS_STR(cv_config_kafka_get(cfg, "bootstrap.servers"), "k1:9092,k2:9092",
@@ -84,8 +83,7 @@ static void test_file_syntax(void) {
     TAP_IS_STR(cv_config_kafka_get(cfg, "sasl.jaas"), "a=b;c=d",
                "file: kafka.* value with '=' is kept");
     TAP_IS_STR(cv_config_str(cfg, "http.token"), "", "file: empty value");
-    TAP_IS_INT(cv_config_int(cfg, "limits.max_body_bytes"), 64 * 1024,
-               "file: k suffix");
+    TAP_IS_INT(cv_config_int(cfg, "limits.max_body_bytes"), 64 * 1024, "file: k suffix");
     TAP_IS_INT(cv_config_int(cfg, "log.segment_bytes"), 1024 * 1024,
                "file: M suffix on a last line without newline");
     TAP_IS_STR(cv_config_str(cfg, "topics.dlq"), "chatvault.dlq",
@@ -94,8 +92,8 @@ static void test_file_syntax(void) {
                "kafka.group.id defaults to chatvault");
     cfg = cv_config_free(cfg);
 
-    r = load_text("kafka.group.id = mine\nbatch.max_ms = 5\nbatch.max_ms = 7\n",
-                  &cfg, err, sizeof(err), NULL);
+    r = load_text("kafka.group.id = mine\nbatch.max_ms = 5\nbatch.max_ms = 7\n", &cfg,
+                  err, sizeof(err), NULL);
     TAP_IS_INT(r, 0, "file: a key given twice");
     TAP_IS_INT(cv_config_int(cfg, "batch.max_ms"), 7, "file: the later line wins");
     TAP_IS_STR(cv_config_kafka_get(cfg, "group.id"), "mine",
@@ -108,8 +106,8 @@ static void test_file_errors(void) {
     const char *path;
     char where[300];
 
-    int r = load_text("# ok\nbatch.max_ms = 5\nno.such.key = 1\n", NULL, err,
-                      sizeof(err), &path);
+    int r = load_text("# ok\nbatch.max_ms = 5\nno.such.key = 1\n", NULL, err, sizeof(err),
+                      &path);
     snprintf(where, sizeof(where), "%s:3", path);
     TAP_IS_INT(r, -EINVAL, "unknown key: -EINVAL");
     tap_ok(contains(err, "no.such.key"), "unknown key: error names the key");
@@ -150,14 +148,14 @@ static void test_file_errors(void) {
     r = load_text("batch.max_messages = 1000000\n", NULL, err, sizeof(err), NULL);
     TAP_IS_INT(r, 0, "int at the top of its range is accepted");
 
-    r = load_text("log.segment_bytes = 99999999999999999999G\n", NULL, err,
-                  sizeof(err), NULL);
+    r = load_text("log.segment_bytes = 99999999999999999999G\n", NULL, err, sizeof(err),
+                  NULL);
     tap_ok(r == -EINVAL && contains(err, "log.segment_bytes") &&
                contains(err, "out of range"),
            "int overflow: error names key, says out of range (%s)", err);
 
-    r = load_text("log.segment_bytes = 9000000000000000000G\n", NULL, err,
-                  sizeof(err), NULL);
+    r = load_text("log.segment_bytes = 9000000000000000000G\n", NULL, err, sizeof(err),
+                  NULL);
     tap_ok(r == -EINVAL && contains(err, "log.segment_bytes") &&
                contains(err, "out of range"),
            "int overflow through a suffix: says out of range (%s)", err);
@@ -275,18 +273,20 @@ static void test_defaults_validate(void) {
     fclose(f);
     cv_config *cfg = cv_config_new();
     int r = cv_config_load_file(cfg, path, err, sizeof(err));
-    TAP_IS_INT(r, 0, "`chatvault config --example` output loads (every default validates)");
+    TAP_IS_INT(r, 0,
+               "`chatvault config --example` output loads (every default validates)");
     if (r)
         printf("#   error: %s\n", err);
 
     /* The loaded values equal the defaults a fresh config reports. */
     cv_config *fresh = cv_config_new();
     static const char *const keys[] = {
-        "postgres.conninfo", "log.dir",     "log.key_file",   "log.segment_bytes",
-        "ack.policy",        "batch.max_messages", "batch.max_bytes",
-        "batch.max_ms",      "limits.max_body_bytes", "topics.pattern",
-        "topics.prefix",     "topics.acks", "topics.dlq",     "http.listen",
-        "http.token",        "shutdown.timeout_ms",
+        "postgres.conninfo",   "log.dir",       "log.key_file",
+        "log.segment_bytes",   "ack.policy",    "batch.max_messages",
+        "batch.max_bytes",     "batch.max_ms",  "limits.max_body_bytes",
+        "topics.pattern",      "topics.prefix", "topics.acks",
+        "topics.dlq",          "http.listen",   "http.token",
+        "shutdown.timeout_ms",
     };
     int same = 1;
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)

@@ -81,8 +81,7 @@ static void expect_valid(const Chatvault__V1__ChatMessage *m, const char *topic,
                          const char *name) {
     cv_envelope env;
     int r = decode_msg(m, topic, &env);
-    tap_ok(r == 0 && env.reason == CV_REJECT_NONE && env.msg != NULL, "%s: valid",
-           name);
+    tap_ok(r == 0 && env.reason == CV_REJECT_NONE && env.msg != NULL, "%s: valid", name);
     if (r != 0)
         printf("#   got r=%d reason=%s error=\"%s\"\n", r,
                cv_reject_reason_name(env.reason), env.error);
@@ -101,9 +100,9 @@ static char *repeat(char c, size_t n) {
 
 static void test_reason_names(void) {
     static const char *const want[] = {
-        "none",          "decode",           "missing_field",  "id_too_long",
-        "bad_channel",   "channel_mismatch", "body_too_large", "bad_text",
-        "bad_reply_to",  "bad_topic",
+        "none",         "decode",           "missing_field",  "id_too_long",
+        "bad_channel",  "channel_mismatch", "body_too_large", "bad_text",
+        "bad_reply_to", "bad_topic",
     };
     int ok = (int)(sizeof(want) / sizeof(want[0])) == CV_REJECT__COUNT;
     for (int i = 0; ok && i < CV_REJECT__COUNT; i++)
@@ -133,10 +132,8 @@ static void test_valid(void) {
                strcmp(env.msg->channel, "general") == 0 &&
                strcmp(env.msg->sender_id, "alice") == 0 &&
                env.msg->sent_at_us == INT64_C(1700000000000000) &&
-               env.msg->body.len == 5 &&
-               memcmp(env.msg->body.data, "hello", 5) == 0 &&
-               env.msg->n_attributes == 2 &&
-               strcmp(env.msg->reply_to, "team.acks") == 0,
+               env.msg->body.len == 5 && memcmp(env.msg->body.data, "hello", 5) == 0 &&
+               env.msg->n_attributes == 2 && strcmp(env.msg->reply_to, "team.acks") == 0,
            "valid message: fields round-trip");
     TAP_IS_INT(env.reason, CV_REJECT_NONE, "valid message: reason none");
     TAP_IS_STR(env.error, "", "valid message: error empty");
@@ -171,15 +168,15 @@ static void test_rejects(void) {
 
     static const unsigned char garbage[] = {0xff, 0xff, 0xff, 0xff, 0x0f};
     cv_arena_reset(arena);
-    int r = cv_envelope_decode(&rules, "chat.general", garbage, sizeof(garbage),
-                               arena, &env);
+    int r =
+        cv_envelope_decode(&rules, "chat.general", garbage, sizeof(garbage), arena, &env);
     tap_ok(r == -CV_EREJECT && env.reason == CV_REJECT_DECODE && env.msg == NULL,
            "garbage bytes: rejected as decode, no message");
 
     /* Field 1 (message_id, length-delimited) claiming 100 bytes, holding 3. */
     static const unsigned char truncated[] = {0x0a, 100, 'a', 'b', 'c'};
-    r = cv_envelope_decode(&rules, "chat.general", truncated, sizeof(truncated),
-                           arena, &env);
+    r = cv_envelope_decode(&rules, "chat.general", truncated, sizeof(truncated), arena,
+                           &env);
     tap_ok(r == -CV_EREJECT && env.reason == CV_REJECT_DECODE,
            "length past the end: rejected as decode");
 
@@ -188,8 +185,7 @@ static void test_rejects(void) {
            "tombstone (NULL value): rejected as decode");
 
     r = cv_envelope_decode(&rules, "chat.general", "", 0, arena, &env);
-    tap_ok(r == -CV_EREJECT && env.reason == CV_REJECT_MISSING_FIELD &&
-               env.msg != NULL,
+    tap_ok(r == -CV_EREJECT && env.reason == CV_REJECT_MISSING_FIELD && env.msg != NULL,
            "zero-length value: decodes to an empty message, missing_field");
 
     m = base_message();
@@ -214,7 +210,7 @@ static void test_rejects(void) {
     expect_reject(&m, "chat.general", CV_REJECT_BAD_TEXT, "message_id not UTF-8");
 
     static const char *const bad_channels[] = {"gen eral", "gen/eral", "génér",
-                                               "a\tb", "x:y", "a+b"};
+                                               "a\tb",     "x:y",      "a+b"};
     for (size_t i = 0; i < sizeof(bad_channels) / sizeof(bad_channels[0]); i++) {
         char name[64];
         m = base_message();
@@ -247,7 +243,8 @@ static void test_rejects(void) {
     m = base_message();
     m.body.data = (uint8_t *)big;
     m.body.len = BODY_LIMIT + 1;
-    expect_reject(&m, "chat.general", CV_REJECT_BODY_TOO_LARGE, "body one over the limit");
+    expect_reject(&m, "chat.general", CV_REJECT_BODY_TOO_LARGE,
+                  "body one over the limit");
     free(big);
 
     m = base_message();
@@ -303,8 +300,8 @@ static void test_rejects(void) {
 }
 
 /* Appends a length-delimited field (tag `field`, wire type 2) to buf. */
-static size_t put_field(unsigned char *buf, size_t at, unsigned field,
-                        const void *data, size_t len) {
+static size_t put_field(unsigned char *buf, size_t at, unsigned field, const void *data,
+                        size_t len) {
     buf[at++] = (unsigned char)(field << 3 | 2);
     buf[at++] = (unsigned char)len; /* the tests keep len < 128 */
     memcpy(buf + at, data, len);
@@ -427,8 +424,8 @@ static void test_arena(void) {
     void *p1 = cv_arena_alloc(a, 1);
     void *p2 = cv_arena_alloc(a, 17);
     void *p3 = cv_arena_alloc(a, 0);
-    tap_ok(p1 && p2 && p3 && ((uintptr_t)p1 & 15) == 0 &&
-               ((uintptr_t)p2 & 15) == 0 && ((uintptr_t)p3 & 15) == 0,
+    tap_ok(p1 && p2 && p3 && ((uintptr_t)p1 & 15) == 0 && ((uintptr_t)p2 & 15) == 0 &&
+               ((uintptr_t)p3 & 15) == 0,
            "arena: allocations are 16-byte aligned");
     tap_ok((char *)p2 - (char *)p1 >= 16 && (char *)p3 - (char *)p2 >= 32,
            "arena: allocations do not overlap");

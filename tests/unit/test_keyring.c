@@ -46,8 +46,7 @@ static void test_generate_and_load(void) {
     TAP_IS_INT(cv_keyring_count(kr), 2, "it holds two keys");
     TAP_IS_INT(cv_keyring_newest(kr), 2, "the newest key is id 2");
     tap_ok(cv_keyring_get(kr, 1) && cv_keyring_get(kr, 2) &&
-               memcmp(cv_keyring_get(kr, 1), cv_keyring_get(kr, 2),
-                      CV_KEY_BYTES) != 0,
+               memcmp(cv_keyring_get(kr, 1), cv_keyring_get(kr, 2), CV_KEY_BYTES) != 0,
            "both keys are found by id and differ");
     tap_ok(cv_keyring_get(kr, 3) == NULL, "an unknown id is not found");
     TAP_IS_INT(cv_keyring_id_at(kr, 0), 1, "keys are listed oldest first");
@@ -62,8 +61,7 @@ static void test_refusals(void) {
     snprintf(path, sizeof(path), "%s/missing.key", dir);
     TAP_IS_INT(cv_keyring_load(path, &kr, err, sizeof(err)), -ENOENT,
                "a missing key file is refused");
-    tap_ok(strstr(err, path) && strstr(err, "does not exist") &&
-               !strchr(err, '\n'),
+    tap_ok(strstr(err, path) && strstr(err, "does not exist") && !strchr(err, '\n'),
            "the error names the missing path on one line: %s", err);
 
     snprintf(path, sizeof(path), "%s/open.key", dir);
@@ -72,8 +70,8 @@ static void test_refusals(void) {
                0644);
     TAP_IS_INT(cv_keyring_load(path, &kr, err, sizeof(err)), -EACCES,
                "a world-readable key file is refused");
-    tap_ok(strstr(err, path) && strstr(err, "0644"),
-           "the error names path and mode: %s", err);
+    tap_ok(strstr(err, path) && strstr(err, "0644"), "the error names path and mode: %s",
+           err);
     chmod(path, 0640);
     TAP_IS_INT(cv_keyring_load(path, &kr, err, sizeof(err)), -EACCES,
                "a group-readable key file is refused");
@@ -81,8 +79,7 @@ static void test_refusals(void) {
     TAP_IS_INT(cv_keyring_generate(path, &id, err, sizeof(err)), -EACCES,
                "keygen refuses to extend a group-readable key file");
     chmod(path, 0400);
-    TAP_IS_INT(cv_keyring_load(path, &kr, err, sizeof(err)), 0,
-               "a 0400 key file loads");
+    TAP_IS_INT(cv_keyring_load(path, &kr, err, sizeof(err)), 0, "a 0400 key file loads");
     kr = cv_keyring_free(kr);
 
     static const struct {

@@ -652,17 +652,18 @@ static void free_names(char **names, size_t n) {
     free(names);
 }
 
-/* Sorted names of the files in dir ending in suffix (segment-named). A
- * missing directory holds none. */
-static int list_names(const char *dir, const char *suffix, char ***ret, size_t *ret_n,
-                      char *errbuf, size_t errlen) {
+/* Sorted names of the entries of dir that keep(name, arg) accepts. A
+ * missing directory holds none; so does a path that is not a directory when
+ * notdir_ok. */
+static int list_sorted(const char *dir, bool notdir_ok,
+                       bool (*keep)(const char *name, const char *arg), const char *arg,
+                       char ***ret, size_t *ret_n, char *errbuf, size_t errlen) {
+    *ret = NULL;
+    *ret_n = 0;
     DIR *d = opendir(dir);
     if (!d) {
-        if (errno == ENOENT) {
-            *ret = NULL;
-            *ret_n = 0;
+        if (errno == ENOENT || (notdir_ok && errno == ENOTDIR))
             return 0;
-        }
         int e = errno;
         errf(errbuf, errlen, "log directory %s: %s", dir, strerror(e));
         return -e;
@@ -671,7 +672,7 @@ static int list_names(const char *dir, const char *suffix, char ***ret, size_t *
     size_t n = 0, cap = 0;
     struct dirent *de;
     while ((de = readdir(d))) {
-        if (!is_seg_name(de->d_name, suffix))
+        if (!keep(de->d_name, arg))
             continue;
         if (n == cap) {
             cap = cap ? cap * 2 : 16;
@@ -696,6 +697,12 @@ nomem:
     return -ENOMEM;
 }
 
+/* Sorted names of the files in dir ending in suffix (segment-named). */
+static int list_names(const char *dir, const char *suffix, char ***ret, size_t *ret_n,
+                      char *errbuf, size_t errlen) {
+    return list_sorted(dir, false, is_seg_name, suffix, ret, ret_n, errbuf, errlen);
+}
+
 static char *path_join(const char *dir, const char *name) {
     size_t l = strlen(dir) + strlen(name) + 2;
     char *p = malloc(l);
@@ -718,47 +725,15 @@ static bool is_repair_dir(const char *path) {
     return is_repair_name(slash ? slash + 1 : path);
 }
 
-/* Sorted names of the repair directories inside a partition directory (a
- * missing directory holds none). */
+static bool repair_name_keep(const char *n, const char *unused) {
+    (void)unused;
+    return is_repair_name(n);
+}
+
+/* Sorted names of the repair directories inside a partition directory. */
 static int list_repair_dirs(const char *dir, char ***ret, size_t *ret_n, char *errbuf,
                             size_t errlen) {
-    *ret = NULL;
-    *ret_n = 0;
-    DIR *d = opendir(dir);
-    if (!d) {
-        if (errno == ENOENT || errno == ENOTDIR)
-            return 0;
-        int e = errno;
-        errf(errbuf, errlen, "log directory %s: %s", dir, strerror(e));
-        return -e;
-    }
-    char **names = NULL;
-    size_t n = 0, cap = 0;
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        if (!is_repair_name(de->d_name))
-            continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 4;
-            char **nn = realloc(names, cap * sizeof(*nn));
-            if (!nn)
-                goto nomem;
-            names = nn;
-        }
-        if (!(names[n] = strdup(de->d_name)))
-            goto nomem;
-        n++;
-    }
-    closedir(d);
-    if (n)
-        qsort(names, n, sizeof(*names), name_cmp);
-    *ret = names;
-    *ret_n = n;
-    return 0;
-nomem:
-    closedir(d);
-    free_names(names, n);
-    return -ENOMEM;
+    return list_sorted(dir, true, repair_name_keep, NULL, ret, ret_n, errbuf, errlen);
 }
 
 /* ---- one directory of a partition ------------------------------------- */

@@ -157,7 +157,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "util.h"
@@ -183,6 +185,9 @@
 #define INDEX_KEEP 16384 /* recent (offset, digest) pairs kept per partition */
 #define BUF_LIMIT (1u << 30)
 #define WRITER_NAME_MAX 64
+#define WORKERS_MAX 64 /* threads that write partitions in parallel */
+#define WORKER_STACK (256u << 10)
+#define WORKER_NICE 5
 
 /* ---- small helpers ---------------------------------------------------- */
 
@@ -2233,6 +2238,11 @@ static void run_jobs_locked(cv_applog *log) {
 
 static void *worker(void *arg) {
     cv_applog *log = arg;
+    /* The workers yield the CPU to the rest of the process (and to a
+     * PostgreSQL on the same machine): a batch's log append normally ends
+     * well inside the PostgreSQL transaction it runs beside, so it has time
+     * to spare, and a store that waits for CPU slows every ack. */
+    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), WORKER_NICE);
     pthread_mutex_lock(&log->mu);
     while (!log->stop) {
         run_jobs_locked(log);
@@ -2243,37 +2253,52 @@ static void *worker(void *arg) {
     return NULL;
 }
 
-/* Starts the workers (once). Without them, jobs run on the caller. */
-static void pool_start(cv_applog *log) {
-    if (log->pool_up)
-        return;
-    /* Most of a job is waiting for fdatasync, not computing: more workers
-     * than cores let more of those waits overlap. */
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    size_t want = ncpu < 4 ? 8 : ncpu > 8 ? 16 : (size_t)ncpu * 2;
-    if (pthread_mutex_init(&log->mu, NULL) != 0)
-        return;
-    if (pthread_cond_init(&log->work_cv, NULL) != 0) {
-        pthread_mutex_destroy(&log->mu);
-        return;
+/* Grows the pool to min(want, WORKERS_MAX) workers. Without any, jobs run
+ * on the caller. A job is mostly waiting for fdatasync, and fdatasyncs that
+ * wait at the same time share journal commits and cache flushes (ext4's
+ * jbd2 commits once for every waiter of a transaction), so the pool grows
+ * with the partitions an append touches, not with the cores. */
+static void pool_grow(cv_applog *log, size_t want) {
+    if (want > WORKERS_MAX)
+        want = WORKERS_MAX;
+    if (!log->pool_up) {
+        if (pthread_mutex_init(&log->mu, NULL) != 0)
+            return;
+        if (pthread_cond_init(&log->work_cv, NULL) != 0) {
+            pthread_mutex_destroy(&log->mu);
+            return;
+        }
+        if (pthread_cond_init(&log->done_cv, NULL) != 0) {
+            pthread_cond_destroy(&log->work_cv);
+            pthread_mutex_destroy(&log->mu);
+            return;
+        }
+        log->th = calloc(WORKERS_MAX, sizeof(*log->th));
+        if (!log->th) {
+            pthread_cond_destroy(&log->done_cv);
+            pthread_cond_destroy(&log->work_cv);
+            pthread_mutex_destroy(&log->mu);
+            return;
+        }
+        log->pool_up = true;
     }
-    if (pthread_cond_init(&log->done_cv, NULL) != 0) {
-        pthread_cond_destroy(&log->work_cv);
-        pthread_mutex_destroy(&log->mu);
+    if (log->nth >= want)
         return;
-    }
-    log->pool_up = true;
-    log->th = calloc(want, sizeof(*log->th));
-    /* Workers take no signals: those stay with the application's threads. */
+    /* Workers take no signals: those stay with the application's threads.
+     * They need little stack. */
+    pthread_attr_t attr;
+    bool attr_ok = pthread_attr_init(&attr) == 0;
+    if (attr_ok)
+        pthread_attr_setstacksize(&attr, WORKER_STACK);
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    for (size_t i = 0; log->th && i < want; i++) {
-        if (pthread_create(&log->th[i], NULL, worker, log) != 0)
-            break;
+    while (log->nth < want &&
+           pthread_create(&log->th[log->nth], attr_ok ? &attr : NULL, worker, log) == 0)
         log->nth++;
-    }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (attr_ok)
+        pthread_attr_destroy(&attr);
 }
 
 static void pool_stop(cv_applog *log) {
@@ -2297,8 +2322,8 @@ static void pool_stop(cv_applog *log) {
  * several, on the caller for one. */
 static void run_parts(cv_applog *log, part **tp, size_t ntp) {
     if (ntp > 1)
-        pool_start(log);
-    if (ntp == 1 || !log->pool_up || log->nth == 0) {
+        pool_grow(log, ntp);
+    if (ntp == 1 || log->nth == 0) {
         for (size_t k = 0; k < ntp; k++)
             part_job(log, tp[k]);
         return;
@@ -2308,7 +2333,6 @@ static void run_parts(cv_applog *log, part **tp, size_t ntp) {
     log->njobs = ntp;
     log->next_job = log->jobs_done = 0;
     pthread_cond_broadcast(&log->work_cv);
-    run_jobs_locked(log);
     while (log->jobs_done < log->njobs)
         pthread_cond_wait(&log->done_cv, &log->mu);
     log->jobs = NULL;

@@ -1,0 +1,70 @@
+#!/bin/bash
+# deploy/bench/compare.sh — what the encrypted log costs, end to end.
+#
+# Runs deploy/bench/run.sh --no-kcat in alternating pairs: both stores (the
+# default config), then PostgreSQL only (--set log.dir=), ROUNDS times, and
+# prints each run, the median of each side and the median of the per-round
+# ratios. One run of each is not enough on a shared 2-core machine: single
+# runs of the same config were seen to differ by 30%, so only alternating
+# pairs and medians say anything about a 10% difference.
+#
+#   deploy/bench/compare.sh [--rounds N] [run.sh options]...
+#
+# Every run.sh option (--messages, --set, ...) goes to both sides of a pair;
+# CV_BENCH_PG and CV_BUILD_DIR as for run.sh. The table goes to standard
+# output and to deploy/bench/results/compare-<time>.txt.
+set -euo pipefail
+
+rounds=5
+args=()
+while [ $# -gt 0 ]; do
+    case $1 in
+    --rounds) rounds=$2; shift 2 ;;
+    -h | --help) sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; exit 0 ;;
+    *) args+=("$1"); shift ;;
+    esac
+done
+
+here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$here/results"
+out=$here/results/compare-$(date -u +%Y%m%dT%H%M%SZ).txt
+
+# One run; prints "<msgs/s> <PG backend CPU s> <broker CPU s>".
+one() {
+    local s
+    s=$("$here/run.sh" --no-kcat "${args[@]+"${args[@]}"}" "$@" 2>/dev/null) ||
+        { echo "compare.sh: run.sh $* failed" >&2; return 1; }
+    awk '/^chatvault end to end/ { rate = $8 }
+         /broker.s PG backend/ { pg = $(NF - 1) }
+         /^  broker CPU/ { cpu = $(NF - 4) }
+         END { print rate, pg, cpu }' <<<"$s"
+}
+
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+
+both=()
+pgonly=()
+ratios=()
+{
+    echo "== compare.sh: $rounds rounds, $(nproc) cores, run.sh --no-kcat ${args[*]-}"
+    printf '%-6s %14s %10s %10s   %14s %10s %10s   %6s\n' round "both msgs/s" "PG CPU s" "broker s" \
+        "PG-only msgs/s" "PG CPU s" "broker s" ratio
+} | tee "$out"
+for ((r = 1; r <= rounds; r++)); do
+    read -r b_rate b_pg b_cpu < <(one)
+    read -r p_rate p_pg p_cpu < <(one --set log.dir=)
+    ratio=$(awk -v a="$b_rate" -v b="$p_rate" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')
+    both+=("$b_rate")
+    pgonly+=("$p_rate")
+    ratios+=("$ratio")
+    printf '%-6s %14s %10s %10s   %14s %10s %10s   %6s\n' "$r" "$b_rate" "$b_pg" "$b_cpu" \
+        "$p_rate" "$p_pg" "$p_cpu" "$ratio" | tee -a "$out"
+done
+mb=$(printf '%s\n' "${both[@]}" | median)
+mp=$(printf '%s\n' "${pgonly[@]}" | median)
+mr=$(printf '%s\n' "${ratios[@]}" | median)
+{
+    printf 'median: both stores %.0f msgs/s, PostgreSQL only %.0f msgs/s, ratio of medians %.3f, median of ratios %s\n' \
+        "$mb" "$mp" "$(awk -v a="$mb" -v b="$mp" 'BEGIN { print a / b }')" "$mr"
+    echo "results: $out"
+} | tee -a "$out"

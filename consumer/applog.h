@@ -8,9 +8,10 @@
  * written at the top of applog.c.
  *
  * A cv_applog is used by one thread at a time. Internally an append that
- * touches several partitions runs them on a few worker threads (started on
- * first need, with all signals blocked, joined by cv_applog_free()), so
- * their encryption and fdatasyncs overlap.
+ * touches several partitions runs them on worker threads (one per partition
+ * touched, up to 64, started as appends need them, with all signals blocked
+ * and at nice 5, joined by cv_applog_free()), so their encryption and
+ * fdatasyncs overlap.
  */
 #ifndef CV_APPLOG_H
 #define CV_APPLOG_H

@@ -47,9 +47,14 @@ free_port() {
 s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# Free for a listener, as PostgreSQL binds (SO_REUSEADDR): connections of a
+# server that was just stopped linger in TIME_WAIT on its port, and without
+# the option they would make the port look taken, so the server would come
+# back on another one.
 port_free() {
     /usr/bin/python3 -c 'import socket, sys
 s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("127.0.0.1", int(sys.argv[1])))
 except OSError:

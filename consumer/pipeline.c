@@ -500,35 +500,19 @@ static void assign(cv_pipeline *p, rd_kafka_topic_partition_list_t *parts) {
         parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
     rd_kafka_resp_err_t kerr = rd_kafka_committed(p->consumer, parts, 10000);
     if (kerr)
-        plog(p, 2, "cannot read committed offsets; resuming from PostgreSQL's",
+        plog(p, 2,
+             "cannot read committed offsets now; librdkafka fetches them itself "
+             "when it starts the partitions, but postgres is not checked against "
+             "them for this assignment (chatvault verify finds any gap)",
              "error=\"%s\"", rd_kafka_err2str(kerr));
     for (int i = 0; i < parts->cnt; i++)
         if (parts->elems[i].err)
             parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
     if (cv_stores_resume_offsets(p->stores, parts, err, sizeof(err)) < 0)
         plog(p, 2,
-             "cannot read chatvault.kafka_offsets; resuming from Kafka's "
-             "committed offsets",
+             "cannot compare chatvault.kafka_offsets with Kafka's committed offsets "
+             "now; consumption resumes at Kafka's",
              "error=\"%s\"", err);
-    /* An offset past the partition's end means the topic is not the one
-     * the offset was stored for (recreated, or a new cluster such as the
-     * embedded one): start from its beginning rather than skip what it
-     * holds. Records read twice are deduplicated by the stores. */
-    for (int i = 0; i < parts->cnt; i++) {
-        rd_kafka_topic_partition_t *tp = &parts->elems[i];
-        int64_t lo, hi;
-        if (tp->offset > 0 &&
-            rd_kafka_query_watermark_offsets(p->consumer, tp->topic, tp->partition, &lo,
-                                             &hi, 5000) == 0 &&
-            tp->offset > hi) {
-            plog(p, 2,
-                 "stored offset is past the partition's end; reading it "
-                 "from the beginning",
-                 "topic=%s partition=%" PRId32 " offset=%" PRId64 " end_offset=%" PRId64,
-                 tp->topic, tp->partition, tp->offset, hi);
-            tp->offset = RD_KAFKA_OFFSET_BEGINNING;
-        }
-    }
     for (int i = 0; i < parts->cnt; i++)
         plog(p, 1, "partition assigned", "topic=%s partition=%" PRId32 " offset=%" PRId64,
              parts->elems[i].topic, parts->elems[i].partition, parts->elems[i].offset);

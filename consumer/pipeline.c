@@ -508,10 +508,10 @@ static void assign(cv_pipeline *p, rd_kafka_topic_partition_list_t *parts) {
     for (int i = 0; i < parts->cnt; i++)
         if (parts->elems[i].err)
             parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
-    if (cv_stores_resume_offsets(p->stores, parts, err, sizeof(err)) < 0)
+    if (cv_stores_check_offsets(p->stores, parts, err, sizeof(err)) < 0)
         plog(p, 2,
              "cannot compare chatvault.kafka_offsets with Kafka's committed offsets "
-             "now; consumption resumes at Kafka's",
+             "now; they are compared before postgres's next write",
              "error=\"%s\"", err);
     for (int i = 0; i < parts->cnt; i++)
         plog(p, 1, "partition assigned", "topic=%s partition=%" PRId32 " offset=%" PRId64,

@@ -526,8 +526,8 @@ static int compare_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts
     return r;
 }
 
-int cv_stores_resume_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts,
-                             char *errbuf, size_t errlen) {
+int cv_stores_check_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts,
+                            char *errbuf, size_t errlen) {
     if (!st->offsets_comparable)
         return 0;
     int r = compare_offsets(st, parts, errbuf, errlen);

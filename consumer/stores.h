@@ -78,15 +78,16 @@ int cv_stores_write(cv_stores *st, cv_rec *recs, size_t n,
 int64_t cv_stores_retry_ms(const cv_stores *st);
 
 /* On assignment, with Kafka's committed offset of each partition in
- * .offset (or RD_KAFKA_OFFSET_INVALID): consumption resumes there, never at
- * chatvault.kafka_offsets, because PostgreSQL commits before the acks go
- * out and Kafka's commit follows them: resuming from PostgreSQL would skip
- * stored records whose acks were lost in a crash. Where PostgreSQL is
- * behind Kafka (acks went out while it was away), the gap is queued for
- * backfill from the log; when PostgreSQL cannot be asked now, it is asked
- * before its next write. */
-int cv_stores_resume_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts,
-                             char *errbuf, size_t errlen);
+ * .offset (or RD_KAFKA_OFFSET_INVALID); .offset is not changed: consumption
+ * resumes there, never at chatvault.kafka_offsets, because PostgreSQL
+ * commits before the acks go out and Kafka's commit follows them, so
+ * resuming from PostgreSQL would skip stored records whose acks were lost
+ * in a crash. Where PostgreSQL is behind Kafka (acks went out while it was
+ * away), the gap is queued for backfill from the log; when PostgreSQL
+ * cannot be asked now, it is asked before its next write (and this returns
+ * the error). */
+int cv_stores_check_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts,
+                            char *errbuf, size_t errlen);
 
 bool cv_stores_degraded(const cv_stores *st);
 bool cv_stores_has_log(const cv_stores *st);

@@ -228,15 +228,6 @@ size_t cv_acker_encode(const cv_rec *rec, unsigned char *buf, size_t cap) {
     return chatvault__v1__delivery_ack__pack(&ack, buf);
 }
 
-/* A rejected record gets an ack only when a message id could be read. */
-static bool rejected_has_id(const cv_rec *rec) {
-    const Chatvault__V1__ChatMessage *m = rec->env.msg;
-    if (!m || !m->message_id || rec->env.id_unreadable)
-        return false;
-    size_t n = strlen(m->message_id);
-    return n > 0 && n <= CV_MESSAGE_ID_MAX && cv_utf8_valid(m->message_id, n);
-}
-
 static rd_kafka_headers_t *dlq_headers(const cv_rec *rec) {
     rd_kafka_headers_t *src = NULL, *h;
     if (rd_kafka_message_headers(rec->rkm, &src) == RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -290,7 +281,7 @@ int cv_acker_send(cv_acker *a, const cv_rec *recs, size_t n, cv_ack_ticket *t,
                          rd_kafka_err2str(err));
                 return -EIO;
             }
-            if (!rejected_has_id(rec))
+            if (!cv_envelope_message_id(&rec->env)) /* no id: no ack */
                 continue;
         }
         size_t len = cv_acker_encode(rec, buf, sizeof(buf));

@@ -210,3 +210,13 @@ int cv_envelope_decode(const cv_envelope_rules *rules, const char *topic,
     }
     return 0;
 }
+
+const char *cv_envelope_message_id(const cv_envelope *env) {
+    const Chatvault__V1__ChatMessage *m = env->msg;
+    if (!m || !m->message_id || env->id_unreadable)
+        return NULL;
+    size_t n = strlen(m->message_id);
+    return n > 0 && n <= CV_MESSAGE_ID_MAX && cv_utf8_valid(m->message_id, n)
+               ? m->message_id
+               : NULL;
+}

@@ -63,6 +63,13 @@ int cv_envelope_decode(const cv_envelope_rules *rules, const char *topic,
  * the prefix. */
 const char *cv_envelope_topic_channel(const cv_envelope_rules *rules, const char *topic);
 
+/* The message id of a decoded record, valid or rejected, when it can be
+ * named: present, not cut short by a NUL, 1..CV_MESSAGE_ID_MAX bytes of
+ * UTF-8. NULL otherwise (the record did not decode, or its id cannot be
+ * trusted to be the one that was sent). A REJECTED ack and a
+ * chatvault.rejected row carry exactly this. */
+const char *cv_envelope_message_id(const cv_envelope *env);
+
 bool cv_channel_valid(const char *s, size_t len);
 bool cv_topic_name_valid(const char *s);
 

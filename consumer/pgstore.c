@@ -366,15 +366,12 @@ static int write_rejected(cv_pgstore *st, const cv_rec *rec, char *errbuf,
     snprintf(part, sizeof(part), "%" PRId32, rec->partition);
     snprintf(off, sizeof(off), "%" PRId64, rec->offset);
     const Chatvault__V1__ChatMessage *m = rec->env.msg;
-    /* Channel and message id only when they are valid text. */
+    /* Channel and message id only when they can be named. */
     const char *channel =
         m && m->channel && *m->channel && cv_utf8_valid(m->channel, strlen(m->channel))
             ? m->channel
             : NULL;
-    const char *id = m && m->message_id && *m->message_id && !rec->env.id_unreadable &&
-                             cv_utf8_valid(m->message_id, strlen(m->message_id))
-                         ? m->message_id
-                         : NULL;
+    const char *id = cv_envelope_message_id(&rec->env);
     const char *values[8] = {rec->topic,
                              part,
                              off,

@@ -154,6 +154,9 @@ int cv_cmd_broker(int argc, char **argv) {
         .log_dir = log_dir,
         .log_keys = keys,
         .log_segment_bytes = (uint64_t)cv_config_int(cfg, "log.segment_bytes"),
+        .log_sync = strcmp(cv_config_str(cfg, "log.sync_method"), "fdatasync") == 0
+                        ? CV_APPLOG_SYNC_FDATASYNC
+                        : CV_APPLOG_SYNC_SYNCFS,
         .fresh_cluster = dk != NULL,
         .ack_policy = strcmp(cv_config_str(cfg, "ack.policy"), "any") == 0
                           ? CV_ACK_POLICY_ANY

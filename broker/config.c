@@ -31,6 +31,10 @@ static const prop props[] = {
      "key file of the encrypted log (mode 0600; see chatvault keygen)", 0, 0, NULL},
     {"log.segment_bytes", PROP_INT, "134217728",
      "roll to a new log segment after this many bytes", 4096, INT64_C(1) << 40, NULL},
+    {"log.sync_method", PROP_ENUM, "syncfs",
+     "how a batch is made durable in the log: syncfs (one flush of the log's file "
+     "system per batch) or fdatasync (one per log file written)",
+     0, 0, "syncfs|fdatasync"},
     {"ack.policy", PROP_ENUM, "all",
      "stores that must hold a message before it is acked: all, or any (degraded mode)", 0,
      0, "all|any"},

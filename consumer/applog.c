@@ -74,8 +74,24 @@
  *
  * DURABILITY AND RECOVERY
  * An append encodes the batch into one buffer per touched segment, writes
- * each with pwrite, then fdatasyncs every touched segment once (and renames
- * new segments into place, fsyncing the directory) before reporting success.
+ * each with pwrite, then makes them durable once before reporting success,
+ * in one of two ways (log.sync_method):
+ *   fdatasync  every touched segment is fdatasynced; new segments are then
+ *              renamed into place and their directory fsynced.
+ *   syncfs     one syncfs(2) of the log's file system; new segments are
+ *              then renamed into place and, if any was, a second syncfs
+ *              makes the renames durable.
+ * A batch of a busy broker touches hundreds of partitions. Each fdatasync
+ * of a grown file commits the file system's journal and flushes the disk's
+ * cache, and concurrent ones share only some of that, so fdatasync costs
+ * a few hundred write requests and flushes per batch; syncfs costs one
+ * journal commit and one flush. The price of syncfs is that it also writes
+ * out every other dirty file of that file system, which on a volume of the
+ * log's own (see MANY INSTANCES) is nothing. Its errors: since Linux 5.8
+ * syncfs reports a write error anywhere in the file system that happened
+ * since the log opened its descriptor, once; the append then fails and is
+ * undone as below, even when the error was in another program's file.
+ * Older kernels may swallow such errors, so syncfs is refused there.
  * The writer tracks "requested" (written) and "durable" (synced) state; on
  * any failure it truncates the segment back to the durable size, removes
  * segments the batch created and restores chain and offsets, so nothing of
@@ -160,6 +176,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #include "util.h"
@@ -1319,6 +1336,7 @@ static const cv_applog_syscalls real_syscalls = {
     .rename = rename,
     .ftruncate = ftruncate,
     .unlink = unlink,
+    .syncfs = syncfs,
 };
 
 /* A segment being written. "d" fields are the durable state. */
@@ -1378,6 +1396,8 @@ struct cv_applog {
     unsigned char writer_id[16];
     char writer_name[WRITER_NAME_MAX + 1];
     cv_applog_syscalls sys;
+    cv_applog_sync sync;
+    int fsfd; /* the log directory, for syncfs; -1 until needed */
     cv_applog_torn_fn *torn_fn;
     void *torn_opaque;
     bool repair;            /* cv_applog_open_repair: repair directories */
@@ -1439,6 +1459,8 @@ cv_applog *cv_applog_free(cv_applog *log) {
         log->parts = p->next;
         part_free(p);
     }
+    if (log->fsfd >= 0)
+        close(log->fsfd);
     free(log->dir);
     free(log);
     return NULL;
@@ -1451,6 +1473,59 @@ void cv_applog_set_torn_cb(cv_applog *log, cv_applog_torn_fn *fn, void *opaque) 
 
 void cv_applog_set_syscalls(cv_applog *log, const cv_applog_syscalls *sys) {
     log->sys = sys ? *sys : real_syscalls;
+#define FILL(f)                                                                          \
+    do {                                                                                 \
+        if (!log->sys.f)                                                                 \
+            log->sys.f = real_syscalls.f;                                                \
+    } while (0)
+    FILL(open);
+    FILL(pwrite);
+    FILL(fdatasync);
+    FILL(fsync);
+    FILL(rename);
+    FILL(ftruncate);
+    FILL(unlink);
+    FILL(syncfs);
+#undef FILL
+}
+
+/* True when the running kernel's syncfs reports write errors (Linux 5.8:
+ * the file system's error sequence, checked per open file). */
+static bool syncfs_reports_errors(char *release, size_t len) {
+    struct utsname u;
+    if (uname(&u) < 0)
+        return false;
+    snprintf(release, len, "%s", u.release);
+    unsigned major = 0, minor = 0;
+    if (sscanf(u.release, "%u.%u", &major, &minor) != 2)
+        return false;
+    return major > 5 || (major == 5 && minor >= 8);
+}
+
+int cv_applog_set_sync(cv_applog *log, cv_applog_sync how, char *errbuf, size_t errlen) {
+    if (how == CV_APPLOG_SYNC_SYNCFS) {
+        char release[65] = "?";
+        if (!syncfs_reports_errors(release, sizeof(release))) {
+            errf(errbuf, errlen,
+                 "log %s: log.sync_method = syncfs needs Linux 5.8 or later, whose "
+                 "syncfs reports write errors (this is %s); using fdatasync",
+                 log->dir, release);
+            return -ENOTSUP;
+        }
+        /* Opened once and kept: syncfs reports each write error once per
+         * open file, from the time it was opened. */
+        if (log->fsfd < 0) {
+            log->fsfd = open(log->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (log->fsfd < 0) {
+                int e = errno;
+                errf(errbuf, errlen, "log directory %s: cannot open: %s", log->dir,
+                     strerror(e));
+                return -e;
+            }
+        }
+    }
+    log->sync = how;
+    return 0;
 }
 
 static int sys_fsync_dir(cv_applog *log, const char *dir) {
@@ -1497,6 +1572,7 @@ int cv_applog_open(const char *dir, const cv_keyring *keys, uint64_t segment_byt
     log->key = cv_keyring_get(keys, log->key_id);
     log->segment_bytes = segment_bytes;
     log->sys = real_syscalls;
+    log->fsfd = -1;
     randombytes_buf(log->writer_id, sizeof(log->writer_id));
     log->repair_session = cv_now_us();
     if (gethostname(log->writer_name, sizeof(log->writer_name)) < 0)
@@ -2107,16 +2183,36 @@ static void commit(part *p) {
     p->cused = false;
 }
 
-/* Everything one append does to one partition: encode its entries, write
- * each touched segment once, fdatasync each once, rename new segments into
- * place and fsync the directory. Touches only p (and the files of p), so
- * partitions run in parallel. Result in p->jr / p->jerr. */
-/* Writes each touched segment of p once, fdatasyncs each once, renames new
- * segments into place and fsyncs the directory. */
+/* Renames the new segments of p into place once their bytes are durable;
+ * *renamed tells whether there were any. */
+static int place_new(cv_applog *log, part *p, bool *renamed) {
+    for (size_t i = 0; i < p->ntouched; i++) {
+        wseg *w = p->touched[i];
+        if (!w->tmp)
+            continue;
+        if (log->sys.rename(w->tmp, w->path) < 0) {
+            int r = -errno;
+            snprintf(p->jerr, sizeof(p->jerr), "log segment %s: rename from %s: %s",
+                     w->path, w->tmp, strerror(-r));
+            return r;
+        }
+        free(w->tmp);
+        w->tmp = NULL;
+        *renamed = true;
+    }
+    return 0;
+}
+
+/* Writes each touched segment of p once. With fdatasync as the sync method
+ * also fdatasyncs each once, renames new segments into place and fsyncs
+ * the directory; with syncfs, cv_applog_append does that part for all
+ * partitions at once (sync_all). */
 static int flush_part(cv_applog *log, part *p) {
     int r = 0;
     for (size_t i = 0; i < p->ntouched && r == 0; i++)
         r = write_all(log, p->touched[i], p->jerr, sizeof(p->jerr));
+    if (log->sync == CV_APPLOG_SYNC_SYNCFS)
+        return r;
     for (size_t i = 0; i < p->ntouched && r == 0; i++) {
         wseg *w = p->touched[i];
         if (log->sys.fdatasync(w->fd) < 0) {
@@ -2127,20 +2223,8 @@ static int flush_part(cv_applog *log, part *p) {
         }
     }
     bool renamed = false;
-    for (size_t i = 0; i < p->ntouched && r == 0; i++) {
-        wseg *w = p->touched[i];
-        if (!w->tmp)
-            continue;
-        if (log->sys.rename(w->tmp, w->path) < 0) {
-            r = -errno;
-            snprintf(p->jerr, sizeof(p->jerr), "log segment %s: rename from %s: %s",
-                     w->path, w->tmp, strerror(-r));
-            break;
-        }
-        free(w->tmp);
-        w->tmp = NULL;
-        renamed = true;
-    }
+    if (r == 0)
+        r = place_new(log, p, &renamed);
     if (r == 0 && renamed && log->sys.fsync(p->dirfd) < 0) {
         r = -errno;
         snprintf(p->jerr, sizeof(p->jerr), "log directory %s: fsync: %s", p->dir,
@@ -2340,6 +2424,41 @@ static void run_parts(cv_applog *log, part **tp, size_t ntp) {
     pthread_mutex_unlock(&log->mu);
 }
 
+/* The syncfs way of making an append durable: one syncfs for the bytes of
+ * every partition, then the new segments renamed into place and, when there
+ * were any, one more syncfs for the renames. */
+static int sync_all(cv_applog *log, part **tp, size_t ntp, char *errbuf, size_t errlen) {
+    if (log->sys.syncfs(log->fsfd) < 0) {
+        int e = errno;
+        errf(errbuf, errlen,
+             "log directory %s: syncfs failed: %s (a write error on its file system; "
+             "the batch is not durable)",
+             log->dir, strerror(e));
+        return -e;
+    }
+    bool renamed = false;
+    for (size_t k = 0; k < ntp; k++) {
+        part *p = tp[k];
+        int r = place_new(log, p, &renamed);
+        const char *err = p->jerr;
+        if (r == 0 && p->late) {
+            r = place_new(log, p->late, &renamed);
+            err = p->late->jerr;
+        }
+        if (r < 0) {
+            errf(errbuf, errlen, "%s", err);
+            return r;
+        }
+    }
+    if (renamed && log->sys.syncfs(log->fsfd) < 0) {
+        int e = errno;
+        errf(errbuf, errlen, "log directory %s: syncfs after renaming new segments: %s",
+             log->dir, strerror(e));
+        return -e;
+    }
+    return 0;
+}
+
 int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n, char *errbuf,
                      size_t errlen) {
     int r = 0;
@@ -2386,6 +2505,9 @@ int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n, char *e
             errf(errbuf, errlen, "%s", tp[k]->jerr);
             goto fail;
         }
+    if (log->sync == CV_APPLOG_SYNC_SYNCFS &&
+        (r = sync_all(log, tp, ntp, errbuf, errlen)) < 0)
+        goto fail;
     for (size_t k = 0; k < ntp; k++) {
         commit(tp[k]);
         tp[k]->touched_part = false;

@@ -47,8 +47,8 @@ int cv_applog_open(const char *dir, const cv_keyring *keys, uint64_t segment_byt
                    cv_applog **ret, char *errbuf, size_t errlen);
 
 /* Appends entries (any mix of partitions; each partition's offsets
- * ascending), then fdatasyncs every touched segment ONCE (group commit)
- * before returning 0. An entry whose (topic, partition, offset) the log
+ * ascending), then makes them durable ONCE (group commit; see
+ * cv_applog_set_sync) before returning 0. An entry whose (topic, partition, offset) the log
  * already holds is not written again; its digest is still filled. On
  * failure returns negative with errbuf naming file and byte offset; nothing
  * is reported durable (the bytes of this call are truncated away again).
@@ -104,11 +104,30 @@ typedef struct cv_applog_syscalls {
     int (*rename)(const char *from, const char *to);
     int (*ftruncate)(int fd, off_t length);
     int (*unlink)(const char *path);
+    int (*syncfs)(int fd);
 } cv_applog_syscalls;
 
 /* The table `log` uses from now on; NULL restores the real system calls.
- * The table is copied. */
+ * The table is copied; a NULL entry in it means the real call. */
 void cv_applog_set_syscalls(cv_applog *log, const cv_applog_syscalls *sys);
+
+/* How an append makes its records durable (config key log.sync_method).
+ *   CV_APPLOG_SYNC_FDATASYNC  fdatasync every segment the append wrote.
+ *   CV_APPLOG_SYNC_SYNCFS     one syncfs(2) of the file system holding the
+ *                             log: a single journal commit and cache flush
+ *                             however many partitions the append touched,
+ *                             but it also writes out every other dirty file
+ *                             of that file system (see DURABILITY in
+ *                             applog.c).
+ * A log starts with CV_APPLOG_SYNC_FDATASYNC. CV_APPLOG_SYNC_SYNCFS needs
+ * Linux 5.8 or later, the first whose syncfs reports write errors; on an
+ * older kernel this returns -ENOTSUP with errbuf saying so and the log keeps
+ * fdatasync. */
+typedef enum cv_applog_sync {
+    CV_APPLOG_SYNC_FDATASYNC,
+    CV_APPLOG_SYNC_SYNCFS,
+} cv_applog_sync;
+int cv_applog_set_sync(cv_applog *log, cv_applog_sync how, char *errbuf, size_t errlen);
 
 /* Positions of one partition: the last offset asked to be written
  * (requested) and the last offset made durable. Both -1 when the partition

@@ -75,6 +75,7 @@ typedef struct cv_pipeline_conf {
     const char *log_dir;        /* NULL or "": the log store is off */
     const cv_keyring *log_keys; /* must outlive the pipeline */
     uint64_t log_segment_bytes;
+    cv_applog_sync log_sync;
     cv_ack_policy ack_policy;
     bool fresh_cluster; /* Kafka is new (embedded): stored
                                          offsets belong to another cluster */

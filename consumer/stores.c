@@ -112,6 +112,9 @@ int cv_stores_open(const cv_stores_conf *c, cv_stores **ret, char *errbuf,
         if (r < 0)
             goto fail;
         cv_applog_set_torn_cb(st->log, torn_cb, st);
+        char why[512];
+        if (cv_applog_set_sync(st->log, c->log_sync, why, sizeof(why)) < 0)
+            slog(st, 2, "the log falls back to fdatasync", "error=\"%s\"", why);
     }
     *ret = st;
     return 0;

@@ -49,6 +49,7 @@ typedef struct cv_stores_conf {
     const char *log_dir;        /* NULL or "": the log store is off */
     const cv_keyring *log_keys; /* must outlive the stores */
     uint64_t log_segment_bytes;
+    cv_applog_sync log_sync;
     cv_ack_policy policy;
     /* False when the Kafka cluster is not the one the stored offsets were
      * taken from (the embedded cluster is new at every start): then

@@ -6,12 +6,14 @@
  *
  *   chatvault-logbench DIR [--records N] [--partitions P] [--batch B]
  *                      [--value-bytes V] [--period-ms MS]
+ *                      [--sync syncfs|fdatasync]
  *
  * DIR must not exist; the log and its key file (DIR.key) are written there
  * and left for the caller to remove. --period-ms starts one append every MS
  * milliseconds (as a broker would at a given message rate) instead of back
  * to back, so the log's load on the machine can be set while something
  * else is measured beside it (see deploy/bench/log_interference.sh).
+ * --sync is the log.sync_method to use (default syncfs, as the broker's).
  * The last line is machine-readable: `RESULT key=value ...`.
  */
 #include <errno.h>
@@ -53,12 +55,14 @@ static long arg_long(const char *opt, const char *s, long min) {
 int main(int argc, char **argv) {
     long records = 1000000, partitions = 256, batch = 5000, value_bytes = 330,
          period_ms = 0;
+    cv_applog_sync sync = CV_APPLOG_SYNC_SYNCFS;
     static const struct option opts[] = {
         {"records", required_argument, NULL, 'n'},
         {"partitions", required_argument, NULL, 'p'},
         {"batch", required_argument, NULL, 'b'},
         {"value-bytes", required_argument, NULL, 'v'},
         {"period-ms", required_argument, NULL, 't'},
+        {"sync", required_argument, NULL, 's'},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -79,10 +83,20 @@ int main(int argc, char **argv) {
         case 't':
             period_ms = arg_long("--period-ms", optarg, 0);
             break;
+        case 's':
+            if (strcmp(optarg, "syncfs") != 0 && strcmp(optarg, "fdatasync") != 0) {
+                fprintf(stderr,
+                        "chatvault-logbench: --sync is syncfs or fdatasync, not %s\n",
+                        optarg);
+                return 2;
+            }
+            sync = optarg[0] == 's' ? CV_APPLOG_SYNC_SYNCFS : CV_APPLOG_SYNC_FDATASYNC;
+            break;
         default:
             fprintf(stderr,
                     "usage: chatvault-logbench DIR [--records N] [--partitions P] "
-                    "[--batch B] [--value-bytes V] [--period-ms MS]\n");
+                    "[--batch B] [--value-bytes V] [--period-ms MS] "
+                    "[--sync syncfs|fdatasync]\n");
             return 2;
         }
     }
@@ -104,7 +118,8 @@ int main(int argc, char **argv) {
     cv_applog *log = NULL;
     if (cv_keyring_generate(key_path, &key_id, err, sizeof(err)) < 0 ||
         cv_keyring_load(key_path, &keys, err, sizeof(err)) < 0 ||
-        cv_applog_open(dir, keys, 64u << 20, &log, err, sizeof(err)) < 0) {
+        cv_applog_open(dir, keys, 64u << 20, &log, err, sizeof(err)) < 0 ||
+        cv_applog_set_sync(log, sync, err, sizeof(err)) < 0) {
         fprintf(stderr, "chatvault-logbench: %s\n", err);
         cv_keyring_free(keys);
         return 1;
@@ -155,10 +170,13 @@ int main(int argc, char **argv) {
     double wall = now() - t0;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("RESULT records=%ld partitions=%ld batch=%ld value_bytes=%ld appends=%ld "
-           "wall_s=%.3f records_per_s=%.0f append_ms=%.2f user_s=%.2f sys_s=%.2f\n",
-           records, partitions, batch, value_bytes, appends, wall, (double)records / wall,
-           1000.0 * busy / (double)appends, tv_s(ru.ru_utime), tv_s(ru.ru_stime));
+    printf(
+        "RESULT records=%ld partitions=%ld batch=%ld value_bytes=%ld sync=%s appends=%ld "
+        "wall_s=%.3f records_per_s=%.0f append_ms=%.2f user_s=%.2f sys_s=%.2f\n",
+        records, partitions, batch, value_bytes,
+        sync == CV_APPLOG_SYNC_SYNCFS ? "syncfs" : "fdatasync", appends, wall,
+        (double)records / wall, 1000.0 * busy / (double)appends, tv_s(ru.ru_utime),
+        tv_s(ru.ru_stime));
     cv_applog_free(log);
     cv_keyring_free(keys);
     free(entries);

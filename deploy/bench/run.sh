@@ -223,7 +223,7 @@ ratio=$(awk -v a="${ours:-0}" -v b="$kcat_rate" 'BEGIN { printf "%.2f", (b > 0 ?
     printf '%-40s %s\n' "  CPU of dev-kafka / broker's PG backend" "$kafka_cpu s / $pg_cpu s"
     printf '%-40s %s\n' "  batches / mean size" "${batch_n%.*} / $(mean "$batch_sum" "$batch_n" 1) msgs"
     printf '%-40s %s\n' "  PG transactions: total / mean" "$pg_sum s / $(mean "$pg_sum" "$pg_n" 1000) ms"
-    printf '%-40s %s\n' "  log append+fdatasync: total / mean" "$log_sum s / $(mean "$log_sum" "$log_n" 1000) ms"
+    printf '%-40s %s\n' "  log append+sync: total / mean" "$log_sum s / $(mean "$log_sum" "$log_n" 1000) ms"
     printf '%-40s %s\n' "  acked / missing / rows in PostgreSQL" "$(field acked) / $(field missing) / $rows"
     if [ "$run_kcat" = 1 ]; then
         printf '%-40s %s\n' "kcat -C | psql \\copy (drain only)" "$kcat_rate msgs/s in $kcat_s s ($kcat_rows rows)"

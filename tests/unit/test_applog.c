@@ -610,7 +610,7 @@ static void test_corruption(void) {
 
 /* ---- faults ----------------------------------------------------------- */
 
-enum { F_NONE, F_WRITE_ENOSPC, F_SHORT_THEN_ENOSPC, F_FDATASYNC_EIO };
+enum { F_NONE, F_WRITE_ENOSPC, F_SHORT_THEN_ENOSPC, F_SYNC_EIO };
 static int fault;
 
 static ssize_t f_pwrite(int fd, const void *buf, size_t n, off_t off) {
@@ -626,44 +626,62 @@ static ssize_t f_pwrite(int fd, const void *buf, size_t n, off_t off) {
 }
 
 static int f_fdatasync(int fd) {
-    if (fault == F_FDATASYNC_EIO) {
+    if (fault == F_SYNC_EIO) {
         errno = EIO;
         return -1;
     }
     return fdatasync(fd);
 }
 
+static int f_syncfs(int fd) {
+    if (fault == F_SYNC_EIO) {
+        errno = EIO;
+        return -1;
+    }
+    return syncfs(fd);
+}
+
 static int f_open(const char *p, int flags, mode_t mode) {
     return open(p, flags, mode);
 }
 
-static void test_faults(void) {
+/* Write and sync faults under one sync method: a failed append leaves
+ * nothing that could pass for durable, and the same append succeeds once
+ * the fault clears. */
+static void test_faults(cv_applog_sync how) {
+    bool fs = how == CV_APPLOG_SYNC_SYNCFS;
     char err[1024];
     char logdir[600];
-    snprintf(logdir, sizeof(logdir), "%s/%s", root, "faults");
+    snprintf(logdir, sizeof(logdir), "%s/faults-%s", root, fs ? "syncfs" : "fdatasync");
     cv_applog *log = NULL;
     cv_applog_open(logdir, small_kr, 64 << 10, &log, err, sizeof(err));
-    cv_applog_syscalls sys = {f_open, f_pwrite,  f_fdatasync, fsync,
-                              rename, ftruncate, unlink};
+    int r = cv_applog_set_sync(log, how, err, sizeof(err));
+    tap_ok(r == 0, "log.sync_method %s is available: %s", fs ? "syncfs" : "fdatasync",
+           r == 0 ? "yes" : err);
+    cv_applog_syscalls sys = {
+        .open = f_open, .pwrite = f_pwrite, .fdatasync = f_fdatasync, .syncfs = f_syncfs};
     cv_applog_set_syscalls(log, &sys);
     append_range(log, 0, 0, 100, 100, NULL, err, sizeof(err));
     const char *d = pdir(logdir, 0);
-    static const struct {
+    /* A write error names the file and byte; so does a failed fdatasync. A
+     * failed syncfs is about the whole file system: it names the log. */
+    const struct {
         int f;
-        const char *name, *want;
+        const char *name, *want, *where;
     } cases[] = {
-        {F_WRITE_ENOSPC, "ENOSPC on write", "No space left"},
-        {F_SHORT_THEN_ENOSPC, "a short write then ENOSPC", "No space left"},
-        {F_FDATASYNC_EIO, "EIO on fdatasync", "Input/output error"},
+        {F_WRITE_ENOSPC, "ENOSPC on write", "No space left", "byte"},
+        {F_SHORT_THEN_ENOSPC, "a short write then ENOSPC", "No space left", "byte"},
+        {F_SYNC_EIO, fs ? "EIO on syncfs" : "EIO on fdatasync", "Input/output error",
+         fs ? "syncfs" : "byte"},
     };
     int64_t next = 100;
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
         /* 300 records of 64 KiB segments: the batch also rolls segments. */
         fault = cases[c].f;
-        int r = append_range(log, 0, next, next + 300, 300, NULL, err, sizeof(err));
-        tap_ok(r < 0 && strstr(err, ".cvlog") && strstr(err, "byte") &&
-                   strstr(err, cases[c].want),
-               "%s: append fails naming file and byte: %s", cases[c].name, err);
+        r = append_range(log, 0, next, next + 300, 300, NULL, err, sizeof(err));
+        tap_ok(r < 0 && strstr(err, fs && cases[c].f == F_SYNC_EIO ? logdir : ".cvlog") &&
+                   strstr(err, cases[c].where) && strstr(err, cases[c].want),
+               "%s: append fails naming where: %s", cases[c].name, err);
         int64_t req = 0, dur = 0;
         cv_applog_positions(log, TOPIC, 0, &req, &dur);
         tap_ok(dur == next - 1 && req == dur,
@@ -689,7 +707,7 @@ static void test_faults(void) {
     two[0] =
         (cv_applog_entry){TOPIC, 0, next, 1700000000000 + next, v2[0], VALUE_LEN, {0}};
     two[1] = (cv_applog_entry){TOPIC, 1, 0, 1700000000000, v2[1], VALUE_LEN, {0}};
-    fault = F_FDATASYNC_EIO;
+    fault = F_SYNC_EIO;
     int r2 = cv_applog_append(log, two, 2, err, sizeof(err));
     fault = F_NONE;
     int64_t req0, dur0, req1, dur1;
@@ -708,7 +726,7 @@ static void test_faults(void) {
     cv_applog_open(logdir, small_kr, 64 << 10, &log, err, sizeof(err));
     torn_seen t = {0};
     cv_applog_set_torn_cb(log, on_torn, &t);
-    int r = append_range(log, 0, next, next + 1, 1, NULL, err, sizeof(err));
+    r = append_range(log, 0, next, next + 1, 1, NULL, err, sizeof(err));
     tap_ok(r == 0 && t.calls == 0, "reopen after faults finds no torn tail");
     cv_applog_free(log);
 }
@@ -948,7 +966,8 @@ int main(void) {
     test_round_trip();
     test_crash_recovery();
     test_corruption();
-    test_faults();
+    test_faults(CV_APPLOG_SYNC_FDATASYNC);
+    test_faults(CV_APPLOG_SYNC_SYNCFS);
     test_merge();
     test_kill9();
     test_repair();

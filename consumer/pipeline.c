@@ -28,6 +28,7 @@
 #include "util.h"
 
 #define KAFKA_START_TIMEOUT_MS 10000
+#define ACKS_AGAIN_LOG_MS 10000
 /* Decoding takes at most ~20 times a record's wire size (a map of tiny
  * attributes is the worst case), so this bound is never what stops a
  * batch that batch.max_bytes admitted. */
@@ -81,6 +82,11 @@ struct cv_pipeline {
     cv_pipeline_observer obs;
     interned *topics;
     int64_t last_tick_ms;
+    /* Batches whose acks were produced again after failed deliveries, not
+     * yet logged (see log_acks_again). */
+    struct {
+        int64_t batches, failures, delivered, logged_ms;
+    } again;
 
     rd_kafka_t *consumer;
     cv_acker *acker;
@@ -173,6 +179,24 @@ static rd_kafka_topic_partition_list_t *batch_offsets(const cv_rec *recs, size_t
     return l;
 }
 
+/* Logs the batches whose acks had to be produced again: the first at once,
+ * then one line per ACKS_AGAIN_LOG_MS for all that came meanwhile (while the
+ * ack topic is unreachable, that is every batch), and what is left when
+ * `flush`. */
+static void log_acks_again(cv_pipeline *p, bool flush) {
+    if (!p->again.batches)
+        return;
+    int64_t now = cv_mono_ms();
+    if (!flush && p->again.logged_ms && now - p->again.logged_ms < ACKS_AGAIN_LOG_MS)
+        return;
+    plog(p, 2, "acks were produced again after failed deliveries",
+         "batches=%" PRId64 " failures=%" PRId64 " delivered=%" PRId64
+         " note=\"receivers may see these acks twice\"",
+         p->again.batches, p->again.failures, p->again.delivered);
+    p->again.batches = p->again.failures = p->again.delivered = 0;
+    p->again.logged_ms = now;
+}
+
 /* Commits the offsets of every completed batch at the head of the FIFO. */
 static void commit_completed(cv_pipeline *p, bool async) {
     rd_kafka_topic_partition_list_t *commit = NULL;
@@ -192,11 +216,11 @@ static void commit_completed(cv_pipeline *p, bool async) {
         }
         p->stats.acked += b->ticket.delivered;
         p->stats.committed_batches++;
-        if (b->ticket.failures > 0)
-            plog(p, 2, "acks were produced again after failed deliveries",
-                 "failures=%" PRId64 " delivered=%" PRId64
-                 " note=\"receivers may see these acks twice\"",
-                 b->ticket.failures, b->ticket.delivered);
+        if (b->ticket.failures > 0) {
+            p->again.batches++;
+            p->again.failures += b->ticket.failures;
+            p->again.delivered += b->ticket.delivered;
+        }
         p->head = b->next;
         if (!p->head)
             p->tail = &p->head;
@@ -204,6 +228,7 @@ static void commit_completed(cv_pipeline *p, bool async) {
             OBSERVE(p, acked, b->notes, b->nnotes);
         pending_free(b);
     }
+    log_acks_again(p, false);
     if (!commit)
         return;
     rd_kafka_resp_err_t err = rd_kafka_commit(p->consumer, commit, async ? 1 : 0);
@@ -789,6 +814,7 @@ int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
         }
     }
     drain(p, p->shutdown_timeout_ms);
+    log_acks_again(p, true);
     rd_kafka_consumer_close(p->consumer);
     if (p->fatal) {
         snprintf(errbuf, errlen, "%s", p->fatal_err);

@@ -2338,11 +2338,22 @@ static void *worker(void *arg) {
 }
 
 /* Grows the pool to min(want, WORKERS_MAX) workers. Without any, jobs run
- * on the caller. A job is mostly waiting for fdatasync, and fdatasyncs that
- * wait at the same time share journal commits and cache flushes (ext4's
- * jbd2 commits once for every waiter of a transaction), so the pool grows
- * with the partitions an append touches, not with the cores. */
+ * on the caller. How many help depends on the sync method:
+ *  - fdatasync: a job mostly waits for its fdatasyncs, and fdatasyncs that
+ *    wait at the same time share journal commits and cache flushes (ext4's
+ *    jbd2 commits once for every waiter of a transaction), so the pool
+ *    grows with the partitions an append touches, not with the cores.
+ *  - syncfs: a job only encodes and copies, which is CPU work. More workers
+ *    than cores would only crowd out the rest of the machine: the nice
+ *    level is per thread, so 64 runnable workers at nice 5 outweigh a
+ *    PostgreSQL backend at nice 0 by 20 to 1. The pool stops at the
+ *    number of cores. */
 static void pool_grow(cv_applog *log, size_t want) {
+    if (log->sync == CV_APPLOG_SYNC_SYNCFS) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        if (cores >= 1 && want > (size_t)cores)
+            want = (size_t)cores;
+    }
     if (want > WORKERS_MAX)
         want = WORKERS_MAX;
     if (!log->pool_up) {

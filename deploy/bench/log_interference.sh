@@ -5,8 +5,9 @@
 # Runs pgbench (one client, 1,000-row INSERTs into an indexed table, 15 s)
 # alone and with chatvault-logbench appending beside it at a fixed rate (one
 # 5,000-record append over 256 partitions every 60 ms, about what the broker
-# does at 80k msgs/s), ROUNDS times in turn, and prints transactions per
-# second. CV_BENCH_PG as for run.sh; the database cv_logint is re-created.
+# does at 80k msgs/s), once with each log.sync_method (syncfs, fdatasync),
+# ROUNDS times in turn, and prints transactions per second. CV_BENCH_PG as
+# for run.sh; the database cv_logint is re-created.
 #
 #   deploy/bench/log_interference.sh [ROUNDS]
 set -euo pipefail
@@ -41,21 +42,27 @@ FROM generate_series(1, 1000) g;
 SQL
 
 for ((r = 1; r <= rounds; r++)); do
-    for with_log in 0 1; do
+    for with_log in none syncfs fdatasync; do
         psql -X -q "$pg dbname=cv_logint" -c "TRUNCATE t" -c CHECKPOINT
-        if [ "$with_log" = 1 ]; then
+        if [ "$with_log" != none ]; then
             rm -rf "$work/log" "$work/log.key"
-            "$logbench" "$work/log" --records 100000000 --period-ms 60 >/dev/null &
+            "$logbench" "$work/log" --records 100000000 --period-ms 60 \
+                --sync "$with_log" >/dev/null &
             bg=$!
             sleep 1
         fi
         tps=$(pgbench -n -f "$work/insert.sql" -T 15 -c 1 "$pg dbname=cv_logint" 2>/dev/null |
             awk '/^tps/ { printf "%.1f", $3 }')
-        if [ "$with_log" = 1 ]; then
+        if [ "$with_log" != none ]; then
             kill "$bg"
             wait "$bg" 2>/dev/null || true
             bg=
         fi
-        echo "round $r: $([ "$with_log" = 1 ] && echo "with the log" || echo "alone       ") $tps INSERTs of 1,000 rows per second"
+        case $with_log in
+        none) beside="alone                   " ;;
+        syncfs) beside="beside the log, syncfs   " ;;
+        fdatasync) beside="beside the log, fdatasync" ;;
+        esac
+        echo "round $r: $beside $tps INSERTs of 1,000 rows per second"
     done
 done

@@ -1057,8 +1057,8 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
     CK(prom_hist(b, "chatvault_pg_commit_seconds",
                  "Duration of one batch's PostgreSQL transaction.", &m->pg_commit, 1e6));
     CK(prom_hist(b, "chatvault_log_fsync_seconds",
-                 "Duration of one batch's log append and fdatasync.", &m->log_fsync,
-                 1e6));
+                 "Duration of one batch's log append and sync (log.sync_method).",
+                 &m->log_fsync, 1e6));
     CK(prom_hist(b, "chatvault_batch_size_messages", "Records per decoded batch.",
                  &m->batch_size, 1));
     if (m->probe_topic) {

@@ -48,10 +48,12 @@ int cv_applog_open(const char *dir, const cv_keyring *keys, uint64_t segment_byt
 
 /* Appends entries (any mix of partitions; each partition's offsets
  * ascending), then makes them durable ONCE (group commit; see
- * cv_applog_set_sync) before returning 0. An entry whose (topic, partition, offset) the log
- * already holds is not written again; its digest is still filled. On
- * failure returns negative with errbuf naming file and byte offset; nothing
- * is reported durable (the bytes of this call are truncated away again).
+ * cv_applog_set_sync) before returning 0. An entry whose (topic,
+ * partition, offset) the log already holds is not written again; its
+ * digest is still filled. On failure returns negative with errbuf naming
+ * the file and byte offset (or, for a failed syncfs, the log directory);
+ * nothing is reported durable (the bytes of this call are truncated away
+ * again).
  * A partition whose log is damaged before its tail fails every append with
  * -CV_ECORRUPT and an error that says to run `chatvault log check`. An
  * entry below the partition's last offset that the log does not hold is

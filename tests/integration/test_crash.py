@@ -150,8 +150,10 @@ with cvtest.Harness('crash', topics=topics, partitions=16) as h:
     rc = h.broker.stop()
     h.is_(rc, 0, 'the last broker exits 0 on SIGTERM')
 
-    # The log: every published message once (a kill -9 re-delivers, the log
-    # skips what it holds), and the chain checks.
+    # The log: every published message, no Kafka record twice (a kill -9
+    # re-delivers, the log skips what it holds), and the chain checks. The
+    # log is keyed by Kafka coordinates, not message ids: a producer retry
+    # that wrote a message twice to Kafka is rightly in it twice.
     c = h.run('log', 'cat', timeout=300)
     recs = [json.loads(line) for line in c.stdout.splitlines() if line.strip()]
     log_ids = [r['message_id'] for r in recs]
@@ -162,7 +164,6 @@ with cvtest.Harness('crash', topics=topics, partitions=16) as h:
              c.stderr[-500:]))
     coords = [(r['topic'], r['partition'], r['offset']) for r in recs]
     h.is_(len(set(coords)), len(coords), 'no Kafka record twice in the log')
-    h.is_(len(set(log_ids)), len(log_ids), 'no message id twice in the log')
     c = h.run('log', 'check', timeout=300)
     h.ok(c.returncode == 0, '`chatvault log check` passes after the kills',
          'exit %d: %s' % (c.returncode, (c.stdout + c.stderr)[-500:]))

@@ -1397,7 +1397,8 @@ struct cv_applog {
     char writer_name[WRITER_NAME_MAX + 1];
     cv_applog_syscalls sys;
     cv_applog_sync sync;
-    int fsfd; /* the log directory, for syncfs; -1 until needed */
+    int fsfd;           /* the log directory, for syncfs; -1 until needed */
+    size_t workers_max; /* pool limit for the sync method (see pool_grow) */
     cv_applog_torn_fn *torn_fn;
     void *torn_opaque;
     bool repair;            /* cv_applog_open_repair: repair directories */
@@ -1525,6 +1526,12 @@ int cv_applog_set_sync(cv_applog *log, cv_applog_sync how, char *errbuf, size_t 
         }
     }
     log->sync = how;
+    log->workers_max = WORKERS_MAX;
+    if (how == CV_APPLOG_SYNC_SYNCFS) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        if (cores >= 1 && (size_t)cores < WORKERS_MAX)
+            log->workers_max = (size_t)cores;
+    }
     return 0;
 }
 
@@ -1573,6 +1580,7 @@ int cv_applog_open(const char *dir, const cv_keyring *keys, uint64_t segment_byt
     log->segment_bytes = segment_bytes;
     log->sys = real_syscalls;
     log->fsfd = -1;
+    log->workers_max = WORKERS_MAX;
     randombytes_buf(log->writer_id, sizeof(log->writer_id));
     log->repair_session = cv_now_us();
     if (gethostname(log->writer_name, sizeof(log->writer_name)) < 0)
@@ -2337,7 +2345,7 @@ static void *worker(void *arg) {
     return NULL;
 }
 
-/* Grows the pool to min(want, WORKERS_MAX) workers. Without any, jobs run
+/* Grows the pool to min(want, log->workers_max) workers. Without any, jobs run
  * on the caller. How many help depends on the sync method:
  *  - fdatasync: a job mostly waits for its fdatasyncs, and fdatasyncs that
  *    wait at the same time share journal commits and cache flushes (ext4's
@@ -2347,15 +2355,10 @@ static void *worker(void *arg) {
  *    than cores would only crowd out the rest of the machine: the nice
  *    level is per thread, so 64 runnable workers at nice 5 outweigh a
  *    PostgreSQL backend at nice 0 by 20 to 1. The pool stops at the
- *    number of cores. */
+ *    number of cores, counted once by cv_applog_set_sync. */
 static void pool_grow(cv_applog *log, size_t want) {
-    if (log->sync == CV_APPLOG_SYNC_SYNCFS) {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        if (cores >= 1 && want > (size_t)cores)
-            want = (size_t)cores;
-    }
-    if (want > WORKERS_MAX)
-        want = WORKERS_MAX;
+    if (want > log->workers_max)
+        want = log->workers_max;
     if (!log->pool_up) {
         if (pthread_mutex_init(&log->mu, NULL) != 0)
             return;

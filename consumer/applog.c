@@ -1383,8 +1383,10 @@ typedef struct part {
     int64_t *coff;
     unsigned char (*cdig)[DIGEST];
     size_t clen, ccap;
-    bool cused; /* looked up during the current append */
-    struct part *next;
+    bool cused;         /* looked up during the current append */
+    struct part *next;  /* every partition of the log */
+    struct part *hnext; /* the next in its hash bucket */
+    uint64_t hash;      /* part_hash(topic, partition) */
 } part;
 
 struct cv_applog {
@@ -1404,6 +1406,10 @@ struct cv_applog {
     bool repair;            /* cv_applog_open_repair: repair directories */
     int64_t repair_session; /* their name: the session's start, Unix us */
     part *parts;
+    /* The same partitions by (topic, partition): a batch looks one up per
+     * record, and a broker holds hundreds. */
+    part **buckets;
+    size_t nbuckets, nparts;
     /* Workers that run the partitions of one append in parallel: their
      * encoding and, above all, their fdatasyncs overlap. */
     pthread_t *th;
@@ -1460,6 +1466,7 @@ cv_applog *cv_applog_free(cv_applog *log) {
         log->parts = p->next;
         part_free(p);
     }
+    free(log->buckets);
     if (log->fsfd >= 0)
         close(log->fsfd);
     free(log->dir);
@@ -1632,11 +1639,49 @@ int cv_applog_repair_bridge(cv_applog *log, const char *topic, int32_t partition
     return 0;
 }
 
+/* FNV-1a over the topic's bytes and the partition's four. */
+static uint64_t part_hash(const char *topic, int32_t partition) {
+    uint64_t h = 0xcbf29ce484222325u;
+    for (const unsigned char *c = (const unsigned char *)topic; *c; c++)
+        h = (h ^ *c) * 0x100000001b3u;
+    for (int i = 0; i < 4; i++)
+        h = (h ^ (((uint32_t)partition >> (8 * i)) & 0xff)) * 0x100000001b3u;
+    return h;
+}
+
 static part *find_part(const cv_applog *log, const char *topic, int32_t partition) {
-    for (part *p = log->parts; p; p = p->next)
-        if (p->partition == partition && strcmp(p->topic, topic) == 0)
+    if (!log->nbuckets)
+        return NULL;
+    uint64_t h = part_hash(topic, partition);
+    for (part *p = log->buckets[h & (log->nbuckets - 1)]; p; p = p->hnext)
+        if (p->hash == h && p->partition == partition && strcmp(p->topic, topic) == 0)
             return p;
     return NULL;
+}
+
+/* Adds a new partition to the list and the hash table, which doubles
+ * whenever it holds more partitions than buckets. */
+static int add_part(cv_applog *log, part *p) {
+    if (log->nparts >= log->nbuckets) {
+        size_t nb = log->nbuckets ? log->nbuckets * 2 : 64;
+        part **b = calloc(nb, sizeof(*b));
+        if (!b)
+            return -ENOMEM;
+        for (part *q = log->parts; q; q = q->next) {
+            q->hnext = b[q->hash & (nb - 1)];
+            b[q->hash & (nb - 1)] = q;
+        }
+        free(log->buckets);
+        log->buckets = b;
+        log->nbuckets = nb;
+    }
+    p->hash = part_hash(p->topic, p->partition);
+    p->hnext = log->buckets[p->hash & (log->nbuckets - 1)];
+    log->buckets[p->hash & (log->nbuckets - 1)] = p;
+    p->next = log->parts;
+    log->parts = p;
+    log->nparts++;
+    return 0;
 }
 
 static int index_push(part *p, int64_t offset, const unsigned char *digest) {
@@ -1860,8 +1905,10 @@ static int get_part(cv_applog *log, const char *topic, int32_t partition, part *
             snprintf(p->dir + l, dl - l, "/" REPAIR_PREFIX "%020" PRId64,
                      log->repair_session);
         }
-        p->next = log->parts;
-        log->parts = p;
+        if (add_part(log, p) < 0) {
+            part_free(p);
+            return -ENOMEM;
+        }
     }
     if (p->state == 0) {
         int r = part_open(log, p, errbuf, errlen);

@@ -16,6 +16,9 @@
  * A new segment is written as "<name>.tmp" with its first batch, fdatasynced,
  * renamed into place and the directory fsynced: a segment file never has a
  * torn header or a torn first batch. A *.tmp left by a crash is deleted.
+ * A partition directory is created (or found) by the first append of a
+ * session that writes to it; that append fsyncs log.dir once, for all the
+ * partitions it opened, before it writes anything.
  *
  * SEGMENT HEADER (H bytes, H = 124 + T + N)
  *   0   8  magic "CVAPLOG\n"
@@ -1400,6 +1403,7 @@ struct cv_applog {
     cv_applog_syscalls sys;
     cv_applog_sync sync;
     int fsfd;           /* the log directory, for syncfs; -1 until needed */
+    bool dir_unsynced;  /* partitions were opened since log.dir's last fsync */
     size_t workers_max; /* pool limit for the sync method (see pool_grow) */
     cv_applog_torn_fn *torn_fn;
     void *torn_opaque;
@@ -1752,10 +1756,19 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
         errf(errbuf, errlen, "log directory %s: cannot create: %s", p->dir, strerror(e));
         return -e;
     }
-    int r = sys_fsync_dir(log, log->dir);
-    if (r < 0) {
-        errf(errbuf, errlen, "log directory %s: fsync: %s", log->dir, strerror(-r));
-        return r;
+    /* The partition directory's entry in log.dir must be durable before
+     * anything in it is reported so. A repair directory's is made so here;
+     * a broker partition's by the append that opened it, once for all the
+     * partitions it opened (a new broker opens hundreds in its first
+     * batches, and each fsync of log.dir is a journal commit). */
+    int r;
+    if (p->repair) {
+        if ((r = sys_fsync_dir(log, log->dir)) < 0) {
+            errf(errbuf, errlen, "log directory %s: fsync: %s", log->dir, strerror(-r));
+            return r;
+        }
+    } else {
+        log->dir_unsynced = true;
     }
     p->dirfd = open(p->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (p->dirfd < 0) {
@@ -2556,6 +2569,13 @@ int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n, char *e
             p->jcap = ncap;
         }
         p->jidx[p->njidx++] = i;
+    }
+    if (log->dir_unsynced) {
+        if ((r = sys_fsync_dir(log, log->dir)) < 0) {
+            errf(errbuf, errlen, "log directory %s: fsync: %s", log->dir, strerror(-r));
+            goto fail;
+        }
+        log->dir_unsynced = false;
     }
     log->entries = entries;
     run_parts(log, tp, ntp);

@@ -645,6 +645,55 @@ static int f_open(const char *p, int flags, mode_t mode) {
     return open(p, flags, mode);
 }
 
+static int fsyncs; /* fsync calls while f_fsync is installed */
+
+static int f_fsync(int fd) {
+    fsyncs++;
+    if (fault == F_SYNC_EIO) {
+        errno = EIO;
+        return -1;
+    }
+    return fsync(fd);
+}
+
+/* The directories of the partitions an append opens are made durable by
+ * one fsync of log.dir, not one each; when it fails, the append fails
+ * naming log.dir and reports nothing durable. */
+static void test_dir_sync(void) {
+    char err[1024], logdir[600];
+    snprintf(logdir, sizeof(logdir), "%s/dirsync", root);
+    cv_applog *log = NULL;
+    cv_applog_open(logdir, small_kr, 64u << 20, &log, err, sizeof(err));
+    cv_applog_set_sync(log, CV_APPLOG_SYNC_SYNCFS, err, sizeof(err));
+    cv_applog_syscalls sys = {.fsync = f_fsync};
+    cv_applog_set_syscalls(log, &sys);
+    static unsigned char v[VALUE_LEN];
+    static cv_applog_entry ents[50];
+    make_value(0, v, VALUE_LEN);
+    for (int i = 0; i < 50; i++)
+        ents[i] = (cv_applog_entry){TOPIC, 100 + i, 0, 0, v, VALUE_LEN, {0}};
+    fault = F_SYNC_EIO;
+    int r = cv_applog_append(log, ents, 50, err, sizeof(err));
+    fault = F_NONE;
+    int64_t req = 0, dur = 0;
+    cv_applog_positions(log, TOPIC, 100, &req, &dur);
+    tap_ok(r < 0 && strstr(err, logdir) && strstr(err, "fsync") && req == -1 && dur == -1,
+           "a failed fsync of log.dir fails the append, nothing durable: %s", err);
+    fsyncs = 0;
+    r = cv_applog_append(log, ents, 50, err, sizeof(err));
+    tap_ok(r == 0 && fsyncs == 1,
+           "an append that opens 50 partitions fsyncs log.dir once (%d fsyncs)", fsyncs);
+    fsyncs = 0;
+    for (int i = 0; i < 50; i++)
+        ents[i].offset = 1;
+    r = cv_applog_append(log, ents, 50, err, sizeof(err));
+    TAP_IS_INT(fsyncs, 0, "the next append to them fsyncs no directory");
+    cv_applog_free(log);
+    const char *d = pdir(logdir, 149);
+    seen s = read_all(&d, 1, small_kr, NULL);
+    tap_ok(r == 0 && s.err == 0 && s.count == 2, "and their records are there");
+}
+
 /* Write and sync faults under one sync method: a failed append leaves
  * nothing that could pass for durable, and the same append succeeds once
  * the fault clears. */
@@ -1018,6 +1067,7 @@ int main(void) {
     test_late();
     test_throughput_partitions();
     test_many_partitions();
+    test_dir_sync();
     cv_keyring_free(small_kr);
     sh("rm -rf '%s'%s", root, "");
     return tap_done();

@@ -136,12 +136,25 @@ cpu_of() {
     awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); printf "%.2f", ($12 + $13) / hz }' \
         "/proc/$1/stat" 2>/dev/null || echo 0
 }
+# Seconds a process spent runnable but waiting for a CPU, from
+# /proc/<pid>/schedstat (its second field, in ns).
+rq_of() {
+    awk '{ printf "%.2f", $2 / 1e9 }' "/proc/$1/schedstat" 2>/dev/null || echo 0
+}
+sum_of() { # sum_of FN PID...: FN's figures of the PIDs, added
+    local fn=$1 t=0 pid
+    shift
+    for pid in "$@"; do t=$(awk -v a="$t" -v b="$($fn "$pid")" 'BEGIN { print a + b }'); done
+    echo "$t"
+}
 pg_backends=$(psql -X -qtA "$pg dbname=postgres" -c \
     "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE datname = 'cv_bench'")
 kafka_pid=${pids[0]}
 kafka_cpu0=$(cpu_of "$kafka_pid")
-pg_cpu0=0
-for b in $pg_backends; do pg_cpu0=$(awk -v a="$pg_cpu0" -v b="$(cpu_of "$b")" 'BEGIN { print a + b }'); done
+# shellcheck disable=SC2086 # one pid per word
+pg_cpu0=$(sum_of cpu_of $pg_backends)
+# shellcheck disable=SC2086
+pg_rq0=$(sum_of rq_of $pg_backends)
 
 if [ "$perf_seconds" -gt 0 ]; then
     # System-wide, so PostgreSQL and the mock cluster show next to the broker.
@@ -164,9 +177,10 @@ if [ "$perf_seconds" -gt 0 ]; then
         grep -v '^#' | grep -v '^$' | head -n 25 >"$out/perf-by-process.txt" || true
 fi
 kafka_cpu=$(awk -v a="$kafka_cpu0" -v b="$(cpu_of "$kafka_pid")" 'BEGIN { printf "%.2f", b - a }')
-pg_cpu1=0
-for b in $pg_backends; do pg_cpu1=$(awk -v a="$pg_cpu1" -v b="$(cpu_of "$b")" 'BEGIN { print a + b }'); done
-pg_cpu=$(awk -v a="$pg_cpu0" -v b="$pg_cpu1" 'BEGIN { printf "%.2f", b - a }')
+# shellcheck disable=SC2086
+pg_cpu=$(awk -v a="$pg_cpu0" -v b="$(sum_of cpu_of $pg_backends)" 'BEGIN { printf "%.2f", b - a }')
+# shellcheck disable=SC2086
+pg_rq=$(awk -v a="$pg_rq0" -v b="$(sum_of rq_of $pg_backends)" 'BEGIN { printf "%.2f", b - a }')
 # Where the broker's time went, from its own histograms.
 curl -s "http://127.0.0.1:$http_port/metrics" >"$out/metrics.txt" || true
 metric() { awk -v m="$1" '$1 == m { v += $2 } END { printf "%.3f", v }' "$out/metrics.txt"; }
@@ -221,6 +235,7 @@ ratio=$(awk -v a="${ours:-0}" -v b="$kcat_rate" 'BEGIN { printf "%.2f", (b > 0 ?
     printf '%-40s %s\n' "  sent -> ack latency p50 / p99 / max" "$(field p50_ms) / $(field p99_ms) / $(field max_ms) ms"
     printf '%-40s %s\n' "  broker CPU / peak RSS" "$(field broker_cpu_s) s / $(field broker_peak_rss_mib) MiB"
     printf '%-40s %s\n' "  CPU of dev-kafka / broker's PG backend" "$kafka_cpu s / $pg_cpu s"
+    printf '%-40s %s\n' "  PG backend waiting for a CPU" "$pg_rq s"
     printf '%-40s %s\n' "  batches / mean size" "${batch_n%.*} / $(mean "$batch_sum" "$batch_n" 1) msgs"
     printf '%-40s %s\n' "  PG transactions: total / mean" "$pg_sum s / $(mean "$pg_sum" "$pg_n" 1000) ms"
     printf '%-40s %s\n' "  log append+sync: total / mean" "$log_sum s / $(mean "$log_sum" "$log_n" 1000) ms"

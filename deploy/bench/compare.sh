@@ -10,6 +10,10 @@
 #
 #   deploy/bench/compare.sh [--rounds N] [run.sh options]...
 #
+# Columns per side: msgs/s end to end, the PostgreSQL backend's CPU seconds
+# and the seconds it waited for a CPU (run-queue delay), the broker's CPU
+# seconds.
+#
 # Every run.sh option (--messages, --set, ...) goes to both sides of a pair;
 # CV_BENCH_PG and CV_BUILD_DIR as for run.sh. The table goes to standard
 # output and to deploy/bench/results/compare-<time>.txt.
@@ -29,15 +33,17 @@ here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$here/results"
 out=$here/results/compare-$(date -u +%Y%m%dT%H%M%SZ).txt
 
-# One run; prints "<msgs/s> <PG backend CPU s> <broker CPU s>".
+# One run; prints "<msgs/s> <PG backend CPU s> <its run-queue wait s>
+# <broker CPU s>".
 one() {
     local s
     s=$("$here/run.sh" --no-kcat "${args[@]+"${args[@]}"}" "$@" 2>/dev/null) ||
         { echo "compare.sh: run.sh $* failed" >&2; return 1; }
     awk '/^chatvault end to end/ { rate = $8 }
          /broker.s PG backend/ { pg = $(NF - 1) }
+         /PG backend waiting for a CPU/ { rq = $(NF - 1) }
          /^  broker CPU/ { cpu = $(NF - 4) }
-         END { print rate, pg, cpu }' <<<"$s"
+         END { print rate, pg, rq, cpu }' <<<"$s"
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
@@ -47,26 +53,26 @@ pgonly=()
 ratios=()
 {
     echo "== compare.sh: $rounds rounds, $(nproc) cores, run.sh --no-kcat ${args[*]-}"
-    printf '%-6s %14s %10s %10s   %14s %10s %10s   %6s\n' round "both msgs/s" "PG CPU s" "broker s" \
-        "PG-only msgs/s" "PG CPU s" "broker s" ratio
+    printf '%-6s %12s %8s %7s %8s   %14s %8s %7s %8s   %6s\n' round "both msgs/s" "PG CPU" "PG rq" \
+        "broker" "PG-only msgs/s" "PG CPU" "PG rq" "broker" ratio
 } | tee "$out"
 for ((r = 1; r <= rounds; r++)); do
     # Odd rounds run both stores first, even rounds PostgreSQL only first,
     # so a machine that speeds up or slows down during the runs does not
     # always favour the same side.
     if ((r % 2)); then
-        read -r b_rate b_pg b_cpu < <(one)
-        read -r p_rate p_pg p_cpu < <(one --set log.dir=)
+        read -r b_rate b_pg b_rq b_cpu < <(one)
+        read -r p_rate p_pg p_rq p_cpu < <(one --set log.dir=)
     else
-        read -r p_rate p_pg p_cpu < <(one --set log.dir=)
-        read -r b_rate b_pg b_cpu < <(one)
+        read -r p_rate p_pg p_rq p_cpu < <(one --set log.dir=)
+        read -r b_rate b_pg b_rq b_cpu < <(one)
     fi
     ratio=$(awk -v a="$b_rate" -v b="$p_rate" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')
     both+=("$b_rate")
     pgonly+=("$p_rate")
     ratios+=("$ratio")
-    printf '%-6s %14s %10s %10s   %14s %10s %10s   %6s\n' "$r" "$b_rate" "$b_pg" "$b_cpu" \
-        "$p_rate" "$p_pg" "$p_cpu" "$ratio" | tee -a "$out"
+    printf '%-6s %12s %8s %7s %8s   %14s %8s %7s %8s   %6s\n' "$r" "$b_rate" "$b_pg" "$b_rq" \
+        "$b_cpu" "$p_rate" "$p_pg" "$p_rq" "$p_cpu" "$ratio" | tee -a "$out"
 done
 mb=$(printf '%s\n' "${both[@]}" | median)
 mp=$(printf '%s\n' "${pgonly[@]}" | median)

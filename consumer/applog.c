@@ -17,8 +17,10 @@
  * renamed into place and the directory fsynced: a segment file never has a
  * torn header or a torn first batch. A *.tmp left by a crash is deleted.
  * A partition directory is created (or found) by the first append of a
- * session that writes to it; that append fsyncs log.dir once, for all the
- * partitions it opened, before it writes anything.
+ * session that writes to it. Its entry in log.dir is made durable by that
+ * append before the append reports success: under fdatasync by one fsync
+ * of log.dir for all the partitions it opened, before it writes anything;
+ * under syncfs by the append's syncfs.
  *
  * SEGMENT HEADER (H bytes, H = 124 + T + N)
  *   0   8  magic "CVAPLOG\n"
@@ -1403,7 +1405,7 @@ struct cv_applog {
     cv_applog_syscalls sys;
     cv_applog_sync sync;
     int fsfd;           /* the log directory, for syncfs; -1 until needed */
-    bool dir_unsynced;  /* partitions were opened since log.dir's last fsync */
+    bool dir_unsynced;  /* partitions were opened since log.dir last synced */
     size_t workers_max; /* pool limit for the sync method (see pool_grow) */
     cv_applog_torn_fn *torn_fn;
     void *torn_opaque;
@@ -1758,9 +1760,9 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
     }
     /* The partition directory's entry in log.dir must be durable before
      * anything in it is reported so. A repair directory's is made so here;
-     * a broker partition's by the append that opened it, once for all the
-     * partitions it opened (a new broker opens hundreds in its first
-     * batches, and each fsync of log.dir is a journal commit). */
+     * a broker partition's by the append that opened it (see LAYOUT), once
+     * for all the partitions it opened: a new broker opens hundreds in its
+     * first batches, and each fsync of log.dir is a journal commit. */
     int r;
     if (p->repair) {
         if ((r = sys_fsync_dir(log, log->dir)) < 0) {
@@ -2570,7 +2572,7 @@ int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n, char *e
         }
         p->jidx[p->njidx++] = i;
     }
-    if (log->dir_unsynced) {
+    if (log->dir_unsynced && log->sync == CV_APPLOG_SYNC_FDATASYNC) {
         if ((r = sys_fsync_dir(log, log->dir)) < 0) {
             errf(errbuf, errlen, "log directory %s: fsync: %s", log->dir, strerror(-r));
             goto fail;
@@ -2586,9 +2588,11 @@ int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n, char *e
             errf(errbuf, errlen, "%s", tp[k]->jerr);
             goto fail;
         }
-    if (log->sync == CV_APPLOG_SYNC_SYNCFS &&
-        (r = sync_all(log, tp, ntp, errbuf, errlen)) < 0)
-        goto fail;
+    if (log->sync == CV_APPLOG_SYNC_SYNCFS) {
+        if ((r = sync_all(log, tp, ntp, errbuf, errlen)) < 0)
+            goto fail;
+        log->dir_unsynced = false; /* the syncfs covered log.dir's entries */
+    }
     for (size_t k = 0; k < ntp; k++) {
         commit(tp[k]);
         tp[k]->touched_part = false;

@@ -4,6 +4,7 @@ each time with the other log.sync_method (syncfs, fdatasync, ...).
 Afterwards PostgreSQL and the encrypted log each hold exactly the published
 set, no message twice, the log's chain checks, and every message was acked
 at least once."""
+import collections
 import json
 import os
 import random
@@ -164,6 +165,28 @@ with cvtest.Harness('crash', topics=topics, partitions=16) as h:
              c.stderr[-500:]))
     coords = [(r['topic'], r['partition'], r['offset']) for r in recs]
     h.is_(len(set(coords)), len(coords), 'no Kafka record twice in the log')
+    # Each message id as often as Kafka holds it: once, unless a producer
+    # retry wrote it twice; never more because of the kills.
+    kafka_ids = []
+    for t in topics:
+        kc = h.consumer(t)
+        parts = list(kc.assignment())
+        want = sum(kc.end_offsets(parts).values()) - sum(
+            kc.beginning_offsets(parts).values())
+        got, deadline = [], time.time() + 120
+        while len(got) < want and time.time() < deadline:
+            for rs in kc.poll(timeout_ms=500, max_records=10000).values():
+                got.extend(rs)
+        for rec in got:
+            m = cvtest.pb.ChatMessage()
+            m.ParseFromString(rec.value)
+            kafka_ids.append(m.message_id)
+    extra = collections.Counter(log_ids) - collections.Counter(kafka_ids)
+    short = collections.Counter(kafka_ids) - collections.Counter(log_ids)
+    h.ok(not extra and not short,
+         'each message id is in the log as often as in Kafka',
+         'more often in the log: %s; less often: %s' % (
+             list(extra.items())[:5], list(short.items())[:5]))
     c = h.run('log', 'check', timeout=300)
     h.ok(c.returncode == 0, '`chatvault log check` passes after the kills',
          'exit %d: %s' % (c.returncode, (c.stdout + c.stderr)[-500:]))

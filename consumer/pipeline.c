@@ -300,7 +300,8 @@ static void *store_main(void *arg) {
     return NULL;
 }
 
-/* Waits up to `ms` for the store thread's verdict; NULL if none yet. */
+/* Waits up to `ms` for the store thread's verdict on p->storing; NULL if
+ * none yet. */
 static batch *store_wait(cv_pipeline *p, int ms) {
     store_thread *t = &p->st;
     struct timespec until;
@@ -315,6 +316,8 @@ static batch *store_wait(cv_pipeline *p, int ms) {
     batch *b = t->done;
     t->done = NULL;
     pthread_mutex_unlock(&t->mu);
+    if (b)
+        p->storing = NULL;
     return b;
 }
 
@@ -436,7 +439,6 @@ static void ack_batch(cv_pipeline *p, batch *b) {
  * made it give the batch up (the next one must go too). */
 static bool complete_stored(cv_pipeline *p, batch *b) {
     bool abandoned = false;
-    p->storing = NULL;
     if (b->result == -EAGAIN)
         b->result = store_retry(p, b);
     if (b->result == 0)
@@ -451,37 +453,26 @@ static bool complete_stored(cv_pipeline *p, batch *b) {
     return abandoned;
 }
 
-/* Waits for the batch at the store thread, acks of earlier batches flowing
- * meanwhile, and completes it. */
-static bool finish_storing(cv_pipeline *p) {
-    if (!p->storing)
-        return false;
+/* Waits for the verdict on the batch at the store thread, acks of earlier
+ * batches flowing meanwhile. */
+static batch *wait_stored(cv_pipeline *p) {
     batch *b;
     while (!(b = store_wait(p, 20))) {
         cv_acker_poll(p->acker, 0);
         commit_completed(p, true);
     }
-    return complete_stored(p, b);
+    return b;
 }
 
-/* Hands the filled batch to the store thread (after the one before it is
- * finished, so batches leave the stores in order) and starts a new one. */
-static void submit_fill(cv_pipeline *p) {
-    batch *b = p->fill;
-    if (b->n == 0)
-        return;
-    if (finish_storing(p)) {
-        /* A revoke gave up the batch before this one: this one goes too. */
-        release_batch(b);
-        return;
-    }
-    if (decode_batch(p, b) < 0) {
-        set_fatal(p, "out of memory decoding a batch; its records stay "
-                     "uncommitted and are re-delivered after a restart");
-        release_batch(b);
-        return;
-    }
-    b->offsets = batch_offsets(b->recs, b->n);
+/* Waits for the batch at the store thread and completes it. */
+static bool finish_storing(cv_pipeline *p) {
+    if (!p->storing)
+        return false;
+    return complete_stored(p, wait_stored(p));
+}
+
+/* Gives a decoded batch to the store thread; the other buffer fills. */
+static void hand_over(cv_pipeline *p, batch *b) {
     b->result = 0;
     store_thread *t = &p->st;
     pthread_mutex_lock(&t->mu);
@@ -490,6 +481,40 @@ static void submit_fill(cv_pipeline *p) {
     pthread_mutex_unlock(&t->mu);
     p->storing = b;
     p->fill = b == &p->bufs[0] ? &p->bufs[1] : &p->bufs[0];
+}
+
+/* Hands the filled batch to the store thread once the one before it is
+ * durable, so batches enter and leave the stores in order, and starts a new
+ * one. The batch is decoded while the one before it is still being
+ * written, and when that one is durable the stores take this one at once
+ * and the acks of that one are produced meanwhile: the stores (PostgreSQL's
+ * backend above all) do not wait for this thread between batches. */
+static void submit_fill(cv_pipeline *p) {
+    batch *b = p->fill;
+    if (b->n == 0)
+        return;
+    if (decode_batch(p, b) < 0) {
+        set_fatal(p, "out of memory decoding a batch; its records stay "
+                     "uncommitted and are re-delivered after a restart");
+        release_batch(b);
+        return;
+    }
+    b->offsets = batch_offsets(b->recs, b->n);
+    if (p->storing) {
+        batch *prev = wait_stored(p);
+        if (prev->result == 0) {
+            hand_over(p, b);
+            complete_stored(p, prev);
+            return;
+        }
+        /* Not durable yet: retried here first, and a revoke meanwhile gives
+         * up this batch too. */
+        if (complete_stored(p, prev)) {
+            release_batch(b);
+            return;
+        }
+    }
+    hand_over(p, b);
 }
 
 /* Finishes every batch in flight (or, after a revoke that found the stores

@@ -73,6 +73,7 @@ static void publish(cv_probe *p, uint64_t seq) {
 
 static void *run(void *arg) {
     cv_probe *p = arg;
+    pthread_setname_np(pthread_self(), "cv-probe");
     uint64_t seq = 0;
     pthread_mutex_lock(&p->lock);
     while (!p->stopping) {

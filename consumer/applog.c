@@ -2396,6 +2396,7 @@ static void *worker(void *arg) {
      * PostgreSQL on the same machine): a batch's log append normally ends
      * well inside the PostgreSQL transaction it runs beside, so it has time
      * to spare, and a store that waits for CPU slows every ack. */
+    pthread_setname_np(pthread_self(), "cv-log-worker");
     setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), WORKER_NICE);
     pthread_mutex_lock(&log->mu);
     while (!log->stop) {

@@ -210,6 +210,7 @@ out:
 
 static void *fetcher(void *arg) {
     cv_pgread *rd = arg;
+    pthread_setname_np(pthread_self(), "cv-pg-read");
     for (;;) {
         pthread_mutex_lock(&rd->mu);
         while (rd->qlen == AHEAD && !rd->stop)

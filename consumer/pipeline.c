@@ -281,6 +281,7 @@ static int decode_batch(cv_pipeline *p, batch *b) {
 static void *store_main(void *arg) {
     cv_pipeline *p = arg;
     store_thread *t = &p->st;
+    pthread_setname_np(pthread_self(), "cv-store");
     pthread_mutex_lock(&t->mu);
     for (;;) {
         while (!t->job && !t->quit)

@@ -362,6 +362,7 @@ typedef struct log_job {
 
 static void *log_worker(void *arg) {
     log_job *j = arg;
+    pthread_setname_np(pthread_self(), "cv-log-append");
     int64_t t0 = cv_now_us();
     j->r = cv_applog_append(j->st->log, j->st->entries, j->k, j->err, sizeof(j->err));
     j->us = cv_now_us() - t0;

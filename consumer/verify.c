@@ -967,6 +967,7 @@ typedef struct worker {
 
 static void *work(void *arg) {
     worker *w = arg;
+    pthread_setname_np(pthread_self(), "cv-verify");
     vctx *c = &w->c;
     vshared *sh = c->sh;
     int r = 0;

@@ -10,7 +10,7 @@
 #
 #   deploy/bench/run.sh [--messages N] [--partitions P] [--ack-partitions P]
 #                       [--linger-ms N] [--set key=value]... [--no-kcat]
-#                       [--perf SECONDS] [--keep-log]
+#                       [--perf SECONDS] [--sample] [--keep-log]
 #
 # CV_BENCH_PG: libpq conninfo of the PostgreSQL server to use, without dbname
 # (default "host=127.0.0.1 port=55432 user=postgres"). The databases
@@ -26,6 +26,7 @@ linger_ms=5
 body_bytes=256
 run_kcat=1
 perf_seconds=0
+sample=0
 keep=0
 sets=()
 
@@ -40,6 +41,7 @@ while [ $# -gt 0 ]; do
     --set) sets+=("$2"); shift 2 ;;
     --no-kcat) run_kcat=0; shift ;;
     --perf) perf_seconds=$2; shift 2 ;;
+    --sample) sample=1; shift ;;
     --keep-log) keep=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -164,6 +166,17 @@ if [ "$perf_seconds" -gt 0 ]; then
     pids+=("$perf_pid")
 fi
 
+if [ "$sample" = 1 ]; then
+    # What the backend waits for, and where the machine's CPU goes, thread
+    # by thread, while the bench runs (see threads.py and pg_waits.py).
+    /usr/bin/python3 "$src/deploy/bench/threads.py" >"$out/threads.txt" 2>&1 &
+    threads_pid=$!
+    /usr/bin/python3 "$src/deploy/bench/pg_waits.py" "$pg dbname=postgres" cv_bench \
+        >"$out/pg-waits.txt" 2>&1 &
+    waits_pid=$!
+    pids+=("$threads_pid" "$waits_pid")
+fi
+
 # 4. The benchmark itself.
 set +e
 "$bench" --bootstrap "$bootstrap" --messages "$messages" --channels "$channels" \
@@ -175,6 +188,10 @@ if [ "$perf_seconds" -gt 0 ]; then
     wait "$perf_pid" || true
     perf report -i "$out/perf.data" --no-children --sort comm,dso --stdio 2>/dev/null |
         grep -v '^#' | grep -v '^$' | head -n 25 >"$out/perf-by-process.txt" || true
+fi
+if [ "$sample" = 1 ]; then
+    kill -TERM "$threads_pid" "$waits_pid" 2>/dev/null || true
+    wait "$threads_pid" "$waits_pid" || true
 fi
 kafka_cpu=$(awk -v a="$kafka_cpu0" -v b="$(cpu_of "$kafka_pid")" 'BEGIN { printf "%.2f", b - a }')
 # shellcheck disable=SC2086
@@ -243,6 +260,12 @@ ratio=$(awk -v a="${ours:-0}" -v b="$kcat_rate" 'BEGIN { printf "%.2f", (b > 0 ?
     if [ "$run_kcat" = 1 ]; then
         printf '%-40s %s\n' "kcat -C | psql \\copy (drain only)" "$kcat_rate msgs/s in $kcat_s s ($kcat_rows rows)"
         printf '%-40s %s\n' "ratio chatvault / kcat|psql" "$ratio"
+    fi
+    if [ "$sample" = 1 ]; then
+        echo "  PG backend, share of samples (pg_waits.py):"
+        head -n 6 "$out/pg-waits.txt" | sed 's/^/    /'
+        echo "  CPU and run-queue wait by thread (threads.py):"
+        head -n 10 "$out/threads.txt" | sed 's/^/    /'
     fi
     printf '%-40s %s\n' "results" "$out"
 } | tee "$out/summary.txt"

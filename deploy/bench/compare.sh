@@ -4,9 +4,10 @@
 # Runs deploy/bench/run.sh --no-kcat in pairs, ROUNDS times: both stores (the
 # default config) and PostgreSQL only (--set log.dir=), in turn first, and
 # prints each run, the median of each side and the median of the per-round
-# ratios. One run of each is not enough on a shared 2-core machine: single
-# runs of the same config were seen to differ by 30%, so only alternating
-# pairs and medians say anything about a 10% difference.
+# ratios, after one uncounted run of each side as a warm-up. One run of each
+# is not enough on a shared 2-core machine: single runs of the same config
+# were seen to differ by 30%, so only alternating pairs and medians say
+# anything about a 10% difference.
 #
 #   deploy/bench/compare.sh [--rounds N] [run.sh options]...
 #
@@ -47,6 +48,14 @@ one() {
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+
+# One run of each side first, not counted: in six series run on 2026-11-22
+# the first run after other work on the machine was the slowest of its
+# config (in the three compare.sh series the backend used 16.1-16.9 s of CPU
+# in it, 10.0-14.4 s in the others), and round 1 runs both stores first, so
+# it always hit that side.
+one >/dev/null
+one --set log.dir= >/dev/null
 
 both=()
 pgonly=()

@@ -100,6 +100,7 @@ class Proc:
         # timed out, its group goes with it.
         self.p = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                   stdout=stdout, stderr=self.log)
+        self.stopped = False  # stop() was asked for: its exit is no death
 
     @property
     def pid(self):
@@ -115,6 +116,7 @@ class Proc:
 
     def stop(self, timeout=60):
         """SIGTERM, wait; SIGKILL when it does not exit. Returns exit code."""
+        self.stopped = True
         if self.alive():
             self.p.send_signal(signal.SIGTERM)
             try:
@@ -368,10 +370,17 @@ class Harness:
         c.seek_to_beginning()
         return c
 
+    def broker_died(self):
+        """True (and says so) when the broker exited without being stopped."""
+        if self.broker is None or self.broker.stopped or self.broker.alive():
+            return False
+        self.diag('broker exited with %s' % self.broker.p.returncode)
+        return True
+
     def drain(self, consumer, until, timeout=300, idle=None):
         """Polls CONSUMER, collecting records, until until(records) is true,
         TIMEOUT seconds pass, or (with IDLE) no record came for IDLE seconds.
-        Fails fast when the broker died."""
+        Fails fast when the broker died (not when the test stopped it)."""
         out = []
         deadline = time.time() + timeout
         last = time.time()
@@ -385,8 +394,7 @@ class Harness:
                 break
             if idle is not None and time.time() - last > idle:
                 break
-            if self.broker is not None and not self.broker.alive():
-                self.diag('broker exited with %s' % self.broker.p.returncode)
+            if self.broker_died():
                 break
         return out
 
@@ -426,8 +434,7 @@ class Harness:
             n = self.query('SELECT count(*) FROM %s' % table)[0][0]
             if n >= want:
                 break
-            if self.broker is not None and not self.broker.alive():
-                self.diag('broker exited with %s' % self.broker.p.returncode)
+            if self.broker_died():
                 break
             time.sleep(0.2)
         return n

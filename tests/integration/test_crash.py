@@ -173,11 +173,7 @@ with cvtest.Harness('crash', topics=topics, partitions=16) as h:
         parts = list(kc.assignment())
         want = sum(kc.end_offsets(parts).values()) - sum(
             kc.beginning_offsets(parts).values())
-        got, deadline = [], time.time() + 120
-        while len(got) < want and time.time() < deadline:
-            for rs in kc.poll(timeout_ms=500, max_records=10000).values():
-                got.extend(rs)
-        for rec in got:
+        for rec in h.drain(kc, lambda out: len(out) >= want, timeout=120):
             m = cvtest.pb.ChatMessage()
             m.ParseFromString(rec.value)
             kafka_ids.append(m.message_id)

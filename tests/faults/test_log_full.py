@@ -5,7 +5,9 @@ file takes the rest of it (ENOSPC); later the tmpfs is remounted bigger.
                          error in its log) and resumes by itself when space
                          returns; in the end both stores hold everything once.
   test_log_full.py any   ack.policy = any: acks keep flowing DEGRADED with
-                         stores = postgres, and the broker says to run
+                         stores = postgres (or PERSISTED with both, for a
+                         batch small enough for the room left in the log's
+                         segments), and the broker says to run
                          `chatvault verify --repair`; PostgreSQL holds
                          everything once.
 Both: nothing is acked as held by a store that does not hold it (every ack
@@ -84,12 +86,21 @@ with faultlib.FaultHarness('log_full_' + policy, topics=topics, partitions=8,
              'disk filled: %d' % len(window))
         h.is_(len(late), 0, 'no ack while the log is full (after %d s)' % SETTLE)
     else:
-        h.ok(len(late) >= RATE * (FULL - SETTLE) / 4,
-             'acks keep flowing while the log is full (%d)' % len(late))
-        bad = [(cvtest.STATUS.get(a.status), a.stores) for _, a, _ in late
-               if cvtest.STATUS.get(a.status) != 'DEGRADED' or a.stores != PG]
-        h.ok(late and not bad, 'every ack while the log is full is DEGRADED '
-             'with stores = postgres', 'not so: %d, e.g. %s' % (len(bad), bad[:5]))
+        # A retry of the log with a new batch may find room: each segment's
+        # last page has some left, and a batch small enough for it is then
+        # truly in both stores (the acks naming the log are checked against
+        # the log below). Everything else is DEGRADED with PostgreSQL alone.
+        kinds = [(cvtest.STATUS.get(a.status), a.stores) for _, a, _ in late]
+        degraded = kinds.count(('DEGRADED', PG))
+        both = kinds.count(('PERSISTED', PG | LOG))
+        h.diag('acks while full (after %d s): %d DEGRADED with postgres, %d '
+               'PERSISTED with both (a retry found room)' % (SETTLE, degraded, both))
+        h.ok(degraded >= RATE * (FULL - SETTLE) / 4,
+             'acks keep flowing DEGRADED while the log is full (%d)' % degraded)
+        bad = [k for k in kinds if k not in (('DEGRADED', PG), ('PERSISTED', PG | LOG))]
+        h.ok(late and not bad, 'every ack while the log is full is DEGRADED with '
+             'stores = postgres, or PERSISTED with both stores',
+             'not so: %d, e.g. %s' % (len(bad), bad[:5]))
         repair = [l for l in log.splitlines() if 'verify --repair' in l]
         h.ok(repair, 'the broker says to run `chatvault verify --repair`')
         if repair:

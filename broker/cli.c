@@ -40,6 +40,20 @@ cv_config *cv_cli_load_config(const cv_cli_config *cli) {
     return cfg;
 }
 
+int cv_cli_add_log_dir(cv_cli_log_dirs *d, const char *cmd, const char *arg) {
+    if (d->n == CV_CLI_MAX_LOG_DIRS) {
+        cv_error(cmd, "more than %d --log-dir", CV_CLI_MAX_LOG_DIRS);
+        return -1;
+    }
+    d->dir[d->n++] = arg;
+    return 0;
+}
+
+void cv_cli_default_log_dir(cv_cli_log_dirs *d, const cv_config *cfg) {
+    if (d->n == 0 && *cv_config_str(cfg, "log.dir"))
+        d->dir[d->n++] = cv_config_str(cfg, "log.dir");
+}
+
 static cv_log_level log_min = CV_LOG_INFO;
 
 void cv_log_set_min(cv_log_level level) {

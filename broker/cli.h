@@ -52,6 +52,21 @@ int cv_cli_common_opt(cv_cli_config *cli, int opt, const char *arg);
 /* Builds the config or prints the one-line error; returns NULL on error. */
 cv_config *cv_cli_load_config(const cv_cli_config *cli);
 
+/* The log directories a reading command merges: every --log-dir given
+ * (one per broker instance), else the config's log.dir. */
+#define CV_CLI_MAX_LOG_DIRS 32
+typedef struct cv_cli_log_dirs {
+    const char *dir[CV_CLI_MAX_LOG_DIRS];
+    size_t n;
+} cv_cli_log_dirs;
+
+/* Adds one --log-dir; prints the error and returns -1 when there are too
+ * many. */
+int cv_cli_add_log_dir(cv_cli_log_dirs *d, const char *cmd, const char *arg);
+
+/* With no --log-dir given, takes log.dir from `cfg` when it is set. */
+void cv_cli_default_log_dir(cv_cli_log_dirs *d, const cv_config *cfg);
+
 /* logfmt logging to stderr: level=... msg="..." then key=value pairs given
  * as a printf-style tail, e.g. cv_log(CV_LOG_WARN, "postgres unavailable",
  * "retry_in=%ds", 2). */

@@ -47,7 +47,6 @@
 #include "select.h"
 #include "util.h"
 
-#define MAX_DIRS 32
 #define FORMAT "chatvault-export-1"
 #define LINE_MAX_BYTES ((size_t)256 << 20)
 #define IMPORT_BATCH 1000
@@ -163,8 +162,7 @@ int cv_cmd_export(int argc, char **argv) {
     cv_cli_config cli = {0};
     cv_select sel;
     cv_select_init(&sel);
-    const char *dirs[MAX_DIRS];
-    size_t ndirs = 0;
+    cv_cli_log_dirs ld = {0};
     cv_src_mode mode = CV_SRC_AUTO;
     const char *output = NULL;
     bool quiet = false;
@@ -204,11 +202,8 @@ int cv_cmd_export(int argc, char **argv) {
             quiet = true;
             break;
         case O_LOG_DIR:
-            if (ndirs == MAX_DIRS) {
-                cv_error("export", "more than %d --log-dir", MAX_DIRS);
+            if (cv_cli_add_log_dir(&ld, "export", optarg) < 0)
                 goto out;
-            }
-            dirs[ndirs++] = optarg;
             break;
         default:
             export_usage(stderr);
@@ -222,10 +217,9 @@ int cv_cmd_export(int argc, char **argv) {
     if (!(cfg = cv_cli_load_config(&cli)))
         goto out;
     rc = CV_EXIT_FAILURE;
-    if (!ndirs && *cv_config_str(cfg, "log.dir"))
-        dirs[ndirs++] = cv_config_str(cfg, "log.dir");
+    cv_cli_default_log_dir(&ld, cfg);
     char err[1024];
-    if (mode != CV_SRC_PG && ndirs &&
+    if (mode != CV_SRC_PG && ld.n &&
         cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err, sizeof(err)) <
             0) {
         if (mode == CV_SRC_LOG) {
@@ -234,13 +228,13 @@ int cv_cmd_export(int argc, char **argv) {
         }
         cv_log(CV_LOG_WARN, "log unreadable: exporting from PostgreSQL only",
                "error=\"%s\"", err);
-        ndirs = 0;
+        ld.n = 0;
     }
     cv_src_conf sc = {
         .mode = mode,
         .pg_conninfo = cv_config_str(cfg, "postgres.conninfo"),
-        .log_dirs = dirs,
-        .nlog_dirs = mode == CV_SRC_PG ? 0 : ndirs,
+        .log_dirs = ld.dir,
+        .nlog_dirs = mode == CV_SRC_PG ? 0 : ld.n,
         .keys = keys,
         .topic_prefix = cv_config_str(cfg, "topics.prefix"),
         .sel = &sel,

@@ -20,11 +20,8 @@
 #include "keyring.h"
 #include "util.h"
 
-#define MAX_DIRS 32
-
 typedef struct logopts {
-    const char *dirs[MAX_DIRS];
-    size_t ndirs;
+    cv_cli_log_dirs dirs;
     const char *topic;
     int64_t partition; /* -1: all */
     const char *channel;
@@ -38,8 +35,8 @@ typedef struct pentry {
     char *name; /* "<topic>-<partition>" */
     char *topic;
     int32_t partition;
-    const char *paths[MAX_DIRS];
-    char *owned[MAX_DIRS];
+    const char *paths[CV_CLI_MAX_LOG_DIRS];
+    char *owned[CV_CLI_MAX_LOG_DIRS];
     size_t npaths;
 } pentry;
 
@@ -77,7 +74,7 @@ static int add_partition(void *opaque, const char *path, const char *topic,
         }
         pl->n++;
     }
-    if (e->npaths < MAX_DIRS) {
+    if (e->npaths < CV_CLI_MAX_LOG_DIRS) {
         char *p = strdup(path);
         if (!p)
             return -ENOMEM;
@@ -108,8 +105,8 @@ static void plist_free(plist *pl) {
 /* Collects the partitions of every directory that pass the filters. */
 static int collect(const logopts *o, const char *prefix, plist *pl) {
     char err[1024];
-    for (size_t i = 0; i < o->ndirs; i++) {
-        int r = cv_applog_partitions(o->dirs[i], add_partition, pl, err, sizeof(err));
+    for (size_t i = 0; i < o->dirs.n; i++) {
+        int r = cv_applog_partitions(o->dirs.dir[i], add_partition, pl, err, sizeof(err));
         if (r < 0) {
             cv_error("log", "%s", err);
             return r == -ENOENT || r == -ENOTDIR ? CV_EXIT_USAGE : CV_EXIT_FAILURE;
@@ -502,11 +499,8 @@ int cv_cmd_log(int argc, char **argv) {
             usage(stdout);
             return CV_EXIT_OK;
         case O_LOGDIR:
-            if (o.ndirs == MAX_DIRS) {
-                cv_error("log", "at most %d --log-dir options", MAX_DIRS);
+            if (cv_cli_add_log_dir(&o.dirs, "log", optarg) < 0)
                 return CV_EXIT_USAGE;
-            }
-            o.dirs[o.ndirs++] = optarg;
             break;
         case O_KEYFILE:
             key_file = optarg;
@@ -560,14 +554,18 @@ int cv_cmd_log(int argc, char **argv) {
     cv_config *cfg = cv_cli_load_config(&cli);
     if (!cfg)
         return CV_EXIT_USAGE;
-    if (o.ndirs == 0)
-        o.dirs[o.ndirs++] = cv_config_str(cfg, "log.dir");
     if (!key_file)
         key_file = cv_config_str(cfg, "log.key_file");
 
     int code;
     cv_keyring *kr = NULL;
     plist pl = {0};
+    cv_cli_default_log_dir(&o.dirs, cfg);
+    if (o.dirs.n == 0) {
+        cv_error("log", "no log to read: set log.dir (or give --log-dir)");
+        code = CV_EXIT_USAGE;
+        goto out;
+    }
     if (strcmp(sub, "list") != 0) {
         char err[1024];
         int r = cv_keyring_load(key_file, &kr, err, sizeof(err));

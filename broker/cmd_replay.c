@@ -22,7 +22,6 @@
 #include "select.h"
 #include "util.h"
 
-#define MAX_DIRS 32
 #define SAMPLE 5
 #define HDR_REPLAY "chatvault-replay"
 #define HDR_ORIGIN "chatvault-replay-origin"
@@ -130,8 +129,7 @@ int cv_cmd_replay(int argc, char **argv) {
     cv_cli_config cli = {0};
     cv_select sel;
     cv_select_init(&sel);
-    const char *dirs[MAX_DIRS];
-    size_t ndirs = 0;
+    cv_cli_log_dirs ld = {0};
     cv_src_mode mode = CV_SRC_AUTO;
     const char *to_topic = NULL;
     double rate = 0;
@@ -182,11 +180,8 @@ int cv_cmd_replay(int argc, char **argv) {
             quiet = true;
             break;
         case O_LOG_DIR:
-            if (ndirs == MAX_DIRS) {
-                cv_error("replay", "more than %d --log-dir", MAX_DIRS);
+            if (cv_cli_add_log_dir(&ld, "replay", optarg) < 0)
                 goto out;
-            }
-            dirs[ndirs++] = optarg;
             break;
         default:
             usage(stderr);
@@ -199,16 +194,15 @@ int cv_cmd_replay(int argc, char **argv) {
     }
     if (!(cfg = cv_cli_load_config(&cli)))
         goto out;
-    if (!ndirs && *cv_config_str(cfg, "log.dir"))
-        dirs[ndirs++] = cv_config_str(cfg, "log.dir");
+    cv_cli_default_log_dir(&ld, cfg);
     char err[1024];
     if (mode != CV_SRC_PG) {
-        if (!ndirs && mode == CV_SRC_LOG) {
+        if (!ld.n && mode == CV_SRC_LOG) {
             cv_error("replay", "--source log needs log.dir (or --log-dir)");
             goto out;
         }
-        if (ndirs && cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err,
-                                     sizeof(err)) < 0) {
+        if (ld.n && cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err,
+                                    sizeof(err)) < 0) {
             if (mode == CV_SRC_LOG) {
                 cv_error("replay", "%s (log.key_file)", err);
                 rc = CV_EXIT_FAILURE;
@@ -216,7 +210,7 @@ int cv_cmd_replay(int argc, char **argv) {
             }
             cv_log(CV_LOG_WARN, "log unreadable: replaying from PostgreSQL only",
                    "error=\"%s\"", err);
-            ndirs = 0;
+            ld.n = 0;
         }
     }
     rc = CV_EXIT_FAILURE;
@@ -238,8 +232,8 @@ int cv_cmd_replay(int argc, char **argv) {
     cv_src_conf sc = {
         .mode = mode,
         .pg_conninfo = cv_config_str(cfg, "postgres.conninfo"),
-        .log_dirs = dirs,
-        .nlog_dirs = ndirs,
+        .log_dirs = ld.dir,
+        .nlog_dirs = ld.n,
         .keys = keys,
         .topic_prefix = cv_config_str(cfg, "topics.prefix"),
         .sel = &sel,

@@ -18,8 +18,6 @@
 #include "util.h"
 #include "verify.h"
 
-#define MAX_DIRS 32
-
 enum { O_JSON = 0x2000, O_REPAIR, O_LOG_DIR, O_QUIET, O_JOBS };
 
 typedef struct vout {
@@ -224,8 +222,7 @@ int cv_cmd_verify(int argc, char **argv) {
     unsigned jobs = 2;
     cv_select_init(&o.sel);
     cv_buf_init(&o.line, 1 << 20);
-    const char *dirs[MAX_DIRS];
-    size_t ndirs = 0;
+    cv_cli_log_dirs ld = {0};
     bool repair = false, quiet = false;
     int opt, rc = CV_EXIT_USAGE;
     cv_config *cfg = NULL;
@@ -267,11 +264,8 @@ int cv_cmd_verify(int argc, char **argv) {
             break;
         }
         case O_LOG_DIR:
-            if (ndirs == MAX_DIRS) {
-                cv_error("verify", "more than %d --log-dir", MAX_DIRS);
+            if (cv_cli_add_log_dir(&ld, "verify", optarg) < 0)
                 goto out;
-            }
-            dirs[ndirs++] = optarg;
             break;
         default:
             usage(stderr);
@@ -290,9 +284,8 @@ int cv_cmd_verify(int argc, char **argv) {
     }
     if (!(cfg = cv_cli_load_config(&cli)))
         goto out;
-    if (!ndirs && *cv_config_str(cfg, "log.dir"))
-        dirs[ndirs++] = cv_config_str(cfg, "log.dir");
-    if (!ndirs) {
+    cv_cli_default_log_dir(&ld, cfg);
+    if (!ld.n) {
         cv_error("verify", "no log to compare with: set log.dir (or give "
                            "--log-dir)");
         goto out;
@@ -311,8 +304,8 @@ int cv_cmd_verify(int argc, char **argv) {
     };
     cv_verify_conf vc = {
         .pg_conninfo = cv_config_str(cfg, "postgres.conninfo"),
-        .log_dirs = dirs,
-        .nlog_dirs = ndirs,
+        .log_dirs = ld.dir,
+        .nlog_dirs = ld.n,
         .keys = keys,
         .rules = &rules,
         .log_segment_bytes = (uint64_t)cv_config_int(cfg, "log.segment_bytes"),

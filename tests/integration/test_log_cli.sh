@@ -116,6 +116,14 @@ ok $? "the merged history has offsets 0..149 once: $(cat "$T/out")"
 
 "$CV" log frobnicate "${C[@]}" >/dev/null 2>&1; rc=$?
 is "$rc" "2" "an unknown subcommand exits 2"
+"$CV" log list "${C[@]}" --set log.dir= >/dev/null 2>"$T/err"; rc=$?
+is "$rc:$(wc -l <"$T/err")" "2:1" "no log.dir and no --log-dir: exit 2, one line"
+grep -q "set log.dir (or give --log-dir)" "$T/err"
+ok $? "the error says what to set: $(cat "$T/err")"
+dirs=()
+for _ in $(seq 33); do dirs+=(--log-dir "$T/log"); done
+"$CV" log list "${C[@]}" "${dirs[@]}" >/dev/null 2>"$T/err"; rc=$?
+is "$rc:$(cat "$T/err")" "2:chatvault log: more than 32 --log-dir" "33 --log-dir: exit 2, one line"
 
 echo "1..$n"
 [ "$failed" -eq 0 ]

@@ -550,18 +550,6 @@ def pg_ids(h):
     return [r[0] for r in h.query('SELECT message_id FROM chatvault.messages')]
 
 
-def wait_committed(h, topics, timeout=60):
-    """Waits until group chatvault's committed offset is the end offset of
-    every partition; returns {tp: (committed, end)} of those behind."""
-    deadline = time.time() + timeout
-    while True:
-        offs = h.group_offsets(topics)
-        behind = {str(tp): v for tp, v in offs.items() if v[0] != v[1]}
-        if not behind or time.time() > deadline:
-            return behind
-        time.sleep(0.5)
-
-
 class OffsetSampler(threading.Thread):
     """Samples group chatvault's committed offsets of TOPICS every EVERY
     seconds. samples: (time the answer came, {(topic, partition): offset})."""

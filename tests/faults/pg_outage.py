@@ -214,7 +214,7 @@ def run(policy, crash=False, both=False):
             h.ok('backfill' in log, 'the broker logged the backfill',
                  [l for l in log.splitlines() if 'postgres' in l][-5:])
 
-        behind = faultlib.wait_committed(h, list(topics))
+        behind, _ = h.wait_committed(list(topics))
         h.ok(not behind, 'committed offset = end offset everywhere', behind)
         dup_acked = sum(1 for l in by_id.values() if len(l) > 1)
         h.diag('counts: published=%d stored_pg=%d stored_log=%d acks=%d '

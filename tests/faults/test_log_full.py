@@ -171,7 +171,7 @@ with faultlib.FaultHarness('log_full_' + policy, topics=topics, partitions=8,
             tail_st[k] = tail_st.get(k, 0) + 1
     h.ok(tail_st and set(tail_st) <= {('PERSISTED', PG | LOG)},
          'after space returned, acks are PERSISTED with both stores again', tail_st)
-    behind = faultlib.wait_committed(h, list(topics))
+    behind, _ = h.wait_committed(list(topics))
     h.ok(not behind, 'committed offset = end offset everywhere', behind)
     acks.stop()
     rc = h.broker.stop()

@@ -15,7 +15,6 @@ import subprocess
 import time
 
 import faultlib
-from faultlib import cvtest
 
 CHANNELS = ['term%d' % i for i in range(4)]
 PARTITIONS = 4
@@ -86,7 +85,7 @@ with faultlib.FaultHarness('sigterm', topics=topics, partitions=8,
     statuses = faultlib.status_counts(items)
     h.ok(set(statuses) <= {'PERSISTED', 'DUPLICATE'},
          'acks are PERSISTED or DUPLICATE', statuses)
-    behind = faultlib.wait_committed(h, list(topics))
+    behind, _ = h.wait_committed(list(topics))
     h.ok(not behind, 'committed offset = end offset everywhere', behind)
 
     # SIGTERM when idle.

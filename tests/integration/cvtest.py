@@ -154,21 +154,14 @@ class Harness:
         self.broker_starts = 0
 
     # --- TAP --------------------------------------------------------------
-    def ok(self, cond, name, diag=None, todo=None):
-        """A TAP test point. TODO names a known, reported chatvault bug: a
-        failure is then printed as `not ok ... # TODO` (an expected failure,
-        which does not fail the run) unless CV_STRICT=1. A pass prints plain
-        `ok`, so a fixed bug never turns into an unexpected pass."""
+    def ok(self, cond, name, diag=None):
+        """A TAP test point; a failure also goes to stderr with DIAG."""
         self.n += 1
-        todo = todo if (todo and not cond and os.environ.get('CV_STRICT') != '1') else None
         line = '%s %d - %s' % ('ok' if cond else 'not ok', self.n, name)
-        if todo:
-            line += ' # TODO %s' % todo
         print(line, flush=True)
         if not cond:
             print(line, file=sys.stderr, flush=True)
-            if not todo:
-                self.failed += 1
+            self.failed += 1
             if diag:
                 self.diag(diag)
         return bool(cond)
@@ -409,6 +402,19 @@ class Harness:
             return {tp: (c.committed(tp), ends[tp]) for tp in tps}
         finally:
             c.close()
+
+    def wait_committed(self, topics, timeout=60):
+        """Waits until group chatvault's committed offset is the end offset
+        of every partition of TOPICS. Returns (behind, offs): {tp name:
+        (committed, end)} of the partitions still behind, and the last
+        group_offsets() answer."""
+        deadline = time.time() + timeout
+        while True:
+            offs = self.group_offsets(topics)
+            behind = {str(tp): v for tp, v in offs.items() if v[0] != v[1]}
+            if not behind or time.time() > deadline:
+                return behind, offs
+            time.sleep(0.5)
 
     # --- PostgreSQL --------------------------------------------------------
     def pg(self):

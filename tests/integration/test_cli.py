@@ -3,7 +3,6 @@ running broker, the example config, config errors, an unreachable database."""
 import os
 import re
 import socket
-import subprocess
 
 import cvtest
 

@@ -23,11 +23,6 @@ rnd = random.Random(seed)
 
 topics = {'chat.' + c: PARTITIONS for c in CHANNELS}
 
-# Once a known bug (a crash between a batch's COMMIT and the delivery of its
-# acks skipping those acks on resume) made these checks `# TODO`; the broker
-# now resumes from Kafka's committed offset, which follows the acks.
-KNOWN_BUG_ACK_GAP = None  # fixed: Kafka's committed offset wins on resume
-
 with cvtest.Harness('crash', topics=topics, partitions=16) as h:
     h.diag('seed %d (CV_CRASH_SEED=%d reproduces the kill points)' % (seed, seed))
     h.migrate()
@@ -131,22 +126,15 @@ with cvtest.Harness('crash', topics=topics, partitions=16) as h:
 
     not_acked = set(sent) - set(acked)
     h.ok(not not_acked, 'every message was acked at least once',
-         '%d never acked, e.g. %s' % (len(not_acked), sorted(not_acked)[:5]),
-         todo=KNOWN_BUG_ACK_GAP)
+         '%d never acked, e.g. %s' % (len(not_acked), sorted(not_acked)[:5]))
     h.ok(set(statuses) <= {'PERSISTED', 'DUPLICATE'},
          'acks are PERSISTED or (re-delivered) DUPLICATE', statuses)
     h.diag('acks: %s; re-acked messages: %d' %
            (statuses, sum(1 for v in acked.values() if v > 1)))
 
-    deadline = time.time() + 60
-    while True:
-        offs = h.group_offsets(['chat.' + c for c in CHANNELS])
-        behind = {str(tp): v for tp, v in offs.items() if v[0] != v[1]}
-        if not behind or time.time() > deadline:
-            break
-        time.sleep(0.5)
+    behind, _ = h.wait_committed(['chat.' + c for c in CHANNELS])
     h.ok(not behind, 'group chatvault committed offset = end offset everywhere',
-         'behind (committed, end): %s' % behind, todo=KNOWN_BUG_ACK_GAP)
+         'behind (committed, end): %s' % behind)
 
     rc = h.broker.stop()
     h.is_(rc, 0, 'the last broker exits 0 on SIGTERM')

@@ -99,13 +99,7 @@ with cvtest.Harness('durable_path', topics=topics, partitions=16) as h:
              if a.message_id in sent), 'every ack carries the message\'s sent_at_us')
 
     # The group's committed offsets reach the end of every chat partition.
-    deadline = time.time() + 60
-    while True:
-        offs = h.group_offsets(['chat.' + c for c in CHANNELS])
-        behind = {str(tp): v for tp, v in offs.items() if v[0] != v[1]}
-        if not behind or time.time() > deadline:
-            break
-        time.sleep(0.5)
+    behind, offs = h.wait_committed(['chat.' + c for c in CHANNELS])
     h.ok(len(offs) == len(CHANNELS) * PARTITIONS and not behind,
          'group chatvault committed offset = end offset on all %d partitions'
          % (len(CHANNELS) * PARTITIONS), 'behind (committed, end): %s' % behind)

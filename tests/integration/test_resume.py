@@ -5,7 +5,6 @@ partition holds: librdkafka's auto.offset.reset = earliest, which the broker
 sets, starts such a partition from its beginning."""
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cvtest  # noqa: E402
@@ -42,13 +41,8 @@ with cvtest.Harness('resume', topics={TOPIC: 2}) as h:
     got = {r[0] for r in h.query('SELECT message_id FROM chatvault.messages')}
     h.ok(got == ids, 'exactly the published message ids are stored')
 
-    deadline = time.time() + 60
-    offs = {}
-    while time.time() < deadline:
-        offs = {tp.partition: v for tp, v in h.group_offsets([TOPIC]).items()}
-        if all(committed == end for committed, end in offs.values()):
-            break
-        time.sleep(0.5)
+    _, offs = h.wait_committed([TOPIC])
+    offs = {tp.partition: v for tp, v in offs.items()}
     h.ok(offs and all(committed == end for committed, end in offs.values()),
          'the committed offsets came back to the partitions\' ends',
          'committed, end per partition: %s' % offs)

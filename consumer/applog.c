@@ -207,7 +207,9 @@
 #define INDEX_KEEP 16384 /* recent (offset, digest) pairs kept per partition */
 #define BUF_LIMIT (1u << 30)
 #define WRITER_NAME_MAX 64
-#define WORKERS_MAX 64 /* threads that write partitions in parallel */
+#define WORKERS_MAX 64              /* threads that write partitions in parallel */
+#define SPARE_MAX (WORKERS_MAX + 2) /* segment buffers kept between jobs */
+#define SPARE_BYTES_MAX (16u << 20) /* larger ones go back to the system */
 #define WORKER_STACK (256u << 10)
 #define WORKER_NICE 5
 
@@ -1426,6 +1428,10 @@ struct cv_applog {
     part **jobs;
     size_t njobs, next_job, jobs_done;
     cv_applog_entry *entries;
+    /* Segment buffers between jobs (see buf_take). */
+    pthread_mutex_t spare_mu;
+    cv_buf spare[SPARE_MAX];
+    size_t nspare;
 };
 
 static wseg *wseg_free(wseg *w) {
@@ -1475,6 +1481,9 @@ cv_applog *cv_applog_free(cv_applog *log) {
     free(log->buckets);
     if (log->fsfd >= 0)
         close(log->fsfd);
+    while (log->nspare)
+        cv_buf_release(&log->spare[--log->nspare]);
+    pthread_mutex_destroy(&log->spare_mu);
     free(log->dir);
     free(log);
     return NULL;
@@ -1584,6 +1593,11 @@ int cv_applog_open(const char *dir, const cv_keyring *keys, uint64_t segment_byt
     }
     cv_applog *log = calloc(1, sizeof(*log));
     if (!log || !(log->dir = strdup(dir))) {
+        free(log);
+        return -ENOMEM;
+    }
+    if (pthread_mutex_init(&log->spare_mu, NULL) != 0) {
+        free(log->dir);
         free(log);
         return -ENOMEM;
     }
@@ -2025,6 +2039,35 @@ static int lookup_digest(cv_applog *log, part *p, int64_t offset, unsigned char 
     return -ERANGE;
 }
 
+/* A segment's buffer holds its frames only from the first encode of an
+ * append to the write at the end of the same job. Each job gives its
+ * buffers back (buf_give) and the next job, of whatever partition, takes
+ * them: the log keeps about one buffer per worker rather than one, as large
+ * as the most it ever took in one batch, per partition it has written. */
+static void buf_take(cv_applog *log, cv_buf *b) {
+    if (b->cap)
+        return;
+    pthread_mutex_lock(&log->spare_mu);
+    if (log->nspare)
+        *b = log->spare[--log->nspare];
+    pthread_mutex_unlock(&log->spare_mu);
+    b->len = 0;
+}
+
+static void buf_give(cv_applog *log, cv_buf *b) {
+    if (!b->cap)
+        return;
+    b->len = 0;
+    pthread_mutex_lock(&log->spare_mu);
+    bool kept = b->cap <= SPARE_BYTES_MAX && log->nspare < SPARE_MAX;
+    if (kept)
+        log->spare[log->nspare++] = *b;
+    pthread_mutex_unlock(&log->spare_mu);
+    if (!kept)
+        cv_buf_release(b);
+    cv_buf_init(b, BUF_LIMIT);
+}
+
 static int touch(part *p, wseg *w) {
     if (w->in_batch)
         return 0;
@@ -2077,8 +2120,10 @@ static int new_segment(cv_applog *log, part *p, int64_t first_offset) {
     }
     sprintf(w->tmp, "%s%s", w->path, TMP_SUFFIX);
     int r = touch(p, w);
-    if (r == 0)
+    if (r == 0) {
+        buf_take(log, &w->buf);
         r = cv_buf_reserve(&w->buf, HDR_MAX);
+    }
     if (r < 0) {
         if (w->in_batch)
             p->ntouched--;
@@ -2106,7 +2151,10 @@ static int encode(cv_applog *log, part *p, cv_applog_entry *e) {
     }
     wseg *w = p->cur;
     int r = touch(p, w);
-    if (r < 0 || (r = cv_buf_reserve(&w->buf, len)) < 0)
+    if (r < 0)
+        return r;
+    buf_take(log, &w->buf);
+    if ((r = cv_buf_reserve(&w->buf, len)) < 0)
         return r;
     unsigned char *f = w->buf.data + w->buf.len;
     uint64_t pos = w->size;
@@ -2227,10 +2275,6 @@ static void commit(part *p) {
         w->dsize = w->size;
         w->dnrec = w->nrec;
         w->dbatch = w->batch;
-        if (w->buf.cap > (1u << 20)) {
-            cv_buf_release(&w->buf);
-            cv_buf_init(&w->buf, BUF_LIMIT);
-        }
         w->buf.len = 0;
         if (w != p->cur)
             wseg_free(w); /* rolled away from: sealed */
@@ -2375,6 +2419,12 @@ static void part_job(cv_applog *log, part *p) {
         if (r < 0)
             memcpy(p->jerr, p->late->jerr, sizeof(p->jerr));
     }
+    /* Written or failed, the frames are not needed again: a failed append
+     * is undone from the files' durable sizes and re-encoded if retried. */
+    for (size_t i = 0; i < p->ntouched; i++)
+        buf_give(log, &p->touched[i]->buf);
+    for (size_t i = 0; p->late && i < p->late->ntouched; i++)
+        buf_give(log, &p->late->touched[i]->buf);
     p->jr = r;
 }
 

@@ -2081,7 +2081,6 @@ static int touch(part *p, wseg *w) {
     }
     w->in_batch = true;
     w->wpos = w->size;
-    w->buf.len = 0;
     w->batch++;
     p->touched[p->ntouched++] = w;
     return 0;
@@ -2226,7 +2225,6 @@ static int rollback(cv_applog *log, part *p) {
     for (size_t i = 0; i < p->ntouched; i++) {
         wseg *w = p->touched[i];
         w->in_batch = false;
-        w->buf.len = 0;
         if (w == p->dcur) {
             if (w->size != w->dsize && w->fd >= 0 &&
                 log->sys.ftruncate(w->fd, (off_t)w->dsize) < 0)
@@ -2275,7 +2273,6 @@ static void commit(part *p) {
         w->dsize = w->size;
         w->dnrec = w->nrec;
         w->dbatch = w->batch;
-        w->buf.len = 0;
         if (w != p->cur)
             wseg_free(w); /* rolled away from: sealed */
     }

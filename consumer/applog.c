@@ -162,6 +162,52 @@
  *   <log.dir>/<topic>-<partition>/repair-<session start, Unix us, 20 digits>/
  * in the same group commit, so it is stored, chained there and merged by
  * the reader like a repaired record. Its digest is its chain hash there.
+ *
+ * GENERATIONS
+ * Kafka's offsets are positions, not identities: they start over when a
+ * topic is deleted and re-created, a cluster is rebuilt or replaced, or (in
+ * the quick start) the embedded mock cluster restarts while log.dir is
+ * kept. So "already held" is decided by what a record is. An entry at an
+ * offset the partition holds is already held only when its value (the
+ * serialized ChatMessage: message id and content) is byte for byte the
+ * held record's; a re-delivery of Kafka is always that. A held offset with
+ * other bytes means the offsets started over (librdkafka 2.0.2 shows
+ * consumers no topic id, so this is the incarnation check; the Kafka
+ * record's timestamp is not compared). The writer then keeps every held
+ * record and starts a new generation of the partition,
+ *   <log.dir>/<topic>-<partition>/gen-<start, Unix us, 20 digits>/
+ * an ordinary partition directory in all but its place: its own segments
+ * (named by first offset, broker magic), its own repair directories
+ * (late records of that generation) and its own chain, whose first
+ * segment's previous-segment chain hash is the chain hash of the last
+ * record of the generation before it. That entry and the rest of the
+ * partition's entries of the append go there, in the same group commit;
+ * their digests are their chain hashes there. The directory's entry is
+ * made durable (fsync of the partition directory) before its first
+ * segment is written. The broker reports each new generation once it is
+ * durable (log line and chatvault_log_generations_total).
+ * The held bytes are compared by reading the segment that holds the
+ * offset, decrypted, into the writer's lookup cache (offset, chain hash,
+ * BLAKE2b-128 of the value), once per segment and re-delivery: a
+ * re-delivery is rare (crash, rebalance), and the hot path of new offsets
+ * stays without an extra hash of every value.
+ * The writer writes only the partition's current generation: the newest
+ * gen-* directory that holds a segment (or an unfinished *.tmp one) of its
+ * own, else the partition directory itself (generation 0). Older
+ * generations are never written again. A gen-* directory holding only
+ * repair directories was made by `chatvault verify --repair` for records
+ * whose offsets the log holds with other bytes (cv_applog_repair_new_
+ * generation); the writer never takes it as its own. An empty gen-*
+ * directory (a crash before its first batch was durable) holds nothing.
+ * Reading: the reader merges the generations of a partition by offset like
+ * the directories of MANY INSTANCES, except that records of different
+ * generations at one offset are different records: all are returned, the
+ * older generation (smaller name; the partition directory first) first,
+ * each with its generation. Within one generation the rules above apply.
+ * So `log cat`, `log check`, verify, backfill and replay see every
+ * generation; replay and backfill by offset range take the records of that
+ * range from every generation (message ids are kept, receivers and
+ * PostgreSQL deduplicate), and `log cat` names each record's generation.
  */
 #include "applog.h"
 
@@ -189,6 +235,8 @@
 #define HDR_MAGIC "CVAPLOG\n"
 #define HDR_MAGIC_REPAIR "CVAPLOGR"
 #define REPAIR_PREFIX "repair-"
+#define GEN_PREFIX "gen-"
+#define VAL_ID 16 /* BLAKE2b-128 of a value: identity in the lookup cache */
 #define HDR_VERSION 1
 #define HDR_FIXED 120
 #define KEYCHECK_CONTEXT "chatvault log key check"
@@ -765,6 +813,20 @@ static int list_repair_dirs(const char *dir, char ***ret, size_t *ret_n, char *e
     return list_sorted(dir, true, repair_name_keep, NULL, ret, ret_n, errbuf, errlen);
 }
 
+/* "gen-" and 20 digits (see GENERATIONS); sorted by name is oldest first. */
+static bool is_gen_name(const char *n, const char *unused) {
+    (void)unused;
+    size_t pl = sizeof(GEN_PREFIX) - 1;
+    return strlen(n) == pl + NAME_DIGITS && strncmp(n, GEN_PREFIX, pl) == 0 &&
+           strspn(n + pl, "0123456789") == NAME_DIGITS;
+}
+
+/* Sorted names of the generation directories inside a partition directory. */
+static int list_gen_dirs(const char *dir, char ***ret, size_t *ret_n, char *errbuf,
+                         size_t errlen) {
+    return list_sorted(dir, true, is_gen_name, NULL, ret, ret_n, errbuf, errlen);
+}
+
 /* ---- one directory of a partition ------------------------------------- */
 
 struct cv_applog_reader;
@@ -778,6 +840,7 @@ typedef struct pdir {
     bool open;
     bool any;    /* a segment was read: chain/last_offset/topic are set */
     bool repair; /* a repair directory: its segments must be repair ones */
+    int64_t gen; /* its generation: 0, or the start of its gen-* directory */
     unsigned char chain[DIGEST];
     int64_t last_offset;
     char topic[256];
@@ -963,51 +1026,71 @@ struct cv_applog_reader {
 static int collect_bridge(cv_applog_reader *r, const pdir *d, char *errbuf,
                           size_t errlen);
 
+/* Adds a reader directory for `dir` (of generation `gen`) and one for each
+ * repair directory inside it. */
+static int reader_add_tree(cv_applog_reader *rd, size_t *cap, const char *dir,
+                           int64_t gen, const cv_keyring *keys, char *errbuf,
+                           size_t errlen) {
+    char **rep = NULL;
+    size_t nrep = 0;
+    int r = list_repair_dirs(dir, &rep, &nrep, errbuf, errlen);
+    if (r < 0)
+        return r;
+    if (rd->n + 1 + nrep > *cap) {
+        size_t nc = (rd->n + 1 + nrep) * 2;
+        pdir *nd = realloc(rd->dirs, nc * sizeof(*nd));
+        if (!nd) {
+            free_names(rep, nrep);
+            return -ENOMEM;
+        }
+        memset(nd + rd->n, 0, (nc - rd->n) * sizeof(*nd));
+        rd->dirs = nd;
+        *cap = nc;
+    }
+    pdir *base = &rd->dirs[rd->n++];
+    r = pdir_init(base, dir, keys, -1, errbuf, errlen);
+    base->owner = rd;
+    base->gen = gen;
+    for (size_t k = 0; k < nrep && r == 0; k++) {
+        char *path = path_join(dir, rep[k]);
+        pdir *d = &rd->dirs[rd->n++];
+        r = path ? pdir_init(d, path, keys, -1, errbuf, errlen) : -ENOMEM;
+        d->owner = rd;
+        d->gen = gen;
+        free(path);
+        if (r == 0)
+            r = collect_bridge(rd, d, errbuf, errlen);
+    }
+    free_names(rep, nrep);
+    return r;
+}
+
 int cv_applog_reader_open(const char *const *dirs, size_t ndirs, const cv_keyring *keys,
                           cv_applog_reader **ret, char *errbuf, size_t errlen) {
     int r = lib_init(errbuf, errlen);
     if (r < 0)
         return r;
-    /* Every directory is read with the repair directories inside it. */
-    char ***rep = calloc(ndirs ? ndirs : 1, sizeof(*rep));
-    size_t *nrep = calloc(ndirs ? ndirs : 1, sizeof(*nrep));
-    size_t total = ndirs;
-    cv_applog_reader *rd = NULL;
-    if (!rep || !nrep) {
-        r = -ENOMEM;
-        goto out;
-    }
-    for (size_t i = 0; i < ndirs; i++) {
-        r = list_repair_dirs(dirs[i], &rep[i], &nrep[i], errbuf, errlen);
-        if (r < 0)
-            goto out;
-        total += nrep[i];
-    }
-    rd = calloc(1, sizeof(*rd));
-    if (!rd || !(rd->dirs = calloc(total ? total : 1, sizeof(pdir)))) {
-        free(rd);
-        rd = NULL;
-        r = -ENOMEM;
-        goto out;
-    }
+    cv_applog_reader *rd = calloc(1, sizeof(*rd));
+    if (!rd)
+        return -ENOMEM;
+    size_t cap = 0;
+    /* Every directory is read with its generations and the repair
+     * directories inside each. */
     for (size_t i = 0; i < ndirs && r == 0; i++) {
-        r = pdir_init(&rd->dirs[rd->n], dirs[i], keys, -1, errbuf, errlen);
-        rd->dirs[rd->n++].owner = rd;
-        for (size_t k = 0; k < nrep[i] && r == 0; k++) {
-            char *path = path_join(dirs[i], rep[i][k]);
-            pdir *d = &rd->dirs[rd->n++];
-            r = path ? pdir_init(d, path, keys, -1, errbuf, errlen) : -ENOMEM;
-            d->owner = rd;
+        r = reader_add_tree(rd, &cap, dirs[i], 0, keys, errbuf, errlen);
+        char **gens = NULL;
+        size_t ngen = 0;
+        if (r == 0)
+            r = list_gen_dirs(dirs[i], &gens, &ngen, errbuf, errlen);
+        for (size_t k = 0; k < ngen && r == 0; k++) {
+            char *path = path_join(dirs[i], gens[k]);
+            r = path ? reader_add_tree(rd, &cap, path, strtoll(gens[k] + 4, NULL, 10),
+                                       keys, errbuf, errlen)
+                     : -ENOMEM;
             free(path);
-            if (r == 0)
-                r = collect_bridge(rd, d, errbuf, errlen);
         }
+        free_names(gens, ngen);
     }
-out:
-    for (size_t i = 0; rep && i < ndirs; i++)
-        free_names(rep[i], nrep ? nrep[i] : 0);
-    free(rep);
-    free(nrep);
     if (r < 0) {
         cv_applog_reader_free(rd);
         return r;
@@ -1097,6 +1180,7 @@ static void fill_record(const pdir *d, cv_applog_record *rec) {
     rec->key_id = s->h.key_id;
     memcpy(rec->writer_id, s->h.writer_id, 16);
     rec->writer_name = s->h.writer_name;
+    rec->generation = d->gen;
 }
 
 int cv_applog_reader_next(cv_applog_reader *r, cv_applog_record *rec, char *errbuf,
@@ -1119,18 +1203,21 @@ int cv_applog_reader_next(cv_applog_reader *r, cv_applog_record *rec, char *errb
         }
         d->has = x == 1;
     }
+    /* The lowest offset; at one offset, the oldest generation. */
     size_t best = SIZE_MAX;
     for (size_t i = 0; i < r->n; i++)
         if (r->dirs[i].has &&
-            (best == SIZE_MAX || r->dirs[i].rec.offset < r->dirs[best].rec.offset))
+            (best == SIZE_MAX || r->dirs[i].rec.offset < r->dirs[best].rec.offset ||
+             (r->dirs[i].rec.offset == r->dirs[best].rec.offset &&
+              r->dirs[i].gen < r->dirs[best].gen)))
             best = i;
     if (best == SIZE_MAX)
         return 0;
     pdir *b = &r->dirs[best];
     for (size_t i = 0; i < r->n; i++) {
         pdir *d = &r->dirs[i];
-        if (i == best || !d->has || d->rec.offset != b->rec.offset)
-            continue;
+        if (i == best || !d->has || d->rec.offset != b->rec.offset || d->gen != b->gen)
+            continue; /* another generation's record is another record */
         if (strcmp(d->topic, b->topic) != 0 || d->partition != b->partition) {
             snprintf(r->errmsg, sizeof(r->errmsg),
                      "log directories %s and %s hold different "
@@ -1326,6 +1413,20 @@ int cv_applog_segments(const char *partition_dir, cv_applog_segment_fn *fn, void
         free(path);
     }
     free_names(reps, nrep);
+    /* Then each generation's, as a partition directory of its own. */
+    char **gens = NULL;
+    size_t ngen = 0;
+    if (r == 0 &&
+        !is_gen_name(strrchr(partition_dir, '/') ? strrchr(partition_dir, '/') + 1
+                                                 : partition_dir,
+                     NULL))
+        r = list_gen_dirs(partition_dir, &gens, &ngen, errbuf, errlen);
+    for (size_t i = 0; i < ngen && r == 0; i++) {
+        char *path = path_join(partition_dir, gens[i]);
+        r = path ? cv_applog_segments(path, fn, opaque, errbuf, errlen) : -ENOMEM;
+        free(path);
+    }
+    free_names(gens, ngen);
     return r;
 }
 
@@ -1373,6 +1474,9 @@ typedef struct part {
     bool touched_part;
     bool repair;       /* writes a repair directory (HDR_MAGIC_REPAIR) */
     struct part *late; /* the broker's repair directory for late records */
+    int64_t gen;       /* the generation written: 0 or its gen-* start */
+    struct part *ngen; /* the generation this append starts (GENERATIONS) */
+    int64_t regress_at, regress_held; /* what started ngen, for the report */
     /* this append's work for the partition (run by one thread) */
     size_t *jidx; /* indexes into the entries */
     size_t njidx, jcap;
@@ -1385,10 +1489,11 @@ typedef struct part {
     int64_t *ioff;
     unsigned char (*idig)[DIGEST];
     size_t ilen, dilen, icap;
-    /* (offset, digest) of the older segment last looked up on disk, so a
-     * re-delivery reaching below the index reads that segment once */
+    /* (offset, digest, value id) of the segment last looked up on disk, so
+     * a re-delivery reads that segment once */
     int64_t *coff;
     unsigned char (*cdig)[DIGEST];
+    unsigned char (*cval)[VAL_ID];
     size_t clen, ccap;
     bool cused;         /* looked up during the current append */
     struct part *next;  /* every partition of the log */
@@ -1411,6 +1516,9 @@ struct cv_applog {
     size_t workers_max; /* pool limit for the sync method (see pool_grow) */
     cv_applog_torn_fn *torn_fn;
     void *torn_opaque;
+    cv_applog_generation_fn *gen_fn;
+    void *gen_opaque;
+    bool repair_gen;        /* repair directories in a new generation */
     bool repair;            /* cv_applog_open_repair: repair directories */
     int64_t repair_session; /* their name: the session's start, Unix us */
     part *parts;
@@ -1460,10 +1568,13 @@ static void part_free(part *p) {
     free(p->idig);
     free(p->coff);
     free(p->cdig);
+    free(p->cval);
     free(p->touched);
     free(p->jidx);
     if (p->late)
         part_free(p->late);
+    if (p->ngen)
+        part_free(p->ngen);
     free(p);
 }
 
@@ -1492,6 +1603,24 @@ cv_applog *cv_applog_free(cv_applog *log) {
 void cv_applog_set_torn_cb(cv_applog *log, cv_applog_torn_fn *fn, void *opaque) {
     log->torn_fn = fn;
     log->torn_opaque = opaque;
+}
+
+void cv_applog_set_generation_cb(cv_applog *log, cv_applog_generation_fn *fn,
+                                 void *opaque) {
+    log->gen_fn = fn;
+    log->gen_opaque = opaque;
+}
+
+int cv_applog_repair_new_generation(cv_applog *log, char *errbuf, size_t errlen) {
+    if (!log->repair || log->parts) {
+        errf(errbuf, errlen,
+             "log %s: only a repair session, before its first append, writes a new "
+             "generation",
+             log->dir);
+        return -EINVAL;
+    }
+    log->repair_gen = true;
+    return 0;
 }
 
 void cv_applog_set_syscalls(cv_applog *log, const cv_applog_syscalls *sys) {
@@ -1904,6 +2033,83 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
     return 0;
 }
 
+/* Creates `dir` (an existing one is fine) and, with sync_parent, fsyncs the
+ * directory it is in so that its entry is durable. */
+static int make_dir(cv_applog *log, const char *dir, bool sync_parent, char *errbuf,
+                    size_t errlen) {
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+        int e = errno;
+        errf(errbuf, errlen, "log directory %s: cannot create: %s", dir, strerror(e));
+        return -e;
+    }
+    if (!sync_parent)
+        return 0;
+    char parent[PATH_MAX];
+    snprintf(parent, sizeof(parent), "%s", dir);
+    char *slash = strrchr(parent, '/');
+    if (slash)
+        *slash = '\0';
+    int r = sys_fsync_dir(log, slash ? parent : ".");
+    if (r < 0)
+        errf(errbuf, errlen, "log directory %s: fsync: %s", slash ? parent : ".",
+             strerror(-r));
+    return r;
+}
+
+/* True when the directory holds a segment (or an unfinished one) of its
+ * own: a generation the broker's writer wrote. */
+static bool holds_segments(const char *dir) {
+    char **names = NULL;
+    size_t n = 0;
+    char tsuffix[16], ignored[8];
+    snprintf(tsuffix, sizeof(tsuffix), "%s%s", SEG_SUFFIX, TMP_SUFFIX);
+    if (list_names(dir, SEG_SUFFIX, &names, &n, ignored, sizeof(ignored)) == 0 && !n)
+        list_names(dir, tsuffix, &names, &n, ignored, sizeof(ignored));
+    free_names(names, n);
+    return n > 0;
+}
+
+/* Points p->dir (the partition directory, with room for `dl`) at the
+ * partition's current generation: the newest gen-* directory holding
+ * segments of its own, else the partition directory (see GENERATIONS). */
+static int writer_gen(part *p, size_t dl, char *errbuf, size_t errlen) {
+    char **gens = NULL;
+    size_t n = 0;
+    int r = list_gen_dirs(p->dir, &gens, &n, errbuf, errlen);
+    if (r < 0)
+        return r;
+    for (size_t i = n; i-- > 0;) {
+        char *path = path_join(p->dir, gens[i]);
+        if (!path) {
+            r = -ENOMEM;
+            break;
+        }
+        bool own = holds_segments(path);
+        free(path);
+        if (own) {
+            size_t l = strlen(p->dir);
+            snprintf(p->dir + l, dl - l, "/%s", gens[i]);
+            p->gen = strtoll(gens[i] + sizeof(GEN_PREFIX) - 1, NULL, 10);
+            break;
+        }
+    }
+    free_names(gens, n);
+    return r;
+}
+
+/* A repair session of cv_applog_repair_new_generation: p->dir (the
+ * partition directory) becomes a new generation named by the session. */
+static int repair_gen_dir(cv_applog *log, part *p, size_t dl, char *errbuf,
+                          size_t errlen) {
+    int r = make_dir(log, p->dir, true, errbuf, errlen);
+    if (r < 0)
+        return r;
+    size_t l = strlen(p->dir);
+    snprintf(p->dir + l, dl - l, "/" GEN_PREFIX "%020" PRId64, log->repair_session);
+    p->gen = log->repair_session;
+    return make_dir(log, p->dir, true, errbuf, errlen);
+}
+
 static int get_part(cv_applog *log, const char *topic, int32_t partition, part **ret,
                     char *errbuf, size_t errlen) {
     part *p = find_part(log, topic, partition);
@@ -1922,17 +2128,31 @@ static int get_part(cv_applog *log, const char *topic, int32_t partition, part *
         }
         p->partition = partition;
         p->dirfd = -1;
-        size_t dl = strlen(log->dir) + tl + 16 + sizeof(REPAIR_PREFIX) + NAME_DIGITS;
+        size_t dl = strlen(log->dir) + tl + 16 + sizeof(GEN_PREFIX) +
+                    sizeof(REPAIR_PREFIX) + 2 * NAME_DIGITS + 2;
         if (!(p->dir = malloc(dl))) {
             part_free(p);
             return -ENOMEM;
         }
         cv_applog_partition_dir(log->dir, topic, partition, p->dir, dl);
         p->repair = log->repair;
+        int r = 0;
+        if (log->repair && log->repair_gen)
+            r = repair_gen_dir(log, p, dl, errbuf, errlen);
+        else if (!log->repair)
+            r = writer_gen(p, dl, errbuf, errlen);
+        if (r < 0) {
+            part_free(p);
+            return r;
+        }
         if (log->repair) {
             size_t l = strlen(p->dir);
             snprintf(p->dir + l, dl - l, "/" REPAIR_PREFIX "%020" PRId64,
                      log->repair_session);
+        }
+        if (log->repair_gen && (r = make_dir(log, p->dir, true, errbuf, errlen)) < 0) {
+            part_free(p);
+            return r;
         }
         if (add_part(log, p) < 0) {
             part_free(p);
@@ -1971,11 +2191,16 @@ static size_t find_offset(const int64_t *v, size_t n, int64_t offset) {
     return lo < n && v[lo] == offset ? lo : n;
 }
 
+static void value_id(unsigned char *out, const void *value, size_t len) {
+    crypto_generichash(out, VAL_ID, value, len, NULL, 0);
+}
+
 /* Fills the disk-lookup cache with every record of the segment that would
- * hold `offset` (frame check and chain only). */
-static int cache_segment(part *p, int64_t offset, char *errbuf, size_t errlen) {
+ * hold `offset`, decrypted: its identity is its value (see GENERATIONS). */
+static int cache_segment(cv_applog *log, part *p, int64_t offset, char *errbuf,
+                         size_t errlen) {
     pdir d;
-    int r = pdir_init(&d, p->dir, NULL, offset, errbuf, errlen);
+    int r = pdir_init(&d, p->dir, log->keys, offset, errbuf, errlen);
     size_t seg_index = d.iseg;
     p->clen = 0;
     while (r == 0 && (r = pdir_next(&d, errbuf, errlen)) == 1 &&
@@ -1995,10 +2220,17 @@ static int cache_segment(part *p, int64_t offset, char *errbuf, size_t errlen) {
                 break;
             }
             p->cdig = nd;
+            unsigned char(*nv)[VAL_ID] = realloc(p->cval, ncap * sizeof(*nv));
+            if (!nv) {
+                r = -ENOMEM;
+                break;
+            }
+            p->cval = nv;
             p->ccap = ncap;
         }
         p->coff[p->clen] = d.rec.offset;
         memcpy(p->cdig[p->clen], d.rec.digest, DIGEST);
+        value_id(p->cval[p->clen], d.rec.value, d.rec.value_len);
         p->clen++;
     }
     pdir_release(&d);
@@ -2009,34 +2241,140 @@ static int cache_segment(part *p, int64_t offset, char *errbuf, size_t errlen) {
     return 0;
 }
 
-/* The digest of an offset the partition already holds: the in-memory index,
- * else the segment that would hold it (read once into the lookup cache).
- * -ERANGE if not held. */
-static int lookup_digest(cv_applog *log, part *p, int64_t offset, unsigned char *out,
-                         char *errbuf, size_t errlen) {
-    size_t i;
-    if (p->ilen && offset >= p->ioff[0]) {
-        if ((i = find_offset(p->ioff, p->ilen, offset)) < p->ilen) {
-            memcpy(out, p->idig[i], DIGEST);
-            return 0;
-        }
-    } else {
-        p->cused = true;
-        if (!p->clen || offset < p->coff[0] || offset > p->coff[p->clen - 1]) {
-            int r = cache_segment(p, offset, errbuf, errlen);
-            if (r < 0)
-                return r;
-        }
-        if ((i = find_offset(p->coff, p->clen, offset)) < p->clen) {
-            memcpy(out, p->cdig[i], DIGEST);
-            return 0;
-        }
+/* Whether the partition holds entry e, by identity (see GENERATIONS): 1
+ * with e->digest the held record's when it holds these very bytes at
+ * e->offset; 0 when it holds the offset with other bytes; -ERANGE when it
+ * does not hold the offset. The in-memory index says whether the offset
+ * is held; the bytes are compared in the lookup cache, which reads the
+ * segment holding the offset (once per segment and re-delivery). */
+static int lookup_held(cv_applog *log, part *p, cv_applog_entry *e, char *errbuf,
+                       size_t errlen) {
+    int64_t offset = e->offset;
+    bool indexed = p->ilen && offset >= p->ioff[0];
+    if (indexed && find_offset(p->ioff, p->ilen, offset) == p->ilen)
+        goto not_held;
+    p->cused = true;
+    if (!p->clen || offset < p->coff[0] || offset > p->coff[p->clen - 1]) {
+        int r = cache_segment(log, p, offset, errbuf, errlen);
+        if (r < 0)
+            return r;
     }
+    size_t i = find_offset(p->coff, p->clen, offset);
+    if (i == p->clen) {
+        if (!indexed)
+            goto not_held;
+        errf(errbuf, errlen,
+             "log %s: offset %" PRId64 " is in the writer's index but not in its segment",
+             p->dir, offset);
+        return -EIO;
+    }
+    unsigned char vid[VAL_ID];
+    value_id(vid, e->value, e->value_len);
+    if (sodium_memcmp(vid, p->cval[i], VAL_ID) != 0)
+        return 0;
+    memcpy(e->digest, p->cdig[i], DIGEST);
+    return 1;
+not_held:
     errf(errbuf, errlen,
          "log %s: offset %" PRId64 " is below the last offset %" PRId64
          " and not in the log",
          p->dir, offset, p->last);
     return -ERANGE;
+}
+
+/* The new generation of p that this append writes from the entry at
+ * `offset` on, created (empty, its entry durable) on first use. Its chain
+ * starts at p's chain (see GENERATIONS). Runs on p's worker. */
+static int gen_part(cv_applog *log, part *p, int64_t offset, part **ret) {
+    if (p->ngen) {
+        *ret = p->ngen;
+        return 0;
+    }
+    char base[PATH_MAX];
+    if (cv_applog_partition_dir(log->dir, p->topic, p->partition, base, sizeof(base)) <
+        0) {
+        snprintf(p->jerr, sizeof(p->jerr), "log %s: partition directory name too long",
+                 log->dir);
+        return -ENAMETOOLONG;
+    }
+    part *g = calloc(1, sizeof(*g));
+    size_t dl = strlen(base) + sizeof(GEN_PREFIX) + NAME_DIGITS + 2;
+    if (!g || !(g->topic = strdup(p->topic)) || !(g->dir = malloc(dl))) {
+        if (g)
+            free(g->topic);
+        free(g);
+        return -ENOMEM;
+    }
+    g->partition = p->partition;
+    g->dirfd = -1;
+    int64_t start = cv_now_us();
+    if (start <= p->gen)
+        start = p->gen + 1;
+    int r = 0;
+    for (;; start++) {
+        snprintf(g->dir, dl, "%s/" GEN_PREFIX "%020" PRId64, base, start);
+        if (mkdir(g->dir, 0700) == 0)
+            break;
+        if (errno != EEXIST) {
+            r = -errno;
+            snprintf(p->jerr, sizeof(p->jerr), "log directory %s: cannot create: %s",
+                     g->dir, strerror(-r));
+            goto fail;
+        }
+    }
+    g->gen = start;
+    if ((r = sys_fsync_dir(log, base)) < 0) {
+        snprintf(p->jerr, sizeof(p->jerr), "log directory %s: fsync: %s", base,
+                 strerror(-r));
+        goto fail;
+    }
+    g->dirfd = open(g->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (g->dirfd < 0) {
+        r = -errno;
+        snprintf(p->jerr, sizeof(p->jerr), "log directory %s: %s", g->dir, strerror(-r));
+        goto fail;
+    }
+    g->state = 1;
+    g->last = g->dlast = -1;
+    memcpy(g->chain, p->chain, DIGEST);
+    memcpy(g->dchain, p->chain, DIGEST);
+    p->ngen = g;
+    p->regress_at = offset;
+    p->regress_held = p->last;
+    *ret = g;
+    return 0;
+fail:
+    rmdir(g->dir);
+    part_free(g);
+    return r;
+}
+
+static void commit(part *p);
+
+/* After a durable append that started a new generation of p: the new
+ * generation becomes p (the slot in the log's list and hash table keeps
+ * its place), the old one is closed, and the start is reported. */
+static void gen_adopt(cv_applog *log, part *p) {
+    part *g = p->ngen;
+    commit(g);
+    int64_t at = p->regress_at, held = p->regress_held;
+    part old = *p;
+    *p = *g;
+    p->next = old.next;
+    p->hnext = old.hnext;
+    p->hash = old.hash;
+    p->jidx = old.jidx;
+    p->njidx = old.njidx;
+    p->jcap = old.jcap;
+    p->jr = old.jr;
+    p->touched_part = old.touched_part;
+    p->ngen = NULL;
+    *g = old;
+    g->ngen = NULL;
+    g->jidx = NULL;
+    part_free(g);
+    if (log->gen_fn)
+        log->gen_fn(log->gen_opaque, p->topic, p->partition, at, held, p->dir);
 }
 
 /* A segment's buffer holds its frames only from the first encode of an
@@ -2221,6 +2559,15 @@ static int rollback(cv_applog *log, part *p) {
     if (p->late && p->late->state == 1)
         rollback(log, p->late);
     int bad = 0;
+    if (p->ngen) {
+        /* Nothing of the new generation was durable: it goes again. */
+        part *g = p->ngen;
+        p->ngen = NULL;
+        bad = rollback(log, g);
+        if (bad == 0)
+            rmdir(g->dir);
+        part_free(g);
+    }
     bool unlinked = false;
     for (size_t i = 0; i < p->ntouched; i++) {
         wseg *w = p->touched[i];
@@ -2390,18 +2737,36 @@ static void part_job(cv_applog *log, part *p) {
     int r = 0;
     for (size_t k = 0; k < p->njidx && r == 0; k++) {
         cv_applog_entry *e = &log->entries[p->jidx[k]];
-        part *into = p;
-        if (e->offset <= p->last) {
-            r = lookup_digest(log, p, e->offset, e->digest, p->jerr, sizeof(p->jerr));
-            if (r != -ERANGE || p->repair)
-                continue;
-            /* A late record (not held, below the tail). */
-            if ((r = late_part(log, p, &into)) < 0)
-                continue;
-            if (e->offset <= into->last) {
-                r = lookup_digest(log, into, e->offset, e->digest, p->jerr,
-                                  sizeof(p->jerr));
-                continue;
+        part *into = p->ngen ? p->ngen : p;
+        if (!p->ngen && e->offset <= p->last) {
+            int h = lookup_held(log, p, e, p->jerr, sizeof(p->jerr));
+            if (h == 1)
+                continue; /* already held: these very bytes */
+            bool late_new = false;
+            if (h == -ERANGE && !p->repair) {
+                /* A late record (not held, below the tail). */
+                if ((r = late_part(log, p, &into)) < 0)
+                    continue;
+                late_new = e->offset > into->last;
+                if (!late_new &&
+                    (h = lookup_held(log, into, e, p->jerr, sizeof(p->jerr))) == 1)
+                    continue;
+            }
+            if (!late_new) {
+                if (h == 0 && !p->repair) {
+                    /* Another message at a held offset: Kafka's offsets
+                     * started over. It and the rest go to a new
+                     * generation. */
+                    if ((r = gen_part(log, p, e->offset, &into)) < 0)
+                        continue;
+                } else {
+                    if (h == 0)
+                        snprintf(p->jerr, sizeof(p->jerr),
+                                 "log %s: offset %" PRId64 " is held with other bytes",
+                                 p->dir, e->offset);
+                    r = h == 0 ? -EEXIST : h; /* late records ascend too */
+                    continue;
+                }
             }
         }
         if ((r = encode(log, into, e)) < 0)
@@ -2416,12 +2781,19 @@ static void part_job(cv_applog *log, part *p) {
         if (r < 0)
             memcpy(p->jerr, p->late->jerr, sizeof(p->jerr));
     }
+    if (r == 0 && p->ngen && p->ngen->ntouched) {
+        r = flush_part(log, p->ngen);
+        if (r < 0)
+            memcpy(p->jerr, p->ngen->jerr, sizeof(p->jerr));
+    }
     /* Written or failed, the frames are not needed again: a failed append
      * is undone from the files' durable sizes and re-encoded if retried. */
     for (size_t i = 0; i < p->ntouched; i++)
         buf_give(log, &p->touched[i]->buf);
     for (size_t i = 0; p->late && i < p->late->ntouched; i++)
         buf_give(log, &p->late->touched[i]->buf);
+    for (size_t i = 0; p->ngen && i < p->ngen->ntouched; i++)
+        buf_give(log, &p->ngen->touched[i]->buf);
     p->jr = r;
 }
 
@@ -2569,6 +2941,10 @@ static int sync_all(cv_applog *log, part **tp, size_t ntp, char *errbuf, size_t 
             r = place_new(log, p->late, &renamed);
             err = p->late->jerr;
         }
+        if (r == 0 && p->ngen) {
+            r = place_new(log, p->ngen, &renamed);
+            err = p->ngen->jerr;
+        }
         if (r < 0) {
             errf(errbuf, errlen, "%s", err);
             return r;
@@ -2643,6 +3019,8 @@ int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n, char *e
     }
     for (size_t k = 0; k < ntp; k++) {
         commit(tp[k]);
+        if (tp[k]->ngen)
+            gen_adopt(log, tp[k]);
         tp[k]->touched_part = false;
     }
     free(tp);

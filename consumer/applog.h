@@ -48,9 +48,13 @@ int cv_applog_open(const char *dir, const cv_keyring *keys, uint64_t segment_byt
 
 /* Appends entries (any mix of partitions; each partition's offsets
  * ascending), then makes them durable ONCE (group commit; see
- * cv_applog_set_sync) before returning 0. An entry whose (topic,
- * partition, offset) the log already holds is not written again; its
- * digest is still filled. On failure returns negative with errbuf naming
+ * cv_applog_set_sync) before returning 0. An entry the log already holds
+ * (the same value bytes at the same (topic, partition, offset) of the
+ * partition's current generation) is not written again; its digest is the
+ * held record's. A held offset arriving with other bytes is another
+ * message (Kafka's offsets started over): it and the entries after it go
+ * to a new generation of the partition ("GENERATIONS" in applog.c),
+ * reported through cv_applog_set_generation_cb once durable. On failure returns negative with errbuf naming
  * the file and byte offset (or, for a failed syncfs, the log directory);
  * nothing is reported durable (the bytes of this call are truncated away
  * again).
@@ -94,6 +98,24 @@ cv_applog *cv_applog_free(cv_applog *log);
 typedef void cv_applog_torn_fn(void *opaque, const char *file, uint64_t pos,
                                uint64_t dropped, const char *why);
 void cv_applog_set_torn_cb(cv_applog *log, cv_applog_torn_fn *fn, void *opaque);
+
+/* Called, on the thread that called cv_applog_append and after the append
+ * is durable, once for each partition that started a new generation in it:
+ * `offset` is the held offset that arrived with other bytes, `held_last`
+ * the last offset the previous generation holds, `dir` the new generation's
+ * directory. */
+typedef void cv_applog_generation_fn(void *opaque, const char *topic, int32_t partition,
+                                     int64_t offset, int64_t held_last, const char *dir);
+void cv_applog_set_generation_cb(cv_applog *log, cv_applog_generation_fn *fn,
+                                 void *opaque);
+
+/* On a log from cv_applog_open_repair, before its first append: the
+ * session writes its repair directories inside a new generation of each
+ * partition (<dir>/<topic>-<partition>/gen-<session>/repair-<session>/),
+ * for records whose offsets the log holds with other bytes (a previous
+ * incarnation of the topic). The broker's writer never takes such a
+ * generation as its own (see GENERATIONS in applog.c). */
+int cv_applog_repair_new_generation(cv_applog *log, char *errbuf, size_t errlen);
 
 /* The system calls that matter for durability, swappable so tests can
  * inject faults (ENOSPC, EIO, short writes). Each has the libc signature and
@@ -184,7 +206,9 @@ int cv_applog_segments(const char *partition_dir, cv_applog_segment_fn *fn, void
  * It can merge several directories of the same partition (one per broker
  * instance that owned it: see "Many instances" in applog.c); a record held
  * by several is returned once, and an offset whose bytes differ between
- * directories is an error.
+ * directories is an error. The generations of a partition are merged by
+ * offset too: records of several generations at one offset are all
+ * returned, the older generation first (see GENERATIONS in applog.c).
  */
 typedef struct cv_applog_reader cv_applog_reader;
 
@@ -201,6 +225,9 @@ typedef struct cv_applog_record {
     uint32_t key_id;
     unsigned char writer_id[CV_APPLOG_WRITER_ID_BYTES];
     const char *writer_name;
+    /* 0: the partition directory's own records; else the start (Unix us)
+     * of the generation that holds it (see GENERATIONS in applog.c) */
+    int64_t generation;
 } cv_applog_record;
 
 /* Opens a reader over `ndirs` directories of one partition, each read

@@ -226,6 +226,7 @@ struct cv_metrics {
     mstore stores[2];
     bool degraded;
     int64_t degraded_since_us;
+    int64_t log_generations;
     int64_t batches;
     int64_t last_tick_ms; /* monotonic; 0 before the first tick */
     int64_t ticks;
@@ -722,6 +723,15 @@ static void obs_tick(void *opaque, rd_kafka_t *rk) {
         rd_kafka_topic_partition_list_destroy(asg);
 }
 
+static void obs_log_generation(void *opaque, const char *topic, int32_t partition) {
+    (void)topic;
+    (void)partition;
+    cv_metrics *m = opaque;
+    pthread_mutex_lock(&m->lock);
+    m->log_generations++;
+    pthread_mutex_unlock(&m->lock);
+}
+
 static void obs_degraded(void *opaque, int on) {
     cv_metrics *m = opaque;
     pthread_mutex_lock(&m->lock);
@@ -773,6 +783,7 @@ int cv_metrics_new(const cv_metrics_conf *conf, cv_metrics **ret_metrics) {
         .acked = obs_acked,
         .tick = obs_tick,
         .degraded = obs_degraded,
+        .log_generation = obs_log_generation,
     };
     *ret_metrics = m;
     return 0;
@@ -1091,6 +1102,11 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
             CK(cv_buf_printf(b,
                              "chatvault_store_errors_total{store=\"%s\"} %" PRId64 "\n",
                              store_name(s), m->stores[s].errors));
+    CK(prom_family(b, "chatvault_log_generations_total", "counter",
+                   "Partitions whose Kafka offsets started over (a held offset came "
+                   "with another message): the log began a new generation."));
+    CK(cv_buf_printf(b, "chatvault_log_generations_total %" PRId64 "\n",
+                     m->log_generations));
     CK(prom_family(b, "chatvault_degraded", "gauge",
                    "1 while ack.policy = any acks with one store only."));
     CK(cv_buf_printf(b, "chatvault_degraded %d\n", m->degraded));

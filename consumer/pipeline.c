@@ -640,6 +640,11 @@ static void stores_degraded(void *opaque, int on) {
     OBSERVE(p, degraded, on);
 }
 
+static void stores_log_generation(void *opaque, const char *topic, int32_t partition) {
+    cv_pipeline *p = opaque;
+    OBSERVE(p, log_generation, topic, partition);
+}
+
 static char *xstrdup(const char *s, int *oom) {
     char *d = strdup(s ? s : "");
     if (!d)
@@ -707,7 +712,8 @@ int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
                    .log = stores_log,
                    .store_error = stores_error,
                    .store_ok = stores_ok,
-                   .degraded = stores_degraded},
+                   .degraded = stores_degraded,
+                   .log_generation = stores_log_generation},
     };
     r = cv_stores_open(&sc, &p->stores, errbuf, errlen);
     if (r < 0) {

@@ -57,6 +57,9 @@ typedef struct cv_pipeline_observer {
     void (*tick)(void *opaque, rd_kafka_t *consumer);
     /* ack.policy = any is running on one store (1) or back on all (0). */
     void (*degraded)(void *opaque, int on);
+    /* Kafka's offsets of a partition started over; the log began a new
+     * generation of it (from the store thread). */
+    void (*log_generation)(void *opaque, const char *topic, int32_t partition);
 } cv_pipeline_observer;
 
 typedef void cv_pipeline_log_fn(void *opaque, int level /* 0 debug..3 error */,

@@ -80,6 +80,19 @@ static void torn_cb(void *opaque, const char *file, uint64_t pos, uint64_t dropp
          dropped, why);
 }
 
+static void generation_cb(void *opaque, const char *topic, int32_t partition,
+                          int64_t offset, int64_t held_last, const char *dir) {
+    cv_stores *st = opaque;
+    slog(st, 2,
+         "kafka offsets started over: a held offset came with another message; the log "
+         "keeps every record it holds and stores the new ones in a new generation",
+         "topic=%s partition=%" PRId32 " offset=%" PRId64 " expected_offset=%" PRId64
+         " held_last_offset=%" PRId64 " generation_dir=%s",
+         topic, partition, offset, held_last + 1, held_last, dir);
+    if (st->ev.log_generation)
+        st->ev.log_generation(st->ev.opaque, topic, partition);
+}
+
 int cv_stores_open(const cv_stores_conf *c, cv_stores **ret, char *errbuf,
                    size_t errlen) {
     cv_stores *st = calloc(1, sizeof(*st));
@@ -112,6 +125,7 @@ int cv_stores_open(const cv_stores_conf *c, cv_stores **ret, char *errbuf,
         if (r < 0)
             goto fail;
         cv_applog_set_torn_cb(st->log, torn_cb, st);
+        cv_applog_set_generation_cb(st->log, generation_cb, st);
         char why[512];
         if (cv_applog_set_sync(st->log, c->log_sync, why, sizeof(why)) < 0)
             slog(st, 2, "the log falls back to fdatasync", "error=\"%s\"", why);

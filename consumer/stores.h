@@ -41,6 +41,10 @@ typedef struct cv_stores_events {
     void (*store_error)(void *opaque, unsigned store, const char *error);
     void (*store_ok)(void *opaque, unsigned store);
     void (*degraded)(void *opaque, int on);
+    /* Kafka's offsets of a partition started over: the log keeps what it
+     * holds and stores the new records in a new generation (applog.c,
+     * GENERATIONS). From the store thread. */
+    void (*log_generation)(void *opaque, const char *topic, int32_t partition);
 } cv_stores_events;
 
 typedef struct cv_stores_conf {

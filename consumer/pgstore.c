@@ -53,14 +53,20 @@ static const char insert_sql[] =
 
 /* After the insert, within the same transaction: staged records whose
  * message id is held by a row from another record are duplicates. A
- * re-delivered record finds its own row (same coordinates): not a
- * duplicate. Only run when the insert took fewer rows than were staged. */
+ * re-delivered record finds its own row (same coordinates, same content):
+ * not a duplicate. Coordinates alone do not make a record the same: Kafka's
+ * offsets start over when a topic is re-created, so a message reusing an
+ * id at a reused offset is a duplicate too (the log keeps it, in a new
+ * generation). Only run when the insert took fewer rows than were
+ * staged. */
 static const char duplicates_sql[] =
     "SELECT s.seq FROM cv_stage s JOIN chatvault.messages m"
     " ON m.channel = s.channel AND m.message_id = s.message_id"
     " WHERE m.kafka_topic <> s.kafka_topic"
     " OR m.kafka_partition <> s.kafka_partition"
-    " OR m.kafka_offset <> s.kafka_offset";
+    " OR m.kafka_offset <> s.kafka_offset"
+    " OR m.sent_at_us <> s.sent_at_us OR m.sender_id <> s.sender_id"
+    " OR m.body <> s.body";
 
 static const char offsets_sql[] =
     "INSERT INTO chatvault.kafka_offsets AS k (consumer_group, topic,"
@@ -318,7 +324,9 @@ static int insert_rows(cv_pgstore *st, cv_rec *recs, size_t n, size_t staged,
     return 0;
 }
 
-/* Sets chatvault.kafka_offsets to the batch's next offsets. */
+/* Sets chatvault.kafka_offsets to the batch's next offsets: set, not the
+ * larger of old and new, so that when Kafka's offsets start over (a topic
+ * re-created) the row follows the new incarnation at once. */
 static int write_offsets(cv_pgstore *st,
                          const rd_kafka_topic_partition_list_t *next_offsets,
                          char *errbuf, size_t errlen) {

@@ -60,11 +60,16 @@ typedef struct groupoff {
     char *group, *topic;
     int32_t partition;
     int64_t next;
+    char *updated_at; /* as PostgreSQL prints it */
 } groupoff;
 
+/* A record of one store not (yet) matched with one of the other. */
 typedef struct cand {
     int64_t offset;
-    char *message_id; /* NULL when the value did not decode */
+    char *message_id;     /* NULL when the value did not decode */
+    unsigned char fp[32]; /* the compared fields (view_fp) */
+    bool collides;        /* PostgreSQL's: the log holds its offset */
+    bool done;            /* repair_pg: written */
 } cand;
 
 typedef struct vec {
@@ -204,7 +209,7 @@ static void fold_units(vctx *c) {
 
 static int load_group_offsets(vctx *c) {
     PGresult *res = PQexec(c->conn, "SELECT consumer_group, topic,"
-                                    " kafka_partition, next_offset"
+                                    " kafka_partition, next_offset, updated_at"
                                     " FROM chatvault.kafka_offsets");
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         return pg_fail(c, res, "reading chatvault.kafka_offsets");
@@ -219,7 +224,8 @@ static int load_group_offsets(vctx *c) {
         g->topic = strdup(PQgetvalue(res, i, 1));
         g->partition = (int32_t)strtol(PQgetvalue(res, i, 2), NULL, 10);
         g->next = strtoll(PQgetvalue(res, i, 3), NULL, 10);
-        if (!g->group || !g->topic)
+        g->updated_at = strdup(PQgetvalue(res, i, 4));
+        if (!g->group || !g->topic || !g->updated_at)
             r = -ENOMEM;
     }
     PQclear(res);
@@ -293,6 +299,23 @@ static bool view_diff(const view *a, const view *b, char *buf, size_t len) {
     DIFF(memcmp(a->body_sha, b->body_sha, 32) != 0, "body");
 #undef DIFF
     return buf[0] != '\0';
+}
+
+/* A message's identity as verify compares it: BLAKE2b-256 of the fields
+ * view_diff compares. */
+static void view_fp(const view *v, unsigned char *out) {
+    crypto_generichash_state h;
+    crypto_generichash_init(&h, NULL, 0, 32);
+    const char *f[5] = {v->message_id, v->channel, v->sender_id, v->content_type,
+                        v->reply_to};
+    for (int i = 0; i < 5; i++)
+        crypto_generichash_update(&h, (const unsigned char *)(f[i] ? f[i] : ""),
+                                  strlen(f[i] ? f[i] : "") + 1);
+    unsigned char sent[8];
+    cv_be64(sent, (uint64_t)v->sent_at_us);
+    crypto_generichash_update(&h, sent, 8);
+    crypto_generichash_update(&h, v->body_sha, 32);
+    crypto_generichash_final(&h, out, 32);
 }
 
 static void emit(vctx *c, cv_verify_kind kind, const unit *u, int64_t first, int64_t last,
@@ -522,9 +545,10 @@ static int flush_pg(vctx *c, cv_rec *recs, size_t n) {
     return 0;
 }
 
-/* Writes the log records at the candidates' offsets to PostgreSQL. */
-static int repair_pg(vctx *c, const unit *u, const vec *cands) {
-    const cand *cv = cands->v;
+/* Writes the candidates (log records, by offset and message id) to
+ * PostgreSQL. */
+static int repair_pg(vctx *c, const unit *u, vec *cands) {
+    cand *cv = cands->v;
     if (!cands->n)
         return 0;
     int r = 0;
@@ -555,7 +579,6 @@ static int repair_pg(vctx *c, const unit *u, const vec *cands) {
             k++;
         if (k == cands->n || cv[k].offset != rec.offset)
             continue;
-        k++;
         cv_rec *x = &recs[n];
         memset(x, 0, sizeof(*x));
         x->topic = u->topic;
@@ -575,6 +598,17 @@ static int repair_pg(vctx *c, const unit *u, const vec *cands) {
             d = cv_envelope_decode(c->conf->rules, u->topic, rec.value, rec.value_len,
                                    arena, &x->env);
         }
+        /* Which candidate at this offset (records of several generations
+         * may share it): the one of this message id. */
+        const char *id = cv_envelope_message_id(&x->env);
+        size_t j = k;
+        while (j < cands->n && cv[j].offset == rec.offset &&
+               (cv[j].done || (cv[j].message_id ? !id || strcmp(cv[j].message_id, id) != 0
+                                                : id != NULL)))
+            j++;
+        if (j == cands->n || cv[j].offset != rec.offset)
+            continue;
+        cv[j].done = true;
         if (d < 0) {
             c->st->repair_skipped++;
             continue;
@@ -609,22 +643,35 @@ static int append_values(vctx *c, cv_applog *log, cv_applog_entry *ents, const s
     return r;
 }
 
-/* Appends the rows at `offs` to a repair directory of the log: the run's
- * shared session, or with `brk` a session of its own that bridges it. */
-static int repair_log(vctx *c, const unit *u, const int64_t *offs, size_t n,
-                      const cv_applog_break *brk) {
+/* Appends the rows `rows` (by message id, in offset order, one per offset)
+ * to a repair directory of the log: the run's shared session, with `brk` a
+ * session of its own that bridges it, with new_gen a session of its own in
+ * a new generation (for rows whose offsets the log holds with other
+ * messages). */
+static int repair_log(vctx *c, const unit *u, const cand *rows, size_t n,
+                      const cv_applog_break *brk, bool new_gen) {
     if (!n)
         return 0;
     int r;
     cv_applog *own = NULL, *log;
-    if (brk) {
+    const char **ids = calloc(n, sizeof(*ids));
+    if (!ids) {
+        snprintf(c->err, c->errlen, "out of memory");
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++)
+        ids[i] = rows[i].message_id;
+    if (brk || new_gen) {
         r = cv_applog_open_repair(c->conf->log_dirs[0], c->conf->keys,
                                   c->conf->log_segment_bytes, &own, c->err, c->errlen);
-        if (r == 0)
+        if (r == 0 && brk)
             r = cv_applog_repair_bridge(own, u->topic, u->partition, brk->after_chain,
                                         brk->next_prev_chain, c->err, c->errlen);
+        if (r == 0 && new_gen)
+            r = cv_applog_repair_new_generation(own, c->err, c->errlen);
         if (r < 0) {
             cv_applog_free(own);
+            free(ids);
             return r;
         }
         log = own;
@@ -633,8 +680,10 @@ static int repair_log(vctx *c, const unit *u, const int64_t *offs, size_t n,
             r = cv_applog_open_repair(c->conf->log_dirs[0], c->conf->keys,
                                       c->conf->log_segment_bytes, &c->rlog, c->err,
                                       c->errlen);
-            if (r < 0)
+            if (r < 0) {
+                free(ids);
                 return r;
+            }
         }
         log = c->rlog;
     }
@@ -653,8 +702,8 @@ static int repair_log(vctx *c, const unit *u, const int64_t *offs, size_t n,
             .to_offset = -1,
             .since_us = -1,
             .until_us = -1,
-            .offsets = offs + i,
-            .noffsets = n - i < QUERY_OFFSETS ? n - i : QUERY_OFFSETS,
+            .ids = ids + i,
+            .nids = n - i < QUERY_OFFSETS ? n - i : QUERY_OFFSETS,
         };
         cv_pgread *rd = NULL;
         r = cv_pgread_open(c->conn, &sel, &rd, c->err, c->errlen);
@@ -691,6 +740,7 @@ static int repair_log(vctx *c, const unit *u, const int64_t *offs, size_t n,
         snprintf(c->err, c->errlen, "out of memory rebuilding log records");
     free(ents);
     free(at);
+    free(ids);
     cv_buf_release(&vals);
     cv_buf_release(&one);
     cv_applog_free(own);
@@ -725,26 +775,221 @@ static void on_break(void *opaque, const cv_applog_break *b) {
 }
 
 /* Repairs the log: rows inside a lost segment's range go to a session that
- * bridges it, the others to the run's shared session. */
-static int repair_log_all(vctx *c, const unit *u, const vec *only_pg, const breaks *bs) {
-    const int64_t *offs = only_pg->v;
-    size_t n = only_pg->n, i = 0;
-    int r = 0;
+ * bridges it, rows whose offset the log holds with another message (or
+ * that share an offset with another row to repair) to sessions in new
+ * generations, one per row at an offset, the others to the run's shared
+ * session. */
+static int repair_log_all(vctx *c, const unit *u, vec *only_pg, const breaks *bs) {
+    cand *all = only_pg->v;
+    size_t n = only_pg->n;
+    cand *plain = calloc(n ? n : 1, sizeof(*plain));
+    cand *gen = calloc(n ? n : 1, sizeof(*gen));
+    size_t np = 0, ng = 0;
+    int r = plain && gen ? 0 : -ENOMEM;
+    for (size_t i = 0; r == 0 && i < n; i++) {
+        if (all[i].collides || (i > 0 && all[i - 1].offset == all[i].offset))
+            gen[ng++] = all[i];
+        else
+            plain[np++] = all[i];
+    }
     const cv_applog_break *b = bs->v.v;
+    size_t i = 0;
     for (size_t k = 0; r == 0 && k < bs->v.n; k++) {
         size_t from = i;
-        while (i < n && offs[i] <= b[k].after_offset)
+        while (i < np && plain[i].offset <= b[k].after_offset)
             i++;
-        r = repair_log(c, u, offs + from, i - from, NULL);
+        r = repair_log(c, u, plain + from, i - from, NULL, false);
         from = i;
-        while (i < n && offs[i] < b[k].next_offset)
+        while (i < np && plain[i].offset < b[k].next_offset)
             i++;
         if (r == 0)
-            r = repair_log(c, u, offs + from, i - from, &b[k]);
+            r = repair_log(c, u, plain + from, i - from, &b[k], false);
     }
     if (r == 0)
-        r = repair_log(c, u, offs + i, n - i, NULL);
+        r = repair_log(c, u, plain + i, np - i, NULL, false);
+    /* New generations, a round each: the first row of each offset left. */
+    while (r == 0 && ng) {
+        size_t nr = 0, nl = 0;
+        for (size_t k = 0; k < ng; k++) {
+            if (nr && plain[nr - 1].offset == gen[k].offset)
+                gen[nl++] = gen[k];
+            else
+                plain[nr++] = gen[k];
+        }
+        r = repair_log(c, u, plain, nr, NULL, true);
+        ng = nl;
+    }
+    if (r == -ENOMEM)
+        snprintf(c->err, c->errlen, "out of memory");
+    free(plain);
+    free(gen);
     return r;
+}
+
+/* The offset of the partition's row persisted last at or before `at` (a
+ * kafka_offsets row's updated_at: the rows and the offsets of a batch are
+ * written in one transaction, rows first), or -1 in *ret. */
+static int newest_row_offset(vctx *c, const unit *u, const char *at, int64_t *ret) {
+    char part[16];
+    snprintf(part, sizeof(part), "%" PRId32, u->partition);
+    const char *params[4] = {u->channel, u->topic, part, at};
+    PGresult *res =
+        PQexecParams(c->conn,
+                     "SELECT kafka_offset FROM chatvault.messages"
+                     " WHERE channel = $1 AND kafka_topic = $2 AND kafka_partition = $3"
+                     " AND persisted_at <= $4::timestamptz"
+                     " ORDER BY persisted_at DESC, kafka_offset DESC LIMIT 1",
+                     4, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return pg_fail(c, res, "finding the newest row of a partition");
+    *ret = PQntuples(res) == 1 ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : -1;
+    PQclear(res);
+    return 0;
+}
+
+/* ---- matching by identity --------------------------------------------- */
+
+static void cands_free(vec *v) {
+    for (size_t i = 0; i < v->n; i++)
+        free(((cand *)v->v)[i].message_id);
+    free(v->v);
+    v->v = NULL;
+    v->n = v->cap = 0;
+}
+
+/* Sets a row (is_row) or a log record aside. A row always has its message
+ * id; a record whose value does not decode has none and matches nothing. */
+static int push_cand(vec *v, const view *w, int64_t offset, bool is_row, bool collides) {
+    cand *x = vec_push(v);
+    if (!x)
+        return -ENOMEM;
+    memset(x, 0, sizeof(*x));
+    x->offset = offset;
+    x->collides = collides;
+    if (!w->decoded && !is_row)
+        return 0;
+    if (w->decoded)
+        view_fp(w, x->fp);
+    return (x->message_id = strdup(w->message_id)) ? 0 : -ENOMEM;
+}
+
+/* Drops the entries marked done from v[from..). */
+static void cands_compact(vec *v, size_t from) {
+    cand *x = v->v;
+    size_t w = from;
+    for (size_t i = from; i < v->n; i++) {
+        if (x[i].done) {
+            free(x[i].message_id);
+            continue;
+        }
+        x[w++] = x[i];
+    }
+    v->n = w;
+}
+
+static bool same_id(const cand *a, const cand *b) {
+    return a->message_id && b->message_id && strcmp(a->message_id, b->message_id) == 0;
+}
+
+/* Matches the rows and records set aside at offset `off` (the tails of the
+ * two lists) by message id: the same content is a match, other content
+ * with the same id is "different"; the rest stays set aside. */
+static void settle(vctx *c, const unit *u, vec *pl, vec *ll, int64_t off) {
+    cand *p = pl->v, *l = ll->v;
+    size_t ps = pl->n, ls = ll->n;
+    while (ps > 0 && p[ps - 1].offset == off)
+        ps--;
+    while (ls > 0 && l[ls - 1].offset == off)
+        ls--;
+    if (ps == pl->n || ls == ll->n)
+        return;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = ps; i < pl->n; i++)
+            for (size_t j = ls; !p[i].done && j < ll->n; j++) {
+                if (l[j].done || !same_id(&p[i], &l[j]) ||
+                    (pass == 0 && memcmp(p[i].fp, l[j].fp, 32) != 0))
+                    continue;
+                p[i].done = l[j].done = true;
+                if (pass == 0) {
+                    c->st->matched++;
+                } else {
+                    c->st->different++;
+                    emit(c, CV_VERIFY_DIFFERENT, u, off, off, p[i].message_id,
+                         "the log record of this message id at this offset has other "
+                         "content");
+                }
+            }
+    cands_compact(pl, ps);
+    cands_compact(ll, ls);
+}
+
+static int cand_id_cmp(const void *a, const void *b) {
+    const cand *x = a, *y = b;
+    if (!x->message_id || !y->message_id) {
+        if (x->message_id || y->message_id)
+            return x->message_id ? 1 : -1;
+    } else {
+        int k = strcmp(x->message_id, y->message_id);
+        if (k)
+            return k;
+    }
+    return (x->offset > y->offset) - (x->offset < y->offset);
+}
+
+static int cand_offset_cmp(const void *a, const void *b) {
+    const cand *x = a, *y = b;
+    if (x->offset != y->offset)
+        return (x->offset > y->offset) - (x->offset < y->offset);
+    if (!x->message_id || !y->message_id)
+        return (x->message_id != NULL) - (y->message_id != NULL);
+    return strcmp(x->message_id, y->message_id);
+}
+
+/* What is still set aside after the stream: a row and a record of one
+ * message id and content at different offsets are the same message; the
+ * other rows go to *only_pg (reported), the other records stay in *ll for
+ * resolve_candidates. Both end in offset order. */
+static int match_left(vctx *c, const unit *u, vec *pl, vec *ll, vec *only_pg) {
+    cand *p = pl->v, *l = ll->v;
+    if (pl->n)
+        qsort(p, pl->n, sizeof(*p), cand_id_cmp);
+    if (ll->n)
+        qsort(l, ll->n, sizeof(*l), cand_id_cmp);
+    size_t j = 0;
+    for (size_t i = 0; i < pl->n; i++) {
+        while (j < ll->n && cand_id_cmp(&l[j], &p[i]) < 0 && !same_id(&l[j], &p[i]))
+            j++;
+        for (size_t k = j; k < ll->n && same_id(&l[k], &p[i]); k++)
+            if (!l[k].done && memcmp(l[k].fp, p[i].fp, 32) == 0) {
+                l[k].done = p[i].done = true;
+                c->st->matched++;
+                break;
+            }
+    }
+    cands_compact(ll, 0);
+    if (ll->n)
+        qsort(ll->v, ll->n, sizeof(cand), cand_offset_cmp);
+    for (size_t i = 0; i < pl->n; i++) {
+        if (p[i].done)
+            continue;
+        cand *x = vec_push(only_pg);
+        if (!x)
+            return -ENOMEM;
+        *x = p[i];
+        p[i].message_id = NULL;
+        p[i].done = true;
+    }
+    cands_compact(pl, 0);
+    cand *o = only_pg->v;
+    if (only_pg->n)
+        qsort(o, only_pg->n, sizeof(*o), cand_offset_cmp);
+    for (size_t i = 0; i < only_pg->n; i++) {
+        c->st->only_pg++;
+        emit(c, CV_VERIFY_ONLY_PG, u, o[i].offset, o[i].offset, o[i].message_id,
+             o[i].collides ? "the log holds another message at this offset, not this one"
+                           : "the log has no record at this offset");
+    }
+    return 0;
 }
 
 /* ---- comparing one topic-partition ------------------------------------ */
@@ -754,8 +999,8 @@ static int compare_unit(vctx *c, const unit *u) {
     cv_verify_stats *st = c->st;
     cv_pgread *pr = NULL;
     cv_applog_reader *lr = NULL;
-    vec only_pg = {.size = sizeof(int64_t)};
-    vec cands = {.size = sizeof(cand)};
+    vec only_pg = {.size = sizeof(cand)};
+    vec pg_left = {.size = sizeof(cand)}, log_left = {.size = sizeof(cand)};
     vec gapv = {.size = 2 * sizeof(int64_t)};
     gaps g = {0};
     breaks bs = {.v = {.size = sizeof(cv_applog_break)}};
@@ -803,6 +1048,13 @@ static int compare_unit(vctx *c, const unit *u) {
         emit(c, CV_VERIFY_LOG_DAMAGED, u, -1, -1, NULL, lerr);
     }
     r = 0;
+    /* Both streams ascend by offset. A record and a row at one offset with
+     * one message id are compared field by field; anything else is set
+     * aside (pg_left, log_left) and matched by identity (message id and
+     * content) with the other side's at the same offset once both streams
+     * are past it, then across offsets at the end: offsets are positions,
+     * and they start over (see GENERATIONS in applog.c). */
+    int64_t last_log_off = -1;
     while (log_ok && (has_pg || has_log)) {
         int64_t off;
         bool adv_pg = false, adv_log = false;
@@ -811,45 +1063,36 @@ static int compare_unit(vctx *c, const unit *u) {
         if (has_log && (!has_pg || rec.offset < row.offset)) {
             off = rec.offset;
             view_from_log(&lv, &rec, c->arena);
-            cand *x = vec_push(&cands);
-            if (!x) {
-                r = -ENOMEM;
+            if ((r = push_cand(&log_left, &lv, off, false, false)) < 0)
                 break;
-            }
-            x->offset = off;
-            x->message_id = lv.decoded ? strdup(lv.message_id) : NULL;
-            if (lv.decoded && !x->message_id) {
-                r = -ENOMEM;
-                break;
-            }
             st->log_records++;
             adv_log = true;
         } else if (has_pg && (!has_log || row.offset < rec.offset)) {
             off = row.offset;
-            st->only_pg++;
             st->pg_rows++;
-            emit(c, CV_VERIFY_ONLY_PG, u, off, off, row.message_id,
-                 "the log has no record at this offset");
-            int64_t *x = vec_push(&only_pg);
-            if (!x) {
-                r = -ENOMEM;
+            if ((r = push_cand(&pg_left, &pv, off, true, last_log_off == off)) < 0)
                 break;
-            }
-            *x = off;
             adv_pg = true;
         } else {
             off = row.offset;
             view_from_log(&lv, &rec, c->arena);
             st->pg_rows++;
             st->log_records++;
-            if (view_diff(&pv, &lv, diff, sizeof(diff))) {
-                st->different++;
-                emit(c, CV_VERIFY_DIFFERENT, u, off, off, row.message_id, diff);
-            } else {
-                st->matched++;
+            if (!lv.decoded || !pv.decoded || strcmp(pv.message_id, lv.message_id) == 0) {
+                if (view_diff(&pv, &lv, diff, sizeof(diff))) {
+                    st->different++;
+                    emit(c, CV_VERIFY_DIFFERENT, u, off, off, row.message_id, diff);
+                } else {
+                    st->matched++;
+                }
+            } else if ((r = push_cand(&pg_left, &pv, off, true, true)) < 0 ||
+                       (r = push_cand(&log_left, &lv, off, false, false)) < 0) {
+                break;
             }
             adv_pg = adv_log = true;
         }
+        if (adv_log)
+            last_log_off = off;
         if (adv_pg)
             max_pg = off;
         if (prev >= 0 && off > prev + 1) {
@@ -861,6 +1104,8 @@ static int compare_unit(vctx *c, const unit *u) {
             x[0] = prev + 1;
             x[1] = off - 1;
         }
+        if (prev >= 0 && off > prev)
+            settle(c, u, &pg_left, &log_left, prev);
         prev = off;
         c->since_progress++;
         progress(c, u, false);
@@ -883,11 +1128,10 @@ static int compare_unit(vctx *c, const unit *u) {
             }
         }
     }
-    if (r < 0 || bs.nomem) {
-        r = -ENOMEM;
-        snprintf(c->err, c->errlen, "out of memory");
-        goto out;
-    }
+    if (r == 0 && prev >= 0)
+        settle(c, u, &pg_left, &log_left, prev);
+    if (r == 0)
+        r = match_left(c, u, &pg_left, &log_left, &only_pg);
     pr = cv_pgread_free(pr); /* ends the cursor's transaction */
 
     /* Offsets of the consumer groups against the rows. */
@@ -896,11 +1140,19 @@ static int compare_unit(vctx *c, const unit *u) {
         if (go->partition != u->partition || strcmp(go->topic, u->topic) != 0 ||
             go->next > max_pg)
             continue;
+        /* Kafka's offsets may have started over (a topic re-created): the
+         * rows the group's last write could see end at its newest row. */
+        int64_t newest = -1;
+        if ((r = newest_row_offset(c, u, go->updated_at, &newest)) < 0)
+            goto out;
+        if (newest >= 0 && newest < go->next)
+            continue;
         char detail[300];
         snprintf(detail, sizeof(detail),
                  "consumer group %s: next offset %" PRId64
-                 " in chatvault.kafka_offsets, but rows go up to offset %" PRId64,
-                 go->group, go->next, max_pg);
+                 " in chatvault.kafka_offsets, but rows go up to offset %" PRId64
+                 " and the newest row it was written with is at offset %" PRId64,
+                 go->group, go->next, max_pg, newest);
         st->offsets++;
         emit(c, CV_VERIFY_OFFSETS, u, go->next, max_pg, NULL, detail);
     }
@@ -912,13 +1164,13 @@ static int compare_unit(vctx *c, const unit *u) {
             report_gap(c, u, &g, x[0], x[1]);
         }
     }
-    if ((r = resolve_candidates(c, u, &cands)) < 0)
+    if ((r = resolve_candidates(c, u, &log_left)) < 0)
         goto out;
     progress(c, u, true);
     if (conf->repair && log_ok) {
         c->repairing = true;
         progress(c, u, true);
-        r = repair_pg(c, u, &cands);
+        r = repair_pg(c, u, &log_left);
         if (r == 0)
             r = repair_log_all(c, u, &only_pg, &bs);
         c->repairing = false;
@@ -926,10 +1178,9 @@ static int compare_unit(vctx *c, const unit *u) {
 out:
     cv_pgread_free(pr);
     cv_applog_reader_free(lr);
-    for (size_t i = 0; i < cands.n; i++)
-        free(((cand *)cands.v)[i].message_id);
-    free(cands.v);
-    free(only_pg.v);
+    cands_free(&pg_left);
+    cands_free(&log_left);
+    cands_free(&only_pg);
     free(gapv.v);
     free(g.rej);
     free(bs.v.v);
@@ -1105,6 +1356,7 @@ out:
     for (size_t i = 0; i < c.offsets.n; i++) {
         free(((groupoff *)c.offsets.v)[i].group);
         free(((groupoff *)c.offsets.v)[i].topic);
+        free(((groupoff *)c.offsets.v)[i].updated_at);
     }
     free(c.offsets.v);
     if (c.conn)

@@ -5,24 +5,37 @@
  * The unit of comparison is one topic-partition (one channel's partition).
  * For each, PostgreSQL's rows (a server-side cursor ordered by offset,
  * sha256(body) computed by the server) and the log's records (the reader,
- * which authenticates every record and checks the hash chain) are streamed
- * side by side and merged by offset, so memory does not grow with the
- * number of messages, only with the number of differences.
+ * which authenticates every record and checks the hash chain, and returns
+ * every generation of the partition) are streamed side by side and merged
+ * by offset, so memory does not grow with the number of messages, only
+ * with the number of differences.
+ *
+ * Records are matched by identity, not by offset alone: Kafka's offsets
+ * start over when a topic is re-created (see GENERATIONS in applog.c), so
+ * one offset can hold several messages in each store. A row and a record
+ * at one offset with one message id are compared field by field; any
+ * other row or record at that offset is matched with the other store's by
+ * message id and content (channel, sender, sent_at, content type,
+ * reply_to, body), then across offsets.
  *
  * What counts as a difference:
- *   only_in_postgres  a row whose offset the log lacks
+ *   only_in_postgres  a row the log holds no record of (no record at its
+ *                     offset, or only other messages there)
  *   only_in_log       a log record PostgreSQL has no row for. A record whose
  *                     message id PostgreSQL holds from another offset is a
  *                     DUPLICATE (the log keeps every valid record while
  *                     PostgreSQL is down under ack.policy=any), not a
  *                     difference; it is counted as a duplicate.
- *   different         both hold the offset but message id, channel, sender,
- *                     sent_at, content type, reply_to or the body's SHA-256
- *                     differ (attributes are not compared: jsonb reorders
- *                     them)
+ *   different         both hold the message id at one offset but channel,
+ *                     sender, sent_at, content type, reply_to or the body's
+ *                     SHA-256 differ (attributes are not compared: jsonb
+ *                     reorders them)
  *   kafka_offsets     a consumer group's next offset in
  *                     chatvault.kafka_offsets is not past the partition's
- *                     highest row (they are written in one transaction)
+ *                     highest row, nor past the row persisted last before
+ *                     the offset was written (they are written in one
+ *                     transaction; the second rule holds after Kafka's
+ *                     offsets started over)
  *   log_damaged       the log reader stopped on damage (file and byte in the
  *                     detail); the rest of that partition is not compared
  *   log_segment_missing  a partition segment does not chain to the one
@@ -42,8 +55,10 @@
  * to PostgreSQL through pgstore (idempotent on (channel, message_id); the
  * consumer group offsets are left alone), rows only in PostgreSQL are
  * appended to a repair directory of the log (cv_applog_open_repair), rebuilt
- * as the ChatMessage value they were stored from. "different" stays
- * reported for a human to decide.
+ * as the ChatMessage value they were stored from; a row whose offset the log
+ * holds with another message goes to a repair directory in a new generation
+ * (cv_applog_repair_new_generation), so a second verify finds it. "different"
+ * stays reported for a human to decide.
  */
 #ifndef CV_VERIFY_H
 #define CV_VERIFY_H

@@ -336,8 +336,9 @@ static int print_record(cv_buf *b, const cv_applog_record *rec, const logopts *o
     if (r == 0)
         r = cv_buf_printf(b,
                           ",\"partition\":%" PRId32 ",\"offset\":%" PRId64
-                          ",\"timestamp_ms\":%" PRId64,
-                          rec->partition, rec->offset, rec->timestamp_ms);
+                          ",\"timestamp_ms\":%" PRId64 ",\"generation\":%" PRId64,
+                          rec->partition, rec->offset, rec->timestamp_ms,
+                          rec->generation);
     if (m) {
         if (r == 0)
             r = cv_buf_printf(b, ",\"channel\":");

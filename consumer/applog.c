@@ -212,6 +212,11 @@
 #define SPARE_BYTES_MAX (16u << 20) /* larger ones go back to the system */
 #define WORKER_STACK (256u << 10)
 #define WORKER_NICE 5
+#define SEAL_FILE "sealed"
+#define SEAL_MAGIC "cvseal1"
+#define SEAL_MAX 256
+#define ZERO_RUN 32 /* zero bytes that only a block never written leaves */
+#define TORN_SUFFIX ".torn-"
 
 /* ---- small helpers ---------------------------------------------------- */
 
@@ -467,6 +472,94 @@ static const char *frame_check(const unsigned char *map, size_t size, size_t pos
     return NULL;
 }
 
+/* ---- seals ------------------------------------------------------------ */
+
+/* What a partition directory's seal file says of its last segment at a
+ * clean close (see SEALS in the format comment). */
+typedef struct seal {
+    char name[NAME_DIGITS + 8]; /* segment file name */
+    uint64_t bytes, records;
+    int64_t last_offset;
+    unsigned char chain[DIGEST];
+} seal;
+
+/* The seal file's one line: SEAL_MAGIC name bytes records last chain crc. */
+static size_t seal_format(const seal *sl, char *buf, size_t len) {
+    char hx[2 * DIGEST + 1];
+    sodium_bin2hex(hx, sizeof(hx), sl->chain, DIGEST);
+    int n = snprintf(buf, len, SEAL_MAGIC " %s %" PRIu64 " %" PRIu64 " %" PRId64 " %s",
+                     sl->name, sl->bytes, sl->records, sl->last_offset, hx);
+    uint32_t c = crc32c(buf, (size_t)n);
+    n += snprintf(buf + n, len - (size_t)n, " %08" PRIx32 "\n", c);
+    return (size_t)n;
+}
+
+static bool is_seg_name(const char *n, const char *suffix);
+
+/* Parses a seal line; returns NULL or what is wrong with it. */
+static const char *seal_parse(const char *text, size_t len, seal *sl) {
+    if (len == 0 || len >= SEAL_MAX || text[len - 1] != '\n' || memchr(text, 0, len))
+        return "not a seal line";
+    char line[SEAL_MAX];
+    memcpy(line, text, len - 1);
+    line[len - 1] = '\0';
+    char *sp = strrchr(line, ' ');
+    if (!sp)
+        return "not a seal line";
+    unsigned crc;
+    if (sscanf(sp + 1, "%8x", &crc) != 1 || strlen(sp + 1) != 8 ||
+        crc32c(line, (size_t)(sp - line)) != crc)
+        return "seal check (CRC32C) mismatch";
+    *sp = '\0';
+    char name[64], hx[2 * DIGEST + 2];
+    uint64_t bytes, records;
+    int64_t last;
+    int used = 0;
+    if (sscanf(line, SEAL_MAGIC " %63s %" SCNu64 " %" SCNu64 " %" SCNd64 " %65s%n", name,
+               &bytes, &records, &last, hx, &used) != 5 ||
+        (size_t)used != strlen(line) || !is_seg_name(name, SEG_SUFFIX) ||
+        strlen(hx) != 2 * DIGEST ||
+        sodium_hex2bin(sl->chain, DIGEST, hx, 2 * DIGEST, NULL, NULL, NULL) != 0)
+        return "malformed seal line";
+    memcpy(sl->name, name, strlen(name) + 1); /* a segment name: it fits */
+    sl->bytes = bytes;
+    sl->records = records;
+    sl->last_offset = last;
+    return NULL;
+}
+
+/* Reads <dir>/sealed: 1 with *sl filled, 0 when there is none, or
+ * -CV_ECORRUPT / -errno with errbuf set. */
+static int seal_read(const char *dir, seal *sl, char *errbuf, size_t errlen) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/" SEAL_FILE, dir);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return 0;
+        int e = errno;
+        errf(errbuf, errlen, "log seal %s: %s", path, strerror(e));
+        return -e;
+    }
+    char buf[SEAL_MAX];
+    ssize_t n = read(fd, buf, sizeof(buf));
+    int e = errno;
+    close(fd);
+    if (n < 0) {
+        errf(errbuf, errlen, "log seal %s: %s", path, strerror(e));
+        return -e;
+    }
+    const char *why = seal_parse(buf, (size_t)n, sl);
+    if (why) {
+        errf(errbuf, errlen,
+             "log seal %s: %s (damaged; the partition's last segment cannot be "
+             "checked against it)",
+             path, why);
+        return -CV_ECORRUPT;
+    }
+    return 1;
+}
+
 /* ---- reading one segment ---------------------------------------------- */
 
 typedef struct seg {
@@ -536,10 +629,71 @@ static int seg_open(seg *s, const char *path, char *errbuf, size_t errlen) {
     return 0;
 }
 
-/* After a failure at `at`: is it a torn tail (see the format comment)? */
+/* Does the failing frame at `at` look like a write that never finished: the
+ * file ends inside it, or it holds a run of ZERO_RUN zero bytes (a block the
+ * file was extended by but that never reached the disk)? A bit flip, an
+ * edit or any other change of bytes that were written whole does not. The
+ * frame header's own fields never hold more than 7 zero bytes in a row
+ * and a ciphertext holds 32 with probability 2^-256. */
+static bool looks_unwritten(const seg *s, size_t at) {
+    if (s->size - at < FRAME_HDR)
+        return true;
+    const unsigned char *f = s->map + at;
+    uint32_t len = rd32(f + 8);
+    size_t end;
+    if (memcmp(f, FRAME_MAGIC, 4) == 0 && len >= FRAME_MIN && len <= FRAME_MAX) {
+        if (len > s->size - at)
+            return true;
+        end = at + len;
+    } else {
+        end = s->size - at > 4096 ? at + 4096 : s->size;
+    }
+    size_t run = 0;
+    for (size_t i = at; i < end; i++)
+        if ((run = s->map[i] ? 0 : run + 1) >= ZERO_RUN)
+            return true;
+    return false;
+}
+
+/* After a failure at `at` in the last segment of a directory, which no seal
+ * covers: is it a torn tail (see DURABILITY AND RECOVERY)? Only the last
+ * batch can be unfinished: each append is durable before the next one
+ * writes. So the failure must look unwritten, lie past batch 1 (made
+ * atomic by the rename), and no frame after it may pass its CRC with a
+ * batch number that shows the failure to be inside an earlier, durable
+ * batch: one above (last good batch + 1), or frames of both the last good
+ * batch and the one after it (the failure then lies inside the former). */
 static bool seg_tail_is_torn(const seg *s, size_t at) {
     if (s->batch == 0)
         return false; /* batch 1 is made atomic by the rename */
+    if (!looks_unwritten(s, at))
+        return false;
+    bool same = false, next = false;
+    size_t q = at + 1;
+    while (q + FRAME_HDR <= s->size) {
+        const unsigned char *m = memmem(s->map + q, s->size - q, FRAME_MAGIC, 4);
+        if (!m)
+            break;
+        q = (size_t)(m - s->map);
+        uint32_t len, b;
+        if (!frame_check(s->map, s->size, q, &len)) {
+            b = rd32(s->map + q + 12);
+            if (b > s->batch + 1 || b < s->batch)
+                return false;
+            same |= b == s->batch;
+            next |= b == s->batch + 1;
+            if (same && next)
+                return false;
+        }
+        q++;
+    }
+    return true;
+}
+
+/* The highest Kafka offset a frame after `at` names that passes its frame
+ * check, or -1: how far the damage at `at` reaches, for the error. */
+static int64_t offsets_after(const seg *s, size_t at) {
+    int64_t hi = -1;
     size_t q = at + 1;
     while (q + FRAME_HDR <= s->size) {
         const unsigned char *m = memmem(s->map + q, s->size - q, FRAME_MAGIC, 4);
@@ -547,12 +701,11 @@ static bool seg_tail_is_torn(const seg *s, size_t at) {
             break;
         q = (size_t)(m - s->map);
         uint32_t len;
-        if (!frame_check(s->map, s->size, q, &len) &&
-            rd32(s->map + q + 12) > s->batch + 1)
-            return false;
+        if (!frame_check(s->map, s->size, q, &len) && (int64_t)rd64(s->map + q + 24) > hi)
+            hi = (int64_t)rd64(s->map + q + 24);
         q++;
     }
-    return true;
+    return hi;
 }
 
 /* A record as read from a segment, before merging. */
@@ -790,6 +943,14 @@ typedef struct pdir {
     bool torn;
     char *torn_file;
     uint64_t torn_pos;
+    /* the seal of a partition directory (see SEALS); cur_sealed: the open
+     * segment is the one it names */
+    bool has_seal, cur_sealed;
+    seal sl;
+    int seal_err; /* reported by the first pdir_next */
+    char *seal_msg;
+    /* where the directory's last segment read so far ended */
+    uint64_t end_records, end_bytes;
     /* lookahead for merging */
     bool has;
     rawrec rec;
@@ -801,6 +962,7 @@ static void pdir_release(pdir *d) {
     free_names(d->names, d->nseg);
     free(d->dir);
     free(d->torn_file);
+    free(d->seal_msg);
     cv_buf_release(&d->plain);
     memset(d, 0, sizeof(*d));
 }
@@ -821,6 +983,29 @@ static int pdir_init(pdir *d, const char *dir, const cv_keyring *keys,
     int r = list_names(dir, SEG_SUFFIX, &d->names, &d->nseg, errbuf, errlen);
     if (r < 0)
         return r;
+    if (!d->repair) {
+        char msg[768];
+        int x = seal_read(dir, &d->sl, msg, sizeof(msg));
+        bool found = false;
+        for (size_t i = 0; x == 1 && i < d->nseg && !found; i++)
+            found = strcmp(d->names[i], d->sl.name) == 0;
+        if (x == 1 && !found) {
+            snprintf(msg, sizeof(msg),
+                     "log segment %s/%s at byte 0: missing, but the partition's seal "
+                     "names it as its last segment at a clean stop (%" PRIu64
+                     " records up to offset %" PRId64 " deleted or moved)",
+                     dir, d->sl.name, d->sl.records, d->sl.last_offset);
+            x = -CV_ECORRUPT;
+        }
+        if (x == -ENOMEM)
+            return x;
+        if (x < 0) {
+            d->seal_err = x;
+            if (!(d->seal_msg = strdup(msg)))
+                return -ENOMEM;
+        }
+        d->has_seal = x == 1;
+    }
     if (start_offset >= 0)
         while (d->iseg + 1 < d->nseg &&
                strtoll(d->names[d->iseg + 1], NULL, 10) <= start_offset)
@@ -892,14 +1077,51 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
         memcpy(d->topic, h->topic, h->topic_len + 1);
         d->partition = h->partition;
     }
+    d->cur_sealed = d->has_seal && strcmp(d->names[d->iseg], d->sl.name) == 0;
     d->open = true;
     d->any = true;
     d->iseg++;
     return 0;
 }
 
+/* A segment that ended (at its end, or at a torn tail) where its seal says
+ * otherwise: NULL or what differs. */
+static const char *seal_mismatch(const pdir *d) {
+    const seg *s = &d->cur;
+    if (s->pos != d->sl.bytes)
+        return s->pos < d->sl.bytes ? "is shorter than its seal says (truncated)"
+                                    : "is longer than its seal says (appended to)";
+    if (s->index != d->sl.records || s->last_offset != d->sl.last_offset ||
+        sodium_memcmp(s->chain, d->sl.chain, DIGEST) != 0)
+        return "does not end with the records its seal names (rewritten)";
+    return NULL;
+}
+
+/* Adds to a damage error how far it reaches: which Kafka offsets of the
+ * partition are behind it. */
+static void damage_reach(const pdir *d, uint64_t at, char *errbuf, size_t errlen) {
+    size_t l = strlen(errbuf);
+    if (l + 1 >= errlen)
+        return;
+    int64_t hi = d->iseg < d->nseg ? strtoll(d->names[d->iseg], NULL, 10) - 1
+                                   : offsets_after(&d->cur, at);
+    if (d->cur.last_offset >= 0)
+        snprintf(errbuf + l, errlen - l,
+                 "; the records after offset %" PRId64 " in this segment are unreadable",
+                 d->cur.last_offset);
+    else
+        snprintf(errbuf + l, errlen - l, "; no record of this segment is readable");
+    l = strlen(errbuf);
+    if (hi > d->cur.last_offset && l + 1 < errlen)
+        snprintf(errbuf + l, errlen - l, " (Kafka offsets up to %" PRId64 ")", hi);
+}
+
 /* Next record of the directory into d->rec. 1, 0 at the end, or error. */
 static int pdir_next(pdir *d, char *errbuf, size_t errlen) {
+    if (d->seal_err) {
+        errf(errbuf, errlen, "%s", d->seal_msg);
+        return d->seal_err;
+    }
     for (;;) {
         if (!d->open) {
             if (d->iseg >= d->nseg)
@@ -923,15 +1145,40 @@ static int pdir_next(pdir *d, char *errbuf, size_t errlen) {
             return 1;
         }
         if (r < 0) {
+            /* Only the last segment of a directory, with no seal to say it
+             * was closed whole, can end in an unfinished write. */
             bool last = d->iseg >= d->nseg;
-            if (r == -ENOMEM || !last || !seg_tail_is_torn(&d->cur, at))
+            if (r == -ENOMEM)
                 return r;
+            if (!last || d->cur_sealed || !seg_tail_is_torn(&d->cur, at)) {
+                if (d->cur_sealed) {
+                    size_t l = strlen(errbuf);
+                    if (l + 1 < errlen)
+                        snprintf(errbuf + l, errlen - l,
+                                 " (the segment was sealed at a clean stop: not a "
+                                 "crash's torn write)");
+                }
+                damage_reach(d, at, errbuf, errlen);
+                return r;
+            }
             d->torn = true;
             d->torn_pos = at;
             d->torn_file = strdup(d->cur.path);
             if (!d->torn_file)
                 return -ENOMEM;
+        } else if (d->cur_sealed) {
+            const char *why = seal_mismatch(d);
+            if (why) {
+                errf(errbuf, errlen,
+                     "log segment %s at byte %zu: %s: the seal written at a clean stop "
+                     "says %" PRIu64 " bytes, %" PRIu64 " records up to offset %" PRId64,
+                     d->cur.path, d->cur.pos, why, d->sl.bytes, d->sl.records,
+                     d->sl.last_offset);
+                return -CV_ECORRUPT;
+            }
         }
+        d->end_records = d->cur.index;
+        d->end_bytes = d->cur.pos;
         memcpy(d->chain, d->cur.chain, DIGEST);
         seg_close(&d->cur);
         d->open = false;
@@ -1367,6 +1614,14 @@ typedef struct part {
     int dirfd;
     int state; /* 0 not opened, 1 ready, <0 refused with err */
     char *err;
+    bool recheck; /* refused for what recovery found: opened again next time */
+    /* Kafka's committed offset (records below it were acked), -1 unknown:
+     * recovery never cuts a tail that reaches below it */
+    int64_t committed;
+    /* the last segment on disk as recovery left it (until this session
+     * writes one), for the seal at a clean close */
+    char rseg[NAME_DIGITS + 8];
+    uint64_t rbytes, rrecords;
     wseg *cur, *dcur;
     wseg **touched; /* segments the current append writes to */
     size_t ntouched, tcap;
@@ -1469,10 +1724,51 @@ static void part_free(part *p) {
 
 static void pool_stop(cv_applog *log);
 
+/* Writes the seal of every broker partition this session holds in a known
+ * state (see SEALS): <dir>/sealed.tmp, made durable, renamed into place,
+ * the directory fsynced. A failure only leaves that partition unsealed,
+ * as after a crash. */
+static void seal_all(cv_applog *log) {
+    for (part *p = log->parts; p; p = p->next) {
+        if (p->repair || p->state != 1 || p->dirfd < 0 || p->dlast < 0)
+            continue;
+        seal sl = {.last_offset = p->dlast};
+        if (p->dcur) {
+            const char *slash = strrchr(p->dcur->path, '/');
+            snprintf(sl.name, sizeof(sl.name), "%s", slash ? slash + 1 : p->dcur->path);
+            sl.bytes = p->dcur->dsize;
+            sl.records = p->dcur->dnrec;
+        } else if (p->rseg[0]) {
+            snprintf(sl.name, sizeof(sl.name), "%s", p->rseg);
+            sl.bytes = p->rbytes;
+            sl.records = p->rrecords;
+        } else {
+            continue;
+        }
+        memcpy(sl.chain, p->dchain, DIGEST);
+        char line[SEAL_MAX], tmp[PATH_MAX], path[PATH_MAX];
+        size_t n = seal_format(&sl, line, sizeof(line));
+        snprintf(tmp, sizeof(tmp), "%s/" SEAL_FILE TMP_SUFFIX, p->dir);
+        snprintf(path, sizeof(path), "%s/" SEAL_FILE, p->dir);
+        int fd = log->sys.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0)
+            continue;
+        bool ok =
+            log->sys.pwrite(fd, line, n, 0) == (ssize_t)n && log->sys.fdatasync(fd) == 0;
+        close(fd);
+        if (!ok || log->sys.rename(tmp, path) < 0) {
+            log->sys.unlink(tmp);
+            continue;
+        }
+        log->sys.fsync(p->dirfd);
+    }
+}
+
 cv_applog *cv_applog_free(cv_applog *log) {
     if (!log)
         return NULL;
     pool_stop(log);
+    seal_all(log);
     while (log->parts) {
         part *p = log->parts;
         log->parts = p->next;
@@ -1739,6 +2035,83 @@ static void part_refuse(part *p, int err, const char *msg) {
     p->err = strdup(msg);
 }
 
+/* Cuts the torn tail recovery found in d: copies the bytes first to a side
+ * file beside the segment (<segment>.torn-<Unix us>, made durable), then
+ * truncates the segment at the torn frame, and reports both. */
+static int cut_torn(cv_applog *log, part *p, const pdir *d, char *errbuf, size_t errlen) {
+    int r = 0;
+    char side[PATH_MAX];
+    snprintf(side, sizeof(side), "%s" TORN_SUFFIX "%" PRId64, d->torn_file, cv_now_us());
+    int fd = log->sys.open(d->torn_file, O_RDWR | O_CLOEXEC, 0);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        r = -errno;
+        errf(errbuf, errlen, "log segment %s: cannot open to cut its torn tail: %s",
+             d->torn_file, strerror(-r));
+        goto out;
+    }
+    uint64_t size = (uint64_t)st.st_size, dropped = size - d->torn_pos, frames = 0;
+    unsigned char *tail = dropped ? malloc(dropped) : NULL;
+    if (dropped && !tail) {
+        r = -ENOMEM;
+        goto out;
+    }
+    if (dropped && pread(fd, tail, dropped, (off_t)d->torn_pos) != (ssize_t)dropped) {
+        r = errno ? -errno : -EIO;
+        errf(errbuf, errlen, "log segment %s: cannot read its torn tail: %s",
+             d->torn_file, strerror(-r));
+        free(tail);
+        goto out;
+    }
+    for (uint64_t q = 0; q + 4 <= dropped; q++)
+        frames += memcmp(tail + q, FRAME_MAGIC, 4) == 0;
+    int sfd = log->sys.open(side, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    size_t done = 0;
+    while (sfd >= 0 && done < dropped) {
+        ssize_t n = log->sys.pwrite(sfd, tail + done, dropped - done, (off_t)done);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            break;
+        }
+        done += (size_t)n;
+    }
+    free(tail);
+    if (sfd < 0 || done != dropped || log->sys.fdatasync(sfd) < 0 ||
+        log->sys.fsync(p->dirfd) < 0) {
+        r = errno ? -errno : -EIO;
+        errf(errbuf, errlen, "log segment %s: cannot keep its torn tail in %s: %s",
+             d->torn_file, side, strerror(-r));
+        if (sfd >= 0)
+            close(sfd);
+        goto out;
+    }
+    close(sfd);
+    if (log->sys.ftruncate(fd, (off_t)d->torn_pos) < 0 || log->sys.fsync(fd) < 0) {
+        r = -errno;
+        errf(errbuf, errlen,
+             "log segment %s: cannot truncate torn tail at byte %" PRIu64 ": %s",
+             d->torn_file, d->torn_pos, strerror(-r));
+        goto out;
+    }
+    if (log->torn_fn) {
+        cv_applog_torn t = {
+            .file = d->torn_file,
+            .pos = d->torn_pos,
+            .dropped = dropped,
+            .records = frames ? frames : 1,
+            .saved_to = side,
+            .after_offset = d->last_offset,
+            .why = "torn tail of an unfinished write cut",
+        };
+        log->torn_fn(log->torn_opaque, &t);
+    }
+out:
+    if (fd >= 0)
+        close(fd);
+    return r;
+}
+
 /* Opens a partition: directory, stray temp files, recovery of the last
  * segment. On damage the partition is refused (state < 0). */
 static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
@@ -1811,9 +2184,15 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
             free_names(tmps, ntmp);
             return r;
         }
-        if (log->torn_fn)
-            log->torn_fn(log->torn_opaque, path, 0, (uint64_t)st.st_size,
-                         "unfinished new segment removed");
+        if (log->torn_fn) {
+            cv_applog_torn t = {
+                .file = path,
+                .dropped = (uint64_t)st.st_size,
+                .after_offset = -1,
+                .why = "unfinished new segment removed",
+            };
+            log->torn_fn(log->torn_opaque, &t);
+        }
         free(path);
     }
     free_names(tmps, ntmp);
@@ -1847,33 +2226,38 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
             char full[1024];
             snprintf(full, sizeof(full),
                      "%s; the partition is not written until this is "
-                     "resolved: run `chatvault log check`",
+                     "resolved: `chatvault log check` shows it, `chatvault verify "
+                     "--repair` mends it",
                      msg);
             part_refuse(p, r == -ENOKEY || r == -EKEYREJECTED ? r : -CV_ECORRUPT, full);
+            p->recheck = true;
+            pdir_release(&d);
+            errf(errbuf, errlen, "%s", full);
+            return p->state;
+        }
+        if (d.torn && p->committed > d.last_offset + 1) {
+            /* An unfinished write is never acked; these records were. */
+            char full[1024];
+            snprintf(full, sizeof(full),
+                     "log segment %s at byte %" PRIu64 ": the tail after offset %" PRId64
+                     " fails its check, but Kafka's committed offset %" PRId64
+                     " says records up to offset %" PRId64
+                     " were acked: damage, not a torn write, so it is not cut; the "
+                     "partition is not written until it is repaired: run `chatvault "
+                     "verify --repair`",
+                     d.torn_file, d.torn_pos, d.last_offset, p->committed,
+                     p->committed - 1);
+            part_refuse(p, -CV_ECORRUPT, full);
+            p->recheck = true;
             pdir_release(&d);
             errf(errbuf, errlen, "%s", full);
             return p->state;
         }
         if (d.torn) {
-            struct stat st;
-            int fd = log->sys.open(d.torn_file, O_WRONLY | O_CLOEXEC, 0);
-            if (fd < 0 || fstat(fd, &st) < 0 ||
-                log->sys.ftruncate(fd, (off_t)d.torn_pos) < 0 || log->sys.fsync(fd) < 0) {
-                r = -errno;
-                errf(errbuf, errlen,
-                     "log segment %s: cannot truncate torn tail at byte "
-                     "%" PRIu64 ": %s",
-                     d.torn_file, d.torn_pos, strerror(-r));
-                if (fd >= 0)
-                    close(fd);
+            if ((r = cut_torn(log, p, &d, errbuf, errlen)) < 0) {
                 pdir_release(&d);
                 return r;
             }
-            close(fd);
-            if (log->torn_fn)
-                log->torn_fn(log->torn_opaque, d.torn_file, d.torn_pos,
-                             (uint64_t)st.st_size - d.torn_pos,
-                             "torn tail after a crash truncated");
         } else {
             /* What recovery read may still be only in the page cache (a
              * crashed writer's last batch): make it durable before the
@@ -1893,6 +2277,9 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
             close(fd);
             free(last);
         }
+        snprintf(p->rseg, sizeof(p->rseg), "%s", d.names[d.nseg - 1]);
+        p->rbytes = d.end_bytes;
+        p->rrecords = d.end_records;
         memcpy(p->chain, d.chain, DIGEST);
         p->last = d.last_offset;
     }
@@ -1904,8 +2291,8 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
     return 0;
 }
 
-static int get_part(cv_applog *log, const char *topic, int32_t partition, part **ret,
-                    char *errbuf, size_t errlen) {
+static int find_or_open_part(cv_applog *log, const char *topic, int32_t partition,
+                             bool open_now, part **ret, char *errbuf, size_t errlen) {
     part *p = find_part(log, topic, partition);
     if (!p) {
         size_t tl = strlen(topic);
@@ -1922,6 +2309,7 @@ static int get_part(cv_applog *log, const char *topic, int32_t partition, part *
         }
         p->partition = partition;
         p->dirfd = -1;
+        p->committed = -1;
         size_t dl = strlen(log->dir) + tl + 16 + sizeof(REPAIR_PREFIX) + NAME_DIGITS;
         if (!(p->dir = malloc(dl))) {
             part_free(p);
@@ -1938,6 +2326,20 @@ static int get_part(cv_applog *log, const char *topic, int32_t partition, part *
             part_free(p);
             return -ENOMEM;
         }
+    }
+    if (p->state < 0 && p->recheck && open_now) {
+        /* Refused for what recovery found, before anything was written:
+         * look again (`chatvault verify --repair` may have mended it). */
+        if (p->dirfd >= 0)
+            close(p->dirfd);
+        p->dirfd = -1;
+        p->ilen = p->dilen = 0;
+        p->recheck = false;
+        p->state = 0;
+    }
+    if (p->state == 0 && !open_now) {
+        *ret = p;
+        return 0;
     }
     if (p->state == 0) {
         int r = part_open(log, p, errbuf, errlen);
@@ -1956,6 +2358,21 @@ static int get_part(cv_applog *log, const char *topic, int32_t partition, part *
     }
     *ret = p;
     return 0;
+}
+
+static int get_part(cv_applog *log, const char *topic, int32_t partition, part **ret,
+                    char *errbuf, size_t errlen) {
+    return find_or_open_part(log, topic, partition, true, ret, errbuf, errlen);
+}
+
+int cv_applog_set_committed(cv_applog *log, const char *topic, int32_t partition,
+                            int64_t committed) {
+    part *p = find_part(log, topic, partition);
+    char err[256];
+    int r = p ? 0 : find_or_open_part(log, topic, partition, false, &p, err, sizeof(err));
+    if (r == 0)
+        p->committed = committed;
+    return r;
 }
 
 /* Index of `offset` in the ascending array `v` of n, or n if absent. */

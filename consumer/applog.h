@@ -54,8 +54,10 @@ int cv_applog_open(const char *dir, const cv_keyring *keys, uint64_t segment_byt
  * the file and byte offset (or, for a failed syncfs, the log directory);
  * nothing is reported durable (the bytes of this call are truncated away
  * again).
- * A partition whose log is damaged before its tail fails every append with
- * -CV_ECORRUPT and an error that says to run `chatvault log check`. An
+ * A partition whose log is damaged (anywhere but in a torn tail; see
+ * DURABILITY AND RECOVERY in applog.c) fails every append with
+ * -CV_ECORRUPT and an error that says what to run; each append looks at
+ * it again, so a repair made meanwhile is found without a restart. An
  * entry below the partition's last offset that the log does not hold is
  * written to the session's repair directory of the partition ("LATE
  * RECORDS" in applog.c), where the reader finds it. */
@@ -84,16 +86,34 @@ int cv_applog_repair_bridge(cv_applog *log, const char *topic, int32_t partition
                             const unsigned char *next_prev_chain, char *errbuf,
                             size_t errlen);
 
-/* Closes every segment. Accepts NULL; returns NULL. */
+/* Seals every partition written or recovered in this session (SEALS in
+ * applog.c) and closes every segment. Accepts NULL; returns NULL. */
 cv_applog *cv_applog_free(cv_applog *log);
 
 /* Called once for each torn tail that recovery cut off when a partition is
- * opened: `file`, the byte offset it was cut at, how many bytes were dropped
- * and why. Also called (with pos 0) for an unfinished new segment (*.tmp)
- * that recovery removed. */
-typedef void cv_applog_torn_fn(void *opaque, const char *file, uint64_t pos,
-                               uint64_t dropped, const char *why);
+ * opened, after the cut bytes were kept in `saved_to` (beside the segment:
+ * <segment>.torn-<Unix us>): the segment, the byte offset it was cut at, how
+ * many bytes and frames (whole or not) were dropped, the last offset kept
+ * before them, and why. Also called (pos 0, saved_to NULL) for an
+ * unfinished new segment (*.tmp) that recovery removed. */
+typedef struct cv_applog_torn {
+    const char *file;
+    uint64_t pos, dropped, records;
+    const char *saved_to;
+    int64_t after_offset; /* -1 when no record precedes the cut */
+    const char *why;
+} cv_applog_torn;
+typedef void cv_applog_torn_fn(void *opaque, const cv_applog_torn *t);
 void cv_applog_set_torn_cb(cv_applog *log, cv_applog_torn_fn *fn, void *opaque);
+
+/* Tells the log Kafka's committed offset of a partition (the next offset to
+ * consume: every record below it was acked), before the partition's first
+ * append in this session. Recovery then never takes a failing tail that
+ * reaches below it for a torn write: such a partition is refused as
+ * damaged, the same as damage before the tail. Without it (or with -1)
+ * recovery decides by the segment alone. Returns 0 or -ENOMEM/-EINVAL. */
+int cv_applog_set_committed(cv_applog *log, const char *topic, int32_t partition,
+                            int64_t committed);
 
 /* The system calls that matter for durability, swappable so tests can
  * inject faults (ENOSPC, EIO, short writes). Each has the libc signature and

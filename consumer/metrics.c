@@ -224,6 +224,7 @@ struct cv_metrics {
     size_t nlat_snaps, lat_snap_head;
 
     mstore stores[2];
+    int64_t torn_tails, torn_bytes, torn_records;
     bool degraded;
     int64_t degraded_since_us;
     int64_t batches;
@@ -722,6 +723,15 @@ static void obs_tick(void *opaque, rd_kafka_t *rk) {
         rd_kafka_topic_partition_list_destroy(asg);
 }
 
+static void obs_log_torn(void *opaque, uint64_t bytes, uint64_t records) {
+    cv_metrics *m = opaque;
+    pthread_mutex_lock(&m->lock);
+    m->torn_tails++;
+    m->torn_bytes += (int64_t)bytes;
+    m->torn_records += (int64_t)records;
+    pthread_mutex_unlock(&m->lock);
+}
+
 static void obs_degraded(void *opaque, int on) {
     cv_metrics *m = opaque;
     pthread_mutex_lock(&m->lock);
@@ -773,6 +783,7 @@ int cv_metrics_new(const cv_metrics_conf *conf, cv_metrics **ret_metrics) {
         .acked = obs_acked,
         .tick = obs_tick,
         .degraded = obs_degraded,
+        .log_torn = obs_log_torn,
     };
     *ret_metrics = m;
     return 0;
@@ -1091,6 +1102,17 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
             CK(cv_buf_printf(b,
                              "chatvault_store_errors_total{store=\"%s\"} %" PRId64 "\n",
                              store_name(s), m->stores[s].errors));
+    CK(prom_family(b, "chatvault_log_torn_tails_total", "counter",
+                   "Torn tails (unfinished writes of a crash, never acked) that log "
+                   "recovery cut; the bytes are kept beside the segment."));
+    CK(cv_buf_printf(b, "chatvault_log_torn_tails_total %" PRId64 "\n", m->torn_tails));
+    CK(prom_family(b, "chatvault_log_torn_bytes_total", "counter",
+                   "Bytes that log recovery cut as torn tails."));
+    CK(cv_buf_printf(b, "chatvault_log_torn_bytes_total %" PRId64 "\n", m->torn_bytes));
+    CK(prom_family(b, "chatvault_log_torn_records_total", "counter",
+                   "Frames, whole or not, that log recovery cut as torn tails."));
+    CK(cv_buf_printf(b, "chatvault_log_torn_records_total %" PRId64 "\n",
+                     m->torn_records));
     CK(prom_family(b, "chatvault_degraded", "gauge",
                    "1 while ack.policy = any acks with one store only."));
     CK(cv_buf_printf(b, "chatvault_degraded %d\n", m->degraded));

@@ -57,6 +57,8 @@ typedef struct cv_pipeline_observer {
     void (*tick)(void *opaque, rd_kafka_t *consumer);
     /* ack.policy = any is running on one store (1) or back on all (0). */
     void (*degraded)(void *opaque, int on);
+    /* Log recovery cut a torn tail of `bytes` (`records` frames). */
+    void (*log_torn)(void *opaque, uint64_t bytes, uint64_t records);
 } cv_pipeline_observer;
 
 typedef void cv_pipeline_log_fn(void *opaque, int level /* 0 debug..3 error */,

@@ -101,17 +101,63 @@
  * any failure it truncates the segment back to the durable size, removes
  * segments the batch created and restores chain and offsets, so nothing of
  * a failed append can later be mistaken for durable.
- * Opening a partition scans its last segment with the reader. A frame that
- * fails (short, bad length, bad CRC, failed authentication) is a torn tail
- * only if it is in the segment's last batch: no later frame in the file
- * passes its CRC with a batch number above (last good batch + 1), and the
- * failure is not in batch 1 (which the rename made atomic). A torn tail is
- * truncated (reported through cv_applog_set_torn_cb) and writing continues
- * in a new segment. Any other damage stops the partition with file and byte
- * offset and the advice to run `chatvault log check`. The scanned segment
- * is fdatasynced before its offsets count as held. Deleting whole
- * records at the end of the last segment is indistinguishable from a crash;
- * the digests carried by the acks are the external anchor for that.
+ * Opening a partition scans its last segment with the reader (older ones
+ * are never written again; `chatvault log check` and verify read them).
+ * A frame that fails (short, bad length, bad CRC, failed authentication,
+ * wrong index or offset) may be cut as a torn tail only if nothing that
+ * was acked can be in what is cut. An unfinished write is the only thing
+ * that can be cut, and only the last batch of the last segment can be
+ * unfinished: an append is durable before the next one writes, and an
+ * ack follows durability. So the failure is a torn tail only if ALL hold:
+ *   1. it is in the last segment of the directory, and no seal (below)
+ *      covers that segment;
+ *   2. it is past batch 1 (which the rename made atomic);
+ *   3. the failing frame looks unwritten: the file ends inside it, or it
+ *      holds a run of 32 zero bytes (a block the file was extended by that
+ *      never reached the disk). A bit flip or an edit of bytes written
+ *      whole never looks like that (no frame header field holds more than
+ *      7 zero bytes in a row; a ciphertext holds 32 with probability
+ *      2^-256);
+ *   4. no later frame that passes its CRC shows the failure to lie inside
+ *      a batch before the last: none has a batch number above (last good
+ *      batch + 1) or below the last good batch, and not both the last good
+ *      batch and the one after it appear;
+ *   5. (broker) Kafka's committed offset of the partition, which the
+ *      broker hands over on assignment (cv_applog_set_committed), is not
+ *      above (last offset kept + 1): every record below it was acked, and
+ *      is not re-delivered by Kafka if cut.
+ * Everything cut is at or above the committed offset, so Kafka delivers
+ * it again and it is stored again; a record acked but not yet committed
+ * when the crash came is among those. A torn tail is first copied to
+ * <segment>.torn-<Unix us> beside the segment (made durable), then the
+ * segment is truncated at the torn frame and fsynced, and the cut is
+ * reported (cv_applog_set_torn_cb: bytes, frames, where kept); writing
+ * continues in a new segment. Any other failure is damage: the partition
+ * is refused with file, byte offset and the Kafka offsets behind it, is
+ * never truncated or deleted, and each later append looks at it again (so
+ * a `chatvault verify --repair` meanwhile is found). The scanned segment
+ * is fdatasynced before its offsets count as held.
+ * What the anchors cannot see: offline (`log check`, no Kafka) rule 5 is
+ * not known, so a tail that passes 1-4 is shown as a torn tail to be cut;
+ * a whole last segment deleted after a crash, or whole records deleted at
+ * its end, leave nothing to see in the log itself: PostgreSQL (verify) and
+ * the digests carried by the acks are the anchors for that. PostgreSQL's
+ * chatvault.kafka_offsets is no anchor: it commits beside the log's sync,
+ * not after it.
+ *
+ * SEALS
+ * A writer that closes cleanly (cv_applog_free: SIGTERM, end of a tool)
+ * writes, for each broker partition it wrote or recovered, the file
+ *   <log.dir>/<topic>-<partition>/sealed
+ * (written as sealed.tmp, fdatasynced, renamed, directory fsynced) with one
+ * line: "cvseal1 <segment file name> <bytes> <records> <last offset>
+ * <chain hash of the last record, hex> <CRC32C of the text before, 8 hex>".
+ * It names the partition's last segment at that moment. As no session
+ * writes to an older segment, the line stays true after later sessions
+ * add segments. The reader checks it: the named segment must exist and end
+ * exactly there (size, record count, last offset, chain); any failure
+ * inside it is damage, never a torn tail; a seal that does not parse is
+ * damage. Repair directories have no seal.
  *
  * MANY INSTANCES
  * Each broker instance has its own log.dir (its own volume); a shared
@@ -949,6 +995,9 @@ typedef struct pdir {
     seal sl;
     int seal_err; /* reported by the first pdir_next */
     char *seal_msg;
+    /* where the error pdir_next returned starts, when one file holds it */
+    char *dmg_file;
+    uint64_t dmg_pos;
     /* where the directory's last segment read so far ended */
     uint64_t end_records, end_bytes;
     /* lookahead for merging */
@@ -963,6 +1012,7 @@ static void pdir_release(pdir *d) {
     free(d->dir);
     free(d->torn_file);
     free(d->seal_msg);
+    free(d->dmg_file);
     cv_buf_release(&d->plain);
     memset(d, 0, sizeof(*d));
 }
@@ -1100,6 +1150,8 @@ static const char *seal_mismatch(const pdir *d) {
 /* Adds to a damage error how far it reaches: which Kafka offsets of the
  * partition are behind it. */
 static void damage_reach(const pdir *d, uint64_t at, char *errbuf, size_t errlen) {
+    if (!errbuf || !errlen)
+        return;
     size_t l = strlen(errbuf);
     if (l + 1 >= errlen)
         return;
@@ -1116,8 +1168,30 @@ static void damage_reach(const pdir *d, uint64_t at, char *errbuf, size_t errlen
         snprintf(errbuf + l, errlen - l, " (Kafka offsets up to %" PRId64 ")", hi);
 }
 
-/* Next record of the directory into d->rec. 1, 0 at the end, or error. */
+static int pdir_next_raw(pdir *d, char *errbuf, size_t errlen);
+
+/* Next record of the directory into d->rec. 1, 0 at the end, or error
+ * (with d->dmg_file and d->dmg_pos set for damage in one file). */
 static int pdir_next(pdir *d, char *errbuf, size_t errlen) {
+    int r = pdir_next_raw(d, errbuf, errlen);
+    if ((r == -CV_ECORRUPT || r == -EBADMSG) && !d->dmg_file) {
+        if (d->seal_err) {
+            char p[PATH_MAX];
+            snprintf(p, sizeof(p), "%s/" SEAL_FILE, d->dir);
+            d->dmg_file = strdup(p);
+            d->dmg_pos = 0;
+        } else if (d->open) {
+            d->dmg_file = strdup(d->cur.path);
+        } else if (d->iseg < d->nseg) {
+            /* The segment's header or its link failed: it never opened. */
+            d->dmg_file = path_join(d->dir, d->names[d->iseg]);
+            d->dmg_pos = 0;
+        }
+    }
+    return r;
+}
+
+static int pdir_next_raw(pdir *d, char *errbuf, size_t errlen) {
     if (d->seal_err) {
         errf(errbuf, errlen, "%s", d->seal_msg);
         return d->seal_err;
@@ -1151,7 +1225,8 @@ static int pdir_next(pdir *d, char *errbuf, size_t errlen) {
             if (r == -ENOMEM)
                 return r;
             if (!last || d->cur_sealed || !seg_tail_is_torn(&d->cur, at)) {
-                if (d->cur_sealed) {
+                d->dmg_pos = at;
+                if (d->cur_sealed && errbuf && errlen) {
                     size_t l = strlen(errbuf);
                     if (l + 1 < errlen)
                         snprintf(errbuf + l, errlen - l,
@@ -1169,6 +1244,7 @@ static int pdir_next(pdir *d, char *errbuf, size_t errlen) {
         } else if (d->cur_sealed) {
             const char *why = seal_mismatch(d);
             if (why) {
+                d->dmg_pos = d->cur.pos;
                 errf(errbuf, errlen,
                      "log segment %s at byte %zu: %s: the seal written at a clean stop "
                      "says %" PRIu64 " bytes, %" PRIu64 " records up to offset %" PRId64,
@@ -1205,6 +1281,7 @@ struct cv_applog_reader {
     char errmsg[512];
     size_t last; /* dir whose record was returned last */
     bool has_last;
+    const pdir *dmg; /* the directory whose damage ended the reading */
 };
 
 static int collect_bridge(cv_applog_reader *r, const pdir *d, char *errbuf,
@@ -1361,6 +1438,7 @@ int cv_applog_reader_next(cv_applog_reader *r, cv_applog_record *rec, char *errb
         int x = pdir_next(d, r->errmsg, sizeof(r->errmsg));
         if (x < 0) {
             r->err = x;
+            r->dmg = d;
             errf(errbuf, errlen, "%s", r->errmsg);
             return x;
         }
@@ -1419,6 +1497,112 @@ size_t cv_applog_reader_torn(const cv_applog_reader *r, size_t i, const char **r
         n++;
     }
     return n;
+}
+
+bool cv_applog_reader_damage(const cv_applog_reader *r, const char **ret_file,
+                             uint64_t *ret_pos) {
+    if (!r->dmg || !r->dmg->dmg_file)
+        return false;
+    *ret_file = r->dmg->dmg_file;
+    *ret_pos = r->dmg->dmg_pos;
+    return true;
+}
+
+/* Renames `path` to <path><suffix><Unix us> in the same directory. */
+static int move_aside(const char *path, const char *suffix, char *saved,
+                      size_t savedlen) {
+    char to[PATH_MAX];
+    snprintf(to, sizeof(to), "%s%s%" PRId64, path, suffix, cv_now_us());
+    if (rename(path, to) < 0)
+        return -errno;
+    if (saved && savedlen)
+        snprintf(saved, savedlen, "%s", to);
+    return 0;
+}
+
+int cv_applog_quarantine(const char *file, uint64_t pos, char *saved_to, size_t savedlen,
+                         char *errbuf, size_t errlen) {
+    int r = lib_init(errbuf, errlen);
+    if (r < 0)
+        return r;
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", file);
+    char *slash = strrchr(dir, '/');
+    const char *name = slash ? slash + 1 : file;
+    if (slash)
+        *slash = '\0';
+    else
+        snprintf(dir, sizeof(dir), ".");
+    bool is_seal = strcmp(name, SEAL_FILE) == 0;
+    if (!is_seal && !is_seg_name(name, SEG_SUFFIX)) {
+        errf(errbuf, errlen, "log file %s is neither a segment nor a seal", file);
+        return -EINVAL;
+    }
+    /* The records before the damage, copied under the segment's name: the
+     * same header and positions, so they authenticate as before. */
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof(tmp), "%s" TMP_SUFFIX, file);
+    bool prefix = false;
+    if (!is_seal) {
+        seg s;
+        if (seg_open(&s, file, NULL, 0) == 0) {
+            if (pos > s.h.hlen && pos <= s.size) {
+                int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+                size_t done = 0;
+                while (fd >= 0 && done < pos) {
+                    ssize_t n = write(fd, s.map + done, pos - done);
+                    if (n <= 0 && !(n < 0 && errno == EINTR))
+                        break;
+                    done += n > 0 ? (size_t)n : 0;
+                }
+                if (fd < 0 || done != pos || fdatasync(fd) < 0) {
+                    r = -errno;
+                    errf(errbuf, errlen, "log segment %s: cannot write %s: %s", file, tmp,
+                         strerror(errno));
+                }
+                if (fd >= 0)
+                    close(fd);
+                prefix = r == 0;
+            }
+            seg_close(&s);
+        }
+        if (r < 0) {
+            unlink(tmp);
+            return r;
+        }
+    }
+    if ((r = move_aside(file, ".damaged-", saved_to, savedlen)) < 0) {
+        errf(errbuf, errlen, "log file %s: cannot move it aside: %s", file, strerror(-r));
+        unlink(tmp);
+        return r;
+    }
+    if (prefix && rename(tmp, file) < 0) {
+        r = -errno;
+        errf(errbuf, errlen,
+             "log segment %s: cannot put its intact records back from %s: %s", file, tmp,
+             strerror(-r));
+        return r;
+    }
+    /* A seal naming the segment no longer describes it. */
+    if (!is_seal) {
+        seal sl;
+        char sp[PATH_MAX + 16];
+        snprintf(sp, sizeof(sp), "%s/" SEAL_FILE, dir);
+        if (seal_read(dir, &sl, NULL, 0) == 1 && strcmp(sl.name, name) == 0 &&
+            (r = move_aside(sp, ".damaged-", NULL, 0)) < 0) {
+            errf(errbuf, errlen, "log seal %s: cannot move it aside: %s", sp,
+                 strerror(-r));
+            return r;
+        }
+    }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || fsync(dfd) < 0) {
+        r = -errno;
+        errf(errbuf, errlen, "log directory %s: fsync: %s", dir, strerror(-r));
+    }
+    if (dfd >= 0)
+        close(dfd);
+    return r;
 }
 
 cv_applog_reader *cv_applog_reader_free(cv_applog_reader *r) {
@@ -1622,6 +1806,12 @@ typedef struct part {
      * writes one), for the seal at a clean close */
     char rseg[NAME_DIGITS + 8];
     uint64_t rbytes, rrecords;
+    /* (offset, digest) of what the partition's repair directories held at
+     * open, ascending: a re-delivered record that `chatvault verify
+     * --repair` rebuilt there is held, not written a second time */
+    int64_t *hoff;
+    unsigned char (*hdig)[DIGEST];
+    size_t hlen;
     wseg *cur, *dcur;
     wseg **touched; /* segments the current append writes to */
     size_t ntouched, tcap;
@@ -1715,6 +1905,8 @@ static void part_free(part *p) {
     free(p->idig);
     free(p->coff);
     free(p->cdig);
+    free(p->hoff);
+    free(p->hdig);
     free(p->touched);
     free(p->jidx);
     if (p->late)
@@ -2035,6 +2227,70 @@ static void part_refuse(part *p, int err, const char *msg) {
     p->err = strdup(msg);
 }
 
+typedef struct held {
+    int64_t offset;
+    unsigned char digest[DIGEST];
+} held;
+
+static int held_cmp(const void *a, const void *b) {
+    int64_t x = ((const held *)a)->offset, y = ((const held *)b)->offset;
+    return x < y ? -1 : x > y;
+}
+
+/* Reads the offsets and digests the partition's repair directories hold
+ * into p->hoff/p->hdig (frame check and chain only). A repair directory
+ * that does not read to its end contributes what it read: the reader
+ * reports its damage; the writer only must not write a second copy. */
+static int load_repair_held(part *p) {
+    char **names;
+    size_t n;
+    int r = list_repair_dirs(p->dir, &names, &n, NULL, 0);
+    if (r < 0 || n == 0)
+        return r == -ENOMEM ? r : 0;
+    held *v = NULL;
+    size_t len = 0, cap = 0;
+    for (size_t i = 0; i < n && r == 0; i++) {
+        char *path = path_join(p->dir, names[i]);
+        pdir d;
+        if (!path) {
+            r = -ENOMEM;
+            break;
+        }
+        int x = pdir_init(&d, path, NULL, -1, NULL, 0);
+        while (x == 0 && pdir_next(&d, NULL, 0) == 1) {
+            if (len == cap) {
+                cap = cap ? cap * 2 : 256;
+                held *nv = realloc(v, cap * sizeof(*nv));
+                if (!nv) {
+                    r = -ENOMEM;
+                    break;
+                }
+                v = nv;
+            }
+            v[len].offset = d.rec.offset;
+            memcpy(v[len].digest, d.rec.digest, DIGEST);
+            len++;
+        }
+        pdir_release(&d);
+        free(path);
+    }
+    free_names(names, n);
+    if (r == 0 && len) {
+        qsort(v, len, sizeof(*v), held_cmp);
+        p->hoff = malloc(len * sizeof(*p->hoff));
+        p->hdig = malloc(len * sizeof(*p->hdig));
+        if (!p->hoff || !p->hdig)
+            r = -ENOMEM;
+        for (size_t i = 0; r == 0 && i < len; i++) {
+            p->hoff[i] = v[i].offset;
+            memcpy(p->hdig[i], v[i].digest, DIGEST);
+        }
+        p->hlen = r == 0 ? len : 0;
+    }
+    free(v);
+    return r;
+}
+
 /* Cuts the torn tail recovery found in d: copies the bytes first to a side
  * file beside the segment (<segment>.torn-<Unix us>, made durable), then
  * truncates the segment at the torn frame, and reports both. */
@@ -2284,6 +2540,8 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
         p->last = d.last_offset;
     }
     pdir_release(&d);
+    if (!p->repair && (r = load_repair_held(p)) < 0)
+        return r;
     memcpy(p->dchain, p->chain, DIGEST);
     p->dlast = p->last;
     p->dilen = p->ilen;
@@ -2334,6 +2592,11 @@ static int find_or_open_part(cv_applog *log, const char *topic, int32_t partitio
             close(p->dirfd);
         p->dirfd = -1;
         p->ilen = p->dilen = 0;
+        free(p->hoff);
+        free(p->hdig);
+        p->hoff = NULL;
+        p->hdig = NULL;
+        p->hlen = 0;
         p->recheck = false;
         p->state = 0;
     }
@@ -2808,6 +3071,11 @@ static void part_job(cv_applog *log, part *p) {
     for (size_t k = 0; k < p->njidx && r == 0; k++) {
         cv_applog_entry *e = &log->entries[p->jidx[k]];
         part *into = p;
+        size_t h;
+        if (p->hlen && (h = find_offset(p->hoff, p->hlen, e->offset)) < p->hlen) {
+            memcpy(e->digest, p->hdig[h], DIGEST); /* rebuilt by a repair */
+            continue;
+        }
         if (e->offset <= p->last) {
             r = lookup_digest(log, p, e->offset, e->digest, p->jerr, sizeof(p->jerr));
             if (r != -ERANGE || p->repair)

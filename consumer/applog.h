@@ -270,6 +270,27 @@ void cv_applog_reader_on_break(cv_applog_reader *r, cv_applog_break_fn *fn, void
 size_t cv_applog_reader_torn(const cv_applog_reader *r, size_t i, const char **ret_file,
                              uint64_t *ret_pos);
 
+/* After cv_applog_reader_next failed for damage (-CV_ECORRUPT, -EBADMSG):
+ * the file it starts in (a segment, or a partition's seal) and the byte
+ * offset there (0 for a header, a broken link or a seal). False when no
+ * single file holds it (two directories disagree about an offset). The
+ * strings live as long as the reader. */
+bool cv_applog_reader_damage(const cv_applog_reader *r, const char **ret_file,
+                             uint64_t *ret_pos);
+
+/* For `chatvault verify --repair`: takes damage out of a partition so that
+ * the rest reads again and the lost records can be rebuilt. `file` (a
+ * segment or a seal, as cv_applog_reader_damage names it) is renamed to
+ * <file>.damaged-<Unix us> and kept as evidence (its name there goes into
+ * saved_to). For a segment, the intact records before byte `pos` (a frame
+ * boundary) are put back under the segment's own name: a byte-exact copy
+ * of that prefix, so they still authenticate; a seal that names the
+ * segment is moved aside the same way. Nothing is deleted. A reader then
+ * sees the segment end at `pos`, and, when a later segment follows, a
+ * broken link that repair bridges (cv_applog_repair_bridge). */
+int cv_applog_quarantine(const char *file, uint64_t pos, char *saved_to, size_t savedlen,
+                         char *errbuf, size_t errlen);
+
 cv_applog_reader *cv_applog_reader_free(cv_applog_reader *r);
 
 #endif

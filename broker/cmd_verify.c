@@ -137,12 +137,12 @@ static void print_summary(vout *o, const cv_verify_stats *s, const char *what) {
                ",\"log_damaged\":%" PRIu64 ",\"log_segment_missing\":%" PRIu64
                ",\"duplicates\":%" PRIu64 ",\"gaps\":%" PRIu64 ",\"gap_offsets\":%" PRIu64
                ",\"repaired_postgres\":%" PRIu64 ",\"repaired_log\":%" PRIu64
-               ",\"repair_skipped\":%" PRIu64 "},\"differences\":%" PRIu64
-               ",\"clean\":%s}\n",
+               ",\"repair_skipped\":%" PRIu64 ",\"log_quarantined\":%" PRIu64
+               "},\"differences\":%" PRIu64 ",\"clean\":%s}\n",
                o->pass, s->partitions, s->pg_rows, s->log_records, s->matched, s->only_pg,
                s->only_log, s->different, s->offsets, s->log_damaged, s->segments_missing,
                s->duplicates, s->gaps, s->gap_offsets, s->repaired_pg, s->repaired_log,
-               s->repair_skipped, diff, diff ? "false" : "true");
+               s->repair_skipped, s->quarantined, diff, diff ? "false" : "true");
         fflush(stdout);
         return;
     }
@@ -330,8 +330,9 @@ int cv_cmd_verify(int argc, char **argv) {
     print_summary(&o, &st, repair ? "repair" : "verify");
     if (repair) {
         cv_log(CV_LOG_INFO, "repaired",
-               "postgres_rows=%" PRIu64 " log_records=%" PRIu64 " skipped=%" PRIu64,
-               st.repaired_pg, st.repaired_log, st.repair_skipped);
+               "postgres_rows=%" PRIu64 " log_records=%" PRIu64 " skipped=%" PRIu64
+               " log_files_moved_aside=%" PRIu64,
+               st.repaired_pg, st.repaired_log, st.repair_skipped, st.quarantined);
         o.pass = 2;
         vc.repair = false;
         cv_progress_init(&o.prog, "verify", !quiet);

@@ -101,17 +101,63 @@
  * any failure it truncates the segment back to the durable size, removes
  * segments the batch created and restores chain and offsets, so nothing of
  * a failed append can later be mistaken for durable.
- * Opening a partition scans its last segment with the reader. A frame that
- * fails (short, bad length, bad CRC, failed authentication) is a torn tail
- * only if it is in the segment's last batch: no later frame in the file
- * passes its CRC with a batch number above (last good batch + 1), and the
- * failure is not in batch 1 (which the rename made atomic). A torn tail is
- * truncated (reported through cv_applog_set_torn_cb) and writing continues
- * in a new segment. Any other damage stops the partition with file and byte
- * offset and the advice to run `chatvault log check`. The scanned segment
- * is fdatasynced before its offsets count as held. Deleting whole
- * records at the end of the last segment is indistinguishable from a crash;
- * the digests carried by the acks are the external anchor for that.
+ * Opening a partition scans its last segment with the reader (older ones
+ * are never written again; `chatvault log check` and verify read them).
+ * A frame that fails (short, bad length, bad CRC, failed authentication,
+ * wrong index or offset) may be cut as a torn tail only if nothing that
+ * was acked can be in what is cut. An unfinished write is the only thing
+ * that can be cut, and only the last batch of the last segment can be
+ * unfinished: an append is durable before the next one writes, and an
+ * ack follows durability. So the failure is a torn tail only if ALL hold:
+ *   1. it is in the last segment of the directory, and no seal (below)
+ *      covers that segment;
+ *   2. it is past batch 1 (which the rename made atomic);
+ *   3. the failing frame looks unwritten: the file ends inside it, or it
+ *      holds a run of 32 zero bytes (a block the file was extended by that
+ *      never reached the disk). A bit flip or an edit of bytes written
+ *      whole never looks like that (no frame header field holds more than
+ *      7 zero bytes in a row; a ciphertext holds 32 with probability
+ *      2^-256);
+ *   4. no later frame that passes its CRC shows the failure to lie inside
+ *      a batch before the last: none has a batch number above (last good
+ *      batch + 1) or below the last good batch, and not both the last good
+ *      batch and the one after it appear;
+ *   5. (broker) Kafka's committed offset of the partition, which the
+ *      broker hands over on assignment (cv_applog_set_committed), is not
+ *      above (last offset kept + 1): every record below it was acked, and
+ *      is not re-delivered by Kafka if cut.
+ * Everything cut is at or above the committed offset, so Kafka delivers
+ * it again and it is stored again; a record acked but not yet committed
+ * when the crash came is among those. A torn tail is first copied to
+ * <segment>.torn-<Unix us> beside the segment (made durable), then the
+ * segment is truncated at the torn frame and fsynced, and the cut is
+ * reported (cv_applog_set_torn_cb: bytes, frames, where kept); writing
+ * continues in a new segment. Any other failure is damage: the partition
+ * is refused with file, byte offset and the Kafka offsets behind it, is
+ * never truncated or deleted, and each later append looks at it again (so
+ * a `chatvault verify --repair` meanwhile is found). The scanned segment
+ * is fdatasynced before its offsets count as held.
+ * What the anchors cannot see: offline (`log check`, no Kafka) rule 5 is
+ * not known, so a tail that passes 1-4 is shown as a torn tail to be cut;
+ * a whole last segment deleted after a crash, or whole records deleted at
+ * its end, leave nothing to see in the log itself: PostgreSQL (verify) and
+ * the digests carried by the acks are the anchors for that. PostgreSQL's
+ * chatvault.kafka_offsets is no anchor: it commits beside the log's sync,
+ * not after it.
+ *
+ * SEALS
+ * A writer that closes cleanly (cv_applog_free: SIGTERM, end of a tool)
+ * writes, for each broker partition it wrote or recovered, the file
+ *   <log.dir>/<topic>-<partition>/sealed
+ * (written as sealed.tmp, fdatasynced, renamed, directory fsynced) with one
+ * line: "cvseal1 <segment file name> <bytes> <records> <last offset>
+ * <chain hash of the last record, hex> <CRC32C of the text before, 8 hex>".
+ * It names the partition's last segment at that moment. As no session
+ * writes to an older segment, the line stays true after later sessions
+ * add segments. The reader checks it: the named segment must exist and end
+ * exactly there (size, record count, last offset, chain); any failure
+ * inside it is damage, never a torn tail; a seal that does not parse is
+ * damage. Repair directories have no seal.
  *
  * MANY INSTANCES
  * Each broker instance has its own log.dir (its own volume); a shared
@@ -260,6 +306,11 @@
 #define SPARE_BYTES_MAX (16u << 20) /* larger ones go back to the system */
 #define WORKER_STACK (256u << 10)
 #define WORKER_NICE 5
+#define SEAL_FILE "sealed"
+#define SEAL_MAGIC "cvseal1"
+#define SEAL_MAX 256
+#define ZERO_RUN 32 /* zero bytes that only a block never written leaves */
+#define TORN_SUFFIX ".torn-"
 
 /* ---- small helpers ---------------------------------------------------- */
 
@@ -515,6 +566,94 @@ static const char *frame_check(const unsigned char *map, size_t size, size_t pos
     return NULL;
 }
 
+/* ---- seals ------------------------------------------------------------ */
+
+/* What a partition directory's seal file says of its last segment at a
+ * clean close (see SEALS in the format comment). */
+typedef struct seal {
+    char name[NAME_DIGITS + 8]; /* segment file name */
+    uint64_t bytes, records;
+    int64_t last_offset;
+    unsigned char chain[DIGEST];
+} seal;
+
+/* The seal file's one line: SEAL_MAGIC name bytes records last chain crc. */
+static size_t seal_format(const seal *sl, char *buf, size_t len) {
+    char hx[2 * DIGEST + 1];
+    sodium_bin2hex(hx, sizeof(hx), sl->chain, DIGEST);
+    int n = snprintf(buf, len, SEAL_MAGIC " %s %" PRIu64 " %" PRIu64 " %" PRId64 " %s",
+                     sl->name, sl->bytes, sl->records, sl->last_offset, hx);
+    uint32_t c = crc32c(buf, (size_t)n);
+    n += snprintf(buf + n, len - (size_t)n, " %08" PRIx32 "\n", c);
+    return (size_t)n;
+}
+
+static bool is_seg_name(const char *n, const char *suffix);
+
+/* Parses a seal line; returns NULL or what is wrong with it. */
+static const char *seal_parse(const char *text, size_t len, seal *sl) {
+    if (len == 0 || len >= SEAL_MAX || text[len - 1] != '\n' || memchr(text, 0, len))
+        return "not a seal line";
+    char line[SEAL_MAX];
+    memcpy(line, text, len - 1);
+    line[len - 1] = '\0';
+    char *sp = strrchr(line, ' ');
+    if (!sp)
+        return "not a seal line";
+    unsigned crc;
+    if (sscanf(sp + 1, "%8x", &crc) != 1 || strlen(sp + 1) != 8 ||
+        crc32c(line, (size_t)(sp - line)) != crc)
+        return "seal check (CRC32C) mismatch";
+    *sp = '\0';
+    char name[64], hx[2 * DIGEST + 2];
+    uint64_t bytes, records;
+    int64_t last;
+    int used = 0;
+    if (sscanf(line, SEAL_MAGIC " %63s %" SCNu64 " %" SCNu64 " %" SCNd64 " %65s%n", name,
+               &bytes, &records, &last, hx, &used) != 5 ||
+        (size_t)used != strlen(line) || !is_seg_name(name, SEG_SUFFIX) ||
+        strlen(hx) != 2 * DIGEST ||
+        sodium_hex2bin(sl->chain, DIGEST, hx, 2 * DIGEST, NULL, NULL, NULL) != 0)
+        return "malformed seal line";
+    memcpy(sl->name, name, strlen(name) + 1); /* a segment name: it fits */
+    sl->bytes = bytes;
+    sl->records = records;
+    sl->last_offset = last;
+    return NULL;
+}
+
+/* Reads <dir>/sealed: 1 with *sl filled, 0 when there is none, or
+ * -CV_ECORRUPT / -errno with errbuf set. */
+static int seal_read(const char *dir, seal *sl, char *errbuf, size_t errlen) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/" SEAL_FILE, dir);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return 0;
+        int e = errno;
+        errf(errbuf, errlen, "log seal %s: %s", path, strerror(e));
+        return -e;
+    }
+    char buf[SEAL_MAX];
+    ssize_t n = read(fd, buf, sizeof(buf));
+    int e = errno;
+    close(fd);
+    if (n < 0) {
+        errf(errbuf, errlen, "log seal %s: %s", path, strerror(e));
+        return -e;
+    }
+    const char *why = seal_parse(buf, (size_t)n, sl);
+    if (why) {
+        errf(errbuf, errlen,
+             "log seal %s: %s (damaged; the partition's last segment cannot be "
+             "checked against it)",
+             path, why);
+        return -CV_ECORRUPT;
+    }
+    return 1;
+}
+
 /* ---- reading one segment ---------------------------------------------- */
 
 typedef struct seg {
@@ -584,10 +723,71 @@ static int seg_open(seg *s, const char *path, char *errbuf, size_t errlen) {
     return 0;
 }
 
-/* After a failure at `at`: is it a torn tail (see the format comment)? */
+/* Does the failing frame at `at` look like a write that never finished: the
+ * file ends inside it, or it holds a run of ZERO_RUN zero bytes (a block the
+ * file was extended by but that never reached the disk)? A bit flip, an
+ * edit or any other change of bytes that were written whole does not. The
+ * frame header's own fields never hold more than 7 zero bytes in a row
+ * and a ciphertext holds 32 with probability 2^-256. */
+static bool looks_unwritten(const seg *s, size_t at) {
+    if (s->size - at < FRAME_HDR)
+        return true;
+    const unsigned char *f = s->map + at;
+    uint32_t len = rd32(f + 8);
+    size_t end;
+    if (memcmp(f, FRAME_MAGIC, 4) == 0 && len >= FRAME_MIN && len <= FRAME_MAX) {
+        if (len > s->size - at)
+            return true;
+        end = at + len;
+    } else {
+        end = s->size - at > 4096 ? at + 4096 : s->size;
+    }
+    size_t run = 0;
+    for (size_t i = at; i < end; i++)
+        if ((run = s->map[i] ? 0 : run + 1) >= ZERO_RUN)
+            return true;
+    return false;
+}
+
+/* After a failure at `at` in the last segment of a directory, which no seal
+ * covers: is it a torn tail (see DURABILITY AND RECOVERY)? Only the last
+ * batch can be unfinished: each append is durable before the next one
+ * writes. So the failure must look unwritten, lie past batch 1 (made
+ * atomic by the rename), and no frame after it may pass its CRC with a
+ * batch number that shows the failure to be inside an earlier, durable
+ * batch: one above (last good batch + 1), or frames of both the last good
+ * batch and the one after it (the failure then lies inside the former). */
 static bool seg_tail_is_torn(const seg *s, size_t at) {
     if (s->batch == 0)
         return false; /* batch 1 is made atomic by the rename */
+    if (!looks_unwritten(s, at))
+        return false;
+    bool same = false, next = false;
+    size_t q = at + 1;
+    while (q + FRAME_HDR <= s->size) {
+        const unsigned char *m = memmem(s->map + q, s->size - q, FRAME_MAGIC, 4);
+        if (!m)
+            break;
+        q = (size_t)(m - s->map);
+        uint32_t len, b;
+        if (!frame_check(s->map, s->size, q, &len)) {
+            b = rd32(s->map + q + 12);
+            if (b > s->batch + 1 || b < s->batch)
+                return false;
+            same |= b == s->batch;
+            next |= b == s->batch + 1;
+            if (same && next)
+                return false;
+        }
+        q++;
+    }
+    return true;
+}
+
+/* The highest Kafka offset a frame after `at` names that passes its frame
+ * check, or -1: how far the damage at `at` reaches, for the error. */
+static int64_t offsets_after(const seg *s, size_t at) {
+    int64_t hi = -1;
     size_t q = at + 1;
     while (q + FRAME_HDR <= s->size) {
         const unsigned char *m = memmem(s->map + q, s->size - q, FRAME_MAGIC, 4);
@@ -595,12 +795,11 @@ static bool seg_tail_is_torn(const seg *s, size_t at) {
             break;
         q = (size_t)(m - s->map);
         uint32_t len;
-        if (!frame_check(s->map, s->size, q, &len) &&
-            rd32(s->map + q + 12) > s->batch + 1)
-            return false;
+        if (!frame_check(s->map, s->size, q, &len) && (int64_t)rd64(s->map + q + 24) > hi)
+            hi = (int64_t)rd64(s->map + q + 24);
         q++;
     }
-    return true;
+    return hi;
 }
 
 /* A record as read from a segment, before merging. */
@@ -853,6 +1052,17 @@ typedef struct pdir {
     bool torn;
     char *torn_file;
     uint64_t torn_pos;
+    /* the seal of a partition directory (see SEALS); cur_sealed: the open
+     * segment is the one it names */
+    bool has_seal, cur_sealed;
+    seal sl;
+    int seal_err; /* reported by the first pdir_next */
+    char *seal_msg;
+    /* where the error pdir_next returned starts, when one file holds it */
+    char *dmg_file;
+    uint64_t dmg_pos;
+    /* where the directory's last segment read so far ended */
+    uint64_t end_records, end_bytes;
     /* lookahead for merging */
     bool has;
     rawrec rec;
@@ -864,6 +1074,8 @@ static void pdir_release(pdir *d) {
     free_names(d->names, d->nseg);
     free(d->dir);
     free(d->torn_file);
+    free(d->seal_msg);
+    free(d->dmg_file);
     cv_buf_release(&d->plain);
     memset(d, 0, sizeof(*d));
 }
@@ -884,6 +1096,29 @@ static int pdir_init(pdir *d, const char *dir, const cv_keyring *keys,
     int r = list_names(dir, SEG_SUFFIX, &d->names, &d->nseg, errbuf, errlen);
     if (r < 0)
         return r;
+    if (!d->repair) {
+        char msg[768];
+        int x = seal_read(dir, &d->sl, msg, sizeof(msg));
+        bool found = false;
+        for (size_t i = 0; x == 1 && i < d->nseg && !found; i++)
+            found = strcmp(d->names[i], d->sl.name) == 0;
+        if (x == 1 && !found) {
+            snprintf(msg, sizeof(msg),
+                     "log segment %s/%s at byte 0: missing, but the partition's seal "
+                     "names it as its last segment at a clean stop (%" PRIu64
+                     " records up to offset %" PRId64 " deleted or moved)",
+                     dir, d->sl.name, d->sl.records, d->sl.last_offset);
+            x = -CV_ECORRUPT;
+        }
+        if (x == -ENOMEM)
+            return x;
+        if (x < 0) {
+            d->seal_err = x;
+            if (!(d->seal_msg = strdup(msg)))
+                return -ENOMEM;
+        }
+        d->has_seal = x == 1;
+    }
     if (start_offset >= 0)
         while (d->iseg + 1 < d->nseg &&
                strtoll(d->names[d->iseg + 1], NULL, 10) <= start_offset)
@@ -955,14 +1190,75 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
         memcpy(d->topic, h->topic, h->topic_len + 1);
         d->partition = h->partition;
     }
+    d->cur_sealed = d->has_seal && strcmp(d->names[d->iseg], d->sl.name) == 0;
     d->open = true;
     d->any = true;
     d->iseg++;
     return 0;
 }
 
-/* Next record of the directory into d->rec. 1, 0 at the end, or error. */
+/* A segment that ended (at its end, or at a torn tail) where its seal says
+ * otherwise: NULL or what differs. */
+static const char *seal_mismatch(const pdir *d) {
+    const seg *s = &d->cur;
+    if (s->pos != d->sl.bytes)
+        return s->pos < d->sl.bytes ? "is shorter than its seal says (truncated)"
+                                    : "is longer than its seal says (appended to)";
+    if (s->index != d->sl.records || s->last_offset != d->sl.last_offset ||
+        sodium_memcmp(s->chain, d->sl.chain, DIGEST) != 0)
+        return "does not end with the records its seal names (rewritten)";
+    return NULL;
+}
+
+/* Adds to a damage error how far it reaches: which Kafka offsets of the
+ * partition are behind it. */
+static void damage_reach(const pdir *d, uint64_t at, char *errbuf, size_t errlen) {
+    if (!errbuf || !errlen)
+        return;
+    size_t l = strlen(errbuf);
+    if (l + 1 >= errlen)
+        return;
+    int64_t hi = d->iseg < d->nseg ? strtoll(d->names[d->iseg], NULL, 10) - 1
+                                   : offsets_after(&d->cur, at);
+    if (d->cur.last_offset >= 0)
+        snprintf(errbuf + l, errlen - l,
+                 "; the records after offset %" PRId64 " in this segment are unreadable",
+                 d->cur.last_offset);
+    else
+        snprintf(errbuf + l, errlen - l, "; no record of this segment is readable");
+    l = strlen(errbuf);
+    if (hi > d->cur.last_offset && l + 1 < errlen)
+        snprintf(errbuf + l, errlen - l, " (Kafka offsets up to %" PRId64 ")", hi);
+}
+
+static int pdir_next_raw(pdir *d, char *errbuf, size_t errlen);
+
+/* Next record of the directory into d->rec. 1, 0 at the end, or error
+ * (with d->dmg_file and d->dmg_pos set for damage in one file). */
 static int pdir_next(pdir *d, char *errbuf, size_t errlen) {
+    int r = pdir_next_raw(d, errbuf, errlen);
+    if ((r == -CV_ECORRUPT || r == -EBADMSG) && !d->dmg_file) {
+        if (d->seal_err) {
+            char p[PATH_MAX];
+            snprintf(p, sizeof(p), "%s/" SEAL_FILE, d->dir);
+            d->dmg_file = strdup(p);
+            d->dmg_pos = 0;
+        } else if (d->open) {
+            d->dmg_file = strdup(d->cur.path);
+        } else if (d->iseg < d->nseg) {
+            /* The segment's header or its link failed: it never opened. */
+            d->dmg_file = path_join(d->dir, d->names[d->iseg]);
+            d->dmg_pos = 0;
+        }
+    }
+    return r;
+}
+
+static int pdir_next_raw(pdir *d, char *errbuf, size_t errlen) {
+    if (d->seal_err) {
+        errf(errbuf, errlen, "%s", d->seal_msg);
+        return d->seal_err;
+    }
     for (;;) {
         if (!d->open) {
             if (d->iseg >= d->nseg)
@@ -986,15 +1282,42 @@ static int pdir_next(pdir *d, char *errbuf, size_t errlen) {
             return 1;
         }
         if (r < 0) {
+            /* Only the last segment of a directory, with no seal to say it
+             * was closed whole, can end in an unfinished write. */
             bool last = d->iseg >= d->nseg;
-            if (r == -ENOMEM || !last || !seg_tail_is_torn(&d->cur, at))
+            if (r == -ENOMEM)
                 return r;
+            if (!last || d->cur_sealed || !seg_tail_is_torn(&d->cur, at)) {
+                d->dmg_pos = at;
+                if (d->cur_sealed && errbuf && errlen) {
+                    size_t l = strlen(errbuf);
+                    if (l + 1 < errlen)
+                        snprintf(errbuf + l, errlen - l,
+                                 " (the segment was sealed at a clean stop: not a "
+                                 "crash's torn write)");
+                }
+                damage_reach(d, at, errbuf, errlen);
+                return r;
+            }
             d->torn = true;
             d->torn_pos = at;
             d->torn_file = strdup(d->cur.path);
             if (!d->torn_file)
                 return -ENOMEM;
+        } else if (d->cur_sealed) {
+            const char *why = seal_mismatch(d);
+            if (why) {
+                d->dmg_pos = d->cur.pos;
+                errf(errbuf, errlen,
+                     "log segment %s at byte %zu: %s: the seal written at a clean stop "
+                     "says %" PRIu64 " bytes, %" PRIu64 " records up to offset %" PRId64,
+                     d->cur.path, d->cur.pos, why, d->sl.bytes, d->sl.records,
+                     d->sl.last_offset);
+                return -CV_ECORRUPT;
+            }
         }
+        d->end_records = d->cur.index;
+        d->end_bytes = d->cur.pos;
         memcpy(d->chain, d->cur.chain, DIGEST);
         seg_close(&d->cur);
         d->open = false;
@@ -1021,6 +1344,7 @@ struct cv_applog_reader {
     char errmsg[512];
     size_t last; /* dir whose record was returned last */
     bool has_last;
+    const pdir *dmg; /* the directory whose damage ended the reading */
 };
 
 static int collect_bridge(cv_applog_reader *r, const pdir *d, char *errbuf,
@@ -1198,6 +1522,7 @@ int cv_applog_reader_next(cv_applog_reader *r, cv_applog_record *rec, char *errb
         int x = pdir_next(d, r->errmsg, sizeof(r->errmsg));
         if (x < 0) {
             r->err = x;
+            r->dmg = d;
             errf(errbuf, errlen, "%s", r->errmsg);
             return x;
         }
@@ -1259,6 +1584,112 @@ size_t cv_applog_reader_torn(const cv_applog_reader *r, size_t i, const char **r
         n++;
     }
     return n;
+}
+
+bool cv_applog_reader_damage(const cv_applog_reader *r, const char **ret_file,
+                             uint64_t *ret_pos) {
+    if (!r->dmg || !r->dmg->dmg_file)
+        return false;
+    *ret_file = r->dmg->dmg_file;
+    *ret_pos = r->dmg->dmg_pos;
+    return true;
+}
+
+/* Renames `path` to <path><suffix><Unix us> in the same directory. */
+static int move_aside(const char *path, const char *suffix, char *saved,
+                      size_t savedlen) {
+    char to[PATH_MAX];
+    snprintf(to, sizeof(to), "%s%s%" PRId64, path, suffix, cv_now_us());
+    if (rename(path, to) < 0)
+        return -errno;
+    if (saved && savedlen)
+        snprintf(saved, savedlen, "%s", to);
+    return 0;
+}
+
+int cv_applog_quarantine(const char *file, uint64_t pos, char *saved_to, size_t savedlen,
+                         char *errbuf, size_t errlen) {
+    int r = lib_init(errbuf, errlen);
+    if (r < 0)
+        return r;
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", file);
+    char *slash = strrchr(dir, '/');
+    const char *name = slash ? slash + 1 : file;
+    if (slash)
+        *slash = '\0';
+    else
+        snprintf(dir, sizeof(dir), ".");
+    bool is_seal = strcmp(name, SEAL_FILE) == 0;
+    if (!is_seal && !is_seg_name(name, SEG_SUFFIX)) {
+        errf(errbuf, errlen, "log file %s is neither a segment nor a seal", file);
+        return -EINVAL;
+    }
+    /* The records before the damage, copied under the segment's name: the
+     * same header and positions, so they authenticate as before. */
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof(tmp), "%s" TMP_SUFFIX, file);
+    bool prefix = false;
+    if (!is_seal) {
+        seg s;
+        if (seg_open(&s, file, NULL, 0) == 0) {
+            if (pos > s.h.hlen && pos <= s.size) {
+                int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+                size_t done = 0;
+                while (fd >= 0 && done < pos) {
+                    ssize_t n = write(fd, s.map + done, pos - done);
+                    if (n <= 0 && !(n < 0 && errno == EINTR))
+                        break;
+                    done += n > 0 ? (size_t)n : 0;
+                }
+                if (fd < 0 || done != pos || fdatasync(fd) < 0) {
+                    r = -errno;
+                    errf(errbuf, errlen, "log segment %s: cannot write %s: %s", file, tmp,
+                         strerror(errno));
+                }
+                if (fd >= 0)
+                    close(fd);
+                prefix = r == 0;
+            }
+            seg_close(&s);
+        }
+        if (r < 0) {
+            unlink(tmp);
+            return r;
+        }
+    }
+    if ((r = move_aside(file, ".damaged-", saved_to, savedlen)) < 0) {
+        errf(errbuf, errlen, "log file %s: cannot move it aside: %s", file, strerror(-r));
+        unlink(tmp);
+        return r;
+    }
+    if (prefix && rename(tmp, file) < 0) {
+        r = -errno;
+        errf(errbuf, errlen,
+             "log segment %s: cannot put its intact records back from %s: %s", file, tmp,
+             strerror(-r));
+        return r;
+    }
+    /* A seal naming the segment no longer describes it. */
+    if (!is_seal) {
+        seal sl;
+        char sp[PATH_MAX + 16];
+        snprintf(sp, sizeof(sp), "%s/" SEAL_FILE, dir);
+        if (seal_read(dir, &sl, NULL, 0) == 1 && strcmp(sl.name, name) == 0 &&
+            (r = move_aside(sp, ".damaged-", NULL, 0)) < 0) {
+            errf(errbuf, errlen, "log seal %s: cannot move it aside: %s", sp,
+                 strerror(-r));
+            return r;
+        }
+    }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || fsync(dfd) < 0) {
+        r = -errno;
+        errf(errbuf, errlen, "log directory %s: fsync: %s", dir, strerror(-r));
+    }
+    if (dfd >= 0)
+        close(dfd);
+    return r;
 }
 
 cv_applog_reader *cv_applog_reader_free(cv_applog_reader *r) {
@@ -1468,6 +1899,21 @@ typedef struct part {
     int dirfd;
     int state; /* 0 not opened, 1 ready, <0 refused with err */
     char *err;
+    bool recheck; /* refused for what recovery found: opened again next time */
+    /* Kafka's committed offset (records below it were acked), -1 unknown:
+     * recovery never cuts a tail that reaches below it */
+    int64_t committed;
+    /* the last segment on disk as recovery left it (until this session
+     * writes one), for the seal at a clean close */
+    char rseg[NAME_DIGITS + 8];
+    uint64_t rbytes, rrecords;
+    /* (offset, digest) of what the partition's repair directories held at
+     * open, ascending: a re-delivered record that `chatvault verify
+     * --repair` rebuilt there is held, not written a second time */
+    int64_t *hoff;
+    unsigned char (*hdig)[DIGEST];
+    unsigned char (*hval)[VAL_ID]; /* their value ids (see GENERATIONS) */
+    size_t hlen;
     wseg *cur, *dcur;
     wseg **touched; /* segments the current append writes to */
     size_t ntouched, tcap;
@@ -1569,6 +2015,9 @@ static void part_free(part *p) {
     free(p->coff);
     free(p->cdig);
     free(p->cval);
+    free(p->hoff);
+    free(p->hdig);
+    free(p->hval);
     free(p->touched);
     free(p->jidx);
     if (p->late)
@@ -1580,10 +2029,55 @@ static void part_free(part *p) {
 
 static void pool_stop(cv_applog *log);
 
+/* Writes the seal of a broker partition this session holds in a known
+ * state (see SEALS): <dir>/sealed.tmp, made durable, renamed into place,
+ * the directory fsynced. A failure only leaves that partition unsealed,
+ * as after a crash. */
+static void seal_part(cv_applog *log, part *p) {
+    if (p->repair || p->state != 1 || p->dirfd < 0 || p->dlast < 0)
+        return;
+    seal sl = {.last_offset = p->dlast};
+    if (p->dcur) {
+        const char *slash = strrchr(p->dcur->path, '/');
+        snprintf(sl.name, sizeof(sl.name), "%s", slash ? slash + 1 : p->dcur->path);
+        sl.bytes = p->dcur->dsize;
+        sl.records = p->dcur->dnrec;
+    } else if (p->rseg[0]) {
+        snprintf(sl.name, sizeof(sl.name), "%s", p->rseg);
+        sl.bytes = p->rbytes;
+        sl.records = p->rrecords;
+    } else {
+        return;
+    }
+    memcpy(sl.chain, p->dchain, DIGEST);
+    char line[SEAL_MAX], tmp[PATH_MAX], path[PATH_MAX];
+    size_t n = seal_format(&sl, line, sizeof(line));
+    snprintf(tmp, sizeof(tmp), "%s/" SEAL_FILE TMP_SUFFIX, p->dir);
+    snprintf(path, sizeof(path), "%s/" SEAL_FILE, p->dir);
+    int fd = log->sys.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    bool ok =
+        log->sys.pwrite(fd, line, n, 0) == (ssize_t)n && log->sys.fdatasync(fd) == 0;
+    close(fd);
+    if (!ok || log->sys.rename(tmp, path) < 0) {
+        log->sys.unlink(tmp);
+        return;
+    }
+    log->sys.fsync(p->dirfd);
+}
+
+/* Seals every partition at a clean close. */
+static void seal_all(cv_applog *log) {
+    for (part *p = log->parts; p; p = p->next)
+        seal_part(log, p);
+}
+
 cv_applog *cv_applog_free(cv_applog *log) {
     if (!log)
         return NULL;
     pool_stop(log);
+    seal_all(log);
     while (log->parts) {
         part *p = log->parts;
         log->parts = p->next;
@@ -1868,6 +2362,154 @@ static void part_refuse(part *p, int err, const char *msg) {
     p->err = strdup(msg);
 }
 
+typedef struct held {
+    int64_t offset;
+    unsigned char digest[DIGEST];
+    unsigned char val[VAL_ID];
+} held;
+
+static int held_cmp(const void *a, const void *b) {
+    int64_t x = ((const held *)a)->offset, y = ((const held *)b)->offset;
+    return x < y ? -1 : x > y;
+}
+
+static void value_id(unsigned char *out, const void *value, size_t len);
+
+/* Reads the offsets, digests and value ids (decrypted: "already held" is by
+ * identity, see GENERATIONS) the partition's repair directories hold into
+ * p->hoff/p->hdig/p->hval. A repair directory that does not read to its
+ * end contributes what it read: the reader reports its damage; the writer
+ * only must not write a second copy. */
+static int load_repair_held(cv_applog *log, part *p) {
+    char **names;
+    size_t n;
+    int r = list_repair_dirs(p->dir, &names, &n, NULL, 0);
+    if (r < 0 || n == 0)
+        return r == -ENOMEM ? r : 0;
+    held *v = NULL;
+    size_t len = 0, cap = 0;
+    for (size_t i = 0; i < n && r == 0; i++) {
+        char *path = path_join(p->dir, names[i]);
+        pdir d;
+        if (!path) {
+            r = -ENOMEM;
+            break;
+        }
+        int x = pdir_init(&d, path, log->keys, -1, NULL, 0);
+        while (x == 0 && pdir_next(&d, NULL, 0) == 1) {
+            if (len == cap) {
+                cap = cap ? cap * 2 : 256;
+                held *nv = realloc(v, cap * sizeof(*nv));
+                if (!nv) {
+                    r = -ENOMEM;
+                    break;
+                }
+                v = nv;
+            }
+            v[len].offset = d.rec.offset;
+            memcpy(v[len].digest, d.rec.digest, DIGEST);
+            value_id(v[len].val, d.rec.value, d.rec.value_len);
+            len++;
+        }
+        pdir_release(&d);
+        free(path);
+    }
+    free_names(names, n);
+    if (r == 0 && len) {
+        qsort(v, len, sizeof(*v), held_cmp);
+        p->hoff = malloc(len * sizeof(*p->hoff));
+        p->hdig = malloc(len * sizeof(*p->hdig));
+        p->hval = malloc(len * sizeof(*p->hval));
+        if (!p->hoff || !p->hdig || !p->hval)
+            r = -ENOMEM;
+        for (size_t i = 0; r == 0 && i < len; i++) {
+            p->hoff[i] = v[i].offset;
+            memcpy(p->hdig[i], v[i].digest, DIGEST);
+            memcpy(p->hval[i], v[i].val, VAL_ID);
+        }
+        p->hlen = r == 0 ? len : 0;
+    }
+    free(v);
+    return r;
+}
+
+/* Cuts the torn tail recovery found in d: copies the bytes first to a side
+ * file beside the segment (<segment>.torn-<Unix us>, made durable), then
+ * truncates the segment at the torn frame, and reports both. */
+static int cut_torn(cv_applog *log, part *p, const pdir *d, char *errbuf, size_t errlen) {
+    int r = 0;
+    char side[PATH_MAX];
+    snprintf(side, sizeof(side), "%s" TORN_SUFFIX "%" PRId64, d->torn_file, cv_now_us());
+    int fd = log->sys.open(d->torn_file, O_RDWR | O_CLOEXEC, 0);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        r = -errno;
+        errf(errbuf, errlen, "log segment %s: cannot open to cut its torn tail: %s",
+             d->torn_file, strerror(-r));
+        goto out;
+    }
+    uint64_t size = (uint64_t)st.st_size, dropped = size - d->torn_pos, frames = 0;
+    unsigned char *tail = dropped ? malloc(dropped) : NULL;
+    if (dropped && !tail) {
+        r = -ENOMEM;
+        goto out;
+    }
+    if (dropped && pread(fd, tail, dropped, (off_t)d->torn_pos) != (ssize_t)dropped) {
+        r = errno ? -errno : -EIO;
+        errf(errbuf, errlen, "log segment %s: cannot read its torn tail: %s",
+             d->torn_file, strerror(-r));
+        free(tail);
+        goto out;
+    }
+    for (uint64_t q = 0; q + 4 <= dropped; q++)
+        frames += memcmp(tail + q, FRAME_MAGIC, 4) == 0;
+    int sfd = log->sys.open(side, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    size_t done = 0;
+    while (sfd >= 0 && done < dropped) {
+        ssize_t n = log->sys.pwrite(sfd, tail + done, dropped - done, (off_t)done);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            break;
+        }
+        done += (size_t)n;
+    }
+    free(tail);
+    if (sfd < 0 || done != dropped || log->sys.fdatasync(sfd) < 0 ||
+        log->sys.fsync(p->dirfd) < 0) {
+        r = errno ? -errno : -EIO;
+        errf(errbuf, errlen, "log segment %s: cannot keep its torn tail in %s: %s",
+             d->torn_file, side, strerror(-r));
+        if (sfd >= 0)
+            close(sfd);
+        goto out;
+    }
+    close(sfd);
+    if (log->sys.ftruncate(fd, (off_t)d->torn_pos) < 0 || log->sys.fsync(fd) < 0) {
+        r = -errno;
+        errf(errbuf, errlen,
+             "log segment %s: cannot truncate torn tail at byte %" PRIu64 ": %s",
+             d->torn_file, d->torn_pos, strerror(-r));
+        goto out;
+    }
+    if (log->torn_fn) {
+        cv_applog_torn t = {
+            .file = d->torn_file,
+            .pos = d->torn_pos,
+            .dropped = dropped,
+            .records = frames ? frames : 1,
+            .saved_to = side,
+            .after_offset = d->last_offset,
+            .why = "torn tail of an unfinished write cut",
+        };
+        log->torn_fn(log->torn_opaque, &t);
+    }
+out:
+    if (fd >= 0)
+        close(fd);
+    return r;
+}
+
 /* Opens a partition: directory, stray temp files, recovery of the last
  * segment. On damage the partition is refused (state < 0). */
 static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
@@ -1940,9 +2582,15 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
             free_names(tmps, ntmp);
             return r;
         }
-        if (log->torn_fn)
-            log->torn_fn(log->torn_opaque, path, 0, (uint64_t)st.st_size,
-                         "unfinished new segment removed");
+        if (log->torn_fn) {
+            cv_applog_torn t = {
+                .file = path,
+                .dropped = (uint64_t)st.st_size,
+                .after_offset = -1,
+                .why = "unfinished new segment removed",
+            };
+            log->torn_fn(log->torn_opaque, &t);
+        }
         free(path);
     }
     free_names(tmps, ntmp);
@@ -1976,33 +2624,38 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
             char full[1024];
             snprintf(full, sizeof(full),
                      "%s; the partition is not written until this is "
-                     "resolved: run `chatvault log check`",
+                     "resolved: `chatvault log check` shows it, `chatvault verify "
+                     "--repair` mends it",
                      msg);
             part_refuse(p, r == -ENOKEY || r == -EKEYREJECTED ? r : -CV_ECORRUPT, full);
+            p->recheck = true;
+            pdir_release(&d);
+            errf(errbuf, errlen, "%s", full);
+            return p->state;
+        }
+        if (d.torn && p->committed > d.last_offset + 1) {
+            /* An unfinished write is never acked; these records were. */
+            char full[1024];
+            snprintf(full, sizeof(full),
+                     "log segment %s at byte %" PRIu64 ": the tail after offset %" PRId64
+                     " fails its check, but Kafka's committed offset %" PRId64
+                     " says records up to offset %" PRId64
+                     " were acked: damage, not a torn write, so it is not cut; the "
+                     "partition is not written until it is repaired: run `chatvault "
+                     "verify --repair`",
+                     d.torn_file, d.torn_pos, d.last_offset, p->committed,
+                     p->committed - 1);
+            part_refuse(p, -CV_ECORRUPT, full);
+            p->recheck = true;
             pdir_release(&d);
             errf(errbuf, errlen, "%s", full);
             return p->state;
         }
         if (d.torn) {
-            struct stat st;
-            int fd = log->sys.open(d.torn_file, O_WRONLY | O_CLOEXEC, 0);
-            if (fd < 0 || fstat(fd, &st) < 0 ||
-                log->sys.ftruncate(fd, (off_t)d.torn_pos) < 0 || log->sys.fsync(fd) < 0) {
-                r = -errno;
-                errf(errbuf, errlen,
-                     "log segment %s: cannot truncate torn tail at byte "
-                     "%" PRIu64 ": %s",
-                     d.torn_file, d.torn_pos, strerror(-r));
-                if (fd >= 0)
-                    close(fd);
+            if ((r = cut_torn(log, p, &d, errbuf, errlen)) < 0) {
                 pdir_release(&d);
                 return r;
             }
-            close(fd);
-            if (log->torn_fn)
-                log->torn_fn(log->torn_opaque, d.torn_file, d.torn_pos,
-                             (uint64_t)st.st_size - d.torn_pos,
-                             "torn tail after a crash truncated");
         } else {
             /* What recovery read may still be only in the page cache (a
              * crashed writer's last batch): make it durable before the
@@ -2022,10 +2675,15 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
             close(fd);
             free(last);
         }
+        snprintf(p->rseg, sizeof(p->rseg), "%s", d.names[d.nseg - 1]);
+        p->rbytes = d.end_bytes;
+        p->rrecords = d.end_records;
         memcpy(p->chain, d.chain, DIGEST);
         p->last = d.last_offset;
     }
     pdir_release(&d);
+    if (!p->repair && (r = load_repair_held(log, p)) < 0)
+        return r;
     memcpy(p->dchain, p->chain, DIGEST);
     p->dlast = p->last;
     p->dilen = p->ilen;
@@ -2110,8 +2768,8 @@ static int repair_gen_dir(cv_applog *log, part *p, size_t dl, char *errbuf,
     return make_dir(log, p->dir, true, errbuf, errlen);
 }
 
-static int get_part(cv_applog *log, const char *topic, int32_t partition, part **ret,
-                    char *errbuf, size_t errlen) {
+static int find_or_open_part(cv_applog *log, const char *topic, int32_t partition,
+                             bool open_now, part **ret, char *errbuf, size_t errlen) {
     part *p = find_part(log, topic, partition);
     if (!p) {
         size_t tl = strlen(topic);
@@ -2128,6 +2786,7 @@ static int get_part(cv_applog *log, const char *topic, int32_t partition, part *
         }
         p->partition = partition;
         p->dirfd = -1;
+        p->committed = -1;
         size_t dl = strlen(log->dir) + tl + 16 + sizeof(GEN_PREFIX) +
                     sizeof(REPAIR_PREFIX) + 2 * NAME_DIGITS + 2;
         if (!(p->dir = malloc(dl))) {
@@ -2159,6 +2818,27 @@ static int get_part(cv_applog *log, const char *topic, int32_t partition, part *
             return -ENOMEM;
         }
     }
+    if (p->state < 0 && p->recheck && open_now) {
+        /* Refused for what recovery found, before anything was written:
+         * look again (`chatvault verify --repair` may have mended it). */
+        if (p->dirfd >= 0)
+            close(p->dirfd);
+        p->dirfd = -1;
+        p->ilen = p->dilen = 0;
+        free(p->hoff);
+        free(p->hdig);
+        free(p->hval);
+        p->hoff = NULL;
+        p->hdig = NULL;
+        p->hval = NULL;
+        p->hlen = 0;
+        p->recheck = false;
+        p->state = 0;
+    }
+    if (p->state == 0 && !open_now) {
+        *ret = p;
+        return 0;
+    }
     if (p->state == 0) {
         int r = part_open(log, p, errbuf, errlen);
         if (r < 0 && p->state == 0) {
@@ -2176,6 +2856,21 @@ static int get_part(cv_applog *log, const char *topic, int32_t partition, part *
     }
     *ret = p;
     return 0;
+}
+
+static int get_part(cv_applog *log, const char *topic, int32_t partition, part **ret,
+                    char *errbuf, size_t errlen) {
+    return find_or_open_part(log, topic, partition, true, ret, errbuf, errlen);
+}
+
+int cv_applog_set_committed(cv_applog *log, const char *topic, int32_t partition,
+                            int64_t committed) {
+    part *p = find_part(log, topic, partition);
+    char err[256];
+    int r = p ? 0 : find_or_open_part(log, topic, partition, false, &p, err, sizeof(err));
+    if (r == 0)
+        p->committed = committed;
+    return r;
 }
 
 /* Index of `offset` in the ascending array `v` of n, or n if absent. */
@@ -2282,6 +2977,17 @@ not_held:
     return -ERANGE;
 }
 
+/* Entry e at the offset of p->hoff[i] (a repair directory holds it): 1
+ * with e->digest the held record's when these are its very bytes, else 0. */
+static int repair_held(const part *p, size_t i, cv_applog_entry *e) {
+    unsigned char vid[VAL_ID];
+    value_id(vid, e->value, e->value_len);
+    if (sodium_memcmp(vid, p->hval[i], VAL_ID) != 0)
+        return 0;
+    memcpy(e->digest, p->hdig[i], DIGEST);
+    return 1;
+}
+
 /* The new generation of p that this append writes from the entry at
  * `offset` on, created (empty, its entry durable) on first use. Its chain
  * starts at p's chain (see GENERATIONS). Runs on p's worker. */
@@ -2357,7 +3063,7 @@ static void commit(part *p);
 static void gen_adopt(cv_applog *log, part *p) {
     part *g = p->ngen;
     commit(g);
-    int64_t at = p->regress_at, held = p->regress_held;
+    int64_t at = p->regress_at, held_last = p->regress_held;
     part old = *p;
     *p = *g;
     p->next = old.next;
@@ -2368,13 +3074,15 @@ static void gen_adopt(cv_applog *log, part *p) {
     p->jcap = old.jcap;
     p->jr = old.jr;
     p->touched_part = old.touched_part;
+    p->committed = old.committed;
     p->ngen = NULL;
     *g = old;
     g->ngen = NULL;
     g->jidx = NULL;
+    seal_part(log, g); /* no session writes the old generation again */
     part_free(g);
     if (log->gen_fn)
-        log->gen_fn(log->gen_opaque, p->topic, p->partition, at, held, p->dir);
+        log->gen_fn(log->gen_opaque, p->topic, p->partition, at, held_last, p->dir);
 }
 
 /* A segment's buffer holds its frames only from the first encode of an
@@ -2738,35 +3446,37 @@ static void part_job(cv_applog *log, part *p) {
     for (size_t k = 0; k < p->njidx && r == 0; k++) {
         cv_applog_entry *e = &log->entries[p->jidx[k]];
         part *into = p->ngen ? p->ngen : p;
-        if (!p->ngen && e->offset <= p->last) {
-            int h = lookup_held(log, p, e, p->jerr, sizeof(p->jerr));
+        if (!p->ngen) {
+            int h = 2; /* 2: not held, write it into `into` */
+            size_t hi;
+            if (p->hlen && (hi = find_offset(p->hoff, p->hlen, e->offset)) < p->hlen) {
+                h = repair_held(p, hi, e); /* rebuilt there by a repair */
+            } else if (e->offset <= p->last) {
+                h = lookup_held(log, p, e, p->jerr, sizeof(p->jerr));
+                if (h == -ERANGE && !p->repair) {
+                    /* A late record (not held, below the tail). */
+                    if ((r = late_part(log, p, &into)) < 0)
+                        continue;
+                    if (e->offset <= into->last)
+                        h = lookup_held(log, into, e, p->jerr, sizeof(p->jerr));
+                    else
+                        h = 2;
+                }
+            }
             if (h == 1)
                 continue; /* already held: these very bytes */
-            bool late_new = false;
-            if (h == -ERANGE && !p->repair) {
-                /* A late record (not held, below the tail). */
-                if ((r = late_part(log, p, &into)) < 0)
+            if (h == 0 && !p->repair) {
+                /* Another message at a held offset: Kafka's offsets started
+                 * over. It and the rest go to a new generation. */
+                if ((r = gen_part(log, p, e->offset, &into)) < 0)
                     continue;
-                late_new = e->offset > into->last;
-                if (!late_new &&
-                    (h = lookup_held(log, into, e, p->jerr, sizeof(p->jerr))) == 1)
-                    continue;
-            }
-            if (!late_new) {
-                if (h == 0 && !p->repair) {
-                    /* Another message at a held offset: Kafka's offsets
-                     * started over. It and the rest go to a new
-                     * generation. */
-                    if ((r = gen_part(log, p, e->offset, &into)) < 0)
-                        continue;
-                } else {
-                    if (h == 0)
-                        snprintf(p->jerr, sizeof(p->jerr),
-                                 "log %s: offset %" PRId64 " is held with other bytes",
-                                 p->dir, e->offset);
-                    r = h == 0 ? -EEXIST : h; /* late records ascend too */
-                    continue;
-                }
+            } else if (h != 2) {
+                if (h == 0)
+                    snprintf(p->jerr, sizeof(p->jerr),
+                             "log %s: offset %" PRId64 " is held with other bytes",
+                             p->dir, e->offset);
+                r = h == 0 ? -EEXIST : h; /* late records ascend too */
+                continue;
             }
         }
         if ((r = encode(log, into, e)) < 0)

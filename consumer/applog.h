@@ -58,8 +58,10 @@ int cv_applog_open(const char *dir, const cv_keyring *keys, uint64_t segment_byt
  * the file and byte offset (or, for a failed syncfs, the log directory);
  * nothing is reported durable (the bytes of this call are truncated away
  * again).
- * A partition whose log is damaged before its tail fails every append with
- * -CV_ECORRUPT and an error that says to run `chatvault log check`. An
+ * A partition whose log is damaged (anywhere but in a torn tail; see
+ * DURABILITY AND RECOVERY in applog.c) fails every append with
+ * -CV_ECORRUPT and an error that says what to run; each append looks at
+ * it again, so a repair made meanwhile is found without a restart. An
  * entry below the partition's last offset that the log does not hold is
  * written to the session's repair directory of the partition ("LATE
  * RECORDS" in applog.c), where the reader finds it. */
@@ -88,15 +90,24 @@ int cv_applog_repair_bridge(cv_applog *log, const char *topic, int32_t partition
                             const unsigned char *next_prev_chain, char *errbuf,
                             size_t errlen);
 
-/* Closes every segment. Accepts NULL; returns NULL. */
+/* Seals every partition written or recovered in this session (SEALS in
+ * applog.c) and closes every segment. Accepts NULL; returns NULL. */
 cv_applog *cv_applog_free(cv_applog *log);
 
 /* Called once for each torn tail that recovery cut off when a partition is
- * opened: `file`, the byte offset it was cut at, how many bytes were dropped
- * and why. Also called (with pos 0) for an unfinished new segment (*.tmp)
- * that recovery removed. */
-typedef void cv_applog_torn_fn(void *opaque, const char *file, uint64_t pos,
-                               uint64_t dropped, const char *why);
+ * opened, after the cut bytes were kept in `saved_to` (beside the segment:
+ * <segment>.torn-<Unix us>): the segment, the byte offset it was cut at, how
+ * many bytes and frames (whole or not) were dropped, the last offset kept
+ * before them, and why. Also called (pos 0, saved_to NULL) for an
+ * unfinished new segment (*.tmp) that recovery removed. */
+typedef struct cv_applog_torn {
+    const char *file;
+    uint64_t pos, dropped, records;
+    const char *saved_to;
+    int64_t after_offset; /* -1 when no record precedes the cut */
+    const char *why;
+} cv_applog_torn;
+typedef void cv_applog_torn_fn(void *opaque, const cv_applog_torn *t);
 void cv_applog_set_torn_cb(cv_applog *log, cv_applog_torn_fn *fn, void *opaque);
 
 /* Called, on the thread that called cv_applog_append and after the append
@@ -116,6 +127,14 @@ void cv_applog_set_generation_cb(cv_applog *log, cv_applog_generation_fn *fn,
  * incarnation of the topic). The broker's writer never takes such a
  * generation as its own (see GENERATIONS in applog.c). */
 int cv_applog_repair_new_generation(cv_applog *log, char *errbuf, size_t errlen);
+/* Tells the log Kafka's committed offset of a partition (the next offset to
+ * consume: every record below it was acked), before the partition's first
+ * append in this session. Recovery then never takes a failing tail that
+ * reaches below it for a torn write: such a partition is refused as
+ * damaged, the same as damage before the tail. Without it (or with -1)
+ * recovery decides by the segment alone. Returns 0 or -ENOMEM/-EINVAL. */
+int cv_applog_set_committed(cv_applog *log, const char *topic, int32_t partition,
+                            int64_t committed);
 
 /* The system calls that matter for durability, swappable so tests can
  * inject faults (ENOSPC, EIO, short writes). Each has the libc signature and
@@ -276,6 +295,27 @@ void cv_applog_reader_on_break(cv_applog_reader *r, cv_applog_break_fn *fn, void
  * offset of the i-th. */
 size_t cv_applog_reader_torn(const cv_applog_reader *r, size_t i, const char **ret_file,
                              uint64_t *ret_pos);
+
+/* After cv_applog_reader_next failed for damage (-CV_ECORRUPT, -EBADMSG):
+ * the file it starts in (a segment, or a partition's seal) and the byte
+ * offset there (0 for a header, a broken link or a seal). False when no
+ * single file holds it (two directories disagree about an offset). The
+ * strings live as long as the reader. */
+bool cv_applog_reader_damage(const cv_applog_reader *r, const char **ret_file,
+                             uint64_t *ret_pos);
+
+/* For `chatvault verify --repair`: takes damage out of a partition so that
+ * the rest reads again and the lost records can be rebuilt. `file` (a
+ * segment or a seal, as cv_applog_reader_damage names it) is renamed to
+ * <file>.damaged-<Unix us> and kept as evidence (its name there goes into
+ * saved_to). For a segment, the intact records before byte `pos` (a frame
+ * boundary) are put back under the segment's own name: a byte-exact copy
+ * of that prefix, so they still authenticate; a seal that names the
+ * segment is moved aside the same way. Nothing is deleted. A reader then
+ * sees the segment end at `pos`, and, when a later segment follows, a
+ * broken link that repair bridges (cv_applog_repair_bridge). */
+int cv_applog_quarantine(const char *file, uint64_t pos, char *saved_to, size_t savedlen,
+                         char *errbuf, size_t errlen);
 
 cv_applog_reader *cv_applog_reader_free(cv_applog_reader *r);
 

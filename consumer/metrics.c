@@ -224,6 +224,7 @@ struct cv_metrics {
     size_t nlat_snaps, lat_snap_head;
 
     mstore stores[2];
+    int64_t torn_tails, torn_bytes, torn_records;
     bool degraded;
     int64_t degraded_since_us;
     int64_t log_generations;
@@ -732,6 +733,15 @@ static void obs_log_generation(void *opaque, const char *topic, int32_t partitio
     pthread_mutex_unlock(&m->lock);
 }
 
+static void obs_log_torn(void *opaque, uint64_t bytes, uint64_t records) {
+    cv_metrics *m = opaque;
+    pthread_mutex_lock(&m->lock);
+    m->torn_tails++;
+    m->torn_bytes += (int64_t)bytes;
+    m->torn_records += (int64_t)records;
+    pthread_mutex_unlock(&m->lock);
+}
+
 static void obs_degraded(void *opaque, int on) {
     cv_metrics *m = opaque;
     pthread_mutex_lock(&m->lock);
@@ -784,6 +794,7 @@ int cv_metrics_new(const cv_metrics_conf *conf, cv_metrics **ret_metrics) {
         .tick = obs_tick,
         .degraded = obs_degraded,
         .log_generation = obs_log_generation,
+        .log_torn = obs_log_torn,
     };
     *ret_metrics = m;
     return 0;
@@ -1107,6 +1118,17 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
                    "with another message): the log began a new generation."));
     CK(cv_buf_printf(b, "chatvault_log_generations_total %" PRId64 "\n",
                      m->log_generations));
+    CK(prom_family(b, "chatvault_log_torn_tails_total", "counter",
+                   "Torn tails (unfinished writes of a crash, never acked) that log "
+                   "recovery cut; the bytes are kept beside the segment."));
+    CK(cv_buf_printf(b, "chatvault_log_torn_tails_total %" PRId64 "\n", m->torn_tails));
+    CK(prom_family(b, "chatvault_log_torn_bytes_total", "counter",
+                   "Bytes that log recovery cut as torn tails."));
+    CK(cv_buf_printf(b, "chatvault_log_torn_bytes_total %" PRId64 "\n", m->torn_bytes));
+    CK(prom_family(b, "chatvault_log_torn_records_total", "counter",
+                   "Frames, whole or not, that log recovery cut as torn tails."));
+    CK(cv_buf_printf(b, "chatvault_log_torn_records_total %" PRId64 "\n",
+                     m->torn_records));
     CK(prom_family(b, "chatvault_degraded", "gauge",
                    "1 while ack.policy = any acks with one store only."));
     CK(cv_buf_printf(b, "chatvault_degraded %d\n", m->degraded));

@@ -635,6 +635,11 @@ static void stores_ok(void *opaque, unsigned store) {
     OBSERVE(p, store_ok, store);
 }
 
+static void stores_torn(void *opaque, uint64_t bytes, uint64_t records) {
+    cv_pipeline *p = opaque;
+    OBSERVE(p, log_torn, bytes, records);
+}
+
 static void stores_degraded(void *opaque, int on) {
     cv_pipeline *p = opaque;
     OBSERVE(p, degraded, on);
@@ -713,7 +718,8 @@ int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
                    .store_error = stores_error,
                    .store_ok = stores_ok,
                    .degraded = stores_degraded,
-                   .log_generation = stores_log_generation},
+                   .log_generation = stores_log_generation,
+                   .log_torn = stores_torn},
     };
     r = cv_stores_open(&sc, &p->stores, errbuf, errlen);
     if (r < 0) {

@@ -60,6 +60,8 @@ typedef struct cv_pipeline_observer {
     /* Kafka's offsets of a partition started over; the log began a new
      * generation of it (from the store thread). */
     void (*log_generation)(void *opaque, const char *topic, int32_t partition);
+    /* Log recovery cut a torn tail of `bytes` (`records` frames). */
+    void (*log_torn)(void *opaque, uint64_t bytes, uint64_t records);
 } cv_pipeline_observer;
 
 typedef void cv_pipeline_log_fn(void *opaque, int level /* 0 debug..3 error */,

@@ -73,11 +73,21 @@ static void slog(cv_stores *st, int level, const char *msg, const char *fmt, ...
     st->ev.log(st->ev.opaque, level, msg, kv);
 }
 
-static void torn_cb(void *opaque, const char *file, uint64_t pos, uint64_t dropped,
-                    const char *why) {
-    slog(opaque, 2, "log recovery cut a torn tail; records before it are intact",
-         "file=%s offset=%" PRIu64 " dropped_bytes=%" PRIu64 " why=\"%s\"", file, pos,
-         dropped, why);
+static void torn_cb(void *opaque, const cv_applog_torn *t) {
+    cv_stores *st = opaque;
+    if (!t->saved_to) {
+        slog(st, 2, "log recovery removed an unfinished new segment; it was never acked",
+             "file=%s dropped_bytes=%" PRIu64, t->file, t->dropped);
+        return;
+    }
+    slog(st, 2,
+         "log recovery cut a torn tail (an unfinished write, never acked); records "
+         "before it are intact and Kafka delivers the rest again",
+         "file=%s byte=%" PRIu64 " after_offset=%" PRId64 " dropped_bytes=%" PRIu64
+         " dropped_records=%" PRIu64 " kept_in=%s",
+         t->file, t->pos, t->after_offset, t->dropped, t->records, t->saved_to);
+    if (st->ev.log_torn)
+        st->ev.log_torn(st->ev.opaque, t->dropped, t->records);
 }
 
 static void generation_cb(void *opaque, const char *topic, int32_t partition,
@@ -546,6 +556,14 @@ static int compare_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts
 
 int cv_stores_check_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts,
                             char *errbuf, size_t errlen) {
+    for (int i = 0; st->log && i < parts->cnt; i++)
+        if (parts->elems[i].offset >= 0 &&
+            cv_applog_set_committed(st->log, parts->elems[i].topic,
+                                    parts->elems[i].partition,
+                                    parts->elems[i].offset) == -ENOMEM) {
+            snprintf(errbuf, errlen, "out of memory");
+            return -ENOMEM;
+        }
     if (!st->offsets_comparable)
         return 0;
     int r = compare_offsets(st, parts, errbuf, errlen);

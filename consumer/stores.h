@@ -45,6 +45,8 @@ typedef struct cv_stores_events {
      * holds and stores the new records in a new generation (applog.c,
      * GENERATIONS). From the store thread. */
     void (*log_generation)(void *opaque, const char *topic, int32_t partition);
+    /* Recovery cut a torn tail of `bytes` (`records` frames) off the log. */
+    void (*log_torn)(void *opaque, uint64_t bytes, uint64_t records);
 } cv_stores_events;
 
 typedef struct cv_stores_conf {
@@ -83,7 +85,9 @@ int cv_stores_write(cv_stores *st, cv_rec *recs, size_t n,
 int64_t cv_stores_retry_ms(const cv_stores *st);
 
 /* On assignment, with Kafka's committed offset of each partition in
- * .offset (or RD_KAFKA_OFFSET_INVALID); .offset is not changed: consumption
+ * .offset (or RD_KAFKA_OFFSET_INVALID); .offset is not changed. The log
+ * is told each committed offset: it never cuts a tail below one (see
+ * cv_applog_set_committed). Consumption consumption
  * resumes there, never at chatvault.kafka_offsets, because PostgreSQL
  * commits before the acks go out and Kafka's commit follows them, so
  * resuming from PostgreSQL would skip stored records whose acks were lost

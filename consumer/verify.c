@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -994,7 +995,51 @@ static int match_left(vctx *c, const unit *u, vec *pl, vec *ll, vec *only_pg) {
 
 /* ---- comparing one topic-partition ------------------------------------ */
 
+/* verify --repair on a damaged log: moves the damaged segment (or seal) the
+ * reader stopped at aside, where it stays as evidence, and puts its intact
+ * records back, so that the partition reads again and a new comparison
+ * rebuilds the rest from PostgreSQL. True when there is something to
+ * compare again. */
+static bool quarantine_damage(vctx *c, const unit *u, const cv_applog_reader *lr) {
+    const char *file;
+    uint64_t pos;
+    if (!cv_applog_reader_damage(lr, &file, &pos))
+        return false;
+    char saved[PATH_MAX], err[768], detail[PATH_MAX * 2 + 200];
+    if (cv_applog_quarantine(file, pos, saved, sizeof(saved), err, sizeof(err)) < 0) {
+        emit(c, CV_VERIFY_LOG_DAMAGED, u, -1, -1, NULL, err);
+        return false;
+    }
+    snprintf(detail, sizeof(detail),
+             "repair: %s moved aside to %s (kept as evidence); its records before "
+             "byte %" PRIu64 " stay, the rest is rebuilt from PostgreSQL",
+             file, saved, pos);
+    emit(c, CV_VERIFY_LOG_DAMAGED, u, -1, -1, NULL, detail);
+    c->st->quarantined++;
+    return true;
+}
+
+static int compare_unit_once(vctx *c, const unit *u, bool *again);
+
+/* Compares (and repairs) one topic-partition; a repair that moved damage
+ * aside compares it again, a few times at most (each round removes one
+ * damaged file). */
 static int compare_unit(vctx *c, const unit *u) {
+    for (int round = 0;; round++) {
+        cv_verify_stats before = *c->st;
+        bool again = false;
+        int r = compare_unit_once(c, u, &again);
+        if (r < 0 || !again || round == 16)
+            return r;
+        /* The next round counts the partition afresh. */
+        uint64_t damaged = c->st->log_damaged, quarantined = c->st->quarantined;
+        *c->st = before;
+        c->st->log_damaged = damaged;
+        c->st->quarantined = quarantined;
+    }
+}
+
+static int compare_unit_once(vctx *c, const unit *u, bool *again) {
     const cv_verify_conf *conf = c->conf;
     cv_verify_stats *st = c->st;
     cv_pgread *pr = NULL;
@@ -1046,6 +1091,8 @@ static int compare_unit(vctx *c, const unit *u) {
         log_ok = false;
         st->log_damaged++;
         emit(c, CV_VERIFY_LOG_DAMAGED, u, -1, -1, NULL, lerr);
+        if (conf->repair && (*again = quarantine_damage(c, u, lr)))
+            goto out;
     }
     r = 0;
     /* Both streams ascend by offset. A record and a row at one offset with
@@ -1125,6 +1172,8 @@ static int compare_unit(vctx *c, const unit *u) {
                 log_ok = false;
                 st->log_damaged++;
                 emit(c, CV_VERIFY_LOG_DAMAGED, u, -1, -1, NULL, lerr);
+                if (conf->repair && (*again = quarantine_damage(c, u, lr)))
+                    goto out;
             }
         }
     }
@@ -1203,6 +1252,7 @@ static void add_stats(cv_verify_stats *to, const cv_verify_stats *s) {
     to->gap_offsets += s->gap_offsets;
     to->repaired_pg += s->repaired_pg;
     to->repaired_log += s->repaired_log;
+    to->quarantined += s->quarantined;
     to->repair_skipped += s->repair_skipped;
 }
 

@@ -37,7 +37,12 @@
  *                     transaction; the second rule holds after Kafka's
  *                     offsets started over)
  *   log_damaged       the log reader stopped on damage (file and byte in the
- *                     detail); the rest of that partition is not compared
+ *                     detail); the rest of that partition is not compared.
+ *                     --repair moves the damaged segment aside (kept as
+ *                     <segment>.damaged-<Unix us>), puts its intact records
+ *                     before the damage back, and compares the partition
+ *                     again: what the damage held is rebuilt from
+ *                     PostgreSQL, bridging the link to a later segment
  *   log_segment_missing  a partition segment does not chain to the one
  *                     before it: the segment(s) between were removed or lost.
  *                     Reading goes on after it; PostgreSQL's rows in the range
@@ -102,6 +107,7 @@ typedef struct cv_verify_stats {
     uint64_t duplicates; /* log records whose id PostgreSQL holds elsewhere */
     uint64_t gaps, gap_offsets;
     uint64_t repaired_pg, repaired_log, repair_skipped;
+    uint64_t quarantined; /* damaged log files moved aside by --repair */
 } cv_verify_stats;
 
 /* The findings that make verify fail (exit 3). */

@@ -358,12 +358,19 @@ typedef struct torn_seen {
     char file[512];
 } torn_seen;
 
-static void on_torn(void *opaque, const char *file, uint64_t pos, uint64_t dropped,
-                    const char *why) {
+static void on_torn(void *opaque, const cv_applog_torn *tt) {
     torn_seen *t = opaque;
     t->calls++;
-    t->pos = pos;
-    snprintf(t->file, sizeof(t->file), "%s", file);
+    t->pos = tt->pos;
+    snprintf(t->file, sizeof(t->file), "%s", tt->file);
+}
+
+/* A crash writes no seal: without it the copy looks like a crashed log. */
+static void unseal(const char *dir, int32_t partition) {
+    char p[700];
+    snprintf(p, sizeof(p), "%s/sealed", pdir(dir, partition));
+    if (unlink(p) < 0 && errno != ENOENT)
+        die(p);
 }
 
 static void test_crash_recovery(void) {
@@ -385,6 +392,7 @@ static void test_crash_recovery(void) {
         snprintf(cmd, sizeof(cmd), "rm -rf '%s' && cp -a '%s' '%s'", work, base, work);
         if (system(cmd) != 0)
             die("cp");
+        unseal(work, 0);
         char seg[700];
         snprintf(seg, sizeof(seg), "%s/%s", pdir(work, 0), segname);
         spit(seg, full, cut);
@@ -421,6 +429,7 @@ static void test_crash_recovery(void) {
     snprintf(cmd, sizeof(cmd), "rm -rf '%s' && cp -a '%s' '%s'", work, base, work);
     if (system(cmd) != 0)
         die("cp");
+    unseal(work, 0);
     unsigned char *ext = calloc(1, flen + 4096);
     memcpy(ext, full, flen);
     spit(path2(pdir(work, 0), segname), ext, flen + 4096);
@@ -667,6 +676,246 @@ static int f_fsync(int fd) {
  * one fsync of log.dir, not one each (fdatasync), or by the append's own
  * syncfs (syncfs); when that fsync fails, the append fails naming log.dir
  * and reports nothing durable. */
+/* ---- damage is never taken for a torn tail ----------------------------- */
+
+static bool same_file(const char *a, const unsigned char *want, size_t wlen) {
+    size_t l;
+    unsigned char *f = slurp(a, &l);
+    bool same = l == wlen && memcmp(f, want, l) == 0;
+    free(f);
+    return same;
+}
+
+static int count_named(const char *dir, const char *pattern) {
+    char cmd[800];
+    snprintf(cmd, sizeof(cmd), "ls '%s' | grep -c -- '%s'", dir, pattern);
+    FILE *f = popen(cmd, "r");
+    int n = 0;
+    if (!f || fscanf(f, "%d", &n) != 1)
+        n = -1;
+    if (f)
+        pclose(f);
+    return n;
+}
+
+/* One damage case: `work` (already damaged) is read by the reader (what
+ * `log check` does) and then opened by a writer that appends the next
+ * offset (what a broker start does). Damage must be reported by both,
+ * with the segment file and byte, and leave the file as it was; a torn
+ * tail (torn_at != UINT64_MAX) must be cut at torn_at with the cut bytes
+ * kept beside it and writing going on. A writer reads only the last
+ * segment: damage before it (older) is left untouched and written past,
+ * and found by the reader. */
+#define OLDER UINT64_MAX - 1
+static void expect_damage(const char *work, const char *file, uint64_t at,
+                          uint64_t torn_at, int64_t committed, const char *name) {
+    char err[1024];
+    const char *d = pdir(work, 0);
+    size_t flen;
+    unsigned char *before = slurp(file, &flen);
+    seen s = read_all(&d, 1, small_kr, NULL);
+    cv_applog *log = NULL;
+    torn_seen t = {0};
+    cv_applog_open(work, small_kr, 1u << 20, &log, err, sizeof(err));
+    cv_applog_set_torn_cb(log, on_torn, &t);
+    if (committed >= 0)
+        cv_applog_set_committed(log, TOPIC, 0, committed);
+    int r = append_range(log, 0, 1000, 1001, 1, NULL, err, sizeof(err));
+    cv_applog_free(log);
+    char at_s[64];
+    snprintf(at_s, sizeof(at_s), "at byte %" PRIu64, at);
+    if (torn_at == OLDER) {
+        tap_ok(s.err < 0 && strstr(s.errmsg, file) && strstr(s.errmsg, at_s),
+               "%s: the reader reports damage with file and byte: %s", name, s.errmsg);
+        tap_ok(r == 0 && same_file(file, before, flen) && t.calls == 0,
+               "%s: a writer, which reads only the last segment, leaves it as it "
+               "was (%s)",
+               name, r ? err : "ok");
+    } else if (torn_at == UINT64_MAX) {
+        if (committed >= 0)
+            tap_ok(s.err == 0,
+                   "%s: offline, without the committed offset, the reader "
+                   "can only take it for a torn tail",
+                   name);
+        else
+            tap_ok(s.err < 0 && strstr(s.errmsg, file) && strstr(s.errmsg, at_s),
+                   "%s: the reader reports damage with file and byte: %s", name,
+                   s.errmsg);
+        tap_ok(r == -CV_ECORRUPT && strstr(err, file) && strstr(err, "verify --repair"),
+               "%s: the writer refuses the partition: %s", name, err);
+        tap_ok(same_file(file, before, flen) && t.calls == 0 &&
+                   count_named(d, "torn-") == 0,
+               "%s: nothing is cut or deleted", name);
+    } else {
+        tap_ok(s.err == 0, "%s: the reader takes it for a torn tail (%s)", name,
+               s.errmsg);
+        size_t nl;
+        unsigned char *now = slurp(file, &nl);
+        tap_ok(r == 0 && t.calls == 1 && t.pos == torn_at && nl == torn_at &&
+                   memcmp(now, before, nl) == 0 && count_named(d, "torn-") == 1,
+               "%s: the writer cuts it at byte %" PRIu64 ", keeps the bytes aside "
+               "and writes on (%s)",
+               name, torn_at, r ? err : "ok");
+        free(now);
+    }
+    free(before);
+}
+
+static void test_damage_places(void) {
+    char base[600], work[600];
+    snprintf(base, sizeof(base), "%s/%s", root, "dmg-base");
+    snprintf(work, sizeof(work), "%s/%s", root, "dmg");
+    build_small(base, 3, 5); /* 3 segments x 5 batches x 10 records */
+    ncrp = positions(pdir(base, 0), crp, 200);
+    struct stat st;
+    tap_ok(stat(path2(pdir(base, 0), "sealed"), &st) == 0,
+           "a clean close leaves the partition's seal");
+    const char *last = work_file(work, 149);
+    size_t len;
+    unsigned char *f;
+    for (int crash = 0; crash < 2; crash++) {
+        const char *how = crash ? "after a crash" : "after a clean stop";
+        char name[160];
+        /* The segment header of the last segment. */
+        fresh_copy(base, work);
+        if (crash)
+            unseal(work, 0);
+        f = slurp(last, &len);
+        f[20] ^= 0x10;
+        spit(last, f, len);
+        free(f);
+        snprintf(name, sizeof(name), "segment header, %s", how);
+        expect_damage(work, last, 0, UINT64_MAX, -1, name);
+        /* Record 101: batch 1 of the last segment; 125: a middle batch;
+         * 145: the last batch; 12: a sealed older segment. */
+        static const size_t recs[] = {101, 125, 145, 12};
+        static const char *const where[] = {"first batch", "a middle batch",
+                                            "the last batch", "an older segment"};
+        for (size_t k = 0; k < 4; k++) {
+            fresh_copy(base, work);
+            if (crash)
+                unseal(work, 0);
+            const char *file = work_file(work, recs[k]);
+            f = slurp(file, &len);
+            f[crp[recs[k]].pos + 40] ^= 0x01;
+            spit(file, f, len);
+            free(f);
+            snprintf(name, sizeof(name), "a flipped bit in %s, %s", where[k], how);
+            expect_damage(work, file, crp[recs[k]].pos, k == 3 ? OLDER : UINT64_MAX, -1,
+                          name);
+        }
+        /* The last byte of the file (the last record's tag). */
+        fresh_copy(base, work);
+        if (crash)
+            unseal(work, 0);
+        f = slurp(last, &len);
+        f[len - 1] ^= 0x80;
+        spit(last, f, len);
+        free(f);
+        snprintf(name, sizeof(name), "the last byte, %s", how);
+        expect_damage(work, last, crp[149].pos, UINT64_MAX, -1, name);
+        /* A file cut inside its last record: a crash's unfinished write,
+         * unless a seal says the segment was whole. */
+        fresh_copy(base, work);
+        if (crash)
+            unseal(work, 0);
+        f = slurp(last, &len);
+        spit(last, f, len - 10);
+        free(f);
+        snprintf(name, sizeof(name), "a file cut inside its last record, %s", how);
+        expect_damage(work, last, crp[149].pos, crash ? crp[149].pos : UINT64_MAX, -1,
+                      name);
+        /* A file cut at a record boundary inside a sealed segment. */
+        if (!crash) {
+            fresh_copy(base, work);
+            f = slurp(last, &len);
+            spit(last, f, crp[140].pos);
+            free(f);
+            expect_damage(work, last, crp[140].pos, UINT64_MAX, -1,
+                          "a file cut at a record boundary, after a clean stop");
+        }
+        /* The middle segment removed. */
+        fresh_copy(base, work);
+        if (crash)
+            unseal(work, 0);
+        if (unlink(work_file(work, 75)) < 0)
+            die("unlink");
+        snprintf(name, sizeof(name), "a missing middle segment, %s", how);
+        expect_damage(work, last, 0, OLDER, -1, name);
+    }
+    /* The last segment removed after a clean stop: its seal names it. */
+    fresh_copy(base, work);
+    if (unlink(last) < 0)
+        die("unlink");
+    {
+        const char *d = pdir(work, 0);
+        seen s = read_all(&d, 1, small_kr, NULL);
+        tap_ok(s.err == -CV_ECORRUPT && strstr(s.errmsg, "missing"),
+               "a missing last segment named by the seal is damage: %s", s.errmsg);
+    }
+    /* Kafka's committed offset is an anchor: a tail that looks torn but
+     * reaches below it was acked, and is not cut. */
+    fresh_copy(base, work);
+    unseal(work, 0);
+    f = slurp(last, &len);
+    spit(last, f, len - 10);
+    free(f);
+    expect_damage(work, last, crp[149].pos, UINT64_MAX, 150,
+                  "a torn-looking tail below the committed offset");
+    fresh_copy(base, work);
+    unseal(work, 0);
+    f = slurp(last, &len);
+    spit(last, f, len - 10);
+    expect_damage(work, last, crp[149].pos, crp[149].pos, 149,
+                  "a torn tail at the committed offset");
+    /* A refused partition is looked at again by the next append: mend the
+     * file and the same log writes on. */
+    fresh_copy(base, work);
+    unseal(work, 0);
+    unsigned char *good = slurp(last, &len);
+    spit(last, good, len - 10);
+    {
+        char err[1024];
+        cv_applog *log = NULL;
+        cv_applog_open(work, small_kr, 1u << 20, &log, err, sizeof(err));
+        cv_applog_set_committed(log, TOPIC, 0, 150);
+        int r1 = append_range(log, 0, 1000, 1001, 1, NULL, err, sizeof(err));
+        spit(last, good, len);
+        int r2 = append_range(log, 0, 1000, 1001, 1, NULL, err, sizeof(err));
+        cv_applog_free(log);
+        tap_ok(r1 == -CV_ECORRUPT && r2 == 0,
+               "a refused partition writes again once mended (%d, %d: %s)", r1, r2,
+               r2 ? err : "ok");
+    }
+    free(good);
+    free(f);
+}
+
+/* The reported case: 25 records in 5 batches of 5, one segment, a crash
+ * (no seal), one bit flipped in record 17 (batch 4): records 17-24 were
+ * acked and must not be cut. */
+static void test_damage_reported(void) {
+    char base[600], work[600], err[1024];
+    snprintf(base, sizeof(base), "%s/%s", root, "rep-base");
+    snprintf(work, sizeof(work), "%s/%s", root, "rep");
+    cv_applog *log = NULL;
+    if (cv_applog_open(base, small_kr, 1u << 20, &log, err, sizeof(err)) ||
+        append_range(log, 0, 0, 25, 5, NULL, err, sizeof(err)))
+        die(err);
+    cv_applog_free(log);
+    ncrp = positions(pdir(base, 0), crp, 200);
+    fresh_copy(base, work);
+    unseal(work, 0);
+    const char *file = work_file(work, 17);
+    size_t len;
+    unsigned char *f = slurp(file, &len);
+    f[crp[17].pos + 50] ^= 0x04;
+    spit(file, f, len);
+    free(f);
+    expect_damage(work, file, crp[17].pos, UINT64_MAX, -1,
+                  "a bit flipped in record 17 of 25 (batch 4 of 5) after a crash");
+}
+
 static void test_dir_sync(cv_applog_sync how) {
     bool fs = how == CV_APPLOG_SYNC_SYNCFS;
     const char *m = fs ? "syncfs" : "fdatasync";
@@ -1242,6 +1491,8 @@ int main(void) {
     test_round_trip();
     test_crash_recovery();
     test_corruption();
+    test_damage_places();
+    test_damage_reported();
     test_faults(CV_APPLOG_SYNC_FDATASYNC);
     test_faults(CV_APPLOG_SYNC_SYNCFS);
     test_merge();

@@ -385,8 +385,12 @@ int cv_src_next(cv_src *s, cv_msg *m, char *errbuf, size_t errlen) {
         if (s->has_pg && s->has_log) {
             int32_t pp = s->row.partition, lp = s->rec.partition;
             pg_first = pp < lp || (pp == lp && s->row.offset <= s->rec.offset);
-            if (pp == lp && s->row.offset == s->rec.offset)
-                s->adv_log = true; /* PostgreSQL serves it */
+            /* PostgreSQL serves the record it holds: the same offset and
+             * message id (an offset may hold several messages, one of each
+             * log generation: see GENERATIONS in consumer/applog.c). */
+            if (pp == lp && s->row.offset == s->rec.offset &&
+                strcmp(s->row.message_id, s->lm->message_id) == 0)
+                s->adv_log = true;
         }
         if (pg_first) {
             if ((r = cv_pgrow_pack(&s->row, &s->val)) < 0) {

@@ -4,8 +4,10 @@
  *
  * Messages come channel by channel (sorted by name), each channel in
  * (partition, offset) order. In auto mode PostgreSQL serves every message
- * it holds and the log fills the offsets PostgreSQL lacks (the two streams
- * of a channel are merged by offset); when PostgreSQL cannot be reached at
+ * it holds and the log fills the messages PostgreSQL lacks (the two
+ * streams of a channel are merged by offset; a log record is PostgreSQL's
+ * when both hold its offset and message id, as one offset may hold several
+ * messages after Kafka's offsets started over); when PostgreSQL cannot be reached at
  * all, the log serves everything. Every log record is authenticated and its
  * hash chain checked by the reader before it is returned.
  */

@@ -237,10 +237,14 @@
  * BLAKE2b-128 of the value), once per segment and re-delivery: a
  * re-delivery is rare (crash, rebalance), and the hot path of new offsets
  * stays without an extra hash of every value.
+ * Records of the generation's repair directories (late records, and those
+ * `verify --repair` rebuilt) are held the same way: their value ids are
+ * read at open beside their digests.
  * The writer writes only the partition's current generation: the newest
  * gen-* directory that holds a segment (or an unfinished *.tmp one) of its
  * own, else the partition directory itself (generation 0). Older
- * generations are never written again. A gen-* directory holding only
+ * generations are never written again; the one the writer leaves gets its
+ * seal (SEALS) then, and each generation has a seal of its own. A gen-* directory holding only
  * repair directories was made by `chatvault verify --repair` for records
  * whose offsets the log holds with other bytes (cv_applog_repair_new_
  * generation); the writer never takes it as its own. An empty gen-*

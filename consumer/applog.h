@@ -74,7 +74,9 @@ int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n, char *e
  * "REPAIR SEGMENTS" in applog.c. Appends to a partition must ascend within
  * the session; they may lie below the partition's own tail. The caller
  * appends only offsets the log lacks: the reader reports an offset whose
- * bytes differ between the partition and a repair directory as damage. */
+ * bytes differ between the partition and a repair directory as damage (an
+ * offset the log holds with another message goes to a new generation:
+ * cv_applog_repair_new_generation). */
 int cv_applog_open_repair(const char *dir, const cv_keyring *keys, uint64_t segment_bytes,
                           cv_applog **ret, char *errbuf, size_t errlen);
 

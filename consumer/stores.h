@@ -11,8 +11,9 @@
  *   gap is what `chatvault verify --repair` fills).
  *
  * The log receives every valid record of the batch (a DUPLICATE too: the
- * log is the record of what was consumed, keyed by Kafka coordinates;
- * PostgreSQL holds one row per message id). Both stores are written at the
+ * log is the record of what was consumed, by Kafka coordinates and, when
+ * Kafka's offsets start over, by generation; PostgreSQL holds one row per
+ * message id). Both stores are written at the
  * same time, the log on a second thread, so their latencies overlap.
  *
  * A store that failed is tried again after a capped, growing pause rather

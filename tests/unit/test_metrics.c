@@ -361,6 +361,19 @@ static void test_observer_lag(void) {
     o->store_ok(o->opaque, CV_STORE_PG);
     tap_ok(cv_metrics_ready(m, why, sizeof(why)), "ready again after a good write (%s)",
            why);
+    b.len = 0;
+    cv_metrics_render_prometheus(m, &b);
+    cv_buf_append(&b, "", 1);
+    tap_ok(strstr((const char *)b.data, "chatvault_log_generations_total 0\n") != NULL,
+           "no log generation started yet");
+    o->log_generation(o->opaque, "chat.a", 0);
+    o->log_generation(o->opaque, "chat.b", 1);
+    b.len = 0;
+    cv_metrics_render_prometheus(m, &b);
+    cv_buf_append(&b, "", 1);
+    tap_ok(
+        strstr((const char *)b.data, "chatvault_log_generations_total 2\n") != NULL,
+        "chatvault_log_generations_total counts each partition's offsets starting over");
     cv_buf_release(&b);
     m = cv_metrics_free(m);
     tap_ok(m == NULL, "free returns NULL");

@@ -301,9 +301,11 @@ static void report_torn(const char *cmd, const cv_applog_reader *rd) {
         uint64_t pos;
         cv_applog_reader_torn(rd, i, &file, &pos);
         cv_log(CV_LOG_WARN,
-               "torn tail at the end of the last segment (a crash, or a "
-               "writer appending right now); the broker truncates it when it "
-               "next opens the partition",
+               "torn tail at the end of an unsealed last segment: an unfinished "
+               "write of a crash (or of a writer appending right now), never acked "
+               "as far as the log can tell; the broker cuts it when it next opens "
+               "the partition, keeping the bytes beside the segment, unless Kafka's "
+               "committed offset shows those records were acked",
                "cmd=\"%s\" file=\"%s\" byte=%" PRIu64, cmd, file, pos);
     }
 }

@@ -186,3 +186,13 @@ with cvtest.Harness('log_damage', topics={'chat.' + c: 2 for c in CHANNELS},
     h.is_(h.broker.stop(), 0, 'broker stopped')
     r, findings, summary = verify(h)
     h.is_(r.returncode, 0, 'verify agrees at the end')
+
+    # The PostgreSQL side: an edited body is a difference verify names.
+    victim = ids[7]
+    h.pg().cursor().execute(
+        "UPDATE chatvault.messages SET body = 'edited by hand' WHERE message_id = %s",
+        (victim,))
+    r, findings, summary = verify(h)
+    h.is_(r.returncode, 3, 'verify exits 3 after a row body was edited in PostgreSQL')
+    h.ok([f['message_id'] for f in findings if f['kind'] == 'different'] == [victim],
+         'it names that message as different', r.stdout[-1500:])

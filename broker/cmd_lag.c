@@ -453,7 +453,9 @@ static int d_status(const dpart *ps, size_t n, const char *ch, bool pg_ok,
         *why = "records wait in Kafka and nothing takes them (is a broker running?)";
         return 3;
     }
-    if (lag1 > lag0) {
+    if (lag0 > 0 && lag1 > lag0) {
+        /* Lag at both samples and more at the second; lag that appears
+         * between them at a low rate is a message waiting for its batch. */
         *why = "acks advance but the lag grew";
         return 1;
     }

@@ -71,7 +71,11 @@ cv_lag_status cv_lag_status_eval(const cv_lag_sample *s, size_t n, int64_t windo
         *why = "lag appeared less than a window ago";
         return CV_LAG_OK;
     }
-    bool growing = now->lag > base->lag;
+    /* Growth counts only when the lag stayed above zero for the whole
+     * window: a channel whose lag touched zero meanwhile keeps up, however
+     * its last few samples look (one message of a quiet channel waiting for
+     * its batch is a lag of 1 that "grew" from 0). */
+    bool growing = lag_all_window && now->lag > base->lag;
     for (size_t i = first + 1; growing && i < n; i++)
         if (s[i].lag < s[i - 1].lag)
             growing = false;

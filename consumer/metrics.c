@@ -1216,12 +1216,14 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
             CK(json_str(b, p->topic));
             CK(cv_buf_printf(b,
                              ",\"partition\":%" PRId32 ",\"high_watermark\":%" PRId64
-                             ",\"acked_offset\":%" PRId64 ",\"consumed_offset\":%" PRId64
-                             ",\"lag_messages\":%" PRId64 ",\"lag_seconds\":%.3f"
+                             ",\"end_offset\":%" PRId64 ",\"acked_offset\":%" PRId64
+                             ",\"consumed_offset\":%" PRId64 ",\"lag_messages\":%" PRId64
+                             ",\"lag_seconds\":%.3f"
                              ",\"inflight\":%" PRId64 ",\"assigned\":%s}",
-                             p->partition, p->high, p->acked_next, p->consumed_next,
-                             part_lag(p), (double)part_lag_age_us(p, now_us) / 1e6,
-                             part_inflight(p), p->assigned ? "true" : "false"));
+                             p->partition, p->high, part_end(p), p->acked_next,
+                             p->consumed_next, part_lag(p),
+                             (double)part_lag_age_us(p, now_us) / 1e6, part_inflight(p),
+                             p->assigned ? "true" : "false"));
         }
         CK(cv_buf_append(b, "]}", 2));
     }

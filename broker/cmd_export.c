@@ -214,6 +214,8 @@ int cv_cmd_export(int argc, char **argv) {
         cv_error("export", "unexpected argument \"%s\"", argv[optind]);
         goto out;
     }
+    if (cv_select_check(&sel, "export") < 0)
+        goto out;
     if (!(cfg = cv_cli_load_config(&cli)))
         goto out;
     rc = CV_EXIT_FAILURE;

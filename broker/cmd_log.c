@@ -28,6 +28,7 @@ typedef struct logopts {
     int64_t from_offset; /* -1: from the start */
     int64_t since_ms;    /* INT64_MIN: no limit */
     const char *since_arg;
+    bool text; /* cat: a UTF-8 body also as "text" */
 } logopts;
 
 /* One topic-partition and the directories (of all --log-dir) holding it. */
@@ -181,7 +182,7 @@ static int parse_since(const char *s, int64_t *ret_ms) {
 static void usage(FILE *out) {
     fprintf(out, "usage: chatvault log list  [options]\n"
                  "       chatvault log cat   [options] [--channel C] "
-                 "[--from-offset N] [--since TIME]\n"
+                 "[--from-offset N] [--since TIME] [--text]\n"
                  "       chatvault log check [options]\n\n"
                  "list   segments per partition: first/last offset, records, bytes, "
                  "key id,\n       sealed or open, and the instance that wrote it\n"
@@ -205,7 +206,9 @@ static void usage(FILE *out) {
                  "      --since TIME      (cat) only records from TIME: "
                  "2026-01-31T12:00:00Z,\n"
                  "                        2026-01-31, a duration ago (90s, 15m, 2h, "
-                 "7d) or Unix ms\n\n"
+                 "7d) or Unix ms\n"
+                 "      --text            (cat) also print a body that is valid UTF-8 "
+                 "as \"text\"\n\n"
                  "Exit codes: 0 ok, 1 runtime failure, 2 usage, config or key "
                  "error, 3 damage found.\n");
 }
@@ -301,9 +304,11 @@ static void report_torn(const char *cmd, const cv_applog_reader *rd) {
         uint64_t pos;
         cv_applog_reader_torn(rd, i, &file, &pos);
         cv_log(CV_LOG_WARN,
-               "torn tail at the end of the last segment (a crash, or a "
-               "writer appending right now); the broker truncates it when it "
-               "next opens the partition",
+               "torn tail at the end of an unsealed last segment: an unfinished "
+               "write of a crash (or of a writer appending right now), never acked "
+               "as far as the log can tell; the broker cuts it when it next opens "
+               "the partition, keeping the bytes beside the segment, unless Kafka's "
+               "committed offset shows those records were acked",
                "cmd=\"%s\" file=\"%s\" byte=%" PRIu64, cmd, file, pos);
     }
 }
@@ -363,6 +368,11 @@ static int print_record(cv_buf *b, const cv_applog_record *rec, const logopts *o
             r = cv_buf_base64(b, m->body.data, m->body.len);
         if (r == 0)
             r = cv_buf_printf(b, "\"");
+        if (r == 0 && o->text && cv_utf8_valid((const char *)m->body.data, m->body.len)) {
+            r = cv_buf_printf(b, ",\"text\":");
+            if (r == 0)
+                r = cv_buf_json_string(b, (const char *)m->body.data, m->body.len);
+        }
     } else {
         if (r == 0)
             r = cv_buf_printf(b, ",\"error\":\"value is not a ChatMessage\","
@@ -456,7 +466,16 @@ static int run_check(const plist *pl, const cv_keyring *kr) {
 }
 
 int cv_cmd_log(int argc, char **argv) {
-    enum { O_LOGDIR = 256, O_KEYFILE, O_TOPIC, O_PARTITION, O_CHANNEL, O_FROM, O_SINCE };
+    enum {
+        O_LOGDIR = 256,
+        O_KEYFILE,
+        O_TOPIC,
+        O_PARTITION,
+        O_CHANNEL,
+        O_FROM,
+        O_SINCE,
+        O_TEXT
+    };
     static const struct option opts[] = {
         CV_COMMON_LONGOPTS,
         {"log-dir", required_argument, NULL, O_LOGDIR},
@@ -466,6 +485,7 @@ int cv_cmd_log(int argc, char **argv) {
         {"channel", required_argument, NULL, O_CHANNEL},
         {"from-offset", required_argument, NULL, O_FROM},
         {"since", required_argument, NULL, O_SINCE},
+        {"text", no_argument, NULL, O_TEXT},
         {NULL, 0, NULL, 0}};
     if (argc < 2) {
         usage(stderr);
@@ -512,6 +532,9 @@ int cv_cmd_log(int argc, char **argv) {
         case O_CHANNEL:
             o.channel = optarg;
             break;
+        case O_TEXT:
+            o.text = true;
+            break;
         case O_PARTITION:
         case O_FROM: {
             errno = 0;
@@ -547,8 +570,8 @@ int cv_cmd_log(int argc, char **argv) {
         return CV_EXIT_USAGE;
     }
     if (strcmp(sub, "cat") != 0 &&
-        (o.channel || o.from_offset >= 0 || o.since_ms != INT64_MIN)) {
-        cv_error("log", "--channel, --from-offset and --since are options of "
+        (o.channel || o.from_offset >= 0 || o.since_ms != INT64_MIN || o.text)) {
+        cv_error("log", "--channel, --from-offset, --since and --text are options of "
                         "log cat");
         return CV_EXIT_USAGE;
     }

@@ -192,6 +192,8 @@ int cv_cmd_replay(int argc, char **argv) {
         cv_error("replay", "unexpected argument \"%s\"", argv[optind]);
         goto out;
     }
+    if (cv_select_check(&sel, "replay") < 0)
+        goto out;
     if (!(cfg = cv_cli_load_config(&cli)))
         goto out;
     cv_cli_default_log_dir(&ld, cfg);

@@ -7,11 +7,19 @@
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <regex.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+
+#include "http.h"
 
 typedef enum { PROP_STR, PROP_INT, PROP_ENUM } prop_type;
+
+/* A PROP_STR's own check: NULL when `value` is good, else why not (in buf). */
+typedef const char *prop_check_fn(const char *value, char *buf, size_t len);
 
 typedef struct prop {
     const char *name;
@@ -20,57 +28,112 @@ typedef struct prop {
     const char *desc;
     int64_t min, max;    /* PROP_INT */
     const char *choices; /* PROP_ENUM: "a|b" */
+    prop_check_fn *check;
 } prop;
+
+/* Kafka's rule for a topic name: 1 to 249 of [A-Za-z0-9._-]. A prefix may
+ * be empty. */
+static const char *topic_chars(const char *v, size_t max, bool empty_ok, char *buf,
+                               size_t len) {
+    size_t n = strlen(v);
+    if ((!n && !empty_ok) || n > max ||
+        strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") !=
+            n) {
+        snprintf(buf, len, "a Kafka topic name is 1 to 249 of [A-Za-z0-9._-]");
+        return buf;
+    }
+    return NULL;
+}
+
+static const char *check_topic(const char *v, char *buf, size_t len) {
+    return topic_chars(v, 249, false, buf, len);
+}
+
+static const char *check_prefix(const char *v, char *buf, size_t len) {
+    return topic_chars(v, 248, true, buf, len);
+}
+
+/* "^..." is a regular expression (POSIX extended, as close to librdkafka's
+ * own engine as a check can get); anything else names one topic. */
+static const char *check_pattern(const char *v, char *buf, size_t len) {
+    if (v[0] != '^')
+        return check_topic(v, buf, len);
+    regex_t re;
+    int r = regcomp(&re, v, REG_EXTENDED | REG_NOSUB);
+    if (r != 0) {
+        char why[200];
+        regerror(r, &re, why, sizeof(why));
+        snprintf(buf, len, "not a valid regular expression: %s", why);
+        return buf;
+    }
+    regfree(&re);
+    return NULL;
+}
+
+static const char *check_listen(const char *v, char *buf, size_t len) {
+    struct sockaddr_storage ss;
+    char err[300];
+    if (!*v || cv_http_parse_listen(v, &ss, err, sizeof(err)) == 0)
+        return NULL;
+    /* err names the key and value already; keep only what is wrong. */
+    const char *colon = strstr(err, "\": ");
+    snprintf(buf, len, "%s", colon ? colon + 3 : err);
+    return buf;
+}
 
 static const prop props[] = {
     {"postgres.conninfo", PROP_STR, "dbname=chatvault",
-     "libpq connection string of the PostgreSQL store", 0, 0, NULL},
+     "libpq connection string of the PostgreSQL store", 0, 0, NULL, NULL},
     {"log.dir", PROP_STR, "/var/lib/chatvault/log",
-     "directory of the encrypted log, one subdirectory per topic-partition", 0, 0, NULL},
+     "directory of the encrypted log, one subdirectory per topic-partition", 0, 0, NULL,
+     NULL},
     {"log.key_file", PROP_STR, "/etc/chatvault/log.key",
-     "key file of the encrypted log (mode 0600; see chatvault keygen)", 0, 0, NULL},
+     "key file of the encrypted log (mode 0600; see chatvault keygen)", 0, 0, NULL, NULL},
     {"log.segment_bytes", PROP_INT, "134217728",
-     "roll to a new log segment after this many bytes", 4096, INT64_C(1) << 40, NULL},
+     "roll to a new log segment after this many bytes", 4096, INT64_C(1) << 40, NULL,
+     NULL},
     {"log.sync_method", PROP_ENUM, "syncfs",
      "how a batch is made durable in the log: syncfs (one flush of the log's file "
      "system per batch) or fdatasync (one per log file written)",
-     0, 0, "syncfs|fdatasync"},
+     0, 0, "syncfs|fdatasync", NULL},
     {"ack.policy", PROP_ENUM, "all",
      "stores that must hold a message before it is acked: all, or any (degraded mode)", 0,
-     0, "all|any"},
+     0, "all|any", NULL},
     {"batch.max_messages", PROP_INT, "5000",
-     "most records written to the stores in one batch", 1, 1000000, NULL},
+     "most records written to the stores in one batch", 1, 1000000, NULL, NULL},
     {"batch.max_bytes", PROP_INT, "16777216", "most record bytes in one batch", 1024,
-     INT64_C(1) << 30, NULL},
+     INT64_C(1) << 30, NULL, NULL},
     {"batch.max_ms", PROP_INT, "20", "longest a batch waits to fill before it is written",
-     0, 60000, NULL},
+     0, 60000, NULL, NULL},
     {"limits.max_body_bytes", PROP_INT, "1048576",
      "largest accepted message body; larger messages are rejected", 0, INT64_C(1) << 30,
-     NULL},
+     NULL, NULL},
     {"topics.pattern", PROP_STR, "^chat\\..+",
-     "regular expression of the chat topics to consume", 0, 0, NULL},
+     "regular expression of the chat topics to consume", 0, 0, NULL, check_pattern},
     {"topics.prefix", PROP_STR, "chat.",
-     "prefix of a chat topic; the rest of its name is the channel", 0, 0, NULL},
+     "prefix of a chat topic; the rest of its name is the channel", 0, 0, NULL,
+     check_prefix},
     {"topics.acks", PROP_STR, "chatvault.acks",
      "topic that receives DeliveryAck records (unless a message sets reply_to)", 0, 0,
-     NULL},
+     NULL, check_topic},
     {"topics.dlq", PROP_STR, "chatvault.dlq", "dead-letter topic for rejected records", 0,
-     0, NULL},
+     0, NULL, check_topic},
     {"http.listen", PROP_STR, "127.0.0.1:9187",
      "address of the metrics, health and dashboard server (empty disables it)", 0, 0,
-     NULL},
+     NULL, check_listen},
     {"http.token", PROP_STR, "",
      "bearer token required by every HTTP endpoint but /healthz (empty: none)", 0, 0,
-     NULL},
+     NULL, NULL},
     {"metrics.max_channels", PROP_INT, "100",
      "channels with their own metric label; more are summed under channel=\"_other\"", 1,
-     100000, NULL},
+     100000, NULL, NULL},
     {"probe.interval_ms", PROP_INT, "0",
      "publish an end-to-end canary to channel _probe this often and time it to its "
      "durable ack (0: off)",
-     0, 3600000, NULL},
+     0, 3600000, NULL, NULL},
     {"shutdown.timeout_ms", PROP_INT, "30000",
-     "longest SIGTERM waits for the batch in flight before exiting", 0, 3600000, NULL},
+     "longest SIGTERM waits for the batch in flight before exiting", 0, 3600000, NULL,
+     NULL},
 };
 #define NPROPS (sizeof(props) / sizeof(props[0]))
 
@@ -160,8 +223,15 @@ static int validate(const prop *p, const char *value, const char *origin, char *
     int64_t v = 0;
     int r;
     switch (p->type) {
-    case PROP_STR:
+    case PROP_STR: {
+        char why[300];
+        const char *bad = p->check ? p->check(value, why, sizeof(why)) : NULL;
+        if (bad) {
+            snprintf(errbuf, errlen, "%s: %s = \"%s\": %s", origin, p->name, value, bad);
+            return -EINVAL;
+        }
         return 0;
+    }
     case PROP_INT:
         r = parse_int(value, &v);
         if (r == -EINVAL) {

@@ -2,6 +2,7 @@
  * chatvault — command dispatch. Each command lives in its own cmd_*.c file
  * and parses its own options.
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -38,6 +39,14 @@ static void usage(FILE *out) {
                  "3 verification found differences.\n");
 }
 
+static void reverse(char **a, char **b) {
+    while (a < --b) {
+        char *t = *a;
+        *a++ = *b;
+        *b = t;
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
@@ -52,10 +61,46 @@ int main(int argc, char **argv) {
         printf("chatvault %s\n", CV_VERSION);
         return CV_EXIT_OK;
     }
+    /* The options every command shares may also stand before the command
+     * (chatvault -c FILE lag): they are handed to it after its name. */
+    int g = 1;
+    while (g < argc) {
+        const char *a = argv[g];
+        bool takes =
+            strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0 || strcmp(a, "--set") == 0;
+        bool joined = strncmp(a, "--config=", 9) == 0 || strncmp(a, "--set=", 6) == 0 ||
+                      (strncmp(a, "-c", 2) == 0 && a[2]);
+        if (takes && g + 1 < argc)
+            g += 2;
+        else if (joined)
+            g++;
+        else
+            break;
+    }
+    if (g >= argc) {
+        fprintf(stderr,
+                "chatvault: no command after the options (see chatvault --help)\n");
+        return CV_EXIT_USAGE;
+    }
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-        if (strcmp(argv[1], commands[i].name) == 0)
+        if (strcmp(argv[g], commands[i].name) == 0) {
+            /* argv: [cmd, the command's own..., global options, "--" ...]:
+             * getopt takes options anywhere, and a subcommand (log check)
+             * stays right after the command. */
+            int nglob = g - 1, end = argc;
+            for (int k = g + 1; k < argc; k++)
+                if (strcmp(argv[k], "--") == 0) {
+                    end = k;
+                    break;
+                }
+            if (nglob) { /* rotate argv[1, end) left by nglob */
+                reverse(argv + 1, argv + g);
+                reverse(argv + g, argv + end);
+                reverse(argv + 1, argv + end);
+            }
             return commands[i].run(argc - 1, argv + 1);
+        }
     fprintf(stderr, "chatvault: unknown command \"%s\" (see chatvault --help)\n",
-            argv[1]);
+            argv[g]);
     return CV_EXIT_USAGE;
 }

@@ -200,6 +200,34 @@ int cv_select_opt(cv_select *s, const char *cmd, int opt, const char *arg) {
     return 0;
 }
 
+int cv_select_check(const cv_select *s, const char *cmd) {
+    if (s->from_offset >= 0 && s->to_offset >= 0 && s->from_offset > s->to_offset) {
+        cv_error(cmd,
+                 "--from-offset %" PRId64 " is above --to-offset %" PRId64
+                 ": no offset is in that range",
+                 s->from_offset, s->to_offset);
+        return -1;
+    }
+    if (s->since_us >= 0 && s->until_us >= 0 && s->since_us >= s->until_us) {
+        cv_error(cmd, "--since is not before --until: no time is in that range");
+        return -1;
+    }
+    static const char pattern_chars[] =
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-*?[]!^";
+    for (size_t i = 0; i < s->nchannels; i++) {
+        const char *c = s->channels[i];
+        size_t n = strlen(c);
+        if (n == 0 || n > 200 || strspn(c, pattern_chars) != n) {
+            cv_error(cmd,
+                     "--channel \"%s\": a channel is 1 to 200 of [A-Za-z0-9._-] (a "
+                     "pattern may add * ? [ ])",
+                     c);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 bool cv_select_channel(const cv_select *s, const char *channel) {
     if (!s->nchannels)
         return true;

@@ -76,6 +76,13 @@ void cv_select_release(cv_select *s);
  * option, -1: bad value (the error is printed, naming `cmd`). */
 int cv_select_opt(cv_select *s, const char *cmd, int opt, const char *arg);
 
+/* After all options: refuses a selection that can match nothing by its
+ * own words (--from-offset above --to-offset, --since not before --until)
+ * and a --channel that no channel name can match (a channel is
+ * [A-Za-z0-9._-]; a pattern adds * ? [ ] ! ^). 0, or -1 with the error
+ * printed, naming `cmd`: a usage error. */
+int cv_select_check(const cv_select *s, const char *cmd);
+
 bool cv_select_channel(const cv_select *s, const char *channel);
 
 /* Fills a PostgreSQL selection for `channel`. With --ids, the ids of that

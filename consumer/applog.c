@@ -1631,8 +1631,11 @@ int cv_applog_quarantine(const char *file, uint64_t pos, char *saved_to, size_t 
     }
     /* The records before the damage, copied under the segment's name: the
      * same header and positions, so they authenticate as before. */
+    /* Not "<segment>.tmp": broker recovery deletes those as unfinished new
+     * segments, and these records were acked. A crash before the rename
+     * below leaves the copy beside the evidence, for the next repair. */
     char tmp[PATH_MAX];
-    snprintf(tmp, sizeof(tmp), "%s" TMP_SUFFIX, file);
+    snprintf(tmp, sizeof(tmp), "%s.restoring", file);
     bool prefix = false;
     if (!is_seal) {
         seg s;

@@ -71,7 +71,11 @@ cv_lag_status cv_lag_status_eval(const cv_lag_sample *s, size_t n, int64_t windo
         *why = "lag appeared less than a window ago";
         return CV_LAG_OK;
     }
-    bool growing = now->lag > base->lag;
+    /* Growth counts only when the lag stayed above zero for the whole
+     * window: a channel whose lag touched zero meanwhile keeps up, however
+     * its last few samples look (one message of a quiet channel waiting for
+     * its batch is a lag of 1 that "grew" from 0). */
+    bool growing = lag_all_window && now->lag > base->lag;
     for (size_t i = first + 1; growing && i < n; i++)
         if (s[i].lag < s[i - 1].lag)
             growing = false;
@@ -1228,12 +1232,14 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
             CK(json_str(b, p->topic));
             CK(cv_buf_printf(b,
                              ",\"partition\":%" PRId32 ",\"high_watermark\":%" PRId64
-                             ",\"acked_offset\":%" PRId64 ",\"consumed_offset\":%" PRId64
-                             ",\"lag_messages\":%" PRId64 ",\"lag_seconds\":%.3f"
+                             ",\"end_offset\":%" PRId64 ",\"acked_offset\":%" PRId64
+                             ",\"consumed_offset\":%" PRId64 ",\"lag_messages\":%" PRId64
+                             ",\"lag_seconds\":%.3f"
                              ",\"inflight\":%" PRId64 ",\"assigned\":%s}",
-                             p->partition, p->high, p->acked_next, p->consumed_next,
-                             part_lag(p), (double)part_lag_age_us(p, now_us) / 1e6,
-                             part_inflight(p), p->assigned ? "true" : "false"));
+                             p->partition, p->high, part_end(p), p->acked_next,
+                             p->consumed_next, part_lag(p),
+                             (double)part_lag_age_us(p, now_us) / 1e6, part_inflight(p),
+                             p->assigned ? "true" : "false"));
         }
         CK(cv_buf_append(b, "]}", 2));
     }

@@ -564,9 +564,19 @@ static void assign(cv_pipeline *p, rd_kafka_topic_partition_list_t *parts) {
              "cannot compare chatvault.kafka_offsets with Kafka's committed offsets "
              "now; they are compared before postgres's next write",
              "error=\"%s\"", err);
-    for (int i = 0; i < parts->cnt; i++)
-        plog(p, 1, "partition assigned", "topic=%s partition=%" PRId32 " offset=%" PRId64,
-             parts->elems[i].topic, parts->elems[i].partition, parts->elems[i].offset);
+    for (int i = 0; i < parts->cnt; i++) {
+        if (parts->elems[i].offset >= 0)
+            plog(p, 1, "partition assigned",
+                 "topic=%s partition=%" PRId32 " committed_offset=%" PRId64,
+                 parts->elems[i].topic, parts->elems[i].partition,
+                 parts->elems[i].offset);
+        else
+            plog(p, 1,
+                 "partition assigned; no committed offset: it starts at its "
+                 "beginning (auto.offset.reset)",
+                 "topic=%s partition=%" PRId32, parts->elems[i].topic,
+                 parts->elems[i].partition);
+    }
     if (strcmp(rd_kafka_rebalance_protocol(p->consumer), "COOPERATIVE") == 0) {
         rd_kafka_error_t *e = rd_kafka_incremental_assign(p->consumer, parts);
         if (e) {
@@ -803,6 +813,10 @@ static void add_record(cv_pipeline *p, rd_kafka_message_t *m) {
 int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
                     size_t errlen) {
     p->stop = stop;
+    plog(p, 1,
+         "waiting for the consumer group to assign partitions (a first join takes a "
+         "few seconds; each assignment is logged)",
+         "group=%s", p->group);
     int64_t last_serve = cv_mono_ms();
     while (!*stop && !p->fatal) {
         batch *f = p->fill;

@@ -22,7 +22,7 @@ while [ "$#" -gt 0 ]; do
     case "$1" in
     --rounds) rounds=$2; shift 2 ;;
     --channels) channels=$2; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "quickstart: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done

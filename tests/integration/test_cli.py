@@ -96,3 +96,21 @@ with cvtest.Harness('cli', topics={'chat.cli': 2}) as h:
     h.is_(r.returncode, 1, 'migrate against an unreachable PostgreSQL exits 1')
     h.ok(len(err_lines) == 1 and '127.0.0.1' in err_lines[0],
          'its error is one line naming the host', 'stderr: %r' % r.stderr)
+
+    # What the broker would refuse at start, config --check refuses too.
+    for kv, why in (('http.listen=127.0.0.1:99999', 'bad port'),
+                    ('topics.pattern=^chat\\.(', 'regular expression')):
+        r = h.run('config', '--check', '--set', kv)
+        h.ok(r.returncode == 2 and why in r.stderr and len(r.stderr.splitlines()) == 1,
+             'config --check --set %s: exit 2, one line saying why' % kv,
+             'exit %d, stderr: %r' % (r.returncode, r.stderr))
+    # A selection that can match nothing is a usage error, not an empty run.
+    for args in (['--from-offset', '10', '--to-offset', '5'],
+                 ['--since', '2026-01-02', '--until', '2026-01-01'],
+                 ['--channel', '../../x']):
+        for cmd in ('replay', 'export'):
+            r = h.run(cmd, '--dry-run', *args) if cmd == 'replay' else \
+                h.run(cmd, *args)
+            h.ok(r.returncode == 2 and r.stderr.count('\n') == 1,
+                 '%s %s: exit 2 with one line' % (cmd, ' '.join(args)),
+                 'exit %d, stderr: %r' % (r.returncode, r.stderr))

@@ -11,6 +11,7 @@ keeps the bytes beside the segment, logs and counts it, and serves on."""
 import glob
 import json
 import os
+import subprocess
 import socket
 import time
 import urllib.request
@@ -186,3 +187,23 @@ with cvtest.Harness('log_damage', topics={'chat.' + c: 2 for c in CHANNELS},
     h.is_(h.broker.stop(), 0, 'broker stopped')
     r, findings, summary = verify(h)
     h.is_(r.returncode, 0, 'verify agrees at the end')
+
+    # The PostgreSQL side: an edited body is a difference verify names.
+    victim = ids[7]
+    h.pg().cursor().execute(
+        "UPDATE chatvault.messages SET body = 'edited by hand' WHERE message_id = %s",
+        (victim,))
+    r, findings, summary = verify(h)
+    h.is_(r.returncode, 3, 'verify exits 3 after a row body was edited in PostgreSQL')
+    h.ok([f['message_id'] for f in findings if f['kind'] == 'different'] == [victim],
+         'it names that message as different', r.stdout[-1500:])
+
+    # log cat --text shows a UTF-8 body as text beside its base64.
+    r = h.run('log', 'cat', '--text', '--topic', 'chat.c', '--partition', '1', timeout=120)
+    recs = [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+    h.ok(recs and any(x.get('text') == 'after the crash' for x in recs) and
+         all('body' in x for x in recs), 'log cat --text prints UTF-8 bodies as text')
+    # Options every command shares may stand before the command.
+    r = subprocess.run([cvtest.BIN, '-c', h.config_path, 'log', 'check'],
+                       capture_output=True, text=True, timeout=120)
+    h.is_(r.returncode, 0, 'chatvault -c FILE log check: global options before the command')

@@ -186,6 +186,17 @@ with cvtest.Harness('metrics', topics=topics, partitions=4,
     h.ok(('chatvault_build_info', frozenset()) not in m and
          any(k[0] == 'chatvault_build_info' for k in m), 'build_info carries labels')
     h.ok(d['latency']['p50_s'] is None or d['latency']['p50_s'] >= 0, 'latency quantiles in /api/lag')
+    parts = [p for c in d['channels'] for p in c['partitions']]
+    h.ok(parts and all(p['acked_offset'] <= p['end_offset'] and
+                       p['end_offset'] >= max(p['high_watermark'], p['consumed_offset'])
+                       for p in parts),
+         '/api/lag: every partition\'s end_offset is the larger of high watermark and '
+         'consumed offset, and acked is never past it',
+         json.dumps(parts)[:800])
+    r = h.run('lag', '--partitions')
+    rows = re.findall(r'end (-?\d+) acked (-?\d+)', r.stdout)
+    h.ok(rows and all(int(a) <= int(e) for e, a in rows),
+         'chatvault lag --partitions never shows acked above end', r.stdout[-800:])
     h.is_(get('/readyz')[0], 200, '/readyz 200 while all is well')
     promtool = shutil.which('promtool')
     if promtool:

@@ -148,6 +148,36 @@ static void test_file_errors(void) {
     r = load_text("batch.max_messages = 1000000\n", NULL, err, sizeof(err), NULL);
     TAP_IS_INT(r, 0, "int at the top of its range is accepted");
 
+    /* Strings with a shape of their own are checked when set, so that
+     * `config --check` catches what the broker would refuse at start. */
+    static const char *const bad_strings[][2] = {
+        {"http.listen = 127.0.0.1:99999\n", "bad port"},
+        {"http.listen = localhost\n", "host:port"},
+        {"topics.pattern = ^chat\\.(\n", "regular expression"},
+        {"topics.pattern = chat/general\n", "topic name"},
+        {"topics.acks = acks topic\n", "topic name"},
+        {"topics.dlq = \n", "topic name"},
+        {"topics.prefix = chat:\n", "topic name"},
+    };
+    for (size_t i = 0; i < sizeof(bad_strings) / sizeof(bad_strings[0]); i++) {
+        r = load_text(bad_strings[i][0], NULL, err, sizeof(err), &path);
+        snprintf(where, sizeof(where), "%s:1", path);
+        tap_ok(r == -EINVAL && contains(err, bad_strings[i][1]) && contains(err, where),
+               "refused with file:line and why: %s", err);
+    }
+    static const char *const good_strings[] = {
+        "http.listen = \n",
+        "http.listen = [::1]:0\n",
+        "topics.pattern = ^(chat|talk)\\..+$\n",
+        "topics.pattern = chat.general\n",
+        "topics.prefix = \n",
+    };
+    for (size_t i = 0; i < sizeof(good_strings) / sizeof(good_strings[0]); i++) {
+        r = load_text(good_strings[i], NULL, err, sizeof(err), NULL);
+        tap_ok(r == 0, "accepted: %.*s", (int)strlen(good_strings[i]) - 1,
+               good_strings[i]);
+    }
+
     r = load_text("log.segment_bytes = 99999999999999999999G\n", NULL, err, sizeof(err),
                   NULL);
     tap_ok(r == -EINVAL && contains(err, "log.segment_bytes") &&

@@ -233,10 +233,11 @@
  * segment is written. The broker reports each new generation once it is
  * durable (log line and chatvault_log_generations_total).
  * The held bytes are compared by reading the segment that holds the
- * offset, decrypted, into the writer's lookup cache (offset, chain hash,
- * BLAKE2b-128 of the value), once per segment and re-delivery: a
- * re-delivery is rare (crash, rebalance), and the hot path of new offsets
- * stays without an extra hash of every value.
+ * offset into the writer's lookup cache (offset, chain hash, BLAKE2b-128
+ * of the value), from that offset on decrypted, the records before it by
+ * frame check and chain only; once per segment and re-delivery: a
+ * re-delivery is rare (crash, rebalance) and starts near the tail, and the
+ * hot path of new offsets stays without an extra hash of every value.
  * Records of the generation's repair directories (late records, and those
  * `verify --repair` rebuilt) are held the same way: their value ids are
  * read at open beside their digests.
@@ -2897,12 +2898,16 @@ static void value_id(unsigned char *out, const void *value, size_t len) {
     crypto_generichash(out, VAL_ID, value, len, NULL, 0);
 }
 
-/* Fills the disk-lookup cache with every record of the segment that would
- * hold `offset`, decrypted: its identity is its value (see GENERATIONS). */
+/* Fills the disk-lookup cache with the records of the segment that would
+ * hold `offset`, from `offset` on, decrypted: their identity is their value
+ * (see GENERATIONS). Those before it are checked by frame check and chain
+ * only: a re-delivery starts at Kafka's committed offset and goes up, so
+ * only the segment's tail is decrypted. */
 static int cache_segment(cv_applog *log, part *p, int64_t offset, char *errbuf,
                          size_t errlen) {
     pdir d;
     int r = pdir_init(&d, p->dir, log->keys, offset, errbuf, errlen);
+    d.skip_below = offset;
     size_t seg_index = d.iseg;
     p->clen = 0;
     while (r == 0 && (r = pdir_next(&d, errbuf, errlen)) == 1 &&

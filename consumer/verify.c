@@ -1105,6 +1105,11 @@ static int compare_unit_once(vctx *c, const unit *u, bool *again) {
     while (log_ok && (has_pg || has_log)) {
         int64_t off;
         bool adv_pg = false, adv_log = false;
+        /* Both streams are past `prev`: settle what was set aside there. */
+        int64_t head =
+            has_pg && (!has_log || row.offset <= rec.offset) ? row.offset : rec.offset;
+        if (prev >= 0 && head > prev)
+            settle(c, u, &pg_left, &log_left, prev);
         if (has_pg)
             view_from_row(&pv, &row);
         if (has_log && (!has_pg || rec.offset < row.offset)) {
@@ -1151,8 +1156,6 @@ static int compare_unit_once(vctx *c, const unit *u, bool *again) {
             x[0] = prev + 1;
             x[1] = off - 1;
         }
-        if (prev >= 0 && off > prev)
-            settle(c, u, &pg_left, &log_left, prev);
         prev = off;
         c->since_progress++;
         progress(c, u, false);

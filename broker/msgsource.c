@@ -52,7 +52,51 @@ struct cv_src {
     cv_buf val;
     const char **attrv;
     size_t attrcap;
+    /* Message ids of the rows PostgreSQL served at (served_part,
+     * served_off): a log record there with one of them is PostgreSQL's.
+     * At one offset PostgreSQL's rows come first, in no set order, and an
+     * offset holds one message per log generation. */
+    int32_t served_part;
+    int64_t served_off;
+    char **served;
+    size_t nserved, servedcap;
 };
+
+static void served_clear(cv_src *s) {
+    for (size_t i = 0; i < s->nserved; i++)
+        free(s->served[i]);
+    s->nserved = 0;
+}
+
+static int served_add(cv_src *s, const cv_pgrow *row) {
+    if (row->partition != s->served_part || row->offset != s->served_off) {
+        served_clear(s);
+        s->served_part = row->partition;
+        s->served_off = row->offset;
+    }
+    if (s->nserved == s->servedcap) {
+        size_t nc = s->servedcap ? s->servedcap * 2 : 4;
+        char **nv = realloc(s->served, nc * sizeof(*nv));
+        if (!nv)
+            return -ENOMEM;
+        s->served = nv;
+        s->servedcap = nc;
+    }
+    if (!(s->served[s->nserved] = strdup(row->message_id)))
+        return -ENOMEM;
+    s->nserved++;
+    return 0;
+}
+
+static bool served_has(const cv_src *s, int32_t partition, int64_t offset,
+                       const char *id) {
+    if (partition != s->served_part || offset != s->served_off)
+        return false;
+    for (size_t i = 0; i < s->nserved; i++)
+        if (strcmp(s->served[i], id) == 0)
+            return true;
+    return false;
+}
 
 static int str_cmp(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -219,6 +263,8 @@ static void close_channel(cv_src *s) {
     s->lr = cv_applog_reader_free(s->lr);
     s->has_pg = s->has_log = s->adv_pg = s->adv_log = false;
     s->open = false;
+    served_clear(s);
+    s->served_off = -1;
 }
 
 static int advance_pg(cv_src *s, char *errbuf, size_t errlen) {
@@ -392,8 +438,14 @@ int cv_src_next(cv_src *s, cv_msg *m, char *errbuf, size_t errlen) {
                 strcmp(s->row.message_id, s->lm->message_id) == 0)
                 s->adv_log = true;
         }
+        if (!pg_first &&
+            served_has(s, s->rec.partition, s->rec.offset, s->lm->message_id)) {
+            s->adv_log = true; /* PostgreSQL served it */
+            continue;
+        }
         if (pg_first) {
-            if ((r = cv_pgrow_pack(&s->row, &s->val)) < 0) {
+            if ((r = cv_pgrow_pack(&s->row, &s->val)) < 0 ||
+                (r = served_add(s, &s->row)) < 0) {
                 snprintf(errbuf, errlen, "out of memory rebuilding a message");
                 return r;
             }
@@ -414,6 +466,7 @@ cv_src *cv_src_free(cv_src *s) {
     if (!s)
         return NULL;
     close_channel(s);
+    free(s->served);
     if (s->conn)
         PQfinish(s->conn);
     for (size_t i = 0; i < s->nchans; i++)

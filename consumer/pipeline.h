@@ -11,8 +11,8 @@
  * A batch given up before it was acked (stop while the stores are down, a
  * fatal error) ends the run's storing: no batch after it is stored, acked
  * or committed, so Kafka re-delivers it and all that follows.
- * On assignment, each partition resumes from the offset PostgreSQL's
- * chatvault.kafka_offsets holds when that is ahead of Kafka's committed one.
+ * On assignment, each partition resumes from Kafka's committed offset, never
+ * from chatvault.kafka_offsets (see cv_stores_check_offsets).
  */
 #ifndef CV_PIPELINE_H
 #define CV_PIPELINE_H

@@ -4,11 +4,17 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
+
+#include "json.h"
+#include "util.h"
 
 extern char **environ;
 
@@ -174,10 +180,162 @@ static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v, char *e
     return 0;
 }
 
+#define HTTP_RESPONSE_LIMIT (64u << 20)
+
+int cv_cli_http_get(const cv_cli_url *u, const char *token, cv_buf *body, char *err,
+                    size_t errlen) {
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+    int g = getaddrinfo(u->host, u->port, &hints, &ai);
+    if (g != 0) {
+        snprintf(err, errlen, "%s:%s: %s", u->host, u->port, gai_strerror(g));
+        return -EHOSTUNREACH;
+    }
+    int fd = -1, e = ECONNREFUSED;
+    for (struct addrinfo *a = ai; a && fd < 0; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0)
+            continue;
+        struct timeval tv = {.tv_sec = 10};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        if (connect(fd, a->ai_addr, a->ai_addrlen) < 0) {
+            e = errno;
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(ai);
+    if (fd < 0) {
+        snprintf(err, errlen,
+                 "cannot connect to %s:%s: %s (is the broker running "
+                 "with http.listen set?)",
+                 u->host, u->port, strerror(e));
+        return -e;
+    }
+    char req[2048];
+    int n = snprintf(req, sizeof(req),
+                     "GET %s HTTP/1.0\r\nHost: %s:%s\r\nAccept: application/json\r\n"
+                     "User-Agent: chatvault\r\n%s%s%sConnection: close\r\n\r\n",
+                     u->path, u->host, u->port,
+                     token && *token ? "Authorization: Bearer " : "",
+                     token && *token ? token : "", token && *token ? "\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof(req) || write(fd, req, (size_t)n) != n) {
+        snprintf(err, errlen, "cannot send the request to %s:%s", u->host, u->port);
+        close(fd);
+        return -EIO;
+    }
+    cv_buf raw;
+    cv_buf_init(&raw, HTTP_RESPONSE_LIMIT);
+    int r = 0;
+    for (;;) {
+        if ((r = cv_buf_reserve(&raw, 65536)) < 0)
+            break;
+        ssize_t got = read(fd, raw.data + raw.len, 65536);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            r = -errno;
+            break;
+        }
+        if (got == 0)
+            break;
+        raw.len += (size_t)got;
+    }
+    close(fd);
+    if (r < 0) {
+        snprintf(err, errlen, "reading from %s:%s: %s", u->host, u->port, strerror(-r));
+        cv_buf_release(&raw);
+        return r;
+    }
+    int status = 0;
+    const unsigned char *hdr_end = NULL;
+    for (size_t i = 0; i + 3 < raw.len; i++)
+        if (memcmp(raw.data + i, "\r\n\r\n", 4) == 0) {
+            hdr_end = raw.data + i + 4;
+            break;
+        }
+    if (!hdr_end || sscanf((const char *)raw.data, "HTTP/%*d.%*d %d", &status) != 1) {
+        snprintf(err, errlen, "%s:%s did not answer HTTP", u->host, u->port);
+        cv_buf_release(&raw);
+        return -EPROTO;
+    }
+    size_t blen = raw.len - (size_t)(hdr_end - raw.data);
+    r = cv_buf_append(body, hdr_end, blen);
+    cv_buf_release(&raw);
+    if (r < 0) {
+        snprintf(err, errlen, "response too large");
+        return r;
+    }
+    return status;
+}
+
+/* The address of the embedded cluster of the broker that serves http.listen
+ * (GET /api/kafka), into buf. 0, or negative with errbuf saying what to do. */
+static int embedded_address(const cv_config *cfg, char *buf, size_t len, char *errbuf,
+                            size_t errlen) {
+    const char *listen = cv_config_str(cfg, "http.listen");
+    if (!listen || !*listen) {
+        snprintf(errbuf, errlen,
+                 "kafka.bootstrap.servers = embedded: the mock cluster lives inside "
+                 "`chatvault broker`, and with http.listen empty it cannot be asked for "
+                 "its address; set http.listen, or give this command the broker's "
+                 "address as kafka.bootstrap.servers");
+        return -EINVAL;
+    }
+    cv_cli_url u = {0};
+    const char *colon = strrchr(listen, ':');
+    size_t hl = colon ? (size_t)(colon - listen) : 0;
+    if (!colon || hl >= sizeof(u.host) || strlen(colon + 1) >= sizeof(u.port)) {
+        snprintf(errbuf, errlen, "http.listen = \"%s\": expected host:port", listen);
+        return -EINVAL;
+    }
+    memcpy(u.host, listen, hl);
+    u.host[hl] = '\0';
+    if (u.host[0] == '[' && hl >= 2) { /* [v6]:port */
+        memmove(u.host, u.host + 1, hl - 2);
+        u.host[hl - 2] = '\0';
+    }
+    if (!u.host[0] || strcmp(u.host, "0.0.0.0") == 0)
+        snprintf(u.host, sizeof(u.host), "127.0.0.1");
+    else if (strcmp(u.host, "::") == 0)
+        snprintf(u.host, sizeof(u.host), "::1");
+    snprintf(u.port, sizeof(u.port), "%s", colon + 1);
+    snprintf(u.path, sizeof(u.path), "/api/kafka");
+    cv_buf body;
+    cv_buf_init(&body, 1u << 20);
+    char err[512];
+    int status =
+        cv_cli_http_get(&u, cv_config_str(cfg, "http.token"), &body, err, sizeof(err));
+    int r = 0;
+    cv_json *doc = NULL;
+    const char *boot = NULL;
+    if (status == 200 &&
+        cv_json_parse((const char *)body.data, body.len, &doc, err, sizeof(err)) == 0)
+        boot = cv_json_str(cv_json_get(doc, "bootstrap"), NULL);
+    if (!boot || !*boot || strlen(boot) >= len) {
+        snprintf(errbuf, errlen,
+                 "kafka.bootstrap.servers = embedded: the mock cluster lives inside a "
+                 "running `chatvault broker`, and none gave its address at http://%s/"
+                 "api/kafka (%s); start the broker, or set kafka.bootstrap.servers",
+                 listen,
+                 status < 0      ? err
+                 : status == 401 ? "401: set http.token to the broker's token"
+                 : status == 200 ? "it runs with a Kafka of its own, not an embedded one"
+                                 : "unexpected answer");
+        r = -EHOSTUNREACH;
+    } else {
+        snprintf(buf, len, "%s", boot);
+    }
+    cv_json_free(doc);
+    cv_buf_release(&body);
+    return r;
+}
+
 rd_kafka_conf_t *cv_cli_kafka_conf(const cv_config *cfg, const char *role,
                                    const char *embedded_bootstraps, char *errbuf,
                                    size_t errlen) {
     bool consumer = strcmp(role, "consumer") == 0;
+    char asked[1024];
     static const char *consumer_defaults[][2] = {
         {"enable.auto.commit", "false"},
         {"enable.auto.offset.store", "false"},
@@ -214,11 +372,10 @@ rd_kafka_conf_t *cv_cli_kafka_conf(const cv_config *cfg, const char *role,
             continue;
         if (strcmp(k, "bootstrap.servers") == 0 && strcmp(v, "embedded") == 0) {
             if (!embedded_bootstraps) {
-                snprintf(errbuf, errlen,
-                         "kafka.bootstrap.servers = embedded is only available "
-                         "to chatvault broker; give this command the broker's "
-                         "address");
-                goto fail;
+                /* Another command: ask the running broker where it is. */
+                if (embedded_address(cfg, asked, sizeof(asked), errbuf, errlen) < 0)
+                    goto fail;
+                embedded_bootstraps = asked;
             }
             v = embedded_bootstraps;
         }

@@ -11,6 +11,20 @@
 #include <stdbool.h>
 
 #include "config.h"
+#include "util.h"
+
+/* An http:// address to GET: host (no brackets for IPv6), port, path. */
+typedef struct cv_cli_url {
+    char host[256];
+    char port[8];
+    char path[512];
+} cv_cli_url;
+
+/* GET u->path (HTTP/1.0, 10 s timeouts, with `token` as a Bearer token when
+ * set); the body goes to `body`. Returns the HTTP status, or a negative
+ * errno with err set. */
+int cv_cli_http_get(const cv_cli_url *u, const char *token, cv_buf *body, char *err,
+                    size_t errlen);
 
 /* Exit codes (DESIGN.md). */
 enum {

@@ -176,7 +176,8 @@ int cv_cmd_broker(int argc, char **argv) {
     }
     cv_http_conf hc = {.listen = cv_config_str(cfg, "http.listen"),
                        .token = cv_config_str(cfg, "http.token"),
-                       .metrics = metrics};
+                       .metrics = metrics,
+                       .kafka_bootstrap = embedded};
     if (*hc.listen && cv_http_start(&hc, &http, err, sizeof(err)) < 0) {
         cv_error("broker", "%s", err);
         rc = CV_EXIT_FAILURE;

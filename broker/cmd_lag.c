@@ -66,11 +66,7 @@ static void usage(FILE *out) {
         "cannot be reached; 2 usage or configuration error.\n");
 }
 
-typedef struct url {
-    char host[256];
-    char port[8];
-    char path[512];
-} url;
+typedef cv_cli_url url;
 
 static int parse_url(const char *s, url *u, char *err, size_t errlen) {
     if (strncmp(s, "http://", 7) != 0) {
@@ -114,95 +110,6 @@ static int parse_url(const char *s, url *u, char *err, size_t errlen) {
         plen--;
     snprintf(u->path, sizeof(u->path), "%.*s/api/lag", (int)plen, path);
     return 0;
-}
-
-/* GET u->path; the body goes to `body`. Returns the HTTP status or a
- * negative errno with err set. */
-static int http_get(const url *u, const char *token, cv_buf *body, char *err,
-                    size_t errlen) {
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
-    int g = getaddrinfo(u->host, u->port, &hints, &ai);
-    if (g != 0) {
-        snprintf(err, errlen, "%s:%s: %s", u->host, u->port, gai_strerror(g));
-        return -EHOSTUNREACH;
-    }
-    int fd = -1, e = ECONNREFUSED;
-    for (struct addrinfo *a = ai; a && fd < 0; a = a->ai_next) {
-        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-        if (fd < 0)
-            continue;
-        struct timeval tv = {.tv_sec = 10};
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-        if (connect(fd, a->ai_addr, a->ai_addrlen) < 0) {
-            e = errno;
-            close(fd);
-            fd = -1;
-        }
-    }
-    freeaddrinfo(ai);
-    if (fd < 0) {
-        snprintf(err, errlen,
-                 "cannot connect to %s:%s: %s (is the broker running "
-                 "with http.listen set?)",
-                 u->host, u->port, strerror(e));
-        return -e;
-    }
-    char req[2048];
-    int n = snprintf(req, sizeof(req),
-                     "GET %s HTTP/1.0\r\nHost: %s:%s\r\nAccept: application/json\r\n"
-                     "User-Agent: chatvault-lag\r\n%s%s%sConnection: close\r\n\r\n",
-                     u->path, u->host, u->port,
-                     token && *token ? "Authorization: Bearer " : "",
-                     token && *token ? token : "", token && *token ? "\r\n" : "");
-    if (n < 0 || (size_t)n >= sizeof(req) || write(fd, req, (size_t)n) != n) {
-        snprintf(err, errlen, "cannot send the request to %s:%s", u->host, u->port);
-        close(fd);
-        return -EIO;
-    }
-    cv_buf raw;
-    cv_buf_init(&raw, RESPONSE_LIMIT);
-    int r = 0;
-    for (;;) {
-        if ((r = cv_buf_reserve(&raw, 65536)) < 0)
-            break;
-        ssize_t got = read(fd, raw.data + raw.len, 65536);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0) {
-            r = -errno;
-            break;
-        }
-        if (got == 0)
-            break;
-        raw.len += (size_t)got;
-    }
-    close(fd);
-    if (r < 0) {
-        snprintf(err, errlen, "reading from %s:%s: %s", u->host, u->port, strerror(-r));
-        cv_buf_release(&raw);
-        return r;
-    }
-    int status = 0;
-    const unsigned char *hdr_end = NULL;
-    for (size_t i = 0; i + 3 < raw.len; i++)
-        if (memcmp(raw.data + i, "\r\n\r\n", 4) == 0) {
-            hdr_end = raw.data + i + 4;
-            break;
-        }
-    if (!hdr_end || sscanf((const char *)raw.data, "HTTP/%*d.%*d %d", &status) != 1) {
-        snprintf(err, errlen, "%s:%s did not answer HTTP", u->host, u->port);
-        cv_buf_release(&raw);
-        return -EPROTO;
-    }
-    size_t blen = raw.len - (size_t)(hdr_end - raw.data);
-    r = cv_buf_append(body, hdr_end, blen);
-    cv_buf_release(&raw);
-    if (r < 0) {
-        snprintf(err, errlen, "response too large");
-        return r;
-    }
-    return status;
 }
 
 static void fmt_secs(char *out, size_t len, double s) {
@@ -680,7 +587,7 @@ static int lag_once(lag_src *src, bool json, bool partitions, bool color) {
     int rc = CV_EXIT_FAILURE;
     const char *where = src->where;
     if (src->u) {
-        int status = http_get(src->u, src->token, &body, err, sizeof(err));
+        int status = cv_cli_http_get(src->u, src->token, &body, err, sizeof(err));
         if (status < 0 && src->fallback) {
             fprintf(stderr,
                     "chatvault lag: no broker at %s (%s); computing from Kafka "

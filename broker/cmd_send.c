@@ -88,6 +88,14 @@ static rd_kafka_t *ack_watcher(const cv_config *cfg, const char *topic) {
         cv_error("send", "config error: %s", err);
         return NULL;
     }
+    /* One short-lived reader of a few partitions: an idle fetch may come
+     * back often (the mock cluster holds each one this long). */
+    const char *k, *v;
+    bool fetch_set = false;
+    for (size_t i = 0; cv_config_kafka_at(cfg, i, &k, &v); i++)
+        fetch_set |= strcmp(k, "fetch.wait.max.ms") == 0;
+    if (!fetch_set)
+        rd_kafka_conf_set(conf, "fetch.wait.max.ms", "10", err, sizeof(err));
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
     if (!rk) {
         cv_error("send", "kafka: %s", err);
@@ -433,6 +441,18 @@ int cv_cmd_send(int argc, char **argv) {
         cv_error("send", "kafka: %s", err);
         rc = CV_EXIT_FAILURE;
         goto out;
+    }
+    {
+        /* Learn the chat topic's leaders now. A producer asked for a topic
+         * after its first metadata round waits about a second (librdkafka
+         * 2.0.2) before it asks again, and that second went into every
+         * single message's send->ack latency. */
+        rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+        const struct rd_kafka_metadata *md = NULL;
+        if (rkt && rd_kafka_metadata(rk, 0, rkt, &md, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR)
+            rd_kafka_metadata_destroy(md);
+        if (rkt)
+            rd_kafka_topic_destroy(rkt);
     }
     if (o.wait_ack) {
         watcher =

@@ -25,6 +25,7 @@
 struct cv_http {
     struct MHD_Daemon *daemon;
     cv_metrics *metrics;
+    char *kafka_bootstrap; /* NULL: not embedded */
     bool has_token;
     unsigned char token_hash[crypto_generichash_BYTES];
 };
@@ -206,6 +207,17 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     if (strcmp(url, "/api/lag") == 0)
         return send_buf(c, &b, cv_metrics_render_lag_json(h->metrics, &b),
                         "application/json");
+    if (strcmp(url, "/api/kafka") == 0) {
+        int r = cv_buf_printf(
+            &b, "{\"embedded\":%s,\"bootstrap\":", h->kafka_bootstrap ? "true" : "false");
+        if (r == 0)
+            r = h->kafka_bootstrap ? cv_buf_json_string(&b, h->kafka_bootstrap,
+                                                        strlen(h->kafka_bootstrap))
+                                   : cv_buf_printf(&b, "null");
+        if (r == 0)
+            r = cv_buf_printf(&b, "}\n");
+        return send_buf(c, &b, r, "application/json");
+    }
     if (strcmp(url, "/readyz") == 0) {
         char why[512], text[600];
         bool ready = cv_metrics_ready(h->metrics, why, sizeof(why));
@@ -249,6 +261,11 @@ int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
         return -ENOMEM;
     }
     h->metrics = conf->metrics;
+    if (conf->kafka_bootstrap && !(h->kafka_bootstrap = strdup(conf->kafka_bootstrap))) {
+        free(h);
+        snprintf(errbuf, errlen, "out of memory");
+        return -ENOMEM;
+    }
     if (conf->token && *conf->token) {
         h->has_token = true;
         crypto_generichash(h->token_hash, sizeof(h->token_hash),
@@ -270,6 +287,7 @@ int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
         int e = errno ? errno : EADDRINUSE;
         snprintf(errbuf, errlen, "http.listen = \"%s\": cannot listen: %s", conf->listen,
                  strerror(e));
+        free(h->kafka_bootstrap);
         free(h);
         return -e;
     }
@@ -284,6 +302,7 @@ cv_http *cv_http_stop(cv_http *h) {
         return NULL;
     MHD_stop_daemon(h->daemon);
     sodium_memzero(h->token_hash, sizeof(h->token_hash));
+    free(h->kafka_bootstrap);
     free(h);
     return NULL;
 }

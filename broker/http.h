@@ -2,7 +2,8 @@
  * http — the broker's observability server on http.listen (libmicrohttpd,
  * its own thread): GET /metrics (Prometheus text), /healthz (process alive),
  * /readyz (stores reachable, pipeline running, no channel stalled),
- * /api/lag (JSON), / (the dashboard, embedded in the binary).
+ * /api/lag (JSON), /api/kafka (JSON: the embedded Kafka cluster's address,
+ * for the other commands), / (the dashboard, embedded in the binary).
  *
  * It only reads cv_metrics snapshots; it never touches the pipeline.
  *
@@ -27,6 +28,10 @@ typedef struct cv_http_conf {
                             a numeric address or "localhost" */
     const char *token;   /* NULL or "": no authentication */
     cv_metrics *metrics; /* read-only; must outlive the server */
+    /* The embedded (mock) Kafka cluster's address, served at /api/kafka so
+     * that the other commands, given the broker's config, find it; NULL when
+     * the broker uses a Kafka of its own. Copied. */
+    const char *kafka_bootstrap;
 } cv_http_conf;
 
 /* Binds and starts serving. Returns 0, or a negative errno with errbuf set

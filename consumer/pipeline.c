@@ -9,6 +9,16 @@
  * them, in consumption order, so nothing is ever committed past an unacked
  * record. Retries after a store failure run on this thread, with the
  * partitions paused.
+ *
+ * Batches are numbered in that order. The first one this process gives up
+ * without making it durable (stop asked for during its retries, a fatal
+ * store error, out of memory) or without producing all its acks is
+ * remembered as a hole: no batch numbered from it on is stored, acked or
+ * committed, whatever becomes of the stores, so Kafka re-delivers the hole
+ * and everything after it to the next consumer. The batches before it keep
+ * their acks and their commit. A revoke that gives the batches in flight up
+ * leaves no hole: their partitions are gone, and a later assignment starts
+ * from Kafka's committed offset again.
  */
 #include "pipeline.h"
 
@@ -58,6 +68,7 @@ typedef struct batch {
     int64_t started_ms;
     cv_arena *arena;                          /* the decoded messages of recs */
     rd_kafka_topic_partition_list_t *offsets; /* set when it is submitted */
+    uint64_t seq;                             /* submission order, from 1 */
     /* The stores' verdict, written by the store thread. */
     int result;
     int64_t pg_us, log_us;
@@ -100,8 +111,11 @@ struct cv_pipeline {
     bool in_rebalance; /* inside rebalance_cb: do not poll the consumer */
 
     pending *head, **tail;
-    bool in_store; /* store_batch is waiting for a store */
-    bool abandon;  /* a revoke came meanwhile: give the batch up */
+    uint64_t seq;    /* of the last batch submitted */
+    uint64_t hole;   /* the first batch given up (see the top), 0: none */
+    batch *retrying; /* the batch store_retry waits with, or NULL */
+    bool in_store;   /* store_retry is waiting for a store */
+    bool abandon;    /* a revoke came meanwhile: give the batch up */
     volatile sig_atomic_t *stop;
     int fatal;
     char fatal_err[512];
@@ -158,6 +172,26 @@ static void set_fatal(cv_pipeline *p, const char *err) {
 
 static bool stopping(const cv_pipeline *p) {
     return p->stop && *p->stop;
+}
+
+/* True when `b` comes at or after the hole: it must not be stored, acked
+ * or committed. */
+static bool past_hole(const cv_pipeline *p, const batch *b) {
+    return p->hole && b->seq >= p->hole;
+}
+
+/* Gives `b` up: from it on, nothing is stored, acked or committed. */
+static void make_hole(cv_pipeline *p, const batch *b, const char *why) {
+    if (p->hole && p->hole <= b->seq)
+        return;
+    p->hole = b->seq;
+    if (b->n == 0)
+        return;
+    plog(p, 2,
+         "a batch was given up before it was acked; nothing after it is stored, "
+         "acked or committed, and Kafka re-delivers it after a restart",
+         "reason=\"%s\" records=%zu first=%s/%" PRId32 "@%" PRId64, why, b->n,
+         b->recs[0].topic, b->recs[0].partition, b->recs[0].offset);
 }
 
 /* Offsets to commit: one past the last record of each partition. Records
@@ -359,6 +393,7 @@ static int store_retry(cv_pipeline *p, batch *b) {
     bool paused = false;
     int r = b->result;
     p->in_store = true;
+    p->retrying = b;
     plog(p, 2, "batch not durable; not acking, waiting for the stores", "error=\"%s\"",
          b->err);
     while (r == -EAGAIN) {
@@ -384,6 +419,7 @@ static int store_retry(cv_pipeline *p, batch *b) {
             plog(p, 1, "stores are back; acking again", NULL);
     }
     p->in_store = false;
+    p->retrying = NULL;
     return r;
 }
 
@@ -397,7 +433,9 @@ static void ack_batch(cv_pipeline *p, batch *b) {
                                       : (int64_t)-1);
     pending *pb = calloc(1, sizeof(*pb));
     if (!pb) {
-        set_fatal(p, "out of memory");
+        /* Not queued, so nothing would hold the commit below it. */
+        set_fatal(p, "out of memory queueing a stored batch for its acks");
+        make_hole(p, b, p->fatal_err);
         return;
     }
     pb->offsets = b->offsets;
@@ -425,8 +463,10 @@ static void ack_batch(cv_pipeline *p, batch *b) {
         }
     }
     char err[512];
-    if (cv_acker_send(p->acker, b->recs, b->n, &pb->ticket, err, sizeof(err)) < 0)
+    if (cv_acker_send(p->acker, b->recs, b->n, &pb->ticket, err, sizeof(err)) < 0) {
         set_fatal(p, err);
+        make_hole(p, b, err);
+    }
     /* Queued even after a failure: the acks produced so far still count,
      * and the ticket never completes, so nothing past it is committed. */
     if (p->fatal)
@@ -436,18 +476,30 @@ static void ack_batch(cv_pipeline *p, batch *b) {
 }
 
 /* Takes the batch the store thread finished the rest of the way: acks when
- * it is durable, retries when it is not yet. Returns true when a revoke
- * made it give the batch up (the next one must go too). */
+ * it is durable, retries when it is not yet, and gives it up, leaving a
+ * hole, when it cannot be made durable. A batch past the hole is given up
+ * even when it is durable: acking it would let its commit pass the hole.
+ * Returns true when a revoke made it give the batch up (the next one must
+ * go too). */
 static bool complete_stored(cv_pipeline *p, batch *b) {
     bool abandoned = false;
+    if (past_hole(p, b)) {
+        plog(p, 1, "batch after a given-up one not acked", "records=%zu durable=%s", b->n,
+             b->result == 0 ? "yes" : "no");
+        release_batch(b);
+        return false;
+    }
     if (b->result == -EAGAIN)
         b->result = store_retry(p, b);
-    if (b->result == 0)
+    if (b->result == 0) {
         ack_batch(p, b);
-    else if (b->result == -ECANCELED)
-        abandoned = p->abandon;
-    else
-        set_fatal(p, b->err);
+    } else if (b->result == -ECANCELED && p->abandon) {
+        abandoned = true;
+    } else {
+        if (b->result != -ECANCELED)
+            set_fatal(p, b->err);
+        make_hole(p, b, b->result == -ECANCELED ? "stopping" : b->err);
+    }
     p->abandon = false;
     /* Not stored means not acked and not committed: Kafka re-delivers. */
     release_batch(b);
@@ -494,9 +546,15 @@ static void submit_fill(cv_pipeline *p) {
     batch *b = p->fill;
     if (b->n == 0)
         return;
+    b->seq = ++p->seq;
+    if (past_hole(p, b)) {
+        release_batch(b);
+        return;
+    }
     if (decode_batch(p, b) < 0) {
         set_fatal(p, "out of memory decoding a batch; its records stay "
                      "uncommitted and are re-delivered after a restart");
+        make_hole(p, b, p->fatal_err);
         release_batch(b);
         return;
     }
@@ -508,9 +566,9 @@ static void submit_fill(cv_pipeline *p) {
             complete_stored(p, prev);
             return;
         }
-        /* Not durable yet: retried here first, and a revoke meanwhile gives
-         * up this batch too. */
-        if (complete_stored(p, prev)) {
+        /* Not durable yet: retried here first; a revoke meanwhile gives
+         * up this batch too, and so does a hole left by the one before. */
+        if (complete_stored(p, prev) || past_hole(p, b)) {
             release_batch(b);
             return;
         }
@@ -589,6 +647,21 @@ static void assign(cv_pipeline *p, rd_kafka_topic_partition_list_t *parts) {
     }
 }
 
+/* A record of batch `b` whose partition is not in `parts`, or NULL. */
+static const cv_rec *record_outside(const batch *b,
+                                    const rd_kafka_topic_partition_list_t *parts) {
+    const cv_rec *last = NULL;
+    for (size_t i = 0; b && i < b->n; i++) {
+        const cv_rec *r = &b->recs[i];
+        if (last && last->partition == r->partition && strcmp(last->topic, r->topic) == 0)
+            continue;
+        if (!rd_kafka_topic_partition_list_find(parts, r->topic, r->partition))
+            return r;
+        last = r;
+    }
+    return NULL;
+}
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque) {
     cv_pipeline *p = opaque;
@@ -608,6 +681,22 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                  "partitions revoked while a store is down; the batches "
                  "in flight are left for the next owner",
                  "count=%d", parts->cnt);
+            /* An incremental revoke may leave partitions of those batches
+             * assigned: going on with them would skip what is given up. */
+            const cv_rec *kept = record_outside(p->retrying, parts);
+            if (!kept)
+                kept = record_outside(p->fill, parts);
+            if (kept) {
+                char why[512];
+                snprintf(why, sizeof(why),
+                         "partitions revoked while a store is down left %s/%" PRId32
+                         " assigned with records given up from offset %" PRId64
+                         " on; stopping so that Kafka re-delivers them",
+                         kept->topic, kept->partition, kept->offset);
+                set_fatal(p, why);
+                if (p->retrying)
+                    make_hole(p, p->retrying, why);
+            }
             p->abandon = true;
             release_batch(p->fill);
             drain_acks(p, p->shutdown_timeout_ms);

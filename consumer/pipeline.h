@@ -8,8 +8,11 @@
  * A record is acked only after the stores hold it; offsets are committed only
  * after the acks of everything below them were delivered. On a partition
  * revoke and on stop the batch in flight is finished and committed first.
- * On assignment, each partition resumes from the offset PostgreSQL's
- * chatvault.kafka_offsets holds when that is ahead of Kafka's committed one.
+ * A batch given up before it was acked (stop while the stores are down, a
+ * fatal error) ends the run's storing: no batch after it is stored, acked
+ * or committed, so Kafka re-delivers it and all that follows.
+ * On assignment, each partition resumes from Kafka's committed offset, never
+ * from chatvault.kafka_offsets (see cv_stores_check_offsets).
  */
 #ifndef CV_PIPELINE_H
 #define CV_PIPELINE_H
@@ -108,8 +111,9 @@ int cv_pipeline_new(const cv_pipeline_conf *conf, cv_pipeline **ret_pipeline,
                     char *errbuf, size_t errlen);
 
 /* Runs until *stop becomes non-zero, then drains: finishes the batch in
- * flight, waits (up to shutdown_timeout_ms) for its acks, commits, and
- * leaves the group. Returns 0, or a negative error with errbuf set when it
+ * flight (unless the stores are down: then it is given up, see above),
+ * waits (up to shutdown_timeout_ms) for the acks, commits, and leaves the
+ * group. Returns 0, or a negative error with errbuf set when it
  * had to stop on a failure it cannot wait out. */
 int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
                     size_t errlen);

@@ -104,6 +104,7 @@ fi
 # does not resume from the offsets stored for the previous one.
 
 : >"$run/broker.log"
+: >"$run/demo.out"
 setsid "$bin" broker -c "$conf" 2>>"$run/broker.log" &
 broker_pid=$!
 bootstrap=""
@@ -119,10 +120,10 @@ if [ -z "$bootstrap" ]; then
     tail -20 "$run/broker.log"
     exit 1
 fi
-# Other processes reach the broker's in-process mock cluster at its address.
-send_conf=$run/send.conf
-printf 'kafka.bootstrap.servers = %s\n' "$bootstrap" >"$send_conf"
-printf 'kafka.bootstrap.servers=%s\n' "$bootstrap" >"$run/bootstrap"
+# Every command takes .run/chatvault.conf: with kafka.bootstrap.servers =
+# embedded it asks the running broker (GET /api/kafka) where its mock
+# cluster is. The address alone, for other Kafka clients (kcat):
+printf '%s\n' "$bootstrap" >"$run/bootstrap"
 
 cat <<EOF
 
@@ -130,7 +131,8 @@ cat <<EOF
 
   Broker log:        tail -f .run/broker.log
   Stored messages:   psql "$pg dbname=chatvault" -c 'SELECT channel, message_id, convert_from(body, '"'"'UTF8'"'"') AS body, persisted_at FROM chatvault.messages ORDER BY persisted_at DESC LIMIT 10'
-  Send one yourself: $build/broker/chatvault send -c .run/send.conf --channel general --wait-ack 'hello'
+  Send one yourself: $build/broker/chatvault send -c .run/chatvault.conf --channel general --wait-ack 'hello'
+  Every command takes that one config (lag, replay, verify, log ...).
   Dashboard:         http://${CV_HTTP_LISTEN:-127.0.0.1:9187}/   (metrics: /metrics)
 
   The demo sender publishes to: $channels. Ctrl-C stops everything.
@@ -142,19 +144,38 @@ EOF
 # it arrives (the first ones wait for the consumer group to form). Each runs
 # in its own process group, stopped as a whole on the way out.
 for ch in $channels; do
-    CV_CH=$ch CV_BIN=$bin CV_SEND_CONF=$send_conf CV_ROUNDS=$rounds setsid bash -c '
+    CV_CH=$ch CV_BIN=$bin CV_SEND_CONF=$conf CV_ROUNDS=$rounds setsid bash -c '
         i=0
         while [ "$CV_ROUNDS" = 0 ] || [ "$i" -lt "$CV_ROUNDS" ]; do
             i=$((i + 1))
             echo "message $i to #$CV_CH at $(date +%T)"
             sleep 1
         done | stdbuf -oL "$CV_BIN" send -c "$CV_SEND_CONF" --channel "$CV_CH" \
-            --sender demo --wait-ack --timeout 15000 2>&1 | sed -u "s/^/  #$CV_CH  /"' &
+            --sender demo --wait-ack --timeout 15000 2>&1 |
+            tee -a "'"$run"'/demo.out" | sed -u "s/^/  #$CV_CH  /"' &
     sender_pids+=($!)
 done
 for pid in "${sender_pids[@]}"; do
     wait "$pid" || true
 done
+# With --rounds: what the demo sent and what came back.
+/usr/bin/python3 - "$run/demo.out" "$rounds" "$channels" <<'PY' || true
+import re, sys
+lines = open(sys.argv[1], errors='replace').read().splitlines()
+acks = [l for l in lines if re.search(r' (PERSISTED|DUPLICATE|DEGRADED|REJECTED) ', l)]
+lat = sorted(float(m.group(1)) for l in acks
+             for m in [re.search(r'latency_ms=([0-9.]+)', l)] if m)
+sent = int(sys.argv[2]) * len(sys.argv[3].split())
+def q(p):
+    return '%.1f ms' % lat[min(len(lat) - 1, int(p * len(lat)))] if lat else '-'
+status = {}
+for l in acks:
+    s = re.search(r' (PERSISTED|DUPLICATE|DEGRADED|REJECTED) ', l).group(1)
+    status[s] = status.get(s, 0) + 1
+print('\033[1mquickstart:\033[0m sent %d, acked %d (%s), send->ack p50 %s, p99 %s'
+      % (sent, len(acks), ', '.join('%s %d' % kv for kv in sorted(status.items())) or 'none',
+         q(0.50), q(0.99)))
+PY
 if ! kill -0 "$broker_pid" 2>/dev/null; then
     say "the broker exited; .run/broker.log says:"
     tail -20 "$run/broker.log"

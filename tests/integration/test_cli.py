@@ -3,6 +3,8 @@ running broker, the example config, config errors, an unreachable database."""
 import os
 import re
 import socket
+import subprocess
+import time
 
 import cvtest
 
@@ -114,3 +116,48 @@ with cvtest.Harness('cli', topics={'chat.cli': 2}) as h:
             h.ok(r.returncode == 2 and r.stderr.count('\n') == 1,
                  '%s %s: exit 2 with one line' % (cmd, ' '.join(args)),
                  'exit %d, stderr: %r' % (r.returncode, r.stderr))
+
+    # One config for every command: with kafka.bootstrap.servers = embedded,
+    # the other commands ask the running broker (GET /api/kafka) where its
+    # mock cluster is.
+    eport = free_port()
+    econf = os.path.join(h.tmp, 'embedded.conf')
+    with open(econf, 'w') as f:
+        f.write('kafka.bootstrap.servers = embedded\n'
+                'postgres.conninfo = %s\n' % h.conninfo +
+                'log.dir = %s\n' % os.path.join(h.tmp, 'elog') +
+                'log.key_file = %s\n' % h.config_values['log.key_file'] +
+                'http.listen = 127.0.0.1:%d\n' % eport)
+    r = subprocess.run([cvtest.BIN, 'send', '-c', econf, '--channel', 'one', 'x'],
+                       capture_output=True, text=True, timeout=60)
+    h.ok(r.returncode != 0 and 'running `chatvault broker`' in r.stderr and
+         len(r.stderr.splitlines()) == 1,
+         'embedded, no broker running: one line says to start it', r.stderr)
+    elog = open(os.path.join(h.tmp, 'embedded-broker.log'), 'ab')
+    eb = subprocess.Popen([cvtest.BIN, 'broker', '-c', econf], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=elog)
+    try:
+        r = None
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            r = subprocess.run([cvtest.BIN, 'send', '-c', econf, '--channel', 'one',
+                                '--wait-ack', '--timeout', '20000', 'one config'],
+                               capture_output=True, text=True, timeout=60)
+            if r.returncode == 0:
+                break
+            time.sleep(1)
+        h.ok(r.returncode == 0 and ' PERSISTED ' in r.stdout,
+             'send with the embedded broker\'s own config is acked', r.stdout + r.stderr)
+        r = subprocess.run([cvtest.BIN, 'lag', '--direct', '--interval', '0.5', '-c', econf],
+                           capture_output=True, text=True, timeout=60)
+        h.ok('direct' in r.stdout and 'config error' not in r.stderr,
+             'lag --direct with the same config reads Kafka and PostgreSQL',
+             r.stdout + r.stderr)
+        r = subprocess.run([cvtest.BIN, 'replay', '-c', econf, '--dry-run', '--channel',
+                            'one'], capture_output=True, text=True, timeout=60)
+        h.ok(r.returncode == 0 and 'one' in r.stdout, 'replay --dry-run with it too',
+             r.stdout + r.stderr)
+    finally:
+        eb.terminate()
+        eb.wait(timeout=60)
+        elog.close()

@@ -282,7 +282,12 @@ int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
         flags, 0, NULL, NULL, handle, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned)64, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+        /* No MHD_OPTION_LISTENING_ADDRESS_REUSE: given 1 it sets SO_REUSEPORT,
+         * and a second broker on a taken http.listen then shares the port
+         * (answering /api/kafka with the other one's cluster half of the
+         * time); given 0 it also drops the default SO_REUSEADDR, and a
+         * restart fails while the old port is in TIME_WAIT. */
+        MHD_OPTION_END);
     if (!h->daemon) {
         int e = errno ? errno : EADDRINUSE;
         snprintf(errbuf, errlen, "http.listen = \"%s\": cannot listen: %s", conf->listen,

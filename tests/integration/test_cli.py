@@ -157,6 +157,12 @@ with cvtest.Harness('cli', topics={'chat.cli': 2}) as h:
                             'one'], capture_output=True, text=True, timeout=60)
         h.ok(r.returncode == 0 and 'one' in r.stdout, 'replay --dry-run with it too',
              r.stdout + r.stderr)
+        r = subprocess.run([cvtest.BIN, 'broker', '-c', econf, '--set',
+                            'log.dir=' + os.path.join(h.tmp, 'elog2')],
+                           capture_output=True, text=True, timeout=60)
+        h.ok(r.returncode == 1 and 'cannot listen' in r.stderr,
+             'a second broker on a taken http.listen fails to start',
+             'exit %d: %s' % (r.returncode, r.stderr[-500:]))
     finally:
         eb.terminate()
         eb.wait(timeout=60)

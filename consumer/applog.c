@@ -762,29 +762,39 @@ static bool looks_unwritten(const seg *s, size_t at) {
  * batch number that shows the failure to be inside an earlier, durable
  * batch: one above (last good batch + 1), or frames of both the last good
  * batch and the one after it (the failure then lies inside the former). */
+/* The next frame after position *q that passes its frame check: true with
+ * *q at it, false when none is left. Start with *q at the failing frame. */
+static bool next_good_frame(const seg *s, size_t *q) {
+    size_t at = *q + 1;
+    while (at + FRAME_HDR <= s->size) {
+        const unsigned char *m = memmem(s->map + at, s->size - at, FRAME_MAGIC, 4);
+        if (!m)
+            return false;
+        at = (size_t)(m - s->map);
+        uint32_t len;
+        if (!frame_check(s->map, s->size, at, &len)) {
+            *q = at;
+            return true;
+        }
+        at++;
+    }
+    return false;
+}
+
 static bool seg_tail_is_torn(const seg *s, size_t at) {
     if (s->batch == 0)
         return false; /* batch 1 is made atomic by the rename */
     if (!looks_unwritten(s, at))
         return false;
     bool same = false, next = false;
-    size_t q = at + 1;
-    while (q + FRAME_HDR <= s->size) {
-        const unsigned char *m = memmem(s->map + q, s->size - q, FRAME_MAGIC, 4);
-        if (!m)
-            break;
-        q = (size_t)(m - s->map);
-        uint32_t len, b;
-        if (!frame_check(s->map, s->size, q, &len)) {
-            b = rd32(s->map + q + 12);
-            if (b > s->batch + 1 || b < s->batch)
-                return false;
-            same |= b == s->batch;
-            next |= b == s->batch + 1;
-            if (same && next)
-                return false;
-        }
-        q++;
+    for (size_t q = at; next_good_frame(s, &q);) {
+        uint32_t b = rd32(s->map + q + 12);
+        if (b > s->batch + 1 || b < s->batch)
+            return false;
+        same |= b == s->batch;
+        next |= b == s->batch + 1;
+        if (same && next)
+            return false;
     }
     return true;
 }
@@ -793,17 +803,9 @@ static bool seg_tail_is_torn(const seg *s, size_t at) {
  * check, or -1: how far the damage at `at` reaches, for the error. */
 static int64_t offsets_after(const seg *s, size_t at) {
     int64_t hi = -1;
-    size_t q = at + 1;
-    while (q + FRAME_HDR <= s->size) {
-        const unsigned char *m = memmem(s->map + q, s->size - q, FRAME_MAGIC, 4);
-        if (!m)
-            break;
-        q = (size_t)(m - s->map);
-        uint32_t len;
-        if (!frame_check(s->map, s->size, q, &len) && (int64_t)rd64(s->map + q + 24) > hi)
+    for (size_t q = at; next_good_frame(s, &q);)
+        if ((int64_t)rd64(s->map + q + 24) > hi)
             hi = (int64_t)rd64(s->map + q + 24);
-        q++;
-    }
     return hi;
 }
 

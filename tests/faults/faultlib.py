@@ -73,12 +73,7 @@ def fixed_port(lo=20000, hi=30000):
     raise RuntimeError('no free port in [%d, %d)' % (lo, hi))
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+free_port = cvtest.free_port
 
 
 def http_get(url, timeout=5):

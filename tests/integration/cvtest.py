@@ -20,6 +20,7 @@ as TAP comments.
 import os
 import random
 import shutil
+import socket
 import signal
 import subprocess
 import sys
@@ -65,6 +66,13 @@ except ImportError as e:  # pragma: no cover
              'protobuf-compiler and rebuild' % e)
 
 STATUS = {v.number: v.name for v in pb.AckStatus.DESCRIPTOR.values}
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def now_us():

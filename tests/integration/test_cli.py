@@ -2,7 +2,6 @@
 running broker, the example config, config errors, an unreachable database."""
 import os
 import re
-import socket
 import subprocess
 import time
 
@@ -17,14 +16,6 @@ def config_keys(h):
     h.is_(r.returncode, 0, 'chatvault config exits 0')
     keys = re.findall(r'^  ([a-z][a-z0-9_]*\.[a-z0-9_.]+)\s', r.stdout, re.M)
     return [k for k in keys if not k.startswith('kafka.')]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 with cvtest.Harness('cli', topics={'chat.cli': 2}) as h:
@@ -90,7 +81,7 @@ with cvtest.Harness('cli', topics={'chat.cli': 2}) as h:
          'exit %d, stderr: %r' % (r.returncode, r.stderr))
 
     # Unreachable PostgreSQL: migrate exits 1 with one line naming the host.
-    port = free_port()
+    port = cvtest.free_port()
     r = h.run('migrate', '--set',
               'postgres.conninfo=host=127.0.0.1 port=%d dbname=x connect_timeout=5'
               % port, config=False)
@@ -120,7 +111,7 @@ with cvtest.Harness('cli', topics={'chat.cli': 2}) as h:
     # One config for every command: with kafka.bootstrap.servers = embedded,
     # the other commands ask the running broker (GET /api/kafka) where its
     # mock cluster is.
-    eport = free_port()
+    eport = cvtest.free_port()
     econf = os.path.join(h.tmp, 'embedded.conf')
     with open(econf, 'w') as f:
         f.write('kafka.bootstrap.servers = embedded\n'

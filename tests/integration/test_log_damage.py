@@ -12,7 +12,6 @@ import glob
 import json
 import os
 import subprocess
-import socket
 import time
 import urllib.request
 
@@ -20,14 +19,6 @@ import cvtest
 
 CHANNELS = ['a', 'b', 'c', 'd']
 N = 2000
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def verify(h, *args):
@@ -56,7 +47,7 @@ def logged_ids(h):
 
 with cvtest.Harness('log_damage', topics={'chat.' + c: 2 for c in CHANNELS},
                     partitions=2) as h:
-    port = free_port()
+    port = cvtest.free_port()
     h.write_config(**{'http.listen': '127.0.0.1:%d' % port})
     topics = ['chat.' + c for c in CHANNELS]
     h.migrate()

@@ -157,9 +157,10 @@ static const char *pdir(const char *logdir, int32_t partition) {
     return p;
 }
 
-static int count_segments(const char *dir) {
-    char cmd[700];
-    snprintf(cmd, sizeof(cmd), "ls '%s' | grep -c '\\.cvlog$'", dir);
+/* How many entries of dir match the grep pattern. */
+static int count_named(const char *dir, const char *pattern) {
+    char cmd[800];
+    snprintf(cmd, sizeof(cmd), "ls '%s' | grep -c -- '%s'", dir, pattern);
     FILE *f = popen(cmd, "r");
     int n = 0;
     if (!f || fscanf(f, "%d", &n) != 1)
@@ -167,6 +168,10 @@ static int count_segments(const char *dir) {
     if (f)
         pclose(f);
     return n;
+}
+
+static int count_segments(const char *dir) {
+    return count_named(dir, "\\.cvlog$");
 }
 
 static double now_s(void) {
@@ -684,18 +689,6 @@ static bool same_file(const char *a, const unsigned char *want, size_t wlen) {
     bool same = l == wlen && memcmp(f, want, l) == 0;
     free(f);
     return same;
-}
-
-static int count_named(const char *dir, const char *pattern) {
-    char cmd[800];
-    snprintf(cmd, sizeof(cmd), "ls '%s' | grep -c -- '%s'", dir, pattern);
-    FILE *f = popen(cmd, "r");
-    int n = 0;
-    if (!f || fscanf(f, "%d", &n) != 1)
-        n = -1;
-    if (f)
-        pclose(f);
-    return n;
 }
 
 /* One damage case: `work` (already damaged) is read by the reader (what
@@ -1311,15 +1304,7 @@ static gen_read read_gens(const char *dir, int64_t salt) {
 }
 
 static int count_gen_dirs(const char *dir) {
-    char cmd[700];
-    snprintf(cmd, sizeof(cmd), "ls '%s' | grep -c '^gen-'", dir);
-    FILE *f = popen(cmd, "r");
-    int n = 0;
-    if (!f || fscanf(f, "%d", &n) != 1)
-        n = -1;
-    if (f)
-        pclose(f);
-    return n;
+    return count_named(dir, "^gen-");
 }
 
 /* Kafka's offsets start over (a topic re-created, a mock cluster

@@ -170,7 +170,11 @@ int cv_cmd_broker(int argc, char **argv) {
     };
     pc.observer = cv_metrics_observer(metrics);
     if (cv_pipeline_new(&pc, &p, err, sizeof(err)) < 0) {
-        cv_error("broker", "%s", err);
+        char auth[400];
+        if (cv_cli_kafka_auth_error(auth, sizeof(auth)))
+            cv_error("broker", "%s (last: %s)", err, auth);
+        else
+            cv_error("broker", "%s", err);
         rc = CV_EXIT_FAILURE;
         goto out;
     }

@@ -20,7 +20,9 @@
 # static quorum of all N), each on loopback ports picked at format time below
 # the ephemeral range and kept for the cluster's life:
 #   PLAINTEXT       the bootstrap address (KAFKA_BOOTSTRAP)
-#   SASL_PLAINTEXT  SCRAM-SHA-512, user KAFKA_SASL_USER (KAFKA_SASL_BOOTSTRAP)
+#   SASL_PLAINTEXT  SCRAM-SHA-512 and PLAIN, user KAFKA_SASL_USER with
+#                   KAFKA_SASL_PASSWORD (KAFKA_SASL_BOOTSTRAP); librdkafka
+#                   before 2.6.1 fails SCRAM against Kafka 4 (README)
 #   CONTROLLER      the quorum
 # Replication defaults follow N: default and internal-topic replication
 # factor min(N, 3), min.insync.replicas min(N, 2). Heaps are capped by
@@ -196,8 +198,9 @@ advertised.listeners=PLAINTEXT://127.0.0.1:$(port_of "$i" plaintext),SASL_PLAINT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_chatvault="$pw";
 log.dirs=$dir/node-$i/data
 num.partitions=1
 default.replication.factor=$rf
@@ -354,7 +357,7 @@ env_out() {
     done
     echo "KAFKA_BOOTSTRAP=$(bootstrap)"
     echo "KAFKA_SASL_BOOTSTRAP=$(bootstrap sasl)"
-    echo "KAFKA_SASL_MECHANISM=SCRAM-SHA-512"
+    echo "KAFKA_SASL_MECHANISMS='SCRAM-SHA-512 PLAIN'"
     echo "KAFKA_SASL_USER=chatvault"
     echo "KAFKA_SASL_PASSWORD=$(cat "$dir/sasl.password")"
     echo "KAFKA_PIDS=\"$pids\""

@@ -1,5 +1,5 @@
 """Every Kafka node down for 30 s (kill -9 of all three) while chatvault runs
-and python3-kafka publishes: chatvault does not exit, reports the outage
+under load (python3-kafka publishes before and after): chatvault does not exit, reports the outage
 (/readyz 503 naming Kafka, chatvault_kafka_up 0 on /metrics), and once the
 nodes are started again resumes on its own: every message acked, the stores
 hold each once, the committed offsets reach the end, /readyz 200 again."""
@@ -8,7 +8,7 @@ import time
 import faultlib
 import kafkalib
 
-N = 24000
+N = 9000
 RATE = 300
 DOWN = 30
 
@@ -27,6 +27,11 @@ with kafkalib.KHarness('outage', channels=2, partitions=4) as h:
         time.sleep(0.2)
     code, body = faultlib.http_get(url + '/readyz')
     h.is_(code, 200, '/readyz 200 before the outage')
+    # python3-kafka expires a batch 30 s after it was made, whatever its
+    # retries: the publisher pauses over the outage and its last batches are
+    # delivered before the kill. What it published is consumed or waits.
+    pub.paused.set()
+    time.sleep(2)
     pids = h.node_pids()
     for node in range(1, len(pids) + 1):
         h.kill_node(node)
@@ -50,6 +55,7 @@ with kafkalib.KHarness('outage', channels=2, partitions=4) as h:
     h.diag('/readyz during the outage: %s' % ready[-2:])
     took = h.start_nodes()
     t_up = time.time()
+    pub.paused.clear()
     h.diag('all nodes started again (%.1f s)' % took)
     pub.join(timeout=300)
     sent = dict(pub.sent)

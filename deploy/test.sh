@@ -2,7 +2,8 @@
 # deploy/test.sh — README's test command: set up, start a private PostgreSQL,
 # run every meson test suite against it, stop PostgreSQL again.
 #
-#   deploy/test.sh [--build-dir DIR] [--suite NAME]... [MESON_OPTION...]
+#   deploy/test.sh [--build-dir DIR] [--suite NAME]... [--no-suite NAME]...
+#                  [MESON_OPTION...]
 #
 #   deploy/test.sh                                   all suites in build/
 #   deploy/test.sh --suite integration
@@ -21,6 +22,7 @@ cd "$root"
 
 build=${CV_BUILD_DIR:-build}
 suites=()
+no_suites=()
 setup_opts=()
 while [ "$#" -gt 0 ]; do
     case "$1" in
@@ -28,17 +30,21 @@ while [ "$#" -gt 0 ]; do
     --build-dir=*) build=${1#*=}; shift ;;
     --suite) suites+=(--suite "$2"); shift 2 ;;
     --suite=*) suites+=(--suite "${1#*=}"); shift ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --no-suite) no_suites+=(--no-suite "$2"); shift 2 ;;
+    --no-suite=*) no_suites+=(--no-suite "${1#*=}"); shift ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) setup_opts+=("$1"); shift ;;
     esac
 done
 
 CV_BUILD_DIR=$build deploy/setup.sh "${setup_opts[@]}"
 
-# The kafka suite runs when named or when every suite runs.
+# The kafka suite runs when named, or when every suite runs and it is not
+# excluded with --no-suite kafka.
 want_kafka=0
 if [ "${#suites[@]}" = 0 ]; then
     want_kafka=1
+    for s in "${no_suites[@]}"; do [ "$s" = kafka ] && want_kafka=0; done
 else
     for s in "${suites[@]}"; do [ "$s" = kafka ] && want_kafka=1; done
 fi
@@ -77,7 +83,7 @@ fi
 
 read -r -a extra <<<"${CV_MESON_TEST_ARGS:-}"
 set +e
-meson test -C "$build" --print-errorlogs "${suites[@]}" "${extra[@]}"
+meson test -C "$build" --print-errorlogs "${suites[@]}" "${no_suites[@]}" "${extra[@]}"
 rc=$?
 set -e
 exit "$rc"

@@ -1336,7 +1336,7 @@ void cv_metrics_kafka_stats(cv_metrics *m, const char *json, size_t len) {
         long id = strtol(n + 9, NULL, 10);
         const char *st = memmem(n, (size_t)(end - n), "\"state\":\"", 9);
         if (!st)
-            break;
+            return; /* cut short: keep the last state */
         const char *src = memmem(n, (size_t)(st - n), "\"source\":\"logical\"", 18);
         if (id >= 0 && !src) { /* a logical broker is a coordinator's alias */
             known++;

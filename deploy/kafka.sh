@@ -258,13 +258,18 @@ wait_node() {
         if ! node_pid "$i" >/dev/null; then
             die "node $i exited while starting (see $nd/server.log and $nd/stdout.log: $(grep -m1 -hE 'ERROR|Exception' "$nd/stdout.log" "$nd/server.log" 2>/dev/null | cut -c1-200))"
         fi
+        # "started" logged by this start: past the log's size before it (the
+        # whole file when it rolled over since).
+        local off size
+        off=$(cat "$nd/log.offset" 2>/dev/null || echo 0)
+        size=$(stat -c %s "$nd/server.log" 2>/dev/null || echo 0)
+        [ "$size" -ge "$off" ] || off=0
         if port_open "$(port_of "$i" plaintext)" &&
-            grep -q 'Kafka Server started' "$nd/server.log" 2>/dev/null &&
-            [ "$(grep -c 'Kafka Server started' "$nd/server.log")" -ge "$(cat "$nd/starts")" ]; then
+            tail -c +"$((off + 1))" "$nd/server.log" 2>/dev/null | grep -q 'Kafka Server started'; then
             return
         fi
         [ "$(date +%s)" -lt "$deadline" ] ||
-            die "node $i did not become ready in ${start_timeout}s (see $nd/server.log)"
+            die "node $i (pid $(cat "$nd/pid")) did not become ready in ${start_timeout}s (see $nd/server.log; it is left running: deploy/kafka.sh stop)"
         sleep 0.5
     done
 }
@@ -300,9 +305,8 @@ start() {
     local i started=()
     for i in $(seq 1 "$(nodes)"); do
         node_pid "$i" >/dev/null && continue
-        local s
-        s=$(cat "$dir/node-$i/starts" 2>/dev/null || echo 0)
-        echo $((s + 1)) >"$dir/node-$i/starts"
+        stat -c %s "$dir/node-$i/server.log" >"$dir/node-$i/log.offset" 2>/dev/null ||
+            echo 0 >"$dir/node-$i/log.offset"
         start_node "$i"
         started+=("$i")
     done

@@ -264,8 +264,10 @@ wait_node() {
         off=$(cat "$nd/log.offset" 2>/dev/null || echo 0)
         size=$(stat -c %s "$nd/server.log" 2>/dev/null || echo 0)
         [ "$size" -ge "$off" ] || off=0
+        # (Not `tail | grep -q`: grep leaving early makes tail die of SIGPIPE,
+        # and pipefail turns a match into a failure once the log is large.)
         if port_open "$(port_of "$i" plaintext)" &&
-            tail -c +"$((off + 1))" "$nd/server.log" 2>/dev/null | grep -q 'Kafka Server started'; then
+            [ -n "$(tail -c +"$((off + 1))" "$nd/server.log" 2>/dev/null | grep -m1 'Kafka Server started')" ]; then
             return
         fi
         [ "$(date +%s)" -lt "$deadline" ] ||

@@ -158,7 +158,9 @@ node_pid() {
     [ -f "$f" ] || return 1
     pid=$(cat "$f")
     [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$dir/node-$1/server.properties" || return 1
+    # grep on the file itself: `tr | grep -q` fails under pipefail whenever
+    # grep leaves before tr wrote the whole (long: the classpath) cmdline.
+    grep -qaF -- "$dir/node-$1/server.properties" "/proc/$pid/cmdline" 2>/dev/null || return 1
     echo "$pid"
 }
 

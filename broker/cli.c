@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,8 +119,36 @@ void cv_error(const char *cmd, const char *fmt, ...) {
     va_end(ap);
 }
 
+/* The last authentication or TLS failure librdkafka logged, for the one
+ * line a command ends with (librdkafka itself reports only "Broker transport
+ * failure" once every broker refused it). */
+static pthread_mutex_t auth_lock = PTHREAD_MUTEX_INITIALIZER;
+static char auth_error[400];
+
+static void note_auth_error(const char *buf) {
+    static const char *marks[] = {"SASL authentication error",  "SASL SCRAM",
+                                  "SASL handshake failed",      "SSL handshake failed",
+                                  "Unsupported SASL mechanism", NULL};
+    const char *at = NULL;
+    for (int i = 0; marks[i] && !at; i++)
+        at = strstr(buf, marks[i]);
+    if (!at)
+        return;
+    pthread_mutex_lock(&auth_lock);
+    snprintf(auth_error, sizeof(auth_error), "%s", at);
+    pthread_mutex_unlock(&auth_lock);
+}
+
+const char *cv_cli_kafka_auth_error(char *buf, size_t len) {
+    pthread_mutex_lock(&auth_lock);
+    snprintf(buf, len, "%s", auth_error);
+    pthread_mutex_unlock(&auth_lock);
+    return buf[0] ? buf : NULL;
+}
+
 static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
                          const char *buf) {
+    note_auth_error(buf);
     cv_log_level l = level <= 3   ? CV_LOG_ERROR
                      : level == 4 ? CV_LOG_WARN
                      : level <= 6 ? CV_LOG_INFO

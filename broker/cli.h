@@ -99,6 +99,10 @@ void cv_error(const char *cmd, const char *fmt, ...)
  * keys are not given to a producer and the other way round. If
  * kafka.bootstrap.servers is "embedded", `embedded_bootstraps` is used
  * instead (it must be non-NULL then). Returns NULL with errbuf set. */
+/* The last SASL or TLS failure any Kafka client of this process logged,
+ * copied into BUF (LEN bytes); NULL when there was none. */
+const char *cv_cli_kafka_auth_error(char *buf, size_t len);
+
 rd_kafka_conf_t *cv_cli_kafka_conf(const cv_config *cfg, const char *role,
                                    const char *embedded_bootstraps, char *errbuf,
                                    size_t errlen);

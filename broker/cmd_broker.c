@@ -40,6 +40,17 @@ static void usage(FILE *out) {
     cv_config_print_help(out);
 }
 
+/* One broker per process: the stats callback's opaque is the pipeline's. */
+static cv_metrics *stats_metrics;
+
+static int kafka_stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
+    (void)rk;
+    (void)opaque;
+    if (stats_metrics)
+        cv_metrics_kafka_stats(stats_metrics, json, len);
+    return 0; /* librdkafka frees json */
+}
+
 int cv_cmd_broker(int argc, char **argv) {
     static const struct option opts[] = {
         CV_COMMON_LONGOPTS, {"verbose", no_argument, NULL, 'v'}, {NULL, 0, NULL, 0}};
@@ -134,6 +145,12 @@ int cv_cmd_broker(int argc, char **argv) {
         rc = CV_EXIT_USAGE;
         goto out;
     }
+    /* The consumer's statistics tell /metrics and /readyz whether Kafka is
+     * reachable (chatvault_kafka_up); kafka.statistics.interval.ms beats it. */
+    stats_metrics = metrics;
+    if (!cv_config_kafka_get(cfg, "statistics.interval.ms"))
+        rd_kafka_conf_set(cconf, "statistics.interval.ms", "1000", NULL, 0);
+    rd_kafka_conf_set_stats_cb(cconf, kafka_stats_cb);
     rd_kafka_conf_t *pconf =
         cv_cli_kafka_conf(cfg, "producer", embedded, err, sizeof(err));
     if (!pconf) {
@@ -170,7 +187,11 @@ int cv_cmd_broker(int argc, char **argv) {
     };
     pc.observer = cv_metrics_observer(metrics);
     if (cv_pipeline_new(&pc, &p, err, sizeof(err)) < 0) {
-        cv_error("broker", "%s", err);
+        char auth[400];
+        if (cv_cli_kafka_auth_error(auth, sizeof(auth)))
+            cv_error("broker", "%s (last: %s)", err, auth);
+        else
+            cv_error("broker", "%s", err);
         rc = CV_EXIT_FAILURE;
         goto out;
     }

@@ -107,10 +107,13 @@ static rd_kafka_t *ack_watcher(const cv_config *cfg, const char *topic) {
     rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, rkt, &md, 10000);
     rd_kafka_topic_destroy(rkt);
     if (e || md->topic_cnt != 1 || md->topics[0].err) {
-        cv_error("send", "kafka: cannot read metadata of ack topic %s: %s", topic,
+        char auth[400];
+        const char *last = cv_cli_kafka_auth_error(auth, sizeof(auth));
+        cv_error("send", "kafka: cannot read metadata of ack topic %s: %s%s%s%s", topic,
                  rd_kafka_err2str(e               ? e
                                   : md->topic_cnt ? md->topics[0].err
-                                                  : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
+                                                  : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC),
+                 last ? " (last: " : "", last ? last : "", last ? ")" : "");
         if (md)
             rd_kafka_metadata_destroy(md);
         rd_kafka_destroy(rk);

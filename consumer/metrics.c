@@ -239,6 +239,10 @@ struct cv_metrics {
     rejnote rejects[RECENT_REJECTS];
     size_t nrejects, reject_head;
 
+    int kafka_up, kafka_known;   /* brokers up / known, from librdkafka stats */
+    int64_t kafka_down_since_us; /* 0: not down (some broker up, or none known) */
+    int64_t kafka_outages;
+
     char *probe_topic; /* NULL: no probe */
     cv_hist probe_latency;
     int64_t probe_sent, probe_acked, probe_last_ack_us, probe_last_latency_us;
@@ -1136,6 +1140,20 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
     CK(prom_family(b, "chatvault_degraded", "gauge",
                    "1 while ack.policy = any acks with one store only."));
     CK(cv_buf_printf(b, "chatvault_degraded %d\n", m->degraded));
+    CK(prom_family(b, "chatvault_kafka_up", "gauge",
+                   "1 while the consumer holds a connection to at least one Kafka "
+                   "broker (or knows none yet), 0 while every known broker is down."));
+    CK(cv_buf_printf(b, "chatvault_kafka_up %d\n", m->kafka_down_since_us ? 0 : 1));
+    CK(prom_family(b, "chatvault_kafka_brokers_up", "gauge",
+                   "Kafka brokers the consumer is connected to, of "
+                   "chatvault_kafka_brokers_known."));
+    CK(cv_buf_printf(b, "chatvault_kafka_brokers_up %d\n", m->kafka_up));
+    CK(prom_family(b, "chatvault_kafka_brokers_known", "gauge",
+                   "Kafka brokers the consumer knows from metadata."));
+    CK(cv_buf_printf(b, "chatvault_kafka_brokers_known %d\n", m->kafka_known));
+    CK(prom_family(b, "chatvault_kafka_outages_total", "counter",
+                   "Times every known Kafka broker went down at once."));
+    CK(cv_buf_printf(b, "chatvault_kafka_outages_total %" PRId64 "\n", m->kafka_outages));
     CK(prom_family(b, "chatvault_channels_overflow", "gauge",
                    "1 when channels beyond metrics.max_channels are counted "
                    "under channel=\"_other\"."));
@@ -1183,15 +1201,18 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
     double tot_rate = 0;
     CK(cv_buf_printf(b, "{\"time_ms\":%" PRId64 ",\"version\":", now_us / 1000));
     CK(json_str(b, m->version));
-    CK(cv_buf_printf(b,
-                     ",\"uptime_s\":%.1f,\"window_s\":%.1f,\"tick_age_s\":%.1f,"
-                     "\"degraded\":%s,\"degraded_since_ms\":%" PRId64 ","
-                     "\"channels_overflow\":%s,\"channels\":[",
-                     (double)(now_us - m->start_us) / 1e6, (double)m->window_ms / 1e3,
-                     m->last_tick_ms ? (double)(now_ms - m->last_tick_ms) / 1e3 : -1.0,
-                     m->degraded ? "true" : "false",
-                     m->degraded ? m->degraded_since_us / 1000 : 0,
-                     m->other_used ? "true" : "false"));
+    CK(cv_buf_printf(
+        b,
+        ",\"uptime_s\":%.1f,\"window_s\":%.1f,\"tick_age_s\":%.1f,"
+        "\"degraded\":%s,\"degraded_since_ms\":%" PRId64 ","
+        "\"kafka\":{\"up\":%s,\"brokers_up\":%d,\"brokers_known\":%d,"
+        "\"down_since_ms\":%" PRId64 "},"
+        "\"channels_overflow\":%s,\"channels\":[",
+        (double)(now_us - m->start_us) / 1e6, (double)m->window_ms / 1e3,
+        m->last_tick_ms ? (double)(now_ms - m->last_tick_ms) / 1e3 : -1.0,
+        m->degraded ? "true" : "false", m->degraded ? m->degraded_since_us / 1000 : 0,
+        m->kafka_down_since_us ? "false" : "true", m->kafka_up, m->kafka_known,
+        m->kafka_down_since_us / 1000, m->other_used ? "true" : "false"));
     bool firstc = true;
     for (size_t ci = 0; ci <= m->max_channels; ci++) {
         if (!channel_in_use(m, ci))
@@ -1323,6 +1344,54 @@ out:
     return r;
 }
 
+void cv_metrics_kafka_state(cv_metrics *m, int up, int known) {
+    pthread_mutex_lock(&m->lock);
+    m->kafka_up = up;
+    m->kafka_known = known;
+    if (known > 0 && up == 0) {
+        if (!m->kafka_down_since_us) {
+            m->kafka_down_since_us = cv_now_us();
+            m->kafka_outages++;
+        }
+    } else {
+        m->kafka_down_since_us = 0;
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+void cv_metrics_kafka_stats(cv_metrics *m, const char *json, size_t len) {
+    /* {"brokers":{"host:port/1":{"name":..,"nodeid":1,..,"state":"UP",..},..},
+     *  "topics":{..}}: each broker object has "nodeid" and "source" before
+     * "state"; the bootstrap entries have nodeid -1 and the coordinators'
+     * aliases source "logical". Only the brokers section is read. */
+    const char *end = json + len;
+    const char *b = memmem(json, len, "\"brokers\":{", 11);
+    if (!b)
+        return;
+    const char *stop = memmem(b, (size_t)(end - b), "\"topics\":{", 10);
+    if (stop)
+        end = stop;
+    int up = 0, known = 0;
+    const char *at = b;
+    for (;;) {
+        const char *n = memmem(at, (size_t)(end - at), "\"nodeid\":", 9);
+        if (!n)
+            break;
+        long id = strtol(n + 9, NULL, 10);
+        const char *st = memmem(n, (size_t)(end - n), "\"state\":\"", 9);
+        if (!st)
+            return; /* cut short: keep the last state */
+        const char *src = memmem(n, (size_t)(st - n), "\"source\":\"logical\"", 18);
+        if (id >= 0 && !src) { /* a logical broker is a coordinator's alias */
+            known++;
+            if (end - st >= 11 && memcmp(st + 9, "UP\"", 3) == 0)
+                up++;
+        }
+        at = st + 9;
+    }
+    cv_metrics_kafka_state(m, up, known);
+}
+
 bool cv_metrics_ready(cv_metrics *m, char *why, size_t whylen) {
     int64_t now_us = cv_now_us(), now_ms = cv_mono_ms();
     bool ok = true;
@@ -1333,6 +1402,11 @@ bool cv_metrics_ready(cv_metrics *m, char *why, size_t whylen) {
     } else if (now_ms - m->last_tick_ms > 3 * m->window_ms) {
         snprintf(why, whylen, "pipeline thread silent for %.0f s",
                  (double)(now_ms - m->last_tick_ms) / 1e3);
+        ok = false;
+    }
+    if (ok && m->kafka_down_since_us && now_us - m->kafka_down_since_us >= 5000000) {
+        snprintf(why, whylen, "kafka unreachable: 0 of %d brokers up for %.0f s",
+                 m->kafka_known, (double)(now_us - m->kafka_down_since_us) / 1e6);
         ok = false;
     }
     for (size_t s = 0; ok && s < 2; s++)

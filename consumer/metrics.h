@@ -146,7 +146,18 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *out);
 /* The end-to-end probe published one message now. Thread-safe. */
 void cv_metrics_probe_sent(cv_metrics *m);
 
-/* Ready: the pipeline ticked in the last 3 windows, acks can be made (no
+/* The consumer's view of the Kafka cluster: of the brokers it knows
+ * (KNOWN; 0 before the first metadata), UP hold a working connection.
+ * Fed from librdkafka's statistics (cv_metrics_kafka_stats). Thread-safe. */
+void cv_metrics_kafka_state(cv_metrics *m, int up, int known);
+
+/* Parses librdkafka statistics JSON (the stats callback's document) for the
+ * brokers' connection states and feeds cv_metrics_kafka_state. Brokers
+ * known only by their bootstrap address are not counted. Thread-safe. */
+void cv_metrics_kafka_stats(cv_metrics *m, const char *json, size_t len);
+
+/* Ready: the pipeline ticked in the last 3 windows, Kafka is reachable (at
+ * least one broker up, or the outage is younger than 5 s), acks can be made (no
  * store is down, or ack.policy = any runs degraded on the other one), no
  * channel is STALL, STOP or ERR. When not ready, `why` says what is wrong.
  * Thread-safe. */

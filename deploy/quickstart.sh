@@ -6,7 +6,13 @@
 # that publishes a few messages per second over several channels with
 # --wait-ack, printing each ack's status and latency.
 #
-#   deploy/quickstart.sh [--rounds N] [--channels "a b c"]
+#   deploy/quickstart.sh [--rounds N] [--channels "a b c"] [--kafka embedded|real]
+#
+# --kafka real uses a real Apache Kafka instead (deploy/kafka.sh: started
+# when not running, 1 node unless a cluster is already there, stopped again
+# on the way out if started here), creates the topics with Kafka's
+# kafka-topics, and keeps its database (chatvault_real) and log (.run/log-real)
+# apart from the embedded runs'.
 #
 # Ctrl-C stops everything it started (sender, broker, PostgreSQL). Config and
 # logs are in .run/ (git-ignored). Env: CV_BUILD_DIR (default build),
@@ -18,14 +24,19 @@ cd "$root"
 
 rounds=0                       # 0: until Ctrl-C
 channels="general random support"
+kafka=embedded
 while [ "$#" -gt 0 ]; do
     case "$1" in
     --rounds) rounds=$2; shift 2 ;;
     --channels) channels=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --kafka) kafka=$2; shift 2 ;;
+    --kafka=*) kafka=${1#*=}; shift ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "quickstart: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+
+case "$kafka" in embedded|real) ;; *) echo "quickstart: --kafka $kafka: want embedded or real" >&2; exit 2 ;; esac
 
 build=${CV_BUILD_DIR:-build}
 run=$root/.run
@@ -35,6 +46,7 @@ say() { printf '\033[1mquickstart:\033[0m %s\n' "$*"; }
 broker_pid=""
 sender_pids=()
 pg_started=0
+kafka_started=0
 # The broker and each sender run in their own process group (setsid), so they
 # are stopped here, senders first, then the broker with SIGTERM so that it
 # finishes its batch in flight.
@@ -62,6 +74,10 @@ cleanup() {
         stop_group "$broker_pid" KILL
         wait "$broker_pid" 2>/dev/null
     fi
+    if [ "$kafka_started" = 1 ]; then
+        say "stopping Kafka"
+        deploy/kafka.sh stop
+    fi
     if [ "$pg_started" = 1 ]; then
         say "stopping PostgreSQL"
         deploy/pg.sh stop
@@ -79,20 +95,39 @@ if ! deploy/pg.sh status >/dev/null 2>&1; then
 fi
 pg=$(deploy/pg.sh start)
 say "PostgreSQL: $pg"
-if ! psql "$pg dbname=postgres" -Atqc "SELECT 1 FROM pg_database WHERE datname = 'chatvault'" |
+db=chatvault
+logdir=$run/log
+bootstrap_conf=embedded
+if [ "$kafka" = real ]; then
+    db=chatvault_real
+    logdir=$run/log-real
+    deploy/kafka.sh status >/dev/null 2>&1 || kafka_started=1
+    bootstrap_conf=$(deploy/kafka.sh start | tail -1)
+    say "Kafka: $bootstrap_conf"
+    eval "$(deploy/kafka.sh env)"
+    rf=$((KAFKA_NODES < 3 ? KAFKA_NODES : 3))
+    isr=$((KAFKA_NODES < 2 ? KAFKA_NODES : 2))
+    for t in chatvault.acks:4 chatvault.dlq:1 $(printf 'chat.%s:4 ' $channels); do
+        deploy/kafka.sh tool kafka-topics --bootstrap-server "$bootstrap_conf" --create \
+            --if-not-exists --topic "${t%:*}" --partitions "${t##*:}" \
+            --replication-factor "$rf" --config min.insync.replicas="$isr" 2>/dev/null |
+            grep -v '^WARNING' || true
+    done
+fi
+if ! psql "$pg dbname=postgres" -Atqc "SELECT 1 FROM pg_database WHERE datname = '$db'" |
     grep -q 1; then
-    psql "$pg dbname=postgres" -qc "CREATE DATABASE chatvault"
+    psql "$pg dbname=postgres" -qc "CREATE DATABASE $db"
 fi
 
 conf=$run/chatvault.conf
 cat >"$conf" <<EOF
 # Written by deploy/quickstart.sh; the full reference: chatvault config,
 # deploy/chatvault.conf.example.
-kafka.bootstrap.servers = embedded
+kafka.bootstrap.servers = $bootstrap_conf
 # look for new chat.<channel> topics every second (librdkafka's default: 5 min)
 kafka.topic.metadata.refresh.interval.ms = 1000
-postgres.conninfo = $pg dbname=chatvault
-log.dir = $run/log
+postgres.conninfo = $pg dbname=$db
+log.dir = $logdir
 log.key_file = $run/log.key
 http.listen = ${CV_HTTP_LISTEN:-127.0.0.1:9187}
 EOF
@@ -109,6 +144,12 @@ setsid "$bin" broker -c "$conf" 2>>"$run/broker.log" &
 broker_pid=$!
 bootstrap=""
 for _ in $(seq 1 300); do
+    if [ "$kafka" = real ]; then
+        grep -q 'msg="broker started"' "$run/broker.log" && { bootstrap=$bootstrap_conf; break; }
+        kill -0 "$broker_pid" 2>/dev/null || break
+        sleep 0.1
+        continue
+    fi
     bootstrap=$(sed -n 's/.*msg="embedded kafka started" bootstrap=\([^ ]*\).*/\1/p' \
         "$run/broker.log" | tail -1)
     [ -n "$bootstrap" ] && break
@@ -127,10 +168,10 @@ printf '%s\n' "$bootstrap" >"$run/bootstrap"
 
 cat <<EOF
 
-  chatvault is running (broker pid $broker_pid, embedded Kafka at $bootstrap).
+  chatvault is running (broker pid $broker_pid, $kafka Kafka at $bootstrap).
 
   Broker log:        tail -f .run/broker.log
-  Stored messages:   psql "$pg dbname=chatvault" -c 'SELECT channel, message_id, convert_from(body, '"'"'UTF8'"'"') AS body, persisted_at FROM chatvault.messages ORDER BY persisted_at DESC LIMIT 10'
+  Stored messages:   psql "$pg dbname=$db" -c 'SELECT channel, message_id, convert_from(body, '"'"'UTF8'"'"') AS body, persisted_at FROM chatvault.messages ORDER BY persisted_at DESC LIMIT 10'
   Send one yourself: $build/broker/chatvault send -c .run/chatvault.conf --channel general --wait-ack 'hello'
   Every command takes that one config (lag, replay, verify, log ...).
   Dashboard:         http://${CV_HTTP_LISTEN:-127.0.0.1:9187}/   (metrics: /metrics)

@@ -11,6 +11,14 @@
 #   deploy/bench/run.sh [--messages N] [--partitions P] [--ack-partitions P]
 #                       [--linger-ms N] [--set key=value]... [--no-kcat]
 #                       [--perf SECONDS] [--sample] [--keep-log]
+#                       [--kafka mock|real] [--brokers N]
+#
+# --kafka real runs on a real Apache Kafka cluster of deploy/kafka.sh instead
+# of the mock: N nodes (--brokers, default 1) in .kafka/bench-N/ (or
+# CV_KAFKA_DIR), started when not running and stopped afterwards if started
+# here. Its topics are new for every run (names carry the run's time), with
+# replication factor min(N, 3) and min.insync.replicas min(N, 2); chatvault's
+# producer and the bench's publish with acks=all.
 #
 # CV_BENCH_PG: libpq conninfo of the PostgreSQL server to use, without dbname
 # (default "host=127.0.0.1 port=55432 user=postgres"). The databases
@@ -28,6 +36,8 @@ run_kcat=1
 perf_seconds=0
 sample=0
 keep=0
+kafka=mock
+brokers=1
 sets=()
 
 usage() { sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; }
@@ -43,10 +53,14 @@ while [ $# -gt 0 ]; do
     --perf) perf_seconds=$2; shift 2 ;;
     --sample) sample=1; shift ;;
     --keep-log) keep=1; shift ;;
+    --kafka) kafka=$2; shift 2 ;;
+    --brokers) brokers=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+
+case $kafka in mock | real) ;; *) echo "run.sh: --kafka $kafka: want mock or real" >&2; exit 2 ;; esac
 
 src=$(cd "$(dirname "$0")/../.." && pwd)
 build=${CV_BUILD_DIR:-$src/build}
@@ -63,7 +77,11 @@ done
 ninja -C "$build" >/dev/null
 
 pids=()
+kafka_started=0
 cleanup() {
+    if [ "$kafka_started" = 1 ]; then
+        "$src/deploy/kafka.sh" stop || true
+    fi
     for pid in "${pids[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
@@ -83,22 +101,48 @@ log() { echo "run.sh: $*" >&2; }
 # 1. Kafka: every chat topic and the ack topic get enough partitions.
 topic_args=()
 topics=()
+channel_prefix=bench-
+ack_topic=chatvault.acks
+if [ "$kafka" = real ]; then
+    run_id=$(date -u +%H%M%S)
+    channel_prefix=bench$run_id-
+    ack_topic=chatvault.acks.bench$run_id
+fi
 for ((c = 0; c < channels; c++)); do
-    t=$(printf 'chat.bench-%02d' "$c")
+    t=$(printf 'chat.%s%02d' "$channel_prefix" "$c")
     topics+=("$t")
     topic_args+=(--topic "$t:$partitions")
 done
-"$chatvault" dev-kafka --partitions "$ack_partitions" "${topic_args[@]}" \
-    >"$out/dev-kafka.out" 2>"$out/dev-kafka.log" &
-pids+=($!)
-bootstrap=
-for _ in $(seq 100); do
-    bootstrap=$(head -n 1 "$out/dev-kafka.out" 2>/dev/null || true)
-    [ -n "$bootstrap" ] && break
-    sleep 0.1
-done
-[ -n "$bootstrap" ] || { log "dev-kafka did not start; see $out/dev-kafka.log"; exit 1; }
-log "dev-kafka at $bootstrap ($channels topics x $partitions partitions, acks x $ack_partitions)"
+if [ "$kafka" = mock ]; then
+    "$chatvault" dev-kafka --partitions "$ack_partitions" "${topic_args[@]}" \
+        >"$out/dev-kafka.out" 2>"$out/dev-kafka.log" &
+    pids+=($!)
+    kafka_pid=$!
+    bootstrap=
+    for _ in $(seq 100); do
+        bootstrap=$(head -n 1 "$out/dev-kafka.out" 2>/dev/null || true)
+        [ -n "$bootstrap" ] && break
+        sleep 0.1
+    done
+    [ -n "$bootstrap" ] || { log "dev-kafka did not start; see $out/dev-kafka.log"; exit 1; }
+    log "dev-kafka at $bootstrap ($channels topics x $partitions partitions, acks x $ack_partitions)"
+else
+    export CV_KAFKA_DIR=${CV_KAFKA_DIR:-$src/.kafka/bench-$brokers}
+    "$src/deploy/kafka.sh" status >/dev/null 2>&1 || kafka_started=1
+    "$src/deploy/kafka.sh" start --brokers "$brokers" >/dev/null
+    eval "$("$src/deploy/kafka.sh" env)"
+    bootstrap=$KAFKA_BOOTSTRAP
+    kafka_pid=${KAFKA_PIDS%% *}
+    rf=$((brokers < 3 ? brokers : 3))
+    isr=$((brokers < 2 ? brokers : 2))
+    for tp in "${topics[@]/%/:$partitions}" "$ack_topic:$ack_partitions" "chatvault.dlq:1"; do
+        "$src/deploy/kafka.sh" tool kafka-topics --bootstrap-server "$bootstrap" --create \
+            --if-not-exists --topic "${tp%:*}" --partitions "${tp##*:}" \
+            --replication-factor "$rf" --config min.insync.replicas="$isr" \
+            >>"$out/topics.log" 2>&1 || { log "creating ${tp%:*} failed; see $out/topics.log"; exit 1; }
+    done
+    log "Apache Kafka, $brokers node(s) at $bootstrap ($channels topics x $partitions partitions, acks x $ack_partitions, RF $rf, min.insync.replicas $isr)"
+fi
 
 # 2. A fresh database, migrated.
 psql -X -q -v ON_ERROR_STOP=1 "$pg dbname=postgres" \
@@ -111,6 +155,8 @@ postgres.conninfo = $pg dbname=cv_bench
 http.listen = 127.0.0.1:$http_port
 log.dir = $out/log
 log.key_file = $out/log.key
+topics.pattern = ^chat\\.${channel_prefix}[0-9]+\$
+topics.acks = $ack_topic
 EOF
 for kv in "${sets[@]+"${sets[@]}"}"; do
     printf '%s = %s\n' "${kv%%=*}" "${kv#*=}" >>"$out/chatvault.conf"
@@ -151,7 +197,6 @@ sum_of() { # sum_of FN PID...: FN's figures of the PIDs, added
 }
 pg_backends=$(psql -X -qtA "$pg dbname=postgres" -c \
     "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE datname = 'cv_bench'")
-kafka_pid=${pids[0]}
 kafka_cpu0=$(cpu_of "$kafka_pid")
 # shellcheck disable=SC2086 # one pid per word
 pg_cpu0=$(sum_of cpu_of $pg_backends)
@@ -180,6 +225,7 @@ fi
 # 4. The benchmark itself.
 set +e
 "$bench" --bootstrap "$bootstrap" --messages "$messages" --channels "$channels" \
+    --channel-prefix "$channel_prefix" --ack-topic "$ack_topic" \
     --body-bytes "$body_bytes" --linger-ms "$linger_ms" --broker-pid "$broker_pid" |
     tee "$out/bench.out"
 bench_rc=${PIPESTATUS[0]}
@@ -246,12 +292,12 @@ ours=$(field e2e_msgs_per_s)
 ratio=$(awk -v a="${ours:-0}" -v b="$kcat_rate" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
 {
     echo
-    echo "== chatvault bench summary ($(date -u +%FT%TZ), $(nproc) cores, $messages msgs, ${body_bytes}-byte bodies, $channels channels)"
+    echo "== chatvault bench summary ($(date -u +%FT%TZ), $(nproc) cores, $messages msgs, ${body_bytes}-byte bodies, $channels channels, Kafka: $([ "$kafka" = real ] && echo "Apache Kafka x$brokers, RF $rf" || echo mock))"
     printf '%-40s %s\n' "chatvault end to end (publish -> ack)" "$(field e2e_msgs_per_s) msgs/s in $(field e2e_s) s"
     printf '%-40s %s\n' "  publish only" "$(field publish_s) s"
     printf '%-40s %s\n' "  sent -> ack latency p50 / p99 / max" "$(field p50_ms) / $(field p99_ms) / $(field max_ms) ms"
     printf '%-40s %s\n' "  broker CPU / peak RSS" "$(field broker_cpu_s) s / $(field broker_peak_rss_mib) MiB"
-    printf '%-40s %s\n' "  CPU of dev-kafka / broker's PG backend" "$kafka_cpu s / $pg_cpu s"
+    printf '%-40s %s\n' "  CPU of Kafka (node 1) / broker's PG backend" "$kafka_cpu s / $pg_cpu s"
     printf '%-40s %s\n' "  PG backend waiting for a CPU" "$pg_rq s"
     printf '%-40s %s\n' "  batches / mean size" "${batch_n%.*} / $(mean "$batch_sum" "$batch_n" 1) msgs"
     printf '%-40s %s\n' "  PG transactions: total / mean" "$pg_sum s / $(mean "$pg_sum" "$pg_n" 1000) ms"

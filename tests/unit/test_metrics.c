@@ -411,7 +411,92 @@ static void test_observer_lag(void) {
     tap_ok(m == NULL, "free returns NULL");
 }
 
+/* librdkafka 2.0.2's statistics, cut to what cv_metrics_kafka_stats reads:
+ * a bootstrap entry (nodeid -1), three learned brokers, the group
+ * coordinator's logical alias of one of them, then topics whose partitions
+ * have states of their own. */
+static const char *stats_doc(const char *s1, const char *s2, const char *s3) {
+    static char doc[2048];
+    snprintf(
+        doc, sizeof(doc),
+        "{\"name\":\"rdkafka#consumer-2\",\"type\":\"consumer\",\"brokers\":{"
+        "\"127.0.0.1:9/bootstrap\":{\"name\":\"127.0.0.1:9/bootstrap\",\"nodeid\":-1,"
+        "\"source\":\"configured\",\"state\":\"INIT\",\"toppars\":{}},"
+        "\"127.0.0.1:1/1\":{\"name\":\"127.0.0.1:1/1\",\"nodeid\":1,\"nodename\":"
+        "\"127.0.0.1:1\",\"source\":\"learned\",\"state\":\"%s\",\"toppars\":{"
+        "\"chat.a-0\":{\"topic\":\"chat.a\",\"partition\":0}}},"
+        "\"127.0.0.1:2/2\":{\"name\":\"127.0.0.1:2/2\",\"nodeid\":2,"
+        "\"source\":\"learned\",\"state\":\"%s\"},"
+        "\"127.0.0.1:3/3\":{\"name\":\"127.0.0.1:3/3\",\"nodeid\":3,"
+        "\"source\":\"learned\",\"state\":\"%s\"},"
+        "\"GroupCoordinator\":{\"name\":\"GroupCoordinator\",\"nodeid\":2,"
+        "\"source\":\"logical\",\"state\":\"UP\"}},"
+        "\"topics\":{\"chat.a\":{\"partitions\":{\"0\":{\"partition\":0,"
+        "\"leader\":1,\"fetch_state\":\"active\"}}}},"
+        "\"cgrp\":{\"state\":\"up\",\"join_state\":\"steady\"}}",
+        s1, s2, s3);
+    return doc;
+}
+
+static bool prom_has(cv_metrics *m, const char *line) {
+    cv_buf b;
+    cv_buf_init(&b, 1 << 20);
+    cv_metrics_render_prometheus(m, &b);
+    cv_buf_append(&b, "", 1);
+    bool found = strstr((const char *)b.data, line) != NULL;
+    cv_buf_release(&b);
+    return found;
+}
+
+static void test_kafka_stats(void) {
+    cv_metrics *m = NULL;
+    cv_metrics_conf conf = {.topics_prefix = "chat.", .max_channels = 2, .version = "t"};
+    TAP_IS_INT(cv_metrics_new(&conf, &m), 0, "cv_metrics_new (kafka state)");
+    const cv_pipeline_observer *o = cv_metrics_observer(m);
+    o->tick(o->opaque, NULL);
+    tap_ok(prom_has(m, "chatvault_kafka_up 1\n") &&
+               prom_has(m, "chatvault_kafka_brokers_known 0\n"),
+           "before any statistics: kafka up, no broker known");
+    const char *d = stats_doc("UP", "DOWN", "UP");
+    cv_metrics_kafka_stats(m, d, strlen(d));
+    tap_ok(prom_has(m, "chatvault_kafka_brokers_up 2\n") &&
+               prom_has(m, "chatvault_kafka_brokers_known 3\n") &&
+               prom_has(m, "chatvault_kafka_up 1\n"),
+           "2 of 3 learned brokers up; bootstrap and logical entries not counted");
+    d = stats_doc("TRY_CONNECT", "DOWN", "CONNECT");
+    cv_metrics_kafka_stats(m, d, strlen(d));
+    tap_ok(prom_has(m, "chatvault_kafka_up 0\n") &&
+               prom_has(m, "chatvault_kafka_brokers_up 0\n") &&
+               prom_has(m, "chatvault_kafka_outages_total 1\n"),
+           "every broker down: kafka_up 0, one outage");
+    char why[256];
+    tap_ok(cv_metrics_ready(m, why, sizeof(why)),
+           "an outage younger than 5 s leaves /readyz ready (%s)", why);
+    cv_buf b;
+    cv_buf_init(&b, 1 << 20);
+    cv_metrics_render_lag_json(m, &b);
+    cv_buf_append(&b, "", 1);
+    tap_ok(strstr((const char *)b.data,
+                  "\"kafka\":{\"up\":false,\"brokers_up\":0,\"brokers_known\":3,") !=
+               NULL,
+           "/api/lag: kafka object says down");
+    cv_buf_release(&b);
+    cv_metrics_kafka_stats(m, d, strlen(d));
+    tap_ok(prom_has(m, "chatvault_kafka_outages_total 1\n"),
+           "the same outage is counted once");
+    d = stats_doc("DOWN", "UP", "DOWN");
+    cv_metrics_kafka_stats(m, d, strlen(d));
+    tap_ok(prom_has(m, "chatvault_kafka_up 1\n") &&
+               prom_has(m, "chatvault_kafka_brokers_up 1\n"),
+           "one broker back: kafka up again");
+    cv_metrics_kafka_stats(m, "{\"brokers\":{\"x\":{\"nodeid\":1", 27);
+    tap_ok(prom_has(m, "chatvault_kafka_brokers_up 1\n"),
+           "a truncated document changes nothing");
+    m = cv_metrics_free(m);
+}
+
 int main(void) {
+    test_kafka_stats();
     test_status_rules();
     test_status_blocked_pipeline();
     test_histogram();

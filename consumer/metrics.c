@@ -685,7 +685,8 @@ static void channel_add_sample(mchannel *c, cv_lag_sample s) {
     }
 }
 
-static void history_record(cv_metrics *m, int64_t now_ms, int64_t now_us);
+static void history_record(cv_metrics *m, int64_t now_ms, int64_t now_us,
+                           const chagg *agg);
 
 typedef struct tp_obs {
     int32_t partition;
@@ -763,11 +764,10 @@ static void obs_tick(void *opaque, rd_kafka_t *rk) {
             m->indexcap = 0;
         }
     }
-    chagg *agg = channel_aggregates(m, now_ms, 0);
+    chagg *agg = channel_aggregates(m, now_ms, now_us);
     for (size_t ci = 0; agg && ci <= m->max_channels; ci++)
         if (ci < m->nchannels || (ci == m->max_channels && m->other_used))
             channel_add_sample(&m->channels[ci], agg[ci].s);
-    free(agg);
     /* Ack-latency snapshots for the recent quantiles. */
     size_t slot = (m->lat_snap_head + m->nlat_snaps) % LAT_SNAPS;
     if (m->nlat_snaps == LAT_SNAPS)
@@ -780,8 +780,10 @@ static void obs_tick(void *opaque, rd_kafka_t *rk) {
         if (m->channels[ci].hist)
             memcpy(m->channels[ci].hist->lat_snaps[slot], m->channels[ci].latency.counts,
                    sizeof(m->channels[ci].hist->lat_snaps[slot]));
-    history_record(m, now_ms, now_us);
+    if (agg)
+        history_record(m, now_ms, now_us, agg);
     pthread_mutex_unlock(&m->lock);
+    free(agg);
     free(obs);
     if (asg)
         rd_kafka_topic_partition_list_destroy(asg);
@@ -975,9 +977,10 @@ static void hmin_flush(hseries *h, size_t slot, uint64_t seq) {
     h->acc_n = 0;
 }
 
-/* Appends one point to every series (the numbers /api/lag shows now).
- * Lock held. */
-static void history_record(cv_metrics *m, int64_t now_ms, int64_t now_us) {
+/* Appends one point to every series (the numbers /api/lag shows now), from
+ * `agg` = channel_aggregates(m, now_ms, now_us). Lock held. */
+static void history_record(cv_metrics *m, int64_t now_ms, int64_t now_us,
+                           const chagg *agg) {
     int64_t minute = now_us / 60000000;
     if (m->hmin_cur >= 0 && minute != m->hmin_cur) {
         size_t slot = m->hmin_seq % HIST_MIN_POINTS;
@@ -989,9 +992,6 @@ static void history_record(cv_metrics *m, int64_t now_ms, int64_t now_us) {
         m->hmin_seq++;
     }
     m->hmin_cur = minute;
-    chagg *agg = channel_aggregates(m, now_ms, now_us);
-    if (!agg)
-        return;
     int slot = lat_base_slot(m, now_ms);
     size_t si = m->hsec_seq % HIST_SEC_POINTS;
     hpoint tot = {0, 0, 0, NAN, NAN};
@@ -1019,14 +1019,17 @@ static void history_record(cv_metrics *m, int64_t now_ms, int64_t now_us) {
     m->hsec_t[si] = now_us / 1000;
     m->hsec_seq++;
     m->hist_last_ms = now_ms;
-    free(agg);
 }
 
 /* A pipeline blocked in a store does not tick: a renderer takes the point
  * instead, at most one every 1.5 s. Lock held. */
 static void history_catch_up(cv_metrics *m, int64_t now_ms, int64_t now_us) {
-    if (m->hist_last_ms && now_ms - m->hist_last_ms >= 1500)
-        history_record(m, now_ms, now_us);
+    if (!m->hist_last_ms || now_ms - m->hist_last_ms < 1500)
+        return;
+    chagg *agg = channel_aggregates(m, now_ms, now_us);
+    if (agg)
+        history_record(m, now_ms, now_us, agg);
+    free(agg);
 }
 
 typedef struct chview {

@@ -171,20 +171,33 @@ static enum MHD_Result send_buf(struct MHD_Connection *c, cv_buf *b, int render_
 /* GET /api/history?channel=NAME&range=1h|24h: parameters checked here. */
 typedef struct history_args {
     const char *channel, *range, *bad;
-    int n;
+    bool repeated; /* `bad` is a known one given twice */
 } history_args;
 
 static enum MHD_Result history_arg(void *cls, enum MHD_ValueKind kind, const char *key,
                                    const char *value) {
     history_args *a = cls;
     (void)kind;
-    if (strcmp(key, "channel") == 0 && !a->channel)
+    bool is_channel = strcmp(key, "channel") == 0, is_range = strcmp(key, "range") == 0;
+    if (is_channel && !a->channel)
         a->channel = value ? value : "";
-    else if (strcmp(key, "range") == 0 && !a->range)
+    else if (is_range && !a->range)
         a->range = value ? value : "";
-    else if (!a->bad)
+    else if (!a->bad) {
         a->bad = key;
+        a->repeated = is_channel || is_range;
+    }
     return MHD_YES;
+}
+
+/* `s` cut to 64 bytes, with anything but printable ASCII as '?': for a
+ * one-line error message that quotes the request. */
+static const char *printable(char dst[65], const char *s) {
+    size_t n = 0;
+    for (; s[n] && n < 64; n++)
+        dst[n] = s[n] >= 0x20 && s[n] < 0x7f ? s[n] : '?';
+    dst[n] = '\0';
+    return dst;
 }
 
 static bool channel_name_ok(const char *s) {
@@ -200,21 +213,21 @@ static bool channel_name_ok(const char *s) {
 
 static enum MHD_Result serve_history(cv_http *h, struct MHD_Connection *c, cv_buf *b) {
     history_args a = {0};
-    char msg[400];
+    char msg[400], q[65];
     MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, history_arg, &a);
     cv_history_range range = CV_HISTORY_1H;
     if (a.bad) {
         snprintf(msg, sizeof(msg),
-                 "bad request: unknown parameter \"%.64s\" (use channel=NAME, "
+                 "bad request: %s parameter \"%s\" (use channel=NAME, "
                  "range=1h|24h)\n",
-                 a.bad);
+                 a.repeated ? "repeated" : "unknown", printable(q, a.bad));
         goto bad;
     }
     if (a.range && strcmp(a.range, "24h") == 0)
         range = CV_HISTORY_24H;
     else if (a.range && strcmp(a.range, "1h") != 0) {
-        snprintf(msg, sizeof(msg),
-                 "bad request: range must be 1h or 24h, not \"%.64s\"\n", a.range);
+        snprintf(msg, sizeof(msg), "bad request: range must be 1h or 24h, not \"%s\"\n",
+                 printable(q, a.range));
         goto bad;
     }
     if (a.channel && !channel_name_ok(a.channel)) {

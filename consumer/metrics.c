@@ -1050,7 +1050,6 @@ static chview channel_view(const cv_metrics *m, size_t ci, const chagg *agg,
     chview v = {.now = agg[ci].s, .lag_age_us = agg[ci].age_us};
     s[n++] = v.now;
     v.status = cv_lag_status_eval(s, n, m->window_ms, stores_down(m), &v.why);
-    (void)now_ms;
     v.rate = channel_rate(c, &v.now, m->window_ms);
     return v;
 }

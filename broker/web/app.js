@@ -60,6 +60,16 @@
   function numTicks(u, vals, axisIdx, space, incr) {
     return uniqueLabels(vals, (v, dec) => (dec === 0 ? fmtInt(v) : v.toFixed(dec)), decimalsFor(stepOf(vals, incr)));
   }
+  // Time ticks as local HH:MM:SS (HH:MM from one-minute steps up): uPlot's
+  // default puts a date under the first tick, which collides with the next.
+  const pad2 = (n) => String(n).padStart(2, "0");
+  function timeTicks(u, vals, axisIdx, space, incr) {
+    return vals.map((v) => {
+      const d = new Date(v * 1000);
+      const hm = pad2(d.getHours()) + ":" + pad2(d.getMinutes());
+      return incr < 60 ? hm + ":" + pad2(d.getSeconds()) : hm;
+    });
+  }
   // Tick steps for counts: whole numbers only.
   const INT_INCRS = [];
   for (let m = 1; m <= 1e9; m *= 10) INT_INCRS.push(m, 2 * m, 5 * m);
@@ -84,7 +94,8 @@
         y: { range: (u, min, max) => [0, Math.max(max == null || !isFinite(max) ? 0 : max, opts.minTop) * 1.15] },
       },
       axes: [
-        { stroke: "#8796a6", grid: { stroke: "#26313d" }, ticks: { stroke: "#26313d" } },
+        { stroke: "#8796a6", grid: { stroke: "#26313d" }, ticks: { stroke: "#26313d" },
+          space: 70, values: timeTicks },
         { stroke: "#8796a6", grid: { stroke: "#26313d" }, ticks: { stroke: "#26313d" },
           size: 70, values: ticks, incrs: opts.integer ? INT_INCRS : undefined },
       ],

@@ -124,8 +124,8 @@ try {
   await first.close();
 
   // Bad parameters of /api/history.
-  for (const [q, want] of [["?range=7d", 400], ["?channel=a%2Fb", 400], ["?foo=1", 400],
-    ["?channel=nosuch", 404]]) {
+  for (const [q, want] of [["?range=7d", 400], ["?range=%0A1h", 400], ["?channel=a%2Fb", 400],
+    ["?foo=1", 400], ["?channel=alpha&channel=beta", 400], ["?channel=nosuch", 404]]) {
     const r = await apiHistory(q);
     check(r.status === want && typeof r.body === "string" && r.body.trim().split("\n").length === 1,
       `/api/history${q}: ${want} with a one-line message`, `${r.status} ${JSON.stringify(r.body)}`);
@@ -236,6 +236,7 @@ try {
     JSON.stringify(hm));
   check(hm.length && hm[0] <= loadedAt - TRAFFIC_S + 60, "the minute points reach back to the traffic",
     `${hm[0]} loaded ${loadedAt}`);
+  await page.screenshot({ path: join(ART, "dashboard-24h.png"), fullPage: true });
   await page.click('#range button[data-range="1h"]');
   await page.selectOption("#sel-channel", "");
   await waitView(page, "|1h");

@@ -65,7 +65,7 @@
  * Memory, allocated once per channel when it first appears and never grown:
  * about 105 KB per channel (see hseries in metrics.c), for at most
  * min(max_channels, CV_METRICS_HISTORY_CHANNELS) channels plus "_other" and
- * the totals: ≤ 10.7 MB with the default max_channels = 100. Channels past
+ * the totals: ≤ 10.8 MB with the default max_channels = 100. Channels past
  * that cap have no history and no per-channel latency (their points still
  * count in the totals).
  */

@@ -168,6 +168,87 @@ static enum MHD_Result send_buf(struct MHD_Connection *c, cv_buf *b, int render_
     return send_response(c, MHD_HTTP_OK, r, type, true);
 }
 
+/* GET /api/history?channel=NAME&range=1h|24h: parameters checked here. */
+typedef struct history_args {
+    const char *channel, *range, *bad;
+    bool repeated; /* `bad` is a known one given twice */
+} history_args;
+
+static enum MHD_Result history_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value) {
+    history_args *a = cls;
+    (void)kind;
+    bool is_channel = strcmp(key, "channel") == 0, is_range = strcmp(key, "range") == 0;
+    if (is_channel && !a->channel)
+        a->channel = value ? value : "";
+    else if (is_range && !a->range)
+        a->range = value ? value : "";
+    else if (!a->bad) {
+        a->bad = key;
+        a->repeated = is_channel || is_range;
+    }
+    return MHD_YES;
+}
+
+/* `s` cut to 64 bytes, with anything but printable ASCII as '?': for a
+ * one-line error message that quotes the request. */
+static const char *printable(char dst[65], const char *s) {
+    size_t n = 0;
+    for (; s[n] && n < 64; n++)
+        dst[n] = s[n] >= 0x20 && s[n] < 0x7f ? s[n] : '?';
+    dst[n] = '\0';
+    return dst;
+}
+
+static bool channel_name_ok(const char *s) {
+    size_t n = strlen(s);
+    if (n < 1 || n > 200)
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+              (*s >= '0' && *s <= '9') || *s == '.' || *s == '_' || *s == '-'))
+            return false;
+    return true;
+}
+
+static enum MHD_Result serve_history(cv_http *h, struct MHD_Connection *c, cv_buf *b) {
+    history_args a = {0};
+    char msg[400], q[65];
+    MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, history_arg, &a);
+    cv_history_range range = CV_HISTORY_1H;
+    if (a.bad) {
+        snprintf(msg, sizeof(msg),
+                 "bad request: %s parameter \"%s\" (use channel=NAME, "
+                 "range=1h|24h)\n",
+                 a.repeated ? "repeated" : "unknown", printable(q, a.bad));
+        goto bad;
+    }
+    if (a.range && strcmp(a.range, "24h") == 0)
+        range = CV_HISTORY_24H;
+    else if (a.range && strcmp(a.range, "1h") != 0) {
+        snprintf(msg, sizeof(msg), "bad request: range must be 1h or 24h, not \"%s\"\n",
+                 printable(q, a.range));
+        goto bad;
+    }
+    if (a.channel && !channel_name_ok(a.channel)) {
+        snprintf(msg, sizeof(msg),
+                 "bad request: channel must match [A-Za-z0-9._-]{1,200}\n");
+        goto bad;
+    }
+    char err[300];
+    int r =
+        cv_metrics_render_history_json(h->metrics, a.channel, range, b, err, sizeof(err));
+    if (r == -ENOENT) {
+        cv_buf_release(b);
+        snprintf(msg, sizeof(msg), "not found: %s\n", err);
+        return send_text(c, MHD_HTTP_NOT_FOUND, msg);
+    }
+    return send_buf(c, b, r, "application/json");
+bad:
+    cv_buf_release(b);
+    return send_text(c, MHD_HTTP_BAD_REQUEST, msg);
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *url,
                               const char *method, const char *version,
                               const char *upload_data, size_t *upload_data_size,
@@ -207,6 +288,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     if (strcmp(url, "/api/lag") == 0)
         return send_buf(c, &b, cv_metrics_render_lag_json(h->metrics, &b),
                         "application/json");
+    if (strcmp(url, "/api/history") == 0)
+        return serve_history(h, c, &b);
     if (strcmp(url, "/api/kafka") == 0) {
         int r = cv_buf_printf(
             &b, "{\"embedded\":%s,\"bootstrap\":", h->kafka_bootstrap ? "true" : "false");

@@ -2,10 +2,13 @@
  * http — the broker's observability server on http.listen (libmicrohttpd,
  * its own thread): GET /metrics (Prometheus text), /healthz (process alive),
  * /readyz (stores reachable, pipeline running, no channel stalled),
- * /api/lag (JSON), /api/kafka (JSON: the embedded Kafka cluster's address,
+ * /api/lag (JSON), /api/history (JSON: the bounded history behind the
+ * dashboard's charts, ?channel=NAME&range=1h|24h; 400 for a bad parameter,
+ * 404 for an unknown channel), /api/kafka (JSON: the embedded Kafka cluster's address,
  * for the other commands), / (the dashboard, embedded in the binary).
  *
- * It only reads cv_metrics snapshots; it never touches the pipeline.
+ * It only reads cv_metrics snapshots; it never touches the pipeline (a
+ * render may append a history point while the pipeline is blocked).
  *
  * With http.token set, every endpoint but /healthz needs the token, as
  * `Authorization: Bearer <token>` (tools, Prometheus' `authorization`) or as

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
+#include <math.h>
 #include <pthread.h>
 #include <sodium.h>
 #include <stddef.h>
@@ -164,7 +165,35 @@ typedef struct mchannel {
     int64_t rejected_by_reason[CV_REJECT__COUNT];
     cv_lag_sample samples[SAMPLES_MAX]; /* ring */
     size_t nsamples, sample_head;       /* head: index of the oldest */
+    cv_hist latency;                    /* sent → ack, this channel's acks */
+    struct hseries *hist;               /* NULL: none kept (see metrics.h) */
 } mchannel;
+
+/* History (see metrics.h). Points of all series are written together, so
+ * their times live once, in cv_metrics; a series written since sequence
+ * number `since` holds points [since, seq). Floats: the values are for
+ * charts, and 20 bytes a point keep a channel at
+ *   3600 × 20 (seconds) + 1440 × 20 (minutes) + 32 × 18 × 8 (latency
+ *   snapshots) = 105,456 bytes on x86-64; the per-channel latency histogram
+ *   in mchannel adds ~230 bytes per slot. */
+#define HIST_SEC_POINTS 3600
+#define HIST_MIN_POINTS 1440
+#define LAT_BUCKETS (NB(ack_latency_bounds) + 1)
+
+typedef struct hpoint {
+    float lag, age_s, rate, p50_s, p99_s; /* NaN: none */
+} hpoint;
+
+typedef struct hseries {
+    hpoint sec[HIST_SEC_POINTS];
+    hpoint min[HIST_MIN_POINTS];
+    hpoint acc; /* the minute in progress: max, but rate is a sum */
+    int64_t acc_n;
+    uint64_t since_sec, since_min;
+    /* The channel's latency counts at each of the global lat_snaps slots,
+     * for its quantiles over the window. */
+    uint64_t lat_snaps[LAT_SNAPS][LAT_BUCKETS];
+} hseries;
 
 typedef struct inflight {
     int64_t offset, ts_us;
@@ -207,6 +236,8 @@ typedef struct rejnote {
 struct cv_metrics {
     pthread_mutex_t lock;
     cv_pipeline_observer obs;
+    int64_t (*now_us)(void);
+    int64_t (*mono_ms)(void);
     char *prefix;
     char *version;
     size_t max_channels;
@@ -242,6 +273,14 @@ struct cv_metrics {
     int kafka_up, kafka_known;   /* brokers up / known, from librdkafka stats */
     int64_t kafka_down_since_us; /* 0: not down (some broker up, or none known) */
     int64_t kafka_outages;
+    /* History: times (wall ms) of the points, the totals' series. */
+    int64_t hsec_t[HIST_SEC_POINTS];
+    uint64_t hsec_seq; /* points written; the newest is at (seq - 1) % N */
+    int64_t hmin_t[HIST_MIN_POINTS];
+    uint64_t hmin_seq;
+    int64_t hmin_cur;     /* wall minute (ms / 60000) in progress; -1: none */
+    int64_t hist_last_ms; /* monotonic time of the newest point; 0: none */
+    hseries *hist_total;
 
     char *probe_topic; /* NULL: no probe */
     cv_hist probe_latency;
@@ -299,6 +338,15 @@ static int index_rebuild(cv_metrics *m, size_t cap) {
     return 0;
 }
 
+static hseries *hseries_new(const cv_metrics *m) {
+    hseries *h = calloc(1, sizeof(*h));
+    if (h) {
+        h->since_sec = m->hsec_seq;
+        h->since_min = m->hmin_seq;
+    }
+    return h;
+}
+
 /* The channel slot for a topic: its own while there is room, else
  * "_other". */
 static size_t channel_for(cv_metrics *m, const char *topic) {
@@ -311,7 +359,11 @@ static size_t channel_for(cv_metrics *m, const char *topic) {
     if (m->nchannels < m->max_channels) {
         char *copy = strdup(name);
         if (copy) {
-            m->channels[m->nchannels].name = copy;
+            mchannel *c = &m->channels[m->nchannels];
+            c->name = copy;
+            cv_hist_init(&c->latency, ack_latency_bounds, NB(ack_latency_bounds));
+            if (m->nchannels < CV_METRICS_HISTORY_CHANNELS)
+                c->hist = hseries_new(m); /* NULL: this one has none */
             return m->nchannels++;
         }
     }
@@ -469,7 +521,7 @@ static int64_t rec_time_us(int64_t sent_at_us, int64_t timestamp_ms, int64_t now
 
 static void obs_consumed(void *opaque, const cv_rec *recs, size_t n) {
     cv_metrics *m = opaque;
-    int64_t now_us = cv_now_us(), now_ms = cv_mono_ms();
+    int64_t now_us = m->now_us(), now_ms = m->mono_ms();
     pthread_mutex_lock(&m->lock);
     m->batches++;
     cv_hist_observe(&m->batch_size, (int64_t)n);
@@ -543,7 +595,7 @@ static void obs_store_error(void *opaque, unsigned store, const char *error) {
     s->seen = true;
     s->down = true;
     s->errors++;
-    s->last_error_ms = cv_now_us() / 1000;
+    s->last_error_ms = m->now_us() / 1000;
     snprintf(s->last_error, sizeof(s->last_error), "%s", error ? error : "");
     pthread_mutex_unlock(&m->lock);
 }
@@ -560,7 +612,7 @@ static void obs_store_ok(void *opaque, unsigned store) {
 
 static void obs_acked(void *opaque, const cv_ack_note *notes, size_t n) {
     cv_metrics *m = opaque;
-    int64_t now_us = cv_now_us(), now_ms = cv_mono_ms();
+    int64_t now_us = m->now_us(), now_ms = m->mono_ms();
     pthread_mutex_lock(&m->lock);
     mpart *p = NULL;
     for (size_t i = 0; i < n; i++) {
@@ -584,6 +636,7 @@ static void obs_acked(void *opaque, const cv_ack_note *notes, size_t n) {
             int64_t lat = now_us - rec_time_us(a->sent_at_us, a->timestamp_ms, now_us);
             lat = lat > 0 ? lat : 0;
             cv_hist_observe(&m->ack_latency, lat);
+            cv_hist_observe(&c->latency, lat);
             if (p->probe) {
                 cv_hist_observe(&m->probe_latency, lat);
                 m->probe_acked++;
@@ -637,6 +690,9 @@ static void channel_add_sample(mchannel *c, cv_lag_sample s) {
     }
 }
 
+static void history_record(cv_metrics *m, int64_t now_ms, int64_t now_us,
+                           const chagg *agg);
+
 typedef struct tp_obs {
     int32_t partition;
     int64_t low, high, position, assigned_at;
@@ -645,7 +701,7 @@ typedef struct tp_obs {
 
 static void obs_tick(void *opaque, rd_kafka_t *rk) {
     cv_metrics *m = opaque;
-    int64_t now_us = cv_now_us(), now_ms = cv_mono_ms();
+    int64_t now_us = m->now_us(), now_ms = m->mono_ms();
     rd_kafka_topic_partition_list_t *asg = NULL;
     tp_obs *obs = NULL;
     if (rk && rd_kafka_assignment(rk, &asg) == RD_KAFKA_RESP_ERR_NO_ERROR && asg) {
@@ -713,11 +769,10 @@ static void obs_tick(void *opaque, rd_kafka_t *rk) {
             m->indexcap = 0;
         }
     }
-    chagg *agg = channel_aggregates(m, now_ms, 0);
+    chagg *agg = channel_aggregates(m, now_ms, now_us);
     for (size_t ci = 0; agg && ci <= m->max_channels; ci++)
         if (ci < m->nchannels || (ci == m->max_channels && m->other_used))
             channel_add_sample(&m->channels[ci], agg[ci].s);
-    free(agg);
     /* Ack-latency snapshots for the recent quantiles. */
     size_t slot = (m->lat_snap_head + m->nlat_snaps) % LAT_SNAPS;
     if (m->nlat_snaps == LAT_SNAPS)
@@ -726,7 +781,14 @@ static void obs_tick(void *opaque, rd_kafka_t *rk) {
         m->nlat_snaps++;
     m->lat_snaps[slot] = m->ack_latency;
     m->lat_snap_ms[slot] = now_ms;
+    for (size_t ci = 0; ci <= m->max_channels; ci++)
+        if (m->channels[ci].hist)
+            memcpy(m->channels[ci].hist->lat_snaps[slot], m->channels[ci].latency.counts,
+                   sizeof(m->channels[ci].hist->lat_snaps[slot]));
+    if (agg)
+        history_record(m, now_ms, now_us, agg);
     pthread_mutex_unlock(&m->lock);
+    free(agg);
     free(obs);
     if (asg)
         rd_kafka_topic_partition_list_destroy(asg);
@@ -754,7 +816,7 @@ static void obs_degraded(void *opaque, int on) {
     cv_metrics *m = opaque;
     pthread_mutex_lock(&m->lock);
     if (on && !m->degraded)
-        m->degraded_since_us = cv_now_us();
+        m->degraded_since_us = m->now_us();
     m->degraded = on != 0;
     pthread_mutex_unlock(&m->lock);
 }
@@ -768,17 +830,24 @@ int cv_metrics_new(const cv_metrics_conf *conf, cv_metrics **ret_metrics) {
     if (!m)
         return -ENOMEM;
     pthread_mutex_init(&m->lock, NULL);
+    m->now_us = conf->now_us ? conf->now_us : cv_now_us;
+    m->mono_ms = conf->mono_ms ? conf->mono_ms : cv_mono_ms;
     m->max_channels = conf->max_channels;
     m->window_ms = conf->window_ms > 0 ? conf->window_ms : 10000;
     m->prefix = strdup(conf->topics_prefix ? conf->topics_prefix : "");
     m->version = strdup(conf->version ? conf->version : "unknown");
     m->channels = calloc(m->max_channels + 1, sizeof(*m->channels));
+    m->hmin_cur = -1;
     if (!m->prefix || !m->version || !m->channels ||
-        !(m->channels[m->max_channels].name = strdup(OTHER_CHANNEL))) {
+        !(m->channels[m->max_channels].name = strdup(OTHER_CHANNEL)) ||
+        !(m->channels[m->max_channels].hist = hseries_new(m)) ||
+        !(m->hist_total = hseries_new(m))) {
         cv_metrics_free(m);
         return -ENOMEM;
     }
-    m->start_us = cv_now_us();
+    cv_hist_init(&m->channels[m->max_channels].latency, ack_latency_bounds,
+                 NB(ack_latency_bounds));
+    m->start_us = m->now_us();
     cv_hist_init(&m->ack_latency, ack_latency_bounds, NB(ack_latency_bounds));
     cv_hist_init(&m->pg_commit, pg_commit_bounds, NB(pg_commit_bounds));
     cv_hist_init(&m->log_fsync, log_fsync_bounds, NB(log_fsync_bounds));
@@ -816,8 +885,11 @@ cv_metrics *cv_metrics_free(cv_metrics *m) {
     free(m->parts);
     free(m->index);
     if (m->channels)
-        for (size_t i = 0; i <= m->max_channels; i++)
+        for (size_t i = 0; i <= m->max_channels; i++) {
             free(m->channels[i].name);
+            free(m->channels[i].hist);
+        }
+    free(m->hist_total);
     free(m->channels);
     free(m->prefix);
     free(m->version);
@@ -848,6 +920,133 @@ static bool channel_in_use(const cv_metrics *m, size_t ci) {
     return ci < m->nchannels || (ci == m->max_channels && m->other_used);
 }
 
+/* Acks per second over the window ending at `now`: from the newest stored
+ * sample at or before the window's start, else the oldest one. */
+static double channel_rate(const mchannel *c, const cv_lag_sample *now,
+                           int64_t window_ms) {
+    const cv_lag_sample *base = now;
+    for (size_t i = 0; i < c->nsamples; i++) {
+        const cv_lag_sample *s = &c->samples[(c->sample_head + i) % SAMPLES_MAX];
+        if (i == 0 || s->t_ms <= now->t_ms - window_ms)
+            base = s;
+    }
+    if (now->t_ms <= base->t_ms)
+        return 0;
+    return (double)(now->acked - base->acked) * 1000.0 / (double)(now->t_ms - base->t_ms);
+}
+
+/* The lat_snaps slot the window's quantiles count from: the newest snapshot
+ * at or before the start of the window, else the oldest; -1: none yet. */
+static int lat_base_slot(const cv_metrics *m, int64_t now_ms) {
+    int base = -1;
+    for (size_t i = 0; i < m->nlat_snaps; i++) {
+        size_t k = (m->lat_snap_head + i) % LAT_SNAPS;
+        if (base < 0 || m->lat_snap_ms[k] <= now_ms - m->window_ms)
+            base = (int)k;
+    }
+    return base;
+}
+
+/* A channel's sent→ack q-quantile in µs over the window (-1: no acks). */
+static double channel_quantile(const mchannel *c, int slot, double q) {
+    if (!c->hist)
+        return -1;
+    cv_hist base = c->latency;
+    if (slot >= 0)
+        memcpy(base.counts, c->hist->lat_snaps[slot], sizeof(c->hist->lat_snaps[slot]));
+    else
+        memset(base.counts, 0, sizeof(base.counts));
+    return cv_hist_quantile(&c->latency, &base, q);
+}
+
+static float hval(double v, double scale) {
+    return v < 0 ? NAN : (float)(v / scale);
+}
+
+static void hacc_add(hseries *h, const hpoint *pt) {
+    hpoint *a = &h->acc;
+    if (h->acc_n == 0) {
+        *a = *pt;
+    } else {
+        a->lag = fmaxf(a->lag, pt->lag);
+        a->age_s = fmaxf(a->age_s, pt->age_s);
+        a->rate += pt->rate;
+        a->p50_s = fmaxf(a->p50_s, pt->p50_s); /* fmaxf skips a NaN */
+        a->p99_s = fmaxf(a->p99_s, pt->p99_s);
+    }
+    h->acc_n++;
+}
+
+/* The minute in progress as a point: maxima, the mean rate. */
+static hpoint hacc_point(const hseries *h) {
+    hpoint pt = h->acc;
+    pt.rate = h->acc_n ? pt.rate / (float)h->acc_n : NAN;
+    return pt;
+}
+
+static void hmin_flush(hseries *h, size_t slot, uint64_t seq) {
+    if (h->acc_n == 0 && h->since_min == seq)
+        h->since_min = seq + 1; /* created after the minute's last point */
+    else
+        h->min[slot] = h->acc_n ? hacc_point(h) : (hpoint){NAN, NAN, NAN, NAN, NAN};
+    h->acc_n = 0;
+}
+
+/* Appends one point to every series (the numbers /api/lag shows now), from
+ * `agg` = channel_aggregates(m, now_ms, now_us). Lock held. */
+static void history_record(cv_metrics *m, int64_t now_ms, int64_t now_us,
+                           const chagg *agg) {
+    int64_t minute = now_us / 60000000;
+    if (m->hmin_cur >= 0 && minute != m->hmin_cur) {
+        size_t slot = m->hmin_seq % HIST_MIN_POINTS;
+        for (size_t ci = 0; ci <= m->max_channels; ci++)
+            if (m->channels[ci].hist)
+                hmin_flush(m->channels[ci].hist, slot, m->hmin_seq);
+        hmin_flush(m->hist_total, slot, m->hmin_seq);
+        m->hmin_t[slot] = m->hmin_cur * 60000;
+        m->hmin_seq++;
+    }
+    m->hmin_cur = minute;
+    int slot = lat_base_slot(m, now_ms);
+    size_t si = m->hsec_seq % HIST_SEC_POINTS;
+    hpoint tot = {0, 0, 0, NAN, NAN};
+    for (size_t ci = 0; ci <= m->max_channels; ci++) {
+        if (!channel_in_use(m, ci))
+            continue;
+        const mchannel *c = &m->channels[ci];
+        double rate = channel_rate(c, &agg[ci].s, m->window_ms);
+        tot.lag += (float)agg[ci].s.lag;
+        tot.age_s = fmaxf(tot.age_s, (float)agg[ci].age_us / 1e6f);
+        tot.rate += (float)rate;
+        if (!c->hist)
+            continue;
+        hpoint pt = {(float)agg[ci].s.lag, (float)agg[ci].age_us / 1e6f, (float)rate,
+                     hval(channel_quantile(c, slot, 0.5), 1e6),
+                     hval(channel_quantile(c, slot, 0.99), 1e6)};
+        c->hist->sec[si] = pt;
+        hacc_add(c->hist, &pt);
+    }
+    const cv_hist *base = slot >= 0 ? &m->lat_snaps[slot] : NULL;
+    tot.p50_s = hval(cv_hist_quantile(&m->ack_latency, base, 0.5), 1e6);
+    tot.p99_s = hval(cv_hist_quantile(&m->ack_latency, base, 0.99), 1e6);
+    m->hist_total->sec[si] = tot;
+    hacc_add(m->hist_total, &tot);
+    m->hsec_t[si] = now_us / 1000;
+    m->hsec_seq++;
+    m->hist_last_ms = now_ms;
+}
+
+/* A pipeline blocked in a store does not tick: a renderer takes the point
+ * instead, at most one every 1.5 s. Lock held. */
+static void history_catch_up(cv_metrics *m, int64_t now_ms, int64_t now_us) {
+    if (!m->hist_last_ms || now_ms - m->hist_last_ms < 1500)
+        return;
+    chagg *agg = channel_aggregates(m, now_ms, now_us);
+    if (agg)
+        history_record(m, now_ms, now_us, agg);
+    free(agg);
+}
+
 typedef struct chview {
     cv_lag_sample now;
     cv_lag_status status;
@@ -866,13 +1065,7 @@ static chview channel_view(const cv_metrics *m, size_t ci, const chagg *agg,
     chview v = {.now = agg[ci].s, .lag_age_us = agg[ci].age_us};
     s[n++] = v.now;
     v.status = cv_lag_status_eval(s, n, m->window_ms, stores_down(m), &v.why);
-    size_t first = 0;
-    for (size_t i = 0; i < n; i++)
-        if (s[i].t_ms <= now_ms - m->window_ms)
-            first = i;
-    if (now_ms > s[first].t_ms)
-        v.rate = (double)(v.now.acked - s[first].acked) * 1000.0 /
-                 (double)(now_ms - s[first].t_ms);
+    v.rate = channel_rate(c, &v.now, m->window_ms);
     return v;
 }
 
@@ -941,7 +1134,7 @@ static const char *ack_status_label(int s) {
 
 int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
     int r = 0;
-    int64_t now_us = cv_now_us(), now_ms = cv_mono_ms();
+    int64_t now_us = m->now_us(), now_ms = m->mono_ms();
     double *other_lag = NULL, *other_age = NULL;
     bool *other_seen = NULL;
     chagg *agg = NULL;
@@ -1187,14 +1380,16 @@ static int json_num(cv_buf *b, double v) {
 
 int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
     int r = 0;
-    int64_t now_us = cv_now_us(), now_ms = cv_mono_ms();
+    int64_t now_us = m->now_us(), now_ms = m->mono_ms();
     pthread_mutex_lock(&m->lock);
+    history_catch_up(m, now_ms, now_us);
     chagg *agg = channel_aggregates(m, now_ms, now_us);
     if (!agg) {
         r = -ENOMEM;
         goto out;
     }
     bool down = stores_down(m);
+    int lat_slot = lat_base_slot(m, now_ms);
     cv_lag_status worst = CV_LAG_OK;
     int64_t tot_lag = 0, tot_age = 0, tot_consumed = 0, tot_acked = 0, tot_rejected = 0,
             tot_dup = 0, tot_inflight = 0;
@@ -1239,10 +1434,16 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
             ",\"rate\":%.2f,\"lag_messages\":%" PRId64
             ",\"lag_seconds\":%.3f,\"inflight\":%" PRId64 ",\"consumed\":%" PRId64
             ",\"acked\":%" PRId64 ",\"stored_postgres\":%" PRId64
-            ",\"stored_log\":%" PRId64 ",\"rejected\":%" PRId64 ",\"duplicate\":%" PRId64
-            ",\"partitions\":[",
+            ",\"stored_log\":%" PRId64 ",\"rejected\":%" PRId64 ",\"duplicate\":%" PRId64,
             v.rate, v.now.lag, (double)v.lag_age_us / 1e6, v.now.inflight, c->consumed,
             c->acked, c->stored[0], c->stored[1], c->rejected, c->duplicate));
+        double cq50 = channel_quantile(c, lat_slot, 0.5);
+        double cq99 = channel_quantile(c, lat_slot, 0.99);
+        CK(cv_buf_append(b, ",\"p50_s\":", 9));
+        CK(json_num(b, cq50 < 0 ? cq50 : cq50 / 1e6));
+        CK(cv_buf_append(b, ",\"p99_s\":", 9));
+        CK(json_num(b, cq99 < 0 ? cq99 : cq99 / 1e6));
+        CK(cv_buf_append(b, ",\"partitions\":[", 15));
         bool firstp = true;
         for (size_t k = 0; k < m->nparts; k++) {
             const mpart *p = m->parts[k];
@@ -1267,12 +1468,7 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
     if (down)
         worst = CV_LAG_ERR;
     /* Sent→ack quantiles over the last window, from the tick snapshots. */
-    const cv_hist *base = NULL;
-    for (size_t i = 0; i < m->nlat_snaps; i++) {
-        size_t k = (m->lat_snap_head + i) % LAT_SNAPS;
-        if (!base || m->lat_snap_ms[k] <= now_ms - m->window_ms)
-            base = &m->lat_snaps[k];
-    }
+    const cv_hist *base = lat_slot >= 0 ? &m->lat_snaps[lat_slot] : NULL;
     CK(cv_buf_printf(b,
                      "],\"status\":\"%s\",\"totals\":{\"lag_messages\":%" PRId64
                      ",\"lag_seconds\":%.3f,\"inflight\":%" PRId64
@@ -1350,7 +1546,7 @@ void cv_metrics_kafka_state(cv_metrics *m, int up, int known) {
     m->kafka_known = known;
     if (known > 0 && up == 0) {
         if (!m->kafka_down_since_us) {
-            m->kafka_down_since_us = cv_now_us();
+            m->kafka_down_since_us = m->now_us();
             m->kafka_outages++;
         }
     } else {
@@ -1393,7 +1589,7 @@ void cv_metrics_kafka_stats(cv_metrics *m, const char *json, size_t len) {
 }
 
 bool cv_metrics_ready(cv_metrics *m, char *why, size_t whylen) {
-    int64_t now_us = cv_now_us(), now_ms = cv_mono_ms();
+    int64_t now_us = m->now_us(), now_ms = m->mono_ms();
     bool ok = true;
     pthread_mutex_lock(&m->lock);
     if (!m->last_tick_ms) {
@@ -1433,4 +1629,110 @@ bool cv_metrics_ready(cv_metrics *m, char *why, size_t whylen) {
     if (ok)
         snprintf(why, whylen, "ready");
     return ok;
+}
+
+/* ---- /api/history JSON ---- */
+
+typedef struct hview {
+    const hpoint *pts; /* ring */
+    const int64_t *t;  /* ring of times */
+    size_t cap;
+    uint64_t from, to; /* sequence numbers [from, to) */
+    bool partial;      /* then one more point: the minute in progress */
+    hpoint partial_pt;
+    int64_t partial_t;
+} hview;
+
+static int history_array(cv_buf *b, const char *name, const hview *v, size_t field) {
+    int r = cv_buf_printf(b, ",\"%s\":[", name);
+    size_t n = 0;
+    for (uint64_t q = v->from; r == 0 && q < v->to + (v->partial ? 1 : 0); q++, n++) {
+        bool last = q == v->to;
+        if (n)
+            r = cv_buf_append(b, ",", 1);
+        if (r)
+            break;
+        if (field == SIZE_MAX) { /* the times */
+            r = cv_buf_printf(b, "%" PRId64, last ? v->partial_t : v->t[q % v->cap]);
+            continue;
+        }
+        const hpoint *pt = last ? &v->partial_pt : &v->pts[q % v->cap];
+        float f;
+        memcpy(&f, (const char *)pt + field, sizeof(f));
+        if (isnan(f))
+            r = cv_buf_append(b, "null", 4);
+        else if (field == offsetof(hpoint, lag))
+            r = cv_buf_printf(b, "%.0f", (double)f);
+        else
+            r = cv_buf_printf(b, "%.4g", (double)f);
+    }
+    return r ? r : cv_buf_append(b, "]", 1);
+}
+
+int cv_metrics_render_history_json(cv_metrics *m, const char *channel,
+                                   cv_history_range range, cv_buf *b, char *errbuf,
+                                   size_t errlen) {
+    int r = 0;
+    int64_t now_us = m->now_us(), now_ms = m->mono_ms();
+    pthread_mutex_lock(&m->lock);
+    history_catch_up(m, now_ms, now_us);
+    const hseries *h = m->hist_total;
+    if (channel) {
+        size_t ci = 0;
+        while (ci <= m->max_channels &&
+               !(channel_in_use(m, ci) && strcmp(m->channels[ci].name, channel) == 0))
+            ci++;
+        if (ci > m->max_channels) {
+            snprintf(errbuf, errlen, "no channel \"%s\" (see /api/lag for the channels)",
+                     channel);
+            r = -ENOENT;
+            goto out;
+        }
+        if (!(h = m->channels[ci].hist)) {
+            snprintf(errbuf, errlen,
+                     "channel \"%s\" keeps no history: only the first %d channels do",
+                     channel, CV_METRICS_HISTORY_CHANNELS);
+            r = -ENOENT;
+            goto out;
+        }
+    }
+    hview v = {0};
+    int64_t oldest_ms;
+    if (range == CV_HISTORY_24H) {
+        v = (hview){.pts = h->min,
+                    .t = m->hmin_t,
+                    .cap = HIST_MIN_POINTS,
+                    .from = h->since_min,
+                    .to = m->hmin_seq};
+        v.partial = h->acc_n > 0;
+        v.partial_pt = hacc_point(h);
+        v.partial_t = m->hmin_cur * 60000;
+        oldest_ms = now_us / 1000 - 86400000;
+    } else {
+        v = (hview){.pts = h->sec,
+                    .t = m->hsec_t,
+                    .cap = HIST_SEC_POINTS,
+                    .from = h->since_sec,
+                    .to = m->hsec_seq};
+        oldest_ms = now_us / 1000 - 3600000;
+    }
+    if (v.to - v.from > v.cap)
+        v.from = v.to - v.cap;
+    while (v.from < v.to && v.t[v.from % v.cap] < oldest_ms)
+        v.from++;
+    CK(cv_buf_append(b, "{\"channel\":", 11));
+    CK(channel ? json_str(b, channel) : cv_buf_append(b, "null", 4));
+    CK(cv_buf_printf(b, ",\"range\":\"%s\",\"step_s\":%d,\"time_ms\":%" PRId64,
+                     range == CV_HISTORY_24H ? "24h" : "1h",
+                     range == CV_HISTORY_24H ? 60 : 1, now_us / 1000));
+    CK(history_array(b, "t_ms", &v, SIZE_MAX));
+    CK(history_array(b, "lag_messages", &v, offsetof(hpoint, lag)));
+    CK(history_array(b, "lag_seconds", &v, offsetof(hpoint, age_s)));
+    CK(history_array(b, "rate", &v, offsetof(hpoint, rate)));
+    CK(history_array(b, "p50_s", &v, offsetof(hpoint, p50_s)));
+    CK(history_array(b, "p99_s", &v, offsetof(hpoint, p99_s)));
+    CK(cv_buf_append(b, "}\n", 2));
+out:
+    pthread_mutex_unlock(&m->lock);
+    return r;
 }

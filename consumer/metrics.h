@@ -51,6 +51,23 @@
  * Label cardinality: the first `max_channels` channels seen get their own
  * label; later ones are counted under channel="_other" (their per-partition
  * lag is summed by partition number there).
+ *
+ * History, for the dashboard's charts (/api/history): at every tick one
+ * point per channel, for "_other" and for the totals, holding what /api/lag
+ * shows at that moment: lag in messages, lag in seconds (age of the oldest
+ * unacked), ack rate over the window and the sent→ack p50/p99 over the
+ * window. Two fixed rings: the last 3600 points (1 h at one per tick, ≈1 s)
+ * and the last 1440 minutes (24 h). A minute point aggregates that minute's
+ * seconds: the maximum of lag, lag seconds, p50 and p99 (a spike is never
+ * hidden), the mean of the rate. While the pipeline is blocked it does not
+ * tick; points are then taken when /api/lag or /api/history is asked (at
+ * most one per second), so a stall shows while anyone watches.
+ * Memory, allocated once per channel when it first appears and never grown:
+ * about 105 KB per channel (see hseries in metrics.c), for at most
+ * min(max_channels, CV_METRICS_HISTORY_CHANNELS) channels plus "_other" and
+ * the totals: ≤ 10.8 MB with the default max_channels = 100. Channels past
+ * that cap have no history and no per-channel latency (their points still
+ * count in the totals).
  */
 #ifndef CV_METRICS_H
 #define CV_METRICS_H
@@ -124,7 +141,14 @@ typedef struct cv_metrics_conf {
     const char *version;       /* for chatvault_build_info */
     const char *probe_channel; /* the end-to-end probe's channel, or NULL: its
                                   acks feed chatvault_probe_latency_seconds */
+    /* Clocks, for tests: NULL means cv_now_us (wall, µs) and cv_mono_ms
+     * (monotonic, ms). */
+    int64_t (*now_us)(void);
+    int64_t (*mono_ms)(void);
 } cv_metrics_conf;
+
+/* Channels that keep a history of their own (see "History" above). */
+#define CV_METRICS_HISTORY_CHANNELS 1024
 
 /* Returns 0, -EINVAL for a bad conf, or -ENOMEM. */
 int cv_metrics_new(const cv_metrics_conf *conf, cv_metrics **ret_metrics);
@@ -142,6 +166,22 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *out);
 /* Appends the /api/lag JSON document to `out` (described in README.md,
  * "Observability"). Returns 0 or the cv_buf error. Thread-safe. */
 int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *out);
+
+typedef enum cv_history_range {
+    CV_HISTORY_1H = 0, /* one point per tick (≈1 s), the last hour */
+    CV_HISTORY_24H,    /* one point per minute, the last 24 h, plus the
+                          minute in progress */
+} cv_history_range;
+
+/* Appends the /api/history JSON document for `channel` (NULL: the totals)
+ * to `out`: {"channel", "range", "step_s", "time_ms", "t_ms": [...],
+ * "lag_messages": [...], "lag_seconds": [...], "rate": [...], "p50_s":
+ * [...], "p99_s": [...]}, oldest first, null where there is no value (no
+ * acks in the window). Returns 0, -ENOENT when no channel of that name
+ * keeps a history (errbuf says why), or the cv_buf error. Thread-safe. */
+int cv_metrics_render_history_json(cv_metrics *m, const char *channel,
+                                   cv_history_range range, cv_buf *out, char *errbuf,
+                                   size_t errlen);
 
 /* The end-to-end probe published one message now. Thread-safe. */
 void cv_metrics_probe_sent(cv_metrics *m);

@@ -1,5 +1,11 @@
 // The dashboard in a real browser while messages flow: started by
 // run_dashboard.py (which owns the broker); prints one JSON line per check.
+//
+// History: messages flow for CV_DASHBOARD_TRAFFIC_S seconds (default 75)
+// BEFORE the page is opened; the fresh page must chart those seconds (from
+// /api/history), for the totals and for one channel picked by clicking its
+// row. Issue 20's "a page loaded after 5 minutes of traffic shows 5 minutes
+// of history" is this check with CV_DASHBOARD_TRAFFIC_S=300.
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -14,6 +20,7 @@ const ART = process.env.CV_ARTIFACT_DIR;
 const STALL_RGB = "rgb(240, 123, 45)";
 const STOP_RGB = "rgb(181, 102, 232)";
 const OK_RGB = "rgb(47, 184, 107)";
+const TRAFFIC_S = Number(process.env.CV_DASHBOARD_TRAFFIC_S || 75);
 let failures = 0;
 
 function check(ok, name, diag) {
@@ -40,6 +47,29 @@ async function apiLag() {
   const r = await fetch(URL + "/api/lag");
   return r.json();
 }
+
+async function apiHistory(query) {
+  const r = await fetch(URL + "/api/history" + query);
+  return { status: r.status, body: r.ok ? await r.json() : await r.text() };
+}
+
+// What the charts hold now: x in seconds, and each chart's series.
+function chartData(page) {
+  return page.evaluate(() => {
+    const c = window.cvDashboard.charts;
+    return { t: c.lag.data[0], lag: c.lag.data[1], p50: c.lat.data[1], p99: c.lat.data[2],
+      age: c.age.data[1], rate: c.rate.data[1],
+      latTicks: JSON.parse(document.getElementById("chart-lat").dataset.yticks || "[]"),
+      lagTicks: JSON.parse(document.getElementById("chart-lag").dataset.yticks || "[]"),
+      latEmpty: !document.getElementById("lat-empty").hidden };
+  });
+}
+
+function waitView(page, key) {
+  return page.waitForFunction((k) => document.body.dataset.historyLoaded === k, key, { timeout: 15000 });
+}
+
+const distinct = (a) => a.length > 1 && new Set(a).size === a.length;
 
 async function waitFor(fn, timeoutMs, stepMs = 250) {
   const end = Date.now() + timeoutMs;
@@ -72,16 +102,36 @@ const context = await chromium.launchPersistentContext(profile, {
 let locker = null;
 let flowing = true;
 try {
-  const page = context.pages()[0] || (await context.newPage());
   const consoleErrors = [];
-  page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
-  page.on("pageerror", (e) => consoleErrors.push(String(e)));
-  await page.goto(URL + "/");
-  check(await page.title() === "chatvault · ack lag", "dashboard page loads", await page.title());
-  await page.waitForFunction(() => Number(document.body.dataset.updates || 0) >= 1, null, { timeout: 15000 });
-  check(true, "page polled /api/lag");
+  const watch = (pg) => {
+    pg.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
+    pg.on("pageerror", (e) => consoleErrors.push(String(e)));
+  };
 
-  // Messages flow: alpha continuously, beta and gamma a few each.
+  // Before any message: an empty latency chart must not read "0 µs" four times.
+  const first = context.pages()[0] || (await context.newPage());
+  watch(first);
+  await first.goto(URL + "/");
+  check(await first.title() === "chatvault · ack lag", "dashboard page loads", await first.title());
+  await first.waitForFunction(() => Number(document.body.dataset.updates || 0) >= 1, null, { timeout: 15000 });
+  check(true, "page polled /api/lag");
+  await waitView(first, "|1h");
+  const empty = await chartData(first);
+  check(distinct(empty.latTicks), "empty latency axis: no two ticks read the same", JSON.stringify(empty.latTicks));
+  check(empty.latEmpty, "empty latency chart says \"no acks yet\"");
+  check(distinct(empty.lagTicks), "empty lag axis: no two ticks read the same", JSON.stringify(empty.lagTicks));
+  await first.screenshot({ path: join(ART, "dashboard-empty.png"), fullPage: true });
+  await first.close();
+
+  // Bad parameters of /api/history.
+  for (const [q, want] of [["?range=7d", 400], ["?range=%0A1h", 400], ["?channel=a%2Fb", 400],
+    ["?foo=1", 400], ["?channel=alpha&channel=beta", 400], ["?channel=nosuch", 404]]) {
+    const r = await apiHistory(q);
+    check(r.status === want && typeof r.body === "string" && r.body.trim().split("\n").length === 1,
+      `/api/history${q}: ${want} with a one-line message`, `${r.status} ${JSON.stringify(r.body)}`);
+  }
+
+  // Messages flow: alpha continuously, beta and gamma a few each ...
   let alphaSent = 0;
   const flow = (async () => {
     while (flowing) {
@@ -91,10 +141,36 @@ try {
       await sleep(200);
     }
   })();
+  const trafficStart = Date.now();
   const sb = await send("beta", ["b1", "b2", "b3", "b4"], true);
   check(sb.code === 0, "beta messages acked", sb.err);
   const sg = await send("gamma", ["g1", "g2"], true);
   check(sg.code === 0, "gamma messages acked", sg.err);
+  // ... for a while before the page is opened.
+  await sleep(Math.max(0, trafficStart + TRAFFIC_S * 1000 - Date.now()));
+
+  const loadedAt = Date.now() / 1000;
+  const page = await context.newPage();
+  watch(page);
+  await page.goto(URL + "/");
+  await waitView(page, "|1h");
+  const h = await chartData(page);
+  const before = h.t.filter((t) => t < loadedAt).length;
+  check(h.t.length && h.t[0] <= loadedAt - TRAFFIC_S,
+    `a fresh page charts history from before it was opened (earliest point ${TRAFFIC_S} s or more before)`,
+    `earliest ${h.t[0]} loaded ${loadedAt} (${(loadedAt - h.t[0]).toFixed(1)} s)`);
+  check(before >= TRAFFIC_S * 0.9, `at least ${Math.ceil(TRAFFIC_S * 0.9)} points before page load`, before);
+  const acksBefore = h.t.filter((t, i) => t >= trafficStart / 1000 + 5 && t < loadedAt && h.rate[i] > 0).length;
+  check(acksBefore >= (TRAFFIC_S - 5) * 0.8, "the rate chart shows the acks of the traffic before page load", acksBefore);
+  const latBefore = h.t.filter((t, i) => t >= trafficStart / 1000 + 5 && t < loadedAt && h.p99[i] > 0).length;
+  check(latBefore >= (TRAFFIC_S - 5) * 0.8, "the latency chart shows p99 before page load", latBefore);
+  check(distinct(h.latTicks), "latency axis labels are not all identical", JSON.stringify(h.latTicks));
+  check(!h.latEmpty, "\"no acks yet\" is gone once there are acks");
+  const apiTot = (await apiHistory("?range=1h")).body;
+  check(apiTot.t_ms && Math.abs(apiTot.t_ms[0] / 1000 - h.t[0]) < 0.001,
+    "the chart starts where /api/history starts", `${apiTot.t_ms && apiTot.t_ms[0]} vs ${h.t[0]}`);
+  await page.waitForFunction((n) => window.cvDashboard.charts.lag.data[0].length > n, h.t.length, { timeout: 10000 })
+    .then(() => check(true, "polls append to the history"), (e) => check(false, "polls append to the history", e));
 
   const listed = await waitFor(async () => {
     const t = await readTable(page);
@@ -109,7 +185,62 @@ try {
   }, 20000);
   check(rate.ok, "alpha shows a non-zero ack rate while messages flow", JSON.stringify(rate.a));
   const charted = await page.$$eval(".uplot canvas", (cs) => cs.filter((c) => c.width > 100 && c.height > 100).length);
-  check(charted === 2, "both charts are drawn", charted);
+  check(charted === 4, "all four charts are drawn", charted);
+  await page.screenshot({ path: join(ART, "dashboard-history.png"), fullPage: true });
+
+  // One channel: click its row.
+  await page.click('tr[data-channel="beta"] td.channel');
+  await waitView(page, "beta|1h");
+  const hb = await chartData(page);
+  const apiBeta = (await apiHistory("?channel=beta&range=1h")).body;
+  check(apiBeta.t_ms && Math.abs(apiBeta.t_ms[0] / 1000 - hb.t[0]) < 0.001 && hb.t[0] <= loadedAt - TRAFFIC_S + 2,
+    "clicking beta charts beta's own history from before page load",
+    `${apiBeta.t_ms && apiBeta.t_ms[0]} vs ${hb.t[0]}, loaded ${loadedAt}`);
+  const maxOf = (a) => Math.max(0, ...a.filter((v) => v != null));
+  check(maxOf(hb.rate) > 0 && maxOf(hb.rate) < maxOf(h.rate),
+    "beta's rate is beta's (a few acks), not the totals'", `beta ${maxOf(hb.rate)} totals ${maxOf(h.rate)}`);
+  const sel = await page.$eval("#sel-channel", (e) => e.value);
+  check(sel === "beta" && (await page.evaluate(() => location.hash)).includes("channel=beta"),
+    "the select box and the URL show beta", sel);
+  const partsOk = await waitFor(async () => {
+    const d = await apiLag();
+    const want = d.channels.find((c) => c.channel === "beta").partitions;
+    const got = await page.$$eval("#partitions tbody tr", (rows) => rows.map((tr) => {
+      const o = {};
+      for (const td of tr.querySelectorAll("td[data-field]")) o[td.dataset.field] = td.dataset.value;
+      return o;
+    }));
+    const visible = await page.$eval("#partitions-panel", (e) => !e.hidden);
+    const diffs = [];
+    if (!visible) diffs.push("panel hidden");
+    if (got.length !== want.length) diffs.push(`rows ${got.length} want ${want.length}`);
+    for (const p of want) {
+      const r = got.find((x) => Number(x.partition) === p.partition && x.topic === p.topic);
+      if (!r) { diffs.push(`partition ${p.partition} missing`); continue; }
+      for (const f of ["lag_messages", "end_offset", "acked_offset", "consumed_offset"])
+        if (Number(r[f]) !== p[f]) diffs.push(`${p.partition}.${f}: page ${r[f]} api ${p[f]}`);
+      if (r.assigned !== String(p.assigned)) diffs.push(`${p.partition}.assigned`);
+    }
+    return { ok: diffs.length === 0, diffs };
+  }, 10000, 500);
+  check(partsOk.ok, "beta's partitions table matches /api/lag (lag, end, acked, consumed, assigned)",
+    (partsOk.diffs || []).join("; "));
+  await page.screenshot({ path: join(ART, "dashboard-channel.png"), fullPage: true });
+
+  // 24 h: minute points.
+  await page.click('#range button[data-range="24h"]');
+  await waitView(page, "beta|24h");
+  const hm = await page.evaluate(() => window.cvDashboard.view.s.t);
+  const steps = hm.slice(1).map((t, i) => t - hm[i]);
+  check(hm.length >= 1 && steps.every((d) => d === 60), "24 h shows beta's minute points, 60 s apart",
+    JSON.stringify(hm));
+  check(hm.length && hm[0] <= loadedAt - TRAFFIC_S + 60, "the minute points reach back to the traffic",
+    `${hm[0]} loaded ${loadedAt}`);
+  await page.screenshot({ path: join(ART, "dashboard-24h.png"), fullPage: true });
+  await page.click('#range button[data-range="1h"]');
+  await page.selectOption("#sel-channel", "");
+  await waitView(page, "|1h");
+  check(!(await page.$eval("#partitions-panel", (e) => !e.hidden)), "back to the totals: partitions hidden");
 
   flowing = false;
   await flow;

@@ -7,6 +7,12 @@ playwright-core (tests/browser/node_modules, installed with `npm ci` when
 missing). The node script reports one JSON line per check; this wrapper turns
 them into TAP.
 
+History: the node script lets messages flow for CV_DASHBOARD_TRAFFIC_S
+seconds (default 75) before it opens the page, and checks that the fresh page
+charts them. Issue 20's "5 minutes of traffic" is the same check with
+CV_DASHBOARD_TRAFFIC_S=300 (give meson more time:
+CV_MESON_TEST_ARGS=--timeout-multiplier=3 deploy/test.sh --suite browser).
+
 How a stall is made: the test holds an ACCESS EXCLUSIVE lock on
 chatvault.messages from its own PostgreSQL session (this script with
 --hold-lock), then publishes to one channel. The broker consumes the records

@@ -1,8 +1,12 @@
 /*
  * Unit tests of consumer/metrics.c: the status rules (windows of samples →
  * status), histogram quantiles, and lag bookkeeping fed through the
- * observer the way the pipeline feeds it.
+ * observer the way the pipeline feeds it, and the history rings (with a fake
+ * clock).
  */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -495,11 +499,202 @@ static void test_kafka_stats(void) {
     m = cv_metrics_free(m);
 }
 
+/* ---- history, on a fake clock ---- */
+
+static int64_t fake_us;
+static int64_t fake_now_us(void) {
+    return fake_us;
+}
+static int64_t fake_mono_ms(void) {
+    return fake_us / 1000;
+}
+
+/* The numbers of `"name":[...]` in `j` into out (null → NaN); returns how
+ * many, or -1 when the array is missing. */
+static int json_array(const char *j, const char *name, double *out, int max) {
+    char key[64];
+    snprintf(key, sizeof(key), "\"%s\":[", name);
+    const char *p = strstr(j, key);
+    if (!p)
+        return -1;
+    p += strlen(key);
+    int n = 0;
+    while (*p && *p != ']') {
+        double v = NAN;
+        if (strncmp(p, "null", 4) == 0)
+            p += 4;
+        else
+            v = strtod(p, (char **)&p);
+        if (n < max)
+            out[n] = v;
+        n++;
+        if (*p == ',')
+            p++;
+    }
+    return n;
+}
+
+static void consume_one(const cv_pipeline_observer *o, const char *topic,
+                        int64_t offset) {
+    cv_rec r;
+    memset(&r, 0, sizeof(r));
+    r.topic = topic;
+    r.offset = offset;
+    r.timestamp_ms = fake_us / 1000;
+    o->consumed(o->opaque, &r, 1);
+}
+
+static void ack_range(const cv_pipeline_observer *o, const char *topic, int64_t from,
+                      int64_t to, int64_t latency_us) {
+    for (int64_t off = from; off < to; off++) {
+        cv_ack_note a = {.topic = topic,
+                         .offset = off,
+                         .timestamp_ms = -1,
+                         .sent_at_us = fake_us - latency_us,
+                         .status = 1,
+                         .stores = CV_STORE_PG};
+        o->acked(o->opaque, &a, 1);
+    }
+}
+
+static char *render_history(cv_metrics *m, const char *channel, cv_history_range range,
+                            cv_buf *b) {
+    char err[200];
+    b->len = 0;
+    if (cv_metrics_render_history_json(m, channel, range, b, err, sizeof(err)) < 0 ||
+        cv_buf_append(b, "", 1) < 0)
+        return NULL;
+    return (char *)b->data;
+}
+
+#define NPTS 4000
+static double t_ms[NPTS], vals[NPTS];
+
+static void test_history(void) {
+    fake_us = 1700000040LL * 1000000; /* the start of a minute */
+    const int64_t t0_ms = fake_us / 1000;
+    cv_metrics *m = NULL;
+    cv_metrics_conf conf = {.topics_prefix = "chat.",
+                            .max_channels = 2,
+                            .version = "test",
+                            .now_us = fake_now_us,
+                            .mono_ms = fake_mono_ms};
+    TAP_IS_INT(cv_metrics_new(&conf, &m), 0, "cv_metrics_new with a fake clock");
+    const cv_pipeline_observer *o = cv_metrics_observer(m);
+    cv_buf b;
+    cv_buf_init(&b, 16 << 20);
+    char *j = render_history(m, NULL, CV_HISTORY_1H, &b);
+    tap_ok(j && json_array(j, "t_ms", t_ms, NPTS) == 0,
+           "no points before the first tick");
+
+    /* 100 s: channel a gets one record a second, none acked until second
+     * 50 (lag 1..50), then each is acked 200 ms after it was sent. */
+    for (int k = 0; k < 100; k++) {
+        consume_one(o, "chat.a", k);
+        if (k == 50)
+            ack_range(o, "chat.a", 0, 51, 200000);
+        else if (k > 50)
+            ack_range(o, "chat.a", k, k + 1, 200000);
+        o->tick(o->opaque, NULL);
+        fake_us += 1000000;
+    }
+    j = render_history(m, NULL, CV_HISTORY_1H, &b);
+    TAP_IS_INT(json_array(j, "t_ms", t_ms, NPTS), 100, "1h: one point per tick");
+    TAP_IS_INT((long long)(t_ms[0] - (double)t0_ms), 0,
+               "1h: the first point is the first tick");
+    TAP_IS_INT((long long)(t_ms[99] - t_ms[0]), 99000, "1h: the last is 99 s later");
+    json_array(j, "lag_messages", vals, NPTS);
+    TAP_IS_INT((long long)vals[49], 50, "totals lag at second 49 is 50");
+    TAP_IS_INT((long long)vals[60], 0, "totals lag 0 once acks keep up");
+    json_array(j, "p99_s", vals, NPTS);
+    tap_ok(isnan(vals[10]), "no p99 before the first ack (null)");
+    tap_ok(vals[70] > 0.1 && vals[70] <= 0.25, "p99 of 200 ms acks in its bucket: %g",
+           vals[70]);
+
+    j = render_history(m, "a", CV_HISTORY_1H, &b);
+    tap_ok(j && strstr(j, "\"channel\":\"a\",\"range\":\"1h\",\"step_s\":1"),
+           "channel a's 1h document");
+    json_array(j, "p50_s", vals, NPTS);
+    tap_ok(vals[70] > 0.1 && vals[70] <= 0.25, "a: its own p50: %g", vals[70]);
+    json_array(j, "rate", vals, NPTS);
+    tap_ok(fabs(vals[80] - 1.0) < 1e-6, "a: rate 1/s at steady state: %g", vals[80]);
+
+    /* Minutes: [t0, t0+60 s) is done, [t0+60 s, ...) in progress. */
+    j = render_history(m, NULL, CV_HISTORY_24H, &b);
+    TAP_IS_INT(json_array(j, "t_ms", t_ms, NPTS), 2,
+               "24h: one done minute + the one in progress");
+    TAP_IS_INT((long long)(t_ms[1] - t_ms[0]), 60000, "24h: minute points 60 s apart");
+    TAP_IS_INT((long long)(t_ms[0] - (double)t0_ms), 0,
+               "24h: a minute point is its start");
+    json_array(j, "lag_messages", vals, NPTS);
+    TAP_IS_INT((long long)vals[0], 50, "minute lag = the maximum of its seconds");
+    TAP_IS_INT((long long)vals[1], 0, "second minute: lag 0");
+    json_array(j, "rate", vals, NPTS);
+    tap_ok(fabs(vals[1] - 1.0) < 1e-6, "minute rate = the mean of its seconds: %g",
+           vals[1]);
+    json_array(j, "p99_s", vals, NPTS);
+    tap_ok(vals[0] > 0.1 && vals[0] <= 0.25,
+           "minute p99 = the maximum (NaN seconds skipped): %g", vals[0]);
+
+    /* Channel b appears later: its series starts then. */
+    consume_one(o, "chat.b", 0);
+    o->tick(o->opaque, NULL);
+    fake_us += 1000000;
+    j = render_history(m, "b", CV_HISTORY_1H, &b);
+    TAP_IS_INT(json_array(j, "t_ms", t_ms, NPTS), 1,
+               "a new channel's history starts when it appears");
+    json_array(j, "p50_s", vals, NPTS);
+    tap_ok(isnan(vals[0]), "b: no acks, p50 null");
+    b.len = 0;
+    char err[200] = "";
+    TAP_IS_INT(
+        cv_metrics_render_history_json(m, "nope", CV_HISTORY_1H, &b, err, sizeof(err)),
+        -ENOENT, "unknown channel: -ENOENT");
+    tap_ok(strstr(err, "nope") != NULL, "the error names it: %s", err);
+
+    /* Past the ring: one hour and more of ticks keeps exactly 3600. */
+    for (int k = 0; k < 3700; k++) {
+        o->tick(o->opaque, NULL);
+        fake_us += 1000000;
+    }
+    j = render_history(m, "a", CV_HISTORY_1H, &b);
+    int n = json_array(j, "t_ms", t_ms, NPTS);
+    TAP_IS_INT(n, 3600, "1h ring wrapped: 3600 points");
+    TAP_IS_INT((long long)(t_ms[n - 1] - t_ms[0]), 3599000,
+               "1h: the newest hour, oldest first");
+    TAP_IS_INT((long long)((double)fake_us / 1000 - 1000 - t_ms[n - 1]), 0,
+               "1h: the newest point is the last tick");
+
+    /* A day and more: the minute ring keeps 1440. */
+    for (int k = 0; k < 86400; k++) {
+        o->tick(o->opaque, NULL);
+        fake_us += 1000000;
+    }
+    j = render_history(m, NULL, CV_HISTORY_24H, &b);
+    n = json_array(j, "t_ms", t_ms, NPTS);
+    tap_ok(n >= 1440 && n <= 1441,
+           "24h ring wrapped: %d points (1440 + the one in progress)", n);
+    tap_ok((double)fake_us / 1000 - t_ms[0] <= 86400000.0,
+           "24h: nothing older than 24 h");
+    for (int k = 1; k < n; k++)
+        if (t_ms[k] - t_ms[k - 1] != 60000) {
+            tap_ok(false, "24h: points a minute apart (at %d: %g)", k,
+                   t_ms[k] - t_ms[k - 1]);
+            break;
+        }
+    tap_ok(b.len < 300000, "24h document stays small: %zu bytes", b.len);
+    j = render_history(m, NULL, CV_HISTORY_1H, &b);
+    tap_ok(b.len < 400000, "1h document: %zu bytes", b.len);
+    cv_buf_release(&b);
+    cv_metrics_free(m);
+}
+
 int main(void) {
     test_kafka_stats();
     test_status_rules();
     test_status_blocked_pipeline();
     test_histogram();
     test_observer_lag();
+    test_history();
     return tap_done();
 }

@@ -508,6 +508,9 @@ int cv_cmd_log(int argc, char **argv) {
     int opt;
     optind = 1;
     argc--, argv++;
+    static char name[64]; /* getopt's messages name argv[0] */
+    snprintf(name, sizeof(name), "chatvault log %s", sub);
+    argv[0] = name;
     while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
         int r = cv_cli_common_opt(&cli, opt, optarg);
         if (r < 0)

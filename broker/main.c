@@ -98,6 +98,11 @@ int main(int argc, char **argv) {
                 reverse(argv + g, argv + end);
                 reverse(argv + 1, argv + end);
             }
+            /* getopt's own messages start with argv[0]: make them read
+             * like every other error, "chatvault <command>: ...". */
+            static char name[64];
+            snprintf(name, sizeof(name), "chatvault %s", commands[i].name);
+            argv[1] = name;
             return commands[i].run(argc - 1, argv + 1);
         }
     fprintf(stderr, "chatvault: unknown command \"%s\" (see chatvault --help)\n",

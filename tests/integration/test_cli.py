@@ -158,3 +158,14 @@ with cvtest.Harness('cli', topics={'chat.cli': 2}) as h:
         eb.terminate()
         eb.wait(timeout=60)
         elog.close()
+
+    # Every error line starts "chatvault <command>:", getopt's own too.
+    for args in (['lag', '--bogus'], ['send', '--bogus'], ['log', 'check', '--bogus'],
+                 ['replay', '--from-offset', 'x']):
+        r = subprocess.run([cvtest.BIN] + args, capture_output=True, text=True,
+                           timeout=30)
+        first = r.stderr.splitlines()[0] if r.stderr else ''
+        want = 'chatvault %s: ' % ' '.join(args[:2] if args[0] == 'log' else args[:1])
+        h.ok(r.returncode == 2 and first.startswith(want),
+             '%s: exit 2, the error starts "%s"' % (' '.join(args), want.strip()),
+             'exit %d: %r' % (r.returncode, r.stderr[:300]))

@@ -26,7 +26,15 @@
 #define HDR_REPLAY "chatvault-replay"
 #define HDR_ORIGIN "chatvault-replay-origin"
 
-enum { O_SOURCE = 0x2000, O_TO_TOPIC, O_RATE, O_DRY_RUN, O_LOG_DIR, O_QUIET };
+enum {
+    O_SOURCE = 0x2000,
+    O_TO_TOPIC,
+    O_RATE,
+    O_DRY_RUN,
+    O_LOG_DIR,
+    O_QUIET,
+    O_ANY_TOPIC
+};
 
 typedef struct rstats {
     uint64_t selected, delivered, failed, from_pg, from_log;
@@ -74,6 +82,23 @@ static int expand_topic(const char *tmpl, const char *channel, char *out, size_t
     return 0;
 }
 
+/* Why `topic` must not receive the replay of `channel` (NULL when it may):
+ * the ack and dead-letter topics, and another channel's chat topic, are
+ * written only with --allow-any-topic. */
+static const char *foreign_topic(const cv_config *cfg, const char *topic,
+                                 const char *channel) {
+    const char *prefix = cv_config_str(cfg, "topics.prefix");
+    size_t pl = strlen(prefix);
+    if (strcmp(topic, cv_config_str(cfg, "topics.acks")) == 0)
+        return "it is the ack topic (topics.acks)";
+    if (strcmp(topic, cv_config_str(cfg, "topics.dlq")) == 0)
+        return "it is the dead-letter topic (topics.dlq)";
+    if (pl && strncmp(topic, prefix, pl) == 0 &&
+        (!channel || strcmp(topic + pl, channel) != 0))
+        return "it is another channel's chat topic";
+    return NULL;
+}
+
 static int parse_rate(const char *s, double *ret) {
     char *end;
     double v = strtod(s, &end);
@@ -84,35 +109,39 @@ static int parse_rate(const char *s, double *ret) {
 }
 
 static void usage(FILE *out) {
-    fprintf(out, "usage: chatvault replay [-c FILE] [--set key=value]... "
-                 "[selection] [options]\n\n"
-                 "Re-delivers stored messages to Kafka, keeping their message_id, "
-                 "with headers\n" HDR_REPLAY " (the store it came from: postgres "
-                 "or log) and\n" HDR_ORIGIN " (original topic/partition/offset). "
-                 "Receivers deduplicate\non the message id; chatvault acks a "
-                 "replayed message DUPLICATE and does not\nstore it twice. The "
-                 "producer is idempotent; replay waits until Kafka has\n"
-                 "acknowledged every message and exits 1 if any failed.\n\n"
-                 "options:\n"
-                 "      --source pg|log|auto  where messages come from (default "
-                 "auto: PostgreSQL,\n"
-                 "                        the log for what PostgreSQL lacks, "
-                 "everything from the\n"
-                 "                        log when PostgreSQL is unreachable; log "
-                 "records are\n"
-                 "                        authenticated before they are sent)\n"
-                 "      --to-topic T      publish to T instead of the original "
-                 "topic and\n"
-                 "                        partition; \"{channel}\" in T is the "
-                 "message's channel\n"
-                 "                        (e.g. \"recovered.{channel}\")\n"
-                 "      --rate N[/s]      at most N messages per second\n"
-                 "      --dry-run         count and show a sample; send nothing\n"
-                 "      --log-dir DIR     read this log directory instead of "
-                 "log.dir (repeatable)\n"
-                 "      --quiet           no progress display\n"
-                 "  -c, --config FILE     configuration file\n"
-                 "      --set key=value   configuration override\n\n" CV_SELECT_HELP);
+    fprintf(out,
+            "usage: chatvault replay [-c FILE] [--set key=value]... "
+            "[selection] [options]\n\n"
+            "Re-delivers stored messages to Kafka, keeping their message_id, "
+            "with headers\n" HDR_REPLAY " (the store it came from: postgres "
+            "or log) and\n" HDR_ORIGIN " (original topic/partition/offset). "
+            "Receivers deduplicate\non the message id; chatvault acks a "
+            "replayed message DUPLICATE and does not\nstore it twice. The "
+            "producer is idempotent; replay waits until Kafka has\n"
+            "acknowledged every message and exits 1 if any failed.\n\n"
+            "options:\n"
+            "      --source pg|log|auto  where messages come from (default "
+            "auto: PostgreSQL,\n"
+            "                        the log for what PostgreSQL lacks, "
+            "everything from the\n"
+            "                        log when PostgreSQL is unreachable; log "
+            "records are\n"
+            "                        authenticated before they are sent)\n"
+            "      --to-topic T      publish to T instead of the original "
+            "topic and\n"
+            "                        partition; \"{channel}\" in T is the "
+            "message's channel\n"
+            "                        (e.g. \"recovered.{channel}\"); never the ack or\n"
+            "                        dead-letter topic or another channel's chat "
+            "topic\n"
+            "      --allow-any-topic let --to-topic name those too\n"
+            "      --rate N[/s]      at most N messages per second\n"
+            "      --dry-run         count and show a sample; send nothing\n"
+            "      --log-dir DIR     read this log directory instead of "
+            "log.dir (repeatable)\n"
+            "      --quiet           no progress display\n"
+            "  -c, --config FILE     configuration file\n"
+            "      --set key=value   configuration override\n\n" CV_SELECT_HELP);
 }
 
 int cv_cmd_replay(int argc, char **argv) {
@@ -125,6 +154,7 @@ int cv_cmd_replay(int argc, char **argv) {
         {"dry-run", no_argument, NULL, O_DRY_RUN},
         {"log-dir", required_argument, NULL, O_LOG_DIR},
         {"quiet", no_argument, NULL, O_QUIET},
+        {"allow-any-topic", no_argument, NULL, O_ANY_TOPIC},
         {NULL, 0, NULL, 0}};
     cv_cli_config cli = {0};
     cv_select sel;
@@ -132,6 +162,7 @@ int cv_cmd_replay(int argc, char **argv) {
     cv_cli_log_dirs ld = {0};
     cv_src_mode mode = CV_SRC_AUTO;
     const char *to_topic = NULL;
+    bool any_topic = false;
     double rate = 0;
     bool dry = false, quiet = false;
     int opt, rc = CV_EXIT_USAGE;
@@ -179,6 +210,9 @@ int cv_cmd_replay(int argc, char **argv) {
         case O_QUIET:
             quiet = true;
             break;
+        case O_ANY_TOPIC:
+            any_topic = true;
+            break;
         case O_LOG_DIR:
             if (cv_cli_add_log_dir(&ld, "replay", optarg) < 0)
                 goto out;
@@ -196,6 +230,16 @@ int cv_cmd_replay(int argc, char **argv) {
         goto out;
     if (!(cfg = cv_cli_load_config(&cli)))
         goto out;
+    /* A template without {channel} names one topic for every message: it
+     * is checked before anything is sent. */
+    const char *why_foreign;
+    if (to_topic && !strstr(to_topic, "{channel}") && !any_topic &&
+        (why_foreign = foreign_topic(cfg, to_topic, NULL))) {
+        cv_error("replay",
+                 "--to-topic %s: %s; a replay writes there only with --allow-any-topic",
+                 to_topic, why_foreign);
+        goto out;
+    }
     cv_cli_default_log_dir(&ld, cfg);
     char err[1024];
     if (mode != CV_SRC_PG) {
@@ -275,6 +319,14 @@ int cv_cmd_replay(int argc, char **argv) {
             }
             dest = topic;
             part = RD_KAFKA_PARTITION_UA;
+            if (!any_topic && (why_foreign = foreign_topic(cfg, dest, m.channel))) {
+                cv_error("replay",
+                         "--to-topic %s: for channel %s that is %s: %s; a replay writes "
+                         "there only with --allow-any-topic",
+                         to_topic, m.channel, dest, why_foreign);
+                rc = CV_EXIT_USAGE;
+                goto out;
+            }
         }
         if (dry) {
             if (st.selected <= SAMPLE)

@@ -107,3 +107,18 @@ with cvtest.Harness('replay', topics={'chat.r': 2, 'chat.other': 1,
     h.is_(sorted(dup), ids, 'the broker acks every replayed message DUPLICATE')
     h.is_(h.query('SELECT count(*) FROM chatvault.messages')[0][0], N + 50,
           'and stores none of them twice')
+
+    # Channel isolation: a replay never writes into the ack or DLQ topic or
+    # another channel's topic unless told to, and nothing is sent first.
+    before = h.group_offsets(['chatvault.acks', 'chat.other'])
+    for target, why in (('chatvault.acks', 'ack topic'), ('chatvault.dlq', 'dead-letter'),
+                        ('chat.other', "another channel's"),
+                        ('chat.{channel}x', "another channel's")):
+        r = h.run('replay', '--channel', 'r', '--to-topic', target, '--quiet')
+        h.ok(r.returncode == 2 and why in r.stderr and '--allow-any-topic' in r.stderr,
+             'replay --to-topic %s is refused: %s' % (target, why),
+             'exit %d: %s' % (r.returncode, r.stderr[-400:]))
+    time.sleep(1)
+    after = h.group_offsets(['chatvault.acks', 'chat.other'])
+    h.ok({k: v[1] for k, v in before.items()} == {k: v[1] for k, v in after.items()},
+         'and nothing was written to those topics')

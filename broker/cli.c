@@ -153,6 +153,11 @@ static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
                      : level == 4 ? CV_LOG_WARN
                      : level <= 6 ? CV_LOG_INFO
                                   : CV_LOG_DEBUG;
+    /* A request cut short by our own rd_kafka_destroy() is no news: logged
+     * at error level it came after, and hid, the command's last line that
+     * says what went wrong. */
+    if (strstr(buf, "Broker handle destroyed"))
+        l = CV_LOG_DEBUG;
     char msg[1024];
     snprintf(msg, sizeof(msg), "%s", buf);
     cv_log(l, msg, "component=kafka client=%s facility=%s", rd_kafka_name(rk), fac);

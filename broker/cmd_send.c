@@ -452,10 +452,21 @@ int cv_cmd_send(int argc, char **argv) {
          * single message's send->ack latency. */
         rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
         const struct rd_kafka_metadata *md = NULL;
-        if (rkt && rd_kafka_metadata(rk, 0, rkt, &md, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR)
+        rd_kafka_resp_err_t e =
+            rkt ? rd_kafka_metadata(rk, 0, rkt, &md, 5000) : RD_KAFKA_RESP_ERR__FAIL;
+        if (md)
             rd_kafka_metadata_destroy(md);
         if (rkt)
             rd_kafka_topic_destroy(rkt);
+        /* A refused login does not get better by waiting for the rest. */
+        char auth[400];
+        const char *last = e ? cv_cli_kafka_auth_error(auth, sizeof(auth)) : NULL;
+        if (last) {
+            cv_error("send", "kafka: cannot read metadata of %s: %s (last: %s)", topic,
+                     rd_kafka_err2str(e), last);
+            rc = CV_EXIT_FAILURE;
+            goto out;
+        }
     }
     if (o.wait_ack) {
         watcher =

@@ -2,11 +2,13 @@
  * chatvault broker — the daemon: joins the consumer group, persists every
  * chat record, acks it, commits offsets (see consumer/pipeline.h).
  */
+#include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "devkafka.h"
@@ -49,6 +51,39 @@ static int kafka_stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque) 
     if (stats_metrics)
         cv_metrics_kafka_stats(stats_metrics, json, len);
     return 0; /* librdkafka frees json */
+}
+
+/* ack.transactions = on: makes the ack producer transactional. Its id is
+ * this instance's across restarts, so that a restart fences what the last
+ * run left open instead of waiting for transaction.timeout.ms. */
+static int set_transactional(const cv_config *cfg, rd_kafka_conf_t *pconf, bool embedded,
+                             char *errbuf, size_t errlen) {
+    if (embedded) {
+        snprintf(errbuf, errlen,
+                 "ack.transactions = on needs a real Kafka cluster: the embedded one "
+                 "only pretends to run transactions (set kafka.bootstrap.servers)");
+        return -EINVAL;
+    }
+    char id[512], host[256] = "";
+    const char *asked = cv_config_str(cfg, "ack.transactional_id");
+    if (*asked) {
+        snprintf(id, sizeof(id), "%s", asked);
+    } else {
+        if (gethostname(host, sizeof(host) - 1) < 0 || !*host)
+            snprintf(host, sizeof(host), "localhost");
+        snprintf(id, sizeof(id), "chatvault-%s-%s", cv_config_kafka_get(cfg, "group.id"),
+                 host);
+    }
+    char kerr[512];
+    if (rd_kafka_conf_set(pconf, "transactional.id", id, kerr, sizeof(kerr)) !=
+            RD_KAFKA_CONF_OK ||
+        (!cv_config_kafka_get(cfg, "transaction.timeout.ms") &&
+         rd_kafka_conf_set(pconf, "transaction.timeout.ms", "15000", kerr,
+                           sizeof(kerr)) != RD_KAFKA_CONF_OK)) {
+        snprintf(errbuf, errlen, "ack.transactions: %.400s", kerr);
+        return -EINVAL;
+    }
+    return 0;
 }
 
 int cv_cmd_broker(int argc, char **argv) {
@@ -159,6 +194,14 @@ int cv_cmd_broker(int argc, char **argv) {
         rc = CV_EXIT_USAGE;
         goto out;
     }
+    if (strcmp(cv_config_str(cfg, "ack.transactions"), "on") == 0 &&
+        set_transactional(cfg, pconf, dk != NULL, err, sizeof(err)) < 0) {
+        rd_kafka_conf_destroy(cconf);
+        rd_kafka_conf_destroy(pconf);
+        cv_error("broker", "config error: %s", err);
+        rc = CV_EXIT_USAGE;
+        goto out;
+    }
     cv_pipeline_conf pc = {
         .consumer_conf = cconf,
         .producer_conf = pconf,
@@ -226,9 +269,11 @@ int cv_cmd_broker(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     cv_log(CV_LOG_INFO, "broker started",
-           "group=%s pattern=\"%s\" acks=%s dlq=%s log_dir=%s ack_policy=%s", pc.group,
-           pc.topics_pattern, pc.ack_topic, pc.dlq_topic, *log_dir ? log_dir : "(off)",
-           cv_config_str(cfg, "ack.policy"));
+           "group=%s pattern=\"%s\" acks=%s dlq=%s log_dir=%s ack_policy=%s "
+           "ack_transactions=%s",
+           pc.group, pc.topics_pattern, pc.ack_topic, pc.dlq_topic,
+           *log_dir ? log_dir : "(off)", cv_config_str(cfg, "ack.policy"),
+           cv_config_str(cfg, "ack.transactions"));
     if (cv_pipeline_run(p, &stop, err, sizeof(err)) < 0) {
         cv_error("broker", "%s", err);
         rc = CV_EXIT_FAILURE;

@@ -99,6 +99,15 @@ static const prop props[] = {
     {"ack.policy", PROP_ENUM, "all",
      "stores that must hold a message before it is acked: all, or any (degraded mode)", 0,
      0, "all|any", NULL},
+    {"ack.transactions", PROP_ENUM, "off",
+     "produce each batch's acks and commit its offsets in one Kafka transaction, so a "
+     "read_committed reader sees every ack once (real Kafka only, not the embedded one)",
+     0, 0, "off|on", NULL},
+    {"ack.transactional_id", PROP_STR, "",
+     "transactional.id of the ack producer under ack.transactions = on, one per "
+     "instance and the same across its restarts (empty: chatvault-<group.id>-<host "
+     "name>)",
+     0, 0, NULL, NULL},
     {"batch.max_messages", PROP_INT, "5000",
      "most records written to the stores in one batch", 1, 1000000, NULL, NULL},
     {"batch.max_bytes", PROP_INT, "16777216", "most record bytes in one batch", 1024,
@@ -294,6 +303,14 @@ int cv_config_set(cv_config *cfg, const char *key, const char *value, const char
         const char *k = key + strlen(KAFKA_PREFIX);
         if (!*k) {
             snprintf(errbuf, errlen, "%s: empty kafka property name", origin);
+            return -EINVAL;
+        }
+        /* Every producer of the program would share it and fence the others. */
+        if (strcmp(k, "transactional.id") == 0) {
+            snprintf(errbuf, errlen,
+                     "%s: kafka.transactional.id is not passed on: set ack.transactions "
+                     "= on (and ack.transactional_id) for transactional acks",
+                     origin);
             return -EINVAL;
         }
         if (kafka_set(cfg, k, value) < 0) {

@@ -14,6 +14,11 @@
 
 #define RETRY_PAUSE_MS 500
 #define ACK_MAX_BYTES 2048
+/* How long one step of a transaction may take. Longer than the failover of
+ * a partition leader or of the transaction coordinator, which librdkafka
+ * rides out inside the step; shorter than transaction.timeout.ms, after
+ * which the coordinator aborts the transaction itself. */
+#define TXN_STEP_MS 10000
 
 /* A delivery that failed, waiting to be produced again. */
 typedef struct retry {
@@ -33,11 +38,20 @@ struct cv_acker {
     retry *retries, **retries_tail;
     int64_t retry_at_ms;
     rd_kafka_resp_err_t last_error;
+    bool transactional;
+    bool txn_open; /* begun and neither committed nor aborted */
 };
 
 static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     cv_acker *a = opaque;
     cv_ack_ticket *t = m->_private;
+    if (a->transactional) {
+        /* The transaction's commit or abort settles the batch as a whole
+         * (see cv_acker_send_txn); a report may even arrive after the
+         * batch's next attempt began, so it must not touch the ticket. */
+        a->last_error = m->err;
+        return;
+    }
     if (!m->err) {
         t->outstanding--;
         t->delivered++;
@@ -97,7 +111,11 @@ int cv_acker_new(rd_kafka_conf_t *conf, const char *ack_topic, const char *dlq_t
     rd_kafka_conf_set_opaque(conf, a);
     rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
     a->conf = rd_kafka_conf_dup(conf);
-    char kerr[512];
+    char kerr[512], txn_id[256] = "";
+    size_t txn_len = sizeof(txn_id);
+    a->transactional = rd_kafka_conf_get(conf, "transactional.id", txn_id, &txn_len) ==
+                           RD_KAFKA_CONF_OK &&
+                       *txn_id;
     a->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
     if (!a->rk) {
         snprintf(errbuf, errlen, "kafka: cannot create the ack producer: %s", kerr);
@@ -105,8 +123,26 @@ int cv_acker_new(rd_kafka_conf_t *conf, const char *ack_topic, const char *dlq_t
         cv_acker_free(a, 0);
         return -EINVAL;
     }
+    if (a->transactional) {
+        /* Fences a predecessor with the same id and aborts what it left
+         * open, so its acks stay invisible and its offsets uncommitted. */
+        rd_kafka_error_t *e = rd_kafka_init_transactions(a->rk, TXN_STEP_MS);
+        if (e) {
+            snprintf(errbuf, errlen,
+                     "kafka: cannot start the acks' transactions (transactional.id "
+                     "%s): %s",
+                     txn_id, rd_kafka_error_string(e));
+            rd_kafka_error_destroy(e);
+            cv_acker_free(a, 0);
+            return -EIO;
+        }
+    }
     *ret_acker = a;
     return 0;
+}
+
+bool cv_acker_transactional(const cv_acker *a) {
+    return a->transactional;
 }
 
 static void retry_free(retry *r) {
@@ -156,6 +192,8 @@ int64_t cv_acker_restarts(const cv_acker *a) {
  * producer takes over; acks are at-least-once, so a message that was in
  * flight may be acked twice. */
 static bool restart_if_fatal(cv_acker *a) {
+    if (a->transactional)
+        return false; /* a new producer would fence nothing but itself */
     char reason[512];
     rd_kafka_resp_err_t err = rd_kafka_fatal_error(a->rk, reason, sizeof(reason));
     if (!err)
@@ -304,6 +342,77 @@ int cv_acker_send(cv_acker *a, const cv_rec *recs, size_t n, cv_ack_ticket *t,
             return -EIO;
         }
     }
+    return 0;
+}
+
+/* Ends a failed step of the transaction: -EIO when the producer failed for
+ * good, else aborts the transaction and returns -EAGAIN. */
+static int txn_failed(cv_acker *a, rd_kafka_error_t *e, const char *what, char *errbuf,
+                      size_t errlen) {
+    bool fatal = rd_kafka_error_is_fatal(e);
+    a->last_error = rd_kafka_error_code(e);
+    snprintf(errbuf, errlen, "kafka: %s the acks' transaction: %s", what,
+             rd_kafka_error_string(e));
+    rd_kafka_error_destroy(e);
+    if (fatal)
+        return -EIO;
+    if (!a->txn_open)
+        return -EAGAIN;
+    e = rd_kafka_abort_transaction(a->rk, TXN_STEP_MS);
+    if (e) {
+        size_t used = strlen(errbuf);
+        snprintf(errbuf + used, errlen - used, "; aborting it: %s",
+                 rd_kafka_error_string(e));
+        fatal = rd_kafka_error_is_fatal(e);
+        rd_kafka_error_destroy(e);
+        return fatal ? -EIO : -EAGAIN; /* still open: aborted on the next try */
+    }
+    a->txn_open = false;
+    rd_kafka_poll(a->rk, 0); /* the purged messages' reports */
+    return -EAGAIN;
+}
+
+int cv_acker_send_txn(cv_acker *a, rd_kafka_t *consumer, const cv_rec *recs, size_t n,
+                      const rd_kafka_topic_partition_list_t *offsets, cv_ack_ticket *t,
+                      char *errbuf, size_t errlen) {
+    rd_kafka_error_t *e;
+    if (a->txn_open) { /* an abort that failed last time */
+        e = rd_kafka_abort_transaction(a->rk, TXN_STEP_MS);
+        if (e)
+            return txn_failed(a, e, "aborting", errbuf, errlen);
+        a->txn_open = false;
+    }
+    if ((e = rd_kafka_begin_transaction(a->rk)))
+        return txn_failed(a, e, "beginning", errbuf, errlen);
+    a->txn_open = true;
+    t->outstanding = t->delivered = 0;
+    int r = cv_acker_send(a, recs, n, t, errbuf, errlen);
+    if (r < 0) {
+        if (rd_kafka_fatal_error(a->rk, NULL, 0))
+            return -EIO; /* errbuf says why */
+        char why[512];
+        snprintf(why, sizeof(why), "%s", errbuf);
+        e = rd_kafka_error_new(RD_KAFKA_RESP_ERR__STATE, "%s", why);
+        int ended = txn_failed(a, e, "producing into", errbuf, errlen);
+        /* An ack too large stays too large. */
+        return r == -EMSGSIZE ? -EIO : ended;
+    }
+    rd_kafka_consumer_group_metadata_t *group =
+        rd_kafka_consumer_group_metadata(consumer);
+    e = rd_kafka_send_offsets_to_transaction(a->rk, offsets, group, TXN_STEP_MS);
+    rd_kafka_consumer_group_metadata_destroy(group);
+    if (e)
+        return txn_failed(a, e, "committing the offsets in", errbuf, errlen);
+    /* Flushes the acks, serving their delivery reports, then commits. */
+    for (int tries = 1; (e = rd_kafka_commit_transaction(a->rk, TXN_STEP_MS)); tries++) {
+        if (!rd_kafka_error_is_retriable(e) || tries == 3)
+            return txn_failed(a, e, "committing", errbuf, errlen);
+        rd_kafka_error_destroy(e);
+    }
+    a->txn_open = false;
+    a->last_error = RD_KAFKA_RESP_ERR_NO_ERROR;
+    t->delivered = t->outstanding;
+    t->outstanding = 0;
     return 0;
 }
 

@@ -6,11 +6,19 @@
  *
  * A delivery that fails is produced again after a pause; a batch is complete
  * only when all of its records were delivered.
+ *
+ * A transactional acker (ack.transactions = on) instead produces a batch's
+ * acks and commits the batch's consumed offsets in one Kafka transaction
+ * (cv_acker_send_txn): a read_committed reader sees each ack once, and a
+ * crash between the acks and the commit rolls both back together. Failed
+ * deliveries are not produced again one by one there; the transaction is
+ * aborted and the batch produced again as a whole.
  */
 #ifndef CV_ACKER_H
 #define CV_ACKER_H
 
 #include <librdkafka/rdkafka.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,10 +34,15 @@ typedef struct cv_ack_ticket {
     int64_t failures; /* deliveries that failed and were retried */
 } cv_ack_ticket;
 
-/* `conf` is taken over (also on failure). */
+/* `conf` is taken over (also on failure). When it sets transactional.id
+ * the acker is transactional: its transactions are initialised here, which
+ * aborts any its predecessor of the same id left open. */
 int cv_acker_new(rd_kafka_conf_t *conf, const char *ack_topic, const char *dlq_topic,
                  const char *topic_prefix, cv_acker **ret_acker, char *errbuf,
                  size_t errlen);
+
+/* True for a transactional acker. */
+bool cv_acker_transactional(const cv_acker *acker);
 /* Flushes what it can within `timeout_ms`, then frees. Accepts NULL. */
 cv_acker *cv_acker_free(cv_acker *acker, int timeout_ms);
 
@@ -38,6 +51,18 @@ cv_acker *cv_acker_free(cv_acker *acker, int timeout_ms);
  * the local queue is full it serves delivery reports and tries again. */
 int cv_acker_send(cv_acker *acker, const cv_rec *recs, size_t n, cv_ack_ticket *ticket,
                   char *errbuf, size_t errlen);
+
+/* Transactional acker only: produces the acks of `recs` and commits
+ * `offsets` (the next offset of each partition, as the consumer would
+ * commit them) for `consumer`'s group in one transaction, and waits for it.
+ * On return 0 every ack is delivered and the offsets are committed, and
+ * `ticket` says so. -EAGAIN: the transaction was aborted (nothing of it is
+ * visible to read_committed readers) and may be tried again; -EIO: the
+ * producer failed for good (fenced by another instance with the same
+ * transactional.id, say) and the acker is unusable. */
+int cv_acker_send_txn(cv_acker *acker, rd_kafka_t *consumer, const cv_rec *recs, size_t n,
+                      const rd_kafka_topic_partition_list_t *offsets,
+                      cv_ack_ticket *ticket, char *errbuf, size_t errlen);
 
 /* Serves delivery reports and re-produces failed deliveries whose pause
  * has passed. Waits at most `timeout_ms`. */

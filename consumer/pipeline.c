@@ -39,6 +39,9 @@
 
 #define KAFKA_START_TIMEOUT_MS 10000
 #define ACKS_AGAIN_LOG_MS 10000
+/* First and longest pause between attempts of an aborted ack transaction. */
+#define TXN_RETRY_MS 500
+#define TXN_RETRY_MAX_MS 5000
 /* Decoding takes at most ~20 times a record's wire size (a map of tiny
  * attributes is the worst case), so this bound is never what stops a
  * batch that batch.max_bytes admitted. */
@@ -49,7 +52,8 @@ typedef struct pending {
     struct pending *next;
     cv_ack_ticket ticket;
     rd_kafka_topic_partition_list_t *offsets; /* next offset per partition */
-    cv_ack_note *notes;                       /* for the observer, or NULL */
+    bool committed;     /* by the acks' transaction: not to be committed again */
+    cv_ack_note *notes; /* for the observer, or NULL */
     size_t nnotes;
 } pending;
 
@@ -236,9 +240,9 @@ static void commit_completed(cv_pipeline *p, bool async) {
     rd_kafka_topic_partition_list_t *commit = NULL;
     while (p->head && p->head->ticket.outstanding == 0) {
         pending *b = p->head;
-        if (!commit)
+        if (!commit && !b->committed)
             commit = rd_kafka_topic_partition_list_new(b->offsets->cnt);
-        for (int i = 0; i < b->offsets->cnt; i++) {
+        for (int i = 0; !b->committed && i < b->offsets->cnt; i++) {
             rd_kafka_topic_partition_t *src = &b->offsets->elems[i];
             rd_kafka_topic_partition_t *dst =
                 rd_kafka_topic_partition_list_find(commit, src->topic, src->partition);
@@ -250,7 +254,7 @@ static void commit_completed(cv_pipeline *p, bool async) {
         }
         p->stats.acked += b->ticket.delivered;
         p->stats.committed_batches++;
-        if (b->ticket.failures > 0) {
+        if (b->ticket.failures > 0 && !b->committed) {
             p->again.batches++;
             p->again.failures += b->ticket.failures;
             p->again.delivered += b->ticket.delivered;
@@ -423,6 +427,66 @@ static int store_retry(cv_pipeline *p, batch *b) {
     return r;
 }
 
+/* Whether the last failure of the acks' transaction says this consumer's
+ * group membership is over: a rebalance it has not served yet. Trying
+ * again cannot succeed without serving it, and serving it here would
+ * complete later batches before this one. */
+static bool group_moved_on(cv_pipeline *p) {
+    switch (cv_acker_last_error(p->acker)) {
+    case RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID:
+    case RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID:
+    case RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* ack.transactions = on: produces the batch's acks and commits its offsets
+ * in one transaction, trying again after an abort until it commits. Only
+ * the producer is served meanwhile (Kafka's heartbeats go on in librdkafka's
+ * own thread). 0: committed; -ECANCELED: asked to stop first; -EIO: the
+ * producer failed for good, or the group moved on. */
+static int ack_batch_txn(cv_pipeline *p, const batch *b, pending *pb, char *err,
+                         size_t errlen) {
+    int64_t pause = TXN_RETRY_MS;
+    for (int attempt = 1;; attempt++) {
+        int r = cv_acker_send_txn(p->acker, p->consumer, b->recs, b->n, pb->offsets,
+                                  &pb->ticket, err, errlen);
+        if (r == 0) {
+            pb->committed = true;
+            if (attempt > 1)
+                plog(p, 1, "ack transaction committed", "attempts=%d records=%zu",
+                     attempt, b->n);
+            return 0;
+        }
+        if (r != -EAGAIN)
+            return r;
+        pb->ticket.failures++;
+        if (group_moved_on(p)) {
+            size_t used = strlen(err);
+            snprintf(err + used, errlen - used,
+                     "; the consumer group moved on meanwhile, so the batch is left "
+                     "for its next owner");
+            return -EIO;
+        }
+        /* The first abort at once, then one line in ten: Kafka may be away
+         * for long. */
+        if (attempt % 10 == 1)
+            plog(p, 2,
+                 "ack transaction aborted; read_committed readers see none of its "
+                 "acks, and they are produced again",
+                 "attempt=%d records=%zu error=\"%s\"", attempt, b->n, err);
+        int64_t until = cv_mono_ms() + pause;
+        while (cv_mono_ms() < until && !stopping(p))
+            cv_acker_poll(p->acker, 50);
+        if (stopping(p))
+            return -ECANCELED;
+        pause = pause * 2 > TXN_RETRY_MAX_MS ? TXN_RETRY_MAX_MS : pause * 2;
+    }
+}
+
 /* A durable batch: count it, produce its acks, queue it for the commit. */
 static void ack_batch(cv_pipeline *p, batch *b) {
     OBSERVE(p, stored, b->recs, b->n, b->pg_us, b->log_us);
@@ -463,13 +527,18 @@ static void ack_batch(cv_pipeline *p, batch *b) {
         }
     }
     char err[512];
-    if (cv_acker_send(p->acker, b->recs, b->n, &pb->ticket, err, sizeof(err)) < 0) {
+    int r = cv_acker_transactional(p->acker)
+                ? ack_batch_txn(p, b, pb, err, sizeof(err))
+                : cv_acker_send(p->acker, b->recs, b->n, &pb->ticket, err, sizeof(err));
+    if (r == -ECANCELED) {
+        make_hole(p, b, "stopping while the acks' transaction was tried again");
+    } else if (r < 0) {
         set_fatal(p, err);
         make_hole(p, b, err);
     }
     /* Queued even after a failure: the acks produced so far still count,
      * and the ticket never completes, so nothing past it is committed. */
-    if (p->fatal)
+    if (r < 0 || p->fatal)
         pb->ticket.outstanding++;
     *p->tail = pb;
     p->tail = &pb->next;

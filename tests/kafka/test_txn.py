@@ -1,0 +1,187 @@
+"""ack.transactions = on, on a real 3-node cluster: each batch's acks and its
+committed offsets are one Kafka transaction, so a read_committed reader sees
+exactly one ack per record however often chatvault dies.
+
+python3-kafka publishes 20,000 messages over 4 channels x 4 partitions while
+chatvault is killed (SIGKILL) 3 times, each time once it has stored more, and
+restarted with the same transactional.id (which aborts what the killed one
+left open). Afterwards Kafka's own kafka-console-consumer reads the ack topic
+with --isolation-level read_committed: exactly one ack per chat record and
+per message id, and every message acked. The records a read_uncommitted
+reader sees beside those are the aborted acks; the test reports how many (a
+crash inside an open transaction leaves some, a crash between two leaves
+none). The stores hold every message once, verify agrees, and the group's
+committed offsets reach the end.
+
+CV_ACK_TRANSACTIONS=off runs the same with at-least-once acks, to see the
+read_committed checks fail: a kill between a batch's acks and its commit
+acks its records twice."""
+import collections
+import os
+import random
+import threading
+import time
+
+import cvtest
+import faultlib
+import kafkalib
+
+N = 30000
+RATE = 1000
+KILLS = 3
+seed = int(os.environ.get('CV_CRASH_SEED', str(int(time.time()))))
+rnd = random.Random(seed)
+
+
+class RawAcks(threading.Thread):
+    """Every data record of the ack topic as read_uncommitted sees it:
+    {(partition, offset): DeliveryAck}. python3-kafka 2.0.2 hands over the
+    transaction markers as records too; a marker's key is 4 bytes (version
+    0, type 0 abort or 1 commit) and its value 6, which no ack has (an ack's
+    key is its channel)."""
+
+    def __init__(self, h, topic):
+        super().__init__(daemon=True)
+        self.c = h.consumer(topic)
+        self.recs = {}
+        self.markers = 0
+        self.lock = threading.Lock()
+        self.stop_flag = False
+        self.error = None
+
+    def run(self):
+        try:
+            while not self.stop_flag:
+                batch = self.c.poll(timeout_ms=300, max_records=20000)
+                for recs in batch.values():
+                    for r in recs:
+                        with self.lock:
+                            if (r.key is not None and len(r.key) == 4 and
+                                    r.key[:2] == b'\0\0' and len(r.value or b'') == 6):
+                                self.markers += 1
+                            else:
+                                self.recs[(r.partition, r.offset)] = \
+                                    cvtest.parse_ack(r.value)
+        except Exception as e:
+            self.error = repr(e)
+
+    def snapshot(self):
+        with self.lock:
+            return dict(self.recs)
+
+    def stop(self):
+        self.stop_flag = True
+        self.join(timeout=10)
+
+
+def committed_positions(h):
+    """(partition, offset) of every ack a read_committed reader sees, read
+    by Kafka's own console consumer."""
+    r = kafkalib.tool('kafka-console-consumer', '--bootstrap-server', h.bootstrap,
+                      '--topic', h.ack_topic, '--from-beginning',
+                      '--isolation-level', 'read_committed',
+                      '--timeout-ms', '20000', '--formatter-property', 'print.key=false',
+                      '--formatter-property', 'print.value=false',
+                      '--formatter-property', 'print.partition=true',
+                      '--formatter-property', 'print.offset=true', timeout=180)
+    out = []
+    for line in r.stdout.splitlines():
+        f = dict(x.split(':', 1) for x in line.split() if ':' in x)
+        if 'Partition' in f and 'Offset' in f:
+            out.append((int(f['Partition']), int(f['Offset'])))
+    return out, r
+
+
+with kafkalib.KHarness('txn', channels=4, partitions=4,
+                       config={'ack.transactions':
+                               os.environ.get('CV_ACK_TRANSACTIONS', 'on')}) as h:
+    h.diag('seed %d (CV_CRASH_SEED reproduces the kill points)' % seed)
+    h.migrate()
+    h.start_broker()
+    raw = RawAcks(h, h.ack_topic)
+    raw.start()
+    t0 = time.time()
+    pub = h.publisher(N, RATE, seed=seed)
+    pub.start()
+
+    def rows():
+        return h.query('SELECT count(*) FROM chatvault.messages')[0][0]
+
+    kills = []
+    for k in range(KILLS):
+        base = rows()
+        want = base + rnd.randrange(1000, 2500)
+        deadline = time.time() + 120
+        while rows() < want and time.time() < deadline and h.broker.alive():
+            time.sleep(0.1)
+        time.sleep(rnd.random())
+        alive = h.broker.alive()
+        h.broker.kill9()
+        kills.append((round(time.time() - t0, 1), rows(), pub.attempted, alive))
+        h.diag('injected: kill -9 of chatvault at %.1f s, %d rows, %d published '
+               '(it was %s)' % (kills[-1][0], kills[-1][1], pub.attempted,
+                                'running' if alive else 'NOT running'))
+        time.sleep(1)
+        h.start_broker()
+
+    pub.join(timeout=300)
+    h.ok(not pub.errors and len(pub.sent) == N,
+         'python3-kafka published %d messages' % N, pub.errors[:3])
+    h.ok(len(kills) == KILLS and all(k[3] for k in kills) and kills[-1][2] < N,
+         '%d kill -9 of a running chatvault while messages were still being '
+         'published' % KILLS, kills)
+    sent = dict(pub.sent)
+    h.wait_rows(len(sent), timeout=300)
+    behind, offs = h.wait_committed(list(h.topics), timeout=300)
+    h.ok(not behind, 'committed offset = end offset everywhere (committed by the '
+         'acks\' transactions)', behind)
+    records = sum(e for _, e in offs.values())
+    h.ok(h.broker.alive(), 'the last chatvault still runs')
+    log = h.broker_log()
+    h.ok('ack_transactions=on' in log, 'the broker says it runs ack transactions',
+         log[-300:])
+    rc = h.broker.stop()
+    h.is_(rc, 0, 'chatvault exits 0 on SIGTERM at the end')
+
+    committed, r = committed_positions(h)
+    time.sleep(2)
+    seen = raw.snapshot()
+    raw.stop()
+    h.ok(raw.error is None, 'python3-kafka read the ack topic', raw.error)
+    acks = [seen.get(pos) for pos in committed]
+    h.ok(committed and all(a is not None for a in acks),
+         'kafka-console-consumer --isolation-level read_committed read %d acks, '
+         'each also read by python3-kafka' % len(committed),
+         'exit %d, %d lines, %d unknown to python3-kafka; stderr %s'
+         % (r.returncode, len(committed), sum(a is None for a in acks),
+            r.stderr[-300:]))
+    acks = [a for a in acks if a is not None]
+    per_rec = collections.Counter((a.topic, a.partition, a.offset) for a in acks)
+    twice = [k for k, v in per_rec.items() if v > 1]
+    h.ok(len(per_rec) == records and not twice,
+         'read_committed: exactly one ack per chat record (%d records)' % records,
+         '%d records acked, %d of them more than once, e.g. %s'
+         % (len(per_rec), len(twice), twice[:3]))
+    # A message id is in Kafka twice only when the publisher's own retry
+    # wrote it twice: then its second record is acked DUPLICATE, once.
+    per_id = collections.Counter(a.message_id for a in acks)
+    extra = sum(v - 1 for v in per_id.values())
+    h.ok(set(per_id) == set(sent) and extra == records - len(sent),
+         'read_committed: every message id acked, once per Kafka record holding it',
+         '%d ids missing, %d acks beyond one per id (%d records beyond one per id)'
+         % (len(set(sent) - set(per_id)), extra, records - len(sent)))
+    st = collections.Counter(cvtest.STATUS.get(a.status, a.status) for a in acks)
+    h.ok(st.get('PERSISTED', 0) == len(sent) and
+         st.get('DUPLICATE', 0) == records - len(sent),
+         'committed acks: one PERSISTED per message (a re-delivered record is the '
+         'same record), DUPLICATE only for a publisher\'s repeat', dict(st))
+    aborted = len(seen) - len(committed)
+    rows_ = h.query('SELECT message_id FROM chatvault.messages')
+    faultlib.check_store(h, 'PostgreSQL', [x[0] for x in rows_], sent)
+    recs = faultlib.log_cat(h)
+    faultlib.check_log(h, 'the log', recs, sent, records)
+    faultlib.check_verify(h)
+    h.diag('counts: published=%d records=%d committed_acks=%d aborted_acks=%d '
+           'markers=%d statuses=%s kills=%s'
+           % (len(sent), records, len(committed), aborted, raw.markers, dict(st),
+              kills))

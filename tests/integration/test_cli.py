@@ -97,6 +97,21 @@ with cvtest.Harness('cli', topics={'chat.cli': 2}) as h:
         h.ok(r.returncode == 2 and why in r.stderr and len(r.stderr.splitlines()) == 1,
              'config --check --set %s: exit 2, one line saying why' % kv,
              'exit %d, stderr: %r' % (r.returncode, r.stderr))
+    # Only the ack producer may be transactional, and only on real Kafka.
+    r = h.run('config', '--check', '--set', 'kafka.transactional.id=x')
+    h.ok(r.returncode == 2 and 'ack.transactions' in r.stderr and
+         len(r.stderr.splitlines()) == 1,
+         'config --check --set kafka.transactional.id=x: exit 2, one line naming '
+         'ack.transactions', 'exit %d, stderr: %r' % (r.returncode, r.stderr))
+    r = h.run('broker', '--set', 'kafka.bootstrap.servers=embedded', '--set',
+              'ack.transactions=on', '--set', 'http.listen=', timeout=60)
+    last = (r.stderr.strip().splitlines() or [''])[-1]
+    h.ok(r.returncode == 2 and last.startswith('chatvault broker: config error: '
+                                               'ack.transactions = on needs a real '
+                                               'Kafka cluster'),
+         'broker with ack.transactions = on on the embedded mock: exit 2, its last '
+         'line says it needs real Kafka', 'exit %d, stderr: %r'
+         % (r.returncode, r.stderr[-500:]))
     # A selection that can match nothing is a usage error, not an empty run.
     for args in (['--from-offset', '10', '--to-offset', '5'],
                  ['--since', '2026-01-02', '--until', '2026-01-01'],

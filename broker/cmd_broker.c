@@ -6,6 +6,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -55,7 +56,9 @@ static int kafka_stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque) 
 
 /* ack.transactions = on: makes the ack producer transactional. Its id is
  * this instance's across restarts, so that a restart fences what the last
- * run left open instead of waiting for transaction.timeout.ms. */
+ * run left open instead of waiting for transaction.timeout.ms. By default
+ * it names the group, the host and (hashed) the log directory, which every
+ * instance has its own of: instances on one host do not fence each other. */
 static int set_transactional(const cv_config *cfg, rd_kafka_conf_t *pconf, bool embedded,
                              char *errbuf, size_t errlen) {
     if (embedded) {
@@ -71,8 +74,14 @@ static int set_transactional(const cv_config *cfg, rd_kafka_conf_t *pconf, bool 
     } else {
         if (gethostname(host, sizeof(host) - 1) < 0 || !*host)
             snprintf(host, sizeof(host), "localhost");
-        snprintf(id, sizeof(id), "chatvault-%s-%s", cv_config_kafka_get(cfg, "group.id"),
-                 host);
+        const char *dir = cv_config_str(cfg, "log.dir");
+        unsigned char h[crypto_generichash_BYTES_MIN];
+        char hex[9];
+        crypto_generichash(h, sizeof(h), (const unsigned char *)dir, strlen(dir), NULL,
+                           0);
+        sodium_bin2hex(hex, sizeof(hex), h, 4);
+        snprintf(id, sizeof(id), "chatvault-%s-%s-%s",
+                 cv_config_kafka_get(cfg, "group.id"), host, hex);
     }
     char kerr[512];
     if (rd_kafka_conf_set(pconf, "transactional.id", id, kerr, sizeof(kerr)) !=
@@ -274,16 +283,17 @@ int cv_cmd_broker(int argc, char **argv) {
            pc.group, pc.topics_pattern, pc.ack_topic, pc.dlq_topic,
            *log_dir ? log_dir : "(off)", cv_config_str(cfg, "ack.policy"),
            cv_config_str(cfg, "ack.transactions"));
-    if (cv_pipeline_run(p, &stop, err, sizeof(err)) < 0) {
-        cv_error("broker", "%s", err);
+    if (cv_pipeline_run(p, &stop, err, sizeof(err)) < 0)
         rc = CV_EXIT_FAILURE;
-    }
     cv_pipeline_stats st;
     cv_pipeline_get_stats(p, &st);
     cv_log(CV_LOG_INFO, "broker stopped",
            "consumed=%" PRId64 " persisted=%" PRId64 " duplicates=%" PRId64
            " rejected=%" PRId64 " acked=%" PRId64 " batches=%" PRId64,
            st.consumed, st.persisted, st.duplicates, st.rejected, st.acked, st.batches);
+    /* The reason comes last, where an operator reading the tail looks. */
+    if (rc == CV_EXIT_FAILURE)
+        cv_error("broker", "%s", err);
 out:
     cv_probe_stop(probe);
     cv_http_stop(http);

@@ -106,7 +106,7 @@ static const prop props[] = {
     {"ack.transactional_id", PROP_STR, "",
      "transactional.id of the ack producer under ack.transactions = on, one per "
      "instance and the same across its restarts (empty: chatvault-<group.id>-<host "
-     "name>)",
+     "name>-<hash of log.dir>)",
      0, 0, NULL, NULL},
     {"batch.max_messages", PROP_INT, "5000",
      "most records written to the stores in one batch", 1, 1000000, NULL, NULL},

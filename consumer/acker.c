@@ -157,6 +157,13 @@ static void retry_free(retry *r) {
 cv_acker *cv_acker_free(cv_acker *a, int timeout_ms) {
     if (!a)
         return NULL;
+    if (a->rk && a->txn_open) {
+        /* Stopped while trying a transaction again: leave nothing open for
+         * the coordinator's timeout (and read_committed readers) to wait on. */
+        rd_kafka_error_t *e = rd_kafka_abort_transaction(a->rk, timeout_ms);
+        if (e)
+            rd_kafka_error_destroy(e);
+    }
     if (a->rk) {
         rd_kafka_flush(a->rk, timeout_ms);
         rd_kafka_destroy(a->rk);
@@ -350,26 +357,26 @@ int cv_acker_send(cv_acker *a, const cv_rec *recs, size_t n, cv_ack_ticket *t,
 static int txn_failed(cv_acker *a, rd_kafka_error_t *e, const char *what, char *errbuf,
                       size_t errlen) {
     bool fatal = rd_kafka_error_is_fatal(e);
-    a->last_error = rd_kafka_error_code(e);
+    rd_kafka_resp_err_t code = rd_kafka_error_code(e);
     snprintf(errbuf, errlen, "kafka: %s the acks' transaction: %s", what,
              rd_kafka_error_string(e));
     rd_kafka_error_destroy(e);
-    if (fatal)
-        return -EIO;
-    if (!a->txn_open)
-        return -EAGAIN;
-    e = rd_kafka_abort_transaction(a->rk, TXN_STEP_MS);
-    if (e) {
-        size_t used = strlen(errbuf);
-        snprintf(errbuf + used, errlen - used, "; aborting it: %s",
-                 rd_kafka_error_string(e));
-        fatal = rd_kafka_error_is_fatal(e);
-        rd_kafka_error_destroy(e);
-        return fatal ? -EIO : -EAGAIN; /* still open: aborted on the next try */
+    if (!fatal && a->txn_open) {
+        e = rd_kafka_abort_transaction(a->rk, TXN_STEP_MS);
+        if (e) { /* still open: aborted on the next try */
+            size_t used = strlen(errbuf);
+            snprintf(errbuf + used, errlen - used, "; aborting it: %s",
+                     rd_kafka_error_string(e));
+            fatal = rd_kafka_error_is_fatal(e);
+            rd_kafka_error_destroy(e);
+        } else {
+            a->txn_open = false;
+            rd_kafka_poll(a->rk, 0); /* the purged messages' reports */
+        }
     }
-    a->txn_open = false;
-    rd_kafka_poll(a->rk, 0); /* the purged messages' reports */
-    return -EAGAIN;
+    /* After the reports: the caller asks what made the step fail. */
+    a->last_error = code;
+    return fatal ? -EIO : -EAGAIN;
 }
 
 int cv_acker_send_txn(cv_acker *a, rd_kafka_t *consumer, const cv_rec *recs, size_t n,

@@ -143,6 +143,9 @@ static const int64_t pg_commit_bounds[] = {250,    500,     1000,    2500,    50
 static const int64_t log_fsync_bounds[] = {50,     100,    250,    500,    1000,
                                            2500,   5000,   10000,  25000,  50000,
                                            100000, 250000, 500000, 1000000};
+static const int64_t ack_txn_bounds[] = {1000,    2500,    5000,     10000,   25000,
+                                         50000,   100000,  250000,   500000,  1000000,
+                                         2500000, 5000000, 10000000, 30000000};
 static const int64_t batch_size_bounds[] = {1,   2,   5,    10,   20,   50,    100,
                                             200, 500, 1000, 2000, 5000, 10000, 20000};
 #define NB(a) (sizeof(a) / sizeof((a)[0]))
@@ -253,7 +256,8 @@ struct cv_metrics {
     int32_t *index; /* open addressing over parts; -1 empty */
     size_t indexcap;
 
-    cv_hist ack_latency, pg_commit, log_fsync, batch_size;
+    cv_hist ack_latency, pg_commit, log_fsync, batch_size, ack_txn;
+    uint64_t ack_txn_aborts;
     cv_hist lat_snaps[LAT_SNAPS];
     int64_t lat_snap_ms[LAT_SNAPS];
     size_t nlat_snaps, lat_snap_head;
@@ -803,6 +807,14 @@ static void obs_log_generation(void *opaque, const char *topic, int32_t partitio
     pthread_mutex_unlock(&m->lock);
 }
 
+static void obs_ack_txn(void *opaque, int64_t us, int aborted) {
+    cv_metrics *m = opaque;
+    pthread_mutex_lock(&m->lock);
+    cv_hist_observe(&m->ack_txn, us);
+    m->ack_txn_aborts += (uint64_t)aborted;
+    pthread_mutex_unlock(&m->lock);
+}
+
 static void obs_log_torn(void *opaque, uint64_t bytes, uint64_t records) {
     cv_metrics *m = opaque;
     pthread_mutex_lock(&m->lock);
@@ -851,6 +863,7 @@ int cv_metrics_new(const cv_metrics_conf *conf, cv_metrics **ret_metrics) {
     cv_hist_init(&m->ack_latency, ack_latency_bounds, NB(ack_latency_bounds));
     cv_hist_init(&m->pg_commit, pg_commit_bounds, NB(pg_commit_bounds));
     cv_hist_init(&m->log_fsync, log_fsync_bounds, NB(log_fsync_bounds));
+    cv_hist_init(&m->ack_txn, ack_txn_bounds, NB(ack_txn_bounds));
     cv_hist_init(&m->batch_size, batch_size_bounds, NB(batch_size_bounds));
     cv_hist_init(&m->probe_latency, ack_latency_bounds, NB(ack_latency_bounds));
     if (conf->probe_channel && *conf->probe_channel) {
@@ -872,6 +885,7 @@ int cv_metrics_new(const cv_metrics_conf *conf, cv_metrics **ret_metrics) {
         .degraded = obs_degraded,
         .log_generation = obs_log_generation,
         .log_torn = obs_log_torn,
+        .ack_txn = obs_ack_txn,
     };
     *ret_metrics = m;
     return 0;
@@ -1284,6 +1298,14 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
                  &m->log_fsync, 1e6));
     CK(prom_hist(b, "chatvault_batch_size_messages", "Records per decoded batch.",
                  &m->batch_size, 1));
+    CK(prom_hist(b, "chatvault_ack_txn_seconds",
+                 "ack.transactions = on: time from a batch's first transaction attempt "
+                 "to its commit (acks produced, offsets added, committed).",
+                 &m->ack_txn, 1e6));
+    CK(prom_family(b, "chatvault_ack_txn_aborts_total", "counter",
+                   "Ack transactions aborted and tried again."));
+    CK(cv_buf_printf(b, "chatvault_ack_txn_aborts_total %" PRIu64 "\n",
+                     m->ack_txn_aborts));
     if (m->probe_topic) {
         CK(prom_hist(b, "chatvault_probe_latency_seconds",
                      "End-to-end probe: publish of a canary message to the durable "

@@ -53,6 +53,7 @@ typedef struct pending {
     cv_ack_ticket ticket;
     rd_kafka_topic_partition_list_t *offsets; /* next offset per partition */
     bool committed;     /* by the acks' transaction: not to be committed again */
+    bool given_up;      /* its acks failed: it never completes */
     cv_ack_note *notes; /* for the observer, or NULL */
     size_t nnotes;
 } pending;
@@ -450,12 +451,13 @@ static bool group_moved_on(cv_pipeline *p) {
  * producer failed for good, or the group moved on. */
 static int ack_batch_txn(cv_pipeline *p, const batch *b, pending *pb, char *err,
                          size_t errlen) {
-    int64_t pause = TXN_RETRY_MS;
+    int64_t pause = TXN_RETRY_MS, start_us = cv_mono_us();
     for (int attempt = 1;; attempt++) {
         int r = cv_acker_send_txn(p->acker, p->consumer, b->recs, b->n, pb->offsets,
                                   &pb->ticket, err, errlen);
         if (r == 0) {
             pb->committed = true;
+            OBSERVE(p, ack_txn, cv_mono_us() - start_us, attempt - 1);
             if (attempt > 1)
                 plog(p, 1, "ack transaction committed", "attempts=%d records=%zu",
                      attempt, b->n);
@@ -538,8 +540,10 @@ static void ack_batch(cv_pipeline *p, batch *b) {
     }
     /* Queued even after a failure: the acks produced so far still count,
      * and the ticket never completes, so nothing past it is committed. */
-    if (r < 0 || p->fatal)
+    if (r < 0 || p->fatal) {
         pb->ticket.outstanding++;
+        pb->given_up = true;
+    }
     *p->tail = pb;
     p->tail = &pb->next;
 }
@@ -659,12 +663,12 @@ static void drain(cv_pipeline *p, int64_t timeout_ms) {
 /* Waits for every pending ack, then commits synchronously. */
 static void drain_acks(cv_pipeline *p, int64_t timeout_ms) {
     int64_t deadline = cv_mono_ms() + timeout_ms;
-    while (p->head && cv_mono_ms() < deadline) {
+    while (p->head && !p->head->given_up && cv_mono_ms() < deadline) {
         cv_acker_poll(p->acker, 20);
         commit_completed(p, true);
     }
     commit_completed(p, false);
-    if (p->head)
+    if (p->head && !p->head->given_up) /* a given-up one was logged already */
         plog(p, 2,
              "acks still undelivered after the drain timeout; their "
              "records stay uncommitted and will be re-delivered",

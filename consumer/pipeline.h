@@ -65,6 +65,9 @@ typedef struct cv_pipeline_observer {
     void (*log_generation)(void *opaque, const char *topic, int32_t partition);
     /* Log recovery cut a torn tail of `bytes` (`records` frames). */
     void (*log_torn)(void *opaque, uint64_t bytes, uint64_t records);
+    /* ack.transactions = on: a batch's transaction committed after `us`
+     * (every attempt included), `aborted` attempts before it. */
+    void (*ack_txn)(void *opaque, int64_t us, int aborted);
 } cv_pipeline_observer;
 
 typedef void cv_pipeline_log_fn(void *opaque, int level /* 0 debug..3 error */,

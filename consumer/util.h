@@ -59,5 +59,6 @@ static inline void cv_be64(unsigned char *p, uint64_t v) {
 /* Wall clock in Unix microseconds; monotonic clock in milliseconds. */
 int64_t cv_now_us(void);
 int64_t cv_mono_ms(void);
+int64_t cv_mono_us(void);
 
 #endif

@@ -251,6 +251,8 @@ pg_sum=$(metric chatvault_pg_commit_seconds_sum)
 pg_n=$(metric chatvault_pg_commit_seconds_count)
 log_sum=$(metric chatvault_log_fsync_seconds_sum)
 log_n=$(metric chatvault_log_fsync_seconds_count)
+txn_sum=$(metric chatvault_ack_txn_seconds_sum)
+txn_n=$(metric chatvault_ack_txn_seconds_count)
 batch_sum=$(metric chatvault_batch_size_messages_sum)
 batch_n=$(metric chatvault_batch_size_messages_count)
 mean() { awk -v a="$1" -v b="$2" -v k="$3" 'BEGIN { printf "%.1f", (b > 0 ? a * k / b : 0) }'; }
@@ -302,6 +304,9 @@ ratio=$(awk -v a="${ours:-0}" -v b="$kcat_rate" 'BEGIN { printf "%.2f", (b > 0 ?
     printf '%-40s %s\n' "  batches / mean size" "${batch_n%.*} / $(mean "$batch_sum" "$batch_n" 1) msgs"
     printf '%-40s %s\n' "  PG transactions: total / mean" "$pg_sum s / $(mean "$pg_sum" "$pg_n" 1000) ms"
     printf '%-40s %s\n' "  log append+sync: total / mean" "$log_sum s / $(mean "$log_sum" "$log_n" 1000) ms"
+    if awk -v n="$txn_n" 'BEGIN { exit !(n > 0) }'; then
+        printf '%-40s %s\n' "  ack transactions: total / mean" "$txn_sum s / $(mean "$txn_sum" "$txn_n" 1000) ms ($(metric chatvault_ack_txn_aborts_total | cut -d. -f1) aborted)"
+    fi
     printf '%-40s %s\n' "  acked / missing / rows in PostgreSQL" "$(field acked) / $(field missing) / $rows"
     if [ "$run_kcat" = 1 ]; then
         printf '%-40s %s\n' "kcat -C | psql \\copy (drain only)" "$kcat_rate msgs/s in $kcat_s s ($kcat_rows rows)"

@@ -14,6 +14,9 @@ each test begins by making sure every node runs.
 KHarness is faultlib's FaultHarness (PostgreSQL, several broker instances,
 Publisher, AckCollector, OffsetSampler) with the real cluster in place of
 dev-kafka.
+
+CV_ACK_TRANSACTIONS=on runs the suite with transactional acks
+(ack.transactions = on) instead of the default at-least-once ones.
 """
 import json
 import os
@@ -169,6 +172,9 @@ class KHarness(faultlib.FaultHarness):
             'topics.dlq': self.dlq_topic,
             'kafka.group.id': self.group,
         }
+        # CV_ACK_TRANSACTIONS=on|off runs every test of the suite that way.
+        if os.environ.get('CV_ACK_TRANSACTIONS'):
+            base['ack.transactions'] = os.environ['CV_ACK_TRANSACTIONS']
         base.update(overrides)
         return super().write_config(**base)
 

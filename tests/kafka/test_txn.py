@@ -11,7 +11,8 @@ per message id, and every message acked. The records a read_uncommitted
 reader sees beside those are the aborted acks; the test reports how many (a
 crash inside an open transaction leaves some, a crash between two leaves
 none). The stores hold every message once, verify agrees, and the group's
-committed offsets reach the end.
+committed offsets reach the end. Last, a second instance with the same
+ack.transactional_id fences the first, which exits 1 with one line saying so.
 
 CV_ACK_TRANSACTIONS=off runs the same with at-least-once acks, to see the
 read_committed checks fail: a kill between a batch's acks and its commit
@@ -35,10 +36,8 @@ rnd = random.Random(seed)
 
 class RawAcks(threading.Thread):
     """Every data record of the ack topic as read_uncommitted sees it:
-    {(partition, offset): DeliveryAck}. python3-kafka 2.0.2 hands over the
-    transaction markers as records too; a marker's key is 4 bytes (version
-    0, type 0 abort or 1 commit) and its value 6, which no ack has (an ack's
-    key is its channel)."""
+    {(partition, offset): DeliveryAck}, and the number of transaction
+    markers (see faultlib.is_txn_marker)."""
 
     def __init__(self, h, topic):
         super().__init__(daemon=True)
@@ -56,8 +55,7 @@ class RawAcks(threading.Thread):
                 for recs in batch.values():
                     for r in recs:
                         with self.lock:
-                            if (r.key is not None and len(r.key) == 4 and
-                                    r.key[:2] == b'\0\0' and len(r.value or b'') == 6):
+                            if faultlib.is_txn_marker(r):
                                 self.markers += 1
                             else:
                                 self.recs[(r.partition, r.offset)] = \
@@ -181,6 +179,50 @@ with kafkalib.KHarness('txn', channels=4, partitions=4,
     recs = faultlib.log_cat(h)
     faultlib.check_log(h, 'the log', recs, sent, records)
     faultlib.check_verify(h)
+
+    # --- two instances with one transactional id: the later one fences the
+    # earlier, which stops at its next transaction with one line saying so;
+    # what it stored but could not ack is acked by the next owner.
+    tid = 'cv-fence-' + h.tag
+    a = h.start_instance('a', **{'ack.transactional_id': tid})
+    prod = h.producer()
+
+    def publish(n, what):
+        for i in range(n):
+            _, v = cvtest.chat_message(h.channels[i % len(h.channels)],
+                                       b'%s %d' % (what, i))
+            prod.send('chat.' + h.channels[i % len(h.channels)], value=v)
+        prod.flush(timeout=60)
+
+    publish(20, b'before the fence')
+    h.wait_rows(len(sent) + 20, timeout=120)
+    behind, _ = h.wait_committed(list(h.topics), timeout=120)
+    h.ok(not behind and a.alive(), 'instance a (transactional id %s) acks and '
+         'commits' % tid, behind)
+    b = h.start_instance('b', **{'ack.transactional_id': tid,
+                                 'kafka.group.id': h.group + '-b',
+                                 'topics.pattern': '^none\\.%s$' % h.tag})
+    blog = os.path.join(h.tmp, 'broker-b.log')
+    deadline = time.time() + 60
+    while time.time() < deadline and 'broker started' not in open(blog).read():
+        time.sleep(0.2)
+    a.stopped = True    # its exit is expected, not a death
+    publish(20, b'after the fence')
+    deadline = time.time() + 90
+    while time.time() < deadline and a.alive():
+        time.sleep(0.2)
+    rc = a.stop()
+    alog = open(os.path.join(h.tmp, 'broker-a.log')).read().strip().splitlines()
+    h.ok(rc == 1 and alog and alog[-1].startswith('chatvault broker: ') and
+         'fenced' in alog[-1].lower(),
+         'instance a, fenced by b with the same ack.transactional_id, exits 1; its '
+         'last line says it was fenced', 'exit %s, last line %r' % (rc, alog[-1:]))
+    b.stop()
+    h.start_broker()
+    behind, _ = h.wait_committed(list(h.topics), timeout=120)
+    h.ok(not behind, 'the next owner acks and commits what the fenced one stored '
+         'but could not ack', behind)
+    h.broker.stop()
     h.diag('counts: published=%d records=%d committed_acks=%d aborted_acks=%d '
            'markers=%d statuses=%s kills=%s'
            % (len(sent), records, len(committed), aborted, raw.markers, dict(st),

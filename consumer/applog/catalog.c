@@ -36,17 +36,22 @@ void cv_applog_i_free_names(char **names, size_t n) {
     free(names);
 }
 
-/* Sorted names of the entries of dir that keep(name, arg) accepts. A
- * missing directory holds none; so does a path that is not a directory when
- * notdir_ok. */
-static int list_sorted(const char *dir, bool notdir_ok,
+enum {
+    LIST_MISSING_OK = 1, /* a missing directory holds nothing */
+    LIST_NOTDIR_OK = 2,  /* so does a path that is not a directory */
+};
+
+/* Sorted names of the entries of dir that keep(name, arg) accepts; `flags`
+ * (LIST_*) say which directories that cannot be opened hold none. */
+static int list_sorted(const char *dir, unsigned flags,
                        bool (*keep)(const char *name, const char *arg), const char *arg,
                        char ***ret, size_t *ret_n, char *errbuf, size_t errlen) {
     *ret = NULL;
     *ret_n = 0;
     DIR *d = opendir(dir);
     if (!d) {
-        if (errno == ENOENT || (notdir_ok && errno == ENOTDIR))
+        if ((errno == ENOENT && (flags & LIST_MISSING_OK)) ||
+            (errno == ENOTDIR && (flags & LIST_NOTDIR_OK)))
             return 0;
         int e = errno;
         cv_applog_i_errf(errbuf, errlen, "log directory %s: %s", dir, strerror(e));
@@ -84,8 +89,8 @@ nomem:
 /* Sorted names of the files in dir ending in suffix (segment-named). */
 int cv_applog_i_list_names(const char *dir, const char *suffix, char ***ret,
                            size_t *ret_n, char *errbuf, size_t errlen) {
-    return list_sorted(dir, false, cv_applog_i_is_seg_name, suffix, ret, ret_n, errbuf,
-                       errlen);
+    return list_sorted(dir, LIST_MISSING_OK, cv_applog_i_is_seg_name, suffix, ret, ret_n,
+                       errbuf, errlen);
 }
 
 char *cv_applog_i_path_join(const char *dir, const char *name) {
@@ -118,7 +123,8 @@ static bool repair_name_keep(const char *n, const char *unused) {
 /* Sorted names of the repair directories inside a partition directory. */
 int cv_applog_i_list_repair_dirs(const char *dir, char ***ret, size_t *ret_n,
                                  char *errbuf, size_t errlen) {
-    return list_sorted(dir, true, repair_name_keep, NULL, ret, ret_n, errbuf, errlen);
+    return list_sorted(dir, LIST_MISSING_OK | LIST_NOTDIR_OK, repair_name_keep, NULL, ret,
+                       ret_n, errbuf, errlen);
 }
 
 /* "gen-" and 20 digits (see GENERATIONS); sorted by name is oldest first. */
@@ -132,7 +138,8 @@ static bool is_gen_name(const char *n, const char *unused) {
 /* Sorted names of the generation directories inside a partition directory. */
 int cv_applog_i_list_gen_dirs(const char *dir, char ***ret, size_t *ret_n, char *errbuf,
                               size_t errlen) {
-    return list_sorted(dir, true, is_gen_name, NULL, ret, ret_n, errbuf, errlen);
+    return list_sorted(dir, LIST_MISSING_OK | LIST_NOTDIR_OK, is_gen_name, NULL, ret,
+                       ret_n, errbuf, errlen);
 }
 
 int cv_applog_partition_dir(const char *dir, const char *topic, int32_t partition,
@@ -141,40 +148,21 @@ int cv_applog_partition_dir(const char *dir, const char *topic, int32_t partitio
     return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
+/* "<topic>-<partition>": a partition directory's name (LAYOUT). */
+static bool is_partition_name(const char *n, const char *unused) {
+    (void)unused;
+    const char *dash = strrchr(n, '-');
+    return dash && dash != n && dash[1] &&
+           strspn(dash + 1, "0123456789") == strlen(dash + 1);
+}
+
 int cv_applog_partitions(const char *dir, cv_applog_partition_fn *fn, void *opaque,
                          char *errbuf, size_t errlen) {
-    DIR *d = opendir(dir);
-    if (!d) {
-        int e = errno;
-        cv_applog_i_errf(errbuf, errlen, "log directory %s: %s", dir, strerror(e));
-        return -e;
-    }
-    char **names = NULL;
-    size_t n = 0, cap = 0;
-    struct dirent *de;
-    int r = 0;
-    while ((de = readdir(d))) {
-        const char *dash = strrchr(de->d_name, '-');
-        if (!dash || dash == de->d_name || !dash[1] ||
-            strspn(dash + 1, "0123456789") != strlen(dash + 1))
-            continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            char **nn = realloc(names, cap * sizeof(*nn));
-            if (!nn) {
-                r = -ENOMEM;
-                goto out;
-            }
-            names = nn;
-        }
-        if (!(names[n] = strdup(de->d_name))) {
-            r = -ENOMEM;
-            goto out;
-        }
-        n++;
-    }
-    if (n)
-        qsort(names, n, sizeof(*names), name_cmp);
+    char **names;
+    size_t n;
+    int r = list_sorted(dir, 0, is_partition_name, NULL, &names, &n, errbuf, errlen);
+    if (r < 0)
+        return r;
     for (size_t i = 0; i < n && r == 0; i++) {
         char *path = cv_applog_i_path_join(dir, names[i]);
         if (!path) {
@@ -188,8 +176,6 @@ int cv_applog_partitions(const char *dir, cv_applog_partition_fn *fn, void *opaq
             r = fn(opaque, path, names[i], (int32_t)strtol(dash + 1, NULL, 10));
         free(path);
     }
-out:
-    closedir(d);
     cv_applog_i_free_names(names, n);
     return r;
 }

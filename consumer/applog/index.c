@@ -174,6 +174,18 @@ static int cache_segment(cv_applog *log, part *p, int64_t offset, char *errbuf,
     return 0;
 }
 
+/* Whether e's value is the held record's, whose value id is `val`: 1 with
+ * e->digest set to the held record's `digest`, else 0. */
+static int held_as(cv_applog_entry *e, const unsigned char *val,
+                   const unsigned char *digest) {
+    unsigned char vid[VAL_ID];
+    cv_applog_i_value_id(vid, e->value, e->value_len);
+    if (sodium_memcmp(vid, val, VAL_ID) != 0)
+        return 0;
+    memcpy(e->digest, digest, DIGEST);
+    return 1;
+}
+
 /* Whether the partition holds entry e, by identity (see GENERATIONS): 1
  * with e->digest the held record's when it holds these very bytes at
  * e->offset; 0 when it holds the offset with other bytes; -ERANGE when it
@@ -202,12 +214,7 @@ int cv_applog_i_lookup_held(cv_applog *log, part *p, cv_applog_entry *e, char *e
                          p->dir, offset);
         return -EIO;
     }
-    unsigned char vid[VAL_ID];
-    cv_applog_i_value_id(vid, e->value, e->value_len);
-    if (sodium_memcmp(vid, p->cval[i], VAL_ID) != 0)
-        return 0;
-    memcpy(e->digest, p->cdig[i], DIGEST);
-    return 1;
+    return held_as(e, p->cval[i], p->cdig[i]);
 not_held:
     cv_applog_i_errf(errbuf, errlen,
                      "log %s: offset %" PRId64 " is below the last offset %" PRId64
@@ -219,10 +226,5 @@ not_held:
 /* Entry e at the offset of p->hoff[i] (a repair directory holds it): 1
  * with e->digest the held record's when these are its very bytes, else 0. */
 int cv_applog_i_repair_held(const part *p, size_t i, cv_applog_entry *e) {
-    unsigned char vid[VAL_ID];
-    cv_applog_i_value_id(vid, e->value, e->value_len);
-    if (sodium_memcmp(vid, p->hval[i], VAL_ID) != 0)
-        return 0;
-    memcpy(e->digest, p->hdig[i], DIGEST);
-    return 1;
+    return held_as(e, p->hval[i], p->hdig[i]);
 }

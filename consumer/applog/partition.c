@@ -168,6 +168,15 @@ static int part_open_dir(cv_applog *log, part *p, char *errbuf, size_t errlen) {
     return 0;
 }
 
+/* Undoes what an unfinished or superseded part_open left (the directory's
+ * descriptor, the index it read) so that the next one starts afresh. */
+static void part_unopen(part *p) {
+    if (p->dirfd >= 0)
+        close(p->dirfd);
+    p->dirfd = -1;
+    p->ilen = p->dilen = 0;
+}
+
 /* Opens a partition: directory, stray temp files, recovery of the last
  * segment. On damage the partition is refused (state < 0). */
 static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
@@ -280,10 +289,7 @@ static int find_or_open_part(cv_applog *log, const char *topic, int32_t partitio
     if (p->state < 0 && p->recheck && open_now) {
         /* Refused for what recovery found, before anything was written:
          * look again (`chatvault verify --repair` may have mended it). */
-        if (p->dirfd >= 0)
-            close(p->dirfd);
-        p->dirfd = -1;
-        p->ilen = p->dilen = 0;
+        part_unopen(p);
         free(p->hoff);
         free(p->hdig);
         free(p->hval);
@@ -302,10 +308,7 @@ static int find_or_open_part(cv_applog *log, const char *topic, int32_t partitio
         int r = part_open(log, p, errbuf, errlen);
         if (r < 0 && p->state == 0) {
             /* Not refused for damage: retried on the next append. */
-            if (p->dirfd >= 0)
-                close(p->dirfd);
-            p->dirfd = -1;
-            p->ilen = p->dilen = 0;
+            part_unopen(p);
             return r;
         }
     }
@@ -448,10 +451,7 @@ int cv_applog_i_late_part(cv_applog *log, part *p, part **ret) {
     if (l->state == 0) {
         int r = part_open(log, l, p->jerr, sizeof(p->jerr));
         if (r < 0 && l->state == 0) {
-            if (l->dirfd >= 0)
-                close(l->dirfd);
-            l->dirfd = -1;
-            l->ilen = l->dilen = 0;
+            part_unopen(l);
             return r;
         }
     }

@@ -3,7 +3,8 @@
  * records as JSON lines, check every record's authentication and the hash
  * chain. All three read the same directories: log.dir, or every --log-dir
  * given (one per broker instance that ever owned a partition; the reader
- * merges them, see "Many instances" in consumer/applog.c).
+ * merges them, see "Many instances" in
+ * consumer/applog/FORMAT.md).
  */
 #include <errno.h>
 #include <getopt.h>

@@ -433,7 +433,8 @@ int cv_src_next(cv_src *s, cv_msg *m, char *errbuf, size_t errlen) {
             pg_first = pp < lp || (pp == lp && s->row.offset <= s->rec.offset);
             /* PostgreSQL serves the record it holds: the same offset and
              * message id (an offset may hold several messages, one of each
-             * log generation: see GENERATIONS in consumer/applog.c). */
+             * log generation: see "Generations" in
+             * consumer/applog/FORMAT.md). */
             if (pp == lp && s->row.offset == s->rec.offset &&
                 strcmp(s->row.message_id, s->lm->message_id) == 0)
                 s->adv_log = true;

@@ -5,7 +5,7 @@
  * by the first offset they hold; every record is sealed with
  * XChaCha20-Poly1305 and chained to the previous one by BLAKE2b-256. The
  * byte-level format, the recovery rules and the multi-instance layout are
- * written at the top of applog.c.
+ * written in applog/FORMAT.md; the code is in applog/.
  *
  * A cv_applog is used by one thread at a time. Internally an append that
  * touches several partitions runs them on worker threads (one per partition
@@ -53,25 +53,25 @@ int cv_applog_open(const char *dir, const cv_keyring *keys, uint64_t segment_byt
  * partition's current generation) is not written again; its digest is the
  * held record's. A held offset arriving with other bytes is another
  * message (Kafka's offsets started over): it and the entries after it go
- * to a new generation of the partition ("GENERATIONS" in applog.c),
- * reported through cv_applog_set_generation_cb once durable. On failure returns negative with errbuf naming
- * the file and byte offset (or, for a failed syncfs, the log directory);
- * nothing is reported durable (the bytes of this call are truncated away
- * again).
+ * to a new generation of the partition ("Generations" in applog/FORMAT.md),
+ * reported through cv_applog_set_generation_cb once durable. On failure
+ * returns negative with errbuf naming the file and byte offset (or, for a
+ * failed syncfs, the log directory); nothing is reported durable (the
+ * bytes of this call are truncated away again).
  * A partition whose log is damaged (anywhere but in a torn tail; see
- * DURABILITY AND RECOVERY in applog.c) fails every append with
+ * "Durability and recovery" in applog/FORMAT.md) fails every append with
  * -CV_ECORRUPT and an error that says what to run; each append looks at
  * it again, so a repair made meanwhile is found without a restart. An
  * entry below the partition's last offset that the log does not hold is
- * written to the session's repair directory of the partition ("LATE
- * RECORDS" in applog.c), where the reader finds it. */
+ * written to the session's repair directory of the partition ("Late
+ * records" in applog/FORMAT.md), where the reader finds it. */
 int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n, char *errbuf,
                      size_t errlen);
 
 /* Opens a writer for `chatvault verify --repair`: like cv_applog_open, but
  * every partition it appends to gets a new repair directory
  * (<dir>/<topic>-<partition>/repair-<session>/) of repair segments; see
- * "REPAIR SEGMENTS" in applog.c. Appends to a partition must ascend within
+ * "Repair segments" in applog/FORMAT.md. Appends to a partition must ascend within
  * the session; they may lie below the partition's own tail. The caller
  * appends only offsets the log lacks: the reader reports an offset whose
  * bytes differ between the partition and a repair directory as damage (an
@@ -81,7 +81,7 @@ int cv_applog_open_repair(const char *dir, const cv_keyring *keys, uint64_t segm
                           cv_applog **ret, char *errbuf, size_t errlen);
 
 /* Makes this repair session's directory of topic-partition bridge a lost
- * segment (see REPAIR SEGMENTS in applog.c): its records chain on from
+ * segment (see "Repair segments" in applog/FORMAT.md): its records chain on from
  * `after_chain` (the chain hash of the partition's last record before the
  * loss) and its header names `next_prev_chain` (the link of the partition
  * segment after the loss), so the reader accepts the broken link. Both come
@@ -92,8 +92,8 @@ int cv_applog_repair_bridge(cv_applog *log, const char *topic, int32_t partition
                             const unsigned char *next_prev_chain, char *errbuf,
                             size_t errlen);
 
-/* Seals every partition written or recovered in this session (SEALS in
- * applog.c) and closes every segment. Accepts NULL; returns NULL. */
+/* Seals every partition written or recovered in this session ("Seals"
+ * in applog/FORMAT.md) and closes every segment. Accepts NULL; returns NULL. */
 cv_applog *cv_applog_free(cv_applog *log);
 
 /* Called once for each torn tail that recovery cut off when a partition is
@@ -127,7 +127,7 @@ void cv_applog_set_generation_cb(cv_applog *log, cv_applog_generation_fn *fn,
  * partition (<dir>/<topic>-<partition>/gen-<session>/repair-<session>/),
  * for records whose offsets the log holds with other bytes (a previous
  * incarnation of the topic). The broker's writer never takes such a
- * generation as its own (see GENERATIONS in applog.c). */
+ * generation as its own (see "Generations" in applog/FORMAT.md). */
 int cv_applog_repair_new_generation(cv_applog *log, char *errbuf, size_t errlen);
 /* Tells the log Kafka's committed offset of a partition (the next offset to
  * consume: every record below it was acked), before the partition's first
@@ -162,8 +162,8 @@ void cv_applog_set_syscalls(cv_applog *log, const cv_applog_syscalls *sys);
  *                             log: a single journal commit and cache flush
  *                             however many partitions the append touched,
  *                             but it also writes out every other dirty file
- *                             of that file system (see DURABILITY in
- *                             applog.c).
+ *                             of that file system (see "Durability and
+ *                             recovery" in applog/FORMAT.md).
  * A log starts with CV_APPLOG_SYNC_FDATASYNC. CV_APPLOG_SYNC_SYNCFS needs
  * Linux 5.8 or later, the first whose syncfs reports write errors; on an
  * older kernel this returns -ENOTSUP with errbuf saying so and the log keeps
@@ -225,11 +225,11 @@ int cv_applog_segments(const char *partition_dir, cv_applog_segment_fn *fn, void
  * partition, file name, link to the previous segment).
  *
  * It can merge several directories of the same partition (one per broker
- * instance that owned it: see "Many instances" in applog.c); a record held
+ * instance that owned it: see "Many instances" in applog/FORMAT.md); a record held
  * by several is returned once, and an offset whose bytes differ between
  * directories is an error. The generations of a partition are merged by
  * offset too: records of several generations at one offset are all
- * returned, the older generation first (see GENERATIONS in applog.c).
+ * returned, the older generation first (see "Generations" in applog/FORMAT.md).
  */
 typedef struct cv_applog_reader cv_applog_reader;
 
@@ -247,7 +247,7 @@ typedef struct cv_applog_record {
     unsigned char writer_id[CV_APPLOG_WRITER_ID_BYTES];
     const char *writer_name;
     /* 0: the partition directory's own records; else the start (Unix us)
-     * of the generation that holds it (see GENERATIONS in applog.c) */
+     * of the generation that holds it (see "Generations" in applog/FORMAT.md) */
     int64_t generation;
 } cv_applog_record;
 

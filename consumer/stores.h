@@ -43,8 +43,8 @@ typedef struct cv_stores_events {
     void (*store_ok)(void *opaque, unsigned store);
     void (*degraded)(void *opaque, int on);
     /* Kafka's offsets of a partition started over: the log keeps what it
-     * holds and stores the new records in a new generation (applog.c,
-     * GENERATIONS). From the store thread. */
+     * holds and stores the new records in a new generation (see
+     * "Generations" in applog/FORMAT.md). From the store thread. */
     void (*log_generation)(void *opaque, const char *topic, int32_t partition);
     /* Recovery cut a torn tail of `bytes` (`records` frames) off the log. */
     void (*log_torn)(void *opaque, uint64_t bytes, uint64_t records);

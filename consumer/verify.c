@@ -1100,7 +1100,7 @@ static int compare_unit_once(vctx *c, const unit *u, bool *again) {
      * aside (pg_left, log_left) and matched by identity (message id and
      * content) with the other side's at the same offset once both streams
      * are past it, then across offsets at the end: offsets are positions,
-     * and they start over (see GENERATIONS in applog.c). */
+     * and they start over (see "Generations" in applog/FORMAT.md). */
     int64_t last_log_off = -1;
     while (log_ok && (has_pg || has_log)) {
         int64_t off;

@@ -11,12 +11,12 @@
  * with the number of differences.
  *
  * Records are matched by identity, not by offset alone: Kafka's offsets
- * start over when a topic is re-created (see GENERATIONS in applog.c), so
- * one offset can hold several messages in each store. A row and a record
- * at one offset with one message id are compared field by field; any
- * other row or record at that offset is matched with the other store's by
- * message id and content (channel, sender, sent_at, content type,
- * reply_to, body), then across offsets.
+ * start over when a topic is re-created (see "Generations" in
+ * applog/FORMAT.md), so one offset can hold several messages in each
+ * store. A row and a record at one offset with one message id are
+ * compared field by field; any other row or record at that offset is
+ * matched with the other store's by message id and content (channel,
+ * sender, sent_at, content type, reply_to, body), then across offsets.
  *
  * What counts as a difference:
  *   only_in_postgres  a row the log holds no record of (no record at its

@@ -284,7 +284,8 @@ class FaultHarness(cvtest.Harness):
 
     def instance_config(self, name, **overrides):
         """A config file of its own for broker instance NAME (its own
-        log.dir, as consumer/applog.c "MANY INSTANCES" asks)."""
+        log.dir, as "Many instances" in
+        consumer/applog/FORMAT.md asks)."""
         ov = {'log.dir': os.path.join(self.tmp, 'log-' + name)}
         ov.update(overrides)
         src = self.write_config(**ov)

@@ -1,5 +1,6 @@
 """Rebalance under load: 3 broker instances in one consumer group, each with
-its own log.dir (consumer/applog.c, "MANY INSTANCES"), are killed (kill -9)
+its own log.dir (consumer/applog/FORMAT.md,
+"Many instances"), are killed (kill -9)
 and stopped (SIGTERM) and restarted while 200,000 messages flow over 8
 channels x 8 partitions. Afterwards every message is stored once in
 PostgreSQL, once in the merged view of the three logs (`chatvault log cat

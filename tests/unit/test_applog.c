@@ -1,5 +1,5 @@
 /*
- * Tests for consumer/applog.c on real files with real fsync: round trip
+ * Tests for consumer/applog/ (the log) on real files with real fsync: round trip
  * across segments and a key rotation, re-appends, crash recovery at every
  * byte of a torn record, corruption detection with file and offset,
  * injected faults, merging the directories of several instances, and a

@@ -43,6 +43,8 @@ pom=$root/deploy/kafka/pom.xml
 heap=${CV_KAFKA_HEAP:-448m}
 start_timeout=${CV_KAFKA_START_TIMEOUT:-120}
 py=/usr/bin/python3
+# shellcheck source=deploy/lib.sh
+. "$root/deploy/lib.sh"      # port_free
 
 die() { printf 'kafka.sh: %s\n' "$*" >&2; exit 1; }
 say() { printf 'kafka.sh: %s\n' "$*" >&2; }
@@ -125,17 +127,6 @@ for _ in range(500):
     sys.exit(0)
 sys.exit(1)
 PY
-}
-
-# Free for a listener (Kafka binds with SO_REUSEADDR: TIME_WAIT does not count).
-port_free() {
-    "$py" -c 'import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try:
-    s.bind(("127.0.0.1", int(sys.argv[1])))
-except OSError:
-    sys.exit(1)' "$1"
 }
 
 port_open() {

@@ -414,11 +414,12 @@ class Publisher(threading.Thread):
 
 class AckCollector(threading.Thread):
     """Reads the ack topic from the start in a thread. items: (arrival time,
-    DeliveryAck, Kafka timestamp ms of the ack record)."""
+    DeliveryAck, Kafka timestamp ms of the ack record). KW: python3-kafka
+    consumer options (another listener, TLS, SASL)."""
 
-    def __init__(self, h, topic='chatvault.acks'):
+    def __init__(self, h, topic='chatvault.acks', **kw):
         super().__init__(daemon=True)
-        self.c = h.consumer(topic)
+        self.c = h.consumer(topic, **kw)
         self.items = []
         self.lock = threading.Lock()
         self.stop_flag = False

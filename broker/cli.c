@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -211,6 +212,35 @@ static int conf_set(rd_kafka_conf_t *conf, const char *k, const char *v, char *e
     if (rd_kafka_conf_set(conf, k, v, kerr, sizeof(kerr)) != RD_KAFKA_CONF_OK) {
         snprintf(errbuf, errlen, "kafka.%s = \"%s\": %s", k, v, kerr);
         return -EINVAL;
+    }
+    return 0;
+}
+
+/* librdkafka reads its TLS files only when a client is created, and then
+ * names neither the key nor the file ("ssl.ca.location failed: x509
+ * certificate routines::system lib"), so a missing or unreadable one is
+ * found here, as the configuration error it is. Only with TLS on: without
+ * it librdkafka never opens them. */
+static int check_tls_files(const cv_config *cfg, char *errbuf, size_t errlen) {
+    static const char *keys[] = {"ssl.ca.location",          "ssl.crl.location",
+                                 "ssl.certificate.location", "ssl.key.location",
+                                 "ssl.keystore.location",    NULL};
+    const char *proto = cv_config_kafka_get(cfg, "security.protocol");
+    if (!proto || (strcasecmp(proto, "ssl") != 0 && strcasecmp(proto, "sasl_ssl") != 0))
+        return 0;
+    for (int i = 0; keys[i]; i++) {
+        const char *v = cv_config_kafka_get(cfg, keys[i]);
+        if (!v || !*v)
+            continue;
+        /* "probe": librdkafka looks in the system's usual CA places. */
+        if (strcmp(keys[i], "ssl.ca.location") == 0 && strcmp(v, "probe") == 0)
+            continue;
+        if (access(v, R_OK) < 0) {
+            int e = errno;
+            snprintf(errbuf, errlen, "kafka.%s = \"%s\": cannot read it: %s", keys[i], v,
+                     strerror(e));
+            return -e;
+        }
     }
     return 0;
 }
@@ -424,6 +454,8 @@ rd_kafka_conf_t *cv_cli_kafka_conf(const cv_config *cfg, const char *role,
                  "\"embedded\" for a mock cluster inside the broker)");
         goto fail;
     }
+    if (check_tls_files(cfg, errbuf, errlen) < 0)
+        goto fail;
     rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
     return conf;
 fail:

@@ -94,15 +94,18 @@ const char *cv_log_level_name(cv_log_level level);
 void cv_error(const char *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* A librdkafka configuration from the kafka.* keys, with chatvault's
- * defaults under them. `role` is "consumer" or "producer"; consumer-only
- * keys are not given to a producer and the other way round. If
- * kafka.bootstrap.servers is "embedded", `embedded_bootstraps` is used
- * instead (it must be non-NULL then). Returns NULL with errbuf set. */
 /* The last SASL or TLS failure any Kafka client of this process logged,
  * copied into BUF (LEN bytes); NULL when there was none. */
 const char *cv_cli_kafka_auth_error(char *buf, size_t len);
 
+/* A librdkafka configuration from the kafka.* keys, with chatvault's
+ * defaults under them. `role` is "consumer" or "producer"; consumer-only
+ * keys are not given to a producer and the other way round. If
+ * kafka.bootstrap.servers is "embedded", `embedded_bootstraps` is used
+ * instead (it must be non-NULL then). With an SSL or SASL_SSL
+ * kafka.security.protocol, a TLS file (kafka.ssl.ca.location, ...) that
+ * cannot be read is an error naming its key and path. Returns NULL with
+ * errbuf set: a configuration error. */
 rd_kafka_conf_t *cv_cli_kafka_conf(const cv_config *cfg, const char *role,
                                    const char *embedded_bootstraps, char *errbuf,
                                    size_t errlen);

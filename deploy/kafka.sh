@@ -9,7 +9,9 @@
 #   deploy/kafka.sh stop                  stop the nodes this script started
 #   deploy/kafka.sh status                one line per node; exit 0 when all run
 #   deploy/kafka.sh env                   shell assignments for eval:
-#                                         KAFKA_BOOTSTRAP, KAFKA_PIDS, ...
+#                                         KAFKA_BOOTSTRAP,
+#                                         KAFKA_SASL_SSL_BOOTSTRAP,
+#                                         KAFKA_CA_FILE, KAFKA_PIDS, ...
 #   deploy/kafka.sh tool CLASS ARGS...    run a Kafka tool from the jars, e.g.
 #                                         `tool kafka-topics --list`
 #
@@ -23,7 +25,16 @@
 #   SASL_PLAINTEXT  SCRAM-SHA-512 and PLAIN, user KAFKA_SASL_USER with
 #                   KAFKA_SASL_PASSWORD (KAFKA_SASL_BOOTSTRAP); librdkafka
 #                   before 2.6.1 fails SCRAM against Kafka 4 (README)
+#   SASL_SSL        the same mechanisms and user over TLS
+#                   (KAFKA_SASL_SSL_BOOTSTRAP)
+#   SSL             TLS without SASL (KAFKA_SSL_BOOTSTRAP)
 #   CONTROLLER      the quorum
+# TLS: at format time openssl makes a private CA (tls/ca.crt, KAFKA_CA_FILE,
+# what a client gives as ssl.ca.location) and one broker certificate signed
+# by it for DNS:localhost and IP:127.0.0.1, valid 10 years; the brokers read
+# key and chain as a PEM keystore (tls/broker.pem). No client certificates.
+# A cluster formatted before the TLS listeners existed is refused by start
+# and env with a line that says to rm -rf it (its nodes can still be stopped).
 # Replication defaults follow N: default and internal-topic replication
 # factor min(N, 3), min.insync.replicas min(N, 2). Heaps are capped by
 # CV_KAFKA_HEAP (default 448m per node). Start waits CV_KAFKA_START_TIMEOUT
@@ -43,6 +54,8 @@ pom=$root/deploy/kafka/pom.xml
 heap=${CV_KAFKA_HEAP:-448m}
 start_timeout=${CV_KAFKA_START_TIMEOUT:-120}
 py=/usr/bin/python3
+# shellcheck source=deploy/lib.sh
+. "$root/deploy/lib.sh"      # port_free
 
 die() { printf 'kafka.sh: %s\n' "$*" >&2; exit 1; }
 say() { printf 'kafka.sh: %s\n' "$*" >&2; }
@@ -127,17 +140,6 @@ sys.exit(1)
 PY
 }
 
-# Free for a listener (Kafka binds with SO_REUSEADDR: TIME_WAIT does not count).
-port_free() {
-    "$py" -c 'import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try:
-    s.bind(("127.0.0.1", int(sys.argv[1])))
-except OSError:
-    sys.exit(1)' "$1"
-}
-
 port_open() {
     "$py" -c 'import socket, sys
 s = socket.socket(); s.settimeout(1)
@@ -166,18 +168,54 @@ node_pid() {
 
 min() { if [ "$1" -lt "$2" ]; then echo "$1"; else echo "$2"; fi; }
 
+# The cluster's CA and broker certificate, in $dir/tls (0700; keys 0600).
+make_tls() {
+    local tls=$dir/tls
+    command -v openssl >/dev/null 2>&1 || die "no openssl on PATH: it makes the TLS listener's certificates (apt-get install openssl)"
+    mkdir -p "$tls"
+    chmod 700 "$tls"
+    # One && chain: set -e does not hold inside the left side of an ||.
+    (
+        umask 077 && cd "$tls" &&
+            openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -sha256 \
+                -keyout ca.key -out ca.crt -subj "/CN=chatvault test CA $(date +%s)" \
+                -addext basicConstraints=critical,CA:TRUE \
+                -addext keyUsage=critical,keyCertSign,cRLSign &&
+            openssl req -newkey rsa:2048 -nodes -sha256 -keyout broker.key -out broker.csr \
+                -subj /CN=localhost &&
+            printf '%s\n' 'subjectAltName=DNS:localhost,IP:127.0.0.1' 'basicConstraints=CA:FALSE' \
+                'keyUsage=critical,digitalSignature,keyEncipherment' \
+                'extendedKeyUsage=serverAuth' >broker.ext &&
+            openssl x509 -req -in broker.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+                -days 3650 -sha256 -extfile broker.ext -out broker.crt &&
+            cat broker.key broker.crt ca.crt >broker.pem &&
+            chmod 644 ca.crt &&
+            openssl verify -CAfile ca.crt broker.crt
+    ) >"$tls/openssl.log" 2>&1 ||
+        die "making the TLS certificates in $tls failed (see $tls/openssl.log: $(grep -vE '^[-.+*]*$' "$tls/openssl.log" | tail -n1 | cut -c1-200))"
+}
+
+# Clusters formatted before the TLS listeners: refused, with what to do.
+need_tls_format() {
+    [ -f "$dir/tls/ca.crt" ] && grep -q '^sasl_ssl=' "$dir/node-1/ports" 2>/dev/null ||
+        die "the cluster in $dir was formatted before deploy/kafka.sh had TLS listeners; deploy/kafka.sh stop && rm -rf $dir to format it again"
+}
+
 format_cluster() {
     local n=$1 i voters="" taken=""
     mkdir -p "$dir"
     chmod 700 "$dir"
     for i in $(seq 1 "$n"); do
         mkdir -p "$dir/node-$i"
-        local pp sp cp
+        local pp sp tp op cp
         pp=$(fixed_port $taken) && taken="$taken $pp" &&
             sp=$(fixed_port $taken) && taken="$taken $sp" &&
+            tp=$(fixed_port $taken) && taken="$taken $tp" &&
+            op=$(fixed_port $taken) && taken="$taken $op" &&
             cp=$(fixed_port $taken) && taken="$taken $cp" ||
             die "no free loopback port in 20000-32000 for node $i"
-        printf 'plaintext=%s\nsasl=%s\ncontroller=%s\n' "$pp" "$sp" "$cp" >"$dir/node-$i/ports"
+        printf 'plaintext=%s\nsasl=%s\nsasl_ssl=%s\nssl=%s\ncontroller=%s\n' \
+            "$pp" "$sp" "$tp" "$op" "$cp" >"$dir/node-$i/ports"
         voters="$voters${voters:+,}$i@127.0.0.1:$cp"
     done
     local rf isr
@@ -189,20 +227,29 @@ format_cluster() {
     umask 077
     printf '%s\n' "$pw" >"$dir/sasl.password"
     umask 022
+    make_tls
+    local tls=$dir/tls
     for i in $(seq 1 "$n"); do
         cat >"$dir/node-$i/server.properties" <<EOF
 # written by deploy/kafka.sh at format time; node $i of $n
 process.roles=broker,controller
 node.id=$i
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$(port_of "$i" plaintext),SASL_PLAINTEXT://127.0.0.1:$(port_of "$i" sasl),CONTROLLER://127.0.0.1:$(port_of "$i" controller)
-advertised.listeners=PLAINTEXT://127.0.0.1:$(port_of "$i" plaintext),SASL_PLAINTEXT://127.0.0.1:$(port_of "$i" sasl)
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$(port_of "$i" plaintext),SASL_PLAINTEXT://127.0.0.1:$(port_of "$i" sasl),SASL_SSL://127.0.0.1:$(port_of "$i" sasl_ssl),SSL://127.0.0.1:$(port_of "$i" ssl),CONTROLLER://127.0.0.1:$(port_of "$i" controller)
+advertised.listeners=PLAINTEXT://127.0.0.1:$(port_of "$i" plaintext),SASL_PLAINTEXT://127.0.0.1:$(port_of "$i" sasl),SASL_SSL://127.0.0.1:$(port_of "$i" sasl_ssl),SSL://127.0.0.1:$(port_of "$i" ssl)
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL,CONTROLLER:PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_chatvault="$pw";
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_chatvault="$pw";
+ssl.keystore.type=PEM
+ssl.keystore.location=$tls/broker.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls/ca.crt
+ssl.client.auth=none
 log.dirs=$dir/node-$i/data
 num.partitions=1
 default.replication.factor=$rf
@@ -240,7 +287,8 @@ EOF
 
 start_node() {
     local i=$1 nd=$dir/node-$1 p
-    for p in $(port_of "$i" plaintext) $(port_of "$i" sasl) $(port_of "$i" controller); do
+    for p in $(port_of "$i" plaintext) $(port_of "$i" sasl) $(port_of "$i" sasl_ssl) \
+        $(port_of "$i" ssl) $(port_of "$i" controller); do
         port_free "$p" || die "port 127.0.0.1:$p of node $i is taken by another process (see ss -ltnp 'sport = :$p'); stop it or rm -rf $dir"
     done
     # setsid: a node outlives the shell that started it, and a Ctrl-C there.
@@ -306,6 +354,7 @@ start() {
     elif [ -n "$n" ] && [ "$n" != "$(nodes)" ]; then
         die "the cluster in $dir has $(nodes) nodes, not $n; deploy/kafka.sh stop && rm -rf $dir to start over"
     fi
+    need_tls_format
     local i started=()
     for i in $(seq 1 "$(nodes)"); do
         node_pid "$i" >/dev/null && continue
@@ -358,6 +407,7 @@ status() {
 
 env_out() {
     [ -f "$dir/nodes" ] || die "no cluster in $dir; deploy/kafka.sh start"
+    need_tls_format
     local i pid pids=""
     for i in $(seq 1 "$(nodes)"); do
         pid=$(node_pid "$i") || pid=0
@@ -368,6 +418,9 @@ env_out() {
     echo "KAFKA_SASL_MECHANISMS='SCRAM-SHA-512 PLAIN'"
     echo "KAFKA_SASL_USER=chatvault"
     echo "KAFKA_SASL_PASSWORD=$(cat "$dir/sasl.password")"
+    echo "KAFKA_SASL_SSL_BOOTSTRAP=$(bootstrap sasl_ssl)"
+    echo "KAFKA_SSL_BOOTSTRAP=$(bootstrap ssl)"
+    echo "KAFKA_CA_FILE=$dir/tls/ca.crt"
     echo "KAFKA_PIDS=\"$pids\""
     echo "KAFKA_NODES=$(nodes)"
     echo "KAFKA_DIR=$dir"

@@ -23,6 +23,8 @@ cmd=${1:-}
 dir=${2:-${CV_PGDATA:-$root/.pgdata}}
 case "$dir" in /*) ;; *) dir=$PWD/$dir ;; esac
 pg_user=${CV_PG_USER:-chatvault-pg}
+# shellcheck source=deploy/lib.sh
+. "$root/deploy/lib.sh"      # port_free
 
 die() { printf 'pg.sh: %s\n' "$*" >&2; exit 1; }
 say() { printf 'pg.sh: %s\n' "$*" >&2; }
@@ -45,20 +47,6 @@ fi
 free_port() {
     /usr/bin/python3 -c 'import socket
 s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# Free for a listener, as PostgreSQL binds (SO_REUSEADDR): connections of a
-# server that was just stopped linger in TIME_WAIT on its port, and without
-# the option they would make the port look taken, so the server would come
-# back on another one.
-port_free() {
-    /usr/bin/python3 -c 'import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try:
-    s.bind(("127.0.0.1", int(sys.argv[1])))
-except OSError:
-    sys.exit(1)' "$1"
 }
 
 # Resolves $dir (following the symlink to a fallback location) into $real.

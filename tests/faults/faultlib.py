@@ -423,11 +423,12 @@ def is_txn_marker(r):
 
 class AckCollector(threading.Thread):
     """Reads the ack topic from the start in a thread. items: (arrival time,
-    DeliveryAck, Kafka timestamp ms of the ack record)."""
+    DeliveryAck, Kafka timestamp ms of the ack record). KW: python3-kafka
+    consumer options (another listener, TLS, SASL)."""
 
-    def __init__(self, h, topic='chatvault.acks'):
+    def __init__(self, h, topic='chatvault.acks', **kw):
         super().__init__(daemon=True)
-        self.c = h.consumer(topic)
+        self.c = h.consumer(topic, **kw)
         self.items = []
         self.lock = threading.Lock()
         self.stop_flag = False
@@ -602,3 +603,26 @@ class OffsetSampler(threading.Thread):
                         out.append((round(t - t0, 1), topic, part, c, o, ts))
                         break
         return out
+
+
+def check_commits(h, sampler, acks, topics, t0, timeout=60, min_samples=5):
+    """The closing TAP points of a run watched by an OffsetSampler: the
+    group's committed offsets reach the end of every partition of TOPICS
+    (waiting up to TIMEOUT s); then, 3 s later so that SAMPLER has seen the
+    last commits, SAMPLER and ACKS (an AckCollector) are stopped, and no
+    sample (at least MIN_SAMPLES of them) had a committed offset past a
+    record whose ack was not produced before the sample. T0: the run's start,
+    for the violations' times. Returns the acks ACKS collected (its items)."""
+    behind, _ = h.wait_committed(list(topics), timeout=timeout)
+    h.ok(not behind, 'committed offset = end offset everywhere', behind)
+    time.sleep(3)
+    sampler.stop()
+    items = acks.snapshot()
+    acks.stop()
+    bad = sampler.violations(items, t0)
+    h.ok(len(sampler.samples) >= min_samples and not bad,
+         'no committed offset ever passed a record without an ack produced '
+         'before the sample (%d samples)' % len(sampler.samples),
+         'first violations (t, topic, partition, committed, offset, ack ts): %s'
+         % bad[:5])
+    return items

@@ -353,10 +353,13 @@ class Harness:
         return p
 
     def consumer(self, topic, **kw):
-        """A group-less consumer reading every partition of TOPIC from the start."""
-        c = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                          enable_auto_commit=False, auto_offset_reset='earliest',
-                          **kw)
+        """A group-less consumer reading every partition of TOPIC from the
+        start. KW: more python3-kafka options, or others (bootstrap_servers,
+        security_protocol, ...) than these."""
+        opts = dict(bootstrap_servers=self.bootstrap, group_id=None,
+                    enable_auto_commit=False, auto_offset_reset='earliest')
+        opts.update(kw)
+        c = KafkaConsumer(**opts)
         self.clients.append(c)
         deadline = time.time() + 30
         parts = None

@@ -18,6 +18,7 @@ dev-kafka.
 CV_ACK_TRANSACTIONS=on runs the suite with transactional acks
 (ack.transactions = on) instead of the default at-least-once ones.
 """
+import ctypes
 import json
 import os
 import random
@@ -181,8 +182,8 @@ class KHarness(faultlib.FaultHarness):
     def group_offsets(self, topics, group=None):
         return super().group_offsets(topics, group=group or self.group)
 
-    def acks(self):
-        return faultlib.AckCollector(self, topic=self.ack_topic)
+    def acks(self, **kw):
+        return faultlib.AckCollector(self, topic=self.ack_topic, **kw)
 
     def publisher(self, total, rate, **kw):
         return faultlib.Publisher(self, self.channels, total, rate, **kw)
@@ -193,6 +194,60 @@ class KHarness(faultlib.FaultHarness):
         if r.returncode not in (0, 1):
             raise RuntimeError('chatvault lag exited %d: %s' % (r.returncode, r.stderr))
         return json.loads(r.stdout)
+
+
+def librdkafka_version():
+    """(major, minor, patch) of the librdkafka chatvault loads."""
+    lib = ctypes.CDLL('librdkafka.so.1')
+    lib.rd_kafka_version.restype = ctypes.c_int
+    v = lib.rd_kafka_version()
+    return (v >> 24 & 0xff, v >> 16 & 0xff, v >> 8 & 0xff)
+
+
+def last_line(r):
+    """The last line a CompletedProcess wrote to stderr."""
+    return (r.stderr.strip().splitlines() or [''])[-1]
+
+
+def run_timed(h, *args, timeout=60):
+    """`chatvault ARGS` with h's config: (exit code, None on a hang, its last
+    stderr line, the seconds it took)."""
+    t = time.time()
+    try:
+        r = h.run(*args, timeout=timeout)
+    except Exception as e:  # a hang: the timeout
+        return None, repr(e), time.time() - t
+    return r.returncode, last_line(r), time.time() - t
+
+
+def refused_runs(h):
+    """`chatvault send --wait-ack` and `chatvault broker` with h's config as
+    it is, for a config they must refuse: [(command, exit code, last stderr
+    line, seconds)]."""
+    return [(what,) + run_timed(h, *args) for what, args in (
+        ('send', ['send', '--channel', h.channels[0], '--wait-ack', 'x']),
+        ('broker', ['broker']))]
+
+
+def check_scram_send(h, over):
+    """TAP point: `chatvault send --wait-ack` with h's SCRAM-SHA-512 config
+    (listener OVER): with librdkafka before 2.6.1, which builds the SCRAM
+    client-final message with the nonce twice (PR 4895), refused by Kafka 4
+    as invalid credentials, ending within 30 s with one line saying so;
+    with a newer one acked."""
+    ver = librdkafka_version()
+    rc, last, took = run_timed(h, 'send', '--channel', h.channels[0], '--wait-ack',
+                               'scram')
+    if ver < (2, 6, 1):
+        h.ok(rc == 1 and took < 30 and 'authentication' in last.lower(),
+             'librdkafka %d.%d.%d over %s/SCRAM-SHA-512: refused by Kafka 4 as the '
+             'known nonce bug (fixed in 2.6.1); chatvault send ends in %.1f s with '
+             'one line' % (ver + (over, took)), (rc, last))
+    else:
+        h.ok(rc == 0, 'librdkafka %d.%d.%d over %s/SCRAM-SHA-512: chatvault send '
+             '--wait-ack acked' % (ver + (over,)), (rc, last))
+    h.diag('%s/SCRAM-SHA-512 with librdkafka %d.%d.%d: exit %s, %s'
+           % ((over,) + ver + (rc, last[:300])))
 
 
 def describe_group(group):

@@ -27,6 +27,7 @@
 #include "chatvault.pb-c.h"
 #include "cli.h"
 #include "json.h"
+#include "lag.h"
 #include "util.h"
 
 #define RESPONSE_LIMIT (64u << 20)
@@ -127,87 +128,86 @@ static void fmt_secs(char *out, size_t len, double s) {
         snprintf(out, len, "%.1fh", s / 3600);
 }
 
-static int status_rank(const char *s) {
-    static const char *order[] = {"OK", "WARN", "STOP", "STALL", "ERR"};
-    for (int i = 0; i < 5; i++)
-        if (strcmp(s, order[i]) == 0)
-            return i;
-    return 5;
+/* A status the document names; one it does not know counts as the worst. */
+static cv_lag_status doc_status(const json_t *o) {
+    cv_lag_status st = CV_LAG_ERR;
+    const char *name = cv_json_str(o, "status", NULL);
+    if (name)
+        cv_lag_status_parse(name, &st);
+    return st;
 }
 
 /* Prints the table; returns 0 when every channel is OK, 1 otherwise. */
-static int print_table(const cv_json *d, const char *where, bool partitions, bool color) {
-    const char *overall = cv_json_str(cv_json_get(d, "status"), "?");
-    const cv_json *lat = cv_json_get(d, "latency");
+static int print_table(const json_t *d, const char *where, bool partitions, bool color) {
+    const char *overall = cv_json_str(d, "status", "?");
+    const json_t *lat = json_object_get(d, "latency");
     char p50[32], p99[32];
-    fmt_secs(p50, sizeof(p50), cv_json_num(cv_json_get(lat, "p50_s"), -1));
-    fmt_secs(p99, sizeof(p99), cv_json_num(cv_json_get(lat, "p99_s"), -1));
+    fmt_secs(p50, sizeof(p50), cv_json_num(lat, "p50_s", -1));
+    fmt_secs(p99, sizeof(p99), cv_json_num(lat, "p99_s", -1));
     printf("chatvault %s at %s: %s · sent→ack p50 %s p99 %s · window %.0fs\n",
-           cv_json_str(cv_json_get(d, "version"), "?"), where, overall, p50, p99,
-           cv_json_num(cv_json_get(d, "window_s"), 0));
-    const cv_json *stores = cv_json_get(d, "stores");
+           cv_json_str(d, "version", "?"), where, overall, p50, p99,
+           cv_json_num(d, "window_s", 0));
+    size_t i;
+    const json_t *s, *c, *p, *r;
     printf("stores:");
-    for (const cv_json *s = stores ? stores->child : NULL; s; s = s->next)
-        printf(" %s %s", cv_json_str(cv_json_get(s, "name"), "?"),
-               cv_json_bool(cv_json_get(s, "up"), false) ? "up" : "DOWN");
-    if (cv_json_bool(cv_json_get(d, "degraded"), false))
+    json_array_foreach(json_object_get(d, "stores"), i, s)
+        printf(" %s %s", cv_json_str(s, "name", "?"),
+               cv_json_bool(s, "up", false) ? "up" : "DOWN");
+    if (cv_json_bool(d, "degraded", false))
         printf(" · DEGRADED (ack.policy = any on one store)");
     printf("\n\n%-24s %-6s %9s %10s %9s %9s %12s %12s %9s  %s\n", "CHANNEL", "STATUS",
            "RATE/S", "LAG MSGS", "LAG AGE", "INFLIGHT", "CONSUMED", "ACKED", "REJECTED",
            "WHY");
     int rc = 0;
-    const cv_json *chans = cv_json_get(d, "channels");
     size_t nchan = 0;
-    for (const cv_json *c = chans ? chans->child : NULL; c; c = c->next) {
-        nchan++;
-        const char *st = cv_json_str(cv_json_get(c, "status"), "?");
-        if (strcmp(st, "OK") != 0)
+    json_array_foreach(json_object_get(d, "channels"), nchan, c) {
+        cv_lag_status st = doc_status(c);
+        const char *name = cv_json_str(c, "status", "?");
+        if (st != CV_LAG_OK)
             rc = 1;
         char age[32];
-        fmt_secs(age, sizeof(age), cv_json_num(cv_json_get(c, "lag_seconds"), -1));
+        fmt_secs(age, sizeof(age), cv_json_num(c, "lag_seconds", -1));
         const char *on = "", *off = "";
-        if (color && strcmp(st, "OK") != 0) {
-            on = status_rank(st) >= 2 ? "\033[1;31m" : "\033[1;33m";
+        if (color && st != CV_LAG_OK) {
+            on = st >= CV_LAG_STALL ? "\033[1;31m" : "\033[1;33m";
             off = "\033[0m";
         }
-        printf("%-24s %s%-6s%s %9.1f %10.0f %9s %9.0f %12.0f %12.0f %9.0f  %s\n",
-               cv_json_str(cv_json_get(c, "channel"), "?"), on, st, off,
-               cv_json_num(cv_json_get(c, "rate"), 0),
-               cv_json_num(cv_json_get(c, "lag_messages"), 0), age,
-               cv_json_num(cv_json_get(c, "inflight"), 0),
-               cv_json_num(cv_json_get(c, "consumed"), 0),
-               cv_json_num(cv_json_get(c, "acked"), 0),
-               cv_json_num(cv_json_get(c, "rejected"), 0),
-               strcmp(st, "OK") ? cv_json_str(cv_json_get(c, "why"), "") : "");
-        const cv_json *parts = cv_json_get(c, "partitions");
-        for (const cv_json *p = parts && partitions ? parts->child : NULL; p;
-             p = p->next) {
-            fmt_secs(age, sizeof(age), cv_json_num(cv_json_get(p, "lag_seconds"), -1));
-            printf("  %-20s [%3.0f] %10s %10.0f %9s %9.0f   end %.0f acked %.0f%s\n",
-                   cv_json_str(cv_json_get(p, "topic"), "?"),
-                   cv_json_num(cv_json_get(p, "partition"), -1), "",
-                   cv_json_num(cv_json_get(p, "lag_messages"), 0), age,
-                   cv_json_num(cv_json_get(p, "inflight"), 0),
+        printf("%-24s %s%-6s%s %9.1f %10" PRId64 " %9s %9" PRId64 " %12" PRId64
+               " %12" PRId64 " %9" PRId64 "  %s\n",
+               cv_json_str(c, "channel", "?"), on, name, off, cv_json_num(c, "rate", 0),
+               cv_json_int(c, "lag_messages", 0), age, cv_json_int(c, "inflight", 0),
+               cv_json_int(c, "consumed", 0), cv_json_int(c, "acked", 0),
+               cv_json_int(c, "rejected", 0),
+               st != CV_LAG_OK ? cv_json_str(c, "why", "") : "");
+        if (!partitions)
+            continue;
+        size_t k;
+        json_array_foreach(json_object_get(c, "partitions"), k, p) {
+            fmt_secs(age, sizeof(age), cv_json_num(p, "lag_seconds", -1));
+            printf("  %-20s [%3" PRId64 "] %10s %10" PRId64 " %9s %9" PRId64
+                   "   end %" PRId64 " acked %" PRId64 "%s\n",
+                   cv_json_str(p, "topic", "?"), cv_json_int(p, "partition", -1), "",
+                   cv_json_int(p, "lag_messages", 0), age, cv_json_int(p, "inflight", 0),
                    /* end as the lag counts it: the larger of the high
                     * watermark and the next offset consumed */
-                   cv_json_num(cv_json_get(p, "end_offset"),
-                               cv_json_num(cv_json_get(p, "high_watermark"), -1)),
-                   cv_json_num(cv_json_get(p, "acked_offset"), -1),
-                   cv_json_bool(cv_json_get(p, "assigned"), true) ? "" : " (revoked)");
+                   cv_json_int(p, "end_offset", cv_json_int(p, "high_watermark", -1)),
+                   cv_json_int(p, "acked_offset", -1),
+                   cv_json_bool(p, "assigned", true) ? "" : " (revoked)");
         }
     }
     if (!nchan)
         printf("(no channel consumed yet)\n");
-    if (status_rank(overall) > 0)
+    if (doc_status(d) != CV_LAG_OK)
         rc = 1;
-    const cv_json *rej = cv_json_get(d, "rejected_recent");
-    if (rej && rej->child) {
+    const json_t *rej = json_object_get(d, "rejected_recent");
+    if (json_array_size(rej)) {
         printf("\nlatest rejections:\n");
-        int k = 0;
-        for (const cv_json *r = rej->child; r && k < 5; r = r->next, k++)
-            printf("  %-20s %-18s %s\n", cv_json_str(cv_json_get(r, "channel"), "?"),
-                   cv_json_str(cv_json_get(r, "reason"), "?"),
-                   cv_json_str(cv_json_get(r, "error"), ""));
+        json_array_foreach(rej, i, r) {
+            if (i == 5)
+                break;
+            printf("  %-20s %-18s %s\n", cv_json_str(r, "channel", "?"),
+                   cv_json_str(r, "reason", "?"), cv_json_str(r, "error", ""));
+        }
     }
     return rc;
 }
@@ -613,20 +613,18 @@ static int lag_once(lag_src *src, bool json, bool partitions, bool color) {
             goto out;
         }
     }
-    cv_json *d = NULL;
+    json_t *d = NULL;
     if (cv_json_parse((const char *)body.data, body.len, &d, err, sizeof(err)) < 0) {
         cv_error("lag", "%s: %s", where, err);
         goto out;
     }
     if (json) {
         fwrite(body.data, 1, body.len, stdout);
-        rc = strcmp(cv_json_str(cv_json_get(d, "status"), "?"), "OK") == 0
-                 ? CV_EXIT_OK
-                 : CV_EXIT_FAILURE;
+        rc = doc_status(d) == CV_LAG_OK ? CV_EXIT_OK : CV_EXIT_FAILURE;
     } else {
         rc = print_table(d, where, partitions, color) ? CV_EXIT_FAILURE : CV_EXIT_OK;
     }
-    cv_json_free(d);
+    json_decref(d);
 out:
     cv_buf_release(&body);
     fflush(stdout);

@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <libpq-fe.h>
 #include <math.h>
 #include <pthread.h>
@@ -1457,35 +1458,31 @@ void cv_metrics_kafka_state(cv_metrics *m, int up, int known) {
 }
 
 void cv_metrics_kafka_stats(cv_metrics *m, const char *json, size_t len) {
-    /* {"brokers":{"host:port/1":{"name":..,"nodeid":1,..,"state":"UP",..},..},
-     *  "topics":{..}}: each broker object has "nodeid" and "source" before
-     * "state"; the bootstrap entries have nodeid -1 and the coordinators'
-     * aliases source "logical". Only the brokers section is read. */
-    const char *end = json + len;
-    const char *b = memmem(json, len, "\"brokers\":{", 11);
-    if (!b)
+    /* {"brokers":{"host:port/1":{"name":..,"nodeid":1,"source":..,
+     *  "state":"UP",..},..},"topics":{..}}: the bootstrap entries have
+     * nodeid -1 and the coordinators' aliases source "logical". A document
+     * that does not parse (cut short) changes nothing. */
+    json_t *doc = json_loadb(json, len, 0, NULL);
+    json_t *brokers = json_object_get(doc, "brokers");
+    if (!json_is_object(brokers)) {
+        json_decref(doc);
         return;
-    const char *stop = memmem(b, (size_t)(end - b), "\"topics\":{", 10);
-    if (stop)
-        end = stop;
-    int up = 0, known = 0;
-    const char *at = b;
-    for (;;) {
-        const char *n = memmem(at, (size_t)(end - at), "\"nodeid\":", 9);
-        if (!n)
-            break;
-        long id = strtol(n + 9, NULL, 10);
-        const char *st = memmem(n, (size_t)(end - n), "\"state\":\"", 9);
-        if (!st)
-            return; /* cut short: keep the last state */
-        const char *src = memmem(n, (size_t)(st - n), "\"source\":\"logical\"", 18);
-        if (id >= 0 && !src) { /* a logical broker is a coordinator's alias */
-            known++;
-            if (end - st >= 11 && memcmp(st + 9, "UP\"", 3) == 0)
-                up++;
-        }
-        at = st + 9;
     }
+    int up = 0, known = 0;
+    const char *name;
+    json_t *b;
+    json_object_foreach(brokers, name, b) {
+        json_t *id = json_object_get(b, "nodeid");
+        const char *src = json_string_value(json_object_get(b, "source"));
+        const char *state = json_string_value(json_object_get(b, "state"));
+        if (!json_is_integer(id) || json_integer_value(id) < 0 ||
+            (src && strcmp(src, "logical") == 0))
+            continue;
+        known++;
+        if (state && strcmp(state, "UP") == 0)
+            up++;
+    }
+    json_decref(doc);
     cv_metrics_kafka_state(m, up, known);
 }
 

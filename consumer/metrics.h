@@ -148,9 +148,10 @@ void cv_metrics_probe_sent(cv_metrics *m);
  * Fed from librdkafka's statistics (cv_metrics_kafka_stats). Thread-safe. */
 void cv_metrics_kafka_state(cv_metrics *m, int up, int known);
 
-/* Parses librdkafka statistics JSON (the stats callback's document) for the
- * brokers' connection states and feeds cv_metrics_kafka_state. Brokers
- * known only by their bootstrap address are not counted. Thread-safe. */
+/* Parses librdkafka statistics JSON (the stats callback's document, with
+ * jansson) for the brokers' connection states and feeds
+ * cv_metrics_kafka_state. Brokers known only by their bootstrap address,
+ * and coordinators' aliases, are not counted. Thread-safe. */
 void cv_metrics_kafka_stats(cv_metrics *m, const char *json, size_t len);
 
 /* Ready: the pipeline ticked in the last 3 windows, Kafka is reachable (at

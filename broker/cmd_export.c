@@ -124,11 +124,6 @@ static int export_line(cv_buf *b, const cv_msg *m) {
     return r;
 }
 
-static void hex(char *out, const unsigned char *d, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        sprintf(out + 2 * i, "%02x", d[i]);
-}
-
 static void export_usage(FILE *out) {
     fprintf(out, "usage: chatvault export [-c FILE] [--set key=value]... "
                  "[selection] [--source pg|log|auto]\n"
@@ -294,7 +289,7 @@ int cv_cmd_export(int argc, char **argv) {
     unsigned char dg[crypto_hash_sha256_BYTES];
     char dhex[2 * sizeof(dg) + 1];
     crypto_hash_sha256_final(&hs, dg);
-    hex(dhex, dg, sizeof(dg));
+    sodium_bin2hex(dhex, sizeof(dhex), dg, sizeof(dg));
     fprintf(out,
             "{\"manifest\":{\"format\":\"" FORMAT "\",\"count\":%" PRIu64
             ",\"digest\":\"sha256:%s\",\"exported_at_us\":%" PRId64 "}}\n",
@@ -499,7 +494,7 @@ static int import_pass(const char *path, cv_pgstore *store,
             char want[16 + 2 * sizeof(dg)];
             crypto_hash_sha256_final(&hs, dg);
             memcpy(want, "sha256:", 7);
-            hex(want + 7, dg, sizeof(dg));
+            sodium_bin2hex(want + 7, sizeof(want) - 7, dg, sizeof(dg));
             const char *fmt = jstr(mf, "format"), *digest = jstr(mf, "digest");
             int64_t mc = cv_json_int(mf, "count", -1);
             if (!fmt || strcmp(fmt, FORMAT) != 0) {

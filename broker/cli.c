@@ -69,7 +69,7 @@ void cv_log_set_min(cv_log_level level) {
 
 const char *cv_log_level_name(cv_log_level level) {
     static const char *names[] = {"debug", "info", "warn", "error"};
-    return names[level];
+    return (unsigned)level <= CV_LOG_ERROR ? names[level] : "?";
 }
 
 /* Writes `s` as a logfmt value: quoted, with " and \ and newlines escaped. */

@@ -24,6 +24,7 @@
 #include "keyring.h"
 #include "record.h"
 #include "stores.h"
+#include "util.h"
 
 typedef struct cv_pipeline cv_pipeline;
 
@@ -67,8 +68,8 @@ typedef struct cv_pipeline_observer {
     void (*log_torn)(void *opaque, uint64_t bytes, uint64_t records);
 } cv_pipeline_observer;
 
-typedef void cv_pipeline_log_fn(void *opaque, int level /* 0 debug..3 error */,
-                                const char *msg, const char *kv);
+typedef void cv_pipeline_log_fn(void *opaque, cv_log_level level, const char *msg,
+                                const char *kv);
 
 typedef struct cv_pipeline_conf {
     rd_kafka_conf_t *consumer_conf; /* taken over by cv_pipeline_new */

@@ -9,6 +9,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Severity of a log event. The consumer modules report events with it
+ * through their callbacks; broker/ decides what to print (cv_log). */
+typedef enum cv_log_level {
+    CV_LOG_DEBUG = 0,
+    CV_LOG_INFO,
+    CV_LOG_WARN,
+    CV_LOG_ERROR
+} cv_log_level;
+
 /* Error codes beyond errno values, returned negated. */
 enum {
     CV_EREJECT = 10000, /* the record is invalid (see its reject reason) */

@@ -142,15 +142,10 @@ static json_t *jstr(const char *s) {
     char *fixed = malloc(len * 3 + 1), *o = fixed;
     if (!fixed)
         return NULL;
-    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    const char *p = s, *end = s + len;
     while (p < end) {
-        unsigned char c = *p;
-        size_t n = c < 0x80             ? 1
-                   : (c & 0xe0) == 0xc0 ? 2
-                   : (c & 0xf0) == 0xe0 ? 3
-                   : (c & 0xf8) == 0xf0 ? 4
-                                        : 0;
-        if (n && (size_t)(end - p) >= n && cv_utf8_valid((const char *)p, n)) {
+        size_t n = cv_utf8_char_len(p, (size_t)(end - p));
+        if (n) {
             memcpy(o, p, n);
             o += n;
             p += n;

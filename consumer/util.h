@@ -28,6 +28,10 @@ enum {
 
 bool cv_utf8_valid(const char *s, size_t len);
 
+/* The length (1..4) of the valid UTF-8 character other than NUL that starts
+ * `s[0..avail)`, avail ≥ 1; 0 when the bytes there are not one. */
+size_t cv_utf8_char_len(const char *s, size_t avail);
+
 /* Folds a multi-line error message (libpq's) onto one line in place:
  * newlines and tabs become single spaces; trailing space is dropped. */
 void cv_one_line(char *s);

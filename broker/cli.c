@@ -70,7 +70,7 @@ void cv_log_set_min(cv_log_level level) {
 
 const char *cv_log_level_name(cv_log_level level) {
     static const char *names[] = {"debug", "info", "warn", "error"};
-    return names[level];
+    return (unsigned)level <= CV_LOG_ERROR ? names[level] : "?";
 }
 
 /* Writes `s` as a logfmt value: quoted, with " and \ and newlines escaped. */
@@ -372,11 +372,11 @@ static int embedded_address(const cv_config *cfg, char *buf, size_t len, char *e
     int status =
         cv_cli_http_get(&u, cv_config_str(cfg, "http.token"), &body, err, sizeof(err));
     int r = 0;
-    cv_json *doc = NULL;
+    json_t *doc = NULL;
     const char *boot = NULL;
     if (status == 200 &&
         cv_json_parse((const char *)body.data, body.len, &doc, err, sizeof(err)) == 0)
-        boot = cv_json_str(cv_json_get(doc, "bootstrap"), NULL);
+        boot = cv_json_str(doc, "bootstrap", NULL);
     if (!boot || !*boot || strlen(boot) >= len) {
         snprintf(errbuf, errlen,
                  "kafka.bootstrap.servers = embedded: the mock cluster lives inside a "
@@ -391,7 +391,7 @@ static int embedded_address(const cv_config *cfg, char *buf, size_t len, char *e
     } else {
         snprintf(buf, len, "%s", boot);
     }
-    cv_json_free(doc);
+    json_decref(doc);
     cv_buf_release(&body);
     return r;
 }

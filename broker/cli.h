@@ -83,8 +83,7 @@ void cv_cli_default_log_dir(cv_cli_log_dirs *d, const cv_config *cfg);
 
 /* logfmt logging to stderr: level=... msg="..." then key=value pairs given
  * as a printf-style tail, e.g. cv_log(CV_LOG_WARN, "postgres unavailable",
- * "retry_in=%ds", 2). */
-typedef enum { CV_LOG_DEBUG, CV_LOG_INFO, CV_LOG_WARN, CV_LOG_ERROR } cv_log_level;
+ * "retry_in=%ds", 2). The levels are util.h's cv_log_level. */
 void cv_log(cv_log_level level, const char *msg, const char *kvfmt, ...)
     __attribute__((format(printf, 3, 4)));
 void cv_log_set_min(cv_log_level level);

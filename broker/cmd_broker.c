@@ -24,9 +24,10 @@ static void on_signal(int sig) {
     (void)sig, stop = 1;
 }
 
-static void pipeline_log(void *opaque, int level, const char *msg, const char *kv) {
+static void pipeline_log(void *opaque, cv_log_level level, const char *msg,
+                         const char *kv) {
     (void)opaque;
-    cv_log((cv_log_level)level, msg, "%s", kv);
+    cv_log(level, msg, "%s", kv);
 }
 
 static void usage(FILE *out) {

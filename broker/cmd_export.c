@@ -124,11 +124,6 @@ static int export_line(cv_buf *b, const cv_msg *m) {
     return r;
 }
 
-static void hex(char *out, const unsigned char *d, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        sprintf(out + 2 * i, "%02x", d[i]);
-}
-
 static void export_usage(FILE *out) {
     fprintf(out, "usage: chatvault export [-c FILE] [--set key=value]... "
                  "[selection] [--source pg|log|auto]\n"
@@ -294,7 +289,7 @@ int cv_cmd_export(int argc, char **argv) {
     unsigned char dg[crypto_hash_sha256_BYTES];
     char dhex[2 * sizeof(dg) + 1];
     crypto_hash_sha256_final(&hs, dg);
-    hex(dhex, dg, sizeof(dg));
+    sodium_bin2hex(dhex, sizeof(dhex), dg, sizeof(dg));
     fprintf(out,
             "{\"manifest\":{\"format\":\"" FORMAT "\",\"count\":%" PRIu64
             ",\"digest\":\"sha256:%s\",\"exported_at_us\":%" PRId64 "}}\n",
@@ -340,19 +335,19 @@ typedef struct ibatch {
     uint64_t loaded, duplicates, rejected;
 } ibatch;
 
-static const char *jstr(const cv_json *o, const char *k) {
-    return cv_json_str(cv_json_get(o, k), NULL);
+static const char *jstr(const json_t *o, const char *k) {
+    return cv_json_str(o, k, NULL);
 }
 
 /* One message object into the next record of the batch: rebuilt as the
  * ChatMessage it was and validated as the broker validates. */
-static int import_one(ibatch *b, const cv_envelope_rules *rules, const cv_json *o,
+static int import_one(ibatch *b, const cv_envelope_rules *rules, const json_t *o,
                       char *err, size_t errlen) {
     const char *ch = jstr(o, "channel"), *id = jstr(o, "message_id"),
                *topic = jstr(o, "topic"), *enc = jstr(o, "body_encoding"),
                *body = jstr(o, "body");
-    const cv_json *attrs = cv_json_get(o, "attributes");
-    if (!ch || !id || !topic || !enc || !body || !attrs || attrs->type != CV_JSON_OBJ) {
+    const json_t *attrs = json_object_get(o, "attributes");
+    if (!ch || !id || !topic || !enc || !body || !json_is_object(attrs)) {
         snprintf(err, errlen,
                  "a message lacks channel, message_id, topic, "
                  "attributes or body");
@@ -380,15 +375,13 @@ static int import_one(ibatch *b, const cv_envelope_rules *rules, const cv_json *
     Chatvault__V1__ChatMessage m = CHATVAULT__V1__CHAT_MESSAGE__INIT;
     m.message_id = (char *)id;
     m.channel = (char *)ch;
-    m.sender_id = (char *)cv_json_str(cv_json_get(o, "sender_id"), "");
-    m.sent_at_us = (int64_t)cv_json_num(cv_json_get(o, "sent_at_us"), 0);
+    m.sender_id = (char *)cv_json_str(o, "sender_id", "");
+    m.sent_at_us = cv_json_int(o, "sent_at_us", 0);
     m.body.data = bin;
     m.body.len = blen;
-    m.content_type = (char *)cv_json_str(cv_json_get(o, "content_type"), "");
-    m.reply_to = (char *)cv_json_str(cv_json_get(o, "reply_to"), "");
-    size_t na = 0;
-    for (const cv_json *a = attrs->child; a; a = a->next)
-        na++;
+    m.content_type = (char *)cv_json_str(o, "content_type", "");
+    m.reply_to = (char *)cv_json_str(o, "reply_to", "");
+    size_t na = json_object_size(attrs);
     Chatvault__V1__ChatMessage__AttributesEntry *ents =
         na ? cv_arena_alloc(b->arena, na * sizeof(*ents)) : NULL;
     Chatvault__V1__ChatMessage__AttributesEntry **ptrs =
@@ -396,11 +389,14 @@ static int import_one(ibatch *b, const cv_envelope_rules *rules, const cv_json *
     if (na && (!ents || !ptrs))
         return -ENOMEM;
     size_t i = 0;
-    for (const cv_json *a = attrs->child; a; a = a->next, i++) {
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)attrs, key, val) {
         chatvault__v1__chat_message__attributes_entry__init(&ents[i]);
-        ents[i].key = a->key;
-        ents[i].value = (char *)cv_json_str(a, "");
+        ents[i].key = (char *)key;
+        ents[i].value = (char *)(json_is_string(val) ? json_string_value(val) : "");
         ptrs[i] = &ents[i];
+        i++;
     }
     m.n_attributes = na;
     m.attributes = ptrs;
@@ -416,9 +412,10 @@ static int import_one(ibatch *b, const cv_envelope_rules *rules, const cv_json *
         return -ENOMEM;
     strcpy(tcopy, topic);
     rec->topic = tcopy;
-    rec->partition = (int32_t)cv_json_num(cv_json_get(o, "partition"), -1);
-    rec->offset = (int64_t)cv_json_num(cv_json_get(o, "offset"), -1);
-    rec->timestamp_ms = (int64_t)cv_json_num(cv_json_get(o, "kafka_timestamp_ms"), -1);
+    int64_t part = cv_json_int(o, "partition", -1);
+    rec->partition = part >= 0 && part <= INT32_MAX ? (int32_t)part : -1;
+    rec->offset = cv_json_int(o, "offset", -1);
+    rec->timestamp_ms = cv_json_int(o, "kafka_timestamp_ms", -1);
     int r = cv_envelope_decode(rules, tcopy, b->packed.data, need, b->arena, &rec->env);
     if (r == -ENOMEM)
         return r;
@@ -482,29 +479,29 @@ static int import_pass(const char *path, cv_pgstore *store,
                      LINE_MAX_BYTES);
             goto out;
         }
-        cv_json *o = NULL;
+        json_t *o = NULL;
         if (cv_json_parse(line, (size_t)n, &o, err, sizeof(err)) < 0 ||
-            o->type != CV_JSON_OBJ) {
+            !json_is_object(o)) {
             cv_error("import", "%s line %" PRIu64 ": %s", path, lineno,
                      o ? "not a JSON object" : err);
-            cv_json_free(o);
+            json_decref(o);
             goto out;
         }
-        const cv_json *mf = cv_json_get(o, "manifest");
+        const json_t *mf = json_object_get(o, "manifest");
         if (mf) {
             manifest = true;
             unsigned char dg[crypto_hash_sha256_BYTES];
             char want[16 + 2 * sizeof(dg)];
             crypto_hash_sha256_final(&hs, dg);
             memcpy(want, "sha256:", 7);
-            hex(want + 7, dg, sizeof(dg));
+            sodium_bin2hex(want + 7, sizeof(want) - 7, dg, sizeof(dg));
             const char *fmt = jstr(mf, "format"), *digest = jstr(mf, "digest");
-            double mc = cv_json_num(cv_json_get(mf, "count"), -1);
+            int64_t mc = cv_json_int(mf, "count", -1);
             if (!fmt || strcmp(fmt, FORMAT) != 0) {
                 cv_error("import", "%s: the manifest's format is not " FORMAT, path);
-            } else if (mc != (double)count) {
+            } else if (mc < 0 || (uint64_t)mc != count) {
                 cv_error("import",
-                         "%s: the manifest says %.0f messages, the "
+                         "%s: the manifest says %" PRId64 " messages, the "
                          "file holds %" PRIu64 " (truncated or "
                          "edited)",
                          path, mc, count);
@@ -516,7 +513,7 @@ static int import_pass(const char *path, cv_pgstore *store,
             } else {
                 rc = 0;
             }
-            cv_json_free(o);
+            json_decref(o);
             if (rc)
                 goto out;
             rc = CV_EXIT_FAILURE;
@@ -533,18 +530,18 @@ static int import_pass(const char *path, cv_pgstore *store,
             } else if (r < 0) {
                 cv_error("import", "%s line %" PRIu64 ": %s", path, lineno,
                          r == -ENOMEM ? "out of memory" : err);
-                cv_json_free(o);
+                json_decref(o);
                 goto out;
             }
             if (b->n == IMPORT_BATCH &&
                 (r = import_flush(b, store, err, sizeof(err))) < 0) {
                 cv_error("import", "%s", err);
-                cv_json_free(o);
+                json_decref(o);
                 goto out;
             }
             cv_progress_update(prog, count, *ret_count, "loading");
         }
-        cv_json_free(o);
+        json_decref(o);
     }
     if (!manifest) {
         cv_error("import", "%s: no manifest line at the end (truncated?)", path);

@@ -4,14 +4,14 @@
  * With --direct, or when no broker answers at http.listen, it computes the
  * lag itself from Kafka (high watermarks, the group's committed offsets, the
  * oldest unacked record) and PostgreSQL (chatvault.kafka_offsets), judging
- * status over two snapshots --interval apart, and renders the same JSON.
+ * status over two snapshots --interval apart by the broker's rules, and
+ * writes the document with the broker's builder (consumer/lag.c).
  * Exit 0 when every channel is OK, 1 when any is WARN, STALL, STOP or ERR
  * or nothing can be reached, 2 on a usage error.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <libpq-fe.h>
 #include <math.h>
 #include <netdb.h>
 #include <regex.h>
@@ -27,6 +27,8 @@
 #include "chatvault.pb-c.h"
 #include "cli.h"
 #include "json.h"
+#include "lag.h"
+#include "pgstore.h"
 #include "util.h"
 
 #define RESPONSE_LIMIT (64u << 20)
@@ -127,87 +129,86 @@ static void fmt_secs(char *out, size_t len, double s) {
         snprintf(out, len, "%.1fh", s / 3600);
 }
 
-static int status_rank(const char *s) {
-    static const char *order[] = {"OK", "WARN", "STOP", "STALL", "ERR"};
-    for (int i = 0; i < 5; i++)
-        if (strcmp(s, order[i]) == 0)
-            return i;
-    return 5;
+/* A status the document names; one it does not know counts as the worst. */
+static cv_lag_status doc_status(const json_t *o) {
+    cv_lag_status st = CV_LAG_ERR;
+    const char *name = cv_json_str(o, "status", NULL);
+    if (name)
+        cv_lag_status_parse(name, &st);
+    return st;
 }
 
 /* Prints the table; returns 0 when every channel is OK, 1 otherwise. */
-static int print_table(const cv_json *d, const char *where, bool partitions, bool color) {
-    const char *overall = cv_json_str(cv_json_get(d, "status"), "?");
-    const cv_json *lat = cv_json_get(d, "latency");
+static int print_table(const json_t *d, const char *where, bool partitions, bool color) {
+    const char *overall = cv_json_str(d, "status", "?");
+    const json_t *lat = json_object_get(d, "latency");
     char p50[32], p99[32];
-    fmt_secs(p50, sizeof(p50), cv_json_num(cv_json_get(lat, "p50_s"), -1));
-    fmt_secs(p99, sizeof(p99), cv_json_num(cv_json_get(lat, "p99_s"), -1));
+    fmt_secs(p50, sizeof(p50), cv_json_num(lat, "p50_s", -1));
+    fmt_secs(p99, sizeof(p99), cv_json_num(lat, "p99_s", -1));
     printf("chatvault %s at %s: %s · sent→ack p50 %s p99 %s · window %.0fs\n",
-           cv_json_str(cv_json_get(d, "version"), "?"), where, overall, p50, p99,
-           cv_json_num(cv_json_get(d, "window_s"), 0));
-    const cv_json *stores = cv_json_get(d, "stores");
+           cv_json_str(d, "version", "?"), where, overall, p50, p99,
+           cv_json_num(d, "window_s", 0));
+    size_t i;
+    const json_t *s, *c, *p, *r;
     printf("stores:");
-    for (const cv_json *s = stores ? stores->child : NULL; s; s = s->next)
-        printf(" %s %s", cv_json_str(cv_json_get(s, "name"), "?"),
-               cv_json_bool(cv_json_get(s, "up"), false) ? "up" : "DOWN");
-    if (cv_json_bool(cv_json_get(d, "degraded"), false))
+    json_array_foreach(json_object_get(d, "stores"), i, s)
+        printf(" %s %s", cv_json_str(s, "name", "?"),
+               cv_json_bool(s, "up", false) ? "up" : "DOWN");
+    if (cv_json_bool(d, "degraded", false))
         printf(" · DEGRADED (ack.policy = any on one store)");
     printf("\n\n%-24s %-6s %9s %10s %9s %9s %12s %12s %9s  %s\n", "CHANNEL", "STATUS",
            "RATE/S", "LAG MSGS", "LAG AGE", "INFLIGHT", "CONSUMED", "ACKED", "REJECTED",
            "WHY");
     int rc = 0;
-    const cv_json *chans = cv_json_get(d, "channels");
     size_t nchan = 0;
-    for (const cv_json *c = chans ? chans->child : NULL; c; c = c->next) {
-        nchan++;
-        const char *st = cv_json_str(cv_json_get(c, "status"), "?");
-        if (strcmp(st, "OK") != 0)
+    json_array_foreach(json_object_get(d, "channels"), nchan, c) {
+        cv_lag_status st = doc_status(c);
+        const char *name = cv_json_str(c, "status", "?");
+        if (st != CV_LAG_OK)
             rc = 1;
         char age[32];
-        fmt_secs(age, sizeof(age), cv_json_num(cv_json_get(c, "lag_seconds"), -1));
+        fmt_secs(age, sizeof(age), cv_json_num(c, "lag_seconds", -1));
         const char *on = "", *off = "";
-        if (color && strcmp(st, "OK") != 0) {
-            on = status_rank(st) >= 2 ? "\033[1;31m" : "\033[1;33m";
+        if (color && st != CV_LAG_OK) {
+            on = st >= CV_LAG_STALL ? "\033[1;31m" : "\033[1;33m";
             off = "\033[0m";
         }
-        printf("%-24s %s%-6s%s %9.1f %10.0f %9s %9.0f %12.0f %12.0f %9.0f  %s\n",
-               cv_json_str(cv_json_get(c, "channel"), "?"), on, st, off,
-               cv_json_num(cv_json_get(c, "rate"), 0),
-               cv_json_num(cv_json_get(c, "lag_messages"), 0), age,
-               cv_json_num(cv_json_get(c, "inflight"), 0),
-               cv_json_num(cv_json_get(c, "consumed"), 0),
-               cv_json_num(cv_json_get(c, "acked"), 0),
-               cv_json_num(cv_json_get(c, "rejected"), 0),
-               strcmp(st, "OK") ? cv_json_str(cv_json_get(c, "why"), "") : "");
-        const cv_json *parts = cv_json_get(c, "partitions");
-        for (const cv_json *p = parts && partitions ? parts->child : NULL; p;
-             p = p->next) {
-            fmt_secs(age, sizeof(age), cv_json_num(cv_json_get(p, "lag_seconds"), -1));
-            printf("  %-20s [%3.0f] %10s %10.0f %9s %9.0f   end %.0f acked %.0f%s\n",
-                   cv_json_str(cv_json_get(p, "topic"), "?"),
-                   cv_json_num(cv_json_get(p, "partition"), -1), "",
-                   cv_json_num(cv_json_get(p, "lag_messages"), 0), age,
-                   cv_json_num(cv_json_get(p, "inflight"), 0),
+        printf("%-24s %s%-6s%s %9.1f %10" PRId64 " %9s %9" PRId64 " %12" PRId64
+               " %12" PRId64 " %9" PRId64 "  %s\n",
+               cv_json_str(c, "channel", "?"), on, name, off, cv_json_num(c, "rate", 0),
+               cv_json_int(c, "lag_messages", 0), age, cv_json_int(c, "inflight", 0),
+               cv_json_int(c, "consumed", 0), cv_json_int(c, "acked", 0),
+               cv_json_int(c, "rejected", 0),
+               st != CV_LAG_OK ? cv_json_str(c, "why", "") : "");
+        if (!partitions)
+            continue;
+        size_t k;
+        json_array_foreach(json_object_get(c, "partitions"), k, p) {
+            fmt_secs(age, sizeof(age), cv_json_num(p, "lag_seconds", -1));
+            printf("  %-20s [%3" PRId64 "] %10s %10" PRId64 " %9s %9" PRId64
+                   "   end %" PRId64 " acked %" PRId64 "%s\n",
+                   cv_json_str(p, "topic", "?"), cv_json_int(p, "partition", -1), "",
+                   cv_json_int(p, "lag_messages", 0), age, cv_json_int(p, "inflight", 0),
                    /* end as the lag counts it: the larger of the high
                     * watermark and the next offset consumed */
-                   cv_json_num(cv_json_get(p, "end_offset"),
-                               cv_json_num(cv_json_get(p, "high_watermark"), -1)),
-                   cv_json_num(cv_json_get(p, "acked_offset"), -1),
-                   cv_json_bool(cv_json_get(p, "assigned"), true) ? "" : " (revoked)");
+                   cv_json_int(p, "end_offset", cv_json_int(p, "high_watermark", -1)),
+                   cv_json_int(p, "acked_offset", -1),
+                   cv_json_bool(p, "assigned", true) ? "" : " (revoked)");
         }
     }
     if (!nchan)
         printf("(no channel consumed yet)\n");
-    if (status_rank(overall) > 0)
+    if (doc_status(d) != CV_LAG_OK)
         rc = 1;
-    const cv_json *rej = cv_json_get(d, "rejected_recent");
-    if (rej && rej->child) {
+    const json_t *rej = json_object_get(d, "rejected_recent");
+    if (json_array_size(rej)) {
         printf("\nlatest rejections:\n");
-        int k = 0;
-        for (const cv_json *r = rej->child; r && k < 5; r = r->next, k++)
-            printf("  %-20s %-18s %s\n", cv_json_str(cv_json_get(r, "channel"), "?"),
-                   cv_json_str(cv_json_get(r, "reason"), "?"),
-                   cv_json_str(cv_json_get(r, "error"), ""));
+        json_array_foreach(rej, i, r) {
+            if (i == 5)
+                break;
+            printf("  %-20s %-18s %s\n", cv_json_str(r, "channel", "?"),
+                   cv_json_str(r, "reason", "?"), cv_json_str(r, "error", ""));
+        }
     }
     return rc;
 }
@@ -236,15 +237,24 @@ static int64_t dp_lag(const dpart *p, int snap) {
     return l > 0 ? l : 0;
 }
 
+static dpart *d_free(dpart *ps, size_t n) {
+    for (size_t i = 0; ps && i < n; i++)
+        free(ps[i].topic);
+    free(ps);
+    return NULL;
+}
+
 static bool topic_matches(const char *pattern, regex_t *re, const char *topic) {
     return pattern[0] == '^' ? regexec(re, topic, 0, NULL, 0) == 0
                              : strcmp(pattern, topic) == 0;
 }
 
-/* Committed offsets of the group and PostgreSQL's next offsets into
- * snapshot `snap`. PostgreSQL failing is reported through *pg_ok. */
-static int d_snapshot(rd_kafka_t *rk, PGconn *pg, const char *group, dpart *ps, size_t n,
-                      int snap, bool *pg_ok, char *err, size_t errlen) {
+/* Committed offsets of the group and PostgreSQL's next offsets
+ * (cv_pgstore_read_offsets) into snapshot `snap`. PostgreSQL failing is not
+ * an error here: *pg_ok says so and pg_err why. */
+static int d_snapshot(rd_kafka_t *rk, cv_pgstore *pg, const char *group, dpart *ps,
+                      size_t n, int snap, bool *pg_ok, char *pg_err, size_t pg_errlen,
+                      char *err, size_t errlen) {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)n);
     for (size_t i = 0; i < n; i++) {
         int64_t lo = -1, hi = -1;
@@ -266,28 +276,10 @@ static int d_snapshot(rd_kafka_t *rk, PGconn *pg, const char *group, dpart *ps, 
     }
     for (size_t i = 0; i < n; i++)
         ps[i].committed[snap] = l->elems[i].offset >= 0 ? l->elems[i].offset : -1;
-    rd_kafka_topic_partition_list_destroy(l);
+    *pg_ok = pg && cv_pgstore_read_offsets(pg, l, pg_err, pg_errlen) == 0;
     for (size_t i = 0; i < n; i++)
-        ps[i].stored[snap] = -1;
-    *pg_ok = false;
-    if (!pg || PQstatus(pg) != CONNECTION_OK)
-        return 0;
-    const char *params[1] = {group};
-    PGresult *res = PQexecParams(pg,
-                                 "SELECT topic, kafka_partition, next_offset FROM "
-                                 "chatvault.kafka_offsets WHERE consumer_group = $1",
-                                 1, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) == PGRES_TUPLES_OK) {
-        *pg_ok = true;
-        for (int r = 0; r < PQntuples(res); r++) {
-            const char *t = PQgetvalue(res, r, 0);
-            int32_t part = (int32_t)strtol(PQgetvalue(res, r, 1), NULL, 10);
-            for (size_t i = 0; i < n; i++)
-                if (ps[i].partition == part && strcmp(ps[i].topic, t) == 0)
-                    ps[i].stored[snap] = strtoll(PQgetvalue(res, r, 2), NULL, 10);
-        }
-    }
-    PQclear(res);
+        ps[i].stored[snap] = *pg_ok && l->elems[i].offset >= 0 ? l->elems[i].offset : -1;
+    rd_kafka_topic_partition_list_destroy(l);
     return 0;
 }
 
@@ -332,45 +324,68 @@ static void d_oldest(rd_kafka_t *rk, dpart *ps, size_t n) {
     rd_kafka_topic_partition_list_destroy(l);
 }
 
-static int d_status(const dpart *ps, size_t n, const char *ch, bool pg_ok,
-                    const char **why) {
-    int64_t lag0 = 0, lag1 = 0, acked0 = 0, acked1 = 0, pending = 0, stored_moved = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (ps[i].channel != ch)
-            continue;
-        lag0 += dp_lag(&ps[i], 0);
-        lag1 += dp_lag(&ps[i], 1);
-        acked0 += dp_acked(&ps[i], 0);
-        acked1 += dp_acked(&ps[i], 1);
-        if (ps[i].stored[1] > dp_acked(&ps[i], 1))
-            pending += ps[i].stored[1] - dp_acked(&ps[i], 1);
-        if (ps[i].stored[1] != ps[i].stored[0])
-            stored_moved = 1;
+static int64_t dp_inflight(const dpart *p, int snap) {
+    return p->stored[snap] > dp_acked(p, snap) ? p->stored[snap] - dp_acked(p, snap) : 0;
+}
+
+/* The channel of the partitions ps[from..to) as the rules see it at
+ * snapshot `snap` (taken at `t_ms`): what chatvault stored counts as
+ * consumed, the committed offsets as acked. */
+static cv_lag_sample d_sample(const dpart *ps, size_t from, size_t to, int snap,
+                              int64_t t_ms) {
+    cv_lag_sample s = {.t_ms = t_ms};
+    for (size_t k = from; k < to; k++) {
+        s.consumed += ps[k].stored[snap] > 0 ? ps[k].stored[snap] : 0;
+        s.acked += dp_acked(&ps[k], snap);
+        s.lag += dp_lag(&ps[k], snap);
+        s.inflight += dp_inflight(&ps[k], snap);
     }
-    if (!pg_ok) {
-        *why = "PostgreSQL unreachable";
-        return 4;
+    return s;
+}
+
+/* Adds the channel of ps[from..to) and its partitions to the document. */
+static int d_channel(cv_lagdoc *d, const dpart *ps, size_t from, size_t to,
+                     const int64_t t_ms[2], bool pg_ok, int64_t now_us) {
+    cv_lag_sample s0 = d_sample(ps, from, to, 0, t_ms[0]);
+    cv_lag_sample s1 = d_sample(ps, from, to, 1, t_ms[1]);
+    const char *why = "";
+    cv_lag_status st = cv_lag_status_eval_pair(&s0, &s1, !pg_ok, &why);
+    int64_t age = 0;
+    for (size_t k = from; k < to; k++)
+        if (dp_lag(&ps[k], 1) && ps[k].oldest_us && now_us - ps[k].oldest_us > age)
+            age = now_us - ps[k].oldest_us;
+    double interval_s = (double)(t_ms[1] - t_ms[0]) / 1e3;
+    int r = cv_lagdoc_add_channel(
+        d, &(cv_lagdoc_channel){
+               .channel = ps[from].channel,
+               .status = st,
+               .why = why,
+               .rate = interval_s > 0 ? (double)(s1.acked - s0.acked) / interval_s : 0,
+               .lag = s1.lag,
+               .lag_seconds = (double)age / 1e6,
+               .inflight = s1.inflight,
+               .consumed = s1.consumed,
+               .acked = s1.acked,
+           });
+    for (size_t k = from; r == 0 && k < to; k++) {
+        const dpart *p = &ps[k];
+        r = cv_lagdoc_add_partition(
+            d, &(cv_lagdoc_partition){
+                   .topic = p->topic,
+                   .partition = p->partition,
+                   .high_watermark = p->hi,
+                   .end_offset = p->hi,
+                   .acked_offset = dp_acked(p, 1),
+                   .stored_offset = p->stored[1],
+                   .lag = dp_lag(p, 1),
+                   .lag_seconds = dp_lag(p, 1) && p->oldest_us
+                                      ? (double)(now_us - p->oldest_us) / 1e6
+                                      : 0.0,
+                   .inflight = dp_inflight(p, 1),
+                   .assigned = true,
+               });
     }
-    if (lag1 == 0) {
-        *why = "no lag";
-        return 0;
-    }
-    if (acked1 == acked0) {
-        if (pending || stored_moved) {
-            *why = "records stored but acks (committed offsets) not advancing";
-            return 2;
-        }
-        *why = "records wait in Kafka and nothing takes them (is a broker running?)";
-        return 3;
-    }
-    if (lag0 > 0 && lag1 > lag0) {
-        /* Lag at both samples and more at the second; lag that appears
-         * between them at a low rate is a message waiting for its batch. */
-        *why = "acks advance but the lag grew";
-        return 1;
-    }
-    *why = "acks advancing";
-    return 0;
+    return r;
 }
 
 static int dpart_cmp(const void *a, const void *b) {
@@ -379,35 +394,77 @@ static int dpart_cmp(const void *a, const void *b) {
     return c ? c : (x->partition > y->partition) - (x->partition < y->partition);
 }
 
-/* Computes the /api/lag document from Kafka and PostgreSQL into `out`. */
-static int lag_direct(const cv_config *cfg, double interval, cv_buf *out, char *err,
-                      size_t errlen) {
-    static const char *names[] = {"OK", "WARN", "STALL", "STOP", "ERR"};
+/* The partitions of the topics that match topics.pattern, sorted, each with
+ * its channel (one shared pointer per topic). */
+static int d_partitions(const cv_config *cfg, const rd_kafka_metadata_t *md,
+                        dpart **ret_ps, size_t *ret_n, char *err, size_t errlen) {
     const char *pattern = cv_config_str(cfg, "topics.pattern");
     const char *prefix = cv_config_str(cfg, "topics.prefix");
+    regex_t re;
+    if (pattern[0] == '^' && regcomp(&re, pattern, REG_EXTENDED | REG_NOSUB) != 0) {
+        snprintf(err, errlen, "topics.pattern \"%s\" is not a regular expression",
+                 pattern);
+        return -EINVAL;
+    }
+    size_t cap = 0, n = 0;
+    for (int t = 0; t < md->topic_cnt; t++)
+        if (topic_matches(pattern, &re, md->topics[t].topic))
+            cap += (size_t)md->topics[t].partition_cnt;
+    dpart *ps = calloc(cap + 1, sizeof(*ps));
+    for (int t = 0; ps && t < md->topic_cnt; t++) {
+        const rd_kafka_metadata_topic_t *mt = &md->topics[t];
+        if (!topic_matches(pattern, &re, mt->topic))
+            continue;
+        for (int k = 0; ps && k < mt->partition_cnt; k++) {
+            dpart *p = &ps[n];
+            if (!(p->topic = strdup(mt->topic))) {
+                ps = d_free(ps, n);
+                break;
+            }
+            p->partition = mt->partitions[k].id;
+            p->lo = p->hi = p->hi_first = -1;
+            n++;
+        }
+    }
+    if (pattern[0] == '^')
+        regfree(&re);
+    if (!ps) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    qsort(ps, n, sizeof(*ps), dpart_cmp);
+    size_t plen = strlen(prefix);
+    for (size_t i = 0; i < n; i++) {
+        if (i && strcmp(ps[i].topic, ps[i - 1].topic) == 0)
+            ps[i].channel = ps[i - 1].channel;
+        else
+            ps[i].channel = strncmp(ps[i].topic, prefix, plen) == 0 && ps[i].topic[plen]
+                                ? ps[i].topic + plen
+                                : ps[i].topic;
+    }
+    *ret_ps = ps;
+    *ret_n = n;
+    return 0;
+}
+
+/* Computes the /api/lag document (lag.h, source direct) from Kafka and
+ * PostgreSQL into `out`: two snapshots `interval` seconds apart, judged by
+ * the broker's rules. */
+static int lag_direct(const cv_config *cfg, double interval, cv_buf *out, char *err,
+                      size_t errlen) {
     const char *group = cv_config_kafka_get(cfg, "group.id");
     int rc = -EIO;
-    regex_t re;
-    bool have_re = false;
     rd_kafka_t *rk = NULL;
-    PGconn *pg = NULL;
+    cv_pgstore *pg = NULL;
+    cv_lagdoc *doc = NULL;
     dpart *ps = NULL;
     size_t n = 0;
     const rd_kafka_metadata_t *md = NULL;
-    if (pattern[0] == '^') {
-        if (regcomp(&re, pattern, REG_EXTENDED | REG_NOSUB) != 0) {
-            snprintf(err, errlen, "topics.pattern \"%s\" is not a regular expression",
-                     pattern);
-            return -EINVAL;
-        }
-        have_re = true;
-    }
-    char kerr[512];
+    char kerr[512], pg_err[512] = "";
     rd_kafka_conf_t *conf = cv_cli_kafka_conf(cfg, "consumer", NULL, kerr, sizeof(kerr));
     if (!conf) {
         snprintf(err, errlen, "%s", kerr);
-        rc = -EINVAL;
-        goto out;
+        return -EINVAL;
     }
     if (!(rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof(kerr)))) {
         snprintf(err, errlen, "kafka: %.400s", kerr);
@@ -418,155 +475,62 @@ static int lag_direct(const cv_config *cfg, double interval, cv_buf *out, char *
         snprintf(err, errlen, "kafka metadata: %s", rd_kafka_err2str(e));
         goto out;
     }
-    size_t cap = 0;
-    for (int t = 0; t < md->topic_cnt; t++)
-        if (topic_matches(pattern, &re, md->topics[t].topic))
-            cap += (size_t)md->topics[t].partition_cnt;
-    ps = calloc(cap + 1, sizeof(*ps));
-    if (!ps) {
-        snprintf(err, errlen, "out of memory");
+    if ((rc = d_partitions(cfg, md, &ps, &n, err, errlen)) < 0)
         goto out;
-    }
-    size_t plen = strlen(prefix);
-    for (int t = 0; t < md->topic_cnt; t++) {
-        const rd_kafka_metadata_topic_t *mt = &md->topics[t];
-        if (!topic_matches(pattern, &re, mt->topic))
-            continue;
-        for (int k = 0; k < mt->partition_cnt; k++) {
-            dpart *p = &ps[n];
-            if (!(p->topic = strdup(mt->topic))) {
-                snprintf(err, errlen, "out of memory");
-                goto out;
-            }
-            p->partition = mt->partitions[k].id;
-            p->lo = p->hi = p->hi_first = -1;
-            n++;
-        }
-    }
-    qsort(ps, n, sizeof(*ps), dpart_cmp);
-    for (size_t i = 0; i < n; i++) { /* channel: one shared pointer per topic */
-        if (i && strcmp(ps[i].topic, ps[i - 1].topic) == 0)
-            ps[i].channel = ps[i - 1].channel;
-        else
-            ps[i].channel = strncmp(ps[i].topic, prefix, plen) == 0 && ps[i].topic[plen]
-                                ? ps[i].topic + plen
-                                : ps[i].topic;
-    }
-    pg = PQconnectdb(cv_config_str(cfg, "postgres.conninfo"));
+    rc = -EIO;
+    cv_pgstore_open(cv_config_str(cfg, "postgres.conninfo"), group, &pg, pg_err,
+                    sizeof(pg_err));
     bool pg_ok = false;
-    if (d_snapshot(rk, pg, group, ps, n, 0, &pg_ok, err, errlen) < 0)
+    /* The rules see the snapshots `interval` apart, as asked, however long
+     * the reads took. */
+    const int64_t t_ms[2] = {1, 1 + llround(interval * 1e3)};
+    if (d_snapshot(rk, pg, group, ps, n, 0, &pg_ok, pg_err, sizeof(pg_err), err, errlen) <
+        0)
         goto out;
     struct timespec ts = {(time_t)interval,
                           (long)((interval - (double)(time_t)interval) * 1e9)};
     while (!stop && nanosleep(&ts, &ts) < 0 && errno == EINTR)
         ;
-    if (d_snapshot(rk, pg, group, ps, n, 1, &pg_ok, err, errlen) < 0)
+    if (d_snapshot(rk, pg, group, ps, n, 1, &pg_ok, pg_err, sizeof(pg_err), err, errlen) <
+        0)
         goto out;
     d_oldest(rk, ps, n);
     int64_t now_us = cv_now_us();
-
-    int worst = 0;
-    int64_t tot_lag = 0, tot_age = 0, tot_inflight = 0, tot_acked = 0, tot_stored = 0;
-    double tot_rate = 0;
-    int r = cv_buf_printf(out,
-                          "{\"source\":\"direct\",\"time_ms\":%" PRId64
-                          ",\"version\":\"%s\",\"window_s\":%.1f,\"degraded\":false,"
-                          "\"channels\":[",
-                          now_us / 1000, CV_VERSION, interval);
-    for (size_t i = 0; r == 0 && i < n; i++) {
-        if (i && ps[i].channel == ps[i - 1].channel)
-            continue;
-        const char *ch = ps[i].channel, *why = "";
-        int st = d_status(ps, n, ch, pg_ok, &why);
-        worst = st > worst ? st : worst;
-        int64_t lag = 0, age = 0, inflight = 0, acked = 0, acked0 = 0, stored = 0;
-        for (size_t k = i; k < n && ps[k].channel == ch; k++) {
-            const dpart *p = &ps[k];
-            lag += dp_lag(p, 1);
-            acked += dp_acked(p, 1);
-            acked0 += dp_acked(p, 0);
-            stored += p->stored[1] > 0 ? p->stored[1] : 0;
-            if (p->stored[1] > dp_acked(p, 1))
-                inflight += p->stored[1] - dp_acked(p, 1);
-            if (dp_lag(p, 1) && p->oldest_us && now_us - p->oldest_us > age)
-                age = now_us - p->oldest_us;
-        }
-        double rate = (double)(acked - acked0) / interval;
-        tot_lag += lag, tot_inflight += inflight, tot_acked += acked,
-            tot_stored += stored;
-        tot_age = age > tot_age ? age : tot_age;
-        tot_rate += rate;
-        r = cv_buf_printf(out, "%s{\"channel\":", i ? "," : "");
-        if (!r)
-            r = cv_buf_json_string(out, ch, strlen(ch));
-        if (!r)
-            r = cv_buf_printf(out,
-                              ",\"status\":\"%s\",\"why\":\"%s\",\"rate\":%.2f,"
-                              "\"lag_messages\":%" PRId64 ",\"lag_seconds\":%.3f,"
-                              "\"inflight\":%" PRId64 ",\"consumed\":%" PRId64
-                              ",\"acked\":%" PRId64 ",\"rejected\":0,\"duplicate\":0,"
-                              "\"partitions\":[",
-                              names[st], why, rate, lag, (double)age / 1e6, inflight,
-                              stored, acked);
-        for (size_t k = i; r == 0 && k < n && ps[k].channel == ch; k++) {
-            const dpart *p = &ps[k];
-            r = cv_buf_printf(out, "%s{\"topic\":", k > i ? "," : "");
-            if (!r)
-                r = cv_buf_json_string(out, p->topic, strlen(p->topic));
-            if (!r)
-                r = cv_buf_printf(
-                    out,
-                    ",\"partition\":%" PRId32 ",\"high_watermark\":%" PRId64
-                    ",\"end_offset\":%" PRId64 ",\"acked_offset\":%" PRId64
-                    ",\"stored_offset\":%" PRId64 ",\"lag_messages\":%" PRId64
-                    ",\"lag_seconds\":%.3f"
-                    ",\"inflight\":%" PRId64 ",\"assigned\":true}",
-                    p->partition, p->hi, p->hi, dp_acked(p, 1), p->stored[1],
-                    dp_lag(p, 1),
-                    dp_lag(p, 1) && p->oldest_us ? (double)(now_us - p->oldest_us) / 1e6
-                                                 : 0.0,
-                    p->stored[1] > dp_acked(p, 1) ? p->stored[1] - dp_acked(p, 1) : 0);
-        }
-        if (!r)
-            r = cv_buf_append(out, "]}", 2);
+    int r = cv_lagdoc_new(&(cv_lagdoc_head){.source = CV_LAGDOC_DIRECT,
+                                            .time_ms = now_us / 1000,
+                                            .version = CV_VERSION,
+                                            .window_s = interval},
+                          &doc);
+    for (size_t i = 0, j; r == 0 && i < n; i = j) {
+        for (j = i + 1; j < n && ps[j].channel == ps[i].channel; j++)
+            ;
+        r = d_channel(doc, ps, i, j, t_ms, pg_ok, now_us);
     }
-    if (!r)
-        r = cv_buf_printf(out,
-                          "],\"status\":\"%s\",\"totals\":{\"lag_messages\":%" PRId64
-                          ",\"lag_seconds\":%.3f,\"inflight\":%" PRId64 ",\"rate\":%.2f"
-                          ",\"consumed\":%" PRId64 ",\"acked\":%" PRId64
-                          "},\"latency\":{\"p50_s\":null,\"p99_s\":null},"
-                          "\"stores\":[{\"name\":\"postgres\",\"up\":%s,\"last_error\":",
-                          names[worst], tot_lag, (double)tot_age / 1e6, tot_inflight,
-                          tot_rate, tot_stored, tot_acked, pg_ok ? "true" : "false");
-    if (!r) {
-        const char *pe = pg_ok ? "" : PQerrorMessage(pg);
-        char line[512];
-        snprintf(line, sizeof(line), "%s", pe);
-        cv_one_line(line);
-        r = cv_buf_json_string(out, line, strlen(line));
-    }
-    if (!r)
-        r = cv_buf_append(out, "}],\"rejected_recent\":[]}\n", 25);
+    cv_lagdoc_store store = {
+        .name = "postgres", .up = pg_ok, .last_error = pg_ok ? "" : pg_err};
+    if (r == 0)
+        r = cv_lagdoc_render(doc,
+                             &(cv_lagdoc_tail){.stores_down = !pg_ok,
+                                               .p50_s = -1,
+                                               .p99_s = -1,
+                                               .stores = &store,
+                                               .nstores = 1},
+                             out);
     if (r < 0) {
-        snprintf(err, errlen, "output too large");
+        snprintf(err, errlen, r == -ENOMEM ? "out of memory" : "output too large");
         goto out;
     }
     rc = 0;
 out:
-    for (size_t i = 0; ps && i < n; i++)
-        free(ps[i].topic);
-    free(ps);
+    cv_lagdoc_free(doc);
+    d_free(ps, n);
     if (md)
         rd_kafka_metadata_destroy(md);
     if (rk) {
         rd_kafka_consumer_close(rk);
         rd_kafka_destroy(rk);
     }
-    if (pg)
-        PQfinish(pg);
-    if (have_re)
-        regfree(&re);
+    cv_pgstore_free(pg);
     return rc;
 }
 
@@ -613,20 +577,18 @@ static int lag_once(lag_src *src, bool json, bool partitions, bool color) {
             goto out;
         }
     }
-    cv_json *d = NULL;
+    json_t *d = NULL;
     if (cv_json_parse((const char *)body.data, body.len, &d, err, sizeof(err)) < 0) {
         cv_error("lag", "%s: %s", where, err);
         goto out;
     }
     if (json) {
         fwrite(body.data, 1, body.len, stdout);
-        rc = strcmp(cv_json_str(cv_json_get(d, "status"), "?"), "OK") == 0
-                 ? CV_EXIT_OK
-                 : CV_EXIT_FAILURE;
+        rc = doc_status(d) == CV_LAG_OK ? CV_EXIT_OK : CV_EXIT_FAILURE;
     } else {
         rc = print_table(d, where, partitions, color) ? CV_EXIT_FAILURE : CV_EXIT_OK;
     }
-    cv_json_free(d);
+    json_decref(d);
 out:
     cv_buf_release(&body);
     fflush(stdout);

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -214,15 +215,6 @@ static void usage(FILE *out) {
                  "error, 3 damage found.\n");
 }
 
-static void hex(char *out, const unsigned char *p, size_t n) {
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[p[i] >> 4];
-        out[2 * i + 1] = digits[p[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
 static const char *base_name(const char *path) {
     const char *s = strrchr(path, '/');
     return s ? s + 1 : path;
@@ -238,7 +230,7 @@ typedef struct list_ctx {
 static int list_one(void *opaque, const cv_applog_segment_info *si) {
     list_ctx *c = opaque;
     char wid[2 * CV_APPLOG_WRITER_ID_BYTES + 1], state[48], last[24];
-    hex(wid, si->writer_id, sizeof(si->writer_id));
+    sodium_bin2hex(wid, sizeof(wid), si->writer_id, sizeof(si->writer_id));
     if (si->damaged && si->torn)
         snprintf(state, sizeof(state), "torn@%" PRIu64, si->damaged_at);
     else if (si->damaged)
@@ -334,7 +326,7 @@ static int print_record(cv_buf *b, const cv_applog_record *rec, const logopts *o
     if (!m && o->channel)
         return 0;
     char dig[2 * CV_APPLOG_DIGEST_BYTES + 1];
-    hex(dig, rec->digest, sizeof(rec->digest));
+    sodium_bin2hex(dig, sizeof(dig), rec->digest, sizeof(rec->digest));
     b->len = 0;
     int r = cv_buf_printf(b, "{\"topic\":");
     if (r == 0)

@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <libpq-fe.h>
 #include <math.h>
 #include <pthread.h>
@@ -23,70 +24,6 @@
 #include <string.h>
 
 #include "chatvault.pb-c.h"
-
-/* ---- status rules ---- */
-
-const char *cv_lag_status_name(cv_lag_status s) {
-    static const char *names[] = {"OK", "WARN", "STALL", "STOP", "ERR"};
-    return (unsigned)s < CV_LAG__COUNT ? names[s] : "?";
-}
-
-cv_lag_status cv_lag_status_eval(const cv_lag_sample *s, size_t n, int64_t window_ms,
-                                 bool stores_down, const char **ret_why) {
-    const char *why_tmp;
-    const char **why = ret_why ? ret_why : &why_tmp;
-    if (stores_down) {
-        *why = "a store is down: acks cannot be made";
-        return CV_LAG_ERR;
-    }
-    if (n == 0) {
-        *why = "no data yet";
-        return CV_LAG_OK;
-    }
-    const cv_lag_sample *now = &s[n - 1];
-    if (now->lag <= 0) {
-        *why = "no lag";
-        return CV_LAG_OK;
-    }
-    /* First sample of the window: the newest one at or before the start. */
-    size_t first = 0;
-    for (size_t i = 0; i < n; i++)
-        if (s[i].t_ms <= now->t_ms - window_ms)
-            first = i;
-    const cv_lag_sample *base = &s[first];
-    if (now->t_ms - base->t_ms < window_ms / 2) {
-        *why = "not enough history yet";
-        return CV_LAG_OK;
-    }
-    bool lag_all_window =
-        now->lag_since_ms > 0 && now->lag_since_ms <= now->t_ms - window_ms;
-    if (now->acked == base->acked && lag_all_window) {
-        if (now->consumed != base->consumed || now->inflight > 0) {
-            *why = "records consumed but acks not advancing";
-            return CV_LAG_STALL;
-        }
-        *why = "nothing consumed while records wait in Kafka";
-        return CV_LAG_STOP;
-    }
-    if (now->acked == base->acked) {
-        *why = "lag appeared less than a window ago";
-        return CV_LAG_OK;
-    }
-    /* Growth counts only when the lag stayed above zero for the whole
-     * window: a channel whose lag touched zero meanwhile keeps up, however
-     * its last few samples look (one message of a quiet channel waiting for
-     * its batch is a lag of 1 that "grew" from 0). */
-    bool growing = lag_all_window && now->lag > base->lag;
-    for (size_t i = first + 1; growing && i < n; i++)
-        if (s[i].lag < s[i - 1].lag)
-            growing = false;
-    if (growing) {
-        *why = "lag growing over the window";
-        return CV_LAG_WARN;
-    }
-    *why = "acks advancing";
-    return CV_LAG_OK;
-}
 
 /* ---- histograms ---- */
 
@@ -1388,20 +1325,65 @@ out:
     return r;
 }
 
-/* ---- /api/lag JSON ---- */
+/* ---- /api/lag JSON (lag.h writes it) ---- */
 
-static int json_str(cv_buf *b, const char *s) {
-    return cv_buf_json_string(b, s, strlen(s));
+static int lag_channels(cv_metrics *m, cv_lagdoc *d, const chagg *agg, int lat_slot,
+                        int64_t now_ms, int64_t now_us) {
+    int r = 0;
+    for (size_t ci = 0; r == 0 && ci <= m->max_channels; ci++) {
+        if (!channel_in_use(m, ci))
+            continue;
+        const mchannel *c = &m->channels[ci];
+        chview v = channel_view(m, ci, agg, now_ms);
+        double q50 = channel_quantile(c, lat_slot, 0.5);
+        double q99 = channel_quantile(c, lat_slot, 0.99);
+        r = cv_lagdoc_add_channel(d, &(cv_lagdoc_channel){
+                                         .channel = c->name,
+                                         .status = v.status,
+                                         .why = v.why,
+                                         .rate = v.rate,
+                                         .lag = v.now.lag,
+                                         .lag_seconds = (double)v.lag_age_us / 1e6,
+                                         .inflight = v.now.inflight,
+                                         .consumed = c->consumed,
+                                         .acked = c->acked,
+                                         .rejected = c->rejected,
+                                         .duplicate = c->duplicate,
+                                         .stored_postgres = c->stored[0],
+                                         .stored_log = c->stored[1],
+                                         .p50_s = q50 < 0 ? q50 : q50 / 1e6,
+                                         .p99_s = q99 < 0 ? q99 : q99 / 1e6,
+                                     });
+        for (size_t k = 0; r == 0 && k < m->nparts; k++) {
+            const mpart *p = m->parts[k];
+            if (p->channel != ci)
+                continue;
+            r = cv_lagdoc_add_partition(
+                d, &(cv_lagdoc_partition){
+                       .topic = p->topic,
+                       .partition = p->partition,
+                       .high_watermark = p->high,
+                       .end_offset = part_end(p),
+                       .acked_offset = p->acked_next,
+                       .consumed_offset = p->consumed_next,
+                       .lag = part_lag(p),
+                       .lag_seconds = (double)part_lag_age_us(p, now_us) / 1e6,
+                       .inflight = part_inflight(p),
+                       .assigned = p->assigned,
+                   });
+        }
+    }
+    return r;
 }
 
-static int json_num(cv_buf *b, double v) {
-    if (v < 0) /* "none" */
-        return cv_buf_append(b, "null", 4);
-    return cv_buf_printf(b, "%.6g", v);
+/* µs quantile → seconds; < 0 (none) stays. */
+static double q_s(double q_us) {
+    return q_us < 0 ? q_us : q_us / 1e6;
 }
 
 int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
     int r = 0;
+    cv_lagdoc *d = NULL;
     int64_t now_us = m->now_us(), now_ms = m->mono_ms();
     pthread_mutex_lock(&m->lock);
     history_catch_up(m, now_ms, now_us);
@@ -1410,154 +1392,74 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
         r = -ENOMEM;
         goto out;
     }
-    bool down = stores_down(m);
     int lat_slot = lat_base_slot(m, now_ms);
-    cv_lag_status worst = CV_LAG_OK;
-    int64_t tot_lag = 0, tot_age = 0, tot_consumed = 0, tot_acked = 0, tot_rejected = 0,
-            tot_dup = 0, tot_inflight = 0;
-    double tot_rate = 0;
-    CK(cv_buf_printf(b, "{\"time_ms\":%" PRId64 ",\"version\":", now_us / 1000));
-    CK(json_str(b, m->version));
-    CK(cv_buf_printf(
-        b,
-        ",\"uptime_s\":%.1f,\"window_s\":%.1f,\"tick_age_s\":%.1f,"
-        "\"degraded\":%s,\"degraded_since_ms\":%" PRId64 ","
-        "\"kafka\":{\"up\":%s,\"brokers_up\":%d,\"brokers_known\":%d,"
-        "\"down_since_ms\":%" PRId64 "},"
-        "\"channels_overflow\":%s,\"channels\":[",
-        (double)(now_us - m->start_us) / 1e6, (double)m->window_ms / 1e3,
-        m->last_tick_ms ? (double)(now_ms - m->last_tick_ms) / 1e3 : -1.0,
-        m->degraded ? "true" : "false", m->degraded ? m->degraded_since_us / 1000 : 0,
-        m->kafka_down_since_us ? "false" : "true", m->kafka_up, m->kafka_known,
-        m->kafka_down_since_us / 1000, m->other_used ? "true" : "false"));
-    bool firstc = true;
-    for (size_t ci = 0; ci <= m->max_channels; ci++) {
-        if (!channel_in_use(m, ci))
-            continue;
-        const mchannel *c = &m->channels[ci];
-        chview v = channel_view(m, ci, agg, now_ms);
-        if (v.status > worst)
-            worst = v.status;
-        tot_lag += v.now.lag;
-        tot_inflight += v.now.inflight;
-        tot_age = v.lag_age_us > tot_age ? v.lag_age_us : tot_age;
-        tot_consumed += c->consumed;
-        tot_acked += c->acked;
-        tot_rejected += c->rejected;
-        tot_dup += c->duplicate;
-        tot_rate += v.rate;
-        CK(cv_buf_printf(b, "%s{\"channel\":", firstc ? "" : ","));
-        firstc = false;
-        CK(json_str(b, c->name));
-        CK(cv_buf_printf(b, ",\"status\":\"%s\",\"why\":", cv_lag_status_name(v.status)));
-        CK(json_str(b, v.why));
-        CK(cv_buf_printf(
-            b,
-            ",\"rate\":%.2f,\"lag_messages\":%" PRId64
-            ",\"lag_seconds\":%.3f,\"inflight\":%" PRId64 ",\"consumed\":%" PRId64
-            ",\"acked\":%" PRId64 ",\"stored_postgres\":%" PRId64
-            ",\"stored_log\":%" PRId64 ",\"rejected\":%" PRId64 ",\"duplicate\":%" PRId64,
-            v.rate, v.now.lag, (double)v.lag_age_us / 1e6, v.now.inflight, c->consumed,
-            c->acked, c->stored[0], c->stored[1], c->rejected, c->duplicate));
-        double cq50 = channel_quantile(c, lat_slot, 0.5);
-        double cq99 = channel_quantile(c, lat_slot, 0.99);
-        CK(cv_buf_append(b, ",\"p50_s\":", 9));
-        CK(json_num(b, cq50 < 0 ? cq50 : cq50 / 1e6));
-        CK(cv_buf_append(b, ",\"p99_s\":", 9));
-        CK(json_num(b, cq99 < 0 ? cq99 : cq99 / 1e6));
-        CK(cv_buf_append(b, ",\"partitions\":[", 15));
-        bool firstp = true;
-        for (size_t k = 0; k < m->nparts; k++) {
-            const mpart *p = m->parts[k];
-            if (p->channel != ci)
-                continue;
-            CK(cv_buf_printf(b, "%s{\"topic\":", firstp ? "" : ","));
-            firstp = false;
-            CK(json_str(b, p->topic));
-            CK(cv_buf_printf(b,
-                             ",\"partition\":%" PRId32 ",\"high_watermark\":%" PRId64
-                             ",\"end_offset\":%" PRId64 ",\"acked_offset\":%" PRId64
-                             ",\"consumed_offset\":%" PRId64 ",\"lag_messages\":%" PRId64
-                             ",\"lag_seconds\":%.3f"
-                             ",\"inflight\":%" PRId64 ",\"assigned\":%s}",
-                             p->partition, p->high, part_end(p), p->acked_next,
-                             p->consumed_next, part_lag(p),
-                             (double)part_lag_age_us(p, now_us) / 1e6, part_inflight(p),
-                             p->assigned ? "true" : "false"));
-        }
-        CK(cv_buf_append(b, "]}", 2));
-    }
-    if (down)
-        worst = CV_LAG_ERR;
+    cv_lagdoc_head head = {
+        .source = CV_LAGDOC_BROKER,
+        .time_ms = now_us / 1000,
+        .version = m->version,
+        .window_s = (double)m->window_ms / 1e3,
+        .degraded = m->degraded,
+        .uptime_s = (double)(now_us - m->start_us) / 1e6,
+        .tick_age_s = m->last_tick_ms ? (double)(now_ms - m->last_tick_ms) / 1e3 : -1.0,
+        .degraded_since_ms = m->degraded ? m->degraded_since_us / 1000 : 0,
+        .kafka_up = !m->kafka_down_since_us,
+        .kafka_brokers_up = m->kafka_up,
+        .kafka_brokers_known = m->kafka_known,
+        .kafka_down_since_ms = m->kafka_down_since_us / 1000,
+        .channels_overflow = m->other_used,
+    };
+    if ((r = cv_lagdoc_new(&head, &d)) < 0 ||
+        (r = lag_channels(m, d, agg, lat_slot, now_ms, now_us)) < 0)
+        goto out;
     /* Sent→ack quantiles over the last window, from the tick snapshots. */
     const cv_hist *base = lat_slot >= 0 ? &m->lat_snaps[lat_slot] : NULL;
-    CK(cv_buf_printf(b,
-                     "],\"status\":\"%s\",\"totals\":{\"lag_messages\":%" PRId64
-                     ",\"lag_seconds\":%.3f,\"inflight\":%" PRId64
-                     ",\"rate\":%.2f,\"consumed\":%" PRId64 ",\"acked\":%" PRId64
-                     ",\"rejected\":%" PRId64 ",\"duplicate\":%" PRId64
-                     ",\"batches\":%" PRId64 "},\"latency\":{\"p50_s\":",
-                     cv_lag_status_name(worst), tot_lag, (double)tot_age / 1e6,
-                     tot_inflight, tot_rate, tot_consumed, tot_acked, tot_rejected,
-                     tot_dup, m->batches));
-    double q50 = cv_hist_quantile(&m->ack_latency, base, 0.5);
-    double q99 = cv_hist_quantile(&m->ack_latency, base, 0.99);
-    CK(json_num(b, q50 < 0 ? q50 : q50 / 1e6));
-    CK(cv_buf_append(b, ",\"p99_s\":", 9));
-    CK(json_num(b, q99 < 0 ? q99 : q99 / 1e6));
-    q50 = cv_hist_quantile(&m->pg_commit, NULL, 0.99);
-    CK(cv_buf_append(b, ",\"pg_commit_p99_s\":", 19));
-    CK(json_num(b, q50 < 0 ? q50 : q50 / 1e6));
-    q50 = cv_hist_quantile(&m->log_fsync, NULL, 0.99);
-    CK(cv_buf_append(b, ",\"log_fsync_p99_s\":", 19));
-    CK(json_num(b, q50 < 0 ? q50 : q50 / 1e6));
-    CK(cv_buf_append(b, "},\"probe\":", 10));
-    if (!m->probe_topic) {
-        CK(cv_buf_append(b, "null", 4));
-    } else {
-        CK(cv_buf_append(b, "{\"topic\":", 9));
-        CK(json_str(b, m->probe_topic));
-        CK(cv_buf_printf(b,
-                         ",\"sent\":%" PRId64 ",\"acked\":%" PRId64
-                         ",\"last_ack_ms\":%" PRId64 ",\"last_latency_s\":",
-                         m->probe_sent, m->probe_acked, m->probe_last_ack_us / 1000));
-        CK(json_num(b, m->probe_acked ? (double)m->probe_last_latency_us / 1e6 : -1));
-        double pq = cv_hist_quantile(&m->probe_latency, NULL, 0.99);
-        CK(cv_buf_append(b, ",\"p99_s\":", 9));
-        CK(json_num(b, pq < 0 ? pq : pq / 1e6));
-        CK(cv_buf_append(b, "}", 1));
-    }
-    CK(cv_buf_append(b, ",\"stores\":[", 11));
-    bool firsts = true;
+    cv_lagdoc_probe probe = {0};
+    if (m->probe_topic)
+        probe = (cv_lagdoc_probe){
+            .topic = m->probe_topic,
+            .sent = m->probe_sent,
+            .acked = m->probe_acked,
+            .last_ack_ms = m->probe_last_ack_us / 1000,
+            .last_latency_s =
+                m->probe_acked ? (double)m->probe_last_latency_us / 1e6 : -1,
+            .p99_s = q_s(cv_hist_quantile(&m->probe_latency, NULL, 0.99)),
+        };
+    cv_lagdoc_store stores[2];
+    size_t nstores = 0;
     for (size_t s = 0; s < 2; s++) {
         if (!m->stores[s].seen && s != 0)
             continue;
-        CK(cv_buf_printf(b,
-                         "%s{\"name\":\"%s\",\"up\":%s,\"errors\":%" PRId64
-                         ",\"last_error_ms\":%" PRId64 ",\"last_error\":",
-                         firsts ? "" : ",", store_name(s),
-                         m->stores[s].down ? "false" : "true", m->stores[s].errors,
-                         m->stores[s].last_error_ms));
-        firsts = false;
-        CK(json_str(b, m->stores[s].last_error));
-        CK(cv_buf_append(b, "}", 1));
+        stores[nstores++] = (cv_lagdoc_store){
+            .name = store_name(s),
+            .up = !m->stores[s].down,
+            .errors = m->stores[s].errors,
+            .last_error_ms = m->stores[s].last_error_ms,
+            .last_error = m->stores[s].last_error,
+        };
     }
-    CK(cv_buf_append(b, "],\"rejected_recent\":[", 21));
+    cv_lagdoc_reject rejects[RECENT_REJECTS];
     for (size_t i = 0; i < m->nrejects; i++) { /* newest first */
         const rejnote *rn =
             &m->rejects[(m->reject_head + m->nrejects - 1 - i) % RECENT_REJECTS];
-        CK(cv_buf_printf(b, "%s{\"time_ms\":%" PRId64 ",\"channel\":", i ? "," : "",
-                         rn->time_ms));
-        CK(json_str(b, rn->channel));
-        CK(cv_buf_append(b, ",\"reason\":", 10));
-        CK(json_str(b, rn->reason));
-        CK(cv_buf_append(b, ",\"error\":", 9));
-        CK(json_str(b, rn->error));
-        CK(cv_buf_append(b, "}", 1));
+        rejects[i] = (cv_lagdoc_reject){rn->time_ms, rn->channel, rn->reason, rn->error};
     }
-    CK(cv_buf_append(b, "]}\n", 3));
+    cv_lagdoc_tail tail = {
+        .stores_down = stores_down(m),
+        .p50_s = q_s(cv_hist_quantile(&m->ack_latency, base, 0.5)),
+        .p99_s = q_s(cv_hist_quantile(&m->ack_latency, base, 0.99)),
+        .pg_commit_p99_s = q_s(cv_hist_quantile(&m->pg_commit, NULL, 0.99)),
+        .log_fsync_p99_s = q_s(cv_hist_quantile(&m->log_fsync, NULL, 0.99)),
+        .batches = m->batches,
+        .probe = m->probe_topic ? &probe : NULL,
+        .stores = stores,
+        .nstores = nstores,
+        .rejects = rejects,
+        .nrejects = m->nrejects,
+    };
+    r = cv_lagdoc_render(d, &tail, b);
 out:
     pthread_mutex_unlock(&m->lock);
+    cv_lagdoc_free(d);
     free(agg);
     return r;
 }
@@ -1578,35 +1480,31 @@ void cv_metrics_kafka_state(cv_metrics *m, int up, int known) {
 }
 
 void cv_metrics_kafka_stats(cv_metrics *m, const char *json, size_t len) {
-    /* {"brokers":{"host:port/1":{"name":..,"nodeid":1,..,"state":"UP",..},..},
-     *  "topics":{..}}: each broker object has "nodeid" and "source" before
-     * "state"; the bootstrap entries have nodeid -1 and the coordinators'
-     * aliases source "logical". Only the brokers section is read. */
-    const char *end = json + len;
-    const char *b = memmem(json, len, "\"brokers\":{", 11);
-    if (!b)
+    /* {"brokers":{"host:port/1":{"name":..,"nodeid":1,"source":..,
+     *  "state":"UP",..},..},"topics":{..}}: the bootstrap entries have
+     * nodeid -1 and the coordinators' aliases source "logical". A document
+     * that does not parse (cut short) changes nothing. */
+    json_t *doc = json_loadb(json, len, 0, NULL);
+    json_t *brokers = json_object_get(doc, "brokers");
+    if (!json_is_object(brokers)) {
+        json_decref(doc);
         return;
-    const char *stop = memmem(b, (size_t)(end - b), "\"topics\":{", 10);
-    if (stop)
-        end = stop;
-    int up = 0, known = 0;
-    const char *at = b;
-    for (;;) {
-        const char *n = memmem(at, (size_t)(end - at), "\"nodeid\":", 9);
-        if (!n)
-            break;
-        long id = strtol(n + 9, NULL, 10);
-        const char *st = memmem(n, (size_t)(end - n), "\"state\":\"", 9);
-        if (!st)
-            return; /* cut short: keep the last state */
-        const char *src = memmem(n, (size_t)(st - n), "\"source\":\"logical\"", 18);
-        if (id >= 0 && !src) { /* a logical broker is a coordinator's alias */
-            known++;
-            if (end - st >= 11 && memcmp(st + 9, "UP\"", 3) == 0)
-                up++;
-        }
-        at = st + 9;
     }
+    int up = 0, known = 0;
+    const char *name;
+    json_t *b;
+    json_object_foreach(brokers, name, b) {
+        json_t *id = json_object_get(b, "nodeid");
+        const char *src = json_string_value(json_object_get(b, "source"));
+        const char *state = json_string_value(json_object_get(b, "state"));
+        if (!json_is_integer(id) || json_integer_value(id) < 0 ||
+            (src && strcmp(src, "logical") == 0))
+            continue;
+        known++;
+        if (state && strcmp(state, "UP") == 0)
+            up++;
+    }
+    json_decref(doc);
     cv_metrics_kafka_state(m, up, known);
 }
 
@@ -1743,7 +1641,8 @@ int cv_metrics_render_history_json(cv_metrics *m, const char *channel,
     while (v.from < v.to && v.t[v.from % v.cap] < oldest_ms)
         v.from++;
     CK(cv_buf_append(b, "{\"channel\":", 11));
-    CK(channel ? json_str(b, channel) : cv_buf_append(b, "null", 4));
+    CK(channel ? cv_buf_json_string(b, channel, strlen(channel))
+               : cv_buf_append(b, "null", 4));
     CK(cv_buf_printf(b, ",\"range\":\"%s\",\"step_s\":%d,\"time_ms\":%" PRId64,
                      range == CV_HISTORY_24H ? "24h" : "1h",
                      range == CV_HISTORY_24H ? 60 : 1, now_us / 1000));

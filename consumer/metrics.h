@@ -26,27 +26,12 @@
  *   Partitions no longer assigned to this instance leave the lag once their
  *   records in flight are acked.
  *
- * Status per channel, from samples taken at every tick (≈1 s) of the
- * channel's cumulative acked and consumed counts, its lag, its records in
- * flight and since when its lag has been > 0, plus one sample taken at
- * render time (so a pipeline blocked inside a store, which stops ticking,
- * is still judged). The window is the samples of
- * the last `window_ms` plus the newest sample before them (the baseline).
- * Rules, first match wins (Burrow's rules applied to ack progress):
- *   ERR   a store is down and acks cannot be made (a store write failed and
- *         no write to it succeeded since, unless ack.policy = any runs
- *         degraded on the other store).
- *   OK    the lag now is 0, or the window spans less than half of window_ms
- *         (not enough history to judge).
- *   STALL acks did not advance over the window, the lag has been > 0 for
- *         the whole window, and records were consumed in the window or are
- *         in flight now: the pipeline has the records but does not get them
- *         acked (a store blocks, acks are not delivered).
- *   STOP  as STALL, but nothing was consumed and nothing is in flight:
- *         records wait in Kafka and nobody takes them.
- *   WARN  acks advance but the lag never shrank from one sample to the next
- *         and is larger at the end than at the start: falling behind.
- *   OK    otherwise.
+ * Status per channel: the rules of lag.h (cv_lag_status_eval), applied to
+ * samples taken at every tick (≈1 s) plus one sample taken at render time
+ * (so a pipeline blocked inside a store, which stops ticking, is still
+ * judged), over the last `window_ms`. A store is down for the rules when a
+ * write to it failed and no write to it succeeded since, unless ack.policy
+ * = any runs degraded on the other store.
  *
  * Label cardinality: the first `max_channels` channels seen get their own
  * label; later ones are counted under channel="_other" (their per-partition
@@ -76,39 +61,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lag.h"
 #include "pipeline.h"
 #include "util.h"
 
 /* ---- Pure parts (unit-tested) ---- */
-
-typedef enum cv_lag_status {
-    CV_LAG_OK = 0,
-    CV_LAG_WARN,
-    CV_LAG_STALL,
-    CV_LAG_STOP,
-    CV_LAG_ERR,
-    CV_LAG__COUNT
-} cv_lag_status;
-
-/* "OK", "WARN", "STALL", "STOP", "ERR". */
-const char *cv_lag_status_name(cv_lag_status s);
-
-/* One observation of a channel. Counts are cumulative since start. */
-typedef struct cv_lag_sample {
-    int64_t t_ms;         /* monotonic time */
-    int64_t consumed;     /* records consumed */
-    int64_t acked;        /* records whose ack was delivered */
-    int64_t lag;          /* ack lag in messages */
-    int64_t inflight;     /* consumed, ack not delivered yet */
-    int64_t lag_since_ms; /* monotonic time since which lag > 0 without a
-                             break; 0 when the lag is 0 */
-} cv_lag_sample;
-
-/* Applies the status rules above to samples `s[0..n)` in time order, the
- * last being "now". `ret_why`, when not NULL, gets a short static
- * explanation. */
-cv_lag_status cv_lag_status_eval(const cv_lag_sample *s, size_t n, int64_t window_ms,
-                                 bool stores_down, const char **ret_why);
 
 /* A fixed-bucket histogram of integer observations (µs or counts). */
 #define CV_HIST_MAX_BUCKETS 24
@@ -163,8 +120,8 @@ const cv_pipeline_observer *cv_metrics_observer(cv_metrics *m);
  * Returns 0 or the cv_buf error. Thread-safe. */
 int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *out);
 
-/* Appends the /api/lag JSON document to `out` (described in README.md,
- * "Observability"). Returns 0 or the cv_buf error. Thread-safe. */
+/* Appends the /api/lag JSON document to `out` (lag.h, source broker).
+ * Returns 0, -ENOMEM or the cv_buf error. Thread-safe. */
 int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *out);
 
 typedef enum cv_history_range {
@@ -191,9 +148,10 @@ void cv_metrics_probe_sent(cv_metrics *m);
  * Fed from librdkafka's statistics (cv_metrics_kafka_stats). Thread-safe. */
 void cv_metrics_kafka_state(cv_metrics *m, int up, int known);
 
-/* Parses librdkafka statistics JSON (the stats callback's document) for the
- * brokers' connection states and feeds cv_metrics_kafka_state. Brokers
- * known only by their bootstrap address are not counted. Thread-safe. */
+/* Parses librdkafka statistics JSON (the stats callback's document, with
+ * jansson) for the brokers' connection states and feeds
+ * cv_metrics_kafka_state. Brokers known only by their bootstrap address,
+ * and coordinators' aliases, are not counted. Thread-safe. */
 void cv_metrics_kafka_stats(cv_metrics *m, const char *json, size_t len);
 
 /* Ready: the pipeline ticked in the last 3 windows, Kafka is reachable (at

@@ -24,6 +24,7 @@
 #include "keyring.h"
 #include "record.h"
 #include "stores.h"
+#include "util.h"
 
 typedef struct cv_pipeline cv_pipeline;
 
@@ -70,8 +71,8 @@ typedef struct cv_pipeline_observer {
     void (*ack_txn)(void *opaque, int64_t us, int aborted);
 } cv_pipeline_observer;
 
-typedef void cv_pipeline_log_fn(void *opaque, int level /* 0 debug..3 error */,
-                                const char *msg, const char *kv);
+typedef void cv_pipeline_log_fn(void *opaque, cv_log_level level, const char *msg,
+                                const char *kv);
 
 typedef struct cv_pipeline_conf {
     rd_kafka_conf_t *consumer_conf; /* taken over by cv_pipeline_new */

@@ -58,9 +58,10 @@ struct cv_stores {
     cv_arena *fill_arena;
 };
 
-static void slog(cv_stores *st, int level, const char *msg, const char *fmt, ...)
+static void slog(cv_stores *st, cv_log_level level, const char *msg, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-static void slog(cv_stores *st, int level, const char *msg, const char *fmt, ...) {
+static void slog(cv_stores *st, cv_log_level level, const char *msg, const char *fmt,
+                 ...) {
     if (!st->ev.log)
         return;
     char kv[1024] = "";
@@ -76,11 +77,12 @@ static void slog(cv_stores *st, int level, const char *msg, const char *fmt, ...
 static void torn_cb(void *opaque, const cv_applog_torn *t) {
     cv_stores *st = opaque;
     if (!t->saved_to) {
-        slog(st, 2, "log recovery removed an unfinished new segment; it was never acked",
+        slog(st, CV_LOG_WARN,
+             "log recovery removed an unfinished new segment; it was never acked",
              "file=%s dropped_bytes=%" PRIu64, t->file, t->dropped);
         return;
     }
-    slog(st, 2,
+    slog(st, CV_LOG_WARN,
          "log recovery cut a torn tail (an unfinished write, never acked); records "
          "before it are intact and Kafka delivers the rest again",
          "file=%s byte=%" PRIu64 " after_offset=%" PRId64 " dropped_bytes=%" PRIu64
@@ -93,7 +95,7 @@ static void torn_cb(void *opaque, const cv_applog_torn *t) {
 static void generation_cb(void *opaque, const char *topic, int32_t partition,
                           int64_t offset, int64_t held_last, const char *dir) {
     cv_stores *st = opaque;
-    slog(st, 2,
+    slog(st, CV_LOG_WARN,
          "kafka offsets started over: a held offset came with another message; the log "
          "keeps every record it holds and stores the new ones in a new generation",
          "topic=%s partition=%" PRId32 " offset=%" PRId64 " expected_offset=%" PRId64
@@ -138,7 +140,7 @@ int cv_stores_open(const cv_stores_conf *c, cv_stores **ret, char *errbuf,
         cv_applog_set_generation_cb(st->log, generation_cb, st);
         char why[512];
         if (cv_applog_set_sync(st->log, c->log_sync, why, sizeof(why)) < 0)
-            slog(st, 2, "the log falls back to fdatasync", "error=\"%s\"", why);
+            slog(st, CV_LOG_WARN, "the log falls back to fdatasync", "error=\"%s\"", why);
     }
     *ret = st;
     return 0;
@@ -188,7 +190,7 @@ static bool due(const health *h) {
 
 static void mark_ok(cv_stores *st, health *h, unsigned store, const char *name) {
     if (h->down)
-        slog(st, 1, "store recovered", "store=%s", name);
+        slog(st, CV_LOG_INFO, "store recovered", "store=%s", name);
     h->down = false;
     h->backoff_ms = RETRY_MIN_MS;
     if (st->ev.store_ok)
@@ -199,7 +201,7 @@ static void mark_failed(cv_stores *st, health *h, unsigned store, const char *na
                         const char *err) {
     h->down = true;
     h->retry_at_ms = cv_mono_ms() + h->backoff_ms;
-    slog(st, 2, "store write failed",
+    slog(st, CV_LOG_WARN, "store write failed",
          "store=%s error=\"%s\" retry_in=%" PRId64 "ms policy=%s", name, err,
          h->backoff_ms, st->policy == CV_ACK_POLICY_ALL ? "all" : "any");
     h->backoff_ms = h->backoff_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : h->backoff_ms * 2;
@@ -211,7 +213,7 @@ static void set_degraded(cv_stores *st, bool on) {
     if (st->degraded == on)
         return;
     st->degraded = on;
-    slog(st, on ? 2 : 1,
+    slog(st, on ? CV_LOG_WARN : CV_LOG_INFO,
          on ? "degraded: acking with one store (ack.policy = any)"
             : "both stores hold new batches again",
          NULL);
@@ -299,7 +301,7 @@ static int backfill_partition(cv_stores *st, behind *b, char *errbuf, size_t err
         f->timestamp_ms = rec.timestamp_ms;
         if (cv_envelope_decode(&st->rules, b->topic, rec.value, rec.value_len,
                                st->fill_arena, &f->env) < 0) {
-            slog(st, 2, "backfill skips a log record that does not validate",
+            slog(st, CV_LOG_WARN, "backfill skips a log record that does not validate",
                  "topic=%s partition=%" PRId32 " offset=%" PRId64 " error=\"%s\"",
                  b->topic, b->partition, rec.offset, f->env.error);
             continue;
@@ -328,7 +330,7 @@ static int backfill_partition(cv_stores *st, behind *b, char *errbuf, size_t err
      * records are missing from both stores, so this may also name those. */
     if (r == 0 &&
         (first < 0 || first > want_from || (b->until >= 0 && last < b->until - 1)))
-        slog(st, 2,
+        slog(st, CV_LOG_WARN,
              "postgres misses records this instance's log does not "
              "hold (another instance may have written them); run "
              "`chatvault verify --repair` with every instance's log "
@@ -338,7 +340,7 @@ static int backfill_partition(cv_stores *st, behind *b, char *errbuf, size_t err
              b->topic, b->partition, want_from,
              b->until >= 0 ? b->until - 1 : (int64_t)-1, first, last);
     if (copied > 0 || r == 0)
-        slog(st, 1,
+        slog(st, CV_LOG_INFO,
              r == 0 ? "postgres backfilled from the log"
                     : "postgres backfill interrupted",
              "topic=%s partition=%" PRId32 " records=%" PRId64 " next_offset=%" PRId64,
@@ -513,7 +515,7 @@ int cv_stores_write(cv_stores *st, cv_rec *recs, size_t n,
                         0)
                     return -ENOMEM;
         } else {
-            slog(st, 2,
+            slog(st, CV_LOG_WARN,
                  "log misses records that PostgreSQL holds; run "
                  "`chatvault verify --repair` once the log is back",
                  "partitions=%d first=%s/%" PRId32 "@%" PRId64, next->cnt,
@@ -542,7 +544,8 @@ static int compare_offsets(cv_stores *st, rd_kafka_topic_partition_list_t *parts
          * before the acks go out, so its offset may be past records whose
          * acks never did (a broker killed right after its COMMIT). */
         if (k->offset >= 0 && g < k->offset && st->log) {
-            slog(st, 1, "postgres is behind the acked offset; backfilling from the log",
+            slog(st, CV_LOG_INFO,
+                 "postgres is behind the acked offset; backfilling from the log",
                  "topic=%s partition=%" PRId32 " postgres_next=%" PRId64
                  " kafka_committed=%" PRId64,
                  k->topic, k->partition, g, k->offset);

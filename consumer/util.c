@@ -119,6 +119,16 @@ int cv_buf_printf(cv_buf *b, const char *fmt, ...) {
     return 0;
 }
 
+size_t cv_utf8_char_len(const char *s, size_t avail) {
+    unsigned char c = (unsigned char)s[0];
+    size_t n = c < 0x80             ? 1
+               : (c & 0xe0) == 0xc0 ? 2
+               : (c & 0xf0) == 0xe0 ? 3
+               : (c & 0xf8) == 0xf0 ? 4
+                                    : 0;
+    return n && n <= avail && cv_utf8_valid(s, n) ? n : 0;
+}
+
 int cv_buf_json_string(cv_buf *b, const char *s, size_t len) {
     static const char hex[] = "0123456789abcdef";
     /* Worst case: every byte becomes \u00XX. */
@@ -134,11 +144,8 @@ int cv_buf_json_string(cv_buf *b, const char *s, size_t len) {
         unsigned char c = *p;
         if (c >= 0x80) {
             /* Copy a valid sequence whole, replace anything else. */
-            size_t n = (c & 0xe0) == 0xc0   ? 2
-                       : (c & 0xf0) == 0xe0 ? 3
-                       : (c & 0xf8) == 0xf0 ? 4
-                                            : 0;
-            if (n && (size_t)(end - p) >= n && cv_utf8_valid((const char *)p, n)) {
+            size_t n = cv_utf8_char_len((const char *)p, (size_t)(end - p));
+            if (n) {
                 memcpy(o, p, n);
                 o += n;
                 p += n;

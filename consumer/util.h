@@ -9,6 +9,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Severity of a log event. The consumer modules report events with it
+ * through their callbacks; broker/ decides what to print (cv_log). */
+typedef enum cv_log_level {
+    CV_LOG_DEBUG = 0,
+    CV_LOG_INFO,
+    CV_LOG_WARN,
+    CV_LOG_ERROR
+} cv_log_level;
+
 /* Error codes beyond errno values, returned negated. */
 enum {
     CV_EREJECT = 10000, /* the record is invalid (see its reject reason) */
@@ -18,6 +27,10 @@ enum {
 };
 
 bool cv_utf8_valid(const char *s, size_t len);
+
+/* The length (1..4) of the valid UTF-8 character other than NUL that starts
+ * `s[0..avail)`, avail ≥ 1; 0 when the bytes there are not one. */
+size_t cv_utf8_char_len(const char *s, size_t avail);
 
 /* Folds a multi-line error message (libpq's) onto one line in place:
  * newlines and tabs become single spaces; trailing space is dropped. */

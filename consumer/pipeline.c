@@ -127,9 +127,10 @@ struct cv_pipeline {
     cv_pipeline_stats stats;
 };
 
-static void plog(cv_pipeline *p, int level, const char *msg, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void plog(cv_pipeline *p, int level, const char *msg, const char *fmt, ...) {
+static void plog(cv_pipeline *p, cv_log_level level, const char *msg, const char *fmt,
+                 ...) __attribute__((format(printf, 4, 5)));
+static void plog(cv_pipeline *p, cv_log_level level, const char *msg, const char *fmt,
+                 ...) {
     if (!p->log_fn)
         return;
     char kv[1024] = "";
@@ -192,7 +193,7 @@ static void make_hole(cv_pipeline *p, const batch *b, const char *why) {
     p->hole = b->seq;
     if (b->n == 0)
         return;
-    plog(p, 2,
+    plog(p, CV_LOG_WARN,
          "a batch was given up before it was acked; nothing after it is stored, "
          "acked or committed, and Kafka re-delivers it after a restart",
          "reason=\"%s\" records=%zu first=%s/%" PRId32 "@%" PRId64, why, b->n,
@@ -228,7 +229,7 @@ static void log_acks_again(cv_pipeline *p, bool flush) {
     int64_t now = cv_mono_ms();
     if (!flush && p->again.logged_ms && now - p->again.logged_ms < ACKS_AGAIN_LOG_MS)
         return;
-    plog(p, 2, "acks were produced again after failed deliveries",
+    plog(p, CV_LOG_WARN, "acks were produced again after failed deliveries",
          "batches=%" PRId64 " failures=%" PRId64 " delivered=%" PRId64
          " note=\"receivers may see these acks twice\"",
          p->again.batches, p->again.failures, p->again.delivered);
@@ -272,7 +273,7 @@ static void commit_completed(cv_pipeline *p, bool async) {
         return;
     rd_kafka_resp_err_t err = rd_kafka_commit(p->consumer, commit, async ? 1 : 0);
     if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
-        plog(p, 2,
+        plog(p, CV_LOG_WARN,
              "offset commit failed; the records will be re-delivered and "
              "deduplicated",
              "error=\"%s\"", rd_kafka_err2str(err));
@@ -305,7 +306,7 @@ static int decode_batch(cv_pipeline *p, batch *b) {
             r->status = CHATVAULT__V1__ACK_STATUS__REJECTED;
             p->stats.rejected++;
             p->stats.rejected_by_reason[r->env.reason & 15]++;
-            plog(p, 2, "record rejected",
+            plog(p, CV_LOG_WARN, "record rejected",
                  "topic=%s partition=%" PRId32 " offset=%" PRId64
                  " reason=%s error=\"%s\"",
                  r->topic, r->partition, r->offset, cv_reject_reason_name(r->env.reason),
@@ -399,8 +400,8 @@ static int store_retry(cv_pipeline *p, batch *b) {
     int r = b->result;
     p->in_store = true;
     p->retrying = b;
-    plog(p, 2, "batch not durable; not acking, waiting for the stores", "error=\"%s\"",
-         b->err);
+    plog(p, CV_LOG_WARN, "batch not durable; not acking, waiting for the stores",
+         "error=\"%s\"", b->err);
     while (r == -EAGAIN) {
         p->stats.store_errors++;
         if (!paused) {
@@ -421,7 +422,7 @@ static int store_retry(cv_pipeline *p, batch *b) {
     if (paused && !p->abandon) {
         poll_paused(p, false);
         if (r == 0)
-            plog(p, 1, "stores are back; acking again", NULL);
+            plog(p, CV_LOG_INFO, "stores are back; acking again", NULL);
     }
     p->in_store = false;
     p->retrying = NULL;
@@ -459,8 +460,8 @@ static int ack_batch_txn(cv_pipeline *p, const batch *b, pending *pb, char *err,
             pb->committed = true;
             OBSERVE(p, ack_txn, cv_mono_us() - start_us, attempt - 1);
             if (attempt > 1)
-                plog(p, 1, "ack transaction committed", "attempts=%d records=%zu",
-                     attempt, b->n);
+                plog(p, CV_LOG_INFO, "ack transaction committed",
+                     "attempts=%d records=%zu", attempt, b->n);
             return 0;
         }
         if (r != -EAGAIN)
@@ -476,7 +477,7 @@ static int ack_batch_txn(cv_pipeline *p, const batch *b, pending *pb, char *err,
         /* The first abort at once, then one line in ten: Kafka may be away
          * for long. */
         if (attempt % 10 == 1)
-            plog(p, 2,
+            plog(p, CV_LOG_WARN,
                  "ack transaction aborted; read_committed readers see none of its "
                  "acks, and they are produced again",
                  "attempt=%d records=%zu error=\"%s\"", attempt, b->n, err);
@@ -492,7 +493,7 @@ static int ack_batch_txn(cv_pipeline *p, const batch *b, pending *pb, char *err,
 /* A durable batch: count it, produce its acks, queue it for the commit. */
 static void ack_batch(cv_pipeline *p, batch *b) {
     OBSERVE(p, stored, b->recs, b->n, b->pg_us, b->log_us);
-    plog(p, 0, "batch stored",
+    plog(p, CV_LOG_DEBUG, "batch stored",
          "records=%zu pg_us=%" PRId64 " log_us=%" PRId64 " first_record_age_ms=%" PRId64,
          b->n, b->pg_us, b->log_us,
          b->recs[0].timestamp_ms >= 0 ? cv_now_us() / 1000 - b->recs[0].timestamp_ms
@@ -557,8 +558,8 @@ static void ack_batch(cv_pipeline *p, batch *b) {
 static bool complete_stored(cv_pipeline *p, batch *b) {
     bool abandoned = false;
     if (past_hole(p, b)) {
-        plog(p, 1, "batch after a given-up one not acked", "records=%zu durable=%s", b->n,
-             b->result == 0 ? "yes" : "no");
+        plog(p, CV_LOG_INFO, "batch after a given-up one not acked",
+             "records=%zu durable=%s", b->n, b->result == 0 ? "yes" : "no");
         release_batch(b);
         return false;
     }
@@ -669,7 +670,7 @@ static void drain_acks(cv_pipeline *p, int64_t timeout_ms) {
     }
     commit_completed(p, false);
     if (p->head && !p->head->given_up) /* a given-up one was logged already */
-        plog(p, 2,
+        plog(p, CV_LOG_WARN,
              "acks still undelivered after the drain timeout; their "
              "records stay uncommitted and will be re-delivered",
              "timeout_ms=%" PRId64, timeout_ms);
@@ -682,7 +683,7 @@ static void assign(cv_pipeline *p, rd_kafka_topic_partition_list_t *parts) {
         parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
     rd_kafka_resp_err_t kerr = rd_kafka_committed(p->consumer, parts, 10000);
     if (kerr)
-        plog(p, 2,
+        plog(p, CV_LOG_WARN,
              "cannot read committed offsets now; librdkafka fetches them itself "
              "when it starts the partitions, but postgres is not checked against "
              "them for this assignment (chatvault verify finds any gap)",
@@ -691,18 +692,18 @@ static void assign(cv_pipeline *p, rd_kafka_topic_partition_list_t *parts) {
         if (parts->elems[i].err)
             parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
     if (cv_stores_check_offsets(p->stores, parts, err, sizeof(err)) < 0)
-        plog(p, 2,
+        plog(p, CV_LOG_WARN,
              "cannot compare chatvault.kafka_offsets with Kafka's committed offsets "
              "now; they are compared before postgres's next write",
              "error=\"%s\"", err);
     for (int i = 0; i < parts->cnt; i++) {
         if (parts->elems[i].offset >= 0)
-            plog(p, 1, "partition assigned",
+            plog(p, CV_LOG_INFO, "partition assigned",
                  "topic=%s partition=%" PRId32 " committed_offset=%" PRId64,
                  parts->elems[i].topic, parts->elems[i].partition,
                  parts->elems[i].offset);
         else
-            plog(p, 1,
+            plog(p, CV_LOG_INFO,
                  "partition assigned; no committed offset: it starts at its "
                  "beginning (auto.offset.reset)",
                  "topic=%s partition=%" PRId32, parts->elems[i].topic,
@@ -711,7 +712,7 @@ static void assign(cv_pipeline *p, rd_kafka_topic_partition_list_t *parts) {
     if (strcmp(rd_kafka_rebalance_protocol(p->consumer), "COOPERATIVE") == 0) {
         rd_kafka_error_t *e = rd_kafka_incremental_assign(p->consumer, parts);
         if (e) {
-            plog(p, 3, "incremental assign failed", "error=\"%s\"",
+            plog(p, CV_LOG_ERROR, "incremental assign failed", "error=\"%s\"",
                  rd_kafka_error_string(e));
             rd_kafka_error_destroy(e);
         }
@@ -750,7 +751,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             /* A store is down and the batch in flight is not durable: give
              * it, and the one filling behind it, up uncommitted; the next
              * owner is re-delivered them. */
-            plog(p, 2,
+            plog(p, CV_LOG_WARN,
                  "partitions revoked while a store is down; the batches "
                  "in flight are left for the next owner",
                  "count=%d", parts->cnt);
@@ -774,12 +775,12 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             release_batch(p->fill);
             drain_acks(p, p->shutdown_timeout_ms);
         } else {
-            plog(p, 1, "partitions revoked; finishing the batch in flight", "count=%d",
-                 parts->cnt);
+            plog(p, CV_LOG_INFO, "partitions revoked; finishing the batch in flight",
+                 "count=%d", parts->cnt);
             drain(p, p->shutdown_timeout_ms);
         }
     } else {
-        plog(p, 3, "rebalance error", "error=\"%s\"", rd_kafka_err2str(err));
+        plog(p, CV_LOG_ERROR, "rebalance error", "error=\"%s\"", rd_kafka_err2str(err));
     }
     if (cooperative) {
         rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
@@ -791,7 +792,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     p->in_rebalance = false;
 }
 
-static void stores_log(void *opaque, int level, const char *msg, const char *kv) {
+static void stores_log(void *opaque, cv_log_level level, const char *msg,
+                       const char *kv) {
     cv_pipeline *p = opaque;
     if (p->log_fn)
         p->log_fn(p->log_opaque, level, msg, kv);
@@ -975,7 +977,7 @@ static void add_record(cv_pipeline *p, rd_kafka_message_t *m) {
 int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
                     size_t errlen) {
     p->stop = stop;
-    plog(p, 1,
+    plog(p, CV_LOG_INFO,
          "waiting for the consumer group to assign partitions (a first join takes a "
          "few seconds; each assignment is logged)",
          "group=%s", p->group);
@@ -991,10 +993,10 @@ int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
         rd_kafka_message_t *m = rd_kafka_consumer_poll(p->consumer, timeout);
         if (m && m->err) {
             if (m->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
-                plog(p, 1, "no topic matches topics.pattern yet; waiting",
+                plog(p, CV_LOG_INFO, "no topic matches topics.pattern yet; waiting",
                      "detail=\"%s\"", rd_kafka_message_errstr(m));
             else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-                plog(p, 2, "consumer error", "error=\"%s\" topic=%s",
+                plog(p, CV_LOG_WARN, "consumer error", "error=\"%s\" topic=%s",
                      rd_kafka_message_errstr(m),
                      m->rkt ? rd_kafka_topic_name(m->rkt) : "-");
             rd_kafka_message_destroy(m);

@@ -30,6 +30,7 @@
 #include "envelope.h"
 #include "keyring.h"
 #include "record.h"
+#include "util.h"
 
 typedef enum { CV_ACK_POLICY_ALL = 0, CV_ACK_POLICY_ANY = 1 } cv_ack_policy;
 
@@ -38,9 +39,7 @@ typedef struct cv_stores cv_stores;
 /* Events for logging and metrics; any member may be NULL. */
 typedef struct cv_stores_events {
     void *opaque;
-    /* `level` is a cv_log_level; int until pipeline.c's stores_log, which
-     * this is set to, takes the enum too. */
-    void (*log)(void *opaque, int level, const char *msg, const char *kv);
+    void (*log)(void *opaque, cv_log_level level, const char *msg, const char *kv);
     void (*store_error)(void *opaque, unsigned store, const char *error);
     void (*store_ok)(void *opaque, unsigned store);
     void (*degraded)(void *opaque, int on);

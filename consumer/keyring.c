@@ -12,13 +12,14 @@
 #include <inttypes.h>
 #include <libgen.h>
 #include <sodium.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "util.h"
 
 #define KEYFILE_MAX (1u << 20) /* a key line is ~80 bytes: 13,000 keys */
 
@@ -31,17 +32,6 @@ struct cv_keyring {
     key *keys;
     size_t n, cap;
 };
-
-static void errf(char *errbuf, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void errf(char *errbuf, size_t errlen, const char *fmt, ...) {
-    if (!errbuf || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(errbuf, errlen, fmt, ap);
-    va_end(ap);
-}
 
 cv_keyring *cv_keyring_free(cv_keyring *keys) {
     if (!keys)
@@ -122,22 +112,22 @@ static int load_fd(int fd, const char *path, cv_keyring **ret_keys, char *errbuf
     struct stat st;
     if (fstat(fd, &st) < 0) {
         int e = errno;
-        errf(errbuf, errlen, "key file %s: %s", path, strerror(e));
+        cv_errf(errbuf, errlen, "key file %s: %s", path, strerror(e));
         return -e;
     }
     if (!S_ISREG(st.st_mode)) {
-        errf(errbuf, errlen, "key file %s is not a regular file", path);
+        cv_errf(errbuf, errlen, "key file %s is not a regular file", path);
         return -EINVAL;
     }
     if (st.st_mode & 077) {
-        errf(errbuf, errlen,
-             "key file %s has mode %04o: it must not be readable or writable "
-             "by group or others (chmod 600 %s)",
-             path, (unsigned)(st.st_mode & 07777), path);
+        cv_errf(errbuf, errlen,
+                "key file %s has mode %04o: it must not be readable or writable "
+                "by group or others (chmod 600 %s)",
+                path, (unsigned)(st.st_mode & 07777), path);
         return -EACCES;
     }
     if (st.st_size > (off_t)KEYFILE_MAX) {
-        errf(errbuf, errlen, "key file %s is larger than %u bytes", path, KEYFILE_MAX);
+        cv_errf(errbuf, errlen, "key file %s is larger than %u bytes", path, KEYFILE_MAX);
         return -EINVAL;
     }
     size_t cap = (size_t)st.st_size + 1;
@@ -154,7 +144,7 @@ static int load_fd(int fd, const char *path, cv_keyring **ret_keys, char *errbuf
             continue;
         if (n < 0) {
             r = -errno;
-            errf(errbuf, errlen, "key file %s: read: %s", path, strerror(-r));
+            cv_errf(errbuf, errlen, "key file %s: read: %s", path, strerror(-r));
             goto out;
         }
         if (n == 0)
@@ -192,8 +182,8 @@ static int load_fd(int fd, const char *path, cv_keyring **ret_keys, char *errbuf
             sodium_memzero(kb, sizeof(kb));
             if (r < 0) {
                 if (why)
-                    errf(errbuf, errlen, "key file %s:%d is malformed: %s", path, lineno,
-                         why);
+                    cv_errf(errbuf, errlen, "key file %s:%d is malformed: %s", path,
+                            lineno, why);
                 cv_keyring_free(kr);
                 goto out;
             }
@@ -203,10 +193,10 @@ static int load_fd(int fd, const char *path, cv_keyring **ret_keys, char *errbuf
         line = nl + 1;
     }
     if (kr->n == 0) {
-        errf(errbuf, errlen,
-             "key file %s holds no key (create one with "
-             "chatvault keygen)",
-             path);
+        cv_errf(errbuf, errlen,
+                "key file %s holds no key (create one with "
+                "chatvault keygen)",
+                path);
         cv_keyring_free(kr);
         r = -EINVAL;
         goto out;
@@ -221,19 +211,19 @@ out:
 int cv_keyring_load(const char *path, cv_keyring **ret_keys, char *errbuf,
                     size_t errlen) {
     if (sodium_init() < 0) {
-        errf(errbuf, errlen, "libsodium failed to initialise");
+        cv_errf(errbuf, errlen, "libsodium failed to initialise");
         return -EIO;
     }
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) {
         int e = errno;
         if (e == ENOENT)
-            errf(errbuf, errlen,
-                 "key file %s does not exist (create it with chatvault "
-                 "keygen)",
-                 path);
+            cv_errf(errbuf, errlen,
+                    "key file %s does not exist (create it with chatvault "
+                    "keygen)",
+                    path);
         else
-            errf(errbuf, errlen, "key file %s: %s", path, strerror(e));
+            cv_errf(errbuf, errlen, "key file %s: %s", path, strerror(e));
         return -e;
     }
     int r = load_fd(fd, path, ret_keys, errbuf, errlen);
@@ -282,10 +272,10 @@ static int generate_locked(const char *path, uint32_t *ret_id, char *errbuf,
     }
     uint32_t id = kr->n ? kr->keys[kr->n - 1].id : 0;
     if (id == UINT32_MAX) {
-        errf(errbuf, errlen,
-             "key file %s: key id 4294967295 is taken; no "
-             "higher id exists",
-             path);
+        cv_errf(errbuf, errlen,
+                "key file %s: key id 4294967295 is taken; no "
+                "higher id exists",
+                path);
         cv_keyring_free(kr);
         return -EOVERFLOW;
     }
@@ -320,31 +310,32 @@ static int generate_locked(const char *path, uint32_t *ret_id, char *errbuf,
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
         r = -errno;
-        errf(errbuf, errlen, "key file %s: cannot create %s: %s", path, tmp,
-             strerror(-r));
+        cv_errf(errbuf, errlen, "key file %s: cannot create %s: %s", path, tmp,
+                strerror(-r));
         goto out;
     }
     if (fchmod(fd, 0600) < 0 || (r = write_all(fd, text, len)) < 0 || fsync(fd) < 0) {
         if (r == 0)
             r = -errno;
-        errf(errbuf, errlen, "key file %s: writing %s: %s", path, tmp, strerror(-r));
+        cv_errf(errbuf, errlen, "key file %s: writing %s: %s", path, tmp, strerror(-r));
         goto unlink_tmp;
     }
     if (close(fd) < 0) {
         fd = -1;
         r = -errno;
-        errf(errbuf, errlen, "key file %s: closing %s: %s", path, tmp, strerror(-r));
+        cv_errf(errbuf, errlen, "key file %s: closing %s: %s", path, tmp, strerror(-r));
         goto unlink_tmp;
     }
     fd = -1;
     if (rename(tmp, path) < 0) {
         r = -errno;
-        errf(errbuf, errlen, "key file %s: rename from %s: %s", path, tmp, strerror(-r));
+        cv_errf(errbuf, errlen, "key file %s: rename from %s: %s", path, tmp,
+                strerror(-r));
         goto unlink_tmp;
     }
     if ((r = fsync_parent(path)) < 0) {
-        errf(errbuf, errlen, "key file %s: fsync of its directory: %s", path,
-             strerror(-r));
+        cv_errf(errbuf, errlen, "key file %s: fsync of its directory: %s", path,
+                strerror(-r));
         goto out;
     }
     *ret_id = id;
@@ -367,7 +358,7 @@ out:
 
 int cv_keyring_generate(const char *path, uint32_t *ret_id, char *errbuf, size_t errlen) {
     if (sodium_init() < 0) {
-        errf(errbuf, errlen, "libsodium failed to initialise");
+        cv_errf(errbuf, errlen, "libsodium failed to initialise");
         return -EIO;
     }
     /* Two keygens at once would each rename their own copy into place and
@@ -380,7 +371,7 @@ int cv_keyring_generate(const char *path, uint32_t *ret_id, char *errbuf, size_t
     int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0) {
         int e = errno;
-        errf(errbuf, errlen, "key file %s: directory %s: %s", path, dir, strerror(e));
+        cv_errf(errbuf, errlen, "key file %s: directory %s: %s", path, dir, strerror(e));
         free(copy);
         return -e;
     }
@@ -390,8 +381,8 @@ int cv_keyring_generate(const char *path, uint32_t *ret_id, char *errbuf, size_t
         ;
     if (r < 0) {
         r = -errno;
-        errf(errbuf, errlen, "key file %s: cannot lock its directory: %s", path,
-             strerror(-r));
+        cv_errf(errbuf, errlen, "key file %s: cannot lock its directory: %s", path,
+                strerror(-r));
         close(dfd);
         return r;
     }

@@ -194,7 +194,7 @@ struct cv_metrics {
     size_t indexcap;
 
     cv_hist ack_latency, pg_commit, log_fsync, batch_size, ack_txn;
-    uint64_t ack_txn_aborts;
+    int64_t ack_txn_aborts;
     cv_hist lat_snaps[LAT_SNAPS];
     int64_t lat_snap_ms[LAT_SNAPS];
     size_t nlat_snaps, lat_snap_head;
@@ -748,7 +748,7 @@ static void obs_ack_txn(void *opaque, int64_t us, int aborted) {
     cv_metrics *m = opaque;
     pthread_mutex_lock(&m->lock);
     cv_hist_observe(&m->ack_txn, us);
-    m->ack_txn_aborts += (uint64_t)aborted;
+    m->ack_txn_aborts += aborted;
     pthread_mutex_unlock(&m->lock);
 }
 
@@ -1039,6 +1039,13 @@ static int prom_family(cv_buf *b, const char *name, const char *type, const char
     return cv_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* An unlabelled metric of one integer value, with its family lines. */
+static int prom_one(cv_buf *b, const char *name, const char *type, const char *help,
+                    int64_t v) {
+    int r = prom_family(b, name, type, help);
+    return r ? r : cv_buf_printf(b, "%s %" PRId64 "\n", name, v);
+}
+
 /* name{channel="..."<extra>} value */
 static int prom_ch(cv_buf *b, const char *name, const char *channel, const char *extra,
                    const char *fmt_value, double v) {
@@ -1239,21 +1246,17 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
                  "ack.transactions = on: time from a batch's first transaction attempt "
                  "to its commit (acks produced, offsets added, committed).",
                  &m->ack_txn, 1e6));
-    CK(prom_family(b, "chatvault_ack_txn_aborts_total", "counter",
-                   "Ack transactions aborted and tried again."));
-    CK(cv_buf_printf(b, "chatvault_ack_txn_aborts_total %" PRIu64 "\n",
-                     m->ack_txn_aborts));
+    CK(prom_one(b, "chatvault_ack_txn_aborts_total", "counter",
+                "Ack transactions aborted and tried again.", m->ack_txn_aborts));
     if (m->probe_topic) {
         CK(prom_hist(b, "chatvault_probe_latency_seconds",
                      "End-to-end probe: publish of a canary message to the durable "
                      "delivery of its ack.",
                      &m->probe_latency, 1e6));
-        CK(prom_family(b, "chatvault_probe_sent_total", "counter",
-                       "Canary messages the end-to-end probe published."));
-        CK(cv_buf_printf(b, "chatvault_probe_sent_total %" PRId64 "\n", m->probe_sent));
-        CK(prom_family(b, "chatvault_probe_acked_total", "counter",
-                       "Canary messages whose ack was delivered."));
-        CK(cv_buf_printf(b, "chatvault_probe_acked_total %" PRId64 "\n", m->probe_acked));
+        CK(prom_one(b, "chatvault_probe_sent_total", "counter",
+                    "Canary messages the end-to-end probe published.", m->probe_sent));
+        CK(prom_one(b, "chatvault_probe_acked_total", "counter",
+                    "Canary messages whose ack was delivered.", m->probe_acked));
         CK(prom_family(b, "chatvault_probe_last_ack_timestamp_seconds", "gauge",
                        "Unix time of the last canary ack (0: none yet)."));
         CK(cv_buf_printf(b, "chatvault_probe_last_ack_timestamp_seconds %.3f\n",
@@ -1273,43 +1276,37 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
             CK(cv_buf_printf(b,
                              "chatvault_store_errors_total{store=\"%s\"} %" PRId64 "\n",
                              store_name(s), m->stores[s].errors));
-    CK(prom_family(b, "chatvault_log_generations_total", "counter",
-                   "Partitions whose Kafka offsets started over (a held offset came "
-                   "with another message): the log began a new generation."));
-    CK(cv_buf_printf(b, "chatvault_log_generations_total %" PRId64 "\n",
-                     m->log_generations));
-    CK(prom_family(b, "chatvault_log_torn_tails_total", "counter",
-                   "Torn tails (unfinished writes of a crash, never acked) that log "
-                   "recovery cut; the bytes are kept beside the segment."));
-    CK(cv_buf_printf(b, "chatvault_log_torn_tails_total %" PRId64 "\n", m->torn_tails));
-    CK(prom_family(b, "chatvault_log_torn_bytes_total", "counter",
-                   "Bytes that log recovery cut as torn tails."));
-    CK(cv_buf_printf(b, "chatvault_log_torn_bytes_total %" PRId64 "\n", m->torn_bytes));
-    CK(prom_family(b, "chatvault_log_torn_records_total", "counter",
-                   "Frames, whole or not, that log recovery cut as torn tails."));
-    CK(cv_buf_printf(b, "chatvault_log_torn_records_total %" PRId64 "\n",
-                     m->torn_records));
-    CK(prom_family(b, "chatvault_degraded", "gauge",
-                   "1 while ack.policy = any acks with one store only."));
-    CK(cv_buf_printf(b, "chatvault_degraded %d\n", m->degraded));
-    CK(prom_family(b, "chatvault_kafka_up", "gauge",
-                   "1 while the consumer holds a connection to at least one Kafka "
-                   "broker (or knows none yet), 0 while every known broker is down."));
-    CK(cv_buf_printf(b, "chatvault_kafka_up %d\n", m->kafka_down_since_us ? 0 : 1));
-    CK(prom_family(b, "chatvault_kafka_brokers_up", "gauge",
-                   "Kafka brokers the consumer is connected to, of "
-                   "chatvault_kafka_brokers_known."));
-    CK(cv_buf_printf(b, "chatvault_kafka_brokers_up %d\n", m->kafka_up));
-    CK(prom_family(b, "chatvault_kafka_brokers_known", "gauge",
-                   "Kafka brokers the consumer knows from metadata."));
-    CK(cv_buf_printf(b, "chatvault_kafka_brokers_known %d\n", m->kafka_known));
-    CK(prom_family(b, "chatvault_kafka_outages_total", "counter",
-                   "Times every known Kafka broker went down at once."));
-    CK(cv_buf_printf(b, "chatvault_kafka_outages_total %" PRId64 "\n", m->kafka_outages));
-    CK(prom_family(b, "chatvault_channels_overflow", "gauge",
-                   "1 when channels beyond metrics.max_channels are counted "
-                   "under channel=\"_other\"."));
-    CK(cv_buf_printf(b, "chatvault_channels_overflow %d\n", m->other_used));
+    CK(prom_one(b, "chatvault_log_generations_total", "counter",
+                "Partitions whose Kafka offsets started over (a held offset came "
+                "with another message): the log began a new generation.",
+                m->log_generations));
+    CK(prom_one(b, "chatvault_log_torn_tails_total", "counter",
+                "Torn tails (unfinished writes of a crash, never acked) that log "
+                "recovery cut; the bytes are kept beside the segment.",
+                m->torn_tails));
+    CK(prom_one(b, "chatvault_log_torn_bytes_total", "counter",
+                "Bytes that log recovery cut as torn tails.", m->torn_bytes));
+    CK(prom_one(b, "chatvault_log_torn_records_total", "counter",
+                "Frames, whole or not, that log recovery cut as torn tails.",
+                m->torn_records));
+    CK(prom_one(b, "chatvault_degraded", "gauge",
+                "1 while ack.policy = any acks with one store only.", m->degraded));
+    CK(prom_one(b, "chatvault_kafka_up", "gauge",
+                "1 while the consumer holds a connection to at least one Kafka "
+                "broker (or knows none yet), 0 while every known broker is down.",
+                m->kafka_down_since_us ? 0 : 1));
+    CK(prom_one(b, "chatvault_kafka_brokers_up", "gauge",
+                "Kafka brokers the consumer is connected to, of "
+                "chatvault_kafka_brokers_known.",
+                m->kafka_up));
+    CK(prom_one(b, "chatvault_kafka_brokers_known", "gauge",
+                "Kafka brokers the consumer knows from metadata.", m->kafka_known));
+    CK(prom_one(b, "chatvault_kafka_outages_total", "counter",
+                "Times every known Kafka broker went down at once.", m->kafka_outages));
+    CK(prom_one(b, "chatvault_channels_overflow", "gauge",
+                "1 when channels beyond metrics.max_channels are counted "
+                "under channel=\"_other\".",
+                m->other_used));
     CK(prom_family(b, "chatvault_pipeline_tick_age_seconds", "gauge",
                    "Seconds since the pipeline thread last reported (about "
                    "every second while it runs; grows while it is blocked)."));

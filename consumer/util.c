@@ -206,3 +206,12 @@ int64_t cv_mono_us(void) {
 int64_t cv_mono_ms(void) {
     return cv_mono_us() / 1000;
 }
+
+void cv_errf(char *errbuf, size_t errlen, const char *fmt, ...) {
+    if (!errbuf || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(errbuf, errlen, fmt, ap);
+    va_end(ap);
+}

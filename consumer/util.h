@@ -74,4 +74,8 @@ int64_t cv_now_us(void);
 int64_t cv_mono_ms(void);
 int64_t cv_mono_us(void);
 
+/* printf into errbuf (nothing when it is NULL or of size 0). */
+void cv_errf(char *errbuf, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 #endif

@@ -54,7 +54,7 @@ static int list_sorted(const char *dir, unsigned flags,
             (errno == ENOTDIR && (flags & LIST_NOTDIR_OK)))
             return 0;
         int e = errno;
-        cv_applog_i_errf(errbuf, errlen, "log directory %s: %s", dir, strerror(e));
+        cv_errf(errbuf, errlen, "log directory %s: %s", dir, strerror(e));
         return -e;
     }
     char **names = NULL;

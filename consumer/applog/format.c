@@ -9,20 +9,11 @@
 
 #include <errno.h>
 #include <sodium.h>
-#include <stdarg.h>
+
 #include <stdio.h>
 #include <string.h>
 
 #include "util.h"
-
-void cv_applog_i_errf(char *errbuf, size_t errlen, const char *fmt, ...) {
-    if (!errbuf || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(errbuf, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static uint32_t crc_table[8][256];
 
@@ -99,7 +90,7 @@ uint32_t cv_applog_i_crc32c(const void *p, size_t n) {
 
 int cv_applog_i_lib_init(char *errbuf, size_t errlen) {
     if (sodium_init() < 0) {
-        cv_applog_i_errf(errbuf, errlen, "libsodium failed to initialise");
+        cv_errf(errbuf, errlen, "libsodium failed to initialise");
         return -EIO;
     }
     crc_setup();

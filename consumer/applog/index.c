@@ -208,18 +208,18 @@ int cv_applog_i_lookup_held(cv_applog *log, part *p, cv_applog_entry *e, char *e
     if (i == p->clen) {
         if (!indexed)
             goto not_held;
-        cv_applog_i_errf(errbuf, errlen,
-                         "log %s: offset %" PRId64
-                         " is in the writer's index but not in its segment",
-                         p->dir, offset);
+        cv_errf(errbuf, errlen,
+                "log %s: offset %" PRId64
+                " is in the writer's index but not in its segment",
+                p->dir, offset);
         return -EIO;
     }
     return held_as(e, p->cval[i], p->cdig[i]);
 not_held:
-    cv_applog_i_errf(errbuf, errlen,
-                     "log %s: offset %" PRId64 " is below the last offset %" PRId64
-                     " and not in the log",
-                     p->dir, offset, p->last);
+    cv_errf(errbuf, errlen,
+            "log %s: offset %" PRId64 " is below the last offset %" PRId64
+            " and not in the log",
+            p->dir, offset, p->last);
     return -ERANGE;
 }
 

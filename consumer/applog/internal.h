@@ -284,8 +284,6 @@ struct cv_applog {
 
 /* format.c: the bytes */
 
-void cv_applog_i_errf(char *errbuf, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 uint32_t cv_applog_i_crc32c(const void *p, size_t n);
 int cv_applog_i_lib_init(char *errbuf, size_t errlen);
 size_t cv_applog_i_hdr_encode(seghdr *h, unsigned char *out);

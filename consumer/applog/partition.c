@@ -121,27 +121,26 @@ static int part_open_dir(cv_applog *log, part *p, char *errbuf, size_t errlen) {
             return -ENAMETOOLONG;
         if (mkdir(parent, 0700) < 0 && errno != EEXIST) {
             int e = errno;
-            cv_applog_i_errf(errbuf, errlen, "log directory %s: cannot create: %s",
-                             parent, strerror(e));
+            cv_errf(errbuf, errlen, "log directory %s: cannot create: %s", parent,
+                    strerror(e));
             return -e;
         }
         if (mkdir(p->dir, 0700) < 0 && errno != EEXIST) {
             int e = errno;
-            cv_applog_i_errf(errbuf, errlen, "log directory %s: cannot create: %s",
-                             p->dir, strerror(e));
+            cv_errf(errbuf, errlen, "log directory %s: cannot create: %s", p->dir,
+                    strerror(e));
             return -e;
         }
         int rr = cv_applog_i_sys_fsync_dir(log, parent);
         if (rr < 0) {
-            cv_applog_i_errf(errbuf, errlen, "log directory %s: fsync: %s", parent,
-                             strerror(-rr));
+            cv_errf(errbuf, errlen, "log directory %s: fsync: %s", parent, strerror(-rr));
             return rr;
         }
     }
     if (mkdir(p->dir, 0700) < 0 && errno != EEXIST) {
         int e = errno;
-        cv_applog_i_errf(errbuf, errlen, "log directory %s: cannot create: %s", p->dir,
-                         strerror(e));
+        cv_errf(errbuf, errlen, "log directory %s: cannot create: %s", p->dir,
+                strerror(e));
         return -e;
     }
     /* The partition directory's entry in log.dir must be durable before
@@ -152,8 +151,8 @@ static int part_open_dir(cv_applog *log, part *p, char *errbuf, size_t errlen) {
     int r;
     if (p->repair) {
         if ((r = cv_applog_i_sys_fsync_dir(log, log->dir)) < 0) {
-            cv_applog_i_errf(errbuf, errlen, "log directory %s: fsync: %s", log->dir,
-                             strerror(-r));
+            cv_errf(errbuf, errlen, "log directory %s: fsync: %s", log->dir,
+                    strerror(-r));
             return r;
         }
     } else {
@@ -162,7 +161,7 @@ static int part_open_dir(cv_applog *log, part *p, char *errbuf, size_t errlen) {
     p->dirfd = open(p->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (p->dirfd < 0) {
         int e = errno;
-        cv_applog_i_errf(errbuf, errlen, "log directory %s: %s", p->dir, strerror(e));
+        cv_errf(errbuf, errlen, "log directory %s: %s", p->dir, strerror(e));
         return -e;
     }
     return 0;
@@ -241,9 +240,8 @@ static int find_or_open_part(cv_applog *log, const char *topic, int32_t partitio
         size_t tl = strlen(topic);
         if (tl == 0 || tl > 255 || strchr(topic, '/') || topic[0] == '.' ||
             partition < 0) {
-            cv_applog_i_errf(errbuf, errlen,
-                             "log: invalid topic-partition \"%s\"-%" PRId32, topic,
-                             partition);
+            cv_errf(errbuf, errlen, "log: invalid topic-partition \"%s\"-%" PRId32, topic,
+                    partition);
             return -EINVAL;
         }
         p = calloc(1, sizeof(*p));
@@ -313,7 +311,7 @@ static int find_or_open_part(cv_applog *log, const char *topic, int32_t partitio
         }
     }
     if (p->state < 0) {
-        cv_applog_i_errf(errbuf, errlen, "%s", p->err);
+        cv_errf(errbuf, errlen, "%s", p->err);
         return p->state;
     }
     *ret = p;
@@ -340,8 +338,7 @@ int cv_applog_repair_bridge(cv_applog *log, const char *topic, int32_t partition
                             const unsigned char *next_prev_chain, char *errbuf,
                             size_t errlen) {
     if (!log->repair) {
-        cv_applog_i_errf(errbuf, errlen, "log %s: only a repair session bridges",
-                         log->dir);
+        cv_errf(errbuf, errlen, "log %s: only a repair session bridges", log->dir);
         return -EINVAL;
     }
     part *p;
@@ -349,9 +346,8 @@ int cv_applog_repair_bridge(cv_applog *log, const char *topic, int32_t partition
     if (r < 0)
         return r;
     if (p->last >= 0 || p->cur) {
-        cv_applog_i_errf(errbuf, errlen,
-                         "log %s: a bridge must come before the session's first record",
-                         p->dir);
+        cv_errf(errbuf, errlen,
+                "log %s: a bridge must come before the session's first record", p->dir);
         return -EBUSY;
     }
     memcpy(p->chain, after_chain, DIGEST);

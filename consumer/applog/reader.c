@@ -111,7 +111,7 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
         why = "header does not chain to the previous segment's last record "
               "(segment dropped, replaced or reordered)";
     if (why) {
-        cv_applog_i_errf(errbuf, errlen, "log segment %s at byte 0: %s", path, why);
+        cv_errf(errbuf, errlen, "log segment %s at byte 0: %s", path, why);
         free(path);
         cv_applog_i_seg_close(&d->cur);
         return -CV_ECORRUPT;
@@ -121,21 +121,21 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
     if (d->keys) {
         d->key = cv_keyring_get(d->keys, h->key_id);
         if (!d->key) {
-            cv_applog_i_errf(errbuf, errlen,
-                             "log segment %s at byte 12: key id %" PRIu32
-                             " is not in the key file",
-                             d->cur.path, h->key_id);
+            cv_errf(errbuf, errlen,
+                    "log segment %s at byte 12: key id %" PRIu32
+                    " is not in the key file",
+                    d->cur.path, h->key_id);
             cv_applog_i_seg_close(&d->cur);
             return -ENOKEY;
         }
         unsigned char kc[16];
         cv_applog_i_key_check(kc, h->seg_id, d->key);
         if (sodium_memcmp(kc, h->key_check, 16) != 0) {
-            cv_applog_i_errf(errbuf, errlen,
-                             "log segment %s at byte 104: key id %" PRIu32
-                             " of the key file is not the key this segment was written "
-                             "with (wrong key file?)",
-                             d->cur.path, h->key_id);
+            cv_errf(errbuf, errlen,
+                    "log segment %s at byte 104: key id %" PRIu32
+                    " of the key file is not the key this segment was written "
+                    "with (wrong key file?)",
+                    d->cur.path, h->key_id);
             cv_applog_i_seg_close(&d->cur);
             return -EKEYREJECTED;
         }
@@ -211,7 +211,7 @@ int cv_applog_i_pdir_next(pdir *d, char *errbuf, size_t errlen) {
 
 static int pdir_next_raw(pdir *d, char *errbuf, size_t errlen) {
     if (d->seal_err) {
-        cv_applog_i_errf(errbuf, errlen, "%s", d->seal_msg);
+        cv_errf(errbuf, errlen, "%s", d->seal_msg);
         return d->seal_err;
     }
     for (;;) {
@@ -264,7 +264,7 @@ static int pdir_next_raw(pdir *d, char *errbuf, size_t errlen) {
             const char *why = seal_mismatch(d);
             if (why) {
                 d->dmg_pos = d->cur.pos;
-                cv_applog_i_errf(
+                cv_errf(
                     errbuf, errlen,
                     "log segment %s at byte %zu: %s: the seal written at a clean stop "
                     "says %" PRIu64 " bytes, %" PRIu64 " records up to offset %" PRId64,
@@ -467,7 +467,7 @@ static void fill_record(const pdir *d, cv_applog_record *rec) {
 int cv_applog_reader_next(cv_applog_reader *r, cv_applog_record *rec, char *errbuf,
                           size_t errlen) {
     if (r->err) {
-        cv_applog_i_errf(errbuf, errlen, "%s", r->errmsg);
+        cv_errf(errbuf, errlen, "%s", r->errmsg);
         return r->err;
     }
     /* The record returned last is consumed now (its memory stayed valid
@@ -480,7 +480,7 @@ int cv_applog_reader_next(cv_applog_reader *r, cv_applog_record *rec, char *errb
         if (x < 0) {
             r->err = x;
             r->dmg = d;
-            cv_applog_i_errf(errbuf, errlen, "%s", r->errmsg);
+            cv_errf(errbuf, errlen, "%s", r->errmsg);
             return x;
         }
         d->has = x == 1;
@@ -516,7 +516,7 @@ int cv_applog_reader_next(cv_applog_reader *r, cv_applog_record *rec, char *errb
             r->err = -CV_ECORRUPT;
         }
         if (r->err) {
-            cv_applog_i_errf(errbuf, errlen, "%s", r->errmsg);
+            cv_errf(errbuf, errlen, "%s", r->errmsg);
             return r->err;
         }
         d->has = false; /* the same record: returned once */

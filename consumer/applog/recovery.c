@@ -75,7 +75,7 @@ int cv_applog_i_seal_read(const char *dir, seal *sl, char *errbuf, size_t errlen
         if (errno == ENOENT)
             return 0;
         int e = errno;
-        cv_applog_i_errf(errbuf, errlen, "log seal %s: %s", path, strerror(e));
+        cv_errf(errbuf, errlen, "log seal %s: %s", path, strerror(e));
         return -e;
     }
     char buf[SEAL_MAX];
@@ -83,16 +83,15 @@ int cv_applog_i_seal_read(const char *dir, seal *sl, char *errbuf, size_t errlen
     int e = errno;
     close(fd);
     if (n < 0) {
-        cv_applog_i_errf(errbuf, errlen, "log seal %s: %s", path, strerror(e));
+        cv_errf(errbuf, errlen, "log seal %s: %s", path, strerror(e));
         return -e;
     }
     const char *why = seal_parse(buf, (size_t)n, sl);
     if (why) {
-        cv_applog_i_errf(
-            errbuf, errlen,
-            "log seal %s: %s (damaged; the partition's last segment cannot be "
-            "checked against it)",
-            path, why);
+        cv_errf(errbuf, errlen,
+                "log seal %s: %s (damaged; the partition's last segment cannot be "
+                "checked against it)",
+                path, why);
         return -CV_ECORRUPT;
     }
     return 1;
@@ -234,9 +233,8 @@ static int cut_torn(cv_applog *log, part *p, const pdir *d, char *errbuf, size_t
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0) {
         r = -errno;
-        cv_applog_i_errf(errbuf, errlen,
-                         "log segment %s: cannot open to cut its torn tail: %s",
-                         d->torn_file, strerror(-r));
+        cv_errf(errbuf, errlen, "log segment %s: cannot open to cut its torn tail: %s",
+                d->torn_file, strerror(-r));
         goto out;
     }
     uint64_t size = (uint64_t)st.st_size, dropped = size - d->torn_pos, frames = 0;
@@ -247,8 +245,8 @@ static int cut_torn(cv_applog *log, part *p, const pdir *d, char *errbuf, size_t
     }
     if (dropped && pread(fd, tail, dropped, (off_t)d->torn_pos) != (ssize_t)dropped) {
         r = errno ? -errno : -EIO;
-        cv_applog_i_errf(errbuf, errlen, "log segment %s: cannot read its torn tail: %s",
-                         d->torn_file, strerror(-r));
+        cv_errf(errbuf, errlen, "log segment %s: cannot read its torn tail: %s",
+                d->torn_file, strerror(-r));
         free(tail);
         goto out;
     }
@@ -269,9 +267,8 @@ static int cut_torn(cv_applog *log, part *p, const pdir *d, char *errbuf, size_t
     if (sfd < 0 || done != dropped || log->sys.fdatasync(sfd) < 0 ||
         log->sys.fsync(p->dirfd) < 0) {
         r = errno ? -errno : -EIO;
-        cv_applog_i_errf(errbuf, errlen,
-                         "log segment %s: cannot keep its torn tail in %s: %s",
-                         d->torn_file, side, strerror(-r));
+        cv_errf(errbuf, errlen, "log segment %s: cannot keep its torn tail in %s: %s",
+                d->torn_file, side, strerror(-r));
         if (sfd >= 0)
             close(sfd);
         goto out;
@@ -279,10 +276,9 @@ static int cut_torn(cv_applog *log, part *p, const pdir *d, char *errbuf, size_t
     close(sfd);
     if (log->sys.ftruncate(fd, (off_t)d->torn_pos) < 0 || log->sys.fsync(fd) < 0) {
         r = -errno;
-        cv_applog_i_errf(errbuf, errlen,
-                         "log segment %s: cannot truncate torn tail at byte %" PRIu64
-                         ": %s",
-                         d->torn_file, d->torn_pos, strerror(-r));
+        cv_errf(errbuf, errlen,
+                "log segment %s: cannot truncate torn tail at byte %" PRIu64 ": %s",
+                d->torn_file, d->torn_pos, strerror(-r));
         goto out;
     }
     if (log->torn_fn) {
@@ -319,8 +315,8 @@ int cv_applog_i_remove_unfinished(cv_applog *log, part *p, char *errbuf, size_t 
         struct stat st;
         if (!path || stat(path, &st) < 0 || log->sys.unlink(path) < 0) {
             r = path ? -errno : -ENOMEM;
-            cv_applog_i_errf(errbuf, errlen, "log segment %s: cannot remove: %s",
-                             path ? path : tmps[i], strerror(-r));
+            cv_errf(errbuf, errlen, "log segment %s: cannot remove: %s",
+                    path ? path : tmps[i], strerror(-r));
             free(path);
             cv_applog_i_free_names(tmps, ntmp);
             return r;
@@ -339,8 +335,7 @@ int cv_applog_i_remove_unfinished(cv_applog *log, part *p, char *errbuf, size_t 
     cv_applog_i_free_names(tmps, ntmp);
     if (ntmp && log->sys.fsync(p->dirfd) < 0) {
         r = -errno;
-        cv_applog_i_errf(errbuf, errlen, "log directory %s: fsync: %s", p->dir,
-                         strerror(-r));
+        cv_errf(errbuf, errlen, "log directory %s: fsync: %s", p->dir, strerror(-r));
         return r;
     }
     return 0;
@@ -355,8 +350,8 @@ static int sync_last_segment(cv_applog *log, part *p, const pdir *d, char *errbu
     int fd = last ? log->sys.open(last, O_WRONLY | O_CLOEXEC, 0) : -1;
     if (fd < 0 || log->sys.fdatasync(fd) < 0) {
         int r = last ? -errno : -ENOMEM;
-        cv_applog_i_errf(errbuf, errlen, "log segment %s: fdatasync: %s",
-                         last ? last : p->dir, strerror(-r));
+        cv_errf(errbuf, errlen, "log segment %s: fdatasync: %s", last ? last : p->dir,
+                strerror(-r));
         if (fd >= 0)
             close(fd);
         free(last);
@@ -372,7 +367,7 @@ static int sync_last_segment(cv_applog *log, part *p, const pdir *d, char *errbu
 static int refuse(part *p, int err, const char *why, char *errbuf, size_t errlen) {
     cv_applog_i_part_refuse(p, err, why);
     p->recheck = true;
-    cv_applog_i_errf(errbuf, errlen, "%s", why);
+    cv_errf(errbuf, errlen, "%s", why);
     return p->state;
 }
 
@@ -461,8 +456,7 @@ int cv_applog_quarantine(const char *file, uint64_t pos, char *saved_to, size_t 
         snprintf(dir, sizeof(dir), ".");
     bool is_seal = strcmp(name, SEAL_FILE) == 0;
     if (!is_seal && !cv_applog_i_is_seg_name(name, SEG_SUFFIX)) {
-        cv_applog_i_errf(errbuf, errlen, "log file %s is neither a segment nor a seal",
-                         file);
+        cv_errf(errbuf, errlen, "log file %s is neither a segment nor a seal", file);
         return -EINVAL;
     }
     /* The records before the damage, copied under the segment's name: the
@@ -487,9 +481,8 @@ int cv_applog_quarantine(const char *file, uint64_t pos, char *saved_to, size_t 
                 }
                 if (fd < 0 || done != pos || fdatasync(fd) < 0) {
                     r = -errno;
-                    cv_applog_i_errf(errbuf, errlen,
-                                     "log segment %s: cannot write %s: %s", file, tmp,
-                                     strerror(errno));
+                    cv_errf(errbuf, errlen, "log segment %s: cannot write %s: %s", file,
+                            tmp, strerror(errno));
                 }
                 if (fd >= 0)
                     close(fd);
@@ -503,16 +496,16 @@ int cv_applog_quarantine(const char *file, uint64_t pos, char *saved_to, size_t 
         }
     }
     if ((r = move_aside(file, ".damaged-", saved_to, savedlen)) < 0) {
-        cv_applog_i_errf(errbuf, errlen, "log file %s: cannot move it aside: %s", file,
-                         strerror(-r));
+        cv_errf(errbuf, errlen, "log file %s: cannot move it aside: %s", file,
+                strerror(-r));
         unlink(tmp);
         return r;
     }
     if (prefix && rename(tmp, file) < 0) {
         r = -errno;
-        cv_applog_i_errf(errbuf, errlen,
-                         "log segment %s: cannot put its intact records back from %s: %s",
-                         file, tmp, strerror(-r));
+        cv_errf(errbuf, errlen,
+                "log segment %s: cannot put its intact records back from %s: %s", file,
+                tmp, strerror(-r));
         return r;
     }
     /* A seal naming the segment no longer describes it. */
@@ -522,16 +515,15 @@ int cv_applog_quarantine(const char *file, uint64_t pos, char *saved_to, size_t 
         snprintf(sp, sizeof(sp), "%s/" SEAL_FILE, dir);
         if (cv_applog_i_seal_read(dir, &sl, NULL, 0) == 1 && strcmp(sl.name, name) == 0 &&
             (r = move_aside(sp, ".damaged-", NULL, 0)) < 0) {
-            cv_applog_i_errf(errbuf, errlen, "log seal %s: cannot move it aside: %s", sp,
-                             strerror(-r));
+            cv_errf(errbuf, errlen, "log seal %s: cannot move it aside: %s", sp,
+                    strerror(-r));
             return r;
         }
     }
     int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0 || fsync(dfd) < 0) {
         r = -errno;
-        cv_applog_i_errf(errbuf, errlen, "log directory %s: fsync: %s", dir,
-                         strerror(-r));
+        cv_errf(errbuf, errlen, "log directory %s: fsync: %s", dir, strerror(-r));
     }
     if (dfd >= 0)
         close(dfd);

@@ -34,14 +34,14 @@ int cv_applog_i_seg_open(seg *s, const char *path, char *errbuf, size_t errlen) 
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
-        cv_applog_i_errf(errbuf, errlen, "log segment %s: %s", path, strerror(e));
+        cv_errf(errbuf, errlen, "log segment %s: %s", path, strerror(e));
         return -e;
     }
     struct stat st;
     if (fstat(fd, &st) < 0) {
         int e = errno;
         close(fd);
-        cv_applog_i_errf(errbuf, errlen, "log segment %s: %s", path, strerror(e));
+        cv_errf(errbuf, errlen, "log segment %s: %s", path, strerror(e));
         return -e;
     }
     s->size = (size_t)st.st_size;
@@ -50,8 +50,7 @@ int cv_applog_i_seg_open(seg *s, const char *path, char *errbuf, size_t errlen) 
         if (m == MAP_FAILED) {
             int e = errno;
             close(fd);
-            cv_applog_i_errf(errbuf, errlen, "log segment %s: mmap: %s", path,
-                             strerror(e));
+            cv_errf(errbuf, errlen, "log segment %s: mmap: %s", path, strerror(e));
             return -e;
         }
         s->map = m;
@@ -64,7 +63,7 @@ int cv_applog_i_seg_open(seg *s, const char *path, char *errbuf, size_t errlen) 
     }
     const char *why = cv_applog_i_hdr_decode(s->map, s->size, &s->h);
     if (why) {
-        cv_applog_i_errf(errbuf, errlen, "log segment %s at byte 0: %s", path, why);
+        cv_errf(errbuf, errlen, "log segment %s at byte 0: %s", path, why);
         cv_applog_i_seg_close(s);
         return -CV_ECORRUPT;
     }
@@ -84,8 +83,7 @@ int cv_applog_i_seg_next(seg *s, const unsigned char *key, cv_buf *plain, rawrec
     uint32_t len;
     const char *why = cv_applog_i_frame_check(s->map, s->size, s->pos, &len);
     if (why) {
-        cv_applog_i_errf(errbuf, errlen, "log segment %s at byte %zu: %s", s->path,
-                         s->pos, why);
+        cv_errf(errbuf, errlen, "log segment %s at byte %zu: %s", s->path, s->pos, why);
         return -CV_ECORRUPT;
     }
     const unsigned char *f = s->map + s->pos;
@@ -93,24 +91,23 @@ int cv_applog_i_seg_next(seg *s, const unsigned char *key, cv_buf *plain, rawrec
     uint64_t index = rd64(f + 16);
     int64_t offset = (int64_t)rd64(f + 24);
     if (index != s->index) {
-        cv_applog_i_errf(errbuf, errlen,
-                         "log segment %s at byte %zu: record index %" PRIu64
-                         " where %" PRIu64 " was expected (record dropped or moved)",
-                         s->path, s->pos, index, s->index);
+        cv_errf(errbuf, errlen,
+                "log segment %s at byte %zu: record index %" PRIu64 " where %" PRIu64
+                " was expected (record dropped or moved)",
+                s->path, s->pos, index, s->index);
         return -CV_ECORRUPT;
     }
     if (batch < s->batch || batch == 0 || (s->batch == 0 && batch != 1)) {
-        cv_applog_i_errf(errbuf, errlen,
-                         "log segment %s at byte %zu: batch number %" PRIu32
-                         " out of order",
-                         s->path, s->pos, batch);
+        cv_errf(errbuf, errlen,
+                "log segment %s at byte %zu: batch number %" PRIu32 " out of order",
+                s->path, s->pos, batch);
         return -CV_ECORRUPT;
     }
     if (s->index == 0 ? offset != s->h.first_offset : offset <= s->last_offset) {
-        cv_applog_i_errf(errbuf, errlen,
-                         "log segment %s at byte %zu: offset %" PRId64
-                         " does not follow offset %" PRId64,
-                         s->path, s->pos, offset, s->last_offset);
+        cv_errf(errbuf, errlen,
+                "log segment %s at byte %zu: offset %" PRId64
+                " does not follow offset %" PRId64,
+                s->path, s->pos, offset, s->last_offset);
         return -CV_ECORRUPT;
     }
     out->value = NULL;
@@ -129,10 +126,10 @@ int cv_applog_i_seg_next(seg *s, const unsigned char *key, cv_buf *plain, rawrec
         if (crypto_aead_chacha20poly1305_ietf_decrypt_detached(
                 plain->data, NULL, f + FRAME_HDR, plen, f + len - TAG_BYTES, ad,
                 sizeof(ad), nonce, key) != 0) {
-            cv_applog_i_errf(errbuf, errlen,
-                             "log segment %s at byte %zu: record fails authentication "
-                             "(changed, moved or reordered, or wrong key)",
-                             s->path, s->pos);
+            cv_errf(errbuf, errlen,
+                    "log segment %s at byte %zu: record fails authentication "
+                    "(changed, moved or reordered, or wrong key)",
+                    s->path, s->pos);
             return -EBADMSG;
         }
         plain->len = plen;
@@ -141,11 +138,10 @@ int cv_applog_i_seg_next(seg *s, const unsigned char *key, cv_buf *plain, rawrec
         if (PT_FIXED + tl > plen || (int64_t)rd64(p) != offset ||
             (int32_t)rd32(p + 16) != s->h.partition || tl != s->h.topic_len ||
             memcmp(p + PT_FIXED, s->h.topic, tl) != 0) {
-            cv_applog_i_errf(
-                errbuf, errlen,
-                "log segment %s at byte %zu: record coordinates do not match "
-                "its frame and segment header",
-                s->path, s->pos);
+            cv_errf(errbuf, errlen,
+                    "log segment %s at byte %zu: record coordinates do not match "
+                    "its frame and segment header",
+                    s->path, s->pos);
             return -CV_ECORRUPT;
         }
         out->timestamp_ms = (int64_t)rd64(p + 8);

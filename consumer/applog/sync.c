@@ -68,11 +68,10 @@ int cv_applog_set_sync(cv_applog *log, cv_applog_sync how, char *errbuf, size_t 
     if (how == CV_APPLOG_SYNC_SYNCFS) {
         char release[65] = "?";
         if (!syncfs_reports_errors(release, sizeof(release))) {
-            cv_applog_i_errf(
-                errbuf, errlen,
-                "log %s: log.sync_method = syncfs needs Linux 5.8 or later, whose "
-                "syncfs reports write errors (this is %s); using fdatasync",
-                log->dir, release);
+            cv_errf(errbuf, errlen,
+                    "log %s: log.sync_method = syncfs needs Linux 5.8 or later, whose "
+                    "syncfs reports write errors (this is %s); using fdatasync",
+                    log->dir, release);
             return -ENOTSUP;
         }
         /* Opened once and kept: syncfs reports each write error once per
@@ -81,8 +80,8 @@ int cv_applog_set_sync(cv_applog *log, cv_applog_sync how, char *errbuf, size_t 
             log->fsfd = open(log->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
             if (log->fsfd < 0) {
                 int e = errno;
-                cv_applog_i_errf(errbuf, errlen, "log directory %s: cannot open: %s",
-                                 log->dir, strerror(e));
+                cv_errf(errbuf, errlen, "log directory %s: cannot open: %s", log->dir,
+                        strerror(e));
                 return -e;
             }
         }
@@ -112,8 +111,7 @@ int cv_applog_i_make_dir(cv_applog *log, const char *dir, bool sync_parent, char
                          size_t errlen) {
     if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
         int e = errno;
-        cv_applog_i_errf(errbuf, errlen, "log directory %s: cannot create: %s", dir,
-                         strerror(e));
+        cv_errf(errbuf, errlen, "log directory %s: cannot create: %s", dir, strerror(e));
         return -e;
     }
     if (!sync_parent)
@@ -125,8 +123,8 @@ int cv_applog_i_make_dir(cv_applog *log, const char *dir, bool sync_parent, char
         *slash = '\0';
     int r = cv_applog_i_sys_fsync_dir(log, slash ? parent : ".");
     if (r < 0)
-        cv_applog_i_errf(errbuf, errlen, "log directory %s: fsync: %s",
-                         slash ? parent : ".", strerror(-r));
+        cv_errf(errbuf, errlen, "log directory %s: fsync: %s", slash ? parent : ".",
+                strerror(-r));
     return r;
 }
 
@@ -136,8 +134,8 @@ static int write_all(cv_applog *log, wseg *w, char *errbuf, size_t errlen) {
         w->fd = log->sys.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
         if (w->fd < 0) {
             int e = errno;
-            cv_applog_i_errf(errbuf, errlen, "log segment %s: cannot create: %s", path,
-                             strerror(e));
+            cv_errf(errbuf, errlen, "log segment %s: cannot create: %s", path,
+                    strerror(e));
             return -e;
         }
     }
@@ -149,9 +147,9 @@ static int write_all(cv_applog *log, wseg *w, char *errbuf, size_t errlen) {
             continue;
         if (n <= 0) {
             int e = n < 0 ? errno : EIO;
-            cv_applog_i_errf(errbuf, errlen,
-                             "log segment %s: write at byte %" PRIu64 " failed: %s", path,
-                             w->wpos + done, strerror(e));
+            cv_errf(errbuf, errlen,
+                    "log segment %s: write at byte %" PRIu64 " failed: %s", path,
+                    w->wpos + done, strerror(e));
             return -e;
         }
         done += (size_t)n;
@@ -216,11 +214,10 @@ int cv_applog_i_sync_all(cv_applog *log, part **tp, size_t ntp, char *errbuf,
                          size_t errlen) {
     if (log->sys.syncfs(log->fsfd) < 0) {
         int e = errno;
-        cv_applog_i_errf(
-            errbuf, errlen,
-            "log directory %s: syncfs failed: %s (a write error on its file system; "
-            "the batch is not durable)",
-            log->dir, strerror(e));
+        cv_errf(errbuf, errlen,
+                "log directory %s: syncfs failed: %s (a write error on its file system; "
+                "the batch is not durable)",
+                log->dir, strerror(e));
         return -e;
     }
     bool renamed = false;
@@ -237,15 +234,15 @@ int cv_applog_i_sync_all(cv_applog *log, part **tp, size_t ntp, char *errbuf,
             err = p->ngen->jerr;
         }
         if (r < 0) {
-            cv_applog_i_errf(errbuf, errlen, "%s", err);
+            cv_errf(errbuf, errlen, "%s", err);
             return r;
         }
     }
     if (renamed && log->sys.syncfs(log->fsfd) < 0) {
         int e = errno;
-        cv_applog_i_errf(errbuf, errlen,
-                         "log directory %s: syncfs after renaming new segments: %s",
-                         log->dir, strerror(e));
+        cv_errf(errbuf, errlen,
+                "log directory %s: syncfs after renaming new segments: %s", log->dir,
+                strerror(e));
         return -e;
     }
     return 0;

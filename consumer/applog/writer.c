@@ -32,25 +32,23 @@ int cv_applog_open(const char *dir, const cv_keyring *keys, uint64_t segment_byt
     if (r < 0)
         return r;
     if (!keys || !cv_keyring_count(keys)) {
-        cv_applog_i_errf(errbuf, errlen, "log %s: no key to seal segments with", dir);
+        cv_errf(errbuf, errlen, "log %s: no key to seal segments with", dir);
         return -ENOKEY;
     }
     if (segment_bytes < 4096) {
-        cv_applog_i_errf(errbuf, errlen,
-                         "log %s: segment size %" PRIu64
-                         " is below the minimum of 4096 bytes",
-                         dir, segment_bytes);
+        cv_errf(errbuf, errlen,
+                "log %s: segment size %" PRIu64 " is below the minimum of 4096 bytes",
+                dir, segment_bytes);
         return -EINVAL;
     }
     if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
         int e = errno;
-        cv_applog_i_errf(errbuf, errlen, "log directory %s: cannot create: %s", dir,
-                         strerror(e));
+        cv_errf(errbuf, errlen, "log directory %s: cannot create: %s", dir, strerror(e));
         return -e;
     }
     struct stat st;
     if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        cv_applog_i_errf(errbuf, errlen, "log directory %s is not a directory", dir);
+        cv_errf(errbuf, errlen, "log directory %s is not a directory", dir);
         return -ENOTDIR;
     }
     cv_applog *log = calloc(1, sizeof(*log));
@@ -129,11 +127,10 @@ void cv_applog_set_generation_cb(cv_applog *log, cv_applog_generation_fn *fn,
 
 int cv_applog_repair_new_generation(cv_applog *log, char *errbuf, size_t errlen) {
     if (!log->repair || log->parts) {
-        cv_applog_i_errf(
-            errbuf, errlen,
-            "log %s: only a repair session, before its first append, writes a new "
-            "generation",
-            log->dir);
+        cv_errf(errbuf, errlen,
+                "log %s: only a repair session, before its first append, writes a new "
+                "generation",
+                log->dir);
         return -EINVAL;
     }
     log->repair_gen = true;
@@ -488,8 +485,8 @@ int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n, char *e
     }
     if (log->dir_unsynced && log->sync == CV_APPLOG_SYNC_FDATASYNC) {
         if ((r = cv_applog_i_sys_fsync_dir(log, log->dir)) < 0) {
-            cv_applog_i_errf(errbuf, errlen, "log directory %s: fsync: %s", log->dir,
-                             strerror(-r));
+            cv_errf(errbuf, errlen, "log directory %s: fsync: %s", log->dir,
+                    strerror(-r));
             goto fail;
         }
         log->dir_unsynced = false;
@@ -500,7 +497,7 @@ int cv_applog_append(cv_applog *log, cv_applog_entry *entries, size_t n, char *e
     for (size_t k = 0; k < ntp; k++)
         if (tp[k]->jr < 0) {
             r = tp[k]->jr;
-            cv_applog_i_errf(errbuf, errlen, "%s", tp[k]->jerr);
+            cv_errf(errbuf, errlen, "%s", tp[k]->jerr);
             goto fail;
         }
     if (log->sync == CV_APPLOG_SYNC_SYNCFS) {

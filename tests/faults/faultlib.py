@@ -423,13 +423,16 @@ def is_txn_marker(r):
 
 class AckCollector(threading.Thread):
     """Reads the ack topic from the start in a thread. items: (arrival time,
-    DeliveryAck, Kafka timestamp ms of the ack record). KW: python3-kafka
-    consumer options (another listener, TLS, SASL)."""
+    DeliveryAck, Kafka timestamp ms of the ack record); by_pos: {(partition,
+    offset): DeliveryAck}; markers: transaction markers skipped. KW:
+    python3-kafka consumer options (another listener, TLS, SASL)."""
 
     def __init__(self, h, topic='chatvault.acks', **kw):
         super().__init__(daemon=True)
         self.c = h.consumer(topic, **kw)
         self.items = []
+        self.by_pos = {}
+        self.markers = 0
         self.lock = threading.Lock()
         self.stop_flag = False
         self.error = None
@@ -439,18 +442,29 @@ class AckCollector(threading.Thread):
             while not self.stop_flag:
                 batch = self.c.poll(timeout_ms=300, max_records=20000)
                 now = time.time()
-                got = [(now, cvtest.parse_ack(r.value), r.timestamp)
-                       for recs in batch.values() for r in recs
-                       if not is_txn_marker(r)]
-                if got:
-                    with self.lock:
-                        self.items.extend(got)
+                got, pos, markers = [], {}, 0
+                for recs in batch.values():
+                    for r in recs:
+                        if is_txn_marker(r):
+                            markers += 1
+                            continue
+                        a = cvtest.parse_ack(r.value)
+                        got.append((now, a, r.timestamp))
+                        pos[(r.partition, r.offset)] = a
+                with self.lock:
+                    self.items.extend(got)
+                    self.by_pos.update(pos)
+                    self.markers += markers
         except Exception as e:
             self.error = repr(e)
 
     def snapshot(self):
         with self.lock:
             return list(self.items)
+
+    def positions(self):
+        with self.lock:
+            return dict(self.by_pos)
 
     def count(self):
         with self.lock:

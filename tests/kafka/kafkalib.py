@@ -250,6 +250,32 @@ def check_scram_send(h, over):
            % ((over,) + ver + (rc, last[:300])))
 
 
+def kill_cycles(h, pub, rnd, kills, t0):
+    """kill -9 of the running chatvault KILLS times under PUB's load, each
+    once it has stored 1,000-2,500 more rows than when the cycle began (and
+    a pause of under a second drawn from RND), restarting it 1 s later.
+    Returns [(seconds since T0, rows, published, it was running)]."""
+    def rows():
+        return h.query('SELECT count(*) FROM chatvault.messages')[0][0]
+
+    out = []
+    for _ in range(kills):
+        want = rows() + rnd.randrange(1000, 2500)
+        deadline = time.time() + 120
+        while rows() < want and time.time() < deadline and h.broker.alive():
+            time.sleep(0.1)
+        time.sleep(rnd.random())
+        alive = h.broker.alive()
+        h.broker.kill9()
+        out.append((round(time.time() - t0, 1), rows(), pub.attempted, alive))
+        h.diag('injected: kill -9 of chatvault at %.1f s, %d rows, %d published '
+               '(it was %s)' % (out[-1][0], out[-1][1], pub.attempted,
+                                'running' if alive else 'NOT running'))
+        time.sleep(1)
+        h.start_broker()
+    return out
+
+
 def describe_group(group):
     """kafka-consumer-groups --describe: {(topic, partition): (current, end,
     lag)}, None for '-'."""

@@ -31,26 +31,7 @@ with kafkalib.KHarness('crash', channels=4, partitions=4) as h:
     pub = h.publisher(N, RATE, seed=seed)
     pub.start()
 
-    def rows():
-        return h.query('SELECT count(*) FROM chatvault.messages')[0][0]
-
-    kills = []
-    for k in range(KILLS):
-        # Each kill once the broker running now has stored more rows.
-        base = rows()
-        want = base + rnd.randrange(1000, 2500)
-        deadline = time.time() + 120
-        while rows() < want and time.time() < deadline and h.broker.alive():
-            time.sleep(0.1)
-        time.sleep(rnd.random())
-        alive = h.broker.alive()
-        h.broker.kill9()
-        kills.append((round(time.time() - t0, 1), rows(), pub.attempted, alive))
-        h.diag('injected: kill -9 of chatvault at %.1f s, %d rows, %d published '
-               '(it was %s)' % (kills[-1][0], kills[-1][1], pub.attempted,
-                                'running' if alive else 'NOT running'))
-        time.sleep(1)
-        h.start_broker()
+    kills = kafkalib.kill_cycles(h, pub, rnd, KILLS, t0)
 
     pub.join(timeout=300)
     h.ok(not pub.errors and len(pub.sent) == N,

@@ -20,7 +20,6 @@ acks its records twice."""
 import collections
 import os
 import random
-import threading
 import time
 
 import cvtest
@@ -32,44 +31,6 @@ RATE = 1000
 KILLS = 3
 seed = int(os.environ.get('CV_CRASH_SEED', str(int(time.time()))))
 rnd = random.Random(seed)
-
-
-class RawAcks(threading.Thread):
-    """Every data record of the ack topic as read_uncommitted sees it:
-    {(partition, offset): DeliveryAck}, and the number of transaction
-    markers (see faultlib.is_txn_marker)."""
-
-    def __init__(self, h, topic):
-        super().__init__(daemon=True)
-        self.c = h.consumer(topic)
-        self.recs = {}
-        self.markers = 0
-        self.lock = threading.Lock()
-        self.stop_flag = False
-        self.error = None
-
-    def run(self):
-        try:
-            while not self.stop_flag:
-                batch = self.c.poll(timeout_ms=300, max_records=20000)
-                for recs in batch.values():
-                    for r in recs:
-                        with self.lock:
-                            if faultlib.is_txn_marker(r):
-                                self.markers += 1
-                            else:
-                                self.recs[(r.partition, r.offset)] = \
-                                    cvtest.parse_ack(r.value)
-        except Exception as e:
-            self.error = repr(e)
-
-    def snapshot(self):
-        with self.lock:
-            return dict(self.recs)
-
-    def stop(self):
-        self.stop_flag = True
-        self.join(timeout=10)
 
 
 def committed_positions(h):
@@ -96,31 +57,12 @@ with kafkalib.KHarness('txn', channels=4, partitions=4,
     h.diag('seed %d (CV_CRASH_SEED reproduces the kill points)' % seed)
     h.migrate()
     h.start_broker()
-    raw = RawAcks(h, h.ack_topic)
+    raw = h.acks()      # read_uncommitted: committed and aborted acks
     raw.start()
     t0 = time.time()
     pub = h.publisher(N, RATE, seed=seed)
     pub.start()
-
-    def rows():
-        return h.query('SELECT count(*) FROM chatvault.messages')[0][0]
-
-    kills = []
-    for k in range(KILLS):
-        base = rows()
-        want = base + rnd.randrange(1000, 2500)
-        deadline = time.time() + 120
-        while rows() < want and time.time() < deadline and h.broker.alive():
-            time.sleep(0.1)
-        time.sleep(rnd.random())
-        alive = h.broker.alive()
-        h.broker.kill9()
-        kills.append((round(time.time() - t0, 1), rows(), pub.attempted, alive))
-        h.diag('injected: kill -9 of chatvault at %.1f s, %d rows, %d published '
-               '(it was %s)' % (kills[-1][0], kills[-1][1], pub.attempted,
-                                'running' if alive else 'NOT running'))
-        time.sleep(1)
-        h.start_broker()
+    kills = kafkalib.kill_cycles(h, pub, rnd, KILLS, t0)
 
     pub.join(timeout=300)
     h.ok(not pub.errors and len(pub.sent) == N,
@@ -143,7 +85,7 @@ with kafkalib.KHarness('txn', channels=4, partitions=4,
 
     committed, r = committed_positions(h)
     time.sleep(2)
-    seen = raw.snapshot()
+    seen = raw.positions()
     raw.stop()
     h.ok(raw.error is None, 'python3-kafka read the ack topic', raw.error)
     acks = [seen.get(pos) for pos in committed]

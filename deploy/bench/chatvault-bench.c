@@ -7,6 +7,10 @@
  * was acknowledged (distinct message ids are counted, nothing is sampled or
  * truncated; a missing ack is a failure) and prints:
  *   - end-to-end throughput: N / (last new ack - first publish);
+ *     with --backlog GOFILE, the drain instead: the bench publishes and
+ *     flushes all N with no broker running, prints a line starting
+ *     "backlog: ", waits until GOFILE holds the pid of the broker its caller
+ *     has just started, and measures N / (last new ack - that moment);
  *   - sent -> ack latency p50 / p99 / max, from each ack's sent_at_us (the
  *     sender's clock, copied by the broker) to the moment the ack arrived;
  *   - the broker's CPU seconds over the run and its peak RSS, read from
@@ -38,6 +42,7 @@
 #define MAX_CHANNELS 1024
 #define MAX_ACK_PARTITIONS 10000
 #define MISSING_SHOWN 10
+#define GO_TIMEOUT_S 600 /* --backlog: the longest wait for GOFILE */
 
 typedef struct bench_opts {
     const char *bootstrap;
@@ -50,6 +55,7 @@ typedef struct bench_opts {
     int linger_ms;
     int idle_timeout_s;
     long broker_pid;
+    const char *backlog_go; /* --backlog GOFILE, or NULL */
     const char *kafka_props[32];
     int nkafka_props;
 } bench_opts;
@@ -105,6 +111,12 @@ static void usage(FILE *out) {
                  "seconds (default 60)\n"
                  "  --broker-pid PID        report this process's CPU time and "
                  "peak RSS\n"
+                 "  --backlog GOFILE        publish everything first, print a line "
+                 "\"backlog: ...\",\n"
+                 "                          wait until GOFILE holds the pid of a "
+                 "broker just\n"
+                 "                          started, measure from then to the last "
+                 "ack\n"
                  "  -X key=value            extra librdkafka property for both "
                  "clients\n");
 }
@@ -130,6 +142,7 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
                                          {"linger-ms", required_argument, NULL, 'l'},
                                          {"idle-timeout", required_argument, NULL, 'i'},
                                          {"broker-pid", required_argument, NULL, 'p'},
+                                         {"backlog", required_argument, NULL, 'B'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     *o = (bench_opts){.topic_prefix = "chat.",
@@ -184,6 +197,11 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
             if (parse_long(optarg, 1, INT32_MAX, &o->broker_pid) < 0)
                 goto bad;
             break;
+        case 'B':
+            if (!*optarg)
+                goto bad;
+            o->backlog_go = optarg;
+            break;
         case 'X':
             if (!strchr(optarg, '=') ||
                 o->nkafka_props ==
@@ -201,6 +219,11 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
     }
     if (!o->bootstrap || optind < argc) {
         usage(stderr);
+        return -EINVAL;
+    }
+    if (o->backlog_go && o->broker_pid) {
+        fprintf(stderr, "chatvault-bench: --backlog reads the broker's pid from "
+                        "GOFILE; drop --broker-pid\n");
         return -EINVAL;
     }
     return 0;
@@ -482,6 +505,47 @@ static long proc_peak_rss_kib(long pid) {
     return kib;
 }
 
+/* ---- the backlog's start signal --------------------------------------- */
+
+/* Waits until `path` holds a pid (decimal, optionally a newline: the caller
+ * writes it to a temporary file and renames it into place) and stores it in
+ * *ret_pid. Returns 0, -EINTR when interrupted, -ETIMEDOUT after
+ * GO_TIMEOUT_S seconds. */
+static int wait_go(const char *path, long *ret_pid) {
+    int64_t deadline = now_us(CLOCK_MONOTONIC) + (int64_t)GO_TIMEOUT_S * 1000000;
+    while (!interrupted) {
+        FILE *f = fopen(path, "r");
+        if (f) {
+            char line[32];
+            long pid;
+            bool got = fgets(line, sizeof(line), f) != NULL;
+            fclose(f);
+            if (got) {
+                line[strcspn(line, "\n")] = '\0';
+                if (parse_long(line, 1, INT32_MAX, &pid) == 0) {
+                    *ret_pid = pid;
+                    return 0;
+                }
+            }
+        }
+        if (now_us(CLOCK_MONOTONIC) > deadline)
+            return -ETIMEDOUT;
+        usleep(5000);
+    }
+    return -EINTR;
+}
+
+/* The broker's CPU seconds at the start of the measurement, or -1 (no pid,
+ * or /proc unreadable: said once). */
+static double broker_cpu_start(long pid, double *ret_user, double *ret_sys) {
+    if (!pid)
+        return -1;
+    double cpu = proc_cpu_seconds(pid, ret_user, ret_sys);
+    if (cpu < 0)
+        fprintf(stderr, "chatvault-bench: cannot read /proc/%ld/stat\n", pid);
+    return cpu;
+}
+
 static int cmp_i64(const void *a, const void *b) {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return (x > y) - (x < y);
@@ -564,12 +628,13 @@ int main(int argc, char **argv) {
         goto out;
     }
     double cpu_user0 = 0, cpu_sys0 = 0, cpu_user1 = 0, cpu_sys1 = 0;
-    double cpu0 =
-        o.broker_pid ? proc_cpu_seconds(o.broker_pid, &cpu_user0, &cpu_sys0) : -1;
-    if (o.broker_pid && cpu0 < 0)
-        fprintf(stderr, "chatvault-bench: cannot read /proc/%ld/stat\n", o.broker_pid);
+    double cpu0 = -1;
+    if (!o.backlog_go)
+        cpu0 = broker_cpu_start(o.broker_pid, &cpu_user0, &cpu_sys0);
 
     int64_t t_start = now_us(CLOCK_MONOTONIC);
+    int64_t t_measure = t_start; /* where the end-to-end (or drain) time starts */
+    int grc = 0;                 /* --backlog: waiting for GOFILE */
     int prc = publish_all(rk, &o, run_id, ch, &acks);
     while (prc == 0 && rd_kafka_outq_len(rk) > 0 && !interrupted)
         rd_kafka_poll(rk, 100);
@@ -579,11 +644,28 @@ int main(int argc, char **argv) {
         fprintf(stderr, "chatvault-bench: %ld messages failed delivery: %s\n", failed,
                 delivery_error);
 
+    /* The backlog is in Kafka: the drain is timed from the moment the
+     * caller has started the broker. A failed publish ends the run here. */
+    if (o.backlog_go && prc == 0 && failed == 0) {
+        printf("backlog: %ld messages published and flushed in %.2f s; waiting for "
+               "%s to hold the broker's pid\n",
+               o.messages, (double)(t_published - t_start) / 1e6, o.backlog_go);
+        fflush(stdout);
+        grc = wait_go(o.backlog_go, &o.broker_pid);
+        if (grc == -ETIMEDOUT)
+            fprintf(stderr, "chatvault-bench: %s held no pid after %d s; giving up\n",
+                    o.backlog_go, GO_TIMEOUT_S);
+        t_measure = now_us(CLOCK_MONOTONIC);
+        if (grc == 0)
+            cpu0 = broker_cpu_start(o.broker_pid, &cpu_user0, &cpu_sys0);
+    }
+
     /* Wait for the acks: done when all came, give up when none came for
      * idle_timeout_s. */
-    int64_t last_report = t_published;
-    atomic_store(&acks.last_new_mono_us, now_us(CLOCK_MONOTONIC));
-    while (prc == 0 && !interrupted && atomic_load(&acks.distinct) < o.messages) {
+    int64_t last_report = now_us(CLOCK_MONOTONIC);
+    atomic_store(&acks.last_new_mono_us, last_report);
+    while (prc == 0 && grc == 0 && !interrupted &&
+           atomic_load(&acks.distinct) < o.messages) {
         usleep(20000);
         int64_t t = now_us(CLOCK_MONOTONIC);
         if (t - atomic_load(&acks.last_new_mono_us) >
@@ -609,7 +691,7 @@ int main(int argc, char **argv) {
 
     long distinct = atomic_load(&acks.distinct), missing = o.messages - distinct;
     double pub_s = (double)(t_published - t_start) / 1e6;
-    double e2e_s = (double)(t_last_ack - t_start) / 1e6;
+    double e2e_s = (double)(t_last_ack - t_measure) / 1e6;
     double e2e_rate = missing == 0 && e2e_s > 0 ? (double)o.messages / e2e_s : 0;
     qsort(acks.latency_us, (size_t)acks.nlatency, sizeof(int64_t), cmp_i64);
     double p50 = percentile_ms(acks.latency_us, acks.nlatency, 0.50);
@@ -624,13 +706,17 @@ int main(int argc, char **argv) {
            "REJECTED %ld, DEGRADED %ld, other %ld; %ld repeated acks, %ld foreign\n",
            distinct, o.messages, acks.by_status[1], acks.by_status[2], acks.by_status[3],
            acks.by_status[4], acks.by_status[0], acks.repeats, acks.foreign);
-    if (missing == 0)
+    if (missing == 0 && o.backlog_go)
+        printf("drain: %ld msgs in %.2f s = %.0f msgs/s (broker start -> last ack)\n",
+               o.messages, e2e_s, e2e_rate);
+    else if (missing == 0)
         printf("end to end  %ld msgs in %.2f s = %.0f msgs/s (first publish -> "
                "last ack)\n",
                o.messages, e2e_s, e2e_rate);
     printf("latency     sent -> ack p50 %.1f ms, p99 %.1f ms, max %.1f ms (%ld "
-           "samples)\n",
-           p50, p99, pmax, acks.nlatency);
+           "samples)%s\n",
+           p50, p99, pmax, acks.nlatency,
+           o.backlog_go ? ", including the backlog's wait for the broker" : "");
     if (o.broker_pid)
         printf("broker      pid %ld: CPU %.2f s over the run (user %.2f, sys %.2f) "
                "= %.1f us/msg; peak RSS %.1f MiB\n",
@@ -642,8 +728,8 @@ int main(int argc, char **argv) {
 
     /* Fresh messages into a fresh database: anything but PERSISTED (or
      * DUPLICATE for a re-delivered record) is a failure. */
-    bool ok = prc == 0 && failed == 0 && missing == 0 && acks.by_status[0] == 0 &&
-              acks.by_status[3] == 0 && acks.by_status[4] == 0;
+    bool ok = prc == 0 && grc == 0 && failed == 0 && missing == 0 &&
+              acks.by_status[0] == 0 && acks.by_status[3] == 0 && acks.by_status[4] == 0;
     if (missing > 0) {
         printf("FAIL: %ld of %ld messages were never acked; first missing ids:", missing,
                o.messages);
@@ -660,9 +746,10 @@ int main(int argc, char **argv) {
     }
     printf("RESULT ok=%d messages=%ld acked=%ld missing=%ld publish_s=%.3f "
            "e2e_s=%.3f e2e_msgs_per_s=%.0f p50_ms=%.1f p99_ms=%.1f max_ms=%.1f "
-           "broker_cpu_s=%.2f broker_peak_rss_mib=%.1f\n",
+           "broker_cpu_s=%.2f broker_peak_rss_mib=%.1f mode=%s\n",
            ok, o.messages, distinct, missing, pub_s, e2e_s, e2e_rate, p50, p99, pmax,
-           cpu_user + cpu_sys, rss_kib >= 0 ? (double)rss_kib / 1024 : -1.0);
+           cpu_user + cpu_sys, rss_kib >= 0 ? (double)rss_kib / 1024 : -1.0,
+           o.backlog_go ? "backlog" : "live");
     rc = ok ? 0 : 1;
 out:
     if (rk) {

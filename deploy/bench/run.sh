@@ -11,7 +11,16 @@
 #   deploy/bench/run.sh [--messages N] [--partitions P] [--ack-partitions P]
 #                       [--linger-ms N] [--set key=value]... [--no-kcat]
 #                       [--perf SECONDS] [--sample] [--keep-log]
-#                       [--kafka mock|real] [--brokers N]
+#                       [--kafka mock|real] [--brokers N] [--backlog]
+#
+# --backlog measures a drain instead: chatvault-bench publishes all N
+# messages with no broker running (its ack consumer already waits at the ack
+# topic's end), then the broker is started and the bench times broker start
+# -> last ack; broker CPU and peak RSS, Kafka's and the PostgreSQL backend's
+# CPU cover the drain only. kcat | psql then drains the same backlog of the
+# same cluster, so the ratio compares two drains. With --kafka mock the
+# backlog must fit the mock's ~5 MiB per partition: run.sh refuses a run of
+# more than ~4 MiB per chat partition (add --partitions or use --kafka real).
 #
 # --kafka real runs on a real Apache Kafka cluster of deploy/kafka.sh instead
 # of the mock: N nodes (--brokers, default 1) in .kafka/bench-N/ (or
@@ -38,6 +47,7 @@ sample=0
 keep=0
 kafka=mock
 brokers=1
+backlog=0
 sets=()
 
 usage() { sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; }
@@ -55,12 +65,24 @@ while [ $# -gt 0 ]; do
     --keep-log) keep=1; shift ;;
     --kafka) kafka=$2; shift 2 ;;
     --brokers) brokers=$2; shift 2 ;;
+    --backlog) backlog=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 
 case $kafka in mock | real) ;; *) echo "run.sh: --kafka $kafka: want mock or real" >&2; exit 2 ;; esac
+if [ "$backlog" = 1 ] && [ "$kafka" = mock ]; then
+    # The mock drops a partition's oldest batches past ~5 MiB, silently: the
+    # whole backlog must fit, with room to spare. A record is the body and
+    # ~100 bytes of ids, names and Kafka framing.
+    per_part=$(((messages * (body_bytes + 100) + channels * partitions - 1) / (channels * partitions)))
+    if [ "$per_part" -gt $((4 << 20)) ]; then
+        need=$(((messages * (body_bytes + 100) + channels * (4 << 20) - 1) / (channels * (4 << 20))))
+        echo "run.sh: --kafka mock --backlog: $messages msgs would put $((per_part >> 20)) MiB in each of $channels x $partitions partitions, past the mock's ~5 MiB (it drops older batches silently); use --partitions $need or more, fewer --messages, or --kafka real" >&2
+        exit 2
+    fi
+fi
 
 src=$(cd "$(dirname "$0")/../.." && pwd)
 build=${CV_BUILD_DIR:-$src/build}
@@ -168,16 +190,21 @@ done
 # page writes after a checkpoint make PostgreSQL's inserts dearer for a while).
 psql -X -q "$pg dbname=postgres" -c CHECKPOINT
 
-# 3. The broker; wait until it owns partitions.
-"$chatvault" broker -c "$out/chatvault.conf" 2>"$out/broker.log" &
-broker_pid=$!
-pids+=("$broker_pid")
-for _ in $(seq 300); do
-    grep -q 'partition assigned\|partitions assigned' "$out/broker.log" && break
-    kill -0 "$broker_pid" 2>/dev/null || { log "broker exited; see $out/broker.log"; exit 1; }
-    sleep 0.1
-done
-log "broker pid $broker_pid running (log $out/broker.log)"
+# 3. The broker, and what measures around it. start_broker starts it;
+# broker_ready waits until it owns partitions.
+start_broker() {
+    "$chatvault" broker -c "$out/chatvault.conf" 2>"$out/broker.log" &
+    broker_pid=$!
+    pids+=("$broker_pid")
+}
+broker_ready() {
+    for _ in $(seq 300); do
+        grep -q 'partition assigned\|partitions assigned' "$out/broker.log" && break
+        kill -0 "$broker_pid" 2>/dev/null || { log "broker exited; see $out/broker.log"; exit 1; }
+        sleep 0.1
+    done
+    log "broker pid $broker_pid running (log $out/broker.log)"
+}
 
 # CPU seconds (user + system) of a process, from /proc/<pid>/stat.
 cpu_of() {
@@ -195,41 +222,86 @@ sum_of() { # sum_of FN PID...: FN's figures of the PIDs, added
     for pid in "$@"; do t=$(awk -v a="$t" -v b="$($fn "$pid")" 'BEGIN { print a + b }'); done
     echo "$t"
 }
-pg_backends=$(psql -X -qtA "$pg dbname=postgres" -c \
-    "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE datname = 'cv_bench'")
-kafka_cpu0=$(cpu_of "$kafka_pid")
-# shellcheck disable=SC2086 # one pid per word
-pg_cpu0=$(sum_of cpu_of $pg_backends)
-# shellcheck disable=SC2086
-pg_rq0=$(sum_of rq_of $pg_backends)
+# The broker's PostgreSQL backends, found by pg_stat_activity, so only once
+# the broker has connected.
+pg_backends_of_broker() {
+    psql -X -qtA "$pg dbname=postgres" -c \
+        "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE datname = 'cv_bench'"
+}
+# The baselines of the figures run.sh reports, and the samplers: called
+# when the measurement starts (in --backlog mode, when the broker has just
+# started and connected to PostgreSQL).
+measure_start() {
+    kafka_cpu0=$(cpu_of "$kafka_pid")
+    # shellcheck disable=SC2086 # one pid per word
+    pg_cpu0=$(sum_of cpu_of $pg_backends)
+    # shellcheck disable=SC2086
+    pg_rq0=$(sum_of rq_of $pg_backends)
+    if [ "$perf_seconds" -gt 0 ]; then
+        # System-wide, so PostgreSQL and the mock cluster show next to the broker.
+        (sleep 2; exec perf record -a -g -o "$out/perf.data" -- sleep "$perf_seconds") \
+            >"$out/perf.log" 2>&1 &
+        perf_pid=$!
+        pids+=("$perf_pid")
+    fi
+    if [ "$sample" = 1 ]; then
+        # What the backend waits for, and where the machine's CPU goes, thread
+        # by thread, while the bench runs (see threads.py and pg_waits.py).
+        /usr/bin/python3 "$src/deploy/bench/threads.py" >"$out/threads.txt" 2>&1 &
+        threads_pid=$!
+        /usr/bin/python3 "$src/deploy/bench/pg_waits.py" "$pg dbname=postgres" cv_bench \
+            >"$out/pg-waits.txt" 2>&1 &
+        waits_pid=$!
+        pids+=("$threads_pid" "$waits_pid")
+    fi
+}
 
-if [ "$perf_seconds" -gt 0 ]; then
-    # System-wide, so PostgreSQL and the mock cluster show next to the broker.
-    (sleep 2; exec perf record -a -g -o "$out/perf.data" -- sleep "$perf_seconds") \
-        >"$out/perf.log" 2>&1 &
-    perf_pid=$!
-    pids+=("$perf_pid")
+# 4. The benchmark itself. start_bench ARGS... starts it; it writes its own
+# output file (complete when it exits), and tail shows it as it comes.
+start_bench() {
+    : >"$out/bench.out"
+    "$bench" --bootstrap "$bootstrap" --messages "$messages" --channels "$channels" \
+        --channel-prefix "$channel_prefix" --ack-topic "$ack_topic" \
+        --body-bytes "$body_bytes" --linger-ms "$linger_ms" "$@" >"$out/bench.out" &
+    bench_pid=$!
+    tail -n +1 -f --pid="$bench_pid" "$out/bench.out" &
+    tail_pid=$!
+    pids+=("$bench_pid" "$tail_pid")
+}
+if [ "$backlog" = 1 ]; then
+    go=$out/go
+    start_bench --backlog "$go"
+    log "publishing $messages messages with no broker running"
+    until grep -q '^backlog: ' "$out/bench.out"; do
+        kill -0 "$bench_pid" 2>/dev/null || { log "chatvault-bench exited before its backlog was published; see $out/bench.out"; exit 1; }
+        sleep 0.1
+    done
+    start_broker
+    echo "$broker_pid" >"$go.tmp"
+    mv "$go.tmp" "$go"
+    # Baselines once the broker's backends exist: they are new, so what they
+    # used before this is the connection's setup only.
+    pg_backends=
+    deadline=$((SECONDS + 20))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        pg_backends=$(pg_backends_of_broker)
+        [ -n "$pg_backends" ] && break
+        kill -0 "$broker_pid" 2>/dev/null || { log "broker exited before connecting to PostgreSQL; see $out/broker.log"; exit 1; }
+        sleep 0.02
+    done
+    [ -n "$pg_backends" ] || { log "broker did not connect to PostgreSQL in 20 s; see $out/broker.log"; exit 1; }
+    measure_start
+    broker_ready
+else
+    start_broker
+    broker_ready
+    pg_backends=$(pg_backends_of_broker)
+    measure_start
+    start_bench --broker-pid "$broker_pid"
 fi
-
-if [ "$sample" = 1 ]; then
-    # What the backend waits for, and where the machine's CPU goes, thread
-    # by thread, while the bench runs (see threads.py and pg_waits.py).
-    /usr/bin/python3 "$src/deploy/bench/threads.py" >"$out/threads.txt" 2>&1 &
-    threads_pid=$!
-    /usr/bin/python3 "$src/deploy/bench/pg_waits.py" "$pg dbname=postgres" cv_bench \
-        >"$out/pg-waits.txt" 2>&1 &
-    waits_pid=$!
-    pids+=("$threads_pid" "$waits_pid")
-fi
-
-# 4. The benchmark itself.
-set +e
-"$bench" --bootstrap "$bootstrap" --messages "$messages" --channels "$channels" \
-    --channel-prefix "$channel_prefix" --ack-topic "$ack_topic" \
-    --body-bytes "$body_bytes" --linger-ms "$linger_ms" --broker-pid "$broker_pid" |
-    tee "$out/bench.out"
-bench_rc=${PIPESTATUS[0]}
-set -e
+bench_rc=0
+wait "$bench_pid" || bench_rc=$?
+wait "$tail_pid" || true
 if [ "$perf_seconds" -gt 0 ]; then
     wait "$perf_pid" || true
     perf report -i "$out/perf.data" --no-children --sort comm,dso --stdio 2>/dev/null |
@@ -294,10 +366,16 @@ ours=$(field e2e_msgs_per_s)
 ratio=$(awk -v a="${ours:-0}" -v b="$kcat_rate" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
 {
     echo
-    echo "== chatvault bench summary ($(date -u +%FT%TZ), $(nproc) cores, $messages msgs, ${body_bytes}-byte bodies, $channels channels, Kafka: $([ "$kafka" = real ] && echo "Apache Kafka x$brokers, RF $rf" || echo mock))"
-    printf '%-40s %s\n' "chatvault end to end (publish -> ack)" "$(field e2e_msgs_per_s) msgs/s in $(field e2e_s) s"
-    printf '%-40s %s\n' "  publish only" "$(field publish_s) s"
-    printf '%-40s %s\n' "  sent -> ack latency p50 / p99 / max" "$(field p50_ms) / $(field p99_ms) / $(field max_ms) ms"
+    echo "== chatvault bench summary ($(date -u +%FT%TZ), $(nproc) cores, $messages msgs, ${body_bytes}-byte bodies, $channels channels, Kafka: $([ "$kafka" = real ] && echo "Apache Kafka x$brokers, RF $rf" || echo mock)$([ "$backlog" = 1 ] && echo ", backlog drain"))"
+    if [ "$backlog" = 1 ]; then
+        printf '%-40s %s\n' "chatvault drain (broker start -> ack)" "$(field e2e_msgs_per_s) msgs/s in $(field e2e_s) s"
+        printf '%-40s %s\n' "  publish, before the broker started" "$(field publish_s) s"
+        printf '%-40s %s\n' "  sent -> ack p50 / p99 / max (+ wait)" "$(field p50_ms) / $(field p99_ms) / $(field max_ms) ms"
+    else
+        printf '%-40s %s\n' "chatvault end to end (publish -> ack)" "$(field e2e_msgs_per_s) msgs/s in $(field e2e_s) s"
+        printf '%-40s %s\n' "  publish only" "$(field publish_s) s"
+        printf '%-40s %s\n' "  sent -> ack latency p50 / p99 / max" "$(field p50_ms) / $(field p99_ms) / $(field max_ms) ms"
+    fi
     printf '%-40s %s\n' "  broker CPU / peak RSS" "$(field broker_cpu_s) s / $(field broker_peak_rss_mib) MiB"
     printf '%-40s %s\n' "  CPU of Kafka (node 1) / broker's PG backend" "$kafka_cpu s / $pg_cpu s"
     printf '%-40s %s\n' "  PG backend waiting for a CPU" "$pg_rq s"
@@ -310,7 +388,7 @@ ratio=$(awk -v a="${ours:-0}" -v b="$kcat_rate" 'BEGIN { printf "%.2f", (b > 0 ?
     printf '%-40s %s\n' "  acked / missing / rows in PostgreSQL" "$(field acked) / $(field missing) / $rows"
     if [ "$run_kcat" = 1 ]; then
         printf '%-40s %s\n' "kcat -C | psql \\copy (drain only)" "$kcat_rate msgs/s in $kcat_s s ($kcat_rows rows)"
-        printf '%-40s %s\n' "ratio chatvault / kcat|psql" "$ratio"
+        printf '%-40s %s\n' "ratio chatvault / kcat|psql" "$ratio$([ "$backlog" = 1 ] && echo " (two drains of the same backlog, same cluster)")"
     fi
     if [ "$sample" = 1 ]; then
         echo "  PG backend, share of samples (pg_waits.py):"

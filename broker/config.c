@@ -14,7 +14,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "http.h"
+#include "daemon/http.h"
 
 typedef enum { PROP_STR, PROP_INT, PROP_ENUM } prop_type;
 

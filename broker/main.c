@@ -1,6 +1,6 @@
 /*
- * chatvault — command dispatch. Each command lives in its own cmd_*.c file
- * and parses its own options.
+ * chatvault — command dispatch. Each command lives in its own cmd_*.c file,
+ * in the folder of its audience (daemon/, ops/, traffic/, archive/).
  */
 #include <stdbool.h>
 #include <stdio.h>

@@ -10,12 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "applog.h"
+#include "applog/applog.h"
 #include "arena.h"
 #include "chatvault.pb-c.h"
 #include "cli.h"
-#include "pgmigrate.h"
-#include "pgread.h"
+#include "pg/pgmigrate.h"
+#include "pg/pgread.h"
 #include "util.h"
 
 #define ARENA_LIMIT ((size_t)256 << 20)

@@ -2,7 +2,7 @@
  * select — the message selectors shared by replay, export and verify:
  * channels (names or shell patterns), Kafka coordinates, a time range on
  * sent_at or persisted_at, and a file of message ids. The same selection
- * applies to PostgreSQL (as a query per channel, see consumer/pgread.h) and
+ * applies to PostgreSQL (as a query per channel, see consumer/pg/pgread.h) and
  * to log records (cv_select_match).
  */
 #ifndef CV_SELECT_H
@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "pgread.h"
+#include "pg/pgread.h"
 
 enum {
     CV_SEL_CHANNEL = 0x1000,

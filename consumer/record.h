@@ -9,7 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "envelope.h"
+#include "ingest/envelope.h"
 
 /* Bits of DeliveryAck.stores. */
 #define CV_STORE_PG 1u

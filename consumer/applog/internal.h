@@ -3,7 +3,7 @@
  * format (FORMAT.md), the structs its files share, and the functions one
  * file calls in another, prefixed cv_applog_i_ (the module's prefix, and
  * "internal"). Nothing outside this folder includes it; the public API is
- * consumer/applog.h. What each function does is said where it is defined.
+ * consumer/applog/applog.h. What each function does is said where it is defined.
  */
 #ifndef CV_APPLOG_INTERNAL_H
 #define CV_APPLOG_INTERNAL_H

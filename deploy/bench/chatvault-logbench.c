@@ -25,7 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "applog.h"
+#include "applog/applog.h"
 #include "keyring.h"
 
 #define TOPICS 16

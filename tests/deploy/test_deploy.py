@@ -1,7 +1,7 @@
 """Checks the deploy/ artefacts of the observability work (TAP):
 
 - deploy/prometheus/alerts.yml parses, every rule is complete, and every
-  chatvault_* metric it names is one the broker exports (consumer/metrics.c);
+  chatvault_* metric it names is one the broker exports (consumer/obs/);
   with promtool installed (Debian's prometheus package) also
   `promtool check rules` and `promtool test rules tests/deploy/alerts_test.yml`;
 - deploy/grafana/chatvault.json parses, panels do not overlap, and every
@@ -10,6 +10,7 @@
   with systemd-analyze installed, passes `systemd-analyze verify`.
 Needs /usr/bin/python3 with python3-yaml.
 """
+import glob
 import json
 import os
 import re
@@ -43,8 +44,10 @@ def skip(name, why):
     print('ok %d - %s # SKIP %s' % (n, name, why), flush=True)
 
 
-with open(os.path.join(ROOT, 'consumer', 'metrics.c')) as f:
-    exported = set(re.findall(r'"(chatvault_[a-z_]+)', f.read()))
+exported = set()
+for path in glob.glob(os.path.join(ROOT, 'consumer', 'obs', '*.c')):
+    with open(path) as f:
+        exported |= set(re.findall(r'"(chatvault_[a-z_]+)', f.read()))
 families = set()
 for m in exported:
     families.add(m)
@@ -55,7 +58,7 @@ def unknown_metrics(expr):
     return sorted(set(re.findall(r'\bchatvault_[a-z_]+', expr)) - families)
 
 
-ok(len(exported) >= 15, 'found the exported metric names in consumer/metrics.c',
+ok(len(exported) >= 15, 'found the exported metric names in consumer/obs/',
    sorted(exported))
 
 # --- alerts -------------------------------------------------------------

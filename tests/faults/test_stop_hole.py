@@ -1,5 +1,5 @@
 """A batch that did not become durable leaves a hole: nothing after it may be
-stored, acked or committed (issue 15, item 6; consumer/pipeline.c).
+stored, acked or committed (issue 15, item 6; consumer/ingest/pipeline.c).
 
 The window: batch S waits at the stores while batch F, behind it, fills.
 A second psql session holds a lock on chatvault.messages, so S's INSERT

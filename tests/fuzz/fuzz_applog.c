@@ -27,7 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "applog.h"
+#include "applog/applog.h"
 #include "keyring.h"
 #include "util.h"
 

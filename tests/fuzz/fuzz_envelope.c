@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "arena.h"
-#include "envelope.h"
+#include "ingest/envelope.h"
 #include "util.h"
 
 #define BODY_LIMIT 4096

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "applog.h"
+#include "applog/applog.h"
 #include "chatvault.pb-c.h"
 #include "keyring.h"
 

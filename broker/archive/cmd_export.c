@@ -1,0 +1,656 @@
+/*
+ * chatvault export / import — the data-migration interface: a channel's
+ * history (any selection) out of one site as JSON Lines, and into another
+ * site's PostgreSQL.
+ *
+ * The file: one JSON object per message, in (channel, partition, offset)
+ * order,
+ *   {"channel":"c","message_id":"m","topic":"chat.c","partition":0,
+ *    "offset":42,"kafka_timestamp_ms":...,"sender_id":"s","sent_at_us":...,
+ *    "content_type":"text/plain","attributes":{"k":"v"},"reply_to":"",
+ *    "persisted_at_us":...,"body_encoding":"utf-8","body":"hello"}
+ * where body_encoding is "utf-8" when the body is valid UTF-8 without NUL
+ * bytes and content_type is textual (text/..., or JSON or XML), else
+ * "base64"; kafka_timestamp_ms and persisted_at_us are null when unknown
+ * (the log keeps no store time). The last line is the manifest:
+ *   {"manifest":{"format":"chatvault-export-1","count":N,
+ *    "digest":"sha256:<hex of SHA-256 over every byte before this line>",
+ *    "exported_at_us":...}}
+ * Import reads the file twice: first it checks every line parses, the count
+ * and the digest, and refuses the file on any mismatch before writing
+ * anything; then it loads through the broker's own PostgreSQL write path
+ * (consumer/pg/pgstore.h), in batches, idempotently: a message already there
+ * (same channel and message id) is not written again, so importing twice
+ * is harmless. Kafka coordinates are kept; chatvault.kafka_offsets is not
+ * touched (no consumer group of the importing site has read anything);
+ * persisted_at is the import time.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "arena.h"
+#include "chatvault.pb-c.h"
+#include "cli.h"
+#include "ingest/envelope.h"
+#include "json.h"
+#include "keyring.h"
+#include "msgsource.h"
+#include "pg/pgstore.h"
+#include "progress.h"
+#include "record.h"
+#include "select.h"
+#include "util.h"
+
+#define FORMAT "chatvault-export-1"
+#define LINE_MAX_BYTES ((size_t)256 << 20)
+#define IMPORT_BATCH 1000
+
+enum { O_SOURCE = 0x2000, O_OUTPUT, O_LOG_DIR, O_QUIET };
+
+static bool textual(const char *ct) {
+    return strncmp(ct, "text/", 5) == 0 || strstr(ct, "json") || strstr(ct, "xml");
+}
+
+static int put_str(cv_buf *b, const char *key, const char *v) {
+    int r = cv_buf_printf(b, ",\"%s\":", key);
+    return r < 0 ? r : cv_buf_json_string(b, v, strlen(v));
+}
+
+static int export_line(cv_buf *b, const cv_msg *m) {
+    int r = cv_buf_append(b, "{\"channel\":", 11);
+    if (r == 0)
+        r = cv_buf_json_string(b, m->channel, strlen(m->channel));
+    if (r == 0)
+        r = put_str(b, "message_id", m->message_id);
+    if (r == 0)
+        r = put_str(b, "topic", m->topic);
+    if (r == 0)
+        r = cv_buf_printf(b, ",\"partition\":%" PRId32 ",\"offset\":%" PRId64,
+                          m->partition, m->offset);
+    if (r == 0)
+        r = m->timestamp_ms >= 0
+                ? cv_buf_printf(b, ",\"kafka_timestamp_ms\":%" PRId64, m->timestamp_ms)
+                : cv_buf_printf(b, ",\"kafka_timestamp_ms\":null");
+    if (r == 0)
+        r = put_str(b, "sender_id", m->sender_id);
+    if (r == 0)
+        r = cv_buf_printf(b, ",\"sent_at_us\":%" PRId64, m->sent_at_us);
+    if (r == 0)
+        r = put_str(b, "content_type", m->content_type);
+    if (r == 0)
+        r = cv_buf_append(b, ",\"attributes\":{", 15);
+    for (size_t i = 0; r == 0 && i < m->nattrs; i++) {
+        if (i)
+            r = cv_buf_append(b, ",", 1);
+        if (r == 0)
+            r = cv_buf_json_string(b, m->attrs[2 * i], strlen(m->attrs[2 * i]));
+        if (r == 0)
+            r = cv_buf_append(b, ":", 1);
+        if (r == 0)
+            r = cv_buf_json_string(b, m->attrs[2 * i + 1], strlen(m->attrs[2 * i + 1]));
+    }
+    if (r == 0)
+        r = cv_buf_append(b, "}", 1);
+    if (r == 0)
+        r = put_str(b, "reply_to", m->reply_to);
+    if (r == 0)
+        r = m->persisted_at_us >= 0
+                ? cv_buf_printf(b, ",\"persisted_at_us\":%" PRId64, m->persisted_at_us)
+                : cv_buf_printf(b, ",\"persisted_at_us\":null");
+    bool text = textual(m->content_type) && !memchr(m->body, 0, m->body_len) &&
+                cv_utf8_valid((const char *)m->body, m->body_len);
+    if (r == 0)
+        r = cv_buf_printf(
+            b, ",\"body_encoding\":\"%s\",\"body\":", text ? "utf-8" : "base64");
+    if (r == 0) {
+        if (text) {
+            r = cv_buf_json_string(b, (const char *)m->body, m->body_len);
+        } else {
+            r = cv_buf_append(b, "\"", 1);
+            if (r == 0)
+                r = cv_buf_base64(b, m->body, m->body_len);
+            if (r == 0)
+                r = cv_buf_append(b, "\"", 1);
+        }
+    }
+    if (r == 0)
+        r = cv_buf_append(b, "}\n", 2);
+    return r;
+}
+
+static void export_usage(FILE *out) {
+    fprintf(out, "usage: chatvault export [-c FILE] [--set key=value]... "
+                 "[selection] [--source pg|log|auto]\n"
+                 "                        [--output FILE]\n\n"
+                 "Writes the selected messages as JSON Lines, one object per "
+                 "message, and a\nlast line with a manifest (count and SHA-256 "
+                 "digest of the lines before it).\nThe body is text when it is "
+                 "valid UTF-8 and content_type is textual, else\nbase64 "
+                 "(\"body_encoding\"). `chatvault import` loads the file into "
+                 "another\ndatabase.\n\n"
+                 "options:\n"
+                 "      --source pg|log|auto  where messages come from (default "
+                 "auto, as replay)\n"
+                 "  -o, --output FILE     write to FILE (replaced when complete) "
+                 "instead of stdout\n"
+                 "      --log-dir DIR     read this log directory instead of "
+                 "log.dir (repeatable)\n"
+                 "      --quiet           no progress display\n"
+                 "  -c, --config FILE     configuration file\n"
+                 "      --set key=value   configuration override\n\n" CV_SELECT_HELP);
+}
+
+int cv_cmd_export(int argc, char **argv) {
+    static const struct option opts[] = {CV_COMMON_LONGOPTS,
+                                         CV_SELECT_LONGOPTS,
+                                         {"source", required_argument, NULL, O_SOURCE},
+                                         {"output", required_argument, NULL, 'o'},
+                                         {"log-dir", required_argument, NULL, O_LOG_DIR},
+                                         {"quiet", no_argument, NULL, O_QUIET},
+                                         {NULL, 0, NULL, 0}};
+    cv_cli_config cli = {0};
+    cv_select sel;
+    cv_select_init(&sel);
+    cv_cli_log_dirs ld = {0};
+    cv_src_mode mode = CV_SRC_AUTO;
+    const char *output = NULL;
+    bool quiet = false;
+    int opt, rc = CV_EXIT_USAGE;
+    cv_config *cfg = NULL;
+    cv_keyring *keys = NULL;
+    cv_src *src = NULL;
+    FILE *out = NULL;
+    char *tmp = NULL;
+    cv_buf line;
+    cv_buf_init(&line, LINE_MAX_BYTES);
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "c:ho:", opts, NULL)) != -1) {
+        int r = cv_cli_common_opt(&cli, opt, optarg);
+        if (r < 0)
+            goto out;
+        if (r)
+            continue;
+        r = cv_select_opt(&sel, "export", opt, optarg);
+        if (r < 0)
+            goto out;
+        if (r)
+            continue;
+        switch (opt) {
+        case 'h':
+            export_usage(stdout);
+            rc = CV_EXIT_OK;
+            goto out;
+        case O_SOURCE:
+            if (cv_src_parse_mode("export", optarg, &mode) < 0)
+                goto out;
+            break;
+        case 'o':
+            output = optarg;
+            break;
+        case O_QUIET:
+            quiet = true;
+            break;
+        case O_LOG_DIR:
+            if (cv_cli_add_log_dir(&ld, "export", optarg) < 0)
+                goto out;
+            break;
+        default:
+            export_usage(stderr);
+            goto out;
+        }
+    }
+    if (optind < argc) {
+        cv_error("export", "unexpected argument \"%s\"", argv[optind]);
+        goto out;
+    }
+    if (cv_select_check(&sel, "export") < 0)
+        goto out;
+    if (!(cfg = cv_cli_load_config(&cli)))
+        goto out;
+    rc = CV_EXIT_FAILURE;
+    cv_cli_default_log_dir(&ld, cfg);
+    char err[1024];
+    if (mode != CV_SRC_PG && ld.n &&
+        cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err, sizeof(err)) <
+            0) {
+        if (mode == CV_SRC_LOG) {
+            cv_error("export", "%s (log.key_file)", err);
+            goto out;
+        }
+        cv_log(CV_LOG_WARN, "log unreadable: exporting from PostgreSQL only",
+               "error=\"%s\"", err);
+        ld.n = 0;
+    }
+    cv_src_conf sc = {
+        .mode = mode,
+        .pg_conninfo = cv_config_str(cfg, "postgres.conninfo"),
+        .log_dirs = ld.dir,
+        .nlog_dirs = mode == CV_SRC_PG ? 0 : ld.n,
+        .keys = keys,
+        .topic_prefix = cv_config_str(cfg, "topics.prefix"),
+        .sel = &sel,
+    };
+    char pgerr[512] = "";
+    if (cv_src_open(&sc, &src, pgerr, sizeof(pgerr), err, sizeof(err)) < 0) {
+        cv_error("export", "%s", err);
+        goto out;
+    }
+    if (*pgerr)
+        cv_log(CV_LOG_WARN, "postgres unavailable: exporting from the log",
+               "error=\"%s\"", pgerr);
+    if (output) {
+        size_t l = strlen(output) + 8;
+        if (!(tmp = malloc(l)))
+            goto out;
+        snprintf(tmp, l, "%s.tmp", output);
+        if (!(out = fopen(tmp, "w"))) {
+            cv_error("export", "%s: %s", tmp, strerror(errno));
+            goto out;
+        }
+    } else {
+        out = stdout;
+    }
+    crypto_hash_sha256_state hs;
+    crypto_hash_sha256_init(&hs);
+    cv_progress prog;
+    cv_progress_init(&prog, "export", !quiet);
+    uint64_t count = 0, from_log = 0;
+    cv_msg m;
+    int r;
+    while ((r = cv_src_next(src, &m, err, sizeof(err))) == 1) {
+        line.len = 0;
+        if (export_line(&line, &m) < 0) {
+            cv_error("export",
+                     "message %s of channel %s does not fit in a "
+                     "line",
+                     m.message_id, m.channel);
+            goto out;
+        }
+        crypto_hash_sha256_update(&hs, line.data, line.len);
+        if (fwrite(line.data, 1, line.len, out) != line.len) {
+            cv_error("export", "%s: %s", output ? tmp : "stdout", strerror(errno));
+            goto out;
+        }
+        count++;
+        from_log += m.from_log;
+        cv_progress_update(&prog, count, 0, m.channel);
+    }
+    cv_progress_end(&prog);
+    if (r < 0) {
+        cv_error("export", "%s", err);
+        goto out;
+    }
+    unsigned char dg[crypto_hash_sha256_BYTES];
+    char dhex[2 * sizeof(dg) + 1];
+    crypto_hash_sha256_final(&hs, dg);
+    sodium_bin2hex(dhex, sizeof(dhex), dg, sizeof(dg));
+    fprintf(out,
+            "{\"manifest\":{\"format\":\"" FORMAT "\",\"count\":%" PRIu64
+            ",\"digest\":\"sha256:%s\",\"exported_at_us\":%" PRId64 "}}\n",
+            count, dhex, cv_now_us());
+    if (fflush(out) != 0 || (output && (fsync(fileno(out)) != 0))) {
+        cv_error("export", "%s: %s", output ? tmp : "stdout", strerror(errno));
+        goto out;
+    }
+    if (output) {
+        int e = fclose(out);
+        out = NULL;
+        if (e != 0 || rename(tmp, output) != 0) {
+            cv_error("export", "%s: %s", output, strerror(errno));
+            goto out;
+        }
+    }
+    cv_log(CV_LOG_INFO, "export done",
+           "messages=%" PRIu64 " from_postgres=%" PRIu64 " from_log=%" PRIu64
+           " digest=sha256:%s output=\"%s\"",
+           count, count - from_log, from_log, dhex, output ? output : "-");
+    rc = CV_EXIT_OK;
+out:
+    if (out && out != stdout) {
+        fclose(out);
+        unlink(tmp);
+    }
+    free(tmp);
+    cv_buf_release(&line);
+    cv_src_free(src);
+    cv_keyring_free(keys);
+    cv_config_free(cfg);
+    cv_select_release(&sel);
+    return rc;
+}
+
+/* ---- import ----------------------------------------------------------- */
+
+typedef struct ibatch {
+    cv_rec recs[IMPORT_BATCH];
+    size_t n;
+    cv_arena *arena;
+    cv_buf packed;
+    uint64_t loaded, duplicates, rejected;
+} ibatch;
+
+static const char *jstr(const json_t *o, const char *k) {
+    return cv_json_str(o, k, NULL);
+}
+
+/* One message object into the next record of the batch: rebuilt as the
+ * ChatMessage it was and validated as the broker validates. */
+static int import_one(ibatch *b, const cv_envelope_rules *rules, const json_t *o,
+                      char *err, size_t errlen) {
+    const char *ch = jstr(o, "channel"), *id = jstr(o, "message_id"),
+               *topic = jstr(o, "topic"), *enc = jstr(o, "body_encoding"),
+               *body = jstr(o, "body");
+    const json_t *attrs = json_object_get(o, "attributes");
+    if (!ch || !id || !topic || !enc || !body || !json_is_object(attrs)) {
+        snprintf(err, errlen,
+                 "a message lacks channel, message_id, topic, "
+                 "attributes or body");
+        return -EINVAL;
+    }
+    size_t blen = strlen(body);
+    unsigned char *bin = NULL;
+    if (strcmp(enc, "base64") == 0) {
+        size_t cap = blen / 4 * 3 + 3, got = 0;
+        bin = cv_arena_alloc(b->arena, cap ? cap : 1);
+        if (!bin)
+            return -ENOMEM;
+        if (sodium_base642bin(bin, cap, body, blen, NULL, &got, NULL,
+                              sodium_base64_VARIANT_ORIGINAL) != 0) {
+            snprintf(err, errlen, "message %s: body is not base64", id);
+            return -EINVAL;
+        }
+        blen = got;
+    } else if (strcmp(enc, "utf-8") == 0) {
+        bin = (unsigned char *)body;
+    } else {
+        snprintf(err, errlen, "message %s: unknown body_encoding \"%s\"", id, enc);
+        return -EINVAL;
+    }
+    Chatvault__V1__ChatMessage m = CHATVAULT__V1__CHAT_MESSAGE__INIT;
+    m.message_id = (char *)id;
+    m.channel = (char *)ch;
+    m.sender_id = (char *)cv_json_str(o, "sender_id", "");
+    m.sent_at_us = cv_json_int(o, "sent_at_us", 0);
+    m.body.data = bin;
+    m.body.len = blen;
+    m.content_type = (char *)cv_json_str(o, "content_type", "");
+    m.reply_to = (char *)cv_json_str(o, "reply_to", "");
+    size_t na = json_object_size(attrs);
+    Chatvault__V1__ChatMessage__AttributesEntry *ents =
+        na ? cv_arena_alloc(b->arena, na * sizeof(*ents)) : NULL;
+    Chatvault__V1__ChatMessage__AttributesEntry **ptrs =
+        na ? cv_arena_alloc(b->arena, na * sizeof(*ptrs)) : NULL;
+    if (na && (!ents || !ptrs))
+        return -ENOMEM;
+    size_t i = 0;
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)attrs, key, val) {
+        chatvault__v1__chat_message__attributes_entry__init(&ents[i]);
+        ents[i].key = (char *)key;
+        ents[i].value = (char *)(json_is_string(val) ? json_string_value(val) : "");
+        ptrs[i] = &ents[i];
+        i++;
+    }
+    m.n_attributes = na;
+    m.attributes = ptrs;
+    size_t need = chatvault__v1__chat_message__get_packed_size(&m);
+    b->packed.len = 0;
+    if (cv_buf_reserve(&b->packed, need) < 0)
+        return -ENOMEM;
+    chatvault__v1__chat_message__pack(&m, b->packed.data);
+    cv_rec *rec = &b->recs[b->n];
+    memset(rec, 0, sizeof(*rec));
+    char *tcopy = cv_arena_alloc(b->arena, strlen(topic) + 1);
+    if (!tcopy)
+        return -ENOMEM;
+    strcpy(tcopy, topic);
+    rec->topic = tcopy;
+    int64_t part = cv_json_int(o, "partition", -1);
+    rec->partition = part >= 0 && part <= INT32_MAX ? (int32_t)part : -1;
+    rec->offset = cv_json_int(o, "offset", -1);
+    rec->timestamp_ms = cv_json_int(o, "kafka_timestamp_ms", -1);
+    int r = cv_envelope_decode(rules, tcopy, b->packed.data, need, b->arena, &rec->env);
+    if (r == -ENOMEM)
+        return r;
+    if (r < 0 || rec->partition < 0 || rec->offset < 0) {
+        snprintf(err, errlen, "message %s of channel %s: %s", id, ch,
+                 r < 0 ? rec->env.error : "no Kafka partition or offset");
+        return -CV_EREJECT;
+    }
+    b->n++;
+    return 0;
+}
+
+static int import_flush(ibatch *b, cv_pgstore *store, char *err, size_t errlen) {
+    if (!b->n)
+        return 0;
+    rd_kafka_topic_partition_list_t *none = rd_kafka_topic_partition_list_new(0);
+    if (!none)
+        return -ENOMEM;
+    int r = cv_pgstore_write(store, b->recs, b->n, none, err, errlen);
+    rd_kafka_topic_partition_list_destroy(none);
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < b->n; i++) {
+        if (b->recs[i].status == CHATVAULT__V1__ACK_STATUS__PERSISTED)
+            b->loaded++;
+        else
+            b->duplicates++;
+    }
+    b->n = 0;
+    cv_arena_reset(b->arena);
+    return 0;
+}
+
+/* Reads FILE; with store NULL only checks (parse, count, digest), else
+ * loads. Returns 0 or an exit code. */
+static int import_pass(const char *path, cv_pgstore *store,
+                       const cv_envelope_rules *rules, ibatch *b, uint64_t *ret_count,
+                       cv_progress *prog) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        cv_error("import", "%s: %s", path, strerror(errno));
+        return CV_EXIT_FAILURE;
+    }
+    char *line = NULL, err[1024];
+    size_t cap = 0;
+    ssize_t n;
+    uint64_t count = 0, lineno = 0;
+    bool manifest = false;
+    int rc = CV_EXIT_FAILURE;
+    crypto_hash_sha256_state hs;
+    crypto_hash_sha256_init(&hs);
+    while ((n = getline(&line, &cap, f)) >= 0) {
+        lineno++;
+        if (manifest) {
+            cv_error("import", "%s line %" PRIu64 ": data after the manifest", path,
+                     lineno);
+            goto out;
+        }
+        if ((size_t)n > LINE_MAX_BYTES) {
+            cv_error("import", "%s line %" PRIu64 ": longer than %zu bytes", path, lineno,
+                     LINE_MAX_BYTES);
+            goto out;
+        }
+        json_t *o = NULL;
+        if (cv_json_parse(line, (size_t)n, &o, err, sizeof(err)) < 0 ||
+            !json_is_object(o)) {
+            cv_error("import", "%s line %" PRIu64 ": %s", path, lineno,
+                     o ? "not a JSON object" : err);
+            json_decref(o);
+            goto out;
+        }
+        const json_t *mf = json_object_get(o, "manifest");
+        if (mf) {
+            manifest = true;
+            unsigned char dg[crypto_hash_sha256_BYTES];
+            char want[16 + 2 * sizeof(dg)];
+            crypto_hash_sha256_final(&hs, dg);
+            memcpy(want, "sha256:", 7);
+            sodium_bin2hex(want + 7, sizeof(want) - 7, dg, sizeof(dg));
+            const char *fmt = jstr(mf, "format"), *digest = jstr(mf, "digest");
+            int64_t mc = cv_json_int(mf, "count", -1);
+            if (!fmt || strcmp(fmt, FORMAT) != 0) {
+                cv_error("import", "%s: the manifest's format is not " FORMAT, path);
+            } else if (mc < 0 || (uint64_t)mc != count) {
+                cv_error("import",
+                         "%s: the manifest says %" PRId64 " messages, the "
+                         "file holds %" PRIu64 " (truncated or "
+                         "edited)",
+                         path, mc, count);
+            } else if (!digest || strcmp(digest, want) != 0) {
+                cv_error("import",
+                         "%s: the digest of the file is %s, the "
+                         "manifest says %s (changed since export)",
+                         path, want, digest ? digest : "nothing");
+            } else {
+                rc = 0;
+            }
+            json_decref(o);
+            if (rc)
+                goto out;
+            rc = CV_EXIT_FAILURE;
+            continue;
+        }
+        crypto_hash_sha256_update(&hs, (const unsigned char *)line, (size_t)n);
+        count++;
+        if (store) {
+            int r = import_one(b, rules, o, err, sizeof(err));
+            if (r == -CV_EREJECT) {
+                if (!b->rejected++)
+                    cv_log(CV_LOG_WARN, "message not imported",
+                           "line=%" PRIu64 " error=\"%s\"", lineno, err);
+            } else if (r < 0) {
+                cv_error("import", "%s line %" PRIu64 ": %s", path, lineno,
+                         r == -ENOMEM ? "out of memory" : err);
+                json_decref(o);
+                goto out;
+            }
+            if (b->n == IMPORT_BATCH &&
+                (r = import_flush(b, store, err, sizeof(err))) < 0) {
+                cv_error("import", "%s", err);
+                json_decref(o);
+                goto out;
+            }
+            cv_progress_update(prog, count, *ret_count, "loading");
+        }
+        json_decref(o);
+    }
+    if (!manifest) {
+        cv_error("import", "%s: no manifest line at the end (truncated?)", path);
+        goto out;
+    }
+    if (store) {
+        int r = import_flush(b, store, err, sizeof(err));
+        if (r < 0) {
+            cv_error("import", "%s", err);
+            goto out;
+        }
+    }
+    *ret_count = count;
+    rc = 0;
+out:
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+static void import_usage(FILE *out) {
+    fprintf(out, "usage: chatvault import [-c FILE] [--set key=value]... [--quiet] "
+                 "EXPORT_FILE\n\n"
+                 "Loads a file written by `chatvault export` into the PostgreSQL "
+                 "of\npostgres.conninfo. The manifest (count and digest) is "
+                 "checked before anything\nis written; a file that does not match "
+                 "it is refused. Messages are validated\nas the broker validates "
+                 "them and written through its own write path,\nidempotently: a "
+                 "message already stored is not written again, so importing\ntwice "
+                 "is harmless. Kafka coordinates are kept; chatvault.kafka_offsets "
+                 "is\nleft alone. Exit 1 when a message was not imported.\n\n"
+                 "To check an imported database, run `chatvault verify --channel "
+                 "C` with it\nand the log of the site the export came from.\n");
+}
+
+int cv_cmd_import(int argc, char **argv) {
+    static const struct option opts[] = {
+        CV_COMMON_LONGOPTS, {"quiet", no_argument, NULL, O_QUIET}, {NULL, 0, NULL, 0}};
+    cv_cli_config cli = {0};
+    bool quiet = false;
+    int opt, rc = CV_EXIT_USAGE;
+    cv_config *cfg = NULL;
+    cv_pgstore *store = NULL;
+    ibatch *b = NULL;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        int r = cv_cli_common_opt(&cli, opt, optarg);
+        if (r < 0)
+            goto out;
+        if (r)
+            continue;
+        if (opt == 'h') {
+            import_usage(stdout);
+            rc = CV_EXIT_OK;
+            goto out;
+        }
+        if (opt == O_QUIET) {
+            quiet = true;
+            continue;
+        }
+        import_usage(stderr);
+        goto out;
+    }
+    if (optind + 1 != argc) {
+        cv_error("import", "give exactly one export file");
+        goto out;
+    }
+    const char *path = argv[optind];
+    if (!(cfg = cv_cli_load_config(&cli)))
+        goto out;
+    rc = CV_EXIT_FAILURE;
+    if (sodium_init() < 0)
+        goto out;
+    if (!(b = calloc(1, sizeof(*b))) || !(b->arena = cv_arena_new((size_t)1 << 30)))
+        goto out;
+    cv_buf_init(&b->packed, (size_t)1 << 30);
+    cv_envelope_rules rules = {
+        .topic_prefix = cv_config_str(cfg, "topics.prefix"),
+        .max_body_bytes = (size_t)cv_config_int(cfg, "limits.max_body_bytes"),
+        .ack_topic = cv_config_str(cfg, "topics.acks"),
+        .dlq_topic = cv_config_str(cfg, "topics.dlq"),
+    };
+    uint64_t count = 0;
+    cv_progress prog;
+    cv_progress_init(&prog, "import", !quiet);
+    if ((rc = import_pass(path, NULL, &rules, b, &count, &prog)) != 0)
+        goto out;
+    rc = CV_EXIT_FAILURE;
+    char err[1024];
+    if (cv_pgstore_open(cv_config_str(cfg, "postgres.conninfo"), "chatvault-import",
+                        &store, err, sizeof(err)) < 0) {
+        cv_error("import", "%s (postgres.conninfo)", err);
+        goto out;
+    }
+    if ((rc = import_pass(path, store, &rules, b, &count, &prog)) != 0)
+        goto out;
+    cv_progress_end(&prog);
+    cv_log(b->rejected ? CV_LOG_ERROR : CV_LOG_INFO, "import done",
+           "messages=%" PRIu64 " stored=%" PRIu64 " duplicates=%" PRIu64
+           " rejected=%" PRIu64,
+           count, b->loaded, b->duplicates, b->rejected);
+    rc = b->rejected ? CV_EXIT_FAILURE : CV_EXIT_OK;
+out:
+    if (b) {
+        cv_arena_free(b->arena);
+        cv_buf_release(&b->packed);
+        free(b);
+    }
+    cv_pgstore_free(store);
+    cv_config_free(cfg);
+    return rc;
+}

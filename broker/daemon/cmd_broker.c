@@ -1,0 +1,307 @@
+/*
+ * chatvault broker — the daemon: joins the consumer group, persists every
+ * chat record, acks it, commits offsets (see consumer/ingest/pipeline.h).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "daemon/devkafka.h"
+#include "daemon/http.h"
+#include "daemon/probe.h"
+#include "ingest/pipeline.h"
+#include "keyring.h"
+#include "obs/metrics.h"
+
+static volatile sig_atomic_t stop;
+static void on_signal(int sig) {
+    (void)sig, stop = 1;
+}
+
+static void pipeline_log(void *opaque, cv_log_level level, const char *msg,
+                         const char *kv) {
+    (void)opaque;
+    cv_log(level, msg, "%s", kv);
+}
+
+static void usage(FILE *out) {
+    fprintf(out, "usage: chatvault broker [-c FILE] [--set key=value]...\n\n"
+                 "Consumes the chat topics (topics.pattern) as a member of consumer "
+                 "group\nkafka.group.id, stores every message in PostgreSQL, produces "
+                 "a DeliveryAck to\ntopics.acks (or the message's reply_to) once it "
+                 "is durable, then commits the\noffsets. SIGTERM or SIGINT finishes "
+                 "the batch in flight and exits 0.\n\n"
+                 "With kafka.bootstrap.servers = embedded it starts librdkafka's mock "
+                 "Kafka cluster\ninside the process (its address is logged). The mock "
+                 "keeps only about 5 MiB per\npartition and silently drops older "
+                 "batches: for trying chatvault, not for data.\n\n");
+    cv_config_print_help(out);
+}
+
+/* One broker per process: the stats callback's opaque is the pipeline's. */
+static cv_metrics *stats_metrics;
+
+static int kafka_stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
+    (void)rk;
+    (void)opaque;
+    if (stats_metrics)
+        cv_metrics_kafka_stats(stats_metrics, json, len);
+    return 0; /* librdkafka frees json */
+}
+
+/* ack.transactions = on: makes the ack producer transactional. Its id is
+ * this instance's across restarts, so that a restart fences what the last
+ * run left open instead of waiting for transaction.timeout.ms. By default
+ * it names the group, the host and (hashed) the log directory, which every
+ * instance has its own of: instances on one host do not fence each other. */
+static int set_transactional(const cv_config *cfg, rd_kafka_conf_t *pconf, bool embedded,
+                             char *errbuf, size_t errlen) {
+    if (embedded) {
+        snprintf(errbuf, errlen,
+                 "ack.transactions = on needs a real Kafka cluster: the embedded one "
+                 "only pretends to run transactions (set kafka.bootstrap.servers)");
+        return -EINVAL;
+    }
+    char id[512], host[256] = "";
+    const char *asked = cv_config_str(cfg, "ack.transactional_id");
+    if (*asked) {
+        snprintf(id, sizeof(id), "%s", asked);
+    } else {
+        if (gethostname(host, sizeof(host) - 1) < 0 || !*host)
+            snprintf(host, sizeof(host), "localhost");
+        const char *dir = cv_config_str(cfg, "log.dir");
+        unsigned char h[crypto_generichash_BYTES_MIN];
+        char hex[9];
+        crypto_generichash(h, sizeof(h), (const unsigned char *)dir, strlen(dir), NULL,
+                           0);
+        sodium_bin2hex(hex, sizeof(hex), h, 4);
+        snprintf(id, sizeof(id), "chatvault-%s-%s-%s",
+                 cv_config_kafka_get(cfg, "group.id"), host, hex);
+    }
+    char kerr[512];
+    if (rd_kafka_conf_set(pconf, "transactional.id", id, kerr, sizeof(kerr)) !=
+            RD_KAFKA_CONF_OK ||
+        (!cv_config_kafka_get(cfg, "transaction.timeout.ms") &&
+         rd_kafka_conf_set(pconf, "transaction.timeout.ms", "15000", kerr,
+                           sizeof(kerr)) != RD_KAFKA_CONF_OK)) {
+        snprintf(errbuf, errlen, "ack.transactions: %.400s", kerr);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int cv_cmd_broker(int argc, char **argv) {
+    static const struct option opts[] = {
+        CV_COMMON_LONGOPTS, {"verbose", no_argument, NULL, 'v'}, {NULL, 0, NULL, 0}};
+    cv_cli_config cli = {0};
+    int opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "c:hv", opts, NULL)) != -1) {
+        int r = cv_cli_common_opt(&cli, opt, optarg);
+        if (r < 0)
+            return CV_EXIT_USAGE;
+        if (r)
+            continue;
+        if (opt == 'h') {
+            usage(stdout);
+            return CV_EXIT_OK;
+        }
+        if (opt == 'v') {
+            cv_log_set_min(CV_LOG_DEBUG);
+            continue;
+        }
+        usage(stderr);
+        return CV_EXIT_USAGE;
+    }
+    if (optind < argc) {
+        cv_error("broker", "unexpected argument \"%s\"", argv[optind]);
+        return CV_EXIT_USAGE;
+    }
+    cv_config *cfg = cv_cli_load_config(&cli);
+    if (!cfg)
+        return CV_EXIT_USAGE;
+
+    char err[512];
+    int rc = CV_EXIT_OK;
+    cv_devkafka *dk = NULL;
+    cv_pipeline *p = NULL;
+    cv_metrics *metrics = NULL;
+    cv_http *http = NULL;
+    cv_probe *probe = NULL;
+    int64_t probe_ms = cv_config_int(cfg, "probe.interval_ms");
+    cv_keyring *keys = NULL;
+    const char *embedded = NULL;
+    const char *log_dir = cv_config_str(cfg, "log.dir");
+    if (*log_dir) {
+        /* A key file that is missing, unreadable or open to others is a
+         * configuration error: refuse to start rather than write a log
+         * nobody can read, or one anybody can. */
+        if (cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err, sizeof(err)) <
+            0) {
+            cv_error("broker",
+                     "%s (log.key_file; create one with `chatvault "
+                     "keygen`)",
+                     err);
+            cv_config_free(cfg);
+            return CV_EXIT_USAGE;
+        }
+    } else {
+        cv_log(CV_LOG_WARN,
+               "log.dir is empty: the encrypted log store is off; "
+               "messages are kept in PostgreSQL only",
+               NULL);
+    }
+    cv_metrics_conf mc = {.topics_prefix = cv_config_str(cfg, "topics.prefix"),
+                          .max_channels =
+                              (size_t)cv_config_int(cfg, "metrics.max_channels"),
+                          .version = CV_VERSION,
+                          .probe_channel = probe_ms > 0 ? CV_PROBE_CHANNEL : NULL};
+    if (cv_metrics_new(&mc, &metrics) < 0) {
+        cv_error("broker", "out of memory");
+        rc = CV_EXIT_FAILURE;
+        goto out;
+    }
+    if (cv_cli_kafka_embedded(cfg)) {
+        if (cv_devkafka_start(1, &dk, err, sizeof(err)) < 0 ||
+            cv_devkafka_create_topic(dk, cv_config_str(cfg, "topics.acks"), 4, err,
+                                     sizeof(err)) < 0 ||
+            cv_devkafka_create_topic(dk, cv_config_str(cfg, "topics.dlq"), 1, err,
+                                     sizeof(err)) < 0) {
+            cv_error("broker", "%s", err);
+            rc = CV_EXIT_FAILURE;
+            goto out;
+        }
+        embedded = cv_devkafka_bootstraps(dk);
+        cv_log(CV_LOG_INFO, "embedded kafka started",
+               "bootstrap=%s note=\"mock cluster: about 5 MiB per partition, "
+               "older batches dropped\"",
+               embedded);
+    }
+    rd_kafka_conf_t *cconf =
+        cv_cli_kafka_conf(cfg, "consumer", embedded, err, sizeof(err));
+    if (!cconf) {
+        cv_error("broker", "config error: %s", err);
+        rc = CV_EXIT_USAGE;
+        goto out;
+    }
+    /* The consumer's statistics tell /metrics and /readyz whether Kafka is
+     * reachable (chatvault_kafka_up); kafka.statistics.interval.ms beats it. */
+    stats_metrics = metrics;
+    if (!cv_config_kafka_get(cfg, "statistics.interval.ms"))
+        rd_kafka_conf_set(cconf, "statistics.interval.ms", "1000", NULL, 0);
+    rd_kafka_conf_set_stats_cb(cconf, kafka_stats_cb);
+    rd_kafka_conf_t *pconf =
+        cv_cli_kafka_conf(cfg, "producer", embedded, err, sizeof(err));
+    if (!pconf) {
+        rd_kafka_conf_destroy(cconf);
+        cv_error("broker", "config error: %s", err);
+        rc = CV_EXIT_USAGE;
+        goto out;
+    }
+    if (strcmp(cv_config_str(cfg, "ack.transactions"), "on") == 0 &&
+        set_transactional(cfg, pconf, dk != NULL, err, sizeof(err)) < 0) {
+        rd_kafka_conf_destroy(cconf);
+        rd_kafka_conf_destroy(pconf);
+        cv_error("broker", "config error: %s", err);
+        rc = CV_EXIT_USAGE;
+        goto out;
+    }
+    cv_pipeline_conf pc = {
+        .consumer_conf = cconf,
+        .producer_conf = pconf,
+        .group = cv_config_kafka_get(cfg, "group.id"),
+        .topics_pattern = cv_config_str(cfg, "topics.pattern"),
+        .topics_prefix = cv_config_str(cfg, "topics.prefix"),
+        .ack_topic = cv_config_str(cfg, "topics.acks"),
+        .dlq_topic = cv_config_str(cfg, "topics.dlq"),
+        .pg_conninfo = cv_config_str(cfg, "postgres.conninfo"),
+        .log_dir = log_dir,
+        .log_keys = keys,
+        .log_segment_bytes = (uint64_t)cv_config_int(cfg, "log.segment_bytes"),
+        .log_sync = strcmp(cv_config_str(cfg, "log.sync_method"), "fdatasync") == 0
+                        ? CV_APPLOG_SYNC_FDATASYNC
+                        : CV_APPLOG_SYNC_SYNCFS,
+        .fresh_cluster = dk != NULL,
+        .ack_policy = strcmp(cv_config_str(cfg, "ack.policy"), "any") == 0
+                          ? CV_ACK_POLICY_ANY
+                          : CV_ACK_POLICY_ALL,
+        .batch_max_messages = cv_config_int(cfg, "batch.max_messages"),
+        .batch_max_bytes = cv_config_int(cfg, "batch.max_bytes"),
+        .batch_max_ms = cv_config_int(cfg, "batch.max_ms"),
+        .max_body_bytes = cv_config_int(cfg, "limits.max_body_bytes"),
+        .shutdown_timeout_ms = cv_config_int(cfg, "shutdown.timeout_ms"),
+        .log = pipeline_log,
+    };
+    pc.observer = cv_metrics_observer(metrics);
+    if (cv_pipeline_new(&pc, &p, err, sizeof(err)) < 0) {
+        char auth[400];
+        if (cv_cli_kafka_auth_error(auth, sizeof(auth)))
+            cv_error("broker", "%s (last: %s)", err, auth);
+        else
+            cv_error("broker", "%s", err);
+        rc = CV_EXIT_FAILURE;
+        goto out;
+    }
+    cv_http_conf hc = {.listen = cv_config_str(cfg, "http.listen"),
+                       .token = cv_config_str(cfg, "http.token"),
+                       .metrics = metrics,
+                       .kafka_bootstrap = embedded};
+    if (*hc.listen && cv_http_start(&hc, &http, err, sizeof(err)) < 0) {
+        cv_error("broker", "%s", err);
+        rc = CV_EXIT_FAILURE;
+        goto out;
+    }
+    if (probe_ms > 0) {
+        char probe_topic[256];
+        snprintf(probe_topic, sizeof(probe_topic), "%s%s", pc.topics_prefix,
+                 CV_PROBE_CHANNEL);
+        rd_kafka_conf_t *prc =
+            cv_cli_kafka_conf(cfg, "producer", embedded, err, sizeof(err));
+        cv_probe_conf prb = {.producer_conf = prc,
+                             .topic = probe_topic,
+                             .channel = CV_PROBE_CHANNEL,
+                             .interval_ms = probe_ms,
+                             .metrics = metrics};
+        if (!prc || cv_probe_start(&prb, &probe, err, sizeof(err)) < 0) {
+            cv_error("broker", "probe: %s", err);
+            rc = CV_EXIT_FAILURE;
+            goto out;
+        }
+    }
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    cv_log(CV_LOG_INFO, "broker started",
+           "group=%s pattern=\"%s\" acks=%s dlq=%s log_dir=%s ack_policy=%s "
+           "ack_transactions=%s",
+           pc.group, pc.topics_pattern, pc.ack_topic, pc.dlq_topic,
+           *log_dir ? log_dir : "(off)", cv_config_str(cfg, "ack.policy"),
+           cv_config_str(cfg, "ack.transactions"));
+    if (cv_pipeline_run(p, &stop, err, sizeof(err)) < 0)
+        rc = CV_EXIT_FAILURE;
+    cv_pipeline_stats st;
+    cv_pipeline_get_stats(p, &st);
+    cv_log(CV_LOG_INFO, "broker stopped",
+           "consumed=%" PRId64 " persisted=%" PRId64 " duplicates=%" PRId64
+           " rejected=%" PRId64 " acked=%" PRId64 " batches=%" PRId64,
+           st.consumed, st.persisted, st.duplicates, st.rejected, st.acked, st.batches);
+    /* The reason comes last, where an operator reading the tail looks. */
+    if (rc == CV_EXIT_FAILURE)
+        cv_error("broker", "%s", err);
+out:
+    cv_probe_stop(probe);
+    cv_http_stop(http);
+    cv_pipeline_free(p);
+    cv_metrics_free(metrics);
+    cv_devkafka_free(dk);
+    cv_keyring_free(keys);
+    cv_config_free(cfg);
+    return rc;
+}

@@ -1,0 +1,54 @@
+/*
+ * http — the broker's observability server on http.listen (libmicrohttpd,
+ * its own thread): GET /metrics (Prometheus text), /healthz (process alive),
+ * /readyz (stores reachable, pipeline running, no channel stalled),
+ * /api/lag (JSON), /api/history (JSON: the bounded history behind the
+ * dashboard's charts, ?channel=NAME&range=1h|24h; 400 for a bad parameter,
+ * 404 for an unknown channel), /api/kafka (JSON: the embedded Kafka cluster's address,
+ * for the other commands), / (the dashboard, embedded in the binary).
+ *
+ * It only reads cv_metrics snapshots; it never touches the pipeline (a
+ * render may append a history point while the pipeline is blocked).
+ *
+ * With http.token set, every endpoint but /healthz needs the token, as
+ * `Authorization: Bearer <token>` (tools, Prometheus' `authorization`) or as
+ * the password of HTTP Basic auth with any user name (so a browser can open
+ * the dashboard: it asks once and sends it with the page's own requests).
+ * The comparison is constant-time. Binding an address that is not loopback
+ * without a token logs a warning.
+ */
+#ifndef CV_HTTP_H
+#define CV_HTTP_H
+
+#include <stddef.h>
+
+#include "obs/metrics.h"
+
+typedef struct cv_http cv_http;
+
+typedef struct cv_http_conf {
+    const char *listen;  /* "host:port", "[v6addr]:port" or ":port"; host is
+                            a numeric address or "localhost" */
+    const char *token;   /* NULL or "": no authentication */
+    cv_metrics *metrics; /* read-only; must outlive the server */
+    /* The embedded (mock) Kafka cluster's address, served at /api/kafka so
+     * that the other commands, given the broker's config, find it; NULL when
+     * the broker uses a Kafka of its own. Copied. */
+    const char *kafka_bootstrap;
+} cv_http_conf;
+
+/* Binds and starts serving. Returns 0, or a negative errno with errbuf set
+ * ("http.listen = \"...\": ..."). */
+int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
+                  size_t errlen);
+
+/* Stops serving and frees. Accepts NULL; returns NULL. */
+cv_http *cv_http_stop(cv_http *h);
+
+/* Parses a listen address into `ret_ss` (sockaddr_in or sockaddr_in6).
+ * Returns 0 or -EINVAL with errbuf set. Exposed for tests and `lag`. */
+struct sockaddr_storage;
+int cv_http_parse_listen(const char *listen, struct sockaddr_storage *ret_ss,
+                         char *errbuf, size_t errlen);
+
+#endif

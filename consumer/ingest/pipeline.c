@@ -1,0 +1,1086 @@
+/*
+ * pipeline — see pipeline.h.
+ *
+ * Three stages overlap. The stores write one batch on their own thread
+ * while this thread polls, decodes and fills the next; a written batch's
+ * acks are produced and the batch waits in a FIFO with a ticket counting
+ * its undelivered acks, and the offsets of the longest prefix of fully
+ * delivered batches are committed. Batches enter the stores, and leave
+ * them, in consumption order, so nothing is ever committed past an unacked
+ * record. Retries after a store failure run on this thread, with the
+ * partitions paused.
+ *
+ * Batches are numbered in that order. The first one this process gives up
+ * without making it durable (stop asked for during its retries, a fatal
+ * store error, out of memory) or without producing all its acks is
+ * remembered as a hole: no batch numbered from it on is stored, acked or
+ * committed, whatever becomes of the stores, so Kafka re-delivers the hole
+ * and everything after it to the next consumer. The batches before it keep
+ * their acks and their commit. A revoke that gives the batches in flight up
+ * leaves no hole: their partitions are gone, and a later assignment starts
+ * from Kafka's committed offset again.
+ */
+#include "ingest/pipeline.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arena.h"
+#include "ingest/acker.h"
+#include "ingest/envelope.h"
+#include "ingest/stores.h"
+#include "record.h"
+#include "util.h"
+
+#define KAFKA_START_TIMEOUT_MS 10000
+#define ACKS_AGAIN_LOG_MS 10000
+/* First and longest pause between attempts of an aborted ack transaction. */
+#define TXN_RETRY_MS 500
+#define TXN_RETRY_MAX_MS 5000
+/* Decoding takes at most ~20 times a record's wire size (a map of tiny
+ * attributes is the worst case), so this bound is never what stops a
+ * batch that batch.max_bytes admitted. */
+#define ARENA_LIMIT(max_bytes) ((size_t)(max_bytes)*32 + ((size_t)64 << 20))
+
+/* A batch whose records are stored and whose acks are on their way. */
+typedef struct pending {
+    struct pending *next;
+    cv_ack_ticket ticket;
+    rd_kafka_topic_partition_list_t *offsets; /* next offset per partition */
+    bool committed;     /* by the acks' transaction: not to be committed again */
+    bool given_up;      /* its acks failed: it never completes */
+    cv_ack_note *notes; /* for the observer, or NULL */
+    size_t nnotes;
+} pending;
+
+/* Topic names outlive the Kafka messages that carried them: the observer
+ * sees them after the batch is released. A few hundred topics at most. */
+typedef struct interned {
+    struct interned *next;
+    char name[];
+} interned;
+
+/* Records on their way through the stores. Two of these alternate: one
+ * fills while the other is stored. */
+typedef struct batch {
+    cv_rec *recs;
+    size_t n, bytes;
+    int64_t started_ms;
+    cv_arena *arena;                          /* the decoded messages of recs */
+    rd_kafka_topic_partition_list_t *offsets; /* set when it is submitted */
+    uint64_t seq;                             /* submission order, from 1 */
+    /* The stores' verdict, written by the store thread. */
+    int result;
+    int64_t pg_us, log_us;
+    char err[512];
+} batch;
+
+/* The store thread takes one batch at a time. */
+typedef struct store_thread {
+    pthread_t tid;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    batch *job;  /* handed over, not yet taken */
+    batch *done; /* written, verdict in it */
+    bool quit, started;
+} store_thread;
+
+struct cv_pipeline {
+    char *group, *pattern, *prefix, *ack_topic, *dlq_topic;
+    int64_t max_messages, max_bytes, max_ms, shutdown_timeout_ms;
+    cv_pipeline_log_fn *log_fn;
+    void *log_opaque;
+    cv_pipeline_observer obs;
+    interned *topics;
+    int64_t last_tick_ms;
+    /* Batches whose acks were produced again after failed deliveries, not
+     * yet logged (see log_acks_again). */
+    struct {
+        int64_t batches, failures, delivered, logged_ms;
+    } again;
+
+    rd_kafka_t *consumer;
+    cv_acker *acker;
+    cv_stores *stores;
+    cv_envelope_rules rules;
+    batch bufs[2];
+    batch *fill;    /* the batch being filled */
+    batch *storing; /* the batch at the store thread, or NULL */
+    size_t cap;
+    store_thread st;
+    bool in_rebalance; /* inside rebalance_cb: do not poll the consumer */
+
+    pending *head, **tail;
+    uint64_t seq;    /* of the last batch submitted */
+    uint64_t hole;   /* the first batch given up (see the top), 0: none */
+    batch *retrying; /* the batch store_retry waits with, or NULL */
+    bool in_store;   /* store_retry is waiting for a store */
+    bool abandon;    /* a revoke came meanwhile: give the batch up */
+    volatile sig_atomic_t *stop;
+    int fatal;
+    char fatal_err[512];
+    cv_pipeline_stats stats;
+};
+
+static void plog(cv_pipeline *p, cv_log_level level, const char *msg, const char *fmt,
+                 ...) __attribute__((format(printf, 4, 5)));
+static void plog(cv_pipeline *p, cv_log_level level, const char *msg, const char *fmt,
+                 ...) {
+    if (!p->log_fn)
+        return;
+    char kv[1024] = "";
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(kv, sizeof(kv), fmt, ap);
+        va_end(ap);
+    }
+    p->log_fn(p->log_opaque, level, msg, kv);
+}
+
+#define OBSERVE(p, fn, ...)                                                              \
+    do {                                                                                 \
+        if ((p)->obs.fn)                                                                 \
+            (p)->obs.fn((p)->obs.opaque, __VA_ARGS__);                                   \
+    } while (0)
+
+static const char *intern_topic(cv_pipeline *p, const char *name) {
+    for (interned *t = p->topics; t; t = t->next)
+        if (strcmp(t->name, name) == 0)
+            return t->name;
+    size_t n = strlen(name) + 1;
+    interned *t = malloc(sizeof(*t) + n);
+    if (!t)
+        return NULL;
+    memcpy(t->name, name, n);
+    t->next = p->topics;
+    p->topics = t;
+    return t->name;
+}
+
+static void pending_free(pending *b) {
+    rd_kafka_topic_partition_list_destroy(b->offsets);
+    free(b->notes);
+    free(b);
+}
+
+static void set_fatal(cv_pipeline *p, const char *err) {
+    if (!p->fatal) {
+        p->fatal = 1;
+        snprintf(p->fatal_err, sizeof(p->fatal_err), "%s", err);
+    }
+}
+
+static bool stopping(const cv_pipeline *p) {
+    return p->stop && *p->stop;
+}
+
+/* True when `b` comes at or after the hole: it must not be stored, acked
+ * or committed. */
+static bool past_hole(const cv_pipeline *p, const batch *b) {
+    return p->hole && b->seq >= p->hole;
+}
+
+/* Gives `b` up: from it on, nothing is stored, acked or committed. */
+static void make_hole(cv_pipeline *p, const batch *b, const char *why) {
+    if (p->hole && p->hole <= b->seq)
+        return;
+    p->hole = b->seq;
+    if (b->n == 0)
+        return;
+    plog(p, CV_LOG_WARN,
+         "a batch was given up before it was acked; nothing after it is stored, "
+         "acked or committed, and Kafka re-delivers it after a restart",
+         "reason=\"%s\" records=%zu first=%s/%" PRId32 "@%" PRId64, why, b->n,
+         b->recs[0].topic, b->recs[0].partition, b->recs[0].offset);
+}
+
+/* Offsets to commit: one past the last record of each partition. Records
+ * of one partition arrive in order, and usually in runs, so the last
+ * partition found is tried first. */
+static rd_kafka_topic_partition_list_t *batch_offsets(const cv_rec *recs, size_t n) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
+    rd_kafka_topic_partition_t *last = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const cv_rec *r = &recs[i];
+        if (!last || last->partition != r->partition ||
+            strcmp(last->topic, r->topic) != 0) {
+            last = rd_kafka_topic_partition_list_find(l, r->topic, r->partition);
+            if (!last)
+                last = rd_kafka_topic_partition_list_add(l, r->topic, r->partition);
+        }
+        last->offset = r->offset + 1;
+    }
+    return l;
+}
+
+/* Logs the batches whose acks had to be produced again: the first at once,
+ * then one line per ACKS_AGAIN_LOG_MS for all that came meanwhile (while the
+ * ack topic is unreachable, that is every batch), and what is left when
+ * `flush`. */
+static void log_acks_again(cv_pipeline *p, bool flush) {
+    if (!p->again.batches)
+        return;
+    int64_t now = cv_mono_ms();
+    if (!flush && p->again.logged_ms && now - p->again.logged_ms < ACKS_AGAIN_LOG_MS)
+        return;
+    plog(p, CV_LOG_WARN, "acks were produced again after failed deliveries",
+         "batches=%" PRId64 " failures=%" PRId64 " delivered=%" PRId64
+         " note=\"receivers may see these acks twice\"",
+         p->again.batches, p->again.failures, p->again.delivered);
+    p->again.batches = p->again.failures = p->again.delivered = 0;
+    p->again.logged_ms = now;
+}
+
+/* Commits the offsets of every completed batch at the head of the FIFO. */
+static void commit_completed(cv_pipeline *p, bool async) {
+    rd_kafka_topic_partition_list_t *commit = NULL;
+    while (p->head && p->head->ticket.outstanding == 0) {
+        pending *b = p->head;
+        if (!commit && !b->committed)
+            commit = rd_kafka_topic_partition_list_new(b->offsets->cnt);
+        for (int i = 0; !b->committed && i < b->offsets->cnt; i++) {
+            rd_kafka_topic_partition_t *src = &b->offsets->elems[i];
+            rd_kafka_topic_partition_t *dst =
+                rd_kafka_topic_partition_list_find(commit, src->topic, src->partition);
+            if (!dst)
+                dst =
+                    rd_kafka_topic_partition_list_add(commit, src->topic, src->partition);
+            if (src->offset > dst->offset)
+                dst->offset = src->offset;
+        }
+        p->stats.acked += b->ticket.delivered;
+        p->stats.committed_batches++;
+        if (b->ticket.failures > 0 && !b->committed) {
+            p->again.batches++;
+            p->again.failures += b->ticket.failures;
+            p->again.delivered += b->ticket.delivered;
+        }
+        p->head = b->next;
+        if (!p->head)
+            p->tail = &p->head;
+        if (b->notes)
+            OBSERVE(p, acked, b->notes, b->nnotes);
+        pending_free(b);
+    }
+    log_acks_again(p, false);
+    if (!commit)
+        return;
+    rd_kafka_resp_err_t err = rd_kafka_commit(p->consumer, commit, async ? 1 : 0);
+    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        plog(p, CV_LOG_WARN,
+             "offset commit failed; the records will be re-delivered and "
+             "deduplicated",
+             "error=\"%s\"", rd_kafka_err2str(err));
+    rd_kafka_topic_partition_list_destroy(commit);
+}
+
+static void release_batch(batch *b) {
+    for (size_t i = 0; i < b->n; i++)
+        rd_kafka_message_destroy(b->recs[i].rkm);
+    b->n = 0;
+    b->bytes = 0;
+    if (b->offsets)
+        rd_kafka_topic_partition_list_destroy(b->offsets);
+    b->offsets = NULL;
+    cv_arena_reset(b->arena);
+}
+
+/* Decodes the batch. -ENOMEM when memory ran out: a valid record must not
+ * be rejected for that, so the batch is given up (uncommitted) instead.
+ * The arena's bound is far above what batch.max_bytes lets a batch need
+ * (see ARENA_LIMIT), so only a real allocation failure gets here. */
+static int decode_batch(cv_pipeline *p, batch *b) {
+    for (size_t i = 0; i < b->n; i++) {
+        cv_rec *r = &b->recs[i];
+        int rc = cv_envelope_decode(&p->rules, r->topic, r->rkm->payload, r->rkm->len,
+                                    b->arena, &r->env);
+        if (rc == -ENOMEM)
+            return rc;
+        if (!cv_rec_valid(r)) {
+            r->status = CHATVAULT__V1__ACK_STATUS__REJECTED;
+            p->stats.rejected++;
+            p->stats.rejected_by_reason[r->env.reason & 15]++;
+            plog(p, CV_LOG_WARN, "record rejected",
+                 "topic=%s partition=%" PRId32 " offset=%" PRId64
+                 " reason=%s error=\"%s\"",
+                 r->topic, r->partition, r->offset, cv_reject_reason_name(r->env.reason),
+                 r->env.error);
+        }
+    }
+    OBSERVE(p, consumed, b->recs, b->n);
+    return 0;
+}
+
+/* The store thread: writes each batch it is handed and posts the verdict. */
+static void *store_main(void *arg) {
+    cv_pipeline *p = arg;
+    store_thread *t = &p->st;
+    pthread_setname_np(pthread_self(), "cv-store");
+    pthread_mutex_lock(&t->mu);
+    for (;;) {
+        while (!t->job && !t->quit)
+            pthread_cond_wait(&t->cv, &t->mu);
+        if (t->quit)
+            break;
+        batch *b = t->job;
+        t->job = NULL;
+        pthread_mutex_unlock(&t->mu);
+        b->result = cv_stores_write(p->stores, b->recs, b->n, b->offsets, &b->pg_us,
+                                    &b->log_us, b->err, sizeof(b->err));
+        pthread_mutex_lock(&t->mu);
+        t->done = b;
+        pthread_cond_broadcast(&t->cv);
+    }
+    pthread_mutex_unlock(&t->mu);
+    return NULL;
+}
+
+/* Waits up to `ms` for the store thread's verdict on p->storing; NULL if
+ * none yet. */
+static batch *store_wait(cv_pipeline *p, int ms) {
+    store_thread *t = &p->st;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += (long)ms * 1000000;
+    until.tv_sec += until.tv_nsec / 1000000000;
+    until.tv_nsec %= 1000000000;
+    pthread_mutex_lock(&t->mu);
+    while (!t->done && ms > 0 &&
+           pthread_cond_timedwait(&t->cv, &t->mu, &until) != ETIMEDOUT)
+        ;
+    batch *b = t->done;
+    t->done = NULL;
+    pthread_mutex_unlock(&t->mu);
+    if (b)
+        p->storing = NULL;
+    return b;
+}
+
+/* Keeps the consumer group membership alive while a store is down: the
+ * assigned partitions are paused, so polling returns no records (librdkafka
+ * drops what it had prefetched and, on resume, fetches again from the
+ * position after the last record it returned). A rebalance may run inside
+ * the poll; see rebalance_cb for what it does to the batches in flight. */
+static void poll_paused(cv_pipeline *p, bool pause) {
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    if (rd_kafka_assignment(p->consumer, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return;
+    if (pause)
+        rd_kafka_pause_partitions(p->consumer, parts);
+    else
+        rd_kafka_resume_partitions(p->consumer, parts);
+    rd_kafka_topic_partition_list_destroy(parts);
+}
+
+static void serve_while_waiting(cv_pipeline *p, int64_t ms) {
+    int64_t until = cv_mono_ms() + ms;
+    while (cv_mono_ms() < until && !stopping(p) && !p->abandon) {
+        if (!p->in_rebalance) {
+            rd_kafka_message_t *m = rd_kafka_consumer_poll(p->consumer, 0);
+            if (m) /* paused: only errors and events arrive */
+                rd_kafka_message_destroy(m);
+        }
+        cv_acker_poll(p->acker, 50);
+        commit_completed(p, true);
+    }
+}
+
+/* Writes a batch the first attempt could not make durable, on this thread,
+ * waiting out the stores with the partitions paused while the acks of
+ * earlier batches keep flowing. Returns 0 when durable; -ECANCELED when
+ * asked to stop, or when a rebalance took the partitions away, first. */
+static int store_retry(cv_pipeline *p, batch *b) {
+    bool paused = false;
+    int r = b->result;
+    p->in_store = true;
+    p->retrying = b;
+    plog(p, CV_LOG_WARN, "batch not durable; not acking, waiting for the stores",
+         "error=\"%s\"", b->err);
+    while (r == -EAGAIN) {
+        p->stats.store_errors++;
+        if (!paused) {
+            poll_paused(p, true);
+            paused = true;
+        }
+        int64_t wait = cv_stores_retry_ms(p->stores);
+        serve_while_waiting(p, wait < 20 ? 20 : wait);
+        if (stopping(p) || p->abandon) {
+            r = -ECANCELED;
+            break;
+        }
+        r = cv_stores_write(p->stores, b->recs, b->n, b->offsets, &b->pg_us, &b->log_us,
+                            b->err, sizeof(b->err));
+    }
+    if (r != 0 && r != -ECANCELED)
+        set_fatal(p, b->err);
+    if (paused && !p->abandon) {
+        poll_paused(p, false);
+        if (r == 0)
+            plog(p, CV_LOG_INFO, "stores are back; acking again", NULL);
+    }
+    p->in_store = false;
+    p->retrying = NULL;
+    return r;
+}
+
+/* Whether the last failure of the acks' transaction says this consumer's
+ * group membership is over: a rebalance it has not served yet. Trying
+ * again cannot succeed without serving it, and serving it here would
+ * complete later batches before this one. */
+static bool group_moved_on(cv_pipeline *p) {
+    switch (cv_acker_last_error(p->acker)) {
+    case RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION:
+    case RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID:
+    case RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID:
+    case RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* ack.transactions = on: produces the batch's acks and commits its offsets
+ * in one transaction, trying again after an abort until it commits. Only
+ * the producer is served meanwhile (Kafka's heartbeats go on in librdkafka's
+ * own thread). 0: committed; -ECANCELED: asked to stop first; -EIO: the
+ * producer failed for good, or the group moved on. */
+static int ack_batch_txn(cv_pipeline *p, const batch *b, pending *pb, char *err,
+                         size_t errlen) {
+    int64_t pause = TXN_RETRY_MS, start_us = cv_mono_us();
+    for (int attempt = 1;; attempt++) {
+        int r = cv_acker_send_txn(p->acker, p->consumer, b->recs, b->n, pb->offsets,
+                                  &pb->ticket, err, errlen);
+        if (r == 0) {
+            pb->committed = true;
+            OBSERVE(p, ack_txn, cv_mono_us() - start_us, attempt - 1);
+            if (attempt > 1)
+                plog(p, CV_LOG_INFO, "ack transaction committed",
+                     "attempts=%d records=%zu", attempt, b->n);
+            return 0;
+        }
+        if (r != -EAGAIN)
+            return r;
+        pb->ticket.failures++;
+        if (group_moved_on(p)) {
+            size_t used = strlen(err);
+            snprintf(err + used, errlen - used,
+                     "; the consumer group moved on meanwhile, so the batch is left "
+                     "for its next owner");
+            return -EIO;
+        }
+        /* The first abort at once, then one line in ten: Kafka may be away
+         * for long. */
+        if (attempt % 10 == 1)
+            plog(p, CV_LOG_WARN,
+                 "ack transaction aborted; read_committed readers see none of its "
+                 "acks, and they are produced again",
+                 "attempt=%d records=%zu error=\"%s\"", attempt, b->n, err);
+        int64_t until = cv_mono_ms() + pause;
+        while (cv_mono_ms() < until && !stopping(p))
+            cv_acker_poll(p->acker, 50);
+        if (stopping(p))
+            return -ECANCELED;
+        pause = pause * 2 > TXN_RETRY_MAX_MS ? TXN_RETRY_MAX_MS : pause * 2;
+    }
+}
+
+/* A durable batch: count it, produce its acks, queue it for the commit. */
+static void ack_batch(cv_pipeline *p, batch *b) {
+    OBSERVE(p, stored, b->recs, b->n, b->pg_us, b->log_us);
+    plog(p, CV_LOG_DEBUG, "batch stored",
+         "records=%zu pg_us=%" PRId64 " log_us=%" PRId64 " first_record_age_ms=%" PRId64,
+         b->n, b->pg_us, b->log_us,
+         b->recs[0].timestamp_ms >= 0 ? cv_now_us() / 1000 - b->recs[0].timestamp_ms
+                                      : (int64_t)-1);
+    pending *pb = calloc(1, sizeof(*pb));
+    if (!pb) {
+        /* Not queued, so nothing would hold the commit below it. */
+        set_fatal(p, "out of memory queueing a stored batch for its acks");
+        make_hole(p, b, p->fatal_err);
+        return;
+    }
+    pb->offsets = b->offsets;
+    b->offsets = NULL;
+    for (size_t i = 0; i < b->n; i++) {
+        int s = b->recs[i].status;
+        p->stats.persisted += s == CHATVAULT__V1__ACK_STATUS__PERSISTED;
+        p->stats.duplicates += s == CHATVAULT__V1__ACK_STATUS__DUPLICATE;
+    }
+    p->stats.batches++;
+    if (p->obs.acked && (pb->notes = calloc(b->n, sizeof(cv_ack_note)))) {
+        pb->nnotes = b->n;
+        for (size_t i = 0; i < b->n; i++) {
+            const cv_rec *r = &b->recs[i];
+            cv_ack_note *note = &pb->notes[i];
+            note->topic = intern_topic(p, r->topic);
+            note->partition = r->partition;
+            note->offset = r->offset;
+            note->sent_at_us = r->env.msg ? r->env.msg->sent_at_us : 0;
+            note->timestamp_ms = r->timestamp_ms;
+            note->status = r->status;
+            note->stores = r->stores;
+            if (!note->topic)
+                pb->nnotes = 0;
+        }
+    }
+    char err[512];
+    int r = cv_acker_transactional(p->acker)
+                ? ack_batch_txn(p, b, pb, err, sizeof(err))
+                : cv_acker_send(p->acker, b->recs, b->n, &pb->ticket, err, sizeof(err));
+    if (r == -ECANCELED) {
+        make_hole(p, b, "stopping while the acks' transaction was tried again");
+    } else if (r < 0) {
+        set_fatal(p, err);
+        make_hole(p, b, err);
+    }
+    /* Queued even after a failure: the acks produced so far still count,
+     * and the ticket never completes, so nothing past it is committed. */
+    if (r < 0 || p->fatal) {
+        pb->ticket.outstanding++;
+        pb->given_up = true;
+    }
+    *p->tail = pb;
+    p->tail = &pb->next;
+}
+
+/* Takes the batch the store thread finished the rest of the way: acks when
+ * it is durable, retries when it is not yet, and gives it up, leaving a
+ * hole, when it cannot be made durable. A batch past the hole is given up
+ * even when it is durable: acking it would let its commit pass the hole.
+ * Returns true when a revoke made it give the batch up (the next one must
+ * go too). */
+static bool complete_stored(cv_pipeline *p, batch *b) {
+    bool abandoned = false;
+    if (past_hole(p, b)) {
+        plog(p, CV_LOG_INFO, "batch after a given-up one not acked",
+             "records=%zu durable=%s", b->n, b->result == 0 ? "yes" : "no");
+        release_batch(b);
+        return false;
+    }
+    if (b->result == -EAGAIN)
+        b->result = store_retry(p, b);
+    if (b->result == 0) {
+        ack_batch(p, b);
+    } else if (b->result == -ECANCELED && p->abandon) {
+        abandoned = true;
+    } else {
+        if (b->result != -ECANCELED)
+            set_fatal(p, b->err);
+        make_hole(p, b, b->result == -ECANCELED ? "stopping" : b->err);
+    }
+    p->abandon = false;
+    /* Not stored means not acked and not committed: Kafka re-delivers. */
+    release_batch(b);
+    return abandoned;
+}
+
+/* Waits for the verdict on the batch at the store thread, acks of earlier
+ * batches flowing meanwhile. */
+static batch *wait_stored(cv_pipeline *p) {
+    batch *b;
+    while (!(b = store_wait(p, 20))) {
+        cv_acker_poll(p->acker, 0);
+        commit_completed(p, true);
+    }
+    return b;
+}
+
+/* Waits for the batch at the store thread and completes it. */
+static bool finish_storing(cv_pipeline *p) {
+    if (!p->storing)
+        return false;
+    return complete_stored(p, wait_stored(p));
+}
+
+/* Gives a decoded batch to the store thread; the other buffer fills. */
+static void hand_over(cv_pipeline *p, batch *b) {
+    b->result = 0;
+    store_thread *t = &p->st;
+    pthread_mutex_lock(&t->mu);
+    t->job = b;
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+    p->storing = b;
+    p->fill = b == &p->bufs[0] ? &p->bufs[1] : &p->bufs[0];
+}
+
+/* Hands the filled batch to the store thread once the one before it is
+ * durable, so batches enter and leave the stores in order, and starts a new
+ * one. The batch is decoded while the one before it is still being
+ * written, and when that one is durable the stores take this one at once
+ * and the acks of that one are produced meanwhile: the stores (PostgreSQL's
+ * backend above all) do not wait for this thread between batches. */
+static void submit_fill(cv_pipeline *p) {
+    batch *b = p->fill;
+    if (b->n == 0)
+        return;
+    b->seq = ++p->seq;
+    if (past_hole(p, b)) {
+        release_batch(b);
+        return;
+    }
+    if (decode_batch(p, b) < 0) {
+        set_fatal(p, "out of memory decoding a batch; its records stay "
+                     "uncommitted and are re-delivered after a restart");
+        make_hole(p, b, p->fatal_err);
+        release_batch(b);
+        return;
+    }
+    b->offsets = batch_offsets(b->recs, b->n);
+    if (p->storing) {
+        batch *prev = wait_stored(p);
+        if (prev->result == 0) {
+            hand_over(p, b);
+            complete_stored(p, prev);
+            return;
+        }
+        /* Not durable yet: retried here first; a revoke meanwhile gives
+         * up this batch too, and so does a hole left by the one before. */
+        if (complete_stored(p, prev) || past_hole(p, b)) {
+            release_batch(b);
+            return;
+        }
+    }
+    hand_over(p, b);
+}
+
+/* Finishes every batch in flight (or, after a revoke that found the stores
+ * down, gives them up) and waits for every pending ack (up to
+ * `timeout_ms`), then commits synchronously. */
+static void drain_acks(cv_pipeline *p, int64_t timeout_ms);
+
+static void drain(cv_pipeline *p, int64_t timeout_ms) {
+    submit_fill(p);
+    finish_storing(p);
+    drain_acks(p, timeout_ms);
+}
+
+/* Waits for every pending ack, then commits synchronously. */
+static void drain_acks(cv_pipeline *p, int64_t timeout_ms) {
+    int64_t deadline = cv_mono_ms() + timeout_ms;
+    while (p->head && !p->head->given_up && cv_mono_ms() < deadline) {
+        cv_acker_poll(p->acker, 20);
+        commit_completed(p, true);
+    }
+    commit_completed(p, false);
+    if (p->head && !p->head->given_up) /* a given-up one was logged already */
+        plog(p, CV_LOG_WARN,
+             "acks still undelivered after the drain timeout; their "
+             "records stay uncommitted and will be re-delivered",
+             "timeout_ms=%" PRId64, timeout_ms);
+}
+
+static void assign(cv_pipeline *p, rd_kafka_topic_partition_list_t *parts) {
+    char err[512];
+    finish_storing(p); /* the stores' connection is this thread's again */
+    for (int i = 0; i < parts->cnt; i++)
+        parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
+    rd_kafka_resp_err_t kerr = rd_kafka_committed(p->consumer, parts, 10000);
+    if (kerr)
+        plog(p, CV_LOG_WARN,
+             "cannot read committed offsets now; librdkafka fetches them itself "
+             "when it starts the partitions, but postgres is not checked against "
+             "them for this assignment (chatvault verify finds any gap)",
+             "error=\"%s\"", rd_kafka_err2str(kerr));
+    for (int i = 0; i < parts->cnt; i++)
+        if (parts->elems[i].err)
+            parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
+    if (cv_stores_check_offsets(p->stores, parts, err, sizeof(err)) < 0)
+        plog(p, CV_LOG_WARN,
+             "cannot compare chatvault.kafka_offsets with Kafka's committed offsets "
+             "now; they are compared before postgres's next write",
+             "error=\"%s\"", err);
+    for (int i = 0; i < parts->cnt; i++) {
+        if (parts->elems[i].offset >= 0)
+            plog(p, CV_LOG_INFO, "partition assigned",
+                 "topic=%s partition=%" PRId32 " committed_offset=%" PRId64,
+                 parts->elems[i].topic, parts->elems[i].partition,
+                 parts->elems[i].offset);
+        else
+            plog(p, CV_LOG_INFO,
+                 "partition assigned; no committed offset: it starts at its "
+                 "beginning (auto.offset.reset)",
+                 "topic=%s partition=%" PRId32, parts->elems[i].topic,
+                 parts->elems[i].partition);
+    }
+    if (strcmp(rd_kafka_rebalance_protocol(p->consumer), "COOPERATIVE") == 0) {
+        rd_kafka_error_t *e = rd_kafka_incremental_assign(p->consumer, parts);
+        if (e) {
+            plog(p, CV_LOG_ERROR, "incremental assign failed", "error=\"%s\"",
+                 rd_kafka_error_string(e));
+            rd_kafka_error_destroy(e);
+        }
+    } else {
+        rd_kafka_assign(p->consumer, parts);
+    }
+}
+
+/* A record of batch `b` whose partition is not in `parts`, or NULL. */
+static const cv_rec *record_outside(const batch *b,
+                                    const rd_kafka_topic_partition_list_t *parts) {
+    const cv_rec *last = NULL;
+    for (size_t i = 0; b && i < b->n; i++) {
+        const cv_rec *r = &b->recs[i];
+        if (last && last->partition == r->partition && strcmp(last->topic, r->topic) == 0)
+            continue;
+        if (!rd_kafka_topic_partition_list_find(parts, r->topic, r->partition))
+            return r;
+        last = r;
+    }
+    return NULL;
+}
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
+    cv_pipeline *p = opaque;
+    bool cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    p->in_rebalance = true;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        assign(p, parts);
+        p->in_rebalance = false;
+        return;
+    }
+    if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+        if (p->in_store) {
+            /* A store is down and the batch in flight is not durable: give
+             * it, and the one filling behind it, up uncommitted; the next
+             * owner is re-delivered them. */
+            plog(p, CV_LOG_WARN,
+                 "partitions revoked while a store is down; the batches "
+                 "in flight are left for the next owner",
+                 "count=%d", parts->cnt);
+            /* An incremental revoke may leave partitions of those batches
+             * assigned: going on with them would skip what is given up. */
+            const cv_rec *kept = record_outside(p->retrying, parts);
+            if (!kept)
+                kept = record_outside(p->fill, parts);
+            if (kept) {
+                char why[512];
+                snprintf(why, sizeof(why),
+                         "partitions revoked while a store is down left %s/%" PRId32
+                         " assigned with records given up from offset %" PRId64
+                         " on; stopping so that Kafka re-delivers them",
+                         kept->topic, kept->partition, kept->offset);
+                set_fatal(p, why);
+                if (p->retrying)
+                    make_hole(p, p->retrying, why);
+            }
+            p->abandon = true;
+            release_batch(p->fill);
+            drain_acks(p, p->shutdown_timeout_ms);
+        } else {
+            plog(p, CV_LOG_INFO, "partitions revoked; finishing the batch in flight",
+                 "count=%d", parts->cnt);
+            drain(p, p->shutdown_timeout_ms);
+        }
+    } else {
+        plog(p, CV_LOG_ERROR, "rebalance error", "error=\"%s\"", rd_kafka_err2str(err));
+    }
+    if (cooperative) {
+        rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
+        if (e)
+            rd_kafka_error_destroy(e);
+    } else {
+        rd_kafka_assign(rk, NULL);
+    }
+    p->in_rebalance = false;
+}
+
+static void stores_log(void *opaque, cv_log_level level, const char *msg,
+                       const char *kv) {
+    cv_pipeline *p = opaque;
+    if (p->log_fn)
+        p->log_fn(p->log_opaque, level, msg, kv);
+}
+
+static void stores_error(void *opaque, unsigned store, const char *error) {
+    cv_pipeline *p = opaque;
+    OBSERVE(p, store_error, store, error);
+}
+
+static void stores_ok(void *opaque, unsigned store) {
+    cv_pipeline *p = opaque;
+    OBSERVE(p, store_ok, store);
+}
+
+static void stores_torn(void *opaque, uint64_t bytes, uint64_t records) {
+    cv_pipeline *p = opaque;
+    OBSERVE(p, log_torn, bytes, records);
+}
+
+static void stores_degraded(void *opaque, int on) {
+    cv_pipeline *p = opaque;
+    OBSERVE(p, degraded, on);
+}
+
+static void stores_log_generation(void *opaque, const char *topic, int32_t partition) {
+    cv_pipeline *p = opaque;
+    OBSERVE(p, log_generation, topic, partition);
+}
+
+static char *xstrdup(const char *s, int *oom) {
+    char *d = strdup(s ? s : "");
+    if (!d)
+        *oom = 1;
+    return d;
+}
+
+int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
+                    size_t errlen) {
+    rd_kafka_conf_t *cconf = c->consumer_conf, *pconf = c->producer_conf;
+    int oom = 0, r;
+    cv_pipeline *p = calloc(1, sizeof(*p));
+    if (!p) {
+        snprintf(errbuf, errlen, "out of memory");
+        rd_kafka_conf_destroy(cconf);
+        rd_kafka_conf_destroy(pconf);
+        return -ENOMEM;
+    }
+    p->group = xstrdup(c->group, &oom);
+    p->pattern = xstrdup(c->topics_pattern, &oom);
+    p->prefix = xstrdup(c->topics_prefix, &oom);
+    p->ack_topic = xstrdup(c->ack_topic, &oom);
+    p->dlq_topic = xstrdup(c->dlq_topic, &oom);
+    p->max_messages = c->batch_max_messages;
+    p->max_bytes = c->batch_max_bytes;
+    p->max_ms = c->batch_max_ms;
+    p->shutdown_timeout_ms = c->shutdown_timeout_ms;
+    p->log_fn = c->log;
+    p->log_opaque = c->log_opaque;
+    if (c->observer)
+        p->obs = *c->observer;
+    p->tail = &p->head;
+    p->rules.topic_prefix = p->prefix;
+    p->rules.max_body_bytes = (size_t)c->max_body_bytes;
+    p->rules.ack_topic = p->ack_topic;
+    p->rules.dlq_topic = p->dlq_topic;
+    p->cap = (size_t)p->max_messages;
+    for (int i = 0; i < 2; i++) {
+        p->bufs[i].recs = calloc(p->cap, sizeof(cv_rec));
+        p->bufs[i].arena = cv_arena_new(ARENA_LIMIT(p->max_bytes));
+        if (!p->bufs[i].recs || !p->bufs[i].arena)
+            oom = 1;
+    }
+    p->fill = &p->bufs[0];
+    if (oom) {
+        snprintf(errbuf, errlen, "out of memory");
+        rd_kafka_conf_destroy(cconf);
+        rd_kafka_conf_destroy(pconf);
+        cv_pipeline_free(p);
+        return -ENOMEM;
+    }
+
+    cv_stores_conf sc = {
+        .pg_conninfo = c->pg_conninfo,
+        .group = p->group,
+        .log_dir = c->log_dir,
+        .log_keys = c->log_keys,
+        .log_segment_bytes = c->log_segment_bytes,
+        .log_sync = c->log_sync,
+        .policy = c->ack_policy,
+        .offsets_comparable = !c->fresh_cluster,
+        .rules = &p->rules,
+        .max_batch = p->cap,
+        .events = {.opaque = p,
+                   .log = stores_log,
+                   .store_error = stores_error,
+                   .store_ok = stores_ok,
+                   .degraded = stores_degraded,
+                   .log_generation = stores_log_generation,
+                   .log_torn = stores_torn},
+    };
+    r = cv_stores_open(&sc, &p->stores, errbuf, errlen);
+    if (r < 0) {
+        rd_kafka_conf_destroy(cconf);
+        rd_kafka_conf_destroy(pconf);
+        cv_pipeline_free(p);
+        return r;
+    }
+    r = cv_acker_new(pconf, p->ack_topic, p->dlq_topic, p->prefix, &p->acker, errbuf,
+                     errlen);
+    if (r < 0) {
+        rd_kafka_conf_destroy(cconf);
+        cv_pipeline_free(p);
+        return r;
+    }
+    char kerr[512], bootstrap[512] = "?";
+    size_t blen = sizeof(bootstrap);
+    rd_kafka_conf_get(cconf, "bootstrap.servers", bootstrap, &blen);
+    rd_kafka_conf_set_opaque(cconf, p);
+    rd_kafka_conf_set_rebalance_cb(cconf, rebalance_cb);
+    p->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, cconf, kerr, sizeof(kerr));
+    if (!p->consumer) {
+        snprintf(errbuf, errlen, "kafka: cannot create the consumer: %s", kerr);
+        rd_kafka_conf_destroy(cconf);
+        cv_pipeline_free(p);
+        return -EINVAL;
+    }
+    rd_kafka_poll_set_consumer(p->consumer);
+    /* librdkafka connects lazily and retries forever: ask once, so that a
+     * wrong or dead address is a clear error at start, not a silent wait. */
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t merr =
+        rd_kafka_metadata(p->consumer, 1, NULL, &md, KAFKA_START_TIMEOUT_MS);
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    if (merr) {
+        snprintf(errbuf, errlen,
+                 "kafka: cannot reach %s (kafka.bootstrap.servers) within %d s: %s",
+                 bootstrap, KAFKA_START_TIMEOUT_MS / 1000, rd_kafka_err2str(merr));
+        cv_pipeline_free(p);
+        return -EHOSTUNREACH;
+    }
+    pthread_mutex_init(&p->st.mu, NULL);
+    pthread_cond_init(&p->st.cv, NULL);
+    if (pthread_create(&p->st.tid, NULL, store_main, p) != 0) {
+        snprintf(errbuf, errlen, "cannot start the store thread");
+        cv_pipeline_free(p);
+        return -EAGAIN;
+    }
+    p->st.started = true;
+    rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(sub, p->pattern, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t err = rd_kafka_subscribe(p->consumer, sub);
+    rd_kafka_topic_partition_list_destroy(sub);
+    if (err) {
+        snprintf(errbuf, errlen, "kafka: cannot subscribe to %s: %s", p->pattern,
+                 rd_kafka_err2str(err));
+        cv_pipeline_free(p);
+        return -EINVAL;
+    }
+    *ret = p;
+    return 0;
+}
+
+static void add_record(cv_pipeline *p, rd_kafka_message_t *m) {
+    batch *b = p->fill;
+    if (b->n == 0)
+        b->started_ms = cv_mono_ms();
+    cv_rec *r = &b->recs[b->n++];
+    memset(r, 0, sizeof(*r));
+    r->rkm = m;
+    r->topic = rd_kafka_topic_name(m->rkt);
+    r->partition = m->partition;
+    r->offset = m->offset;
+    rd_kafka_timestamp_type_t tstype;
+    r->timestamp_ms = rd_kafka_message_timestamp(m, &tstype);
+    b->bytes += m->len + m->key_len;
+    p->stats.consumed++;
+}
+
+int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
+                    size_t errlen) {
+    p->stop = stop;
+    plog(p, CV_LOG_INFO,
+         "waiting for the consumer group to assign partitions (a first join takes a "
+         "few seconds; each assignment is logged)",
+         "group=%s", p->group);
+    int64_t last_serve = cv_mono_ms();
+    while (!*stop && !p->fatal) {
+        batch *f = p->fill;
+        int timeout = p->storing ? 5 : 100;
+        int64_t now = cv_mono_ms();
+        if (f->n) {
+            int64_t left = f->started_ms + p->max_ms - now;
+            timeout = left < timeout ? (left > 0 ? (int)left : 0) : timeout;
+        }
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(p->consumer, timeout);
+        if (m && m->err) {
+            if (m->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                plog(p, CV_LOG_INFO, "no topic matches topics.pattern yet; waiting",
+                     "detail=\"%s\"", rd_kafka_message_errstr(m));
+            else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                plog(p, CV_LOG_WARN, "consumer error", "error=\"%s\" topic=%s",
+                     rd_kafka_message_errstr(m),
+                     m->rkt ? rd_kafka_topic_name(m->rkt) : "-");
+            rd_kafka_message_destroy(m);
+            m = NULL;
+        }
+        if (m)
+            add_record(p, m);
+        now = cv_mono_ms();
+        /* The batch at the stores is done: ack it now rather than when the
+         * next one is ready, or a quiet channel waits for a busy one. */
+        if (p->storing && (!m || p->fill->n % 256 == 0)) {
+            batch *done = store_wait(p, 0);
+            if (done && complete_stored(p, done))
+                release_batch(p->fill);
+        }
+        /* A full batch goes to the stores as soon as they are free; one
+         * that is due (batch.max_ms, or nothing more to read) goes when
+         * they are idle, and meanwhile keeps filling. */
+        f = p->fill;
+        if (f->n && (f->n >= p->cap || (int64_t)f->bytes >= p->max_bytes ||
+                     (!p->storing && (now - f->started_ms >= p->max_ms || !m))))
+            submit_fill(p);
+        if (!m || now - last_serve >= 10) {
+            cv_acker_poll(p->acker, 0);
+            commit_completed(p, true);
+            last_serve = now;
+        }
+        if (now - p->last_tick_ms >= 1000) {
+            OBSERVE(p, tick, p->consumer);
+            p->last_tick_ms = now;
+        }
+    }
+    drain(p, p->shutdown_timeout_ms);
+    log_acks_again(p, true);
+    rd_kafka_consumer_close(p->consumer);
+    if (p->fatal) {
+        snprintf(errbuf, errlen, "%s", p->fatal_err);
+        return -EIO;
+    }
+    return 0;
+}
+
+void cv_pipeline_get_stats(const cv_pipeline *p, cv_pipeline_stats *ret) {
+    *ret = p->stats;
+}
+
+cv_pipeline *cv_pipeline_free(cv_pipeline *p) {
+    if (!p)
+        return NULL;
+    if (p->st.started) {
+        finish_storing(p);
+        pthread_mutex_lock(&p->st.mu);
+        p->st.quit = true;
+        pthread_cond_broadcast(&p->st.cv);
+        pthread_mutex_unlock(&p->st.mu);
+        pthread_join(p->st.tid, NULL);
+        pthread_mutex_destroy(&p->st.mu);
+        pthread_cond_destroy(&p->st.cv);
+    }
+    for (int i = 0; i < 2; i++)
+        if (p->bufs[i].arena)
+            release_batch(&p->bufs[i]);
+    while (p->head) {
+        pending *b = p->head;
+        p->head = b->next;
+        pending_free(b);
+    }
+    for (interned *t = p->topics, *n; t; t = n) {
+        n = t->next;
+        free(t);
+    }
+    if (p->consumer)
+        rd_kafka_destroy(p->consumer);
+    p->acker = cv_acker_free(p->acker, 5000);
+    p->stores = cv_stores_free(p->stores);
+    for (int i = 0; i < 2; i++) {
+        cv_arena_free(p->bufs[i].arena);
+        free(p->bufs[i].recs);
+    }
+    free(p->group);
+    free(p->pattern);
+    free(p->prefix);
+    free(p->ack_topic);
+    free(p->dlq_topic);
+    free(p);
+    return NULL;
+}

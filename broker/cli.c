@@ -45,6 +45,8 @@ cv_config *cv_cli_load_config(const cv_cli_config *cli) {
         fprintf(stderr, "chatvault: config error: %s\n", err);
         return NULL;
     }
+    if (cv_config_warning(cfg))
+        fprintf(stderr, "chatvault: warning: %s\n", cv_config_warning(cfg));
     return cfg;
 }
 

@@ -311,12 +311,12 @@ static void test_defaults_validate(void) {
     /* The loaded values equal the defaults a fresh config reports. */
     cv_config *fresh = cv_config_new();
     static const char *const keys[] = {
-        "postgres.conninfo",   "log.dir",       "log.key_file",
-        "log.segment_bytes",   "ack.policy",    "batch.max_messages",
-        "batch.max_bytes",     "batch.max_ms",  "limits.max_body_bytes",
-        "topics.pattern",      "topics.prefix", "topics.acks",
-        "topics.dlq",          "http.listen",   "http.token",
-        "shutdown.timeout_ms",
+        "postgres.conninfo",   "log.dir",         "log.key_file",
+        "log.segment_bytes",   "ack.policy",      "batch.max_messages",
+        "batch.max_bytes",     "batch.max_ms",    "limits.max_body_bytes",
+        "topics.pattern",      "topics.prefix",   "topics.acks",
+        "topics.dlq",          "http.listen",     "http.token",
+        "shutdown.timeout_ms", "http.token_file",
     };
     int same = 1;
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)

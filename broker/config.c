@@ -86,6 +86,35 @@ static const char *check_listen(const char *v, char *buf, size_t len) {
     return buf;
 }
 
+/* http.allowed_hosts: comma-separated entries, each "*" or a host name
+ * (letters, digits, '.', '-', '_') with an optional ":port". */
+static const char *check_hosts(const char *v, char *buf, size_t len) {
+    for (const char *p = v; *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ", ");
+        if (!n)
+            break;
+        if (n == 1 && *p == '*') {
+            p++;
+            continue;
+        }
+        size_t name = strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                "0123456789.-_");
+        size_t digits =
+            name < n && p[name] == ':' ? strspn(p + name + 1, "0123456789") : 0;
+        if (name == 0 ||
+            (name != n && (p[name] != ':' || !digits || name + 1 + digits != n))) {
+            snprintf(buf, len,
+                     "expected host names (name or name:port) separated by commas, or *; "
+                     "IP addresses and localhost are always accepted");
+            return buf;
+        }
+        p += n;
+    }
+    return NULL;
+}
+
 static const prop props[] = {
     {"postgres.conninfo", PROP_STR, "dbname=chatvault",
      "libpq connection string of the PostgreSQL store", 0, 0, NULL, NULL},
@@ -143,6 +172,25 @@ static const prop props[] = {
      "file holding http.token on one line (mode 0600 or 0400, refused if group or "
      "others may read it); not together with http.token",
      0, 0, NULL, NULL},
+    {"http.allowed_hosts", PROP_STR, "",
+     "host names the HTTP server answers to, comma-separated (name or name:port; * for "
+     "any), besides localhost and IP addresses, which it always accepts; another Host "
+     "header gets 421, so a web page that points its own name at this address (DNS "
+     "rebinding) cannot read it",
+     0, 0, NULL, check_hosts},
+    {"http.header_timeout_s", PROP_INT, "10",
+     "seconds a client has to send a request's whole header, counted from connecting or "
+     "from the previous response; a slower one is disconnected, so slow clients cannot "
+     "hold every connection (real clients need milliseconds)",
+     1, 3600, NULL, NULL},
+    {"http.max_connections", PROP_INT, "256",
+     "most HTTP connections open at once (each holds a socket and up to 32 KiB)", 1,
+     10000, NULL, NULL},
+    {"http.max_connections_per_address", PROP_INT, "16",
+     "most HTTP connections open at once from one client address, so that one client "
+     "cannot take them all (a browser opens up to 6; raise it when a proxy's address "
+     "carries every client)",
+     1, 10000, NULL, NULL},
     {"metrics.max_channels", PROP_INT, "100",
      "channels with their own metric label; more are summed under channel=\"_other\"", 1,
      100000, NULL, NULL},

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "access.h"
 #include "applog/applog.h"
 #include "chatvault.pb-c.h"
 #include "cli.h"
@@ -576,6 +577,8 @@ int cv_cmd_log(int argc, char **argv) {
         return CV_EXIT_USAGE;
     if (!key_file)
         key_file = cv_config_str(cfg, "log.key_file");
+    if (strcmp(sub, "cat") == 0) /* the one that reads messages out */
+        cv_audit_begin(cfg, CV_PG_READER, "log cat", argc, argv);
 
     int code;
     cv_keyring *kr = NULL;

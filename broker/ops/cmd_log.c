@@ -577,8 +577,6 @@ int cv_cmd_log(int argc, char **argv) {
         return CV_EXIT_USAGE;
     if (!key_file)
         key_file = cv_config_str(cfg, "log.key_file");
-    if (strcmp(sub, "cat") == 0) /* the one that reads messages out */
-        cv_audit_begin(cfg, CV_PG_READER, "log cat", argc, argv);
 
     int code;
     cv_keyring *kr = NULL;
@@ -598,6 +596,8 @@ int cv_cmd_log(int argc, char **argv) {
             goto out;
         }
     }
+    if (strcmp(sub, "cat") == 0) /* the one that reads messages out */
+        cv_audit_begin(cfg, CV_PG_READER, "log cat", argc, argv);
     code = collect(&o, cv_config_str(cfg, "topics.prefix"), &pl);
     if (code != CV_EXIT_OK)
         goto out;

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "json.h"
 #include "util.h"
 
@@ -112,12 +113,13 @@ void cv_log(cv_log_level level, const char *msg, const char *kvfmt, ...) {
 }
 
 void cv_error(const char *cmd, const char *fmt, ...) {
+    char msg[4096];
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "chatvault %s: ", cmd);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    fprintf(stderr, "chatvault %s: %s\n", cmd, msg);
+    cv_audit_note_error(msg);
 }
 
 /* The last authentication or TLS failure librdkafka logged, for the one

@@ -48,6 +48,7 @@ int cv_cmd_config(int argc, char **argv);
 int cv_cmd_keygen(int argc, char **argv);
 int cv_cmd_log(int argc, char **argv);
 int cv_cmd_lag(int argc, char **argv);
+int cv_cmd_audit(int argc, char **argv);
 int cv_cmd_verify(int argc, char **argv);
 int cv_cmd_replay(int argc, char **argv);
 int cv_cmd_export(int argc, char **argv);

@@ -83,7 +83,18 @@ static const char *check_listen(const char *v, char *buf, size_t len) {
 
 static const prop props[] = {
     {"postgres.conninfo", PROP_STR, "dbname=chatvault",
-     "libpq connection string of the PostgreSQL store", 0, 0, NULL, NULL},
+     "libpq connection string of the PostgreSQL store; the broker writes with it "
+     "(grant its role chatvault_writer, see README \"PostgreSQL roles\")",
+     0, 0, NULL, NULL},
+    {"postgres.reader_conninfo", PROP_STR, "",
+     "connection string of the commands that only read: verify, export, replay, lag "
+     "(role chatvault_reader; empty: postgres.conninfo)",
+     0, 0, NULL, NULL},
+    {"postgres.admin_conninfo", PROP_STR, "",
+     "connection string of the commands that change stored data: migrate (as the "
+     "schema's owner), verify --repair, import (role chatvault_admin; empty: "
+     "postgres.conninfo)",
+     0, 0, NULL, NULL},
     {"log.dir", PROP_STR, "/var/lib/chatvault/log",
      "directory of the encrypted log, one subdirectory per topic-partition", 0, 0, NULL,
      NULL},

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "access.h"
 #include "cli.h"
 
 static const cv_command commands[] = {
@@ -23,6 +24,8 @@ static const cv_command commands[] = {
     {"import", cv_cmd_import, "load an export file into PostgreSQL, idempotently"},
     {"verify", cv_cmd_verify,
      "prove PostgreSQL and the log agree; --repair fills each from the other"},
+    {"audit", cv_cmd_audit,
+     "list the audit log: who ran which operator command, and when"},
     {"lag", cv_cmd_lag,
      "show the ack lag and status of every channel from a running broker"},
 };
@@ -103,7 +106,9 @@ int main(int argc, char **argv) {
             static char name[64];
             snprintf(name, sizeof(name), "chatvault %s", commands[i].name);
             argv[1] = name;
-            return commands[i].run(argc - 1, argv + 1);
+            int rc = commands[i].run(argc - 1, argv + 1);
+            cv_audit_end(rc); /* the command's audit action, if it began one */
+            return rc;
         }
     fprintf(stderr, "chatvault: unknown command \"%s\" (see chatvault --help)\n",
             argv[g]);

@@ -54,6 +54,7 @@ typedef struct cv_msg {
 typedef struct cv_src_conf {
     cv_src_mode mode;
     const char *pg_conninfo;
+    const char *pg_conninfo_key; /* the config key it came from, for errors */
     const char *const *log_dirs;
     size_t nlog_dirs;
     const cv_keyring *keys; /* needed for the log */

@@ -34,6 +34,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "arena.h"
 #include "chatvault.pb-c.h"
 #include "cli.h"
@@ -213,6 +214,7 @@ int cv_cmd_export(int argc, char **argv) {
         goto out;
     if (!(cfg = cv_cli_load_config(&cli)))
         goto out;
+    cv_audit_begin(cfg, CV_PG_READER, "export", argc, argv);
     rc = CV_EXIT_FAILURE;
     cv_cli_default_log_dir(&ld, cfg);
     char err[1024];
@@ -229,7 +231,8 @@ int cv_cmd_export(int argc, char **argv) {
     }
     cv_src_conf sc = {
         .mode = mode,
-        .pg_conninfo = cv_config_str(cfg, "postgres.conninfo"),
+        .pg_conninfo = cv_access_conninfo(cfg, CV_PG_READER),
+        .pg_conninfo_key = cv_access_conninfo_key(cfg, CV_PG_READER),
         .log_dirs = ld.dir,
         .nlog_dirs = mode == CV_SRC_PG ? 0 : ld.n,
         .keys = keys,
@@ -310,6 +313,8 @@ int cv_cmd_export(int argc, char **argv) {
            "messages=%" PRIu64 " from_postgres=%" PRIu64 " from_log=%" PRIu64
            " digest=sha256:%s output=\"%s\"",
            count, count - from_log, from_log, dhex, output ? output : "-");
+    cv_audit_count("messages", (int64_t)count);
+    cv_audit_count("from_log", (int64_t)from_log);
     rc = CV_EXIT_OK;
 out:
     if (out && out != stdout) {
@@ -612,6 +617,7 @@ int cv_cmd_import(int argc, char **argv) {
     const char *path = argv[optind];
     if (!(cfg = cv_cli_load_config(&cli)))
         goto out;
+    cv_audit_begin(cfg, CV_PG_ADMIN, "import", argc, argv);
     rc = CV_EXIT_FAILURE;
     if (sodium_init() < 0)
         goto out;
@@ -631,9 +637,9 @@ int cv_cmd_import(int argc, char **argv) {
         goto out;
     rc = CV_EXIT_FAILURE;
     char err[1024];
-    if (cv_pgstore_open(cv_config_str(cfg, "postgres.conninfo"), "chatvault-import",
-                        &store, err, sizeof(err)) < 0) {
-        cv_error("import", "%s (postgres.conninfo)", err);
+    if (cv_pgstore_open(cv_access_conninfo(cfg, CV_PG_ADMIN), "chatvault-import", &store,
+                        err, sizeof(err)) < 0) {
+        cv_error("import", "%s (%s)", err, cv_access_conninfo_key(cfg, CV_PG_ADMIN));
         goto out;
     }
     if ((rc = import_pass(path, store, &rules, b, &count, &prog)) != 0)
@@ -643,6 +649,10 @@ int cv_cmd_import(int argc, char **argv) {
            "messages=%" PRIu64 " stored=%" PRIu64 " duplicates=%" PRIu64
            " rejected=%" PRIu64,
            count, b->loaded, b->duplicates, b->rejected);
+    cv_audit_count("messages", (int64_t)count);
+    cv_audit_count("stored", (int64_t)b->loaded);
+    cv_audit_count("duplicates", (int64_t)b->duplicates);
+    cv_audit_count("rejected", (int64_t)b->rejected);
     rc = b->rejected ? CV_EXIT_FAILURE : CV_EXIT_OK;
 out:
     if (b) {

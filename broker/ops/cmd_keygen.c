@@ -8,7 +8,9 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <unistd.h>
 
+#include "access.h"
 #include "cli.h"
 #include "keyring.h"
 
@@ -52,6 +54,10 @@ int cv_cmd_keygen(int argc, char **argv) {
         return CV_EXIT_USAGE;
     if (!key_file)
         key_file = cv_config_str(cfg, "log.key_file");
+    /* Adding a key to an existing file is a key rotation, which the audit
+     * records; making the first key is setting up. */
+    if (access(key_file, F_OK) == 0)
+        cv_audit_begin(cfg, CV_PG_ADMIN, "keygen", argc, argv);
     char err[1024];
     uint32_t id = 0;
     int r = cv_keyring_generate(key_file, &id, err, sizeof(err));
@@ -68,6 +74,7 @@ int cv_cmd_keygen(int argc, char **argv) {
     cv_log(CV_LOG_INFO, "log key added", "key_id=%" PRIu32 " key_file=\"%s\"", id,
            key_file);
     printf("%" PRIu32 "\n", id);
+    cv_audit_count("key_id", id);
     cv_config_free(cfg);
     return CV_EXIT_OK;
 }

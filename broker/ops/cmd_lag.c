@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "chatvault.pb-c.h"
 #include "cli.h"
 #include "json.h"
@@ -478,7 +479,7 @@ static int lag_direct(const cv_config *cfg, double interval, cv_buf *out, char *
     if ((rc = d_partitions(cfg, md, &ps, &n, err, errlen)) < 0)
         goto out;
     rc = -EIO;
-    cv_pgstore_open(cv_config_str(cfg, "postgres.conninfo"), group, &pg, pg_err,
+    cv_pgstore_open(cv_access_conninfo(cfg, CV_PG_READER), group, &pg, pg_err,
                     sizeof(pg_err));
     bool pg_ok = false;
     /* The rules see the snapshots `interval` apart, as asked, however long

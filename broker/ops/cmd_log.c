@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "access.h"
 #include "applog/applog.h"
 #include "chatvault.pb-c.h"
 #include "cli.h"
@@ -595,6 +596,8 @@ int cv_cmd_log(int argc, char **argv) {
             goto out;
         }
     }
+    if (strcmp(sub, "cat") == 0) /* the one that reads messages out */
+        cv_audit_begin(cfg, CV_PG_READER, "log cat", argc, argv);
     code = collect(&o, cv_config_str(cfg, "topics.prefix"), &pl);
     if (code != CV_EXIT_OK)
         goto out;

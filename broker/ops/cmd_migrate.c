@@ -5,6 +5,7 @@
 #include <libpq-fe.h>
 #include <stdio.h>
 
+#include "access.h"
 #include "cli.h"
 #include "pg/pgmigrate.h"
 
@@ -40,10 +41,9 @@ int cv_cmd_migrate(int argc, char **argv) {
     if (!cfg)
         return CV_EXIT_USAGE;
     char err[512];
-    PGconn *conn =
-        cv_pg_connect(cv_config_str(cfg, "postgres.conninfo"), err, sizeof(err));
+    PGconn *conn = cv_pg_connect(cv_access_conninfo(cfg, CV_PG_ADMIN), err, sizeof(err));
     if (!conn) {
-        cv_error("migrate", "%s (postgres.conninfo)", err);
+        cv_error("migrate", "%s (%s)", err, cv_access_conninfo_key(cfg, CV_PG_ADMIN));
         cv_config_free(cfg);
         return CV_EXIT_FAILURE;
     }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "access.h"
 #include "cli.h"
 #include "history/verify.h"
 #include "keyring.h"
@@ -129,6 +130,10 @@ static void on_progress(void *opaque, const cv_verify_progress *p) {
 
 static void print_summary(vout *o, const cv_verify_stats *s, const char *what) {
     uint64_t diff = cv_verify_differences(s);
+    cv_audit_count("differences", (int64_t)diff);
+    cv_audit_count("matched", (int64_t)s->matched);
+    cv_audit_count("repaired_postgres", (int64_t)s->repaired_pg);
+    cv_audit_count("repaired_log", (int64_t)s->repaired_log);
     if (o->json) {
         printf("{\"pass\":%d,\"summary\":{\"partitions\":%" PRIu64 ",\"pg_rows\":%" PRIu64
                ",\"log_records\":%" PRIu64 ",\"matched\":%" PRIu64
@@ -284,6 +289,8 @@ int cv_cmd_verify(int argc, char **argv) {
     }
     if (!(cfg = cv_cli_load_config(&cli)))
         goto out;
+    cv_pg_role role = repair ? CV_PG_ADMIN : CV_PG_READER;
+    cv_audit_begin(cfg, role, repair ? "verify --repair" : "verify", argc, argv);
     cv_cli_default_log_dir(&ld, cfg);
     if (!ld.n) {
         cv_error("verify", "no log to compare with: set log.dir (or give "
@@ -303,7 +310,7 @@ int cv_cmd_verify(int argc, char **argv) {
         .dlq_topic = cv_config_str(cfg, "topics.dlq"),
     };
     cv_verify_conf vc = {
-        .pg_conninfo = cv_config_str(cfg, "postgres.conninfo"),
+        .pg_conninfo = cv_access_conninfo(cfg, role),
         .log_dirs = ld.dir,
         .nlog_dirs = ld.n,
         .keys = keys,

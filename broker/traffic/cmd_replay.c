@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "access.h"
 #include "cli.h"
 #include "keyring.h"
 #include "msgsource.h"
@@ -230,6 +231,7 @@ int cv_cmd_replay(int argc, char **argv) {
         goto out;
     if (!(cfg = cv_cli_load_config(&cli)))
         goto out;
+    cv_audit_begin(cfg, CV_PG_READER, dry ? "replay --dry-run" : "replay", argc, argv);
     /* A template without {channel} names one topic for every message: it
      * is checked before anything is sent. */
     const char *why_foreign;
@@ -277,7 +279,8 @@ int cv_cmd_replay(int argc, char **argv) {
     }
     cv_src_conf sc = {
         .mode = mode,
-        .pg_conninfo = cv_config_str(cfg, "postgres.conninfo"),
+        .pg_conninfo = cv_access_conninfo(cfg, CV_PG_READER),
+        .pg_conninfo_key = cv_access_conninfo_key(cfg, CV_PG_READER),
         .log_dirs = ld.dir,
         .nlog_dirs = ld.n,
         .keys = keys,
@@ -389,6 +392,9 @@ int cv_cmd_replay(int argc, char **argv) {
         st.selected, st.delivered, st.failed, unconfirmed, st.from_pg, st.from_log, secs,
         secs > 0 ? (double)st.selected / secs : 0, st.failed ? " first_error=\"" : "",
         st.failed ? st.first_error : "", st.failed ? "\"" : "");
+    cv_audit_count("selected", (int64_t)st.selected);
+    cv_audit_count("sent", (int64_t)st.delivered);
+    cv_audit_count("failed", (int64_t)st.failed);
     if (stop_requested)
         cv_error("replay",
                  "interrupted: %" PRIu64 " messages were selected "

@@ -82,7 +82,7 @@ static void parser_init(parser *p, const cv_cli_spec *spec, void *opts, cv_cli *
         p->t[p->nt++] = (table){spec->group->opts, (char *)opts + spec->group->off};
     if (!spec->no_config)
         p->t[p->nt++] = (table){common_opts, (char *)&cli->config};
-    p->t[p->nt++] = (table){help_opts, NULL};
+    p->t[p->nt++] = (table){help_opts, (char *)&cli->config}; /* writes nothing */
 }
 
 /* The option --name (n bytes of it): exactly, else by a unique prefix as
@@ -311,7 +311,7 @@ static void put_option(FILE *out, const cv_cli_opt *o) {
                  o->arg);
     int col = (int)strlen(left);
     fputs(left, out);
-    if (col + 2 > HELP_COLUMN) {
+    if (col + 1 > HELP_COLUMN) {
         fprintf(out, "\n%*s", HELP_COLUMN, "");
     } else {
         fprintf(out, "%*s", HELP_COLUMN - col, "");
@@ -352,34 +352,6 @@ void cv_cli_help(const cv_cli_spec *spec, FILE *out) {
         fputc('\n', out);
         spec->epilog_fn(out);
     }
-}
-
-/* The getopt helpers of the commands not yet on cv_cli_parse. */
-int cv_cli_common_opt(cv_cli_config *cli, int opt, const char *arg) {
-    switch (opt) {
-    case 'c':
-        cli->path = arg;
-        return 1;
-    case 'S':
-        if (cli->nsets >= (int)(sizeof(cli->sets) / sizeof(cli->sets[0]))) {
-            fprintf(stderr, "chatvault: too many --set options (at most %zu)\n",
-                    sizeof(cli->sets) / sizeof(cli->sets[0]));
-            return -1;
-        }
-        cli->sets[cli->nsets++] = arg;
-        return 1;
-    default:
-        return 0;
-    }
-}
-
-int cv_cli_add_log_dir(cv_cli_log_dirs *d, const char *cmd, const char *arg) {
-    if (d->n == CV_CLI_MAX_LOG_DIRS) {
-        cv_error(cmd, "more than %d --log-dir", CV_CLI_MAX_LOG_DIRS);
-        return -1;
-    }
-    d->dir[d->n++] = arg;
-    return 0;
 }
 
 cv_config *cv_cli_load_config(const cv_cli_config *cli) {

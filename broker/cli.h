@@ -1,7 +1,8 @@
 /*
- * cli — what every chatvault command shares: the command table, option
- * handling for -c/--set, logging in logfmt, and building librdkafka
- * configurations from the kafka.* keys.
+ * cli — what every chatvault command shares: the command table, the
+ * option parser that reads argv by a command's table of options and
+ * prints its --help (with -c/--set for all), logging in logfmt, and
+ * building librdkafka configurations from the kafka.* keys.
  */
 #ifndef CV_CLI_H
 #define CV_CLI_H
@@ -135,6 +136,12 @@ struct cv_cli_opt {
         .name = nm, .shortname = s, .arg = a, .help = hl, .kind = CV_CLI_CALL, .fn = f,  \
         .id = ident                                                                      \
     }
+/* f gets the member m of T (dest points at it) and the option's id. */
+#define CV_OPT_CALL_AT(nm, s, a, hl, T, m, f, ident)                                     \
+    {                                                                                    \
+        .name = nm, .shortname = s, .arg = a, .help = hl, .kind = CV_CLI_CALL,           \
+        .off = offsetof(T, m), .fn = f, .id = ident                                      \
+    }
 #define CV_OPT_CALL_OPTIONAL(nm, a, hl, f, ident)                                        \
     {                                                                                    \
         .name = nm, .arg = a, .help = hl, .kind = CV_CLI_CALL, .fn = f, .id = ident,     \
@@ -197,14 +204,6 @@ typedef struct cv_cli_log_dirs {
 
 /* With no --log-dir given, takes log.dir from `cfg` when it is set. */
 void cv_cli_default_log_dir(cv_cli_log_dirs *d, const cv_config *cfg);
-
-/* The getopt helpers of the commands not yet on cv_cli_parse. */
-#define CV_COMMON_LONGOPTS                                                               \
-    {"config", required_argument, NULL, 'c'}, {"set", required_argument, NULL, 'S'}, {   \
-        "help", no_argument, NULL, 'h'                                                   \
-    }
-int cv_cli_common_opt(cv_cli_config *cli, int opt, const char *arg);
-int cv_cli_add_log_dir(cv_cli_log_dirs *d, const char *cmd, const char *arg);
 
 /* logfmt logging to stderr: level=... msg="..." then key=value pairs given
  * as a printf-style tail, e.g. cv_log(CV_LOG_WARN, "postgres unavailable",

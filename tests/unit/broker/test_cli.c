@@ -45,6 +45,14 @@ static int on_call(const cv_cli_opt *opt, void *dest, const char *cmd,
     return 0;
 }
 
+/* CV_OPT_CALL_AT: dest is the member. */
+static int on_member(const cv_cli_opt *opt, void *dest, const char *cmd,
+                     const char *value) {
+    __typeof__(((topts *)0)->sel) *sel = dest;
+    sel->topic = value;
+    return 0;
+}
+
 static const cv_cli_opt topts_table[] = {
     CV_OPT_FLAG("verbose", 'v', "say more", topts, verbose),
     CV_OPT_FLAG("quiet", 'q', "say less", topts, quiet),
@@ -55,6 +63,7 @@ static const cv_cli_opt topts_table[] = {
                 ndirs),
     CV_OPT_CALL("call", 0, "V", "a callback", on_call, 1),
     CV_OPT_CALL_OPTIONAL("watch", "S", "an optional value", on_call, 2),
+    CV_OPT_CALL_AT("member", 0, "V", "a callback on a member", topts, sel, on_member, 3),
     CV_OPT_FLAG("hidden", 0, NULL, topts, hidden),
     CV_OPT_END,
 };
@@ -224,6 +233,8 @@ static void test_repeated(void) {
     r = PARSE("--dir", "a", "--dir", "b", "--dir", "c", "--dir", "d");
     tap_ok(r->rc == CV_EXIT_USAGE && one_line(r->err, "chatvault t: more than 3 --dir"),
            "one value too many for a list: exit 2, one line");
+    r = PARSE("--member", "m");
+    TAP_IS_STR(r->o.sel.topic, "m", "a callback given a member writes into it");
     r = PARSE("--call", "x", "--call", "y");
     tap_ok(r->o.calls == 2 && strcmp(r->o.last_call, "y") == 0,
            "a callback is called once per occurrence");

@@ -19,6 +19,7 @@
 #include "chatvault.pb-c.h"
 #include "cli.h"
 #include "keyring.h"
+#include "select.h"
 #include "util.h"
 
 typedef struct logopts {
@@ -138,47 +139,6 @@ static int collect(const logopts *o, const char *prefix, plist *pl) {
     if (pl->n)
         qsort(pl->v, pl->n, sizeof(*pl->v), pentry_cmp);
     return CV_EXIT_OK;
-}
-
-/* --since: RFC 3339 UTC time, a date, a duration ago (90s, 15m, 2h, 7d), or
- * Unix milliseconds. */
-static int parse_since(const char *s, int64_t *ret_ms) {
-    char *end;
-    if (*s >= '0' && *s <= '9') {
-        errno = 0;
-        long long v = strtoll(s, &end, 10);
-        if (errno == 0 && end != s) {
-            int64_t mult = 0;
-            if (*end == '\0')
-                mult = -1;
-            else if (strcmp(end, "s") == 0)
-                mult = 1000;
-            else if (strcmp(end, "m") == 0)
-                mult = 60000;
-            else if (strcmp(end, "h") == 0)
-                mult = 3600000;
-            else if (strcmp(end, "d") == 0)
-                mult = 86400000;
-            if (mult == -1) {
-                *ret_ms = v;
-                return 0;
-            }
-            if (mult > 0) {
-                *ret_ms = cv_now_us() / 1000 - (int64_t)v * mult;
-                return 0;
-            }
-        }
-    }
-    struct tm tm = {0};
-    const char *rest = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
-    if (!rest) {
-        memset(&tm, 0, sizeof(tm));
-        rest = strptime(s, "%Y-%m-%d", &tm);
-    }
-    if (!rest || (*rest && strcmp(rest, "Z") != 0))
-        return -EINVAL;
-    *ret_ms = (int64_t)timegm(&tm) * 1000;
-    return 0;
 }
 
 static const char *base_name(const char *path) {
@@ -424,16 +384,20 @@ static int run_check(const plist *pl, const cv_keyring *kr) {
     return code;
 }
 
+/* --since: RFC 3339 UTC time, a date, a duration ago (90s, 15m, 2h, 7d), or
+ * Unix milliseconds, read as replay and export read theirs. */
 static int since_opt(const cv_cli_opt *opt, void *dest, const char *cmd,
                      const char *value) {
     logopts *o = dest;
-    if (parse_since(value, &o->since_ms) < 0) {
+    int64_t us;
+    if (cv_parse_time_us(value, &us) < 0) {
         cv_error(cmd,
                  "--since: \"%s\" is not a time (2026-01-31T12:00:00Z, 2026-01-31, 15m, "
                  "2h, 7d or Unix ms)",
                  value);
         return -1;
     }
+    o->since_ms = us / 1000;
     return 0;
 }
 

@@ -88,8 +88,8 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         if (strcmp(argv[g], commands[i].name) == 0) {
             /* argv: [cmd, the command's own..., global options, "--" ...]:
-             * getopt takes options anywhere, and a subcommand (log check)
-             * stays right after the command. */
+             * cv_cli_parse takes options anywhere, and a subcommand (log
+             * check) stays right after the command. */
             int nglob = g - 1, end = argc;
             for (int k = g + 1; k < argc; k++)
                 if (strcmp(argv[k], "--") == 0) {
@@ -101,11 +101,6 @@ int main(int argc, char **argv) {
                 reverse(argv + g, argv + end);
                 reverse(argv + 1, argv + end);
             }
-            /* getopt's own messages start with argv[0]: make them read
-             * like every other error, "chatvault <command>: ...". */
-            static char name[64];
-            snprintf(name, sizeof(name), "chatvault %s", commands[i].name);
-            argv[1] = name;
             int rc = commands[i].run(argc - 1, argv + 1);
             cv_audit_end(rc); /* the command's audit action, if it began one */
             return rc;

@@ -499,3 +499,8 @@ int cv_src_parse_mode(const char *cmd, const char *arg, cv_src_mode *ret_mode) {
     }
     return 0;
 }
+
+int cv_src_mode_opt(const cv_cli_opt *opt, void *dest, const char *cmd,
+                    const char *value) {
+    return cv_src_parse_mode(cmd, value, dest) < 0 ? -1 : 0;
+}

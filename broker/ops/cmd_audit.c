@@ -3,7 +3,6 @@
  * operator command, when, as which database role, with which arguments,
  * counts and outcome. Reads with postgres.reader_conninfo.
  */
-#include <getopt.h>
 #include <jansson.h>
 #include <libpq-fe.h>
 #include <stdio.h>
@@ -15,27 +14,6 @@
 #include "pg/pgaudit.h"
 #include "pg/pgmigrate.h"
 #include "select.h"
-
-static void usage(FILE *out) {
-    fprintf(
-        out,
-        "usage: chatvault audit [-c FILE] [--set key=value]... [--since TIME]\n"
-        "                       [--command NAME] [--limit N] [--json]\n\n"
-        "Lists operator actions recorded in chatvault.audit, newest first: when each\n"
-        "started (UTC), how long it ran, the OS user and database role, the command\n"
-        "and its arguments (secrets redacted), and its outcome with counts. An\n"
-        "action that never ended (its process was killed) shows \"running\".\n"
-        "Recorded: export, import, replay, verify (and --repair), log cat, and\n"
-        "keygen on an existing key file (a key rotation).\n\n"
-        "options:\n"
-        "      --since TIME      from TIME: RFC 3339 UTC, a date, a duration ago\n"
-        "                        (90s, 15m, 2h, 7d) or Unix ms\n"
-        "      --command NAME    only this command (its first word, e.g. verify)\n"
-        "      --limit N         at most N actions (default 100)\n"
-        "      --json            one JSON object per line instead of a table\n"
-        "  -c, --config FILE     configuration file\n"
-        "      --set key=value   configuration override\n");
-}
 
 static json_t *json_or_string(const char *text) {
     json_t *j = json_loads(text, JSON_DECODE_ANY, NULL);
@@ -86,62 +64,55 @@ static void print_table(const cv_audit_list *l) {
     }
 }
 
+typedef struct audit_opts {
+    const char *since, *command;
+    int64_t limit;
+    bool json;
+} audit_opts;
+
+static const cv_cli_opt opts[] = {
+    CV_OPT_STR("since", 0, "TIME",
+               "from TIME: RFC 3339 UTC, a date, a duration ago (90s, 15m, 2h, 7d) or "
+               "Unix ms",
+               audit_opts, since),
+    CV_OPT_STR("command", 0, "NAME", "only this command (its first word, e.g. verify)",
+               audit_opts, command),
+    CV_OPT_INT("limit", 0, "N", "at most N actions (default 100)", audit_opts, limit, 1,
+               1000000),
+    CV_OPT_FLAG("json", 0, "one JSON object per line instead of a table", audit_opts,
+                json),
+    CV_OPT_END,
+};
+
+static const cv_cli_spec spec = {
+    .name = "audit",
+    .usage = "audit [-c FILE] [--set key=value]... [--since TIME]\n"
+             "                       [--command NAME] [--limit N] [--json]",
+    .about =
+        "Lists operator actions recorded in chatvault.audit, newest first: when each\n"
+        "started (UTC), how long it ran, the OS user and database role, the command\n"
+        "and its arguments (secrets redacted), and its outcome with counts. An\n"
+        "action that never ended (its process was killed) shows \"running\".\n"
+        "Recorded: export, import, replay, verify (and --repair), log cat, and\n"
+        "keygen on an existing key file (a key rotation).\n",
+    .opts = opts,
+    .config_keys = "postgres.reader_conninfo (or postgres.conninfo)",
+};
+
 int cv_cmd_audit(int argc, char **argv) {
-    enum { OPT_SINCE = 1000, OPT_COMMAND, OPT_LIMIT, OPT_JSON };
-    static const struct option opts[] = {
-        CV_COMMON_LONGOPTS,
-        {"since", required_argument, NULL, OPT_SINCE},
-        {"command", required_argument, NULL, OPT_COMMAND},
-        {"limit", required_argument, NULL, OPT_LIMIT},
-        {"json", no_argument, NULL, OPT_JSON},
-        {NULL, 0, NULL, 0}};
-    cv_cli_config cli = {0};
-    cv_audit_filter f = {.since_us = -1, .limit = 100};
-    bool json = false;
-    int opt;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
-        int r = cv_cli_common_opt(&cli, opt, optarg);
-        if (r < 0)
-            return CV_EXIT_USAGE;
-        if (r)
-            continue;
-        char *end;
-        switch (opt) {
-        case 'h':
-            usage(stdout);
-            return CV_EXIT_OK;
-        case OPT_SINCE:
-            if (cv_parse_time_us(optarg, &f.since_us) < 0) {
-                cv_error("audit",
-                         "--since %s: not a time (RFC 3339 UTC, a date, 7d, ...)",
-                         optarg);
-                return CV_EXIT_USAGE;
-            }
-            break;
-        case OPT_COMMAND:
-            f.command = optarg;
-            break;
-        case OPT_LIMIT:
-            f.limit = (int)strtol(optarg, &end, 10);
-            if (*end || f.limit < 1 || f.limit > 1000000) {
-                cv_error("audit", "--limit %s: expected 1 to 1000000", optarg);
-                return CV_EXIT_USAGE;
-            }
-            break;
-        case OPT_JSON:
-            json = true;
-            break;
-        default:
-            usage(stderr);
-            return CV_EXIT_USAGE;
-        }
-    }
-    if (optind < argc) {
-        cv_error("audit", "unexpected argument \"%s\"", argv[optind]);
+    audit_opts o = {.limit = 100};
+    cv_cli cli;
+    int prc = cv_cli_parse(&spec, argc, argv, &o, &cli);
+    if (prc != CV_CLI_RUN)
+        return prc;
+    cv_audit_filter f = {.since_us = -1, .command = o.command, .limit = (int)o.limit};
+    bool json = o.json;
+    if (o.since && cv_parse_time_us(o.since, &f.since_us) < 0) {
+        cv_error("audit", "--since %s: not a time (RFC 3339 UTC, a date, 7d, ...)",
+                 o.since);
         return CV_EXIT_USAGE;
     }
-    cv_config *cfg = cv_cli_load_config(&cli);
+    cv_config *cfg = cv_cli_load_config(&cli.config);
     if (!cfg)
         return CV_EXIT_USAGE;
     int rc = CV_EXIT_FAILURE;

@@ -246,13 +246,15 @@ static bool conninfo_has_password(const char *v) {
 }
 
 /* True when `key = value` is a secret that others must not read: of the
- * table's keys http.token, and postgres.conninfo when it holds a password
+ * table's keys http.token, and a postgres.*conninfo that holds a password
  * (log.key_file and http.token_file name files that are checked
  * themselves). */
 static bool value_secret(const char *key, const char *value) {
     if (!*value)
         return false;
-    if (strcmp(key, "postgres.conninfo") == 0)
+    size_t n = strlen(key);
+    if (strncmp(key, "postgres.", 9) == 0 && n >= 8 &&
+        strcmp(key + n - 8, "conninfo") == 0) /* every role's connection string */
         return conninfo_has_password(value);
     if (strncmp(key, "kafka.", 6) == 0) {
         for (size_t i = 0; i < sizeof(kafka_secrets) / sizeof(kafka_secrets[0]); i++)

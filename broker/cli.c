@@ -362,6 +362,8 @@ cv_config *cv_cli_load_config(const cv_cli_config *cli) {
         fprintf(stderr, "chatvault: config error: %s\n", err);
         return NULL;
     }
+    if (cv_config_warning(cfg))
+        fprintf(stderr, "chatvault: warning: %s\n", cv_config_warning(cfg));
     return cfg;
 }
 
@@ -587,10 +589,11 @@ int cv_cli_http_get(const cv_cli_url *u, const char *token, cv_buf *body, char *
         return -e;
     }
     char req[2048];
+    bool v6 = strchr(u->host, ':') != NULL; /* Host: [::1]:9187 */
     int n = snprintf(req, sizeof(req),
-                     "GET %s HTTP/1.0\r\nHost: %s:%s\r\nAccept: application/json\r\n"
+                     "GET %s HTTP/1.0\r\nHost: %s%s%s:%s\r\nAccept: application/json\r\n"
                      "User-Agent: chatvault\r\n%s%s%sConnection: close\r\n\r\n",
-                     u->path, u->host, u->port,
+                     u->path, v6 ? "[" : "", u->host, v6 ? "]" : "", u->port,
                      token && *token ? "Authorization: Bearer " : "",
                      token && *token ? token : "", token && *token ? "\r\n" : "");
     if (n < 0 || (size_t)n >= sizeof(req) || write(fd, req, (size_t)n) != n) {

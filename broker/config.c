@@ -6,15 +6,20 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <regex.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "daemon/http.h"
+#include "util.h"
 
 typedef enum { PROP_STR, PROP_INT, PROP_ENUM } prop_type;
 
@@ -81,6 +86,35 @@ static const char *check_listen(const char *v, char *buf, size_t len) {
     return buf;
 }
 
+/* http.allowed_hosts: comma-separated entries, each "*" or a host name
+ * (letters, digits, '.', '-', '_') with an optional ":port". */
+static const char *check_hosts(const char *v, char *buf, size_t len) {
+    for (const char *p = v; *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ", ");
+        if (!n)
+            break;
+        if (n == 1 && *p == '*') {
+            p++;
+            continue;
+        }
+        size_t name = strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                "0123456789.-_");
+        size_t digits =
+            name < n && p[name] == ':' ? strspn(p + name + 1, "0123456789") : 0;
+        if (name == 0 ||
+            (name != n && (p[name] != ':' || !digits || name + 1 + digits != n))) {
+            snprintf(buf, len,
+                     "expected host names (name or name:port) separated by commas, or *; "
+                     "IP addresses and localhost are always accepted");
+            return buf;
+        }
+        p += n;
+    }
+    return NULL;
+}
+
 static const prop props[] = {
     {"postgres.conninfo", PROP_STR, "dbname=chatvault",
      "libpq connection string of the PostgreSQL store; the broker writes with it "
@@ -142,8 +176,32 @@ static const prop props[] = {
      "address of the metrics, health and dashboard server (empty disables it)", 0, 0,
      NULL, check_listen},
     {"http.token", PROP_STR, "",
-     "bearer token required by every HTTP endpoint but /healthz (empty: none)", 0, 0,
-     NULL, NULL},
+     "bearer token required by every HTTP endpoint but /healthz (empty: none); visible "
+     "in the process list when given as --set: prefer http.token_file",
+     0, 0, NULL, NULL},
+    {"http.token_file", PROP_STR, "",
+     "file holding http.token on one line (mode 0600 or 0400, refused if group or "
+     "others may read it); not together with http.token",
+     0, 0, NULL, NULL},
+    {"http.allowed_hosts", PROP_STR, "",
+     "host names the HTTP server answers to, comma-separated (name or name:port; * for "
+     "any), besides localhost and IP addresses, which it always accepts; another Host "
+     "header gets 421, so a web page that points its own name at this address (DNS "
+     "rebinding) cannot read it",
+     0, 0, NULL, check_hosts},
+    {"http.header_timeout_s", PROP_INT, "10",
+     "seconds a client has to send a request's whole header, counted from connecting or "
+     "from the previous response; a slower one is disconnected, so slow clients cannot "
+     "hold every connection (real clients need milliseconds)",
+     1, 3600, NULL, NULL},
+    {"http.max_connections", PROP_INT, "256",
+     "most HTTP connections open at once (each holds a socket and up to 32 KiB)", 1,
+     10000, NULL, NULL},
+    {"http.max_connections_per_address", PROP_INT, "16",
+     "most HTTP connections open at once from one client address, so that one client "
+     "cannot take them all (a browser opens up to 6; raise it when a proxy's address "
+     "carries every client)",
+     1, 10000, NULL, NULL},
     {"metrics.max_channels", PROP_INT, "100",
      "channels with their own metric label; more are summed under channel=\"_other\"", 1,
      100000, NULL, NULL},
@@ -169,7 +227,54 @@ struct cv_config {
     char *values[NPROPS]; /* NULL: default */
     kv *kafka;
     size_t nkafka, kafka_cap;
+    char warning[600]; /* "": none (cv_config_warning) */
 };
+
+/* librdkafka's own secrets (the properties its CONFIGURATION.md marks as
+ * sensitive), under the kafka. prefix. */
+static const char *const kafka_secrets[] = {
+    "sasl.password",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.config",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl.keystore.password",
+    "ssl.truststore.password",
+};
+
+/* A libpq connection string holds a password as password=... (also in a
+ * URI's query string) or as a URI's user:password@. */
+static bool conninfo_has_password(const char *v) {
+    for (const char *p = v; *p; p++)
+        if (strncasecmp(p, "password", 8) == 0)
+            return true;
+    const char *scheme = strstr(v, "://");
+    if (!scheme)
+        return false;
+    const char *auth = scheme + 3, *at = strchr(auth, '@');
+    size_t hostpart = strcspn(auth, "/?");
+    return at && (size_t)(at - auth) < hostpart && memchr(auth, ':', (size_t)(at - auth));
+}
+
+/* True when `key = value` is a secret that others must not read: of the
+ * table's keys http.token, and a postgres.*conninfo that holds a password
+ * (log.key_file and http.token_file name files that are checked
+ * themselves). */
+static bool value_secret(const char *key, const char *value) {
+    if (!*value)
+        return false;
+    size_t n = strlen(key);
+    if (strncmp(key, "postgres.", 9) == 0 && n >= 8 &&
+        strcmp(key + n - 8, "conninfo") == 0) /* every role's connection string */
+        return conninfo_has_password(value);
+    if (strncmp(key, "kafka.", 6) == 0) {
+        for (size_t i = 0; i < sizeof(kafka_secrets) / sizeof(kafka_secrets[0]); i++)
+            if (strcmp(key + 6, kafka_secrets[i]) == 0)
+                return true;
+        return false;
+    }
+    return strcmp(key, "http.token") == 0;
+}
 
 static const char *kafka_defaults[][2] = {
     {"group.id", "chatvault"},
@@ -364,7 +469,9 @@ int cv_config_load_file(cv_config *cfg, const char *path, char *errbuf, size_t e
                  strerror(errno));
         return -errno;
     }
-    char line[8192], origin[600];
+    struct stat st;
+    bool others_read = fstat(fileno(f), &st) == 0 && (st.st_mode & S_IROTH);
+    char line[8192], origin[600], secrets[200] = "";
     int lineno = 0, r = 0;
     while (fgets(line, sizeof(line), f)) {
         lineno++;
@@ -395,7 +502,16 @@ int cv_config_load_file(cv_config *cfg, const char *path, char *errbuf, size_t e
         r = cv_config_set(cfg, key, value, origin, errbuf, errlen);
         if (r < 0)
             break;
+        if (others_read && value_secret(key, value) && !strstr(secrets, key)) {
+            size_t n = strlen(secrets);
+            snprintf(secrets + n, sizeof(secrets) - n, "%s%s", n ? ", " : "", key);
+        }
     }
+    if (r == 0 && *secrets)
+        snprintf(cfg->warning, sizeof(cfg->warning),
+                 "%s is readable by others (mode %04o) and holds a secret (%s): chmod "
+                 "o-r %s, or move the secret to a file of its own (http.token_file)",
+                 path, (unsigned)(st.st_mode & 07777), secrets, path);
     if (r == 0 && ferror(f)) {
         snprintf(errbuf, errlen, "%s: read error: %s", path, strerror(errno));
         r = -EIO;
@@ -537,6 +653,73 @@ void cv_config_print_example(FILE *out) {
     }
 }
 
+const char *cv_config_warning(const cv_config *cfg) {
+    return *cfg->warning ? cfg->warning : NULL;
+}
+
+#define TOKEN_FILE_MAX 4096
+
+/* http.token_file: reads the token into http.token, refusing a file others
+ * may read (the check the log's key file gets) and a token given twice. */
+static int load_token_file(cv_config *cfg, char *errbuf, size_t errlen) {
+    size_t file_idx = 0, token_idx = 0;
+    prop_find("http.token_file", &file_idx);
+    prop_find("http.token", &token_idx);
+    const char *path = cfg->values[file_idx];
+    if (!path || !*path)
+        return 0;
+    if (cfg->values[token_idx] && *cfg->values[token_idx]) {
+        snprintf(errbuf, errlen,
+                 "http.token and http.token_file are both set: keep one "
+                 "(http.token_file keeps the token out of configs and the process list)");
+        return -EINVAL;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        int e = errno;
+        snprintf(errbuf, errlen, "http.token_file %s: %s", path, strerror(e));
+        return -e;
+    }
+    int64_t size;
+    int r = cv_private_file_check(fd, "http.token_file", path, &size, errbuf, errlen);
+    if (r == 0 && size > TOKEN_FILE_MAX) {
+        snprintf(errbuf, errlen, "http.token_file %s is larger than %d bytes", path,
+                 TOKEN_FILE_MAX);
+        r = -EINVAL;
+    }
+    char text[TOKEN_FILE_MAX + 1];
+    size_t len = 0;
+    while (r == 0 && len < TOKEN_FILE_MAX) {
+        ssize_t n = read(fd, text + len, TOKEN_FILE_MAX - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            r = -errno;
+            snprintf(errbuf, errlen, "http.token_file %s: read: %s", path, strerror(-r));
+        }
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    if (r == 0) {
+        if (len && text[len - 1] == '\n')
+            len--;
+        if (len && text[len - 1] == '\r')
+            len--;
+        text[len] = '\0';
+        if (len == 0 || strlen(text) != len || strpbrk(text, "\r\n")) {
+            snprintf(errbuf, errlen, "http.token_file %s must hold the token on one line",
+                     path);
+            r = -EINVAL;
+        } else if (!(cfg->values[token_idx] = strdup(text))) {
+            r = -ENOMEM;
+        }
+    }
+    explicit_bzero(text, sizeof(text));
+    return r;
+}
+
 int cv_config_build(const cv_cli_config *cli, char *const *envp, cv_config **ret_cfg,
                     char *errbuf, size_t errlen) {
     cv_config *cfg = cv_config_new();
@@ -567,6 +750,8 @@ int cv_config_build(const cv_cli_config *cli, char *const *envp, cv_config **ret
         key[eq - s] = '\0';
         r = cv_config_set(cfg, trim(key), eq + 1, "--set", errbuf, errlen);
     }
+    if (r == 0)
+        r = load_token_file(cfg, errbuf, errlen);
     if (r < 0) {
         cv_config_free(cfg);
         return r;

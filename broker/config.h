@@ -25,7 +25,10 @@ cv_config *cv_config_free(cv_config *cfg);
 int cv_config_set(cv_config *cfg, const char *key, const char *value, const char *origin,
                   char *errbuf, size_t errlen);
 
-/* Reads a file of `key = value` lines; `#` starts a comment. */
+/* Reads a file of `key = value` lines; `#` starts a comment. A file others
+ * may read that holds a secret (http.token, a password in
+ * postgres.conninfo, kafka.sasl.password, ...) loads, with a warning kept
+ * for cv_config_warning(). */
 int cv_config_load_file(cv_config *cfg, const char *path, char *errbuf, size_t errlen);
 
 /* Applies every CHATVAULT_* variable of `envp` except CHATVAULT_CONFIG. */
@@ -44,6 +47,10 @@ int cv_config_kafka_at(const cv_config *cfg, size_t i, const char **ret_key,
 /* Value of one kafka.* property (without the prefix), or NULL. */
 const char *cv_config_kafka_get(const cv_config *cfg, const char *key);
 
+/* One line naming the config file that others may read and the secrets in
+ * it, or NULL: for the caller to print. Lives as long as `cfg`. */
+const char *cv_config_warning(const cv_config *cfg);
+
 /* Prints every key with its default and meaning, as --help shows them. */
 void cv_config_print_help(FILE *out);
 /* Prints the table as an example config file (deploy/chatvault.conf.example). */
@@ -57,7 +64,9 @@ typedef struct cv_cli_config {
 } cv_cli_config;
 
 /* Builds the config from file (cli->path, else $CHATVAULT_CONFIG, else none),
- * environment and --set flags. On failure returns -EINVAL with errbuf set. */
+ * environment and --set flags, then reads http.token_file into http.token
+ * (a file group or others may read, or both keys set, is an error). On
+ * failure returns a negative errno with errbuf set. */
 int cv_config_build(const cv_cli_config *cli, char *const *envp, cv_config **ret_cfg,
                     char *errbuf, size_t errlen);
 

@@ -109,33 +109,19 @@ static int parse_line(char *line, uint32_t *ret_id, unsigned char *ret_key,
 /* Reads and parses an open key file; `path` is for messages. */
 static int load_fd(int fd, const char *path, cv_keyring **ret_keys, char *errbuf,
                    size_t errlen) {
-    struct stat st;
-    if (fstat(fd, &st) < 0) {
-        int e = errno;
-        cv_errf(errbuf, errlen, "key file %s: %s", path, strerror(e));
-        return -e;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        cv_errf(errbuf, errlen, "key file %s is not a regular file", path);
-        return -EINVAL;
-    }
-    if (st.st_mode & 077) {
-        cv_errf(errbuf, errlen,
-                "key file %s has mode %04o: it must not be readable or writable "
-                "by group or others (chmod 600 %s)",
-                path, (unsigned)(st.st_mode & 07777), path);
-        return -EACCES;
-    }
-    if (st.st_size > (off_t)KEYFILE_MAX) {
+    int64_t size;
+    int r = cv_private_file_check(fd, "key file", path, &size, errbuf, errlen);
+    if (r < 0)
+        return r;
+    if (size > (int64_t)KEYFILE_MAX) {
         cv_errf(errbuf, errlen, "key file %s is larger than %u bytes", path, KEYFILE_MAX);
         return -EINVAL;
     }
-    size_t cap = (size_t)st.st_size + 1;
+    size_t cap = (size_t)size + 1;
     char *text = malloc(cap);
     if (!text)
         return -ENOMEM;
     size_t len = 0;
-    int r = 0;
     for (;;) {
         if (len == cap - 1)
             break;

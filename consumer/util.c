@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 bool cv_utf8_valid(const char *s, size_t len) {
@@ -214,4 +215,27 @@ void cv_errf(char *errbuf, size_t errlen, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(errbuf, errlen, fmt, ap);
     va_end(ap);
+}
+
+int cv_private_file_check(int fd, const char *what, const char *path, int64_t *ret_size,
+                          char *errbuf, size_t errlen) {
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int e = errno;
+        cv_errf(errbuf, errlen, "%s %s: %s", what, path, strerror(e));
+        return -e;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        cv_errf(errbuf, errlen, "%s %s is not a regular file", what, path);
+        return -EINVAL;
+    }
+    if (st.st_mode & 077) {
+        cv_errf(errbuf, errlen,
+                "%s %s has mode %04o: it must not be readable or writable "
+                "by group or others (chmod 600 %s)",
+                what, path, (unsigned)(st.st_mode & 07777), path);
+        return -EACCES;
+    }
+    *ret_size = (int64_t)st.st_size;
+    return 0;
 }

@@ -78,4 +78,13 @@ int64_t cv_mono_us(void);
 void cv_errf(char *errbuf, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Checks that the open file `fd` holds a secret safely: a regular file with
+ * no permission bits for group or others (0600 or 0400). `what` and `path`
+ * name it in the one-line error ("key file /etc/chatvault/log.key has mode
+ * 0644: ..."). Returns 0, -EINVAL (not a regular file), -EACCES (the mode;
+ * the error names it and the chmod that fixes it) or a negative errno. On
+ * success *ret_size is the file's size. */
+int cv_private_file_check(int fd, const char *what, const char *path, int64_t *ret_size,
+                          char *errbuf, size_t errlen);
+
 #endif

@@ -293,10 +293,16 @@ int cv_cmd_broker(int argc, char **argv) {
         rc = CV_EXIT_FAILURE;
         goto out;
     }
-    cv_http_conf hc = {.listen = cv_config_str(cfg, "http.listen"),
-                       .token = cv_config_str(cfg, "http.token"),
-                       .metrics = metrics,
-                       .kafka_bootstrap = embedded};
+    cv_http_conf hc = {
+        .listen = cv_config_str(cfg, "http.listen"),
+        .token = cv_config_str(cfg, "http.token"),
+        .metrics = metrics,
+        .kafka_bootstrap = embedded,
+        .allowed_hosts = cv_config_str(cfg, "http.allowed_hosts"),
+        .header_timeout_s = (unsigned)cv_config_int(cfg, "http.header_timeout_s"),
+        .max_connections = (unsigned)cv_config_int(cfg, "http.max_connections"),
+        .max_per_address =
+            (unsigned)cv_config_int(cfg, "http.max_connections_per_address")};
     if (*hc.listen && cv_http_start(&hc, &http, err, sizeof(err)) < 0) {
         cv_error("broker", "%s", err);
         rc = CV_EXIT_FAILURE;

@@ -1,7 +1,18 @@
 /*
  * http — see http.h. libmicrohttpd runs the sockets in its own internal
- * polling thread; every handler renders a fresh snapshot from cv_metrics
- * (under its mutex) and never blocks on the pipeline.
+ * polling thread (one thread, epoll: a connection that sends nothing holds
+ * a slot, not the thread); every handler renders a fresh snapshot from
+ * cv_metrics (under its mutex) and never blocks on the pipeline.
+ *
+ * libmicrohttpd's own timeout counts idleness, so a client that sends one
+ * header line every few seconds keeps its connection forever. The header
+ * deadline is kept here instead: every connection is listed (notify
+ * callbacks, from libmicrohttpd's thread) with the time its next request
+ * header must be complete by; a reaper thread shuts down the socket of one
+ * past it, and libmicrohttpd, reading end of file, closes it. The list
+ * drops a connection before libmicrohttpd closes its descriptor, and the
+ * reaper holds the list's lock while it calls shutdown(), so it never
+ * touches a descriptor that was closed and reused.
  */
 #include "daemon/http.h"
 
@@ -9,18 +20,60 @@
 #include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "cli.h"
 #include "daemon/web_assets.h"
 
 #define RENDER_LIMIT (64u << 20)
+#define IDLE_TIMEOUT_S 30u /* libmicrohttpd's: a response nobody reads */
+#define LOG_EVERY_MS 10000 /* one line per kind of refusal this often */
+#define REAP_EVERY_MS 200
+
+/* A log line that may come once per LOG_EVERY_MS; the rest are counted. */
+typedef struct ratelimit {
+    pthread_mutex_t lock;
+    int64_t last_ms;
+    unsigned suppressed;
+} ratelimit;
+
+/* True when a line may be logged now; *ret_suppressed is how many were not
+ * since the last one. */
+static bool ratelimit_pass(ratelimit *r, unsigned *ret_suppressed) {
+    int64_t now = cv_mono_ms();
+    bool pass = false;
+    pthread_mutex_lock(&r->lock);
+    if (r->last_ms == 0 || now - r->last_ms >= LOG_EVERY_MS) {
+        pass = true;
+        *ret_suppressed = r->suppressed;
+        r->suppressed = 0;
+        r->last_ms = now;
+    } else {
+        r->suppressed++;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return pass;
+}
+
+/* One open connection, on cv_http's list from libmicrohttpd's "started" to
+ * its "closed" notification. */
+typedef struct conn {
+    struct conn *prev, *next;
+    int fd;
+    bool in_request;     /* header complete, response not yet finished */
+    bool cut;            /* shut down by the reaper */
+    int64_t deadline_ms; /* monotonic: the header is due by then */
+    char peer[INET6_ADDRSTRLEN];
+} conn;
 
 struct cv_http {
     struct MHD_Daemon *daemon;
@@ -28,6 +81,15 @@ struct cv_http {
     char *kafka_bootstrap; /* NULL: not embedded */
     bool has_token;
     unsigned char token_hash[crypto_generichash_BYTES];
+    char *allowed_hosts; /* http.allowed_hosts, copied */
+    bool any_host;       /* it holds "*" */
+    int64_t header_timeout_ms;
+    pthread_mutex_t lock; /* guards conns and stopping */
+    pthread_cond_t wake;
+    conn *conns;
+    bool stopping, reaper_started;
+    pthread_t reaper;
+    ratelimit host_log, slow_log, mhd_log;
 };
 
 int cv_http_parse_listen(const char *listen, struct sockaddr_storage *ret_ss,
@@ -125,6 +187,177 @@ static bool authorized(const cv_http *h, struct MHD_Connection *c) {
         return ok;
     }
     return false;
+}
+
+static bool host_listed(const cv_http *h, const char *name, size_t nlen,
+                        const char *port) {
+    for (const char *p = h->allowed_hosts; *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ", ");
+        const char *colon = memchr(p, ':', n);
+        size_t elen = colon ? (size_t)(colon - p) : n;
+        if (elen && p[elen - 1] == '.')
+            elen--;
+        if (elen == nlen && strncasecmp(p, name, nlen) == 0 &&
+            (!colon || (strlen(port) == n - elen - 1 &&
+                        strncmp(colon + 1, port, n - elen - 1) == 0)))
+            return true;
+        p += n;
+    }
+    return false;
+}
+
+/* The Host check against DNS rebinding: a page on the attacker's name whose
+ * DNS answer turns into this server's address makes the browser send that
+ * name as Host. An address literal or localhost cannot be the attacker's
+ * name, so they always pass; any other name must be in http.allowed_hosts.
+ * No Host at all passes (handle() refuses it in HTTP/1.1, as RFC 9112
+ * asks, and serves HTTP/1.0 tools that send none): every browser sends
+ * one. */
+static bool host_allowed(const cv_http *h, const char *host) {
+    if (!host || h->any_host)
+        return true;
+    size_t len = strlen(host);
+    if (len == 0 || len > 300)
+        return false;
+    char name[301];
+    const char *port = "";
+    if (host[0] == '[') {
+        const char *close = strchr(host, ']');
+        if (!close || (close[1] && (close[1] != ':' || strspn(close + 2, "0123456789") !=
+                                                           strlen(close + 2))))
+            return false;
+        struct in6_addr a6;
+        memcpy(name, host + 1, (size_t)(close - host - 1));
+        name[close - host - 1] = '\0';
+        return inet_pton(AF_INET6, name, &a6) == 1;
+    }
+    const char *colon = strchr(host, ':');
+    if (colon &&
+        (strchr(colon + 1, ':') || strspn(colon + 1, "0123456789") != strlen(colon + 1)))
+        return false;
+    size_t nlen = colon ? (size_t)(colon - host) : len;
+    memcpy(name, host, nlen);
+    name[nlen] = '\0';
+    if (colon)
+        port = colon + 1;
+    if (nlen && name[nlen - 1] == '.')
+        name[--nlen] = '\0';
+    struct in_addr a4;
+    if (inet_pton(AF_INET, name, &a4) == 1 || strcasecmp(name, "localhost") == 0)
+        return true;
+    return nlen && host_listed(h, name, nlen, port);
+}
+
+static void peer_name(struct MHD_Connection *c, char dst[INET6_ADDRSTRLEN]) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+    snprintf(dst, INET6_ADDRSTRLEN, "?");
+    if (sa && sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, dst,
+                  INET6_ADDRSTRLEN);
+    else if (sa && sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, dst,
+                  INET6_ADDRSTRLEN);
+}
+
+/* libmicrohttpd's "started" and "closed": the connection list. */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe) {
+    cv_http *h = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        conn *k = ci ? calloc(1, sizeof(*k)) : NULL;
+        if (!k)
+            return; /* out of memory: only the idle timeout guards it */
+        k->fd = ci->connect_fd;
+        k->deadline_ms = cv_mono_ms() + h->header_timeout_ms;
+        peer_name(c, k->peer);
+        pthread_mutex_lock(&h->lock);
+        k->next = h->conns;
+        if (h->conns)
+            h->conns->prev = k;
+        h->conns = k;
+        pthread_mutex_unlock(&h->lock);
+        *socket_context = k;
+        return;
+    }
+    conn *k = *socket_context;
+    if (!k)
+        return;
+    pthread_mutex_lock(&h->lock);
+    if (k->prev)
+        k->prev->next = k->next;
+    else
+        h->conns = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+    pthread_mutex_unlock(&h->lock);
+    *socket_context = NULL;
+    free(k);
+}
+
+static conn *conn_of(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* A request's header is complete (the handler runs) or its response is
+ * done: the deadline stops, or starts again for the next request. */
+static void conn_request(cv_http *h, struct MHD_Connection *c, bool in_request) {
+    conn *k = conn_of(c);
+    if (!k)
+        return;
+    pthread_mutex_lock(&h->lock);
+    k->in_request = in_request;
+    k->deadline_ms = cv_mono_ms() + h->header_timeout_ms;
+    pthread_mutex_unlock(&h->lock);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+    (void)con_cls, (void)toe;
+    conn_request(cls, c, false);
+}
+
+/* The reaper: shuts down every connection whose header is overdue. */
+static void *reap(void *arg) {
+    cv_http *h = arg;
+    pthread_mutex_lock(&h->lock);
+    while (!h->stopping) {
+        int64_t now = cv_mono_ms();
+        unsigned cut = 0;
+        char peer[INET6_ADDRSTRLEN] = "";
+        for (conn *k = h->conns; k; k = k->next)
+            if (!k->in_request && !k->cut && now >= k->deadline_ms) {
+                shutdown(k->fd, SHUT_RDWR);
+                k->cut = true;
+                cut++;
+                memcpy(peer, k->peer, sizeof(peer));
+            }
+        pthread_mutex_unlock(&h->lock);
+        unsigned suppressed;
+        if (cut && ratelimit_pass(&h->slow_log, &suppressed))
+            cv_log(
+                CV_LOG_WARN,
+                "http client sent no complete request header in time: disconnected",
+                "peer=%s connections=%u earlier_unlogged=%u http.header_timeout_s=%lld",
+                peer, cut, suppressed, (long long)(h->header_timeout_ms / 1000));
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += REAP_EVERY_MS * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_mutex_lock(&h->lock);
+        if (!h->stopping)
+            pthread_cond_timedwait(&h->wake, &h->lock, &ts);
+    }
+    pthread_mutex_unlock(&h->lock);
+    return NULL;
 }
 
 static enum MHD_Result send_response(struct MHD_Connection *c, unsigned status,
@@ -254,7 +487,30 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
                               const char *upload_data, size_t *upload_data_size,
                               void **con_cls) {
     cv_http *h = cls;
-    (void)version, (void)upload_data, (void)con_cls;
+    (void)upload_data, (void)con_cls;
+    conn_request(h, c, true);
+    const char *host =
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    if (!host && strcmp(version, MHD_HTTP_VERSION_1_0) != 0)
+        return send_text(c, MHD_HTTP_BAD_REQUEST,
+                         "bad request: an HTTP/1.1 request needs a Host header\n");
+    if (!host_allowed(h, host)) {
+        char q[65], peer[INET6_ADDRSTRLEN], msg[300];
+        unsigned suppressed;
+        printable(q, host);
+        if (ratelimit_pass(&h->host_log, &suppressed)) {
+            peer_name(c, peer);
+            cv_log(CV_LOG_WARN, "http request refused: Host is not one of this server's",
+                   "host=\"%s\" peer=%s earlier_unlogged=%u hint=\"add the name to "
+                   "http.allowed_hosts if it is yours\"",
+                   q, peer, suppressed);
+        }
+        snprintf(msg, sizeof(msg),
+                 "misdirected request: Host \"%s\" is not a name of this server "
+                 "(add it to http.allowed_hosts)\n",
+                 q);
+        return send_text(c, MHD_HTTP_MISDIRECTED_REQUEST, msg);
+    }
     if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
         strcmp(method, MHD_HTTP_METHOD_HEAD) != 0) {
         struct MHD_Response *r = MHD_create_response_from_buffer(
@@ -319,13 +575,30 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
 }
 
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
-    (void)cls;
+    cv_http *h = cls;
+    unsigned suppressed;
+    /* A flood of refused connections is one line per LOG_EVERY_MS. */
+    if (!ratelimit_pass(&h->mhd_log, &suppressed))
+        return;
     char msg[512];
     vsnprintf(msg, sizeof(msg), fmt, ap);
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
         msg[--n] = '\0';
-    cv_log(CV_LOG_WARN, msg, "component=http");
+    cv_log(CV_LOG_WARN, msg, "component=http earlier_unlogged=%u", suppressed);
+}
+
+/* "*" among the comma-separated entries of http.allowed_hosts. */
+static bool hosts_any(const char *list) {
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ", ");
+        if (n == 1 && *p == '*')
+            return true;
+        p += n;
+    }
+    return false;
 }
 
 int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
@@ -343,12 +616,27 @@ int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
         snprintf(errbuf, errlen, "out of memory");
         return -ENOMEM;
     }
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->wake, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&h->lock, NULL);
+    pthread_mutex_init(&h->host_log.lock, NULL);
+    pthread_mutex_init(&h->slow_log.lock, NULL);
+    pthread_mutex_init(&h->mhd_log.lock, NULL);
     h->metrics = conf->metrics;
-    if (conf->kafka_bootstrap && !(h->kafka_bootstrap = strdup(conf->kafka_bootstrap))) {
-        free(h);
+    h->header_timeout_ms =
+        (int64_t)(conf->header_timeout_s ? conf->header_timeout_s : 10) * 1000;
+    const char *hosts = conf->allowed_hosts ? conf->allowed_hosts : "";
+    if ((conf->kafka_bootstrap &&
+         !(h->kafka_bootstrap = strdup(conf->kafka_bootstrap))) ||
+        !(h->allowed_hosts = strdup(hosts))) {
         snprintf(errbuf, errlen, "out of memory");
-        return -ENOMEM;
+        r = -ENOMEM;
+        goto fail;
     }
+    h->any_host = hosts_any(hosts);
     if (conf->token && *conf->token) {
         h->has_token = true;
         crypto_generichash(h->token_hash, sizeof(h->token_hash),
@@ -356,15 +644,24 @@ int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
                            0);
     } else if (!is_loopback(&ss)) {
         cv_log(CV_LOG_WARN, "http server reachable from the network without a token",
-               "listen=%s hint=\"set http.token, or bind 127.0.0.1\"", conf->listen);
+               "listen=%s hint=\"set http.token_file, or bind 127.0.0.1\"", conf->listen);
     }
+    if ((r = -pthread_create(&h->reaper, NULL, reap, h)) < 0) {
+        snprintf(errbuf, errlen, "http: cannot start a thread: %s", strerror(-r));
+        goto fail;
+    }
+    h->reaper_started = true;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     h->daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, handle, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        flags, 0, NULL, NULL, handle, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)64, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
+        conf->max_connections ? conf->max_connections : 256u,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        conf->max_per_address ? conf->max_per_address : 16u,
+        MHD_OPTION_CONNECTION_TIMEOUT, IDLE_TIMEOUT_S, MHD_OPTION_NOTIFY_CONNECTION,
+        on_connection, h, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
         /* No MHD_OPTION_LISTENING_ADDRESS_REUSE: given 1 it sets SO_REUSEPORT,
          * and a second broker on a taken http.listen then shares the port
          * (answering /api/kafka with the other one's cluster half of the
@@ -375,21 +672,50 @@ int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
         int e = errno ? errno : EADDRINUSE;
         snprintf(errbuf, errlen, "http.listen = \"%s\": cannot listen: %s", conf->listen,
                  strerror(e));
-        free(h->kafka_bootstrap);
-        free(h);
-        return -e;
+        r = -e;
+        goto fail;
     }
-    cv_log(CV_LOG_INFO, "http server listening", "listen=%s auth=%s", conf->listen,
-           h->has_token ? "token" : "none");
+    cv_log(CV_LOG_INFO, "http server listening",
+           "listen=%s auth=%s allowed_hosts=\"%s\" header_timeout_s=%u "
+           "max_connections=%u max_connections_per_address=%u",
+           conf->listen, h->has_token ? "token" : "none",
+           h->any_host ? "*"
+           : *hosts    ? hosts
+                       : "(localhost and addresses)",
+           (unsigned)(h->header_timeout_ms / 1000),
+           conf->max_connections ? conf->max_connections : 256u,
+           conf->max_per_address ? conf->max_per_address : 16u);
     *ret_http = h;
     return 0;
+fail:
+    cv_http_stop(h);
+    return r;
 }
 
 cv_http *cv_http_stop(cv_http *h) {
     if (!h)
         return NULL;
-    MHD_stop_daemon(h->daemon);
+    if (h->reaper_started) {
+        pthread_mutex_lock(&h->lock);
+        h->stopping = true;
+        pthread_cond_signal(&h->wake);
+        pthread_mutex_unlock(&h->lock);
+        pthread_join(h->reaper, NULL);
+    }
+    if (h->daemon)
+        MHD_stop_daemon(h->daemon);
+    while (h->conns) { /* those libmicrohttpd did not report closed */
+        conn *k = h->conns;
+        h->conns = k->next;
+        free(k);
+    }
+    pthread_cond_destroy(&h->wake);
+    pthread_mutex_destroy(&h->lock);
+    pthread_mutex_destroy(&h->host_log.lock);
+    pthread_mutex_destroy(&h->slow_log.lock);
+    pthread_mutex_destroy(&h->mhd_log.lock);
     sodium_memzero(h->token_hash, sizeof(h->token_hash));
+    free(h->allowed_hosts);
     free(h->kafka_bootstrap);
     free(h);
     return NULL;

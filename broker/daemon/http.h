@@ -16,6 +16,14 @@
  * the dashboard: it asks once and sends it with the page's own requests).
  * The comparison is constant-time. Binding an address that is not loopback
  * without a token logs a warning.
+ *
+ * Hardening: a request whose Host header is neither localhost, an address
+ * literal nor one of allowed_hosts gets 421 (DNS rebinding: a web page that
+ * points its own name at this address is refused). A connection whose
+ * request header is not complete header_timeout_s after it opened, or after
+ * its previous response, is closed; at most max_connections are open, and
+ * max_per_address from one client address. Refusals are logged at most
+ * once per 10 s, with a count of the rest.
  */
 #ifndef CV_HTTP_H
 #define CV_HTTP_H
@@ -35,6 +43,14 @@ typedef struct cv_http_conf {
      * that the other commands, given the broker's config, find it; NULL when
      * the broker uses a Kafka of its own. Copied. */
     const char *kafka_bootstrap;
+    /* http.allowed_hosts: host names (name or name:port, comma-separated;
+     * "*": any) accepted in the Host header besides localhost and address
+     * literals. NULL or "": those only. Copied. */
+    const char *allowed_hosts;
+    unsigned header_timeout_s; /* a request header must be complete this long
+                                  after connecting or the last response (0: 10) */
+    unsigned max_connections;  /* open at once (0: 256) */
+    unsigned max_per_address;  /* open at once from one client address (0: 16) */
 } cv_http_conf;
 
 /* Binds and starts serving. Returns 0, or a negative errno with errbuf set

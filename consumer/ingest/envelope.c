@@ -203,10 +203,15 @@ int cv_envelope_decode(const cv_envelope_rules *rules, const char *topic,
             return reject(env, CV_REJECT_BAD_REPLY_TO,
                           "reply_to is not a valid topic name");
         /* Acks may not be written into a chat topic or the DLQ: that would
-         * let one channel write into another. */
-        if (cv_envelope_topic_channel(rules, r) || strcmp(r, rules->dlq_topic) == 0)
+         * let one channel write into another. Nor into Kafka's own topics
+         * ("__consumer_offsets", "__transaction_state"): Kafka refuses the
+         * write, and an ack retried forever holds its batch's offsets. */
+        if (cv_envelope_topic_channel(rules, r) || strcmp(r, rules->dlq_topic) == 0 ||
+            strncmp(r, "__", 2) == 0)
             return reject(env, CV_REJECT_BAD_REPLY_TO,
-                          "reply_to \"%s\" names a chat or dead-letter topic", r);
+                          "reply_to \"%s\" names a chat, dead-letter or Kafka-internal "
+                          "topic",
+                          r);
     }
     return 0;
 }

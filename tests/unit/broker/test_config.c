@@ -158,6 +158,10 @@ static void test_file_errors(void) {
         {"topics.acks = acks topic\n", "topic name"},
         {"topics.dlq = \n", "topic name"},
         {"topics.prefix = chat:\n", "topic name"},
+        {"http.allowed_hosts = evil.example/x\n", "host names"},
+        {"http.allowed_hosts = chatvault.internal:http\n", "host names"},
+        {"http.allowed_hosts = :9187\n", "host names"},
+        {"http.allowed_hosts = *.example\n", "host names"},
     };
     for (size_t i = 0; i < sizeof(bad_strings) / sizeof(bad_strings[0]); i++) {
         r = load_text(bad_strings[i][0], NULL, err, sizeof(err), &path);
@@ -171,6 +175,8 @@ static void test_file_errors(void) {
         "topics.pattern = ^(chat|talk)\\..+$\n",
         "topics.pattern = chat.general\n",
         "topics.prefix = \n",
+        "http.allowed_hosts = chatvault.internal, metrics.example:9187,grafana\n",
+        "http.allowed_hosts = *\n",
     };
     for (size_t i = 0; i < sizeof(good_strings) / sizeof(good_strings[0]); i++) {
         r = load_text(good_strings[i], NULL, err, sizeof(err), NULL);
@@ -311,11 +317,26 @@ static void test_defaults_validate(void) {
     /* The loaded values equal the defaults a fresh config reports. */
     cv_config *fresh = cv_config_new();
     static const char *const keys[] = {
-        "postgres.conninfo",   "log.dir",       "log.key_file",
-        "log.segment_bytes",   "ack.policy",    "batch.max_messages",
-        "batch.max_bytes",     "batch.max_ms",  "limits.max_body_bytes",
-        "topics.pattern",      "topics.prefix", "topics.acks",
-        "topics.dlq",          "http.listen",   "http.token",
+        "postgres.conninfo",
+        "log.dir",
+        "log.key_file",
+        "log.segment_bytes",
+        "ack.policy",
+        "batch.max_messages",
+        "batch.max_bytes",
+        "batch.max_ms",
+        "limits.max_body_bytes",
+        "topics.pattern",
+        "topics.prefix",
+        "topics.acks",
+        "topics.dlq",
+        "http.listen",
+        "http.token",
+        "http.token_file",
+        "http.allowed_hosts",
+        "http.header_timeout_s",
+        "http.max_connections",
+        "http.max_connections_per_address",
         "shutdown.timeout_ms",
     };
     int same = 1;

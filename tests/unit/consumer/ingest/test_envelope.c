@@ -277,6 +277,14 @@ static void test_rejects(void) {
                   "reply_to naming its own chat topic");
     m.reply_to = "chatvault.dlq";
     expect_reject(&m, "chat.general", CV_REJECT_BAD_REPLY_TO, "reply_to naming the DLQ");
+    m.reply_to = "__consumer_offsets";
+    expect_reject(&m, "chat.general", CV_REJECT_BAD_REPLY_TO,
+                  "reply_to naming Kafka's offsets topic");
+    m.reply_to = "__transaction_state";
+    expect_reject(&m, "chat.general", CV_REJECT_BAD_REPLY_TO,
+                  "reply_to naming Kafka's transaction log");
+    m.reply_to = "_single_underscore";
+    expect_valid(&m, "chat.general", "reply_to with one leading underscore");
     m.reply_to = "acks for me";
     expect_reject(&m, "chat.general", CV_REJECT_BAD_REPLY_TO,
                   "reply_to not a valid topic name");

@@ -5,6 +5,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -16,26 +17,342 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "json.h"
 #include "util.h"
 
 extern char **environ;
 
-int cv_cli_common_opt(cv_cli_config *cli, int opt, const char *arg) {
-    switch (opt) {
-    case 'c':
-        cli->path = arg;
-        return 1;
-    case 'S':
-        if (cli->nsets >= (int)(sizeof(cli->sets) / sizeof(cli->sets[0]))) {
-            fprintf(stderr, "chatvault: too many --set options (at most %zu)\n",
-                    sizeof(cli->sets) / sizeof(cli->sets[0]));
+/* ---- options --------------------------------------------------------- */
+
+/* -c, --set and --help: every command's, after its own in --help. */
+enum { COMMON_CONFIG = 1, COMMON_SET, COMMON_HELP };
+
+static int common_opt(const cv_cli_opt *opt, void *dest, const char *cmd,
+                      const char *value) {
+    cv_cli_config *c = dest;
+    size_t cap = sizeof(c->sets) / sizeof(c->sets[0]);
+    switch (opt->id) {
+    case COMMON_CONFIG:
+        c->path = value;
+        return 0;
+    case COMMON_SET:
+        if ((size_t)c->nsets >= cap) {
+            cv_error(cmd, "too many --set options (at most %zu)", cap);
             return -1;
         }
-        cli->sets[cli->nsets++] = arg;
-        return 1;
-    default:
+        c->sets[c->nsets++] = value;
         return 0;
+    }
+    return 0;
+}
+
+static const cv_cli_opt common_opts[] = {
+    CV_OPT_CALL("config", 'c', "FILE", "configuration file", common_opt, COMMON_CONFIG),
+    CV_OPT_CALL("set", 0, "key=value", "override a configuration key (repeatable)",
+                common_opt, COMMON_SET),
+    CV_OPT_END,
+};
+static const cv_cli_opt help_opts[] = {
+    CV_OPT_CALL("help", 'h', NULL, "print this help and exit", common_opt, COMMON_HELP),
+    CV_OPT_END,
+};
+
+/* The tables a command's options are looked up in, in --help order. */
+typedef struct table {
+    const cv_cli_opt *opts;
+    char *base;
+} table;
+
+typedef struct parser {
+    const cv_cli_spec *spec;
+    table t[4];
+    size_t nt;
+} parser;
+
+typedef struct found {
+    const cv_cli_opt *opt;
+    char *base;
+} found;
+
+static void parser_init(parser *p, const cv_cli_spec *spec, void *opts, cv_cli *cli) {
+    memset(p, 0, sizeof(*p));
+    p->spec = spec;
+    if (spec->opts)
+        p->t[p->nt++] = (table){spec->opts, opts};
+    if (spec->group)
+        p->t[p->nt++] = (table){spec->group->opts, (char *)opts + spec->group->off};
+    if (!spec->no_config)
+        p->t[p->nt++] = (table){common_opts, (char *)&cli->config};
+    p->t[p->nt++] = (table){help_opts, (char *)&cli->config}; /* writes nothing */
+}
+
+/* The option --name (n bytes of it): exactly, else by a unique prefix as
+ * getopt_long takes it. 1 found, 0 none, -1 ambiguous (error printed). */
+static int find_long(const parser *p, const char *name, size_t n, found *ret) {
+    int matches = 0;
+    for (size_t i = 0; i < p->nt; i++)
+        for (const cv_cli_opt *o = p->t[i].opts; o->name; o++) {
+            if (strncmp(o->name, name, n) != 0)
+                continue;
+            if (o->name[n] == '\0') {
+                *ret = (found){o, p->t[i].base};
+                return 1;
+            }
+            if (!matches++)
+                *ret = (found){o, p->t[i].base};
+        }
+    if (matches > 1) {
+        cv_error(p->spec->name, "option '--%.*s' is ambiguous (see chatvault %s --help)",
+                 (int)n, name, p->spec->name);
+        return -1;
+    }
+    return matches;
+}
+
+static bool find_short(const parser *p, char c, found *ret) {
+    for (size_t i = 0; i < p->nt; i++)
+        for (const cv_cli_opt *o = p->t[i].opts; o->name; o++)
+            if (o->shortname && o->shortname == c) {
+                *ret = (found){o, p->t[i].base};
+                return true;
+            }
+    return false;
+}
+
+static int int_value(const parser *p, const cv_cli_opt *o, const char *v, int64_t *ret) {
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (errno || end == v || *end || x < o->min || x > o->max) {
+        if (o->max == INT64_MAX)
+            cv_error(p->spec->name, "--%s: \"%s\" is not a number of at least %" PRId64,
+                     o->name, v, o->min);
+        else
+            cv_error(p->spec->name,
+                     "--%s: \"%s\" is not a number from %" PRId64 " to %" PRId64, o->name,
+                     v, o->min, o->max);
+        return -1;
+    }
+    *ret = x;
+    return 0;
+}
+
+/* Applies one option with its value (NULL for none). 0, 1 for --help, -1
+ * after the error. */
+static int apply(const parser *p, const found *f, const char *v) {
+    const cv_cli_opt *o = f->opt;
+    char *dest = f->base + o->off;
+    switch (o->kind) {
+    case CV_CLI_FLAG:
+        *(bool *)dest = true;
+        return 0;
+    case CV_CLI_STR:
+        *(const char **)dest = v;
+        return 0;
+    case CV_CLI_INT:
+        return int_value(p, o, v, (int64_t *)dest);
+    case CV_CLI_LIST: {
+        size_t *n = (size_t *)(f->base + o->off_count);
+        if (*n >= o->cap) {
+            cv_error(p->spec->name, "more than %zu --%s", o->cap, o->name);
+            return -1;
+        }
+        ((const char **)dest)[(*n)++] = v;
+        return 0;
+    }
+    case CV_CLI_CALL:
+        if (o->fn == common_opt && o->id == COMMON_HELP)
+            return 1;
+        return o->fn(o, dest, p->spec->name, v) < 0 ? -1 : 0;
+    }
+    return -1;
+}
+
+/* One "--name[=value]" at argv[*i]; may take the next argument. */
+static int long_opt(const parser *p, int argc, char **argv, int *i) {
+    const char *a = argv[*i] + 2, *eq = strchr(a, '=');
+    size_t n = eq ? (size_t)(eq - a) : strlen(a);
+    found f;
+    int r = find_long(p, a, n, &f);
+    if (r < 0)
+        return -1;
+    if (r == 0) {
+        cv_error(p->spec->name, "unrecognized option '--%.*s' (see chatvault %s --help)",
+                 (int)n, a, p->spec->name);
+        return -1;
+    }
+    const char *v = eq ? eq + 1 : NULL;
+    if (!f.opt->arg && v) {
+        cv_error(p->spec->name, "option '--%s' doesn't allow an argument", f.opt->name);
+        return -1;
+    }
+    if (f.opt->arg && !v) {
+        const char *next = *i + 1 < argc ? argv[*i + 1] : NULL;
+        if (f.opt->optional) {
+            if (next && *next >= '0' && *next <= '9')
+                v = argv[++*i];
+        } else if (next) {
+            v = argv[++*i];
+        } else {
+            cv_error(p->spec->name, "option '--%s' requires an argument", f.opt->name);
+            return -1;
+        }
+    }
+    return apply(p, &f, v);
+}
+
+/* One cluster of short options "-xyz" or "-xVALUE" at argv[*i]. */
+static int short_opts(const parser *p, int argc, char **argv, int *i) {
+    for (const char *c = argv[*i] + 1; *c; c++) {
+        found f;
+        if (!find_short(p, *c, &f)) {
+            cv_error(p->spec->name, "invalid option -- '%c' (see chatvault %s --help)",
+                     *c, p->spec->name);
+            return -1;
+        }
+        if (!f.opt->arg) {
+            int r = apply(p, &f, NULL);
+            if (r != 0)
+                return r;
+            continue;
+        }
+        const char *v = c[1] ? c + 1 : *i + 1 < argc ? argv[++*i] : NULL;
+        if (!v) {
+            cv_error(p->spec->name, "option requires an argument -- '%c'", *c);
+            return -1;
+        }
+        return apply(p, &f, v);
+    }
+    return 0;
+}
+
+int cv_cli_parse(const cv_cli_spec *spec, int argc, char **argv, void *opts,
+                 cv_cli *ret) {
+    parser p;
+    memset(ret, 0, sizeof(*ret));
+    parser_init(&p, spec, opts, ret);
+    /* Positional arguments move to the front, in order: argv[1..nargs]. */
+    int nargs = 0;
+    bool dashdash = false;
+    for (int i = 1; i < argc; i++) {
+        char *a = argv[i];
+        int r = 0;
+        if (dashdash || a[0] != '-' || a[1] == '\0')
+            argv[1 + nargs++] = a;
+        else if (strcmp(a, "--") == 0)
+            dashdash = true;
+        else if (a[1] == '-')
+            r = long_opt(&p, argc, argv, &i);
+        else
+            r = short_opts(&p, argc, argv, &i);
+        if (r < 0)
+            return CV_EXIT_USAGE;
+        if (r > 0) {
+            cv_cli_help(spec, stdout);
+            return CV_EXIT_OK;
+        }
+    }
+    ret->args = argv + 1;
+    ret->nargs = nargs;
+    if (spec->max_args >= 0 && nargs > spec->max_args) {
+        cv_error(spec->name, "unexpected argument \"%s\"", argv[1 + spec->max_args]);
+        return CV_EXIT_USAGE;
+    }
+    return CV_CLI_RUN;
+}
+
+#define HELP_COLUMN 24
+#define HELP_WIDTH 80
+
+/* Writes the help text of an option, the cursor standing at HELP_COLUMN:
+ * words wrapped before HELP_WIDTH, every further line indented to
+ * HELP_COLUMN. A "\n" in the text starts a new line; spaces after it
+ * indent that line and the lines it wraps to (a list inside the help). */
+static void put_wrapped(FILE *out, const char *text) {
+    const char *s = text;
+    for (bool first = true;; first = false) {
+        size_t seg = strcspn(s, "\n"), lead = strspn(s, " ");
+        if (lead > seg)
+            lead = seg;
+        if (!first)
+            fprintf(out, "%*s", HELP_COLUMN, "");
+        fprintf(out, "%.*s", (int)lead, s);
+        size_t start = HELP_COLUMN + lead, col = start;
+        for (const char *p = s + lead, *end = s + seg; p < end;) {
+            size_t w = 0;
+            while (p + w < end && p[w] != ' ')
+                w++;
+            if (col > start && col + 1 + w >= HELP_WIDTH) {
+                fprintf(out, "\n%*s", (int)start, "");
+                col = start;
+            }
+            if (col > start) {
+                fputc(' ', out);
+                col++;
+            }
+            fwrite(p, 1, w, out);
+            col += w;
+            for (p += w; p < end && *p == ' '; p++)
+                ;
+        }
+        fputc('\n', out);
+        if (!s[seg])
+            return;
+        s += seg + 1;
+    }
+}
+
+static void put_option(FILE *out, const cv_cli_opt *o) {
+    char left[128];
+    int n =
+        snprintf(left, sizeof(left), "  %c%c%s--%s", o->shortname ? '-' : ' ',
+                 o->shortname ? o->shortname : ' ', o->shortname ? ", " : "  ", o->name);
+    if (o->arg)
+        snprintf(left + n, sizeof(left) - (size_t)n, o->optional ? " [%s]" : " %s",
+                 o->arg);
+    int col = (int)strlen(left);
+    fputs(left, out);
+    if (col + 1 > HELP_COLUMN) {
+        fprintf(out, "\n%*s", HELP_COLUMN, "");
+    } else {
+        fprintf(out, "%*s", HELP_COLUMN - col, "");
+    }
+    put_wrapped(out, o->help);
+}
+
+static void put_table(FILE *out, const cv_cli_opt *opts) {
+    for (const cv_cli_opt *o = opts; o && o->name; o++)
+        if (o->help)
+            put_option(out, o);
+}
+
+void cv_cli_help(const cv_cli_spec *spec, FILE *out) {
+    fprintf(out, "usage: chatvault %s\n", spec->usage);
+    if (spec->about)
+        fprintf(out, "\n%s", spec->about);
+    fprintf(out, "\noptions:\n");
+    put_table(out, spec->opts);
+    if (!spec->no_config) {
+        cv_cli_opt config = common_opts[0];
+        char help[256];
+        if (spec->config_keys) {
+            snprintf(help, sizeof(help), "configuration file (%s)", spec->config_keys);
+            config.help = help;
+        }
+        put_option(out, &config);
+        put_table(out, common_opts + 1);
+    }
+    put_table(out, help_opts);
+    if (spec->group) {
+        fprintf(out, "\n%s:\n", spec->group->title);
+        put_table(out, spec->group->opts);
+    }
+    if (spec->epilog)
+        fprintf(out, "\n%s", spec->epilog);
+    if (spec->epilog_fn) {
+        fputc('\n', out);
+        spec->epilog_fn(out);
     }
 }
 
@@ -49,15 +366,6 @@ cv_config *cv_cli_load_config(const cv_cli_config *cli) {
     if (cv_config_warning(cfg))
         fprintf(stderr, "chatvault: warning: %s\n", cv_config_warning(cfg));
     return cfg;
-}
-
-int cv_cli_add_log_dir(cv_cli_log_dirs *d, const char *cmd, const char *arg) {
-    if (d->n == CV_CLI_MAX_LOG_DIRS) {
-        cv_error(cmd, "more than %d --log-dir", CV_CLI_MAX_LOG_DIRS);
-        return -1;
-    }
-    d->dir[d->n++] = arg;
-    return 0;
 }
 
 void cv_cli_default_log_dir(cv_cli_log_dirs *d, const cv_config *cfg) {
@@ -115,12 +423,13 @@ void cv_log(cv_log_level level, const char *msg, const char *kvfmt, ...) {
 }
 
 void cv_error(const char *cmd, const char *fmt, ...) {
+    char msg[4096];
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "chatvault %s: ", cmd);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    fprintf(stderr, "chatvault %s: %s\n", cmd, msg);
+    cv_audit_note_error(msg);
 }
 
 /* The last authentication or TLS failure librdkafka logged, for the one

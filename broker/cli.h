@@ -1,7 +1,8 @@
 /*
- * cli — what every chatvault command shares: the command table, option
- * handling for -c/--set, logging in logfmt, and building librdkafka
- * configurations from the kafka.* keys.
+ * cli — what every chatvault command shares: the command table, the
+ * option parser that reads argv by a command's table of options and
+ * prints its --help (with -c/--set for all), logging in logfmt, and
+ * building librdkafka configurations from the kafka.* keys.
  */
 #ifndef CV_CLI_H
 #define CV_CLI_H
@@ -9,6 +10,9 @@
 #include <librdkafka/rdkafka.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
 
 #include "config.h"
 #include "util.h"
@@ -60,20 +64,145 @@ int cv_cmd_config(int argc, char **argv);
 int cv_cmd_keygen(int argc, char **argv);
 int cv_cmd_log(int argc, char **argv);
 int cv_cmd_lag(int argc, char **argv);
+int cv_cmd_audit(int argc, char **argv);
 int cv_cmd_verify(int argc, char **argv);
 int cv_cmd_replay(int argc, char **argv);
 int cv_cmd_export(int argc, char **argv);
 int cv_cmd_import(int argc, char **argv);
 
-/* Long options shared by every command; append to a command's own table. */
-#define CV_COMMON_LONGOPTS                                                               \
-    {"config", required_argument, NULL, 'c'}, {"set", required_argument, NULL, 'S'}, {   \
-        "help", no_argument, NULL, 'h'                                                   \
-    }
+/* ---- options: one table per command --------------------------------
+ *
+ * A command declares a static table of its options and a cv_cli_spec
+ * (usage line, description, tables); cv_cli_parse() parses argv by it and
+ * prints --help from it, so the help and the parsing cannot drift. Every
+ * option writes into the command's own options struct (`opts` below) at
+ * the offset the table gives; the CV_OPT_* macros check the member's type.
+ *
+ * Syntax: --name VALUE, --name=VALUE, a unique prefix of a long name, -x
+ * VALUE, -xVALUE, flags grouped (-vh), `--` ends the options, and
+ * everything else is a positional argument, wherever it stands. Every
+ * command also takes -h/--help and, unless spec->no_config, -c/--config
+ * FILE and --set key=value (into cv_cli.config). An error is one line,
+ * "chatvault <command>: ...", and exit 2. */
 
-/* Handles -c and --set into `cli`. Returns 1 when the option was one of
- * them, 0 otherwise, -1 after printing an error. */
-int cv_cli_common_opt(cv_cli_config *cli, int opt, const char *arg);
+typedef enum cv_cli_kind {
+    CV_CLI_FLAG, /* bool: set to true */
+    CV_CLI_STR,  /* const char *: the value (the last one given wins) */
+    CV_CLI_INT,  /* int64_t: a decimal number from min to max */
+    CV_CLI_LIST, /* const char *[N] and a size_t count: each value appended */
+    CV_CLI_CALL, /* fn(): anything else */
+} cv_cli_kind;
+
+typedef struct cv_cli_opt cv_cli_opt;
+
+/* A CV_CLI_CALL option's handler. `dest` is the options struct at the
+ * option's offset, `value` NULL for an option without one. Returns 0, or
+ * -1 after printing the one-line error with cv_error(cmd, ...). */
+typedef int (*cv_cli_fn)(const cv_cli_opt *opt, void *dest, const char *cmd,
+                         const char *value);
+
+struct cv_cli_opt {
+    const char *name; /* long name without "--"; NULL ends a table */
+    char shortname;   /* -x, or 0 */
+    const char *arg;  /* the value's name in --help ("FILE"); NULL: no value */
+    const char *help; /* wrapped to the screen; "\n" breaks a line. NULL:
+                       * accepted but not listed */
+    cv_cli_kind kind;
+    size_t off;       /* the member in the options struct */
+    size_t off_count; /* LIST: its size_t count */
+    size_t cap;       /* LIST: how many fit */
+    int64_t min, max; /* INT */
+    cv_cli_fn fn;     /* CALL */
+    int id;           /* CALL: tells apart the options one handler serves */
+    bool optional;    /* CALL: the value may be left out; then --name=V, or
+                       * --name V where V starts with a digit */
+};
+
+/* offsetof(T, m), and a compile error unless m is of type `type`. */
+#define CV_CLI_OFF(T, m, type) (offsetof(T, m) + 0 * sizeof(&((T *)0)->m - (type *)0))
+
+#define CV_OPT_FLAG(nm, s, hl, T, m)                                                     \
+    {                                                                                    \
+        .name = nm, .shortname = s, .help = hl, .kind = CV_CLI_FLAG,                     \
+        .off = CV_CLI_OFF(T, m, bool)                                                    \
+    }
+#define CV_OPT_STR(nm, s, a, hl, T, m)                                                   \
+    {                                                                                    \
+        .name = nm, .shortname = s, .arg = a, .help = hl, .kind = CV_CLI_STR,            \
+        .off = CV_CLI_OFF(T, m, const char *)                                            \
+    }
+#define CV_OPT_INT(nm, s, a, hl, T, m, lo, hi)                                           \
+    {                                                                                    \
+        .name = nm, .shortname = s, .arg = a, .help = hl, .kind = CV_CLI_INT,            \
+        .off = CV_CLI_OFF(T, m, int64_t), .min = lo, .max = hi                           \
+    }
+/* v: an array member, n: its size_t count. */
+#define CV_OPT_LIST(nm, s, a, hl, T, v, n)                                               \
+    {                                                                                    \
+        .name = nm, .shortname = s, .arg = a, .help = hl, .kind = CV_CLI_LIST,           \
+        .off = CV_CLI_OFF(T, v[0], const char *), .off_count = CV_CLI_OFF(T, n, size_t), \
+        .cap = sizeof(((T *)0)->v) / sizeof(((T *)0)->v[0])                              \
+    }
+/* f gets the whole options struct (dest at offset 0) and the option's id. */
+#define CV_OPT_CALL(nm, s, a, hl, f, ident)                                              \
+    {                                                                                    \
+        .name = nm, .shortname = s, .arg = a, .help = hl, .kind = CV_CLI_CALL, .fn = f,  \
+        .id = ident                                                                      \
+    }
+/* f gets the member m of T (dest points at it) and the option's id. */
+#define CV_OPT_CALL_AT(nm, s, a, hl, T, m, f, ident)                                     \
+    {                                                                                    \
+        .name = nm, .shortname = s, .arg = a, .help = hl, .kind = CV_CLI_CALL,           \
+        .off = offsetof(T, m), .fn = f, .id = ident                                      \
+    }
+#define CV_OPT_CALL_OPTIONAL(nm, a, hl, f, ident)                                        \
+    {                                                                                    \
+        .name = nm, .arg = a, .help = hl, .kind = CV_CLI_CALL, .fn = f, .id = ident,     \
+        .optional = true                                                                 \
+    }
+#define CV_OPT_END                                                                       \
+    { .name = NULL }
+
+/* A further table with a heading of its own in --help (the selection of
+ * replay, export and verify), writing into a struct at `off` in the
+ * command's options. */
+typedef struct cv_cli_group {
+    const char *title; /* "selection (...)" */
+    const cv_cli_opt *opts;
+    size_t off;
+} cv_cli_group;
+
+typedef struct cv_cli_spec {
+    const char *name;          /* "send", "log cat": errors read "chatvault <name>: " */
+    const char *usage;         /* after "usage: chatvault "; may hold more lines */
+    const char *about;         /* the description, as printed (lines of <= 80) */
+    const cv_cli_opt *opts;    /* listed under "options:" */
+    const cv_cli_group *group; /* or NULL */
+    const char *config_keys;   /* the keys -c FILE matters for, or NULL */
+    const char *epilog;        /* printed after the options, or NULL */
+    void (*epilog_fn)(FILE *); /* called after that, or NULL */
+    int max_args;              /* positional arguments: at most (-1: any) */
+    bool no_config;            /* no -c/--config, --set */
+} cv_cli_spec;
+
+/* What every command gets besides its own options. */
+typedef struct cv_cli {
+    cv_cli_config config; /* -c, --set */
+    char **args;          /* the positional arguments, in order */
+    int nargs;
+} cv_cli;
+
+#define CV_CLI_RUN (-1)
+
+/* Parses argv[1..argc) (argv[0] is the command) by `spec` into `opts`
+ * (which holds the defaults) and `ret`. Returns CV_CLI_RUN when the
+ * command is to run, else the exit code to return now: CV_EXIT_OK after
+ * --help (printed on stdout), CV_EXIT_USAGE after the one-line error.
+ * Reorders argv: ret->args points into it. */
+int cv_cli_parse(const cv_cli_spec *spec, int argc, char **argv, void *opts, cv_cli *ret);
+
+/* Prints the --help text generated from the spec. */
+void cv_cli_help(const cv_cli_spec *spec, FILE *out);
 
 /* Builds the config or prints the one-line error; returns NULL on error. */
 cv_config *cv_cli_load_config(const cv_cli_config *cli);
@@ -85,10 +214,6 @@ typedef struct cv_cli_log_dirs {
     const char *dir[CV_CLI_MAX_LOG_DIRS];
     size_t n;
 } cv_cli_log_dirs;
-
-/* Adds one --log-dir; prints the error and returns -1 when there are too
- * many. */
-int cv_cli_add_log_dir(cv_cli_log_dirs *d, const char *cmd, const char *arg);
 
 /* With no --log-dir given, takes log.dir from `cfg` when it is set. */
 void cv_cli_default_log_dir(cv_cli_log_dirs *d, const cv_config *cfg);

@@ -117,7 +117,18 @@ static const char *check_hosts(const char *v, char *buf, size_t len) {
 
 static const prop props[] = {
     {"postgres.conninfo", PROP_STR, "dbname=chatvault",
-     "libpq connection string of the PostgreSQL store", 0, 0, NULL, NULL},
+     "libpq connection string of the PostgreSQL store; the broker writes with it "
+     "(grant its role chatvault_writer, see README \"PostgreSQL roles\")",
+     0, 0, NULL, NULL},
+    {"postgres.reader_conninfo", PROP_STR, "",
+     "connection string of the commands that only read: verify, export, replay, lag "
+     "(role chatvault_reader; empty: postgres.conninfo)",
+     0, 0, NULL, NULL},
+    {"postgres.admin_conninfo", PROP_STR, "",
+     "connection string of the commands that change stored data: migrate (as the "
+     "schema's owner), verify --repair, import (role chatvault_admin; empty: "
+     "postgres.conninfo)",
+     0, 0, NULL, NULL},
     {"log.dir", PROP_STR, "/var/lib/chatvault/log",
      "directory of the encrypted log, one subdirectory per topic-partition", 0, 0, NULL,
      NULL},
@@ -258,16 +269,16 @@ static bool conninfo_has_password(const char *v) {
 }
 
 /* True when `key = value` is a secret that others must not read: of the
- * table's keys http.token, and the postgres.*conninfo keys when they hold a password
+ * table's keys http.token, and a postgres.*conninfo that holds a password
  * (log.key_file and http.token_file name files that are checked
  * themselves). */
 static bool value_secret(const char *key, const char *value) {
     if (!*value)
         return false;
-    size_t kl = strlen(key);
-    if (strncmp(key, "postgres.", 9) == 0 && kl >= 8 &&
-        strcmp(key + kl - 8, "conninfo") == 0)
-        return conninfo_has_password(value); /* postgres.conninfo and the roles' */
+    size_t n = strlen(key);
+    if (strncmp(key, "postgres.", 9) == 0 && n >= 8 &&
+        strcmp(key + n - 8, "conninfo") == 0) /* every role's connection string */
+        return conninfo_has_password(value);
     if (strncmp(key, "kafka.", 6) == 0) {
         for (size_t i = 0; i < sizeof(kafka_secrets) / sizeof(kafka_secrets[0]); i++)
             if (strcmp(key + 6, kafka_secrets[i]) == 0)

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "access.h"
 #include "cli.h"
 
 static const cv_command commands[] = {
@@ -23,6 +24,8 @@ static const cv_command commands[] = {
     {"import", cv_cmd_import, "load an export file into PostgreSQL, idempotently"},
     {"verify", cv_cmd_verify,
      "prove PostgreSQL and the log agree; --repair fills each from the other"},
+    {"audit", cv_cmd_audit,
+     "list the audit log: who ran which operator command, and when"},
     {"lag", cv_cmd_lag,
      "show the ack lag and status of every channel from a running broker"},
 };
@@ -85,8 +88,8 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
         if (strcmp(argv[g], commands[i].name) == 0) {
             /* argv: [cmd, the command's own..., global options, "--" ...]:
-             * getopt takes options anywhere, and a subcommand (log check)
-             * stays right after the command. */
+             * cv_cli_parse takes options anywhere, and a subcommand (log
+             * check) stays right after the command. */
             int nglob = g - 1, end = argc;
             for (int k = g + 1; k < argc; k++)
                 if (strcmp(argv[k], "--") == 0) {
@@ -98,12 +101,9 @@ int main(int argc, char **argv) {
                 reverse(argv + g, argv + end);
                 reverse(argv + 1, argv + end);
             }
-            /* getopt's own messages start with argv[0]: make them read
-             * like every other error, "chatvault <command>: ...". */
-            static char name[64];
-            snprintf(name, sizeof(name), "chatvault %s", commands[i].name);
-            argv[1] = name;
-            return commands[i].run(argc - 1, argv + 1);
+            int rc = commands[i].run(argc - 1, argv + 1);
+            cv_audit_end(rc); /* the command's audit action, if it began one */
+            return rc;
         }
     fprintf(stderr, "chatvault: unknown command \"%s\" (see chatvault --help)\n",
             argv[g]);

@@ -192,15 +192,13 @@ int cv_src_open(const cv_src_conf *conf, cv_src **ret, char *pg_error, size_t pg
         }
         if (!s->conn) {
             if (s->mode == CV_SRC_PG) {
-                snprintf(errbuf, errlen, "%s (postgres.conninfo)", err);
+                snprintf(errbuf, errlen, "%s (%s)", err, conf->pg_conninfo_key);
                 r = -CV_ESTORE;
                 goto fail;
             }
             if (!conf->nlog_dirs) {
-                snprintf(errbuf, errlen,
-                         "%s (postgres.conninfo), and no log "
-                         "to serve from",
-                         err);
+                snprintf(errbuf, errlen, "%s (%s), and no log to serve from", err,
+                         conf->pg_conninfo_key);
                 r = -CV_ESTORE;
                 goto fail;
             }
@@ -500,4 +498,9 @@ int cv_src_parse_mode(const char *cmd, const char *arg, cv_src_mode *ret_mode) {
         return -EINVAL;
     }
     return 0;
+}
+
+int cv_src_mode_opt(const cv_cli_opt *opt, void *dest, const char *cmd,
+                    const char *value) {
+    return cv_src_parse_mode(cmd, value, dest) < 0 ? -1 : 0;
 }

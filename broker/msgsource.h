@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cli.h"
 #include "keyring.h"
 #include "select.h"
 
@@ -30,6 +31,10 @@ typedef enum {
 /* Parses a --source value: "pg" (or "postgres"), "log" or "auto". Prints
  * the one-line error as `cmd` and returns -EINVAL when it is none of them. */
 int cv_src_parse_mode(const char *cmd, const char *arg, cv_src_mode *ret_mode);
+
+/* --source as a table entry's handler (CV_OPT_CALL_AT on a cv_src_mode). */
+int cv_src_mode_opt(const cv_cli_opt *opt, void *dest, const char *cmd,
+                    const char *value);
 
 /* One message; every pointer is valid until the next cv_src_next(). */
 typedef struct cv_msg {
@@ -54,6 +59,7 @@ typedef struct cv_msg {
 typedef struct cv_src_conf {
     cv_src_mode mode;
     const char *pg_conninfo;
+    const char *pg_conninfo_key; /* the config key it came from, for errors */
     const char *const *log_dirs;
     size_t nlog_dirs;
     const cv_keyring *keys; /* needed for the log */

@@ -200,6 +200,38 @@ int cv_select_opt(cv_select *s, const char *cmd, int opt, const char *arg) {
     return 0;
 }
 
+int cv_select_cli_opt(const cv_cli_opt *opt, void *dest, const char *cmd,
+                      const char *value) {
+    return cv_select_opt(dest, cmd, opt->id, value) < 0 ? -1 : 0;
+}
+
+const cv_cli_opt cv_select_opts[] = {
+    CV_OPT_CALL("channel", 0, "C", "a channel, or a shell pattern (\"eu-*\"); repeatable",
+                cv_select_cli_opt, CV_SEL_CHANNEL),
+    CV_OPT_CALL("partition", 0, "N", "one Kafka partition", cv_select_cli_opt,
+                CV_SEL_PARTITION),
+    CV_OPT_CALL("from-offset", 0, "N", "offsets from N (inclusive)", cv_select_cli_opt,
+                CV_SEL_FROM_OFFSET),
+    CV_OPT_CALL("to-offset", 0, "N", "offsets up to N (inclusive)", cv_select_cli_opt,
+                CV_SEL_TO_OFFSET),
+    CV_OPT_CALL("since", 0, "TIME",
+                "from TIME (inclusive): RFC 3339 UTC, a date, a duration ago (90s, 15m, "
+                "2h, 7d) or Unix ms",
+                cv_select_cli_opt, CV_SEL_SINCE),
+    CV_OPT_CALL("until", 0, "TIME", "before TIME (exclusive), same forms",
+                cv_select_cli_opt, CV_SEL_UNTIL),
+    CV_OPT_CALL("time", 0, "sent|persisted",
+                "the time --since/--until apply to (default sent: the sender's sent_at; "
+                "persisted: when stored; the log keeps no store time and uses the Kafka "
+                "timestamp)",
+                cv_select_cli_opt, CV_SEL_TIME),
+    CV_OPT_CALL(
+        "ids", 0, "FILE",
+        "only these message ids: one per line, or \"channel message_id\" per line",
+        cv_select_cli_opt, CV_SEL_IDS),
+    CV_OPT_END,
+};
+
 int cv_select_check(const cv_select *s, const char *cmd) {
     if (s->from_offset >= 0 && s->to_offset >= 0 && s->from_offset > s->to_offset) {
         cv_error(cmd,

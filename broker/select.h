@@ -8,11 +8,11 @@
 #ifndef CV_SELECT_H
 #define CV_SELECT_H
 
-#include <getopt.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cli.h"
 #include "pg/pgread.h"
 
 enum {
@@ -26,34 +26,10 @@ enum {
     CV_SEL_IDS,
 };
 
-#define CV_SELECT_LONGOPTS                                                               \
-    {"channel", required_argument, NULL, CV_SEL_CHANNEL},                                \
-        {"partition", required_argument, NULL, CV_SEL_PARTITION},                        \
-        {"from-offset", required_argument, NULL, CV_SEL_FROM_OFFSET},                    \
-        {"to-offset", required_argument, NULL, CV_SEL_TO_OFFSET},                        \
-        {"since", required_argument, NULL, CV_SEL_SINCE},                                \
-        {"until", required_argument, NULL, CV_SEL_UNTIL},                                \
-        {"time", required_argument, NULL, CV_SEL_TIME}, {                                \
-        "ids", required_argument, NULL, CV_SEL_IDS                                       \
-    }
-
-#define CV_SELECT_HELP                                                                   \
-    "selection (all of them apply; every message when none is given):\n"                 \
-    "      --channel C       a channel, or a shell pattern (\"eu-*\"); "                 \
-    "repeatable\n"                                                                       \
-    "      --partition N     one Kafka partition\n"                                      \
-    "      --from-offset N   offsets from N (inclusive)\n"                               \
-    "      --to-offset N     offsets up to N (inclusive)\n"                              \
-    "      --since TIME      from TIME (inclusive): RFC 3339 UTC, a date,\n"             \
-    "                        a duration ago (90s, 15m, 2h, 7d) or Unix ms\n"             \
-    "      --until TIME      before TIME (exclusive), same forms\n"                      \
-    "      --time sent|persisted\n"                                                      \
-    "                        the time --since/--until apply to (default sent:\n"         \
-    "                        the sender's sent_at; persisted: when stored; the\n"        \
-    "                        log keeps no store time and uses the Kafka\n"               \
-    "                        timestamp)\n"                                               \
-    "      --ids FILE        only these message ids: one per line, or\n"                 \
-    "                        \"channel message_id\" per line\n"
+/* The selection options as a table for cv_cli_parse (a group writing into
+ * a cv_select), and the heading --help shows them under. */
+#define CV_SELECT_TITLE "selection (all of them apply; every message when none is given)"
+extern const cv_cli_opt cv_select_opts[];
 
 typedef struct cv_select {
     const char **channels; /* names or patterns */
@@ -72,9 +48,13 @@ typedef struct cv_select {
 void cv_select_init(cv_select *s);
 void cv_select_release(cv_select *s);
 
-/* Handles one of CV_SELECT_LONGOPTS. 1: handled, 0: not a selector
- * option, -1: bad value (the error is printed, naming `cmd`). */
+/* Handles one selection option (opt: CV_SEL_*). 1: handled, 0: not a
+ * selector option, -1: bad value (the error is printed, naming `cmd`). */
 int cv_select_opt(cv_select *s, const char *cmd, int opt, const char *arg);
+
+/* cv_select_opts' handler: dest is the cv_select, opt->id the CV_SEL_*. */
+int cv_select_cli_opt(const cv_cli_opt *opt, void *dest, const char *cmd,
+                      const char *value);
 
 /* After all options: refuses a selection that can match nothing by its
  * own words (--from-offset above --to-offset, --since not before --until)

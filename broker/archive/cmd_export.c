@@ -26,7 +26,6 @@
  * persisted_at is the import time.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -34,6 +33,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "arena.h"
 #include "chatvault.pb-c.h"
 #include "cli.h"
@@ -50,8 +50,6 @@
 #define FORMAT "chatvault-export-1"
 #define LINE_MAX_BYTES ((size_t)256 << 20)
 #define IMPORT_BATCH 1000
-
-enum { O_SOURCE = 0x2000, O_OUTPUT, O_LOG_DIR, O_QUIET };
 
 static bool textual(const char *ct) {
     return strncmp(ct, "text/", 5) == 0 || strstr(ct, "json") || strstr(ct, "xml");
@@ -124,138 +122,100 @@ static int export_line(cv_buf *b, const cv_msg *m) {
     return r;
 }
 
-static void export_usage(FILE *out) {
-    fprintf(out, "usage: chatvault export [-c FILE] [--set key=value]... "
-                 "[selection] [--source pg|log|auto]\n"
-                 "                        [--output FILE]\n\n"
-                 "Writes the selected messages as JSON Lines, one object per "
-                 "message, and a\nlast line with a manifest (count and SHA-256 "
-                 "digest of the lines before it).\nThe body is text when it is "
-                 "valid UTF-8 and content_type is textual, else\nbase64 "
-                 "(\"body_encoding\"). `chatvault import` loads the file into "
-                 "another\ndatabase.\n\n"
-                 "options:\n"
-                 "      --source pg|log|auto  where messages come from (default "
-                 "auto, as replay)\n"
-                 "  -o, --output FILE     write to FILE (replaced when complete) "
-                 "instead of stdout\n"
-                 "      --log-dir DIR     read this log directory instead of "
-                 "log.dir (repeatable)\n"
-                 "      --quiet           no progress display\n"
-                 "  -c, --config FILE     configuration file\n"
-                 "      --set key=value   configuration override\n\n" CV_SELECT_HELP);
-}
-
-int cv_cmd_export(int argc, char **argv) {
-    static const struct option opts[] = {CV_COMMON_LONGOPTS,
-                                         CV_SELECT_LONGOPTS,
-                                         {"source", required_argument, NULL, O_SOURCE},
-                                         {"output", required_argument, NULL, 'o'},
-                                         {"log-dir", required_argument, NULL, O_LOG_DIR},
-                                         {"quiet", no_argument, NULL, O_QUIET},
-                                         {NULL, 0, NULL, 0}};
-    cv_cli_config cli = {0};
+typedef struct export_opts {
+    cv_src_mode mode;
+    const char *output;
+    bool quiet;
+    cv_cli_log_dirs ld;
     cv_select sel;
-    cv_select_init(&sel);
-    cv_cli_log_dirs ld = {0};
-    cv_src_mode mode = CV_SRC_AUTO;
-    const char *output = NULL;
-    bool quiet = false;
-    int opt, rc = CV_EXIT_USAGE;
-    cv_config *cfg = NULL;
-    cv_keyring *keys = NULL;
-    cv_src *src = NULL;
-    FILE *out = NULL;
-    char *tmp = NULL;
-    cv_buf line;
-    cv_buf_init(&line, LINE_MAX_BYTES);
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "c:ho:", opts, NULL)) != -1) {
-        int r = cv_cli_common_opt(&cli, opt, optarg);
-        if (r < 0)
-            goto out;
-        if (r)
-            continue;
-        r = cv_select_opt(&sel, "export", opt, optarg);
-        if (r < 0)
-            goto out;
-        if (r)
-            continue;
-        switch (opt) {
-        case 'h':
-            export_usage(stdout);
-            rc = CV_EXIT_OK;
-            goto out;
-        case O_SOURCE:
-            if (cv_src_parse_mode("export", optarg, &mode) < 0)
-                goto out;
-            break;
-        case 'o':
-            output = optarg;
-            break;
-        case O_QUIET:
-            quiet = true;
-            break;
-        case O_LOG_DIR:
-            if (cv_cli_add_log_dir(&ld, "export", optarg) < 0)
-                goto out;
-            break;
-        default:
-            export_usage(stderr);
-            goto out;
-        }
-    }
-    if (optind < argc) {
-        cv_error("export", "unexpected argument \"%s\"", argv[optind]);
-        goto out;
-    }
-    if (cv_select_check(&sel, "export") < 0)
-        goto out;
-    if (!(cfg = cv_cli_load_config(&cli)))
-        goto out;
-    rc = CV_EXIT_FAILURE;
-    cv_cli_default_log_dir(&ld, cfg);
+} export_opts;
+
+static const cv_cli_opt export_opts_table[] = {
+    CV_OPT_CALL_AT("source", 0, "pg|log|auto",
+                   "where messages come from (default auto, as replay)", export_opts,
+                   mode, cv_src_mode_opt, 0),
+    CV_OPT_STR("output", 'o', "FILE",
+               "write to FILE (replaced when complete) instead of stdout", export_opts,
+               output),
+    CV_OPT_LIST("log-dir", 0, "DIR",
+                "read this log directory instead of log.dir (repeatable)", export_opts,
+                ld.dir, ld.n),
+    CV_OPT_FLAG("quiet", 0, "no progress display", export_opts, quiet),
+    CV_OPT_END,
+};
+
+static const cv_cli_group export_selection = {CV_SELECT_TITLE, cv_select_opts,
+                                              offsetof(export_opts, sel)};
+
+static const cv_cli_spec export_spec = {
+    .name = "export",
+    .usage = "export [-c FILE] [--set key=value]... [selection] [--source pg|log|auto]\n"
+             "                        [--output FILE]",
+    .about = "Writes the selected messages as JSON Lines, one object per message, and "
+             "a\nlast line with a manifest (count and SHA-256 digest of the lines "
+             "before it).\nThe body is text when it is valid UTF-8 and content_type is "
+             "textual, else\nbase64 (\"body_encoding\"). `chatvault import` loads the "
+             "file into another\ndatabase.\n",
+    .opts = export_opts_table,
+    .group = &export_selection,
+};
+
+/* The log's keys (or, in auto mode, a warning and PostgreSQL alone) and
+ * the message source. Returns CV_EXIT_OK or the exit code after the
+ * error. */
+static int export_open(export_opts *o, const cv_config *cfg, cv_keyring **keys,
+                       cv_src **src) {
     char err[1024];
-    if (mode != CV_SRC_PG && ld.n &&
-        cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err, sizeof(err)) <
-            0) {
-        if (mode == CV_SRC_LOG) {
+    cv_cli_default_log_dir(&o->ld, cfg);
+    if (o->mode != CV_SRC_PG && o->ld.n &&
+        cv_keyring_load(cv_config_str(cfg, "log.key_file"), keys, err, sizeof(err)) < 0) {
+        if (o->mode == CV_SRC_LOG) {
             cv_error("export", "%s (log.key_file)", err);
-            goto out;
+            return CV_EXIT_FAILURE;
         }
         cv_log(CV_LOG_WARN, "log unreadable: exporting from PostgreSQL only",
                "error=\"%s\"", err);
-        ld.n = 0;
+        o->ld.n = 0;
     }
     cv_src_conf sc = {
-        .mode = mode,
-        .pg_conninfo = cv_config_str(cfg, "postgres.conninfo"),
-        .log_dirs = ld.dir,
-        .nlog_dirs = mode == CV_SRC_PG ? 0 : ld.n,
-        .keys = keys,
+        .mode = o->mode,
+        .pg_conninfo = cv_access_conninfo(cfg, CV_PG_READER),
+        .pg_conninfo_key = cv_access_conninfo_key(cfg, CV_PG_READER),
+        .log_dirs = o->ld.dir,
+        .nlog_dirs = o->mode == CV_SRC_PG ? 0 : o->ld.n,
+        .keys = *keys,
         .topic_prefix = cv_config_str(cfg, "topics.prefix"),
-        .sel = &sel,
+        .sel = &o->sel,
     };
     char pgerr[512] = "";
-    if (cv_src_open(&sc, &src, pgerr, sizeof(pgerr), err, sizeof(err)) < 0) {
+    if (cv_src_open(&sc, src, pgerr, sizeof(pgerr), err, sizeof(err)) < 0) {
         cv_error("export", "%s", err);
-        goto out;
+        return CV_EXIT_FAILURE;
     }
     if (*pgerr)
         cv_log(CV_LOG_WARN, "postgres unavailable: exporting from the log",
                "error=\"%s\"", pgerr);
-    if (output) {
-        size_t l = strlen(output) + 8;
-        if (!(tmp = malloc(l)))
-            goto out;
-        snprintf(tmp, l, "%s.tmp", output);
-        if (!(out = fopen(tmp, "w"))) {
-            cv_error("export", "%s: %s", tmp, strerror(errno));
-            goto out;
-        }
-    } else {
-        out = stdout;
-    }
+    return CV_EXIT_OK;
+}
+
+/* The file being written: --output's temporary file, or stdout. */
+typedef struct export_file {
+    const char *output; /* NULL: stdout */
+    char *tmp;
+    FILE *out;
+} export_file;
+
+static const char *export_name(const export_file *f) {
+    return f->output ? f->tmp : "stdout";
+}
+
+/* Writes every message and the manifest; hex receives the digest. 0, or
+ * -1 after the error. */
+static int export_lines(cv_src *src, export_file *f, bool quiet, uint64_t *ret_count,
+                        uint64_t *ret_from_log, char *hex, size_t hexlen) {
+    char err[1024];
+    cv_buf line;
+    cv_buf_init(&line, LINE_MAX_BYTES);
     crypto_hash_sha256_state hs;
     crypto_hash_sha256_init(&hs);
     cv_progress prog;
@@ -266,16 +226,14 @@ int cv_cmd_export(int argc, char **argv) {
     while ((r = cv_src_next(src, &m, err, sizeof(err))) == 1) {
         line.len = 0;
         if (export_line(&line, &m) < 0) {
-            cv_error("export",
-                     "message %s of channel %s does not fit in a "
-                     "line",
+            cv_error("export", "message %s of channel %s does not fit in a line",
                      m.message_id, m.channel);
-            goto out;
+            goto fail;
         }
         crypto_hash_sha256_update(&hs, line.data, line.len);
-        if (fwrite(line.data, 1, line.len, out) != line.len) {
-            cv_error("export", "%s: %s", output ? tmp : "stdout", strerror(errno));
-            goto out;
+        if (fwrite(line.data, 1, line.len, f->out) != line.len) {
+            cv_error("export", "%s: %s", export_name(f), strerror(errno));
+            goto fail;
         }
         count++;
         from_log += m.from_log;
@@ -284,44 +242,94 @@ int cv_cmd_export(int argc, char **argv) {
     cv_progress_end(&prog);
     if (r < 0) {
         cv_error("export", "%s", err);
-        goto out;
+        goto fail;
     }
     unsigned char dg[crypto_hash_sha256_BYTES];
-    char dhex[2 * sizeof(dg) + 1];
     crypto_hash_sha256_final(&hs, dg);
-    sodium_bin2hex(dhex, sizeof(dhex), dg, sizeof(dg));
-    fprintf(out,
+    sodium_bin2hex(hex, hexlen, dg, sizeof(dg));
+    fprintf(f->out,
             "{\"manifest\":{\"format\":\"" FORMAT "\",\"count\":%" PRIu64
             ",\"digest\":\"sha256:%s\",\"exported_at_us\":%" PRId64 "}}\n",
-            count, dhex, cv_now_us());
-    if (fflush(out) != 0 || (output && (fsync(fileno(out)) != 0))) {
-        cv_error("export", "%s: %s", output ? tmp : "stdout", strerror(errno));
-        goto out;
+            count, hex, cv_now_us());
+    cv_buf_release(&line);
+    *ret_count = count;
+    *ret_from_log = from_log;
+    return 0;
+fail:
+    cv_buf_release(&line);
+    return -1;
+}
+
+/* Makes the file durable and, with --output, puts it in place. */
+static int export_finish(export_file *f) {
+    if (fflush(f->out) != 0 || (f->output && (fsync(fileno(f->out)) != 0))) {
+        cv_error("export", "%s: %s", export_name(f), strerror(errno));
+        return -1;
     }
-    if (output) {
-        int e = fclose(out);
-        out = NULL;
-        if (e != 0 || rename(tmp, output) != 0) {
-            cv_error("export", "%s: %s", output, strerror(errno));
-            goto out;
+    if (f->output) {
+        int e = fclose(f->out);
+        f->out = NULL;
+        if (e != 0 || rename(f->tmp, f->output) != 0) {
+            cv_error("export", "%s: %s", f->output, strerror(errno));
+            return -1;
         }
     }
+    return 0;
+}
+
+int cv_cmd_export(int argc, char **argv) {
+    export_opts o = {.mode = CV_SRC_AUTO};
+    cv_select_init(&o.sel);
+    cv_cli cli;
+    cv_config *cfg = NULL;
+    cv_keyring *keys = NULL;
+    cv_src *src = NULL;
+    export_file f = {0};
+    int rc = cv_cli_parse(&export_spec, argc, argv, &o, &cli);
+    if (rc != CV_CLI_RUN)
+        goto out;
+    rc = CV_EXIT_USAGE;
+    if (cv_select_check(&o.sel, "export") < 0 || !(cfg = cv_cli_load_config(&cli.config)))
+        goto out;
+    cv_audit_begin(cfg, CV_PG_READER, "export", argc, argv);
+    if ((rc = export_open(&o, cfg, &keys, &src)) != CV_EXIT_OK)
+        goto out;
+    rc = CV_EXIT_FAILURE;
+    f.output = o.output;
+    if (f.output) {
+        size_t l = strlen(f.output) + 8;
+        if (!(f.tmp = malloc(l)))
+            goto out;
+        snprintf(f.tmp, l, "%s.tmp", f.output);
+        if (!(f.out = fopen(f.tmp, "w"))) {
+            cv_error("export", "%s: %s", f.tmp, strerror(errno));
+            goto out;
+        }
+    } else {
+        f.out = stdout;
+    }
+    uint64_t count, from_log;
+    char dhex[2 * crypto_hash_sha256_BYTES + 1];
+    if (export_lines(src, &f, o.quiet, &count, &from_log, dhex, sizeof(dhex)) < 0 ||
+        export_finish(&f) < 0)
+        goto out;
     cv_log(CV_LOG_INFO, "export done",
            "messages=%" PRIu64 " from_postgres=%" PRIu64 " from_log=%" PRIu64
            " digest=sha256:%s output=\"%s\"",
-           count, count - from_log, from_log, dhex, output ? output : "-");
+           count, count - from_log, from_log, dhex, f.output ? f.output : "-");
+    cv_audit_count("messages", (int64_t)count);
+    cv_audit_count("from_log", (int64_t)from_log);
     rc = CV_EXIT_OK;
 out:
-    if (out && out != stdout) {
-        fclose(out);
-        unlink(tmp);
+    if (f.out && f.out != stdout) {
+        fclose(f.out);
+        unlink(f.tmp);
     }
-    free(tmp);
-    cv_buf_release(&line);
+    free(f.tmp);
     cv_src_free(src);
     cv_keyring_free(keys);
     cv_config_free(cfg);
-    cv_select_release(&sel);
+    cv_select_release(&o.sel);
     return rc;
 }
 
@@ -562,56 +570,51 @@ out:
     return rc;
 }
 
-static void import_usage(FILE *out) {
-    fprintf(out, "usage: chatvault import [-c FILE] [--set key=value]... [--quiet] "
-                 "EXPORT_FILE\n\n"
-                 "Loads a file written by `chatvault export` into the PostgreSQL "
-                 "of\npostgres.conninfo. The manifest (count and digest) is "
-                 "checked before anything\nis written; a file that does not match "
-                 "it is refused. Messages are validated\nas the broker validates "
-                 "them and written through its own write path,\nidempotently: a "
-                 "message already stored is not written again, so importing\ntwice "
-                 "is harmless. Kafka coordinates are kept; chatvault.kafka_offsets "
-                 "is\nleft alone. Exit 1 when a message was not imported.\n\n"
-                 "To check an imported database, run `chatvault verify --channel "
-                 "C` with it\nand the log of the site the export came from.\n");
-}
+typedef struct import_opts {
+    bool quiet;
+} import_opts;
+
+static const cv_cli_opt import_opts_table[] = {
+    CV_OPT_FLAG("quiet", 0, "no progress display", import_opts, quiet),
+    CV_OPT_END,
+};
+
+static const cv_cli_spec import_spec = {
+    .name = "import",
+    .usage = "import [-c FILE] [--set key=value]... [--quiet] EXPORT_FILE",
+    .about =
+        "Loads a file written by `chatvault export` into the PostgreSQL of\n"
+        "postgres.admin_conninfo (empty: postgres.conninfo). The manifest (count and\n"
+        "digest) is checked before anything is written; a file that does not match it\n"
+        "is refused. Messages are validated as the broker validates them and written\n"
+        "through its own write path, idempotently: a message already stored is not\n"
+        "written again, so importing twice is harmless. Kafka coordinates are kept;\n"
+        "chatvault.kafka_offsets is left alone. Exit 1 when a message was not "
+        "imported.\n",
+    .opts = import_opts_table,
+    .epilog = "To check an imported database, run `chatvault verify --channel C` with "
+              "it\nand the log of the site the export came from.\n",
+    .max_args = -1,
+};
 
 int cv_cmd_import(int argc, char **argv) {
-    static const struct option opts[] = {
-        CV_COMMON_LONGOPTS, {"quiet", no_argument, NULL, O_QUIET}, {NULL, 0, NULL, 0}};
-    cv_cli_config cli = {0};
-    bool quiet = false;
-    int opt, rc = CV_EXIT_USAGE;
+    import_opts o = {0};
+    cv_cli cli;
     cv_config *cfg = NULL;
     cv_pgstore *store = NULL;
     ibatch *b = NULL;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
-        int r = cv_cli_common_opt(&cli, opt, optarg);
-        if (r < 0)
-            goto out;
-        if (r)
-            continue;
-        if (opt == 'h') {
-            import_usage(stdout);
-            rc = CV_EXIT_OK;
-            goto out;
-        }
-        if (opt == O_QUIET) {
-            quiet = true;
-            continue;
-        }
-        import_usage(stderr);
+    int rc = cv_cli_parse(&import_spec, argc, argv, &o, &cli);
+    if (rc != CV_CLI_RUN)
         goto out;
-    }
-    if (optind + 1 != argc) {
+    rc = CV_EXIT_USAGE;
+    if (cli.nargs != 1) {
         cv_error("import", "give exactly one export file");
         goto out;
     }
-    const char *path = argv[optind];
-    if (!(cfg = cv_cli_load_config(&cli)))
+    const char *path = cli.args[0];
+    if (!(cfg = cv_cli_load_config(&cli.config)))
         goto out;
+    cv_audit_begin(cfg, CV_PG_ADMIN, "import", argc, argv);
     rc = CV_EXIT_FAILURE;
     if (sodium_init() < 0)
         goto out;
@@ -626,14 +629,14 @@ int cv_cmd_import(int argc, char **argv) {
     };
     uint64_t count = 0;
     cv_progress prog;
-    cv_progress_init(&prog, "import", !quiet);
+    cv_progress_init(&prog, "import", !o.quiet);
     if ((rc = import_pass(path, NULL, &rules, b, &count, &prog)) != 0)
         goto out;
     rc = CV_EXIT_FAILURE;
     char err[1024];
-    if (cv_pgstore_open(cv_config_str(cfg, "postgres.conninfo"), "chatvault-import",
-                        &store, err, sizeof(err)) < 0) {
-        cv_error("import", "%s (postgres.conninfo)", err);
+    if (cv_pgstore_open(cv_access_conninfo(cfg, CV_PG_ADMIN), "chatvault-import", &store,
+                        err, sizeof(err)) < 0) {
+        cv_error("import", "%s (%s)", err, cv_access_conninfo_key(cfg, CV_PG_ADMIN));
         goto out;
     }
     if ((rc = import_pass(path, store, &rules, b, &count, &prog)) != 0)
@@ -643,6 +646,10 @@ int cv_cmd_import(int argc, char **argv) {
            "messages=%" PRIu64 " stored=%" PRIu64 " duplicates=%" PRIu64
            " rejected=%" PRIu64,
            count, b->loaded, b->duplicates, b->rejected);
+    cv_audit_count("messages", (int64_t)count);
+    cv_audit_count("stored", (int64_t)b->loaded);
+    cv_audit_count("duplicates", (int64_t)b->duplicates);
+    cv_audit_count("rejected", (int64_t)b->rejected);
     rc = b->rejected ? CV_EXIT_FAILURE : CV_EXIT_OK;
 out:
     if (b) {

@@ -3,7 +3,6 @@
  * chat record, acks it, commits offsets (see consumer/ingest/pipeline.h).
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <sodium.h>
@@ -28,20 +27,6 @@ static void pipeline_log(void *opaque, cv_log_level level, const char *msg,
                          const char *kv) {
     (void)opaque;
     cv_log(level, msg, "%s", kv);
-}
-
-static void usage(FILE *out) {
-    fprintf(out, "usage: chatvault broker [-c FILE] [--set key=value]...\n\n"
-                 "Consumes the chat topics (topics.pattern) as a member of consumer "
-                 "group\nkafka.group.id, stores every message in PostgreSQL, produces "
-                 "a DeliveryAck to\ntopics.acks (or the message's reply_to) once it "
-                 "is durable, then commits the\noffsets. SIGTERM or SIGINT finishes "
-                 "the batch in flight and exits 0.\n\n"
-                 "With kafka.bootstrap.servers = embedded it starts librdkafka's mock "
-                 "Kafka cluster\ninside the process (its address is logged). The mock "
-                 "keeps only about 5 MiB per\npartition and silently drops older "
-                 "batches: for trying chatvault, not for data.\n\n");
-    cv_config_print_help(out);
 }
 
 /* One broker per process: the stats callback's opaque is the pipeline's. */
@@ -96,34 +81,146 @@ static int set_transactional(const cv_config *cfg, rd_kafka_conf_t *pconf, bool 
     return 0;
 }
 
+/* The log's keys, when log.dir is set. */
+static int load_keys(const cv_config *cfg, cv_keyring **ret) {
+    char err[512];
+    if (!*cv_config_str(cfg, "log.dir")) {
+        cv_log(CV_LOG_WARN,
+               "log.dir is empty: the encrypted log store is off; "
+               "messages are kept in PostgreSQL only",
+               NULL);
+        return 0;
+    }
+    /* A key file that is missing, unreadable or open to others is a
+     * configuration error: refuse to start rather than write a log nobody
+     * can read, or one anybody can. */
+    if (cv_keyring_load(cv_config_str(cfg, "log.key_file"), ret, err, sizeof(err)) < 0) {
+        cv_error("broker", "%s (log.key_file; create one with `chatvault keygen`)", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* The mock cluster of kafka.bootstrap.servers = embedded, with the ack and
+ * dead-letter topics. */
+static int start_embedded(const cv_config *cfg, cv_devkafka **ret) {
+    char err[512];
+    cv_devkafka *dk = NULL;
+    if (cv_devkafka_start(1, &dk, err, sizeof(err)) < 0 ||
+        cv_devkafka_create_topic(dk, cv_config_str(cfg, "topics.acks"), 4, err,
+                                 sizeof(err)) < 0 ||
+        cv_devkafka_create_topic(dk, cv_config_str(cfg, "topics.dlq"), 1, err,
+                                 sizeof(err)) < 0) {
+        cv_error("broker", "%s", err);
+        cv_devkafka_free(dk);
+        return CV_EXIT_FAILURE;
+    }
+    cv_log(CV_LOG_INFO, "embedded kafka started",
+           "bootstrap=%s note=\"mock cluster: about 5 MiB per partition, "
+           "older batches dropped\"",
+           cv_devkafka_bootstraps(dk));
+    *ret = dk;
+    return CV_EXIT_OK;
+}
+
+/* The consumer's and the ack producer's configurations. */
+static int kafka_confs(const cv_config *cfg, const char *embedded, cv_metrics *metrics,
+                       rd_kafka_conf_t **ret_cconf, rd_kafka_conf_t **ret_pconf) {
+    char err[512];
+    rd_kafka_conf_t *cconf =
+        cv_cli_kafka_conf(cfg, "consumer", embedded, err, sizeof(err));
+    if (!cconf) {
+        cv_error("broker", "config error: %s", err);
+        return CV_EXIT_USAGE;
+    }
+    /* The consumer's statistics tell /metrics and /readyz whether Kafka is
+     * reachable (chatvault_kafka_up); kafka.statistics.interval.ms beats it. */
+    stats_metrics = metrics;
+    if (!cv_config_kafka_get(cfg, "statistics.interval.ms"))
+        rd_kafka_conf_set(cconf, "statistics.interval.ms", "1000", NULL, 0);
+    rd_kafka_conf_set_stats_cb(cconf, kafka_stats_cb);
+    rd_kafka_conf_t *pconf =
+        cv_cli_kafka_conf(cfg, "producer", embedded, err, sizeof(err));
+    if (!pconf) {
+        rd_kafka_conf_destroy(cconf);
+        cv_error("broker", "config error: %s", err);
+        return CV_EXIT_USAGE;
+    }
+    if (strcmp(cv_config_str(cfg, "ack.transactions"), "on") == 0 &&
+        set_transactional(cfg, pconf, embedded != NULL, err, sizeof(err)) < 0) {
+        rd_kafka_conf_destroy(cconf);
+        rd_kafka_conf_destroy(pconf);
+        cv_error("broker", "config error: %s", err);
+        return CV_EXIT_USAGE;
+    }
+    *ret_cconf = cconf;
+    *ret_pconf = pconf;
+    return CV_EXIT_OK;
+}
+
+/* The probe that sends a message through the pipeline every
+ * probe.interval_ms. */
+static int start_probe(const cv_config *cfg, const char *embedded, cv_metrics *metrics,
+                       cv_probe **ret) {
+    char err[512], probe_topic[256];
+    snprintf(probe_topic, sizeof(probe_topic), "%s%s",
+             cv_config_str(cfg, "topics.prefix"), CV_PROBE_CHANNEL);
+    rd_kafka_conf_t *prc = cv_cli_kafka_conf(cfg, "producer", embedded, err, sizeof(err));
+    cv_probe_conf prb = {.producer_conf = prc,
+                         .topic = probe_topic,
+                         .channel = CV_PROBE_CHANNEL,
+                         .interval_ms = cv_config_int(cfg, "probe.interval_ms"),
+                         .metrics = metrics};
+    if (!prc || cv_probe_start(&prb, ret, err, sizeof(err)) < 0) {
+        cv_error("broker", "probe: %s", err);
+        return CV_EXIT_FAILURE;
+    }
+    return CV_EXIT_OK;
+}
+
+static void log_stopped(cv_pipeline *p) {
+    cv_pipeline_stats st;
+    cv_pipeline_get_stats(p, &st);
+    cv_log(CV_LOG_INFO, "broker stopped",
+           "consumed=%" PRId64 " persisted=%" PRId64 " duplicates=%" PRId64
+           " rejected=%" PRId64 " acked=%" PRId64 " batches=%" PRId64,
+           st.consumed, st.persisted, st.duplicates, st.rejected, st.acked, st.batches);
+}
+
+typedef struct broker_opts {
+    bool verbose;
+} broker_opts;
+
+static const cv_cli_opt opts[] = {
+    CV_OPT_FLAG("verbose", 'v', "log at debug level", broker_opts, verbose),
+    CV_OPT_END,
+};
+
+static const cv_cli_spec spec = {
+    .name = "broker",
+    .usage = "broker [-c FILE] [--set key=value]... [-v]",
+    .about = "Consumes the chat topics (topics.pattern) as a member of consumer group\n"
+             "kafka.group.id, stores every message in PostgreSQL, produces a "
+             "DeliveryAck to\ntopics.acks (or the message's reply_to) once it is "
+             "durable, then commits the\noffsets. SIGTERM or SIGINT finishes the batch "
+             "in flight and exits 0.\n\n"
+             "With kafka.bootstrap.servers = embedded it starts librdkafka's mock Kafka "
+             "cluster\ninside the process (its address is logged). The mock keeps only "
+             "about 5 MiB per\npartition and silently drops older batches: for trying "
+             "chatvault, not for data.\n",
+    .opts = opts,
+    .epilog_fn = cv_config_print_help,
+};
+
 int cv_cmd_broker(int argc, char **argv) {
-    static const struct option opts[] = {
-        CV_COMMON_LONGOPTS, {"verbose", no_argument, NULL, 'v'}, {NULL, 0, NULL, 0}};
-    cv_cli_config cli = {0};
-    int opt;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "c:hv", opts, NULL)) != -1) {
-        int r = cv_cli_common_opt(&cli, opt, optarg);
-        if (r < 0)
-            return CV_EXIT_USAGE;
-        if (r)
-            continue;
-        if (opt == 'h') {
-            usage(stdout);
-            return CV_EXIT_OK;
-        }
-        if (opt == 'v') {
-            cv_log_set_min(CV_LOG_DEBUG);
-            continue;
-        }
-        usage(stderr);
-        return CV_EXIT_USAGE;
-    }
-    if (optind < argc) {
-        cv_error("broker", "unexpected argument \"%s\"", argv[optind]);
-        return CV_EXIT_USAGE;
-    }
-    cv_config *cfg = cv_cli_load_config(&cli);
+    broker_opts o = {0};
+    cv_cli cli;
+    int parsed = cv_cli_parse(&spec, argc, argv, &o, &cli);
+    if (parsed != CV_CLI_RUN)
+        return parsed;
+    if (o.verbose)
+        cv_log_set_min(CV_LOG_DEBUG);
+    cv_config *cfg = cv_cli_load_config(&cli.config);
     if (!cfg)
         return CV_EXIT_USAGE;
 
@@ -138,24 +235,9 @@ int cv_cmd_broker(int argc, char **argv) {
     cv_keyring *keys = NULL;
     const char *embedded = NULL;
     const char *log_dir = cv_config_str(cfg, "log.dir");
-    if (*log_dir) {
-        /* A key file that is missing, unreadable or open to others is a
-         * configuration error: refuse to start rather than write a log
-         * nobody can read, or one anybody can. */
-        if (cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err, sizeof(err)) <
-            0) {
-            cv_error("broker",
-                     "%s (log.key_file; create one with `chatvault "
-                     "keygen`)",
-                     err);
-            cv_config_free(cfg);
-            return CV_EXIT_USAGE;
-        }
-    } else {
-        cv_log(CV_LOG_WARN,
-               "log.dir is empty: the encrypted log store is off; "
-               "messages are kept in PostgreSQL only",
-               NULL);
+    if (load_keys(cfg, &keys) < 0) {
+        cv_config_free(cfg);
+        return CV_EXIT_USAGE;
     }
     cv_metrics_conf mc = {.topics_prefix = cv_config_str(cfg, "topics.prefix"),
                           .max_channels =
@@ -168,50 +250,13 @@ int cv_cmd_broker(int argc, char **argv) {
         goto out;
     }
     if (cv_cli_kafka_embedded(cfg)) {
-        if (cv_devkafka_start(1, &dk, err, sizeof(err)) < 0 ||
-            cv_devkafka_create_topic(dk, cv_config_str(cfg, "topics.acks"), 4, err,
-                                     sizeof(err)) < 0 ||
-            cv_devkafka_create_topic(dk, cv_config_str(cfg, "topics.dlq"), 1, err,
-                                     sizeof(err)) < 0) {
-            cv_error("broker", "%s", err);
-            rc = CV_EXIT_FAILURE;
+        if ((rc = start_embedded(cfg, &dk)) != CV_EXIT_OK)
             goto out;
-        }
         embedded = cv_devkafka_bootstraps(dk);
-        cv_log(CV_LOG_INFO, "embedded kafka started",
-               "bootstrap=%s note=\"mock cluster: about 5 MiB per partition, "
-               "older batches dropped\"",
-               embedded);
     }
-    rd_kafka_conf_t *cconf =
-        cv_cli_kafka_conf(cfg, "consumer", embedded, err, sizeof(err));
-    if (!cconf) {
-        cv_error("broker", "config error: %s", err);
-        rc = CV_EXIT_USAGE;
+    rd_kafka_conf_t *cconf = NULL, *pconf = NULL;
+    if ((rc = kafka_confs(cfg, embedded, metrics, &cconf, &pconf)) != CV_EXIT_OK)
         goto out;
-    }
-    /* The consumer's statistics tell /metrics and /readyz whether Kafka is
-     * reachable (chatvault_kafka_up); kafka.statistics.interval.ms beats it. */
-    stats_metrics = metrics;
-    if (!cv_config_kafka_get(cfg, "statistics.interval.ms"))
-        rd_kafka_conf_set(cconf, "statistics.interval.ms", "1000", NULL, 0);
-    rd_kafka_conf_set_stats_cb(cconf, kafka_stats_cb);
-    rd_kafka_conf_t *pconf =
-        cv_cli_kafka_conf(cfg, "producer", embedded, err, sizeof(err));
-    if (!pconf) {
-        rd_kafka_conf_destroy(cconf);
-        cv_error("broker", "config error: %s", err);
-        rc = CV_EXIT_USAGE;
-        goto out;
-    }
-    if (strcmp(cv_config_str(cfg, "ack.transactions"), "on") == 0 &&
-        set_transactional(cfg, pconf, dk != NULL, err, sizeof(err)) < 0) {
-        rd_kafka_conf_destroy(cconf);
-        rd_kafka_conf_destroy(pconf);
-        cv_error("broker", "config error: %s", err);
-        rc = CV_EXIT_USAGE;
-        goto out;
-    }
     cv_pipeline_conf pc = {
         .consumer_conf = cconf,
         .producer_conf = pconf,
@@ -271,23 +316,8 @@ int cv_cmd_broker(int argc, char **argv) {
                  : CV_EXIT_FAILURE;
         goto out;
     }
-    if (probe_ms > 0) {
-        char probe_topic[256];
-        snprintf(probe_topic, sizeof(probe_topic), "%s%s", pc.topics_prefix,
-                 CV_PROBE_CHANNEL);
-        rd_kafka_conf_t *prc =
-            cv_cli_kafka_conf(cfg, "producer", embedded, err, sizeof(err));
-        cv_probe_conf prb = {.producer_conf = prc,
-                             .topic = probe_topic,
-                             .channel = CV_PROBE_CHANNEL,
-                             .interval_ms = probe_ms,
-                             .metrics = metrics};
-        if (!prc || cv_probe_start(&prb, &probe, err, sizeof(err)) < 0) {
-            cv_error("broker", "probe: %s", err);
-            rc = CV_EXIT_FAILURE;
-            goto out;
-        }
-    }
+    if (probe_ms > 0 && (rc = start_probe(cfg, embedded, metrics, &probe)) != CV_EXIT_OK)
+        goto out;
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
@@ -300,12 +330,7 @@ int cv_cmd_broker(int argc, char **argv) {
            cv_config_str(cfg, "ack.transactions"));
     if (cv_pipeline_run(p, &stop, err, sizeof(err)) < 0)
         rc = CV_EXIT_FAILURE;
-    cv_pipeline_stats st;
-    cv_pipeline_get_stats(p, &st);
-    cv_log(CV_LOG_INFO, "broker stopped",
-           "consumed=%" PRId64 " persisted=%" PRId64 " duplicates=%" PRId64
-           " rejected=%" PRId64 " acked=%" PRId64 " batches=%" PRId64,
-           st.consumed, st.persisted, st.duplicates, st.rejected, st.acked, st.batches);
+    log_stopped(p);
     /* The reason comes last, where an operator reading the tail looks. */
     if (rc == CV_EXIT_FAILURE)
         cv_error("broker", "%s", err);

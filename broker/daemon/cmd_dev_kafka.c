@@ -2,7 +2,6 @@
  * chatvault dev-kafka — a standalone mock Kafka cluster on loopback, for
  * trying chatvault and for tests.
  */
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,39 +18,6 @@
 static volatile sig_atomic_t stop;
 static void on_signal(int sig) {
     (void)sig, stop = 1;
-}
-
-static void usage(FILE *out) {
-    fprintf(out, "usage: chatvault dev-kafka [--brokers N] [--partitions N] "
-                 "[--topic NAME[:PARTITIONS]]...\n\n"
-                 "Runs librdkafka's mock Kafka cluster on loopback TCP, prints its "
-                 "bootstrap servers\non the first line of stdout and runs until "
-                 "killed (SIGINT/SIGTERM).\n\n"
-                 "  --brokers N        brokers in the cluster (default 1)\n"
-                 "  --partitions N     partitions of each --topic without its own "
-                 "count,\n"
-                 "                     and of chatvault.acks / chatvault.dlq "
-                 "(default 4)\n"
-                 "  --topic NAME[:P]   create a topic up front (repeatable); topics "
-                 "a client\n"
-                 "                     asks for are otherwise auto-created with the "
-                 "mock's\n"
-                 "                     default partition count\n"
-                 "  --control          read fault-injection commands from stdin, one "
-                 "per line,\n"
-                 "                     answering \"ok\" or \"error: ...\" on stdout:\n"
-                 "                       broker-down ID | broker-up ID\n"
-                 "                       broker-rtt ID MS\n"
-                 "                       request-errors APIKEY COUNT ERRCODE   (e.g. "
-                 "0 5 6 = Produce\n"
-                 "                         fails 5 times with NOT_LEADER_FOR_PARTITION)\n"
-                 "                       leader TOPIC PARTITION BROKER_ID\n"
-                 "                       topic NAME PARTITIONS\n\n"
-                 "NOT a real Kafka. Known limits of librdkafka 2.0.2's mock cluster, "
-                 "measured:\nit keeps only about 5 MiB per partition and silently "
-                 "drops older batches, so\ngive topics enough partitions for the "
-                 "volume you send; its transactions only\npretend. Use it to try "
-                 "chatvault and in tests, never for data you keep.\n");
 }
 
 /* One fault-injection command from --control; answers on stdout. */
@@ -93,85 +59,96 @@ static void control_command(cv_devkafka *dk, char *line) {
            err ? rd_kafka_err2str(err) : "ok");
 }
 
-int cv_cmd_dev_kafka(int argc, char **argv) {
-    static const struct option opts[] = {{"brokers", required_argument, NULL, 'b'},
-                                         {"partitions", required_argument, NULL, 'p'},
-                                         {"topic", required_argument, NULL, 't'},
-                                         {"control", no_argument, NULL, 'C'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {NULL, 0, NULL, 0}};
-    int brokers = 1, partitions = 4, ntopics = 0, control = 0, opt;
+typedef struct devkafka_opts {
+    int64_t brokers, partitions;
     const char *topics[256];
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "b:p:t:h", opts, NULL)) != -1) {
-        switch (opt) {
-        case 'b':
-            brokers = atoi(optarg);
-            if (brokers < 1 || brokers > 16) {
-                cv_error("dev-kafka", "--brokers %s: want 1..16", optarg);
-                return CV_EXIT_USAGE;
-            }
-            break;
-        case 'p':
-            partitions = atoi(optarg);
-            if (partitions < 1 || partitions > 10000) {
-                cv_error("dev-kafka", "--partitions %s: want 1..10000", optarg);
-                return CV_EXIT_USAGE;
-            }
-            break;
-        case 't':
-            if (ntopics == (int)(sizeof(topics) / sizeof(topics[0]))) {
-                cv_error("dev-kafka", "too many --topic options");
-                return CV_EXIT_USAGE;
-            }
-            topics[ntopics++] = optarg;
-            break;
-        case 'C':
-            control = 1;
-            break;
-        case 'h':
-            usage(stdout);
-            return CV_EXIT_OK;
-        default:
-            usage(stderr);
-            return CV_EXIT_USAGE;
-        }
-    }
-    if (optind < argc) {
-        cv_error("dev-kafka", "unexpected argument \"%s\"", argv[optind]);
-        return CV_EXIT_USAGE;
-    }
+    size_t ntopics;
+    bool control;
+} devkafka_opts;
+
+static const cv_cli_opt opts[] = {
+    CV_OPT_INT("brokers", 'b', "N", "brokers in the cluster (default 1)", devkafka_opts,
+               brokers, 1, 16),
+    CV_OPT_INT("partitions", 'p', "N",
+               "partitions of each --topic without its own count, and of chatvault.acks "
+               "/ chatvault.dlq (default 4)",
+               devkafka_opts, partitions, 1, 10000),
+    CV_OPT_LIST("topic", 't', "NAME[:P]",
+                "create a topic up front (repeatable); topics a client asks for are "
+                "otherwise auto-created with the mock's default partition count",
+                devkafka_opts, topics, ntopics),
+    CV_OPT_FLAG("control", 0,
+                "read fault-injection commands from stdin, one per line, answering "
+                "\"ok\" or \"error: ...\" on stdout:\n"
+                "  broker-down ID | broker-up ID\n"
+                "  broker-rtt ID MS\n"
+                "  request-errors APIKEY COUNT ERRCODE   (e.g. 0 5 6 = Produce fails 5 "
+                "times with NOT_LEADER_FOR_PARTITION)\n"
+                "  leader TOPIC PARTITION BROKER_ID\n"
+                "  topic NAME PARTITIONS",
+                devkafka_opts, control),
+    CV_OPT_END,
+};
+
+static const cv_cli_spec spec = {
+    .name = "dev-kafka",
+    .usage = "dev-kafka [--brokers N] [--partitions N] [--topic NAME[:PARTITIONS]]...\n"
+             "                 [--control]",
+    .about = "Runs librdkafka's mock Kafka cluster on loopback TCP, prints its bootstrap "
+             "servers\non the first line of stdout and runs until killed "
+             "(SIGINT/SIGTERM).\n",
+    .opts = opts,
+    .epilog = "NOT a real Kafka. Known limits of librdkafka 2.0.2's mock cluster, "
+              "measured:\nit keeps only about 5 MiB per partition and silently drops "
+              "older batches, so\ngive topics enough partitions for the volume you send; "
+              "its transactions only\npretend. Use it to try chatvault and in tests, "
+              "never for data you keep.\n",
+    .no_config = true,
+};
+
+/* Creates the ack and dead-letter topics and every --topic. */
+static int create_topics(cv_devkafka *dk, const devkafka_opts *o) {
     char err[512];
-    cv_devkafka *dk = NULL;
-    if (cv_devkafka_start(brokers, &dk, err, sizeof(err)) < 0) {
-        cv_error("dev-kafka", "%s", err);
-        return CV_EXIT_FAILURE;
-    }
-    int rc = CV_EXIT_OK;
     const char *defaults[] = {"chatvault.acks", "chatvault.dlq"};
-    for (int i = 0; i < 2 && rc == CV_EXIT_OK; i++)
-        if (cv_devkafka_create_topic(dk, defaults[i], partitions, err, sizeof(err)) < 0)
-            rc = CV_EXIT_FAILURE;
-    for (int i = 0; i < ntopics && rc == CV_EXIT_OK; i++) {
+    for (int i = 0; i < 2; i++)
+        if (cv_devkafka_create_topic(dk, defaults[i], (int)o->partitions, err,
+                                     sizeof(err)) < 0)
+            goto fail;
+    for (size_t i = 0; i < o->ntopics; i++) {
         char name[300];
-        snprintf(name, sizeof(name), "%s", topics[i]);
-        int parts = partitions;
+        snprintf(name, sizeof(name), "%s", o->topics[i]);
+        int parts = (int)o->partitions;
         char *colon = strrchr(name, ':');
         if (colon) {
             *colon = '\0';
             parts = atoi(colon + 1);
             if (parts < 1) {
-                cv_error("dev-kafka", "--topic %s: bad partition count", topics[i]);
-                rc = CV_EXIT_USAGE;
-                break;
+                cv_error("dev-kafka", "--topic %s: bad partition count", o->topics[i]);
+                return CV_EXIT_USAGE;
             }
         }
         if (cv_devkafka_create_topic(dk, name, parts, err, sizeof(err)) < 0)
-            rc = CV_EXIT_FAILURE;
+            goto fail;
     }
-    if (rc != CV_EXIT_OK) {
-        if (rc == CV_EXIT_FAILURE)
-            cv_error("dev-kafka", "%s", err);
+    return CV_EXIT_OK;
+fail:
+    cv_error("dev-kafka", "%s", err);
+    return CV_EXIT_FAILURE;
+}
+
+int cv_cmd_dev_kafka(int argc, char **argv) {
+    devkafka_opts o = {.brokers = 1, .partitions = 4};
+    cv_cli cli;
+    int rc = cv_cli_parse(&spec, argc, argv, &o, &cli);
+    if (rc != CV_CLI_RUN)
+        return rc;
+    char err[512];
+    cv_devkafka *dk = NULL;
+    if (cv_devkafka_start((int)o.brokers, &dk, err, sizeof(err)) < 0) {
+        cv_error("dev-kafka", "%s", err);
+        return CV_EXIT_FAILURE;
+    }
+    if ((rc = create_topics(dk, &o)) != CV_EXIT_OK) {
         cv_devkafka_free(dk);
         return rc;
     }
@@ -184,8 +161,8 @@ int cv_cmd_dev_kafka(int argc, char **argv) {
     cv_log(CV_LOG_INFO, "mock kafka cluster running",
            "bootstrap=%s brokers=%d partitions=%d limit=\"about 5 MiB per "
            "partition; older batches are dropped\"",
-           cv_devkafka_bootstraps(dk), brokers, partitions);
-    if (control) {
+           cv_devkafka_bootstraps(dk), (int)o.brokers, (int)o.partitions);
+    if (o.control) {
         char line[512];
         struct pollfd pfd = {.fd = 0, .events = POLLIN};
         while (!stop) {

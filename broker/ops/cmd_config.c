@@ -2,50 +2,42 @@
  * chatvault config — prints the configuration reference, an example file,
  * or checks a file.
  */
-#include <getopt.h>
 #include <stdio.h>
 
 #include "cli.h"
 
+typedef struct config_opts {
+    bool example, check;
+} config_opts;
+
+static const cv_cli_opt opts[] = {
+    CV_OPT_FLAG("example", 0, "print a complete example file", config_opts, example),
+    CV_OPT_FLAG("check", 0,
+                "load the configuration (-c FILE, environment, --set) and exit 0 if it "
+                "is valid, 2 with the error if not",
+                config_opts, check),
+    CV_OPT_END,
+};
+
+static const cv_cli_spec spec = {
+    .name = "config",
+    .usage = "config [--example | --check -c FILE]",
+    .about = "Without options prints every key with its default and meaning.\n",
+    .opts = opts,
+};
+
 int cv_cmd_config(int argc, char **argv) {
-    static const struct option opts[] = {CV_COMMON_LONGOPTS,
-                                         {"example", no_argument, NULL, 'e'},
-                                         {"check", no_argument, NULL, 'k'},
-                                         {NULL, 0, NULL, 0}};
-    cv_cli_config cli = {0};
-    int opt, example = 0, check = 0;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
-        int r = cv_cli_common_opt(&cli, opt, optarg);
-        if (r < 0)
-            return CV_EXIT_USAGE;
-        if (r)
-            continue;
-        switch (opt) {
-        case 'e':
-            example = 1;
-            break;
-        case 'k':
-            check = 1;
-            break;
-        case 'h':
-            printf("usage: chatvault config [--example | --check -c FILE]\n\n"
-                   "Without options prints every key with its default and "
-                   "meaning.\n  --example   print a complete example file\n"
-                   "  --check     load the configuration (-c FILE, environment, "
-                   "--set) and\n              exit 0 if it is valid, 2 with the "
-                   "error if not\n");
-            return CV_EXIT_OK;
-        default:
-            return CV_EXIT_USAGE;
-        }
-    }
-    if (example) {
+    config_opts o = {0};
+    cv_cli cli;
+    int rc = cv_cli_parse(&spec, argc, argv, &o, &cli);
+    if (rc != CV_CLI_RUN)
+        return rc;
+    if (o.example) {
         cv_config_print_example(stdout);
         return CV_EXIT_OK;
     }
-    if (check) {
-        cv_config *cfg = cv_cli_load_config(&cli);
+    if (o.check) {
+        cv_config *cfg = cv_cli_load_config(&cli.config);
         if (!cfg)
             return CV_EXIT_USAGE;
         cv_config_free(cfg);

@@ -10,7 +10,6 @@
  * or nothing can be reached, 2 on a usage error.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
 #include <netdb.h>
@@ -24,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "chatvault.pb-c.h"
 #include "cli.h"
 #include "json.h"
@@ -36,39 +36,6 @@
 static volatile sig_atomic_t stop;
 static void on_signal(int sig) {
     (void)sig, stop = 1;
-}
-
-static void usage(FILE *out) {
-    fprintf(
-        out,
-        "usage: chatvault lag [--url URL | --direct [--interval S]] [--json] "
-        "[--partitions]\n"
-        "                     [--watch [SECONDS]] [-c FILE] [--set key=value]...\n\n"
-        "Shows the ack lag of every channel as a running broker sees it: its\n"
-        "/api/lag, at --url (default http://<http.listen>, https:// when\n"
-        "http.tls_cert_file is set, with http.token sent as a bearer token; an https\n"
-        "server is checked against http.tls_ca_file). When no broker answers at "
-        "http.listen\n"
-        "(and with --direct), the lag is computed from Kafka and PostgreSQL instead:\n"
-        "high watermarks, the group's committed offsets (kafka.group.id), the\n"
-        "oldest unacked record and chatvault.kafka_offsets, taken twice --interval\n"
-        "seconds apart (default 5) to judge the status. There CONSUMED and ACKED\n"
-        "are the stored and committed offsets summed over the partitions.\n\n"
-        "  --url URL          the broker's address, e.g. http://10.0.0.5:9187 or "
-        "https://...\n"
-        "  --direct           compute from Kafka + PostgreSQL, do not ask a broker\n"
-        "  --interval S       direct mode: seconds between the two snapshots\n"
-        "  --json             print the JSON document (/api/lag's shape)\n"
-        "  --partitions       one line per partition under each channel\n"
-        "  --watch [SECONDS]  refresh every SECONDS (default 2) until interrupted\n\n"
-        "Status (per channel, over the broker's sliding window):\n"
-        "  OK     acks keep up\n"
-        "  WARN   acks advance but the lag grew over the whole window\n"
-        "  STALL  records consumed, acks not advancing for the whole window\n"
-        "  STOP   records wait in Kafka, nothing consumed for the whole window\n"
-        "  ERR    a store is down: acks cannot be made\n\n"
-        "Exit status: 0 every channel OK; 1 any other status, or the broker\n"
-        "cannot be reached; 2 usage or configuration error.\n");
 }
 
 typedef cv_cli_url url;
@@ -437,7 +404,7 @@ static int lag_direct(const cv_config *cfg, double interval, cv_buf *out, char *
     if ((rc = d_partitions(cfg, md, &ps, &n, err, errlen)) < 0)
         goto out;
     rc = -EIO;
-    cv_pgstore_open(cv_config_str(cfg, "postgres.conninfo"), group, &pg, pg_err,
+    cv_pgstore_open(cv_access_conninfo(cfg, CV_PG_READER), group, &pg, pg_err,
                     sizeof(pg_err));
     bool pg_ok = false;
     /* The rules see the snapshots `interval` apart, as asked, however long
@@ -554,75 +521,88 @@ out:
     return rc;
 }
 
+typedef struct lag_opts {
+    const char *url;
+    bool json, partitions, direct;
+    double watch, interval;
+} lag_opts;
+
+enum { O_WATCH = 1, O_INTERVAL };
+
+/* --watch [SECONDS] and --interval S. */
+static int seconds_opt(const cv_cli_opt *opt, void *dest, const char *cmd,
+                       const char *value) {
+    lag_opts *o = dest;
+    bool watch = opt->id == O_WATCH;
+    double lo = watch ? 0.2 : 0.5, hi = watch ? 3600 : 600, v = 2.0;
+    char *end = NULL;
+    if (value)
+        v = strtod(value, &end);
+    if ((value && (end == value || *end)) || !(v >= lo && v <= hi)) {
+        cv_error(cmd, "--%s \"%s\": give seconds between %g and %g", opt->name,
+                 value ? value : "", lo, hi);
+        return -1;
+    }
+    *(watch ? &o->watch : &o->interval) = v;
+    return 0;
+}
+
+static const cv_cli_opt opts[] = {
+    CV_OPT_STR("url", 0, "URL",
+               "the broker's address, e.g. http://10.0.0.5:9187 or https://...", lag_opts,
+               url),
+    CV_OPT_FLAG("direct", 0, "compute from Kafka + PostgreSQL, do not ask a broker",
+                lag_opts, direct),
+    CV_OPT_CALL("interval", 0, "S",
+                "direct mode: seconds between the two snapshots (default 5)", seconds_opt,
+                O_INTERVAL),
+    CV_OPT_FLAG("json", 0, "print the JSON document (/api/lag's shape)", lag_opts, json),
+    CV_OPT_FLAG("partitions", 0, "one line per partition under each channel", lag_opts,
+                partitions),
+    CV_OPT_CALL_OPTIONAL("watch", "SECONDS",
+                         "refresh every SECONDS (default 2) until interrupted",
+                         seconds_opt, O_WATCH),
+    CV_OPT_END,
+};
+
+static const cv_cli_spec spec = {
+    .name = "lag",
+    .usage = "lag [--url URL | --direct [--interval S]] [--json] [--partitions]\n"
+             "                     [--watch [SECONDS]] [-c FILE] [--set key=value]...",
+    .about =
+        "Shows the ack lag of every channel as a running broker sees it: its\n"
+        "/api/lag, at --url (default http://<http.listen>, https:// when\n"
+        "http.tls_cert_file is set; http.token is sent as a bearer token, and an\n"
+        "https server is checked against http.tls_ca_file or the system's store).\n"
+        "When no broker answers at http.listen\n"
+        "(and with --direct), the lag is computed from Kafka and PostgreSQL instead:\n"
+        "high watermarks, the group's committed offsets (kafka.group.id), the\n"
+        "oldest unacked record and chatvault.kafka_offsets, taken twice --interval\n"
+        "seconds apart (default 5) to judge the status. There CONSUMED and ACKED\n"
+        "are the stored and committed offsets summed over the partitions.\n",
+    .opts = opts,
+    .config_keys = "http.listen, http.token, http.tls_ca_file, kafka.*, "
+                   "postgres.reader_conninfo",
+    .epilog = "Status (per channel, over the broker's sliding window):\n"
+              "  OK     acks keep up\n"
+              "  WARN   acks advance but the lag grew over the whole window\n"
+              "  STALL  records consumed, acks not advancing for the whole window\n"
+              "  STOP   records wait in Kafka, nothing consumed for the whole window\n"
+              "  ERR    a store is down: acks cannot be made\n\n"
+              "Exit status: 0 every channel OK; 1 any other status, or the broker\n"
+              "cannot be reached; 2 usage or configuration error.\n",
+};
+
 int cv_cmd_lag(int argc, char **argv) {
-    static const struct option opts[] = {CV_COMMON_LONGOPTS,
-                                         {"url", required_argument, NULL, 'u'},
-                                         {"json", no_argument, NULL, 'j'},
-                                         {"partitions", no_argument, NULL, 'p'},
-                                         {"watch", optional_argument, NULL, 'w'},
-                                         {"direct", no_argument, NULL, 'd'},
-                                         {"interval", required_argument, NULL, 'i'},
-                                         {NULL, 0, NULL, 0}};
-    cv_cli_config cli = {0};
-    const char *url_arg = NULL;
-    bool json = false, partitions = false, direct = false;
-    double watch = 0, interval = 5;
-    int opt;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
-        int r = cv_cli_common_opt(&cli, opt, optarg);
-        if (r < 0)
-            return CV_EXIT_USAGE;
-        if (r)
-            continue;
-        switch (opt) {
-        case 'h':
-            usage(stdout);
-            return CV_EXIT_OK;
-        case 'u':
-            url_arg = optarg;
-            break;
-        case 'j':
-            json = true;
-            break;
-        case 'p':
-            partitions = true;
-            break;
-        case 'd':
-            direct = true;
-            break;
-        case 'i': {
-            char *end = NULL;
-            interval = strtod(optarg, &end);
-            if (*end || interval < 0.5 || interval > 600) {
-                cv_error("lag", "--interval \"%s\": give seconds between 0.5 and 600",
-                         optarg);
-                return CV_EXIT_USAGE;
-            }
-            break;
-        }
-        case 'w': {
-            const char *a = optarg;
-            if (!a && optind < argc && argv[optind][0] >= '0' && argv[optind][0] <= '9')
-                a = argv[optind++];
-            char *end = NULL;
-            watch = a ? strtod(a, &end) : 2.0;
-            if ((a && *end) || watch < 0.2 || watch > 3600) {
-                cv_error("lag", "--watch \"%s\": give seconds between 0.2 and 3600", a);
-                return CV_EXIT_USAGE;
-            }
-            break;
-        }
-        default:
-            usage(stderr);
-            return CV_EXIT_USAGE;
-        }
-    }
-    if (optind < argc) {
-        cv_error("lag", "unexpected argument \"%s\"", argv[optind]);
-        return CV_EXIT_USAGE;
-    }
-    cv_config *cfg = cv_cli_load_config(&cli);
+    lag_opts o = {.interval = 5};
+    cv_cli cli;
+    int parsed = cv_cli_parse(&spec, argc, argv, &o, &cli);
+    if (parsed != CV_CLI_RUN)
+        return parsed;
+    const char *url_arg = o.url;
+    bool json = o.json, partitions = o.partitions, direct = o.direct;
+    double watch = o.watch, interval = o.interval;
+    cv_config *cfg = cv_cli_load_config(&cli.config);
     if (!cfg)
         return CV_EXIT_USAGE;
     char where[600], err[512];

@@ -7,7 +7,6 @@
  * consumer/applog/FORMAT.md).
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -16,10 +15,12 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "access.h"
 #include "applog/applog.h"
 #include "chatvault.pb-c.h"
 #include "cli.h"
 #include "keyring.h"
+#include "select.h"
 #include "util.h"
 
 typedef struct logopts {
@@ -31,6 +32,7 @@ typedef struct logopts {
     int64_t since_ms;    /* INT64_MIN: no limit */
     const char *since_arg;
     bool text; /* cat: a UTF-8 body also as "text" */
+    const char *key_file;
 } logopts;
 
 /* One topic-partition and the directories (of all --log-dir) holding it. */
@@ -138,81 +140,6 @@ static int collect(const logopts *o, const char *prefix, plist *pl) {
     if (pl->n)
         qsort(pl->v, pl->n, sizeof(*pl->v), pentry_cmp);
     return CV_EXIT_OK;
-}
-
-/* --since: RFC 3339 UTC time, a date, a duration ago (90s, 15m, 2h, 7d), or
- * Unix milliseconds. */
-static int parse_since(const char *s, int64_t *ret_ms) {
-    char *end;
-    if (*s >= '0' && *s <= '9') {
-        errno = 0;
-        long long v = strtoll(s, &end, 10);
-        if (errno == 0 && end != s) {
-            int64_t mult = 0;
-            if (*end == '\0')
-                mult = -1;
-            else if (strcmp(end, "s") == 0)
-                mult = 1000;
-            else if (strcmp(end, "m") == 0)
-                mult = 60000;
-            else if (strcmp(end, "h") == 0)
-                mult = 3600000;
-            else if (strcmp(end, "d") == 0)
-                mult = 86400000;
-            if (mult == -1) {
-                *ret_ms = v;
-                return 0;
-            }
-            if (mult > 0) {
-                *ret_ms = cv_now_us() / 1000 - (int64_t)v * mult;
-                return 0;
-            }
-        }
-    }
-    struct tm tm = {0};
-    const char *rest = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
-    if (!rest) {
-        memset(&tm, 0, sizeof(tm));
-        rest = strptime(s, "%Y-%m-%d", &tm);
-    }
-    if (!rest || (*rest && strcmp(rest, "Z") != 0))
-        return -EINVAL;
-    *ret_ms = (int64_t)timegm(&tm) * 1000;
-    return 0;
-}
-
-static void usage(FILE *out) {
-    fprintf(out, "usage: chatvault log list  [options]\n"
-                 "       chatvault log cat   [options] [--channel C] "
-                 "[--from-offset N] [--since TIME] [--text]\n"
-                 "       chatvault log check [options]\n\n"
-                 "list   segments per partition: first/last offset, records, bytes, "
-                 "key id,\n       sealed or open, and the instance that wrote it\n"
-                 "cat    decrypt and print one JSON object per record\n"
-                 "check  verify every record's authentication and the hash chain; "
-                 "exit 3 with\n       file and byte offset of the first problem of "
-                 "each partition\n\n"
-                 "options:\n"
-                 "  -c, --config FILE     configuration file (log.dir, "
-                 "log.key_file)\n"
-                 "      --set key=value   override a configuration key\n"
-                 "      --log-dir DIR     read this log directory instead of "
-                 "log.dir; give it once\n"
-                 "                        per broker instance to merge their "
-                 "histories\n"
-                 "      --key-file PATH   key file instead of log.key_file\n"
-                 "      --topic T         only this topic\n"
-                 "      --partition N     only this partition number\n"
-                 "      --channel C       (cat) only messages of this channel\n"
-                 "      --from-offset N   (cat) start at this Kafka offset\n"
-                 "      --since TIME      (cat) only records from TIME: "
-                 "2026-01-31T12:00:00Z,\n"
-                 "                        2026-01-31, a duration ago (90s, 15m, 2h, "
-                 "7d) or Unix ms\n"
-                 "      --text            (cat) also print a body that is valid UTF-8 "
-                 "as \"text\"\n\n"
-                 "Exit codes: 0 ok, 1 runtime failure, 2 usage, config or key "
-                 "error, 3 damage found.\n");
 }
 
 static const char *base_name(const char *path) {
@@ -458,36 +385,73 @@ static int run_check(const plist *pl, const cv_keyring *kr) {
     return code;
 }
 
+/* --since: RFC 3339 UTC time, a date, a duration ago (90s, 15m, 2h, 7d), or
+ * Unix milliseconds, read as replay and export read theirs. */
+static int since_opt(const cv_cli_opt *opt, void *dest, const char *cmd,
+                     const char *value) {
+    logopts *o = dest;
+    int64_t us;
+    if (cv_parse_time_us(value, &us) < 0) {
+        cv_error(cmd,
+                 "--since: \"%s\" is not a time (2026-01-31T12:00:00Z, 2026-01-31, 15m, "
+                 "2h, 7d or Unix ms)",
+                 value);
+        return -1;
+    }
+    o->since_ms = us / 1000;
+    return 0;
+}
+
+static const cv_cli_opt opts[] = {
+    CV_OPT_LIST("log-dir", 0, "DIR",
+                "read this log directory instead of log.dir; give it once per broker "
+                "instance to merge their histories",
+                logopts, dirs.dir, dirs.n),
+    CV_OPT_STR("key-file", 0, "PATH", "key file instead of log.key_file", logopts,
+               key_file),
+    CV_OPT_STR("topic", 0, "T", "only this topic", logopts, topic),
+    CV_OPT_INT("partition", 0, "N", "only this partition number", logopts, partition, 0,
+               INT32_MAX),
+    CV_OPT_STR("channel", 0, "C", "(cat) only messages of this channel", logopts,
+               channel),
+    CV_OPT_INT("from-offset", 0, "N", "(cat) start at this Kafka offset", logopts,
+               from_offset, 0, INT64_MAX),
+    CV_OPT_CALL("since", 0, "TIME",
+                "(cat) only records from TIME: 2026-01-31T12:00:00Z, 2026-01-31, a "
+                "duration ago (90s, 15m, 2h, 7d) or Unix ms",
+                since_opt, 0),
+    CV_OPT_FLAG("text", 0, "(cat) also print a body that is valid UTF-8 as \"text\"",
+                logopts, text),
+    CV_OPT_END,
+};
+
+static const cv_cli_spec spec = {
+    .name = "log",
+    .usage = "log list  [options]\n"
+             "       chatvault log cat   [options] [--channel C] [--from-offset N] "
+             "[--since TIME] [--text]\n"
+             "       chatvault log check [options]",
+    .about = "list   segments per partition: first/last offset, records, bytes, key id,\n"
+             "       sealed or open, and the instance that wrote it\n"
+             "cat    decrypt and print one JSON object per record\n"
+             "check  verify every record's authentication and the hash chain; exit 3 "
+             "with\n       file and byte offset of the first problem of each "
+             "partition\n",
+    .opts = opts,
+    .config_keys = "log.dir, log.key_file",
+    .epilog = "Exit codes: 0 ok, 1 runtime failure, 2 usage, config or key error, 3 "
+              "damage found.\n",
+};
+
 int cv_cmd_log(int argc, char **argv) {
-    enum {
-        O_LOGDIR = 256,
-        O_KEYFILE,
-        O_TOPIC,
-        O_PARTITION,
-        O_CHANNEL,
-        O_FROM,
-        O_SINCE,
-        O_TEXT
-    };
-    static const struct option opts[] = {
-        CV_COMMON_LONGOPTS,
-        {"log-dir", required_argument, NULL, O_LOGDIR},
-        {"key-file", required_argument, NULL, O_KEYFILE},
-        {"topic", required_argument, NULL, O_TOPIC},
-        {"partition", required_argument, NULL, O_PARTITION},
-        {"channel", required_argument, NULL, O_CHANNEL},
-        {"from-offset", required_argument, NULL, O_FROM},
-        {"since", required_argument, NULL, O_SINCE},
-        {"text", no_argument, NULL, O_TEXT},
-        {NULL, 0, NULL, 0}};
     if (argc < 2) {
-        usage(stderr);
+        cv_cli_help(&spec, stderr);
         return CV_EXIT_USAGE;
     }
     const char *sub = argv[1];
     if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0 ||
         strcmp(sub, "help") == 0) {
-        usage(stdout);
+        cv_cli_help(&spec, stdout);
         return CV_EXIT_OK;
     }
     if (strcmp(sub, "list") != 0 && strcmp(sub, "cat") != 0 &&
@@ -495,87 +459,25 @@ int cv_cmd_log(int argc, char **argv) {
         cv_error("log", "unknown subcommand \"%s\" (list, cat or check)", sub);
         return CV_EXIT_USAGE;
     }
+    char name[16];
+    snprintf(name, sizeof(name), "log %s", sub);
+    cv_cli_spec sub_spec = spec;
+    sub_spec.name = name;
     logopts o = {.partition = -1, .from_offset = -1, .since_ms = INT64_MIN};
-    cv_cli_config cli = {0};
-    const char *key_file = NULL;
-    int opt;
-    optind = 1;
-    argc--, argv++;
-    static char name[64]; /* getopt's messages name argv[0] */
-    snprintf(name, sizeof(name), "chatvault log %s", sub);
-    argv[0] = name;
-    while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
-        int r = cv_cli_common_opt(&cli, opt, optarg);
-        if (r < 0)
-            return CV_EXIT_USAGE;
-        if (r)
-            continue;
-        char *end;
-        switch (opt) {
-        case 'h':
-            usage(stdout);
-            return CV_EXIT_OK;
-        case O_LOGDIR:
-            if (cv_cli_add_log_dir(&o.dirs, "log", optarg) < 0)
-                return CV_EXIT_USAGE;
-            break;
-        case O_KEYFILE:
-            key_file = optarg;
-            break;
-        case O_TOPIC:
-            o.topic = optarg;
-            break;
-        case O_CHANNEL:
-            o.channel = optarg;
-            break;
-        case O_TEXT:
-            o.text = true;
-            break;
-        case O_PARTITION:
-        case O_FROM: {
-            errno = 0;
-            long long v = strtoll(optarg, &end, 10);
-            if (errno || end == optarg || *end || v < 0 ||
-                (opt == O_PARTITION && v > INT32_MAX)) {
-                cv_error("log", "--%s: \"%s\" is not a non-negative number",
-                         opt == O_PARTITION ? "partition" : "from-offset", optarg);
-                return CV_EXIT_USAGE;
-            }
-            if (opt == O_PARTITION)
-                o.partition = v;
-            else
-                o.from_offset = v;
-            break;
-        }
-        case O_SINCE:
-            if (parse_since(optarg, &o.since_ms) < 0) {
-                cv_error("log",
-                         "--since: \"%s\" is not a time "
-                         "(2026-01-31T12:00:00Z, 2026-01-31, 15m, 2h, "
-                         "7d or Unix ms)",
-                         optarg);
-                return CV_EXIT_USAGE;
-            }
-            break;
-        default:
-            return CV_EXIT_USAGE;
-        }
-    }
-    if (optind < argc) {
-        cv_error("log", "unexpected argument \"%s\"", argv[optind]);
-        return CV_EXIT_USAGE;
-    }
+    cv_cli cli;
+    int parsed = cv_cli_parse(&sub_spec, argc - 1, argv + 1, &o, &cli);
+    if (parsed != CV_CLI_RUN)
+        return parsed;
     if (strcmp(sub, "cat") != 0 &&
         (o.channel || o.from_offset >= 0 || o.since_ms != INT64_MIN || o.text)) {
         cv_error("log", "--channel, --from-offset, --since and --text are options of "
                         "log cat");
         return CV_EXIT_USAGE;
     }
-    cv_config *cfg = cv_cli_load_config(&cli);
+    cv_config *cfg = cv_cli_load_config(&cli.config);
     if (!cfg)
         return CV_EXIT_USAGE;
-    if (!key_file)
-        key_file = cv_config_str(cfg, "log.key_file");
+    const char *key_file = o.key_file ? o.key_file : cv_config_str(cfg, "log.key_file");
 
     int code;
     cv_keyring *kr = NULL;
@@ -595,6 +497,8 @@ int cv_cmd_log(int argc, char **argv) {
             goto out;
         }
     }
+    if (strcmp(sub, "cat") == 0) /* the one that reads messages out */
+        cv_audit_begin(cfg, CV_PG_READER, "log cat", argc, argv);
     code = collect(&o, cv_config_str(cfg, "topics.prefix"), &pl);
     if (code != CV_EXIT_OK)
         goto out;

@@ -1,49 +1,44 @@
 /*
  * chatvault migrate — applies the pending schema migrations.
  */
-#include <getopt.h>
 #include <libpq-fe.h>
 #include <stdio.h>
 
+#include "access.h"
 #include "cli.h"
 #include "pg/pgmigrate.h"
 
+static void schema_version(FILE *out) {
+    fprintf(out, "This binary knows schema version %d.\n",
+            cv_migrations[cv_migrations_count - 1].version);
+}
+
+static const cv_cli_spec spec = {
+    .name = "migrate",
+    .usage = "migrate [-c FILE] [--set key=value]...",
+    .about =
+        "Creates or upgrades the chatvault schema in the database of\n"
+        "postgres.admin_conninfo (empty: postgres.conninfo), as the schema's owner.\n"
+        "Schema version 2 also makes the roles chatvault_writer, chatvault_reader and\n"
+        "chatvault_admin (which needs CREATEROLE). Each migration runs in its own\n"
+        "transaction under an advisory lock; running it twice, or twice at once, is\n"
+        "safe. A database whose schema is newer than this binary is refused.\n",
+    .config_keys = "postgres.admin_conninfo, postgres.conninfo",
+    .epilog_fn = schema_version,
+};
+
 int cv_cmd_migrate(int argc, char **argv) {
-    static const struct option opts[] = {CV_COMMON_LONGOPTS, {NULL, 0, NULL, 0}};
-    cv_cli_config cli = {0};
-    int opt;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
-        int r = cv_cli_common_opt(&cli, opt, optarg);
-        if (r < 0)
-            return CV_EXIT_USAGE;
-        if (r)
-            continue;
-        if (opt == 'h') {
-            printf("usage: chatvault migrate [-c FILE] [--set key=value]...\n\n"
-                   "Creates or upgrades the chatvault schema in the database of "
-                   "postgres.conninfo.\nEach migration runs in its own "
-                   "transaction under an advisory lock; running it\ntwice, or "
-                   "twice at once, is safe. A database whose schema is newer "
-                   "than this\nbinary is refused. This binary knows schema "
-                   "version %d.\n",
-                   cv_migrations[cv_migrations_count - 1].version);
-            return CV_EXIT_OK;
-        }
-        return CV_EXIT_USAGE;
-    }
-    if (optind < argc) {
-        cv_error("migrate", "unexpected argument \"%s\"", argv[optind]);
-        return CV_EXIT_USAGE;
-    }
-    cv_config *cfg = cv_cli_load_config(&cli);
+    cv_cli cli;
+    int rc = cv_cli_parse(&spec, argc, argv, NULL, &cli);
+    if (rc != CV_CLI_RUN)
+        return rc;
+    cv_config *cfg = cv_cli_load_config(&cli.config);
     if (!cfg)
         return CV_EXIT_USAGE;
     char err[512];
-    PGconn *conn =
-        cv_pg_connect(cv_config_str(cfg, "postgres.conninfo"), err, sizeof(err));
+    PGconn *conn = cv_pg_connect(cv_access_conninfo(cfg, CV_PG_ADMIN), err, sizeof(err));
     if (!conn) {
-        cv_error("migrate", "%s (postgres.conninfo)", err);
+        cv_error("migrate", "%s (%s)", err, cv_access_conninfo_key(cfg, CV_PG_ADMIN));
         cv_config_free(cfg);
         return CV_EXIT_FAILURE;
     }

@@ -5,12 +5,12 @@
  * verifies again. Exit 0: they agree; 3: a difference was found (after
  * --repair: one remains); 1: a store could not be read; 2: usage.
  */
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "access.h"
 #include "cli.h"
 #include "history/verify.h"
 #include "keyring.h"
@@ -18,12 +18,10 @@
 #include "select.h"
 #include "util.h"
 
-enum { O_JSON = 0x2000, O_REPAIR, O_LOG_DIR, O_QUIET, O_JOBS };
-
 typedef struct vout {
     bool json;
     int pass;
-    cv_select sel;
+    cv_select *sel;
     cv_progress prog;
     cv_buf line;
     /* text mode: a run of per-record findings printed as one range */
@@ -36,7 +34,7 @@ typedef struct vout {
 
 static bool want_channel(void *opaque, const char *channel) {
     vout *o = opaque;
-    return cv_select_channel(&o->sel, channel);
+    return cv_select_channel(o->sel, channel);
 }
 
 static void flush_run(vout *o) {
@@ -129,6 +127,10 @@ static void on_progress(void *opaque, const cv_verify_progress *p) {
 
 static void print_summary(vout *o, const cv_verify_stats *s, const char *what) {
     uint64_t diff = cv_verify_differences(s);
+    cv_audit_count("differences", (int64_t)diff);
+    cv_audit_count("matched", (int64_t)s->matched);
+    cv_audit_count("repaired_postgres", (int64_t)s->repaired_pg);
+    cv_audit_count("repaired_log", (int64_t)s->repaired_log);
     if (o->json) {
         printf("{\"pass\":%d,\"summary\":{\"partitions\":%" PRIu64 ",\"pg_rows\":%" PRIu64
                ",\"log_records\":%" PRIu64 ",\"matched\":%" PRIu64
@@ -160,132 +162,114 @@ static void print_summary(vout *o, const cv_verify_stats *s, const char *what) {
            diff && o->pass == 1 ? " next=\"run chatvault verify --repair\"" : "");
 }
 
-static void usage(FILE *out) {
-    fprintf(out, "usage: chatvault verify [-c FILE] [--set key=value]... [--repair] "
-                 "[--json]\n"
-                 "                        [--channel C]... [--partition N] "
-                 "[--log-dir DIR]...\n\n"
-                 "Compares PostgreSQL (postgres.conninfo) with the encrypted log "
-                 "(log.dir,\nlog.key_file) per channel and partition, streaming both "
-                 "in offset order.\nEvery log record is authenticated and its hash "
-                 "chain checked on the way.\n\n"
-                 "Differences (exit 3): only_in_postgres, only_in_log, different "
-                 "(message id,\nsender, sent_at, content type, reply_to or body "
-                 "digest), kafka_offsets (a\nconsumer group's next offset not past "
-                 "its rows), log_damaged,\nlog_segment_missing (a segment removed "
-                 "from the middle of a partition).\nA log record "
-                 "whose message id PostgreSQL holds from another offset is a\n"
-                 "duplicate, not a difference. Offsets neither store holds (gaps)\n"
-                 "are reported but are not a difference: records acked DUPLICATE "
-                 "are stored\nin neither store.\n\n"
-                 "options:\n"
-                 "      --repair          fill PostgreSQL from the log and the log "
-                 "from PostgreSQL\n"
-                 "                        (into repair segments), then verify "
-                 "again; never deletes\n"
-                 "      --json            JSON Lines on stdout: one object per "
-                 "finding, then a\n"
-                 "                        summary object (\"pass\": 1, and 2 after "
-                 "--repair)\n"
-                 "      --log-dir DIR     read this log directory instead of "
-                 "log.dir; repeat for\n"
-                 "                        the directories of several broker "
-                 "instances (repairs go\n"
-                 "                        to the first)\n"
-                 "      --jobs N          compare N partitions at once, each with "
-                 "its own\n"
-                 "                        PostgreSQL connection (default 2)\n"
-                 "      --quiet           no progress display\n"
-                 "      --channel C       only this channel, or a shell pattern "
-                 "(\"eu-*\");\n"
-                 "                        repeatable\n"
-                 "      --partition N     only this Kafka partition\n"
-                 "  -c, --config FILE     configuration file\n"
-                 "      --set key=value   configuration override\n\n"
-                 "A database filled by `chatvault import` is verified against the "
-                 "log of the\nsite it was exported from, for the channels exported "
-                 "(--channel): it has no\nchatvault.kafka_offsets rows, which is "
-                 "not a difference.\n");
+typedef struct verify_opts {
+    bool repair, json, quiet;
+    int64_t jobs;
+    cv_cli_log_dirs ld;
+    cv_select sel;
+} verify_opts;
+
+/* The other selection options, refused with a reason. */
+static int whole_partitions(const cv_cli_opt *opt, void *dest, const char *cmd,
+                            const char *value) {
+    cv_error(cmd, "verify compares whole partitions: it takes --channel and --partition "
+                  "only");
+    return -1;
+}
+
+static const cv_cli_opt opts[] = {
+    CV_OPT_FLAG("repair", 0,
+                "fill PostgreSQL from the log and the log from PostgreSQL (into repair "
+                "segments), then verify again; never deletes",
+                verify_opts, repair),
+    CV_OPT_FLAG("json", 0,
+                "JSON Lines on stdout: one object per finding, then a summary object "
+                "(\"pass\": 1, and 2 after --repair)",
+                verify_opts, json),
+    CV_OPT_LIST("log-dir", 0, "DIR",
+                "read this log directory instead of log.dir; repeat for the directories "
+                "of several broker instances (repairs go to the first)",
+                verify_opts, ld.dir, ld.n),
+    CV_OPT_INT("jobs", 0, "N",
+               "compare N partitions at once, each with its own PostgreSQL connection "
+               "(default 2)",
+               verify_opts, jobs, 1, 64),
+    CV_OPT_FLAG("quiet", 0, "no progress display", verify_opts, quiet),
+    CV_OPT_CALL_AT("channel", 0, "C",
+                   "only this channel, or a shell pattern (\"eu-*\"); repeatable",
+                   verify_opts, sel, cv_select_cli_opt, CV_SEL_CHANNEL),
+    CV_OPT_CALL_AT("partition", 0, "N", "only this Kafka partition", verify_opts, sel,
+                   cv_select_cli_opt, CV_SEL_PARTITION),
+    CV_OPT_CALL("from-offset", 0, "N", NULL, whole_partitions, 0),
+    CV_OPT_CALL("to-offset", 0, "N", NULL, whole_partitions, 0),
+    CV_OPT_CALL("since", 0, "TIME", NULL, whole_partitions, 0),
+    CV_OPT_CALL("until", 0, "TIME", NULL, whole_partitions, 0),
+    CV_OPT_CALL("time", 0, "WHICH", NULL, whole_partitions, 0),
+    CV_OPT_CALL("ids", 0, "FILE", NULL, whole_partitions, 0),
+    CV_OPT_END,
+};
+
+static const cv_cli_spec spec = {
+    .name = "verify",
+    .usage = "verify [-c FILE] [--set key=value]... [--repair] [--json]\n"
+             "                        [--channel C]... [--partition N] "
+             "[--log-dir DIR]...",
+    .about =
+        "Compares PostgreSQL (postgres.reader_conninfo, with --repair\n"
+        "postgres.admin_conninfo; empty: postgres.conninfo) with the encrypted log\n"
+        "(log.dir, log.key_file) per channel and partition, streaming both in offset\n"
+        "order. Every log record is authenticated and its hash chain checked on the\n"
+        "way.\n"
+        "\n"
+        "Differences (exit 3): only_in_postgres, only_in_log, different (message id,\n"
+        "sender, sent_at, content type, reply_to or body digest), kafka_offsets (a\n"
+        "consumer group's next offset not past its rows), log_damaged,\n"
+        "log_segment_missing (a segment removed from the middle of a partition).\n"
+        "A log record whose message id PostgreSQL holds from another offset is a\n"
+        "duplicate, not a difference. Offsets neither store holds (gaps)\n"
+        "are reported but are not a difference: records acked DUPLICATE are stored\n"
+        "in neither store.\n",
+    .opts = opts,
+    .epilog = "A database filled by `chatvault import` is verified against the log of "
+              "the\nsite it was exported from, for the channels exported (--channel): "
+              "it has no\nchatvault.kafka_offsets rows, which is not a difference.\n",
+};
+
+/* One pass of the comparison (or the repair), its findings printed. 0, or
+ * -1 after the error. */
+static int verify_pass(vout *o, const cv_verify_conf *vc, const char *label, bool quiet,
+                       cv_verify_stats *st) {
+    char err[1024];
+    cv_progress_init(&o->prog, label, !quiet);
+    int r = cv_verify_run(vc, st, err, sizeof(err));
+    flush_run(o);
+    cv_progress_end(&o->prog);
+    if (r < 0) {
+        cv_error("verify", "%s", err);
+        return -1;
+    }
+    return 0;
 }
 
 int cv_cmd_verify(int argc, char **argv) {
-    static const struct option opts[] = {CV_COMMON_LONGOPTS,
-                                         CV_SELECT_LONGOPTS,
-                                         {"json", no_argument, NULL, O_JSON},
-                                         {"repair", no_argument, NULL, O_REPAIR},
-                                         {"log-dir", required_argument, NULL, O_LOG_DIR},
-                                         {"quiet", no_argument, NULL, O_QUIET},
-                                         {"jobs", required_argument, NULL, O_JOBS},
-                                         {NULL, 0, NULL, 0}};
-    cv_cli_config cli = {0};
-    vout o = {.pass = 1};
-    unsigned jobs = 2;
-    cv_select_init(&o.sel);
+    verify_opts vo = {.jobs = 2};
+    cv_select_init(&vo.sel);
+    vout o = {.pass = 1, .sel = &vo.sel};
     cv_buf_init(&o.line, 1 << 20);
-    cv_cli_log_dirs ld = {0};
-    bool repair = false, quiet = false;
-    int opt, rc = CV_EXIT_USAGE;
+    cv_cli cli;
     cv_config *cfg = NULL;
     cv_keyring *keys = NULL;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
-        int r = cv_cli_common_opt(&cli, opt, optarg);
-        if (r < 0)
-            goto out;
-        if (r)
-            continue;
-        r = cv_select_opt(&o.sel, "verify", opt, optarg);
-        if (r < 0)
-            goto out;
-        if (r)
-            continue;
-        switch (opt) {
-        case 'h':
-            usage(stdout);
-            rc = CV_EXIT_OK;
-            goto out;
-        case O_JSON:
-            o.json = true;
-            break;
-        case O_REPAIR:
-            repair = true;
-            break;
-        case O_QUIET:
-            quiet = true;
-            break;
-        case O_JOBS: {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (*end || v < 1 || v > 64) {
-                cv_error("verify", "--jobs: \"%s\" is not a number from 1 to 64", optarg);
-                goto out;
-            }
-            jobs = (unsigned)v;
-            break;
-        }
-        case O_LOG_DIR:
-            if (cv_cli_add_log_dir(&ld, "verify", optarg) < 0)
-                goto out;
-            break;
-        default:
-            usage(stderr);
-            goto out;
-        }
-    }
-    if (optind < argc) {
-        cv_error("verify", "unexpected argument \"%s\"", argv[optind]);
+    int rc = cv_cli_parse(&spec, argc, argv, &vo, &cli);
+    if (rc != CV_CLI_RUN)
         goto out;
-    }
-    if (o.sel.has_ids || o.sel.from_offset >= 0 || o.sel.to_offset >= 0 ||
-        o.sel.since_us >= 0 || o.sel.until_us >= 0) {
-        cv_error("verify", "verify compares whole partitions: it takes "
-                           "--channel and --partition only");
+    rc = CV_EXIT_USAGE;
+    o.json = vo.json;
+    if (!(cfg = cv_cli_load_config(&cli.config)))
         goto out;
-    }
-    if (!(cfg = cv_cli_load_config(&cli)))
-        goto out;
-    cv_cli_default_log_dir(&ld, cfg);
-    if (!ld.n) {
+    cv_pg_role role = vo.repair ? CV_PG_ADMIN : CV_PG_READER;
+    cv_audit_begin(cfg, role, vo.repair ? "verify --repair" : "verify", argc, argv);
+    cv_cli_default_log_dir(&vo.ld, cfg);
+    if (!vo.ld.n) {
         cv_error("verify", "no log to compare with: set log.dir (or give "
                            "--log-dir)");
         goto out;
@@ -303,47 +287,34 @@ int cv_cmd_verify(int argc, char **argv) {
         .dlq_topic = cv_config_str(cfg, "topics.dlq"),
     };
     cv_verify_conf vc = {
-        .pg_conninfo = cv_config_str(cfg, "postgres.conninfo"),
-        .log_dirs = ld.dir,
-        .nlog_dirs = ld.n,
+        .pg_conninfo = cv_access_conninfo(cfg, role),
+        .log_dirs = vo.ld.dir,
+        .nlog_dirs = vo.ld.n,
         .keys = keys,
         .rules = &rules,
         .log_segment_bytes = (uint64_t)cv_config_int(cfg, "log.segment_bytes"),
-        .partition = o.sel.partition,
-        .jobs = jobs,
-        .repair = repair,
+        .partition = vo.sel.partition,
+        .jobs = (unsigned)vo.jobs,
+        .repair = vo.repair,
         .opaque = &o,
         .want_channel = want_channel,
         .finding = on_finding,
         .progress = on_progress,
     };
     cv_verify_stats st;
-    cv_progress_init(&o.prog, repair ? "verify --repair" : "verify", !quiet);
-    int r = cv_verify_run(&vc, &st, err, sizeof(err));
-    flush_run(&o);
-    cv_progress_end(&o.prog);
-    if (r < 0) {
-        cv_error("verify", "%s", err);
-        rc = CV_EXIT_FAILURE;
+    rc = CV_EXIT_FAILURE;
+    if (verify_pass(&o, &vc, vo.repair ? "verify --repair" : "verify", vo.quiet, &st) < 0)
         goto out;
-    }
-    print_summary(&o, &st, repair ? "repair" : "verify");
-    if (repair) {
+    print_summary(&o, &st, vo.repair ? "repair" : "verify");
+    if (vo.repair) {
         cv_log(CV_LOG_INFO, "repaired",
                "postgres_rows=%" PRIu64 " log_records=%" PRIu64 " skipped=%" PRIu64
                " log_files_moved_aside=%" PRIu64,
                st.repaired_pg, st.repaired_log, st.repair_skipped, st.quarantined);
         o.pass = 2;
         vc.repair = false;
-        cv_progress_init(&o.prog, "verify", !quiet);
-        r = cv_verify_run(&vc, &st, err, sizeof(err));
-        flush_run(&o);
-        cv_progress_end(&o.prog);
-        if (r < 0) {
-            cv_error("verify", "%s", err);
-            rc = CV_EXIT_FAILURE;
+        if (verify_pass(&o, &vc, "verify", vo.quiet, &st) < 0)
             goto out;
-        }
         print_summary(&o, &st, "after-repair");
     }
     rc = cv_verify_differences(&st) ? CV_EXIT_DIFFERENCES : CV_EXIT_OK;
@@ -351,7 +322,7 @@ out:
     fflush(stdout);
     cv_keyring_free(keys);
     cv_config_free(cfg);
-    cv_select_release(&o.sel);
+    cv_select_release(&vo.sel);
     cv_buf_release(&o.line);
     return rc;
 }

@@ -4,7 +4,6 @@
  * DeliveryAck and prints its status and latency.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <sodium.h>
@@ -32,31 +31,9 @@ typedef struct send_opts {
     Chatvault__V1__ChatMessage__AttributesEntry attrs[MAX_ATTRS];
     Chatvault__V1__ChatMessage__AttributesEntry *attr_ptrs[MAX_ATTRS];
     size_t nattrs;
-    int wait_ack;
+    bool wait_ack;
     int64_t timeout_ms;
 } send_opts;
-
-static void usage(FILE *out) {
-    fprintf(out, "usage: chatvault send --channel C [options] [BODY...]\n\n"
-                 "Publishes one ChatMessage per BODY argument, or per line of stdin "
-                 "when no BODY\nis given, to the topic <topics.prefix><channel>. "
-                 "Message ids are generated\n(a random UUID) unless --id is given.\n\n"
-                 "  --channel C        channel to publish to (required)\n"
-                 "  --sender S         sender_id (default: $USER)\n"
-                 "  --id ID            message_id (only with a single message)\n"
-                 "  --content-type T   content_type (default text/plain)\n"
-                 "  --attr K=V         an attribute (repeatable)\n"
-                 "  --reply-to TOPIC   ask for the ack on TOPIC instead of topics.acks\n"
-                 "  --wait-ack         wait for each message's ack; print status and "
-                 "latency\n"
-                 "  --timeout MS       how long --wait-ack waits (default 30000); "
-                 "exit 1 if an\n                     ack is missing\n"
-                 "  -c FILE, --set k=v configuration (kafka.bootstrap.servers, "
-                 "topics.*)\n\n"
-                 "Prints one line per message: message id (and with --wait-ack: "
-                 "status, latency\nin ms, stores). Exit 0 when all were sent (and "
-                 "acked, not REJECTED).\n");
-}
 
 static void uuid4(char out[37]) {
     unsigned char b[16];
@@ -326,81 +303,140 @@ static int send_one(rd_kafka_t *rk, const send_opts *o, const char *topic,
     return 0;
 }
 
+/* Learns the chat topic's leaders now. A producer asked for a topic after
+ * its first metadata round waits about a second (librdkafka 2.0.2) before
+ * it asks again, and that second went into every single message's
+ * send->ack latency. -1 after the error when the login was refused. */
+static int learn_leaders(rd_kafka_t *rk, const char *topic) {
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e =
+        rkt ? rd_kafka_metadata(rk, 0, rkt, &md, 5000) : RD_KAFKA_RESP_ERR__FAIL;
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    if (rkt)
+        rd_kafka_topic_destroy(rkt);
+    /* A refused login does not get better by waiting for the rest. */
+    char auth[400];
+    const char *last = e ? cv_cli_kafka_auth_error(auth, sizeof(auth)) : NULL;
+    if (last) {
+        cv_error("send", "kafka: cannot read metadata of %s: %s (last: %s)", topic,
+                 rd_kafka_err2str(e), last);
+        return -1;
+    }
+    return 0;
+}
+
+/* Sends every BODY argument, or every line of stdin, printing the ids (or,
+ * with a watcher, the acks as they come). The messages sent are left in
+ * *msgs, *n (the caller frees *msgs). Returns the exit code so far. */
+static int send_all(rd_kafka_t *rk, rd_kafka_t *watcher, const send_opts *o,
+                    const char *topic, const cv_cli *cli, sent **msgs, size_t *n,
+                    ack_state *as) {
+    line_reader lr = {0};
+    size_t cap = 0;
+    int rc = CV_EXIT_OK;
+    for (int i = 0;; i++) {
+        const char *body;
+        size_t len;
+        if (cli->nargs > 0) {
+            if (i >= cli->nargs)
+                break;
+            body = cli->args[i];
+            len = strlen(body);
+        } else {
+            idle_acks idle = {watcher, *msgs, *n, as};
+            int lerr;
+            body = next_line(&lr, &len, &idle, &lerr);
+            if (!body) {
+                if (lerr)
+                    rc = CV_EXIT_FAILURE;
+                break;
+            }
+        }
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 64;
+            sent *nm = realloc(*msgs, cap * sizeof(sent));
+            if (!nm) {
+                cv_error("send", "out of memory");
+                rc = CV_EXIT_FAILURE;
+                break;
+            }
+            *msgs = nm;
+        }
+        sent *m = &(*msgs)[*n];
+        memset(m, 0, sizeof(sent));
+        if (send_one(rk, o, topic, body, len, m) < 0) {
+            rc = CV_EXIT_FAILURE;
+            break;
+        }
+        if (!o->wait_ack)
+            printf("%s\n", m->id);
+        ++*n;
+        if (watcher) /* print acks as they come, not after the last line */
+            read_acks(watcher, *msgs, *n, as, 0);
+    }
+    free(lr.buf);
+    return rc;
+}
+
+static int attr_opt(const cv_cli_opt *opt, void *dest, const char *cmd,
+                    const char *value) {
+    send_opts *o = dest;
+    char *eq = strchr(value, '=');
+    if (!eq || o->nattrs == MAX_ATTRS) {
+        cv_error(cmd, "--attr %s: want KEY=VALUE (at most %d)", value, MAX_ATTRS);
+        return -1;
+    }
+    *eq = '\0'; /* value is an argv string */
+    Chatvault__V1__ChatMessage__AttributesEntry e =
+        CHATVAULT__V1__CHAT_MESSAGE__ATTRIBUTES_ENTRY__INIT;
+    e.key = (char *)value;
+    e.value = eq + 1;
+    o->attrs[o->nattrs] = e;
+    o->attr_ptrs[o->nattrs] = &o->attrs[o->nattrs];
+    o->nattrs++;
+    return 0;
+}
+
+static const cv_cli_opt opts[] = {
+    CV_OPT_STR("channel", 0, "C", "channel to publish to (required)", send_opts, channel),
+    CV_OPT_STR("sender", 0, "S", "sender_id (default: $USER)", send_opts, sender),
+    CV_OPT_STR("id", 0, "ID", "message_id (only with a single message)", send_opts, id),
+    CV_OPT_STR("content-type", 0, "T", "content_type (default text/plain)", send_opts,
+               content_type),
+    CV_OPT_CALL("attr", 0, "K=V", "an attribute (repeatable)", attr_opt, 0),
+    CV_OPT_STR("reply-to", 0, "TOPIC", "ask for the ack on TOPIC instead of topics.acks",
+               send_opts, reply_to),
+    CV_OPT_FLAG("wait-ack", 0, "wait for each message's ack; print status and latency",
+                send_opts, wait_ack),
+    CV_OPT_INT("timeout", 0, "MS",
+               "how long --wait-ack waits (default 30000); exit 1 if an ack is missing",
+               send_opts, timeout_ms, 1, INT64_MAX),
+    CV_OPT_END,
+};
+
+static const cv_cli_spec spec = {
+    .name = "send",
+    .usage = "send --channel C [options] [BODY...]",
+    .about = "Publishes one ChatMessage per BODY argument, or per line of stdin when no "
+             "BODY\nis given, to the topic <topics.prefix><channel>. Message ids are "
+             "generated\n(a random UUID) unless --id is given.\n",
+    .opts = opts,
+    .config_keys = "kafka.bootstrap.servers, topics.*",
+    .epilog = "Prints one line per message: message id (and with --wait-ack: status, "
+              "latency\nin ms, stores). Exit 0 when all were sent (and acked, not "
+              "REJECTED).\n",
+    .max_args = -1,
+};
+
 int cv_cmd_send(int argc, char **argv) {
-    static const struct option opts[] = {CV_COMMON_LONGOPTS,
-                                         {"channel", required_argument, NULL, 'C'},
-                                         {"sender", required_argument, NULL, 's'},
-                                         {"id", required_argument, NULL, 'i'},
-                                         {"content-type", required_argument, NULL, 'T'},
-                                         {"attr", required_argument, NULL, 'a'},
-                                         {"reply-to", required_argument, NULL, 'r'},
-                                         {"wait-ack", no_argument, NULL, 'w'},
-                                         {"timeout", required_argument, NULL, 't'},
-                                         {NULL, 0, NULL, 0}};
-    cv_cli_config cli = {0};
     send_opts o = {.content_type = "text/plain", .timeout_ms = 30000};
     o.sender = getenv("USER") ? getenv("USER") : "chatvault-send";
-    int opt;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
-        int r = cv_cli_common_opt(&cli, opt, optarg);
-        if (r < 0)
-            return CV_EXIT_USAGE;
-        if (r)
-            continue;
-        switch (opt) {
-        case 'C':
-            o.channel = optarg;
-            break;
-        case 's':
-            o.sender = optarg;
-            break;
-        case 'i':
-            o.id = optarg;
-            break;
-        case 'T':
-            o.content_type = optarg;
-            break;
-        case 'r':
-            o.reply_to = optarg;
-            break;
-        case 'w':
-            o.wait_ack = 1;
-            break;
-        case 't': {
-            char *end;
-            o.timeout_ms = strtoll(optarg, &end, 10);
-            if (*end || o.timeout_ms <= 0) {
-                cv_error("send", "--timeout %s: want milliseconds > 0", optarg);
-                return CV_EXIT_USAGE;
-            }
-            break;
-        }
-        case 'a': {
-            char *eq = strchr(optarg, '=');
-            if (!eq || o.nattrs == MAX_ATTRS) {
-                cv_error("send", "--attr %s: want KEY=VALUE (at most %d)", optarg,
-                         MAX_ATTRS);
-                return CV_EXIT_USAGE;
-            }
-            *eq = '\0';
-            Chatvault__V1__ChatMessage__AttributesEntry e =
-                CHATVAULT__V1__CHAT_MESSAGE__ATTRIBUTES_ENTRY__INIT;
-            e.key = optarg;
-            e.value = eq + 1;
-            o.attrs[o.nattrs] = e;
-            o.attr_ptrs[o.nattrs] = &o.attrs[o.nattrs];
-            o.nattrs++;
-            break;
-        }
-        case 'h':
-            usage(stdout);
-            return CV_EXIT_OK;
-        default:
-            usage(stderr);
-            return CV_EXIT_USAGE;
-        }
-    }
+    cv_cli cli;
+    int parsed = cv_cli_parse(&spec, argc, argv, &o, &cli);
+    if (parsed != CV_CLI_RUN)
+        return parsed;
     if (!o.channel || !cv_channel_valid(o.channel, strlen(o.channel))) {
         cv_error("send",
                  o.channel ? "--channel \"%s\" is not [A-Za-z0-9._-]{1,200}"
@@ -412,8 +448,7 @@ int cv_cmd_send(int argc, char **argv) {
         cv_error("send", "--id must be 1..%d bytes", CV_MESSAGE_ID_MAX);
         return CV_EXIT_USAGE;
     }
-    int nargs = argc - optind;
-    if (o.id && nargs != 1) {
+    if (o.id && cli.nargs != 1) {
         cv_error("send", "--id needs exactly one BODY argument");
         return CV_EXIT_USAGE;
     }
@@ -421,14 +456,14 @@ int cv_cmd_send(int argc, char **argv) {
         cv_error("send", "libsodium failed to initialise");
         return CV_EXIT_FAILURE;
     }
-    cv_config *cfg = cv_cli_load_config(&cli);
+    cv_config *cfg = cv_cli_load_config(&cli.config);
     if (!cfg)
         return CV_EXIT_USAGE;
     char err[512], topic[512];
     int rc = CV_EXIT_OK;
     rd_kafka_t *rk = NULL, *watcher = NULL;
     sent *msgs = NULL;
-    size_t n = 0, cap = 0;
+    size_t n = 0;
     snprintf(topic, sizeof(topic), "%s%s", cv_config_str(cfg, "topics.prefix"),
              o.channel);
     rd_kafka_conf_t *conf = cv_cli_kafka_conf(cfg, "producer", NULL, err, sizeof(err));
@@ -445,28 +480,9 @@ int cv_cmd_send(int argc, char **argv) {
         rc = CV_EXIT_FAILURE;
         goto out;
     }
-    {
-        /* Learn the chat topic's leaders now. A producer asked for a topic
-         * after its first metadata round waits about a second (librdkafka
-         * 2.0.2) before it asks again, and that second went into every
-         * single message's send->ack latency. */
-        rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-        const struct rd_kafka_metadata *md = NULL;
-        rd_kafka_resp_err_t e =
-            rkt ? rd_kafka_metadata(rk, 0, rkt, &md, 5000) : RD_KAFKA_RESP_ERR__FAIL;
-        if (md)
-            rd_kafka_metadata_destroy(md);
-        if (rkt)
-            rd_kafka_topic_destroy(rkt);
-        /* A refused login does not get better by waiting for the rest. */
-        char auth[400];
-        const char *last = e ? cv_cli_kafka_auth_error(auth, sizeof(auth)) : NULL;
-        if (last) {
-            cv_error("send", "kafka: cannot read metadata of %s: %s (last: %s)", topic,
-                     rd_kafka_err2str(e), last);
-            rc = CV_EXIT_FAILURE;
-            goto out;
-        }
+    if (learn_leaders(rk, topic) < 0) {
+        rc = CV_EXIT_FAILURE;
+        goto out;
     }
     if (o.wait_ack) {
         watcher =
@@ -476,48 +492,8 @@ int cv_cmd_send(int argc, char **argv) {
             goto out;
         }
     }
-    line_reader lr = {0};
     ack_state as = {0};
-    for (int i = 0;; i++) {
-        const char *body;
-        size_t len;
-        if (nargs > 0) {
-            if (i >= nargs)
-                break;
-            body = argv[optind + i];
-            len = strlen(body);
-        } else {
-            idle_acks idle = {watcher, msgs, n, &as};
-            int lerr;
-            body = next_line(&lr, &len, &idle, &lerr);
-            if (!body) {
-                if (lerr)
-                    rc = CV_EXIT_FAILURE;
-                break;
-            }
-        }
-        if (n == cap) {
-            cap = cap ? cap * 2 : 64;
-            sent *nm = realloc(msgs, cap * sizeof(sent));
-            if (!nm) {
-                cv_error("send", "out of memory");
-                rc = CV_EXIT_FAILURE;
-                break;
-            }
-            msgs = nm;
-        }
-        memset(&msgs[n], 0, sizeof(sent));
-        if (send_one(rk, &o, topic, body, len, &msgs[n]) < 0) {
-            rc = CV_EXIT_FAILURE;
-            break;
-        }
-        if (!o.wait_ack)
-            printf("%s\n", msgs[n].id);
-        n++;
-        if (watcher) /* print acks as they come, not after the last line */
-            read_acks(watcher, msgs, n, &as, 0);
-    }
-    free(lr.buf);
+    rc = send_all(rk, watcher, &o, topic, &cli, &msgs, &n, &as);
     if (rd_kafka_flush(rk, (int)o.timeout_ms) != RD_KAFKA_RESP_ERR_NO_ERROR) {
         cv_error("send", "kafka: %d messages not delivered to %s within %" PRId64 " ms",
                  rd_kafka_outq_len(rk), topic, o.timeout_ms);

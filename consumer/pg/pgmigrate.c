@@ -17,7 +17,19 @@ static void quiet_notice(void *arg, const char *message) {
 }
 
 PGconn *cv_pg_connect(const char *conninfo, char *errbuf, size_t errlen) {
-    PGconn *conn = PQconnectdb(conninfo);
+    return cv_pg_connect_timeout(conninfo, 0, errbuf, errlen);
+}
+
+PGconn *cv_pg_connect_timeout(const char *conninfo, int timeout_s, char *errbuf,
+                              size_t errlen) {
+    /* The timeout comes before the expanded conninfo, so a connect_timeout
+     * the user wrote there wins. */
+    char t[16];
+    snprintf(t, sizeof(t), "%d", timeout_s);
+    const char *const keys[] = {"connect_timeout", "dbname", NULL};
+    const char *const values[] = {t, conninfo, NULL};
+    PGconn *conn = timeout_s > 0 ? PQconnectdbParams(keys + 0, values + 0, 1)
+                                 : PQconnectdbParams(keys + 1, values + 1, 1);
     if (!conn) {
         snprintf(errbuf, errlen, "postgres: out of memory");
         return NULL;

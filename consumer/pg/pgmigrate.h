@@ -26,6 +26,11 @@ extern const int cv_migrations_count;
  * the connection. */
 PGconn *cv_pg_connect(const char *conninfo, char *errbuf, size_t errlen);
 
+/* The same, giving up after TIMEOUT_S seconds (0: libpq's default, none)
+ * unless the conninfo sets connect_timeout itself. */
+PGconn *cv_pg_connect_timeout(const char *conninfo, int timeout_s, char *errbuf,
+                              size_t errlen);
+
 /* Applies pending migrations. *ret_from / *ret_to receive the version before
  * and after. -CV_ESCHEMA when the database is newer than the binary;
  * -CV_ESTORE on a database error; errbuf says which. */

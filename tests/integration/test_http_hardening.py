@@ -17,7 +17,9 @@
   naming the file);
 - a config file others may read that holds a secret gets one warning line
   naming the file and the key, and the command goes on; a private one, or
-  one without secrets, gets none.
+  one without secrets, gets none;
+- `chatvault lag` reads a broker listening on [::1] (its Host header is
+  [::1]:port, not the invalid ::1:port).
 """
 import os
 import socket
@@ -294,6 +296,33 @@ def test_config_warning(h):
     h.ok(rc == 0 and not w, 'naming a token file is no secret: no warning', repr(w))
 
 
+def test_ipv6_listen(h):
+    """chatvault's own client names an IPv6 listen address as [::1]:port."""
+    try:
+        socket.socket(socket.AF_INET6).close()
+    except OSError:
+        h.ok(True, '# SKIP no IPv6 here')
+        return
+    h.broker.stop()
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(('::1', 0))
+        port6 = s.getsockname()[1]
+    h.write_config(**{'http.listen': '[::1]:%d' % port6})
+    os.chmod(h.config_path, 0o600)
+    h.start_broker()
+    deadline = time.time() + 60
+    r = None
+    while time.time() < deadline:
+        r = h.run('lag', '--json')
+        served = r.returncode == 0 and 'no broker at' not in r.stderr
+        if served or 'HTTP' in r.stderr or h.broker_died():
+            break
+        time.sleep(0.5)
+    h.ok(r.returncode == 0 and 'HTTP' not in r.stderr and 'no broker at' not in r.stderr,
+         '`chatvault lag` reads a broker on [::1] (Host: [::1]:port passes)',
+         'exit %d: %s' % (r.returncode, r.stderr))
+
+
 def main():
     with cvtest.Harness('http_hardening', topics={'chat.a': 1}) as h:
         h.token_path = os.path.join(h.tmp, 'http.token')
@@ -315,6 +344,7 @@ def main():
         test_slow_clients(h)
         test_token_file(h)
         test_config_warning(h)
+        test_ipv6_listen(h)
 
 
 main()

@@ -123,7 +123,7 @@ ok $? "the error says what to set: $(cat "$T/err")"
 dirs=()
 for _ in $(seq 33); do dirs+=(--log-dir "$T/log"); done
 "$CV" log list "${C[@]}" "${dirs[@]}" >/dev/null 2>"$T/err"; rc=$?
-is "$rc:$(cat "$T/err")" "2:chatvault log: more than 32 --log-dir" "33 --log-dir: exit 2, one line"
+is "$rc:$(cat "$T/err")" "2:chatvault log list: more than 32 --log-dir" "33 --log-dir: exit 2, one line"
 
 echo "1..$n"
 [ "$failed" -eq 0 ]

@@ -3,6 +3,7 @@
  */
 #include "cli.h"
 
+#include <curl/curl.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <netdb.h>
@@ -556,94 +557,124 @@ static int check_tls_files(const cv_config *cfg, char *errbuf, size_t errlen) {
     return 0;
 }
 
-#define HTTP_RESPONSE_LIMIT (64u << 20)
+int cv_cli_parse_url(const char *s, bool tls, const char *path, const char *what,
+                     cv_cli_url *u, char *err, size_t errlen) {
+    memset(u, 0, sizeof(*u));
+    const char *h = s;
+    if (strncmp(s, "http://", 7) == 0)
+        h = s + 7, tls = false;
+    else if (strncmp(s, "https://", 8) == 0)
+        h = s + 8, tls = true;
+    else if (strstr(s, "://")) {
+        snprintf(err, errlen, "%s \"%.200s\": only http:// and https:// URLs", what, s);
+        return -EINVAL;
+    }
+    u->tls = tls;
+    const char *slash = strchr(h, '/');
+    size_t hostport = slash ? (size_t)(slash - h) : strlen(h);
+    char hp[300];
+    if (hostport >= sizeof(hp)) {
+        snprintf(err, errlen, "%s \"%.200s\": bad host", what, s);
+        return -EINVAL;
+    }
+    memcpy(hp, h, hostport);
+    hp[hostport] = '\0';
+    const char *colon = strrchr(hp, ':'), *bracket = strrchr(hp, ']');
+    if (colon && (!bracket || colon > bracket)) {
+        if (strlen(colon + 1) >= sizeof(u->port) || !colon[1]) {
+            snprintf(err, errlen, "%s \"%.200s\": bad port", what, s);
+            return -EINVAL;
+        }
+        snprintf(u->port, sizeof(u->port), "%s", colon + 1);
+        hp[colon - hp] = '\0';
+    } else {
+        snprintf(u->port, sizeof(u->port), "%s", tls ? "443" : "80");
+    }
+    if (hp[0] == '[') {
+        size_t n = strlen(hp);
+        if (n < 3 || hp[n - 1] != ']') {
+            snprintf(err, errlen, "%s \"%.200s\": bad IPv6 host", what, s);
+            return -EINVAL;
+        }
+        hp[n - 1] = '\0';
+        memmove(hp, hp + 1, n - 1);
+    }
+    if (strcmp(hp, "0.0.0.0") == 0 || !*hp)
+        snprintf(hp, sizeof(hp), "127.0.0.1");
+    else if (strcmp(hp, "::") == 0)
+        snprintf(hp, sizeof(hp), "::1");
+    snprintf(u->host, sizeof(u->host), "%s", hp);
+    const char *own = slash ? slash : "";
+    size_t plen = strlen(own);
+    while (plen > 0 && own[plen - 1] == '/')
+        plen--;
+    if (plen + strlen(path) >= sizeof(u->path)) {
+        snprintf(err, errlen, "%s \"%.200s\": path too long", what, s);
+        return -EINVAL;
+    }
+    snprintf(u->path, sizeof(u->path), "%.*s%s", (int)plen, own, path);
+    return 0;
+}
+
+static size_t on_body(char *data, size_t size, size_t n, void *arg) {
+    return cv_buf_append(arg, data, size * n) == 0 ? size * n : 0;
+}
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static void curl_init(void) {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
 
 int cv_cli_http_get(const cv_cli_url *u, const char *token, cv_buf *body, char *err,
                     size_t errlen) {
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
-    int g = getaddrinfo(u->host, u->port, &hints, &ai);
-    if (g != 0) {
-        snprintf(err, errlen, "%s:%s: %s", u->host, u->port, gai_strerror(g));
-        return -EHOSTUNREACH;
+    pthread_once(&curl_once, curl_init);
+    bool v6 = strchr(u->host, ':') != NULL;
+    char url[1024], auth[1100];
+    snprintf(url, sizeof(url), "%s://%s%s%s:%s%s", u->tls ? "https" : "http",
+             v6 ? "[" : "", u->host, v6 ? "]" : "", u->port, u->path);
+    CURL *c = curl_easy_init();
+    if (!c) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
     }
-    int fd = -1, e = ECONNREFUSED;
-    for (struct addrinfo *a = ai; a && fd < 0; a = a->ai_next) {
-        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-        if (fd < 0)
-            continue;
-        struct timeval tv = {.tv_sec = 10};
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-        if (connect(fd, a->ai_addr, a->ai_addrlen) < 0) {
-            e = errno;
-            close(fd);
-            fd = -1;
-        }
+    struct curl_slist *hdrs = curl_slist_append(NULL, "Accept: application/json");
+    if (token && *token) {
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+        hdrs = curl_slist_append(hdrs, auth);
     }
-    freeaddrinfo(ai);
-    if (fd < 0) {
-        snprintf(err, errlen,
-                 "cannot connect to %s:%s: %s (is the broker running "
-                 "with http.listen set?)",
-                 u->host, u->port, strerror(e));
-        return -e;
+    char cerr[CURL_ERROR_SIZE] = "";
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(c, CURLOPT_USERAGENT, "chatvault");
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 10L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, body);
+    if (u->ca_file && *u->ca_file)
+        curl_easy_setopt(c, CURLOPT_CAINFO, u->ca_file);
+    CURLcode cr = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(hdrs);
+    if (token && *token)
+        explicit_bzero(auth, sizeof(auth));
+    curl_easy_cleanup(c);
+    if (cr != CURLE_OK) {
+        snprintf(
+            err, errlen, "%s: %s%s", url, *cerr ? cerr : curl_easy_strerror(cr),
+            cr == CURLE_COULDNT_CONNECT ? " (is the broker running with http.listen set?)"
+            : cr == CURLE_PEER_FAILED_VERIFICATION || cr == CURLE_SSL_CACERT_BADFILE
+                ? " (set http.tls_ca_file to the certificate that signed the broker's)"
+                : "");
+        cv_one_line(err);
+        return cr == CURLE_WRITE_ERROR          ? -EFBIG
+               : cr == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT
+                                                : -ECONNREFUSED;
     }
-    char req[2048];
-    bool v6 = strchr(u->host, ':') != NULL; /* Host: [::1]:9187 */
-    int n = snprintf(req, sizeof(req),
-                     "GET %s HTTP/1.0\r\nHost: %s%s%s:%s\r\nAccept: application/json\r\n"
-                     "User-Agent: chatvault\r\n%s%s%sConnection: close\r\n\r\n",
-                     u->path, v6 ? "[" : "", u->host, v6 ? "]" : "", u->port,
-                     token && *token ? "Authorization: Bearer " : "",
-                     token && *token ? token : "", token && *token ? "\r\n" : "");
-    if (n < 0 || (size_t)n >= sizeof(req) || write(fd, req, (size_t)n) != n) {
-        snprintf(err, errlen, "cannot send the request to %s:%s", u->host, u->port);
-        close(fd);
-        return -EIO;
-    }
-    cv_buf raw;
-    cv_buf_init(&raw, HTTP_RESPONSE_LIMIT);
-    int r = 0;
-    for (;;) {
-        if ((r = cv_buf_reserve(&raw, 65536)) < 0)
-            break;
-        ssize_t got = read(fd, raw.data + raw.len, 65536);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0) {
-            r = -errno;
-            break;
-        }
-        if (got == 0)
-            break;
-        raw.len += (size_t)got;
-    }
-    close(fd);
-    if (r < 0) {
-        snprintf(err, errlen, "reading from %s:%s: %s", u->host, u->port, strerror(-r));
-        cv_buf_release(&raw);
-        return r;
-    }
-    int status = 0;
-    const unsigned char *hdr_end = NULL;
-    for (size_t i = 0; i + 3 < raw.len; i++)
-        if (memcmp(raw.data + i, "\r\n\r\n", 4) == 0) {
-            hdr_end = raw.data + i + 4;
-            break;
-        }
-    if (!hdr_end || sscanf((const char *)raw.data, "HTTP/%*d.%*d %d", &status) != 1) {
-        snprintf(err, errlen, "%s:%s did not answer HTTP", u->host, u->port);
-        cv_buf_release(&raw);
-        return -EPROTO;
-    }
-    size_t blen = raw.len - (size_t)(hdr_end - raw.data);
-    r = cv_buf_append(body, hdr_end, blen);
-    cv_buf_release(&raw);
-    if (r < 0) {
-        snprintf(err, errlen, "response too large");
-        return r;
-    }
-    return status;
+    return (int)status;
 }
 
 /* The address of the embedded cluster of the broker that serves http.listen
@@ -659,25 +690,12 @@ static int embedded_address(const cv_config *cfg, char *buf, size_t len, char *e
                  "address as kafka.bootstrap.servers");
         return -EINVAL;
     }
-    cv_cli_url u = {0};
-    const char *colon = strrchr(listen, ':');
-    size_t hl = colon ? (size_t)(colon - listen) : 0;
-    if (!colon || hl >= sizeof(u.host) || strlen(colon + 1) >= sizeof(u.port)) {
-        snprintf(errbuf, errlen, "http.listen = \"%s\": expected host:port", listen);
+    cv_cli_url u;
+    bool tls = *cv_config_str(cfg, "http.tls_cert_file");
+    if (cv_cli_parse_url(listen, tls, "/api/kafka", "http.listen", &u, errbuf, errlen) <
+        0)
         return -EINVAL;
-    }
-    memcpy(u.host, listen, hl);
-    u.host[hl] = '\0';
-    if (u.host[0] == '[' && hl >= 2) { /* [v6]:port */
-        memmove(u.host, u.host + 1, hl - 2);
-        u.host[hl - 2] = '\0';
-    }
-    if (!u.host[0] || strcmp(u.host, "0.0.0.0") == 0)
-        snprintf(u.host, sizeof(u.host), "127.0.0.1");
-    else if (strcmp(u.host, "::") == 0)
-        snprintf(u.host, sizeof(u.host), "::1");
-    snprintf(u.port, sizeof(u.port), "%s", colon + 1);
-    snprintf(u.path, sizeof(u.path), "/api/kafka");
+    u.ca_file = cv_config_str(cfg, "http.tls_ca_file");
     cv_buf body;
     cv_buf_init(&body, 1u << 20);
     char err[512];
@@ -692,9 +710,9 @@ static int embedded_address(const cv_config *cfg, char *buf, size_t len, char *e
     if (!boot || !*boot || strlen(boot) >= len) {
         snprintf(errbuf, errlen,
                  "kafka.bootstrap.servers = embedded: the mock cluster lives inside a "
-                 "running `chatvault broker`, and none gave its address at http://%s/"
+                 "running `chatvault broker`, and none gave its address at %s://%s/"
                  "api/kafka (%s); start the broker, or set kafka.bootstrap.servers",
-                 listen,
+                 tls ? "https" : "http", listen,
                  status < 0      ? err
                  : status == 401 ? "401: set http.token to the broker's token"
                  : status == 200 ? "it runs with a Kafka of its own, not an embedded one"

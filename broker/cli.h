@@ -17,16 +17,28 @@
 #include "config.h"
 #include "util.h"
 
-/* An http:// address to GET: host (no brackets for IPv6), port, path. */
+/* An http:// or https:// address to GET: host (no brackets for IPv6),
+ * port, path; ca_file (NULL: the system's store) is what an https server
+ * is checked against. */
 typedef struct cv_cli_url {
+    bool tls;
     char host[256];
     char port[8];
     char path[512];
+    const char *ca_file;
 } cv_cli_url;
 
-/* GET u->path (HTTP/1.0, 10 s timeouts, with `token` as a Bearer token when
- * set); the body goes to `body`. Returns the HTTP status, or a negative
- * errno with err set. */
+/* Parses "http://host[:port][/prefix]", "https://..." or a listen address
+ * "host:port" (then https when `tls`), appending `path` to the URL's own
+ * path; a wildcard host (0.0.0.0, ::, empty) becomes the loopback address.
+ * `what` names the value in the one-line error. 0 or -EINVAL. */
+int cv_cli_parse_url(const char *s, bool tls, const char *path, const char *what,
+                     cv_cli_url *u, char *err, size_t errlen);
+
+/* GET the URL (libcurl: 10 s to connect, 30 s in all, the server's
+ * certificate verified for https, `token` as a Bearer token when set); the
+ * body goes to `body`. Returns the HTTP status, or a negative errno with
+ * err set. */
 int cv_cli_http_get(const cv_cli_url *u, const char *token, cv_buf *body, char *err,
                     size_t errlen);
 

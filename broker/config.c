@@ -183,6 +183,18 @@ static const prop props[] = {
      "file holding http.token on one line (mode 0600 or 0400, refused if group or "
      "others may read it); not together with http.token",
      0, 0, NULL, NULL},
+    {"http.tls_cert_file", PROP_STR, "",
+     "PEM certificate (chain) the HTTP server presents: with http.tls_key_file it serves "
+     "HTTPS only, on http.listen (empty: plain HTTP)",
+     0, 0, NULL, NULL},
+    {"http.tls_key_file", PROP_STR, "",
+     "PEM private key of http.tls_cert_file (mode 0600 or 0400, refused if group or "
+     "others may read it)",
+     0, 0, NULL, NULL},
+    {"http.tls_ca_file", PROP_STR, "",
+     "PEM certificates the commands trust when they talk to a broker over HTTPS (lag, "
+     "the embedded Kafka's address); empty: the system's store",
+     0, 0, NULL, NULL},
     {"http.allowed_hosts", PROP_STR, "",
      "host names the HTTP server answers to, comma-separated (name or name:port; * for "
      "any), besides localhost and IP addresses, which it always accepts; another Host "
@@ -674,49 +686,26 @@ static int load_token_file(cv_config *cfg, char *errbuf, size_t errlen) {
                  "(http.token_file keeps the token out of configs and the process list)");
         return -EINVAL;
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
-        int e = errno;
-        snprintf(errbuf, errlen, "http.token_file %s: %s", path, strerror(e));
-        return -e;
-    }
-    int64_t size;
-    int r = cv_private_file_check(fd, "http.token_file", path, &size, errbuf, errlen);
-    if (r == 0 && size > TOKEN_FILE_MAX) {
-        snprintf(errbuf, errlen, "http.token_file %s is larger than %d bytes", path,
-                 TOKEN_FILE_MAX);
-        r = -EINVAL;
-    }
-    char text[TOKEN_FILE_MAX + 1];
+    char *text = NULL;
     size_t len = 0;
-    while (r == 0 && len < TOKEN_FILE_MAX) {
-        ssize_t n = read(fd, text + len, TOKEN_FILE_MAX - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            r = -errno;
-            snprintf(errbuf, errlen, "http.token_file %s: read: %s", path, strerror(-r));
-        }
-        if (n <= 0)
-            break;
-        len += (size_t)n;
+    int r = cv_read_file(path, "http.token_file", TOKEN_FILE_MAX, true, &text, &len,
+                         errbuf, errlen);
+    if (r < 0)
+        return r;
+    if (len && text[len - 1] == '\n')
+        len--;
+    if (len && text[len - 1] == '\r')
+        len--;
+    text[len] = '\0';
+    if (len == 0 || strlen(text) != len || strpbrk(text, "\r\n")) {
+        snprintf(errbuf, errlen, "http.token_file %s must hold the token on one line",
+                 path);
+        r = -EINVAL;
+    } else if (!(cfg->values[token_idx] = strdup(text))) {
+        r = -ENOMEM;
     }
-    close(fd);
-    if (r == 0) {
-        if (len && text[len - 1] == '\n')
-            len--;
-        if (len && text[len - 1] == '\r')
-            len--;
-        text[len] = '\0';
-        if (len == 0 || strlen(text) != len || strpbrk(text, "\r\n")) {
-            snprintf(errbuf, errlen, "http.token_file %s must hold the token on one line",
-                     path);
-            r = -EINVAL;
-        } else if (!(cfg->values[token_idx] = strdup(text))) {
-            r = -ENOMEM;
-        }
-    }
-    explicit_bzero(text, sizeof(text));
+    explicit_bzero(text, len);
+    free(text);
     return r;
 }
 
@@ -752,6 +741,13 @@ int cv_config_build(const cv_cli_config *cli, char *const *envp, cv_config **ret
     }
     if (r == 0)
         r = load_token_file(cfg, errbuf, errlen);
+    if (r == 0 && !*cv_config_str(cfg, "http.tls_cert_file") !=
+                      !*cv_config_str(cfg, "http.tls_key_file")) {
+        snprintf(errbuf, errlen,
+                 "http.tls_cert_file and http.tls_key_file go together: set both for "
+                 "HTTPS, or neither");
+        r = -EINVAL;
+    }
     if (r < 0) {
         cv_config_free(cfg);
         return r;

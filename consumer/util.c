@@ -4,6 +4,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 bool cv_utf8_valid(const char *s, size_t len) {
     const unsigned char *p = (const unsigned char *)s, *end = len ? p + len : p;
@@ -237,5 +239,63 @@ int cv_private_file_check(int fd, const char *what, const char *path, int64_t *r
         return -EACCES;
     }
     *ret_size = (int64_t)st.st_size;
+    return 0;
+}
+
+int cv_read_file(const char *path, const char *what, size_t max, bool private_file,
+                 char **ret_data, size_t *ret_len, char *errbuf, size_t errlen) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        int e = errno;
+        cv_errf(errbuf, errlen, "%s %s: %s", what, path, strerror(e));
+        return -e;
+    }
+    struct stat st;
+    int64_t size = 0;
+    int r = 0;
+    if (private_file)
+        r = cv_private_file_check(fd, what, path, &size, errbuf, errlen);
+    else if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        r = -EINVAL;
+        cv_errf(errbuf, errlen, "%s %s is not a regular file", what, path);
+    } else
+        size = (int64_t)st.st_size;
+    if (r == 0 && (uint64_t)size > max) {
+        cv_errf(errbuf, errlen, "%s %s is larger than %zu bytes", what, path, max);
+        r = -EFBIG;
+    }
+    char *data = r == 0 ? malloc(max + 1) : NULL;
+    if (r == 0 && !data) {
+        cv_errf(errbuf, errlen, "out of memory");
+        r = -ENOMEM;
+    }
+    size_t len = 0;
+    while (r == 0) {
+        ssize_t n = read(fd, data + len, max + 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            r = -errno;
+            cv_errf(errbuf, errlen, "%s %s: read: %s", what, path, strerror(-r));
+            break;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+        if (len > max) { /* grew since fstat */
+            cv_errf(errbuf, errlen, "%s %s is larger than %zu bytes", what, path, max);
+            r = -EFBIG;
+        }
+    }
+    close(fd);
+    if (r < 0) {
+        if (data && private_file)
+            explicit_bzero(data, max + 1);
+        free(data);
+        return r;
+    }
+    data[len] = '\0';
+    *ret_data = data;
+    *ret_len = len;
     return 0;
 }

@@ -87,4 +87,12 @@ void cv_errf(char *errbuf, size_t errlen, const char *fmt, ...)
 int cv_private_file_check(int fd, const char *what, const char *path, int64_t *ret_size,
                           char *errbuf, size_t errlen);
 
+/* Reads the whole file at `path` (at most `max` bytes) into a malloc'ed,
+ * NUL-terminated buffer: *ret_data (free it; explicit_bzero first when
+ * `private_file`), *ret_len. With `private_file` the file must pass
+ * cv_private_file_check. Errors are one line naming `what` and `path`:
+ * -ENOENT etc. from open, -EACCES for the mode, -EFBIG over `max`. */
+int cv_read_file(const char *path, const char *what, size_t max, bool private_file,
+                 char **ret_data, size_t *ret_len, char *errbuf, size_t errlen);
+
 #endif

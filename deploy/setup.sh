@@ -23,7 +23,7 @@ build=${CV_BUILD_DIR:-build}
 packages=(
     gcc libc6-dev meson ninja-build pkg-config
     librdkafka-dev libprotobuf-c-dev protobuf-c-compiler libpq-dev libsodium-dev
-    libmicrohttpd-dev libjansson-dev
+    libmicrohttpd-dev libjansson-dev libcurl4-gnutls-dev
     postgresql-15 postgresql-client-15
     python3 python3-kafka python3-psycopg2 python3-protobuf protobuf-compiler
     kcat jq clang libclang-rt-14-dev clang-format

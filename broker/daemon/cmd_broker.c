@@ -302,10 +302,18 @@ int cv_cmd_broker(int argc, char **argv) {
         .header_timeout_s = (unsigned)cv_config_int(cfg, "http.header_timeout_s"),
         .max_connections = (unsigned)cv_config_int(cfg, "http.max_connections"),
         .max_per_address =
-            (unsigned)cv_config_int(cfg, "http.max_connections_per_address")};
-    if (*hc.listen && cv_http_start(&hc, &http, err, sizeof(err)) < 0) {
+            (unsigned)cv_config_int(cfg, "http.max_connections_per_address"),
+        .tls_cert_file = cv_config_str(cfg, "http.tls_cert_file"),
+        .tls_key_file = cv_config_str(cfg, "http.tls_key_file")};
+    int hr = *hc.listen ? cv_http_start(&hc, &http, err, sizeof(err)) : 0;
+    if (hr < 0) {
         cv_error("broker", "%s", err);
-        rc = CV_EXIT_FAILURE;
+        /* a TLS file that is missing, unreadable or too open is the
+         * operator's to fix, like a bad log.key_file */
+        rc = hr == -ENOENT || hr == -EACCES || hr == -EFBIG || hr == -ENOTSUP ||
+                     hr == -EISDIR || hr == -EINVAL
+                 ? CV_EXIT_USAGE
+                 : CV_EXIT_FAILURE;
         goto out;
     }
     if (probe_ms > 0 && (rc = start_probe(cfg, embedded, metrics, &probe)) != CV_EXIT_OK)

@@ -90,6 +90,8 @@ struct cv_http {
     bool stopping, reaper_started;
     pthread_t reaper;
     ratelimit host_log, slow_log, mhd_log;
+    char *tls_cert, *tls_key; /* PEM text, kept while the daemon runs */
+    size_t tls_key_len;
 };
 
 int cv_http_parse_listen(const char *listen, struct sockaddr_storage *ret_ss,
@@ -601,6 +603,33 @@ static bool hosts_any(const char *list) {
     return false;
 }
 
+#define TLS_FILE_MAX (1u << 20)
+
+/* Reads the certificate and key (the key's mode checked) into h and fills
+ * the option items that hand them to libmicrohttpd; nothing without them. */
+static int load_tls(cv_http *h, const cv_http_conf *conf, struct MHD_OptionItem items[3],
+                    char *errbuf, size_t errlen) {
+    if (!conf->tls_cert_file || !*conf->tls_cert_file)
+        return 0;
+    if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+        snprintf(errbuf, errlen,
+                 "http.tls_cert_file: this libmicrohttpd was built without TLS support");
+        return -ENOTSUP;
+    }
+    size_t len;
+    int r = cv_read_file(conf->tls_cert_file, "http.tls_cert_file", TLS_FILE_MAX, false,
+                         &h->tls_cert, &len, errbuf, errlen);
+    if (r == 0)
+        r = cv_read_file(conf->tls_key_file, "http.tls_key_file", TLS_FILE_MAX, true,
+                         &h->tls_key, &h->tls_key_len, errbuf, errlen);
+    if (r < 0)
+        return r;
+    items[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert};
+    items[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key};
+    items[2] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+    return 0;
+}
+
 int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
                   size_t errlen) {
     struct sockaddr_storage ss;
@@ -654,6 +683,11 @@ int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    struct MHD_OptionItem tls[3] = {{MHD_OPTION_END, 0, NULL}};
+    if ((r = load_tls(h, conf, tls, errbuf, errlen)) < 0)
+        goto fail;
+    if (h->tls_cert)
+        flags |= MHD_USE_TLS;
     h->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, handle, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,
@@ -661,13 +695,25 @@ int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT,
         conf->max_per_address ? conf->max_per_address : 16u,
         MHD_OPTION_CONNECTION_TIMEOUT, IDLE_TIMEOUT_S, MHD_OPTION_NOTIFY_CONNECTION,
-        on_connection, h, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        on_connection, h, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_ARRAY,
+        tls,
         /* No MHD_OPTION_LISTENING_ADDRESS_REUSE: given 1 it sets SO_REUSEPORT,
          * and a second broker on a taken http.listen then shares the port
          * (answering /api/kafka with the other one's cluster half of the
          * time); given 0 it also drops the default SO_REUSEADDR, and a
          * restart fails while the old port is in TIME_WAIT. */
         MHD_OPTION_END);
+    if (!h->daemon && h->tls_cert) {
+        /* libmicrohttpd says why through the logger; a refused certificate
+         * or key is the likelier cause than the address. */
+        snprintf(errbuf, errlen,
+                 "http.listen = \"%s\": cannot serve HTTPS: the address is taken, or "
+                 "http.tls_cert_file %s and http.tls_key_file %s are not a PEM "
+                 "certificate and its key",
+                 conf->listen, conf->tls_cert_file, conf->tls_key_file);
+        r = -EADDRNOTAVAIL;
+        goto fail;
+    }
     if (!h->daemon) {
         int e = errno ? errno : EADDRINUSE;
         snprintf(errbuf, errlen, "http.listen = \"%s\": cannot listen: %s", conf->listen,
@@ -676,9 +722,9 @@ int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
         goto fail;
     }
     cv_log(CV_LOG_INFO, "http server listening",
-           "listen=%s auth=%s allowed_hosts=\"%s\" header_timeout_s=%u "
+           "listen=%s scheme=%s auth=%s allowed_hosts=\"%s\" header_timeout_s=%u "
            "max_connections=%u max_connections_per_address=%u",
-           conf->listen, h->has_token ? "token" : "none",
+           conf->listen, h->tls_cert ? "https" : "http", h->has_token ? "token" : "none",
            h->any_host ? "*"
            : *hosts    ? hosts
                        : "(localhost and addresses)",
@@ -717,6 +763,10 @@ cv_http *cv_http_stop(cv_http *h) {
     sodium_memzero(h->token_hash, sizeof(h->token_hash));
     free(h->allowed_hosts);
     free(h->kafka_bootstrap);
+    free(h->tls_cert);
+    if (h->tls_key)
+        sodium_memzero(h->tls_key, h->tls_key_len);
+    free(h->tls_key);
     free(h);
     return NULL;
 }

@@ -17,6 +17,10 @@
  * The comparison is constant-time. Binding an address that is not loopback
  * without a token logs a warning.
  *
+ * TLS: with a certificate and key configured the server speaks HTTPS only
+ * (a plain-HTTP request on the port fails the handshake); the files are
+ * read once at start.
+ *
  * Hardening: a request whose Host header is neither localhost, an address
  * literal nor one of allowed_hosts gets 421 (DNS rebinding: a web page that
  * points its own name at this address is refused). A connection whose
@@ -51,6 +55,10 @@ typedef struct cv_http_conf {
                                   after connecting or the last response (0: 10) */
     unsigned max_connections;  /* open at once (0: 256) */
     unsigned max_per_address;  /* open at once from one client address (0: 16) */
+    /* http.tls_cert_file / http.tls_key_file: PEM files; both set: HTTPS
+     * only (libmicrohttpd with GnuTLS), neither: plain HTTP. The key file
+     * must not be readable by group or others. */
+    const char *tls_cert_file, *tls_key_file;
 } cv_http_conf;
 
 /* Binds and starts serving. Returns 0, or a negative errno with errbuf set

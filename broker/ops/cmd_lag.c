@@ -40,50 +40,6 @@ static void on_signal(int sig) {
 
 typedef cv_cli_url url;
 
-static int parse_url(const char *s, url *u, char *err, size_t errlen) {
-    if (strncmp(s, "http://", 7) != 0) {
-        snprintf(err, errlen, "--url \"%.200s\": only http:// URLs are supported", s);
-        return -EINVAL;
-    }
-    const char *h = s + 7, *slash = strchr(h, '/');
-    size_t hostport = slash ? (size_t)(slash - h) : strlen(h);
-    char hp[300];
-    if (hostport == 0 || hostport >= sizeof(hp)) {
-        snprintf(err, errlen, "--url \"%.200s\": bad host", s);
-        return -EINVAL;
-    }
-    memcpy(hp, h, hostport);
-    hp[hostport] = '\0';
-    const char *colon = strrchr(hp, ':');
-    const char *bracket = strrchr(hp, ']');
-    if (colon && (!bracket || colon > bracket)) {
-        snprintf(u->port, sizeof(u->port), "%s", colon + 1);
-        hp[colon - hp] = '\0';
-    } else {
-        snprintf(u->port, sizeof(u->port), "80");
-    }
-    if (hp[0] == '[') {
-        size_t n = strlen(hp);
-        if (n < 3 || hp[n - 1] != ']') {
-            snprintf(err, errlen, "--url \"%.200s\": bad IPv6 host", s);
-            return -EINVAL;
-        }
-        hp[n - 1] = '\0';
-        memmove(hp, hp + 1, n - 1);
-    }
-    if (strcmp(hp, "0.0.0.0") == 0 || !*hp)
-        snprintf(hp, sizeof(hp), "127.0.0.1");
-    else if (strcmp(hp, "::") == 0)
-        snprintf(hp, sizeof(hp), "::1");
-    snprintf(u->host, sizeof(u->host), "%s", hp);
-    const char *path = slash ? slash : "";
-    size_t plen = strlen(path);
-    while (plen > 0 && path[plen - 1] == '/')
-        plen--;
-    snprintf(u->path, sizeof(u->path), "%.*s/api/lag", (int)plen, path);
-    return 0;
-}
-
 static void fmt_secs(char *out, size_t len, double s) {
     if (s < 0 || isnan(s))
         snprintf(out, len, "-");
@@ -592,8 +548,9 @@ static int seconds_opt(const cv_cli_opt *opt, void *dest, const char *cmd,
 }
 
 static const cv_cli_opt opts[] = {
-    CV_OPT_STR("url", 0, "URL", "the broker's HTTP address, e.g. http://10.0.0.5:9187",
-               lag_opts, url),
+    CV_OPT_STR("url", 0, "URL",
+               "the broker's address, e.g. http://10.0.0.5:9187 or https://...", lag_opts,
+               url),
     CV_OPT_FLAG("direct", 0, "compute from Kafka + PostgreSQL, do not ask a broker",
                 lag_opts, direct),
     CV_OPT_CALL("interval", 0, "S",
@@ -614,15 +571,18 @@ static const cv_cli_spec spec = {
              "                     [--watch [SECONDS]] [-c FILE] [--set key=value]...",
     .about =
         "Shows the ack lag of every channel as a running broker sees it: its\n"
-        "/api/lag, at --url (default http://<http.listen>, with http.token sent as\n"
-        "a bearer token). Only http:// URLs. When no broker answers at http.listen\n"
+        "/api/lag, at --url (default http://<http.listen>, https:// when\n"
+        "http.tls_cert_file is set; http.token is sent as a bearer token, and an\n"
+        "https server is checked against http.tls_ca_file or the system's store).\n"
+        "When no broker answers at http.listen\n"
         "(and with --direct), the lag is computed from Kafka and PostgreSQL instead:\n"
         "high watermarks, the group's committed offsets (kafka.group.id), the\n"
         "oldest unacked record and chatvault.kafka_offsets, taken twice --interval\n"
         "seconds apart (default 5) to judge the status. There CONSUMED and ACKED\n"
         "are the stored and committed offsets summed over the partitions.\n",
     .opts = opts,
-    .config_keys = "http.listen, http.token, kafka.*, postgres.reader_conninfo",
+    .config_keys = "http.listen, http.token, http.tls_ca_file, kafka.*, "
+                   "postgres.reader_conninfo",
     .epilog = "Status (per channel, over the broker's sliding window):\n"
               "  OK     acks keep up\n"
               "  WARN   acks advance but the lag grew over the whole window\n"
@@ -658,15 +618,18 @@ int cv_cmd_lag(int argc, char **argv) {
         return CV_EXIT_USAGE;
     }
     if (!direct && (url_arg || *listen)) {
+        bool tls = *cv_config_str(cfg, "http.tls_cert_file");
         if (url_arg)
             snprintf(where, sizeof(where), "%s", url_arg);
         else
-            snprintf(where, sizeof(where), "http://%s", listen);
-        if (parse_url(where, &u, err, sizeof(err)) < 0) {
+            snprintf(where, sizeof(where), "%s://%s", tls ? "https" : "http", listen);
+        if (cv_cli_parse_url(where, tls, "/api/lag", url_arg ? "--url" : "http.listen",
+                             &u, err, sizeof(err)) < 0) {
             cv_error("lag", "%s", err);
             cv_config_free(cfg);
             return CV_EXIT_USAGE;
         }
+        u.ca_file = cv_config_str(cfg, "http.tls_ca_file");
         src.u = &u;
         src.fallback = !url_arg;
     } else {

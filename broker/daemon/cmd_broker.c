@@ -178,6 +178,34 @@ static int start_probe(const cv_config *cfg, const char *embedded, cv_metrics *m
     return CV_EXIT_OK;
 }
 
+/* The HTTP server on http.listen, when set. */
+static int start_http(const cv_config *cfg, const char *embedded, cv_metrics *metrics,
+                      cv_http **ret) {
+    char err[1024];
+    cv_http_conf hc = {
+        .listen = cv_config_str(cfg, "http.listen"),
+        .token = cv_config_str(cfg, "http.token"),
+        .metrics = metrics,
+        .kafka_bootstrap = embedded,
+        .allowed_hosts = cv_config_str(cfg, "http.allowed_hosts"),
+        .header_timeout_s = (unsigned)cv_config_int(cfg, "http.header_timeout_s"),
+        .max_connections = (unsigned)cv_config_int(cfg, "http.max_connections"),
+        .max_per_address =
+            (unsigned)cv_config_int(cfg, "http.max_connections_per_address"),
+        .tls_cert_file = cv_config_str(cfg, "http.tls_cert_file"),
+        .tls_key_file = cv_config_str(cfg, "http.tls_key_file")};
+    int r = *hc.listen ? cv_http_start(&hc, ret, err, sizeof(err)) : 0;
+    if (r == 0)
+        return CV_EXIT_OK;
+    cv_error("broker", "%s", err);
+    /* a TLS file that is missing, unreadable or too open is the operator's to
+     * fix, like a bad log.key_file */
+    return r == -ENOENT || r == -EACCES || r == -EFBIG || r == -ENOTSUP || r == -EISDIR ||
+                   r == -EINVAL
+               ? CV_EXIT_USAGE
+               : CV_EXIT_FAILURE;
+}
+
 static void log_stopped(cv_pipeline *p) {
     cv_pipeline_stats st;
     cv_pipeline_get_stats(p, &st);
@@ -293,29 +321,8 @@ int cv_cmd_broker(int argc, char **argv) {
         rc = CV_EXIT_FAILURE;
         goto out;
     }
-    cv_http_conf hc = {
-        .listen = cv_config_str(cfg, "http.listen"),
-        .token = cv_config_str(cfg, "http.token"),
-        .metrics = metrics,
-        .kafka_bootstrap = embedded,
-        .allowed_hosts = cv_config_str(cfg, "http.allowed_hosts"),
-        .header_timeout_s = (unsigned)cv_config_int(cfg, "http.header_timeout_s"),
-        .max_connections = (unsigned)cv_config_int(cfg, "http.max_connections"),
-        .max_per_address =
-            (unsigned)cv_config_int(cfg, "http.max_connections_per_address"),
-        .tls_cert_file = cv_config_str(cfg, "http.tls_cert_file"),
-        .tls_key_file = cv_config_str(cfg, "http.tls_key_file")};
-    int hr = *hc.listen ? cv_http_start(&hc, &http, err, sizeof(err)) : 0;
-    if (hr < 0) {
-        cv_error("broker", "%s", err);
-        /* a TLS file that is missing, unreadable or too open is the
-         * operator's to fix, like a bad log.key_file */
-        rc = hr == -ENOENT || hr == -EACCES || hr == -EFBIG || hr == -ENOTSUP ||
-                     hr == -EISDIR || hr == -EINVAL
-                 ? CV_EXIT_USAGE
-                 : CV_EXIT_FAILURE;
+    if ((rc = start_http(cfg, embedded, metrics, &http)) != CV_EXIT_OK)
         goto out;
-    }
     if (probe_ms > 0 && (rc = start_probe(cfg, embedded, metrics, &probe)) != CV_EXIT_OK)
         goto out;
     struct sigaction sa = {0};

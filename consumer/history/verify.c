@@ -18,6 +18,7 @@
 #include "pg/pgmigrate.h"
 #include "pg/pgread.h"
 #include "pg/pgstore.h"
+#include "pg/pgverify.h"
 #include "record.h"
 #include "util.h"
 
@@ -141,34 +142,15 @@ static int add_unit(vctx *c, const char *topic, const char *channel, int32_t par
     return u->topic && u->channel ? 0 : -ENOMEM;
 }
 
-static int pg_fail(vctx *c, PGresult *res, const char *what) {
-    const char *msg = res ? PQresultErrorMessage(res) : NULL;
-    if (!msg || !*msg)
-        msg = PQerrorMessage(c->conn);
-    snprintf(c->err, c->errlen, "postgres: %s: %s", what, msg);
-    cv_one_line(c->err);
-    if (res)
-        PQclear(res);
-    return -CV_ESTORE;
+static int add_pg_partition(void *opaque, const char *channel, const char *topic,
+                            int32_t partition, uint64_t rows) {
+    vctx *c = opaque;
+    return want(c, channel, partition) ? add_unit(c, topic, channel, partition, rows) : 0;
 }
 
 static int load_pg_units(vctx *c) {
-    PGresult *res =
-        PQexec(c->conn, "SELECT channel, kafka_topic, kafka_partition, count(*)"
-                        " FROM chatvault.messages"
-                        " GROUP BY channel, kafka_topic, kafka_partition");
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return pg_fail(c, res, "listing the partitions of chatvault.messages");
-    int r = 0;
-    for (int i = 0; r == 0 && i < PQntuples(res); i++) {
-        const char *channel = PQgetvalue(res, i, 0);
-        int32_t part = (int32_t)strtol(PQgetvalue(res, i, 2), NULL, 10);
-        if (want(c, channel, part))
-            r = add_unit(c, PQgetvalue(res, i, 1), channel, part,
-                         strtoull(PQgetvalue(res, i, 3), NULL, 10));
-    }
-    PQclear(res);
-    if (r < 0)
+    int r = cv_pgverify_partitions(c->conn, add_pg_partition, c, c->err, c->errlen);
+    if (r == -ENOMEM)
         snprintf(c->err, c->errlen, "out of memory");
     return r;
 }
@@ -208,29 +190,22 @@ static void fold_units(vctx *c) {
     c->units.n = w;
 }
 
+static int add_group_offset(void *opaque, const cv_pgverify_offset *o) {
+    vctx *c = opaque;
+    groupoff *g = vec_push(&c->offsets);
+    if (!g)
+        return -ENOMEM;
+    g->group = strdup(o->group);
+    g->topic = strdup(o->topic);
+    g->partition = o->partition;
+    g->next = o->next;
+    g->updated_at = strdup(o->updated_at);
+    return g->group && g->topic && g->updated_at ? 0 : -ENOMEM;
+}
+
 static int load_group_offsets(vctx *c) {
-    PGresult *res = PQexec(c->conn, "SELECT consumer_group, topic,"
-                                    " kafka_partition, next_offset, updated_at"
-                                    " FROM chatvault.kafka_offsets");
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return pg_fail(c, res, "reading chatvault.kafka_offsets");
-    int r = 0;
-    for (int i = 0; r == 0 && i < PQntuples(res); i++) {
-        groupoff *g = vec_push(&c->offsets);
-        if (!g) {
-            r = -ENOMEM;
-            break;
-        }
-        g->group = strdup(PQgetvalue(res, i, 0));
-        g->topic = strdup(PQgetvalue(res, i, 1));
-        g->partition = (int32_t)strtol(PQgetvalue(res, i, 2), NULL, 10);
-        g->next = strtoll(PQgetvalue(res, i, 3), NULL, 10);
-        g->updated_at = strdup(PQgetvalue(res, i, 4));
-        if (!g->group || !g->topic || !g->updated_at)
-            r = -ENOMEM;
-    }
-    PQclear(res);
-    if (r < 0)
+    int r = cv_pgverify_offsets(c->conn, add_group_offset, c, c->err, c->errlen);
+    if (r == -ENOMEM)
         snprintf(c->err, c->errlen, "out of memory");
     return r;
 }
@@ -363,29 +338,11 @@ typedef struct gaps {
 } gaps;
 
 static int load_rejected(vctx *c, const unit *u, gaps *g) {
-    char part[16];
-    snprintf(part, sizeof(part), "%" PRId32, u->partition);
-    const char *params[2] = {u->topic, part};
-    PGresult *res = PQexecParams(
-        c->conn,
-        "SELECT kafka_offset FROM chatvault.rejected"
-        " WHERE kafka_topic = $1 AND kafka_partition = $2 ORDER BY kafka_offset",
-        2, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return pg_fail(c, res, "reading chatvault.rejected");
-    int n = PQntuples(res);
-    g->rej = calloc(n ? (size_t)n : 1, sizeof(*g->rej));
-    if (!g->rej) {
-        PQclear(res);
-        snprintf(c->err, c->errlen, "out of memory");
-        return -ENOMEM;
-    }
-    for (int i = 0; i < n; i++)
-        g->rej[i] = strtoll(PQgetvalue(res, i, 0), NULL, 10);
-    g->nrej = (size_t)n;
-    g->loaded = true;
-    PQclear(res);
-    return 0;
+    int r = cv_pgverify_rejected(c->conn, u->topic, u->partition, &g->rej, &g->nrej,
+                                 c->err, c->errlen);
+    if (r == 0)
+        g->loaded = true;
+    return r;
 }
 
 /* Reports [first, last] minus the rejected offsets in it. The rejected
@@ -423,64 +380,28 @@ static void report_gap(vctx *c, const unit *u, const gaps *g, int64_t first,
 
 /* ---- only in the log: duplicates or missing --------------------------- */
 
-static int str_cmp(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* Splits the candidates into duplicates (PostgreSQL holds their id from
  * another offset) and records PostgreSQL lacks, which are reported and kept
  * in *cands (duplicates are removed). */
 static int resolve_candidates(vctx *c, const unit *u, vec *cands) {
     cand *cv = cands->v;
     size_t keep = 0;
+    const char *ids[LOOKUP_BATCH];
+    bool held[LOOKUP_BATCH];
     for (size_t i = 0; i < cands->n; i += LOOKUP_BATCH) {
         size_t n = cands->n - i < LOOKUP_BATCH ? cands->n - i : LOOKUP_BATCH;
-        cv_buf arr;
-        cv_buf_init(&arr, (size_t)64 << 20);
-        int r = cv_buf_append(&arr, "{", 1);
         size_t nid = 0;
-        for (size_t k = i; r == 0 && k < i + n; k++) {
-            if (!cv[k].message_id)
-                continue;
-            r = nid ? cv_buf_append(&arr, ",\"", 2) : cv_buf_append(&arr, "\"", 1);
-            nid++;
-            for (const char *p = cv[k].message_id; r == 0 && *p; p++) {
-                if (*p == '"' || *p == '\\')
-                    r = cv_buf_append(&arr, "\\", 1);
-                if (r == 0)
-                    r = cv_buf_append(&arr, p, 1);
-            }
-            if (r == 0)
-                r = cv_buf_append(&arr, "\"", 1);
-        }
-        if (r == 0)
-            r = cv_buf_append(&arr, "}", 2);
-        if (r < 0) {
-            cv_buf_release(&arr);
-            snprintf(c->err, c->errlen, "out of memory");
+        for (size_t k = i; k < i + n; k++)
+            if (cv[k].message_id)
+                ids[nid++] = cv[k].message_id;
+        int r =
+            cv_pgverify_held_ids(c->conn, u->channel, ids, nid, held, c->err, c->errlen);
+        if (r < 0)
             return r;
-        }
-        const char *params[2] = {u->channel, (const char *)arr.data};
-        PGresult *res =
-            PQexecParams(c->conn,
-                         "SELECT message_id FROM chatvault.messages"
-                         " WHERE channel = $1 AND message_id = ANY($2::text[])",
-                         2, NULL, params, NULL, NULL, 0);
-        cv_buf_release(&arr);
-        if (PQresultStatus(res) != PGRES_TUPLES_OK)
-            return pg_fail(c, res, "looking up message ids");
-        int nf = PQntuples(res);
-        char **found = calloc(nf ? (size_t)nf : 1, sizeof(*found));
-        if (!found) {
-            PQclear(res);
-            return -ENOMEM;
-        }
-        for (int k = 0; k < nf; k++)
-            found[k] = PQgetvalue(res, k, 0);
-        qsort(found, (size_t)nf, sizeof(*found), str_cmp);
+        nid = 0;
         for (size_t k = i; k < i + n; k++) {
             const char *id = cv[k].message_id;
-            if (id && bsearch(&id, found, (size_t)nf, sizeof(*found), str_cmp)) {
+            if (id && held[nid++]) {
                 c->st->duplicates++;
                 free(cv[k].message_id);
                 continue;
@@ -491,8 +412,6 @@ static int resolve_candidates(vctx *c, const unit *u, vec *cands) {
                     : "PostgreSQL has no row; the log value does not decode");
             cv[keep++] = cv[k];
         }
-        free(found);
-        PQclear(res);
     }
     cands->n = keep;
     return 0;
@@ -825,27 +744,6 @@ static int repair_log_all(vctx *c, const unit *u, vec *only_pg, const breaks *bs
     free(plain);
     free(gen);
     return r;
-}
-
-/* The offset of the partition's row persisted last at or before `at` (a
- * kafka_offsets row's updated_at: the rows and the offsets of a batch are
- * written in one transaction, rows first), or -1 in *ret. */
-static int newest_row_offset(vctx *c, const unit *u, const char *at, int64_t *ret) {
-    char part[16];
-    snprintf(part, sizeof(part), "%" PRId32, u->partition);
-    const char *params[4] = {u->channel, u->topic, part, at};
-    PGresult *res =
-        PQexecParams(c->conn,
-                     "SELECT kafka_offset FROM chatvault.messages"
-                     " WHERE channel = $1 AND kafka_topic = $2 AND kafka_partition = $3"
-                     " AND persisted_at <= $4::timestamptz"
-                     " ORDER BY persisted_at DESC, kafka_offset DESC LIMIT 1",
-                     4, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return pg_fail(c, res, "finding the newest row of a partition");
-    *ret = PQntuples(res) == 1 ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : -1;
-    PQclear(res);
-    return 0;
 }
 
 /* ---- matching by identity --------------------------------------------- */
@@ -1195,7 +1093,11 @@ static int compare_unit_once(vctx *c, const unit *u, bool *again) {
         /* Kafka's offsets may have started over (a topic re-created): the
          * rows the group's last write could see end at its newest row. */
         int64_t newest = -1;
-        if ((r = newest_row_offset(c, u, go->updated_at, &newest)) < 0)
+        /* The offset of the partition's row persisted last at or before the
+         * group's updated_at: the rows and the offsets of a batch are
+         * written in one transaction, rows first. */
+        if ((r = cv_pgverify_newest_row(c->conn, u->channel, u->topic, u->partition,
+                                        go->updated_at, &newest, c->err, c->errlen)) < 0)
             goto out;
         if (newest >= 0 && newest < go->next)
             continue;

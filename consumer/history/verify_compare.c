@@ -417,15 +417,8 @@ static int compare_unit_once(vctx *c, const unit *u, bool *again) {
     breaks bs = {.c = c, .u = u, .v = {.size = sizeof(cv_applog_break)}};
     int r = 0;
     if (u->pg_rows) {
-        cv_pgread_sel sel = {
-            .channel = u->channel,
-            .partition = u->partition,
-            .from_offset = -1,
-            .to_offset = -1,
-            .since_us = -1,
-            .until_us = -1,
-            .digest_only = true,
-        };
+        cv_pgread_sel sel = cv_verify_i_unit_rows(u);
+        sel.digest_only = true;
         r = cv_pgread_open(c->conn, &sel, &s.pr, c->err, c->errlen);
         if (r < 0)
             goto out;

@@ -32,6 +32,7 @@
 
 #include "applog/applog.h"
 #include "arena.h"
+#include "pg/pgread.h"
 #include "pg/pgstore.h"
 
 /* ---- the run and its units -------------------------------------------- */
@@ -108,6 +109,18 @@ typedef struct breaks {
     vec v; /* cv_applog_break, file cleared */
     bool nomem;
 } breaks;
+
+/* The selection of u's rows, every one of them; callers narrow it. */
+static inline cv_pgread_sel cv_verify_i_unit_rows(const unit *u) {
+    return (cv_pgread_sel){
+        .channel = u->channel,
+        .partition = u->partition,
+        .from_offset = -1,
+        .to_offset = -1,
+        .since_us = -1,
+        .until_us = -1,
+    };
+}
 
 /* ---- what one file calls in another, by the file that has it --------- */
 

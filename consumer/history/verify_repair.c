@@ -256,16 +256,9 @@ static int repair_log(vctx *c, const unit *u, const cand *rows, size_t n,
     size_t ne = 0;
     r = ents && at ? 0 : -ENOMEM;
     for (size_t i = 0; r == 0 && i < n; i += QUERY_OFFSETS) {
-        cv_pgread_sel sel = {
-            .channel = u->channel,
-            .partition = u->partition,
-            .from_offset = -1,
-            .to_offset = -1,
-            .since_us = -1,
-            .until_us = -1,
-            .ids = ids + i,
-            .nids = n - i < QUERY_OFFSETS ? n - i : QUERY_OFFSETS,
-        };
+        cv_pgread_sel sel = cv_verify_i_unit_rows(u);
+        sel.ids = ids + i;
+        sel.nids = n - i < QUERY_OFFSETS ? n - i : QUERY_OFFSETS;
         cv_pgread *rd = NULL;
         r = cv_pgread_open(c->conn, &sel, &rd, c->err, c->errlen);
         cv_pgrow row;

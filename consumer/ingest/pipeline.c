@@ -403,6 +403,7 @@ static int start_consumer(cv_pipeline *p, rd_kafka_conf_t *cconf, char *errbuf,
     rd_kafka_conf_get(cconf, "bootstrap.servers", bootstrap, &blen);
     rd_kafka_conf_set_opaque(cconf, p);
     rd_kafka_conf_set_rebalance_cb(cconf, cv_pipeline_i_rebalance_cb);
+    rd_kafka_conf_set_offset_commit_cb(cconf, cv_pipeline_i_commit_cb);
     p->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, cconf, kerr, sizeof(kerr));
     if (!p->consumer) {
         snprintf(errbuf, errlen, "kafka: cannot create the consumer: %s", kerr);
@@ -643,6 +644,8 @@ cv_pipeline *cv_pipeline_free(cv_pipeline *p) {
     }
     if (p->consumer)
         rd_kafka_destroy(p->consumer);
+    if (p->committed_hw)
+        rd_kafka_topic_partition_list_destroy(p->committed_hw);
     p->acker = cv_acker_free(p->acker, 5000);
     p->stores = cv_stores_free(p->stores);
     for (int i = 0; i < 2; i++) {

@@ -25,6 +25,8 @@
 /* First and longest pause between attempts of an aborted ack transaction. */
 #define TXN_RETRY_MS 500
 #define TXN_RETRY_MAX_MS 5000
+/* How soon a commit Kafka refused goes again (committed_hw). */
+#define COMMIT_RETRY_MS 1000
 
 static const char *intern_topic(cv_pipeline *p, const char *name) {
     for (interned *t = p->topics; t; t = t->next)
@@ -84,7 +86,25 @@ void cv_pipeline_i_log_acks_again(cv_pipeline *p, bool flush) {
     p->again.logged_ms = now;
 }
 
-/* Commits the offsets of every completed batch at the head of the FIFO. */
+/* Folds a commit into the high-water mark of committed offsets. */
+static void remember_committed(cv_pipeline *p,
+                               const rd_kafka_topic_partition_list_t *commit) {
+    if (!p->committed_hw && !(p->committed_hw = rd_kafka_topic_partition_list_new(16)))
+        return;
+    for (int i = 0; i < commit->cnt; i++) {
+        const rd_kafka_topic_partition_t *src = &commit->elems[i];
+        rd_kafka_topic_partition_t *dst = rd_kafka_topic_partition_list_find(
+            p->committed_hw, src->topic, src->partition);
+        if (!dst)
+            dst = rd_kafka_topic_partition_list_add(p->committed_hw, src->topic,
+                                                    src->partition);
+        if (src->offset > dst->offset)
+            dst->offset = src->offset;
+    }
+}
+
+/* Commits the offsets of every completed batch at the head of the FIFO,
+ * and again those of a commit Kafka refused (see committed_hw). */
 void cv_pipeline_i_commit_completed(cv_pipeline *p, bool async) {
     rd_kafka_topic_partition_list_t *commit = NULL;
     while (p->head && p->head->ticket.outstanding == 0) {
@@ -116,15 +136,46 @@ void cv_pipeline_i_commit_completed(cv_pipeline *p, bool async) {
         cv_pipeline_i_pending_free(b);
     }
     cv_pipeline_i_log_acks_again(p, false);
-    if (!commit)
-        return;
-    rd_kafka_resp_err_t err = rd_kafka_commit(p->consumer, commit, async ? 1 : 0);
-    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
-        cv_pipeline_i_log(p, CV_LOG_WARN,
-                          "offset commit failed; the records will be re-delivered and "
-                          "deduplicated",
-                          "error=\"%s\"", rd_kafka_err2str(err));
-    rd_kafka_topic_partition_list_destroy(commit);
+    if (commit)
+        remember_committed(p, commit);
+    /* After a refused commit the whole high-water mark goes: it holds what
+     * this commit holds, and what the refused one did. */
+    int64_t now = cv_mono_ms();
+    bool retry = p->commit_retry_ms && p->committed_hw && p->committed_hw->cnt &&
+                 (!async || now >= p->commit_retry_ms);
+    if (retry) {
+        p->commit_retry_ms = 0;
+        cv_pipeline_i_log(p, CV_LOG_INFO, "offset commit again after a refusal",
+                          "partitions=%d", p->committed_hw->cnt);
+    }
+    if (commit || retry) {
+        rd_kafka_resp_err_t err =
+            rd_kafka_commit(p->consumer, retry ? p->committed_hw : commit, async ? 1 : 0);
+        if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
+            cv_pipeline_i_log(p, CV_LOG_WARN,
+                              "offset commit failed; it is tried again, and meanwhile "
+                              "the records would be re-delivered and deduplicated",
+                              "error=\"%s\"", rd_kafka_err2str(err));
+            p->commit_retry_ms = now + COMMIT_RETRY_MS;
+        }
+    }
+    if (commit)
+        rd_kafka_topic_partition_list_destroy(commit);
+}
+
+void cv_pipeline_i_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                             rd_kafka_topic_partition_list_t *offsets, void *opaque) {
+    cv_pipeline *p = opaque;
+    (void)rk, (void)offsets;
+    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET && !p->commit_retry_ms)
+        p->commit_retry_ms = cv_mono_ms() + COMMIT_RETRY_MS;
+}
+
+void cv_pipeline_i_commit_forget(cv_pipeline *p,
+                                 const rd_kafka_topic_partition_list_t *parts) {
+    for (int i = 0; p->committed_hw && i < parts->cnt; i++)
+        rd_kafka_topic_partition_list_del(p->committed_hw, parts->elems[i].topic,
+                                          parts->elems[i].partition);
 }
 
 /* Whether the last failure of the acks' transaction says this consumer's

@@ -103,6 +103,14 @@ struct cv_pipeline {
     bool in_rebalance; /* inside rebalance_cb: do not poll the consumer */
 
     pending *head, **tail;
+    /* The highest offset committed so far per assigned partition, and when
+     * to commit them again after Kafka refused a commit (0: no refusal
+     * pending). An asynchronous commit that fails (a coordinator moving)
+     * is not retried by librdkafka; without this, the last batches before
+     * a quiet spell would stay uncommitted until more traffic came, and be
+     * re-delivered after a restart. */
+    rd_kafka_topic_partition_list_t *committed_hw;
+    int64_t commit_retry_ms;
     uint64_t seq;    /* of the last batch submitted */
     uint64_t hole;   /* the first batch given up (see the top), 0: none */
     batch *retrying; /* the batch store_retry waits with, or NULL */
@@ -142,6 +150,12 @@ rd_kafka_topic_partition_list_t *cv_pipeline_i_batch_offsets(const cv_rec *recs,
                                                              size_t n);
 void cv_pipeline_i_log_acks_again(cv_pipeline *p, bool flush);
 void cv_pipeline_i_commit_completed(cv_pipeline *p, bool async);
+/* librdkafka's offset_commit_cb (served by the consumer's poll). */
+void cv_pipeline_i_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                             rd_kafka_topic_partition_list_t *offsets, void *opaque);
+/* Revoked partitions are no longer this consumer's to commit. */
+void cv_pipeline_i_commit_forget(cv_pipeline *p,
+                                 const rd_kafka_topic_partition_list_t *parts);
 void cv_pipeline_i_ack_batch(cv_pipeline *p, batch *b);
 void cv_pipeline_i_drain_acks(cv_pipeline *p, int64_t timeout_ms);
 

@@ -129,6 +129,7 @@ void cv_pipeline_i_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         cv_pipeline_i_log(p, CV_LOG_ERROR, "rebalance error", "error=\"%s\"",
                           rd_kafka_err2str(err));
     }
+    cv_pipeline_i_commit_forget(p, parts);
     if (cooperative) {
         rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
         if (e)

@@ -14,6 +14,7 @@
 #include "cli.h"
 #include "daemon/devkafka.h"
 #include "daemon/http.h"
+#include "daemon/indexer.h"
 #include "daemon/probe.h"
 #include "ingest/pipeline.h"
 #include "keyring.h"
@@ -134,6 +135,7 @@ int cv_cmd_broker(int argc, char **argv) {
     cv_metrics *metrics = NULL;
     cv_http *http = NULL;
     cv_probe *probe = NULL;
+    cv_indexer *indexer = NULL;
     int64_t probe_ms = cv_config_int(cfg, "probe.interval_ms");
     cv_keyring *keys = NULL;
     const char *embedded = NULL;
@@ -274,6 +276,16 @@ int cv_cmd_broker(int argc, char **argv) {
             goto out;
         }
     }
+    /* Search documents, off the ack path (daemon/indexer.h). */
+    cv_indexer_conf ic = {.conninfo = pc.pg_conninfo,
+                          .language = cv_config_str(cfg, "search.language"),
+                          .interval_ms = cv_config_int(cfg, "search.index_interval_ms")};
+    if (strcmp(cv_config_str(cfg, "search.index"), "on") == 0 &&
+        cv_indexer_start(&ic, &indexer, err, sizeof(err)) < 0) {
+        cv_error("broker", "%s", err);
+        rc = CV_EXIT_FAILURE;
+        goto out;
+    }
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
@@ -296,6 +308,7 @@ int cv_cmd_broker(int argc, char **argv) {
     if (rc == CV_EXIT_FAILURE)
         cv_error("broker", "%s", err);
 out:
+    cv_indexer_stop(indexer);
     cv_probe_stop(probe);
     cv_http_stop(http);
     cv_pipeline_free(p);

@@ -432,6 +432,10 @@ static void usage(FILE *out) {
 typedef struct top {
     hit *h;
     size_t n, cap;
+    /* the page's last position and whether the page was full (from
+     * PostgreSQL a page may show fewer hits than it holds positions) */
+    bool full;
+    hit last;
 } top;
 
 static bool top_wants(const top *t, const cursor *c, int64_t at, const char *ch,
@@ -588,6 +592,16 @@ static int search_pg(search_opts *o, const cv_config *cfg, const cursor *cur, to
         h->body_len = s->body_len;
         h->pg = 1;
         h->log = -1;
+    }
+    t->full = res.page_rows == (size_t)o->limit && res.has_last;
+    if (t->full) {
+        t->last.sent_at_us = res.last_sent_at_us;
+        if (!(t->last.channel = strdup(res.last_channel)) ||
+            !(t->last.message_id = strdup(res.last_message_id))) {
+            cv_pgsearch_result_free(&res);
+            cv_error("search", "out of memory");
+            return CV_EXIT_FAILURE;
+        }
     }
     cv_pgsearch_result_free(&res);
     return CV_EXIT_OK;
@@ -828,8 +842,14 @@ int cv_cmd_search(int argc, char **argv) {
         goto out;
     rc = CV_EXIT_FAILURE;
     qsort(t.h, t.n, sizeof(*t.h), hit_order);
-    if (o.from_log)
+    if (o.from_log) {
         check_pg(cfg, &t);
+        t.full = t.n == t.cap;
+        if (t.full && (!(t.last.channel = strdup(t.h[t.n - 1].channel)) ||
+                       !(t.last.message_id = strdup(t.h[t.n - 1].message_id))))
+            goto out;
+        t.last.sent_at_us = t.n ? t.h[t.n - 1].sent_at_us : 0;
+    }
     if (o.check_log && !o.from_log) {
         char err[1024];
         if (!o.ld.n) {
@@ -860,7 +880,7 @@ int cv_cmd_search(int argc, char **argv) {
         }
     }
     char next[2 * CURSOR_MAX];
-    if (t.n == t.cap && cursor_encode(&t.h[t.n - 1], next, sizeof(next)) == 0) {
+    if (t.full && cursor_encode(&t.last, next, sizeof(next)) == 0) {
         if (o.jsonl)
             printf("{\"next_before\":\"%s\"}\n", next);
         else
@@ -877,6 +897,7 @@ int cv_cmd_search(int argc, char **argv) {
 out:
     for (size_t i = 0; i < t.n; i++)
         hit_release(&t.h[i]);
+    hit_release(&t.last);
     free(t.h);
     cv_buf_release(&line);
     cv_keyring_free(keys);

@@ -409,20 +409,14 @@ int cv_pgsearch_run(PGconn *conn, const cv_pgsearch_query *q, cv_pgsearch_result
         params[np] = vals[np]; /* $1 */
         np++;
     }
-    r = cv_buf_printf(
-        &sql,
-        "SELECT d.channel, d.message_id, d.sender_id, m.kafka_topic,"
-        " m.content_type, m.kafka_partition, m.kafka_offset, d.sent_at_us,"
-        " (extract(epoch FROM m.persisted_at) * 1000000)::bigint,"
-        " octet_length(m.body)::bigint, %s"
-        " FROM chatvault.search_docs d JOIN chatvault.messages m"
-        " ON m.channel = d.channel AND m.message_id = d.message_id WHERE true",
-        /* text_len bytes of body are valid UTF-8: the indexer checked */
-        text ? "ts_headline($1::regconfig, convert_from(substring(m.body FROM 1 FOR"
-               " d.text_len), 'UTF8'), websearch_to_tsquery($1::regconfig, $2),"
-               " 'MaxWords=20, MinWords=10, StartSel=**, StopSel=**')"
-             : "CASE WHEN d.text_len IS NOT NULL THEN left(convert_from(substring("
-               "m.body FROM 1 FOR d.text_len), 'UTF8'), $1::integer) END");
+    /* The page is chosen in search_docs alone, then joined to messages:
+     * a join before the LIMIT would make the planner join every hit of a
+     * common word (a hash join over the whole table) and keep it from
+     * walking search_docs_time_idx backwards, which is how a common word
+     * or a broad pattern finds its newest 50 quickest. */
+    r = cv_buf_printf(&sql, "WITH page AS MATERIALIZED (SELECT d.channel, d.message_id,"
+                            " d.sender_id, d.sent_at_us, d.text_len"
+                            " FROM chatvault.search_docs d WHERE true");
     if (r == 0 && text)
         r = cv_buf_printf(&sql, " AND d.tsv @@ websearch_to_tsquery($1::regconfig, $2)");
     if (r == 0 && q->nchannels) {
@@ -484,9 +478,25 @@ int cv_pgsearch_run(PGconn *conn, const cv_pgsearch_query *q, cv_pgsearch_result
         if (r == 0)
             r = cv_buf_printf(&sql, ", $%d, $%d)", np - 1, np);
     }
-    ADD_I64(" ORDER BY d.sent_at_us DESC, d.channel DESC, d.message_id DESC LIMIT $%d",
+    ADD_I64(" ORDER BY d.sent_at_us DESC, d.channel DESC, d.message_id DESC LIMIT $%d)",
             q->limit);
 #undef ADD_I64
+    if (r == 0)
+        r = cv_buf_printf(
+            &sql,
+            " SELECT p.channel, p.message_id, p.sender_id, m.kafka_topic,"
+            " m.content_type, m.kafka_partition, m.kafka_offset, p.sent_at_us,"
+            " (extract(epoch FROM m.persisted_at) * 1000000)::bigint,"
+            " octet_length(m.body)::bigint, %s, m.channel IS NOT NULL"
+            " FROM page p LEFT JOIN chatvault.messages m"
+            " ON m.channel = p.channel AND m.message_id = p.message_id"
+            " ORDER BY p.sent_at_us DESC, p.channel DESC, p.message_id DESC",
+            /* text_len bytes of body are valid UTF-8: the indexer checked */
+            text ? "ts_headline($1::regconfig, convert_from(substring(m.body FROM 1 FOR"
+                   " p.text_len), 'UTF8'), websearch_to_tsquery($1::regconfig, $2),"
+                   " 'MaxWords=20, MinWords=10, StartSel=**, StopSel=**')"
+                 : "CASE WHEN p.text_len IS NOT NULL THEN left(convert_from(substring("
+                   "m.body FROM 1 FOR p.text_len), 'UTF8'), $1::integer) END");
     if (r == 0)
         r = cv_buf_append(&sql, "", 1);
     if (r < 0) {
@@ -507,9 +517,20 @@ int cv_pgsearch_run(PGconn *conn, const cv_pgsearch_query *q, cv_pgsearch_result
         cv_errf(errbuf, errlen, "out of memory");
         goto out;
     }
+    size_t nh = 0;
     for (size_t k = 0; k < n; k++) {
         int i = (int)k;
-        cv_pgsearch_hit *h = &hits[k];
+        if (k == n - 1) {
+            ret->has_last = true;
+            ret->last_channel = PQgetvalue(res, i, 0);
+            ret->last_message_id = PQgetvalue(res, i, 1);
+            ret->last_sent_at_us = strtoll(PQgetvalue(res, i, 7), NULL, 10);
+        }
+        /* a document whose row was deleted (retention, erasure): not a
+         * hit, but still a position of the page */
+        if (strcmp(PQgetvalue(res, i, 11), "t") != 0)
+            continue;
+        cv_pgsearch_hit *h = &hits[nh++];
         h->channel = PQgetvalue(res, i, 0);
         h->message_id = PQgetvalue(res, i, 1);
         h->sender_id = PQgetvalue(res, i, 2);
@@ -522,8 +543,9 @@ int cv_pgsearch_run(PGconn *conn, const cv_pgsearch_query *q, cv_pgsearch_result
         h->body_len = strtoll(PQgetvalue(res, i, 9), NULL, 10);
         h->excerpt = PQgetisnull(res, i, 10) ? NULL : PQgetvalue(res, i, 10);
     }
+    ret->page_rows = n;
     ret->res = res;
-    ret->n = n;
+    ret->n = nh;
     ret->hits = hits;
 out:
     cv_buf_release(&sql);

@@ -101,8 +101,15 @@ typedef struct cv_pgsearch_hit {
 
 typedef struct cv_pgsearch_result {
     PGresult *res;
-    size_t n;
+    size_t n; /* hits */
     cv_pgsearch_hit *hits;
+    /* The page: documents chosen (LIMIT when full; n is fewer when some of
+     * their rows were deleted from messages since), and the last one's
+     * position, which is the cursor of the next page. */
+    size_t page_rows;
+    bool has_last;
+    int64_t last_sent_at_us;
+    const char *last_channel, *last_message_id;
 } cv_pgsearch_result;
 
 /* Runs Q. -EINVAL with the error when Q cannot be run (a pattern that is

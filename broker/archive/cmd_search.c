@@ -683,8 +683,8 @@ out:
 static int status(const cv_config *cfg) {
     char err[1024];
     PGconn *conn = cv_pg_connect(cv_access_conninfo(cfg, CV_PG_READER), err, sizeof(err));
-    int64_t wm, docs;
-    if (!conn || cv_pgsearch_state(conn, &wm, &docs, err, sizeof(err)) < 0) {
+    int64_t wm, docs, behind;
+    if (!conn || cv_pgsearch_state(conn, &wm, &docs, &behind, err, sizeof(err)) < 0) {
         cv_error("search", "%s (%s)", err, cv_access_conninfo_key(cfg, CV_PG_READER));
         if (conn)
             PQfinish(conn);
@@ -694,10 +694,9 @@ static int status(const cv_config *cfg) {
     char t[48] = "never";
     if (wm != INT64_MIN)
         fmt_time(wm, t, sizeof(t));
-    printf("documents  %" PRId64 "\nwatermark  %s\n", docs, t);
-    if (wm != INT64_MIN)
-        printf("lag        %.1f s (since the newest message indexed was stored)\n",
-               (double)(cv_now_us() - wm) / 1e6);
+    printf("documents  %" PRId64 "\n", docs);
+    printf("watermark  %s (what was stored before it is indexed)\n", t);
+    printf("behind     %" PRId64 " messages stored after it, not indexed yet\n", behind);
     return CV_EXIT_OK;
 }
 

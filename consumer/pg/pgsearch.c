@@ -277,6 +277,14 @@ int cv_pgsearch_reindex_begin(PGconn *conn, int64_t *ret_total, char *errbuf,
                               size_t errlen) {
     int r = exec_ok(conn, "DELETE FROM chatvault.search_docs",
                     "deleting from chatvault.search_docs", errbuf, errlen);
+    /* Every row committed before now is seen by the steps (each reads a
+     * later snapshot); a row committed later was inserted within the
+     * indexer's margin of now, so the indexer need not go further back. */
+    if (r == 0)
+        r = exec_ok(conn,
+                    "UPDATE chatvault.search_state SET watermark = GREATEST(watermark,"
+                    " clock_timestamp()), updated_at = clock_timestamp() WHERE id = 1",
+                    "updating chatvault.search_state", errbuf, errlen);
     if (r < 0)
         return r;
     PGresult *res = PQexec(conn, "SELECT count(*) FROM chatvault.messages");
@@ -326,18 +334,23 @@ int cv_pgsearch_reindex_step(PGconn *conn, const char *language, size_t max_rows
 }
 
 int cv_pgsearch_state(PGconn *conn, int64_t *ret_watermark_us, int64_t *ret_docs,
-                      char *errbuf, size_t errlen) {
+                      int64_t *ret_behind, char *errbuf, size_t errlen) {
+    /* behind: the persisted_at BRIN range past the watermark, small when
+     * the indexer keeps up */
     PGresult *res = PQexec(conn, "SELECT watermark = '-infinity',"
                                  " CASE WHEN watermark > '-infinity' THEN"
                                  " (extract(epoch FROM watermark) * 1000000)::bigint END,"
-                                 " (SELECT count(*) FROM chatvault.search_docs)"
-                                 " FROM chatvault.search_state WHERE id = 1");
+                                 " (SELECT count(*) FROM chatvault.search_docs),"
+                                 " (SELECT count(*) FROM chatvault.messages m"
+                                 "  WHERE m.persisted_at > s.watermark)"
+                                 " FROM chatvault.search_state s WHERE id = 1");
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
         return fail(conn, res, "reading chatvault.search_state", errbuf, errlen);
     *ret_watermark_us = strcmp(PQgetvalue(res, 0, 0), "t") == 0
                             ? INT64_MIN
                             : strtoll(PQgetvalue(res, 0, 1), NULL, 10);
     *ret_docs = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+    *ret_behind = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
     PQclear(res);
     return 0;
 }

@@ -53,8 +53,9 @@ int cv_pgsearch_index_pass(PGconn *conn, const char *language, int64_t margin_us
                            size_t errlen);
 
 /* --reindex: deletes every document, to be rebuilt by cv_pgsearch_reindex_step
- * (the broker's indexer keeps indexing new rows meanwhile). *ret_total is the
- * number of rows of messages, for progress. */
+ * (the broker's indexer keeps indexing new rows meanwhile), and moves the
+ * watermark to now: the steps see every row committed before. *ret_total is
+ * the number of rows of messages, for progress. */
 int cv_pgsearch_reindex_begin(PGconn *conn, int64_t *ret_total, char *errbuf,
                               size_t errlen);
 
@@ -66,10 +67,11 @@ int cv_pgsearch_reindex_step(PGconn *conn, const char *language, size_t max_rows
                              char *channel, size_t channel_len, char *message_id,
                              size_t id_len, size_t *ret_n, char *errbuf, size_t errlen);
 
-/* The indexer's watermark (Unix us; INT64_MIN before the first pass) and
- * how many documents search_docs holds (an estimate when ESTIMATE). */
+/* The indexer's watermark (Unix us; INT64_MIN before the first pass), how
+ * many documents search_docs holds, and how many rows of messages were
+ * stored after the watermark (not indexed yet, but for the margin). */
 int cv_pgsearch_state(PGconn *conn, int64_t *ret_watermark_us, int64_t *ret_docs,
-                      char *errbuf, size_t errlen);
+                      int64_t *ret_behind, char *errbuf, size_t errlen);
 
 /* A search: every given condition applies. Results come newest first by
  * (sent_at_us, channel, message_id), at most LIMIT, after the cursor when

@@ -168,9 +168,12 @@ static void *run(void *arg) {
                            "rows=%zu text=%zu ms=%.1f lag_ms=%" PRId64, pass.read,
                            pass.text, (double)(cv_mono_us() - t0) / 1000,
                            (cv_now_us() - pass.watermark_us) / 1000);
-                /* A full pass: more is waiting, go on at once. */
+                /* A full pass: more is waiting. Go on after as long as the
+                 * pass took, so that catching up (after an outage, under a
+                 * burst) takes at most half of one PostgreSQL backend from
+                 * the machine the ack path runs on. */
                 if (pass.read == PASS_ROWS)
-                    wait = 0;
+                    wait = (cv_mono_us() - t0) / 1000;
                 else if (!caught_up) {
                     caught_up = true;
                     cv_log(CV_LOG_INFO, "search indexer caught up",

@@ -3,8 +3,10 @@
  * a thread with its own PostgreSQL connection that, every
  * search.index_interval_ms, copies what the pipeline stored since its last
  * pass into chatvault.search_docs (consumer/pg/pgsearch.h). It is off the
- * ack path: the pipeline never waits for it, and it never holds a lock a
- * batch needs (it only reads chatvault.messages). When PostgreSQL is away it
+ * ack path: the pipeline never waits for it, it never holds a lock a
+ * batch needs (it only reads chatvault.messages), and while it catches up
+ * it rests as long as each pass took, so it takes at most half of one
+ * PostgreSQL backend. When PostgreSQL is away it
  * logs a warning (then one a minute while it lasts) and tries again every
  * interval; what was stored meanwhile is indexed when it is back.
  */

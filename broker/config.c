@@ -115,6 +115,19 @@ static const char *check_hosts(const char *v, char *buf, size_t len) {
     return NULL;
 }
 
+/* A text search configuration's name (pg_ts_config), maybe schema-qualified:
+ * it is given to PostgreSQL as a parameter, but a typo is caught here. */
+static const char *check_language(const char *v, char *buf, size_t len) {
+    size_t n = strlen(v);
+    if (!n || n > 63 || strspn(v, "abcdefghijklmnopqrstuvwxyz0123456789_.") != n) {
+        snprintf(buf, len,
+                 "a text search configuration is a name such as simple or "
+                 "english");
+        return buf;
+    }
+    return NULL;
+}
+
 static const prop props[] = {
     {"postgres.conninfo", PROP_STR, "dbname=chatvault",
      "libpq connection string of the PostgreSQL store; the broker writes with it "
@@ -224,6 +237,19 @@ static const prop props[] = {
     {"shutdown.timeout_ms", PROP_INT, "30000",
      "longest SIGTERM waits for the batch in flight before exiting", 0, 3600000, NULL,
      NULL},
+    /* search (README "Search") */
+    {"search.index", PROP_ENUM, "on",
+     "index stored messages for chatvault search on a thread of the broker, off the ack "
+     "path (off: search finds only what chatvault search --reindex indexed)",
+     0, 0, "on|off", NULL},
+    {"search.index_interval_ms", PROP_INT, "1000",
+     "how often the broker's indexer looks for newly stored messages", 10, 3600000, NULL,
+     NULL},
+    {"search.language", PROP_STR, "simple",
+     "PostgreSQL text search configuration of search documents and queries (simple: "
+     "words as written, lower-cased; english: stemmed, stop words dropped); change it, "
+     "then chatvault search --reindex",
+     0, 0, NULL, check_language},
 };
 #define NPROPS (sizeof(props) / sizeof(props[0]))
 

@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "daemon/devkafka.h"
 #include "daemon/http.h"
+#include "daemon/indexer.h"
 #include "daemon/probe.h"
 #include "ingest/pipeline.h"
 #include "keyring.h"
@@ -206,6 +207,21 @@ static int start_http(const cv_config *cfg, const char *embedded, cv_metrics *me
                : CV_EXIT_FAILURE;
 }
 
+/* Search documents, off the ack path (daemon/indexer.h), unless
+ * search.index is off. */
+static int start_indexer(const cv_config *cfg, cv_indexer **ret) {
+    char err[512];
+    cv_indexer_conf ic = {.conninfo = cv_config_str(cfg, "postgres.conninfo"),
+                          .language = cv_config_str(cfg, "search.language"),
+                          .interval_ms = cv_config_int(cfg, "search.index_interval_ms")};
+    if (strcmp(cv_config_str(cfg, "search.index"), "on") == 0 &&
+        cv_indexer_start(&ic, ret, err, sizeof(err)) < 0) {
+        cv_error("broker", "%s", err);
+        return CV_EXIT_FAILURE;
+    }
+    return CV_EXIT_OK;
+}
+
 static void log_stopped(cv_pipeline *p) {
     cv_pipeline_stats st;
     cv_pipeline_get_stats(p, &st);
@@ -259,6 +275,7 @@ int cv_cmd_broker(int argc, char **argv) {
     cv_metrics *metrics = NULL;
     cv_http *http = NULL;
     cv_probe *probe = NULL;
+    cv_indexer *indexer = NULL;
     int64_t probe_ms = cv_config_int(cfg, "probe.interval_ms");
     cv_keyring *keys = NULL;
     const char *embedded = NULL;
@@ -325,6 +342,8 @@ int cv_cmd_broker(int argc, char **argv) {
         goto out;
     if (probe_ms > 0 && (rc = start_probe(cfg, embedded, metrics, &probe)) != CV_EXIT_OK)
         goto out;
+    if ((rc = start_indexer(cfg, &indexer)) != CV_EXIT_OK)
+        goto out;
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
@@ -342,6 +361,7 @@ int cv_cmd_broker(int argc, char **argv) {
     if (rc == CV_EXIT_FAILURE)
         cv_error("broker", "%s", err);
 out:
+    cv_indexer_stop(indexer);
     cv_probe_stop(probe);
     cv_http_stop(http);
     cv_pipeline_free(p);

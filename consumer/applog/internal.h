@@ -180,6 +180,15 @@ typedef struct wseg {
     unsigned char subkey[CV_KEY_BYTES];
 } wseg;
 
+/* Where a partition's directory stands (part.state). A part is calloc'ed:
+ * PART_UNOPENED is 0. */
+typedef enum part_state {
+    PART_UNOPENED = 0, /* not opened yet, or to be opened again */
+    PART_READY,        /* opened and recovered: appends go ahead */
+    PART_REFUSED,      /* refused (cv_applog_i_part_refuse): appends fail with
+                          part.refuse_err, part.err says why */
+} part_state;
+
 /* One directory the writer writes (partition.c): a broker partition (or
  * its current generation), a repair directory, or one beside a partition
  * for its late records or a new generation. */
@@ -188,9 +197,10 @@ typedef struct part {
     int32_t partition;
     char *dir;
     int dirfd;
-    int state; /* 0 not opened, 1 ready, <0 refused with err */
-    char *err;
-    bool recheck; /* refused for what recovery found: opened again next time */
+    part_state state;
+    int refuse_err; /* PART_REFUSED: a negative errno or -CV_E* */
+    char *err;      /* PART_REFUSED: the message */
+    bool recheck;   /* refused for what recovery found: opened again next time */
     /* Kafka's committed offset (records below it were acked), -1 unknown:
      * recovery never cuts a tail that reaches below it */
     int64_t committed;

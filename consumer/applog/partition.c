@@ -105,7 +105,8 @@ static int add_part(cv_applog *log, part *p) {
 }
 
 void cv_applog_i_part_refuse(part *p, int err, const char *msg) {
-    p->state = err;
+    p->state = PART_REFUSED;
+    p->refuse_err = err;
     free(p->err);
     p->err = strdup(msg);
 }
@@ -177,7 +178,7 @@ static void part_unopen(part *p) {
 }
 
 /* Opens a partition: directory, stray temp files, recovery of the last
- * segment. On damage the partition is refused (state < 0). */
+ * segment. On damage the partition is refused (PART_REFUSED). */
 static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
     int r = part_open_dir(log, p, errbuf, errlen);
     if (r < 0 || (r = cv_applog_i_remove_unfinished(log, p, errbuf, errlen)) < 0 ||
@@ -188,7 +189,7 @@ static int part_open(cv_applog *log, part *p, char *errbuf, size_t errlen) {
     memcpy(p->dchain, p->chain, DIGEST);
     p->dlast = p->last;
     p->dilen = p->ilen;
-    p->state = 1;
+    p->state = PART_READY;
     return 0;
 }
 
@@ -284,7 +285,7 @@ static int find_or_open_part(cv_applog *log, const char *topic, int32_t partitio
             return -ENOMEM;
         }
     }
-    if (p->state < 0 && p->recheck && open_now) {
+    if (p->state == PART_REFUSED && p->recheck && open_now) {
         /* Refused for what recovery found, before anything was written:
          * look again (`chatvault verify --repair` may have mended it). */
         part_unopen(p);
@@ -296,23 +297,24 @@ static int find_or_open_part(cv_applog *log, const char *topic, int32_t partitio
         p->hval = NULL;
         p->hlen = 0;
         p->recheck = false;
-        p->state = 0;
+        p->state = PART_UNOPENED;
+        p->refuse_err = 0;
     }
-    if (p->state == 0 && !open_now) {
+    if (p->state == PART_UNOPENED && !open_now) {
         *ret = p;
         return 0;
     }
-    if (p->state == 0) {
+    if (p->state == PART_UNOPENED) {
         int r = part_open(log, p, errbuf, errlen);
-        if (r < 0 && p->state == 0) {
+        if (r < 0 && p->state == PART_UNOPENED) {
             /* Not refused for damage: retried on the next append. */
             part_unopen(p);
             return r;
         }
     }
-    if (p->state < 0) {
+    if (p->state == PART_REFUSED) {
         cv_errf(errbuf, errlen, "%s", p->err);
-        return p->state;
+        return p->refuse_err;
     }
     *ret = p;
     return 0;
@@ -408,7 +410,7 @@ int cv_applog_i_gen_part(cv_applog *log, part *p, int64_t offset, part **ret) {
         snprintf(p->jerr, sizeof(p->jerr), "log directory %s: %s", g->dir, strerror(-r));
         goto fail;
     }
-    g->state = 1;
+    g->state = PART_READY;
     g->last = g->dlast = -1;
     memcpy(g->chain, p->chain, DIGEST);
     memcpy(g->dchain, p->chain, DIGEST);
@@ -444,16 +446,16 @@ int cv_applog_i_late_part(cv_applog *log, part *p, part **ret) {
         p->late = l;
     }
     part *l = p->late;
-    if (l->state == 0) {
+    if (l->state == PART_UNOPENED) {
         int r = part_open(log, l, p->jerr, sizeof(p->jerr));
-        if (r < 0 && l->state == 0) {
+        if (r < 0 && l->state == PART_UNOPENED) {
             part_unopen(l);
             return r;
         }
     }
-    if (l->state < 0) {
+    if (l->state == PART_REFUSED) {
         snprintf(p->jerr, sizeof(p->jerr), "%s", l->err);
-        return l->state;
+        return l->refuse_err;
     }
     *ret = l;
     return 0;

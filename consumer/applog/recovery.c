@@ -102,7 +102,7 @@ int cv_applog_i_seal_read(const char *dir, seal *sl, char *errbuf, size_t errlen
  * the directory fsynced. A failure only leaves that partition unsealed,
  * as after a crash. */
 void cv_applog_i_seal_part(cv_applog *log, part *p) {
-    if (p->repair || p->state != 1 || p->dirfd < 0 || p->dlast < 0)
+    if (p->repair || p->state != PART_READY || p->dirfd < 0 || p->dlast < 0)
         return;
     seal sl = {.last_offset = p->dlast};
     if (p->dcur) {
@@ -363,18 +363,18 @@ static int sync_last_segment(cv_applog *log, part *p, const pdir *d, char *errbu
 }
 
 /* Refuses p for what recovery found (`why` says what, and what to run);
- * each later append looks at it again. Returns p->state. */
+ * each later append looks at it again. Returns err. */
 static int refuse(part *p, int err, const char *why, char *errbuf, size_t errlen) {
     cv_applog_i_part_refuse(p, err, why);
     p->recheck = true;
     cv_errf(errbuf, errlen, "%s", why);
-    return p->state;
+    return p->refuse_err;
 }
 
 /* Scans the last segment of p's directory with the reader (see DURABILITY
  * AND RECOVERY): fills p's index, chain and last offset and what the seal
  * at a clean close names; cuts a torn tail, or refuses the partition for
- * damage (p->state < 0, returned). */
+ * damage (PART_REFUSED, its error returned). */
 int cv_applog_i_recover_last_segment(cv_applog *log, part *p, char *errbuf,
                                      size_t errlen) {
     char msg[768];

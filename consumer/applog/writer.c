@@ -329,7 +329,7 @@ void cv_applog_i_part_job(cv_applog *log, part *p) {
 }
 
 static void commit(part *p) {
-    if (p->late && p->late->state == 1)
+    if (p->late && p->late->state == PART_READY)
         commit(p->late);
     bool dcur_touched = false;
     for (size_t i = 0; i < p->ntouched; i++) {
@@ -365,7 +365,7 @@ static void commit(part *p) {
  * durable size, removes new segments. Returns <0 if that failed too (the
  * partition is then refused: its files are in an unknown state). */
 static int rollback(cv_applog *log, part *p) {
-    if (p->late && p->late->state == 1)
+    if (p->late && p->late->state == PART_READY)
         rollback(log, p->late);
     int bad = 0;
     if (p->ngen) {
@@ -526,7 +526,7 @@ fail:
 int cv_applog_positions(const cv_applog *log, const char *topic, int32_t partition,
                         int64_t *ret_requested, int64_t *ret_durable) {
     const part *p = cv_applog_i_find_part(log, topic, partition);
-    if (!p || p->state != 1)
+    if (!p || p->state != PART_READY)
         return -ENOENT;
     *ret_requested = p->last;
     *ret_durable = p->dlast;

@@ -1,5 +1,14 @@
 /*
- * pipeline — see pipeline.h.
+ * pipeline — see pipeline.h. This file is the poll and batch loop: it
+ * fills a batch from the consumer, decodes it, hands it to the store
+ * thread and takes the verdict, retries while a store is down, and owns
+ * the pipeline's lifetime. The acks and the commit are pipeline_ack.c's,
+ * partition assignment and revocation pipeline_rebalance.c's; what they
+ * share is in pipeline_internal.h.
+ *
+ * Threading: everything here runs on the thread that calls
+ * cv_pipeline_run, except store_main, the store thread, which touches only
+ * the batch it was handed (under store_thread.mu) and the stores.
  *
  * Three stages overlap. The stores write one batch on their own thread
  * while this thread polls, decodes and fills the next; a written batch's
@@ -20,7 +29,7 @@
  * leaves no hole: their partitions are gone, and a later assignment starts
  * from Kafka's committed offset again.
  */
-#include "ingest/pipeline.h"
+#include "ingest/pipeline_internal.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -38,99 +47,13 @@
 #include "util.h"
 
 #define KAFKA_START_TIMEOUT_MS 10000
-#define ACKS_AGAIN_LOG_MS 10000
-/* First and longest pause between attempts of an aborted ack transaction. */
-#define TXN_RETRY_MS 500
-#define TXN_RETRY_MAX_MS 5000
 /* Decoding takes at most ~20 times a record's wire size (a map of tiny
  * attributes is the worst case), so this bound is never what stops a
  * batch that batch.max_bytes admitted. */
 #define ARENA_LIMIT(max_bytes) ((size_t)(max_bytes)*32 + ((size_t)64 << 20))
 
-/* A batch whose records are stored and whose acks are on their way. */
-typedef struct pending {
-    struct pending *next;
-    cv_ack_ticket ticket;
-    rd_kafka_topic_partition_list_t *offsets; /* next offset per partition */
-    bool committed;     /* by the acks' transaction: not to be committed again */
-    bool given_up;      /* its acks failed: it never completes */
-    cv_ack_note *notes; /* for the observer, or NULL */
-    size_t nnotes;
-} pending;
-
-/* Topic names outlive the Kafka messages that carried them: the observer
- * sees them after the batch is released. A few hundred topics at most. */
-typedef struct interned {
-    struct interned *next;
-    char name[];
-} interned;
-
-/* Records on their way through the stores. Two of these alternate: one
- * fills while the other is stored. */
-typedef struct batch {
-    cv_rec *recs;
-    size_t n, bytes;
-    int64_t started_ms;
-    cv_arena *arena;                          /* the decoded messages of recs */
-    rd_kafka_topic_partition_list_t *offsets; /* set when it is submitted */
-    uint64_t seq;                             /* submission order, from 1 */
-    /* The stores' verdict, written by the store thread. */
-    int result;
-    int64_t pg_us, log_us;
-    char err[512];
-} batch;
-
-/* The store thread takes one batch at a time. */
-typedef struct store_thread {
-    pthread_t tid;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    batch *job;  /* handed over, not yet taken */
-    batch *done; /* written, verdict in it */
-    bool quit, started;
-} store_thread;
-
-struct cv_pipeline {
-    char *group, *pattern, *prefix, *ack_topic, *dlq_topic;
-    int64_t max_messages, max_bytes, max_ms, shutdown_timeout_ms;
-    cv_pipeline_log_fn *log_fn;
-    void *log_opaque;
-    cv_pipeline_observer obs;
-    interned *topics;
-    int64_t last_tick_ms;
-    /* Batches whose acks were produced again after failed deliveries, not
-     * yet logged (see log_acks_again). */
-    struct {
-        int64_t batches, failures, delivered, logged_ms;
-    } again;
-
-    rd_kafka_t *consumer;
-    cv_acker *acker;
-    cv_stores *stores;
-    cv_envelope_rules rules;
-    batch bufs[2];
-    batch *fill;    /* the batch being filled */
-    batch *storing; /* the batch at the store thread, or NULL */
-    size_t cap;
-    store_thread st;
-    bool in_rebalance; /* inside rebalance_cb: do not poll the consumer */
-
-    pending *head, **tail;
-    uint64_t seq;    /* of the last batch submitted */
-    uint64_t hole;   /* the first batch given up (see the top), 0: none */
-    batch *retrying; /* the batch store_retry waits with, or NULL */
-    bool in_store;   /* store_retry is waiting for a store */
-    bool abandon;    /* a revoke came meanwhile: give the batch up */
-    volatile sig_atomic_t *stop;
-    int fatal;
-    char fatal_err[512];
-    cv_pipeline_stats stats;
-};
-
-static void plog(cv_pipeline *p, cv_log_level level, const char *msg, const char *fmt,
-                 ...) __attribute__((format(printf, 4, 5)));
-static void plog(cv_pipeline *p, cv_log_level level, const char *msg, const char *fmt,
-                 ...) {
+void cv_pipeline_i_log(cv_pipeline *p, cv_log_level level, const char *msg,
+                       const char *fmt, ...) {
     if (!p->log_fn)
         return;
     char kv[1024] = "";
@@ -143,41 +66,11 @@ static void plog(cv_pipeline *p, cv_log_level level, const char *msg, const char
     p->log_fn(p->log_opaque, level, msg, kv);
 }
 
-#define OBSERVE(p, fn, ...)                                                              \
-    do {                                                                                 \
-        if ((p)->obs.fn)                                                                 \
-            (p)->obs.fn((p)->obs.opaque, __VA_ARGS__);                                   \
-    } while (0)
-
-static const char *intern_topic(cv_pipeline *p, const char *name) {
-    for (interned *t = p->topics; t; t = t->next)
-        if (strcmp(t->name, name) == 0)
-            return t->name;
-    size_t n = strlen(name) + 1;
-    interned *t = malloc(sizeof(*t) + n);
-    if (!t)
-        return NULL;
-    memcpy(t->name, name, n);
-    t->next = p->topics;
-    p->topics = t;
-    return t->name;
-}
-
-static void pending_free(pending *b) {
-    rd_kafka_topic_partition_list_destroy(b->offsets);
-    free(b->notes);
-    free(b);
-}
-
-static void set_fatal(cv_pipeline *p, const char *err) {
+void cv_pipeline_i_set_fatal(cv_pipeline *p, const char *err) {
     if (!p->fatal) {
         p->fatal = 1;
         snprintf(p->fatal_err, sizeof(p->fatal_err), "%s", err);
     }
-}
-
-static bool stopping(const cv_pipeline *p) {
-    return p->stop && *p->stop;
 }
 
 /* True when `b` comes at or after the hole: it must not be stored, acked
@@ -187,100 +80,21 @@ static bool past_hole(const cv_pipeline *p, const batch *b) {
 }
 
 /* Gives `b` up: from it on, nothing is stored, acked or committed. */
-static void make_hole(cv_pipeline *p, const batch *b, const char *why) {
+void cv_pipeline_i_make_hole(cv_pipeline *p, const batch *b, const char *why) {
     if (p->hole && p->hole <= b->seq)
         return;
     p->hole = b->seq;
     if (b->n == 0)
         return;
-    plog(p, CV_LOG_WARN,
-         "a batch was given up before it was acked; nothing after it is stored, "
-         "acked or committed, and Kafka re-delivers it after a restart",
-         "reason=\"%s\" records=%zu first=%s/%" PRId32 "@%" PRId64, why, b->n,
-         b->recs[0].topic, b->recs[0].partition, b->recs[0].offset);
+    cv_pipeline_i_log(
+        p, CV_LOG_WARN,
+        "a batch was given up before it was acked; nothing after it is stored, "
+        "acked or committed, and Kafka re-delivers it after a restart",
+        "reason=\"%s\" records=%zu first=%s/%" PRId32 "@%" PRId64, why, b->n,
+        b->recs[0].topic, b->recs[0].partition, b->recs[0].offset);
 }
 
-/* Offsets to commit: one past the last record of each partition. Records
- * of one partition arrive in order, and usually in runs, so the last
- * partition found is tried first. */
-static rd_kafka_topic_partition_list_t *batch_offsets(const cv_rec *recs, size_t n) {
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(16);
-    rd_kafka_topic_partition_t *last = NULL;
-    for (size_t i = 0; i < n; i++) {
-        const cv_rec *r = &recs[i];
-        if (!last || last->partition != r->partition ||
-            strcmp(last->topic, r->topic) != 0) {
-            last = rd_kafka_topic_partition_list_find(l, r->topic, r->partition);
-            if (!last)
-                last = rd_kafka_topic_partition_list_add(l, r->topic, r->partition);
-        }
-        last->offset = r->offset + 1;
-    }
-    return l;
-}
-
-/* Logs the batches whose acks had to be produced again: the first at once,
- * then one line per ACKS_AGAIN_LOG_MS for all that came meanwhile (while the
- * ack topic is unreachable, that is every batch), and what is left when
- * `flush`. */
-static void log_acks_again(cv_pipeline *p, bool flush) {
-    if (!p->again.batches)
-        return;
-    int64_t now = cv_mono_ms();
-    if (!flush && p->again.logged_ms && now - p->again.logged_ms < ACKS_AGAIN_LOG_MS)
-        return;
-    plog(p, CV_LOG_WARN, "acks were produced again after failed deliveries",
-         "batches=%" PRId64 " failures=%" PRId64 " delivered=%" PRId64
-         " note=\"receivers may see these acks twice\"",
-         p->again.batches, p->again.failures, p->again.delivered);
-    p->again.batches = p->again.failures = p->again.delivered = 0;
-    p->again.logged_ms = now;
-}
-
-/* Commits the offsets of every completed batch at the head of the FIFO. */
-static void commit_completed(cv_pipeline *p, bool async) {
-    rd_kafka_topic_partition_list_t *commit = NULL;
-    while (p->head && p->head->ticket.outstanding == 0) {
-        pending *b = p->head;
-        if (!commit && !b->committed)
-            commit = rd_kafka_topic_partition_list_new(b->offsets->cnt);
-        for (int i = 0; !b->committed && i < b->offsets->cnt; i++) {
-            rd_kafka_topic_partition_t *src = &b->offsets->elems[i];
-            rd_kafka_topic_partition_t *dst =
-                rd_kafka_topic_partition_list_find(commit, src->topic, src->partition);
-            if (!dst)
-                dst =
-                    rd_kafka_topic_partition_list_add(commit, src->topic, src->partition);
-            if (src->offset > dst->offset)
-                dst->offset = src->offset;
-        }
-        p->stats.acked += b->ticket.delivered;
-        p->stats.committed_batches++;
-        if (b->ticket.failures > 0 && !b->committed) {
-            p->again.batches++;
-            p->again.failures += b->ticket.failures;
-            p->again.delivered += b->ticket.delivered;
-        }
-        p->head = b->next;
-        if (!p->head)
-            p->tail = &p->head;
-        if (b->notes)
-            OBSERVE(p, acked, b->notes, b->nnotes);
-        pending_free(b);
-    }
-    log_acks_again(p, false);
-    if (!commit)
-        return;
-    rd_kafka_resp_err_t err = rd_kafka_commit(p->consumer, commit, async ? 1 : 0);
-    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
-        plog(p, CV_LOG_WARN,
-             "offset commit failed; the records will be re-delivered and "
-             "deduplicated",
-             "error=\"%s\"", rd_kafka_err2str(err));
-    rd_kafka_topic_partition_list_destroy(commit);
-}
-
-static void release_batch(batch *b) {
+void cv_pipeline_i_release_batch(batch *b) {
     for (size_t i = 0; i < b->n; i++)
         rd_kafka_message_destroy(b->recs[i].rkm);
     b->n = 0;
@@ -306,11 +120,11 @@ static int decode_batch(cv_pipeline *p, batch *b) {
             r->status = CHATVAULT__V1__ACK_STATUS__REJECTED;
             p->stats.rejected++;
             p->stats.rejected_by_reason[r->env.reason & 15]++;
-            plog(p, CV_LOG_WARN, "record rejected",
-                 "topic=%s partition=%" PRId32 " offset=%" PRId64
-                 " reason=%s error=\"%s\"",
-                 r->topic, r->partition, r->offset, cv_reject_reason_name(r->env.reason),
-                 r->env.error);
+            cv_pipeline_i_log(p, CV_LOG_WARN, "record rejected",
+                              "topic=%s partition=%" PRId32 " offset=%" PRId64
+                              " reason=%s error=\"%s\"",
+                              r->topic, r->partition, r->offset,
+                              cv_reject_reason_name(r->env.reason), r->env.error);
         }
     }
     OBSERVE(p, consumed, b->recs, b->n);
@@ -380,14 +194,14 @@ static void poll_paused(cv_pipeline *p, bool pause) {
 
 static void serve_while_waiting(cv_pipeline *p, int64_t ms) {
     int64_t until = cv_mono_ms() + ms;
-    while (cv_mono_ms() < until && !stopping(p) && !p->abandon) {
+    while (cv_mono_ms() < until && !cv_pipeline_i_stopping(p) && !p->abandon) {
         if (!p->in_rebalance) {
             rd_kafka_message_t *m = rd_kafka_consumer_poll(p->consumer, 0);
             if (m) /* paused: only errors and events arrive */
                 rd_kafka_message_destroy(m);
         }
         cv_acker_poll(p->acker, 50);
-        commit_completed(p, true);
+        cv_pipeline_i_commit_completed(p, true);
     }
 }
 
@@ -400,8 +214,9 @@ static int store_retry(cv_pipeline *p, batch *b) {
     int r = b->result;
     p->in_store = true;
     p->retrying = b;
-    plog(p, CV_LOG_WARN, "batch not durable; not acking, waiting for the stores",
-         "error=\"%s\"", b->err);
+    cv_pipeline_i_log(p, CV_LOG_WARN,
+                      "batch not durable; not acking, waiting for the stores",
+                      "error=\"%s\"", b->err);
     while (r == -EAGAIN) {
         p->stats.store_errors++;
         if (!paused) {
@@ -410,7 +225,7 @@ static int store_retry(cv_pipeline *p, batch *b) {
         }
         int64_t wait = cv_stores_retry_ms(p->stores);
         serve_while_waiting(p, wait < 20 ? 20 : wait);
-        if (stopping(p) || p->abandon) {
+        if (cv_pipeline_i_stopping(p) || p->abandon) {
             r = -ECANCELED;
             break;
         }
@@ -418,135 +233,15 @@ static int store_retry(cv_pipeline *p, batch *b) {
                             b->err, sizeof(b->err));
     }
     if (r != 0 && r != -ECANCELED)
-        set_fatal(p, b->err);
+        cv_pipeline_i_set_fatal(p, b->err);
     if (paused && !p->abandon) {
         poll_paused(p, false);
         if (r == 0)
-            plog(p, CV_LOG_INFO, "stores are back; acking again", NULL);
+            cv_pipeline_i_log(p, CV_LOG_INFO, "stores are back; acking again", NULL);
     }
     p->in_store = false;
     p->retrying = NULL;
     return r;
-}
-
-/* Whether the last failure of the acks' transaction says this consumer's
- * group membership is over: a rebalance it has not served yet. Trying
- * again cannot succeed without serving it, and serving it here would
- * complete later batches before this one. */
-static bool group_moved_on(cv_pipeline *p) {
-    switch (cv_acker_last_error(p->acker)) {
-    case RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION:
-    case RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID:
-    case RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID:
-    case RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS:
-        return true;
-    default:
-        return false;
-    }
-}
-
-/* ack.transactions = on: produces the batch's acks and commits its offsets
- * in one transaction, trying again after an abort until it commits. Only
- * the producer is served meanwhile (Kafka's heartbeats go on in librdkafka's
- * own thread). 0: committed; -ECANCELED: asked to stop first; -EIO: the
- * producer failed for good, or the group moved on. */
-static int ack_batch_txn(cv_pipeline *p, const batch *b, pending *pb, char *err,
-                         size_t errlen) {
-    int64_t pause = TXN_RETRY_MS, start_us = cv_mono_us();
-    for (int attempt = 1;; attempt++) {
-        int r = cv_acker_send_txn(p->acker, p->consumer, b->recs, b->n, pb->offsets,
-                                  &pb->ticket, err, errlen);
-        if (r == 0) {
-            pb->committed = true;
-            OBSERVE(p, ack_txn, cv_mono_us() - start_us, attempt - 1);
-            if (attempt > 1)
-                plog(p, CV_LOG_INFO, "ack transaction committed",
-                     "attempts=%d records=%zu", attempt, b->n);
-            return 0;
-        }
-        if (r != -EAGAIN)
-            return r;
-        pb->ticket.failures++;
-        if (group_moved_on(p)) {
-            size_t used = strlen(err);
-            snprintf(err + used, errlen - used,
-                     "; the consumer group moved on meanwhile, so the batch is left "
-                     "for its next owner");
-            return -EIO;
-        }
-        /* The first abort at once, then one line in ten: Kafka may be away
-         * for long. */
-        if (attempt % 10 == 1)
-            plog(p, CV_LOG_WARN,
-                 "ack transaction aborted; read_committed readers see none of its "
-                 "acks, and they are produced again",
-                 "attempt=%d records=%zu error=\"%s\"", attempt, b->n, err);
-        int64_t until = cv_mono_ms() + pause;
-        while (cv_mono_ms() < until && !stopping(p))
-            cv_acker_poll(p->acker, 50);
-        if (stopping(p))
-            return -ECANCELED;
-        pause = pause * 2 > TXN_RETRY_MAX_MS ? TXN_RETRY_MAX_MS : pause * 2;
-    }
-}
-
-/* A durable batch: count it, produce its acks, queue it for the commit. */
-static void ack_batch(cv_pipeline *p, batch *b) {
-    OBSERVE(p, stored, b->recs, b->n, b->pg_us, b->log_us);
-    plog(p, CV_LOG_DEBUG, "batch stored",
-         "records=%zu pg_us=%" PRId64 " log_us=%" PRId64 " first_record_age_ms=%" PRId64,
-         b->n, b->pg_us, b->log_us,
-         b->recs[0].timestamp_ms >= 0 ? cv_now_us() / 1000 - b->recs[0].timestamp_ms
-                                      : (int64_t)-1);
-    pending *pb = calloc(1, sizeof(*pb));
-    if (!pb) {
-        /* Not queued, so nothing would hold the commit below it. */
-        set_fatal(p, "out of memory queueing a stored batch for its acks");
-        make_hole(p, b, p->fatal_err);
-        return;
-    }
-    pb->offsets = b->offsets;
-    b->offsets = NULL;
-    for (size_t i = 0; i < b->n; i++) {
-        int s = b->recs[i].status;
-        p->stats.persisted += s == CHATVAULT__V1__ACK_STATUS__PERSISTED;
-        p->stats.duplicates += s == CHATVAULT__V1__ACK_STATUS__DUPLICATE;
-    }
-    p->stats.batches++;
-    if (p->obs.acked && (pb->notes = calloc(b->n, sizeof(cv_ack_note)))) {
-        pb->nnotes = b->n;
-        for (size_t i = 0; i < b->n; i++) {
-            const cv_rec *r = &b->recs[i];
-            cv_ack_note *note = &pb->notes[i];
-            note->topic = intern_topic(p, r->topic);
-            note->partition = r->partition;
-            note->offset = r->offset;
-            note->sent_at_us = r->env.msg ? r->env.msg->sent_at_us : 0;
-            note->timestamp_ms = r->timestamp_ms;
-            note->status = r->status;
-            note->stores = r->stores;
-            if (!note->topic)
-                pb->nnotes = 0;
-        }
-    }
-    char err[512];
-    int r = cv_acker_transactional(p->acker)
-                ? ack_batch_txn(p, b, pb, err, sizeof(err))
-                : cv_acker_send(p->acker, b->recs, b->n, &pb->ticket, err, sizeof(err));
-    if (r == -ECANCELED) {
-        make_hole(p, b, "stopping while the acks' transaction was tried again");
-    } else if (r < 0) {
-        set_fatal(p, err);
-        make_hole(p, b, err);
-    }
-    /* Queued even after a failure: the acks produced so far still count,
-     * and the ticket never completes, so nothing past it is committed. */
-    if (r < 0 || p->fatal) {
-        pb->ticket.outstanding++;
-        pb->given_up = true;
-    }
-    *p->tail = pb;
-    p->tail = &pb->next;
 }
 
 /* Takes the batch the store thread finished the rest of the way: acks when
@@ -558,25 +253,25 @@ static void ack_batch(cv_pipeline *p, batch *b) {
 static bool complete_stored(cv_pipeline *p, batch *b) {
     bool abandoned = false;
     if (past_hole(p, b)) {
-        plog(p, CV_LOG_INFO, "batch after a given-up one not acked",
-             "records=%zu durable=%s", b->n, b->result == 0 ? "yes" : "no");
-        release_batch(b);
+        cv_pipeline_i_log(p, CV_LOG_INFO, "batch after a given-up one not acked",
+                          "records=%zu durable=%s", b->n, b->result == 0 ? "yes" : "no");
+        cv_pipeline_i_release_batch(b);
         return false;
     }
     if (b->result == -EAGAIN)
         b->result = store_retry(p, b);
     if (b->result == 0) {
-        ack_batch(p, b);
+        cv_pipeline_i_ack_batch(p, b);
     } else if (b->result == -ECANCELED && p->abandon) {
         abandoned = true;
     } else {
         if (b->result != -ECANCELED)
-            set_fatal(p, b->err);
-        make_hole(p, b, b->result == -ECANCELED ? "stopping" : b->err);
+            cv_pipeline_i_set_fatal(p, b->err);
+        cv_pipeline_i_make_hole(p, b, b->result == -ECANCELED ? "stopping" : b->err);
     }
     p->abandon = false;
     /* Not stored means not acked and not committed: Kafka re-delivers. */
-    release_batch(b);
+    cv_pipeline_i_release_batch(b);
     return abandoned;
 }
 
@@ -586,13 +281,13 @@ static batch *wait_stored(cv_pipeline *p) {
     batch *b;
     while (!(b = store_wait(p, 20))) {
         cv_acker_poll(p->acker, 0);
-        commit_completed(p, true);
+        cv_pipeline_i_commit_completed(p, true);
     }
     return b;
 }
 
 /* Waits for the batch at the store thread and completes it. */
-static bool finish_storing(cv_pipeline *p) {
+bool cv_pipeline_i_finish_storing(cv_pipeline *p) {
     if (!p->storing)
         return false;
     return complete_stored(p, wait_stored(p));
@@ -622,17 +317,17 @@ static void submit_fill(cv_pipeline *p) {
         return;
     b->seq = ++p->seq;
     if (past_hole(p, b)) {
-        release_batch(b);
+        cv_pipeline_i_release_batch(b);
         return;
     }
     if (decode_batch(p, b) < 0) {
-        set_fatal(p, "out of memory decoding a batch; its records stay "
-                     "uncommitted and are re-delivered after a restart");
-        make_hole(p, b, p->fatal_err);
-        release_batch(b);
+        cv_pipeline_i_set_fatal(p, "out of memory decoding a batch; its records stay "
+                                   "uncommitted and are re-delivered after a restart");
+        cv_pipeline_i_make_hole(p, b, p->fatal_err);
+        cv_pipeline_i_release_batch(b);
         return;
     }
-    b->offsets = batch_offsets(b->recs, b->n);
+    b->offsets = cv_pipeline_i_batch_offsets(b->recs, b->n);
     if (p->storing) {
         batch *prev = wait_stored(p);
         if (prev->result == 0) {
@@ -643,7 +338,7 @@ static void submit_fill(cv_pipeline *p) {
         /* Not durable yet: retried here first; a revoke meanwhile gives
          * up this batch too, and so does a hole left by the one before. */
         if (complete_stored(p, prev) || past_hole(p, b)) {
-            release_batch(b);
+            cv_pipeline_i_release_batch(b);
             return;
         }
     }
@@ -653,143 +348,10 @@ static void submit_fill(cv_pipeline *p) {
 /* Finishes every batch in flight (or, after a revoke that found the stores
  * down, gives them up) and waits for every pending ack (up to
  * `timeout_ms`), then commits synchronously. */
-static void drain_acks(cv_pipeline *p, int64_t timeout_ms);
-
-static void drain(cv_pipeline *p, int64_t timeout_ms) {
+void cv_pipeline_i_drain(cv_pipeline *p, int64_t timeout_ms) {
     submit_fill(p);
-    finish_storing(p);
-    drain_acks(p, timeout_ms);
-}
-
-/* Waits for every pending ack, then commits synchronously. */
-static void drain_acks(cv_pipeline *p, int64_t timeout_ms) {
-    int64_t deadline = cv_mono_ms() + timeout_ms;
-    while (p->head && !p->head->given_up && cv_mono_ms() < deadline) {
-        cv_acker_poll(p->acker, 20);
-        commit_completed(p, true);
-    }
-    commit_completed(p, false);
-    if (p->head && !p->head->given_up) /* a given-up one was logged already */
-        plog(p, CV_LOG_WARN,
-             "acks still undelivered after the drain timeout; their "
-             "records stay uncommitted and will be re-delivered",
-             "timeout_ms=%" PRId64, timeout_ms);
-}
-
-static void assign(cv_pipeline *p, rd_kafka_topic_partition_list_t *parts) {
-    char err[512];
-    finish_storing(p); /* the stores' connection is this thread's again */
-    for (int i = 0; i < parts->cnt; i++)
-        parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
-    rd_kafka_resp_err_t kerr = rd_kafka_committed(p->consumer, parts, 10000);
-    if (kerr)
-        plog(p, CV_LOG_WARN,
-             "cannot read committed offsets now; librdkafka fetches them itself "
-             "when it starts the partitions, but postgres is not checked against "
-             "them for this assignment (chatvault verify finds any gap)",
-             "error=\"%s\"", rd_kafka_err2str(kerr));
-    for (int i = 0; i < parts->cnt; i++)
-        if (parts->elems[i].err)
-            parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
-    if (cv_stores_check_offsets(p->stores, parts, err, sizeof(err)) < 0)
-        plog(p, CV_LOG_WARN,
-             "cannot compare chatvault.kafka_offsets with Kafka's committed offsets "
-             "now; they are compared before postgres's next write",
-             "error=\"%s\"", err);
-    for (int i = 0; i < parts->cnt; i++) {
-        if (parts->elems[i].offset >= 0)
-            plog(p, CV_LOG_INFO, "partition assigned",
-                 "topic=%s partition=%" PRId32 " committed_offset=%" PRId64,
-                 parts->elems[i].topic, parts->elems[i].partition,
-                 parts->elems[i].offset);
-        else
-            plog(p, CV_LOG_INFO,
-                 "partition assigned; no committed offset: it starts at its "
-                 "beginning (auto.offset.reset)",
-                 "topic=%s partition=%" PRId32, parts->elems[i].topic,
-                 parts->elems[i].partition);
-    }
-    if (strcmp(rd_kafka_rebalance_protocol(p->consumer), "COOPERATIVE") == 0) {
-        rd_kafka_error_t *e = rd_kafka_incremental_assign(p->consumer, parts);
-        if (e) {
-            plog(p, CV_LOG_ERROR, "incremental assign failed", "error=\"%s\"",
-                 rd_kafka_error_string(e));
-            rd_kafka_error_destroy(e);
-        }
-    } else {
-        rd_kafka_assign(p->consumer, parts);
-    }
-}
-
-/* A record of batch `b` whose partition is not in `parts`, or NULL. */
-static const cv_rec *record_outside(const batch *b,
-                                    const rd_kafka_topic_partition_list_t *parts) {
-    const cv_rec *last = NULL;
-    for (size_t i = 0; b && i < b->n; i++) {
-        const cv_rec *r = &b->recs[i];
-        if (last && last->partition == r->partition && strcmp(last->topic, r->topic) == 0)
-            continue;
-        if (!rd_kafka_topic_partition_list_find(parts, r->topic, r->partition))
-            return r;
-        last = r;
-    }
-    return NULL;
-}
-
-static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
-                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
-    cv_pipeline *p = opaque;
-    bool cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
-    p->in_rebalance = true;
-    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        assign(p, parts);
-        p->in_rebalance = false;
-        return;
-    }
-    if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
-        if (p->in_store) {
-            /* A store is down and the batch in flight is not durable: give
-             * it, and the one filling behind it, up uncommitted; the next
-             * owner is re-delivered them. */
-            plog(p, CV_LOG_WARN,
-                 "partitions revoked while a store is down; the batches "
-                 "in flight are left for the next owner",
-                 "count=%d", parts->cnt);
-            /* An incremental revoke may leave partitions of those batches
-             * assigned: going on with them would skip what is given up. */
-            const cv_rec *kept = record_outside(p->retrying, parts);
-            if (!kept)
-                kept = record_outside(p->fill, parts);
-            if (kept) {
-                char why[512];
-                snprintf(why, sizeof(why),
-                         "partitions revoked while a store is down left %s/%" PRId32
-                         " assigned with records given up from offset %" PRId64
-                         " on; stopping so that Kafka re-delivers them",
-                         kept->topic, kept->partition, kept->offset);
-                set_fatal(p, why);
-                if (p->retrying)
-                    make_hole(p, p->retrying, why);
-            }
-            p->abandon = true;
-            release_batch(p->fill);
-            drain_acks(p, p->shutdown_timeout_ms);
-        } else {
-            plog(p, CV_LOG_INFO, "partitions revoked; finishing the batch in flight",
-                 "count=%d", parts->cnt);
-            drain(p, p->shutdown_timeout_ms);
-        }
-    } else {
-        plog(p, CV_LOG_ERROR, "rebalance error", "error=\"%s\"", rd_kafka_err2str(err));
-    }
-    if (cooperative) {
-        rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
-        if (e)
-            rd_kafka_error_destroy(e);
-    } else {
-        rd_kafka_assign(rk, NULL);
-    }
-    p->in_rebalance = false;
+    cv_pipeline_i_finish_storing(p);
+    cv_pipeline_i_drain_acks(p, timeout_ms);
 }
 
 static void stores_log(void *opaque, cv_log_level level, const char *msg,
@@ -829,6 +391,55 @@ static char *xstrdup(const char *s, int *oom) {
     if (!d)
         *oom = 1;
     return d;
+}
+
+/* Creates the consumer (it takes cconf over; on failure cconf is gone
+ * too), checks that Kafka answers, starts the store thread and subscribes.
+ * On failure p is left for cv_pipeline_free. */
+static int start_consumer(cv_pipeline *p, rd_kafka_conf_t *cconf, char *errbuf,
+                          size_t errlen) {
+    char kerr[512], bootstrap[512] = "?";
+    size_t blen = sizeof(bootstrap);
+    rd_kafka_conf_get(cconf, "bootstrap.servers", bootstrap, &blen);
+    rd_kafka_conf_set_opaque(cconf, p);
+    rd_kafka_conf_set_rebalance_cb(cconf, cv_pipeline_i_rebalance_cb);
+    p->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, cconf, kerr, sizeof(kerr));
+    if (!p->consumer) {
+        snprintf(errbuf, errlen, "kafka: cannot create the consumer: %s", kerr);
+        rd_kafka_conf_destroy(cconf);
+        return -EINVAL;
+    }
+    rd_kafka_poll_set_consumer(p->consumer);
+    /* librdkafka connects lazily and retries forever: ask once, so that a
+     * wrong or dead address is a clear error at start, not a silent wait. */
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t merr =
+        rd_kafka_metadata(p->consumer, 1, NULL, &md, KAFKA_START_TIMEOUT_MS);
+    if (md)
+        rd_kafka_metadata_destroy(md);
+    if (merr) {
+        snprintf(errbuf, errlen,
+                 "kafka: cannot reach %s (kafka.bootstrap.servers) within %d s: %s",
+                 bootstrap, KAFKA_START_TIMEOUT_MS / 1000, rd_kafka_err2str(merr));
+        return -EHOSTUNREACH;
+    }
+    pthread_mutex_init(&p->st.mu, NULL);
+    pthread_cond_init(&p->st.cv, NULL);
+    if (pthread_create(&p->st.tid, NULL, store_main, p) != 0) {
+        snprintf(errbuf, errlen, "cannot start the store thread");
+        return -EAGAIN;
+    }
+    p->st.started = true;
+    rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(sub, p->pattern, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t err = rd_kafka_subscribe(p->consumer, sub);
+    rd_kafka_topic_partition_list_destroy(sub);
+    if (err) {
+        snprintf(errbuf, errlen, "kafka: cannot subscribe to %s: %s", p->pattern,
+                 rd_kafka_err2str(err));
+        return -EINVAL;
+    }
+    return 0;
 }
 
 int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
@@ -909,50 +520,10 @@ int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
         cv_pipeline_free(p);
         return r;
     }
-    char kerr[512], bootstrap[512] = "?";
-    size_t blen = sizeof(bootstrap);
-    rd_kafka_conf_get(cconf, "bootstrap.servers", bootstrap, &blen);
-    rd_kafka_conf_set_opaque(cconf, p);
-    rd_kafka_conf_set_rebalance_cb(cconf, rebalance_cb);
-    p->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, cconf, kerr, sizeof(kerr));
-    if (!p->consumer) {
-        snprintf(errbuf, errlen, "kafka: cannot create the consumer: %s", kerr);
-        rd_kafka_conf_destroy(cconf);
+    r = start_consumer(p, cconf, errbuf, errlen);
+    if (r < 0) {
         cv_pipeline_free(p);
-        return -EINVAL;
-    }
-    rd_kafka_poll_set_consumer(p->consumer);
-    /* librdkafka connects lazily and retries forever: ask once, so that a
-     * wrong or dead address is a clear error at start, not a silent wait. */
-    const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_resp_err_t merr =
-        rd_kafka_metadata(p->consumer, 1, NULL, &md, KAFKA_START_TIMEOUT_MS);
-    if (md)
-        rd_kafka_metadata_destroy(md);
-    if (merr) {
-        snprintf(errbuf, errlen,
-                 "kafka: cannot reach %s (kafka.bootstrap.servers) within %d s: %s",
-                 bootstrap, KAFKA_START_TIMEOUT_MS / 1000, rd_kafka_err2str(merr));
-        cv_pipeline_free(p);
-        return -EHOSTUNREACH;
-    }
-    pthread_mutex_init(&p->st.mu, NULL);
-    pthread_cond_init(&p->st.cv, NULL);
-    if (pthread_create(&p->st.tid, NULL, store_main, p) != 0) {
-        snprintf(errbuf, errlen, "cannot start the store thread");
-        cv_pipeline_free(p);
-        return -EAGAIN;
-    }
-    p->st.started = true;
-    rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(sub, p->pattern, RD_KAFKA_PARTITION_UA);
-    rd_kafka_resp_err_t err = rd_kafka_subscribe(p->consumer, sub);
-    rd_kafka_topic_partition_list_destroy(sub);
-    if (err) {
-        snprintf(errbuf, errlen, "kafka: cannot subscribe to %s: %s", p->pattern,
-                 rd_kafka_err2str(err));
-        cv_pipeline_free(p);
-        return -EINVAL;
+        return r;
     }
     *ret = p;
     return 0;
@@ -977,10 +548,11 @@ static void add_record(cv_pipeline *p, rd_kafka_message_t *m) {
 int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
                     size_t errlen) {
     p->stop = stop;
-    plog(p, CV_LOG_INFO,
-         "waiting for the consumer group to assign partitions (a first join takes a "
-         "few seconds; each assignment is logged)",
-         "group=%s", p->group);
+    cv_pipeline_i_log(
+        p, CV_LOG_INFO,
+        "waiting for the consumer group to assign partitions (a first join takes a "
+        "few seconds; each assignment is logged)",
+        "group=%s", p->group);
     int64_t last_serve = cv_mono_ms();
     while (!*stop && !p->fatal) {
         batch *f = p->fill;
@@ -993,12 +565,13 @@ int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
         rd_kafka_message_t *m = rd_kafka_consumer_poll(p->consumer, timeout);
         if (m && m->err) {
             if (m->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
-                plog(p, CV_LOG_INFO, "no topic matches topics.pattern yet; waiting",
-                     "detail=\"%s\"", rd_kafka_message_errstr(m));
+                cv_pipeline_i_log(p, CV_LOG_INFO,
+                                  "no topic matches topics.pattern yet; waiting",
+                                  "detail=\"%s\"", rd_kafka_message_errstr(m));
             else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-                plog(p, CV_LOG_WARN, "consumer error", "error=\"%s\" topic=%s",
-                     rd_kafka_message_errstr(m),
-                     m->rkt ? rd_kafka_topic_name(m->rkt) : "-");
+                cv_pipeline_i_log(p, CV_LOG_WARN, "consumer error",
+                                  "error=\"%s\" topic=%s", rd_kafka_message_errstr(m),
+                                  m->rkt ? rd_kafka_topic_name(m->rkt) : "-");
             rd_kafka_message_destroy(m);
             m = NULL;
         }
@@ -1010,7 +583,7 @@ int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
         if (p->storing && (!m || p->fill->n % 256 == 0)) {
             batch *done = store_wait(p, 0);
             if (done && complete_stored(p, done))
-                release_batch(p->fill);
+                cv_pipeline_i_release_batch(p->fill);
         }
         /* A full batch goes to the stores as soon as they are free; one
          * that is due (batch.max_ms, or nothing more to read) goes when
@@ -1021,7 +594,7 @@ int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
             submit_fill(p);
         if (!m || now - last_serve >= 10) {
             cv_acker_poll(p->acker, 0);
-            commit_completed(p, true);
+            cv_pipeline_i_commit_completed(p, true);
             last_serve = now;
         }
         if (now - p->last_tick_ms >= 1000) {
@@ -1029,8 +602,8 @@ int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
             p->last_tick_ms = now;
         }
     }
-    drain(p, p->shutdown_timeout_ms);
-    log_acks_again(p, true);
+    cv_pipeline_i_drain(p, p->shutdown_timeout_ms);
+    cv_pipeline_i_log_acks_again(p, true);
     rd_kafka_consumer_close(p->consumer);
     if (p->fatal) {
         snprintf(errbuf, errlen, "%s", p->fatal_err);
@@ -1047,7 +620,7 @@ cv_pipeline *cv_pipeline_free(cv_pipeline *p) {
     if (!p)
         return NULL;
     if (p->st.started) {
-        finish_storing(p);
+        cv_pipeline_i_finish_storing(p);
         pthread_mutex_lock(&p->st.mu);
         p->st.quit = true;
         pthread_cond_broadcast(&p->st.cv);
@@ -1058,11 +631,11 @@ cv_pipeline *cv_pipeline_free(cv_pipeline *p) {
     }
     for (int i = 0; i < 2; i++)
         if (p->bufs[i].arena)
-            release_batch(&p->bufs[i]);
+            cv_pipeline_i_release_batch(&p->bufs[i]);
     while (p->head) {
         pending *b = p->head;
         p->head = b->next;
-        pending_free(b);
+        cv_pipeline_i_pending_free(b);
     }
     for (interned *t = p->topics, *n; t; t = n) {
         n = t->next;

@@ -1,24 +1,19 @@
 /*
- * metrics — see metrics.h for the rules. Layout of the state:
+ * metrics — see metrics.h for the rules. This file holds the state (its
+ * layout is in metrics_internal.h) and everything that changes it: the
+ * histograms, the channel slots, the partition table, the observer
+ * callbacks the pipeline thread calls, lifetime, and Kafka's broker state
+ * from librdkafka's statistics. The renderers, which only read it, are in
+ * metrics_eval.c, metrics_prom.c and metrics_json.c.
  *
- *   channels[0..nchannels)   counters and status samples; the last slot,
- *                            index max_channels, is "_other"
- *   parts[0..nparts)         one per (topic, partition) seen or assigned,
- *                            found through an open-addressing index; each
- *                            holds the acked / consumed positions, the high
- *                            watermark, the queue of consumed-unacked
- *                            records and the high-watermark history
+ * Threading: every entry point takes cv_metrics.lock; the observer
+ * callbacks hold it for a few microseconds per batch.
  */
-#include "obs/metrics.h"
+#include "obs/metrics_internal.h"
 
 #include <errno.h>
-#include <inttypes.h>
 #include <jansson.h>
-#include <libpq-fe.h>
-#include <math.h>
 #include <pthread.h>
-#include <sodium.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,153 +80,14 @@ static const int64_t ack_txn_bounds[] = {1000,    2500,    5000,     10000,   25
                                          2500000, 5000000, 10000000, 30000000};
 static const int64_t batch_size_bounds[] = {1,   2,   5,    10,   20,   50,    100,
                                             200, 500, 1000, 2000, 5000, 10000, 20000};
-#define NB(a) (sizeof(a) / sizeof((a)[0]))
+_Static_assert(LAT_BUCKETS == NB(ack_latency_bounds) + 1, "LAT_BUCKETS");
 
-/* ---- state ---- */
-
-#define OTHER_CHANNEL "_other"
-#define SAMPLES_MAX 64
-#define HW_HISTORY_MAX 64
-#define LAT_SNAPS 32
-#define RECENT_REJECTS 10
-#define PARTS_MAX 65536
-#define NSTATUS 5 /* CHATVAULT__V1__ACK_STATUS__* 0..4 */
-
-typedef struct mchannel {
-    char *name;
-    int64_t consumed, acked, rejected, duplicate;
-    int64_t stored[2]; /* [0] PostgreSQL, [1] log */
-    int64_t acked_by_status[NSTATUS];
-    int64_t rejected_by_reason[CV_REJECT__COUNT];
-    cv_lag_sample samples[SAMPLES_MAX]; /* ring */
-    size_t nsamples, sample_head;       /* head: index of the oldest */
-    cv_hist latency;                    /* sent → ack, this channel's acks */
-    struct hseries *hist;               /* NULL: none kept (see metrics.h) */
-} mchannel;
-
-/* History (see metrics.h). Points of all series are written together, so
- * their times live once, in cv_metrics; a series written since sequence
- * number `since` holds points [since, seq). Floats: the values are for
- * charts, and 20 bytes a point keep a channel at
- *   3600 × 20 (seconds) + 1440 × 20 (minutes) + 32 × 18 × 8 (latency
- *   snapshots) = 105,456 bytes on x86-64; the per-channel latency histogram
- *   in mchannel adds ~230 bytes per slot. */
-#define HIST_SEC_POINTS 3600
-#define HIST_MIN_POINTS 1440
-#define LAT_BUCKETS (NB(ack_latency_bounds) + 1)
-
-typedef struct hpoint {
-    float lag, age_s, rate, p50_s, p99_s; /* NaN: none */
-} hpoint;
-
-typedef struct hseries {
-    hpoint sec[HIST_SEC_POINTS];
-    hpoint min[HIST_MIN_POINTS];
-    hpoint acc; /* the minute in progress: max, but rate is a sum */
-    int64_t acc_n;
-    uint64_t since_sec, since_min;
-    /* The channel's latency counts at each of the global lat_snaps slots,
-     * for its quantiles over the window. */
-    uint64_t lat_snaps[LAT_SNAPS][LAT_BUCKETS];
-} hseries;
-
-typedef struct inflight {
-    int64_t offset, ts_us;
-} inflight;
-
-typedef struct hwmark {
-    int64_t hw, seen_us;
-} hwmark;
-
-typedef struct mpart {
-    char *topic;
-    int32_t partition;
-    size_t channel;
-    bool assigned;
-    bool probe;            /* the end-to-end probe's topic */
-    int64_t acked_next;    /* -1: unknown */
-    int64_t consumed_next; /* -1: nothing consumed */
-    int64_t high, low;     /* -1: unknown */
-    int64_t lag_since_ms;  /* monotonic; 0 while the lag is 0 */
-    inflight *q;           /* ring of consumed-unacked records */
-    size_t qcap, qhead, qlen;
-    hwmark hws[HW_HISTORY_MAX];
-    size_t nhws;
-} mpart;
-
-typedef struct mstore {
-    bool seen, down;
-    int64_t errors, writes;
-    int64_t last_error_ms;
-    char last_error[256];
-} mstore;
-
-typedef struct rejnote {
-    int64_t time_ms;
-    char channel[64];
-    const char *reason;
-    char error[200];
-} rejnote;
-
-struct cv_metrics {
-    pthread_mutex_t lock;
-    cv_pipeline_observer obs;
-    int64_t (*now_us)(void);
-    int64_t (*mono_ms)(void);
-    char *prefix;
-    char *version;
-    size_t max_channels;
-    int64_t window_ms;
-    int64_t start_us;
-
-    mchannel *channels; /* max_channels + 1 slots */
-    size_t nchannels;   /* named ones in use; "_other" is always at max_channels */
-    bool other_used;
-
-    mpart **parts;
-    size_t nparts, partscap;
-    int32_t *index; /* open addressing over parts; -1 empty */
-    size_t indexcap;
-
-    cv_hist ack_latency, pg_commit, log_fsync, batch_size, ack_txn;
-    int64_t ack_txn_aborts;
-    cv_hist lat_snaps[LAT_SNAPS];
-    int64_t lat_snap_ms[LAT_SNAPS];
-    size_t nlat_snaps, lat_snap_head;
-
-    mstore stores[2];
-    int64_t torn_tails, torn_bytes, torn_records;
-    bool degraded;
-    int64_t degraded_since_us;
-    int64_t log_generations;
-    int64_t batches;
-    int64_t last_tick_ms; /* monotonic; 0 before the first tick */
-    int64_t ticks;
-
-    rejnote rejects[RECENT_REJECTS];
-    size_t nrejects, reject_head;
-
-    int kafka_up, kafka_known;   /* brokers up / known, from librdkafka stats */
-    int64_t kafka_down_since_us; /* 0: not down (some broker up, or none known) */
-    int64_t kafka_outages;
-    /* History: times (wall ms) of the points, the totals' series. */
-    int64_t hsec_t[HIST_SEC_POINTS];
-    uint64_t hsec_seq; /* points written; the newest is at (seq - 1) % N */
-    int64_t hmin_t[HIST_MIN_POINTS];
-    uint64_t hmin_seq;
-    int64_t hmin_cur;     /* wall minute (ms / 60000) in progress; -1: none */
-    int64_t hist_last_ms; /* monotonic time of the newest point; 0: none */
-    hseries *hist_total;
-
-    char *probe_topic; /* NULL: no probe */
-    cv_hist probe_latency;
-    int64_t probe_sent, probe_acked, probe_last_ack_us, probe_last_latency_us;
-};
+/* ---- channels and the partition table ---- */
 
 static size_t store_index(unsigned store) {
     return store == CV_STORE_LOG ? 1 : 0;
 }
-static const char *store_name(size_t i) {
+const char *cv_metrics_i_store_name(size_t i) {
     return i ? "log" : "postgres";
 }
 
@@ -407,21 +263,21 @@ static void hw_prune(mpart *p) {
     }
 }
 
-static int64_t part_end(const mpart *p) {
+int64_t cv_metrics_i_part_end(const mpart *p) {
     return p->high > p->consumed_next ? p->high : p->consumed_next;
 }
 
-static int64_t part_lag(const mpart *p) {
+int64_t cv_metrics_i_part_lag(const mpart *p) {
     if (p->acked_next < 0) /* position not known yet: no lag can be claimed */
         return 0;
     int64_t from = p->acked_next > p->low ? p->acked_next : p->low;
-    int64_t lag = part_end(p) - from;
+    int64_t lag = cv_metrics_i_part_end(p) - from;
     return lag > 0 ? lag : 0;
 }
 
 /* Age of the oldest unacked record in µs (0 when nothing is unacked). */
-static int64_t part_lag_age_us(const mpart *p, int64_t now_us) {
-    if (part_lag(p) == 0)
+int64_t cv_metrics_i_part_lag_age_us(const mpart *p, int64_t now_us) {
+    if (cv_metrics_i_part_lag(p) == 0)
         return 0;
     int64_t t = 0;
     if (p->qlen)
@@ -435,7 +291,7 @@ static int64_t part_lag_age_us(const mpart *p, int64_t now_us) {
     return t > 0 && now_us > t ? now_us - t : 0;
 }
 
-static int64_t part_inflight(const mpart *p) {
+int64_t cv_metrics_i_part_inflight(const mpart *p) {
     if (p->consumed_next < 0 || p->acked_next < 0)
         return (int64_t)p->qlen;
     int64_t n = p->consumed_next - p->acked_next;
@@ -444,7 +300,7 @@ static int64_t part_inflight(const mpart *p) {
 
 /* Keeps lag_since_ms current after the positions changed. */
 static void part_touch(mpart *p, int64_t now_ms) {
-    if (part_lag(p) == 0)
+    if (cv_metrics_i_part_lag(p) == 0)
         p->lag_since_ms = 0;
     else if (!p->lag_since_ms)
         p->lag_since_ms = now_ms;
@@ -589,38 +445,6 @@ static void obs_acked(void *opaque, const cv_ack_note *notes, size_t n) {
     pthread_mutex_unlock(&m->lock);
 }
 
-/* Every channel's sample (and, with now_us > 0, the age of its oldest
- * unacked record) as things are now, in one pass over the partitions.
- * Returns a calloc'ed array of max_channels + 1, or NULL. Lock held. */
-typedef struct chagg {
-    cv_lag_sample s;
-    int64_t age_us;
-} chagg;
-
-static chagg *channel_aggregates(const cv_metrics *m, int64_t now_ms, int64_t now_us) {
-    chagg *a = calloc(m->max_channels + 1, sizeof(*a));
-    if (!a)
-        return NULL;
-    for (size_t ci = 0; ci <= m->max_channels; ci++)
-        a[ci].s = (cv_lag_sample){.t_ms = now_ms,
-                                  .consumed = m->channels[ci].consumed,
-                                  .acked = m->channels[ci].acked};
-    for (size_t k = 0; k < m->nparts; k++) {
-        const mpart *p = m->parts[k];
-        cv_lag_sample *s = &a[p->channel].s;
-        s->lag += part_lag(p);
-        s->inflight += part_inflight(p);
-        if (p->lag_since_ms && (!s->lag_since_ms || p->lag_since_ms < s->lag_since_ms))
-            s->lag_since_ms = p->lag_since_ms;
-        if (now_us > 0) {
-            int64_t age = part_lag_age_us(p, now_us);
-            if (age > a[p->channel].age_us)
-                a[p->channel].age_us = age;
-        }
-    }
-    return a;
-}
-
 static void channel_add_sample(mchannel *c, cv_lag_sample s) {
     if (c->nsamples == SAMPLES_MAX) {
         c->samples[c->sample_head] = s;
@@ -630,9 +454,6 @@ static void channel_add_sample(mchannel *c, cv_lag_sample s) {
         c->nsamples++;
     }
 }
-
-static void history_record(cv_metrics *m, int64_t now_ms, int64_t now_us,
-                           const chagg *agg);
 
 typedef struct tp_obs {
     int32_t partition;
@@ -710,7 +531,7 @@ static void obs_tick(void *opaque, rd_kafka_t *rk) {
             m->indexcap = 0;
         }
     }
-    chagg *agg = channel_aggregates(m, now_ms, now_us);
+    chagg *agg = cv_metrics_i_channel_aggregates(m, now_ms, now_us);
     for (size_t ci = 0; agg && ci <= m->max_channels; ci++)
         if (ci < m->nchannels || (ci == m->max_channels && m->other_used))
             channel_add_sample(&m->channels[ci], agg[ci].s);
@@ -727,7 +548,7 @@ static void obs_tick(void *opaque, rd_kafka_t *rk) {
             memcpy(m->channels[ci].hist->lat_snaps[slot], m->channels[ci].latency.counts,
                    sizeof(m->channels[ci].hist->lat_snaps[slot]));
     if (agg)
-        history_record(m, now_ms, now_us, agg);
+        cv_metrics_i_history_record(m, now_ms, now_us, agg);
     pthread_mutex_unlock(&m->lock);
     free(agg);
     free(obs);
@@ -860,607 +681,6 @@ void cv_metrics_probe_sent(cv_metrics *m) {
     pthread_mutex_unlock(&m->lock);
 }
 
-/* ---- evaluation shared by the renderers (lock held) ---- */
-
-static bool stores_down(const cv_metrics *m) {
-    int down = m->stores[0].down + m->stores[1].down;
-    return m->degraded ? down >= 2 : down >= 1;
-}
-
-static bool channel_in_use(const cv_metrics *m, size_t ci) {
-    return ci < m->nchannels || (ci == m->max_channels && m->other_used);
-}
-
-/* Acks per second over the window ending at `now`: from the newest stored
- * sample at or before the window's start, else the oldest one. */
-static double channel_rate(const mchannel *c, const cv_lag_sample *now,
-                           int64_t window_ms) {
-    const cv_lag_sample *base = now;
-    for (size_t i = 0; i < c->nsamples; i++) {
-        const cv_lag_sample *s = &c->samples[(c->sample_head + i) % SAMPLES_MAX];
-        if (i == 0 || s->t_ms <= now->t_ms - window_ms)
-            base = s;
-    }
-    if (now->t_ms <= base->t_ms)
-        return 0;
-    return (double)(now->acked - base->acked) * 1000.0 / (double)(now->t_ms - base->t_ms);
-}
-
-/* The lat_snaps slot the window's quantiles count from: the newest snapshot
- * at or before the start of the window, else the oldest; -1: none yet. */
-static int lat_base_slot(const cv_metrics *m, int64_t now_ms) {
-    int base = -1;
-    for (size_t i = 0; i < m->nlat_snaps; i++) {
-        size_t k = (m->lat_snap_head + i) % LAT_SNAPS;
-        if (base < 0 || m->lat_snap_ms[k] <= now_ms - m->window_ms)
-            base = (int)k;
-    }
-    return base;
-}
-
-/* A channel's sent→ack q-quantile in µs over the window (-1: no acks). */
-static double channel_quantile(const mchannel *c, int slot, double q) {
-    if (!c->hist)
-        return -1;
-    cv_hist base = c->latency;
-    if (slot >= 0)
-        memcpy(base.counts, c->hist->lat_snaps[slot], sizeof(c->hist->lat_snaps[slot]));
-    else
-        memset(base.counts, 0, sizeof(base.counts));
-    return cv_hist_quantile(&c->latency, &base, q);
-}
-
-static float hval(double v, double scale) {
-    return v < 0 ? NAN : (float)(v / scale);
-}
-
-static void hacc_add(hseries *h, const hpoint *pt) {
-    hpoint *a = &h->acc;
-    if (h->acc_n == 0) {
-        *a = *pt;
-    } else {
-        a->lag = fmaxf(a->lag, pt->lag);
-        a->age_s = fmaxf(a->age_s, pt->age_s);
-        a->rate += pt->rate;
-        a->p50_s = fmaxf(a->p50_s, pt->p50_s); /* fmaxf skips a NaN */
-        a->p99_s = fmaxf(a->p99_s, pt->p99_s);
-    }
-    h->acc_n++;
-}
-
-/* The minute in progress as a point: maxima, the mean rate. */
-static hpoint hacc_point(const hseries *h) {
-    hpoint pt = h->acc;
-    pt.rate = h->acc_n ? pt.rate / (float)h->acc_n : NAN;
-    return pt;
-}
-
-static void hmin_flush(hseries *h, size_t slot, uint64_t seq) {
-    if (h->acc_n == 0 && h->since_min == seq)
-        h->since_min = seq + 1; /* created after the minute's last point */
-    else
-        h->min[slot] = h->acc_n ? hacc_point(h) : (hpoint){NAN, NAN, NAN, NAN, NAN};
-    h->acc_n = 0;
-}
-
-/* Appends one point to every series (the numbers /api/lag shows now), from
- * `agg` = channel_aggregates(m, now_ms, now_us). Lock held. */
-static void history_record(cv_metrics *m, int64_t now_ms, int64_t now_us,
-                           const chagg *agg) {
-    int64_t minute = now_us / 60000000;
-    if (m->hmin_cur >= 0 && minute != m->hmin_cur) {
-        size_t slot = m->hmin_seq % HIST_MIN_POINTS;
-        for (size_t ci = 0; ci <= m->max_channels; ci++)
-            if (m->channels[ci].hist)
-                hmin_flush(m->channels[ci].hist, slot, m->hmin_seq);
-        hmin_flush(m->hist_total, slot, m->hmin_seq);
-        m->hmin_t[slot] = m->hmin_cur * 60000;
-        m->hmin_seq++;
-    }
-    m->hmin_cur = minute;
-    int slot = lat_base_slot(m, now_ms);
-    size_t si = m->hsec_seq % HIST_SEC_POINTS;
-    hpoint tot = {0, 0, 0, NAN, NAN};
-    for (size_t ci = 0; ci <= m->max_channels; ci++) {
-        if (!channel_in_use(m, ci))
-            continue;
-        const mchannel *c = &m->channels[ci];
-        double rate = channel_rate(c, &agg[ci].s, m->window_ms);
-        tot.lag += (float)agg[ci].s.lag;
-        tot.age_s = fmaxf(tot.age_s, (float)agg[ci].age_us / 1e6f);
-        tot.rate += (float)rate;
-        if (!c->hist)
-            continue;
-        hpoint pt = {(float)agg[ci].s.lag, (float)agg[ci].age_us / 1e6f, (float)rate,
-                     hval(channel_quantile(c, slot, 0.5), 1e6),
-                     hval(channel_quantile(c, slot, 0.99), 1e6)};
-        c->hist->sec[si] = pt;
-        hacc_add(c->hist, &pt);
-    }
-    const cv_hist *base = slot >= 0 ? &m->lat_snaps[slot] : NULL;
-    tot.p50_s = hval(cv_hist_quantile(&m->ack_latency, base, 0.5), 1e6);
-    tot.p99_s = hval(cv_hist_quantile(&m->ack_latency, base, 0.99), 1e6);
-    m->hist_total->sec[si] = tot;
-    hacc_add(m->hist_total, &tot);
-    m->hsec_t[si] = now_us / 1000;
-    m->hsec_seq++;
-    m->hist_last_ms = now_ms;
-}
-
-/* A pipeline blocked in a store does not tick: a renderer takes the point
- * instead, at most one every 1.5 s. Lock held. */
-static void history_catch_up(cv_metrics *m, int64_t now_ms, int64_t now_us) {
-    if (!m->hist_last_ms || now_ms - m->hist_last_ms < 1500)
-        return;
-    chagg *agg = channel_aggregates(m, now_ms, now_us);
-    if (agg)
-        history_record(m, now_ms, now_us, agg);
-    free(agg);
-}
-
-typedef struct chview {
-    cv_lag_sample now;
-    cv_lag_status status;
-    const char *why;
-    double rate; /* acks per second over the window */
-    int64_t lag_age_us;
-} chview;
-
-static chview channel_view(const cv_metrics *m, size_t ci, const chagg *agg,
-                           int64_t now_ms) {
-    const mchannel *c = &m->channels[ci];
-    cv_lag_sample s[SAMPLES_MAX + 1];
-    size_t n = 0;
-    for (size_t i = 0; i < c->nsamples; i++)
-        s[n++] = c->samples[(c->sample_head + i) % SAMPLES_MAX];
-    chview v = {.now = agg[ci].s, .lag_age_us = agg[ci].age_us};
-    s[n++] = v.now;
-    v.status = cv_lag_status_eval(s, n, m->window_ms, stores_down(m), &v.why);
-    v.rate = channel_rate(c, &v.now, m->window_ms);
-    return v;
-}
-
-/* ---- Prometheus text ---- */
-
-static int prom_label(cv_buf *b, const char *s) {
-    int r = 0;
-    for (; *s && r == 0; s++) {
-        if (*s == '\\' || *s == '"')
-            r = cv_buf_printf(b, "\\%c", *s);
-        else if (*s == '\n')
-            r = cv_buf_append(b, "\\n", 2);
-        else
-            r = cv_buf_append(b, s, 1);
-    }
-    return r;
-}
-
-static int prom_family(cv_buf *b, const char *name, const char *type, const char *help) {
-    return cv_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-/* An unlabelled metric of one integer value, with its family lines. */
-static int prom_one(cv_buf *b, const char *name, const char *type, const char *help,
-                    int64_t v) {
-    int r = prom_family(b, name, type, help);
-    return r ? r : cv_buf_printf(b, "%s %" PRId64 "\n", name, v);
-}
-
-/* name{channel="..."<extra>} value */
-static int prom_ch(cv_buf *b, const char *name, const char *channel, const char *extra,
-                   const char *fmt_value, double v) {
-    int r = cv_buf_printf(b, "%s{channel=\"", name);
-    if (!r)
-        r = prom_label(b, channel);
-    if (!r)
-        r = cv_buf_printf(b, "\"%s} ", extra ? extra : "");
-    if (!r)
-        r = cv_buf_printf(b, fmt_value, v);
-    if (!r)
-        r = cv_buf_append(b, "\n", 1);
-    return r;
-}
-
-static int prom_hist(cv_buf *b, const char *name, const char *help, const cv_hist *h,
-                     double scale) {
-    int r = prom_family(b, name, "histogram", help);
-    uint64_t cum = 0;
-    for (size_t i = 0; !r && i < h->nbounds; i++) {
-        cum += h->counts[i];
-        r = cv_buf_printf(b, "%s_bucket{le=\"%.9g\"} %" PRIu64 "\n", name,
-                          (double)h->bounds[i] / scale, cum);
-    }
-    if (!r)
-        r = cv_buf_printf(b,
-                          "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n%s_sum %.9g\n"
-                          "%s_count %" PRIu64 "\n",
-                          name, h->count, name, (double)h->sum / scale, name, h->count);
-    return r;
-}
-
-#define CK(x)                                                                            \
-    do {                                                                                 \
-        if ((r = (x)) < 0)                                                               \
-            goto out;                                                                    \
-    } while (0)
-
-static const char *ack_status_label(int s) {
-    static const char *names[NSTATUS] = {"unspecified", "persisted", "duplicate",
-                                         "rejected", "degraded"};
-    return s >= 0 && s < NSTATUS ? names[s] : "unknown";
-}
-
-int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
-    int r = 0;
-    int64_t now_us = m->now_us(), now_ms = m->mono_ms();
-    double *other_lag = NULL, *other_age = NULL;
-    bool *other_seen = NULL;
-    chagg *agg = NULL;
-    pthread_mutex_lock(&m->lock);
-    CK(prom_family(b, "chatvault_build_info", "gauge",
-                   "Always 1; the labels say which build and libraries run."));
-    CK(cv_buf_printf(b,
-                     "chatvault_build_info{version=\"%s\",librdkafka=\"%s\","
-                     "libpq=\"%d\",libsodium=\"%s\"} 1\n",
-                     m->version, rd_kafka_version_str(), PQlibVersion(),
-                     sodium_version_string()));
-    CK(prom_family(b, "chatvault_start_time_seconds", "gauge",
-                   "Unix time the broker started."));
-    CK(cv_buf_printf(b, "chatvault_start_time_seconds %.3f\n",
-                     (double)m->start_us / 1e6));
-
-    struct {
-        const char *name, *help;
-        size_t off;
-    } counters[] = {
-        {"chatvault_consumed_total", "Records consumed from the chat topics.",
-         offsetof(mchannel, consumed)},
-        {"chatvault_duplicates_total",
-         "Records acked as DUPLICATE (message id already stored).",
-         offsetof(mchannel, duplicate)},
-    };
-    for (size_t k = 0; k < NB(counters); k++) {
-        CK(prom_family(b, counters[k].name, "counter", counters[k].help));
-        for (size_t ci = 0; ci <= m->max_channels; ci++)
-            if (channel_in_use(m, ci))
-                CK(prom_ch(b, counters[k].name, m->channels[ci].name, NULL, "%.0f",
-                           (double)*(const int64_t *)((const char *)&m->channels[ci] +
-                                                      counters[k].off)));
-    }
-    CK(prom_family(b, "chatvault_stored_total", "counter",
-                   "Records made durable, per store."));
-    for (size_t ci = 0; ci <= m->max_channels; ci++)
-        for (size_t s = 0; channel_in_use(m, ci) && s < 2; s++) {
-            if (s == 1 && !m->stores[1].seen) /* the log store is off */
-                continue;
-            char extra[32];
-            snprintf(extra, sizeof(extra), ",store=\"%s\"", store_name(s));
-            CK(prom_ch(b, "chatvault_stored_total", m->channels[ci].name, extra, "%.0f",
-                       (double)m->channels[ci].stored[s]));
-        }
-    CK(prom_family(b, "chatvault_acked_total", "counter",
-                   "Records whose DeliveryAck was delivered, per ack status."));
-    for (size_t ci = 0; ci <= m->max_channels; ci++)
-        for (int s = 1; channel_in_use(m, ci) && s < NSTATUS; s++) {
-            char extra[40];
-            snprintf(extra, sizeof(extra), ",status=\"%s\"", ack_status_label(s));
-            CK(prom_ch(b, "chatvault_acked_total", m->channels[ci].name, extra, "%.0f",
-                       (double)m->channels[ci].acked_by_status[s]));
-        }
-    CK(prom_family(b, "chatvault_rejected_total", "counter",
-                   "Records rejected (sent to the DLQ), per reason."));
-    for (size_t ci = 0; ci <= m->max_channels; ci++)
-        for (int s = 1; channel_in_use(m, ci) && s < CV_REJECT__COUNT; s++) {
-            if (!m->channels[ci].rejected_by_reason[s])
-                continue;
-            char extra[64];
-            snprintf(extra, sizeof(extra), ",reason=\"%s\"",
-                     cv_reject_reason_name((cv_reject_reason)s));
-            CK(prom_ch(b, "chatvault_rejected_total", m->channels[ci].name, extra, "%.0f",
-                       (double)m->channels[ci].rejected_by_reason[s]));
-        }
-
-    /* Per-partition lag; "_other" sums its partitions by number (max age). */
-    int32_t maxp = -1;
-    for (size_t k = 0; k < m->nparts; k++)
-        if (m->parts[k]->channel == m->max_channels && m->parts[k]->partition > maxp)
-            maxp = m->parts[k]->partition;
-    if (maxp >= 0) {
-        other_lag = calloc((size_t)maxp + 1, sizeof(*other_lag));
-        other_age = calloc((size_t)maxp + 1, sizeof(*other_age));
-        other_seen = calloc((size_t)maxp + 1, sizeof(*other_seen));
-        if (!other_lag || !other_age || !other_seen) {
-            r = -ENOMEM;
-            goto out;
-        }
-        for (size_t k = 0; k < m->nparts; k++) {
-            const mpart *p = m->parts[k];
-            if (p->channel != m->max_channels || p->partition < 0)
-                continue;
-            other_lag[p->partition] += (double)part_lag(p);
-            other_seen[p->partition] = true;
-            double age = (double)part_lag_age_us(p, now_us) / 1e6;
-            if (age > other_age[p->partition])
-                other_age[p->partition] = age;
-        }
-    }
-    for (int pass = 0; pass < 2; pass++) {
-        const char *name =
-            pass ? "chatvault_ack_lag_seconds" : "chatvault_ack_lag_messages";
-        if (pass == 0)
-            CK(prom_family(b, name, "gauge",
-                           "Records of the partition not acked yet (end offset - acked "
-                           "offset), consumed or still in Kafka."));
-        else
-            CK(prom_family(b, name, "gauge",
-                           "Age of the oldest unacked record of the partition."));
-        char extra[40];
-        for (size_t k = 0; k < m->nparts; k++) {
-            const mpart *p = m->parts[k];
-            if (p->channel == m->max_channels)
-                continue;
-            snprintf(extra, sizeof(extra), ",partition=\"%" PRId32 "\"", p->partition);
-            CK(prom_ch(
-                b, name, m->channels[p->channel].name, extra, pass ? "%.3f" : "%.0f",
-                pass ? (double)part_lag_age_us(p, now_us) / 1e6 : (double)part_lag(p)));
-        }
-        for (int32_t q = 0; q <= maxp; q++) {
-            if (!other_seen[q])
-                continue;
-            snprintf(extra, sizeof(extra), ",partition=\"%" PRId32 "\"", q);
-            CK(prom_ch(b, name, OTHER_CHANNEL, extra, pass ? "%.3f" : "%.0f",
-                       pass ? other_age[q] : other_lag[q]));
-        }
-    }
-    CK(prom_family(b, "chatvault_channel_status", "gauge",
-                   "1 for the channel's current status (OK, WARN, STALL, STOP, "
-                   "ERR; see /api/lag), 0 for the others."));
-    if (!(agg = channel_aggregates(m, now_ms, now_us))) {
-        r = -ENOMEM;
-        goto out;
-    }
-    for (size_t ci = 0; ci <= m->max_channels; ci++) {
-        if (!channel_in_use(m, ci))
-            continue;
-        chview v = channel_view(m, ci, agg, now_ms);
-        for (int s = 0; s < CV_LAG__COUNT; s++) {
-            char extra[32];
-            snprintf(extra, sizeof(extra), ",status=\"%s\"",
-                     cv_lag_status_name((cv_lag_status)s));
-            CK(prom_ch(b, "chatvault_channel_status", m->channels[ci].name, extra, "%.0f",
-                       v.status == (cv_lag_status)s ? 1.0 : 0.0));
-        }
-    }
-    CK(prom_hist(b, "chatvault_ack_latency_seconds",
-                 "Time from a message's sent_at (else its Kafka timestamp) to "
-                 "the delivery of its ack.",
-                 &m->ack_latency, 1e6));
-    CK(prom_hist(b, "chatvault_pg_commit_seconds",
-                 "Duration of one batch's PostgreSQL transaction.", &m->pg_commit, 1e6));
-    CK(prom_hist(b, "chatvault_log_fsync_seconds",
-                 "Duration of one batch's log append and sync (log.sync_method).",
-                 &m->log_fsync, 1e6));
-    CK(prom_hist(b, "chatvault_batch_size_messages", "Records per decoded batch.",
-                 &m->batch_size, 1));
-    CK(prom_hist(b, "chatvault_ack_txn_seconds",
-                 "ack.transactions = on: time from a batch's first transaction attempt "
-                 "to its commit (acks produced, offsets added, committed).",
-                 &m->ack_txn, 1e6));
-    CK(prom_one(b, "chatvault_ack_txn_aborts_total", "counter",
-                "Ack transactions aborted and tried again.", m->ack_txn_aborts));
-    if (m->probe_topic) {
-        CK(prom_hist(b, "chatvault_probe_latency_seconds",
-                     "End-to-end probe: publish of a canary message to the durable "
-                     "delivery of its ack.",
-                     &m->probe_latency, 1e6));
-        CK(prom_one(b, "chatvault_probe_sent_total", "counter",
-                    "Canary messages the end-to-end probe published.", m->probe_sent));
-        CK(prom_one(b, "chatvault_probe_acked_total", "counter",
-                    "Canary messages whose ack was delivered.", m->probe_acked));
-        CK(prom_family(b, "chatvault_probe_last_ack_timestamp_seconds", "gauge",
-                       "Unix time of the last canary ack (0: none yet)."));
-        CK(cv_buf_printf(b, "chatvault_probe_last_ack_timestamp_seconds %.3f\n",
-                         (double)m->probe_last_ack_us / 1e6));
-    }
-    CK(prom_family(b, "chatvault_store_up", "gauge",
-                   "1 when the store's last write succeeded, 0 after a failed "
-                   "write until one succeeds."));
-    for (size_t s = 0; s < 2; s++)
-        if (m->stores[s].seen || s == 0)
-            CK(cv_buf_printf(b, "chatvault_store_up{store=\"%s\"} %d\n", store_name(s),
-                             !m->stores[s].down));
-    CK(prom_family(b, "chatvault_store_errors_total", "counter",
-                   "Failed store writes (each is retried)."));
-    for (size_t s = 0; s < 2; s++)
-        if (m->stores[s].seen || s == 0)
-            CK(cv_buf_printf(b,
-                             "chatvault_store_errors_total{store=\"%s\"} %" PRId64 "\n",
-                             store_name(s), m->stores[s].errors));
-    CK(prom_one(b, "chatvault_log_generations_total", "counter",
-                "Partitions whose Kafka offsets started over (a held offset came "
-                "with another message): the log began a new generation.",
-                m->log_generations));
-    CK(prom_one(b, "chatvault_log_torn_tails_total", "counter",
-                "Torn tails (unfinished writes of a crash, never acked) that log "
-                "recovery cut; the bytes are kept beside the segment.",
-                m->torn_tails));
-    CK(prom_one(b, "chatvault_log_torn_bytes_total", "counter",
-                "Bytes that log recovery cut as torn tails.", m->torn_bytes));
-    CK(prom_one(b, "chatvault_log_torn_records_total", "counter",
-                "Frames, whole or not, that log recovery cut as torn tails.",
-                m->torn_records));
-    CK(prom_one(b, "chatvault_degraded", "gauge",
-                "1 while ack.policy = any acks with one store only.", m->degraded));
-    CK(prom_one(b, "chatvault_kafka_up", "gauge",
-                "1 while the consumer holds a connection to at least one Kafka "
-                "broker (or knows none yet), 0 while every known broker is down.",
-                m->kafka_down_since_us ? 0 : 1));
-    CK(prom_one(b, "chatvault_kafka_brokers_up", "gauge",
-                "Kafka brokers the consumer is connected to, of "
-                "chatvault_kafka_brokers_known.",
-                m->kafka_up));
-    CK(prom_one(b, "chatvault_kafka_brokers_known", "gauge",
-                "Kafka brokers the consumer knows from metadata.", m->kafka_known));
-    CK(prom_one(b, "chatvault_kafka_outages_total", "counter",
-                "Times every known Kafka broker went down at once.", m->kafka_outages));
-    CK(prom_one(b, "chatvault_channels_overflow", "gauge",
-                "1 when channels beyond metrics.max_channels are counted "
-                "under channel=\"_other\".",
-                m->other_used));
-    CK(prom_family(b, "chatvault_pipeline_tick_age_seconds", "gauge",
-                   "Seconds since the pipeline thread last reported (about "
-                   "every second while it runs; grows while it is blocked)."));
-    CK(cv_buf_printf(b, "chatvault_pipeline_tick_age_seconds %.3f\n",
-                     m->last_tick_ms ? (double)(now_ms - m->last_tick_ms) / 1e3
-                                     : (double)(now_us - m->start_us) / 1e6));
-out:
-    pthread_mutex_unlock(&m->lock);
-    free(agg);
-    free(other_lag);
-    free(other_age);
-    free(other_seen);
-    return r;
-}
-
-/* ---- /api/lag JSON (lag.h writes it) ---- */
-
-static int lag_channels(cv_metrics *m, cv_lagdoc *d, const chagg *agg, int lat_slot,
-                        int64_t now_ms, int64_t now_us) {
-    int r = 0;
-    for (size_t ci = 0; r == 0 && ci <= m->max_channels; ci++) {
-        if (!channel_in_use(m, ci))
-            continue;
-        const mchannel *c = &m->channels[ci];
-        chview v = channel_view(m, ci, agg, now_ms);
-        double q50 = channel_quantile(c, lat_slot, 0.5);
-        double q99 = channel_quantile(c, lat_slot, 0.99);
-        r = cv_lagdoc_add_channel(d, &(cv_lagdoc_channel){
-                                         .channel = c->name,
-                                         .status = v.status,
-                                         .why = v.why,
-                                         .rate = v.rate,
-                                         .lag = v.now.lag,
-                                         .lag_seconds = (double)v.lag_age_us / 1e6,
-                                         .inflight = v.now.inflight,
-                                         .consumed = c->consumed,
-                                         .acked = c->acked,
-                                         .rejected = c->rejected,
-                                         .duplicate = c->duplicate,
-                                         .stored_postgres = c->stored[0],
-                                         .stored_log = c->stored[1],
-                                         .p50_s = q50 < 0 ? q50 : q50 / 1e6,
-                                         .p99_s = q99 < 0 ? q99 : q99 / 1e6,
-                                     });
-        for (size_t k = 0; r == 0 && k < m->nparts; k++) {
-            const mpart *p = m->parts[k];
-            if (p->channel != ci)
-                continue;
-            r = cv_lagdoc_add_partition(
-                d, &(cv_lagdoc_partition){
-                       .topic = p->topic,
-                       .partition = p->partition,
-                       .high_watermark = p->high,
-                       .end_offset = part_end(p),
-                       .acked_offset = p->acked_next,
-                       .consumed_offset = p->consumed_next,
-                       .lag = part_lag(p),
-                       .lag_seconds = (double)part_lag_age_us(p, now_us) / 1e6,
-                       .inflight = part_inflight(p),
-                       .assigned = p->assigned,
-                   });
-        }
-    }
-    return r;
-}
-
-/* µs quantile → seconds; < 0 (none) stays. */
-static double q_s(double q_us) {
-    return q_us < 0 ? q_us : q_us / 1e6;
-}
-
-int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
-    int r = 0;
-    cv_lagdoc *d = NULL;
-    int64_t now_us = m->now_us(), now_ms = m->mono_ms();
-    pthread_mutex_lock(&m->lock);
-    history_catch_up(m, now_ms, now_us);
-    chagg *agg = channel_aggregates(m, now_ms, now_us);
-    if (!agg) {
-        r = -ENOMEM;
-        goto out;
-    }
-    int lat_slot = lat_base_slot(m, now_ms);
-    cv_lagdoc_head head = {
-        .source = CV_LAGDOC_BROKER,
-        .time_ms = now_us / 1000,
-        .version = m->version,
-        .window_s = (double)m->window_ms / 1e3,
-        .degraded = m->degraded,
-        .uptime_s = (double)(now_us - m->start_us) / 1e6,
-        .tick_age_s = m->last_tick_ms ? (double)(now_ms - m->last_tick_ms) / 1e3 : -1.0,
-        .degraded_since_ms = m->degraded ? m->degraded_since_us / 1000 : 0,
-        .kafka_up = !m->kafka_down_since_us,
-        .kafka_brokers_up = m->kafka_up,
-        .kafka_brokers_known = m->kafka_known,
-        .kafka_down_since_ms = m->kafka_down_since_us / 1000,
-        .channels_overflow = m->other_used,
-    };
-    if ((r = cv_lagdoc_new(&head, &d)) < 0 ||
-        (r = lag_channels(m, d, agg, lat_slot, now_ms, now_us)) < 0)
-        goto out;
-    /* Sent→ack quantiles over the last window, from the tick snapshots. */
-    const cv_hist *base = lat_slot >= 0 ? &m->lat_snaps[lat_slot] : NULL;
-    cv_lagdoc_probe probe = {0};
-    if (m->probe_topic)
-        probe = (cv_lagdoc_probe){
-            .topic = m->probe_topic,
-            .sent = m->probe_sent,
-            .acked = m->probe_acked,
-            .last_ack_ms = m->probe_last_ack_us / 1000,
-            .last_latency_s =
-                m->probe_acked ? (double)m->probe_last_latency_us / 1e6 : -1,
-            .p99_s = q_s(cv_hist_quantile(&m->probe_latency, NULL, 0.99)),
-        };
-    cv_lagdoc_store stores[2];
-    size_t nstores = 0;
-    for (size_t s = 0; s < 2; s++) {
-        if (!m->stores[s].seen && s != 0)
-            continue;
-        stores[nstores++] = (cv_lagdoc_store){
-            .name = store_name(s),
-            .up = !m->stores[s].down,
-            .errors = m->stores[s].errors,
-            .last_error_ms = m->stores[s].last_error_ms,
-            .last_error = m->stores[s].last_error,
-        };
-    }
-    cv_lagdoc_reject rejects[RECENT_REJECTS];
-    for (size_t i = 0; i < m->nrejects; i++) { /* newest first */
-        const rejnote *rn =
-            &m->rejects[(m->reject_head + m->nrejects - 1 - i) % RECENT_REJECTS];
-        rejects[i] = (cv_lagdoc_reject){rn->time_ms, rn->channel, rn->reason, rn->error};
-    }
-    cv_lagdoc_tail tail = {
-        .stores_down = stores_down(m),
-        .p50_s = q_s(cv_hist_quantile(&m->ack_latency, base, 0.5)),
-        .p99_s = q_s(cv_hist_quantile(&m->ack_latency, base, 0.99)),
-        .pg_commit_p99_s = q_s(cv_hist_quantile(&m->pg_commit, NULL, 0.99)),
-        .log_fsync_p99_s = q_s(cv_hist_quantile(&m->log_fsync, NULL, 0.99)),
-        .batches = m->batches,
-        .probe = m->probe_topic ? &probe : NULL,
-        .stores = stores,
-        .nstores = nstores,
-        .rejects = rejects,
-        .nrejects = m->nrejects,
-    };
-    r = cv_lagdoc_render(d, &tail, b);
-out:
-    pthread_mutex_unlock(&m->lock);
-    cv_lagdoc_free(d);
-    free(agg);
-    return r;
-}
-
 void cv_metrics_kafka_state(cv_metrics *m, int up, int known) {
     pthread_mutex_lock(&m->lock);
     m->kafka_up = up;
@@ -1503,154 +723,4 @@ void cv_metrics_kafka_stats(cv_metrics *m, const char *json, size_t len) {
     }
     json_decref(doc);
     cv_metrics_kafka_state(m, up, known);
-}
-
-bool cv_metrics_ready(cv_metrics *m, char *why, size_t whylen) {
-    int64_t now_us = m->now_us(), now_ms = m->mono_ms();
-    bool ok = true;
-    pthread_mutex_lock(&m->lock);
-    if (!m->last_tick_ms) {
-        snprintf(why, whylen, "pipeline not running yet");
-        ok = false;
-    } else if (now_ms - m->last_tick_ms > 3 * m->window_ms) {
-        snprintf(why, whylen, "pipeline thread silent for %.0f s",
-                 (double)(now_ms - m->last_tick_ms) / 1e3);
-        ok = false;
-    }
-    if (ok && m->kafka_down_since_us && now_us - m->kafka_down_since_us >= 5000000) {
-        snprintf(why, whylen, "kafka unreachable: 0 of %d brokers up for %.0f s",
-                 m->kafka_known, (double)(now_us - m->kafka_down_since_us) / 1e6);
-        ok = false;
-    }
-    for (size_t s = 0; ok && s < 2; s++)
-        if (m->stores[s].down && stores_down(m)) {
-            snprintf(why, whylen, "store %s down: %s", store_name(s),
-                     m->stores[s].last_error);
-            ok = false;
-        }
-    chagg *agg = ok ? channel_aggregates(m, now_ms, now_us) : NULL;
-    for (size_t ci = 0; agg && ci <= m->max_channels; ci++) {
-        if (!channel_in_use(m, ci))
-            continue;
-        chview v = channel_view(m, ci, agg, now_ms);
-        if (v.status == CV_LAG_STALL || v.status == CV_LAG_STOP ||
-            v.status == CV_LAG_ERR) {
-            snprintf(why, whylen, "channel %s is %s: %s", m->channels[ci].name,
-                     cv_lag_status_name(v.status), v.why);
-            ok = false;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&m->lock);
-    free(agg);
-    if (ok)
-        snprintf(why, whylen, "ready");
-    return ok;
-}
-
-/* ---- /api/history JSON ---- */
-
-typedef struct hview {
-    const hpoint *pts; /* ring */
-    const int64_t *t;  /* ring of times */
-    size_t cap;
-    uint64_t from, to; /* sequence numbers [from, to) */
-    bool partial;      /* then one more point: the minute in progress */
-    hpoint partial_pt;
-    int64_t partial_t;
-} hview;
-
-static int history_array(cv_buf *b, const char *name, const hview *v, size_t field) {
-    int r = cv_buf_printf(b, ",\"%s\":[", name);
-    size_t n = 0;
-    for (uint64_t q = v->from; r == 0 && q < v->to + (v->partial ? 1 : 0); q++, n++) {
-        bool last = q == v->to;
-        if (n)
-            r = cv_buf_append(b, ",", 1);
-        if (r)
-            break;
-        if (field == SIZE_MAX) { /* the times */
-            r = cv_buf_printf(b, "%" PRId64, last ? v->partial_t : v->t[q % v->cap]);
-            continue;
-        }
-        const hpoint *pt = last ? &v->partial_pt : &v->pts[q % v->cap];
-        float f;
-        memcpy(&f, (const char *)pt + field, sizeof(f));
-        if (isnan(f))
-            r = cv_buf_append(b, "null", 4);
-        else if (field == offsetof(hpoint, lag))
-            r = cv_buf_printf(b, "%.0f", (double)f);
-        else
-            r = cv_buf_printf(b, "%.4g", (double)f);
-    }
-    return r ? r : cv_buf_append(b, "]", 1);
-}
-
-int cv_metrics_render_history_json(cv_metrics *m, const char *channel,
-                                   cv_history_range range, cv_buf *b, char *errbuf,
-                                   size_t errlen) {
-    int r = 0;
-    int64_t now_us = m->now_us(), now_ms = m->mono_ms();
-    pthread_mutex_lock(&m->lock);
-    history_catch_up(m, now_ms, now_us);
-    const hseries *h = m->hist_total;
-    if (channel) {
-        size_t ci = 0;
-        while (ci <= m->max_channels &&
-               !(channel_in_use(m, ci) && strcmp(m->channels[ci].name, channel) == 0))
-            ci++;
-        if (ci > m->max_channels) {
-            snprintf(errbuf, errlen, "no channel \"%s\" (see /api/lag for the channels)",
-                     channel);
-            r = -ENOENT;
-            goto out;
-        }
-        if (!(h = m->channels[ci].hist)) {
-            snprintf(errbuf, errlen,
-                     "channel \"%s\" keeps no history: only the first %d channels do",
-                     channel, CV_METRICS_HISTORY_CHANNELS);
-            r = -ENOENT;
-            goto out;
-        }
-    }
-    hview v = {0};
-    int64_t oldest_ms;
-    if (range == CV_HISTORY_24H) {
-        v = (hview){.pts = h->min,
-                    .t = m->hmin_t,
-                    .cap = HIST_MIN_POINTS,
-                    .from = h->since_min,
-                    .to = m->hmin_seq};
-        v.partial = h->acc_n > 0;
-        v.partial_pt = hacc_point(h);
-        v.partial_t = m->hmin_cur * 60000;
-        oldest_ms = now_us / 1000 - 86400000;
-    } else {
-        v = (hview){.pts = h->sec,
-                    .t = m->hsec_t,
-                    .cap = HIST_SEC_POINTS,
-                    .from = h->since_sec,
-                    .to = m->hsec_seq};
-        oldest_ms = now_us / 1000 - 3600000;
-    }
-    if (v.to - v.from > v.cap)
-        v.from = v.to - v.cap;
-    while (v.from < v.to && v.t[v.from % v.cap] < oldest_ms)
-        v.from++;
-    CK(cv_buf_append(b, "{\"channel\":", 11));
-    CK(channel ? cv_buf_json_string(b, channel, strlen(channel))
-               : cv_buf_append(b, "null", 4));
-    CK(cv_buf_printf(b, ",\"range\":\"%s\",\"step_s\":%d,\"time_ms\":%" PRId64,
-                     range == CV_HISTORY_24H ? "24h" : "1h",
-                     range == CV_HISTORY_24H ? 60 : 1, now_us / 1000));
-    CK(history_array(b, "t_ms", &v, SIZE_MAX));
-    CK(history_array(b, "lag_messages", &v, offsetof(hpoint, lag)));
-    CK(history_array(b, "lag_seconds", &v, offsetof(hpoint, age_s)));
-    CK(history_array(b, "rate", &v, offsetof(hpoint, rate)));
-    CK(history_array(b, "p50_s", &v, offsetof(hpoint, p50_s)));
-    CK(history_array(b, "p99_s", &v, offsetof(hpoint, p99_s)));
-    CK(cv_buf_append(b, "}\n", 2));
-out:
-    pthread_mutex_unlock(&m->lock);
-    return r;
 }

@@ -48,7 +48,7 @@
  * tick; points are then taken when /api/lag or /api/history is asked (at
  * most one per second), so a stall shows while anyone watches.
  * Memory, allocated once per channel when it first appears and never grown:
- * about 105 KB per channel (see hseries in metrics.c), for at most
+ * about 105 KB per channel (see hseries in metrics_internal.h), for at most
  * min(max_channels, CV_METRICS_HISTORY_CHANNELS) channels plus "_other" and
  * the totals: ≤ 10.8 MB with the default max_channels = 100. Channels past
  * that cap have no history and no per-channel latency (their points still

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "chatvault.pb-c.h"
+#include "pg/internal.h"
 
 #define FETCH_ROWS 10000
 #define FETCH_SQL "FETCH 10000 FROM cv_pgread"
@@ -40,8 +41,9 @@ struct cv_pgread {
     size_t attrcap;
 };
 
-static int fail(PGconn *conn, PGresult *res, const char *what, char *errbuf,
-                size_t errlen) {
+/* See pg/internal.h. */
+int cv_pg_i_fail(PGconn *conn, PGresult *res, const char *what, char *errbuf,
+                 size_t errlen) {
     const char *msg = res ? PQresultErrorMessage(res) : NULL;
     if (!msg || !*msg)
         msg = PQerrorMessage(conn);
@@ -56,14 +58,14 @@ static int exec_ok(PGconn *conn, const char *sql, const char *what, char *errbuf
                    size_t errlen) {
     PGresult *res = PQexec(conn, sql);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        return fail(conn, res, what, errbuf, errlen);
+        return cv_pg_i_fail(conn, res, what, errbuf, errlen);
     PQclear(res);
     return 0;
 }
 
-/* A PostgreSQL array literal of the offsets or the (quoted) ids. */
-static int array_literal(cv_buf *b, const int64_t *offs, const char *const *ids,
-                         size_t n) {
+/* See pg/internal.h. */
+int cv_pg_i_array_literal(cv_buf *b, const int64_t *offs, const char *const *ids,
+                          size_t n) {
     int r = cv_buf_append(b, "{", 1);
     for (size_t i = 0; r == 0 && i < n; i++) {
         if (i)
@@ -158,9 +160,9 @@ int cv_pgread_open(PGconn *conn, const cv_pgread_sel *sel, cv_pgread **ret, char
     }
 #undef ADD_I64
     if (r == 0 && (sel->noffsets || sel->nids)) {
-        r = array_literal(&arr, sel->noffsets ? sel->offsets : NULL,
-                          sel->noffsets ? NULL : sel->ids,
-                          sel->noffsets ? sel->noffsets : sel->nids);
+        r = cv_pg_i_array_literal(&arr, sel->noffsets ? sel->offsets : NULL,
+                                  sel->noffsets ? NULL : sel->ids,
+                                  sel->noffsets ? sel->noffsets : sel->nids);
         params[np++] = (const char *)arr.data;
         if (r == 0)
             r = cv_buf_printf(&sql,
@@ -184,7 +186,8 @@ int cv_pgread_open(PGconn *conn, const cv_pgread_sel *sel, cv_pgread **ret, char
     PGresult *res =
         PQexecParams(conn, (const char *)sql.data, np, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        r = fail(conn, res, "opening a cursor on chatvault.messages", errbuf, errlen);
+        r = cv_pg_i_fail(conn, res, "opening a cursor on chatvault.messages", errbuf,
+                         errlen);
         goto out;
     }
     PQclear(res);
@@ -223,7 +226,8 @@ static void *fetcher(void *arg) {
         char *err = NULL;
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
             char buf[1024];
-            fail(rd->conn, res, "FETCH from chatvault.messages", buf, sizeof(buf));
+            cv_pg_i_fail(rd->conn, res, "FETCH from chatvault.messages", buf,
+                         sizeof(buf));
             err = strdup(buf);
             res = NULL;
         }
@@ -459,8 +463,8 @@ int cv_pgread_channels(PGconn *conn, cv_pgread_channel_fn *fn, void *opaque, cha
     PGresult *res = PQexec(conn, "SELECT channel FROM chatvault.messages GROUP BY channel"
                                  " ORDER BY channel");
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return fail(conn, res, "listing the channels of chatvault.messages", errbuf,
-                    errlen);
+        return cv_pg_i_fail(conn, res, "listing the channels of chatvault.messages",
+                            errbuf, errlen);
     int r = 0;
     for (int i = 0; r == 0 && i < PQntuples(res); i++)
         r = fn(opaque, PQgetvalue(res, i, 0));

@@ -29,7 +29,6 @@
  * search.language; --status shows the indexer's watermark and lag.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -54,21 +53,6 @@
 #define REINDEX_ROWS 5000
 #define CURSOR_MAX 1024
 #define WORDS_MAX 32
-
-enum {
-    O_SENDER = 0x2000,
-    O_ID,
-    O_TEXT,
-    O_LIMIT,
-    O_BEFORE,
-    O_FORMAT,
-    O_FROM_LOG,
-    O_LOG_DIR,
-    O_CHECK_LOG,
-    O_REINDEX,
-    O_STATUS,
-    O_QUIET,
-};
 
 /* One result, whichever store it came from; strings owned (strdup). */
 typedef struct hit {
@@ -375,58 +359,89 @@ static int log_holds(const cv_cli_log_dirs *ld, const cv_keyring *keys, const hi
 typedef struct search_opts {
     cv_select sel; /* --channel, --since, --until */
     const char *sender, *id, *text, *before;
-    long limit;
+    int64_t limit;
     bool jsonl, from_log, check_log, reindex, status, quiet;
     cv_cli_log_dirs ld;
 } search_opts;
 
-static void usage(FILE *out) {
-    fprintf(
-        out,
-        "usage: chatvault search [-c FILE] [--set key=value]... [conditions]\n"
+static int format_opt(const cv_cli_opt *opt, void *dest, const char *cmd,
+                      const char *value) {
+    bool *jsonl = dest;
+    if (strcmp(value, "jsonl") == 0 || strcmp(value, "table") == 0) {
+        *jsonl = value[0] == 'j';
+        return 0;
+    }
+    cv_error(cmd, "--format: \"%s\" is neither table nor jsonl", value);
+    return -1;
+}
+
+static const cv_cli_opt search_conditions[] = {
+    CV_OPT_CALL_AT("channel", 0, "C",
+                   "a channel, or a shell pattern (\"eu-*\"); repeatable", search_opts,
+                   sel, cv_select_cli_opt, CV_SEL_CHANNEL),
+    CV_OPT_STR("sender", 0, "S", "sent by S (sender_id)", search_opts, sender),
+    CV_OPT_CALL_AT("since", 0, "TIME",
+                   "sent from TIME (inclusive): RFC 3339 UTC, a date, a duration ago "
+                   "(90s, 15m, 2h, 7d) or Unix ms",
+                   search_opts, sel, cv_select_cli_opt, CV_SEL_SINCE),
+    CV_OPT_CALL_AT("until", 0, "TIME", "sent before TIME (exclusive), same forms",
+                   search_opts, sel, cv_select_cli_opt, CV_SEL_UNTIL),
+    CV_OPT_STR("id", 0, "ID", "the message with this message id", search_opts, id),
+    CV_OPT_STR("text", 0, "WORDS",
+               "text bodies with these words (PostgreSQL websearch syntax: words, \"a "
+               "phrase\", -not, or; search.language decides what a word is)",
+               search_opts, text),
+    CV_OPT_END,
+};
+
+static const cv_cli_opt search_opts_table[] = {
+    CV_OPT_INT("limit", 0, "N", "results per page (default 50, at most 10000)",
+               search_opts, limit, 1, LIMIT_MAX),
+    CV_OPT_STR("before", 0, "CURSOR", "the page after the one that printed CURSOR",
+               search_opts, before),
+    CV_OPT_CALL_AT("format", 0, "F",
+                   "table (default) or jsonl: one JSON object per result", search_opts,
+                   jsonl, format_opt, 0),
+    CV_OPT_FLAG("from-log", 0,
+                "search the encrypted log instead of PostgreSQL (for ranges PostgreSQL "
+                "no longer holds); --text then matches bodies holding every word (ASCII "
+                "letters without case)",
+                search_opts, from_log),
+    CV_OPT_LIST("log-dir", 0, "DIR",
+                "read this log directory instead of log.dir (repeatable)", search_opts,
+                ld.dir, ld.n),
+    CV_OPT_FLAG("check-log", 0,
+                "say whether the log holds each result (reads its partition up to the "
+                "result's offset)",
+                search_opts, check_log),
+    CV_OPT_FLAG("reindex", 0,
+                "rebuild the search documents from chatvault.messages "
+                "(postgres.admin_conninfo), with progress",
+                search_opts, reindex),
+    CV_OPT_FLAG("status", 0, "the indexer's watermark, lag and document count",
+                search_opts, status),
+    CV_OPT_FLAG("quiet", 0, "no progress display", search_opts, quiet),
+    CV_OPT_END,
+};
+
+static const cv_cli_group search_group = {"conditions (every one given applies)",
+                                          search_conditions, 0};
+
+static const cv_cli_spec search_spec = {
+    .name = "search",
+    .usage =
+        "search [-c FILE] [--set key=value]... [conditions]\n"
         "                        [--limit N] [--before CURSOR] [--format table|jsonl]\n"
         "                        [--from-log [--log-dir DIR]...] [--check-log]\n"
         "       chatvault search --reindex [--quiet]\n"
-        "       chatvault search --status\n\n"
-        "Finds stored messages, newest first, a page at a time. Every condition "
-        "given\napplies; the last line of a full page is the cursor of the next "
-        "one.\n\n"
-        "conditions:\n"
-        "      --channel C      a channel, or a shell pattern (\"eu-*\"); "
-        "repeatable\n"
-        "      --sender S       sent by S (sender_id)\n"
-        "      --since TIME     sent from TIME (inclusive): RFC 3339 UTC, a date,\n"
-        "                       a duration ago (90s, 15m, 2h, 7d) or Unix ms\n"
-        "      --until TIME     sent before TIME (exclusive), same forms\n"
-        "      --id ID          the message with this message id\n"
-        "      --text WORDS     text bodies with these words (PostgreSQL "
-        "websearch syntax:\n"
-        "                       words, \"a phrase\", -not, or; search.language "
-        "decides\n"
-        "                       what a word is)\n\n"
-        "options:\n"
-        "      --limit N        results per page (default 50, at most %d)\n"
-        "      --before CURSOR  the page after the one that printed CURSOR\n"
-        "      --format F       table (default) or jsonl: one JSON object per "
-        "result\n"
-        "      --from-log       search the encrypted log instead of PostgreSQL (for\n"
-        "                       ranges PostgreSQL no longer holds); --text then "
-        "matches\n"
-        "                       bodies holding every word (ASCII letters without "
-        "case)\n"
-        "      --log-dir DIR    read this log directory instead of log.dir "
-        "(repeatable)\n"
-        "      --check-log      say whether the log holds each result (reads its\n"
-        "                       partition up to the result's offset)\n"
-        "      --reindex        rebuild the search documents from "
-        "chatvault.messages\n"
-        "                       (postgres.admin_conninfo), with progress\n"
-        "      --status         the indexer's watermark, lag and document count\n"
-        "      --quiet          no progress display\n"
-        "  -c, --config FILE    configuration file\n"
-        "      --set key=value  configuration override\n",
-        LIMIT_MAX);
-}
+        "       chatvault search --status",
+    .about = "Finds stored messages, newest first, a page at a time. Every condition "
+             "given\napplies; the last line of a full page is the cursor of the next "
+             "one.\n",
+    .opts = search_opts_table,
+    .group = &search_group,
+    .max_args = 0,
+};
 
 /* Keeps the LIMIT newest hits older than the cursor: a bounded set. */
 typedef struct top {
@@ -700,110 +715,114 @@ static int status(const cv_config *cfg) {
     return CV_EXIT_OK;
 }
 
-int cv_cmd_search(int argc, char **argv) {
-    static const struct option opts[] = {
-        CV_COMMON_LONGOPTS,
-        {"channel", required_argument, NULL, CV_SEL_CHANNEL},
-        {"since", required_argument, NULL, CV_SEL_SINCE},
-        {"until", required_argument, NULL, CV_SEL_UNTIL},
-        {"sender", required_argument, NULL, O_SENDER},
-        {"id", required_argument, NULL, O_ID},
-        {"text", required_argument, NULL, O_TEXT},
-        {"limit", required_argument, NULL, O_LIMIT},
-        {"before", required_argument, NULL, O_BEFORE},
-        {"format", required_argument, NULL, O_FORMAT},
-        {"from-log", no_argument, NULL, O_FROM_LOG},
-        {"log-dir", required_argument, NULL, O_LOG_DIR},
-        {"check-log", no_argument, NULL, O_CHECK_LOG},
-        {"reindex", no_argument, NULL, O_REINDEX},
-        {"status", no_argument, NULL, O_STATUS},
-        {"quiet", no_argument, NULL, O_QUIET},
-        {NULL, 0, NULL, 0}};
-    cv_cli_config cli = {0};
-    search_opts o = {.limit = 50};
-    cv_select_init(&o.sel);
-    cursor cur = {0};
-    top t = {0};
-    cv_config *cfg = NULL;
+/* --check-log: whether the log holds each hit. 0, or -1 after the error. */
+static int check_log(search_opts *o, const cv_config *cfg, top *t) {
+    char err[1024];
     cv_keyring *keys = NULL;
+    if (!o->ld.n) {
+        cv_error("search", "--check-log: no log directory (log.dir is empty)");
+        return -1;
+    }
+    if (cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err, sizeof(err)) <
+        0) {
+        cv_error("search", "%s (log.key_file)", err);
+        return -1;
+    }
+    for (size_t i = 0; i < t->n; i++) {
+        t->h[i].log = log_holds(&o->ld, keys, &t->h[i], err, sizeof(err));
+        if (t->h[i].log < 0)
+            cv_log(CV_LOG_WARN, "log not readable for a result",
+                   "channel=%s message_id=\"%s\" error=\"%s\"", t->h[i].channel,
+                   t->h[i].message_id, err);
+    }
+    cv_keyring_free(keys);
+    return 0;
+}
+
+/* The page as a table or JSON Lines, and the next page's cursor. 0, or -1
+ * after the error. */
+static int print_page(const search_opts *o, const top *t) {
     cv_buf line;
     cv_buf_init(&line, (size_t)16 << 20);
-    int opt, rc = CV_EXIT_USAGE;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
-        int r = cv_cli_common_opt(&cli, opt, optarg);
-        if (r < 0)
-            goto out;
-        if (r)
-            continue;
-        r = cv_select_opt(&o.sel, "search", opt, optarg);
-        if (r < 0)
-            goto out;
-        if (r)
-            continue;
-        char *end;
-        switch (opt) {
-        case 'h':
-            usage(stdout);
-            rc = CV_EXIT_OK;
-            goto out;
-        case O_SENDER:
-            o.sender = optarg;
-            break;
-        case O_ID:
-            o.id = optarg;
-            break;
-        case O_TEXT:
-            o.text = optarg;
-            break;
-        case O_LIMIT:
-            errno = 0;
-            o.limit = strtol(optarg, &end, 10);
-            if (errno || end == optarg || *end || o.limit < 1 || o.limit > LIMIT_MAX) {
-                cv_error("search", "--limit: \"%s\" is not a number from 1 to %d", optarg,
-                         LIMIT_MAX);
-                goto out;
-            }
-            break;
-        case O_BEFORE:
-            o.before = optarg;
-            break;
-        case O_FORMAT:
-            if (strcmp(optarg, "jsonl") == 0)
-                o.jsonl = true;
-            else if (strcmp(optarg, "table") != 0) {
-                cv_error("search", "--format: \"%s\" is neither table nor jsonl", optarg);
-                goto out;
-            }
-            break;
-        case O_FROM_LOG:
-            o.from_log = true;
-            break;
-        case O_LOG_DIR:
-            if (cv_cli_add_log_dir(&o.ld, "search", optarg) < 0)
-                goto out;
-            break;
-        case O_CHECK_LOG:
-            o.check_log = true;
-            break;
-        case O_REINDEX:
-            o.reindex = true;
-            break;
-        case O_STATUS:
-            o.status = true;
-            break;
-        case O_QUIET:
-            o.quiet = true;
-            break;
-        default:
-            usage(stderr);
+    int rc = -1;
+    if (!o->jsonl)
+        print_table_header();
+    for (size_t i = 0; i < t->n; i++) {
+        if (!o->jsonl)
+            print_table_row(&t->h[i]);
+        else if (print_jsonl_row(&t->h[i], &line) < 0) {
+            cv_error("search", "a result does not fit in a line");
             goto out;
         }
     }
-    if (optind < argc) {
-        cv_error("search", "unexpected argument \"%s\"", argv[optind]);
+    char next[2 * CURSOR_MAX];
+    if (t->full && cursor_encode(&t->last, next, sizeof(next)) == 0) {
+        if (o->jsonl)
+            printf("{\"next_before\":\"%s\"}\n", next);
+        else
+            printf("next page: --before %s\n", next);
+    }
+    if (fflush(stdout) != 0) {
+        cv_error("search", "stdout: %s", strerror(errno));
         goto out;
     }
+    rc = 0;
+out:
+    cv_buf_release(&line);
+    return rc;
+}
+
+/* One page of results: from PostgreSQL or the log, ordered, checked
+ * against the other store as asked, printed. */
+static int search(search_opts *o, const cv_config *cfg, const cursor *cur) {
+    top t = {0};
+    int rc = CV_EXIT_FAILURE;
+    if (sodium_init() < 0)
+        return rc;
+    cv_cli_default_log_dir(&o->ld, cfg);
+    if (!(t.h = calloc((size_t)o->limit, sizeof(*t.h))))
+        return rc;
+    t.cap = (size_t)o->limit;
+    uint64_t scanned = 0;
+    rc = o->from_log ? search_log(o, cfg, cur, &t, &scanned) : search_pg(o, cfg, cur, &t);
+    if (rc != CV_EXIT_OK)
+        goto out;
+    rc = CV_EXIT_FAILURE;
+    qsort(t.h, t.n, sizeof(*t.h), hit_order);
+    if (o->from_log) {
+        check_pg(cfg, &t);
+        t.full = t.n == t.cap;
+        if (t.full && (!(t.last.channel = strdup(t.h[t.n - 1].channel)) ||
+                       !(t.last.message_id = strdup(t.h[t.n - 1].message_id))))
+            goto out;
+        t.last.sent_at_us = t.n ? t.h[t.n - 1].sent_at_us : 0;
+    }
+    if (o->check_log && !o->from_log && check_log(o, cfg, &t) < 0)
+        goto out;
+    if (print_page(o, &t) < 0)
+        goto out;
+    cv_audit_count("results", (int64_t)t.n);
+    if (o->from_log)
+        cv_audit_count("log_records_read", (int64_t)scanned);
+    rc = CV_EXIT_OK;
+out:
+    for (size_t i = 0; i < t.n; i++)
+        hit_release(&t.h[i]);
+    hit_release(&t.last);
+    free(t.h);
+    return rc;
+}
+
+int cv_cmd_search(int argc, char **argv) {
+    search_opts o = {.limit = 50};
+    cv_select_init(&o.sel);
+    cursor cur = {0};
+    cv_cli cli;
+    cv_config *cfg = NULL;
+    int rc = cv_cli_parse(&search_spec, argc, argv, &o, &cli);
+    if (rc != CV_CLI_RUN)
+        goto out;
+    rc = CV_EXIT_USAGE;
     if (cv_select_check(&o.sel, "search") < 0)
         goto out;
     if (o.before && cursor_decode(o.before, &cur) < 0) {
@@ -815,91 +834,18 @@ int cv_cmd_search(int argc, char **argv) {
         cv_error("search", "--text: give at least one word");
         goto out;
     }
-    if (!(cfg = cv_cli_load_config(&cli)))
+    if (!(cfg = cv_cli_load_config(&cli.config)))
         goto out;
     if (o.status) {
         rc = status(cfg);
-        goto out;
-    }
-    if (o.reindex) {
+    } else if (o.reindex) {
         cv_audit_begin(cfg, CV_PG_ADMIN, "search --reindex", argc, argv);
         rc = reindex(&o, cfg);
-        goto out;
+    } else {
+        cv_audit_begin(cfg, CV_PG_READER, "search", argc, argv);
+        rc = search(&o, cfg, &cur);
     }
-    cv_audit_begin(cfg, CV_PG_READER, "search", argc, argv);
-    rc = CV_EXIT_FAILURE;
-    if (sodium_init() < 0)
-        goto out;
-    cv_cli_default_log_dir(&o.ld, cfg);
-    if (!(t.h = calloc((size_t)o.limit, sizeof(*t.h))))
-        goto out;
-    t.cap = (size_t)o.limit;
-    uint64_t scanned = 0;
-    rc = o.from_log ? search_log(&o, cfg, &cur, &t, &scanned)
-                    : search_pg(&o, cfg, &cur, &t);
-    if (rc != CV_EXIT_OK)
-        goto out;
-    rc = CV_EXIT_FAILURE;
-    qsort(t.h, t.n, sizeof(*t.h), hit_order);
-    if (o.from_log) {
-        check_pg(cfg, &t);
-        t.full = t.n == t.cap;
-        if (t.full && (!(t.last.channel = strdup(t.h[t.n - 1].channel)) ||
-                       !(t.last.message_id = strdup(t.h[t.n - 1].message_id))))
-            goto out;
-        t.last.sent_at_us = t.n ? t.h[t.n - 1].sent_at_us : 0;
-    }
-    if (o.check_log && !o.from_log) {
-        char err[1024];
-        if (!o.ld.n) {
-            cv_error("search", "--check-log: no log directory (log.dir is empty)");
-            goto out;
-        }
-        if (cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err, sizeof(err)) <
-            0) {
-            cv_error("search", "%s (log.key_file)", err);
-            goto out;
-        }
-        for (size_t i = 0; i < t.n; i++) {
-            t.h[i].log = log_holds(&o.ld, keys, &t.h[i], err, sizeof(err));
-            if (t.h[i].log < 0)
-                cv_log(CV_LOG_WARN, "log not readable for a result",
-                       "channel=%s message_id=\"%s\" error=\"%s\"", t.h[i].channel,
-                       t.h[i].message_id, err);
-        }
-    }
-    if (!o.jsonl)
-        print_table_header();
-    for (size_t i = 0; i < t.n; i++) {
-        if (!o.jsonl)
-            print_table_row(&t.h[i]);
-        else if (print_jsonl_row(&t.h[i], &line) < 0) {
-            cv_error("search", "a result does not fit in a line");
-            goto out;
-        }
-    }
-    char next[2 * CURSOR_MAX];
-    if (t.full && cursor_encode(&t.last, next, sizeof(next)) == 0) {
-        if (o.jsonl)
-            printf("{\"next_before\":\"%s\"}\n", next);
-        else
-            printf("next page: --before %s\n", next);
-    }
-    if (fflush(stdout) != 0) {
-        cv_error("search", "stdout: %s", strerror(errno));
-        goto out;
-    }
-    cv_audit_count("results", (int64_t)t.n);
-    if (o.from_log)
-        cv_audit_count("log_records_read", (int64_t)scanned);
-    rc = CV_EXIT_OK;
 out:
-    for (size_t i = 0; i < t.n; i++)
-        hit_release(&t.h[i]);
-    hit_release(&t.last);
-    free(t.h);
-    cv_buf_release(&line);
-    cv_keyring_free(keys);
     cv_config_free(cfg);
     cv_select_release(&o.sel);
     return rc;

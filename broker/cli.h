@@ -53,6 +53,7 @@ int cv_cmd_verify(int argc, char **argv);
 int cv_cmd_replay(int argc, char **argv);
 int cv_cmd_export(int argc, char **argv);
 int cv_cmd_import(int argc, char **argv);
+int cv_cmd_report(int argc, char **argv);
 
 /* Long options shared by every command; append to a command's own table. */
 #define CV_COMMON_LONGOPTS                                                               \

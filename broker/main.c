@@ -22,6 +22,8 @@ static const cv_command commands[] = {
      "re-deliver stored messages to Kafka from PostgreSQL or the log"},
     {"export", cv_cmd_export, "write selected messages to JSON Lines with a manifest"},
     {"import", cv_cmd_import, "load an export file into PostgreSQL, idempotently"},
+    {"report", cv_cmd_report,
+     "activity per channel: volume, senders, sizes, latency; table, csv, json, html"},
     {"verify", cv_cmd_verify,
      "prove PostgreSQL and the log agree; --repair fills each from the other"},
     {"audit", cv_cmd_audit,

@@ -14,6 +14,8 @@ import html.parser
 import io
 import json
 import os
+import shutil
+import subprocess
 import time
 
 import cvtest
@@ -280,8 +282,21 @@ with cvtest.Harness('report', topics={'chat.alpha': 2, 'chat.beta': 1},
     h.ok('&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;' in page and
          'beta&lt;img src=x onerror=alert(1)&gt;' in page,
          'html: the sender and the channel named with HTML are shown escaped')
+    # it renders: Debian's chromium (as tests/browser uses) takes a
+    # screenshot of the file, offline; the PNG is the page, not a blank
+    chromium = shutil.which('chromium')
+    if chromium:
+        png = os.path.join(h.tmp, 'report.png')
+        subprocess.run([chromium, '--headless', '--no-sandbox', '--disable-gpu',
+                        '--hide-scrollbars', '--window-size=1280,1400',
+                        '--screenshot=' + png, 'file://' + out],
+                       capture_output=True, timeout=120, cwd=h.tmp)
+        data = open(png, 'rb').read() if os.path.exists(png) else b''
+        h.ok(data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 20000,
+             'chromium renders the HTML report (%d bytes of PNG)' % len(data))
+    else:
+        h.diag('chromium not installed: the HTML report is not rendered')
     if os.environ.get('CV_REPORT_HTML_COPY'):
-        import shutil
         shutil.copy(out, os.environ['CV_REPORT_HTML_COPY'])
 
     # the reader role, and the audit

@@ -42,7 +42,7 @@ static void report_usage(FILE *out) {
             "                        [--channel C]... [--format table|csv|json|html] "
             "[--output FILE]\n\n"
             "Activity per channel and overall: messages per hour (per day over more "
-            "than 7\ndays), distinct senders, top 10 senders, top 10 peak minutes, body "
+            "than 8\ndays), distinct senders, top 10 senders, top 10 peak minutes, body "
             "sizes,\nrejects by reason, duplicates and replayed records, store latency "
             "p50/p90/p99\n(persisted_at - sent_at, from fixed 1-2-5 buckets: a "
             "percentile is the upper\nbound of its bucket). Read from rollups "

@@ -24,6 +24,8 @@ static const cv_command commands[] = {
     {"import", cv_cmd_import, "load an export file into PostgreSQL, idempotently"},
     {"search", cv_cmd_search,
      "find messages by channel, sender, time, id or words, newest first"},
+    {"report", cv_cmd_report,
+     "activity per channel: volume, senders, sizes, latency; table, csv, json, html"},
     {"verify", cv_cmd_verify,
      "prove PostgreSQL and the log agree; --repair fills each from the other"},
     {"audit", cv_cmd_audit,

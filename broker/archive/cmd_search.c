@@ -45,102 +45,12 @@
 #include "pg/pgmigrate.h"
 #include "pg/pgsearch.h"
 #include "progress.h"
+#include "searchfmt.h"
 #include "select.h"
 #include "util.h"
 
-#define LIMIT_MAX 10000
-#define EXCERPT_CHARS 100
 #define REINDEX_ROWS 5000
-#define CURSOR_MAX 1024
 #define WORDS_MAX 32
-
-/* One result, whichever store it came from; strings owned (strdup). */
-typedef struct hit {
-    char *channel, *message_id, *sender_id, *topic, *content_type, *excerpt;
-    int32_t partition;
-    int64_t offset, sent_at_us, body_len;
-    int pg, log; /* 1 yes, 0 no, -1 not checked */
-} hit;
-
-static void hit_release(hit *h) {
-    free(h->channel);
-    free(h->message_id);
-    free(h->sender_id);
-    free(h->topic);
-    free(h->content_type);
-    free(h->excerpt);
-    memset(h, 0, sizeof(*h));
-}
-
-static int hit_set(hit *h, const char *channel, const char *id, const char *sender,
-                   const char *topic, const char *ct, const char *excerpt) {
-    h->channel = strdup(channel);
-    h->message_id = strdup(id);
-    h->sender_id = strdup(sender);
-    h->topic = strdup(topic);
-    h->content_type = strdup(ct);
-    h->excerpt = excerpt ? strdup(excerpt) : NULL;
-    if (!h->channel || !h->message_id || !h->sender_id || !h->topic || !h->content_type ||
-        (excerpt && !h->excerpt))
-        return -ENOMEM;
-    return 0;
-}
-
-/* Order of results: newest first by (sent_at_us, channel, message_id). */
-static int key_cmp(int64_t at_a, const char *ch_a, const char *id_a, int64_t at_b,
-                   const char *ch_b, const char *id_b) {
-    if (at_a != at_b)
-        return at_a < at_b ? -1 : 1;
-    int c = strcmp(ch_a, ch_b);
-    return c ? c : strcmp(id_a, id_b);
-}
-
-/* ---- the cursor ------------------------------------------------------- */
-
-typedef struct cursor {
-    bool set;
-    int64_t sent_at_us;
-    char channel[256], message_id[512];
-} cursor;
-
-/* base64url of "<sent_at_us>\n<channel>\n<message_id>". */
-static int cursor_encode(const hit *h, char *out, size_t len) {
-    char raw[CURSOR_MAX];
-    int n = snprintf(raw, sizeof(raw), "%" PRId64 "\n%s\n%s", h->sent_at_us, h->channel,
-                     h->message_id);
-    if (n < 0 || (size_t)n >= sizeof(raw) ||
-        sodium_base64_ENCODED_LEN((size_t)n, sodium_base64_VARIANT_URLSAFE_NO_PADDING) >
-            len)
-        return -ENOBUFS;
-    sodium_bin2base64(out, len, (const unsigned char *)raw, (size_t)n,
-                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-    return 0;
-}
-
-static int cursor_decode(const char *s, cursor *c) {
-    unsigned char raw[CURSOR_MAX];
-    size_t n = 0;
-    if (sodium_base642bin(raw, sizeof(raw) - 1, s, strlen(s), NULL, &n, NULL,
-                          sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0)
-        return -EINVAL;
-    raw[n] = '\0';
-    char *a = (char *)raw, *b = strchr(a, '\n'), *d = b ? strchr(b + 1, '\n') : NULL;
-    if (!b || !d)
-        return -EINVAL;
-    *b++ = '\0';
-    *d++ = '\0';
-    char *end;
-    errno = 0;
-    long long v = strtoll(a, &end, 10);
-    if (errno || end == a || *end || strlen(b) >= sizeof(c->channel) ||
-        strlen(d) >= sizeof(c->message_id))
-        return -EINVAL;
-    c->set = true;
-    c->sent_at_us = v;
-    snprintf(c->channel, sizeof(c->channel), "%s", b);
-    snprintf(c->message_id, sizeof(c->message_id), "%s", d);
-    return 0;
-}
 
 /* ---- words, for --from-log ------------------------------------------- */
 
@@ -220,17 +130,6 @@ static bool words_match(const words *ws, const unsigned char *b, size_t len) {
 
 /* ---- output ----------------------------------------------------------- */
 
-static void fmt_time(int64_t us, char *buf, size_t len) {
-    time_t s = (time_t)(us / 1000000);
-    if (us < 0 && us % 1000000)
-        s--;
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    char t[32];
-    strftime(t, sizeof(t), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf, len, "%s.%03dZ", t, (int)(((us % 1000000) + 1000000) % 1000000 / 1000));
-}
-
 /* The first CHARS characters of a text body, whole characters only. */
 static char *text_head(const unsigned char *b, size_t len, int chars) {
     size_t i = 0;
@@ -257,9 +156,9 @@ static void print_table_header(void) {
            "SENDER", "MESSAGE ID", "TOPIC/PARTITION@OFFSET", "PG", "LOG", "EXCERPT");
 }
 
-static void print_table_row(const hit *h) {
+static void print_table_row(const cv_search_hit *h) {
     char t[48], pos[320];
-    fmt_time(h->sent_at_us, t, sizeof(t));
+    cv_search_time(h->sent_at_us, t, sizeof(t));
     snprintf(pos, sizeof(pos), "%s/%" PRId32 "@%" PRId64, h->topic, h->partition,
              h->offset);
     printf("%-24s  %-12s  %-10s  %-20s  %-22s  %-3s  %-3s  ", t, h->channel, h->sender_id,
@@ -274,43 +173,11 @@ static void print_table_row(const hit *h) {
     }
 }
 
-static int print_jsonl_row(const hit *h, cv_buf *b) {
-    char t[48];
-    fmt_time(h->sent_at_us, t, sizeof(t));
+static int print_jsonl_row(const cv_search_hit *h, cv_buf *b) {
     b->len = 0;
-    int r =
-        cv_buf_printf(b, "{\"sent_at\":\"%s\",\"sent_at_us\":%" PRId64 ",\"channel\":", t,
-                      h->sent_at_us);
-#define JSTR(key, v)                                                                     \
-    do {                                                                                 \
-        if (r == 0)                                                                      \
-            r = cv_buf_printf(b, key);                                                   \
-        if (r == 0)                                                                      \
-            r = cv_buf_json_string(b, v, strlen(v));                                     \
-    } while (0)
+    int r = cv_search_hit_json(b, h);
     if (r == 0)
-        r = cv_buf_json_string(b, h->channel, strlen(h->channel));
-    JSTR(",\"sender_id\":", h->sender_id);
-    JSTR(",\"message_id\":", h->message_id);
-    JSTR(",\"topic\":", h->topic);
-    if (r == 0)
-        r = cv_buf_printf(b, ",\"partition\":%" PRId32 ",\"offset\":%" PRId64,
-                          h->partition, h->offset);
-    JSTR(",\"content_type\":", h->content_type);
-    if (r == 0)
-        r = cv_buf_printf(b, ",\"body_bytes\":%" PRId64 ",\"excerpt\":", h->body_len);
-    if (r == 0)
-        r = h->excerpt ? cv_buf_json_string(b, h->excerpt, strlen(h->excerpt))
-                       : cv_buf_append(b, "null", 4);
-#undef JSTR
-    if (r == 0)
-        r = cv_buf_printf(b, ",\"stores\":{\"postgres\":%s,\"log\":%s}}\n",
-                          h->pg < 0 ? "null"
-                          : h->pg   ? "true"
-                                    : "false",
-                          h->log < 0 ? "null"
-                          : h->log   ? "true"
-                                     : "false");
+        r = cv_buf_append(b, "\n", 1);
     if (r == 0)
         fwrite(b->data, 1, b->len, stdout);
     return r;
@@ -321,8 +188,8 @@ static int print_jsonl_row(const hit *h, cv_buf *b) {
 /* Whether the log holds message H at its Kafka position: reads its
  * partition (in every log directory) up to that offset. 1, 0, or -1 with
  * err set when the log cannot be read there. */
-static int log_holds(const cv_cli_log_dirs *ld, const cv_keyring *keys, const hit *h,
-                     char *err, size_t errlen) {
+static int log_holds(const cv_cli_log_dirs *ld, const cv_keyring *keys,
+                     const cv_search_hit *h, char *err, size_t errlen) {
     char paths[CV_CLI_MAX_LOG_DIRS][4096];
     const char *pp[CV_CLI_MAX_LOG_DIRS];
     for (size_t i = 0; i < ld->n; i++) {
@@ -396,7 +263,7 @@ static const cv_cli_opt search_conditions[] = {
 
 static const cv_cli_opt search_opts_table[] = {
     CV_OPT_INT("limit", 0, "N", "results per page (default 50, at most 10000)",
-               search_opts, limit, 1, LIMIT_MAX),
+               search_opts, limit, 1, CV_SEARCH_LIMIT_MAX),
     CV_OPT_STR("before", 0, "CURSOR", "the page after the one that printed CURSOR",
                search_opts, before),
     CV_OPT_CALL_AT("format", 0, "F",
@@ -443,19 +310,11 @@ static const cv_cli_spec search_spec = {
     .max_args = 0,
 };
 
-/* Keeps the LIMIT newest hits older than the cursor: a bounded set. */
-typedef struct top {
-    hit *h;
-    size_t n, cap;
-    /* the page's last position and whether the page was full (from
-     * PostgreSQL a page may show fewer hits than it holds positions) */
-    bool full;
-    hit last;
-} top;
-
-static bool top_wants(const top *t, const cursor *c, int64_t at, const char *ch,
-                      const char *id, size_t *ret_slot) {
-    if (c->set && key_cmp(at, ch, id, c->sent_at_us, c->channel, c->message_id) >= 0)
+/* A page keeps the LIMIT newest hits older than the cursor: a bounded set. */
+static bool top_wants(const cv_search_page *t, const cv_search_cursor *c, int64_t at,
+                      const char *ch, const char *id, size_t *ret_slot) {
+    if (c->set &&
+        cv_search_key_cmp(at, ch, id, c->sent_at_us, c->channel, c->message_id) >= 0)
         return false;
     if (t->n < t->cap) {
         *ret_slot = t->n;
@@ -463,24 +322,25 @@ static bool top_wants(const top *t, const cursor *c, int64_t at, const char *ch,
     }
     size_t min = 0;
     for (size_t i = 1; i < t->n; i++)
-        if (key_cmp(t->h[i].sent_at_us, t->h[i].channel, t->h[i].message_id,
-                    t->h[min].sent_at_us, t->h[min].channel, t->h[min].message_id) < 0)
+        if (cv_search_key_cmp(t->h[i].sent_at_us, t->h[i].channel, t->h[i].message_id,
+                              t->h[min].sent_at_us, t->h[min].channel,
+                              t->h[min].message_id) < 0)
             min = i;
-    if (key_cmp(at, ch, id, t->h[min].sent_at_us, t->h[min].channel,
-                t->h[min].message_id) <= 0)
+    if (cv_search_key_cmp(at, ch, id, t->h[min].sent_at_us, t->h[min].channel,
+                          t->h[min].message_id) <= 0)
         return false;
     *ret_slot = min;
     return true;
 }
 
 static int hit_order(const void *a, const void *b) {
-    const hit *x = a, *y = b;
-    return -key_cmp(x->sent_at_us, x->channel, x->message_id, y->sent_at_us, y->channel,
-                    y->message_id);
+    const cv_search_hit *x = a, *y = b;
+    return -cv_search_key_cmp(x->sent_at_us, x->channel, x->message_id, y->sent_at_us,
+                              y->channel, y->message_id);
 }
 
-static int search_log(search_opts *o, const cv_config *cfg, const cursor *cur, top *t,
-                      uint64_t *ret_scanned) {
+static int search_log(search_opts *o, const cv_config *cfg, const cv_search_cursor *cur,
+                      cv_search_page *t, uint64_t *ret_scanned) {
     char err[1024];
     cv_keyring *keys = NULL;
     cv_src *src = NULL;
@@ -529,13 +389,13 @@ static int search_log(search_opts *o, const cv_config *cfg, const cursor *cur, t
         if (!top_wants(t, cur, m.sent_at_us, m.channel, m.message_id, &slot))
             continue;
         if (slot < t->n)
-            hit_release(&t->h[slot]);
+            cv_search_hit_release(&t->h[slot]);
         else
             t->n++;
-        hit *h = &t->h[slot];
-        char *ex = text ? text_head(m.body, m.body_len, EXCERPT_CHARS) : NULL;
-        int e =
-            hit_set(h, m.channel, m.message_id, m.sender_id, m.topic, m.content_type, ex);
+        cv_search_hit *h = &t->h[slot];
+        char *ex = text ? text_head(m.body, m.body_len, CV_SEARCH_EXCERPT_CHARS) : NULL;
+        int e = cv_search_hit_set(h, m.channel, m.message_id, m.sender_id, m.topic,
+                                  m.content_type, ex);
         free(ex);
         if (e < 0) {
             cv_error("search", "out of memory");
@@ -562,7 +422,8 @@ out:
     return rc;
 }
 
-static int search_pg(search_opts *o, const cv_config *cfg, const cursor *cur, top *t) {
+static int search_pg(search_opts *o, const cv_config *cfg, const cv_search_cursor *cur,
+                     cv_search_page *t) {
     char err[1024];
     PGconn *conn = cv_pg_connect(cv_access_conninfo(cfg, CV_PG_READER), err, sizeof(err));
     if (!conn || cv_pgmigrate_check(conn, err, sizeof(err)) < 0) {
@@ -583,48 +444,19 @@ static int search_pg(search_opts *o, const cv_config *cfg, const cursor *cur, to
                            .cursor_sent_at_us = cur->sent_at_us,
                            .cursor_channel = cur->channel,
                            .cursor_message_id = cur->message_id,
-                           .limit = (int)o->limit,
-                           .excerpt_chars = EXCERPT_CHARS};
-    cv_pgsearch_result res;
-    int r = cv_pgsearch_run(conn, &q, &res, err, sizeof(err));
+                           .excerpt_chars = CV_SEARCH_EXCERPT_CHARS};
+    int r = cv_search_page_pg(conn, &q, t, err, sizeof(err));
     PQfinish(conn);
     if (r < 0) {
         cv_error("search", "%s", err);
         return r == -EINVAL ? CV_EXIT_USAGE : CV_EXIT_FAILURE;
     }
-    for (size_t i = 0; i < res.n; i++) {
-        const cv_pgsearch_hit *s = &res.hits[i];
-        hit *h = &t->h[t->n++];
-        if (hit_set(h, s->channel, s->message_id, s->sender_id, s->topic, s->content_type,
-                    s->excerpt) < 0) {
-            cv_pgsearch_result_free(&res);
-            cv_error("search", "out of memory");
-            return CV_EXIT_FAILURE;
-        }
-        h->partition = s->partition;
-        h->offset = s->offset;
-        h->sent_at_us = s->sent_at_us;
-        h->body_len = s->body_len;
-        h->pg = 1;
-        h->log = -1;
-    }
-    t->full = res.page_rows == (size_t)o->limit && res.has_last;
-    if (t->full) {
-        t->last.sent_at_us = res.last_sent_at_us;
-        if (!(t->last.channel = strdup(res.last_channel)) ||
-            !(t->last.message_id = strdup(res.last_message_id))) {
-            cv_pgsearch_result_free(&res);
-            cv_error("search", "out of memory");
-            return CV_EXIT_FAILURE;
-        }
-    }
-    cv_pgsearch_result_free(&res);
     return CV_EXIT_OK;
 }
 
 /* The PostgreSQL column of results from the log: one probe per result. A
  * PostgreSQL that cannot be reached leaves it "not checked". */
-static void check_pg(const cv_config *cfg, top *t) {
+static void check_pg(const cv_config *cfg, cv_search_page *t) {
     if (!t->n)
         return;
     char err[512];
@@ -708,7 +540,7 @@ static int status(const cv_config *cfg) {
     PQfinish(conn);
     char t[48] = "never";
     if (wm != INT64_MIN)
-        fmt_time(wm, t, sizeof(t));
+        cv_search_time(wm, t, sizeof(t));
     printf("documents  %" PRId64 "\n", docs);
     printf("watermark  %s (what was stored before it is indexed)\n", t);
     printf("behind     %" PRId64 " messages stored after it, not indexed yet\n", behind);
@@ -716,7 +548,7 @@ static int status(const cv_config *cfg) {
 }
 
 /* --check-log: whether the log holds each hit. 0, or -1 after the error. */
-static int check_log(search_opts *o, const cv_config *cfg, top *t) {
+static int check_log(search_opts *o, const cv_config *cfg, cv_search_page *t) {
     char err[1024];
     cv_keyring *keys = NULL;
     if (!o->ld.n) {
@@ -741,7 +573,7 @@ static int check_log(search_opts *o, const cv_config *cfg, top *t) {
 
 /* The page as a table or JSON Lines, and the next page's cursor. 0, or -1
  * after the error. */
-static int print_page(const search_opts *o, const top *t) {
+static int print_page(const search_opts *o, const cv_search_page *t) {
     cv_buf line;
     cv_buf_init(&line, (size_t)16 << 20);
     int rc = -1;
@@ -755,8 +587,8 @@ static int print_page(const search_opts *o, const top *t) {
             goto out;
         }
     }
-    char next[2 * CURSOR_MAX];
-    if (t->full && cursor_encode(&t->last, next, sizeof(next)) == 0) {
+    char next[2 * CV_SEARCH_CURSOR_MAX];
+    if (t->full && cv_search_cursor_encode(&t->last, next, sizeof(next)) == 0) {
         if (o->jsonl)
             printf("{\"next_before\":\"%s\"}\n", next);
         else
@@ -774,17 +606,13 @@ out:
 
 /* One page of results: from PostgreSQL or the log, ordered, checked
  * against the other store as asked, printed. */
-static int search(search_opts *o, const cv_config *cfg, const cursor *cur) {
-    top t = {0};
-    int rc = CV_EXIT_FAILURE;
-    if (sodium_init() < 0)
-        return rc;
+static int search(search_opts *o, const cv_config *cfg, const cv_search_cursor *cur) {
+    cv_search_page t;
+    if (sodium_init() < 0 || cv_search_page_init(&t, (size_t)o->limit) < 0)
+        return CV_EXIT_FAILURE;
     cv_cli_default_log_dir(&o->ld, cfg);
-    if (!(t.h = calloc((size_t)o->limit, sizeof(*t.h))))
-        return rc;
-    t.cap = (size_t)o->limit;
     uint64_t scanned = 0;
-    rc = o->from_log ? search_log(o, cfg, cur, &t, &scanned) : search_pg(o, cfg, cur, &t);
+    int rc = o->from_log ? search_log(o, cfg, cur, &t, &scanned) : search_pg(o, cfg, cur, &t);
     if (rc != CV_EXIT_OK)
         goto out;
     rc = CV_EXIT_FAILURE;
@@ -806,17 +634,14 @@ static int search(search_opts *o, const cv_config *cfg, const cursor *cur) {
         cv_audit_count("log_records_read", (int64_t)scanned);
     rc = CV_EXIT_OK;
 out:
-    for (size_t i = 0; i < t.n; i++)
-        hit_release(&t.h[i]);
-    hit_release(&t.last);
-    free(t.h);
+    cv_search_page_release(&t);
     return rc;
 }
 
 int cv_cmd_search(int argc, char **argv) {
     search_opts o = {.limit = 50};
     cv_select_init(&o.sel);
-    cursor cur = {0};
+    cv_search_cursor cur = {0};
     cv_cli cli;
     cv_config *cfg = NULL;
     int rc = cv_cli_parse(&search_spec, argc, argv, &o, &cli);
@@ -825,7 +650,7 @@ int cv_cmd_search(int argc, char **argv) {
     rc = CV_EXIT_USAGE;
     if (cv_select_check(&o.sel, "search") < 0)
         goto out;
-    if (o.before && cursor_decode(o.before, &cur) < 0) {
+    if (o.before && cv_search_cursor_decode(o.before, &cur) < 0) {
         cv_error("search", "--before: \"%s\" is not a cursor printed by chatvault search",
                  o.before);
         goto out;

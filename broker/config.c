@@ -227,6 +227,15 @@ static const prop props[] = {
      "cannot take them all (a browser opens up to 6; raise it when a proxy's address "
      "carries every client)",
      1, 10000, NULL, NULL},
+    {"http.archive", PROP_ENUM, "off",
+     "the dashboard's search and reports pages (/search, /reports, /api/search, "
+     "/api/report), read as postgres.reader_conninfo; they show message bodies, so on "
+     "needs http.token or http.token_file",
+     0, 0, "off|on", NULL},
+    {"http.archive_timeout_ms", PROP_INT, "10000",
+     "longest a search or report from the dashboard may run in PostgreSQL "
+     "(statement_timeout); a slower one answers 503",
+     100, 600000, NULL, NULL},
     {"metrics.max_channels", PROP_INT, "100",
      "channels with their own metric label; more are summed under channel=\"_other\"", 1,
      100000, NULL, NULL},
@@ -772,6 +781,13 @@ int cv_config_build(const cv_cli_config *cli, char *const *envp, cv_config **ret
         snprintf(errbuf, errlen,
                  "http.tls_cert_file and http.tls_key_file go together: set both for "
                  "HTTPS, or neither");
+        r = -EINVAL;
+    }
+    if (r == 0 && strcmp(cv_config_str(cfg, "http.archive"), "on") == 0 &&
+        !*cv_config_str(cfg, "http.token")) {
+        snprintf(errbuf, errlen,
+                 "http.archive = on serves message bodies: it needs http.token_file (or "
+                 "http.token)");
         r = -EINVAL;
     }
     if (r < 0) {

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "cli.h"
 #include "daemon/devkafka.h"
 #include "daemon/http.h"
@@ -194,7 +195,12 @@ static int start_http(const cv_config *cfg, const char *embedded, cv_metrics *me
         .max_per_address =
             (unsigned)cv_config_int(cfg, "http.max_connections_per_address"),
         .tls_cert_file = cv_config_str(cfg, "http.tls_cert_file"),
-        .tls_key_file = cv_config_str(cfg, "http.tls_key_file")};
+        .tls_key_file = cv_config_str(cfg, "http.tls_key_file"),
+        .archive_conninfo = strcmp(cv_config_str(cfg, "http.archive"), "on") == 0
+                                ? cv_access_conninfo(cfg, CV_PG_READER)
+                                : NULL,
+        .search_language = cv_config_str(cfg, "search.language"),
+        .archive_timeout_ms = (unsigned)cv_config_int(cfg, "http.archive_timeout_ms")};
     int r = *hc.listen ? cv_http_start(&hc, ret, err, sizeof(err)) : 0;
     if (r == 0)
         return CV_EXIT_OK;

@@ -115,6 +115,19 @@ static const char *check_hosts(const char *v, char *buf, size_t len) {
     return NULL;
 }
 
+/* A text search configuration's name (pg_ts_config), maybe schema-qualified:
+ * it is given to PostgreSQL as a parameter, but a typo is caught here. */
+static const char *check_language(const char *v, char *buf, size_t len) {
+    size_t n = strlen(v);
+    if (!n || n > 63 || strspn(v, "abcdefghijklmnopqrstuvwxyz0123456789_.") != n) {
+        snprintf(buf, len,
+                 "a text search configuration is a name such as simple or "
+                 "english");
+        return buf;
+    }
+    return NULL;
+}
+
 static const prop props[] = {
     {"postgres.conninfo", PROP_STR, "dbname=chatvault",
      "libpq connection string of the PostgreSQL store; the broker writes with it "
@@ -214,6 +227,15 @@ static const prop props[] = {
      "cannot take them all (a browser opens up to 6; raise it when a proxy's address "
      "carries every client)",
      1, 10000, NULL, NULL},
+    {"http.archive", PROP_ENUM, "off",
+     "the dashboard's search and reports pages (/search, /reports, /api/search, "
+     "/api/report), read as postgres.reader_conninfo; they show message bodies, so on "
+     "needs http.token or http.token_file",
+     0, 0, "off|on", NULL},
+    {"http.archive_timeout_ms", PROP_INT, "10000",
+     "longest a search or report from the dashboard may run in PostgreSQL "
+     "(statement_timeout); a slower one answers 503",
+     100, 600000, NULL, NULL},
     {"metrics.max_channels", PROP_INT, "100",
      "channels with their own metric label; more are summed under channel=\"_other\"", 1,
      100000, NULL, NULL},
@@ -224,6 +246,19 @@ static const prop props[] = {
     {"shutdown.timeout_ms", PROP_INT, "30000",
      "longest SIGTERM waits for the batch in flight before exiting", 0, 3600000, NULL,
      NULL},
+    /* search (README "Search") */
+    {"search.index", PROP_ENUM, "on",
+     "index stored messages for chatvault search on a thread of the broker, off the ack "
+     "path (off: search finds only what chatvault search --reindex indexed)",
+     0, 0, "on|off", NULL},
+    {"search.index_interval_ms", PROP_INT, "1000",
+     "how often the broker's indexer looks for newly stored messages", 10, 3600000, NULL,
+     NULL},
+    {"search.language", PROP_STR, "simple",
+     "PostgreSQL text search configuration of search documents and queries (simple: "
+     "words as written, lower-cased; english: stemmed, stop words dropped); change it, "
+     "then chatvault search --reindex",
+     0, 0, NULL, check_language},
 };
 #define NPROPS (sizeof(props) / sizeof(props[0]))
 
@@ -746,6 +781,13 @@ int cv_config_build(const cv_cli_config *cli, char *const *envp, cv_config **ret
         snprintf(errbuf, errlen,
                  "http.tls_cert_file and http.tls_key_file go together: set both for "
                  "HTTPS, or neither");
+        r = -EINVAL;
+    }
+    if (r == 0 && strcmp(cv_config_str(cfg, "http.archive"), "on") == 0 &&
+        !*cv_config_str(cfg, "http.token")) {
+        snprintf(errbuf, errlen,
+                 "http.archive = on serves message bodies: it needs http.token_file (or "
+                 "http.token)");
         r = -EINVAL;
     }
     if (r < 0) {

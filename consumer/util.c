@@ -132,6 +132,23 @@ size_t cv_utf8_char_len(const char *s, size_t avail) {
     return n && n <= avail && cv_utf8_valid(s, n) ? n : 0;
 }
 
+int cv_buf_html(cv_buf *b, const char *s) {
+    int r = 0;
+    for (const char *p = s; r == 0 && *p; p++) {
+        size_t n = strcspn(p, "&<>\"'");
+        if (n) {
+            r = cv_buf_append(b, p, n);
+            p += n;
+            if (!*p || r)
+                break;
+        }
+        static const char *const ent[] = {"&amp;", "&lt;", "&gt;", "&quot;", "&#39;"};
+        const char *e = ent[strchr("&<>\"'", *p) - "&<>\"'"];
+        r = cv_buf_append(b, e, strlen(e));
+    }
+    return r;
+}
+
 int cv_buf_json_string(cv_buf *b, const char *s, size_t len) {
     static const char hex[] = "0123456789abcdef";
     /* Worst case: every byte becomes \u00XX. */

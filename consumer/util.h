@@ -51,6 +51,9 @@ int cv_buf_printf(cv_buf *b, const char *fmt, ...) __attribute__((format(printf,
 /* Appends `s` as a JSON string literal, quotes included. Bytes that are not
  * valid UTF-8 are written as \ufffd. */
 int cv_buf_json_string(cv_buf *b, const char *s, size_t len);
+/* Appends the NUL-terminated `s` as HTML text or attribute value: & < > " '
+ * as entities. */
+int cv_buf_html(cv_buf *b, const char *s);
 /* Appends standard base64 of `p`. */
 int cv_buf_base64(cv_buf *b, const void *p, size_t n);
 

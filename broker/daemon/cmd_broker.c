@@ -10,9 +10,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "cli.h"
 #include "daemon/devkafka.h"
 #include "daemon/http.h"
+#include "daemon/indexer.h"
 #include "daemon/probe.h"
 #include "ingest/pipeline.h"
 #include "keyring.h"
@@ -193,7 +195,12 @@ static int start_http(const cv_config *cfg, const char *embedded, cv_metrics *me
         .max_per_address =
             (unsigned)cv_config_int(cfg, "http.max_connections_per_address"),
         .tls_cert_file = cv_config_str(cfg, "http.tls_cert_file"),
-        .tls_key_file = cv_config_str(cfg, "http.tls_key_file")};
+        .tls_key_file = cv_config_str(cfg, "http.tls_key_file"),
+        .archive_conninfo = strcmp(cv_config_str(cfg, "http.archive"), "on") == 0
+                                ? cv_access_conninfo(cfg, CV_PG_READER)
+                                : NULL,
+        .search_language = cv_config_str(cfg, "search.language"),
+        .archive_timeout_ms = (unsigned)cv_config_int(cfg, "http.archive_timeout_ms")};
     int r = *hc.listen ? cv_http_start(&hc, ret, err, sizeof(err)) : 0;
     if (r == 0)
         return CV_EXIT_OK;
@@ -204,6 +211,21 @@ static int start_http(const cv_config *cfg, const char *embedded, cv_metrics *me
                    r == -EINVAL
                ? CV_EXIT_USAGE
                : CV_EXIT_FAILURE;
+}
+
+/* Search documents, off the ack path (daemon/indexer.h), unless
+ * search.index is off. */
+static int start_indexer(const cv_config *cfg, cv_indexer **ret) {
+    char err[512];
+    cv_indexer_conf ic = {.conninfo = cv_config_str(cfg, "postgres.conninfo"),
+                          .language = cv_config_str(cfg, "search.language"),
+                          .interval_ms = cv_config_int(cfg, "search.index_interval_ms")};
+    if (strcmp(cv_config_str(cfg, "search.index"), "on") == 0 &&
+        cv_indexer_start(&ic, ret, err, sizeof(err)) < 0) {
+        cv_error("broker", "%s", err);
+        return CV_EXIT_FAILURE;
+    }
+    return CV_EXIT_OK;
 }
 
 static void log_stopped(cv_pipeline *p) {
@@ -259,6 +281,7 @@ int cv_cmd_broker(int argc, char **argv) {
     cv_metrics *metrics = NULL;
     cv_http *http = NULL;
     cv_probe *probe = NULL;
+    cv_indexer *indexer = NULL;
     int64_t probe_ms = cv_config_int(cfg, "probe.interval_ms");
     cv_keyring *keys = NULL;
     const char *embedded = NULL;
@@ -325,6 +348,8 @@ int cv_cmd_broker(int argc, char **argv) {
         goto out;
     if (probe_ms > 0 && (rc = start_probe(cfg, embedded, metrics, &probe)) != CV_EXIT_OK)
         goto out;
+    if ((rc = start_indexer(cfg, &indexer)) != CV_EXIT_OK)
+        goto out;
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
@@ -342,6 +367,7 @@ int cv_cmd_broker(int argc, char **argv) {
     if (rc == CV_EXIT_FAILURE)
         cv_error("broker", "%s", err);
 out:
+    cv_indexer_stop(indexer);
     cv_probe_stop(probe);
     cv_http_stop(http);
     cv_pipeline_free(p);

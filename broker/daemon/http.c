@@ -32,10 +32,14 @@
 #include <time.h>
 
 #include "cli.h"
+#include "daemon/httparchive.h"
 #include "daemon/web_assets.h"
 
 #define RENDER_LIMIT (64u << 20)
 #define IDLE_TIMEOUT_S 30u /* libmicrohttpd's: a response nobody reads */
+/* With http.archive on: a search may take seconds, and /healthz and
+ * /metrics answer meanwhile from the other threads. */
+#define ARCHIVE_THREADS 4u
 #define LOG_EVERY_MS 10000 /* one line per kind of refusal this often */
 #define REAP_EVERY_MS 200
 
@@ -92,6 +96,7 @@ struct cv_http {
     ratelimit host_log, slow_log, mhd_log;
     char *tls_cert, *tls_key; /* PEM text, kept while the daemon runs */
     size_t tls_key_len;
+    cv_httparchive_conf archive; /* conninfo NULL: off; strings owned */
 };
 
 int cv_http_parse_listen(const char *listen, struct sockaddr_storage *ret_ss,
@@ -389,6 +394,15 @@ static enum MHD_Result send_text(struct MHD_Connection *c, unsigned status,
 }
 
 /* Hands `b`'s bytes to libmicrohttpd, which frees them. */
+static enum MHD_Result send_buf_status(struct MHD_Connection *c, unsigned status,
+                                       cv_buf *b, const char *type) {
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(b->len, b->data, MHD_RESPMEM_MUST_FREE);
+    if (!r)
+        cv_buf_release(b);
+    return send_response(c, status, r, type, true);
+}
+
 static enum MHD_Result send_buf(struct MHD_Connection *c, cv_buf *b, int render_rc,
                                 const char *type) {
     if (render_rc < 0) {
@@ -396,11 +410,7 @@ static enum MHD_Result send_buf(struct MHD_Connection *c, cv_buf *b, int render_
         cv_log(CV_LOG_ERROR, "http response too large", "error=%d", render_rc);
         return send_text(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "render failed\n");
     }
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(b->len, b->data, MHD_RESPMEM_MUST_FREE);
-    if (!r)
-        cv_buf_release(b);
-    return send_response(c, MHD_HTTP_OK, r, type, true);
+    return send_buf_status(c, MHD_HTTP_OK, b, type);
 }
 
 /* GET /api/history?channel=NAME&range=1h|24h: parameters checked here. */
@@ -559,6 +569,13 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
             r = cv_buf_printf(&b, "}\n");
         return send_buf(c, &b, r, "application/json");
     }
+    if (cv_httparchive_path(url)) {
+        char peer[INET6_ADDRSTRLEN];
+        const char *type;
+        peer_name(c, peer);
+        unsigned status = cv_httparchive_serve(&h->archive, c, url, peer, &b, &type);
+        return send_buf_status(c, status, &b, type);
+    }
     if (strcmp(url, "/readyz") == 0) {
         char why[512], text[600];
         bool ready = cv_metrics_ready(h->metrics, why, sizeof(why));
@@ -666,6 +683,24 @@ int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
         goto fail;
     }
     h->any_host = hosts_any(hosts);
+    if (conf->archive_conninfo) {
+        if (!conf->token || !*conf->token) {
+            snprintf(errbuf, errlen,
+                     "http.archive = on serves message bodies: it needs http.token or "
+                     "http.token_file");
+            r = -EINVAL;
+            goto fail;
+        }
+        h->archive.timeout_ms =
+            conf->archive_timeout_ms ? conf->archive_timeout_ms : 10000;
+        if (!(h->archive.conninfo = strdup(conf->archive_conninfo)) ||
+            !(h->archive.language =
+                  strdup(conf->search_language ? conf->search_language : "simple"))) {
+            snprintf(errbuf, errlen, "out of memory");
+            r = -ENOMEM;
+            goto fail;
+        }
+    }
     if (conf->token && *conf->token) {
         h->has_token = true;
         crypto_generichash(h->token_hash, sizeof(h->token_hash),
@@ -683,9 +718,17 @@ int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    struct MHD_OptionItem tls[3] = {{MHD_OPTION_END, 0, NULL}};
-    if ((r = load_tls(h, conf, tls, errbuf, errlen)) < 0)
+    /* the TLS files, then the pool of threads (only when asked for: a size
+     * of 1 makes libmicrohttpd warn) */
+    struct MHD_OptionItem opts[4] = {{MHD_OPTION_END, 0, NULL}};
+    if ((r = load_tls(h, conf, opts, errbuf, errlen)) < 0)
         goto fail;
+    if (h->archive.conninfo) {
+        size_t i = h->tls_cert ? 2 : 0;
+        opts[i] =
+            (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, ARCHIVE_THREADS, NULL};
+        opts[i + 1] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+    }
     if (h->tls_cert)
         flags |= MHD_USE_TLS;
     h->daemon = MHD_start_daemon(
@@ -696,7 +739,7 @@ int cv_http_start(const cv_http_conf *conf, cv_http **ret_http, char *errbuf,
         conf->max_per_address ? conf->max_per_address : 16u,
         MHD_OPTION_CONNECTION_TIMEOUT, IDLE_TIMEOUT_S, MHD_OPTION_NOTIFY_CONNECTION,
         on_connection, h, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_ARRAY,
-        tls,
+        opts,
         /* No MHD_OPTION_LISTENING_ADDRESS_REUSE: given 1 it sets SO_REUSEPORT,
          * and a second broker on a taken http.listen then shares the port
          * (answering /api/kafka with the other one's cluster half of the
@@ -763,6 +806,8 @@ cv_http *cv_http_stop(cv_http *h) {
     sodium_memzero(h->token_hash, sizeof(h->token_hash));
     free(h->allowed_hosts);
     free(h->kafka_bootstrap);
+    free((char *)h->archive.conninfo);
+    free((char *)h->archive.language);
     free(h->tls_cert);
     if (h->tls_key)
         sodium_memzero(h->tls_key, h->tls_key_len);

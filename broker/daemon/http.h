@@ -5,7 +5,8 @@
  * /api/lag (JSON), /api/history (JSON: the bounded history behind the
  * dashboard's charts, ?channel=NAME&range=1h|24h; 400 for a bad parameter,
  * 404 for an unknown channel), /api/kafka (JSON: the embedded Kafka cluster's address,
- * for the other commands), / (the dashboard, embedded in the binary).
+ * for the other commands), / (the dashboard, embedded in the binary), and
+ * with http.archive on the pages of daemon/httparchive.h (search, reports).
  *
  * It only reads cv_metrics snapshots; it never touches the pipeline (a
  * render may append a history point while the pipeline is blocked).
@@ -59,6 +60,11 @@ typedef struct cv_http_conf {
      * only (libmicrohttpd with GnuTLS), neither: plain HTTP. The key file
      * must not be readable by group or others. */
     const char *tls_cert_file, *tls_key_file;
+    /* http.archive: the reader's conninfo for the archive's pages
+     * (daemon/httparchive.h), or NULL: off. Needs a token. Copied. */
+    const char *archive_conninfo;
+    const char *search_language; /* search.language; copied */
+    unsigned archive_timeout_ms; /* http.archive_timeout_ms (0: 10000) */
 } cv_http_conf;
 
 /* Binds and starts serving. Returns 0, or a negative errno with errbuf set

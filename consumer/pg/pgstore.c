@@ -68,6 +68,22 @@ static const char duplicates_sql[] =
     " OR m.sent_at_us <> s.sent_at_us OR m.sender_id <> s.sender_id"
     " OR m.body <> s.body";
 
+/* The batch's duplicates, for the reports (schemas/0004_reports.sql): keyed
+ * by the record's coordinates, so a re-delivered duplicate counts once. One
+ * statement, only for a batch that had any. */
+static const char duplicates_log_sql[] =
+    "INSERT INTO chatvault.duplicates (kafka_topic, kafka_partition,"
+    " kafka_offset, channel, message_id, sent_at_us, replayed)"
+    " SELECT s.kafka_topic, s.kafka_partition, s.kafka_offset, s.channel,"
+    " s.message_id, s.sent_at_us, u.r"
+    " FROM unnest($1::integer[], $2::boolean[]) AS u(seq, r)"
+    " JOIN cv_stage s ON s.seq = u.seq"
+    " ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING";
+
+/* `chatvault replay` marks what it re-sends with this Kafka header
+ * (broker/traffic/cmd_replay.c). */
+#define REPLAY_HEADER "chatvault-replay"
+
 static const char offsets_sql[] =
     "INSERT INTO chatvault.kafka_offsets AS k (consumer_group, topic,"
     " kafka_partition, next_offset)"
@@ -299,6 +315,51 @@ static int copy_stage(cv_pgstore *st, char *errbuf, size_t errlen) {
     return 0;
 }
 
+static bool replayed(const cv_rec *rec) {
+    rd_kafka_headers_t *hdrs = NULL;
+    const void *v;
+    size_t len;
+    return rec->rkm &&
+           rd_kafka_message_headers(rec->rkm, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+           rd_kafka_header_get_last(hdrs, REPLAY_HEADER, &v, &len) ==
+               RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+/* Records the batch's duplicates (their status is set) in
+ * chatvault.duplicates. */
+static int log_duplicates(cv_pgstore *st, const cv_rec *recs, size_t n, char *errbuf,
+                          size_t errlen) {
+    cv_buf seqs, flags;
+    cv_buf_init(&seqs, (size_t)64 << 20);
+    cv_buf_init(&flags, (size_t)64 << 20);
+    int r = cv_buf_append(&seqs, "{", 1) | cv_buf_append(&flags, "{", 1);
+    const char *sep = "";
+    for (size_t i = 0; i < n; i++)
+        if (cv_rec_valid(&recs[i]) &&
+            recs[i].status == CHATVAULT__V1__ACK_STATUS__DUPLICATE) {
+            r |= cv_buf_printf(&seqs, "%s%zu", sep, i);
+            r |= cv_buf_printf(&flags, "%s%s", sep, replayed(&recs[i]) ? "t" : "f");
+            sep = ",";
+        }
+    r |= cv_buf_append(&seqs, "}", 2) | cv_buf_append(&flags, "}", 2);
+    if (r != 0) {
+        snprintf(errbuf, errlen, "postgres: duplicates of the batch: out of memory");
+        r = -ENOMEM;
+        goto out;
+    }
+    const char *params[2] = {(char *)seqs.data, (char *)flags.data};
+    PGresult *res =
+        PQexecParams(st->conn, duplicates_log_sql, 2, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        r = pg_fail(st, res, "inserting into chatvault.duplicates", errbuf, errlen);
+    else
+        PQclear(res);
+out:
+    cv_buf_release(&seqs);
+    cv_buf_release(&flags);
+    return r;
+}
+
 static int insert_rows(cv_pgstore *st, cv_rec *recs, size_t n, size_t staged,
                        char *errbuf, size_t errlen) {
     PGresult *res = PQexec(st->conn, insert_sql);
@@ -321,7 +382,7 @@ static int insert_rows(cv_pgstore *st, cv_rec *recs, size_t n, size_t staged,
             recs[seq].status = CHATVAULT__V1__ACK_STATUS__DUPLICATE;
     }
     PQclear(res);
-    return 0;
+    return rows > 0 ? log_duplicates(st, recs, n, errbuf, errlen) : 0;
 }
 
 /* Sets chatvault.kafka_offsets to the batch's next offsets: set, not the

@@ -2,7 +2,7 @@
  * pg/internal.h — private to consumer/pg/: the helpers its files share,
  * prefixed cv_pg_i_. They are defined in pgread.c. Nothing outside this
  * folder includes it; the public APIs are pgread.h, pgstore.h, pgverify.h
- * and pgmigrate.h.
+ * pgmigrate.h, pgsearch.h, pgaudit.h and pgreport.h.
  */
 #ifndef CV_PG_INTERNAL_H
 #define CV_PG_INTERNAL_H
@@ -17,6 +17,11 @@
  * clears `res` (NULL: none; the connection's message is used) and returns
  * -CV_ESTORE. */
 int cv_pg_i_fail(PGconn *conn, PGresult *res, const char *what, char *errbuf,
+                 size_t errlen);
+
+/* Runs SQL, which returns no rows or rows nobody reads; 0, or
+ * cv_pg_i_fail's error about `what`. */
+int cv_pg_i_exec(PGconn *conn, const char *sql, const char *what, char *errbuf,
                  size_t errlen);
 
 /* Appends a PostgreSQL array literal of the n offsets (offs) or of the n

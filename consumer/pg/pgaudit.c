@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pg/internal.h"
 #include "util.h"
 
 static const char append_sql[] =
@@ -35,16 +36,6 @@ static const char list_sql[] =
     "   AND ($2::text IS NULL OR split_part(f.command, ' ', 1) = $2)"
     " ORDER BY f.seq DESC LIMIT $3";
 
-static int fail(PGresult *res, PGconn *conn, const char *what, char *errbuf,
-                size_t errlen) {
-    const char *msg = res ? PQresultErrorMessage(res) : PQerrorMessage(conn);
-    snprintf(errbuf, errlen, "postgres: %s: %s", what,
-             msg && *msg ? msg : PQerrorMessage(conn));
-    cv_one_line(errbuf);
-    PQclear(res);
-    return -CV_ESTORE;
-}
-
 int cv_pgaudit_append(PGconn *conn, const cv_audit_row *row, char ret_id[CV_AUDIT_ID_LEN],
                       char *errbuf, size_t errlen) {
     const char *values[8] = {row->id,          row->os_user,        row->host,
@@ -52,7 +43,7 @@ int cv_pgaudit_append(PGconn *conn, const cv_audit_row *row, char ret_id[CV_AUDI
                              row->counts_json, row->detail};
     PGresult *res = PQexecParams(conn, append_sql, 8, NULL, values, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
-        return fail(res, conn, "appending to chatvault.audit", errbuf, errlen);
+        return cv_pg_i_fail(conn, res, "appending to chatvault.audit", errbuf, errlen);
     if (ret_id)
         snprintf(ret_id, CV_AUDIT_ID_LEN, "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
@@ -68,7 +59,7 @@ int cv_pgaudit_list(PGconn *conn, const cv_audit_filter *f, cv_audit_list *ret,
     memset(ret, 0, sizeof(*ret));
     PGresult *res = PQexecParams(conn, list_sql, 3, NULL, values, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return fail(res, conn, "reading chatvault.audit", errbuf, errlen);
+        return cv_pg_i_fail(conn, res, "reading chatvault.audit", errbuf, errlen);
     size_t n = (size_t)PQntuples(res);
     cv_audit_action *a = calloc(n ? n : 1, sizeof(*a));
     if (!a) {

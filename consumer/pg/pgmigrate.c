@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pg/internal.h"
 #include "util.h"
 
 /* pg_advisory_lock key: "chatvaul" as a big-endian int64. */
@@ -47,30 +48,11 @@ PGconn *cv_pg_connect_timeout(const char *conninfo, int timeout_s, char *errbuf,
     return conn;
 }
 
-static int exec_ok(PGconn *conn, const char *sql, const char *what, char *errbuf,
-                   size_t errlen) {
-    PGresult *res = PQexec(conn, sql);
-    ExecStatusType st = PQresultStatus(res);
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
-        snprintf(errbuf, errlen, "postgres: %s: %s", what, PQresultErrorMessage(res));
-        cv_one_line(errbuf);
-        PQclear(res);
-        return -CV_ESTORE;
-    }
-    PQclear(res);
-    return 0;
-}
-
 int cv_pgmigrate_current(PGconn *conn, int *ret_version, char *errbuf, size_t errlen) {
     PGresult *res =
         PQexec(conn, "SELECT to_regclass('chatvault.schema_migrations') IS NOT NULL");
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        snprintf(errbuf, errlen, "postgres: reading the schema version: %s",
-                 PQresultErrorMessage(res));
-        cv_one_line(errbuf);
-        PQclear(res);
-        return -CV_ESTORE;
-    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return cv_pg_i_fail(conn, res, "reading the schema version", errbuf, errlen);
     bool exists = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
     PQclear(res);
     if (!exists) {
@@ -79,13 +61,8 @@ int cv_pgmigrate_current(PGconn *conn, int *ret_version, char *errbuf, size_t er
     }
     res =
         PQexec(conn, "SELECT coalesce(max(version), 0) FROM chatvault.schema_migrations");
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        snprintf(errbuf, errlen, "postgres: reading the schema version: %s",
-                 PQresultErrorMessage(res));
-        cv_one_line(errbuf);
-        PQclear(res);
-        return -CV_ESTORE;
-    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return cv_pg_i_fail(conn, res, "reading the schema version", errbuf, errlen);
     *ret_version = atoi(PQgetvalue(res, 0, 0));
     PQclear(res);
     return 0;
@@ -94,10 +71,10 @@ int cv_pgmigrate_current(PGconn *conn, int *ret_version, char *errbuf, size_t er
 static int apply_one(PGconn *conn, const cv_migration *m, char *errbuf, size_t errlen) {
     char what[200];
     snprintf(what, sizeof(what), "migration %s", m->name);
-    int r = exec_ok(conn, "BEGIN", what, errbuf, errlen);
+    int r = cv_pg_i_exec(conn, "BEGIN", what, errbuf, errlen);
     if (r < 0)
         return r;
-    r = exec_ok(conn, m->sql, what, errbuf, errlen);
+    r = cv_pg_i_exec(conn, m->sql, what, errbuf, errlen);
     if (r == 0) {
         char version[16];
         snprintf(version, sizeof(version), "%d", m->version);
@@ -106,35 +83,32 @@ static int apply_one(PGconn *conn, const cv_migration *m, char *errbuf, size_t e
             conn,
             "INSERT INTO chatvault.schema_migrations (version, name) VALUES ($1, $2)", 2,
             NULL, params, NULL, NULL, 0);
-        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-            snprintf(errbuf, errlen, "postgres: recording %s: %s", m->name,
-                     PQresultErrorMessage(res));
-            cv_one_line(errbuf);
-            r = -CV_ESTORE;
-        }
-        PQclear(res);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK)
+            r = cv_pg_i_fail(conn, res, what, errbuf, errlen);
+        else
+            PQclear(res);
     }
     if (r == 0)
-        return exec_ok(conn, "COMMIT", what, errbuf, errlen);
+        return cv_pg_i_exec(conn, "COMMIT", what, errbuf, errlen);
     char ignore[256];
-    exec_ok(conn, "ROLLBACK", what, ignore, sizeof(ignore));
+    cv_pg_i_exec(conn, "ROLLBACK", what, ignore, sizeof(ignore));
     return r;
 }
 
 int cv_pgmigrate_apply(PGconn *conn, int *ret_from, int *ret_to, char *errbuf,
                        size_t errlen) {
     int latest = cv_migrations[cv_migrations_count - 1].version, current = 0;
-    int r = exec_ok(conn, "SELECT pg_advisory_lock(" MIGRATE_LOCK_KEY ")",
-                    "taking the migration lock", errbuf, errlen);
+    int r = cv_pg_i_exec(conn, "SELECT pg_advisory_lock(" MIGRATE_LOCK_KEY ")",
+                         "taking the migration lock", errbuf, errlen);
     if (r < 0)
         return r;
-    r = exec_ok(conn,
-                "CREATE SCHEMA IF NOT EXISTS chatvault;"
-                "CREATE TABLE IF NOT EXISTS chatvault.schema_migrations ("
-                " version integer PRIMARY KEY,"
-                " name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT clock_timestamp())",
-                "creating chatvault.schema_migrations", errbuf, errlen);
+    r = cv_pg_i_exec(conn,
+                     "CREATE SCHEMA IF NOT EXISTS chatvault;"
+                     "CREATE TABLE IF NOT EXISTS chatvault.schema_migrations ("
+                     " version integer PRIMARY KEY,"
+                     " name text NOT NULL,"
+                     " applied_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+                     "creating chatvault.schema_migrations", errbuf, errlen);
     if (r == 0)
         r = cv_pgmigrate_current(conn, &current, errbuf, errlen);
     if (r == 0 && current > latest) {
@@ -152,8 +126,8 @@ int cv_pgmigrate_apply(PGconn *conn, int *ret_from, int *ret_to, char *errbuf,
                 current = cv_migrations[i].version;
         }
     char ignore[256];
-    exec_ok(conn, "SELECT pg_advisory_unlock(" MIGRATE_LOCK_KEY ")",
-            "releasing the migration lock", ignore, sizeof(ignore));
+    cv_pg_i_exec(conn, "SELECT pg_advisory_unlock(" MIGRATE_LOCK_KEY ")",
+                 "releasing the migration lock", ignore, sizeof(ignore));
     if (r < 0)
         return r;
     *ret_from = from;

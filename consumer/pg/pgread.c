@@ -54,10 +54,11 @@ int cv_pg_i_fail(PGconn *conn, PGresult *res, const char *what, char *errbuf,
     return -CV_ESTORE;
 }
 
-static int exec_ok(PGconn *conn, const char *sql, const char *what, char *errbuf,
-                   size_t errlen) {
+/* See pg/internal.h. */
+int cv_pg_i_exec(PGconn *conn, const char *sql, const char *what, char *errbuf,
+                 size_t errlen) {
     PGresult *res = PQexec(conn, sql);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+    if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
         return cv_pg_i_fail(conn, res, what, errbuf, errlen);
     PQclear(res);
     return 0;
@@ -178,8 +179,8 @@ int cv_pgread_open(PGconn *conn, const cv_pgread_sel *sel, cv_pgread **ret, char
         snprintf(errbuf, errlen, "postgres: building the query: %s", strerror(-r));
         goto out;
     }
-    r = exec_ok(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "BEGIN", errbuf,
-                errlen);
+    r = cv_pg_i_exec(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "BEGIN",
+                     errbuf, errlen);
     if (r < 0)
         goto out;
     rd->in_tx = true;

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pg/internal.h"
 #include "util.h"
 
 #define SQL_LIMIT ((size_t)1 << 20)
@@ -22,27 +23,6 @@
 /* Bodies of one pass's INSERT: a pass stops adding rows past this many
  * bytes of text (the rest are read again by the next pass). */
 #define PASS_TEXT_BYTES ((size_t)16 << 20)
-
-static int fail(PGconn *conn, PGresult *res, const char *what, char *errbuf,
-                size_t errlen) {
-    const char *msg = res ? PQresultErrorMessage(res) : NULL;
-    if (!msg || !*msg)
-        msg = PQerrorMessage(conn);
-    cv_errf(errbuf, errlen, "postgres: %s: %s", what, msg);
-    cv_one_line(errbuf);
-    if (res)
-        PQclear(res);
-    return -CV_ESTORE;
-}
-
-static int exec_ok(PGconn *conn, const char *sql, const char *what, char *errbuf,
-                   size_t errlen) {
-    PGresult *res = PQexec(conn, sql);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
-        return fail(conn, res, what, errbuf, errlen);
-    PQclear(res);
-    return 0;
-}
 
 static void rollback(PGconn *conn) {
     if (PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) != PQTRANS_IDLE) {
@@ -166,7 +146,8 @@ static int insert_docs(PGconn *conn, const char *language, const PGresult *res,
             " ON CONFLICT (channel, message_id) DO NOTHING",
             1 + NARRAYS, NULL, params, NULL, NULL, 0);
         if (PQresultStatus(ins) != PGRES_COMMAND_OK) {
-            r = fail(conn, ins, "inserting into chatvault.search_docs", errbuf, errlen);
+            r = cv_pg_i_fail(conn, ins, "inserting into chatvault.search_docs", errbuf,
+                             errlen);
             goto out;
         }
         PQclear(ins);
@@ -189,7 +170,7 @@ int cv_pgsearch_index_pass(PGconn *conn, const char *language, int64_t margin_us
                            size_t max_rows, cv_pgsearch_pass *ret, char *errbuf,
                            size_t errlen) {
     memset(ret, 0, sizeof(*ret));
-    int r = exec_ok(conn, "BEGIN", "BEGIN", errbuf, errlen);
+    int r = cv_pg_i_exec(conn, "BEGIN", "BEGIN", errbuf, errlen);
     if (r < 0)
         return r;
     /* One indexer at a time: several broker instances each run one, and
@@ -200,7 +181,7 @@ int cv_pgsearch_index_pass(PGconn *conn, const char *language, int64_t margin_us
                                  " FROM chatvault.search_state WHERE id = 1"
                                  " FOR UPDATE SKIP LOCKED");
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        r = fail(conn, res, "reading chatvault.search_state", errbuf, errlen);
+        r = cv_pg_i_fail(conn, res, "reading chatvault.search_state", errbuf, errlen);
         goto fail;
     }
     if (PQntuples(res) == 0) {
@@ -228,7 +209,7 @@ int cv_pgsearch_index_pass(PGconn *conn, const char *language, int64_t margin_us
                        " ORDER BY m.persisted_at LIMIT $2::bigint",
                        2, NULL, params, NULL, NULL, 1);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        r = fail(conn, res, "reading chatvault.messages", errbuf, errlen);
+        r = cv_pg_i_fail(conn, res, "reading chatvault.messages", errbuf, errlen);
         goto fail;
     }
     size_t n = 0, text = 0;
@@ -257,12 +238,13 @@ int cv_pgsearch_index_pass(PGconn *conn, const char *language, int64_t margin_us
                          " WHERE id = 1",
                          2, NULL, up, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-            r = fail(conn, res, "updating chatvault.search_state", errbuf, errlen);
+            r = cv_pg_i_fail(conn, res, "updating chatvault.search_state", errbuf,
+                             errlen);
             goto fail;
         }
         PQclear(res);
     }
-    if ((r = exec_ok(conn, "COMMIT", "COMMIT", errbuf, errlen)) < 0)
+    if ((r = cv_pg_i_exec(conn, "COMMIT", "COMMIT", errbuf, errlen)) < 0)
         goto fail;
     ret->read = n;
     ret->text = text;
@@ -275,21 +257,22 @@ fail:
 
 int cv_pgsearch_reindex_begin(PGconn *conn, int64_t *ret_total, char *errbuf,
                               size_t errlen) {
-    int r = exec_ok(conn, "DELETE FROM chatvault.search_docs",
-                    "deleting from chatvault.search_docs", errbuf, errlen);
+    int r = cv_pg_i_exec(conn, "DELETE FROM chatvault.search_docs",
+                         "deleting from chatvault.search_docs", errbuf, errlen);
     /* Every row committed before now is seen by the steps (each reads a
      * later snapshot); a row committed later was inserted within the
      * indexer's margin of now, so the indexer need not go further back. */
     if (r == 0)
-        r = exec_ok(conn,
-                    "UPDATE chatvault.search_state SET watermark = GREATEST(watermark,"
-                    " clock_timestamp()), updated_at = clock_timestamp() WHERE id = 1",
-                    "updating chatvault.search_state", errbuf, errlen);
+        r = cv_pg_i_exec(
+            conn,
+            "UPDATE chatvault.search_state SET watermark = GREATEST(watermark,"
+            " clock_timestamp()), updated_at = clock_timestamp() WHERE id = 1",
+            "updating chatvault.search_state", errbuf, errlen);
     if (r < 0)
         return r;
     PGresult *res = PQexec(conn, "SELECT count(*) FROM chatvault.messages");
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return fail(conn, res, "counting chatvault.messages", errbuf, errlen);
+        return cv_pg_i_fail(conn, res, "counting chatvault.messages", errbuf, errlen);
     *ret_total = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     PQclear(res);
     return 0;
@@ -309,7 +292,7 @@ int cv_pgsearch_reindex_step(PGconn *conn, const char *language, size_t max_rows
                                  " ORDER BY m.channel, m.message_id LIMIT $3::bigint",
                                  3, NULL, params, NULL, NULL, 1);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
-        return fail(conn, res, "reading chatvault.messages", errbuf, errlen);
+        return cv_pg_i_fail(conn, res, "reading chatvault.messages", errbuf, errlen);
     size_t rows = 0, text = 0;
     /* insert_docs may take a prefix: the step ends after it. */
     int r = insert_docs(conn, language, res, &rows, &text, errbuf, errlen);
@@ -345,7 +328,7 @@ int cv_pgsearch_state(PGconn *conn, int64_t *ret_watermark_us, int64_t *ret_docs
                                  "  WHERE m.persisted_at > s.watermark)"
                                  " FROM chatvault.search_state s WHERE id = 1");
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
-        return fail(conn, res, "reading chatvault.search_state", errbuf, errlen);
+        return cv_pg_i_fail(conn, res, "reading chatvault.search_state", errbuf, errlen);
     *ret_watermark_us = strcmp(PQgetvalue(res, 0, 0), "t") == 0
                             ? INT64_MIN
                             : strtoll(PQgetvalue(res, 0, 1), NULL, 10);
@@ -519,7 +502,7 @@ int cv_pgsearch_run(PGconn *conn, const cv_pgsearch_query *q, cv_pgsearch_result
     PGresult *res =
         PQexecParams(conn, (const char *)sql.data, np, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        r = fail(conn, res, "searching chatvault.search_docs", errbuf, errlen);
+        r = cv_pg_i_fail(conn, res, "searching chatvault.search_docs", errbuf, errlen);
         goto out;
     }
     size_t n = (size_t)PQntuples(res);
@@ -597,7 +580,7 @@ int cv_pgsearch_present(PGconn *conn, const char *const *channels, const char *c
         " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(c, i, k) ORDER BY k",
         2, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || (size_t)PQntuples(res) != n) {
-        r = fail(conn, res, "looking up chatvault.messages", errbuf, errlen);
+        r = cv_pg_i_fail(conn, res, "looking up chatvault.messages", errbuf, errlen);
         goto out;
     }
     for (size_t k = 0; k < n; k++)

@@ -35,7 +35,8 @@ static const char extra_css[] =
     "input{font:inherit;padding:4px 6px;border:1px solid #c9ced8;border-radius:4px}"
     "button{font:inherit;padding:5px 14px}"
     "td.body{text-align:left;white-space:pre-wrap;max-width:60ch}"
-    "td.time{white-space:nowrap}mark{background:#ffe58a}.error{color:#a32020}";
+    "#results th,#results td{text-align:left}td.time{white-space:nowrap}"
+    "mark{background:#ffe58a}";
 
 static const char nav[] = "<nav><a href=\"/\">dashboard</a><a href=\"/search\">search</a>"
                           "<a href=\"/reports\">reports</a></nav>\n";

@@ -11,7 +11,9 @@
  *     flushes all N with no broker running, prints a line starting
  *     "backlog: ", waits until GOFILE holds the pid of the broker its caller
  *     has just started, and measures N / (last new ack - that moment);
- *   - sent -> ack latency p50 / p99 / max, from each ack's sent_at_us (the
+ *     with --rate N, messages go out on a clock at N msgs/s (open loop),
+ *     each stamped with the moment it was due;
+ *   - sent -> ack latency p50 / p99 / p99.9 / max, from each ack's sent_at_us (the
  *     sender's clock, copied by the broker) to the moment the ack arrived;
  *   - the broker's CPU seconds over the run and its peak RSS, read from
  *     /proc/<pid>/stat and /proc/<pid>/status (--broker-pid).
@@ -56,6 +58,7 @@ typedef struct bench_opts {
     int idle_timeout_s;
     long broker_pid;
     const char *backlog_go; /* --backlog GOFILE, or NULL */
+    long rate;              /* --rate: msgs/s on a clock; 0: as fast as possible */
     const char *kafka_props[32];
     int nkafka_props;
 } bench_opts;
@@ -117,6 +120,12 @@ static void usage(FILE *out) {
                  "broker just\n"
                  "                          started, measure from then to the last "
                  "ack\n"
+                 "  --rate N                open loop: publish N msgs/s on a clock, "
+                 "each message\n"
+                 "                          stamped with the time it was due (so a "
+                 "publisher that\n"
+                 "                          falls behind shows as latency, not as "
+                 "a lower rate)\n"
                  "  -X key=value            extra librdkafka property for both "
                  "clients\n");
 }
@@ -143,6 +152,7 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
                                          {"idle-timeout", required_argument, NULL, 'i'},
                                          {"broker-pid", required_argument, NULL, 'p'},
                                          {"backlog", required_argument, NULL, 'B'},
+                                         {"rate", required_argument, NULL, 'r'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     *o = (bench_opts){.topic_prefix = "chat.",
@@ -202,6 +212,10 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
                 goto bad;
             o->backlog_go = optarg;
             break;
+        case 'r':
+            if (parse_long(optarg, 1, 10000000, &o->rate) < 0)
+                goto bad;
+            break;
         case 'X':
             if (!strchr(optarg, '=') ||
                 o->nkafka_props ==
@@ -219,6 +233,10 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
     }
     if (!o->bootstrap || optind < argc) {
         usage(stderr);
+        return -EINVAL;
+    }
+    if (o->backlog_go && o->rate) {
+        fprintf(stderr, "chatvault-bench: --rate and --backlog do not go together\n");
         return -EINVAL;
     }
     if (o->backlog_go && o->broker_pid) {
@@ -421,16 +439,31 @@ static int publish_all(rd_kafka_t *rk, const bench_opts *o, const char *run_id,
     for (int i = 0; i < o->body_bytes; i++)
         body[i] = (unsigned char)('a' + i % 26);
     int64_t last_report = now_us(CLOCK_MONOTONIC);
+    int64_t t0_mono = last_report, t0_real = now_us(CLOCK_REALTIME);
     int rc = 0;
     for (long i = 0; i < o->messages && !interrupted; i++) {
         channel_out *c = &ch[i % o->channels];
+        int64_t sent_at = 0;
+        if (o->rate) {
+            /* Message i is due at i / rate seconds: wait for it, and stamp
+             * it with that moment, however late it goes out. */
+            int64_t due = t0_mono + (int64_t)((double)i * 1e6 / (double)o->rate);
+            int64_t now = now_us(CLOCK_MONOTONIC);
+            if (due - now > 200) {
+                rd_kafka_poll(rk, 0);
+                struct timespec ts = {.tv_sec = due / 1000000,
+                                      .tv_nsec = (due % 1000000) * 1000};
+                clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+            }
+            sent_at = t0_real + (due - t0_mono);
+        }
         char id[64];
         snprintf(id, sizeof(id), "%s-%ld", run_id, i);
         Chatvault__V1__ChatMessage m = CHATVAULT__V1__CHAT_MESSAGE__INIT;
         m.message_id = id;
         m.channel = c->name;
         m.sender_id = "chatvault-bench";
-        m.sent_at_us = now_us(CLOCK_REALTIME);
+        m.sent_at_us = o->rate ? sent_at : now_us(CLOCK_REALTIME);
         m.body.data = body;
         m.body.len = (size_t)o->body_bytes;
         m.content_type = "text/plain";
@@ -696,6 +729,7 @@ int main(int argc, char **argv) {
     qsort(acks.latency_us, (size_t)acks.nlatency, sizeof(int64_t), cmp_i64);
     double p50 = percentile_ms(acks.latency_us, acks.nlatency, 0.50);
     double p99 = percentile_ms(acks.latency_us, acks.nlatency, 0.99);
+    double p999 = percentile_ms(acks.latency_us, acks.nlatency, 0.999);
     double pmax = acks.nlatency ? (double)acks.latency_us[acks.nlatency - 1] / 1000 : 0;
     double cpu_user = cpu_user1 - cpu_user0, cpu_sys = cpu_sys1 - cpu_sys0;
 
@@ -713,9 +747,11 @@ int main(int argc, char **argv) {
         printf("end to end  %ld msgs in %.2f s = %.0f msgs/s (first publish -> "
                "last ack)\n",
                o.messages, e2e_s, e2e_rate);
-    printf("latency     sent -> ack p50 %.1f ms, p99 %.1f ms, max %.1f ms (%ld "
-           "samples)%s\n",
-           p50, p99, pmax, acks.nlatency,
+    if (o.rate)
+        printf("offered     %ld msgs/s on a clock (open loop)\n", o.rate);
+    printf("latency     sent -> ack p50 %.1f ms, p99 %.1f ms, p99.9 %.1f ms, max %.1f ms "
+           "(%ld samples)%s\n",
+           p50, p99, p999, pmax, acks.nlatency,
            o.backlog_go ? ", including the backlog's wait for the broker" : "");
     if (o.broker_pid)
         printf("broker      pid %ld: CPU %.2f s over the run (user %.2f, sys %.2f) "
@@ -745,11 +781,14 @@ int main(int argc, char **argv) {
                "(or publishing failed)\n");
     }
     printf("RESULT ok=%d messages=%ld acked=%ld missing=%ld publish_s=%.3f "
-           "e2e_s=%.3f e2e_msgs_per_s=%.0f p50_ms=%.1f p99_ms=%.1f max_ms=%.1f "
-           "broker_cpu_s=%.2f broker_peak_rss_mib=%.1f mode=%s\n",
-           ok, o.messages, distinct, missing, pub_s, e2e_s, e2e_rate, p50, p99, pmax,
-           cpu_user + cpu_sys, rss_kib >= 0 ? (double)rss_kib / 1024 : -1.0,
-           o.backlog_go ? "backlog" : "live");
+           "e2e_s=%.3f e2e_msgs_per_s=%.0f p50_ms=%.1f p99_ms=%.1f p999_ms=%.1f "
+           "max_ms=%.1f broker_cpu_s=%.2f broker_peak_rss_mib=%.1f mode=%s rate=%ld\n",
+           ok, o.messages, distinct, missing, pub_s, e2e_s, e2e_rate, p50, p99, p999,
+           pmax, cpu_user + cpu_sys, rss_kib >= 0 ? (double)rss_kib / 1024 : -1.0,
+           o.backlog_go ? "backlog"
+           : o.rate     ? "rate"
+                        : "live",
+           o.rate);
     rc = ok ? 0 : 1;
 out:
     if (rk) {

@@ -12,6 +12,12 @@
 #                       [--linger-ms N] [--set key=value]... [--no-kcat]
 #                       [--perf SECONDS] [--sample] [--keep-log]
 #                       [--kafka mock|real] [--brokers N] [--backlog]
+#                       [--latency SECONDS]
+#
+# --latency SECONDS: after the run at full speed, the same broker gets three
+# open-loop passes (chatvault-bench --rate) at 10%, 50% and 90% of the rate
+# just measured, SECONDS each, and the summary adds their sent -> ack
+# p50 / p99 / p99.9; latency.py draws them as latency.png in the results.
 #
 # --backlog measures a drain instead: chatvault-bench publishes all N
 # messages with no broker running (its ack consumer already waits at the ack
@@ -48,6 +54,7 @@ keep=0
 kafka=mock
 brokers=1
 backlog=0
+latency_s=0
 sets=()
 
 usage() { sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; }
@@ -66,6 +73,7 @@ while [ $# -gt 0 ]; do
     --kafka) kafka=$2; shift 2 ;;
     --brokers) brokers=$2; shift 2 ;;
     --backlog) backlog=1; shift ;;
+    --latency) latency_s=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -328,10 +336,34 @@ txn_n=$(metric chatvault_ack_txn_seconds_count)
 batch_sum=$(metric chatvault_batch_size_messages_sum)
 batch_n=$(metric chatvault_batch_size_messages_count)
 mean() { awk -v a="$1" -v b="$2" -v k="$3" 'BEGIN { printf "%.1f", (b > 0 ? a * k / b : 0) }'; }
-kill -TERM "$broker_pid"
-wait "$broker_pid" || log "broker exited with status $?"
 result=$(grep '^RESULT ' "$out/bench.out" || true)
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$result"; }
+
+# 4b. Latency under partial load: open-loop passes on the same broker.
+latency_rows=()
+extra=0 # messages of the open-loop passes
+if [ "$latency_s" -gt 0 ] && [ "$backlog" = 0 ] && [ "$bench_rc" = 0 ]; then
+    max_rate=$(field e2e_msgs_per_s)
+    cp "$out/bench.out" "$out/bench-max.out"
+    for pct in 10 50 90; do
+        rate=$((max_rate * pct / 100))
+        n=$((rate * latency_s))
+        log "open loop at $pct% of $max_rate msgs/s: $rate msgs/s for $latency_s s"
+        start_bench --rate "$rate" --messages "$n"
+        wait "$bench_pid" || bench_rc=$?
+        wait "$tail_pid" || true
+        cp "$out/bench.out" "$out/bench-rate$pct.out"
+        r=$(grep '^RESULT ' "$out/bench.out" || true)
+        lf() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$r"; }
+        latency_rows+=("$pct $rate $(lf p50_ms) $(lf p99_ms) $(lf p999_ms) $(lf max_ms) $(lf acked) $n")
+        extra=$((extra + n))
+    done
+    printf '%s\n' "${latency_rows[@]}" >"$out/latency.txt"
+    /usr/bin/python3 "$src/deploy/bench/latency.py" "$out/latency.txt" "$out/latency.png" \
+        "$max_rate" >"$out/latency-chart.log" 2>&1 || log "latency chart not drawn; see $out/latency-chart.log"
+fi
+kill -TERM "$broker_pid"
+wait "$broker_pid" || log "broker exited with status $?"
 
 # 5. The pipeline a user would otherwise script, over the same messages:
 # one balanced kcat consumer over the chat topics, printing CSV rows (the
@@ -358,7 +390,7 @@ if [ "$run_kcat" = 1 ]; then
     kcat_rows=$(psql -X -qtA "$pg dbname=cv_bench_kcat" -c 'SELECT count(*) FROM kcat_copy')
     kcat_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
     kcat_rate=$(awk -v n="$kcat_rows" -v s="$kcat_s" 'BEGIN { printf "%.0f", (s > 0 ? n / s : 0) }')
-    [ "$kcat_rows" = "$messages" ] || log "kcat|psql copied $kcat_rows rows, expected $messages"
+    [ "$kcat_rows" = "$((messages + extra))" ] || log "kcat|psql copied $kcat_rows rows, expected $((messages + extra))"
 fi
 
 rows=$(psql -X -qtA "$pg dbname=cv_bench" -c 'SELECT count(*) FROM chatvault.messages')
@@ -390,6 +422,16 @@ ratio=$(awk -v a="${ours:-0}" -v b="$kcat_rate" 'BEGIN { printf "%.2f", (b > 0 ?
         printf '%-40s %s\n' "kcat -C | psql \\copy (drain only)" "$kcat_rate msgs/s in $kcat_s s ($kcat_rows rows)"
         printf '%-40s %s\n' "ratio chatvault / kcat|psql" "$ratio$([ "$backlog" = 1 ] && echo " (two drains of the same backlog, same cluster)")"
     fi
+    if [ "${#latency_rows[@]}" -gt 0 ]; then
+        echo "  sent -> ack under open-loop load (same broker, ${latency_s} s each):"
+        printf '    %-6s %-12s %9s %9s %9s %9s  %s\n' load msgs/s p50_ms p99_ms p99.9_ms max_ms acked
+        for row in "${latency_rows[@]}"; do
+            # shellcheck disable=SC2086 # the fields of one row
+            set -- $row
+            printf '    %-6s %-12s %9s %9s %9s %9s  %s of %s\n' "$1%" "$2" "$3" "$4" "$5" "$6" "$7" "$8"
+        done
+        [ -f "$out/latency.png" ] && printf '    %s\n' "chart: $out/latency.png"
+    fi
     if [ "$sample" = 1 ]; then
         echo "  PG backend, share of samples (pg_waits.py):"
         head -n 6 "$out/pg-waits.txt" | sed 's/^/    /'
@@ -399,7 +441,7 @@ ratio=$(awk -v a="${ours:-0}" -v b="$kcat_rate" 'BEGIN { printf "%.2f", (b > 0 ?
     printf '%-40s %s\n' "results" "$out"
 } | tee "$out/summary.txt"
 
-if [ "$bench_rc" -ne 0 ] || [ "$rows" != "$messages" ]; then
-    log "FAILED: bench exit $bench_rc, $rows rows for $messages messages"
+if [ "$bench_rc" -ne 0 ] || [ "$rows" != "$((messages + extra))" ]; then
+    log "FAILED: bench exit $bench_rc, $rows rows for $((messages + extra)) messages"
     exit 1
 fi

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 
-W, H, L, R, T, B = 760, 440, 70, 150, 40, 60
+W, H, L, R, T, B = 780, 440, 90, 150, 40, 60
 
 
 def main():

@@ -233,9 +233,9 @@ static const prop props[] = {
      "needs http.token or http.token_file",
      0, 0, "off|on", NULL},
     {"http.archive_timeout_ms", PROP_INT, "10000",
-     "longest a search or report from the dashboard may run in PostgreSQL "
-     "(statement_timeout); a slower one answers 503",
-     100, 600000, NULL, NULL},
+     "longest one statement of a search or report from the dashboard may run in "
+     "PostgreSQL (statement_timeout); a slower one answers 503",
+     100, 20000, NULL, NULL},
     {"metrics.max_channels", PROP_INT, "100",
      "channels with their own metric label; more are summed under channel=\"_other\"", 1,
      100000, NULL, NULL},

@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,9 @@
 #define CHANNELS_MAX 16
 #define HTTP_LIMIT_MAX 200
 #define CONNECT_TIMEOUT_S 5
+/* Archive requests at once: fewer than the server's threads (http.c's
+ * ARCHIVE_THREADS), so that /healthz and /metrics always find one free. */
+#define ARCHIVE_MAX_BUSY 3
 #define TEXT "text/plain; charset=utf-8"
 #define HTML "text/html; charset=utf-8"
 #define JSON "application/json"
@@ -85,12 +89,33 @@ static const char *given(const char *v) {
     return v && *v ? v : NULL;
 }
 
-/* A channel name or pattern: the characters select.h allows. */
+/* A channel name or pattern: the characters select.h allows, and each
+ * [...] closed, not empty, its ranges in order (PostgreSQL would refuse the
+ * regular expression made of it, and that is the request's fault). */
 static bool channel_ok(const char *s) {
     size_t n = strlen(s);
-    return n >= 1 && n <= 200 &&
-           strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                     "0123456789._-*?[]!^") == n;
+    if (n < 1 || n > 200 ||
+        strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                  "0123456789._-*?[]!^") != n)
+        return false;
+    for (const char *p = s; *p; p++) {
+        if (*p == ']')
+            return false;
+        if (*p != '[')
+            continue;
+        const char *q = p + 1;
+        if (*q == '!' || *q == '^')
+            q++;
+        const char *first = q;
+        for (; *q && *q != ']'; q++)
+            if (*q == '[' || (q > first && *q == '-' && q[1] && q[1] != ']' &&
+                              (unsigned char)q[-1] > (unsigned char)q[1]))
+                return false;
+        if (!*q || q == first)
+            return false;
+        p = q;
+    }
+    return true;
 }
 
 /* Replaces OUT with a one-line text/plain message; returns STATUS. */
@@ -162,7 +187,7 @@ static enum MHD_Result audit_arg(void *cls, enum MHD_ValueKind kind, const char 
 static unsigned session_open(session *s, const cv_httparchive_conf *a,
                              struct MHD_Connection *c, cv_buf *out, const char **type) {
     char err[1024], sql[64];
-    cv_buf_init(&s->args, 16 << 10);
+    cv_buf_init(&s->args, 512 << 10); /* 23 parameters of 600 bytes, escaped */
     cv_buf_printf(&s->args, "[");
     MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, audit_arg, &s->args);
     cv_buf_printf(&s->args, "]");
@@ -464,7 +489,17 @@ unsigned cv_httparchive_serve(const cv_httparchive_conf *a, struct MHD_Connectio
                    ? fail(out, ret_type, 500, "render failed")
                    : MHD_HTTP_OK;
     }
+    static atomic_int busy;
+    if (atomic_fetch_add(&busy, 1) >= ARCHIVE_MAX_BUSY) {
+        atomic_fetch_sub(&busy, 1);
+        return fail(out, ret_type, MHD_HTTP_SERVICE_UNAVAILABLE,
+                    "service unavailable: %d searches and reports are running; try "
+                    "again shortly",
+                    ARCHIVE_MAX_BUSY);
+    }
     bool html = url[1] != 'a';
-    return strstr(url, "search") ? serve_search(a, c, html, peer, out, ret_type)
-                                 : serve_report(a, c, html, peer, out, ret_type);
+    unsigned st = strstr(url, "search") ? serve_search(a, c, html, peer, out, ret_type)
+                                        : serve_report(a, c, html, peer, out, ret_type);
+    atomic_fetch_sub(&busy, 1);
+    return st;
 }

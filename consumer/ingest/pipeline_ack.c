@@ -25,8 +25,10 @@
 /* First and longest pause between attempts of an aborted ack transaction. */
 #define TXN_RETRY_MS 500
 #define TXN_RETRY_MAX_MS 5000
-/* How soon a commit Kafka refused goes again (committed_hw). */
+/* How soon a commit Kafka refused goes again (committed_hw), doubling up
+ * to the most while refusals go on. */
 #define COMMIT_RETRY_MS 1000
+#define COMMIT_RETRY_MAX_MS 30000
 
 static const char *intern_topic(cv_pipeline *p, const char *name) {
     for (interned *t = p->topics; t; t = t->next)
@@ -84,6 +86,22 @@ void cv_pipeline_i_log_acks_again(cv_pipeline *p, bool flush) {
                       p->again.batches, p->again.failures, p->again.delivered);
     p->again.batches = p->again.failures = p->again.delivered = 0;
     p->again.logged_ms = now;
+}
+
+/* Kafka refused a commit: the high-water mark goes again after a pause
+ * that doubles while refusals go on (1 s to 30 s), so a coordinator that
+ * stays away costs a line per pause, not a line a second. */
+static void commit_refused(cv_pipeline *p, rd_kafka_resp_err_t err) {
+    p->commit_backoff_ms =
+        p->commit_backoff_ms ? p->commit_backoff_ms * 2 : COMMIT_RETRY_MS;
+    if (p->commit_backoff_ms > COMMIT_RETRY_MAX_MS)
+        p->commit_backoff_ms = COMMIT_RETRY_MAX_MS;
+    p->commit_retry_ms = cv_mono_ms() + p->commit_backoff_ms;
+    cv_pipeline_i_log(p, CV_LOG_WARN,
+                      "offset commit refused; it goes again, and meanwhile a restart "
+                      "would re-deliver (and deduplicate) the records past it",
+                      "error=\"%s\" retry_in_ms=%" PRId64, rd_kafka_err2str(err),
+                      p->commit_backoff_ms);
 }
 
 /* Folds a commit into the high-water mark of committed offsets. */
@@ -151,13 +169,8 @@ void cv_pipeline_i_commit_completed(cv_pipeline *p, bool async) {
     if (commit || retry) {
         rd_kafka_resp_err_t err =
             rd_kafka_commit(p->consumer, retry ? p->committed_hw : commit, async ? 1 : 0);
-        if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
-            cv_pipeline_i_log(p, CV_LOG_WARN,
-                              "offset commit failed; it is tried again, and meanwhile "
-                              "the records would be re-delivered and deduplicated",
-                              "error=\"%s\"", rd_kafka_err2str(err));
-            p->commit_retry_ms = now + COMMIT_RETRY_MS;
-        }
+        if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+            commit_refused(p, err);
     }
     if (commit)
         rd_kafka_topic_partition_list_destroy(commit);
@@ -167,15 +180,27 @@ void cv_pipeline_i_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                              rd_kafka_topic_partition_list_t *offsets, void *opaque) {
     cv_pipeline *p = opaque;
     (void)rk, (void)offsets;
-    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET && !p->commit_retry_ms)
-        p->commit_retry_ms = cv_mono_ms() + COMMIT_RETRY_MS;
+    if (!err)
+        p->commit_backoff_ms = 0;
+    else if (err != RD_KAFKA_RESP_ERR__NO_OFFSET && !p->commit_retry_ms)
+        commit_refused(p, err);
 }
 
 void cv_pipeline_i_commit_forget(cv_pipeline *p,
                                  const rd_kafka_topic_partition_list_t *parts) {
-    for (int i = 0; p->committed_hw && i < parts->cnt; i++)
-        rd_kafka_topic_partition_list_del(p->committed_hw, parts->elems[i].topic,
-                                          parts->elems[i].partition);
+    for (int i = 0; i < parts->cnt; i++) {
+        const char *t = parts->elems[i].topic;
+        int32_t part = parts->elems[i].partition;
+        if (p->committed_hw)
+            rd_kafka_topic_partition_list_del(p->committed_hw, t, part);
+        /* batches whose acks come after the revoke's drain gave up on them:
+         * their offsets of these partitions are the next owner's now */
+        for (pending *b = p->head; b; b = b->next)
+            if (b->offsets)
+                rd_kafka_topic_partition_list_del(b->offsets, t, part);
+    }
+    if (!p->committed_hw || !p->committed_hw->cnt)
+        p->commit_retry_ms = 0;
 }
 
 /* Whether the last failure of the acks' transaction says this consumer's

@@ -110,7 +110,7 @@ struct cv_pipeline {
      * a quiet spell would stay uncommitted until more traffic came, and be
      * re-delivered after a restart. */
     rd_kafka_topic_partition_list_t *committed_hw;
-    int64_t commit_retry_ms;
+    int64_t commit_retry_ms, commit_backoff_ms;
     uint64_t seq;    /* of the last batch submitted */
     uint64_t hole;   /* the first batch given up (see the top), 0: none */
     batch *retrying; /* the batch store_retry waits with, or NULL */

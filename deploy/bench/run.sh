@@ -347,6 +347,7 @@ if [ "$latency_s" -gt 0 ] && [ "$backlog" = 0 ] && [ "$bench_rc" = 0 ]; then
     cp "$out/bench.out" "$out/bench-max.out"
     for pct in 10 50 90; do
         rate=$((max_rate * pct / 100))
+        [ "$rate" -ge 1 ] || rate=1
         n=$((rate * latency_s))
         log "open loop at $pct% of $max_rate msgs/s: $rate msgs/s for $latency_s s"
         start_bench --rate "$rate" --messages "$n"
@@ -354,7 +355,7 @@ if [ "$latency_s" -gt 0 ] && [ "$backlog" = 0 ] && [ "$bench_rc" = 0 ]; then
         wait "$tail_pid" || true
         cp "$out/bench.out" "$out/bench-rate$pct.out"
         r=$(grep '^RESULT ' "$out/bench.out" || true)
-        lf() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$r"; }
+        lf() { local v; v=$(sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$r"); echo "${v:--}"; }
         latency_rows+=("$pct $rate $(lf p50_ms) $(lf p99_ms) $(lf p999_ms) $(lf max_ms) $(lf acked) $n")
         extra=$((extra + n))
     done

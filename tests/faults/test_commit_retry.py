@@ -42,7 +42,7 @@ with faultlib.FaultHarness('commit_retry', topics=topics, partitions=2,
     h.is_(h.wait_rows(n, timeout=120), n, 'the last burst is stored while Kafka '
           'refuses commits')
     t0 = time.time()
-    behind, offs = h.wait_committed(list(topics), timeout=30)
+    behind, offs = h.wait_committed(list(topics), timeout=90)
     h.ok(not behind, 'its offsets are committed all the same, %.1f s later, with no '
          'more traffic and no restart' % (time.time() - t0), behind)
     log = h.broker_log()

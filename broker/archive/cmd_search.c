@@ -612,7 +612,8 @@ static int search(search_opts *o, const cv_config *cfg, const cv_search_cursor *
         return CV_EXIT_FAILURE;
     cv_cli_default_log_dir(&o->ld, cfg);
     uint64_t scanned = 0;
-    int rc = o->from_log ? search_log(o, cfg, cur, &t, &scanned) : search_pg(o, cfg, cur, &t);
+    int rc =
+        o->from_log ? search_log(o, cfg, cur, &t, &scanned) : search_pg(o, cfg, cur, &t);
     if (rc != CV_EXIT_OK)
         goto out;
     rc = CV_EXIT_FAILURE;

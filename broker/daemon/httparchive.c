@@ -199,7 +199,15 @@ static unsigned session_open(session *s, const cv_httparchive_conf *a,
                     "service unavailable: %s (postgres.reader_conninfo)", err);
     }
     snprintf(sql, sizeof(sql), "SET statement_timeout = %u", a->timeout_ms);
-    PQclear(PQexec(s->conn, sql));
+    PGresult *res = PQexec(s->conn, sql);
+    bool set = PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    if (!set) { /* without the bound a request could hold its thread for good */
+        snprintf(err, sizeof(err), "%s", PQerrorMessage(s->conn));
+        cv_one_line(err);
+        return fail(out, type, MHD_HTTP_SERVICE_UNAVAILABLE,
+                    "service unavailable: postgres: setting statement_timeout: %s", err);
+    }
     cv_audit_row row = {.os_user = "http",
                         .host = s->peer,
                         .command = s->command,
@@ -339,16 +347,27 @@ static int search_json(cv_buf *b, const cv_search_page *pg) {
     return r ? r : cv_buf_printf(b, "],\"next_before\":null}\n");
 }
 
+/* Reads the request's parameters into P (KNOWN: the names the path takes,
+ * USE: them as the error lists them). 0, or the 400 written. */
+static unsigned params_read(struct MHD_Connection *c, const char *const *known,
+                            const char *use, params *p, cv_buf *out, const char **type) {
+    *p = (params){.known = known};
+    MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, param, p);
+    return p->bad
+               ? fail(out, type, MHD_HTTP_BAD_REQUEST,
+                      "bad request: %s parameter \"%.64s\" (use %s)", p->why, p->bad, use)
+               : 0;
+}
+
 static unsigned serve_search(const cv_httparchive_conf *a, struct MHD_Connection *c,
                              bool html, const char *peer, cv_buf *out,
                              const char **type) {
-    params p = {.known = search_params};
-    MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, param, &p);
-    if (p.bad)
-        return fail(out, type, MHD_HTTP_BAD_REQUEST,
-                    "bad request: %s parameter \"%.64s\" (use text, channel, sender, id, "
-                    "since, until, limit, before)",
-                    p.why, p.bad);
+    params p;
+    unsigned st = params_read(c, search_params,
+                              "text, channel, sender, id, since, until, limit, before",
+                              &p, out, type);
+    if (st)
+        return st;
     if (html && p.n == 0) { /* the empty form */
         *type = HTML;
         return search_html(out, &p, NULL,
@@ -358,8 +377,7 @@ static unsigned serve_search(const cv_httparchive_conf *a, struct MHD_Connection
                    : MHD_HTTP_OK;
     }
     int64_t since = -1, until = -1, limit = 50;
-    unsigned st =
-        range_and_channels(&p, S_SINCE, S_UNTIL, NULL, &since, &until, out, type);
+    st = range_and_channels(&p, S_SINCE, S_UNTIL, NULL, &since, &until, out, type);
     if (st)
         return st;
     char *end;
@@ -423,16 +441,14 @@ static int report_header(cv_buf *b, const params *p) {
 static unsigned serve_report(const cv_httparchive_conf *a, struct MHD_Connection *c,
                              bool html, const char *peer, cv_buf *out,
                              const char **type) {
-    params p = {.known = report_params};
-    MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, param, &p);
-    if (p.bad)
-        return fail(out, type, MHD_HTTP_BAD_REQUEST,
-                    "bad request: %s parameter \"%.64s\" (use since, until, channel)",
-                    p.why, p.bad);
+    params p;
+    unsigned st = params_read(c, report_params, "since, until, channel", &p, out, type);
+    if (st)
+        return st;
     cv_pgreport_query q = {.top = 10, .channels = p.channels, .nchannels = p.nchannels};
     q.until_us = cv_now_us();
-    unsigned st = range_and_channels(&p, R_SINCE, R_UNTIL, "7d", &q.since_us, &q.until_us,
-                                     out, type);
+    st = range_and_channels(&p, R_SINCE, R_UNTIL, "7d", &q.since_us, &q.until_us, out,
+                            type);
     if (st)
         return st;
     if (q.since_us >= q.until_us)

@@ -17,6 +17,7 @@ as TAP comments.
         ...
         h.ok(cond, 'what it shows', 'diagnostic when it fails')
 """
+import json
 import os
 import random
 import shutil
@@ -88,6 +89,18 @@ def chat_message(channel, body, message_id=None, **kw):
                        body=body, content_type=kw.pop('content_type',
                                                       'text/plain'), **kw)
     return mid, m.SerializeToString()
+
+
+def search_jsonl(text):
+    """(results, next cursor) of `chatvault search --format jsonl` output."""
+    out, nxt = [], None
+    for line in text.splitlines():
+        o = json.loads(line)
+        if 'next_before' in o:
+            nxt = o['next_before']
+        else:
+            out.append(o)
+    return out, nxt
 
 
 def parse_ack(value):

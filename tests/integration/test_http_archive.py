@@ -59,15 +59,7 @@ def api(path):
 
 
 def cli_search(h, *args):
-    r = h.run('search', '--format', 'jsonl', *args)
-    out, nxt = [], None
-    for line in r.stdout.splitlines():
-        o = json.loads(line)
-        if 'next_before' in o:
-            nxt = o['next_before']
-        else:
-            out.append(o)
-    return out, nxt
+    return cvtest.search_jsonl(h.run('search', '--format', 'jsonl', *args).stdout)
 
 
 def q(**kw):

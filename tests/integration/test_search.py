@@ -33,14 +33,7 @@ def body_of(i):
 
 def jsonl(r):
     """(results, next cursor) of a --format jsonl run."""
-    out, nxt = [], None
-    for line in r.stdout.splitlines():
-        o = json.loads(line)
-        if 'next_before' in o:
-            nxt = o['next_before']
-        else:
-            out.append(o)
-    return out, nxt
+    return cvtest.search_jsonl(r.stdout)
 
 
 def search(h, *args, config=True):

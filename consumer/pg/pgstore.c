@@ -1,12 +1,18 @@
 /*
  * pgstore — see pgstore.h.
  *
- * A batch goes in with binary COPY into a session-local staging table, then
- * one INSERT … SELECT … ON CONFLICT DO NOTHING moves it into
- * chatvault.messages and reports, in the same statement, which records did
- * not get a row of their own. COPY is the fastest way into PostgreSQL
- * (measured here: ~143k rows/s against ~100k for multi-row INSERT), and the
- * single statement keeps the duplicate decision inside the transaction.
+ * A batch goes in with binary COPY straight into chatvault.messages: COPY is
+ * the fastest way into PostgreSQL (measured here: ~143k rows/s against ~100k
+ * for multi-row INSERT), and a batch without a message id PostgreSQL already
+ * holds is the common case. When one is held (a duplicate, a re-delivery
+ * after a crash, the same id twice in the batch) the COPY fails with
+ * unique_violation, the transaction is rolled back and the batch goes the
+ * careful way: binary COPY into a session-local staging table, then one
+ * INSERT … SELECT … ON CONFLICT DO NOTHING that moves it into
+ * chatvault.messages and says which records did not get a row of their own.
+ * After a fallback the next STAGED_AFTER_CONFLICT batches go the careful
+ * way at once, since re-deliveries come in runs. Staging costs a second
+ * write of every row (deploy/bench/README.md has the figures).
  */
 #include "pg/pgstore.h"
 
@@ -22,14 +28,16 @@
 /* Unix epoch to PostgreSQL's 2000-01-01, in microseconds. */
 #define PG_EPOCH_OFFSET_US INT64_C(946684800000000)
 #define COPY_LIMIT ((size_t)1 << 31)
+#define STAGED_AFTER_CONFLICT 16
 
 struct cv_pgstore {
     PGconn *conn;
     char *conninfo;
     char *group;
-    bool prepared; /* staging table exists on this connection */
-    cv_buf copy;   /* COPY payload, reused across batches */
-    cv_buf json;   /* one attributes object */
+    bool prepared;   /* staging table exists on this connection */
+    int staged_left; /* batches still to stage after a unique_violation */
+    cv_buf copy;     /* COPY payload, reused across batches */
+    cv_buf json;     /* one attributes object */
 };
 
 static const char stage_sql[] =
@@ -42,14 +50,19 @@ static const char stage_sql[] =
 
 /* Moves the staged batch into chatvault.messages; the first record of a
  * message id (in batch order) wins. */
-static const char insert_sql[] =
-    "INSERT INTO chatvault.messages (channel, message_id, kafka_topic,"
-    " kafka_partition, kafka_offset, kafka_timestamp, sender_id, sent_at_us,"
-    " body, content_type, attributes, reply_to)"
-    " SELECT channel, message_id, kafka_topic, kafka_partition, kafka_offset,"
-    " kafka_timestamp, sender_id, sent_at_us, body, content_type, attributes,"
-    " reply_to FROM cv_stage ORDER BY seq"
-    " ON CONFLICT (channel, message_id) DO NOTHING";
+/* The columns of messages a batch fills, in COPY order; the staging table
+ * has `seq` (the record's index in the batch) before them. */
+#define MESSAGE_COLUMNS                                                                  \
+    "channel, message_id, kafka_topic, kafka_partition, kafka_offset,"                   \
+    " kafka_timestamp, sender_id, sent_at_us, body, content_type, attributes,"           \
+    " reply_to"
+
+static const char copy_direct_sql[] =
+    "COPY chatvault.messages (" MESSAGE_COLUMNS ") FROM STDIN (FORMAT binary)";
+
+static const char insert_sql[] = "INSERT INTO chatvault.messages (" MESSAGE_COLUMNS ")"
+                                 " SELECT " MESSAGE_COLUMNS " FROM cv_stage ORDER BY seq"
+                                 " ON CONFLICT (channel, message_id) DO NOTHING";
 
 /* After the insert, within the same transaction: staged records whose
  * message id is held by a row from another record are duplicates. A
@@ -238,7 +251,10 @@ static int attributes_json(cv_pgstore *st, const Chatvault__V1__ChatMessage *m) 
     return r < 0 ? r : cv_buf_append(j, "}", 1);
 }
 
-static int build_copy(cv_pgstore *st, const cv_rec *recs, size_t n, size_t *ret_rows) {
+/* The binary COPY of the batch's valid records: for the staging table
+ * (`staged`, with seq first) or for chatvault.messages. */
+static int build_copy(cv_pgstore *st, const cv_rec *recs, size_t n, bool staged,
+                      size_t *ret_rows) {
     static const unsigned char header[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
     cv_buf *b = &st->copy;
     b->len = 0;
@@ -250,9 +266,9 @@ static int build_copy(cv_pgstore *st, const cv_rec *recs, size_t n, size_t *ret_
             continue;
         const Chatvault__V1__ChatMessage *m = rec->env.msg;
         unsigned char nf[2];
-        cv_be16(nf, 13);
+        cv_be16(nf, staged ? 13 : 12);
         r = cv_buf_append(b, nf, 2);
-        if (r == 0)
+        if (r == 0 && staged)
             r = put_i32(b, (int32_t)i);
         if (r == 0)
             r = put_text(b, m->channel);
@@ -292,10 +308,14 @@ static int build_copy(cv_pgstore *st, const cv_rec *recs, size_t n, size_t *ret_
     return r;
 }
 
-static int copy_stage(cv_pgstore *st, char *errbuf, size_t errlen) {
-    PGresult *res = PQexec(st->conn, "COPY cv_stage FROM STDIN (FORMAT binary)");
+/* Sends the built COPY with `sql`. A unique_violation sets *conflict
+ * (when given) and returns -CV_ESTORE without a message: the caller takes
+ * the other way. */
+static int copy_in(cv_pgstore *st, const char *sql, const char *what, bool *conflict,
+                   char *errbuf, size_t errlen) {
+    PGresult *res = PQexec(st->conn, sql);
     if (PQresultStatus(res) != PGRES_COPY_IN)
-        return pg_fail(st, res, "COPY into the staging table", errbuf, errlen);
+        return pg_fail(st, res, what, errbuf, errlen);
     PQclear(res);
     /* PQputCopyData takes an int length: send in pieces. */
     const size_t piece = (size_t)1 << 20;
@@ -307,12 +327,22 @@ static int copy_stage(cv_pgstore *st, char *errbuf, size_t errlen) {
     if (PQputCopyEnd(st->conn, NULL) != 1)
         return pg_fail(st, NULL, "COPY end", errbuf, errlen);
     res = PQgetResult(st->conn);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        return pg_fail(st, res, "COPY into the staging table", errbuf, errlen);
-    PQclear(res);
+    int r = 0;
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (conflict && state && strcmp(state, "23505") == 0) {
+            *conflict = true;
+            PQclear(res);
+            r = -CV_ESTORE;
+        } else {
+            r = pg_fail(st, res, what, errbuf, errlen);
+        }
+    } else {
+        PQclear(res);
+    }
     while ((res = PQgetResult(st->conn)))
         PQclear(res);
-    return 0;
+    return r;
 }
 
 static bool replayed(const cv_rec *rec) {
@@ -360,8 +390,21 @@ out:
     return r;
 }
 
-static int insert_rows(cv_pgstore *st, cv_rec *recs, size_t n, size_t staged,
-                       char *errbuf, size_t errlen) {
+/* The careful way: stage the batch, insert what is new, find the
+ * duplicates. */
+static int insert_staged(cv_pgstore *st, cv_rec *recs, size_t n, char *errbuf,
+                         size_t errlen) {
+    size_t staged = 0;
+    int r = build_copy(st, recs, n, true, &staged);
+    if (r < 0) {
+        snprintf(errbuf, errlen, "postgres: building the COPY of %zu records: %s", n,
+                 strerror(-r));
+        return r;
+    }
+    r = copy_in(st, "COPY cv_stage FROM STDIN (FORMAT binary)",
+                "COPY into the staging table", NULL, errbuf, errlen);
+    if (r < 0)
+        return r;
     PGresult *res = PQexec(st->conn, insert_sql);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         return pg_fail(st, res, "inserting messages", errbuf, errlen);
@@ -371,7 +414,7 @@ static int insert_rows(cv_pgstore *st, cv_rec *recs, size_t n, size_t staged,
         if (cv_rec_valid(&recs[i]))
             recs[i].status = CHATVAULT__V1__ACK_STATUS__PERSISTED;
     if (inserted == staged)
-        return 0; /* every record got its row: the common case */
+        return 0; /* every record got its row */
     res = PQexec(st->conn, duplicates_sql);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         return pg_fail(st, res, "finding duplicate message ids", errbuf, errlen);
@@ -461,6 +504,53 @@ static int write_rejected(cv_pgstore *st, const cv_rec *rec, char *errbuf,
     return 0;
 }
 
+/* The common way: the whole batch straight into chatvault.messages in the
+ * transaction's first statement. On a unique_violation the transaction is
+ * rolled back and a new one begun, nothing is set but *conflict, and 0 is
+ * returned: the careful way comes next. */
+static int insert_direct(cv_pgstore *st, cv_rec *recs, size_t n, bool *conflict,
+                         char *errbuf, size_t errlen) {
+    size_t rows = 0;
+    int r = build_copy(st, recs, n, false, &rows);
+    if (r < 0) {
+        snprintf(errbuf, errlen, "postgres: building the COPY of %zu records: %s", n,
+                 strerror(-r));
+        return r;
+    }
+    r = copy_in(st, copy_direct_sql, "COPY into chatvault.messages", conflict, errbuf,
+                errlen);
+    if (r == 0) {
+        for (size_t i = 0; i < n; i++)
+            if (cv_rec_valid(&recs[i]))
+                recs[i].status = CHATVAULT__V1__ACK_STATUS__PERSISTED;
+        return 0;
+    }
+    if (!*conflict)
+        return r;
+    r = exec_cmd(st, "ROLLBACK", "ROLLBACK", errbuf, errlen);
+    return r < 0 ? r : exec_cmd(st, "BEGIN", "BEGIN", errbuf, errlen);
+}
+
+static int insert_batch(cv_pgstore *st, cv_rec *recs, size_t n, char *errbuf,
+                        size_t errlen) {
+    bool any = false;
+    for (size_t i = 0; i < n && !any; i++)
+        any = cv_rec_valid(&recs[i]);
+    if (!any)
+        return 0;
+    if (st->staged_left > 0) {
+        st->staged_left--;
+        return insert_staged(st, recs, n, errbuf, errlen);
+    }
+    bool conflict = false;
+    int r = insert_direct(st, recs, n, &conflict, errbuf, errlen);
+    if (r == 0 && conflict) {
+        st->staged_left = STAGED_AFTER_CONFLICT;
+        r = insert_staged(st, recs, n, errbuf, errlen);
+    }
+    return r;
+}
+
 int cv_pgstore_write(cv_pgstore *st, cv_rec *recs, size_t n,
                      const rd_kafka_topic_partition_list_t *next_offsets, char *errbuf,
                      size_t errlen) {
@@ -469,21 +559,10 @@ int cv_pgstore_write(cv_pgstore *st, cv_rec *recs, size_t n,
     int r = ensure_connected(st, errbuf, errlen);
     if (r < 0)
         return r;
-    size_t rows = 0;
-    r = build_copy(st, recs, n, &rows);
-    if (r < 0) {
-        snprintf(errbuf, errlen, "postgres: building the COPY of %zu records: %s", n,
-                 strerror(-r));
-        return r;
-    }
     r = exec_cmd(st, "BEGIN", "BEGIN", errbuf, errlen);
     if (r < 0)
         return r;
-    if (rows > 0) {
-        r = copy_stage(st, errbuf, errlen);
-        if (r == 0)
-            r = insert_rows(st, recs, n, rows, errbuf, errlen);
-    }
+    r = insert_batch(st, recs, n, errbuf, errlen);
     for (size_t i = 0; r == 0 && i < n; i++)
         if (!cv_rec_valid(&recs[i]))
             r = write_rejected(st, &recs[i], errbuf, errlen);

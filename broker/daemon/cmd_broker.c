@@ -215,11 +215,17 @@ static int start_http(const cv_config *cfg, const char *embedded, cv_metrics *me
 
 /* Search documents, off the ack path (daemon/indexer.h), unless
  * search.index is off. */
-static int start_indexer(const cv_config *cfg, cv_indexer **ret) {
+static bool ack_path_busy(void *opaque) {
+    return cv_pipeline_saturated(opaque, 2000);
+}
+
+static int start_indexer(const cv_config *cfg, cv_pipeline *p, cv_indexer **ret) {
     char err[512];
     cv_indexer_conf ic = {.conninfo = cv_config_str(cfg, "postgres.conninfo"),
                           .language = cv_config_str(cfg, "search.language"),
-                          .interval_ms = cv_config_int(cfg, "search.index_interval_ms")};
+                          .interval_ms = cv_config_int(cfg, "search.index_interval_ms"),
+                          .busy = ack_path_busy,
+                          .busy_opaque = p};
     if (strcmp(cv_config_str(cfg, "search.index"), "on") == 0 &&
         cv_indexer_start(&ic, ret, err, sizeof(err)) < 0) {
         cv_error("broker", "%s", err);
@@ -348,7 +354,7 @@ int cv_cmd_broker(int argc, char **argv) {
         goto out;
     if (probe_ms > 0 && (rc = start_probe(cfg, embedded, metrics, &probe)) != CV_EXIT_OK)
         goto out;
-    if ((rc = start_indexer(cfg, &indexer)) != CV_EXIT_OK)
+    if ((rc = start_indexer(cfg, p, &indexer)) != CV_EXIT_OK)
         goto out;
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;

@@ -14,8 +14,8 @@
  * read by any pass that starts after c with t - M < p, i.e. t < c + M - d.
  *
  * Most passes use a short margin (SHORT_MARGIN, 2 s): a batch's
- * transaction (an INSERT … SELECT from a staged COPY, then COMMIT) takes
- * milliseconds, so the next pass indexes what several writers (broker
+ * transaction (a COPY, or an INSERT … SELECT from a staged one, then
+ * COMMIT) takes milliseconds, so the next pass indexes what several writers (broker
  * instances, import, verify --repair) interleave. One pass every
  * LONG_EVERY (30 s) uses MARGIN (90 s); the first one after c starts before
  * c + LONG_EVERY (plus a pass), so R is indexed, at the latest by it,
@@ -171,10 +171,13 @@ static void *run(void *arg) {
                 /* A full pass: more is waiting. Go on after as long as the
                  * pass took, so that catching up (after an outage, under a
                  * burst) takes at most half of one PostgreSQL backend from
-                 * the machine the ack path runs on. */
-                if (pass.read == PASS_ROWS)
+                 * the machine the ack path runs on; a tenth while the ack
+                 * path is saturated. */
+                if (pass.read == PASS_ROWS) {
                     wait = (cv_mono_us() - t0) / 1000;
-                else if (!caught_up) {
+                    if (ix->conf.busy && ix->conf.busy(ix->conf.busy_opaque))
+                        wait *= 9;
+                } else if (!caught_up) {
                     caught_up = true;
                     cv_log(CV_LOG_INFO, "search indexer caught up",
                            "indexed=%" PRIu64 " interval_ms=%" PRId64, total,

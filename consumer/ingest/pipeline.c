@@ -35,6 +35,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -316,6 +317,8 @@ static void submit_fill(cv_pipeline *p) {
     if (b->n == 0)
         return;
     b->seq = ++p->seq;
+    if (b->n >= p->cap || (int64_t)b->bytes >= p->max_bytes)
+        atomic_store_explicit(&p->full_at_ms, cv_mono_ms(), memory_order_relaxed);
     if (past_hole(p, b)) {
         cv_pipeline_i_release_batch(b);
         return;
@@ -454,6 +457,7 @@ int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
         rd_kafka_conf_destroy(pconf);
         return -ENOMEM;
     }
+    atomic_init(&p->full_at_ms, 0);
     p->group = xstrdup(c->group, &oom);
     p->pattern = xstrdup(c->topics_pattern, &oom);
     p->prefix = xstrdup(c->topics_prefix, &oom);
@@ -611,6 +615,11 @@ int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
         return -EIO;
     }
     return 0;
+}
+
+bool cv_pipeline_saturated(const cv_pipeline *p, int64_t within_ms) {
+    int64_t at = atomic_load_explicit(&p->full_at_ms, memory_order_relaxed);
+    return at > 0 && cv_mono_ms() - at <= within_ms;
 }
 
 void cv_pipeline_get_stats(const cv_pipeline *p, cv_pipeline_stats *ret) {

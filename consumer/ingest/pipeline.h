@@ -19,6 +19,7 @@
 
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "ingest/stores.h"
@@ -123,6 +124,12 @@ int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
                     size_t errlen);
 
 void cv_pipeline_get_stats(const cv_pipeline *p, cv_pipeline_stats *ret);
+
+/* Whether the ack path was saturated (a batch went to the stores full, by
+ * batch.max_messages or batch.max_bytes: more was waiting in Kafka) within
+ * the last `within_ms`. Safe from any thread; for work that should yield
+ * PostgreSQL to the ack path, such as the search indexer. */
+bool cv_pipeline_saturated(const cv_pipeline *p, int64_t within_ms);
 
 cv_pipeline *cv_pipeline_free(cv_pipeline *p);
 

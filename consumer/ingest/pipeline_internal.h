@@ -21,6 +21,7 @@
 #include <librdkafka/rdkafka.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -99,6 +100,7 @@ struct cv_pipeline {
     batch *fill;    /* the batch being filled */
     batch *storing; /* the batch at the store thread, or NULL */
     size_t cap;
+    _Atomic int64_t full_at_ms; /* when a batch last went full; 0: never */
     store_thread st;
     bool in_rebalance; /* inside rebalance_cb: do not poll the consumer */
 

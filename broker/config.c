@@ -142,6 +142,10 @@ static const prop props[] = {
      "schema's owner), verify --repair, import (role chatvault_admin; empty: "
      "postgres.conninfo)",
      0, 0, NULL, NULL},
+    {"postgres.connections", PROP_INT, "2",
+     "connections the broker stores a batch over, in parallel, spread by topic (a "
+     "batch under 1000 records takes one); more use more of the server's cores",
+     1, 16, NULL, NULL},
     {"log.dir", PROP_STR, "/var/lib/chatvault/log",
      "directory of the encrypted log, one subdirectory per topic-partition", 0, 0, NULL,
      NULL},

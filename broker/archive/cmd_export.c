@@ -634,8 +634,8 @@ int cv_cmd_import(int argc, char **argv) {
         goto out;
     rc = CV_EXIT_FAILURE;
     char err[1024];
-    if (cv_pgstore_open(cv_access_conninfo(cfg, CV_PG_ADMIN), "chatvault-import", &store,
-                        err, sizeof(err)) < 0) {
+    if (cv_pgstore_open(cv_access_conninfo(cfg, CV_PG_ADMIN), "chatvault-import", 1,
+                        &store, err, sizeof(err)) < 0) {
         cv_error("import", "%s (%s)", err, cv_access_conninfo_key(cfg, CV_PG_ADMIN));
         goto out;
     }

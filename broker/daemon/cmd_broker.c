@@ -323,6 +323,7 @@ int cv_cmd_broker(int argc, char **argv) {
         .ack_topic = cv_config_str(cfg, "topics.acks"),
         .dlq_topic = cv_config_str(cfg, "topics.dlq"),
         .pg_conninfo = cv_config_str(cfg, "postgres.conninfo"),
+        .pg_connections = (unsigned)cv_config_int(cfg, "postgres.connections"),
         .log_dir = log_dir,
         .log_keys = keys,
         .log_segment_bytes = (uint64_t)cv_config_int(cfg, "log.segment_bytes"),

@@ -404,7 +404,7 @@ static int lag_direct(const cv_config *cfg, double interval, cv_buf *out, char *
     if ((rc = d_partitions(cfg, md, &ps, &n, err, errlen)) < 0)
         goto out;
     rc = -EIO;
-    cv_pgstore_open(cv_access_conninfo(cfg, CV_PG_READER), group, &pg, pg_err,
+    cv_pgstore_open(cv_access_conninfo(cfg, CV_PG_READER), group, 1, &pg, pg_err,
                     sizeof(pg_err));
     bool pg_ok = false;
     /* The rules see the snapshots `interval` apart, as asked, however long

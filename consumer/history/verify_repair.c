@@ -112,8 +112,8 @@ int cv_verify_i_repair_pg(vctx *c, const unit *u, vec *cands) {
         return 0;
     int r = 0;
     if (!c->store) {
-        r = cv_pgstore_open(c->conf->pg_conninfo, "chatvault-verify", &c->store, c->err,
-                            c->errlen);
+        r = cv_pgstore_open(c->conf->pg_conninfo, "chatvault-verify", 1, &c->store,
+                            c->err, c->errlen);
         if (r < 0)
             return r;
     }

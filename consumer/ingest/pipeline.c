@@ -494,6 +494,7 @@ int cv_pipeline_new(const cv_pipeline_conf *c, cv_pipeline **ret, char *errbuf,
 
     cv_stores_conf sc = {
         .pg_conninfo = c->pg_conninfo,
+        .pg_connections = c->pg_connections ? c->pg_connections : 1,
         .group = p->group,
         .log_dir = c->log_dir,
         .log_keys = c->log_keys,

@@ -85,6 +85,7 @@ typedef struct cv_pipeline_conf {
     const char *ack_topic;
     const char *dlq_topic;
     const char *pg_conninfo;
+    unsigned pg_connections;    /* postgres.connections; 0 means 1 */
     const char *log_dir;        /* NULL or "": the log store is off */
     const cv_keyring *log_keys; /* must outlive the pipeline */
     uint64_t log_segment_bytes;

@@ -119,7 +119,8 @@ int cv_stores_open(const cv_stores_conf *c, cv_stores **ret, char *errbuf,
     st->ev = c->events;
     st->keys = c->log_keys;
     st->pg_health.backoff_ms = st->log_health.backoff_ms = RETRY_MIN_MS;
-    int r = cv_pgstore_open(c->pg_conninfo, c->group, &st->pg, errbuf, errlen);
+    int r = cv_pgstore_open(c->pg_conninfo, c->group, c->pg_connections, &st->pg, errbuf,
+                            errlen);
     if (r < 0)
         goto fail;
     if (c->log_dir && *c->log_dir) {

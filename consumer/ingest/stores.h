@@ -53,6 +53,7 @@ typedef struct cv_stores_events {
 
 typedef struct cv_stores_conf {
     const char *pg_conninfo;
+    unsigned pg_connections; /* postgres.connections */
     const char *group;
     const char *log_dir;        /* NULL or "": the log store is off */
     const cv_keyring *log_keys; /* must outlive the stores */

@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,16 +30,42 @@
 #define PG_EPOCH_OFFSET_US INT64_C(946684800000000)
 #define COPY_LIMIT ((size_t)1 << 31)
 #define STAGED_AFTER_CONFLICT 16
+/* A batch smaller than this is one transaction on one connection: the
+ * split only pays where the server's CPU is the limit. */
+#define SPLIT_MIN_RECORDS 1000
+
+/* One connection and its share of a batch. */
+typedef struct shard {
+    PGconn *conn;
+    const char *conninfo, *group; /* the store's */
+    bool prepared;                /* staging table exists on this connection */
+    int staged_left;              /* batches still to stage after a unique_violation */
+    cv_buf copy;                  /* COPY payload, reused across batches */
+    cv_buf json;                  /* one attributes object */
+    unsigned index;
+    /* The batch being written: owner[i] says which shard writes recs[i]
+     * (NULL: this one writes all). */
+    const unsigned char *owner, *next_owner; /* next_owner: per next[] element */
+    cv_rec *recs;
+    size_t n;
+    const rd_kafka_topic_partition_list_t *next;
+    int result;
+    char err[512];
+} shard;
 
 struct cv_pgstore {
-    PGconn *conn;
     char *conninfo;
     char *group;
-    bool prepared;   /* staging table exists on this connection */
-    int staged_left; /* batches still to stage after a unique_violation */
-    cv_buf copy;     /* COPY payload, reused across batches */
-    cv_buf json;     /* one attributes object */
+    shard *shards;
+    unsigned nshards;
+    unsigned char *owner; /* per record, then per next offset, of a batch */
+    size_t owner_cap;
 };
+
+/* Whether recs[i] of the batch is this shard's to write. */
+static bool mine(const shard *st, size_t i) {
+    return !st->owner || st->owner[i] == st->index;
+}
 
 static const char stage_sql[] =
     "CREATE TEMP TABLE IF NOT EXISTS cv_stage ("
@@ -111,7 +138,7 @@ static const char rejected_sql[] =
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
     " ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING";
 
-static int pg_fail(cv_pgstore *st, PGresult *res, const char *what, char *errbuf,
+static int pg_fail(shard *st, PGresult *res, const char *what, char *errbuf,
                    size_t errlen) {
     const char *msg = res ? PQresultErrorMessage(res) : PQerrorMessage(st->conn);
     if (!msg || !*msg)
@@ -123,7 +150,7 @@ static int pg_fail(cv_pgstore *st, PGresult *res, const char *what, char *errbuf
     return -CV_ESTORE;
 }
 
-static int exec_cmd(cv_pgstore *st, const char *sql, const char *what, char *errbuf,
+static int exec_cmd(shard *st, const char *sql, const char *what, char *errbuf,
                     size_t errlen) {
     PGresult *res = PQexec(st->conn, sql);
     ExecStatusType s = PQresultStatus(res);
@@ -134,7 +161,7 @@ static int exec_cmd(cv_pgstore *st, const char *sql, const char *what, char *err
 }
 
 /* Connects (or reconnects) and prepares the session. */
-static int ensure_connected(cv_pgstore *st, char *errbuf, size_t errlen) {
+static int ensure_connected(shard *st, char *errbuf, size_t errlen) {
     if (st->conn && PQstatus(st->conn) == CONNECTION_OK &&
         PQtransactionStatus(st->conn) == PQTRANS_IDLE)
         goto prepare;
@@ -162,17 +189,32 @@ prepare:
     return 0;
 }
 
-int cv_pgstore_open(const char *conninfo, const char *group, cv_pgstore **ret_store,
-                    char *errbuf, size_t errlen) {
+int cv_pgstore_open(const char *conninfo, const char *group, unsigned connections,
+                    cv_pgstore **ret_store, char *errbuf, size_t errlen) {
+    if (connections < 1 || connections > CV_PGSTORE_MAX_CONNECTIONS) {
+        snprintf(errbuf, errlen, "postgres: %u connections (1..%d)", connections,
+                 CV_PGSTORE_MAX_CONNECTIONS);
+        return -EINVAL;
+    }
     cv_pgstore *st = calloc(1, sizeof(*st));
-    if (!st || !(st->conninfo = strdup(conninfo)) || !(st->group = strdup(group))) {
+    if (!st || !(st->conninfo = strdup(conninfo)) || !(st->group = strdup(group)) ||
+        !(st->shards = calloc(connections, sizeof(shard)))) {
         snprintf(errbuf, errlen, "out of memory");
         cv_pgstore_free(st);
         return -ENOMEM;
     }
-    cv_buf_init(&st->copy, COPY_LIMIT);
-    cv_buf_init(&st->json, (size_t)64 << 20);
-    int r = ensure_connected(st, errbuf, errlen);
+    st->nshards = connections;
+    for (unsigned k = 0; k < connections; k++) {
+        shard *sh = &st->shards[k];
+        sh->conninfo = st->conninfo;
+        sh->group = st->group;
+        sh->index = k;
+        cv_buf_init(&sh->copy, COPY_LIMIT);
+        cv_buf_init(&sh->json, (size_t)64 << 20);
+    }
+    /* The first connection now, to check the schema; the others when a
+     * batch first needs them. */
+    int r = ensure_connected(&st->shards[0], errbuf, errlen);
     if (r < 0) {
         cv_pgstore_free(st);
         return r;
@@ -184,10 +226,15 @@ int cv_pgstore_open(const char *conninfo, const char *group, cv_pgstore **ret_st
 cv_pgstore *cv_pgstore_free(cv_pgstore *st) {
     if (!st)
         return NULL;
-    if (st->conn)
-        PQfinish(st->conn);
-    cv_buf_release(&st->copy);
-    cv_buf_release(&st->json);
+    for (unsigned k = 0; st->shards && k < st->nshards; k++) {
+        shard *sh = &st->shards[k];
+        if (sh->conn)
+            PQfinish(sh->conn);
+        cv_buf_release(&sh->copy);
+        cv_buf_release(&sh->json);
+    }
+    free(st->shards);
+    free(st->owner);
     free(st->conninfo);
     free(st->group);
     free(st);
@@ -195,7 +242,8 @@ cv_pgstore *cv_pgstore_free(cv_pgstore *st) {
 }
 
 bool cv_pgstore_connected(const cv_pgstore *st) {
-    return st->conn && PQstatus(st->conn) == CONNECTION_OK;
+    const shard *sh = &st->shards[0];
+    return sh->conn && PQstatus(sh->conn) == CONNECTION_OK;
 }
 
 /* Binary COPY field writers. */
@@ -232,7 +280,7 @@ static int put_i64(cv_buf *b, int64_t v) {
     return cv_buf_append(b, f, 12);
 }
 
-static int attributes_json(cv_pgstore *st, const Chatvault__V1__ChatMessage *m) {
+static int attributes_json(shard *st, const Chatvault__V1__ChatMessage *m) {
     cv_buf *j = &st->json;
     j->len = 0;
     int r = cv_buf_append(j, "\1{", 2); /* jsonb binary version 1 */
@@ -253,7 +301,7 @@ static int attributes_json(cv_pgstore *st, const Chatvault__V1__ChatMessage *m) 
 
 /* The binary COPY of the batch's valid records: for the staging table
  * (`staged`, with seq first) or for chatvault.messages. */
-static int build_copy(cv_pgstore *st, const cv_rec *recs, size_t n, bool staged,
+static int build_copy(shard *st, const cv_rec *recs, size_t n, bool staged,
                       size_t *ret_rows) {
     static const unsigned char header[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
     cv_buf *b = &st->copy;
@@ -262,7 +310,7 @@ static int build_copy(cv_pgstore *st, const cv_rec *recs, size_t n, bool staged,
     int r = cv_buf_append(b, header, sizeof(header));
     for (size_t i = 0; r == 0 && i < n; i++) {
         const cv_rec *rec = &recs[i];
-        if (!cv_rec_valid(rec))
+        if (!mine(st, i) || !cv_rec_valid(rec))
             continue;
         const Chatvault__V1__ChatMessage *m = rec->env.msg;
         unsigned char nf[2];
@@ -311,7 +359,7 @@ static int build_copy(cv_pgstore *st, const cv_rec *recs, size_t n, bool staged,
 /* Sends the built COPY with `sql`. A unique_violation sets *conflict
  * (when given) and returns -CV_ESTORE without a message: the caller takes
  * the other way. */
-static int copy_in(cv_pgstore *st, const char *sql, const char *what, bool *conflict,
+static int copy_in(shard *st, const char *sql, const char *what, bool *conflict,
                    char *errbuf, size_t errlen) {
     PGresult *res = PQexec(st->conn, sql);
     if (PQresultStatus(res) != PGRES_COPY_IN)
@@ -357,7 +405,7 @@ static bool replayed(const cv_rec *rec) {
 
 /* Records the batch's duplicates (their status is set) in
  * chatvault.duplicates. */
-static int log_duplicates(cv_pgstore *st, const cv_rec *recs, size_t n, char *errbuf,
+static int log_duplicates(shard *st, const cv_rec *recs, size_t n, char *errbuf,
                           size_t errlen) {
     cv_buf seqs, flags;
     cv_buf_init(&seqs, (size_t)64 << 20);
@@ -365,7 +413,7 @@ static int log_duplicates(cv_pgstore *st, const cv_rec *recs, size_t n, char *er
     int r = cv_buf_append(&seqs, "{", 1) | cv_buf_append(&flags, "{", 1);
     const char *sep = "";
     for (size_t i = 0; i < n; i++)
-        if (cv_rec_valid(&recs[i]) &&
+        if (mine(st, i) && cv_rec_valid(&recs[i]) &&
             recs[i].status == CHATVAULT__V1__ACK_STATUS__DUPLICATE) {
             r |= cv_buf_printf(&seqs, "%s%zu", sep, i);
             r |= cv_buf_printf(&flags, "%s%s", sep, replayed(&recs[i]) ? "t" : "f");
@@ -392,8 +440,7 @@ out:
 
 /* The careful way: stage the batch, insert what is new, find the
  * duplicates. */
-static int insert_staged(cv_pgstore *st, cv_rec *recs, size_t n, char *errbuf,
-                         size_t errlen) {
+static int insert_staged(shard *st, cv_rec *recs, size_t n, char *errbuf, size_t errlen) {
     size_t staged = 0;
     int r = build_copy(st, recs, n, true, &staged);
     if (r < 0) {
@@ -411,7 +458,7 @@ static int insert_staged(cv_pgstore *st, cv_rec *recs, size_t n, char *errbuf,
     size_t inserted = strtoull(PQcmdTuples(res), NULL, 10);
     PQclear(res);
     for (size_t i = 0; i < n; i++)
-        if (cv_rec_valid(&recs[i]))
+        if (mine(st, i) && cv_rec_valid(&recs[i]))
             recs[i].status = CHATVAULT__V1__ACK_STATUS__PERSISTED;
     if (inserted == staged)
         return 0; /* every record got its row */
@@ -431,8 +478,7 @@ static int insert_staged(cv_pgstore *st, cv_rec *recs, size_t n, char *errbuf,
 /* Sets chatvault.kafka_offsets to the batch's next offsets: set, not the
  * larger of old and new, so that when Kafka's offsets start over (a topic
  * re-created) the row follows the new incarnation at once. */
-static int write_offsets(cv_pgstore *st,
-                         const rd_kafka_topic_partition_list_t *next_offsets,
+static int write_offsets(shard *st, const rd_kafka_topic_partition_list_t *next_offsets,
                          char *errbuf, size_t errlen) {
     cv_buf topics, parts, offs;
     cv_buf_init(&topics, (size_t)64 << 20);
@@ -442,13 +488,16 @@ static int write_offsets(cv_pgstore *st,
     r |= cv_buf_append(&topics, "{", 1);
     r |= cv_buf_append(&parts, "{", 1);
     r |= cv_buf_append(&offs, "{", 1);
+    const char *sep = "";
     for (int i = 0; i < next_offsets->cnt; i++) {
         const rd_kafka_topic_partition_t *tp = &next_offsets->elems[i];
-        const char *sep = i ? "," : "";
+        if (st->next_owner && st->next_owner[i] != st->index)
+            continue;
         /* Topic names are [A-Za-z0-9._-]: safe inside a quoted element. */
         r |= cv_buf_printf(&topics, "%s\"%s\"", sep, tp->topic);
         r |= cv_buf_printf(&parts, "%s%" PRId32, sep, tp->partition);
         r |= cv_buf_printf(&offs, "%s%" PRId64, sep, tp->offset);
+        sep = ",";
     }
     r |= cv_buf_append(&topics, "}", 2);
     r |= cv_buf_append(&parts, "}", 2);
@@ -472,8 +521,7 @@ out:
     return r;
 }
 
-static int write_rejected(cv_pgstore *st, const cv_rec *rec, char *errbuf,
-                          size_t errlen) {
+static int write_rejected(shard *st, const cv_rec *rec, char *errbuf, size_t errlen) {
     char part[16], off[24];
     snprintf(part, sizeof(part), "%" PRId32, rec->partition);
     snprintf(off, sizeof(off), "%" PRId64, rec->offset);
@@ -508,8 +556,8 @@ static int write_rejected(cv_pgstore *st, const cv_rec *rec, char *errbuf,
  * transaction's first statement. On a unique_violation the transaction is
  * rolled back and a new one begun, nothing is set but *conflict, and 0 is
  * returned: the careful way comes next. */
-static int insert_direct(cv_pgstore *st, cv_rec *recs, size_t n, bool *conflict,
-                         char *errbuf, size_t errlen) {
+static int insert_direct(shard *st, cv_rec *recs, size_t n, bool *conflict, char *errbuf,
+                         size_t errlen) {
     size_t rows = 0;
     int r = build_copy(st, recs, n, false, &rows);
     if (r < 0) {
@@ -521,7 +569,7 @@ static int insert_direct(cv_pgstore *st, cv_rec *recs, size_t n, bool *conflict,
                 errlen);
     if (r == 0) {
         for (size_t i = 0; i < n; i++)
-            if (cv_rec_valid(&recs[i]))
+            if (mine(st, i) && cv_rec_valid(&recs[i]))
                 recs[i].status = CHATVAULT__V1__ACK_STATUS__PERSISTED;
         return 0;
     }
@@ -531,11 +579,10 @@ static int insert_direct(cv_pgstore *st, cv_rec *recs, size_t n, bool *conflict,
     return r < 0 ? r : exec_cmd(st, "BEGIN", "BEGIN", errbuf, errlen);
 }
 
-static int insert_batch(cv_pgstore *st, cv_rec *recs, size_t n, char *errbuf,
-                        size_t errlen) {
+static int insert_batch(shard *st, cv_rec *recs, size_t n, char *errbuf, size_t errlen) {
     bool any = false;
     for (size_t i = 0; i < n && !any; i++)
-        any = cv_rec_valid(&recs[i]);
+        any = mine(st, i) && cv_rec_valid(&recs[i]);
     if (!any)
         return 0;
     if (st->staged_left > 0) {
@@ -551,11 +598,12 @@ static int insert_batch(cv_pgstore *st, cv_rec *recs, size_t n, char *errbuf,
     return r;
 }
 
-int cv_pgstore_write(cv_pgstore *st, cv_rec *recs, size_t n,
-                     const rd_kafka_topic_partition_list_t *next_offsets, char *errbuf,
-                     size_t errlen) {
-    if (n == 0)
-        return 0;
+/* Writes this shard's share of the batch in one transaction; on failure
+ * it is rolled back (when the link is alive; otherwise the next call
+ * reconnects). */
+static int write_share(shard *st, cv_rec *recs, size_t n,
+                       const rd_kafka_topic_partition_list_t *next_offsets, char *errbuf,
+                       size_t errlen) {
     int r = ensure_connected(st, errbuf, errlen);
     if (r < 0)
         return r;
@@ -564,19 +612,146 @@ int cv_pgstore_write(cv_pgstore *st, cv_rec *recs, size_t n,
         return r;
     r = insert_batch(st, recs, n, errbuf, errlen);
     for (size_t i = 0; r == 0 && i < n; i++)
-        if (!cv_rec_valid(&recs[i]))
+        if (mine(st, i) && !cv_rec_valid(&recs[i]))
             r = write_rejected(st, &recs[i], errbuf, errlen);
     if (r == 0)
         r = write_offsets(st, next_offsets, errbuf, errlen);
     if (r == 0)
         r = exec_cmd(st, "COMMIT", "COMMIT", errbuf, errlen);
-    if (r < 0) {
-        /* Leave the records as they were; ROLLBACK if the link is alive,
-         * otherwise the next call reconnects. */
-        if (PQstatus(st->conn) == CONNECTION_OK) {
-            PGresult *res = PQexec(st->conn, "ROLLBACK");
-            PQclear(res);
+    if (r < 0 && PQstatus(st->conn) == CONNECTION_OK) {
+        PGresult *res = PQexec(st->conn, "ROLLBACK");
+        PQclear(res);
+    }
+    return r;
+}
+
+static void *share_main(void *arg) {
+    shard *sh = arg;
+    pthread_setname_np(pthread_self(), "cv-pg-share");
+    sh->result = write_share(sh, sh->recs, sh->n, sh->next, sh->err, sizeof(sh->err));
+    return NULL;
+}
+
+typedef struct topic_share {
+    const char *topic;
+    size_t records;
+    unsigned shard;
+} topic_share;
+
+static int by_records_desc(const void *a, const void *b) {
+    const topic_share *x = *(topic_share *const *)a, *y = *(topic_share *const *)b;
+    return x->records < y->records ? 1 : x->records > y->records ? -1 : 0;
+}
+
+static size_t find_topic(topic_share *t, size_t nt, const char *topic) {
+    size_t k = 0;
+    while (k < nt && t[k].topic != topic && strcmp(t[k].topic, topic) != 0)
+        k++;
+    return k;
+}
+
+/* Spreads the batch over the connections by topic (so no two transactions
+ * ever touch the same channel's rows, offsets or report rollups: each
+ * channel is one topic, which the envelope enforces): the largest topic
+ * first, each to the connection with the fewest records so far. Fills
+ * st->owner and returns how many connections get a share; 1 (and no
+ * owner) for a small batch or a single topic. -ENOMEM on no memory. */
+static int spread(cv_pgstore *st, const cv_rec *recs, size_t n,
+                  const rd_kafka_topic_partition_list_t *next) {
+    if (st->nshards == 1 || n < SPLIT_MIN_RECORDS)
+        return 1;
+    topic_share *t = malloc(n * sizeof(*t));
+    topic_share **order = malloc(n * sizeof(*order));
+    size_t *of = malloc(n * sizeof(*of));
+    size_t need = n + (size_t)next->cnt;
+    if (need > st->owner_cap) {
+        unsigned char *o = realloc(st->owner, need);
+        if (o) {
+            st->owner = o;
+            st->owner_cap = need;
         }
+    }
+    int used = -ENOMEM;
+    if (!t || !order || !of || need > st->owner_cap)
+        goto out;
+    size_t nt = 0, last = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *topic = recs[i].topic;
+        size_t k = nt && t[last].topic == topic ? last : find_topic(t, nt, topic);
+        if (k == nt)
+            t[nt++] = (topic_share){.topic = topic};
+        t[k].records++;
+        of[i] = last = k;
+    }
+    used = nt < st->nshards ? (int)nt : (int)st->nshards;
+    if (used > 1) {
+        size_t load[CV_PGSTORE_MAX_CONNECTIONS] = {0};
+        for (size_t k = 0; k < nt; k++)
+            order[k] = &t[k];
+        qsort(order, nt, sizeof(*order), by_records_desc);
+        for (size_t k = 0; k < nt; k++) {
+            unsigned least = 0;
+            for (unsigned c = 1; c < (unsigned)used; c++)
+                if (load[c] < load[least])
+                    least = c;
+            order[k]->shard = least;
+            load[least] += order[k]->records;
+        }
+        for (size_t i = 0; i < n; i++)
+            st->owner[i] = (unsigned char)t[of[i]].shard;
+        for (int i = 0; i < next->cnt; i++) {
+            size_t k = find_topic(t, nt, next->elems[i].topic);
+            st->owner[n + (size_t)i] = k < nt ? (unsigned char)t[k].shard : 0;
+        }
+    }
+out:
+    free(t);
+    free(order);
+    free(of);
+    return used;
+}
+
+int cv_pgstore_write(cv_pgstore *st, cv_rec *recs, size_t n,
+                     const rd_kafka_topic_partition_list_t *next_offsets, char *errbuf,
+                     size_t errlen) {
+    if (n == 0)
+        return 0;
+    int used = spread(st, recs, n, next_offsets);
+    if (used < 0) {
+        snprintf(errbuf, errlen,
+                 "postgres: spreading a batch of %zu records: out of memory", n);
+        return used;
+    }
+    pthread_t tids[CV_PGSTORE_MAX_CONNECTIONS];
+    bool started[CV_PGSTORE_MAX_CONNECTIONS] = {false};
+    for (int k = 0; k < used; k++) {
+        shard *sh = &st->shards[k];
+        sh->owner = used > 1 ? st->owner : NULL;
+        sh->next_owner = used > 1 ? st->owner + n : NULL;
+        sh->recs = recs;
+        sh->n = n;
+        sh->next = next_offsets;
+        sh->err[0] = '\0';
+        if (k > 0)
+            started[k] = pthread_create(&tids[k], NULL, share_main, sh) == 0;
+    }
+    shard *first = &st->shards[0];
+    first->result = write_share(first, recs, n, next_offsets, errbuf, errlen);
+    int r = first->result;
+    for (int k = 1; k < used; k++) {
+        shard *sh = &st->shards[k];
+        if (started[k])
+            pthread_join(tids[k], NULL);
+        else
+            share_main(sh); /* no thread to be had: write it here */
+        if (sh->result < 0 && r == 0) {
+            r = sh->result;
+            snprintf(errbuf, errlen, "%s", sh->err);
+        }
+    }
+    if (r < 0) {
+        /* Some shares may have committed; the caller writes the whole
+         * batch again, which finds those rows its own. */
         for (size_t i = 0; i < n; i++)
             if (cv_rec_valid(&recs[i]))
                 recs[i].status = 0;
@@ -591,8 +766,9 @@ int cv_pgstore_write(cv_pgstore *st, cv_rec *recs, size_t n,
     return 0;
 }
 
-int cv_pgstore_read_offsets(cv_pgstore *st, rd_kafka_topic_partition_list_t *parts,
+int cv_pgstore_read_offsets(cv_pgstore *store, rd_kafka_topic_partition_list_t *parts,
                             char *errbuf, size_t errlen) {
+    shard *st = &store->shards[0];
     int r = ensure_connected(st, errbuf, errlen);
     if (r < 0)
         return r;

@@ -305,6 +305,13 @@ int cv_cmd_broker(int argc, char **argv) {
             goto out;
         embedded = cv_devkafka_bootstraps(dk);
     }
+    if (strcmp(cv_config_str(cfg, "log.compression"), "zstd") == 0 &&
+        cv_applog_set_default_compression(
+            (int)cv_config_int(cfg, "log.compression_level"), err, sizeof(err)) < 0) {
+        cv_error("broker", "log.compression_level: %s", err);
+        rc = CV_EXIT_USAGE;
+        goto out;
+    }
     rd_kafka_conf_t *cconf = NULL, *pconf = NULL;
     if ((rc = kafka_confs(cfg, embedded, metrics, &cconf, &pconf)) != CV_EXIT_OK)
         goto out;

@@ -551,13 +551,14 @@ static void test_corruption(void) {
     free(f);
     expect_error(work, "a deleted record", 12, UINT64_MAX, NULL);
 
-    /* Swap records 12 and 13 (same length). */
+    /* Swap records 12 and 13 (adjacent; compressed ones differ in length). */
     fresh_copy(base, work);
     f = slurp(work_file(work, 12), &len);
-    unsigned char tmp[2048];
-    memcpy(tmp, f + crp[12].pos, crp[12].len);
-    memcpy(f + crp[12].pos, f + crp[13].pos, crp[13].len);
-    memcpy(f + crp[12].pos + crp[13].len, tmp, crp[12].len);
+    unsigned char t12[2048], t13[2048];
+    memcpy(t12, f + crp[12].pos, crp[12].len);
+    memcpy(t13, f + crp[13].pos, crp[13].len);
+    memcpy(f + crp[12].pos, t13, crp[13].len);
+    memcpy(f + crp[12].pos + crp[13].len, t12, crp[12].len);
     spit(work_file(work, 12), f, len);
     free(f);
     expect_error(work, "swapped records", 12, UINT64_MAX, NULL);

@@ -19,8 +19,10 @@
  * commit per B records, as chatvault-logbench does.
  *
  * Per setting it prints the median over the rounds of records/s and the
- * CPU seconds (user + system, all threads) of the appends, and the bytes
- * of the segment files. `per_batch_ratio` is not what the log does: it is
+ * CPU seconds (user + system, all threads) of the appends, the records/s
+ * of reading the log back (every partition with the one reader, as log cat
+ * and verify do, decrypting and decompressing) and the bytes of the
+ * segment files. `per_batch_ratio` is not what the log does: it is
  * what zstd at that level makes of each partition's values of one append
  * concatenated, i.e. what compressing per batch instead of per record
  * could reach (computed outside the timing). The last lines are
@@ -274,7 +276,7 @@ typedef struct dataset {
 } dataset;
 
 typedef struct result {
-    double rate[ROUNDS_MAX], cpu[ROUNDS_MAX];
+    double rate[ROUNDS_MAX], cpu[ROUNDS_MAX], read_rate[ROUNDS_MAX];
     uint64_t bytes;
     double per_batch_ratio;
 } result;
@@ -294,7 +296,7 @@ static double median(const double *v, int n) {
 /* Writes the dataset into a fresh log at `dir` with `level` (0: off). */
 static int run(const char *dir, const cv_keyring *keys, const dataset *ds,
                long partitions, long batch, int level, double *ret_rate, double *ret_cpu,
-               uint64_t *ret_bytes) {
+               double *ret_read_rate, uint64_t *ret_bytes) {
     char err[512];
     cv_applog *log = NULL;
     if (cv_applog_open(dir, keys, 64u << 20, &log, err, sizeof(err)) < 0 ||
@@ -336,6 +338,30 @@ static int run(const char *dir, const cv_keyring *keys, const dataset *ds,
     *ret_cpu = cpu_s() - c0;
     *ret_rate = (double)ds->n / wall;
     cv_applog_free(log);
+    /* Read it all back, partition by partition, as log cat or verify do. */
+    long got = 0;
+    double r0 = now();
+    for (long q = 0; q < partitions; q++) {
+        char pd[4200];
+        cv_applog_reader *rd = NULL;
+        cv_applog_record rec;
+        cv_applog_partition_dir(dir, topics[q % TOPICS], (int32_t)(q / TOPICS), pd,
+                                sizeof(pd));
+        const char *dirs[] = {pd};
+        int x = cv_applog_reader_open(dirs, 1, keys, &rd, err, sizeof(err));
+        while (x >= 0 && (x = cv_applog_reader_next(rd, &rec, err, sizeof(err))) == 1)
+            got++;
+        cv_applog_reader_free(rd);
+        if (x < 0) {
+            fprintf(stderr, "chatvault-compressbench: read %s: %s\n", pd, err);
+            return -1;
+        }
+    }
+    *ret_read_rate = (double)got / (now() - r0);
+    if (got != ds->n) {
+        fprintf(stderr, "chatvault-compressbench: read %ld records of %ld\n", got, ds->n);
+        return -1;
+    }
     disk_bytes = 0;
     nftw(dir, add_size, 16, FTW_PHYS);
     *ret_bytes = disk_bytes;
@@ -478,36 +504,39 @@ int main(int argc, char **argv) {
             char sub[4200];
             snprintf(sub, sizeof(sub), "%s/r%d-l%d", dir, r, levels[l]);
             if (run(sub, keys, &ds, partitions, batch, levels[l], &res[l].rate[r],
-                    &res[l].cpu[r], &res[l].bytes) < 0)
+                    &res[l].cpu[r], &res[l].read_rate[r], &res[l].bytes) < 0)
                 return 1;
         }
     for (int l = 0; l < nlevels; l++)
         res[l].per_batch_ratio = per_batch_ratio(&ds, partitions, batch, levels[l]);
 
-    printf("\n| setting | bytes on disk | ratio vs off | records/s (median) | vs off | "
-           "CPU s "
-           "(median) | per-batch ratio (not done) |\n");
-    printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    printf("\n| setting | bytes on disk | ratio vs off | write records/s | vs off | "
+           "write CPU s | read records/s | vs off | per-batch ratio (not done) |\n");
+    printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     double off_rate = median(res[0].rate, (int)rounds);
+    double off_read = median(res[0].read_rate, (int)rounds);
     for (int l = 0; l < nlevels; l++) {
         double rate = median(res[l].rate, (int)rounds),
-               cpu = median(res[l].cpu, (int)rounds);
+               cpu = median(res[l].cpu, (int)rounds),
+               rd = median(res[l].read_rate, (int)rounds);
         char name[16];
         snprintf(name, sizeof(name), levels[l] ? "zstd %d" : "off", levels[l]);
-        printf("| %s | %llu | %.3f | %.0f | %.2f | %.2f | %.2f |\n", name,
+        printf("| %s | %llu | %.3f | %.0f | %.2f | %.2f | %.0f | %.2f | %.2f |\n", name,
                (unsigned long long)res[l].bytes,
                (double)res[0].bytes / (double)res[l].bytes, rate, rate / off_rate, cpu,
-               res[l].per_batch_ratio);
+               rd, rd / off_read, res[l].per_batch_ratio);
     }
     putchar('\n');
     for (int l = 0; l < nlevels; l++)
         printf(
             "RESULT level=%d records=%ld value_bytes=%llu disk_bytes=%llu ratio=%.4f "
-            "records_per_s=%.0f rate_vs_off=%.3f cpu_s=%.3f per_batch_ratio=%.3f\n",
+            "records_per_s=%.0f rate_vs_off=%.3f cpu_s=%.3f read_records_per_s=%.0f "
+            "per_batch_ratio=%.3f\n",
             levels[l], records, (unsigned long long)ds.value_bytes,
             (unsigned long long)res[l].bytes, (double)res[0].bytes / (double)res[l].bytes,
             median(res[l].rate, (int)rounds), median(res[l].rate, (int)rounds) / off_rate,
-            median(res[l].cpu, (int)rounds), res[l].per_batch_ratio);
+            median(res[l].cpu, (int)rounds), median(res[l].read_rate, (int)rounds),
+            res[l].per_batch_ratio);
     cv_keyring_free(keys);
     rmdir(dir);
     return 0;

@@ -158,6 +158,13 @@ static const prop props[] = {
      "how a batch is made durable in the log: syncfs (one flush of the log's file "
      "system per batch) or fdatasync (one per log file written)",
      0, 0, "syncfs|fdatasync", NULL},
+    {"log.compression", PROP_ENUM, "off",
+     "compress each record of the broker's log with zstd before it is encrypted (see "
+     "README \"Log compression\"); segments written either way stay readable",
+     0, 0, "off|zstd", NULL},
+    {"log.compression_level", PROP_INT, "3",
+     "zstd level under log.compression = zstd: 1 (fastest) to 19 (smallest)", 1, 19, NULL,
+     NULL},
     {"ack.policy", PROP_ENUM, "all",
      "stores that must hold a message before it is acked: all, or any (degraded mode)", 0,
      0, "all|any", NULL},

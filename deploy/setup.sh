@@ -15,7 +15,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 build=${CV_BUILD_DIR:-build}
 
-# Build: compiler, meson, the libraries (jansson: the JSON chatvault reads
+# Build: compiler, meson, the libraries (zstd: the log's and the exports'
+# compression, CLI for the tests; jansson: the JSON chatvault reads
 # and writes). Run: PostgreSQL 15. Tests: Python
 # with Debian's kafka/psycopg2/protobuf modules, protoc for the Python wire
 # schema, kcat, jq, clang's sanitizer and fuzzer runtime, clang-format, and
@@ -23,7 +24,7 @@ build=${CV_BUILD_DIR:-build}
 packages=(
     gcc libc6-dev meson ninja-build pkg-config
     librdkafka-dev libprotobuf-c-dev protobuf-c-compiler libpq-dev libsodium-dev
-    libmicrohttpd-dev libjansson-dev libcurl4-gnutls-dev
+    libzstd-dev zstd libmicrohttpd-dev libjansson-dev libcurl4-gnutls-dev
     postgresql-15 postgresql-client-15
     python3 python3-kafka python3-psycopg2 python3-protobuf protobuf-compiler
     kcat jq clang libclang-rt-14-dev clang-format

@@ -16,6 +16,10 @@
  *   {"manifest":{"format":"chatvault-export-1","count":N,
  *    "digest":"sha256:<hex of SHA-256 over every byte before this line>",
  *    "exported_at_us":...}}
+ * With --compress zstd the file is one zstd stream (RFC 8878) of exactly
+ * these bytes (`zstd -d` gives the export back; digest and count are over
+ * the uncompressed lines). Import reads the uncompressed file only, and
+ * says so when it is given a zstd stream.
  * Import reads the file twice: first it checks every line parses, the count
  * and the digest, and refuses the file on any mismatch before writing
  * anything; then it loads through the broker's own PostgreSQL write path
@@ -32,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #include "access.h"
 #include "arena.h"
@@ -126,9 +131,22 @@ typedef struct export_opts {
     cv_src_mode mode;
     const char *output;
     bool quiet;
+    bool zstd;
+    int64_t zlevel;
     cv_cli_log_dirs ld;
     cv_select sel;
 } export_opts;
+
+static int compress_opt(const cv_cli_opt *opt, void *dest, const char *cmd,
+                        const char *value) {
+    bool *zstd = dest;
+    if (strcmp(value, "zstd") == 0 || strcmp(value, "off") == 0) {
+        *zstd = value[0] == 'z';
+        return 0;
+    }
+    cv_error(cmd, "--compress is off or zstd, not '%s'", value);
+    return -1;
+}
 
 static const cv_cli_opt export_opts_table[] = {
     CV_OPT_CALL_AT("source", 0, "pg|log|auto",
@@ -140,6 +158,12 @@ static const cv_cli_opt export_opts_table[] = {
     CV_OPT_LIST("log-dir", 0, "DIR",
                 "read this log directory instead of log.dir (repeatable)", export_opts,
                 ld.dir, ld.n),
+    CV_OPT_CALL_AT("compress", 0, "off|zstd",
+                   "zstd: write one zstd stream of the export (name the file .zst; "
+                   "zstd -d gives the JSON Lines back); default off",
+                   export_opts, zstd, compress_opt, 0),
+    CV_OPT_INT("compress-level", 0, "N", "zstd level, 1 (fastest) to 19 (default 3)",
+               export_opts, zlevel, 1, 19),
     CV_OPT_FLAG("quiet", 0, "no progress display", export_opts, quiet),
     CV_OPT_END,
 };
@@ -150,7 +174,7 @@ static const cv_cli_group export_selection = {CV_SELECT_TITLE, cv_select_opts,
 static const cv_cli_spec export_spec = {
     .name = "export",
     .usage = "export [-c FILE] [--set key=value]... [selection] [--source pg|log|auto]\n"
-             "                        [--output FILE]",
+             "                        [--output FILE] [--compress off|zstd]",
     .about = "Writes the selected messages as JSON Lines, one object per message, and "
              "a\nlast line with a manifest (count and SHA-256 digest of the lines "
              "before it).\nThe body is text when it is valid UTF-8 and content_type is "
@@ -198,15 +222,45 @@ static int export_open(export_opts *o, const cv_config *cfg, cv_keyring **keys,
     return CV_EXIT_OK;
 }
 
-/* The file being written: --output's temporary file, or stdout. */
+/* The file being written: --output's temporary file, or stdout; with
+ * --compress zstd through a zstd stream. */
 typedef struct export_file {
     const char *output; /* NULL: stdout */
     char *tmp;
     FILE *out;
+    ZSTD_CCtx *zc; /* NULL: uncompressed */
+    unsigned char *zbuf;
+    size_t zcap;
 } export_file;
 
 static const char *export_name(const export_file *f) {
     return f->output ? f->tmp : "stdout";
+}
+
+/* Writes n bytes (compressed when f->zc; end: the stream's last bytes).
+ * 0, or -1 after the error. */
+static int export_put(export_file *f, const void *p, size_t n, bool end) {
+    if (!f->zc) {
+        if (fwrite(p, 1, n, f->out) == n)
+            return 0;
+        cv_error("export", "%s: %s", export_name(f), strerror(errno));
+        return -1;
+    }
+    ZSTD_inBuffer in = {p, n, 0};
+    size_t left;
+    do {
+        ZSTD_outBuffer ob = {f->zbuf, f->zcap, 0};
+        left = ZSTD_compressStream2(f->zc, &ob, &in, end ? ZSTD_e_end : ZSTD_e_continue);
+        if (ZSTD_isError(left)) {
+            cv_error("export", "%s: zstd: %s", export_name(f), ZSTD_getErrorName(left));
+            return -1;
+        }
+        if (ob.pos && fwrite(f->zbuf, 1, ob.pos, f->out) != ob.pos) {
+            cv_error("export", "%s: %s", export_name(f), strerror(errno));
+            return -1;
+        }
+    } while (in.pos < in.size || (end && left));
+    return 0;
 }
 
 /* Writes every message and the manifest; hex receives the digest. 0, or
@@ -231,10 +285,8 @@ static int export_lines(cv_src *src, export_file *f, bool quiet, uint64_t *ret_c
             goto fail;
         }
         crypto_hash_sha256_update(&hs, line.data, line.len);
-        if (fwrite(line.data, 1, line.len, f->out) != line.len) {
-            cv_error("export", "%s: %s", export_name(f), strerror(errno));
+        if (export_put(f, line.data, line.len, false) < 0)
             goto fail;
-        }
         count++;
         from_log += m.from_log;
         cv_progress_update(&prog, count, 0, m.channel);
@@ -247,10 +299,13 @@ static int export_lines(cv_src *src, export_file *f, bool quiet, uint64_t *ret_c
     unsigned char dg[crypto_hash_sha256_BYTES];
     crypto_hash_sha256_final(&hs, dg);
     sodium_bin2hex(hex, hexlen, dg, sizeof(dg));
-    fprintf(f->out,
-            "{\"manifest\":{\"format\":\"" FORMAT "\",\"count\":%" PRIu64
-            ",\"digest\":\"sha256:%s\",\"exported_at_us\":%" PRId64 "}}\n",
-            count, hex, cv_now_us());
+    char mf[512];
+    int ml = snprintf(mf, sizeof(mf),
+                      "{\"manifest\":{\"format\":\"" FORMAT "\",\"count\":%" PRIu64
+                      ",\"digest\":\"sha256:%s\",\"exported_at_us\":%" PRId64 "}}\n",
+                      count, hex, cv_now_us());
+    if (export_put(f, mf, (size_t)ml, true) < 0)
+        goto fail;
     cv_buf_release(&line);
     *ret_count = count;
     *ret_from_log = from_log;
@@ -278,7 +333,7 @@ static int export_finish(export_file *f) {
 }
 
 int cv_cmd_export(int argc, char **argv) {
-    export_opts o = {.mode = CV_SRC_AUTO};
+    export_opts o = {.mode = CV_SRC_AUTO, .zlevel = 3};
     cv_select_init(&o.sel);
     cv_cli cli;
     cv_config *cfg = NULL;
@@ -308,6 +363,16 @@ int cv_cmd_export(int argc, char **argv) {
     } else {
         f.out = stdout;
     }
+    if (o.zstd) {
+        f.zcap = ZSTD_CStreamOutSize();
+        if (!(f.zc = ZSTD_createCCtx()) || !(f.zbuf = malloc(f.zcap)) ||
+            ZSTD_isError(
+                ZSTD_CCtx_setParameter(f.zc, ZSTD_c_compressionLevel, (int)o.zlevel)) ||
+            ZSTD_isError(ZSTD_CCtx_setParameter(f.zc, ZSTD_c_checksumFlag, 1))) {
+            cv_error("export", "cannot set up zstd (level %" PRId64 ")", o.zlevel);
+            goto out;
+        }
+    }
     uint64_t count, from_log;
     char dhex[2 * crypto_hash_sha256_BYTES + 1];
     if (export_lines(src, &f, o.quiet, &count, &from_log, dhex, sizeof(dhex)) < 0 ||
@@ -326,6 +391,8 @@ out:
         unlink(f.tmp);
     }
     free(f.tmp);
+    ZSTD_freeCCtx(f.zc);
+    free(f.zbuf);
     cv_src_free(src);
     cv_keyring_free(keys);
     cv_config_free(cfg);
@@ -457,6 +524,11 @@ static int import_flush(ibatch *b, cv_pgstore *store, char *err, size_t errlen) 
     return 0;
 }
 
+/* The magic number that starts a zstd frame (RFC 8878), little-endian. */
+static bool rd_zstd_magic(const unsigned char *p) {
+    return p[0] == 0x28 && p[1] == 0xb5 && p[2] == 0x2f && p[3] == 0xfd;
+}
+
 /* Reads FILE; with store NULL only checks (parse, count, digest), else
  * loads. Returns 0 or an exit code. */
 static int import_pass(const char *path, cv_pgstore *store,
@@ -467,6 +539,16 @@ static int import_pass(const char *path, cv_pgstore *store,
         cv_error("import", "%s: %s", path, strerror(errno));
         return CV_EXIT_FAILURE;
     }
+    unsigned char magic[4];
+    if (fread(magic, 1, 4, f) == 4 && rd_zstd_magic(magic)) {
+        fclose(f);
+        cv_error("import",
+                 "%s is zstd-compressed (chatvault export --compress zstd): "
+                 "decompress it first, zstd -d %s",
+                 path, path);
+        return CV_EXIT_USAGE;
+    }
+    rewind(f);
     char *line = NULL, err[1024];
     size_t cap = 0;
     ssize_t n;

@@ -311,6 +311,13 @@ int cv_cmd_broker(int argc, char **argv) {
             goto out;
         embedded = cv_devkafka_bootstraps(dk);
     }
+    if (strcmp(cv_config_str(cfg, "log.compression"), "zstd") == 0 &&
+        cv_applog_set_default_compression(
+            (int)cv_config_int(cfg, "log.compression_level"), err, sizeof(err)) < 0) {
+        cv_error("broker", "log.compression_level: %s", err);
+        rc = CV_EXIT_USAGE;
+        goto out;
+    }
     rd_kafka_conf_t *cconf = NULL, *pconf = NULL;
     if ((rc = kafka_confs(cfg, embedded, metrics, &cconf, &pconf)) != CV_EXIT_OK)
         goto out;
@@ -361,11 +368,15 @@ int cv_cmd_broker(int argc, char **argv) {
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    char zdesc[32] = "off";
+    if (strcmp(cv_config_str(cfg, "log.compression"), "zstd") == 0)
+        snprintf(zdesc, sizeof(zdesc), "zstd:%d",
+                 (int)cv_config_int(cfg, "log.compression_level"));
     cv_log(CV_LOG_INFO, "broker started",
-           "group=%s pattern=\"%s\" acks=%s dlq=%s log_dir=%s ack_policy=%s "
-           "ack_transactions=%s",
+           "group=%s pattern=\"%s\" acks=%s dlq=%s log_dir=%s log_compression=%s "
+           "ack_policy=%s ack_transactions=%s",
            pc.group, pc.topics_pattern, pc.ack_topic, pc.dlq_topic,
-           *log_dir ? log_dir : "(off)", cv_config_str(cfg, "ack.policy"),
+           *log_dir ? log_dir : "(off)", zdesc, cv_config_str(cfg, "ack.policy"),
            cv_config_str(cfg, "ack.transactions"));
     if (cv_pipeline_run(p, &stop, err, sizeof(err)) < 0)
         rc = CV_EXIT_FAILURE;

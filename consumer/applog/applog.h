@@ -46,6 +46,22 @@ typedef struct cv_applog_entry {
 int cv_applog_open(const char *dir, const cv_keyring *keys, uint64_t segment_bytes,
                    cv_applog **ret, char *errbuf, size_t errlen);
 
+/* Compression of the records of new segments (FORMAT.md "Compression"):
+ * level 0 writes version-1 segments (plaintext as it is), a zstd level in
+ * CV_APPLOG_ZSTD_LEVEL_MIN..CV_APPLOG_ZSTD_LEVEL_MAX version-2 segments
+ * whose records are compressed, then encrypted. Segments of either version
+ * are read whatever this is set to. A level outside returns -EINVAL with
+ * errbuf saying so. set_compression applies to `log` from its next append
+ * on (a segment is written in one version only, so a change starts a new
+ * segment). set_default_compression is process-wide: it sets the level of
+ * the sessions opened after it (the broker calls it once, from its config,
+ * before it opens the log); not thread-safe against a concurrent
+ * cv_applog_open. */
+#define CV_APPLOG_ZSTD_LEVEL_MIN 1
+#define CV_APPLOG_ZSTD_LEVEL_MAX 19
+int cv_applog_set_compression(cv_applog *log, int level, char *errbuf, size_t errlen);
+int cv_applog_set_default_compression(int level, char *errbuf, size_t errlen);
+
 /* Appends entries (any mix of partitions; each partition's offsets
  * ascending), then makes them durable ONCE (group commit; see
  * cv_applog_set_sync) before returning 0. An entry the log already holds

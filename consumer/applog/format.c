@@ -1,9 +1,9 @@
 /*
  * applog/format.c — the bytes of the log: CRC32C, the segment header's
  * encoding, the record frame's cheap check, the cipher's nonce and
- * additional data, the chain hash, the key check and the value id. No file
- * I/O here. The layouts are in FORMAT.md ("Segment header", "Record
- * frame").
+ * additional data, the chain hash, the key check, the value id and the
+ * decoding of a compressed record. No file I/O here. The layouts are in
+ * FORMAT.md ("Segment header", "Record frame", "Compression").
  */
 #include "internal.h"
 
@@ -12,6 +12,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <zstd.h>
 
 #include "util.h"
 
@@ -103,7 +104,7 @@ size_t cv_applog_i_hdr_encode(seghdr *h, unsigned char *out) {
     size_t extra = h->repair ? DIGEST : 0;
     size_t hl = HDR_FIXED + h->topic_len + nlen + extra + 4;
     memcpy(out, h->repair ? HDR_MAGIC_REPAIR : HDR_MAGIC, 8);
-    cv_be16(out + 8, HDR_VERSION);
+    cv_be16(out + 8, h->version ? h->version : HDR_VERSION);
     cv_be16(out + 10, (uint16_t)hl);
     cv_be32(out + 12, h->key_id);
     memcpy(out + 16, h->seg_id, 16);
@@ -131,7 +132,8 @@ const char *cv_applog_i_hdr_decode(const unsigned char *p, size_t size, seghdr *
         return "file is shorter than a segment header";
     if (memcmp(p, HDR_MAGIC, 8) != 0 && memcmp(p, HDR_MAGIC_REPAIR, 8) != 0)
         return "not a chatvault log segment (bad magic)";
-    if (rd16(p + 8) != HDR_VERSION)
+    uint16_t version = rd16(p + 8);
+    if (version != HDR_VERSION && version != HDR_VERSION_Z)
         return "unknown segment format version";
     size_t hl = rd16(p + 10);
     size_t tl = rd16(p + 100), nl = rd16(p + 102);
@@ -142,6 +144,7 @@ const char *cv_applog_i_hdr_decode(const unsigned char *p, size_t size, seghdr *
         return "bad segment header length";
     if (cv_applog_i_crc32c(p, hl - 4) != rd32(p + hl - 4))
         return "segment header CRC mismatch";
+    h->version = version;
     h->hlen = (uint16_t)hl;
     h->repair = memcmp(p, HDR_MAGIC_REPAIR, 8) == 0;
     h->key_id = rd32(p + 12);
@@ -228,4 +231,52 @@ const char *cv_applog_i_frame_check(const unsigned char *map, size_t size, size_
 
 void cv_applog_i_value_id(unsigned char *out, const void *value, size_t len) {
     crypto_generichash(out, VAL_ID, value, len, NULL, 0);
+}
+
+/* COMPRESSION: decodes a version-2 record's encoded plaintext (n bytes,
+ * authenticated already) into plain. *dctx is made on first use and is the
+ * caller's to free (ZSTD_freeDCtx). Returns what is wrong (the record is
+ * damage), or NULL: decoded when *ret_r is 0, else *ret_r is -ENOMEM. The length the record declares is checked against
+ * PT_MAX before anything is allocated, and the zstd frame must declare that
+ * length too and decompress to exactly it. */
+const char *cv_applog_i_decode_plain(const unsigned char *enc, size_t n, ZSTD_DCtx **dctx,
+                                     cv_buf *plain, int *ret_r) {
+    *ret_r = 0;
+    if (n < ENC_HDR)
+        return "encoded record shorter than its encoding header";
+    unsigned kind = enc[0];
+    uint32_t u = rd32(enc + 1);
+    if (kind != ENC_STORED && kind != ENC_ZSTD)
+        return "unknown record encoding";
+    if (u > PT_MAX)
+        return "record declares a plaintext over the limit";
+    if (kind == ENC_STORED && u != n - ENC_HDR)
+        return "stored record's length does not match its frame";
+    plain->len = 0;
+    int r = cv_buf_reserve(plain, u ? u : 1);
+    if (r < 0) {
+        *ret_r = r;
+        return NULL;
+    }
+    if (kind == ENC_STORED) {
+        memcpy(plain->data, enc + ENC_HDR, u);
+        plain->len = u;
+        return NULL;
+    }
+    const unsigned char *z = enc + ENC_HDR;
+    size_t zn = n - ENC_HDR;
+    unsigned long long fcs = ZSTD_getFrameContentSize(z, zn);
+    if (fcs != (unsigned long long)u)
+        return "compressed record's zstd frame does not declare its length";
+    if (!*dctx && !(*dctx = ZSTD_createDCtx())) {
+        *ret_r = -ENOMEM;
+        return NULL;
+    }
+    size_t got = ZSTD_decompressDCtx(*dctx, plain->data, u, z, zn);
+    if (ZSTD_isError(got))
+        return "compressed record does not decompress";
+    if (got != u)
+        return "compressed record decompresses to another length than it declares";
+    plain->len = u;
+    return NULL;
 }

@@ -22,7 +22,8 @@
 
 #define HDR_MAGIC "CVAPLOG\n"
 #define HDR_MAGIC_REPAIR "CVAPLOGR"
-#define HDR_VERSION 1
+#define HDR_VERSION 1   /* records hold their plaintext as it is */
+#define HDR_VERSION_Z 2 /* records hold an encoded plaintext (COMPRESSION) */
 #define HDR_FIXED 120
 #define HDR_MAX (HDR_FIXED + 255 + 64 + DIGEST + 4)
 #define KEYCHECK_CONTEXT "chatvault log key check"
@@ -33,6 +34,12 @@
 #define FRAME_MIN (FRAME_HDR + PT_FIXED + 1 + TAG_BYTES)
 #define FRAME_MAX (64u << 20)
 #define AD_BYTES 96
+/* COMPRESSION: a version-2 record's encoded plaintext starts with the
+ * encoding (1) and the plaintext's length U (4). */
+#define ENC_HDR 5
+#define ENC_STORED 0
+#define ENC_ZSTD 1
+#define PT_MAX (FRAME_MAX - FRAME_HDR - TAG_BYTES - ENC_HDR) /* U's upper limit */
 #define DIGEST 32
 #define VAL_ID 16 /* BLAKE2b-128 of a value: identity in the lookup cache */
 #define WRITER_NAME_MAX 64
@@ -73,6 +80,7 @@ static inline uint64_t rd64(const unsigned char *p) {
 
 /* A segment header, decoded (format.c). */
 typedef struct seghdr {
+    uint16_t version; /* HDR_VERSION or HDR_VERSION_Z */
     uint16_t hlen;
     uint32_t key_id;
     unsigned char seg_id[16], writer_id[16];
@@ -110,6 +118,8 @@ typedef struct seg {
     int64_t last_offset;
     uint64_t last_pos;                  /* position of the last good frame */
     unsigned char subkey[CV_KEY_BYTES]; /* set by the caller that decrypts */
+    cv_buf enc;                         /* a version-2 record's encoded plaintext */
+    struct ZSTD_DCtx_s *dctx;           /* made on the first compressed record */
 } seg;
 
 /* A record as read from a segment, before merging. */
@@ -248,6 +258,13 @@ typedef struct part {
     uint64_t hash;      /* part_hash(topic, partition) */
 } part;
 
+/* What one job needs to compress records (COMPRESSION): a zstd context
+ * and the plaintext and compressed bytes of the record being encoded. */
+typedef struct zwork {
+    struct ZSTD_CCtx_s *cc;
+    cv_buf pt, z;
+} zwork;
+
 /* A writer session (writer.c). */
 struct cv_applog {
     char *dir;
@@ -255,6 +272,7 @@ struct cv_applog {
     uint32_t key_id;
     const unsigned char *key;
     uint64_t segment_bytes;
+    int zlevel; /* zstd level of new segments; 0: version-1 segments */
     unsigned char writer_id[16];
     char writer_name[WRITER_NAME_MAX + 1];
     cv_applog_syscalls sys;
@@ -288,6 +306,9 @@ struct cv_applog {
     pthread_mutex_t spare_mu;
     cv_buf spare[SPARE_MAX];
     size_t nspare;
+    /* Compression contexts between jobs (see cv_applog_i_zwork_take). */
+    struct zwork *zspare[SPARE_MAX];
+    size_t nzspare;
 };
 
 /* ---- what one file calls in another, by the file that has it --------- */
@@ -311,6 +332,9 @@ void cv_applog_i_chain_next(unsigned char *out, const unsigned char *prev,
 const char *cv_applog_i_frame_check(const unsigned char *map, size_t size, size_t pos,
                                     uint32_t *ret_len);
 void cv_applog_i_value_id(unsigned char *out, const void *value, size_t len);
+const char *cv_applog_i_decode_plain(const unsigned char *enc, size_t n,
+                                     struct ZSTD_DCtx_s **dctx, cv_buf *plain,
+                                     int *ret_r);
 
 /* segment.c: reading one segment */
 
@@ -385,6 +409,9 @@ int cv_applog_i_repair_held(const part *p, size_t i, cv_applog_entry *e);
 
 void cv_applog_i_buf_take(cv_applog *log, cv_buf *b);
 void cv_applog_i_buf_give(cv_applog *log, cv_buf *b);
+struct zwork *cv_applog_i_zwork_take(cv_applog *log);
+void cv_applog_i_zwork_give(cv_applog *log, struct zwork *z);
+void cv_applog_i_zwork_free_all(cv_applog *log);
 void cv_applog_i_pool_stop(cv_applog *log);
 void cv_applog_i_run_parts(cv_applog *log, part **tp, size_t ntp);
 

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <zstd.h>
 
 #include "util.h"
 
@@ -40,6 +41,59 @@ void cv_applog_i_buf_give(cv_applog *log, cv_buf *b) {
     if (!kept)
         cv_buf_release(b);
     cv_buf_init(b, BUF_LIMIT);
+}
+
+static void zwork_free(zwork *z) {
+    if (!z)
+        return;
+    ZSTD_freeCCtx(z->cc);
+    cv_buf_release(&z->pt);
+    cv_buf_release(&z->z);
+    free(z);
+}
+
+/* A job that compresses takes a context (COMPRESSION) set to the log's
+ * level, like a buffer: one per running job, not one per partition.
+ * NULL when memory ran out. */
+zwork *cv_applog_i_zwork_take(cv_applog *log) {
+    zwork *z = NULL;
+    pthread_mutex_lock(&log->spare_mu);
+    if (log->nzspare)
+        z = log->zspare[--log->nzspare];
+    pthread_mutex_unlock(&log->spare_mu);
+    if (!z) {
+        if (!(z = calloc(1, sizeof(*z))) || !(z->cc = ZSTD_createCCtx())) {
+            free(z);
+            return NULL;
+        }
+        cv_buf_init(&z->pt, FRAME_MAX);
+        cv_buf_init(&z->z, FRAME_MAX + FRAME_MAX / 8);
+    }
+    if (ZSTD_isError(
+            ZSTD_CCtx_setParameter(z->cc, ZSTD_c_compressionLevel, log->zlevel)) ||
+        ZSTD_isError(ZSTD_CCtx_setParameter(z->cc, ZSTD_c_contentSizeFlag, 1))) {
+        zwork_free(z);
+        return NULL;
+    }
+    return z;
+}
+
+void cv_applog_i_zwork_give(cv_applog *log, zwork *z) {
+    if (!z)
+        return;
+    z->pt.len = z->z.len = 0;
+    pthread_mutex_lock(&log->spare_mu);
+    bool kept = z->pt.cap <= SPARE_BYTES_MAX && log->nzspare < SPARE_MAX;
+    if (kept)
+        log->zspare[log->nzspare++] = z;
+    pthread_mutex_unlock(&log->spare_mu);
+    if (!kept)
+        zwork_free(z);
+}
+
+void cv_applog_i_zwork_free_all(cv_applog *log) {
+    while (log->nzspare)
+        zwork_free(log->zspare[--log->nzspare]);
 }
 
 /* Takes and runs jobs until none is left; called with log->mu held. */

@@ -2,7 +2,8 @@
  * applog/segment.c — reading one segment file: maps it, decodes its header
  * and returns its records one by one with every check of FORMAT.md
  * ("Record frame"): frame CRC, record index, batch order, ascending
- * offsets, authentication and the chain. Whether a failure is a torn tail
+ * offsets, authentication and the chain; a version-2 segment's records are
+ * then decoded ("Compression"). Whether a failure is a torn tail
  * or damage is for the caller to decide (reader.c, with recovery.c).
  */
 #include "internal.h"
@@ -16,6 +17,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #include "util.h"
 
@@ -23,6 +25,10 @@ void cv_applog_i_seg_close(seg *s) {
     if (s->map && s->size)
         munmap(s->map, s->size);
     free(s->path);
+    if (s->enc.data)
+        sodium_memzero(s->enc.data, s->enc.cap);
+    cv_buf_release(&s->enc);
+    ZSTD_freeDCtx(s->dctx);
     sodium_memzero(s->subkey, sizeof(s->subkey));
     memset(s, 0, sizeof(*s));
 }
@@ -69,6 +75,7 @@ int cv_applog_i_seg_open(seg *s, const char *path, char *errbuf, size_t errlen) 
     }
     s->pos = s->h.hlen;
     memcpy(s->chain, s->h.prev_chain, DIGEST);
+    cv_buf_init(&s->enc, FRAME_MAX);
     return 0;
 }
 
@@ -119,12 +126,14 @@ int cv_applog_i_seg_next(seg *s, const unsigned char *key, cv_buf *plain, rawrec
         cv_applog_i_build_ad(ad, s->h.hash, f, s->pos, s->chain);
         cv_applog_i_build_nonce(nonce, index);
         size_t plen = len - FRAME_HDR - TAG_BYTES;
-        plain->len = 0;
-        int r = cv_buf_reserve(plain, plen);
+        /* A version-2 record decrypts to its encoded plaintext (COMPRESSION). */
+        cv_buf *into = s->h.version == HDR_VERSION_Z ? &s->enc : plain;
+        into->len = 0;
+        int r = cv_buf_reserve(into, plen);
         if (r < 0)
             return r;
         if (crypto_aead_chacha20poly1305_ietf_decrypt_detached(
-                plain->data, NULL, f + FRAME_HDR, plen, f + len - TAG_BYTES, ad,
+                into->data, NULL, f + FRAME_HDR, plen, f + len - TAG_BYTES, ad,
                 sizeof(ad), nonce, key) != 0) {
             cv_errf(errbuf, errlen,
                     "log segment %s at byte %zu: record fails authentication "
@@ -132,7 +141,19 @@ int cv_applog_i_seg_next(seg *s, const unsigned char *key, cv_buf *plain, rawrec
                     s->path, s->pos);
             return -EBADMSG;
         }
-        plain->len = plen;
+        into->len = plen;
+        if (into == &s->enc) {
+            why = cv_applog_i_decode_plain(s->enc.data, plen, &s->dctx, plain, &r);
+            if (r < 0)
+                return r;
+            if (why) {
+                cv_errf(errbuf, errlen,
+                        "log segment %s at byte %zu: offset %" PRId64 ": %s", s->path,
+                        s->pos, offset, why);
+                return -CV_ECORRUPT;
+            }
+            plen = plain->len;
+        }
         const unsigned char *p = plain->data;
         size_t tl = rd16(p + 20);
         if (PT_FIXED + tl > plen || (int64_t)rd64(p) != offset ||

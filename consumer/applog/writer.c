@@ -22,9 +22,37 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #include "keyring.h"
 #include "util.h"
+
+/* See cv_applog_set_default_compression. */
+static int default_zlevel;
+
+static int check_zlevel(int level, char *errbuf, size_t errlen) {
+    if (level != 0 &&
+        (level < CV_APPLOG_ZSTD_LEVEL_MIN || level > CV_APPLOG_ZSTD_LEVEL_MAX)) {
+        cv_errf(errbuf, errlen, "zstd level %d is outside %d..%d (0: off)", level,
+                CV_APPLOG_ZSTD_LEVEL_MIN, CV_APPLOG_ZSTD_LEVEL_MAX);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int cv_applog_set_default_compression(int level, char *errbuf, size_t errlen) {
+    int r = check_zlevel(level, errbuf, errlen);
+    if (r == 0)
+        default_zlevel = level;
+    return r;
+}
+
+int cv_applog_set_compression(cv_applog *log, int level, char *errbuf, size_t errlen) {
+    int r = check_zlevel(level, errbuf, errlen);
+    if (r == 0)
+        log->zlevel = level;
+    return r;
+}
 
 int cv_applog_open(const char *dir, const cv_keyring *keys, uint64_t segment_bytes,
                    cv_applog **ret, char *errbuf, size_t errlen) {
@@ -65,6 +93,7 @@ int cv_applog_open(const char *dir, const cv_keyring *keys, uint64_t segment_byt
     log->key_id = cv_keyring_newest(keys);
     log->key = cv_keyring_get(keys, log->key_id);
     log->segment_bytes = segment_bytes;
+    log->zlevel = default_zlevel;
     cv_applog_set_syscalls(log, NULL);
     log->fsfd = -1;
     log->workers_max = WORKERS_MAX;
@@ -108,6 +137,7 @@ cv_applog *cv_applog_free(cv_applog *log) {
         close(log->fsfd);
     while (log->nspare)
         cv_buf_release(&log->spare[--log->nspare]);
+    cv_applog_i_zwork_free_all(log);
     pthread_mutex_destroy(&log->spare_mu);
     free(log->dir);
     free(log);
@@ -156,13 +186,14 @@ static int touch(part *p, wseg *w) {
 }
 
 /* Starts a new segment for `first_offset` (in memory: written at commit). */
-static int new_segment(cv_applog *log, part *p, int64_t first_offset) {
+static int new_segment(cv_applog *log, part *p, int64_t first_offset, uint16_t version) {
     wseg *w = calloc(1, sizeof(*w));
     if (!w)
         return -ENOMEM;
     w->fd = -1;
     cv_buf_init(&w->buf, BUF_LIMIT);
     seghdr *h = &w->h;
+    h->version = version;
     h->key_id = log->key_id;
     h->repair = p->repair;
     if (p->repair)
@@ -205,15 +236,65 @@ static int new_segment(cv_applog *log, part *p, int64_t first_offset) {
     return 0;
 }
 
-/* Encodes one entry into the partition's current segment buffer. */
-static int encode(cv_applog *log, part *p, cv_applog_entry *e) {
+/* Writes the plaintext of e (PT_FIXED + tl + value) at pt. */
+static void put_plain(unsigned char *pt, const part *p, size_t tl,
+                      const cv_applog_entry *e) {
+    cv_be64(pt, (uint64_t)e->offset);
+    cv_be64(pt + 8, (uint64_t)e->timestamp_ms);
+    cv_be32(pt + 16, (uint32_t)p->partition);
+    cv_be16(pt + 20, (uint16_t)tl);
+    memcpy(pt + PT_FIXED, p->topic, tl);
+    if (e->value_len)
+        memcpy(pt + PT_FIXED + tl, e->value, e->value_len);
+}
+
+/* COMPRESSION: the encoded plaintext of e into z->z: zstd when that is
+ * shorter, else the plaintext stored. */
+static int encode_plain(zwork *z, const part *p, size_t tl, const cv_applog_entry *e) {
+    size_t plen = PT_FIXED + tl + e->value_len;
+    if (plen > PT_MAX)
+        return -EMSGSIZE;
+    z->pt.len = z->z.len = 0;
+    int r = cv_buf_reserve(&z->pt, plen);
+    if (r == 0)
+        r = cv_buf_reserve(&z->z, ENC_HDR + ZSTD_compressBound(plen));
+    if (r < 0)
+        return r;
+    put_plain(z->pt.data, p, tl, e);
+    size_t zn = ZSTD_compress2(z->cc, z->z.data + ENC_HDR, ZSTD_compressBound(plen),
+                               z->pt.data, plen);
+    unsigned char kind = ENC_ZSTD;
+    /* zstd only when it saves bytes, and never below the shortest frame
+     * FRAME_MIN (the frame check refuses shorter ones). */
+    if (ZSTD_isError(zn) || ENC_HDR + zn >= plen || ENC_HDR + zn < PT_FIXED + 1) {
+        kind = ENC_STORED;
+        memcpy(z->z.data + ENC_HDR, z->pt.data, plen);
+        zn = plen;
+    }
+    z->z.data[0] = kind;
+    cv_be32(z->z.data + 1, (uint32_t)plen);
+    z->z.len = ENC_HDR + zn;
+    return 0;
+}
+
+/* Encodes one entry into the partition's current segment buffer; z set:
+ * compressed, in a version-2 segment (COMPRESSION). */
+static int encode(cv_applog *log, part *p, cv_applog_entry *e, zwork *z) {
     size_t tl = strlen(p->topic);
     size_t plen = PT_FIXED + tl + e->value_len;
+    if (z) {
+        int r = encode_plain(z, p, tl, e);
+        if (r < 0)
+            return r;
+        plen = z->z.len;
+    }
     size_t len = FRAME_HDR + plen + TAG_BYTES;
     if (len > FRAME_MAX)
         return -EMSGSIZE;
-    if (!p->cur || (p->cur->nrec > 0 && p->cur->size + len > log->segment_bytes)) {
-        int r = new_segment(log, p, e->offset);
+    uint16_t version = z ? HDR_VERSION_Z : HDR_VERSION;
+    if (!p->cur || (p->cur->nrec > 0 && p->cur->size + len > log->segment_bytes) ||
+        p->cur->h.version != version) {
+        int r = new_segment(log, p, e->offset, version);
         if (r < 0)
             return r;
     }
@@ -232,13 +313,10 @@ static int encode(cv_applog *log, part *p, cv_applog_entry *e) {
     cv_be64(f + 16, w->nrec);
     cv_be64(f + 24, (uint64_t)e->offset);
     unsigned char *pt = f + FRAME_HDR;
-    cv_be64(pt, (uint64_t)e->offset);
-    cv_be64(pt + 8, (uint64_t)e->timestamp_ms);
-    cv_be32(pt + 16, (uint32_t)p->partition);
-    cv_be16(pt + 20, (uint16_t)tl);
-    memcpy(pt + PT_FIXED, p->topic, tl);
-    if (e->value_len)
-        memcpy(pt + PT_FIXED + tl, e->value, e->value_len);
+    if (z)
+        memcpy(pt, z->z.data, plen);
+    else
+        put_plain(pt, p, tl, e);
     unsigned char ad[AD_BYTES], nonce[crypto_aead_chacha20poly1305_ietf_NPUBBYTES];
     cv_applog_i_build_ad(ad, w->h.hash, f, pos, p->chain);
     cv_applog_i_build_nonce(nonce, w->nrec);
@@ -262,6 +340,11 @@ static int encode(cv_applog *log, part *p, cv_applog_entry *e) {
  * p->jerr. */
 void cv_applog_i_part_job(cv_applog *log, part *p) {
     int r = 0;
+    zwork *z = NULL;
+    if (log->zlevel && !(z = cv_applog_i_zwork_take(log))) {
+        snprintf(p->jerr, sizeof(p->jerr), "log %s: no memory to compress with", p->dir);
+        r = -ENOMEM;
+    }
     for (size_t k = 0; k < p->njidx && r == 0; k++) {
         cv_applog_entry *e = &log->entries[p->jidx[k]];
         part *into = p->ngen ? p->ngen : p;
@@ -300,11 +383,12 @@ void cv_applog_i_part_job(cv_applog *log, part *p) {
                 continue;
             }
         }
-        if ((r = encode(log, into, e)) < 0)
+        if ((r = encode(log, into, e, z)) < 0)
             snprintf(p->jerr, sizeof(p->jerr),
                      "log %s: cannot encode offset %" PRId64 ": %s", into->dir, e->offset,
                      r == -EMSGSIZE ? "record too large" : strerror(-r));
     }
+    cv_applog_i_zwork_give(log, z);
     if (r == 0)
         r = cv_applog_i_flush_part(log, p);
     if (r == 0 && p->late && p->late->ntouched) {

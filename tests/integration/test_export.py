@@ -3,12 +3,17 @@ as text, binary ones as base64) with a manifest, refused when changed or
 truncated, imported into an empty database byte-identical and idempotently,
 and the imported database verified clean against the exporting site's log
 for that channel (the meaning of "clean" for an import-only database: it
-holds exactly the exported channels, and has no kafka_offsets)."""
+holds exactly the exported channels, and has no kafka_offsets).
+
+The broker writes its log compressed (log.compression = zstd), so verify and
+export --source log read compressed segments; export --compress zstd writes
+a zstd stream that Debian's zstd CLI decompresses to the same export."""
 import base64
 import hashlib
 import json
 import os
 import random
+import subprocess
 import time
 
 import cvtest
@@ -32,7 +37,16 @@ def rows(conninfo):
         conn.close()
 
 
-with cvtest.Harness('export', topics={'chat.e': 2, 'chat.f': 1}, partitions=2) as h:
+def strip_time(lines):
+    """The export's lines with the manifest's exported_at_us dropped."""
+    m = json.loads(lines[-1])
+    del m['manifest']['exported_at_us']
+    return lines[:-1] + [json.dumps(m)]
+
+
+with cvtest.Harness('export', topics={'chat.e': 2, 'chat.f': 1}, partitions=2,
+                    config={'log.compression': 'zstd',
+                            'log.compression_level': '3'}) as h:
     h.migrate()
     h.start_broker()
     prod = h.producer()
@@ -83,6 +97,47 @@ with cvtest.Harness('export', topics={'chat.e': 2, 'chat.f': 1}, partitions=2) a
     one = next(o for o in objs if kinds[o['message_id']] == 1)
     h.is_(len(base64.b64decode(one['body'])), 64, 'a binary body decodes from base64')
 
+    versions = set()
+    for d, _, files in os.walk(os.path.join(h.tmp, 'log')):
+        for name in files:
+            if name.endswith('.cvlog'):
+                with open(os.path.join(d, name), 'rb') as f:
+                    versions.add(int.from_bytes(f.read(10)[8:10], 'big'))
+    h.is_(versions, {2}, 'the broker wrote its log compressed (format version 2)')
+    zpath = os.path.join(h.tmp, 'e.jsonl.zst')
+    r = h.run('export', '--channel', 'e', '-o', zpath, '--compress', 'zstd', '--quiet')
+    h.ok(r.returncode == 0, 'export --compress zstd exits 0', r.stderr)
+    with open(zpath, 'rb') as f:
+        zdata = f.read()
+    h.ok(zdata[:4] == b'\x28\xb5\x2f\xfd', 'the file is a zstd stream')
+    d = subprocess.run(['zstd', '-q', '-d', '-c', zpath], capture_output=True)
+    h.ok(d.returncode == 0, 'zstd -d decompresses it (its checksum holds)', d.stderr)
+    zlines = d.stdout.splitlines(keepends=True)
+    h.ok(strip_time(zlines) == strip_time(lines),
+         'decompressed, it is the same export (manifest time aside)')
+    h.ok(len(zdata) * 2 < sum(map(len, lines)),
+         'and less than half its size (%d of %d bytes)' % (len(zdata), sum(map(len, lines))))
+    lpath = os.path.join(h.tmp, 'e-log.jsonl.zst')
+    with open(lpath, 'wb') as f:
+        r = subprocess.run([cvtest.BIN, 'export', '--channel', 'e', '--source', 'log',
+                            '--compress', 'zstd', '--compress-level', '19', '--quiet',
+                            '-c', h.config_path], stdout=f, stderr=subprocess.PIPE)
+    h.ok(r.returncode == 0, 'export --source log of the compressed log, to stdout, level 19',
+         r.stderr)
+    d = subprocess.run(['zstd', '-q', '-d', '-c', lpath], capture_output=True)
+    llines = d.stdout.splitlines()
+    h.ok(d.returncode == 0 and len(llines) == N + 1 and
+         json.loads(llines[-1])['manifest']['count'] == N and
+         {json.loads(l)['message_id'] for l in llines[:-1]} ==
+         {o['message_id'] for o in objs},
+         'it decompresses to every message of the channel, read from the log')
+    r = h.run('export', '--channel', 'e', '--compress', 'lz4', '--quiet')
+    h.ok(r.returncode == 2 and '--compress' in r.stderr, 'an unknown --compress is exit 2',
+         r.stderr)
+    r = h.run('export', '--channel', 'e', '--compress', 'zstd', '--compress-level', '20',
+              '--quiet')
+    h.is_(r.returncode, 2, '--compress-level 20 is exit 2')
+
     imp = h.db + '_imp'
     h._admin('CREATE DATABASE %s' % imp)
     try:
@@ -104,6 +159,9 @@ with cvtest.Harness('export', topics={'chat.e': 2, 'chat.f': 1}, partitions=2) a
              'import refuses a file without its manifest', r.stderr)
         h.is_(rows(ci), [], 'and wrote nothing')
 
+        r = h.run('import', zpath, '--quiet', *sets)
+        h.ok(r.returncode == 2 and 'zstd -d' in r.stderr,
+             'import of a .zst says to decompress it first', r.stderr)
         r = h.run('import', path, '--quiet', *sets, timeout=300)
         h.is_(r.returncode, 0, 'import exits 0')
         orig = rows(h.conninfo)

@@ -114,6 +114,45 @@ is "$rc" "0" "log check merges two instances' directories"
 grep -q "^ok   chat.random-1 records=150 first=0 last=149 dirs=2" "$T/out"
 ok $? "the merged history has offsets 0..149 once: $(cat "$T/out")"
 
+# compression: an uncompressed session, then compressed ones, read as one log
+Z=(-c "$T/chatvault.conf" --set log.dir="$T/zlog")
+sfx=" -- see you at the standup, the notes are at https://wiki.example.org/standup"
+"$WRITER" "$T/log.key" "$T/zlog" general 0 0 300 50 >/dev/null &&
+    CV_TEST_LOG_ZSTD=3 CV_TEST_LOG_BODY_SUFFIX="$sfx" \
+        "$WRITER" "$T/log.key" "$T/zlog" general 0 300 300 50 >/dev/null &&
+    CV_TEST_LOG_ZSTD=19 CV_TEST_LOG_BODY_SUFFIX="$sfx" \
+        "$WRITER" "$T/log.key" "$T/zlog" general 0 600 100 50 >/dev/null
+ok $? "the test writer fills a log: one session off, two with zstd"
+v1=0 v2=0
+for f in "$T/zlog/chat.general-0"/*.cvlog; do
+    case $(od -An -tu1 -j9 -N1 "$f" | tr -d ' ') in 1) v1=$((v1 + 1)) ;; 2) v2=$((v2 + 1)) ;; esac
+done
+[ "$v1" -ge 1 ] && [ "$v2" -ge 2 ]
+ok $? "segments of format version 1 ($v1) and 2 ($v2)"
+"$CV" log check "${Z[@]}" >"$T/out" 2>"$T/err"; rc=$?
+is "$rc" "0" "log check of a mixed compressed log exits 0"
+grep -q "^ok   chat.general-0 records=700 first=0 last=699" "$T/out"
+ok $? "log check reports its 700 records: $(head -1 "$T/out")"
+"$CV" log cat "${Z[@]}" --from-offset 295 >"$T/out" 2>"$T/err"; rc=$?
+is "$rc:$(wc -l <"$T/out")" "0:405" "log cat reads across the uncompressed and compressed segments"
+/usr/bin/python3 - "$T/out" "$sfx" <<'EOF'
+import base64, json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+assert [r["offset"] for r in recs] == list(range(295, 700))
+for r in recs:
+    want = b"body %d" % r["offset"] + (sys.argv[2].encode() if r["offset"] >= 300 else b"")
+    assert base64.b64decode(r["body"]) == want, r
+    assert r["message_id"] == "m%d" % r["offset"], r
+EOF
+ok $? "log cat returns every body and message id as written"
+zseg=$(ls "$T/zlog/chat.general-0"/*.cvlog | tail -1)
+zsize=$(stat -c %s "$zseg")
+printf '\x5a' | dd of="$zseg" bs=1 seek=$((zsize - 30)) conv=notrunc status=none
+"$CV" log check "${Z[@]}" >"$T/out" 2>"$T/err"; rc=$?
+is "$rc" "3" "log check exits 3 on a flipped byte in the last record of a compressed segment"
+grep -q "log segment $zseg at byte [0-9]*:" "$T/err"
+ok $? "the error names file and byte offset: $(cat "$T/err")"
+
 "$CV" log frobnicate "${C[@]}" >/dev/null 2>&1; rc=$?
 is "$rc" "2" "an unknown subcommand exits 2"
 "$CV" log list "${C[@]}" --set log.dir= >/dev/null 2>"$T/err"; rc=$?

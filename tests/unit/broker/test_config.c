@@ -148,6 +148,20 @@ static void test_file_errors(void) {
     r = load_text("batch.max_messages = 1000000\n", NULL, err, sizeof(err), NULL);
     TAP_IS_INT(r, 0, "int at the top of its range is accepted");
 
+    r = load_text("log.compression = lz4\n", NULL, err, sizeof(err), NULL);
+    tap_ok(r == -EINVAL && contains(err, "log.compression") && contains(err, "off|zstd"),
+           "log.compression other than off|zstd: error names key and values (%s)", err);
+    r = load_text("log.compression_level = 20\n", NULL, err, sizeof(err), NULL);
+    tap_ok(r == -EINVAL && contains(err, "log.compression_level") &&
+               contains(err, "out of range"),
+           "zstd level above 19: error names key (%s)", err);
+    r = load_text("log.compression_level = 0\n", NULL, err, sizeof(err), NULL);
+    tap_ok(r == -EINVAL && contains(err, "log.compression_level"),
+           "zstd level 0: error names key (%s)", err);
+    r = load_text("log.compression = zstd\nlog.compression_level = 19\n", NULL, err,
+                  sizeof(err), NULL);
+    TAP_IS_INT(r, 0, "log.compression = zstd at level 19 is accepted");
+
     /* Strings with a shape of their own are checked when set, so that
      * `config --check` catches what the broker would refuse at start. */
     static const char *const bad_strings[][2] = {

@@ -302,7 +302,7 @@ static int attributes_json(shard *st, const Chatvault__V1__ChatMessage *m) {
 /* The binary COPY of the batch's valid records: for the staging table
  * (`staged`, with seq first) or for chatvault.messages. */
 static int build_copy(shard *st, const cv_rec *recs, size_t n, bool staged,
-                      size_t *ret_rows) {
+                      size_t *ret_rows, char *errbuf, size_t errlen) {
     static const unsigned char header[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
     cv_buf *b = &st->copy;
     b->len = 0;
@@ -353,6 +353,9 @@ static int build_copy(shard *st, const cv_rec *recs, size_t n, bool staged,
         r = cv_buf_append(b, trailer, 2);
     }
     *ret_rows = rows;
+    if (r < 0)
+        snprintf(errbuf, errlen, "postgres: building the COPY of %zu records: %s", n,
+                 strerror(-r));
     return r;
 }
 
@@ -442,12 +445,9 @@ out:
  * duplicates. */
 static int insert_staged(shard *st, cv_rec *recs, size_t n, char *errbuf, size_t errlen) {
     size_t staged = 0;
-    int r = build_copy(st, recs, n, true, &staged);
-    if (r < 0) {
-        snprintf(errbuf, errlen, "postgres: building the COPY of %zu records: %s", n,
-                 strerror(-r));
+    int r = build_copy(st, recs, n, true, &staged, errbuf, errlen);
+    if (r < 0)
         return r;
-    }
     r = copy_in(st, "COPY cv_stage FROM STDIN (FORMAT binary)",
                 "COPY into the staging table", NULL, errbuf, errlen);
     if (r < 0)
@@ -559,12 +559,9 @@ static int write_rejected(shard *st, const cv_rec *rec, char *errbuf, size_t err
 static int insert_direct(shard *st, cv_rec *recs, size_t n, bool *conflict, char *errbuf,
                          size_t errlen) {
     size_t rows = 0;
-    int r = build_copy(st, recs, n, false, &rows);
-    if (r < 0) {
-        snprintf(errbuf, errlen, "postgres: building the COPY of %zu records: %s", n,
-                 strerror(-r));
+    int r = build_copy(st, recs, n, false, &rows, errbuf, errlen);
+    if (r < 0)
         return r;
-    }
     r = copy_in(st, copy_direct_sql, "COPY into chatvault.messages", conflict, errbuf,
                 errlen);
     if (r == 0) {

@@ -213,12 +213,14 @@ static int start_http(const cv_config *cfg, const char *embedded, cv_metrics *me
                : CV_EXIT_FAILURE;
 }
 
-/* Search documents, off the ack path (daemon/indexer.h), unless
- * search.index is off. */
+/* The indexer yields PostgreSQL to the ack path within 2 s of a full
+ * batch. */
 static bool ack_path_busy(void *opaque) {
     return cv_pipeline_saturated(opaque, 2000);
 }
 
+/* Search documents, off the ack path (daemon/indexer.h), unless
+ * search.index is off. */
 static int start_indexer(const cv_config *cfg, cv_pipeline *p, cv_indexer **ret) {
     char err[512];
     cv_indexer_conf ic = {.conninfo = cv_config_str(cfg, "postgres.conninfo"),

@@ -15,8 +15,8 @@
  *
  * Most passes use a short margin (SHORT_MARGIN, 2 s): a batch's
  * transaction (a COPY, or an INSERT … SELECT from a staged one, then
- * COMMIT) takes milliseconds, so the next pass indexes what several writers (broker
- * instances, import, verify --repair) interleave. One pass every
+ * COMMIT) takes milliseconds, so the next pass indexes what several
+ * writers (broker instances, import, verify --repair) interleave. One pass every
  * LONG_EVERY (30 s) uses MARGIN (90 s); the first one after c starts before
  * c + LONG_EVERY (plus a pass), so R is indexed, at the latest by it,
  * whenever d < MARGIN - LONG_EVERY = 60 s. Only a transaction that commits

@@ -305,7 +305,9 @@ start_node() {
 wait_node() {
     local i=$1 nd=$dir/node-$1 deadline=$(($(date +%s) + start_timeout))
     while :; do
-        if ! node_pid "$i" >/dev/null; then
+        # Not yet its cmdline right after the fork (before setsid execs
+        # java, /proc shows this script's): only a pid that is gone failed.
+        if ! node_pid "$i" >/dev/null && ! kill -0 "$(cat "$nd/pid" 2>/dev/null)" 2>/dev/null; then
             die "node $i exited while starting (see $nd/server.log and $nd/stdout.log: $(grep -m1 -hE 'ERROR|Exception' "$nd/stdout.log" "$nd/server.log" 2>/dev/null | cut -c1-200))"
         fi
         # "started" logged by this start: past the log's size before it (the

@@ -18,6 +18,8 @@
 #include <unistd.h>
 
 #include "access.h"
+#include "applog/applog.h"
+#include "cold/cold.h"
 #include "json.h"
 #include "util.h"
 
@@ -365,7 +367,43 @@ cv_config *cv_cli_load_config(const cv_cli_config *cli) {
     }
     if (cv_config_warning(cfg))
         fprintf(stderr, "chatvault: warning: %s\n", cv_config_warning(cfg));
+    if (cv_cli_cold_install(cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "chatvault: config error: %s\n", err);
+        return cv_config_free(cfg);
+    }
     return cfg;
+}
+
+/* The cold tier of every command: one target for the process, made from
+ * the first config loaded, kept until exit (the log's reader calls it). */
+static cv_cold *cold_target;
+
+int cv_cli_cold_open(const cv_config *cfg, cv_cold **ret, char *errbuf, size_t errlen) {
+    char cache[4096];
+    const char *cd = cv_config_str(cfg, "cold.cache_dir");
+    if (*cd)
+        snprintf(cache, sizeof(cache), "%s", cd);
+    else
+        snprintf(cache, sizeof(cache), "%s/.cold-cache", cv_config_str(cfg, "log.dir"));
+    cv_cold_conf cc = {
+        .target = cv_config_str(cfg, "cold.target"),
+        .endpoint = cv_config_str(cfg, "cold.endpoint"),
+        .region = cv_config_str(cfg, "cold.region"),
+        .credentials_file = cv_config_str(cfg, "cold.credentials_file"),
+        .ca_file = cv_config_str(cfg, "cold.ca_file"),
+        .cache_dir = cache,
+    };
+    return cv_cold_open(&cc, ret, errbuf, errlen);
+}
+
+int cv_cli_cold_install(const cv_config *cfg, char *errbuf, size_t errlen) {
+    if (cold_target || !*cv_config_str(cfg, "cold.target"))
+        return 0;
+    int r = cv_cli_cold_open(cfg, &cold_target, errbuf, errlen);
+    if (r < 0)
+        return r;
+    cv_applog_set_cold_fetch(cv_cold_fetch, cold_target);
+    return 0;
 }
 
 void cv_cli_default_log_dir(cv_cli_log_dirs *d, const cv_config *cfg) {

@@ -71,6 +71,7 @@ int cv_cmd_export(int argc, char **argv);
 int cv_cmd_import(int argc, char **argv);
 int cv_cmd_search(int argc, char **argv);
 int cv_cmd_report(int argc, char **argv);
+int cv_cmd_cold(int argc, char **argv);
 
 /* ---- options: one table per command --------------------------------
  *
@@ -208,6 +209,15 @@ void cv_cli_help(const cv_cli_spec *spec, FILE *out);
 
 /* Builds the config or prints the one-line error; returns NULL on error. */
 cv_config *cv_cli_load_config(const cv_cli_config *cli);
+
+/* The cold tier (cold.* keys): cv_cli_cold_open makes a target from the
+ * config (the caller frees it); cv_cli_cold_install, which
+ * cv_cli_load_config calls, makes the process's one and installs it as the
+ * log reader's fetch hook when cold.target is set, so every command reads
+ * segments that are only in the cold tier. -EINVAL with errbuf set. */
+typedef struct cv_cold cv_cold;
+int cv_cli_cold_open(const cv_config *cfg, cv_cold **ret, char *errbuf, size_t errlen);
+int cv_cli_cold_install(const cv_config *cfg, char *errbuf, size_t errlen);
 
 /* The log directories a reading command merges: every --log-dir given
  * (one per broker instance), else the config's log.dir. */

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cold/cold.h"
 #include "daemon/http.h"
 #include "util.h"
 
@@ -128,6 +129,15 @@ static const char *check_language(const char *v, char *buf, size_t len) {
     return NULL;
 }
 
+/* cold.hot_window: a duration (cv_cold_parse_window). */
+static const char *check_window(const char *v, char *buf, size_t len) {
+    int64_t secs;
+    if (cv_cold_parse_window(v, &secs) == 0)
+        return NULL;
+    snprintf(buf, len, "expected a duration such as 7d, 12h, 30m, 90s or 0, or off");
+    return buf;
+}
+
 static const prop props[] = {
     {"postgres.conninfo", PROP_STR, "dbname=chatvault",
      "libpq connection string of the PostgreSQL store; the broker writes with it "
@@ -165,6 +175,32 @@ static const prop props[] = {
     {"log.compression_level", PROP_INT, "3",
      "zstd level under log.compression = zstd: 1 (fastest) to 19 (smallest)", 1, 19, NULL,
      NULL},
+    {"cold.target", PROP_STR, "",
+     "where sealed log segments are shipped (chatvault cold ship): s3://BUCKET[/PREFIX], "
+     "file:///DIR or /DIR; empty: no cold tier (see README \"Cold tier and off-site "
+     "copy\")",
+     0, 0, NULL, NULL},
+    {"cold.endpoint", PROP_STR, "",
+     "S3 endpoint, http(s)://host[:port], requests path-style; empty: "
+     "https://s3.<cold.region>.amazonaws.com",
+     0, 0, NULL, NULL},
+    {"cold.region", PROP_STR, "us-east-1",
+     "S3 region the requests are signed for (SigV4)", 0, 0, NULL, NULL},
+    {"cold.credentials_file", PROP_STR, "",
+     "file (mode 0600) with the lines access_key_id = ... and secret_access_key = ...; "
+     "empty: $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY",
+     0, 0, NULL, NULL},
+    {"cold.ca_file", PROP_STR, "",
+     "CA certificate an https cold.endpoint is checked against; empty: the system's", 0,
+     0, NULL, NULL},
+    {"cold.hot_window", PROP_STR, "off",
+     "remove a shipped and verified segment's local copy once it is older than this "
+     "(7d, 12h, 30m, 90s; 0: at once; off: keep local copies)",
+     0, 0, NULL, check_window},
+    {"cold.cache_dir", PROP_STR, "",
+     "where segments read back from the cold tier are kept; empty: "
+     "<log.dir>/.cold-cache",
+     0, 0, NULL, NULL},
     {"ack.policy", PROP_ENUM, "all",
      "stores that must hold a message before it is acked: all, or any (degraded mode)", 0,
      0, "all|any", NULL},

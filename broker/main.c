@@ -17,6 +17,8 @@ static const cv_command commands[] = {
     {"send", cv_cmd_send, "publish chat messages, optionally waiting for their acks"},
     {"config", cv_cmd_config, "print the configuration reference or an example file"},
     {"log", cv_cmd_log, "list, print (cat) and check the encrypted log"},
+    {"cold", cv_cmd_cold,
+     "ship sealed log segments to S3 or a directory; list and fetch them"},
     {"keygen", cv_cmd_keygen, "add a key to the encrypted log's key file"},
     {"replay", cv_cmd_replay,
      "re-deliver stored messages to Kafka from PostgreSQL or the log"},

@@ -337,4 +337,74 @@ int cv_applog_quarantine(const char *file, uint64_t pos, char *saved_to, size_t 
 
 cv_applog_reader *cv_applog_reader_free(cv_applog_reader *r);
 
+/*
+ * The cold tier ("Cold tier" in applog/FORMAT.md). A sealed segment (one a
+ * later segment of its directory follows) may be shipped to an off-site
+ * target and then removed here; a stub file <segment>.cold beside where it
+ * was stands for it and says what it holds. The reader reads such a
+ * segment from a verified local copy that the process-wide fetch hook
+ * makes (consumer/cold/ installs one; `chatvault` does for every command
+ * when cold.target is set); without a hook such a segment fails the read
+ * with -ENOENT and an error that says to set cold.target. Nothing else
+ * changes for readers: the copy is checked like any segment (frame check,
+ * authentication, chain, link to its neighbours, seal), and a copy that
+ * cannot be had or does not match its stub fails the read as damage.
+ */
+typedef struct cv_applog_cold_stub {
+    char topic[256];
+    int32_t partition;
+    char name[32]; /* the segment's file name */
+    uint64_t bytes, records;
+    int64_t first_offset, last_offset, created_us;
+    uint32_t key_id;
+    unsigned char chain[CV_APPLOG_DIGEST_BYTES];     /* of its last record */
+    unsigned char file_hash[CV_APPLOG_DIGEST_BYTES]; /* BLAKE2b-256 of the file */
+    char key[1024]; /* the object's key under the target: <topic>-<partition>/... */
+} cv_applog_cold_stub;
+
+/* Reads a whole segment file by frame check and chain (no key) and fills
+ * every field of *ret but `key`. Any failure, a torn tail too, returns
+ * -CV_ECORRUPT (or -errno) with errbuf naming file and byte. */
+int cv_applog_cold_describe(const char *segment_path, cv_applog_cold_stub *ret,
+                            char *errbuf, size_t errlen);
+
+/* Writes <dir>/<st->name>.cold durably (temp file, fdatasync, rename,
+ * fsync of dir). */
+int cv_applog_cold_stub_write(const char *dir, const cv_applog_cold_stub *st,
+                              char *errbuf, size_t errlen);
+
+/* Reads a stub; -CV_ECORRUPT when it does not parse or fails its CRC. */
+int cv_applog_cold_stub_read(const char *path, cv_applog_cold_stub *ret, char *errbuf,
+                             size_t errlen);
+
+/* The fetch hook: makes a local copy of the segment `st` (read from
+ * `stub_path`) stands for, checks that it is byte for byte what was
+ * shipped (size and file hash), and writes the copy's path into `path`.
+ * Returns 0, -CV_ECORRUPT when the copy is missing or differs (damage), or
+ * another negative errno (target unreachable, ...), with errbuf set. Called
+ * on the reading thread; must be thread-safe if readers run on several. */
+typedef int cv_applog_cold_fetch_fn(void *opaque, const char *stub_path,
+                                    const cv_applog_cold_stub *st, char *path,
+                                    size_t pathlen, char *errbuf, size_t errlen);
+/* Installs the hook for the whole process (NULL removes it). Not
+ * thread-safe against readers running meanwhile: set it at start. */
+void cv_applog_set_cold_fetch(cv_applog_cold_fetch_fn *fn, void *opaque);
+bool cv_applog_cold_fetch_set(void);
+
+/* One segment of a partition as `chatvault cold` sees it. */
+typedef struct cv_applog_cold_seg {
+    const char *dir;  /* the directory holding it (partition or gen-*) */
+    const char *name; /* its file name */
+    const char *key;  /* its object key: <topic>-<partition>[/gen-*]/<name> */
+    bool local;       /* the segment file is here */
+    bool stub;        /* a stub says it was shipped */
+    bool last;        /* the last of its directory: never shipped */
+} cv_applog_cold_seg;
+typedef int cv_applog_cold_walk_fn(void *opaque, const cv_applog_cold_seg *cs);
+/* Calls fn for every broker segment of a partition directory and of its
+ * generations, in order (repair directories are never shipped). A nonzero
+ * return from fn stops the walk and is returned. */
+int cv_applog_cold_walk(const char *partition_dir, cv_applog_cold_walk_fn *fn,
+                        void *opaque, char *errbuf, size_t errlen);
+
 #endif

@@ -55,6 +55,11 @@
 #define SEAL_MAGIC "cvseal1"
 #define SEAL_MAX 256
 #define TORN_SUFFIX ".torn-"
+/* COLD TIER: <name>.cvlog.cold stands for a segment shipped off-site. */
+#define COLD_SUFFIX_TAIL ".cold"
+#define COLD_SUFFIX SEG_SUFFIX COLD_SUFFIX_TAIL
+#define COLD_MAGIC "cvcold1"
+#define COLD_STUB_MAX 2048
 
 /* The writer's limits. */
 #define INDEX_KEEP 16384 /* recent (offset, digest) pairs kept per partition */
@@ -141,6 +146,7 @@ typedef struct pdir {
     char *dir;
     char **names;
     size_t nseg, iseg;
+    unsigned char *cold; /* NULL, or per name: only in the cold tier (a stub) */
     seg cur;
     bool open;
     bool any;    /* a segment was read: chain/last_offset/topic are set */
@@ -367,6 +373,11 @@ int cv_applog_i_pdir_next(pdir *d, char *errbuf, size_t errlen);
 /* recovery.c: seals, torn tails */
 
 int cv_applog_i_seal_read(const char *dir, seal *sl, char *errbuf, size_t errlen);
+
+/* cold.c */
+int cv_applog_i_cold_merge(pdir *d, char *errbuf, size_t errlen);
+int cv_applog_i_cold_path(const pdir *d, size_t i, char **ret, char *errbuf,
+                          size_t errlen);
 bool cv_applog_i_seg_tail_is_torn(const seg *s, size_t at);
 int64_t cv_applog_i_offsets_after(const seg *s, size_t at);
 void cv_applog_i_seal_part(cv_applog *log, part *p);

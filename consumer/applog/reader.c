@@ -26,6 +26,7 @@ void cv_applog_i_pdir_release(pdir *d) {
     if (d->open)
         cv_applog_i_seg_close(&d->cur);
     cv_applog_i_free_names(d->names, d->nseg);
+    free(d->cold);
     free(d->dir);
     free(d->torn_file);
     free(d->seal_msg);
@@ -49,6 +50,9 @@ int cv_applog_i_pdir_init(pdir *d, const char *dir, const cv_keyring *keys,
         return -ENOMEM;
     int r = cv_applog_i_list_names(dir, SEG_SUFFIX, &d->names, &d->nseg, errbuf, errlen);
     if (r < 0)
+        return r;
+    /* COLD TIER: a segment shipped and removed here is read from its copy. */
+    if (!d->repair && (r = cv_applog_i_cold_merge(d, errbuf, errlen)) < 0)
         return r;
     if (!d->repair) {
         char msg[768];
@@ -84,10 +88,11 @@ static bool reader_bridged(struct cv_applog_reader *r, const pdir *d, const segh
                            const char *path);
 
 static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
-    char *path = cv_applog_i_path_join(d->dir, d->names[d->iseg]);
-    if (!path)
-        return -ENOMEM;
-    int r = cv_applog_i_seg_open(&d->cur, path, errbuf, errlen);
+    char *path = NULL;
+    int r = cv_applog_i_cold_path(d, d->iseg, &path, errbuf, errlen);
+    if (r < 0)
+        return r;
+    r = cv_applog_i_seg_open(&d->cur, path, errbuf, errlen);
     if (r < 0) {
         free(path);
         return r;
@@ -203,6 +208,14 @@ int cv_applog_i_pdir_next(pdir *d, char *errbuf, size_t errlen) {
         } else if (d->iseg < d->nseg) {
             /* The segment's header or its link failed: it never opened. */
             d->dmg_file = cv_applog_i_path_join(d->dir, d->names[d->iseg]);
+            if (d->dmg_file && d->cold && d->cold[d->iseg]) {
+                /* only in the cold tier: its stub is what is here */
+                char *stub = malloc(strlen(d->dmg_file) + sizeof(COLD_SUFFIX_TAIL));
+                if (stub)
+                    sprintf(stub, "%s" COLD_SUFFIX_TAIL, d->dmg_file);
+                free(d->dmg_file);
+                d->dmg_file = stub;
+            }
             d->dmg_pos = 0;
         }
     }

@@ -346,6 +346,8 @@ int cv_applog_i_remove_unfinished(cv_applog *log, part *p, char *errbuf, size_t 
  * before the offsets it holds are treated as held. */
 static int sync_last_segment(cv_applog *log, part *p, const pdir *d, char *errbuf,
                              size_t errlen) {
+    if (d->cold && d->cold[d->nseg - 1])
+        return 0; /* COLD TIER: shipped only after it was read whole and durable */
     char *last = cv_applog_i_path_join(p->dir, d->names[d->nseg - 1]);
     int fd = last ? log->sys.open(last, O_WRONLY | O_CLOEXEC, 0) : -1;
     if (fd < 0 || log->sys.fdatasync(fd) < 0) {

@@ -1,0 +1,290 @@
+/*
+ * chatvault cold — the log's cold tier and off-site copy (README "Cold
+ * tier and off-site copy"): ship sealed segments to cold.target and, past
+ * cold.hot_window, remove their local copies; list where each segment is;
+ * fetch cold-only segments into the cache ahead of a read. Reading them is
+ * not here: every command's reader fetches what it needs (cli.c installs
+ * the hook).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "applog/applog.h"
+#include "cli.h"
+#include "cold/cold.h"
+#include "util.h"
+
+typedef struct coldopts {
+    const char *log_dir;
+    const char *topic;
+    int64_t partition; /* -1: all */
+    bool dry_run;
+} coldopts;
+
+typedef struct run {
+    const char *sub;  /* "ship", "list", "fetch" */
+    const char *name; /* "cold ship", ...: for errors */
+    const coldopts *o;
+    cv_cold *cold;
+    int64_t window_s;
+    int64_t now_s;
+    uint64_t shipped, shipped_bytes, removed, kept, fetched, errors;
+    int code;
+} run;
+
+static int fsync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int r = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return r;
+}
+
+/* Removes the local copy of a shipped segment, past the hot window, after
+ * checking that the local file is the one its stub describes and that the
+ * object is still there with its size. */
+static int maybe_remove(run *rn, const cv_applog_cold_seg *cs, const char *path,
+                        const char *stub_path) {
+    struct stat st;
+    if (rn->window_s < 0 || stat(path, &st) < 0 ||
+        rn->now_s - st.st_mtime < rn->window_s) {
+        rn->kept++;
+        return 0;
+    }
+    char err[1024];
+    cv_applog_cold_stub stub, local;
+    int r = cv_applog_cold_stub_read(stub_path, &stub, err, sizeof(err));
+    if (r == 0)
+        r = cv_applog_cold_describe(path, &local, err, sizeof(err));
+    if (r == 0 && (local.bytes != stub.bytes ||
+                   sodium_memcmp(local.file_hash, stub.file_hash, 32) != 0)) {
+        snprintf(err, sizeof(err),
+                 "log segment %s differs from what its stub %s says was shipped; kept, "
+                 "not removed (remove the stub to ship it again)",
+                 path, stub_path);
+        r = -CV_ECORRUPT;
+    }
+    if (r == 0)
+        r = cv_cold_check(rn->cold, &stub, err, sizeof(err));
+    if (r < 0) {
+        cv_error("cold ship", "%s; the local copy is kept", err);
+        return r;
+    }
+    if (rn->o->dry_run) {
+        fprintf(stderr, "cold: would remove the local copy of %s/%s (shipped as %s)\n",
+                cs->dir, cs->name, stub.key);
+        rn->removed++;
+        return 0;
+    }
+    if (unlink(path) < 0 || (r = fsync_dir(cs->dir)) < 0) {
+        cv_error("cold ship", "removing %s: %s", path, strerror(errno));
+        return -EIO;
+    }
+    fprintf(stderr, "cold: removed the local copy of %s/%s (in the cold tier as %s)\n",
+            cs->dir, cs->name, stub.key);
+    rn->removed++;
+    return 0;
+}
+
+static int on_seg(void *opaque, const cv_applog_cold_seg *cs) {
+    run *rn = opaque;
+    char path[PATH_MAX], stub_path[PATH_MAX + 8];
+    snprintf(path, sizeof(path), "%s/%s", cs->dir, cs->name);
+    snprintf(stub_path, sizeof(stub_path), "%s.cold", path);
+    char err[1024];
+    if (strcmp(rn->sub, "list") == 0) {
+        const char *state = cs->last                ? "active"
+                            : cs->local && cs->stub ? "shipped"
+                            : cs->local             ? "local"
+                                                    : "cold";
+        struct stat st;
+        uint64_t bytes = 0;
+        if (cs->local && stat(path, &st) == 0) {
+            bytes = (uint64_t)st.st_size;
+        } else if (!cs->local) {
+            cv_applog_cold_stub stub;
+            if (cv_applog_cold_stub_read(stub_path, &stub, err, sizeof(err)) == 0)
+                bytes = stub.bytes;
+        }
+        printf("%-8s %10" PRIu64 "  %s\n", state, bytes, cs->key);
+        return 0;
+    }
+    if (strcmp(rn->sub, "fetch") == 0) {
+        if (cs->local)
+            return 0;
+        cv_applog_cold_stub stub;
+        char got[PATH_MAX];
+        int r = cv_applog_cold_stub_read(stub_path, &stub, err, sizeof(err));
+        if (r == 0)
+            r = cv_cold_fetch(rn->cold, stub_path, &stub, got, sizeof(got), err,
+                              sizeof(err));
+        if (r < 0) {
+            cv_error("cold fetch", "%s", err);
+            rn->errors++;
+            if (r != -CV_ECORRUPT)
+                return r; /* the target: the rest would fail alike */
+            rn->code = CV_EXIT_DIFFERENCES;
+            return 0;
+        }
+        fprintf(stderr, "cold: fetched %s into %s\n", stub.key, got);
+        rn->fetched++;
+        return 0;
+    }
+    /* ship */
+    if (cs->last || !cs->local)
+        return 0; /* the open segment is never shipped; cold-only is done */
+    if (cs->stub)
+        return maybe_remove(rn, cs, path, stub_path);
+    if (rn->o->dry_run) {
+        fprintf(stderr, "cold: would ship %s as %s\n", path, cs->key);
+        rn->shipped++;
+        return 0;
+    }
+    cv_applog_cold_stub st;
+    int r = cv_cold_ship(rn->cold, cs->dir, cs->name, cs->key, &st, err, sizeof(err));
+    if (r < 0) {
+        cv_error("cold ship", "%s", err);
+        return r;
+    }
+    fprintf(stderr,
+            "cold: shipped %s (%" PRIu64 " bytes, %" PRIu64
+            " records up to offset %" PRId64 ") as %s, verified\n",
+            path, st.bytes, st.records, st.last_offset, cs->key);
+    rn->shipped++;
+    rn->shipped_bytes += st.bytes;
+    return maybe_remove(rn, cs, path, stub_path);
+}
+
+static int on_partition(void *opaque, const char *path, const char *topic,
+                        int32_t partition) {
+    run *rn = opaque;
+    if ((rn->o->topic && strcmp(rn->o->topic, topic) != 0) ||
+        (rn->o->partition >= 0 && rn->o->partition != partition))
+        return 0;
+    char err[1024];
+    int r = cv_applog_cold_walk(path, on_seg, rn, err, sizeof(err));
+    if (r < 0 && r != -EIO && r != -EHOSTUNREACH && r != -CV_ECORRUPT) {
+        if (*err)
+            cv_error(rn->name, "%s", err);
+    }
+    return r;
+}
+
+static const cv_cli_opt opts[] = {
+    CV_OPT_STR("log-dir", 0, "DIR", "this log directory instead of log.dir", coldopts,
+               log_dir),
+    CV_OPT_STR("topic", 0, "T", "only this topic", coldopts, topic),
+    CV_OPT_INT("partition", 0, "N", "only this partition number", coldopts, partition, 0,
+               INT32_MAX),
+    CV_OPT_FLAG("dry-run", 'n',
+                "(ship) say what would be shipped and removed, do nothing", coldopts,
+                dry_run),
+    CV_OPT_END,
+};
+
+static const cv_cli_spec spec = {
+    .name = "cold",
+    .usage = "cold ship  [options] [--dry-run]\n"
+             "       chatvault cold list  [options]\n"
+             "       chatvault cold fetch [options]",
+    .about =
+        "ship   upload every sealed segment not shipped yet to cold.target, check\n"
+        "       the object's size and read it back to check its chain hash, then\n"
+        "       record it beside the segment (<segment>.cold); past\n"
+        "       cold.hot_window remove the local copy of a shipped segment\n"
+        "list   each segment: active (being written, never shipped), local (not\n"
+        "       shipped yet), shipped (here and in the cold tier), cold (only there)\n"
+        "fetch  copy every cold-only segment into the cache and verify it (every\n"
+        "       command that reads the log does this by itself when it needs one)\n",
+    .opts = opts,
+    .config_keys = "log.dir, cold.target, cold.endpoint, cold.region, "
+                   "cold.credentials_file, cold.hot_window, cold.cache_dir",
+    .epilog = "Exit codes: 0 ok, 1 runtime failure (target unreachable, refused, short "
+              "upload), 2 usage or config error, 3 a cold copy is damaged.\n",
+};
+
+int cv_cmd_cold(int argc, char **argv) {
+    if (argc < 2) {
+        cv_cli_help(&spec, stderr);
+        return CV_EXIT_USAGE;
+    }
+    const char *sub = argv[1];
+    if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0 ||
+        strcmp(sub, "help") == 0) {
+        cv_cli_help(&spec, stdout);
+        return CV_EXIT_OK;
+    }
+    if (strcmp(sub, "ship") != 0 && strcmp(sub, "list") != 0 &&
+        strcmp(sub, "fetch") != 0) {
+        cv_error("cold", "unknown subcommand \"%s\" (ship, list or fetch)", sub);
+        return CV_EXIT_USAGE;
+    }
+    char name[16];
+    snprintf(name, sizeof(name), "cold %s", sub);
+    cv_cli_spec sub_spec = spec;
+    sub_spec.name = name;
+    coldopts o = {.partition = -1};
+    cv_cli cli;
+    int parsed = cv_cli_parse(&sub_spec, argc - 1, argv + 1, &o, &cli);
+    if (parsed != CV_CLI_RUN)
+        return parsed;
+    if (o.dry_run && strcmp(sub, "ship") != 0) {
+        cv_error(name, "--dry-run is an option of cold ship");
+        return CV_EXIT_USAGE;
+    }
+    cv_config *cfg = cv_cli_load_config(&cli.config);
+    if (!cfg)
+        return CV_EXIT_USAGE;
+    run rn = {.sub = sub,
+              .name = name,
+              .o = &o,
+              .now_s = (int64_t)time(NULL),
+              .code = CV_EXIT_OK};
+    char err[1024];
+    const char *dir = o.log_dir ? o.log_dir : cv_config_str(cfg, "log.dir");
+    int code = CV_EXIT_OK;
+    if (strcmp(sub, "list") != 0 && !*cv_config_str(cfg, "cold.target")) {
+        cv_error(name,
+                 "no cold tier: set cold.target (s3://BUCKET/PREFIX or a directory)");
+        code = CV_EXIT_USAGE;
+        goto out;
+    }
+    if (*cv_config_str(cfg, "cold.target") &&
+        cv_cli_cold_open(cfg, &rn.cold, err, sizeof(err)) < 0) {
+        cv_error(name, "%s", err);
+        code = CV_EXIT_USAGE;
+        goto out;
+    }
+    cv_cold_parse_window(cv_config_str(cfg, "cold.hot_window"), &rn.window_s);
+    int r = cv_applog_partitions(dir, on_partition, &rn, err, sizeof(err));
+    if (r < 0 && r == -ENOENT) {
+        cv_error(name, "%s", err);
+        code = CV_EXIT_USAGE;
+        goto out;
+    }
+    code = r < 0 ? CV_EXIT_FAILURE : rn.code;
+    if (strcmp(sub, "ship") == 0)
+        fprintf(stderr,
+                "cold: %s%" PRIu64 " segments shipped (%" PRIu64 " bytes), %" PRIu64
+                " local copies removed, %" PRIu64 " shipped ones kept locally%s\n",
+                o.dry_run ? "(dry run) " : "", rn.shipped, rn.shipped_bytes, rn.removed,
+                rn.kept, r < 0 ? "; stopped at the error above" : "");
+    else if (strcmp(sub, "fetch") == 0)
+        fprintf(stderr,
+                "cold: %" PRIu64 " segments fetched and verified, %" PRIu64 " failed\n",
+                rn.fetched, rn.errors);
+out:
+    cv_cold_free(rn.cold);
+    cv_config_free(cfg);
+    return code;
+}

@@ -1,0 +1,88 @@
+/*
+ * cold — the log's cold tier and off-site copy (README "Cold tier and
+ * off-site copy", applog/FORMAT.md "Cold tier"): a target that sealed
+ * segments are shipped to, verified after upload, and read back from.
+ *
+ * A target is one of
+ *   s3://BUCKET[/PREFIX]   the S3 API over HTTP(S) with AWS Signature V4
+ *                          (libcurl), path-style requests to `endpoint`
+ *                          (default https://s3.REGION.amazonaws.com);
+ *   file:///DIR or /DIR    a directory (another disk, an NFS mount): each
+ *                          object a file, written to a temp name, fsynced,
+ *                          renamed, its directory fsynced.
+ * An object's key is PREFIX/<topic>-<partition>[/gen-*]/<segment name>.
+ *
+ * A cv_cold is used by one thread at a time. Library code: nothing is
+ * printed; errors are one line in errbuf naming the target and the object.
+ * Secrets (the secret key) never appear in an error.
+ */
+#ifndef CV_COLD_H
+#define CV_COLD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "applog/applog.h"
+
+typedef struct cv_cold cv_cold;
+
+typedef struct cv_cold_conf {
+    const char *target;           /* s3://bucket/prefix, file:///dir or /dir */
+    const char *endpoint;         /* s3: http(s)://host[:port]; "" = AWS */
+    const char *region;           /* s3: the SigV4 region */
+    const char *credentials_file; /* s3: "" = $AWS_ACCESS_KEY_ID/.._SECRET_.. */
+    const char *cache_dir;        /* where fetched segments are kept */
+    const char *ca_file;          /* s3 over https: "" = the system's store */
+} cv_cold_conf;
+
+/* Parses the target and loads the credentials (no network). -EINVAL with
+ * errbuf saying which key is wrong. The caller frees *ret with
+ * cv_cold_free(). */
+int cv_cold_open(const cv_cold_conf *conf, cv_cold **ret, char *errbuf, size_t errlen);
+/* Accepts NULL; returns NULL. */
+cv_cold *cv_cold_free(cv_cold *c);
+
+/* The target as the user wrote it (no secrets in it): for messages. */
+const char *cv_cold_target(const cv_cold *c);
+
+/* Stores the file at `path` as object `key`. */
+int cv_cold_put(cv_cold *c, const char *key, const char *path, char *errbuf,
+                size_t errlen);
+/* The object's size; -ENOENT when there is no such object. */
+int cv_cold_head(cv_cold *c, const char *key, uint64_t *ret_size, char *errbuf,
+                 size_t errlen);
+/* Writes the object into the file `path` (created 0600, replaced), at most
+ * `max` bytes (-EFBIG past it); -ENOENT when there is no such object. */
+int cv_cold_get(cv_cold *c, const char *key, const char *path, uint64_t max, char *errbuf,
+                size_t errlen);
+
+/* Ships one sealed segment <dir>/<name> as object `key`: reads it whole by
+ * frame check and chain, uploads it, checks the object's size (HEAD) and
+ * reads it back to check its chain hash, record count and file hash
+ * against the local file; only then writes the stub <dir>/<name>.cold
+ * (durably) and fills *ret. A damaged or torn segment is not shipped
+ * (-CV_ECORRUPT); a failed check is -EIO. The local file is not touched. */
+int cv_cold_ship(cv_cold *c, const char *dir, const char *name, const char *key,
+                 cv_applog_cold_stub *ret, char *errbuf, size_t errlen);
+
+/* Checks that the object a stub names is there with the stub's size
+ * (HEAD): what `chatvault cold ship` asks before it removes a local copy. */
+int cv_cold_check(cv_cold *c, const cv_applog_cold_stub *st, char *errbuf, size_t errlen);
+
+/* The applog fetch hook (cv_applog_cold_fetch_fn, opaque = the cv_cold):
+ * a verified copy of the segment in the cache directory, at
+ * <cache_dir>/<key>, fetched when the cache lacks it or holds other bytes.
+ * A missing object or one whose bytes differ from the stub is
+ * -CV_ECORRUPT (damage); an unreachable target -EHOSTUNREACH. Serialized
+ * by a lock of its own (readers may run on several threads). */
+int cv_cold_fetch(void *opaque, const char *stub_path, const cv_applog_cold_stub *st,
+                  char *path, size_t pathlen, char *errbuf, size_t errlen);
+
+/* "7d", "12h", "30m", "90s" or a plain number of seconds: the hot window
+ * in seconds into *ret (0: remove a local copy as soon as it is shipped and
+ * verified); "off" or "": -1, keep local copies. -EINVAL when it does not
+ * parse. */
+int cv_cold_parse_window(const char *s, int64_t *ret);
+
+#endif

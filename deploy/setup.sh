@@ -8,7 +8,8 @@
 #                                               -Db_sanitize=address,undefined
 #   CV_BUILD_DIR=build-asan deploy/setup.sh -Db_sanitize=address,undefined
 #
-# Env: CV_BUILD_DIR (default build), CV_SKIP_APT=1 to skip the package step.
+# Env: CV_BUILD_DIR (default build), CV_SKIP_APT=1 to skip the package step,
+# CV_SKIP_MOTO=1 to skip installing moto (the S3 test server) into .venv-moto/.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,9 +25,9 @@ build=${CV_BUILD_DIR:-build}
 packages=(
     gcc libc6-dev meson ninja-build pkg-config
     librdkafka-dev libprotobuf-c-dev protobuf-c-compiler libpq-dev libsodium-dev
-    libzstd-dev zstd libmicrohttpd-dev libjansson-dev libcurl4-gnutls-dev
+    libzstd-dev zstd libmicrohttpd-dev libjansson-dev libcurl4-gnutls-dev curl
     postgresql-15 postgresql-client-15
-    python3 python3-kafka python3-psycopg2 python3-protobuf protobuf-compiler
+    python3 python3-venv python3-kafka python3-psycopg2 python3-protobuf protobuf-compiler
     kcat jq clang libclang-rt-14-dev clang-format
     nodejs chromium
 )
@@ -55,6 +56,19 @@ if [ "${#missing[@]}" -gt 0 ] && [ "${CV_SKIP_APT:-0}" != 1 ]; then
         --no-install-recommends "${missing[@]}" >/dev/null
 else
     log "packages present"
+fi
+
+# The cold tier's test (tests/integration/test_cold.py) talks to a real S3
+# API server on loopback: moto (PyPI moto[server], its moto_server), in a
+# venv of its own in the source tree. CV_SKIP_MOTO=1 leaves it out.
+moto_venv="$root/.venv-moto"
+if [ ! -x "$moto_venv/bin/moto_server" ] && [ "${CV_SKIP_MOTO:-0}" != 1 ]; then
+    log "installing moto[server] into $moto_venv"
+    if ! /usr/bin/python3 -m venv "$moto_venv" ||
+        ! "$moto_venv/bin/pip" install -q 'moto[server]==5.2.6'; then
+        log "could not install moto into $moto_venv (the cold tier's test needs it)"
+        exit 1
+    fi
 fi
 
 if [ -f "$build/build.ninja" ]; then

@@ -1,0 +1,233 @@
+"""The cold tier against a real S3 API server: moto (PyPI `moto[server]`,
+its `moto_server` command, installed by deploy/setup.sh into .venv-moto/ of
+the source tree) on a free loopback port. A log of several sealed segments
+(log_writer) is shipped with `chatvault cold ship`, its local copies removed
+(cold.hot_window = 0), and `log cat` / `log check` must still read every
+record from the fetched copies; a tampered object is damage; a directory
+target round-trips too; an unreachable endpoint and a missing bucket are
+one-line errors that remove nothing.
+
+usage: test_cold.py CHATVAULT LOG_WRITER
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+CV, LW = sys.argv[1], sys.argv[2]
+ROOT = os.environ.get("CV_SOURCE_ROOT", os.path.dirname(os.path.abspath(__file__)) + "/../..")
+MOTO = os.environ.get("CV_MOTO_SERVER", os.path.join(ROOT, ".venv-moto", "bin", "moto_server"))
+
+n = 0
+failed = 0
+
+
+def ok(cond, name, detail=""):
+    global n, failed
+    n += 1
+    if cond:
+        print(f"ok {n} - {name}")
+    else:
+        failed += 1
+        print(f"not ok {n} - {name}")
+        for line in str(detail).splitlines()[:20]:
+            print(f"# {line}")
+    sys.stdout.flush()
+
+
+if not os.access(MOTO, os.X_OK):
+    if os.environ.get("CI"):
+        print("1..1\nnot ok 1 - moto_server not found at " + MOTO + " (deploy/setup.sh installs it)")
+        sys.exit(1)
+    print("1..0 # SKIP moto_server not found at " + MOTO + " (run deploy/setup.sh)")
+    sys.exit(77)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+# chatvault takes every CHATVAULT_* variable for a config key.
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("CHATVAULT_")}
+work = tempfile.mkdtemp(prefix="cv-cold-")
+port = free_port()
+moto = subprocess.Popen([MOTO, "-H", "127.0.0.1", "-p", str(port)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+endpoint = f"http://127.0.0.1:{port}"
+
+
+def http(method, path, data=None):
+    """An S3 request signed like any client's (curl's own SigV4)."""
+    with tempfile.NamedTemporaryFile(dir=work, delete=False) as out:
+        pass
+    cmd = ["curl", "-s", "-o", out.name, "-w", "%{http_code}", "-X", method,
+           "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", "testing:testing-secret",
+           "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", endpoint + path]
+    if data is not None:
+        cmd[1:1] = ["--data-binary", "@-"]
+    r = subprocess.run(cmd, input=data, capture_output=True, timeout=30)
+    with open(out.name, "rb") as f:
+        body = f.read()
+    os.unlink(out.name)
+    if not r.stdout.strip() or int(r.stdout) == 0:
+        raise OSError("no answer")
+    return int(r.stdout), body
+
+
+try:
+    for _ in range(100):
+        try:
+            http("GET", "/")
+            break
+        except OSError:
+            time.sleep(0.2)
+    st, _ = http("PUT", "/cvbucket")
+    ok(st == 200, "moto is up and the bucket is created", st)
+
+    key = os.path.join(work, "log.key")
+    r = subprocess.run([CV, "keygen", "--set", "log.key_file=" + key],
+                       capture_output=True, text=True, env=ENV)
+    ok(r.returncode == 0, "keygen", r.stderr)
+    cred = os.path.join(work, "s3.cred")
+    with open(cred, "w") as f:
+        f.write("# test credentials\naccess_key_id = testing\nsecret_access_key = testing-secret\n")
+    os.chmod(cred, 0o600)
+
+    def make_log(d):
+        body = "x" * 300
+        for i in range(3):
+            subprocess.run([LW, key, d, "general", "0", str(i * 300), "300"], check=True,
+                           stdout=subprocess.DEVNULL,
+                           env=dict(ENV, CV_TEST_LOG_BODY_SUFFIX=body))
+
+    def cv(log, *args, target=None, extra=()):
+        env = dict(ENV)
+        env.update(CHATVAULT_LOG_DIR=log, CHATVAULT_LOG_KEY_FILE=key,
+                   CHATVAULT_POSTGRES_CONNINFO="host=/nonexistent connect_timeout=1")
+        cmd = [CV] + list(args)
+        if target is not None:
+            cmd += ["--set", "cold.target=" + target]
+        for e in extra:
+            cmd += ["--set", e]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+    def records(log, **kw):
+        r = cv(log, "log", "cat", **kw)
+        return r, [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
+
+    s3 = "s3://cvbucket/off-site"
+    s3opts = ("cold.endpoint=" + endpoint, "cold.credentials_file=" + cred)
+    log = os.path.join(work, "log")
+    make_log(log)
+    pdir = os.path.join(log, "chat.general-0")
+    segs = sorted(x for x in os.listdir(pdir) if x.endswith(".cvlog"))
+    ok(len(segs) >= 5, "the log has several segments", segs)
+    _, before = records(log)
+    ok(len(before) == 900, "900 records before shipping", len(before))
+
+    # An unreachable endpoint: one line, exit 1, nothing shipped or removed.
+    r = cv(log, "cold", "ship", target=s3,
+           extra=("cold.endpoint=http://127.0.0.1:%d" % free_port(),
+                  "cold.credentials_file=" + cred, "cold.hot_window=0"))
+    lines = [l for l in r.stderr.splitlines() if l.startswith("chatvault")]
+    ok(r.returncode == 1 and len(lines) == 1 and "127.0.0.1" in lines[0],
+       "unreachable endpoint: exit 1 and a one-line error naming it", r.stderr)
+    ok(sorted(x for x in os.listdir(pdir) if x.endswith(".cvlog")) == segs and
+       not [x for x in os.listdir(pdir) if x.endswith(".cold")],
+       "unreachable endpoint: no segment removed, none marked shipped", os.listdir(pdir))
+    ok("testing-secret" not in r.stderr + r.stdout, "the secret key is never printed")
+
+    # A missing bucket.
+    r = cv(log, "cold", "ship", target="s3://no-such-bucket", extra=s3opts)
+    ok(r.returncode == 1 and "no such bucket" in r.stderr.lower(),
+       "missing bucket: exit 1 and says so", r.stderr)
+
+    # Ship, keeping local copies.
+    r = cv(log, "cold", "ship", target=s3, extra=s3opts)
+    ok(r.returncode == 0, "cold ship exits 0", r.stderr)
+    stubs = sorted(x for x in os.listdir(pdir) if x.endswith(".cvlog.cold"))
+    ok(len(stubs) == len(segs) - 1, "every sealed segment but the open one is marked shipped",
+       stubs)
+    st, body = http("GET", "/cvbucket?list-type=2&prefix=off-site/")
+    text = body.decode()
+    objs = {}
+    for part in text.split("<Contents>")[1:]:
+        k = part.split("<Key>")[1].split("</Key>")[0]
+        objs[k] = int(part.split("<Size>")[1].split("</Size>")[0])
+    want = {"off-site/chat.general-0/" + s: os.path.getsize(os.path.join(pdir, s))
+            for s in segs[:-1]}
+    ok(objs == want, "the bucket holds each sealed segment with its size", (objs, want))
+    r = cv(log, "cold", "ship", target=s3, extra=s3opts)
+    ok(r.returncode == 0 and "0 segments shipped" in r.stderr,
+       "a second ship uploads nothing again", r.stderr)
+
+    # Remove the local copies (hot window 0) and read everything back.
+    r = cv(log, "cold", "ship", target=s3, extra=s3opts + ("cold.hot_window=0",))
+    left = sorted(x for x in os.listdir(pdir) if x.endswith(".cvlog"))
+    ok(r.returncode == 0 and left == segs[-1:], "hot window 0 removes the shipped local copies",
+       (r.stderr, left))
+    r, after = records(log, target=s3, extra=s3opts)
+    ok(r.returncode == 0 and after == before,
+       "log cat reads every record back from the cold tier", r.stderr[-2000:])
+    r = cv(log, "log", "check", target=s3, extra=s3opts)
+    ok(r.returncode == 0 and "records=900" in r.stdout, "log check passes over cold segments",
+       r.stdout + r.stderr)
+    r = cv(log, "log", "check")
+    ok(r.returncode != 0 and "set cold.target" in r.stderr,
+       "without cold.target a cold segment is an error, not skipped", r.stdout + r.stderr)
+    r = cv(log, "cold", "list", target=s3, extra=s3opts)
+    ok(r.stdout.count("cold ") == len(segs) - 1 and "active" in r.stdout, "cold list",
+       r.stdout)
+
+    # A tampered object is damage.
+    shutil.rmtree(os.path.join(log, ".cold-cache"), ignore_errors=True)
+    victim = "/cvbucket/off-site/chat.general-0/" + segs[2]
+    st, data = http("GET", victim)
+    bad = bytearray(data)
+    bad[len(bad) // 2] ^= 1
+    http("PUT", victim, bytes(bad))
+    r = cv(log, "log", "check", target=s3, extra=s3opts)
+    ok(r.returncode == 3 and segs[2] in r.stderr and "not what was shipped" in r.stderr,
+       "a tampered object is reported as damage (exit 3)", r.stdout + r.stderr)
+    r = cv(log, "cold", "fetch", target=s3, extra=s3opts)
+    ok(r.returncode == 3, "cold fetch reports the damaged copy (exit 3)", r.stderr)
+    http("DELETE", victim)
+    r = cv(log, "log", "check", target=s3, extra=s3opts)
+    ok(r.returncode == 3 and segs[2] in r.stderr, "a missing object is reported as damage",
+       r.stdout + r.stderr)
+
+    # A directory target round-trips.
+    log2 = os.path.join(work, "log2")
+    make_log(log2)
+    remote = os.path.join(work, "remote")
+    r = cv(log2, "cold", "ship", target="file://" + remote, extra=("cold.hot_window=0",))
+    p2 = os.path.join(log2, "chat.general-0")
+    ok(r.returncode == 0 and len([x for x in os.listdir(p2) if x.endswith(".cvlog")]) == 1,
+       "file:// target: shipped and local copies removed", r.stderr)
+    ok(sorted(os.listdir(os.path.join(remote, "chat.general-0"))) == segs[:-1],
+       "file:// target holds the sealed segments", os.listdir(remote))
+    r, after2 = records(log2, target="file://" + remote)
+    def proj(recs):
+        return [(x["offset"], x["message_id"], x["body"]) for x in recs]
+
+    ok(r.returncode == 0 and proj(after2) == proj(before),
+       "file:// target: log cat reads everything",
+       r.stderr[-2000:])
+finally:
+    moto.terminate()
+    try:
+        moto.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        moto.kill()
+    shutil.rmtree(work, ignore_errors=True)
+
+print(f"1..{n}")
+sys.exit(1 if failed else 0)

@@ -163,7 +163,10 @@ static int list_one(void *opaque, const cv_applog_segment_info *si) {
     else if (si->damaged)
         snprintf(state, sizeof(state), "DAMAGED@%" PRIu64, si->damaged_at);
     else
-        snprintf(state, sizeof(state), "%s", si->sealed ? "sealed" : "open");
+        snprintf(state, sizeof(state), "%s",
+                 si->cold     ? "cold"
+                 : si->sealed ? "sealed"
+                              : "open");
     if (si->damaged && !si->torn)
         c->damaged = true;
     if (si->last_offset >= 0)
@@ -179,7 +182,11 @@ static int list_one(void *opaque, const cv_applog_segment_info *si) {
             start--;
         snprintf(name, sizeof(name), "%.*s/%s", (int)(slash - start), start, b);
     } else {
-        snprintf(name, sizeof(name), "%s", base_name(si->file));
+        /* a cold segment's file is its stub: name the segment */
+        size_t bl = strlen(base_name(si->file));
+        if (si->cold && bl > 5)
+            bl -= 5; /* ".cold" */
+        snprintf(name, sizeof(name), "%.*s", (int)bl, base_name(si->file));
     }
     printf("%-24s %-26s %12" PRId64 " %12s %9" PRIu64 " %12" PRIu64 " %5" PRIu32
            " %-14s %s/%s\n",

@@ -228,6 +228,10 @@ typedef struct cv_applog_segment_info {
     bool damaged;            /* a frame failed its check (see torn/error) */
     bool torn;               /* ... at the very end of the last segment */
     uint64_t damaged_at;
+    /* only in the cold tier: `file` is its stub, the rest what the stub
+     * says (writer_id and writer_name are not known; damaged when the stub
+     * does not parse). Not fetched, so not checked. */
+    bool cold;
 } cv_applog_segment_info;
 typedef int cv_applog_segment_fn(void *opaque, const cv_applog_segment_info *si);
 int cv_applog_segments(const char *partition_dir, cv_applog_segment_fn *fn, void *opaque,

@@ -180,14 +180,62 @@ int cv_applog_partitions(const char *dir, cv_applog_partition_fn *fn, void *opaq
     return r;
 }
 
+/* A segment only in the cold tier, as its stub <path>.cold describes it. */
+static int cold_info(const char *path, bool repair, cv_applog_segment_fn *fn,
+                     void *opaque, char *errbuf, size_t errlen) {
+    size_t l = strlen(path) + sizeof(COLD_SUFFIX_TAIL);
+    char *stub = malloc(l);
+    if (!stub)
+        return -ENOMEM;
+    snprintf(stub, l, "%s" COLD_SUFFIX_TAIL, path);
+    cv_applog_cold_stub st;
+    int r = cv_applog_cold_stub_read(stub, &st, errbuf, errlen);
+    cv_applog_segment_info si = {
+        .file = stub,
+        .topic = st.topic,
+        .partition = st.partition,
+        .sealed = true,
+        .writer_name = "",
+        .repair = repair,
+        .cold = true,
+    };
+    if (r == 0) {
+        si.bytes = st.bytes;
+        si.key_id = st.key_id;
+        si.first_offset = st.first_offset;
+        si.last_offset = st.last_offset;
+        si.records = st.records;
+        si.created_us = st.created_us;
+    } else if (r == -CV_ECORRUPT) {
+        si.topic = "";
+        si.first_offset = strtoll(strrchr(path, '/') + 1, NULL, 10);
+        si.last_offset = -1;
+        si.damaged = true;
+        r = 0;
+    }
+    if (r == 0)
+        r = fn(opaque, &si);
+    free(stub);
+    return r;
+}
+
 /* The segments of one directory (a partition's or a repair one). */
 static int segments_of(const char *dir, bool repair, cv_applog_segment_fn *fn,
                        void *opaque, char *errbuf, size_t errlen) {
     char **names;
     size_t n;
-    int r = cv_applog_i_list_names(dir, SEG_SUFFIX, &names, &n, errbuf, errlen);
-    if (r < 0)
+    pdir d; /* only for its listing with cold-only segments merged in */
+    memset(&d, 0, sizeof(d));
+    d.dir = (char *)dir;
+    int r = cv_applog_i_list_names(dir, SEG_SUFFIX, &d.names, &d.nseg, errbuf, errlen);
+    if (r == 0 && !repair)
+        r = cv_applog_i_cold_merge(&d, errbuf, errlen);
+    if (r < 0) {
+        cv_applog_i_free_names(d.names, d.nseg);
         return r;
+    }
+    names = d.names;
+    n = d.nseg;
     cv_buf none;
     cv_buf_init(&none, 0);
     for (size_t i = 0; i < n && r == 0; i++) {
@@ -195,6 +243,12 @@ static int segments_of(const char *dir, bool repair, cv_applog_segment_fn *fn,
         if (!path) {
             r = -ENOMEM;
             break;
+        }
+        if (d.cold && d.cold[i]) {
+            /* COLD TIER: what its stub says, without fetching it */
+            r = cold_info(path, repair, fn, opaque, errbuf, errlen);
+            free(path);
+            continue;
         }
         seg s;
         r = cv_applog_i_seg_open(&s, path, errbuf, errlen);
@@ -238,6 +292,7 @@ static int segments_of(const char *dir, bool repair, cv_applog_segment_fn *fn,
         cv_applog_i_seg_close(&s);
     }
     cv_applog_i_free_names(names, n);
+    free(d.cold);
     return r;
 }
 

@@ -457,7 +457,13 @@ int cv_applog_quarantine(const char *file, uint64_t pos, char *saved_to, size_t 
     else
         snprintf(dir, sizeof(dir), ".");
     bool is_seal = strcmp(name, SEAL_FILE) == 0;
-    if (!is_seal && !cv_applog_i_is_seg_name(name, SEG_SUFFIX)) {
+    /* COLD TIER: a stub whose copy is lost or damaged is moved aside like a
+     * segment with no intact record; the seal is matched by segment name. */
+    bool is_stub = cv_applog_i_is_seg_name(name, COLD_SUFFIX);
+    char seg_name[NAME_DIGITS + sizeof(SEG_SUFFIX)];
+    snprintf(seg_name, sizeof(seg_name), "%.*s", NAME_DIGITS + (int)strlen(SEG_SUFFIX),
+             name);
+    if (!is_seal && !is_stub && !cv_applog_i_is_seg_name(name, SEG_SUFFIX)) {
         cv_errf(errbuf, errlen, "log file %s is neither a segment nor a seal", file);
         return -EINVAL;
     }
@@ -469,7 +475,7 @@ int cv_applog_quarantine(const char *file, uint64_t pos, char *saved_to, size_t 
     char tmp[PATH_MAX];
     snprintf(tmp, sizeof(tmp), "%s.restoring", file);
     bool prefix = false;
-    if (!is_seal) {
+    if (!is_seal && !is_stub) {
         seg s;
         if (cv_applog_i_seg_open(&s, file, NULL, 0) == 0) {
             if (pos > s.h.hlen && pos <= s.size) {
@@ -515,7 +521,8 @@ int cv_applog_quarantine(const char *file, uint64_t pos, char *saved_to, size_t 
         seal sl;
         char sp[PATH_MAX + 16];
         snprintf(sp, sizeof(sp), "%s/" SEAL_FILE, dir);
-        if (cv_applog_i_seal_read(dir, &sl, NULL, 0) == 1 && strcmp(sl.name, name) == 0 &&
+        if (cv_applog_i_seal_read(dir, &sl, NULL, 0) == 1 &&
+            strcmp(sl.name, seg_name) == 0 &&
             (r = move_aside(sp, ".damaged-", NULL, 0)) < 0) {
             cv_errf(errbuf, errlen, "log seal %s: cannot move it aside: %s", sp,
                     strerror(-r));

@@ -12,15 +12,13 @@ usage: test_cold.py CHATVAULT LOG_WRITER
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
+
+import motolib
 
 CV, LW = sys.argv[1], sys.argv[2]
-ROOT = os.environ.get("CV_SOURCE_ROOT", os.path.dirname(os.path.abspath(__file__)) + "/../..")
-MOTO = os.environ.get("CV_MOTO_SERVER", os.path.join(ROOT, ".venv-moto", "bin", "moto_server"))
 
 n = 0
 failed = 0
@@ -39,56 +37,23 @@ def ok(cond, name, detail=""):
     sys.stdout.flush()
 
 
-if not os.access(MOTO, os.X_OK):
+if not motolib.available():
     if os.environ.get("CI"):
-        print("1..1\nnot ok 1 - moto_server not found at " + MOTO + " (deploy/setup.sh installs it)")
+        print("1..1\nnot ok 1 - moto_server not found at " + motolib.MOTO +
+              " (deploy/setup.sh installs it)")
         sys.exit(1)
-    print("1..0 # SKIP moto_server not found at " + MOTO + " (run deploy/setup.sh)")
+    print("1..0 # SKIP moto_server not found at " + motolib.MOTO + " (run deploy/setup.sh)")
     sys.exit(77)
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
+free_port = motolib.free_port
 # chatvault takes every CHATVAULT_* variable for a config key.
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("CHATVAULT_")}
 work = tempfile.mkdtemp(prefix="cv-cold-")
-port = free_port()
-moto = subprocess.Popen([MOTO, "-H", "127.0.0.1", "-p", str(port)],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-endpoint = f"http://127.0.0.1:{port}"
-
-
-def http(method, path, data=None):
-    """An S3 request signed like any client's (curl's own SigV4)."""
-    with tempfile.NamedTemporaryFile(dir=work, delete=False) as out:
-        pass
-    cmd = ["curl", "-s", "-o", out.name, "-w", "%{http_code}", "-X", method,
-           "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", "testing:testing-secret",
-           "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", endpoint + path]
-    if data is not None:
-        cmd[1:1] = ["--data-binary", "@-"]
-    r = subprocess.run(cmd, input=data, capture_output=True, timeout=30)
-    with open(out.name, "rb") as f:
-        body = f.read()
-    os.unlink(out.name)
-    if not r.stdout.strip() or int(r.stdout) == 0:
-        raise OSError("no answer")
-    return int(r.stdout), body
-
+moto = motolib.Moto(work)
+endpoint = moto.endpoint
+http = moto.request
 
 try:
-    for _ in range(100):
-        try:
-            http("GET", "/")
-            break
-        except OSError:
-            time.sleep(0.2)
     st, _ = http("PUT", "/cvbucket")
     ok(st == 200, "moto is up and the bucket is created", st)
 
@@ -96,10 +61,7 @@ try:
     r = subprocess.run([CV, "keygen", "--set", "log.key_file=" + key],
                        capture_output=True, text=True, env=ENV)
     ok(r.returncode == 0, "keygen", r.stderr)
-    cred = os.path.join(work, "s3.cred")
-    with open(cred, "w") as f:
-        f.write("# test credentials\naccess_key_id = testing\nsecret_access_key = testing-secret\n")
-    os.chmod(cred, 0o600)
+    cred = moto.credentials_file(os.path.join(work, "s3.cred"))
 
     def make_log(d):
         body = "x" * 300
@@ -156,12 +118,7 @@ try:
     stubs = sorted(x for x in os.listdir(pdir) if x.endswith(".cvlog.cold"))
     ok(len(stubs) == len(segs) - 1, "every sealed segment but the open one is marked shipped",
        stubs)
-    st, body = http("GET", "/cvbucket?list-type=2&prefix=off-site/")
-    text = body.decode()
-    objs = {}
-    for part in text.split("<Contents>")[1:]:
-        k = part.split("<Key>")[1].split("</Key>")[0]
-        objs[k] = int(part.split("<Size>")[1].split("</Size>")[0])
+    objs = moto.objects("cvbucket", "off-site/")
     want = {"off-site/chat.general-0/" + s: os.path.getsize(os.path.join(pdir, s))
             for s in segs[:-1]}
     ok(objs == want, "the bucket holds each sealed segment with its size", (objs, want))
@@ -222,11 +179,7 @@ try:
        "file:// target: log cat reads everything",
        r.stderr[-2000:])
 finally:
-    moto.terminate()
-    try:
-        moto.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        moto.kill()
+    moto.close()
     shutil.rmtree(work, ignore_errors=True)
 
 print(f"1..{n}")

@@ -7,16 +7,12 @@
  * the hook).
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "applog/applog.h"
 #include "cli.h"
@@ -31,71 +27,39 @@ typedef struct coldopts {
 } coldopts;
 
 typedef struct run {
-    const char *sub;  /* "ship", "list", "fetch" */
-    const char *name; /* "cold ship", ...: for errors */
+    const char *sub;  /* "list", "fetch" */
+    const char *name; /* "cold list", ...: for errors */
     const coldopts *o;
     cv_cold *cold;
-    int64_t window_s;
-    int64_t now_s;
-    uint64_t shipped, shipped_bytes, removed, kept, fetched, errors;
+    uint64_t fetched, errors;
     int code;
 } run;
 
-static int fsync_dir(const char *dir) {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int r = fsync(fd) < 0 ? -errno : 0;
-    close(fd);
-    return r;
+static void on_event(void *opaque, const cv_cold_event *ev) {
+    (void)opaque;
+    switch (ev->kind) {
+    case CV_COLD_SHIPPED:
+        fprintf(stderr,
+                "cold: shipped %s (%" PRIu64 " bytes, %" PRIu64
+                " records up to offset %" PRId64 ") as %s, verified\n",
+                ev->path, ev->stub->bytes, ev->stub->records, ev->stub->last_offset,
+                ev->key);
+        break;
+    case CV_COLD_REMOVED:
+        fprintf(stderr, "cold: removed the local copy of %s (in the cold tier as %s)\n",
+                ev->path, ev->key);
+        break;
+    case CV_COLD_WOULD_SHIP:
+        fprintf(stderr, "cold: would ship %s as %s\n", ev->path, ev->key);
+        break;
+    case CV_COLD_WOULD_REMOVE:
+        fprintf(stderr, "cold: would remove the local copy of %s (shipped as %s)\n",
+                ev->path, ev->key);
+        break;
+    }
 }
 
-/* Removes the local copy of a shipped segment, past the hot window, after
- * checking that the local file is the one its stub describes and that the
- * object is still there with its size. */
-static int maybe_remove(run *rn, const cv_applog_cold_seg *cs, const char *path,
-                        const char *stub_path) {
-    struct stat st;
-    if (rn->window_s < 0 || stat(path, &st) < 0 ||
-        rn->now_s - st.st_mtime < rn->window_s) {
-        rn->kept++;
-        return 0;
-    }
-    char err[1024];
-    cv_applog_cold_stub stub, local;
-    int r = cv_applog_cold_stub_read(stub_path, &stub, err, sizeof(err));
-    if (r == 0)
-        r = cv_applog_cold_describe(path, &local, err, sizeof(err));
-    if (r == 0 && (local.bytes != stub.bytes ||
-                   sodium_memcmp(local.file_hash, stub.file_hash, 32) != 0)) {
-        snprintf(err, sizeof(err),
-                 "log segment %s differs from what its stub %s says was shipped; kept, "
-                 "not removed (remove the stub to ship it again)",
-                 path, stub_path);
-        r = -CV_ECORRUPT;
-    }
-    if (r == 0)
-        r = cv_cold_check(rn->cold, &stub, err, sizeof(err));
-    if (r < 0) {
-        cv_error("cold ship", "%s; the local copy is kept", err);
-        return r;
-    }
-    if (rn->o->dry_run) {
-        fprintf(stderr, "cold: would remove the local copy of %s/%s (shipped as %s)\n",
-                cs->dir, cs->name, stub.key);
-        rn->removed++;
-        return 0;
-    }
-    if (unlink(path) < 0 || (r = fsync_dir(cs->dir)) < 0) {
-        cv_error("cold ship", "removing %s: %s", path, strerror(errno));
-        return -EIO;
-    }
-    fprintf(stderr, "cold: removed the local copy of %s/%s (in the cold tier as %s)\n",
-            cs->dir, cs->name, stub.key);
-    rn->removed++;
-    return 0;
-}
-
+/* list and fetch: one segment. */
 static int on_seg(void *opaque, const cv_applog_cold_seg *cs) {
     run *rn = opaque;
     char path[PATH_MAX], stub_path[PATH_MAX + 8];
@@ -119,50 +83,24 @@ static int on_seg(void *opaque, const cv_applog_cold_seg *cs) {
         printf("%-8s %10" PRIu64 "  %s\n", state, bytes, cs->key);
         return 0;
     }
-    if (strcmp(rn->sub, "fetch") == 0) {
-        if (cs->local)
-            return 0;
-        cv_applog_cold_stub stub;
-        char got[PATH_MAX];
-        int r = cv_applog_cold_stub_read(stub_path, &stub, err, sizeof(err));
-        if (r == 0)
-            r = cv_cold_fetch(rn->cold, stub_path, &stub, got, sizeof(got), err,
-                              sizeof(err));
-        if (r < 0) {
-            cv_error("cold fetch", "%s", err);
-            rn->errors++;
-            if (r != -CV_ECORRUPT)
-                return r; /* the target: the rest would fail alike */
-            rn->code = CV_EXIT_DIFFERENCES;
-            return 0;
-        }
-        fprintf(stderr, "cold: fetched %s into %s\n", stub.key, got);
-        rn->fetched++;
+    if (cs->local)
         return 0;
-    }
-    /* ship */
-    if (cs->last || !cs->local)
-        return 0; /* the open segment is never shipped; cold-only is done */
-    if (cs->stub)
-        return maybe_remove(rn, cs, path, stub_path);
-    if (rn->o->dry_run) {
-        fprintf(stderr, "cold: would ship %s as %s\n", path, cs->key);
-        rn->shipped++;
-        return 0;
-    }
-    cv_applog_cold_stub st;
-    int r = cv_cold_ship(rn->cold, cs->dir, cs->name, cs->key, &st, err, sizeof(err));
+    cv_applog_cold_stub stub;
+    char got[PATH_MAX];
+    int r = cv_applog_cold_stub_read(stub_path, &stub, err, sizeof(err));
+    if (r == 0)
+        r = cv_cold_fetch(rn->cold, stub_path, &stub, got, sizeof(got), err, sizeof(err));
     if (r < 0) {
-        cv_error("cold ship", "%s", err);
-        return r;
+        cv_error(rn->name, "%s", err);
+        rn->errors++;
+        if (r != -CV_ECORRUPT)
+            return r; /* the target: the rest would fail alike */
+        rn->code = CV_EXIT_DIFFERENCES;
+        return 0;
     }
-    fprintf(stderr,
-            "cold: shipped %s (%" PRIu64 " bytes, %" PRIu64
-            " records up to offset %" PRId64 ") as %s, verified\n",
-            path, st.bytes, st.records, st.last_offset, cs->key);
-    rn->shipped++;
-    rn->shipped_bytes += st.bytes;
-    return maybe_remove(rn, cs, path, stub_path);
+    fprintf(stderr, "cold: fetched %s into %s\n", stub.key, got);
+    rn->fetched++;
+    return 0;
 }
 
 static int on_partition(void *opaque, const char *path, const char *topic,
@@ -171,12 +109,10 @@ static int on_partition(void *opaque, const char *path, const char *topic,
     if ((rn->o->topic && strcmp(rn->o->topic, topic) != 0) ||
         (rn->o->partition >= 0 && rn->o->partition != partition))
         return 0;
-    char err[1024];
+    char err[1024] = "";
     int r = cv_applog_cold_walk(path, on_seg, rn, err, sizeof(err));
-    if (r < 0 && r != -EIO && r != -EHOSTUNREACH && r != -CV_ECORRUPT) {
-        if (*err)
-            cv_error(rn->name, "%s", err);
-    }
+    if (r < 0 && *err)
+        cv_error(rn->name, "%s", err);
     return r;
 }
 
@@ -245,11 +181,7 @@ int cv_cmd_cold(int argc, char **argv) {
     cv_config *cfg = cv_cli_load_config(&cli.config);
     if (!cfg)
         return CV_EXIT_USAGE;
-    run rn = {.sub = sub,
-              .name = name,
-              .o = &o,
-              .now_s = (int64_t)time(NULL),
-              .code = CV_EXIT_OK};
+    run rn = {.sub = sub, .name = name, .o = &o, .code = CV_EXIT_OK};
     char err[1024];
     const char *dir = o.log_dir ? o.log_dir : cv_config_str(cfg, "log.dir");
     int code = CV_EXIT_OK;
@@ -265,21 +197,34 @@ int cv_cmd_cold(int argc, char **argv) {
         code = CV_EXIT_USAGE;
         goto out;
     }
-    cv_cold_parse_window(cv_config_str(cfg, "cold.hot_window"), &rn.window_s);
-    int r = cv_applog_partitions(dir, on_partition, &rn, err, sizeof(err));
-    if (r < 0 && r == -ENOENT) {
-        cv_error(name, "%s", err);
+    struct stat dst;
+    if (stat(dir, &dst) < 0 || !S_ISDIR(dst.st_mode)) {
+        cv_error(name, "log directory %s: %s", dir,
+                 errno ? strerror(errno) : "not a directory");
         code = CV_EXIT_USAGE;
         goto out;
     }
-    code = r < 0 ? CV_EXIT_FAILURE : rn.code;
-    if (strcmp(sub, "ship") == 0)
+    if (strcmp(sub, "ship") == 0) {
+        cv_cold_ship_opts so = {.topic = o.topic,
+                                .partition = o.partition,
+                                .dry_run = o.dry_run,
+                                .on_event = on_event};
+        cv_cold_parse_window(cv_config_str(cfg, "cold.hot_window"), &so.hot_window_s);
+        cv_cold_ship_stats st;
+        int r = cv_cold_ship_log(rn.cold, dir, &so, &st, err, sizeof(err));
+        if (r < 0)
+            cv_error(name, "%s", err);
         fprintf(stderr,
                 "cold: %s%" PRIu64 " segments shipped (%" PRIu64 " bytes), %" PRIu64
                 " local copies removed, %" PRIu64 " shipped ones kept locally%s\n",
-                o.dry_run ? "(dry run) " : "", rn.shipped, rn.shipped_bytes, rn.removed,
-                rn.kept, r < 0 ? "; stopped at the error above" : "");
-    else if (strcmp(sub, "fetch") == 0)
+                o.dry_run ? "(dry run) " : "", st.shipped, st.shipped_bytes, st.removed,
+                st.kept, r < 0 ? "; stopped at the error above" : "");
+        code = r < 0 ? CV_EXIT_FAILURE : CV_EXIT_OK;
+        goto out;
+    }
+    int r = cv_applog_partitions(dir, on_partition, &rn, err, sizeof(err));
+    code = r < 0 ? CV_EXIT_FAILURE : rn.code;
+    if (strcmp(sub, "fetch") == 0)
         fprintf(stderr,
                 "cold: %" PRIu64 " segments fetched and verified, %" PRIu64 " failed\n",
                 rn.fetched, rn.errors);

@@ -79,6 +79,46 @@ int cv_cold_check(cv_cold *c, const cv_applog_cold_stub *st, char *errbuf, size_
 int cv_cold_fetch(void *opaque, const char *stub_path, const cv_applog_cold_stub *st,
                   char *path, size_t pathlen, char *errbuf, size_t errlen);
 
+/* One pass of shipping over a log directory (cold/ship.c). */
+typedef enum cv_cold_event_kind {
+    CV_COLD_SHIPPED,      /* uploaded, checked, stub written */
+    CV_COLD_REMOVED,      /* local copy removed (past the hot window) */
+    CV_COLD_WOULD_SHIP,   /* dry run */
+    CV_COLD_WOULD_REMOVE, /* dry run */
+} cv_cold_event_kind;
+typedef struct cv_cold_event {
+    cv_cold_event_kind kind;
+    const char *path;                /* the local segment */
+    const char *key;                 /* its object key */
+    const cv_applog_cold_stub *stub; /* NULL for CV_COLD_WOULD_SHIP */
+} cv_cold_event;
+typedef void cv_cold_event_fn(void *opaque, const cv_cold_event *ev);
+
+typedef struct cv_cold_ship_opts {
+    const char *topic;          /* only this topic, or NULL */
+    int64_t partition;          /* only this partition, or -1 */
+    int64_t hot_window_s;       /* cv_cold_parse_window: -1 keeps local copies */
+    bool dry_run;               /* change nothing, report what would be done */
+    cv_cold_event_fn *on_event; /* each step, for progress; may be NULL */
+    void *opaque;
+    const volatile bool *stop; /* set (by another thread) to end the pass early */
+} cv_cold_ship_opts;
+
+typedef struct cv_cold_ship_stats {
+    uint64_t shipped, shipped_bytes, removed, kept;
+} cv_cold_ship_stats;
+
+/* Ships every sealed broker segment under `log_dir` not shipped yet (see
+ * cv_cold_ship), and removes the local copy of each shipped one whose file
+ * was last written more than hot_window_s ago, after checking the file
+ * against its stub and the object's size (cv_cold_check). The active
+ * segment of a directory is never touched. Stops at the first failure
+ * (one line in errbuf; nothing after it is shipped or removed), or with
+ * -ECANCELED when *stop is set. *ret counts what was done, also on
+ * failure. */
+int cv_cold_ship_log(cv_cold *c, const char *log_dir, const cv_cold_ship_opts *o,
+                     cv_cold_ship_stats *ret, char *errbuf, size_t errlen);
+
 /* "7d", "12h", "30m", "90s" or a plain number of seconds: the hot window
  * in seconds into *ret (0: remove a local copy as soon as it is shipped and
  * verified); "off" or "": -1, keep local copies. -EINVAL when it does not

@@ -1,0 +1,139 @@
+/*
+ * cold/ship.c — one pass of shipping over a log directory (README "Cold
+ * tier and off-site copy"): every sealed segment not shipped yet goes to
+ * the target (cv_cold_ship checks it); past the hot window the local copy
+ * of a shipped one is removed, after its file is checked against its stub
+ * and the object's size once more. `chatvault cold ship` runs one pass;
+ * the broker runs one every cold.ship_interval.
+ */
+#include "cold/cold.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util.h"
+
+typedef struct pass {
+    cv_cold *cold;
+    const cv_cold_ship_opts *o;
+    int64_t now_s;
+    cv_cold_ship_stats st;
+    char *errbuf;
+    size_t errlen;
+} pass;
+
+static void emit(pass *p, cv_cold_event_kind kind, const char *path, const char *key,
+                 const cv_applog_cold_stub *st) {
+    if (!p->o->on_event)
+        return;
+    cv_cold_event ev = {.kind = kind, .path = path, .key = key, .stub = st};
+    p->o->on_event(p->o->opaque, &ev);
+}
+
+static int fsync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int r = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return r;
+}
+
+static int maybe_remove(pass *p, const cv_applog_cold_seg *cs, const char *path,
+                        const char *stub_path) {
+    struct stat sb;
+    if (p->o->hot_window_s < 0 || stat(path, &sb) < 0 ||
+        p->now_s - (int64_t)sb.st_mtime < p->o->hot_window_s) {
+        p->st.kept++;
+        return 0;
+    }
+    char err[1024];
+    cv_applog_cold_stub stub, local;
+    int r = cv_applog_cold_stub_read(stub_path, &stub, err, sizeof(err));
+    if (r == 0)
+        r = cv_applog_cold_describe(path, &local, err, sizeof(err));
+    if (r == 0 && (local.bytes != stub.bytes ||
+                   sodium_memcmp(local.file_hash, stub.file_hash, 32) != 0)) {
+        snprintf(err, sizeof(err),
+                 "log segment %s differs from what its stub %s says was shipped "
+                 "(remove the stub to ship it again)",
+                 path, stub_path);
+        r = -CV_ECORRUPT;
+    }
+    if (r == 0)
+        r = cv_cold_check(p->cold, &stub, err, sizeof(err));
+    if (r < 0) {
+        cv_errf(p->errbuf, p->errlen, "%s; the local copy is kept", err);
+        return r;
+    }
+    if (p->o->dry_run) {
+        emit(p, CV_COLD_WOULD_REMOVE, path, stub.key, &stub);
+        p->st.removed++;
+        return 0;
+    }
+    if (unlink(path) < 0 || (r = fsync_dir(cs->dir)) < 0) {
+        r = -errno;
+        cv_errf(p->errbuf, p->errlen, "removing %s: %s", path, strerror(-r));
+        return r;
+    }
+    emit(p, CV_COLD_REMOVED, path, stub.key, &stub);
+    p->st.removed++;
+    return 0;
+}
+
+static int on_seg(void *opaque, const cv_applog_cold_seg *cs) {
+    pass *p = opaque;
+    if (p->o->stop && *p->o->stop)
+        return -ECANCELED;
+    if (cs->last || !cs->local)
+        return 0; /* the open segment is never shipped; a cold-only one is done */
+    char path[PATH_MAX], stub_path[PATH_MAX + 8];
+    snprintf(path, sizeof(path), "%s/%s", cs->dir, cs->name);
+    snprintf(stub_path, sizeof(stub_path), "%s.cold", path);
+    if (cs->stub)
+        return maybe_remove(p, cs, path, stub_path);
+    if (p->o->dry_run) {
+        emit(p, CV_COLD_WOULD_SHIP, path, cs->key, NULL);
+        p->st.shipped++;
+        return 0;
+    }
+    cv_applog_cold_stub st;
+    int r = cv_cold_ship(p->cold, cs->dir, cs->name, cs->key, &st, p->errbuf, p->errlen);
+    if (r < 0)
+        return r;
+    emit(p, CV_COLD_SHIPPED, path, cs->key, &st);
+    p->st.shipped++;
+    p->st.shipped_bytes += st.bytes;
+    return maybe_remove(p, cs, path, stub_path);
+}
+
+static int on_partition(void *opaque, const char *path, const char *topic,
+                        int32_t partition) {
+    pass *p = opaque;
+    if ((p->o->topic && strcmp(p->o->topic, topic) != 0) ||
+        (p->o->partition >= 0 && p->o->partition != partition))
+        return 0;
+    return cv_applog_cold_walk(path, on_seg, p, p->errbuf, p->errlen);
+}
+
+int cv_cold_ship_log(cv_cold *c, const char *log_dir, const cv_cold_ship_opts *o,
+                     cv_cold_ship_stats *ret, char *errbuf, size_t errlen) {
+    pass p = {.cold = c,
+              .o = o,
+              .now_s = (int64_t)time(NULL),
+              .errbuf = errbuf,
+              .errlen = errlen};
+    if (errbuf && errlen)
+        errbuf[0] = '\0';
+    int r = cv_applog_partitions(log_dir, on_partition, &p, errbuf, errlen);
+    if (ret)
+        *ret = p.st;
+    return r;
+}

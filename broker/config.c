@@ -197,6 +197,10 @@ static const prop props[] = {
      "remove a shipped and verified segment's local copy once it is older than this "
      "(7d, 12h, 30m, 90s; 0: at once; off: keep local copies)",
      0, 0, NULL, check_window},
+    {"cold.ship_interval_s", PROP_INT, "0",
+     "seconds between the broker's own shipping passes (what chatvault cold ship does); "
+     "0: the broker does not ship (run chatvault cold ship from a timer)",
+     0, 7 * 86400, NULL, NULL},
     {"cold.cache_dir", PROP_STR, "",
      "where segments read back from the cold tier are kept; empty: "
      "<log.dir>/.cold-cache",

@@ -4,7 +4,9 @@ shipped to a real S3 API server (moto, see motolib.py) and removed locally.
 Then `chatvault verify` still matches every message against PostgreSQL,
 `replay` with PostgreSQL down serves every message from the log (its cold
 segments fetched), and a restarted broker with cold segments behind its
-tail stores and acks new messages, after which verify agrees again."""
+tail stores and acks new messages and ships what it seals by itself
+(cold.ship_interval_s), after which verify agrees again; a cold copy lost
+from the bucket is damage that verify --repair mends."""
 import json
 import os
 import time
@@ -82,13 +84,24 @@ with cvtest.Harness('cold_verify', topics={'chat.c': 1}, partitions=1,
     recs += h.drain(c, lambda out: False, timeout=2)
     h.is_(len(recs), N, 'every replayed message arrived')
 
-    # The broker again, cold segments behind its tail.
+    # The broker again, cold segments behind its tail, shipping by itself
+    # every second (cold.ship_interval_s) what it seals.
+    h.write_config(**{'cold.target': 's3://cold/vault', 'cold.endpoint': moto.endpoint,
+                      'cold.credentials_file': cred, 'cold.hot_window': '0',
+                      'cold.ship_interval_s': '1'})
     h.start_broker()
     for i in range(MORE):
         _, value = cvtest.chat_message('c', b'after the cold tier %d' % i)
         prod.send('chat.c', value=value)
     prod.flush(timeout=120)
     h.is_(h.wait_rows(N + MORE), N + MORE, 'the restarted broker stores new messages')
+    deadline = time.time() + 60
+    while 'cold tier: segment shipped' not in h.broker_log() and time.time() < deadline:
+        time.sleep(0.5)
+    h.ok('cold tier: segment shipped' in h.broker_log(),
+         'the broker ships what it sealed by itself', h.broker_log()[-3000:])
+    h.ok(len(moto.objects('cold', 'vault/')) > len(objs),
+         'the bucket holds more segments than before')
     deadline = time.time() + 60
     while True:
         r, summary = verify(h)
@@ -101,6 +114,7 @@ with cvtest.Harness('cold_verify', topics={'chat.c': 1}, partitions=1,
     h.is_(h.broker.stop(), 0, 'broker stopped')
     r = h.run('log', 'check')
     h.is_(r.returncode, 0, 'log check passes across local and cold segments')
+    objs = moto.objects('cold', 'vault/')
 
     # A lost cold copy: verify names it, --repair rebuilds it from PostgreSQL.
     victim = sorted(objs)[len(objs) // 2]

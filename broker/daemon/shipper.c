@@ -1,0 +1,120 @@
+/*
+ * daemon/shipper.c — see shipper.h.
+ */
+#include "daemon/shipper.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "cold/cold.h"
+
+struct cv_shipper {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    volatile bool stop;
+    cv_cold *cold;
+    char *log_dir;
+    int64_t interval_s, hot_window_s;
+};
+
+static void on_event(void *opaque, const cv_cold_event *ev) {
+    (void)opaque;
+    if (ev->kind == CV_COLD_SHIPPED)
+        cv_log(CV_LOG_INFO, "cold tier: segment shipped",
+               "file=%s key=%s bytes=%" PRIu64 " last_offset=%" PRId64, ev->path, ev->key,
+               ev->stub->bytes, ev->stub->last_offset);
+    else if (ev->kind == CV_COLD_REMOVED)
+        cv_log(CV_LOG_INFO, "cold tier: local copy removed", "file=%s key=%s", ev->path,
+               ev->key);
+}
+
+static void *run(void *arg) {
+    cv_shipper *s = arg;
+    pthread_mutex_lock(&s->lock);
+    while (!s->stop) {
+        pthread_mutex_unlock(&s->lock);
+        char err[1024];
+        cv_cold_ship_opts o = {.partition = -1,
+                               .hot_window_s = s->hot_window_s,
+                               .on_event = on_event,
+                               .stop = &s->stop};
+        cv_cold_ship_stats st;
+        int r = cv_cold_ship_log(s->cold, s->log_dir, &o, &st, err, sizeof(err));
+        if (r < 0 && r != -ECANCELED)
+            cv_log(CV_LOG_WARN,
+                   "cold tier: shipping failed; retried at the next interval",
+                   "error=\"%s\" retry_in=%" PRId64 "s", err, s->interval_s);
+        else if (st.shipped || st.removed)
+            cv_log(CV_LOG_INFO, "cold tier: pass done",
+                   "shipped=%" PRIu64 " bytes=%" PRIu64 " removed=%" PRIu64, st.shipped,
+                   st.shipped_bytes, st.removed);
+        pthread_mutex_lock(&s->lock);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += s->interval_s;
+        while (!s->stop &&
+               pthread_cond_timedwait(&s->cond, &s->lock, &until) != ETIMEDOUT)
+            ;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+int cv_shipper_start(const cv_config *cfg, cv_shipper **ret, char *errbuf,
+                     size_t errlen) {
+    *ret = NULL;
+    int64_t interval = cv_config_int(cfg, "cold.ship_interval_s");
+    if (interval <= 0 || !*cv_config_str(cfg, "cold.target") ||
+        !*cv_config_str(cfg, "log.dir"))
+        return 0;
+    cv_shipper *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->interval_s = interval;
+    cv_cold_parse_window(cv_config_str(cfg, "cold.hot_window"), &s->hot_window_s);
+    int r = cv_cli_cold_open(cfg, &s->cold, errbuf, errlen);
+    if (r < 0) {
+        free(s);
+        return r;
+    }
+    if (!(s->log_dir = strdup(cv_config_str(cfg, "log.dir")))) {
+        cv_cold_free(s->cold);
+        free(s);
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->cond, NULL);
+    if ((r = pthread_create(&s->thread, NULL, run, s)) != 0) {
+        snprintf(errbuf, errlen, "cold tier: cannot start its thread: %s", strerror(r));
+        pthread_mutex_destroy(&s->lock);
+        pthread_cond_destroy(&s->cond);
+        cv_cold_free(s->cold);
+        free(s->log_dir);
+        free(s);
+        return -r;
+    }
+    *ret = s;
+    return 0;
+}
+
+void cv_shipper_stop(cv_shipper *s) {
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->stop = true;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    pthread_join(s->thread, NULL);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->cond);
+    cv_cold_free(s->cold);
+    free(s->log_dir);
+    free(s);
+}

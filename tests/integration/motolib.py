@@ -29,13 +29,15 @@ def free_port():
 
 
 class Moto:
-    def __init__(self, workdir):
+    def __init__(self, workdir, env=None):
         self.work = workdir
+        self.access, self.secret = ACCESS, SECRET
         self.port = free_port()
         self.endpoint = 'http://127.0.0.1:%d' % self.port
         self.log = open(os.path.join(workdir, 'moto.log'), 'w')
         self.p = subprocess.Popen([MOTO, '-H', '127.0.0.1', '-p', str(self.port)],
-                                  stdout=self.log, stderr=subprocess.STDOUT)
+                                  stdout=self.log, stderr=subprocess.STDOUT,
+                                  env=dict(os.environ, **(env or {})))
         deadline = time.time() + 60
         while True:
             try:
@@ -47,12 +49,13 @@ class Moto:
                     raise RuntimeError('moto_server did not come up on port %d' % self.port)
                 time.sleep(0.2)
 
-    def request(self, method, path, data=None):
-        """(HTTP status, body) of one signed S3 request."""
+    def request(self, method, path, data=None, service='s3'):
+        """(HTTP status, body) of one signed request (S3, or IAM's query API)."""
         with tempfile.NamedTemporaryFile(dir=self.work, delete=False) as out:
             pass
         cmd = ['curl', '-s', '-o', out.name, '-w', '%{http_code}', '-X', method,
-               '--aws-sigv4', 'aws:amz:us-east-1:s3', '--user', ACCESS + ':' + SECRET,
+               '--aws-sigv4', 'aws:amz:us-east-1:' + service,
+               '--user', self.access + ':' + self.secret,
                '-H', 'x-amz-content-sha256: UNSIGNED-PAYLOAD', self.endpoint + path]
         if data is not None:
             cmd[1:1] = ['--data-binary', '@-']
@@ -63,6 +66,25 @@ class Moto:
         if not r.stdout.strip() or int(r.stdout) == 0:
             raise OSError('no answer from %s' % self.endpoint)
         return int(r.stdout), body
+
+    def enforce_auth(self):
+        """With moto started with INITIAL_NO_AUTH_ACTION_COUNT=4 (the probe at
+        start is one action, these three more): an IAM user
+        allowed s3:*, whose keys every later request must be signed with
+        (moto then checks SigV4 signatures and policies)."""
+        import re
+        import urllib.parse
+        q = lambda **kw: '/?' + urllib.parse.urlencode(dict(kw, Version='2010-05-08'))
+        self.request('POST', q(Action='CreateUser', UserName='cv'), service='iam')
+        _, body = self.request('POST', q(Action='CreateAccessKey', UserName='cv'),
+                               service='iam')
+        text = body.decode()
+        policy = ('{"Version":"2012-10-17","Statement":[{"Effect":"Allow",'
+                  '"Action":"s3:*","Resource":"*"}]}')
+        self.request('POST', q(Action='PutUserPolicy', UserName='cv', PolicyName='s3',
+                               PolicyDocument=policy), service='iam')
+        self.access = re.search('<AccessKeyId>(.*?)</AccessKeyId>', text).group(1)
+        self.secret = re.search('<SecretAccessKey>(.*?)</SecretAccessKey>', text).group(1)
 
     def objects(self, bucket, prefix=''):
         """{key: size} of the bucket's objects under PREFIX."""
@@ -76,7 +98,7 @@ class Moto:
     def credentials_file(self, path):
         with open(path, 'w') as f:
             f.write('# test credentials\naccess_key_id = %s\nsecret_access_key = %s\n'
-                    % (ACCESS, SECRET))
+                    % (self.access, self.secret))
         os.chmod(path, 0o600)
         return path
 

@@ -5,7 +5,9 @@ the source tree) on a free loopback port. A log of several sealed segments
 (cold.hot_window = 0), and `log cat` / `log check` must still read every
 record from the fetched copies; a tampered object is damage; a directory
 target round-trips too; an unreachable endpoint and a missing bucket are
-one-line errors that remove nothing.
+one-line errors that remove nothing; with moto checking signatures and
+policies (INITIAL_NO_AUTH_ACTION_COUNT), chatvault's SigV4 requests must
+pass and a wrong secret must be a one-line 403.
 
 usage: test_cold.py CHATVAULT LOG_WRITER
 """
@@ -160,6 +162,40 @@ try:
     r = cv(log, "log", "check", target=s3, extra=s3opts)
     ok(r.returncode == 3 and segs[2] in r.stderr, "a missing object is reported as damage",
        r.stdout + r.stderr)
+
+    # moto checking signatures and policies: chatvault's SigV4 must pass,
+    # a wrong secret must be a one-line 403 that removes nothing.
+    authwork = os.path.join(work, "auth")
+    os.mkdir(authwork)
+    amoto = motolib.Moto(authwork, env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"})
+    try:
+        amoto.enforce_auth()
+        st, _ = amoto.request("PUT", "/signed")
+        ok(st == 200, "with auth enforced, a bucket is created with the user's keys", st)
+        acred = amoto.credentials_file(os.path.join(authwork, "s3.cred"))
+        log3 = os.path.join(work, "log3")
+        make_log(log3)
+        aopts = ("cold.endpoint=" + amoto.endpoint, "cold.credentials_file=" + acred)
+        badcred = os.path.join(authwork, "bad.cred")
+        with open(badcred, "w") as f:
+            f.write("access_key_id = %s\nsecret_access_key = wrong\n" % amoto.access)
+        os.chmod(badcred, 0o600)
+        r = cv(log3, "cold", "ship", target="s3://signed",
+               extra=("cold.endpoint=" + amoto.endpoint, "cold.credentials_file=" + badcred,
+                      "cold.hot_window=0"))
+        lines = [l for l in r.stderr.splitlines() if l.startswith("chatvault")]
+        p3 = os.path.join(log3, "chat.general-0")
+        ok(r.returncode == 1 and len(lines) == 1 and "403" in lines[0] and
+           len([x for x in os.listdir(p3) if x.endswith(".cvlog")]) == len(segs),
+           "a wrong secret: one line with the 403, nothing removed", r.stderr)
+        r = cv(log3, "cold", "ship", target="s3://signed", extra=aopts + ("cold.hot_window=0",))
+        ok(r.returncode == 0 and len(amoto.objects("signed")) == len(segs) - 1 and
+           len([x for x in os.listdir(p3) if x.endswith(".cvlog")]) == 1,
+           "chatvault's SigV4 requests pass moto's signature check", r.stderr)
+        r, after3 = records(log3, target="s3://signed", extra=aopts)
+        ok(r.returncode == 0 and len(after3) == 900, "and read back signed", r.stderr[-1500:])
+    finally:
+        amoto.close()
 
     # A directory target round-trips.
     log2 = os.path.join(work, "log2")

@@ -261,8 +261,8 @@ typedef struct cv_applog_record {
     const void *value; /* NULL when the reader has no keys */
     size_t value_len;
     unsigned char digest[CV_APPLOG_DIGEST_BYTES]; /* the chain hash */
-    const char *file;                             /* where it was read */
-    uint64_t pos;                                 /* byte offset in file */
+    const char *file; /* where it was read (a cold segment: its fetched copy) */
+    uint64_t pos;     /* byte offset in file */
     uint32_t key_id;
     unsigned char writer_id[CV_APPLOG_WRITER_ID_BYTES];
     const char *writer_name;
@@ -335,7 +335,9 @@ bool cv_applog_reader_damage(const cv_applog_reader *r, const char **ret_file,
  * of that prefix, so they still authenticate; a seal that names the
  * segment is moved aside the same way. Nothing is deleted. A reader then
  * sees the segment end at `pos`, and, when a later segment follows, a
- * broken link that repair bridges (cv_applog_repair_bridge). */
+ * broken link that repair bridges (cv_applog_repair_bridge). A cold-tier
+ * stub (<segment>.cold, whose copy is lost or damaged) is moved aside the
+ * same way, as a segment with no intact record. */
 int cv_applog_quarantine(const char *file, uint64_t pos, char *saved_to, size_t savedlen,
                          char *errbuf, size_t errlen);
 
@@ -352,7 +354,12 @@ cv_applog_reader *cv_applog_reader_free(cv_applog_reader *r);
  * with -ENOENT and an error that says to set cold.target. Nothing else
  * changes for readers: the copy is checked like any segment (frame check,
  * authentication, chain, link to its neighbours, seal), and a copy that
- * cannot be had or does not match its stub fails the read as damage.
+ * cannot be had or does not match its stub fails the read as damage
+ * (-CV_ECORRUPT). A record read from a copy names the copy as its `file`;
+ * cv_applog_reader_damage names the stub for damage in or of a cold
+ * segment, which is what cv_applog_quarantine takes. An unreachable target
+ * fails the read with another negative errno (-EHOSTUNREACH, ...), not
+ * damage.
  */
 typedef struct cv_applog_cold_stub {
     char topic[256];

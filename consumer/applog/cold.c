@@ -207,9 +207,9 @@ int cv_applog_cold_describe(const char *path, cv_applog_cold_stub *ret, char *er
     return 0;
 }
 
-/* The file the reader reads for segment i of d: the local segment, or,
+/* The file the reader reads for segment i of d: the local segment (0), or,
  * for a segment only in the cold tier, the verified copy the fetch hook
- * makes. A local segment removed since the listing (`chatvault cold
+ * makes (1). A local segment removed since the listing (`chatvault cold
  * ship` removing it beside a running reader) is taken from its stub. */
 int cv_applog_i_cold_path(const pdir *d, size_t i, char **ret, char *errbuf,
                           size_t errlen) {
@@ -251,7 +251,7 @@ int cv_applog_i_cold_path(const pdir *d, size_t i, char **ret, char *errbuf,
         return r;
     if (!(*ret = strdup(local)))
         return -ENOMEM;
-    return 0;
+    return 1;
 }
 
 /* Merges a directory's cold-only segments (a stub without a local file)

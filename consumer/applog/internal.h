@@ -148,6 +148,7 @@ typedef struct pdir {
     size_t nseg, iseg;
     unsigned char *cold; /* NULL, or per name: only in the cold tier (a stub) */
     seg cur;
+    char *cur_stub; /* the open segment is a fetched cold copy: its stub */
     bool open;
     bool any;    /* a segment was read: chain/last_offset/topic are set */
     bool repair; /* a repair directory: its segments must be repair ones */

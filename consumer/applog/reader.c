@@ -25,6 +25,7 @@
 void cv_applog_i_pdir_release(pdir *d) {
     if (d->open)
         cv_applog_i_seg_close(&d->cur);
+    free(d->cur_stub);
     cv_applog_i_free_names(d->names, d->nseg);
     free(d->cold);
     free(d->dir);
@@ -92,6 +93,20 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
     int r = cv_applog_i_cold_path(d, d->iseg, &path, errbuf, errlen);
     if (r < 0)
         return r;
+    free(d->cur_stub);
+    d->cur_stub = NULL;
+    if (r == 1) {
+        /* a fetched copy: damage in it is named at its stub (COLD TIER) */
+        char *seg_path = cv_applog_i_path_join(d->dir, d->names[d->iseg]);
+        size_t l = seg_path ? strlen(seg_path) + sizeof(COLD_SUFFIX_TAIL) : 0;
+        if (seg_path && (d->cur_stub = malloc(l)))
+            snprintf(d->cur_stub, l, "%s" COLD_SUFFIX_TAIL, seg_path);
+        free(seg_path);
+        if (!d->cur_stub) {
+            free(path);
+            return -ENOMEM;
+        }
+    }
     r = cv_applog_i_seg_open(&d->cur, path, errbuf, errlen);
     if (r < 0) {
         free(path);
@@ -204,7 +219,7 @@ int cv_applog_i_pdir_next(pdir *d, char *errbuf, size_t errlen) {
             d->dmg_file = strdup(p);
             d->dmg_pos = 0;
         } else if (d->open) {
-            d->dmg_file = strdup(d->cur.path);
+            d->dmg_file = strdup(d->cur_stub ? d->cur_stub : d->cur.path);
         } else if (d->iseg < d->nseg) {
             /* The segment's header or its link failed: it never opened. */
             d->dmg_file = cv_applog_i_path_join(d->dir, d->names[d->iseg]);

@@ -144,8 +144,8 @@ static const cv_cli_spec spec = {
         "       command that reads the log does this by itself when it needs one)\n",
     .opts = opts,
     .config_keys = "log.dir, cold.target, cold.endpoint, cold.region, "
-                   "cold.credentials_file, cold.hot_window, cold.cache_dir",
-    .epilog = "Exit codes: 0 ok, 1 runtime failure (target unreachable, refused, short "
+                   "cold.credentials_file, cold.ca_file, cold.hot_window, cold.cache_dir",
+    .epilog = "Exit codes: 0 ok, 1 runtime failure (target unreachable, refused, short\n"
               "upload), 2 usage or config error, 3 a cold copy is damaged.\n",
 };
 

@@ -198,7 +198,7 @@ int cv_cold_open(const cv_cold_conf *conf, cv_cold **ret, char *errbuf, size_t e
             r = -EINVAL;
             goto fail;
         }
-        if (!(c->root = strdup(dir)))
+        if (!(c->root = strdup(dir)) || !(c->prefix = strdup("")))
             goto fail;
     }
     *ret = c;
@@ -404,7 +404,7 @@ static int s3_request(cv_cold *c, const char *method, const char *key, FILE *in,
                       uint64_t *ret_len, char *errbuf, size_t errlen) {
     pthread_once(&curl_once, curl_init);
     char url[2048];
-    snprintf(url, sizeof(url), "%s/%s/%s%s", c->endpoint, c->bucket, c->prefix, key);
+    snprintf(url, sizeof(url), "%s/%s/%s", c->endpoint, c->bucket, key);
     xfer x = {.out = out, .max = max};
     cv_buf_init(&x.err, ERRBODY_MAX);
     if (!(x.curl = curl_easy_init()))
@@ -602,43 +602,78 @@ static const char *stub_mismatch(const cv_applog_cold_stub *want,
     return NULL;
 }
 
-int cv_cold_ship(cv_cold *c, const char *dir, const char *name, const char *key,
+int cv_cold_object_key(const cv_cold *c, const char *rel, char *buf, size_t len) {
+    int n = snprintf(buf, len, "%s%s", c->prefix, rel);
+    return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+/* Reads object `key` back into <cache_dir>/<key>.verify and describes it. */
+static int read_back(cv_cold *c, const char *key, uint64_t max, cv_applog_cold_stub *ret,
+                     char *errbuf, size_t errlen) {
+    char back[PATH_MAX];
+    snprintf(back, sizeof(back), "%s/%s.verify", c->cache_dir, key);
+    int r = cv_cold_get(c, key, back, max, errbuf, errlen);
+    if (r < 0)
+        return r;
+    r = cv_applog_cold_describe(back, ret, NULL, 0);
+    unlink(back);
+    return r < 0 ? 1 : 0; /* 1: it does not read whole */
+}
+
+int cv_cold_ship(cv_cold *c, const char *dir, const char *name, const char *rel,
                  cv_applog_cold_stub *ret, char *errbuf, size_t errlen) {
-    char path[PATH_MAX], back[PATH_MAX];
+    char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/%s", dir, name);
     cv_applog_cold_stub st;
     int r = cv_applog_cold_describe(path, &st, errbuf, errlen);
     if (r < 0)
         return r;
-    if (strlen(key) >= sizeof(st.key))
+    if (cv_cold_object_key(c, rel, st.key, sizeof(st.key)) < 0)
         return -ENAMETOOLONG;
-    snprintf(st.key, sizeof(st.key), "%s", key);
-    if ((r = cv_cold_put(c, key, path, errbuf, errlen)) < 0)
-        return r;
+    const char *key = st.key;
+    /* An object already there is this segment from a pass that stopped
+     * before its stub was written, or another log's: never overwritten. */
     uint64_t size = 0;
-    if ((r = cv_cold_head(c, key, &size, errbuf, errlen)) < 0)
-        return r;
-    if (size != st.bytes) {
-        cv_errf(errbuf, errlen,
-                "cold target %s: object %s holds %" PRIu64 " bytes after upload, the "
-                "segment %s %" PRIu64 " (short upload); not marked shipped",
-                c->target, key, size, path, st.bytes);
-        return -EIO;
-    }
-    /* Read it back: its chain must be the local one's. */
-    snprintf(back, sizeof(back), "%s/%s.verify", c->cache_dir, key);
-    if ((r = cv_cold_get(c, key, back, st.bytes, errbuf, errlen)) < 0)
+    r = cv_cold_head(c, key, &size, errbuf, errlen);
+    if (r < 0 && r != -ENOENT)
         return r;
     cv_applog_cold_stub got;
-    r = cv_applog_cold_describe(back, &got, errbuf, errlen);
-    unlink(back);
-    const char *why = r < 0 ? "it does not read back whole" : stub_mismatch(&st, &got);
-    if (why) {
-        cv_errf(errbuf, errlen,
-                "cold target %s: object %s read back after upload: %s from segment %s; "
-                "not marked shipped",
-                c->target, key, why, path);
-        return -EIO;
+    if (r == 0) {
+        int x = size == st.bytes ? read_back(c, key, st.bytes, &got, errbuf, errlen) : 1;
+        if (x < 0 && x != -EFBIG)
+            return x;
+        if (x != 0 || stub_mismatch(&st, &got)) {
+            cv_errf(errbuf, errlen,
+                    "cold target %s: object %s already holds another segment than %s "
+                    "(another log shipping to the same place? give each broker "
+                    "instance a cold.target prefix of its own); not overwritten",
+                    c->target, key, path);
+            return -EEXIST;
+        }
+    } else {
+        if ((r = cv_cold_put(c, key, path, errbuf, errlen)) < 0)
+            return r;
+        if ((r = cv_cold_head(c, key, &size, errbuf, errlen)) < 0)
+            return r;
+        if (size != st.bytes) {
+            cv_errf(errbuf, errlen,
+                    "cold target %s: object %s holds %" PRIu64 " bytes after upload, the "
+                    "segment %s %" PRIu64 " (short upload); not marked shipped",
+                    c->target, key, size, path, st.bytes);
+            return -EIO;
+        }
+        /* Read it back: its chain must be the local one's. */
+        int x = read_back(c, key, st.bytes, &got, errbuf, errlen);
+        if (x < 0)
+            return x;
+        const char *why = x ? "it does not read back whole" : stub_mismatch(&st, &got);
+        if (why) {
+            cv_errf(errbuf, errlen,
+                    "cold target %s: object %s read back after upload: %s from segment "
+                    "%s; not marked shipped",
+                    c->target, key, why, path);
+            return -EIO;
+        }
     }
     if ((r = cv_applog_cold_stub_write(dir, &st, errbuf, errlen)) < 0)
         return r;

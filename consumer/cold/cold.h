@@ -46,6 +46,11 @@ cv_cold *cv_cold_free(cv_cold *c);
 /* The target as the user wrote it (no secrets in it): for messages. */
 const char *cv_cold_target(const cv_cold *c);
 
+/* Objects are named by their key in the bucket (or under the directory),
+ * the target's prefix included: cv_cold_object_key makes one from a key
+ * relative to the target (<topic>-<partition>/...). -ENAMETOOLONG. */
+int cv_cold_object_key(const cv_cold *c, const char *rel, char *buf, size_t len);
+
 /* Stores the file at `path` as object `key`. */
 int cv_cold_put(cv_cold *c, const char *key, const char *path, char *errbuf,
                 size_t errlen);
@@ -57,13 +62,17 @@ int cv_cold_head(cv_cold *c, const char *key, uint64_t *ret_size, char *errbuf,
 int cv_cold_get(cv_cold *c, const char *key, const char *path, uint64_t max, char *errbuf,
                 size_t errlen);
 
-/* Ships one sealed segment <dir>/<name> as object `key`: reads it whole by
- * frame check and chain, uploads it, checks the object's size (HEAD) and
- * reads it back to check its chain hash, record count and file hash
- * against the local file; only then writes the stub <dir>/<name>.cold
- * (durably) and fills *ret. A damaged or torn segment is not shipped
- * (-CV_ECORRUPT); a failed check is -EIO. The local file is not touched. */
-int cv_cold_ship(cv_cold *c, const char *dir, const char *name, const char *key,
+/* Ships one sealed segment <dir>/<name> as the object PREFIX/`rel`: reads
+ * it whole by frame check and chain, uploads it, checks the object's size
+ * (HEAD) and reads it back to check its chain hash, record count and file
+ * hash against the local file; only then writes the stub <dir>/<name>.cold
+ * (durably; its key is the full object key, so a reader finds it whatever
+ * prefix it is configured with) and fills *ret. An object already there
+ * with exactly these bytes (a pass that stopped before its stub) is taken
+ * as shipped; one with other bytes is never overwritten (-EEXIST). A
+ * damaged or torn segment is not shipped (-CV_ECORRUPT); a failed check is
+ * -EIO. The local file is not touched. */
+int cv_cold_ship(cv_cold *c, const char *dir, const char *name, const char *rel,
                  cv_applog_cold_stub *ret, char *errbuf, size_t errlen);
 
 /* Checks that the object a stub names is there with the stub's size

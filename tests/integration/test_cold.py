@@ -114,6 +114,13 @@ try:
     ok(r.returncode == 1 and "no such bucket" in r.stderr.lower(),
        "missing bucket: exit 1 and says so", r.stderr)
 
+    # A dry run changes nothing.
+    r = cv(log, "cold", "ship", "--dry-run", target=s3, extra=s3opts + ("cold.hot_window=0",))
+    ok(r.returncode == 0 and r.stderr.count("would ship") == len(segs) - 1 and
+       not [x for x in os.listdir(pdir) if x.endswith(".cold")] and
+       not moto.objects("cvbucket"), "--dry-run says what it would ship and ships nothing",
+       r.stderr)
+
     # Ship, keeping local copies.
     r = cv(log, "cold", "ship", target=s3, extra=s3opts)
     ok(r.returncode == 0, "cold ship exits 0", r.stderr)
@@ -127,6 +134,28 @@ try:
     r = cv(log, "cold", "ship", target=s3, extra=s3opts)
     ok(r.returncode == 0 and "0 segments shipped" in r.stderr,
        "a second ship uploads nothing again", r.stderr)
+
+    # A pass that stopped after an upload but before its stub: the object
+    # with the same bytes is taken as shipped, not uploaded again.
+    os.unlink(os.path.join(pdir, segs[0] + ".cold"))
+    r = cv(log, "cold", "ship", target=s3, extra=s3opts)
+    ok(r.returncode == 0 and os.path.exists(os.path.join(pdir, segs[0] + ".cold")),
+       "a segment whose stub was lost is marked shipped again", r.stderr)
+
+    # Another log shipping to the same place is refused, nothing overwritten.
+    other = os.path.join(work, "other")
+    make_log(other)
+    r = cv(other, "cold", "ship", target=s3, extra=s3opts)
+    lines = [l for l in r.stderr.splitlines() if l.startswith("chatvault")]
+    ok(r.returncode == 1 and len(lines) == 1 and "not overwritten" in lines[0] and
+       moto.objects("cvbucket", "off-site/") == want,
+       "another log's segments never overwrite the objects", r.stderr)
+
+    # A hot window not yet passed keeps the local copies.
+    r = cv(log, "cold", "ship", target=s3, extra=s3opts + ("cold.hot_window=1h",))
+    ok(r.returncode == 0 and
+       sorted(x for x in os.listdir(pdir) if x.endswith(".cvlog")) == segs,
+       "a hot window of 1h keeps the fresh local copies", r.stderr)
 
     # Remove the local copies (hot window 0) and read everything back.
     r = cv(log, "cold", "ship", target=s3, extra=s3opts + ("cold.hot_window=0",))

@@ -22,6 +22,8 @@ static const cv_command commands[] = {
      "re-deliver stored messages to Kafka from PostgreSQL or the log"},
     {"export", cv_cmd_export, "write selected messages to JSON Lines with a manifest"},
     {"import", cv_cmd_import, "load an export file into PostgreSQL, idempotently"},
+    {"restore", cv_cmd_restore,
+     "rebuild PostgreSQL from the log: all, a channel or a message, as of a time"},
     {"search", cv_cmd_search,
      "find messages by channel, sender, time, id or words, newest first"},
     {"report", cv_cmd_report,

@@ -70,6 +70,7 @@ int cv_cmd_replay(int argc, char **argv);
 int cv_cmd_export(int argc, char **argv);
 int cv_cmd_import(int argc, char **argv);
 int cv_cmd_restore(int argc, char **argv);
+int cv_cmd_drill(int argc, char **argv);
 int cv_cmd_search(int argc, char **argv);
 int cv_cmd_report(int argc, char **argv);
 

@@ -24,6 +24,8 @@ static const cv_command commands[] = {
     {"import", cv_cmd_import, "load an export file into PostgreSQL, idempotently"},
     {"restore", cv_cmd_restore,
      "rebuild PostgreSQL from the log: all, a channel or a message, as of a time"},
+    {"drill", cv_cmd_drill,
+     "restore a sample into a scratch database and check it against the log"},
     {"search", cv_cmd_search,
      "find messages by channel, sender, time, id or words, newest first"},
     {"report", cv_cmd_report,

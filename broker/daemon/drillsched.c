@@ -146,6 +146,7 @@ static void run_drill(cv_drillsched *s) {
 
 static void *sched_main(void *arg) {
     cv_drillsched *s = arg;
+    pthread_setname_np(pthread_self(), "cv-drill");
     int64_t start_ms = cv_now_us() / 1000;
     /* The first drill waits a little: the broker's own start comes first. */
     int64_t first_ms = s->interval_s * 1000 < 60000 ? s->interval_s * 1000 : 60000;

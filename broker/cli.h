@@ -69,6 +69,8 @@ int cv_cmd_verify(int argc, char **argv);
 int cv_cmd_replay(int argc, char **argv);
 int cv_cmd_export(int argc, char **argv);
 int cv_cmd_import(int argc, char **argv);
+int cv_cmd_restore(int argc, char **argv);
+int cv_cmd_drill(int argc, char **argv);
 int cv_cmd_search(int argc, char **argv);
 int cv_cmd_report(int argc, char **argv);
 int cv_cmd_cold(int argc, char **argv);

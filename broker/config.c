@@ -149,7 +149,8 @@ static const prop props[] = {
      0, 0, NULL, NULL},
     {"postgres.admin_conninfo", PROP_STR, "",
      "connection string of the commands that change stored data: migrate (as the "
-     "schema's owner), verify --repair, import (role chatvault_admin; empty: "
+     "schema's owner), verify --repair, import, restore, drill (role chatvault_admin; "
+     "empty: "
      "postgres.conninfo)",
      0, 0, NULL, NULL},
     {"postgres.connections", PROP_INT, "2",
@@ -294,6 +295,18 @@ static const prop props[] = {
      "publish an end-to-end canary to channel _probe this often and time it to its "
      "durable ack (0: off)",
      0, 3600000, NULL, NULL},
+    {"drill.interval_s", PROP_INT, "0",
+     "run a restore drill from the broker this often: a sample of the log restored into "
+     "drill.database and checked against the log (0: off; see chatvault drill)",
+     0, 2592000, NULL, NULL},
+    {"drill.sample", PROP_INT, "1000",
+     "messages a drill restores, sampled evenly over the whole log (0: every message)", 0,
+     10000000, NULL, NULL},
+    {"drill.database", PROP_STR, "",
+     "the scratch database drills restore into, on the server of "
+     "postgres.admin_conninfo; dropped and created again by every drill (empty: the live "
+     "database's name + _drill)",
+     0, 0, NULL, NULL},
     {"shutdown.timeout_ms", PROP_INT, "30000",
      "longest SIGTERM waits for the batch in flight before exiting", 0, 3600000, NULL,
      NULL},

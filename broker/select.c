@@ -127,8 +127,8 @@ static int load_ids(cv_select *s, const char *cmd, const char *path) {
             r = -1;
             break;
         }
-        if (s->nids == vcap) {
-            vcap = vcap ? vcap * 2 : 256;
+        if (s->nids >= vcap) { /* --message-id may have added some */
+            vcap = vcap ? vcap * 2 : s->nids + 256;
             char **nv = realloc(s->ids, vcap * sizeof(*nv));
             if (!nv) {
                 r = -1;
@@ -150,6 +150,25 @@ static int load_ids(cv_select *s, const char *cmd, const char *path) {
     if (r == 1)
         s->has_ids = true;
     return r;
+}
+
+/* --message-id: one more id of any channel, with those of --ids. */
+static int add_id(cv_select *s, const char *cmd, const char *id) {
+    size_t l = strlen(id);
+    if (l == 0 || l > 128) {
+        cv_error(cmd, "--message-id: a message id is 1 to 128 bytes");
+        return -1;
+    }
+    char **nv = realloc(s->ids, (s->nids + 1) * sizeof(*nv));
+    if (!nv)
+        return -1;
+    s->ids = nv;
+    if (!(s->ids[s->nids] = malloc(l + 2)))
+        return -1;
+    snprintf(s->ids[s->nids++], l + 2, "\t%s", id);
+    qsort(s->ids, s->nids, sizeof(*s->ids), ids_cmp);
+    s->has_ids = true;
+    return 1;
 }
 
 int cv_select_opt(cv_select *s, const char *cmd, int opt, const char *arg) {
@@ -196,6 +215,8 @@ int cv_select_opt(cv_select *s, const char *cmd, int opt, const char *arg) {
         return 1;
     case CV_SEL_IDS:
         return load_ids(s, cmd, arg);
+    case CV_SEL_ID:
+        return add_id(s, cmd, arg);
     }
     return 0;
 }
@@ -229,6 +250,8 @@ const cv_cli_opt cv_select_opts[] = {
         "ids", 0, "FILE",
         "only these message ids: one per line, or \"channel message_id\" per line",
         cv_select_cli_opt, CV_SEL_IDS),
+    CV_OPT_CALL("message-id", 0, "ID", "only this message id (any channel); repeatable",
+                cv_select_cli_opt, CV_SEL_ID),
     CV_OPT_END,
 };
 

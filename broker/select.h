@@ -24,6 +24,7 @@ enum {
     CV_SEL_UNTIL,
     CV_SEL_TIME,
     CV_SEL_IDS,
+    CV_SEL_ID,
 };
 
 /* The selection options as a table for cv_cli_parse (a group writing into

@@ -13,6 +13,7 @@
 #include "access.h"
 #include "cli.h"
 #include "daemon/devkafka.h"
+#include "daemon/drillsched.h"
 #include "daemon/http.h"
 #include "daemon/indexer.h"
 #include "daemon/probe.h"
@@ -292,6 +293,7 @@ int cv_cmd_broker(int argc, char **argv) {
     cv_probe *probe = NULL;
     cv_indexer *indexer = NULL;
     cv_shipper *shipper = NULL;
+    cv_drillsched *drills = NULL;
     int64_t probe_ms = cv_config_int(cfg, "probe.interval_ms");
     cv_keyring *keys = NULL;
     const char *embedded = NULL;
@@ -373,6 +375,11 @@ int cv_cmd_broker(int argc, char **argv) {
         rc = CV_EXIT_USAGE;
         goto out;
     }
+    if (cv_drillsched_start(cfg, keys, metrics, &drills, err, sizeof(err)) < 0) {
+        cv_error("broker", "%s", err);
+        rc = CV_EXIT_FAILURE;
+        goto out;
+    }
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
@@ -394,6 +401,7 @@ int cv_cmd_broker(int argc, char **argv) {
     if (rc == CV_EXIT_FAILURE)
         cv_error("broker", "%s", err);
 out:
+    cv_drillsched_stop(drills);
     cv_shipper_stop(shipper);
     cv_indexer_stop(indexer);
     cv_probe_stop(probe);

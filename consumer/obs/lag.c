@@ -291,6 +291,23 @@ static json_t *tail_probe(cv_lagdoc *d, const cv_lagdoc_probe *p) {
     return o;
 }
 
+static json_t *tail_drill(cv_lagdoc *d, const cv_lagdoc_drill *p) {
+    if (!p)
+        return json_null();
+    json_t *o = json_object();
+    if (o) {
+        put(d, o, "interval_s", jint(p->interval_s));
+        put(d, o, "last_ms", p->last_ms ? jint(p->last_ms) : json_null());
+        put(d, o, "last_success_ms",
+            p->last_success_ms ? jint(p->last_success_ms) : json_null());
+        put(d, o, "last_passed", jbool(p->last_ms && p->last_passed));
+        put(d, o, "last_seconds", jreal(p->last_seconds, "%.3f"));
+        put(d, o, "last_sampled", jint(p->last_sampled));
+        put(d, o, "last_detail", jstr(p->last_detail));
+    }
+    return o;
+}
+
 static json_t *tail_stores(cv_lagdoc *d, const cv_lagdoc_tail *t) {
     json_t *a = json_array();
     for (size_t i = 0; a && i < t->nstores; i++) {
@@ -365,6 +382,8 @@ int cv_lagdoc_render(cv_lagdoc *d, const cv_lagdoc_tail *t, cv_buf *out) {
     put(d, r, "latency", lat);
     if (broker)
         put(d, r, "probe", tail_probe(d, t->probe));
+    if (broker)
+        put(d, r, "drill", tail_drill(d, t->drill));
     put(d, r, "stores", tail_stores(d, t));
     put(d, r, "rejected_recent", tail_rejects(d, t));
     if (d->oom)

@@ -45,6 +45,8 @@
  *      "batches" [broker]},
  *    "latency":{"p50_s","p99_s","pg_commit_p99_s" [broker],
  *      "log_fsync_p99_s" [broker]}, "probe" [broker],
+ *    "drill":{"interval_s","last_ms","last_success_ms","last_passed",
+ *      "last_seconds","last_sampled","last_detail"} [broker],
  *    "stores":[{"name","up","errors" [broker],"last_error_ms" [broker],
  *      "last_error"}], "rejected_recent":[{"time_ms","channel","reason",
  *      "error"}]}
@@ -156,6 +158,16 @@ typedef struct cv_lagdoc_probe {
     double last_latency_s, p99_s; /* %.6g; < 0: null */
 } cv_lagdoc_probe;
 
+/* The restore drills (broker/drill.h), as chatvault.restore_drills says. */
+typedef struct cv_lagdoc_drill {
+    int64_t interval_s;               /* 0: this broker schedules none */
+    int64_t last_ms, last_success_ms; /* 0: null */
+    bool last_passed;
+    double last_seconds; /* %.3f */
+    int64_t last_sampled;
+    const char *last_detail;
+} cv_lagdoc_drill;
+
 typedef struct cv_lagdoc_store {
     const char *name;
     bool up;
@@ -174,6 +186,7 @@ typedef struct cv_lagdoc_tail {
     double pg_commit_p99_s, log_fsync_p99_s; /* [broker] %.6g; < 0: null */
     int64_t batches;                         /* [broker] */
     const cv_lagdoc_probe *probe;            /* [broker] NULL: null */
+    const cv_lagdoc_drill *drill;            /* [broker] NULL: null */
     const cv_lagdoc_store *stores;
     size_t nstores;
     const cv_lagdoc_reject *rejects; /* newest first */

@@ -724,3 +724,10 @@ void cv_metrics_kafka_stats(cv_metrics *m, const char *json, size_t len) {
     json_decref(doc);
     cv_metrics_kafka_state(m, up, known);
 }
+
+void cv_metrics_set_drill(cv_metrics *m, const cv_metrics_drill *d) {
+    pthread_mutex_lock(&m->lock);
+    m->drill = *d;
+    m->drill_known = true;
+    pthread_mutex_unlock(&m->lock);
+}

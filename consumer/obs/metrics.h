@@ -154,6 +154,20 @@ void cv_metrics_kafka_state(cv_metrics *m, int up, int known);
  * and coordinators' aliases, are not counted. Thread-safe. */
 void cv_metrics_kafka_stats(cv_metrics *m, const char *json, size_t len);
 
+/* What the restore drills say (chatvault.restore_drills, which the broker
+ * reads; see broker/drill.h). Until the first call no drill family is
+ * exported. Thread-safe. */
+typedef struct cv_metrics_drill {
+    int64_t interval_s;               /* drill.interval_s; 0: not scheduled */
+    int64_t last_us, last_success_us; /* Unix us of the newest drill's end,
+                                         and of the newest that passed; 0: none */
+    bool last_passed;
+    double last_seconds; /* restore + verify of the newest */
+    int64_t last_sampled;
+    char last_detail[256]; /* why the newest failed */
+} cv_metrics_drill;
+void cv_metrics_set_drill(cv_metrics *m, const cv_metrics_drill *d);
+
 /* Ready: the pipeline ticked in the last 3 windows, Kafka is reachable (at
  * least one broker up, or the outage is younger than 5 s), acks can be made (no
  * store is down, or ack.policy = any runs degraded on the other one), no

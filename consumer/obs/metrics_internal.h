@@ -185,6 +185,9 @@ struct cv_metrics {
     int64_t hist_last_ms; /* monotonic time of the newest point; 0: none */
     hseries *hist_total;
 
+    bool drill_known; /* cv_metrics_set_drill was called */
+    cv_metrics_drill drill;
+
     char *probe_topic; /* NULL: no probe */
     cv_hist probe_latency;
     int64_t probe_sent, probe_acked, probe_last_ack_us, probe_last_latency_us;

@@ -117,6 +117,15 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
                 m->probe_acked ? (double)m->probe_last_latency_us / 1e6 : -1,
             .p99_s = q_s(cv_hist_quantile(&m->probe_latency, NULL, 0.99)),
         };
+    cv_lagdoc_drill drill = {
+        .interval_s = m->drill.interval_s,
+        .last_ms = m->drill.last_us / 1000,
+        .last_success_ms = m->drill.last_success_us / 1000,
+        .last_passed = m->drill.last_passed,
+        .last_seconds = m->drill.last_seconds,
+        .last_sampled = m->drill.last_sampled,
+        .last_detail = m->drill.last_detail,
+    };
     cv_lagdoc_store stores[2];
     size_t nstores = 0;
     for (size_t s = 0; s < 2; s++) {
@@ -144,6 +153,7 @@ int cv_metrics_render_lag_json(cv_metrics *m, cv_buf *b) {
         .log_fsync_p99_s = q_s(cv_hist_quantile(&m->log_fsync, NULL, 0.99)),
         .batches = m->batches,
         .probe = m->probe_topic ? &probe : NULL,
+        .drill = m->drill_known ? &drill : NULL,
         .stores = stores,
         .nstores = nstores,
         .rejects = rejects,

@@ -322,6 +322,33 @@ out:
     return r;
 }
 
+/* The restore drills' families, once the broker read their record. */
+static int prom_drill(const cv_metrics *m, cv_buf *b) {
+    int r = 0;
+    const cv_metrics_drill *d = &m->drill;
+    if (!m->drill_known)
+        return 0;
+    CK(prom_seconds(b, "chatvault_drill_last_timestamp_seconds",
+                    "Unix time the newest restore drill ended (0: none yet).",
+                    (double)d->last_us / 1e6));
+    CK(prom_seconds(b, "chatvault_drill_last_success_timestamp_seconds",
+                    "Unix time the newest restore drill that passed ended (0: none).",
+                    (double)d->last_success_us / 1e6));
+    CK(prom_one(b, "chatvault_drill_last_passed", "gauge",
+                "1 when the newest restore drill passed, 0 when it failed or none ran.",
+                d->last_us && d->last_passed));
+    CK(prom_seconds(b, "chatvault_drill_last_duration_seconds",
+                    "Restore and verify time of the newest restore drill.",
+                    d->last_seconds));
+    CK(prom_one(b, "chatvault_drill_last_sampled_messages", "gauge",
+                "Messages the newest restore drill restored.", d->last_sampled));
+    CK(prom_one(b, "chatvault_drill_interval_seconds", "gauge",
+                "drill.interval_s: how often this broker runs a drill (0: never).",
+                d->interval_s));
+out:
+    return r;
+}
+
 /* chatvault_store_up and chatvault_store_errors_total, per store. */
 static int prom_stores(const cv_metrics *m, cv_buf *b) {
     int r = 0;
@@ -413,6 +440,7 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
     CK(prom_channel_status(m, b, now_ms, now_us));
     CK(prom_latencies(m, b));
     CK(prom_probe(m, b));
+    CK(prom_drill(m, b));
     CK(prom_stores(m, b));
     CK(prom_log(m, b));
     CK(prom_degraded_kafka(m, b));

@@ -2,7 +2,7 @@
  * pg/internal.h — private to consumer/pg/: the helpers its files share,
  * prefixed cv_pg_i_. They are defined in pgread.c. Nothing outside this
  * folder includes it; the public APIs are pgread.h, pgstore.h, pgverify.h
- * pgmigrate.h, pgsearch.h, pgaudit.h and pgreport.h.
+ * pgmigrate.h, pgsearch.h, pgaudit.h, pgreport.h and pgdrill.h.
  */
 #ifndef CV_PG_INTERNAL_H
 #define CV_PG_INTERNAL_H

@@ -3,9 +3,12 @@
  */
 #include "pg/pgmigrate.h"
 
+#include <errno.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "pg/internal.h"
 #include "util.h"
@@ -155,4 +158,168 @@ int cv_pgmigrate_check(PGconn *conn, char *errbuf, size_t errlen) {
         return -CV_ESCHEMA;
     }
     return 0;
+}
+
+/* ---- whole databases (restore, drill) --------------------------------- */
+
+static int conninfo_parse(const char *conninfo, PQconninfoOption **ret, char *errbuf,
+                          size_t errlen) {
+    char *perr = NULL;
+    *ret = PQconninfoParse(conninfo, &perr);
+    if (*ret)
+        return 0;
+    snprintf(errbuf, errlen, "postgres: conninfo does not parse: %s",
+             perr ? perr : "out of memory");
+    cv_one_line(errbuf);
+    PQfreemem(perr);
+    return -EINVAL;
+}
+
+/* Appends key='value' to out, quoting as libpq's conninfo grammar wants. */
+static bool put_pair(char *out, size_t outlen, size_t *at, const char *key,
+                     const char *value) {
+    int n = snprintf(out + *at, outlen - *at, "%s%s='", *at ? " " : "", key);
+    if (n < 0 || (size_t)n >= outlen - *at)
+        return false;
+    *at += (size_t)n;
+    for (const char *p = value; *p; p++) {
+        if ((*p == '\'' || *p == '\\') && *at + 1 < outlen)
+            out[(*at)++] = '\\';
+        if (*at + 2 >= outlen)
+            return false;
+        out[(*at)++] = *p;
+    }
+    out[(*at)++] = '\'';
+    out[*at] = '\0';
+    return true;
+}
+
+int cv_pg_conninfo_with_db(const char *conninfo, const char *dbname, char *out,
+                           size_t outlen, char *errbuf, size_t errlen) {
+    PQconninfoOption *opts;
+    int r = conninfo_parse(conninfo, &opts, errbuf, errlen);
+    if (r < 0)
+        return r;
+    size_t at = 0;
+    bool ok = outlen > 0;
+    if (ok)
+        out[0] = '\0';
+    for (PQconninfoOption *o = opts; ok && o->keyword; o++)
+        if (o->val && strcmp(o->keyword, "dbname") != 0)
+            ok = put_pair(out, outlen, &at, o->keyword, o->val);
+    if (ok)
+        ok = put_pair(out, outlen, &at, "dbname", dbname);
+    PQconninfoFree(opts);
+    if (!ok) {
+        snprintf(errbuf, errlen, "postgres: conninfo too long");
+        return -ENAMETOOLONG;
+    }
+    return 0;
+}
+
+int cv_pg_conninfo_db(const char *conninfo, char *out, size_t outlen, char *errbuf,
+                      size_t errlen) {
+    PQconninfoOption *opts;
+    int r = conninfo_parse(conninfo, &opts, errbuf, errlen);
+    if (r < 0)
+        return r;
+    const char *db = NULL, *user = NULL;
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        if (strcmp(o->keyword, "dbname") == 0)
+            db = o->val;
+        else if (strcmp(o->keyword, "user") == 0)
+            user = o->val;
+    }
+    /* libpq's defaults, in its order: PGDATABASE, then the user name */
+    if (!db || !*db)
+        db = getenv("PGDATABASE");
+    if (!db || !*db)
+        db = user && *user ? user : getenv("PGUSER");
+    if (!db || !*db) {
+        const struct passwd *pw = getpwuid(geteuid());
+        db = pw ? pw->pw_name : "postgres";
+    }
+    snprintf(out, outlen, "%s", db);
+    PQconninfoFree(opts);
+    return 0;
+}
+
+/* A connection to the `postgres` database of conninfo's server, and the
+ * name of conninfo's own database, quoted as an identifier. */
+static PGconn *maintenance_conn(const char *conninfo, char **ret_ident, char *db,
+                                size_t dblen, char *errbuf, size_t errlen) {
+    char other[4096];
+    if (cv_pg_conninfo_db(conninfo, db, dblen, errbuf, errlen) < 0 ||
+        cv_pg_conninfo_with_db(conninfo, "postgres", other, sizeof(other), errbuf,
+                               errlen) < 0)
+        return NULL;
+    PGconn *conn = cv_pg_connect(other, errbuf, errlen);
+    if (!conn)
+        return NULL;
+    *ret_ident = PQescapeIdentifier(conn, db, strlen(db));
+    if (!*ret_ident) {
+        cv_pg_i_fail(conn, NULL, "quoting a database name", errbuf, errlen);
+        PQfinish(conn);
+        return NULL;
+    }
+    return conn;
+}
+
+static int database_exists(PGconn *conn, const char *db, bool *ret, char *errbuf,
+                           size_t errlen) {
+    const char *params[1] = {db};
+    PGresult *res = PQexecParams(conn, "SELECT 1 FROM pg_database WHERE datname = $1", 1,
+                                 NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return cv_pg_i_fail(conn, res, "looking up a database", errbuf, errlen);
+    *ret = PQntuples(res) == 1;
+    PQclear(res);
+    return 0;
+}
+
+int cv_pg_create_database(const char *conninfo, bool *ret_created, char *errbuf,
+                          size_t errlen) {
+    char db[256], *ident = NULL;
+    PGconn *conn = maintenance_conn(conninfo, &ident, db, sizeof(db), errbuf, errlen);
+    if (!conn)
+        return -CV_ESTORE;
+    bool exists = false;
+    int r = database_exists(conn, db, &exists, errbuf, errlen);
+    *ret_created = false;
+    if (r == 0 && !exists) {
+        char sql[600], what[300];
+        snprintf(sql, sizeof(sql), "CREATE DATABASE %s", ident);
+        snprintf(what, sizeof(what), "creating database %s", db);
+        r = cv_pg_i_exec(conn, sql, what, errbuf, errlen);
+        *ret_created = r == 0;
+    }
+    PQfreemem(ident);
+    PQfinish(conn);
+    return r < 0 ? -CV_ESTORE : 0;
+}
+
+int cv_pg_drop_database(const char *conninfo, char *errbuf, size_t errlen) {
+    char db[256], *ident = NULL;
+    PGconn *conn = maintenance_conn(conninfo, &ident, db, sizeof(db), errbuf, errlen);
+    if (!conn)
+        return -CV_ESTORE;
+    char sql[600], what[300];
+    snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", ident);
+    snprintf(what, sizeof(what), "dropping database %s", db);
+    int r = cv_pg_i_exec(conn, sql, what, errbuf, errlen);
+    PQfreemem(ident);
+    PQfinish(conn);
+    return r < 0 ? -CV_ESTORE : 0;
+}
+
+int cv_pg_database_exists(const char *conninfo, bool *ret_exists, char *errbuf,
+                          size_t errlen) {
+    char db[256], *ident = NULL;
+    PGconn *conn = maintenance_conn(conninfo, &ident, db, sizeof(db), errbuf, errlen);
+    if (!conn)
+        return -CV_ESTORE;
+    int r = database_exists(conn, db, ret_exists, errbuf, errlen);
+    PQfreemem(ident);
+    PQfinish(conn);
+    return r < 0 ? -CV_ESTORE : 0;
 }

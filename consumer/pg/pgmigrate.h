@@ -44,4 +44,29 @@ int cv_pgmigrate_current(PGconn *conn, int *ret_version, char *errbuf, size_t er
  * -CV_ESCHEMA with an error that says what to run. */
 int cv_pgmigrate_check(PGconn *conn, char *errbuf, size_t errlen);
 
+/* Writes to out (outlen bytes) the conninfo `conninfo` with its database
+ * replaced by `dbname`, as key='value' pairs (a URI is accepted too). 0,
+ * or -EINVAL with errbuf saying why the conninfo does not parse, or
+ * -ENAMETOOLONG. */
+int cv_pg_conninfo_with_db(const char *conninfo, const char *dbname, char *out,
+                           size_t outlen, char *errbuf, size_t errlen);
+
+/* The database a conninfo names (libpq's default, the user name, when it
+ * names none), into out. 0 or -EINVAL with errbuf set. */
+int cv_pg_conninfo_db(const char *conninfo, char *out, size_t outlen, char *errbuf,
+                      size_t errlen);
+
+/* Creates the database `conninfo` names, unless it exists, connecting to
+ * the same server's `postgres` database; *ret_created says whether it did.
+ * cv_pg_drop_database drops it, if it exists, ending its sessions (WITH
+ * (FORCE)). Both: 0, or -CV_ESTORE with errbuf set. */
+int cv_pg_create_database(const char *conninfo, bool *ret_created, char *errbuf,
+                          size_t errlen);
+int cv_pg_drop_database(const char *conninfo, char *errbuf, size_t errlen);
+
+/* Whether the database `conninfo` names exists on its server (asked of the
+ * server's `postgres` database). 0, or -CV_ESTORE with errbuf set. */
+int cv_pg_database_exists(const char *conninfo, bool *ret_exists, char *errbuf,
+                          size_t errlen);
+
 #endif

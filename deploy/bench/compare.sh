@@ -9,7 +9,10 @@
 # were seen to differ by 30%, so only alternating pairs and medians say
 # anything about a 10% difference.
 #
-#   deploy/bench/compare.sh [--rounds N] [run.sh options]...
+#   deploy/bench/compare.sh [--rounds N] [--scale-out] [run.sh options]...
+#
+# --scale-out compares two broker instances in one consumer group (run.sh
+# --instances 2) with one instance instead, both stores on each side.
 #
 # Columns per side: msgs/s end to end, the PostgreSQL backend's CPU seconds
 # and the seconds it waited for a CPU (run-queue delay), the broker's CPU
@@ -22,9 +25,17 @@ set -euo pipefail
 
 rounds=5
 args=()
+# The two sides: run.sh's extra words for each, and their column titles.
+a_args=()
+b_args=(--set log.dir=)
+a_name=both
+b_name=PG-only
 while [ $# -gt 0 ]; do
     case $1 in
     --rounds) rounds=$2; shift 2 ;;
+    --scale-out)
+        a_args=(--instances 2) b_args=(--instances 1) a_name="2 inst" b_name="1 inst"
+        shift ;;
     -h | --help) sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; exit 0 ;;
     *) args+=("$1"); shift ;;
     esac
@@ -54,27 +65,27 @@ median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] :
 # config (in the three compare.sh series the backend used 16.1-16.9 s of CPU
 # in it, 10.0-14.4 s in the others), and round 1 runs both stores first, so
 # it always hit that side.
-one >/dev/null
-one --set log.dir= >/dev/null
+one "${a_args[@]+"${a_args[@]}"}" >/dev/null
+one "${b_args[@]}" >/dev/null
 
 both=()
 pgonly=()
 ratios=()
 {
     echo "== compare.sh: $rounds rounds, $(nproc) cores, run.sh --no-kcat ${args[*]-}"
-    printf '%-6s %12s %8s %7s %8s   %14s %8s %7s %8s   %6s\n' round "both msgs/s" "PG CPU" "PG rq" \
-        "broker" "PG-only msgs/s" "PG CPU" "PG rq" "broker" ratio
+    printf '%-6s %12s %8s %7s %8s   %14s %8s %7s %8s   %6s\n' round "$a_name msgs/s" "PG CPU" "PG rq" \
+        "broker" "$b_name msgs/s" "PG CPU" "PG rq" "broker" ratio
 } | tee "$out"
 for ((r = 1; r <= rounds; r++)); do
-    # Odd rounds run both stores first, even rounds PostgreSQL only first,
-    # so a machine that speeds up or slows down during the runs does not
-    # always favour the same side.
+    # Odd rounds run side A first (both stores; 2 instances), even rounds
+    # side B first, so a machine that speeds up or slows down during the
+    # runs does not always favour the same side.
     if ((r % 2)); then
-        read -r b_rate b_pg b_rq b_cpu < <(one)
-        read -r p_rate p_pg p_rq p_cpu < <(one --set log.dir=)
+        read -r b_rate b_pg b_rq b_cpu < <(one "${a_args[@]+"${a_args[@]}"}")
+        read -r p_rate p_pg p_rq p_cpu < <(one "${b_args[@]}")
     else
-        read -r p_rate p_pg p_rq p_cpu < <(one --set log.dir=)
-        read -r b_rate b_pg b_rq b_cpu < <(one)
+        read -r p_rate p_pg p_rq p_cpu < <(one "${b_args[@]}")
+        read -r b_rate b_pg b_rq b_cpu < <(one "${a_args[@]+"${a_args[@]}"}")
     fi
     ratio=$(awk -v a="$b_rate" -v b="$p_rate" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')
     both+=("$b_rate")
@@ -87,7 +98,7 @@ mb=$(printf '%s\n' "${both[@]}" | median)
 mp=$(printf '%s\n' "${pgonly[@]}" | median)
 mr=$(printf '%s\n' "${ratios[@]}" | median)
 {
-    printf 'median: both stores %.0f msgs/s, PostgreSQL only %.0f msgs/s, ratio of medians %.3f, median of ratios %s\n' \
-        "$mb" "$mp" "$(awk -v a="$mb" -v b="$mp" 'BEGIN { print a / b }')" "$mr"
+    printf 'median: %s %.0f msgs/s, %s %.0f msgs/s, ratio of medians %.3f, median of ratios %s\n' \
+        "$a_name" "$mb" "$b_name" "$mp" "$(awk -v a="$mb" -v b="$mp" 'BEGIN { print a / b }')" "$mr"
     echo "results: $out"
 } | tee -a "$out"

@@ -12,7 +12,13 @@
 #                       [--linger-ms N] [--set key=value]... [--no-kcat]
 #                       [--perf SECONDS] [--sample] [--keep-log]
 #                       [--kafka mock|real] [--brokers N] [--backlog]
-#                       [--latency SECONDS]
+#                       [--latency SECONDS] [--instances N]
+#
+# --instances N: N brokers in one consumer group (each its own log.dir and
+# HTTP port) against the same PostgreSQL, for the scale-out figure
+# (scaleout.sh runs 1 and 2 in alternating pairs). The broker CPU and peak
+# RSS figures are the first instance's; the PostgreSQL figures and the
+# broker's histograms cover all of them.
 #
 # --latency SECONDS: after the run at full speed, the same broker gets three
 # open-loop passes (chatvault-bench --rate) at 10%, 50% and 90% of the rate
@@ -55,6 +61,7 @@ kafka=mock
 brokers=1
 backlog=0
 latency_s=0
+instances=1
 sets=()
 
 usage() { sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; }
@@ -74,12 +81,14 @@ while [ $# -gt 0 ]; do
     --brokers) brokers=$2; shift 2 ;;
     --backlog) backlog=1; shift ;;
     --latency) latency_s=$2; shift 2 ;;
+    --instances) instances=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 
 case $kafka in mock | real) ;; *) echo "run.sh: --kafka $kafka: want mock or real" >&2; exit 2 ;; esac
+case $instances in [1-9]) ;; *) echo "run.sh: --instances $instances: want 1 to 9" >&2; exit 2 ;; esac
 if [ "$backlog" = 1 ] && [ "$kafka" = mock ]; then
     # The mock drops a partition's oldest batches past ~5 MiB, silently: the
     # whole backlog must fit, with room to spare. A record is the body and
@@ -120,7 +129,7 @@ cleanup() {
     done
     # The encrypted log of a million messages is ~0.5 GB: keep it only when
     # asked to.
-    [ "$keep" = 1 ] || rm -rf "$out/log"
+    [ "$keep" = 1 ] || rm -rf "$out"/log "$out"/log-[0-9]
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -198,20 +207,40 @@ done
 # page writes after a checkpoint make PostgreSQL's inserts dearer for a while).
 psql -X -q "$pg dbname=postgres" -c CHECKPOINT
 
-# 3. The broker, and what measures around it. start_broker starts it;
-# broker_ready waits until it owns partitions.
+# 3. The broker, and what measures around it. start_broker starts it (and
+# the other --instances, each with its own log directory and HTTP port);
+# broker_ready waits until each owns partitions.
+http_ports=("$http_port")
+broker_pids=()
 start_broker() {
     "$chatvault" broker -c "$out/chatvault.conf" 2>"$out/broker.log" &
     broker_pid=$!
     pids+=("$broker_pid")
+    broker_pids=("$broker_pid")
+    local i port
+    for ((i = 2; i <= instances; i++)); do
+        port=$((http_port + i - 1))
+        http_ports+=("$port")
+        "$chatvault" broker -c "$out/chatvault.conf" --set "log.dir=$out/log-$i" \
+            --set "http.listen=127.0.0.1:$port" 2>"$out/broker-$i.log" &
+        pids+=($!)
+        broker_pids+=($!)
+    done
 }
 broker_ready() {
-    for _ in $(seq 300); do
-        grep -q 'partition assigned\|partitions assigned' "$out/broker.log" && break
-        kill -0 "$broker_pid" 2>/dev/null || { log "broker exited; see $out/broker.log"; exit 1; }
-        sleep 0.1
+    local i f
+    for ((i = 1; i <= instances; i++)); do
+        f=$out/broker.log
+        [ "$i" = 1 ] || f=$out/broker-$i.log
+        for _ in $(seq 300); do
+            grep -q 'partition assigned\|partitions assigned' "$f" && break
+            kill -0 "${broker_pids[$((i - 1))]}" 2>/dev/null || { log "broker exited; see $f"; exit 1; }
+            sleep 0.1
+        done
     done
-    log "broker pid $broker_pid running (log $out/broker.log)"
+    # The group's last rebalance settles before anything is measured.
+    [ "$instances" = 1 ] || sleep 5
+    log "broker pid(s) ${broker_pids[*]} running (log $out/broker.log)"
 }
 
 # CPU seconds (user + system) of a process, from /proc/<pid>/stat.
@@ -325,7 +354,10 @@ pg_cpu=$(awk -v a="$pg_cpu0" -v b="$(sum_of cpu_of $pg_backends)" 'BEGIN { print
 # shellcheck disable=SC2086
 pg_rq=$(awk -v a="$pg_rq0" -v b="$(sum_of rq_of $pg_backends)" 'BEGIN { printf "%.2f", b - a }')
 # Where the broker's time went, from its own histograms.
-curl -s "http://127.0.0.1:$http_port/metrics" >"$out/metrics.txt" || true
+: >"$out/metrics.txt"
+for port in "${http_ports[@]}"; do
+    curl -s "http://127.0.0.1:$port/metrics" >>"$out/metrics.txt" || true
+done
 metric() { awk -v m="$1" '$1 == m { v += $2 } END { printf "%.3f", v }' "$out/metrics.txt"; }
 pg_sum=$(metric chatvault_pg_commit_seconds_sum)
 pg_n=$(metric chatvault_pg_commit_seconds_count)
@@ -363,8 +395,10 @@ if [ "$latency_s" -gt 0 ] && [ "$backlog" = 0 ] && [ "$bench_rc" = 0 ]; then
     /usr/bin/python3 "$src/deploy/bench/latency.py" "$out/latency.txt" "$out/latency.png" \
         "$max_rate" >"$out/latency-chart.log" 2>&1 || log "latency chart not drawn; see $out/latency-chart.log"
 fi
-kill -TERM "$broker_pid"
-wait "$broker_pid" || log "broker exited with status $?"
+kill -TERM "${broker_pids[@]}"
+for pid in "${broker_pids[@]}"; do
+    wait "$pid" || log "broker $pid exited with status $?"
+done
 
 # 5. The pipeline a user would otherwise script, over the same messages:
 # one balanced kcat consumer over the chat topics, printing CSV rows (the
@@ -399,7 +433,7 @@ ours=$(field e2e_msgs_per_s)
 ratio=$(awk -v a="${ours:-0}" -v b="$kcat_rate" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
 {
     echo
-    echo "== chatvault bench summary ($(date -u +%FT%TZ), $(nproc) cores, $messages msgs, ${body_bytes}-byte bodies, $channels channels, Kafka: $([ "$kafka" = real ] && echo "Apache Kafka x$brokers, RF $rf" || echo mock)$([ "$backlog" = 1 ] && echo ", backlog drain"))"
+    echo "== chatvault bench summary ($(date -u +%FT%TZ), $(nproc) cores, $messages msgs, ${body_bytes}-byte bodies, $channels channels, Kafka: $([ "$kafka" = real ] && echo "Apache Kafka x$brokers, RF $rf" || echo mock)$([ "$backlog" = 1 ] && echo ", backlog drain")$([ "$instances" = 1 ] || echo ", $instances broker instances"))"
     if [ "$backlog" = 1 ]; then
         printf '%-40s %s\n' "chatvault drain (broker start -> ack)" "$(field e2e_msgs_per_s) msgs/s in $(field e2e_s) s"
         printf '%-40s %s\n' "  publish, before the broker started" "$(field publish_s) s"
@@ -409,7 +443,7 @@ ratio=$(awk -v a="${ours:-0}" -v b="$kcat_rate" 'BEGIN { printf "%.2f", (b > 0 ?
         printf '%-40s %s\n' "  publish only" "$(field publish_s) s"
         printf '%-40s %s\n' "  sent -> ack latency p50 / p99 / max" "$(field p50_ms) / $(field p99_ms) / $(field max_ms) ms"
     fi
-    printf '%-40s %s\n' "  broker CPU / peak RSS" "$(field broker_cpu_s) s / $(field broker_peak_rss_mib) MiB"
+    printf '%-40s %s\n' "  broker CPU / peak RSS$([ "$instances" = 1 ] || echo " (instance 1)")" "$(field broker_cpu_s) s / $(field broker_peak_rss_mib) MiB"
     printf '%-40s %s\n' "  CPU of Kafka (node 1) / broker's PG backend" "$kafka_cpu s / $pg_cpu s"
     printf '%-40s %s\n' "  PG backend waiting for a CPU" "$pg_rq s"
     printf '%-40s %s\n' "  batches / mean size" "${batch_n%.*} / $(mean "$batch_sum" "$batch_n" 1) msgs"

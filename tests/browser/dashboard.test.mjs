@@ -34,8 +34,12 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const childEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("CHATVAULT_")));
 
 function send(channel, bodies, waitAck) {
+  return run(["send", "--channel", channel, ...(waitAck ? ["--wait-ack"] : []), ...bodies]);
+}
+
+function run(cmdArgs) {
   return new Promise((resolve) => {
-    const args = ["send", "-c", CONFIG, "--channel", channel, ...(waitAck ? ["--wait-ack"] : []), ...bodies];
+    const args = [cmdArgs[0], "-c", CONFIG, ...cmdArgs.slice(1)];
     const p = spawn(BIN, args, { env: childEnv, stdio: ["ignore", "ignore", "pipe"] });
     let err = "";
     p.stderr.on("data", (d) => (err += d));
@@ -265,6 +269,22 @@ try {
     return { ok: diffs.length === 0 && t.length === d.channels.length, diffs };
   }, 10000, 400);
   check(match.ok, "table numbers match /api/lag", (match.diffs || []).join("; "));
+  // A restore drill: the tile says how long ago a restore last worked.
+  const never = await waitFor(async () => {
+    const v = await page.$eval("#t-drill", (e) => e.textContent);
+    return { ok: v === "never", v };
+  }, 20000, 500);
+  check(never.ok, "before any drill the restore tile says never", never.v);
+  const dr = await run(["drill", "--sample", "20", "--quiet"]);
+  check(dr.code === 0, "chatvault drill --sample 20 passes", dr.err);
+  const tile = await waitFor(async () => {
+    const v = await page.$eval("#t-drill", (e) => e.textContent);
+    const n = await page.$eval("#t-drill-note", (e) => e.textContent);
+    const bad = await page.$eval("#tile-drill", (e) => e.classList.contains("bad"));
+    return { ok: / ago$/.test(v) && n.startsWith("passed: 20 messages") && !bad, v, n, bad };
+  }, 40000, 500);
+  check(tile.ok, "the restore tile shows the drill that just passed (\"… ago\", 20 messages, not red)",
+    JSON.stringify(tile));
   const okColour = await page.$eval('tr[data-channel="alpha"] .pill', (e) => getComputedStyle(e).backgroundColor);
   check(okColour === OK_RGB, "an OK channel is painted green", okColour);
   await page.screenshot({ path: join(ART, "dashboard.png"), fullPage: true });

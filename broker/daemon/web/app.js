@@ -438,6 +438,26 @@
     tile.classList.toggle("bad", stale);
   }
 
+  // Restore drills: how long ago a restore last worked. Red when the newest
+  // drill failed, or when none passed for twice drill.interval_s.
+  function renderDrill(d) {
+    const r = d.drill;
+    const tile = $("tile-drill");
+    if (!r) return; // not read yet
+    const ago = (ms) => fmtSecs((d.time_ms - ms) / 1000) + " ago";
+    $("t-drill").textContent = r.last_success_ms ? ago(r.last_success_ms) : "never";
+    let note;
+    if (!r.last_ms) note = r.interval_s ? `first drill due within ${fmtSecs(r.interval_s)}` : "no drill yet: chatvault drill";
+    else if (r.last_passed) note = `passed: ${fmtInt(r.last_sampled)} messages in ${fmtSecs(r.last_seconds)}`;
+    else note = `last drill FAILED ${ago(r.last_ms)}: ${r.last_detail}`;
+    const note_el = $("t-drill-note");
+    note_el.textContent = note;
+    note_el.title = note;
+    const overdue = r.interval_s > 0 && r.last_ms &&
+      (!r.last_success_ms || d.time_ms - r.last_success_ms > 2000 * r.interval_s);
+    tile.classList.toggle("bad", (r.last_ms && !r.last_passed) || !!overdue);
+  }
+
   let lastData = null;
   function render(d) {
     lastData = d;
@@ -455,6 +475,7 @@
     $("t-p99").textContent = fmtSecs(d.latency.p99_s);
     $("t-rejected").textContent = fmtInt(d.totals.rejected);
     renderProbe(d);
+    renderDrill(d);
     $("banner-degraded").hidden = !d.degraded;
     $("degraded-since").textContent = d.degraded && d.degraded_since_ms
       ? "since " + new Date(d.degraded_since_ms).toLocaleTimeString() : "";

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +19,7 @@ struct cv_shipper {
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    volatile bool stop;
+    atomic_bool stop; /* also read by the pass, between segments */
     cv_cold *cold;
     char *log_dir;
     int64_t interval_s, hot_window_s;
@@ -38,7 +39,7 @@ static void on_event(void *opaque, const cv_cold_event *ev) {
 static void *run(void *arg) {
     cv_shipper *s = arg;
     pthread_mutex_lock(&s->lock);
-    while (!s->stop) {
+    while (!atomic_load(&s->stop)) {
         pthread_mutex_unlock(&s->lock);
         char err[1024];
         cv_cold_ship_opts o = {.partition = -1,
@@ -59,7 +60,7 @@ static void *run(void *arg) {
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += s->interval_s;
-        while (!s->stop &&
+        while (!atomic_load(&s->stop) &&
                pthread_cond_timedwait(&s->cond, &s->lock, &until) != ETIMEDOUT)
             ;
     }
@@ -108,7 +109,7 @@ void cv_shipper_stop(cv_shipper *s) {
     if (!s)
         return;
     pthread_mutex_lock(&s->lock);
-    s->stop = true;
+    atomic_store(&s->stop, true);
     pthread_cond_signal(&s->cond);
     pthread_mutex_unlock(&s->lock);
     pthread_join(s->thread, NULL);

@@ -400,7 +400,6 @@ typedef int cv_applog_cold_fetch_fn(void *opaque, const char *stub_path,
 /* Installs the hook for the whole process (NULL removes it). Not
  * thread-safe against readers running meanwhile: set it at start. */
 void cv_applog_set_cold_fetch(cv_applog_cold_fetch_fn *fn, void *opaque);
-bool cv_applog_cold_fetch_set(void);
 
 /* One segment of a partition as `chatvault cold` sees it. */
 typedef struct cv_applog_cold_seg {

@@ -29,10 +29,6 @@ void cv_applog_set_cold_fetch(cv_applog_cold_fetch_fn *fn, void *opaque) {
     fetch_opaque = opaque;
 }
 
-bool cv_applog_cold_fetch_set(void) {
-    return fetch_fn != NULL;
-}
-
 /* The stub's one line (COLD TIER): magic, the fields, CRC32C of the text
  * before the CRC. */
 static size_t stub_format(const cv_applog_cold_stub *st, char *buf, size_t len) {

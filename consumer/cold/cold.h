@@ -19,6 +19,7 @@
 #ifndef CV_COLD_H
 #define CV_COLD_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -110,7 +111,7 @@ typedef struct cv_cold_ship_opts {
     bool dry_run;               /* change nothing, report what would be done */
     cv_cold_event_fn *on_event; /* each step, for progress; may be NULL */
     void *opaque;
-    const volatile bool *stop; /* set (by another thread) to end the pass early */
+    const atomic_bool *stop; /* set (by another thread) to end the pass early */
 } cv_cold_ship_opts;
 
 typedef struct cv_cold_ship_stats {

@@ -90,7 +90,7 @@ static int maybe_remove(pass *p, const cv_applog_cold_seg *cs, const char *path,
 
 static int on_seg(void *opaque, const cv_applog_cold_seg *cs) {
     pass *p = opaque;
-    if (p->o->stop && *p->o->stop)
+    if (p->o->stop && atomic_load(p->o->stop))
         return -ECANCELED;
     if (cs->last || !cs->local)
         return 0; /* the open segment is never shipped; a cold-only one is done */

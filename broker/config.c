@@ -198,6 +198,10 @@ static const prop props[] = {
      "remove a shipped and verified segment's local copy once it is older than this "
      "(7d, 12h, 30m, 90s; 0: at once; off: keep local copies)",
      0, 0, NULL, check_window},
+    {"cold.cache_keep", PROP_STR, "1d",
+     "a shipping pass removes copies fetched into cold.cache_dir that were not read for "
+     "this long (7d, 12h, 30m, 90s, 0; off: never)",
+     0, 0, NULL, check_window},
     {"cold.ship_interval_s", PROP_INT, "0",
      "seconds between the broker's own shipping passes (what chatvault cold ship does); "
      "0: the broker does not ship (run chatvault cold ship from a timer)",

@@ -22,7 +22,7 @@ struct cv_shipper {
     atomic_bool stop; /* also read by the pass, between segments */
     cv_cold *cold;
     char *log_dir;
-    int64_t interval_s, hot_window_s;
+    int64_t interval_s, hot_window_s, cache_keep_s;
 };
 
 static void on_event(void *opaque, const cv_cold_event *ev) {
@@ -44,6 +44,7 @@ static void *run(void *arg) {
         char err[1024];
         cv_cold_ship_opts o = {.partition = -1,
                                .hot_window_s = s->hot_window_s,
+                               .cache_keep_s = s->cache_keep_s,
                                .on_event = on_event,
                                .stop = &s->stop};
         cv_cold_ship_stats st;
@@ -80,6 +81,7 @@ int cv_shipper_start(const cv_config *cfg, cv_shipper **ret, char *errbuf,
         return -ENOMEM;
     s->interval_s = interval;
     cv_cold_parse_window(cv_config_str(cfg, "cold.hot_window"), &s->hot_window_s);
+    cv_cold_parse_window(cv_config_str(cfg, "cold.cache_keep"), &s->cache_keep_s);
     int r = cv_cli_cold_open(cfg, &s->cold, errbuf, errlen);
     if (r < 0) {
         free(s);

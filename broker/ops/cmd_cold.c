@@ -210,15 +210,17 @@ int cv_cmd_cold(int argc, char **argv) {
                                 .dry_run = o.dry_run,
                                 .on_event = on_event};
         cv_cold_parse_window(cv_config_str(cfg, "cold.hot_window"), &so.hot_window_s);
+        cv_cold_parse_window(cv_config_str(cfg, "cold.cache_keep"), &so.cache_keep_s);
         cv_cold_ship_stats st;
         int r = cv_cold_ship_log(rn.cold, dir, &so, &st, err, sizeof(err));
         if (r < 0)
             cv_error(name, "%s", err);
         fprintf(stderr,
                 "cold: %s%" PRIu64 " segments shipped (%" PRIu64 " bytes), %" PRIu64
-                " local copies removed, %" PRIu64 " shipped ones kept locally%s\n",
+                " local copies removed, %" PRIu64 " shipped ones kept locally, %" PRIu64
+                " cached copies pruned%s\n",
                 o.dry_run ? "(dry run) " : "", st.shipped, st.shipped_bytes, st.removed,
-                st.kept, r < 0 ? "; stopped at the error above" : "");
+                st.kept, st.cache_pruned, r < 0 ? "; stopped at the error above" : "");
         code = r < 0 ? CV_EXIT_FAILURE : CV_EXIT_OK;
         goto out;
     }

@@ -10,6 +10,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
@@ -18,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util.h"
@@ -708,8 +710,11 @@ int cv_cold_fetch(void *opaque, const char *stub_path, const cv_applog_cold_stub
     pthread_mutex_lock(&c->lock);
     cv_applog_cold_stub got;
     int r = cv_applog_cold_describe(cache, &got, NULL, 0);
-    if (r == 0 && !stub_mismatch(st, &got))
-        goto done; /* the cache holds it */
+    if (r == 0 && !stub_mismatch(st, &got)) {
+        /* the cache holds it; its time says when it was last used (prune) */
+        utimensat(AT_FDCWD, cache, NULL, 0);
+        goto done;
+    }
     r = cv_cold_get(c, st->key, cache, st->bytes, errbuf, errlen);
     if (r == -ENOENT || r == -EFBIG) {
         char inner[600];
@@ -739,5 +744,38 @@ done:
     pthread_mutex_unlock(&c->lock);
     if (r == 0)
         snprintf(path, pathlen, "%s", cache);
+    return r;
+}
+
+/* ---- the cache ------------------------------------------------------------ */
+
+/* nftw has no argument for its callback: one prune at a time. */
+static pthread_mutex_t prune_lock = PTHREAD_MUTEX_INITIALIZER;
+static int64_t prune_before;
+static uint64_t prune_removed;
+
+static int prune_one(const char *path, const struct stat *sb, int type, struct FTW *ftw) {
+    (void)ftw;
+    size_t l = strlen(path);
+    bool ours = (l > 6 && strcmp(path + l - 6, ".cvlog") == 0) ||
+                (l > 4 && strcmp(path + l - 4, ".tmp") == 0) ||
+                (l > 7 && strcmp(path + l - 7, ".verify") == 0);
+    if (type == FTW_F && ours && (int64_t)sb->st_mtime < prune_before &&
+        unlink(path) == 0)
+        prune_removed++;
+    return 0;
+}
+
+int cv_cold_prune_cache(cv_cold *c, int64_t keep_s, uint64_t *ret_removed) {
+    if (keep_s < 0)
+        return 0;
+    pthread_mutex_lock(&prune_lock);
+    prune_before = (int64_t)time(NULL) - keep_s;
+    prune_removed = 0;
+    int r =
+        nftw(c->cache_dir, prune_one, 16, FTW_PHYS) < 0 && errno != ENOENT ? -errno : 0;
+    if (ret_removed)
+        *ret_removed = prune_removed;
+    pthread_mutex_unlock(&prune_lock);
     return r;
 }

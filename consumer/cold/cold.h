@@ -109,6 +109,7 @@ typedef struct cv_cold_ship_opts {
     int64_t partition;          /* only this partition, or -1 */
     int64_t hot_window_s;       /* cv_cold_parse_window: -1 keeps local copies */
     bool dry_run;               /* change nothing, report what would be done */
+    int64_t cache_keep_s;       /* after the pass, cv_cold_prune_cache (-1: keep all) */
     cv_cold_event_fn *on_event; /* each step, for progress; may be NULL */
     void *opaque;
     const atomic_bool *stop; /* set (by another thread) to end the pass early */
@@ -116,6 +117,7 @@ typedef struct cv_cold_ship_opts {
 
 typedef struct cv_cold_ship_stats {
     uint64_t shipped, shipped_bytes, removed, kept;
+    uint64_t cache_pruned; /* cached copies removed */
 } cv_cold_ship_stats;
 
 /* Ships every sealed broker segment under `log_dir` not shipped yet (see
@@ -128,6 +130,11 @@ typedef struct cv_cold_ship_stats {
  * failure. */
 int cv_cold_ship_log(cv_cold *c, const char *log_dir, const cv_cold_ship_opts *o,
                      cv_cold_ship_stats *ret, char *errbuf, size_t errlen);
+
+/* Removes the cached copies (and leftovers of fetches) in the cache
+ * directory not used for keep_s seconds (each use touches its copy); -1
+ * keeps them all. A removed copy is fetched again when next read. */
+int cv_cold_prune_cache(cv_cold *c, int64_t keep_s, uint64_t *ret_removed);
 
 /* "7d", "12h", "30m", "90s" or a plain number of seconds: the hot window
  * in seconds into *ret (0: remove a local copy as soon as it is shipped and

@@ -133,6 +133,8 @@ int cv_cold_ship_log(cv_cold *c, const char *log_dir, const cv_cold_ship_opts *o
     if (errbuf && errlen)
         errbuf[0] = '\0';
     int r = cv_applog_partitions(log_dir, on_partition, &p, errbuf, errlen);
+    if (r == 0 && !o->dry_run) /* a cache it cannot prune is no failure of the pass */
+        cv_cold_prune_cache(c, o->cache_keep_s, &p.st.cache_pruned);
     if (ret)
         *ret = p.st;
     return r;

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import motolib
 
@@ -168,6 +169,20 @@ try:
     r = cv(log, "log", "check", target=s3, extra=s3opts)
     ok(r.returncode == 0 and "records=900" in r.stdout, "log check passes over cold segments",
        r.stdout + r.stderr)
+    # The cache: copies not read for cold.cache_keep are pruned by a pass.
+    cache = os.path.join(log, ".cold-cache", "off-site", "chat.general-0")
+    cached = sorted(os.listdir(cache))
+    ok(cached == segs[:-1], "every cold segment read is in the cache", cached)
+    old = time.time() - 7200
+    for name in cached[:2]:
+        os.utime(os.path.join(cache, name), (old, old))
+    r = cv(log, "cold", "ship", target=s3, extra=s3opts + ("cold.cache_keep=1h",))
+    ok(r.returncode == 0 and sorted(os.listdir(cache)) == cached[2:] and
+       "2 cached copies pruned" in r.stderr,
+       "a pass prunes the copies not read for cold.cache_keep", (r.stderr, os.listdir(cache)))
+    r, again = records(log, target=s3, extra=s3opts)
+    ok(r.returncode == 0 and again == before, "pruned copies are fetched again when read",
+       r.stderr[-1500:])
     r = cv(log, "log", "check")
     ok(r.returncode != 0 and "set cold.target" in r.stderr,
        "without cold.target a cold segment is an error, not skipped", r.stdout + r.stderr)

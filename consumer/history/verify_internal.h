@@ -110,10 +110,13 @@ typedef struct breaks {
     bool nomem;
 } breaks;
 
-/* The selection of u's rows, every one of them; callers narrow it. */
+/* The selection of u's rows, every one of them, of every version (the log
+ * holds every version at its own offset: so must the comparison); callers
+ * narrow it. */
 static inline cv_pgread_sel cv_verify_i_unit_rows(const unit *u) {
     return (cv_pgread_sel){
         .channel = u->channel,
+        .history = true,
         .partition = u->partition,
         .from_offset = -1,
         .to_offset = -1,

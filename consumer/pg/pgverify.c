@@ -15,11 +15,16 @@
 
 #define IDS_LIMIT ((size_t)64 << 20) /* bytes of one lookup's id array */
 
-/* The partitions of chatvault.messages and their rows. */
+/* The partitions of chatvault.messages and their rows, with the versions
+ * of chatvault.message_versions (an edit may go to another partition than
+ * the message's latest version). */
 static const char partitions_sql[] =
-    "SELECT channel, kafka_topic, kafka_partition, count(*)"
-    " FROM chatvault.messages"
-    " GROUP BY channel, kafka_topic, kafka_partition";
+    "SELECT channel, kafka_topic, kafka_partition, sum(n)::bigint FROM ("
+    " SELECT channel, kafka_topic, kafka_partition, count(*) AS n"
+    " FROM chatvault.messages GROUP BY channel, kafka_topic, kafka_partition"
+    " UNION ALL SELECT channel, kafka_topic, kafka_partition, count(*)"
+    " FROM chatvault.message_versions GROUP BY channel, kafka_topic, kafka_partition"
+    ") p GROUP BY channel, kafka_topic, kafka_partition";
 
 /* The consumer groups' offsets. */
 static const char offsets_sql[] = "SELECT consumer_group, topic,"

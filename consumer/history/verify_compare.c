@@ -141,8 +141,10 @@ static int push_cand(vec *v, const view *w, int64_t offset, bool is_row, bool co
     x->collides = collides;
     if (!w->decoded && !is_row)
         return 0;
-    if (w->decoded)
+    if (w->decoded) {
         view_fp(w, x->fp);
+        x->revision = w->revision;
+    }
     return (x->message_id = strdup(w->message_id)) ? 0 : -ENOMEM;
 }
 

@@ -54,6 +54,7 @@ typedef struct groupoff {
 typedef struct cand {
     int64_t offset;
     char *message_id;     /* NULL when the value did not decode */
+    uint32_t revision;    /* the version, with message_id */
     unsigned char fp[32]; /* the compared fields (view_fp) */
     bool collides;        /* PostgreSQL's: the log holds its offset */
     bool done;            /* repair_pg: written */

@@ -8,10 +8,26 @@ one batch; `chatvault send --revision/--delete`; `log cat` shows the
 versions; verify finds no difference; replay and export read the latest
 version, or every one with --history."""
 import json
+import time
 
 import cvtest
 
-with cvtest.Harness('versions', topics={'chat.ver': 1}, partitions=1) as h:
+def refused_as_writer(h, sql):
+    """The SQLSTATE of SQL run as chatvault_writer (None: it ran)."""
+    conn = h.pg()
+    try:
+        with conn.cursor() as cur:
+            cur.execute('SET ROLE chatvault_writer')
+            cur.execute(sql)
+        return None
+    except cvtest.psycopg2.Error as e:
+        return e.pgcode
+    finally:
+        conn.rollback()
+
+
+with cvtest.Harness('versions', topics={'chat.ver': 1}, partitions=1,
+                    config={'search.index_interval_ms': '200'}) as h:
     h.migrate()
     h.start_broker()
     prod = h.producer()
@@ -113,6 +129,27 @@ with cvtest.Harness('versions', topics={'chat.ver': 1}, partitions=1) as h:
         " WHERE channel = 'ver' AND message_id = 'm4' ORDER BY revision")],
         [(0, b'typo'), (1, b'fixed')], 'm4: the original and the edit in the history')
 
+    # --- the writer may only supersede ---------------------------------
+    h.is_(refused_as_writer(h, "UPDATE chatvault.messages SET body = 'x'"
+                               " WHERE channel = 'ver' AND message_id = 'm2'"), '42501',
+          'the writer cannot change a message in place')
+    h.is_(refused_as_writer(h, "UPDATE chatvault.messages SET revision = 9"
+                               " WHERE channel = 'ver' AND message_id = 'm2'"), '42501',
+          'nor raise its revision without its version in message_versions')
+
+    # --- search finds the latest version --------------------------------
+    o_s0 = publish(msg('m5', b'aardvark sighting'), 'm5 original')
+    o_s1 = publish(msg('m5', b'pangolin sighting', revision=1), 'm5 edit')
+    def found(word):
+        r = h.run('search', '--format', 'jsonl', '--text', word)
+        return None if r.returncode else [x['message_id']
+                                          for x in cvtest.search_jsonl(r.stdout)[0]]
+    deadline = time.time() + 60
+    while found('pangolin') != ['m5'] and time.time() < deadline:
+        time.sleep(0.5)
+    h.is_(found('pangolin'), ['m5'], 'search finds the edit by its new words')
+    h.is_(found('aardvark'), [], 'and not by the words it replaced')
+
     # --- the log: a record per version ----------------------------------
     h.wait_committed(['chat.ver'])
     c = h.run('log', 'cat', timeout=300)
@@ -132,6 +169,27 @@ with cvtest.Harness('versions', topics={'chat.ver': 1}, partitions=1) as h:
     v = h.run('verify', timeout=300)
     h.ok(v.returncode == 0, 'verify exits 0: both stores hold every version',
          v.stdout + v.stderr)
+
+    # --- verify --repair puts back a lost version -----------------------
+    conn = h.pg()
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM chatvault.message_versions"
+                    " WHERE channel = 'ver' AND message_id = 'm1' AND revision = 1")
+    conn.commit()
+    v = h.run('verify', '--quiet', timeout=300)
+    h.is_(v.returncode, 3, 'a version lost from message_versions is a difference')
+    v = h.run('verify', '--repair', '--quiet', timeout=300)
+    h.ok(v.returncode in (0, 3), 'verify --repair runs', v.stderr)
+    h.is_([(rv, bytes(b)) for rv, b in h.query(
+        "SELECT revision, body FROM chatvault.message_versions"
+        " WHERE channel = 'ver' AND message_id = 'm1' ORDER BY revision")],
+        [(0, b'hello wrold'), (1, b'hello world')],
+        'verify --repair put the edit back into message_versions')
+    h.is_(h.query("SELECT revision FROM chatvault.messages"
+                  " WHERE channel = 'ver' AND message_id = 'm1'"), [(2,)],
+          'and messages still holds the tombstone')
+    h.is_(h.run('verify', '--quiet', timeout=300).returncode, 0,
+          'verify exits 0 after the repair')
 
     # --- export: latest, or every version with --history ----------------
     def export_ids(*extra):

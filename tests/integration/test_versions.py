@@ -4,9 +4,11 @@ each kept in both stores (chatvault.messages holds the latest version,
 chatvault.message_versions the others; the log a record each), while an exact
 re-send of a version is acked DUPLICATE. Also: an older revision that arrives
 after a newer one is history, not the latest; every version of a message in
-one batch; `chatvault send --revision/--delete`; `log cat` shows the
-versions; verify finds no difference; replay and export read the latest
-version, or every one with --history."""
+one batch; `chatvault send --revision/--delete`; the writer may only
+supersede; search follows the edit; `log cat` shows the versions; verify
+finds no difference, and verify --repair puts back a lost version; replay
+and export read the latest version, or every one with --history; import
+brings an exported history back."""
 import json
 import time
 
@@ -207,6 +209,42 @@ with cvtest.Harness('versions', topics={'chat.ver': 1}, partitions=1,
     every = export_ids('--history')
     h.is_(every and [x for x in every if x[0] == 'm1'], [('m1', 0), ('m1', 1), ('m1', 2)],
           'export --history: every version of m1')
+
+    # --- replay: latest, or every version with --history ---------------
+    def replayed(topic, *extra):
+        r = h.run('replay', '--channel', 'ver', '--to-topic', topic, '--source', 'pg',
+                  '--quiet', *extra, timeout=300)
+        if r.returncode != 0:
+            h.diag('replay: %s' % r.stderr)
+            return None
+        got = h.drain(h.consumer(topic), lambda out: False, timeout=8, idle=4)
+        vs = [cvtest.pb.ChatMessage.FromString(x.value) for x in got]
+        return sorted((m.revision, m.deleted) for m in vs if m.message_id == 'm1')
+    h.is_(replayed('latest.ver'), [(2, True)],
+          'replay: m1 once, its latest version (the tombstone)')
+    h.is_(replayed('history.ver', '--history'), [(0, False), (1, False), (2, True)],
+          'replay --history: every version of m1, revision and deleted kept')
+
+    # --- export --history, import: the versions come back ---------------
+    path = h.tmp + '/history.jsonl'
+    r = h.run('export', '--channel', 'ver', '--history', '--source', 'pg', '--quiet',
+              '-o', path, timeout=300)
+    h.is_(r.returncode, 0, 'export --history to a file')
+    conn = h.pg()
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM chatvault.message_versions WHERE channel = 'ver'"
+                    " AND message_id = 'm4'")
+        cur.execute("DELETE FROM chatvault.messages WHERE channel = 'ver'"
+                    " AND message_id = 'm4'")
+    r = h.run('import', path, '--quiet', timeout=300)
+    h.is_(r.returncode, 0, 'import of the history exits 0')
+    h.is_(h.query("SELECT revision, deleted FROM chatvault.messages"
+                  " WHERE channel = 'ver' AND message_id = 'm4'"), [(2, True)],
+          'import: m4 is back, its tombstone the latest')
+    h.is_([(rv, bytes(b)) for rv, b in h.query(
+        "SELECT revision, body FROM chatvault.message_versions"
+        " WHERE channel = 'ver' AND message_id = 'm4' ORDER BY revision")],
+        [(0, b'typo'), (1, b'fixed')], 'import: and its history')
 
     rc = h.broker.stop()
     h.is_(rc, 0, 'broker exits 0 on SIGTERM')

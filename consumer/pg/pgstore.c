@@ -573,17 +573,35 @@ static int insert_staged(shard *st, cv_rec *recs, size_t n, char *errbuf, size_t
     if (fresh > 0) {
         static const struct {
             const char *sql, *what;
+            bool stores; /* its rows are new versions stored */
         } steps[] = {
-            {supersede_sql, "moving superseded versions to chatvault.message_versions"},
-            {update_latest_sql, "updating messages to their latest versions"},
-            {stale_docs_sql, "dropping the search documents of edited messages"},
-            {insert_sql, "inserting messages"},
-            {history_sql, "inserting into chatvault.message_versions"},
+            {supersede_sql, "moving superseded versions to chatvault.message_versions",
+             false},
+            {update_latest_sql, "updating messages to their latest versions", true},
+            {stale_docs_sql, "dropping the search documents of edited messages", false},
+            {insert_sql, "inserting messages", true},
+            {history_sql, "inserting into chatvault.message_versions", true},
         };
+        int64_t stored = 0;
         for (size_t k = 0; k < sizeof(steps) / sizeof(steps[0]); k++) {
             int64_t x = staged_step(st, steps[k].sql, steps[k].what, errbuf, errlen);
             if (x < 0)
                 return (int)x;
+            if (steps[k].stores)
+                stored += x;
+        }
+        /* Each new version is exactly one row of one of the three
+         * steps; fewer means another writer stored versions of these
+         * messages between step 1 and now (two broker instances in a
+         * rebalance). Nothing is acked: the batch is rolled back and
+         * written again, and then sees what the other wrote. */
+        if (stored != fresh) {
+            snprintf(errbuf, errlen,
+                     "postgres: %" PRId64 " of %" PRId64
+                     " new versions were stored: another writer stored versions of "
+                     "these messages at the same time; the batch is written again",
+                     stored, fresh);
+            return -CV_ESTORE;
         }
     }
     for (size_t i = 0; i < n; i++)

@@ -493,7 +493,8 @@ int cv_pgsearch_run(PGconn *conn, const cv_pgsearch_query *q, cv_pgsearch_result
             " SELECT p.channel, p.message_id, p.sender_id, m.kafka_topic,"
             " m.content_type, m.kafka_partition, m.kafka_offset, p.sent_at_us,"
             " (extract(epoch FROM m.persisted_at) * 1000000)::bigint,"
-            " octet_length(m.body)::bigint, %s, m.channel IS NOT NULL"
+            " octet_length(m.body)::bigint, %s, m.channel IS NOT NULL,"
+            " m.revision, m.deleted"
             " FROM page p LEFT JOIN chatvault.messages m"
             " ON m.channel = p.channel AND m.message_id = p.message_id"
             " ORDER BY p.sent_at_us DESC, p.channel DESC, p.message_id DESC",
@@ -548,6 +549,8 @@ int cv_pgsearch_run(PGconn *conn, const cv_pgsearch_query *q, cv_pgsearch_result
         h->persisted_at_us = strtoll(PQgetvalue(res, i, 8), NULL, 10);
         h->body_len = strtoll(PQgetvalue(res, i, 9), NULL, 10);
         h->excerpt = PQgetisnull(res, i, 10) ? NULL : PQgetvalue(res, i, 10);
+        h->revision = (uint32_t)strtoul(PQgetvalue(res, i, 12), NULL, 10);
+        h->deleted = strcmp(PQgetvalue(res, i, 13), "t") == 0;
     }
     ret->page_rows = n;
     ret->res = res;

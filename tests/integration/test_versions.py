@@ -151,6 +151,14 @@ with cvtest.Harness('versions', topics={'chat.ver': 1}, partitions=1,
         time.sleep(0.5)
     h.is_(found('pangolin'), ['m5'], 'search finds the edit by its new words')
     h.is_(found('aardvark'), [], 'and not by the words it replaced')
+    r = h.run('search', '--format', 'jsonl', '--text', 'pangolin')
+    hits = cvtest.search_jsonl(r.stdout)[0] if r.returncode == 0 else []
+    h.is_([(x.get('revision'), x.get('deleted')) for x in hits], [(1, None)],
+          'search shows the hit\'s revision')
+    r = h.run('search', '--format', 'jsonl', '--id', 'm1')
+    hits = cvtest.search_jsonl(r.stdout)[0] if r.returncode == 0 else []
+    h.is_([(x.get('revision'), x.get('deleted')) for x in hits], [(2, True)],
+          'search by id finds a deleted message as its tombstone')
 
     # --- the log: a record per version ----------------------------------
     h.wait_committed(['chat.ver'])

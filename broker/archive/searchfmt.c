@@ -217,6 +217,13 @@ int cv_search_hit_html(cv_buf *b, const cv_search_hit *h) {
     r = r ? r
           : cv_buf_printf(b, "/%" PRId32 "@%" PRId64 "</td><td class=\"body\">",
                           h->partition, h->offset);
+    /* Versions: a tombstone says so instead of a body, an edit names its
+     * revision before it. */
+    if (r == 0 && h->deleted)
+        return cv_buf_printf(b, "<i>(deleted, revision %" PRIu32 ")</i></td></tr>\n",
+                             h->revision);
+    if (r == 0 && h->revision)
+        r = cv_buf_printf(b, "<i>(edited, revision %" PRIu32 ")</i> ", h->revision);
     if (r == 0 && h->excerpt)
         r = html_excerpt(b, h->excerpt);
     else if (r == 0) {

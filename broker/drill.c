@@ -83,6 +83,8 @@ static int msg_digest(const cv_msg *m, unsigned char out[crypto_hash_sha256_BYTE
     put_str(&st, m->message_id);
     put_str(&st, m->sender_id);
     put_i64(&st, m->sent_at_us);
+    put_i64(&st, m->revision);
+    put_i64(&st, m->deleted);
     put_i64(&st, m->timestamp_ms);
     put_str(&st, m->content_type);
     put_str(&st, m->reply_to);
@@ -279,6 +281,8 @@ static int restore_pool(drill *d, cv_restore *rs) {
             attrs[2 * k + 1] = pm->attributes[k]->value;
         }
         m.sender_id = pm->sender_id;
+        m.revision = pm->revision;
+        m.deleted = pm->deleted;
         m.sent_at_us = pm->sent_at_us;
         m.content_type = pm->content_type;
         m.reply_to = pm->reply_to;
@@ -303,6 +307,7 @@ static int restore_pool(drill *d, cv_restore *rs) {
 static int compare(drill *d) {
     cv_select all;
     cv_select_init(&all);
+    all.history = true; /* every version a sampled record became */
     qsort(d->ents, d->nents, sizeof(*d->ents), entry_cmp);
     cv_src *src = NULL;
     int e = open_source(d, CV_SRC_PG, &all, &src);

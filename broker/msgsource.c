@@ -327,6 +327,10 @@ static int open_channel(cv_src *s, const char *chan, char *errbuf, size_t errlen
         cv_pgread_sel psel;
         if ((r = cv_select_pg(s->conf.sel, chan, &psel)) < 0)
             return r;
+        /* Every version, so that a version the log holds is known to be
+         * PostgreSQL's too; without --history only the latest ones are
+         * returned (cv_src_next). */
+        psel.history = true;
         if ((r = cv_pgread_open(s->conn, &psel, &s->pr, errbuf, errlen)) < 0)
             return r;
         if ((r = advance_pg(s, errbuf, errlen)) < 0)
@@ -366,6 +370,8 @@ static void emit_pg(cv_src *s, cv_msg *m) {
         .body_len = row->body_len,
         .attrs = row->attrs,
         .nattrs = row->nattrs,
+        .revision = row->revision,
+        .deleted = row->deleted,
     };
 }
 
@@ -402,6 +408,8 @@ static int emit_log(cv_src *s, cv_msg *m) {
         .body_len = lm->body.len,
         .attrs = s->attrv,
         .nattrs = lm->n_attributes,
+        .revision = lm->revision,
+        .deleted = lm->deleted,
     };
     return 0;
 }
@@ -448,8 +456,10 @@ int cv_src_next(cv_src *s, cv_msg *m, char *errbuf, size_t errlen) {
                 snprintf(errbuf, errlen, "out of memory rebuilding a message");
                 return r;
             }
-            emit_pg(s, m);
             s->adv_pg = true;
+            if (!s->row.latest && !s->conf.sel->history)
+                continue; /* a superseded version: served, not returned */
+            emit_pg(s, m);
             return 1;
         }
         if ((r = emit_log(s, m)) < 0) {

@@ -54,6 +54,8 @@ typedef struct cv_msg {
     size_t body_len;
     const char *const *attrs; /* key, value, ... */
     size_t nattrs;            /* pairs */
+    uint32_t revision;        /* the version (0: the original) */
+    bool deleted;             /* a tombstone */
 } cv_msg;
 
 typedef struct cv_src_conf {

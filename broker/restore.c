@@ -28,6 +28,7 @@ struct cv_restore {
     size_t n;
     cv_rec recs[BATCH];
     const char *ids[BATCH];
+    uint32_t revs[BATCH];
     bool held[BATCH];
     cv_restore_stats st;
 };
@@ -65,15 +66,26 @@ int cv_restore_flush(cv_restore *r, char *errbuf, size_t errlen) {
     int e = 0;
     for (size_t i = 0; i < r->n; i++) {
         r->ids[i] = cv_envelope_message_id(&r->recs[i].env);
+        r->revs[i] = r->recs[i].env.msg ? r->recs[i].env.msg->revision : 0;
         r->held[i] = false;
     }
     if (r->conn)
-        e = cv_pgverify_held_ids(r->conn, r->channel, r->ids, r->n, r->held, errbuf,
-                                 errlen);
-    if (e == 0 && r->store) {
+        e = cv_pgverify_held_ids(r->conn, r->channel, r->ids, r->revs, r->n, r->held,
+                                 errbuf, errlen);
+    if (e < 0)
+        return e;
+    /* Only what the target lacks is written: a version it holds (in
+     * messages or in message_versions) is left as it is. */
+    size_t w = 0;
+    for (size_t i = 0; i < r->n; i++) {
+        if (r->held[i])
+            r->st.present++;
+        else if (w++ != i)
+            r->recs[w - 1] = r->recs[i];
+    }
+    if (w && r->store) {
         rd_kafka_topic_partition_list_t *none = rd_kafka_topic_partition_list_new(0);
-        e = none ? cv_pgstore_write(r->store, r->recs, r->n, none, errbuf, errlen)
-                 : -ENOMEM;
+        e = none ? cv_pgstore_write(r->store, r->recs, w, none, errbuf, errlen) : -ENOMEM;
         if (none)
             rd_kafka_topic_partition_list_destroy(none);
     }
@@ -81,10 +93,8 @@ int cv_restore_flush(cv_restore *r, char *errbuf, size_t errlen) {
         snprintf(errbuf, errlen, "out of memory");
     if (e < 0)
         return e;
-    for (size_t i = 0; i < r->n; i++) {
-        if (r->held[i])
-            r->st.present++;
-        else if (r->store && r->recs[i].status != CHATVAULT__V1__ACK_STATUS__PERSISTED)
+    for (size_t i = 0; i < w; i++) {
+        if (r->store && r->recs[i].status != CHATVAULT__V1__ACK_STATUS__PERSISTED)
             r->st.duplicates++;
         else
             r->st.restored++;

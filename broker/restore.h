@@ -5,8 +5,10 @@
  *
  * Messages go through the broker's own write path (consumer/pg/pgstore.h)
  * in batches of one channel, so a restore is idempotent: a message the
- * target already holds (same channel and message id) is counted, not
- * written again. Kafka coordinates and timestamps are kept;
+ * target already holds (same channel, message id and revision) is counted,
+ * not written again; the versions of an edited message are written in
+ * offset order, so the newest becomes the message and the others its
+ * history. Kafka coordinates and timestamps are kept;
  * chatvault.kafka_offsets is left alone (no consumer group read anything
  * of the target); persisted_at is the restore's time.
  */

@@ -313,6 +313,7 @@ int cv_select_pg(cv_select *s, const char *channel, cv_pgread_sel *ret) {
         s->since_us >= 0 || s->until_us >= 0 ? s->time_field : CV_PGREAD_TIME_NONE;
     ret->since_us = s->since_us;
     ret->until_us = s->until_us;
+    ret->history = s->history;
     if (!s->has_ids)
         return 0;
     free(s->chan_ids);

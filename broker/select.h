@@ -39,6 +39,7 @@ typedef struct cv_select {
     int64_t from_offset, to_offset; /* -1: unbounded */
     cv_pgread_time time_field;
     int64_t since_us, until_us; /* -1: unbounded */
+    bool history; /* --history: every version of a message, not only its latest */
     bool has_ids;
     char **ids; /* sorted "channel\tid" or "\tid" (any channel) */
     size_t nids;

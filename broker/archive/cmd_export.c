@@ -9,6 +9,9 @@
  *    "offset":42,"kafka_timestamp_ms":...,"sender_id":"s","sent_at_us":...,
  *    "content_type":"text/plain","attributes":{"k":"v"},"reply_to":"",
  *    "persisted_at_us":...,"body_encoding":"utf-8","body":"hello"}
+ * plus "revision":N and "deleted":true on a version that has them (README
+ * "Edits and deletes"); without --history only each message's latest
+ * version is exported (from PostgreSQL; the log has every version).
  * where body_encoding is "utf-8" when the body is valid UTF-8 without NUL
  * bytes and content_type is textual (text/..., or JSON or XML), else
  * "base64"; kafka_timestamp_ms and persisted_at_us are null when unknown
@@ -102,6 +105,11 @@ static int export_line(cv_buf *b, const cv_msg *m) {
         r = cv_buf_append(b, "}", 1);
     if (r == 0)
         r = put_str(b, "reply_to", m->reply_to);
+    /* Versions: only when set, so an export of originals reads as before. */
+    if (r == 0 && m->revision)
+        r = cv_buf_printf(b, ",\"revision\":%" PRIu32, m->revision);
+    if (r == 0 && m->deleted)
+        r = cv_buf_printf(b, ",\"deleted\":true");
     if (r == 0)
         r = m->persisted_at_us >= 0
                 ? cv_buf_printf(b, ",\"persisted_at_us\":%" PRId64, m->persisted_at_us)
@@ -164,6 +172,10 @@ static const cv_cli_opt export_opts_table[] = {
                    export_opts, zstd, compress_opt, 0),
     CV_OPT_INT("compress-level", 0, "N", "zstd level, 1 (fastest) to 19 (default 3)",
                export_opts, zlevel, 1, 19),
+    CV_OPT_FLAG("history", 0,
+                "every version of an edited or deleted message, not only its latest "
+                "(PostgreSQL; the log always has every version)",
+                export_opts, sel.history),
     CV_OPT_FLAG("quiet", 0, "no progress display", export_opts, quiet),
     CV_OPT_END,
 };
@@ -456,6 +468,14 @@ static int import_one(ibatch *b, const cv_envelope_rules *rules, const json_t *o
     m.body.len = blen;
     m.content_type = (char *)cv_json_str(o, "content_type", "");
     m.reply_to = (char *)cv_json_str(o, "reply_to", "");
+    int64_t rev = cv_json_int(o, "revision", 0);
+    if (rev < 0 || rev > UINT32_MAX) {
+        snprintf(err, errlen, "message %s: revision %" PRId64 " is not 0..%" PRIu32, id,
+                 rev, UINT32_MAX);
+        return -EINVAL;
+    }
+    m.revision = (uint32_t)rev;
+    m.deleted = cv_json_bool(o, "deleted", false);
     size_t na = json_object_size(attrs);
     Chatvault__V1__ChatMessage__AttributesEntry *ents =
         na ? cv_arena_alloc(b->arena, na * sizeof(*ents)) : NULL;

@@ -405,6 +405,8 @@ static int search_log(search_opts *o, const cv_config *cfg, const cv_search_curs
         h->offset = m.offset;
         h->sent_at_us = m.sent_at_us;
         h->body_len = (int64_t)m.body_len;
+        h->revision = m.revision;
+        h->deleted = m.deleted;
         h->pg = -1;
         h->log = 1;
     }

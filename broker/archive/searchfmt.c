@@ -76,6 +76,8 @@ int cv_search_page_pg(PGconn *conn, cv_pgsearch_query *q, cv_search_page *p, cha
         h->offset = s->offset;
         h->sent_at_us = s->sent_at_us;
         h->body_len = s->body_len;
+        h->revision = s->revision;
+        h->deleted = s->deleted;
         h->pg = 1;
         h->log = -1;
     }
@@ -170,6 +172,11 @@ int cv_search_hit_json(cv_buf *b, const cv_search_hit *h) {
     if (r == 0)
         r = h->excerpt ? cv_buf_json_string(b, h->excerpt, strlen(h->excerpt))
                        : cv_buf_append(b, "null", 4);
+    /* Versions: only when set, so results of originals read as before. */
+    if (r == 0 && h->revision)
+        r = cv_buf_printf(b, ",\"revision\":%" PRIu32, h->revision);
+    if (r == 0 && h->deleted)
+        r = cv_buf_printf(b, ",\"deleted\":true");
     if (r == 0)
         r = cv_buf_printf(b, ",\"stores\":{\"postgres\":%s,\"log\":%s}}",
                           json_presence(h->pg), json_presence(h->log));
@@ -210,6 +217,13 @@ int cv_search_hit_html(cv_buf *b, const cv_search_hit *h) {
     r = r ? r
           : cv_buf_printf(b, "/%" PRId32 "@%" PRId64 "</td><td class=\"body\">",
                           h->partition, h->offset);
+    /* Versions: a tombstone says so instead of a body, an edit names its
+     * revision before it. */
+    if (r == 0 && h->deleted)
+        return cv_buf_printf(b, "<i>(deleted, revision %" PRIu32 ")</i></td></tr>\n",
+                             h->revision);
+    if (r == 0 && h->revision)
+        r = cv_buf_printf(b, "<i>(edited, revision %" PRIu32 ")</i> ", h->revision);
     if (r == 0 && h->excerpt)
         r = html_excerpt(b, h->excerpt);
     else if (r == 0) {

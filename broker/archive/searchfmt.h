@@ -33,7 +33,9 @@ typedef struct cv_search_hit {
                       characters; NULL when the body is not text */
     int32_t partition;
     int64_t offset, sent_at_us, body_len;
-    int pg, log; /* held there: 1 yes, 0 no, -1 not checked */
+    uint32_t revision; /* the version found (README "Edits and deletes") */
+    bool deleted;      /* a tombstone */
+    int pg, log;       /* held there: 1 yes, 0 no, -1 not checked */
 } cv_search_hit;
 
 void cv_search_hit_release(cv_search_hit *h);

@@ -295,6 +295,11 @@ static int print_record(cv_buf *b, const cv_applog_record *rec, const logopts *o
             r = cv_buf_base64(b, m->body.data, m->body.len);
         if (r == 0)
             r = cv_buf_printf(b, "\"");
+        /* Versions: only when set, so a log of originals prints as before. */
+        if (r == 0 && m->revision)
+            r = cv_buf_printf(b, ",\"revision\":%" PRIu32, m->revision);
+        if (r == 0 && m->deleted)
+            r = cv_buf_printf(b, ",\"deleted\":true");
         if (r == 0 && o->text && cv_utf8_valid((const char *)m->body.data, m->body.len)) {
             r = cv_buf_printf(b, ",\"text\":");
             if (r == 0)

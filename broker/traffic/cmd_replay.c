@@ -131,6 +131,10 @@ static const cv_cli_opt opts[] = {
     CV_OPT_LIST("log-dir", 0, "DIR",
                 "read this log directory instead of log.dir (repeatable)", replay_opts,
                 ld.dir, ld.n),
+    CV_OPT_FLAG("history", 0,
+                "every version of an edited or deleted message, not only its latest "
+                "(PostgreSQL; the log always has every version)",
+                replay_opts, sel.history),
     CV_OPT_FLAG("quiet", 0, "no progress display", replay_opts, quiet),
     CV_OPT_END,
 };

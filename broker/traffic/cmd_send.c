@@ -33,6 +33,8 @@ typedef struct send_opts {
     size_t nattrs;
     bool wait_ack;
     int64_t timeout_ms;
+    int64_t revision; /* -1: not given (0, the original) */
+    bool deleted;
 } send_opts;
 
 static void uuid4(char out[37]) {
@@ -280,6 +282,8 @@ static int send_one(rd_kafka_t *rk, const send_opts *o, const char *topic,
     m.n_attributes = o->nattrs;
     m.attributes = (Chatvault__V1__ChatMessage__AttributesEntry **)o->attr_ptrs;
     m.reply_to = (char *)(o->reply_to ? o->reply_to : "");
+    m.revision = o->revision > 0 ? (uint32_t)o->revision : 0;
+    m.deleted = o->deleted;
     size_t size = chatvault__v1__chat_message__get_packed_size(&m);
     uint8_t *buf = malloc(size ? size : 1);
     if (!buf) {
@@ -339,7 +343,12 @@ static int send_all(rd_kafka_t *rk, rd_kafka_t *watcher, const send_opts *o,
     for (int i = 0;; i++) {
         const char *body;
         size_t len;
-        if (cli->nargs > 0) {
+        if (o->deleted) { /* one tombstone, no body */
+            if (i > 0)
+                break;
+            body = "";
+            len = 0;
+        } else if (cli->nargs > 0) {
             if (i >= cli->nargs)
                 break;
             body = cli->args[i];
@@ -413,6 +422,14 @@ static const cv_cli_opt opts[] = {
     CV_OPT_INT("timeout", 0, "MS",
                "how long --wait-ack waits (default 30000); exit 1 if an ack is missing",
                send_opts, timeout_ms, 1, INT64_MAX),
+    CV_OPT_INT("revision", 0, "N",
+               "the version of message --id this is: an edit re-sends the id with a "
+               "higher N (default 0, the original)",
+               send_opts, revision, 0, UINT32_MAX),
+    CV_OPT_FLAG("delete", 0,
+                "send a tombstone of message --id (no BODY; give it a --revision higher "
+                "than the last)",
+                send_opts, deleted),
     CV_OPT_END,
 };
 
@@ -424,14 +441,18 @@ static const cv_cli_spec spec = {
              "generated\n(a random UUID) unless --id is given.\n",
     .opts = opts,
     .config_keys = "kafka.bootstrap.servers, topics.*",
-    .epilog = "Prints one line per message: message id (and with --wait-ack: status, "
-              "latency\nin ms, stores). Exit 0 when all were sent (and acked, not "
-              "REJECTED).\n",
+    .epilog =
+        "Edits and deletes: `send --id ID --revision N BODY` stores BODY as version "
+        "N of\nmessage ID, `send --id ID --revision N --delete` a tombstone; the "
+        "ack is\nPERSISTED, and DUPLICATE for a version already stored.\n"
+        "Prints one line per message: message id (and with --wait-ack: status, "
+        "latency\nin ms, stores). Exit 0 when all were sent (and acked, not "
+        "REJECTED).\n",
     .max_args = -1,
 };
 
 int cv_cmd_send(int argc, char **argv) {
-    send_opts o = {.content_type = "text/plain", .timeout_ms = 30000};
+    send_opts o = {.content_type = "text/plain", .timeout_ms = 30000, .revision = -1};
     o.sender = getenv("USER") ? getenv("USER") : "chatvault-send";
     cv_cli cli;
     int parsed = cv_cli_parse(&spec, argc, argv, &o, &cli);
@@ -448,7 +469,16 @@ int cv_cmd_send(int argc, char **argv) {
         cv_error("send", "--id must be 1..%d bytes", CV_MESSAGE_ID_MAX);
         return CV_EXIT_USAGE;
     }
-    if (o.id && cli.nargs != 1) {
+    if ((o.revision >= 0 || o.deleted) && !o.id) {
+        cv_error("send", "%s names a version of a message: it needs --id",
+                 o.deleted ? "--delete" : "--revision");
+        return CV_EXIT_USAGE;
+    }
+    if (o.deleted && cli.nargs != 0) {
+        cv_error("send", "--delete sends a tombstone: it takes no BODY");
+        return CV_EXIT_USAGE;
+    }
+    if (o.id && !o.deleted && cli.nargs != 1) {
         cv_error("send", "--id needs exactly one BODY argument");
         return CV_EXIT_USAGE;
     }

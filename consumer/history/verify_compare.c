@@ -29,6 +29,8 @@ typedef struct view {
     int64_t offset;
     const char *message_id, *channel, *sender_id, *content_type, *reply_to;
     int64_t sent_at_us;
+    uint32_t revision;
+    bool deleted;
     unsigned char body_sha[32];
     bool decoded;
 } view;
@@ -41,6 +43,8 @@ static void view_from_row(view *v, const cv_pgrow *row) {
     v->content_type = row->content_type;
     v->reply_to = row->reply_to;
     v->sent_at_us = row->sent_at_us;
+    v->revision = row->revision;
+    v->deleted = row->deleted;
     v->decoded = row->body_len == 32;
     if (v->decoded)
         memcpy(v->body_sha, row->body, 32);
@@ -60,6 +64,8 @@ static void view_from_log(view *v, const cv_applog_record *rec, cv_arena *arena)
     v->content_type = m->content_type;
     v->reply_to = m->reply_to;
     v->sent_at_us = m->sent_at_us;
+    v->revision = m->revision;
+    v->deleted = m->deleted;
     crypto_hash_sha256(v->body_sha,
                        m->body.data ? m->body.data : (const unsigned char *)"",
                        m->body.len);
@@ -86,6 +92,8 @@ static bool view_diff(const view *a, const view *b, char *buf, size_t len) {
     DIFF(strcmp(a->content_type, b->content_type) != 0, "content_type");
     DIFF(strcmp(a->reply_to, b->reply_to) != 0, "reply_to");
     DIFF(memcmp(a->body_sha, b->body_sha, 32) != 0, "body");
+    DIFF(a->revision != b->revision, "revision");
+    DIFF(a->deleted != b->deleted, "deleted");
 #undef DIFF
     return buf[0] != '\0';
 }
@@ -104,6 +112,11 @@ static void view_fp(const view *v, unsigned char *out) {
     cv_be64(sent, (uint64_t)v->sent_at_us);
     crypto_generichash_update(&h, sent, 8);
     crypto_generichash_update(&h, v->body_sha, 32);
+    /* The version: its revision and whether it is a tombstone. */
+    unsigned char ver[5];
+    cv_be32(ver, v->revision);
+    ver[4] = v->deleted;
+    crypto_generichash_update(&h, ver, 5);
     crypto_generichash_final(&h, out, 32);
 }
 
@@ -128,8 +141,10 @@ static int push_cand(vec *v, const view *w, int64_t offset, bool is_row, bool co
     x->collides = collides;
     if (!w->decoded && !is_row)
         return 0;
-    if (w->decoded)
+    if (w->decoded) {
         view_fp(w, x->fp);
+        x->revision = w->revision;
+    }
     return (x->message_id = strdup(w->message_id)) ? 0 : -ENOMEM;
 }
 

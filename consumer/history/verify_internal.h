@@ -54,6 +54,7 @@ typedef struct groupoff {
 typedef struct cand {
     int64_t offset;
     char *message_id;     /* NULL when the value did not decode */
+    uint32_t revision;    /* the version, with message_id */
     unsigned char fp[32]; /* the compared fields (view_fp) */
     bool collides;        /* PostgreSQL's: the log holds its offset */
     bool done;            /* repair_pg: written */
@@ -110,10 +111,13 @@ typedef struct breaks {
     bool nomem;
 } breaks;
 
-/* The selection of u's rows, every one of them; callers narrow it. */
+/* The selection of u's rows, every one of them, of every version (the log
+ * holds every version at its own offset: so must the comparison); callers
+ * narrow it. */
 static inline cv_pgread_sel cv_verify_i_unit_rows(const unit *u) {
     return (cv_pgread_sel){
         .channel = u->channel,
+        .history = true,
         .partition = u->partition,
         .from_offset = -1,
         .to_offset = -1,

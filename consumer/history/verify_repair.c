@@ -204,6 +204,19 @@ static int append_values(vctx *c, cv_applog *log, cv_applog_entry *ents, const s
     return r;
 }
 
+/* Whether rows (in offset order) has one at `offset`. */
+static bool at_offset(const cand *rows, size_t n, int64_t offset) {
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (rows[mid].offset < offset)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && rows[lo].offset == offset;
+}
+
 /* Appends the rows `rows` (by message id, in offset order, one per offset)
  * to a repair directory of the log: the run's shared session, with `brk` a
  * session of its own that bridges it, with new_gen a session of its own in
@@ -264,7 +277,9 @@ static int repair_log(vctx *c, const unit *u, const cand *rows, size_t n,
         cv_pgrow row;
         while (r == 0 && (r = cv_pgread_next(rd, &row, c->err, c->errlen)) == 1) {
             r = 0;
-            if (strcmp(row.topic, u->topic) != 0)
+            /* By id the reader returns every version of the message:
+             * only the rows at the offsets to rebuild. */
+            if (strcmp(row.topic, u->topic) != 0 || !at_offset(rows, n, row.offset))
                 continue;
             if ((r = cv_pgrow_pack(&row, &one)) < 0)
                 break;

@@ -120,22 +120,25 @@ int cv_verify_i_report_gaps(vctx *c, const unit *u, const vec *gapv) {
 
 /* ---- only in the log: duplicates or missing --------------------------- */
 
-/* Splits the candidates into duplicates (PostgreSQL holds their id from
- * another offset) and records PostgreSQL lacks, which are reported and kept
+/* Splits the candidates into duplicates (PostgreSQL holds their version,
+ * message id and revision, from another offset) and records PostgreSQL lacks, which are reported and kept
  * in *cands (duplicates are removed). */
 int cv_verify_i_resolve_candidates(vctx *c, const unit *u, vec *cands) {
     cand *cv = cands->v;
     size_t keep = 0;
     const char *ids[LOOKUP_BATCH];
+    uint32_t revs[LOOKUP_BATCH];
     bool held[LOOKUP_BATCH];
     for (size_t i = 0; i < cands->n; i += LOOKUP_BATCH) {
         size_t n = cands->n - i < LOOKUP_BATCH ? cands->n - i : LOOKUP_BATCH;
         size_t nid = 0;
         for (size_t k = i; k < i + n; k++)
-            if (cv[k].message_id)
+            if (cv[k].message_id) {
+                revs[nid] = cv[k].revision;
                 ids[nid++] = cv[k].message_id;
-        int r =
-            cv_pgverify_held_ids(c->conn, u->channel, ids, nid, held, c->err, c->errlen);
+            }
+        int r = cv_pgverify_held_ids(c->conn, u->channel, ids, revs, nid, held, c->err,
+                                     c->errlen);
         if (r < 0)
             return r;
         nid = 0;

@@ -1,6 +1,6 @@
 /*
  * pgdrill — chatvault.restore_drills, the record of restore drills (schema
- * version 5): a drill appends its outcome; the broker reads the newest
+ * version 6): a drill appends its outcome; the broker reads the newest
  * outcomes back for /metrics and the dashboard.
  *
  * Not thread-safe; each call takes the connection it is given and uses it

@@ -92,6 +92,11 @@ int cv_pg_i_array_literal(cv_buf *b, const int64_t *offs, const char *const *ids
 
 static void *fetcher(void *arg);
 
+#define HISTORY_COLUMNS                                                                  \
+    "channel, message_id, kafka_topic, kafka_partition, kafka_offset,"                   \
+    " kafka_timestamp, sender_id, sent_at_us, body, content_type, attributes,"           \
+    " reply_to, persisted_at, revision, deleted"
+
 int cv_pgread_open(PGconn *conn, const cv_pgread_sel *sel, cv_pgread **ret, char *errbuf,
                    size_t errlen) {
     cv_buf sql, arr;
@@ -116,8 +121,8 @@ int cv_pgread_open(PGconn *conn, const cv_pgread_sel *sel, cv_pgread **ret, char
         &sql,
         "DECLARE cv_pgread NO SCROLL CURSOR FOR SELECT %s, message_id,"
         " kafka_topic, kafka_partition, kafka_offset, %s,"
-        " sender_id, sent_at_us, %s, content_type, %s, reply_to, %s"
-        " FROM chatvault.messages WHERE channel = $1",
+        " sender_id, sent_at_us, %s, content_type, %s, reply_to, %s,"
+        " revision, deleted, %s FROM %s WHERE channel = $1",
         /* verify (digest_only) reads millions of rows: the server computes
          * nothing it does not compare (a third less server time). */
         sel->digest_only ? "NULL::text" : "channel",
@@ -129,7 +134,15 @@ int cv_pgread_open(PGconn *conn, const cv_pgread_sel *sel, cv_pgread **ret, char
                          : "ARRAY(SELECT x FROM jsonb_each_text(attributes) e,"
                            " LATERAL (VALUES (e.key), (e.value)) v(x))",
         sel->digest_only ? "-1::bigint"
-                         : "(extract(epoch FROM persisted_at) * 1000000)::bigint");
+                         : "(extract(epoch FROM persisted_at) * 1000000)::bigint",
+        sel->history ? "latest" : "true",
+        /* Every version: the latest ones and the history, which never
+         * hold the same version (schemas/0005_versions.sql). The
+         * conditions below reach into both arms. */
+        sel->history ? "(SELECT " HISTORY_COLUMNS ", true AS latest"
+                       " FROM chatvault.messages UNION ALL SELECT " HISTORY_COLUMNS
+                       ", false FROM chatvault.message_versions) h"
+                     : "chatvault.messages");
 #define ADD_I64(cond_sql, v)                                                             \
     do {                                                                                 \
         snprintf(vals[np], sizeof(vals[np]), "%" PRId64, (int64_t)(v));                  \
@@ -172,7 +185,8 @@ int cv_pgread_open(PGconn *conn, const cv_pgread_sel *sel, cv_pgread **ret, char
                               np);
     }
     if (r == 0)
-        r = cv_buf_printf(&sql, " ORDER BY kafka_partition, kafka_offset");
+        r = cv_buf_printf(&sql, " ORDER BY kafka_partition, kafka_offset%s",
+                          sel->history ? ", revision" : "");
     if (r == 0)
         r = cv_buf_append(&sql, "", 1);
     if (r < 0) {
@@ -385,6 +399,9 @@ int cv_pgread_next(cv_pgread *rd, cv_pgrow *row, char *errbuf, size_t errlen) {
     }
     row->reply_to = PQgetvalue(res, i, 11);
     row->persisted_at_us = get_i64(res, i, 12);
+    row->revision = (uint32_t)get_i64(res, i, 13);
+    row->deleted = *PQgetvalue(res, i, 14) != 0;
+    row->latest = *PQgetvalue(res, i, 15) != 0;
     return 1;
 }
 
@@ -427,6 +444,8 @@ int cv_pgrow_pack(const cv_pgrow *row, cv_buf *out) {
     m.body.len = row->body_len;
     m.content_type = (char *)row->content_type;
     m.reply_to = (char *)row->reply_to;
+    m.revision = row->revision;
+    m.deleted = row->deleted;
     Chatvault__V1__ChatMessage__AttributesEntry *ents = NULL, **ptrs = NULL;
     if (row->nattrs) {
         ents = calloc(row->nattrs, sizeof(*ents));

@@ -3,8 +3,9 @@
  * that read history back (replay, export, verify --repair).
  *
  * One reader walks the messages of ONE channel (every query on messages is
- * per channel, so the table can be hash-partitioned or distributed on it),
- * ordered by (kafka_partition, kafka_offset), through a server-side cursor
+ * per channel, so the table can be hash-partitioned or distributed on it):
+ * their latest versions, or with `history` every version (see
+ * schemas/0005_versions.sql), ordered by (kafka_partition, kafka_offset), through a server-side cursor
  * fetched in batches in binary format by a thread of the reader, a few
  * batches ahead of the caller: memory stays bounded whatever the channel's
  * size, and the server never waits for the caller.
@@ -41,6 +42,8 @@ typedef struct cv_pgread_sel {
     size_t noffsets;
     const char *const *ids; /* exactly these message ids */
     size_t nids;
+    bool history;     /* every version (chatvault.message_versions too),
+                         not only the latest of each message */
     bool digest_only; /* verify: sha256(body) instead of body, no
                                  channel (the selection's is returned),
                                  timestamps (-1) nor attributes */
@@ -61,6 +64,9 @@ typedef struct cv_pgrow {
     size_t nattrs;            /* pairs */
     const char *reply_to;
     int64_t persisted_at_us;
+    uint32_t revision; /* 0: the original */
+    bool deleted;      /* a tombstone */
+    bool latest;       /* the message's row of chatvault.messages */
 } cv_pgrow;
 
 typedef struct cv_pgread cv_pgread;

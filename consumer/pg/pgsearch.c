@@ -85,7 +85,7 @@ static int array_elem(cv_buf *b, const char *s, size_t len) {
     return 0;
 }
 
-enum { A_CHANNEL, A_ID, A_SENT, A_SENDER, A_LEN, A_BODY, NARRAYS };
+enum { A_CHANNEL, A_ID, A_SENT, A_SENDER, A_LEN, A_BODY, A_PERSISTED, NARRAYS };
 
 /* Rows of RES (columns: channel, message_id, sent_at_us, sender_id,
  * content_type, body or its head, octet_length(body), ...) from FIRST, as
@@ -118,6 +118,9 @@ static int insert_docs(PGconn *conn, const char *language, const PGresult *res,
         if (r == 0)
             r = array_elem(&a[A_SENDER], PQgetvalue(res, i, 3),
                            (size_t)PQgetlength(res, i, 3));
+        snprintf(num, sizeof(num), "%" PRId64, get_i64(res, i, 7));
+        if (r == 0)
+            r = array_elem(&a[A_PERSISTED], num, strlen(num));
         snprintf(num, sizeof(num), "%d", tl);
         if (r == 0)
             r = array_elem(&a[A_LEN], tl >= 0 ? num : NULL, strlen(num));
@@ -142,7 +145,14 @@ static int insert_docs(PGconn *conn, const char *language, const PGresult *res,
             " sender_id, text_len, tsv)"
             " SELECT c, i, s, f, l, to_tsvector($1::regconfig, b)"
             " FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[],"
-            "  $6::integer[], $7::text[]) AS u(c, i, s, f, l, b)"
+            "  $6::integer[], $7::text[], $8::bigint[]) AS u(c, i, s, f, l, b, p)"
+            /* Only while the row is the version that was read: an edit
+             * (schemas/0005_versions.sql) committed since then dropped
+             * the document and set persisted_at anew, and the next pass
+             * indexes the new version (this statement sees the edit). */
+            " WHERE EXISTS (SELECT 1 FROM chatvault.messages m"
+            "  WHERE m.channel = u.c AND m.message_id = u.i"
+            "  AND (extract(epoch FROM m.persisted_at) * 1000000)::bigint = u.p)"
             " ON CONFLICT (channel, message_id) DO NOTHING",
             1 + NARRAYS, NULL, params, NULL, NULL, 0);
         if (PQresultStatus(ins) != PGRES_COMMAND_OK) {
@@ -483,7 +493,8 @@ int cv_pgsearch_run(PGconn *conn, const cv_pgsearch_query *q, cv_pgsearch_result
             " SELECT p.channel, p.message_id, p.sender_id, m.kafka_topic,"
             " m.content_type, m.kafka_partition, m.kafka_offset, p.sent_at_us,"
             " (extract(epoch FROM m.persisted_at) * 1000000)::bigint,"
-            " octet_length(m.body)::bigint, %s, m.channel IS NOT NULL"
+            " octet_length(m.body)::bigint, %s, m.channel IS NOT NULL,"
+            " m.revision, m.deleted"
             " FROM page p LEFT JOIN chatvault.messages m"
             " ON m.channel = p.channel AND m.message_id = p.message_id"
             " ORDER BY p.sent_at_us DESC, p.channel DESC, p.message_id DESC",
@@ -538,6 +549,8 @@ int cv_pgsearch_run(PGconn *conn, const cv_pgsearch_query *q, cv_pgsearch_result
         h->persisted_at_us = strtoll(PQgetvalue(res, i, 8), NULL, 10);
         h->body_len = strtoll(PQgetvalue(res, i, 9), NULL, 10);
         h->excerpt = PQgetisnull(res, i, 10) ? NULL : PQgetvalue(res, i, 10);
+        h->revision = (uint32_t)strtoul(PQgetvalue(res, i, 12), NULL, 10);
+        h->deleted = strcmp(PQgetvalue(res, i, 13), "t") == 0;
     }
     ret->page_rows = n;
     ret->res = res;

@@ -97,6 +97,8 @@ typedef struct cv_pgsearch_hit {
     int32_t partition;
     int64_t offset, sent_at_us, persisted_at_us;
     int64_t body_len;
+    uint32_t revision;   /* the latest version's (schemas/0005_versions.sql) */
+    bool deleted;        /* the latest version is a tombstone */
     const char *excerpt; /* ts_headline of a text hit, else the body's first
                             characters; NULL when the body is not text */
 } cv_pgsearch_hit;

@@ -13,6 +13,25 @@
  * After a fallback the next STAGED_AFTER_CONFLICT batches go the careful
  * way at once, since re-deliveries come in runs. Staging costs a second
  * write of every row (deploy/bench/README.md has the figures).
+ *
+ * Versions (schemas/0005_versions.sql, README "Edits and deletes"). A
+ * record is one version of a message: (channel, message_id, revision).
+ * The COPY carries revision and deleted like any other column, so a
+ * batch of originals (revision 0, every sender before versions) takes the
+ * fast path exactly as before, and so does the first version of a message
+ * id the archive does not hold yet, whatever its revision. An edit or a
+ * delete of a held message is a unique_violation like a duplicate, and
+ * the careful way sorts the staged records by version:
+ *   - a version neither table holds is new: the highest new revision of a
+ *     message becomes its row of messages when it is higher than the
+ *     row's (the row's version moves to message_versions first, in the
+ *     same transaction; the message's search document is dropped for the
+ *     indexer to write anew); every other new version goes to
+ *     message_versions. All are PERSISTED.
+ *   - a version already held is PERSISTED when held from this very record
+ *     (Kafka re-delivering it: same coordinates and content) and
+ *     DUPLICATE otherwise: an exact re-send, or other content under a
+ *     revision already taken. Without revisions that is today's rule.
  */
 #include "pg/pgstore.h"
 
@@ -73,40 +92,113 @@ static const char stage_sql[] =
     " kafka_topic text COLLATE \"C\","
     " kafka_partition integer, kafka_offset bigint, kafka_timestamp timestamptz,"
     " sender_id text, sent_at_us bigint, body bytea, content_type text,"
-    " attributes jsonb, reply_to text) ON COMMIT DELETE ROWS";
+    " attributes jsonb, reply_to text, revision bigint, deleted boolean)"
+    " ON COMMIT DELETE ROWS;"
+    /* The staged records that are new versions (seq), and whether each is
+     * to be its message's row of messages (latest). */
+    "CREATE TEMP TABLE IF NOT EXISTS cv_new (seq integer PRIMARY KEY,"
+    " latest boolean NOT NULL) ON COMMIT DELETE ROWS";
 
-/* Moves the staged batch into chatvault.messages; the first record of a
- * message id (in batch order) wins. */
 /* The columns of messages a batch fills, in COPY order; the staging table
  * has `seq` (the record's index in the batch) before them. */
 #define MESSAGE_COLUMNS                                                                  \
     "channel, message_id, kafka_topic, kafka_partition, kafka_offset,"                   \
     " kafka_timestamp, sender_id, sent_at_us, body, content_type, attributes,"           \
-    " reply_to"
+    " reply_to, revision, deleted"
+#define MESSAGE_FIELDS 14
 
 static const char copy_direct_sql[] =
     "COPY chatvault.messages (" MESSAGE_COLUMNS ") FROM STDIN (FORMAT binary)";
 
-static const char insert_sql[] = "INSERT INTO chatvault.messages (" MESSAGE_COLUMNS ")"
-                                 " SELECT " MESSAGE_COLUMNS " FROM cv_stage ORDER BY seq"
-                                 " ON CONFLICT (channel, message_id) DO NOTHING";
+/* The careful way, step 1: which staged records are new versions. Of
+ * several records of one version in the batch the first (batch order)
+ * is; a version either table holds is not. A new version is `latest` when
+ * it is the highest new revision of its message and higher than the
+ * revision of the message's row (or there is no row). */
+static const char new_versions_sql[] =
+    "INSERT INTO cv_new (seq, latest)"
+    " SELECT w.seq, w.revision = max(w.revision)"
+    "  OVER (PARTITION BY w.channel, w.message_id)"
+    "  AND w.revision > coalesce(m.revision, -1)"
+    " FROM (SELECT DISTINCT ON (channel, message_id, revision)"
+    "  seq, channel, message_id, revision FROM cv_stage"
+    "  ORDER BY channel, message_id, revision, seq) w"
+    " LEFT JOIN chatvault.messages m"
+    "  ON m.channel = w.channel AND m.message_id = w.message_id"
+    " WHERE m.revision IS DISTINCT FROM w.revision"
+    " AND NOT EXISTS (SELECT 1 FROM chatvault.message_versions v"
+    "  WHERE v.channel = w.channel AND v.message_id = w.message_id"
+    "  AND v.revision = w.revision)";
 
-/* After the insert, within the same transaction: staged records whose
- * message id is held by a row from another record are duplicates. A
- * re-delivered record finds its own row (same coordinates, same content):
- * not a duplicate. Coordinates alone do not make a record the same: Kafka's
- * offsets start over when a topic is re-created, so a message reusing an
- * id at a reused offset is a duplicate too (the log keeps it, in a new
- * generation). Only run when the insert took fewer rows than were
- * staged. */
+/* Step 2: the rows of messages a latest new version supersedes go to the
+ * history first (the update's trigger checks they are there). */
+#define VERSION_COLUMNS MESSAGE_COLUMNS ", persisted_at"
+static const char supersede_sql[] =
+    "INSERT INTO chatvault.message_versions (" VERSION_COLUMNS ")"
+    " SELECT m.channel, m.message_id, m.kafka_topic, m.kafka_partition,"
+    " m.kafka_offset, m.kafka_timestamp, m.sender_id, m.sent_at_us, m.body,"
+    " m.content_type, m.attributes, m.reply_to, m.revision, m.deleted,"
+    " m.persisted_at"
+    " FROM cv_new n JOIN cv_stage s ON s.seq = n.seq"
+    " JOIN chatvault.messages m"
+    "  ON m.channel = s.channel AND m.message_id = s.message_id"
+    " WHERE n.latest AND m.revision < s.revision"
+    " ON CONFLICT (channel, message_id, revision) DO NOTHING";
+
+/* Step 3: then the rows take the new versions. persisted_at anew: the
+ * search indexer reads rows by it. */
+static const char update_latest_sql[] =
+    "UPDATE chatvault.messages m SET kafka_topic = s.kafka_topic,"
+    " kafka_partition = s.kafka_partition, kafka_offset = s.kafka_offset,"
+    " kafka_timestamp = s.kafka_timestamp, sender_id = s.sender_id,"
+    " sent_at_us = s.sent_at_us, body = s.body, content_type = s.content_type,"
+    " attributes = s.attributes, reply_to = s.reply_to, revision = s.revision,"
+    " deleted = s.deleted, persisted_at = clock_timestamp()"
+    " FROM cv_new n JOIN cv_stage s ON s.seq = n.seq"
+    " WHERE n.latest AND m.channel = s.channel AND m.message_id = s.message_id"
+    " AND m.revision < s.revision";
+
+/* Step 3b: an updated message's search document describes the version it
+ * superseded; the indexer writes it anew. */
+static const char stale_docs_sql[] =
+    "DELETE FROM chatvault.search_docs d"
+    " USING cv_new n JOIN cv_stage s ON s.seq = n.seq"
+    " WHERE n.latest AND d.channel = s.channel AND d.message_id = s.message_id";
+
+/* Step 4: latest versions of message ids messages has no row of. */
+static const char insert_sql[] =
+    "INSERT INTO chatvault.messages (" MESSAGE_COLUMNS ")"
+    " SELECT " MESSAGE_COLUMNS " FROM cv_new n JOIN cv_stage s USING (seq)"
+    " WHERE n.latest ORDER BY seq"
+    " ON CONFLICT (channel, message_id) DO NOTHING";
+
+/* Step 5: every other new version is history. */
+static const char history_sql[] =
+    "INSERT INTO chatvault.message_versions (" MESSAGE_COLUMNS ")"
+    " SELECT " MESSAGE_COLUMNS " FROM cv_new n JOIN cv_stage s USING (seq)"
+    " WHERE NOT n.latest ORDER BY seq"
+    " ON CONFLICT (channel, message_id, revision) DO NOTHING";
+
+/* After the steps, within the same transaction: staged records whose
+ * version (message id and revision) is held by a row from another record
+ * are duplicates. A re-delivered record finds its own row (same
+ * coordinates, same content): not a duplicate. Coordinates alone do not
+ * make a record the same: Kafka's offsets start over when a topic is
+ * re-created, so a message reusing an id at a reused offset is a duplicate
+ * too (the log keeps it, in a new generation). Only run when fewer new
+ * versions than records were staged. */
+#define DIFFERS(t)                                                                       \
+    " ON " t ".channel = s.channel AND " t ".message_id = s.message_id"                  \
+    " AND " t ".revision = s.revision"                                                   \
+    " WHERE " t ".kafka_topic <> s.kafka_topic"                                          \
+    " OR " t ".kafka_partition <> s.kafka_partition"                                     \
+    " OR " t ".kafka_offset <> s.kafka_offset"                                           \
+    " OR " t ".sent_at_us <> s.sent_at_us OR " t ".sender_id <> s.sender_id"             \
+    " OR " t ".body <> s.body OR " t ".deleted <> s.deleted"
 static const char duplicates_sql[] =
-    "SELECT s.seq FROM cv_stage s JOIN chatvault.messages m"
-    " ON m.channel = s.channel AND m.message_id = s.message_id"
-    " WHERE m.kafka_topic <> s.kafka_topic"
-    " OR m.kafka_partition <> s.kafka_partition"
-    " OR m.kafka_offset <> s.kafka_offset"
-    " OR m.sent_at_us <> s.sent_at_us OR m.sender_id <> s.sender_id"
-    " OR m.body <> s.body";
+    "SELECT s.seq FROM cv_stage s JOIN chatvault.messages m" DIFFERS(
+        "m") " UNION SELECT s.seq FROM cv_stage s JOIN chatvault.message_versions "
+             "v" DIFFERS("v");
 
 /* The batch's duplicates, for the reports (schemas/0004_reports.sql): keyed
  * by the record's coordinates, so a re-delivered duplicate counts once. One
@@ -280,6 +372,13 @@ static int put_i64(cv_buf *b, int64_t v) {
     return cv_buf_append(b, f, 12);
 }
 
+static int put_bool(cv_buf *b, bool v) {
+    unsigned char f[5];
+    cv_be32(f, 1);
+    f[4] = v ? 1 : 0;
+    return cv_buf_append(b, f, 5);
+}
+
 static int attributes_json(shard *st, const Chatvault__V1__ChatMessage *m) {
     cv_buf *j = &st->json;
     j->len = 0;
@@ -314,7 +413,7 @@ static int build_copy(shard *st, const cv_rec *recs, size_t n, bool staged,
             continue;
         const Chatvault__V1__ChatMessage *m = rec->env.msg;
         unsigned char nf[2];
-        cv_be16(nf, staged ? 13 : 12);
+        cv_be16(nf, staged ? MESSAGE_FIELDS + 1 : MESSAGE_FIELDS);
         r = cv_buf_append(b, nf, 2);
         if (r == 0 && staged)
             r = put_i32(b, (int32_t)i);
@@ -346,6 +445,10 @@ static int build_copy(shard *st, const cv_rec *recs, size_t n, bool staged,
             r = put_bytes(b, st->json.data, st->json.len);
         if (r == 0)
             r = put_text(b, m->reply_to);
+        if (r == 0)
+            r = put_i64(b, (int64_t)m->revision);
+        if (r == 0)
+            r = put_bool(b, m->deleted);
         rows++;
     }
     if (r == 0) {
@@ -441,8 +544,19 @@ out:
     return r;
 }
 
-/* The careful way: stage the batch, insert what is new, find the
- * duplicates. */
+/* Runs one step of the careful way: its row count, or a negative error. */
+static int64_t staged_step(shard *st, const char *sql, const char *what, char *errbuf,
+                           size_t errlen) {
+    PGresult *res = PQexec(st->conn, sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        return pg_fail(st, res, what, errbuf, errlen);
+    int64_t rows = strtoll(PQcmdTuples(res), NULL, 10);
+    PQclear(res);
+    return rows;
+}
+
+/* The careful way: stage the batch, sort it by version (see the top of
+ * the file), find the duplicates. */
 static int insert_staged(shard *st, cv_rec *recs, size_t n, char *errbuf, size_t errlen) {
     size_t staged = 0;
     int r = build_copy(st, recs, n, true, &staged, errbuf, errlen);
@@ -452,17 +566,50 @@ static int insert_staged(shard *st, cv_rec *recs, size_t n, char *errbuf, size_t
                 "COPY into the staging table", NULL, errbuf, errlen);
     if (r < 0)
         return r;
-    PGresult *res = PQexec(st->conn, insert_sql);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        return pg_fail(st, res, "inserting messages", errbuf, errlen);
-    size_t inserted = strtoull(PQcmdTuples(res), NULL, 10);
-    PQclear(res);
+    int64_t fresh =
+        staged_step(st, new_versions_sql, "finding the new versions", errbuf, errlen);
+    if (fresh < 0)
+        return (int)fresh;
+    if (fresh > 0) {
+        static const struct {
+            const char *sql, *what;
+            bool stores; /* its rows are new versions stored */
+        } steps[] = {
+            {supersede_sql, "moving superseded versions to chatvault.message_versions",
+             false},
+            {update_latest_sql, "updating messages to their latest versions", true},
+            {stale_docs_sql, "dropping the search documents of edited messages", false},
+            {insert_sql, "inserting messages", true},
+            {history_sql, "inserting into chatvault.message_versions", true},
+        };
+        int64_t stored = 0;
+        for (size_t k = 0; k < sizeof(steps) / sizeof(steps[0]); k++) {
+            int64_t x = staged_step(st, steps[k].sql, steps[k].what, errbuf, errlen);
+            if (x < 0)
+                return (int)x;
+            if (steps[k].stores)
+                stored += x;
+        }
+        /* Each new version is exactly one row of one of the three
+         * steps; fewer means another writer stored versions of these
+         * messages between step 1 and now (two broker instances in a
+         * rebalance). Nothing is acked: the batch is rolled back and
+         * written again, and then sees what the other wrote. */
+        if (stored != fresh) {
+            snprintf(errbuf, errlen,
+                     "postgres: %" PRId64 " of %" PRId64
+                     " new versions were stored: another writer stored versions of "
+                     "these messages at the same time; the batch is written again",
+                     stored, fresh);
+            return -CV_ESTORE;
+        }
+    }
     for (size_t i = 0; i < n; i++)
         if (mine(st, i) && cv_rec_valid(&recs[i]))
             recs[i].status = CHATVAULT__V1__ACK_STATUS__PERSISTED;
-    if (inserted == staged)
-        return 0; /* every record got its row */
-    res = PQexec(st->conn, duplicates_sql);
+    if ((size_t)fresh == staged)
+        return 0; /* every record is a version of its own */
+    PGresult *res = PQexec(st->conn, duplicates_sql);
     if (PQresultStatus(res) != PGRES_TUPLES_OK)
         return pg_fail(st, res, "finding duplicate message ids", errbuf, errlen);
     int rows = PQntuples(res);

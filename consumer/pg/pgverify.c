@@ -15,11 +15,16 @@
 
 #define IDS_LIMIT ((size_t)64 << 20) /* bytes of one lookup's id array */
 
-/* The partitions of chatvault.messages and their rows. */
+/* The partitions of chatvault.messages and their rows, with the versions
+ * of chatvault.message_versions (an edit may go to another partition than
+ * the message's latest version). */
 static const char partitions_sql[] =
-    "SELECT channel, kafka_topic, kafka_partition, count(*)"
-    " FROM chatvault.messages"
-    " GROUP BY channel, kafka_topic, kafka_partition";
+    "SELECT channel, kafka_topic, kafka_partition, sum(n)::bigint FROM ("
+    " SELECT channel, kafka_topic, kafka_partition, count(*) AS n"
+    " FROM chatvault.messages GROUP BY channel, kafka_topic, kafka_partition"
+    " UNION ALL SELECT channel, kafka_topic, kafka_partition, count(*)"
+    " FROM chatvault.message_versions GROUP BY channel, kafka_topic, kafka_partition"
+    ") p GROUP BY channel, kafka_topic, kafka_partition";
 
 /* The consumer groups' offsets. */
 static const char offsets_sql[] = "SELECT consumer_group, topic,"
@@ -31,9 +36,12 @@ static const char rejected_sql[] =
     "SELECT kafka_offset FROM chatvault.rejected"
     " WHERE kafka_topic = $1 AND kafka_partition = $2 ORDER BY kafka_offset";
 
-/* Which of the ids $2 (a text[]) channel $1 holds. */
-static const char held_ids_sql[] = "SELECT message_id FROM chatvault.messages"
-                                   " WHERE channel = $1 AND message_id = ANY($2::text[])";
+/* The versions channel $1 holds of the ids $2 (a text[]). */
+static const char held_ids_sql[] =
+    "SELECT message_id, revision FROM chatvault.messages"
+    " WHERE channel = $1 AND message_id = ANY($2::text[])"
+    " UNION ALL SELECT message_id, revision FROM chatvault.message_versions"
+    " WHERE channel = $1 AND message_id = ANY($2::text[])";
 
 /* The offset of a partition's row persisted last at or before $4: $1
  * channel, $2 topic, $3 partition. */
@@ -120,12 +128,20 @@ int cv_pgverify_rejected(PGconn *conn, const char *topic, int32_t partition,
     return 0;
 }
 
-static int str_cmp(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
+typedef struct version {
+    const char *id;
+    uint32_t rev;
+} version;
+
+static int version_cmp(const void *a, const void *b) {
+    const version *x = a, *y = b;
+    int k = strcmp(x->id, y->id);
+    return k ? k : (x->rev > y->rev) - (x->rev < y->rev);
 }
 
 int cv_pgverify_held_ids(PGconn *conn, const char *channel, const char *const *ids,
-                         size_t n, bool *ret_held, char *errbuf, size_t errlen) {
+                         const uint32_t *revs, size_t n, bool *ret_held, char *errbuf,
+                         size_t errlen) {
     cv_buf arr;
     cv_buf_init(&arr, IDS_LIMIT);
     int r = cv_pg_i_array_literal(&arr, NULL, ids, n);
@@ -141,18 +157,21 @@ int cv_pgverify_held_ids(PGconn *conn, const char *channel, const char *const *i
     if (!res)
         return -CV_ESTORE;
     int nf = PQntuples(res);
-    char **found = calloc(nf ? (size_t)nf : 1, sizeof(*found));
+    version *found = calloc(nf ? (size_t)nf : 1, sizeof(*found));
     if (!found) {
         PQclear(res);
         snprintf(errbuf, errlen, "out of memory");
         return -ENOMEM;
     }
     for (int k = 0; k < nf; k++)
-        found[k] = PQgetvalue(res, k, 0);
-    qsort(found, (size_t)nf, sizeof(*found), str_cmp);
-    for (size_t i = 0; i < n; i++)
+        found[k] = (version){PQgetvalue(res, k, 0),
+                             (uint32_t)strtoul(PQgetvalue(res, k, 1), NULL, 10)};
+    qsort(found, (size_t)nf, sizeof(*found), version_cmp);
+    for (size_t i = 0; i < n; i++) {
+        version want = {ids[i], revs[i]};
         ret_held[i] =
-            bsearch(&ids[i], found, (size_t)nf, sizeof(*found), str_cmp) != NULL;
+            bsearch(&want, found, (size_t)nf, sizeof(*found), version_cmp) != NULL;
+    }
     free(found);
     PQclear(res);
     return 0;

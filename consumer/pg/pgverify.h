@@ -48,11 +48,12 @@ int cv_pgverify_rejected(PGconn *conn, const char *topic, int32_t partition,
                          int64_t **ret_offsets, size_t *ret_n, char *errbuf,
                          size_t errlen);
 
-/* Sets ret_held[i] to whether chatvault.messages holds a row of `channel`
- * with message id ids[i], for the n ids (one query; a few thousand ids at
- * a time). */
+/* Sets ret_held[i] to whether PostgreSQL holds version revs[i] of message
+ * ids[i] of `channel` (in chatvault.messages or chatvault.message_versions),
+ * for the n ids (one query; a few thousand ids at a time). */
 int cv_pgverify_held_ids(PGconn *conn, const char *channel, const char *const *ids,
-                         size_t n, bool *ret_held, char *errbuf, size_t errlen);
+                         const uint32_t *revs, size_t n, bool *ret_held, char *errbuf,
+                         size_t errlen);
 
 /* The offset of the row of (channel, topic, partition) persisted last at or
  * before `at` (a timestamptz as PostgreSQL prints it), or -1 in

@@ -9,8 +9,11 @@
 # were seen to differ by 30%, so only alternating pairs and medians say
 # anything about a 10% difference.
 #
-#   deploy/bench/compare.sh [--rounds N] [--scale-out] [run.sh options]...
+#   deploy/bench/compare.sh [--rounds N] [--scale-out]
+#                           [--a "RUN.SH WORDS" --b "RUN.SH WORDS"] [run.sh options]...
 #
+# --a / --b give the two sides' own run.sh words instead (split on spaces),
+# e.g. --a "" --b "--set kafka.queued.min.messages=20000".
 # --scale-out compares two broker instances in one consumer group (run.sh
 # --instances 2) with one instance instead, both stores on each side.
 #
@@ -36,6 +39,8 @@ while [ $# -gt 0 ]; do
     --scale-out)
         a_args=(--instances 2) b_args=(--instances 1) a_name="2 inst" b_name="1 inst"
         shift ;;
+    --a) read -r -a a_args <<<"$2"; a_name=A; shift 2 ;;
+    --b) read -r -a b_args <<<"$2"; b_name=B; shift 2 ;;
     -h | --help) sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d'; exit 0 ;;
     *) args+=("$1"); shift ;;
     esac
@@ -46,16 +51,17 @@ mkdir -p "$here/results"
 out=$here/results/compare-$(date -u +%Y%m%dT%H%M%SZ).txt
 
 # One run; prints "<msgs/s> <PG backend CPU s> <its run-queue wait s>
-# <broker CPU s>".
+# <broker CPU s> <broker peak RSS MiB>" (msgs/s of a --backlog run: the
+# drain's).
 one() {
     local s
     s=$("$here/run.sh" --no-kcat "${args[@]+"${args[@]}"}" "$@" 2>/dev/null) ||
         { echo "compare.sh: run.sh $* failed" >&2; return 1; }
-    awk '/^chatvault end to end/ { rate = $8 }
+    awk '/^chatvault (end to end|drain)/ { for (i = 1; i < NF; i++) if ($(i + 1) == "msgs/s") rate = $i }
          /broker.s PG backend/ { pg = $(NF - 1) }
          /PG backend waiting for a CPU/ { rq = $(NF - 1) }
-         /^  broker CPU/ { cpu = $(NF - 4) }
-         END { print rate, pg, rq, cpu }' <<<"$s"
+         /^  broker CPU/ { cpu = $(NF - 4); rss = $(NF - 1) }
+         END { print rate, pg, rq, cpu, rss }' <<<"$s"
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
@@ -66,33 +72,33 @@ median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] :
 # in it, 10.0-14.4 s in the others), and round 1 runs both stores first, so
 # it always hit that side.
 one "${a_args[@]+"${a_args[@]}"}" >/dev/null
-one "${b_args[@]}" >/dev/null
+one "${b_args[@]+"${b_args[@]}"}" >/dev/null
 
 both=()
 pgonly=()
 ratios=()
 {
     echo "== compare.sh: $rounds rounds, $(nproc) cores, run.sh --no-kcat ${args[*]-}"
-    printf '%-6s %12s %8s %7s %8s   %14s %8s %7s %8s   %6s\n' round "$a_name msgs/s" "PG CPU" "PG rq" \
-        "broker" "$b_name msgs/s" "PG CPU" "PG rq" "broker" ratio
+    printf '%-6s %12s %8s %7s %8s %7s   %14s %8s %7s %8s %7s   %6s\n' round "$a_name msgs/s" "PG CPU" \
+        "PG rq" "broker" "RSS" "$b_name msgs/s" "PG CPU" "PG rq" "broker" "RSS" ratio
 } | tee "$out"
 for ((r = 1; r <= rounds; r++)); do
     # Odd rounds run side A first (both stores; 2 instances), even rounds
     # side B first, so a machine that speeds up or slows down during the
     # runs does not always favour the same side.
     if ((r % 2)); then
-        read -r b_rate b_pg b_rq b_cpu < <(one "${a_args[@]+"${a_args[@]}"}")
-        read -r p_rate p_pg p_rq p_cpu < <(one "${b_args[@]}")
+        read -r b_rate b_pg b_rq b_cpu b_rss < <(one "${a_args[@]+"${a_args[@]}"}")
+        read -r p_rate p_pg p_rq p_cpu p_rss < <(one "${b_args[@]+"${b_args[@]}"}")
     else
-        read -r p_rate p_pg p_rq p_cpu < <(one "${b_args[@]}")
-        read -r b_rate b_pg b_rq b_cpu < <(one "${a_args[@]+"${a_args[@]}"}")
+        read -r p_rate p_pg p_rq p_cpu p_rss < <(one "${b_args[@]+"${b_args[@]}"}")
+        read -r b_rate b_pg b_rq b_cpu b_rss < <(one "${a_args[@]+"${a_args[@]}"}")
     fi
     ratio=$(awk -v a="$b_rate" -v b="$p_rate" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')
     both+=("$b_rate")
     pgonly+=("$p_rate")
     ratios+=("$ratio")
-    printf '%-6s %12s %8s %7s %8s   %14s %8s %7s %8s   %6s\n' "$r" "$b_rate" "$b_pg" "$b_rq" \
-        "$b_cpu" "$p_rate" "$p_pg" "$p_rq" "$p_cpu" "$ratio" | tee -a "$out"
+    printf '%-6s %12s %8s %7s %8s %7s   %14s %8s %7s %8s %7s   %6s\n' "$r" "$b_rate" "$b_pg" \
+        "$b_rq" "$b_cpu" "$b_rss" "$p_rate" "$p_pg" "$p_rq" "$p_cpu" "$p_rss" "$ratio" | tee -a "$out"
 done
 mb=$(printf '%s\n' "${both[@]}" | median)
 mp=$(printf '%s\n' "${pgonly[@]}" | median)

@@ -5,7 +5,8 @@ database, checks every row against the log, records the outcome in
 chatvault.restore_drills and drops the scratch database; a damaged log, an
 empty selection and a scratch database that is the live one are failures
 or errors that say why. The broker with drill.interval_s runs drills itself
-and exports the last outcome on /metrics and /api/lag."""
+and exports the last outcome on /metrics and /api/lag. Some messages of db
+are edited and deleted: every version is restored and checked."""
 import json
 import os
 import time
@@ -14,6 +15,7 @@ import urllib.request
 import cvtest
 
 N = 2400
+EDITS = 30      # messages of db edited (revision 1), 10 of them then deleted
 
 
 def drills(h):
@@ -39,9 +41,19 @@ with cvtest.Harness('drill', topics={'chat.da': 2, 'chat.db': 1}, partitions=2,
     for i in range(N):
         c = 'da' if i % 4 else 'db'
         prod.send('chat.' + c, value=cvtest.chat_message(
-            c, ('drill %d' % i).encode(), attributes={'k%d' % (i % 3): 'v', 'a': 'b'})[1])
+            c, ('drill %d' % i).encode(), message_id='m%d' % i,
+            attributes={'k%d' % (i % 3): 'v', 'a': 'b'})[1])
+    for i in range(0, 4 * EDITS, 4):
+        prod.send('chat.db', value=cvtest.chat_message(
+            'db', b'edited %d' % i, message_id='m%d' % i, revision=1)[1])
+    for i in range(0, 40, 4):
+        prod.send('chat.db', value=cvtest.chat_message(
+            'db', b'', message_id='m%d' % i, revision=2, deleted=True)[1])
     prod.flush(timeout=120)
     h.is_(h.wait_rows(N), N, 'messages stored')
+    versions = EDITS + 10
+    h.is_(h.wait_rows(versions, table='chatvault.message_versions'), versions,
+          'edits and deletes stored')
     deadline = time.time() + 60
     while h.run('verify', '--quiet').returncode != 0 and time.time() < deadline:
         time.sleep(1)
@@ -59,9 +71,11 @@ with cvtest.Harness('drill', topics={'chat.da': 2, 'chat.db': 1}, partitions=2,
 
     r = h.run('drill', '--all', '--channel', 'db', '--json', timeout=300)
     out = json.loads(r.stdout) if r.returncode == 0 else {}
-    h.ok(out.get('passed') is True and out.get('sampled') == N // 4 and
-         out.get('selected') == N // 4 and out.get('channels') == 1 and out.get('recorded'),
-         'drill --all --channel db --json: every message of db restored and verified',
+    h.ok(out.get('passed') is True and out.get('sampled') == N // 4 + versions and
+         out.get('selected') == N // 4 + versions and out.get('channels') == 1 and
+         out.get('recorded'),
+         'drill --all --channel db --json: every version of every message of db restored '
+         'and verified',
          r.stdout + r.stderr)
 
     keep = h.db + '_kept'
@@ -71,7 +85,9 @@ with cvtest.Harness('drill', topics={'chat.da': 2, 'chat.db': 1}, partitions=2,
              r.stdout + r.stderr)
         conn = cvtest.psycopg2.connect('%s dbname=%s' % (cvtest.PG, keep))
         with conn.cursor() as cur:
-            cur.execute('SELECT count(*), count(DISTINCT channel) FROM chatvault.messages')
+            cur.execute('SELECT count(*), count(DISTINCT channel) FROM'
+                        ' (SELECT channel FROM chatvault.messages UNION ALL'
+                        '  SELECT channel FROM chatvault.message_versions) v')
             n, chans = cur.fetchone()
         conn.close()
         h.ok(n == 50 and chans == 2,

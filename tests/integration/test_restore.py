@@ -7,7 +7,11 @@ to the live one and verifies clean against the log; running it again writes
 nothing; --as-of the time between the batches restores exactly the first;
 --to-offset, --message-id and a channel alone restore exactly what they
 name; a dry run writes nothing and does not create the database; bad
-arguments and unreachable targets end in one-line errors."""
+arguments and unreachable targets end in one-line errors. Some messages of
+the first batch are edited (revision 1) and some deleted (a tombstone,
+revision 2) in the second: restore brings back every version, the newest as
+the message and the others as its history, and as of the time between the
+batches only the originals."""
 import os
 import re
 import time
@@ -16,17 +20,20 @@ import cvtest
 
 FIRST = 1500
 SECOND = 700
-COLS = ('channel, message_id, kafka_topic, kafka_partition, kafka_offset,'
-        ' kafka_timestamp, sender_id, sent_at_us, body, content_type,'
+EDITS = 40      # first-batch messages of ra edited in the second batch
+DELETES = 10    # of them, deleted after the edit
+COLS = ('channel, message_id, revision, deleted, kafka_topic, kafka_partition,'
+        ' kafka_offset, kafka_timestamp, sender_id, sent_at_us, body, content_type,'
         ' attributes, reply_to')
+BODY = 10       # the index of body in COLS
 
 
-def rows(conninfo, where='TRUE'):
+def rows(conninfo, where='TRUE', table='messages'):
     conn = cvtest.psycopg2.connect(conninfo)
     try:
         with conn.cursor() as cur:
-            cur.execute('SELECT %s FROM chatvault.messages WHERE %s'
-                        ' ORDER BY channel, message_id' % (COLS, where))
+            cur.execute('SELECT %s FROM chatvault.%s WHERE %s'
+                        ' ORDER BY channel, message_id, revision' % (COLS, table, where))
             return [tuple(bytes(x) if isinstance(x, memoryview) else x for x in r)
                     for r in cur.fetchall()]
     finally:
@@ -47,8 +54,22 @@ def errors(r):
 def publish(h, prod, n, tag):
     for i in range(n):
         c = 'ra' if i % 3 else 'rb'
-        prod.send('chat.' + c, value=cvtest.chat_message(
-            c, ('%s message %d' % (tag, i)).encode(), attributes={'n': str(i)})[1])
+        prod.send('chat.' + c, key=('%s-%d' % (c, i)).encode(), value=cvtest.chat_message(
+            c, ('%s message %d' % (tag, i)).encode(), message_id='%s-%s-%d' % (tag, c, i),
+            attributes={'n': str(i)})[1])
+    prod.flush(timeout=120)
+
+
+def publish_edits(prod):
+    """Edits, then deletes, of first-batch messages of ra (keyed as the
+    originals, so each lands after its original)."""
+    ids = [i for i in range(FIRST) if i % 3][:EDITS]
+    for i in ids:
+        prod.send('chat.ra', key=('ra-%d' % i).encode(), value=cvtest.chat_message(
+            'ra', b'edit of %d' % i, message_id='first-ra-%d' % i, revision=1)[1])
+    for i in ids[:DELETES]:
+        prod.send('chat.ra', key=('ra-%d' % i).encode(), value=cvtest.chat_message(
+            'ra', b'', message_id='first-ra-%d' % i, revision=2, deleted=True)[1])
     prod.flush(timeout=120)
 
 
@@ -62,13 +83,18 @@ with cvtest.Harness('restore', topics={'chat.ra': 2, 'chat.rb': 1}, partitions=2
     between_ms = int(time.time() * 1000)
     time.sleep(1.2)
     publish(h, prod, SECOND, 'second')
+    publish_edits(prod)
     total = FIRST + SECOND
     h.is_(h.wait_rows(total), total, 'the second batch is stored')
+    h.is_(h.wait_rows(EDITS + DELETES, table='chatvault.message_versions'), EDITS + DELETES,
+          'the edits and deletes are stored, the older versions as history')
+    total += EDITS + DELETES     # log records: every version
     deadline = time.time() + 60
     while h.run('verify', '--quiet').returncode != 0 and time.time() < deadline:
         time.sleep(1)
     h.is_(h.broker.stop(), 0, 'broker stopped')
     live = rows(h.conninfo)
+    live_versions = rows(h.conninfo, table='message_versions')
 
     r = h.run('restore', '--dry-run', '--quiet')
     h.ok(r.returncode == 0 and summary(r) == (0, total, total),
@@ -82,7 +108,7 @@ with cvtest.Harness('restore', topics={'chat.ra': 2, 'chat.rb': 1}, partitions=2
     r = h.run('restore', '--channel', 'ra', '--dry-run', '--quiet')
     h.ok(r.returncode == 0 and summary(r)[0] == 25, 'dry run: 25 deleted rows to restore',
          r.stdout + r.stderr)
-    h.is_(len(rows(h.conninfo)), total - 25, 'and it wrote nothing')
+    h.is_(len(rows(h.conninfo)), FIRST + SECOND - 25, 'and it wrote nothing')
     r = h.run('restore', '--channel', 'ra', '--quiet')
     h.ok(r.returncode == 0 and summary(r)[0] == 25, 'restore --channel ra: 25 restored',
          r.stdout + r.stderr)
@@ -111,6 +137,8 @@ with cvtest.Harness('restore', topics={'chat.ra': 2, 'chat.rb': 1}, partitions=2
         h.ok('restore' in r.stderr and 'restore done' in r.stderr,
              'it logs its progress and end on stderr', r.stderr)
         h.ok(rows(ci) == live, 'every restored row equals the live one, byte for byte')
+        h.ok(rows(ci, table='message_versions') == live_versions,
+             'and so does the history of the edited and deleted messages')
         offsets = h.query('SELECT count(*) FROM chatvault.kafka_offsets')[0][0]
         conn = cvtest.psycopg2.connect(ci)
         with conn.cursor() as cur:
@@ -129,11 +157,13 @@ with cvtest.Harness('restore', topics={'chat.ra': 2, 'chat.rb': 1}, partitions=2
                   str(between_ms))
         got = rows(ci)
         h.ok(r.returncode == 0 and len(got) == FIRST and
-             all(b.startswith(b'first ') for b in (x[8] for x in got)),
-             '--as-of between the batches: exactly the first %d' % FIRST,
-             r.stdout + r.stderr)
-        h.ok(got == [x for x in live if x[8].startswith(b'first ')],
-             'and those rows equal the live ones')
+             all(x[BODY].startswith(b'first ') for x in got) and
+             not rows(ci, table='message_versions'),
+             '--as-of between the batches: exactly the first %d, before their edits'
+             % FIRST, r.stdout + r.stderr)
+        originals = sorted((x for x in live + live_versions if x[BODY].startswith(b'first ')),
+                           key=lambda x: x[:3])
+        h.ok(got == originals, 'and those rows equal the live originals')
 
         db, ci = target('one')
         mid = live[100][1]
@@ -144,7 +174,7 @@ with cvtest.Harness('restore', topics={'chat.ra': 2, 'chat.rb': 1}, partitions=2
         r = h.run('restore', '--into', ci, '--quiet', '--channel', 'rb', '--partition',
                   '0', '--to-offset', '9')
         got = rows(ci, "channel = 'rb'")
-        h.ok(r.returncode == 0 and sorted(x[4] for x in got) == list(range(10)),
+        h.ok(r.returncode == 0 and sorted(x[6] for x in got) == list(range(10)),
              '--channel rb --to-offset 9: offsets 0..9 of rb', r.stdout + r.stderr)
 
         r = h.run('restore', '--into', ci, '--as-of', 'yesterday-ish', '--quiet')

@@ -72,6 +72,10 @@ static void test_options(void) {
                ps.time_field == CV_PGREAD_TIME_PERSISTED_AT && ps.since_us == 1000000 &&
                ps.until_us == 2000000 && ps.nids == 0,
            "carries every bound");
+    tap_ok(!ps.history, "without --history: the latest versions only");
+    s.history = true;
+    cv_select_pg(&s, "support", &ps);
+    tap_ok(ps.history, "--history reaches the PostgreSQL selection");
     cv_select_release(&s);
 }
 

@@ -1,4 +1,4 @@
--- chatvault schema, version 5: the record of restore drills.
+-- chatvault schema, version 6: the record of restore drills.
 --
 -- A drill (`chatvault drill`, or the broker on drill.interval_s) restores a
 -- sample of the log into a scratch database, checks every restored row

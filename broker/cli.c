@@ -411,6 +411,15 @@ void cv_cli_default_log_dir(cv_cli_log_dirs *d, const cv_config *cfg) {
         d->dir[d->n++] = cv_config_str(cfg, "log.dir");
 }
 
+cv_envelope_rules cv_cli_envelope_rules(const cv_config *cfg) {
+    return (cv_envelope_rules){
+        .topic_prefix = cv_config_str(cfg, "topics.prefix"),
+        .max_body_bytes = (size_t)cv_config_int(cfg, "limits.max_body_bytes"),
+        .ack_topic = cv_config_str(cfg, "topics.acks"),
+        .dlq_topic = cv_config_str(cfg, "topics.dlq"),
+    };
+}
+
 static cv_log_level log_min = CV_LOG_INFO;
 
 void cv_log_set_min(cv_log_level level) {

@@ -15,6 +15,7 @@
 #include <stdio.h>
 
 #include "config.h"
+#include "ingest/envelope.h"
 #include "util.h"
 
 /* An http:// or https:// address to GET: host (no brackets for IPv6),
@@ -231,6 +232,10 @@ typedef struct cv_cli_log_dirs {
 
 /* With no --log-dir given, takes log.dir from `cfg` when it is set. */
 void cv_cli_default_log_dir(cv_cli_log_dirs *d, const cv_config *cfg);
+
+/* The broker's validation rules (topics.*, limits.max_body_bytes), for
+ * the tools that decode records as it does; the strings are cfg's. */
+cv_envelope_rules cv_cli_envelope_rules(const cv_config *cfg);
 
 /* logfmt logging to stderr: level=... msg="..." then key=value pairs given
  * as a printf-style tail, e.g. cv_log(CV_LOG_WARN, "postgres unavailable",

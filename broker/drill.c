@@ -28,7 +28,9 @@
 
 /* pg_try_advisory_lock key of a running drill: "cvdrill!" big-endian. */
 #define DRILL_LOCK_KEY "7166470042592872737"
-#define SAMPLE_MAX 10000000
+#define SAMPLE_MAX 10000000 /* messages a drill restores, sampled or all */
+/* The comment of a scratch database: a drill drops no database without it. */
+#define SCRATCH_MARK "chatvault restore drill scratch database"
 
 typedef struct entry {
     char *topic, *message_id;
@@ -122,6 +124,12 @@ static int entry_cmp(const void *a, const void *b) {
 
 /* Notes a message given to the restore: its key and digest. */
 static int add_entry(drill *d, const cv_msg *m) {
+    if (d->nents == SAMPLE_MAX) {
+        snprintf(d->err, d->errlen,
+                 "the selection holds more than %d messages: drill a --sample of it",
+                 SAMPLE_MAX);
+        return -E2BIG;
+    }
     if (d->nents == d->capents) {
         size_t cap = d->capents ? d->capents * 2 : 1024;
         entry *ne = realloc(d->ents, cap * sizeof(*ne));
@@ -180,6 +188,12 @@ static int held_cmp(const void *a, const void *b) {
 
 static bool cancelled(const drill *d) {
     return d->conf->stop && atomic_load(d->conf->stop);
+}
+
+/* Whether an error says the log is damaged or cannot be decrypted: the
+ * drill's verdict (failed), not a reason it could not run. */
+static bool log_damage(int e) {
+    return e == -CV_ECORRUPT || e == -EBADMSG || e == -ENOKEY || e == -EKEYREJECTED;
 }
 
 static int fail(drill *d, int e, const char *what) {
@@ -368,9 +382,9 @@ static int compare(drill *d) {
 static int scratch_fresh(drill *d) {
     const char *ci = d->conf->scratch_conninfo;
     bool created;
-    int e = cv_pg_drop_database(ci, d->err, d->errlen);
+    int e = cv_pg_drop_database(ci, SCRATCH_MARK, d->err, d->errlen);
     if (e == 0)
-        e = cv_pg_create_database(ci, &created, d->err, d->errlen);
+        e = cv_pg_create_database(ci, SCRATCH_MARK, &created, d->err, d->errlen);
     if (e < 0)
         return fail(d, e, "the scratch database");
     PGconn *conn = cv_pg_connect(ci, d->err, d->errlen);
@@ -410,9 +424,13 @@ static int drill_body(drill *d) {
     if (e == 0)
         e = compare(d);
     d->res->verify_s = (double)(cv_now_us() - t1) / 1e6;
+    cv_drill_result *r = d->res;
+    if (log_damage(e)) {
+        r->passed = false; /* the backup does not restore: detail says where */
+        return 0;
+    }
     if (e < 0)
         return e;
-    cv_drill_result *r = d->res;
     if (!r->selected && !r->detail[0])
         snprintf(r->detail, sizeof(r->detail),
                  "nothing to restore: the log holds no message of the selection");
@@ -457,13 +475,16 @@ static void record(drill *d, PGconn *live) {
         cv_log(CV_LOG_WARN, "drill outcome not recorded", "error=\"%s\"", err);
 }
 
-int cv_drill_default_scratch(const char *live_conninfo, char *out, size_t outlen,
-                             char *errbuf, size_t errlen) {
-    char db[256], name[300];
-    int e = cv_pg_conninfo_db(live_conninfo, db, sizeof(db), errbuf, errlen);
-    if (e < 0)
-        return e;
-    snprintf(name, sizeof(name), "%s_drill", db);
+int cv_drill_scratch_conninfo(const char *live_conninfo, const char *name, char *out,
+                              size_t outlen, char *errbuf, size_t errlen) {
+    char db[256], own[300];
+    if (!name || !*name) {
+        int e = cv_pg_conninfo_db(live_conninfo, db, sizeof(db), errbuf, errlen);
+        if (e < 0)
+            return e;
+        snprintf(own, sizeof(own), "%s_drill", db);
+        name = own;
+    }
     return cv_pg_conninfo_with_db(live_conninfo, name, out, outlen, errbuf, errlen);
 }
 
@@ -472,44 +493,53 @@ int cv_drill_run(const cv_drill_conf *conf, cv_drill_result *res, char *errbuf,
     memset(res, 0, sizeof(*res));
     res->started_us = cv_now_us();
     drill d = {.conf = conf, .res = res, .err = errbuf, .errlen = errlen};
-    char live_db[256], scratch_db[256];
+    char scratch_db[256];
     if (conf->sample > SAMPLE_MAX) {
         snprintf(errbuf, errlen, "a sample is at most %d messages", SAMPLE_MAX);
         return -EINVAL;
     }
-    if (cv_pg_conninfo_db(conf->live_conninfo, live_db, sizeof(live_db), errbuf, errlen) <
-            0 ||
-        cv_pg_conninfo_db(conf->scratch_conninfo, scratch_db, sizeof(scratch_db), errbuf,
+    if (cv_pg_conninfo_db(conf->scratch_conninfo, scratch_db, sizeof(scratch_db), errbuf,
                           errlen) < 0)
         return -EINVAL;
-    if (strcmp(live_db, scratch_db) == 0) {
-        snprintf(errbuf, errlen,
-                 "the scratch database %s is the live one: a drill drops and "
-                 "recreates it, so it must be another",
-                 scratch_db);
-        return -EINVAL;
-    }
     PGconn *live = cv_pg_connect(conf->live_conninfo, errbuf, errlen);
     if (!live)
         return -CV_ESTORE;
-    PGresult *lk = PQexec(live, "SELECT pg_try_advisory_lock(" DRILL_LOCK_KEY ")");
-    bool locked =
-        PQresultStatus(lk) == PGRES_TUPLES_OK && strcmp(PQgetvalue(lk, 0, 0), "t") == 0;
-    PQclear(lk);
-    if (!locked) {
+    /* Which database is live, as its server says (a service file or the
+     * environment may name it; the conninfo need not). */
+    PGresult *q = PQexec(
+        live, "SELECT current_database(), pg_try_advisory_lock(" DRILL_LOCK_KEY ")");
+    int e = 0;
+    if (PQresultStatus(q) != PGRES_TUPLES_OK) {
+        snprintf(errbuf, errlen, "postgres: %s", PQresultErrorMessage(q));
+        cv_one_line(errbuf);
+        e = -CV_ESTORE;
+    } else if (strcmp(PQgetvalue(q, 0, 0), scratch_db) == 0) {
+        snprintf(errbuf, errlen,
+                 "the scratch database %s is the live one: a drill drops and "
+                 "recreates it, so it must be another (drill.database, --database)",
+                 scratch_db);
+        e = -EINVAL;
+    } else if (strcmp(PQgetvalue(q, 0, 1), "t") != 0) {
         snprintf(errbuf, errlen, "another restore drill is running on this database");
+        e = -EBUSY;
+    }
+    PQclear(q);
+    if (e < 0) {
         PQfinish(live);
-        return -EBUSY;
+        return e;
     }
     cv_progress_init(&d.prog, "drill", conf->progress);
-    int e = drill_body(&d);
+    e = drill_body(&d);
     cv_progress_end(&d.prog);
-    if (!conf->keep) {
+    if (!conf->keep && e != -EPERM) {
         char ignore[512];
-        if (cv_pg_drop_database(conf->scratch_conninfo, ignore, sizeof(ignore)) < 0)
+        if (cv_pg_drop_database(conf->scratch_conninfo, SCRATCH_MARK, ignore,
+                                sizeof(ignore)) < 0)
             cv_log(CV_LOG_WARN, "scratch database not dropped", "error=\"%s\"", ignore);
     }
-    record(&d, live);
+    /* A drill cancelled by a stopping broker proves nothing either way. */
+    if (e != -ECANCELED)
+        record(&d, live);
     PQfinish(live);
     for (size_t i = 0; i < d.nents; i++) {
         free(d.ents[i].topic);

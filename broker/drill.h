@@ -49,17 +49,20 @@ typedef struct cv_drill_result {
     char detail[512];
 } cv_drill_result;
 
-/* Runs a drill. 0 when it came to a verdict (res->passed), or a negative
- * error, with errbuf (and res->detail) saying why, when it could not run
- * (log unreadable, a database unreachable, another drill running). Both
- * outcomes are recorded when the live database takes the row
- * (res->recorded). */
+/* Runs a drill. 0 when it came to a verdict (res->passed; a damaged or
+ * undecryptable log is a failed drill), or a negative error, with errbuf
+ * (and res->detail) saying why, when it could not run: -EINVAL the scratch
+ * database is the live one (a configuration error), -EPERM it exists and
+ * is not a drill's, -EBUSY another drill runs, -ECANCELED conf->stop, else
+ * a database or the log unreachable. Verdicts and failures to run are
+ * recorded when the live database takes the row (res->recorded); a
+ * cancelled drill and one that never started are not. */
 int cv_drill_run(const cv_drill_conf *conf, cv_drill_result *res, char *errbuf,
                  size_t errlen);
 
-/* The scratch database's default name: the live database's, plus
- * "_drill". */
-int cv_drill_default_scratch(const char *live_conninfo, char *out, size_t outlen,
-                             char *errbuf, size_t errlen);
+/* The scratch database's conninfo: the live one's with database `name`
+ * (NULL or empty: the live database's name plus "_drill"). */
+int cv_drill_scratch_conninfo(const char *live_conninfo, const char *name, char *out,
+                              size_t outlen, char *errbuf, size_t errlen);
 
 #endif

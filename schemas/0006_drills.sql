@@ -25,4 +25,6 @@ CREATE TABLE chatvault.restore_drills (
 CREATE INDEX restore_drills_finished_idx ON chatvault.restore_drills (finished_at);
 
 -- The broker runs scheduled drills as chatvault_writer; operators as admin.
+GRANT SELECT ON chatvault.restore_drills
+    TO chatvault_writer, chatvault_reader, chatvault_admin;
 GRANT INSERT ON chatvault.restore_drills TO chatvault_writer, chatvault_admin;

@@ -723,12 +723,7 @@ int cv_cmd_import(int argc, char **argv) {
     if (!(b = calloc(1, sizeof(*b))) || !(b->arena = cv_arena_new((size_t)1 << 30)))
         goto out;
     cv_buf_init(&b->packed, (size_t)1 << 30);
-    cv_envelope_rules rules = {
-        .topic_prefix = cv_config_str(cfg, "topics.prefix"),
-        .max_body_bytes = (size_t)cv_config_int(cfg, "limits.max_body_bytes"),
-        .ack_topic = cv_config_str(cfg, "topics.acks"),
-        .dlq_topic = cv_config_str(cfg, "topics.dlq"),
-    };
+    cv_envelope_rules rules = cv_cli_envelope_rules(cfg);
     uint64_t count = 0;
     cv_progress prog;
     cv_progress_init(&prog, "import", !o.quiet);

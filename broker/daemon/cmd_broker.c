@@ -375,9 +375,10 @@ int cv_cmd_broker(int argc, char **argv) {
         rc = CV_EXIT_USAGE;
         goto out;
     }
-    if (cv_drillsched_start(cfg, keys, metrics, &drills, err, sizeof(err)) < 0) {
+    int de = cv_drillsched_start(cfg, keys, metrics, &drills, err, sizeof(err));
+    if (de < 0) {
         cv_error("broker", "%s", err);
-        rc = CV_EXIT_FAILURE;
+        rc = de == -EINVAL ? CV_EXIT_USAGE : CV_EXIT_FAILURE;
         goto out;
     }
     struct sigaction sa = {0};

@@ -30,7 +30,9 @@ struct cv_drillsched {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     atomic_bool stop;
-    PGconn *conn; /* postgres.conninfo, for the record; NULL: not connected */
+    PGconn *conn;        /* postgres.conninfo, for the record; NULL: not connected */
+    bool refresh_failed; /* the last read of the record failed (logged once) */
+    char scratch[4096];  /* the scratch database's conninfo */
 };
 
 /* Waits up to ms, or until stopped. True when stopped. */
@@ -58,15 +60,22 @@ static bool refresh(cv_drillsched *s, cv_drill_last *last) {
         PQfinish(s->conn);
         s->conn = NULL;
     }
-    if (!s->conn &&
-        !(s->conn = cv_pg_connect_timeout(cv_config_str(s->cfg, "postgres.conninfo"), 10,
-                                          err, sizeof(err))))
-        return false;
-    if (cv_pgdrill_last(s->conn, last, err, sizeof(err)) < 0) {
+    bool ok = s->conn ||
+              (s->conn = cv_pg_connect_timeout(cv_config_str(s->cfg, "postgres.conninfo"),
+                                               10, err, sizeof(err)));
+    if (ok && cv_pgdrill_last(s->conn, last, err, sizeof(err)) < 0) {
         PQfinish(s->conn);
         s->conn = NULL;
+        ok = false;
+    }
+    if (!ok) {
+        if (!s->refresh_failed)
+            cv_log(CV_LOG_WARN, "restore drill record unreadable (retrying)",
+                   "error=\"%s\"", err);
+        s->refresh_failed = true;
         return false;
     }
+    s->refresh_failed = false;
     cv_metrics_drill md = {
         .interval_s = s->interval_s,
         .last_us = last->last_us,
@@ -82,29 +91,9 @@ static bool refresh(cv_drillsched *s, cv_drill_last *last) {
 
 static void run_drill(cv_drillsched *s) {
     const cv_config *cfg = s->cfg;
-    const char *live = cv_access_conninfo(cfg, CV_PG_ADMIN);
-    const char *name = cv_config_str(cfg, "drill.database");
-    char scratch[4096], err[1024];
-    int e = *name ? cv_pg_conninfo_with_db(live, name, scratch, sizeof(scratch), err,
-                                           sizeof(err))
-                  : cv_drill_default_scratch(live, scratch, sizeof(scratch), err,
-                                             sizeof(err));
-    if (e < 0) {
-        cv_log(CV_LOG_ERROR, "restore drill not run", "error=\"%s\"", err);
-        return;
-    }
+    char err[1024];
     const char *dirs[1] = {cv_config_str(cfg, "log.dir")};
-    if (!*dirs[0] || !s->keys) {
-        cv_log(CV_LOG_ERROR, "restore drill not run",
-               "error=\"log.dir is not set: no log to restore from\"");
-        return;
-    }
-    cv_envelope_rules rules = {
-        .topic_prefix = cv_config_str(cfg, "topics.prefix"),
-        .max_body_bytes = (size_t)cv_config_int(cfg, "limits.max_body_bytes"),
-        .ack_topic = cv_config_str(cfg, "topics.acks"),
-        .dlq_topic = cv_config_str(cfg, "topics.dlq"),
-    };
+    cv_envelope_rules rules = cv_cli_envelope_rules(cfg);
     cv_select all;
     cv_select_init(&all);
     uint64_t sample = (uint64_t)cv_config_int(cfg, "drill.sample");
@@ -115,8 +104,8 @@ static void run_drill(cv_drillsched *s) {
     else
         snprintf(scope, sizeof(scope), "every channel, all messages");
     cv_drill_conf dc = {
-        .live_conninfo = live,
-        .scratch_conninfo = scratch,
+        .live_conninfo = cv_access_conninfo(cfg, CV_PG_ADMIN),
+        .scratch_conninfo = s->scratch,
         .log_dirs = dirs,
         .nlog_dirs = 1,
         .keys = s->keys,
@@ -130,8 +119,10 @@ static void run_drill(cv_drillsched *s) {
     cv_drill_result res;
     cv_log(CV_LOG_INFO, "restore drill started", "sample=%llu",
            (unsigned long long)sample);
-    e = cv_drill_run(&dc, &res, err, sizeof(err));
-    if (e < 0)
+    int e = cv_drill_run(&dc, &res, err, sizeof(err));
+    if (e == -EBUSY || e == -ECANCELED)
+        cv_log(CV_LOG_INFO, "restore drill not run", "reason=\"%s\"", err);
+    else if (e < 0)
         cv_log(CV_LOG_ERROR, "restore drill could not run", "error=\"%s\" recorded=%s",
                err, res.recorded ? "true" : "false");
     else
@@ -153,12 +144,15 @@ static void *sched_main(void *arg) {
     int64_t refresh_ms = s->interval_s && s->interval_s * 1000 < REFRESH_MS
                              ? s->interval_s * 1000
                              : REFRESH_MS;
+    int64_t tried_ms = 0; /* the last attempt: one per interval, run or not */
     do {
         cv_drill_last last;
         bool known = refresh(s, &last);
         int64_t now_ms = cv_now_us() / 1000;
         if (s->interval_s > 0 && known && now_ms - start_ms >= first_ms &&
-            now_ms - last.last_us / 1000 >= s->interval_s * 1000) {
+            now_ms - last.last_us / 1000 >= s->interval_s * 1000 &&
+            (!tried_ms || now_ms - tried_ms >= s->interval_s * 1000)) {
+            tried_ms = now_ms;
             run_drill(s);
             if (!atomic_load(&s->stop))
                 refresh(s, &last);
@@ -181,6 +175,20 @@ int cv_drillsched_start(const cv_config *cfg, const cv_keyring *keys, cv_metrics
     s->keys = keys;
     s->metrics = metrics;
     s->interval_s = cv_config_int(cfg, "drill.interval_s");
+    if (s->interval_s > 0 && (!*cv_config_str(cfg, "log.dir") || !keys)) {
+        snprintf(errbuf, errlen,
+                 "drill.interval_s is set but log.dir is not: no log "
+                 "to restore from");
+        free(s);
+        return -EINVAL;
+    }
+    if (s->interval_s > 0 &&
+        cv_drill_scratch_conninfo(cv_access_conninfo(cfg, CV_PG_ADMIN),
+                                  cv_config_str(cfg, "drill.database"), s->scratch,
+                                  sizeof(s->scratch), errbuf, errlen) < 0) {
+        free(s);
+        return -EINVAL;
+    }
     atomic_init(&s->stop, false);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);

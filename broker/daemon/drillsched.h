@@ -20,8 +20,9 @@
 
 typedef struct cv_drillsched cv_drillsched;
 
-/* Starts the thread; cfg, keys and metrics must outlive it. 0, or a
- * negative errno with errbuf set. */
+/* Starts the thread; cfg, keys and metrics must outlive it. 0, -EINVAL
+ * when drills are scheduled but cannot run (no log.dir, a conninfo that
+ * does not parse), or another negative errno; errbuf says why. */
 int cv_drillsched_start(const cv_config *cfg, const cv_keyring *keys, cv_metrics *metrics,
                         cv_drillsched **ret, char *errbuf, size_t errlen);
 

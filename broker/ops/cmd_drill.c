@@ -3,6 +3,7 @@
  * log restored into a scratch database and checked row by row against the
  * log; pass or fail, with timing, recorded in chatvault.restore_drills.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -132,10 +133,8 @@ int cv_cmd_drill(int argc, char **argv) {
         goto out;
     const char *live = cv_access_conninfo(cfg, CV_PG_ADMIN);
     const char *name = o.database ? o.database : cv_config_str(cfg, "drill.database");
-    int e = *name ? cv_pg_conninfo_with_db(live, name, scratch, sizeof(scratch), err,
-                                           sizeof(err))
-                  : cv_drill_default_scratch(live, scratch, sizeof(scratch), err,
-                                             sizeof(err));
+    int e =
+        cv_drill_scratch_conninfo(live, name, scratch, sizeof(scratch), err, sizeof(err));
     if (e < 0) {
         cv_error("drill", "%s (%s)", err, cv_access_conninfo_key(cfg, CV_PG_ADMIN));
         goto out;
@@ -161,12 +160,7 @@ int cv_cmd_drill(int argc, char **argv) {
                                      : (uint64_t)cv_config_int(cfg, "drill.sample");
     char scope[512];
     scope_words(&o, sample, scope, sizeof(scope));
-    cv_envelope_rules rules = {
-        .topic_prefix = cv_config_str(cfg, "topics.prefix"),
-        .max_body_bytes = (size_t)cv_config_int(cfg, "limits.max_body_bytes"),
-        .ack_topic = cv_config_str(cfg, "topics.acks"),
-        .dlq_topic = cv_config_str(cfg, "topics.dlq"),
-    };
+    cv_envelope_rules rules = cv_cli_envelope_rules(cfg);
     cv_drill_conf dc = {
         .live_conninfo = live,
         .scratch_conninfo = scratch,
@@ -194,6 +188,9 @@ int cv_cmd_drill(int argc, char **argv) {
     cv_audit_count("verified", (int64_t)res.verified);
     if (e < 0) {
         cv_error("drill", "%s", err);
+        /* a scratch database that is the live one, or another's */
+        if (e == -EINVAL || e == -EPERM)
+            rc = CV_EXIT_USAGE;
         goto out;
     }
     print_outcome(&o, &res, db);

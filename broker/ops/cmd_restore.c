@@ -89,7 +89,7 @@ static int restore_target(const restore_opts *o, const char *conninfo,
     *ret_conninfo = conninfo;
     if (o->create || o->dry_run) {
         int e = o->create && !o->dry_run
-                    ? cv_pg_create_database(conninfo, &created, err, sizeof(err))
+                    ? cv_pg_create_database(conninfo, NULL, &created, err, sizeof(err))
                     : cv_pg_database_exists(conninfo, &exists, err, sizeof(err));
         if (e < 0) {
             cv_error("restore", "%s", err);
@@ -220,12 +220,7 @@ int cv_cmd_restore(int argc, char **argv) {
     if ((rc = restore_target(&o, conninfo, &target)) != CV_EXIT_OK)
         goto out;
     rc = CV_EXIT_FAILURE;
-    cv_envelope_rules rules = {
-        .topic_prefix = cv_config_str(cfg, "topics.prefix"),
-        .max_body_bytes = (size_t)cv_config_int(cfg, "limits.max_body_bytes"),
-        .ack_topic = cv_config_str(cfg, "topics.acks"),
-        .dlq_topic = cv_config_str(cfg, "topics.dlq"),
-    };
+    cv_envelope_rules rules = cv_cli_envelope_rules(cfg);
     cv_restore_conf rconf = {.conninfo = target, .rules = &rules, .dry_run = o.dry_run};
     if (cv_restore_open(&rconf, &rs, err, sizeof(err)) < 0) {
         cv_error("restore", "%s (%s)", err, o.into ? "--into" : "the target database");

@@ -280,12 +280,7 @@ int cv_cmd_verify(int argc, char **argv) {
         cv_error("verify", "%s (log.key_file)", err);
         goto out;
     }
-    cv_envelope_rules rules = {
-        .topic_prefix = cv_config_str(cfg, "topics.prefix"),
-        .max_body_bytes = (size_t)cv_config_int(cfg, "limits.max_body_bytes"),
-        .ack_topic = cv_config_str(cfg, "topics.acks"),
-        .dlq_topic = cv_config_str(cfg, "topics.dlq"),
-    };
+    cv_envelope_rules rules = cv_cli_envelope_rules(cfg);
     cv_verify_conf vc = {
         .pg_conninfo = cv_access_conninfo(cfg, role),
         .log_dirs = vo.ld.dir,

@@ -478,6 +478,12 @@ int cv_cmd_send(int argc, char **argv) {
         cv_error("send", "--delete sends a tombstone: it takes no BODY");
         return CV_EXIT_USAGE;
     }
+    if (o.deleted && o.revision < 1) {
+        /* revision 0 is the original: a tombstone of it would be acked
+         * DUPLICATE and delete nothing */
+        cv_error("send", "--delete needs --revision N above the message's current one");
+        return CV_EXIT_USAGE;
+    }
     if (o.id && !o.deleted && cli.nargs != 1) {
         cv_error("send", "--id needs exactly one BODY argument");
         return CV_EXIT_USAGE;

@@ -189,6 +189,8 @@ static bool put_pair(char *out, size_t outlen, size_t *at, const char *key,
             return false;
         out[(*at)++] = *p;
     }
+    if (*at + 2 > outlen) /* the closing quote and the NUL */
+        return false;
     out[(*at)++] = '\'';
     out[*at] = '\0';
     return true;
@@ -277,39 +279,73 @@ static int database_exists(PGconn *conn, const char *db, bool *ret, char *errbuf
     return 0;
 }
 
-int cv_pg_create_database(const char *conninfo, bool *ret_created, char *errbuf,
-                          size_t errlen) {
+int cv_pg_create_database(const char *conninfo, const char *mark, bool *ret_created,
+                          char *errbuf, size_t errlen) {
     char db[256], *ident = NULL;
     PGconn *conn = maintenance_conn(conninfo, &ident, db, sizeof(db), errbuf, errlen);
     if (!conn)
         return -CV_ESTORE;
-    bool exists = false;
+    bool exists = false, created = false;
     int r = database_exists(conn, db, &exists, errbuf, errlen);
-    *ret_created = false;
     if (r == 0 && !exists) {
         char sql[600], what[300];
         snprintf(sql, sizeof(sql), "CREATE DATABASE %s", ident);
         snprintf(what, sizeof(what), "creating database %s", db);
         r = cv_pg_i_exec(conn, sql, what, errbuf, errlen);
-        *ret_created = r == 0;
+        created = r == 0;
+    }
+    if (created && mark) {
+        char *lit = PQescapeLiteral(conn, mark, strlen(mark));
+        char sql[1200], what[300];
+        snprintf(sql, sizeof(sql), "COMMENT ON DATABASE %s IS %s", ident,
+                 lit ? lit : "''");
+        snprintf(what, sizeof(what), "marking database %s", db);
+        r = lit ? cv_pg_i_exec(conn, sql, what, errbuf, errlen)
+                : cv_pg_i_fail(conn, NULL, what, errbuf, errlen);
+        PQfreemem(lit);
     }
     PQfreemem(ident);
     PQfinish(conn);
-    return r < 0 ? -CV_ESTORE : 0;
+    if (r < 0)
+        return -CV_ESTORE;
+    *ret_created = created;
+    return 0;
 }
 
-int cv_pg_drop_database(const char *conninfo, char *errbuf, size_t errlen) {
+int cv_pg_drop_database(const char *conninfo, const char *mark, char *errbuf,
+                        size_t errlen) {
     char db[256], *ident = NULL;
     PGconn *conn = maintenance_conn(conninfo, &ident, db, sizeof(db), errbuf, errlen);
     if (!conn)
         return -CV_ESTORE;
-    char sql[600], what[300];
-    snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", ident);
-    snprintf(what, sizeof(what), "dropping database %s", db);
-    int r = cv_pg_i_exec(conn, sql, what, errbuf, errlen);
+    const char *params[1] = {db};
+    PGresult *res =
+        PQexecParams(conn,
+                     "SELECT coalesce(shobj_description(oid, 'pg_database'), '')"
+                     " FROM pg_database WHERE datname = $1",
+                     1, NULL, params, NULL, NULL, 0);
+    int r = 0;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        r = cv_pg_i_fail(conn, res, "looking up a database", errbuf, errlen);
+        res = NULL;
+    } else if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), mark) != 0) {
+        snprintf(errbuf, errlen,
+                 "database %s was not made by chatvault for this (its comment is not "
+                 "\"%s\"): not dropped; name another database, or drop it yourself",
+                 db, mark);
+        r = -EPERM;
+    }
+    bool exists = res && PQntuples(res) == 1;
+    PQclear(res);
+    if (r == 0 && exists) {
+        char sql[600], what[300];
+        snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)", ident);
+        snprintf(what, sizeof(what), "dropping database %s", db);
+        r = cv_pg_i_exec(conn, sql, what, errbuf, errlen) < 0 ? -CV_ESTORE : 0;
+    }
     PQfreemem(ident);
     PQfinish(conn);
-    return r < 0 ? -CV_ESTORE : 0;
+    return r;
 }
 
 int cv_pg_database_exists(const char *conninfo, bool *ret_exists, char *errbuf,

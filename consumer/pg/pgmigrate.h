@@ -58,11 +58,17 @@ int cv_pg_conninfo_db(const char *conninfo, char *out, size_t outlen, char *errb
 
 /* Creates the database `conninfo` names, unless it exists, connecting to
  * the same server's `postgres` database; *ret_created says whether it did.
- * cv_pg_drop_database drops it, if it exists, ending its sessions (WITH
- * (FORCE)). Both: 0, or -CV_ESTORE with errbuf set. */
-int cv_pg_create_database(const char *conninfo, bool *ret_created, char *errbuf,
-                          size_t errlen);
-int cv_pg_drop_database(const char *conninfo, char *errbuf, size_t errlen);
+ * With `mark` (NULL: none) a database it creates gets it as its comment.
+ * 0, or -CV_ESTORE with errbuf set. */
+int cv_pg_create_database(const char *conninfo, const char *mark, bool *ret_created,
+                          char *errbuf, size_t errlen);
+
+/* Drops the database `conninfo` names, if it exists, ending its sessions
+ * (WITH (FORCE)), but only when its comment is `mark`: a database
+ * something else made is refused (-EPERM, errbuf says which). 0, or
+ * -CV_ESTORE with errbuf set. */
+int cv_pg_drop_database(const char *conninfo, const char *mark, char *errbuf,
+                        size_t errlen);
 
 /* Whether the database `conninfo` names exists on its server (asked of the
  * server's `postgres` database). 0, or -CV_ESTORE with errbuf set. */

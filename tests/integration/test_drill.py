@@ -99,10 +99,20 @@ with cvtest.Harness('drill', topics={'chat.da': 2, 'chat.db': 1}, partitions=2,
     h.ok(r.returncode == 3 and 'FAILED' in r.stdout and 'nothing to restore' in r.stdout,
          'an empty selection fails the drill (it proves nothing)', r.stdout + r.stderr)
     r = h.run('drill', '--database', h.db, '--quiet')
-    h.ok(r.returncode == 1 and 'is the live one' in r.stderr,
-         'a scratch database that is the live one is refused', r.stderr)
+    h.ok(r.returncode == 2 and 'is the live one' in r.stderr,
+         'a scratch database that is the live one is refused (exit 2)', r.stderr)
     h.ok(h.query('SELECT count(*) FROM chatvault.messages')[0][0] == N,
          'and the live database is untouched')
+    other = h.db + '_other'
+    h._admin('CREATE DATABASE %s' % other)
+    try:
+        r = h.run('drill', '--database', other, '--quiet')
+        h.ok(r.returncode == 2 and 'not made by chatvault' in r.stderr and
+             db_exists(h, other),
+             'a database the drill did not make is neither dropped nor used (exit 2)',
+             r.stderr)
+    finally:
+        h._admin('DROP DATABASE IF EXISTS %s WITH (FORCE)' % other)
 
     # Damage in the middle of a segment: the drill cannot read the log.
     seg = None
@@ -116,8 +126,8 @@ with cvtest.Harness('drill', topics={'chat.da': 2, 'chat.db': 1}, partitions=2,
         f.seek(-1, 1)
         f.write(bytes([b[0] ^ 0x55]))
     r = h.run('drill', '--all', '--quiet', timeout=300)
-    h.ok(r.returncode == 1 and os.path.basename(seg) in r.stderr,
-         'a damaged log: exit 1, naming the segment', r.stderr)
+    h.ok(r.returncode == 3 and 'FAILED' in r.stdout and os.path.basename(seg) in r.stdout,
+         'a damaged log fails the drill (exit 3), naming the segment', r.stdout + r.stderr)
     last = drills(h)[-1]
     h.ok(last[1] is False and os.path.basename(seg) in last[6],
          'and the failure is recorded with why', last)

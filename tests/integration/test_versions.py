@@ -123,6 +123,10 @@ with cvtest.Harness('versions', topics={'chat.ver': 1}, partitions=1,
     bad = h.run('send', '--channel', 'ver', '--id', 'm4', '--delete', 'x')
     h.ok(bad.returncode == 2 and 'BODY' in bad.stderr,
          'send --delete with a BODY: usage error', bad.stderr)
+    bad = h.run('send', '--channel', 'ver', '--id', 'm4', '--delete')
+    h.ok(bad.returncode == 2 and '--revision' in bad.stderr,
+         'send --delete without --revision (it would delete nothing): usage error',
+         bad.stderr)
     h.is_(h.query("SELECT revision, deleted, body FROM chatvault.messages"
                   " WHERE channel = 'ver' AND message_id = 'm4'")[0][:2], (2, True),
           'm4: the tombstone is the latest')

@@ -102,6 +102,11 @@ static int msg_digest(const cv_msg *m, unsigned char out[crypto_hash_sha256_BYTE
         order[j] = i;
     }
     for (size_t i = 0; i < m->nattrs; i++) {
+        /* A key sent twice means its last value (protobuf's map rule, and
+         * PostgreSQL's jsonb): the sort is stable, so skip all but the last. */
+        if (i + 1 < m->nattrs &&
+            strcmp(m->attrs[2 * order[i]], m->attrs[2 * order[i + 1]]) == 0)
+            continue;
         put_str(&st, m->attrs[2 * order[i]]);
         put_str(&st, m->attrs[2 * order[i] + 1]);
     }

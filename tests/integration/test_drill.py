@@ -49,8 +49,14 @@ with cvtest.Harness('drill', topics={'chat.da': 2, 'chat.db': 1}, partitions=2,
     for i in range(0, 40, 4):
         prod.send('chat.db', value=cvtest.chat_message(
             'db', b'', message_id='m%d' % i, revision=2, deleted=True)[1])
+    # An attribute key twice on the wire (valid protobuf: the last value
+    # counts, as in PostgreSQL's jsonb): the drill must compare it so too.
+    twice = (cvtest.chat_message('db', b'key twice', message_id='twice',
+                                 attributes={'k': 'first'})[1] +
+             cvtest.pb.ChatMessage(attributes={'k': 'last'}).SerializeToString())
+    prod.send('chat.db', value=twice)
     prod.flush(timeout=120)
-    h.is_(h.wait_rows(N), N, 'messages stored')
+    h.is_(h.wait_rows(N + 1), N + 1, 'messages stored')
     versions = EDITS + 10
     h.is_(h.wait_rows(versions, table='chatvault.message_versions'), versions,
           'edits and deletes stored')
@@ -71,8 +77,8 @@ with cvtest.Harness('drill', topics={'chat.da': 2, 'chat.db': 1}, partitions=2,
 
     r = h.run('drill', '--all', '--channel', 'db', '--json', timeout=300)
     out = json.loads(r.stdout) if r.returncode == 0 else {}
-    h.ok(out.get('passed') is True and out.get('sampled') == N // 4 + versions and
-         out.get('selected') == N // 4 + versions and out.get('channels') == 1 and
+    h.ok(out.get('passed') is True and out.get('sampled') == N // 4 + versions + 1 and
+         out.get('selected') == N // 4 + versions + 1 and out.get('channels') == 1 and
          out.get('recorded'),
          'drill --all --channel db --json: every version of every message of db restored '
          'and verified',
@@ -101,7 +107,7 @@ with cvtest.Harness('drill', topics={'chat.da': 2, 'chat.db': 1}, partitions=2,
     r = h.run('drill', '--database', h.db, '--quiet')
     h.ok(r.returncode == 2 and 'is the live one' in r.stderr,
          'a scratch database that is the live one is refused (exit 2)', r.stderr)
-    h.ok(h.query('SELECT count(*) FROM chatvault.messages')[0][0] == N,
+    h.ok(h.query('SELECT count(*) FROM chatvault.messages')[0][0] == N + 1,
          'and the live database is untouched')
     other = h.db + '_other'
     h._admin('CREATE DATABASE %s' % other)

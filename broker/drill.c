@@ -327,7 +327,8 @@ static int compare(drill *d) {
     cv_select all;
     cv_select_init(&all);
     all.history = true; /* every version a sampled record became */
-    qsort(d->ents, d->nents, sizeof(*d->ents), entry_cmp);
+    if (d->nents)
+        qsort(d->ents, d->nents, sizeof(*d->ents), entry_cmp);
     cv_src *src = NULL;
     int e = open_source(d, CV_SRC_PG, &all, &src);
     if (e < 0) {
@@ -341,7 +342,9 @@ static int compare(drill *d) {
                      .message_id = (char *)m.message_id,
                      .partition = m.partition,
                      .offset = m.offset};
-        entry *hit = bsearch(&key, d->ents, d->nents, sizeof(*d->ents), entry_cmp);
+        entry *hit = d->nents
+                         ? bsearch(&key, d->ents, d->nents, sizeof(*d->ents), entry_cmp)
+                         : NULL;
         unsigned char dg[crypto_hash_sha256_BYTES];
         if ((e = msg_digest(&m, dg)) < 0)
             break;

@@ -392,6 +392,7 @@ int cv_cli_cold_open(const cv_config *cfg, cv_cold **ret, char *errbuf, size_t e
         .credentials_file = cv_config_str(cfg, "cold.credentials_file"),
         .ca_file = cv_config_str(cfg, "cold.ca_file"),
         .cache_dir = cache,
+        .log_dir = cv_config_str(cfg, "log.dir"),
     };
     return cv_cold_open(&cc, ret, errbuf, errlen);
 }

@@ -198,9 +198,10 @@ int cv_cmd_cold(int argc, char **argv) {
         goto out;
     }
     struct stat dst;
-    if (stat(dir, &dst) < 0 || !S_ISDIR(dst.st_mode)) {
+    int se = stat(dir, &dst) < 0 ? errno : 0;
+    if (se || !S_ISDIR(dst.st_mode)) {
         cv_error(name, "log directory %s: %s", dir,
-                 errno ? strerror(errno) : "not a directory");
+                 se ? strerror(se) : "not a directory");
         code = CV_EXIT_USAGE;
         goto out;
     }
@@ -218,10 +219,17 @@ int cv_cmd_cold(int argc, char **argv) {
         fprintf(stderr,
                 "cold: %s%" PRIu64 " segments shipped (%" PRIu64 " bytes), %" PRIu64
                 " local copies removed, %" PRIu64 " shipped ones kept locally, %" PRIu64
-                " cached copies pruned%s\n",
+                " cached copies pruned",
                 o.dry_run ? "(dry run) " : "", st.shipped, st.shipped_bytes, st.removed,
-                st.kept, st.cache_pruned, r < 0 ? "; stopped at the error above" : "");
-        code = r < 0 ? CV_EXIT_FAILURE : CV_EXIT_OK;
+                st.kept, st.cache_pruned);
+        if (st.failed)
+            fprintf(stderr,
+                    "; %" PRIu64 " partitions stopped at a failure (the first above)",
+                    st.failed);
+        else if (r < 0)
+            fprintf(stderr, "; stopped at the error above");
+        fputc('\n', stderr);
+        code = r == -EINVAL ? CV_EXIT_USAGE : r < 0 ? CV_EXIT_FAILURE : CV_EXIT_OK;
         goto out;
     }
     int r = cv_applog_partitions(dir, on_partition, &rn, err, sizeof(err));

@@ -269,10 +269,11 @@ static int open_private(const char *path, const char *sfx, char *buf, size_t len
     return -EEXIST;
 }
 
-/* Copies from to `to` through a private temp name: fsynced, renamed,
- * directory fsynced. */
-static int copy_durable(const char *from, const char *to, uint64_t max, char *errbuf,
-                        size_t errlen) {
+/* Copies from to `to` through a private temp name: fsynced, renamed (with
+ * `exclusive` linked: -EEXIST when `to` is there, the file target's
+ * If-None-Match), directory fsynced. */
+static int copy_durable(const char *from, const char *to, uint64_t max, bool exclusive,
+                        char *errbuf, size_t errlen) {
     char tmp[PATH_MAX];
     int r = make_parents(to);
     if (r < 0) {
@@ -319,7 +320,17 @@ static int copy_durable(const char *from, const char *to, uint64_t max, char *er
     }
     close(in);
     close(out);
-    if (!what && rename(tmp, to) < 0) {
+    if (!what && exclusive) {
+        if (link(tmp, to) == 0) {
+            unlink(tmp);
+        } else if (errno == EPERM || errno == EOPNOTSUPP) { /* no hard links there */
+            exclusive = false;
+        } else {
+            r = -errno;
+            what = r == -EEXIST ? "it is already there" : "link";
+        }
+    }
+    if (!what && !exclusive && rename(tmp, to) < 0) {
         r = -errno;
         what = "rename";
     }
@@ -428,6 +439,8 @@ static int s3_request(cv_cold *c, const char *method, const char *key, FILE *in,
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     snprintf(shah, sizeof(shah), "x-amz-content-sha256: %s", sha ? sha : empty_sha);
     struct curl_slist *hdrs = curl_slist_append(NULL, shah);
+    if (strcmp(method, "PUT") == 0) /* never over an object (412 when one is there) */
+        hdrs = curl_slist_append(hdrs, "If-None-Match: *");
     CURL *h = x.curl;
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
@@ -591,7 +604,7 @@ int cv_cold_put(cv_cold *c, const char *key, const char *path, char *errbuf,
         int r = mark_target(c, errbuf, errlen);
         if (r < 0)
             return r;
-        r = copy_durable(path, to, UINT64_MAX, errbuf, errlen);
+        r = copy_durable(path, to, UINT64_MAX, true, errbuf, errlen);
         if (r < 0) {
             char inner[512];
             snprintf(inner, sizeof(inner), "%s", errbuf ? errbuf : "");
@@ -615,7 +628,7 @@ int cv_cold_put(cv_cold *c, const char *key, const char *path, char *errbuf,
     r = s3_request(c, "PUT", key, in, (uint64_t)st.st_size, sha, NULL, 0, NULL, errbuf,
                    errlen);
     fclose(in);
-    return r < 0 ? r : r / 100 == 2 ? 0 : -EIO;
+    return r < 0 ? r : r / 100 == 2 ? 0 : r == 412 ? -EEXIST : -EIO;
 }
 
 int cv_cold_head(cv_cold *c, const char *key, uint64_t *ret_size, char *errbuf,
@@ -660,7 +673,7 @@ int cv_cold_get(cv_cold *c, const char *key, const char *path, uint64_t max, cha
     if (!c->s3) {
         char from[PATH_MAX];
         file_path(c, key, from, sizeof(from));
-        r = copy_durable(from, path, max, errbuf, errlen);
+        r = copy_durable(from, path, max, false, errbuf, errlen);
         if (r == -ENOENT) {
             int t = target_present(c, errbuf, errlen);
             if (t < 0)
@@ -789,44 +802,45 @@ int cv_cold_ship(cv_cold *c, const char *dir, const char *name, const char *rel,
         r = -ENOENT; /* a directory target's first ship: cv_cold_put marks it */
     if (r < 0 && r != -ENOENT)
         return r;
-    const char *why = NULL;
-    if (r == 0) {
-        if (size != st.bytes)
-            why = "its size differs";
-        else if ((r = read_back(c, key, &st, NULL, &why, errbuf, errlen)) < 0)
+    bool there = r == 0;
+    if (!there) {
+        /* A put never overwrites (If-None-Match: *, or a link): -EEXIST
+         * when an object appeared since the HEAD (another process shipping
+         * this segment): then it is compared as one already there. */
+        r = cv_cold_put(c, key, path, errbuf, errlen);
+        if (r < 0 && r != -EEXIST)
             return r;
-        if (why) {
-            cv_errf(errbuf, errlen,
-                    "cold target %s: object %s is already there with other bytes than "
-                    "segment %s (%s): the segment changed after it was shipped (a writer "
-                    "rollback), or another log ships to the same place; not overwritten: "
-                    "check which copy is right and move the other away, and give each "
-                    "broker a cold.target prefix of its own",
-                    c->target, key, path, why);
-            return -EEXIST;
-        }
-    } else {
-        if ((r = cv_cold_put(c, key, path, errbuf, errlen)) < 0)
-            return r;
+        there = r == -EEXIST;
         if ((r = cv_cold_head(c, key, &size, errbuf, errlen)) < 0)
             return r;
-        if (size != st.bytes) {
+        if (!there && size != st.bytes) {
             cv_errf(errbuf, errlen,
                     "cold target %s: object %s holds %" PRIu64 " bytes after upload, the "
                     "segment %s %" PRIu64 " (short upload); not marked shipped",
                     c->target, key, size, path, st.bytes);
             return -EIO;
         }
-        /* Read it back: its chain must be the local one's. */
-        if ((r = read_back(c, key, &st, NULL, &why, errbuf, errlen)) < 0)
-            return r;
-        if (why) {
-            cv_errf(errbuf, errlen,
-                    "cold target %s: object %s read back after upload: %s from segment "
-                    "%s; not marked shipped",
-                    c->target, key, why, path);
-            return -EIO;
-        }
+    }
+    /* Read it back: its chain and bytes must be the local one's. */
+    const char *why = size != st.bytes ? "its size differs" : NULL;
+    if (!why && (r = read_back(c, key, &st, NULL, &why, errbuf, errlen)) < 0)
+        return r;
+    if (why && there) {
+        cv_errf(errbuf, errlen,
+                "cold target %s: object %s is already there with other bytes than "
+                "segment %s (%s): the segment changed after it was shipped (a writer "
+                "rollback), or another log ships to the same place; not overwritten: "
+                "check which copy is right and move the other away, and give each "
+                "broker a cold.target prefix of its own",
+                c->target, key, path, why);
+        return -EEXIST;
+    }
+    if (why) {
+        cv_errf(errbuf, errlen,
+                "cold target %s: object %s read back after upload: %s from segment "
+                "%s; not marked shipped",
+                c->target, key, why, path);
+        return -EIO;
     }
     if ((r = cv_applog_cold_stub_write(dir, &st, errbuf, errlen)) < 0)
         return r;

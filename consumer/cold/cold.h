@@ -69,7 +69,9 @@ const char *cv_cold_target(const cv_cold *c);
  * relative to the target (<topic>-<partition>/...). -ENAMETOOLONG. */
 int cv_cold_object_key(const cv_cold *c, const char *rel, char *buf, size_t len);
 
-/* Stores the file at `path` as object `key`. A directory target gets its
+/* Stores the file at `path` as object `key`, never over an object that is
+ * there (-EEXIST: S3 If-None-Match: *, a directory target link(2)s the
+ * file into place). A directory target gets its
  * marker file (<dir>/.chatvault-cold) on the first put: without it the
  * directory is taken as not there (not mounted), never as lost objects. */
 int cv_cold_put(cv_cold *c, const char *key, const char *path, char *errbuf,

@@ -334,6 +334,20 @@ static void test_removal(void) {
     TAP_IS_INT(r, -CV_ECORRUPT, "an object missing from a present target is damage");
     cv_applog_set_cold_fetch(NULL, NULL);
 
+    /* A put never overwrites an object. */
+    {
+        char k[200], o2[700];
+        struct stat before, after;
+        snprintf(k, sizeof(k), TOPIC "-0/%s", s.name[2]);
+        snprintf(o2, sizeof(o2), "%s/%s", R, k);
+        stat(o2, &before);
+        TAP_IS_INT(cv_cold_put(c, k, last, err, sizeof(err)), -EEXIST,
+                   "a put onto an object that is there is -EEXIST");
+        stat(o2, &after);
+        tap_ok(before.st_ino == after.st_ino && before.st_size == after.st_size,
+               "and the object is untouched");
+    }
+
     /* Pruning: only cache copies, never a log's directory. */
     char f[800], sub[700];
     snprintf(f, sizeof(f), "%s/.chatvault-cache", C);

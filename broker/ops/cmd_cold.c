@@ -150,25 +150,14 @@ static const cv_cli_spec spec = {
 };
 
 int cv_cmd_cold(int argc, char **argv) {
-    if (argc < 2) {
-        cv_cli_help(&spec, stderr);
-        return CV_EXIT_USAGE;
-    }
-    const char *sub = argv[1];
-    if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0 ||
-        strcmp(sub, "help") == 0) {
-        cv_cli_help(&spec, stdout);
-        return CV_EXIT_OK;
-    }
-    if (strcmp(sub, "ship") != 0 && strcmp(sub, "list") != 0 &&
-        strcmp(sub, "fetch") != 0) {
-        cv_error("cold", "unknown subcommand \"%s\" (ship, list or fetch)", sub);
-        return CV_EXIT_USAGE;
-    }
+    static const char *const subs[] = {"ship", "list", "fetch", NULL};
     char name[16];
-    snprintf(name, sizeof(name), "cold %s", sub);
-    cv_cli_spec sub_spec = spec;
-    sub_spec.name = name;
+    cv_cli_spec sub_spec;
+    int started =
+        cv_cli_subcommand(&spec, argc, argv, subs, name, sizeof(name), &sub_spec);
+    if (started != CV_CLI_RUN)
+        return started;
+    const char *sub = argv[1];
     coldopts o = {.partition = -1};
     cv_cli cli;
     int parsed = cv_cli_parse(&sub_spec, argc - 1, argv + 1, &o, &cli);

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -220,6 +221,28 @@ static void test_places(const char *L, const char *R, const char *C) {
     x = cv_cold_free(x);
 }
 
+/* Two fetchers (as two processes would be: a cv_cold each) of one object
+ * into one cache, the cache copy removed between rounds. */
+typedef struct racer {
+    cv_cold *c;
+    const char *stub, *cache_copy;
+    cv_applog_cold_stub st;
+    int failures;
+    char err[1024];
+} racer;
+
+static void *race(void *arg) {
+    racer *x = arg;
+    for (int i = 0; i < 40; i++) {
+        char got[1024];
+        unlink(x->cache_copy);
+        if (cv_cold_fetch(x->c, x->stub, &x->st, got, sizeof(got), x->err,
+                          sizeof(x->err)) < 0)
+            x->failures++;
+    }
+    return NULL;
+}
+
 static void test_removal(void) {
     char err[1024], L[400], R[400], C[400], P0[500], P1[500], t[500];
     snprintf(L, sizeof(L), "%s/rlog", root);
@@ -333,6 +356,53 @@ static void test_removal(void) {
     n = read_dir(P0, &r, err, sizeof(err));
     TAP_IS_INT(r, -CV_ECORRUPT, "an object missing from a present target is damage");
     cv_applog_set_cold_fetch(NULL, NULL);
+
+    /* Two fetches of one object at once never see each other's bytes. */
+    {
+        racer a = {0}, b = {0};
+        char stubp[700], copy[800];
+        snprintf(stubp, sizeof(stubp), "%s/%s.cold", P0, s.name[0]);
+        snprintf(copy, sizeof(copy), "%s/" TOPIC "-0/%s", C, s.name[0]);
+        cv_applog_cold_stub_read(stubp, &a.st, err, sizeof(err));
+        b.st = a.st;
+        a.stub = b.stub = stubp;
+        a.cache_copy = b.cache_copy = copy;
+        a.c = c;
+        cv_cold_open(&conf, &b.c, err, sizeof(err));
+        pthread_t ta, tb;
+        pthread_create(&ta, NULL, race, &a);
+        pthread_create(&tb, NULL, race, &b);
+        pthread_join(ta, NULL);
+        pthread_join(tb, NULL);
+        tap_ok(a.failures == 0 && b.failures == 0,
+               "two fetchers of one object into one cache: no false damage (%d, %d) %s",
+               a.failures, b.failures, a.failures ? a.err : b.err);
+        cv_cold_free(b.c);
+    }
+
+    /* The object at a key holds another segment (the segment changed after
+     * its ship, or another log): re-shipping says so, and overwrites
+     * nothing. */
+    {
+        char o2[700], o3[700], st2[700], k[200];
+        snprintf(o2, sizeof(o2), "%s/" TOPIC "-1/%s", R, s.name[1]);
+        snprintf(o3, sizeof(o3), "%s/" TOPIC "-1/%s", R, s.name[2]);
+        snprintf(st2, sizeof(st2), "%s/%s.cold", P1, s.name[1]);
+        char loc[700];
+        snprintf(loc, sizeof(loc), "%s/%s", P1, s.name[1]);
+        /* bring the local copy back from the object, then swap the object */
+        char cmd[4000];
+        snprintf(cmd, sizeof(cmd), "cp '%s' '%s' && cp '%s' '%s' && rm -f '%s'", o2, loc,
+                 o3, o2, st2);
+        if (system(cmd) != 0)
+            die("cp");
+        snprintf(k, sizeof(k), TOPIC "-1/%s", s.name[1]);
+        cv_applog_cold_stub st;
+        tap_ok(cv_cold_ship(c, P1, s.name[1], k, &st, err, sizeof(err)) == -EEXIST &&
+                   strstr(err, "changed after it was shipped") &&
+                   strstr(err, "not overwritten") && access(st2, F_OK) != 0,
+               "an object holding other bytes: -EEXIST saying what happened: %s", err);
+    }
 
     /* A put never overwrites an object. */
     {

@@ -194,6 +194,14 @@ int cv_cmd_cold(int argc, char **argv) {
         code = CV_EXIT_USAGE;
         goto out;
     }
+    /* --log-dir may name another directory than log.dir, which
+     * cv_cli_cold_open checked: a target or cache overlapping it is a
+     * config error too. */
+    if (rn.cold && cv_cold_check_places(rn.cold, dir, err, sizeof(err)) < 0) {
+        cv_error(name, "%s", err);
+        code = CV_EXIT_USAGE;
+        goto out;
+    }
     if (strcmp(sub, "ship") == 0) {
         cv_cold_ship_opts so = {.topic = o.topic,
                                 .partition = o.partition,
@@ -218,7 +226,7 @@ int cv_cmd_cold(int argc, char **argv) {
         else if (r < 0)
             fprintf(stderr, "; stopped at the error above");
         fputc('\n', stderr);
-        code = r == -EINVAL ? CV_EXIT_USAGE : r < 0 ? CV_EXIT_FAILURE : CV_EXIT_OK;
+        code = r < 0 ? CV_EXIT_FAILURE : CV_EXIT_OK;
         goto out;
     }
     int r = cv_applog_partitions(dir, on_partition, &rn, err, sizeof(err));

@@ -773,7 +773,13 @@ static int read_back(cv_cold *c, const char *key, const cv_applog_cold_stub *wan
         cv_applog_cold_stub got;
         r = cv_applog_cold_describe(back, &got, NULL, 0);
         why = r < 0 ? "it does not read back whole" : cv_cold_stub_mismatch(want, &got);
-        if (!why && keep_as && rename(back, keep_as) == 0)
+        if (!why && keep_as && rename(back, keep_as) < 0) {
+            r = -errno;
+            unlink(back);
+            cv_errf(errbuf, errlen, "%s: %s", keep_as, strerror(-r));
+            return r;
+        }
+        if (!why && keep_as)
             break;
         unlink(back);
         if (!why)

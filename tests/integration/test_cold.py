@@ -121,6 +121,11 @@ try:
            cvlogs(pdir) == segs and
            not [x for x in os.listdir(pdir) if x.endswith(".cold")],
            "target %s overlapping log.dir: exit 2, one line, nothing removed" % t, r.stderr)
+    # The same with the log named by --log-dir (log.dir elsewhere).
+    r = cv(os.path.join(work, "elsewhere"), "cold", "ship", "--log-dir", log,
+           target="file://" + log, extra=("cold.hot_window=0",))
+    ok(r.returncode == 2 and "log.dir" in r.stderr and cvlogs(pdir) == segs,
+       "--log-dir overlapping the target: exit 2, nothing removed", r.stderr)
     # A cache directory that is log.dir would be pruned of live segments.
     old_t = time.time() - 7200
     for s_ in segs:

@@ -329,6 +329,40 @@ static void put_table(FILE *out, const cv_cli_opt *opts) {
             put_option(out, o);
 }
 
+int cv_cli_subcommand(const cv_cli_spec *spec, int argc, char **argv,
+                      const char *const *subs, char *name, size_t namelen,
+                      cv_cli_spec *ret_spec) {
+    if (argc < 2) {
+        cv_cli_help(spec, stderr);
+        return CV_EXIT_USAGE;
+    }
+    const char *sub = argv[1];
+    if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0 ||
+        strcmp(sub, "help") == 0) {
+        cv_cli_help(spec, stdout);
+        return CV_EXIT_OK;
+    }
+    size_t n = 0;
+    while (subs[n] && strcmp(subs[n], sub) != 0)
+        n++;
+    if (!subs[n]) {
+        char list[256] = "";
+        size_t at = 0;
+        for (size_t i = 0; subs[i] && at < sizeof(list); i++)
+            at += (size_t)snprintf(list + at, sizeof(list) - at, "%s%s",
+                                   i == 0        ? ""
+                                   : subs[i + 1] ? ", "
+                                                 : " or ",
+                                   subs[i]);
+        cv_error(spec->name, "unknown subcommand \"%s\" (%s)", sub, list);
+        return CV_EXIT_USAGE;
+    }
+    snprintf(name, namelen, "%s %s", spec->name, sub);
+    *ret_spec = *spec;
+    ret_spec->name = name;
+    return CV_CLI_RUN;
+}
+
 void cv_cli_help(const cv_cli_spec *spec, FILE *out) {
     fprintf(out, "usage: chatvault %s\n", spec->usage);
     if (spec->about)
@@ -392,6 +426,7 @@ int cv_cli_cold_open(const cv_config *cfg, cv_cold **ret, char *errbuf, size_t e
         .credentials_file = cv_config_str(cfg, "cold.credentials_file"),
         .ca_file = cv_config_str(cfg, "cold.ca_file"),
         .cache_dir = cache,
+        .log_dir = cv_config_str(cfg, "log.dir"),
     };
     return cv_cold_open(&cc, ret, errbuf, errlen);
 }

@@ -210,6 +210,16 @@ int cv_cli_parse(const cv_cli_spec *spec, int argc, char **argv, void *opts, cv_
 /* Prints the --help text generated from the spec. */
 void cv_cli_help(const cv_cli_spec *spec, FILE *out);
 
+/* The start of a command with subcommands ("log list", "cold ship"):
+ * argv[1] is the subcommand, one of the NULL-terminated `subs`. Prints the
+ * help for no argument (CV_EXIT_USAGE) or help, --help, -h (CV_EXIT_OK),
+ * refuses an unknown one (CV_EXIT_USAGE, naming `subs`); otherwise
+ * returns CV_CLI_RUN with *ret_spec a copy of `spec` named "<name> <sub>"
+ * (the name in `name`, which must outlive it). */
+int cv_cli_subcommand(const cv_cli_spec *spec, int argc, char **argv,
+                      const char *const *subs, char *name, size_t namelen,
+                      cv_cli_spec *ret_spec);
+
 /* Builds the config or prints the one-line error; returns NULL on error. */
 cv_config *cv_cli_load_config(const cv_cli_config *cli);
 

@@ -316,3 +316,23 @@ int cv_read_file(const char *path, const char *what, size_t max, bool private_fi
     *ret_len = len;
     return 0;
 }
+
+int cv_fsync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int r = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return r;
+}
+
+int cv_fsync_parent(const char *path) {
+    char p[4096];
+    if (snprintf(p, sizeof(p), "%s", path) >= (int)sizeof(p))
+        return -ENAMETOOLONG;
+    char *s = strrchr(p, '/');
+    if (!s)
+        return cv_fsync_dir(".");
+    *s = '\0';
+    return cv_fsync_dir(*p ? p : "/");
+}

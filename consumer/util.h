@@ -98,4 +98,10 @@ int cv_private_file_check(int fd, const char *what, const char *path, int64_t *r
 int cv_read_file(const char *path, const char *what, size_t max, bool private_file,
                  char **ret_data, size_t *ret_len, char *errbuf, size_t errlen);
 
+/* fsync of the directory `dir` (what makes a create, rename or unlink in
+ * it durable): 0 or a negative errno. cv_fsync_parent does it for the
+ * directory that holds `path` ("/" for a top-level name). */
+int cv_fsync_dir(const char *dir);
+int cv_fsync_parent(const char *path);
+
 #endif

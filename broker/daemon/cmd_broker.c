@@ -403,7 +403,7 @@ int cv_cmd_broker(int argc, char **argv) {
         cv_error("broker", "%s", err);
 out:
     cv_drillsched_stop(drills);
-    cv_shipper_stop(shipper);
+    shipper = cv_shipper_stop(shipper);
     cv_indexer_stop(indexer);
     cv_probe_stop(probe);
     cv_http_stop(http);

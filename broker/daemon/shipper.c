@@ -107,9 +107,9 @@ int cv_shipper_start(const cv_config *cfg, cv_shipper **ret, char *errbuf,
     return 0;
 }
 
-void cv_shipper_stop(cv_shipper *s) {
+cv_shipper *cv_shipper_stop(cv_shipper *s) {
     if (!s)
-        return;
+        return NULL;
     pthread_mutex_lock(&s->lock);
     atomic_store(&s->stop, true);
     pthread_cond_signal(&s->cond);
@@ -120,4 +120,5 @@ void cv_shipper_stop(cv_shipper *s) {
     cv_cold_free(s->cold);
     free(s->log_dir);
     free(s);
+    return NULL;
 }

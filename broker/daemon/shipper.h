@@ -23,7 +23,7 @@ typedef struct cv_shipper cv_shipper;
 int cv_shipper_start(const cv_config *cfg, cv_shipper **ret, char *errbuf, size_t errlen);
 
 /* Stops the thread (a pass in flight ends after its current segment) and
- * frees it. Accepts NULL. */
-void cv_shipper_stop(cv_shipper *s);
+ * frees it. Accepts NULL; returns NULL: s = cv_shipper_stop(s). */
+cv_shipper *cv_shipper_stop(cv_shipper *s);
 
 #endif

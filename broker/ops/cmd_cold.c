@@ -150,25 +150,14 @@ static const cv_cli_spec spec = {
 };
 
 int cv_cmd_cold(int argc, char **argv) {
-    if (argc < 2) {
-        cv_cli_help(&spec, stderr);
-        return CV_EXIT_USAGE;
-    }
-    const char *sub = argv[1];
-    if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0 ||
-        strcmp(sub, "help") == 0) {
-        cv_cli_help(&spec, stdout);
-        return CV_EXIT_OK;
-    }
-    if (strcmp(sub, "ship") != 0 && strcmp(sub, "list") != 0 &&
-        strcmp(sub, "fetch") != 0) {
-        cv_error("cold", "unknown subcommand \"%s\" (ship, list or fetch)", sub);
-        return CV_EXIT_USAGE;
-    }
+    static const char *const subs[] = {"ship", "list", "fetch", NULL};
     char name[16];
-    snprintf(name, sizeof(name), "cold %s", sub);
-    cv_cli_spec sub_spec = spec;
-    sub_spec.name = name;
+    cv_cli_spec sub_spec;
+    int started =
+        cv_cli_subcommand(&spec, argc, argv, subs, name, sizeof(name), &sub_spec);
+    if (started != CV_CLI_RUN)
+        return started;
+    const char *sub = argv[1];
     coldopts o = {.partition = -1};
     cv_cli cli;
     int parsed = cv_cli_parse(&sub_spec, argc - 1, argv + 1, &o, &cli);
@@ -198,9 +187,18 @@ int cv_cmd_cold(int argc, char **argv) {
         goto out;
     }
     struct stat dst;
-    if (stat(dir, &dst) < 0 || !S_ISDIR(dst.st_mode)) {
+    int se = stat(dir, &dst) < 0 ? errno : 0;
+    if (se || !S_ISDIR(dst.st_mode)) {
         cv_error(name, "log directory %s: %s", dir,
-                 errno ? strerror(errno) : "not a directory");
+                 se ? strerror(se) : "not a directory");
+        code = CV_EXIT_USAGE;
+        goto out;
+    }
+    /* --log-dir may name another directory than log.dir, which
+     * cv_cli_cold_open checked: a target or cache overlapping it is a
+     * config error too. */
+    if (rn.cold && cv_cold_check_places(rn.cold, dir, err, sizeof(err)) < 0) {
+        cv_error(name, "%s", err);
         code = CV_EXIT_USAGE;
         goto out;
     }
@@ -218,9 +216,16 @@ int cv_cmd_cold(int argc, char **argv) {
         fprintf(stderr,
                 "cold: %s%" PRIu64 " segments shipped (%" PRIu64 " bytes), %" PRIu64
                 " local copies removed, %" PRIu64 " shipped ones kept locally, %" PRIu64
-                " cached copies pruned%s\n",
+                " cached copies pruned",
                 o.dry_run ? "(dry run) " : "", st.shipped, st.shipped_bytes, st.removed,
-                st.kept, st.cache_pruned, r < 0 ? "; stopped at the error above" : "");
+                st.kept, st.cache_pruned);
+        if (st.failed)
+            fprintf(stderr,
+                    "; %" PRIu64 " partitions stopped at a failure (the first above)",
+                    st.failed);
+        else if (r < 0)
+            fprintf(stderr, "; stopped at the error above");
+        fputc('\n', stderr);
         code = r < 0 ? CV_EXIT_FAILURE : CV_EXIT_OK;
         goto out;
     }

@@ -456,25 +456,14 @@ static const cv_cli_spec spec = {
 };
 
 int cv_cmd_log(int argc, char **argv) {
-    if (argc < 2) {
-        cv_cli_help(&spec, stderr);
-        return CV_EXIT_USAGE;
-    }
-    const char *sub = argv[1];
-    if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0 ||
-        strcmp(sub, "help") == 0) {
-        cv_cli_help(&spec, stdout);
-        return CV_EXIT_OK;
-    }
-    if (strcmp(sub, "list") != 0 && strcmp(sub, "cat") != 0 &&
-        strcmp(sub, "check") != 0) {
-        cv_error("log", "unknown subcommand \"%s\" (list, cat or check)", sub);
-        return CV_EXIT_USAGE;
-    }
+    static const char *const subs[] = {"list", "cat", "check", NULL};
     char name[16];
-    snprintf(name, sizeof(name), "log %s", sub);
-    cv_cli_spec sub_spec = spec;
-    sub_spec.name = name;
+    cv_cli_spec sub_spec;
+    int started =
+        cv_cli_subcommand(&spec, argc, argv, subs, name, sizeof(name), &sub_spec);
+    if (started != CV_CLI_RUN)
+        return started;
+    const char *sub = argv[1];
     logopts o = {.partition = -1, .from_offset = -1, .since_ms = INT64_MIN};
     cv_cli cli;
     int parsed = cv_cli_parse(&sub_spec, argc - 1, argv + 1, &o, &cli);

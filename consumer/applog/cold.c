@@ -147,16 +147,11 @@ int cv_applog_cold_stub_write(const char *dir, const cv_applog_cold_stub *st,
     errno = e;
     if (!ok || rename(tmp, path) < 0)
         goto fail;
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || fsync(dfd) < 0) {
-        e = errno;
-        if (dfd >= 0)
-            close(dfd);
+    if ((r = cv_fsync_dir(dir)) < 0) {
         cv_errf(errbuf, errlen, "cold-tier stub %s: fsync of its directory: %s", path,
-                strerror(e));
-        return -e;
+                strerror(-r));
+        return r;
     }
-    close(dfd);
     return 0;
 fail:
     e = errno;

@@ -8,6 +8,7 @@
 #include "cold/cold.h"
 
 #include <curl/curl.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -27,6 +28,8 @@
 #define KEY_MAX 1024
 #define CRED_MAX 256
 #define ERRBODY_MAX 4096
+#define TARGET_MARKER ".chatvault-cold" /* in a directory target's root */
+#define CACHE_MARKER ".chatvault-cache" /* in a cache directory */
 
 struct cv_cold {
     bool s3;
@@ -203,6 +206,8 @@ int cv_cold_open(const cv_cold_conf *conf, cv_cold **ret, char *errbuf, size_t e
         if (!(c->root = strdup(dir)) || !(c->prefix = strdup("")))
             goto fail;
     }
+    if ((r = cv_cold_check_places(c, conf->log_dir, errbuf, errlen)) < 0)
+        goto fail;
     *ret = c;
     return 0;
 fail:
@@ -247,27 +252,29 @@ static int make_parents(const char *path) {
     return 0;
 }
 
-static int fsync_parent(const char *path) {
-    char p[PATH_MAX];
-    snprintf(p, sizeof(p), "%s", path);
-    char *s = strrchr(p, '/');
-    if (!s)
-        return 0;
-    *s = '\0';
-    int fd = open(*p ? p : "/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int r = fsync(fd) < 0 ? -errno : 0;
-    close(fd);
-    return r;
+/* A name of this process's own beside `path`: <path>.<pid>-<random><sfx>
+ * (".tmp" or ".verify"), so that two processes fetching or shipping the
+ * same object (the broker's shipper and `cold ship`, a reader and `verify
+ * --repair`) never write into each other's file. Created O_EXCL, 0600. */
+static int open_private(const char *path, const char *sfx, char *buf, size_t len) {
+    for (int tries = 0; tries < 8; tries++) {
+        int n = snprintf(buf, len, "%s.%ld-%08" PRIx32 "%s", path, (long)getpid(),
+                         randombytes_random(), sfx);
+        if (n < 0 || (size_t)n >= len)
+            return -ENAMETOOLONG;
+        int fd = open(buf, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd >= 0 || errno != EEXIST)
+            return fd >= 0 ? fd : -errno;
+    }
+    return -EEXIST;
 }
 
-/* Copies from to `to` through to.tmp: fsynced, renamed, directory fsynced. */
-static int copy_durable(const char *from, const char *to, uint64_t max, char *errbuf,
-                        size_t errlen) {
+/* Copies from to `to` through a private temp name: fsynced, renamed (with
+ * `exclusive` linked: -EEXIST when `to` is there, the file target's
+ * If-None-Match), directory fsynced. */
+static int copy_durable(const char *from, const char *to, uint64_t max, bool exclusive,
+                        char *errbuf, size_t errlen) {
     char tmp[PATH_MAX];
-    if (snprintf(tmp, sizeof(tmp), "%s.tmp", to) >= (int)sizeof(tmp))
-        return -ENAMETOOLONG;
     int r = make_parents(to);
     if (r < 0) {
         cv_errf(errbuf, errlen, "%s: cannot create its directory: %s", to, strerror(-r));
@@ -279,11 +286,11 @@ static int copy_durable(const char *from, const char *to, uint64_t max, char *er
         cv_errf(errbuf, errlen, "%s: %s", from, strerror(-r));
         return r == -ENOENT ? -ENOENT : r;
     }
-    int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int out = open_private(to, ".tmp", tmp, sizeof(tmp));
     if (out < 0) {
-        r = -errno;
+        r = out;
         close(in);
-        cv_errf(errbuf, errlen, "%s: %s", tmp, strerror(-r));
+        cv_errf(errbuf, errlen, "%s: a temp file beside it: %s", to, strerror(-r));
         return r;
     }
     char buf[1 << 16];
@@ -313,11 +320,21 @@ static int copy_durable(const char *from, const char *to, uint64_t max, char *er
     }
     close(in);
     close(out);
-    if (!what && rename(tmp, to) < 0) {
+    if (!what && exclusive) {
+        if (link(tmp, to) == 0) {
+            unlink(tmp);
+        } else if (errno == EPERM || errno == EOPNOTSUPP) { /* no hard links there */
+            exclusive = false;
+        } else {
+            r = -errno;
+            what = r == -EEXIST ? "it is already there" : "link";
+        }
+    }
+    if (!what && !exclusive && rename(tmp, to) < 0) {
         r = -errno;
         what = "rename";
     }
-    if (!what && (r = fsync_parent(to)) < 0)
+    if (!what && (r = cv_fsync_parent(to)) < 0)
         what = "fsync of its directory";
     if (what) {
         unlink(tmp);
@@ -406,7 +423,13 @@ static int s3_request(cv_cold *c, const char *method, const char *key, FILE *in,
                       uint64_t *ret_len, char *errbuf, size_t errlen) {
     pthread_once(&curl_once, curl_init);
     char url[2048];
-    snprintf(url, sizeof(url), "%s/%s/%s", c->endpoint, c->bucket, key);
+    int ul = snprintf(url, sizeof(url), "%s/%s/%s", c->endpoint, c->bucket, key);
+    if (ul < 0 || (size_t)ul >= sizeof(url)) {
+        cv_errf(errbuf, errlen,
+                "cold target %s: object %s: its URL is longer than %zu bytes", c->target,
+                key, sizeof(url) - 1);
+        return -ENAMETOOLONG;
+    }
     xfer x = {.out = out, .max = max};
     cv_buf_init(&x.err, ERRBODY_MAX);
     if (!(x.curl = curl_easy_init()))
@@ -416,6 +439,8 @@ static int s3_request(cv_cold *c, const char *method, const char *key, FILE *in,
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     snprintf(shah, sizeof(shah), "x-amz-content-sha256: %s", sha ? sha : empty_sha);
     struct curl_slist *hdrs = curl_slist_append(NULL, shah);
+    if (strcmp(method, "PUT") == 0) /* never over an object (412 when one is there) */
+        hdrs = curl_slist_append(hdrs, "If-None-Match: *");
     CURL *h = x.curl;
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
@@ -466,7 +491,7 @@ static int s3_request(cv_cold *c, const char *method, const char *key, FILE *in,
                 : strstr(code, "NoSuchBucket") ? ": no such bucket"
                 : status == 404                ? ": no such object"
                                                : "");
-        r = (int)status;
+        r = strstr(code, "NoSuchBucket") ? -ENXIO : (int)status;
     } else {
         if (ret_len)
             *ret_len = len < 0 ? x.got : (uint64_t)len;
@@ -483,12 +508,103 @@ static void file_path(const cv_cold *c, const char *key, char *buf, size_t len) 
     snprintf(buf, len, "%s/%s", c->root, key);
 }
 
+/* Whether the target itself is there, asked before an object is called
+ * lost: 0; -ENXIO (errbuf says what is missing) for no such bucket, or a
+ * directory target missing or without its marker (not mounted); or the
+ * error of asking (-EHOSTUNREACH, ...). */
+static int target_present(cv_cold *c, char *errbuf, size_t errlen) {
+    if (!c->s3) {
+        char m[PATH_MAX];
+        struct stat sb;
+        snprintf(m, sizeof(m), "%s/" TARGET_MARKER, c->root);
+        bool dir = stat(c->root, &sb) == 0 && S_ISDIR(sb.st_mode);
+        if (dir && stat(m, &sb) == 0)
+            return 0;
+        cv_errf(errbuf, errlen,
+                "cold target %s is not there: %s %s (not mounted?); nothing is taken as "
+                "lost, mount it or fix cold.target",
+                c->target, dir ? m : c->root, dir ? "is missing" : "is not a directory");
+        return -ENXIO;
+    }
+    char err[1024];
+    int r = s3_request(c, "HEAD", "", NULL, 0, NULL, NULL, 0, NULL, err, sizeof(err));
+    if (r == 404 || r == -ENXIO) {
+        cv_errf(
+            errbuf, errlen,
+            "cold target %s: no such bucket %s; nothing is taken as lost, create it or "
+            "fix cold.target",
+            c->target, c->bucket);
+        return -ENXIO;
+    }
+    if (r < 0) {
+        cv_errf(errbuf, errlen, "%s", err);
+        return r;
+    }
+    return 0; /* there (a 403 on the bucket is a policy, not an absence) */
+}
+
+/* A directory target's marker, written on its first put. */
+static int mark_target(cv_cold *c, char *errbuf, size_t errlen) {
+    char m[PATH_MAX];
+    snprintf(m, sizeof(m), "%s/" TARGET_MARKER, c->root);
+    if (access(m, F_OK) == 0)
+        return 0;
+    static const char text[] = "chatvault cold tier: the files under this directory are "
+                               "shipped log segments; do not remove this file\n";
+    int r = make_parents(m);
+    if (r == 0) {
+        int fd = open(m, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0)
+            r = -errno;
+        else if (write(fd, text, sizeof(text) - 1) != (ssize_t)sizeof(text) - 1 ||
+                 fsync(fd) < 0)
+            r = -(errno ? errno : EIO);
+        if (fd >= 0)
+            close(fd);
+    }
+    if (r == 0)
+        r = cv_fsync_dir(c->root);
+    if (r < 0)
+        cv_errf(errbuf, errlen, "cold target %s: writing its marker %s: %s", c->target, m,
+                strerror(-r));
+    return r;
+}
+
+/* The cache's marker, written when this process makes the cache (or finds
+ * it empty): cv_cold_prune_cache prunes nothing without it. */
+static void mark_cache(const cv_cold *c) {
+    char m[PATH_MAX];
+    if (snprintf(m, sizeof(m), "%s/" CACHE_MARKER, c->cache_dir) >= (int)sizeof(m) ||
+        access(m, F_OK) == 0)
+        return;
+    DIR *d = opendir(c->cache_dir);
+    bool fresh = !d && errno == ENOENT;
+    if (d) {
+        fresh = true;
+        for (struct dirent *e; fresh && (e = readdir(d));)
+            fresh = strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0;
+        closedir(d);
+    }
+    if (!fresh || make_parents(m) < 0)
+        return;
+    int fd = open(m, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    static const char text[] = "chatvault cold tier: a cache of fetched segments\n";
+    if (write(fd, text, sizeof(text) - 1) < 0)
+        unlink(m);
+    close(fd);
+}
+
 int cv_cold_put(cv_cold *c, const char *key, const char *path, char *errbuf,
                 size_t errlen) {
     if (!c->s3) {
         char to[PATH_MAX];
         file_path(c, key, to, sizeof(to));
-        int r = copy_durable(path, to, UINT64_MAX, errbuf, errlen);
+        int r = mark_target(c, errbuf, errlen);
+        if (r < 0)
+            return r;
+        r = copy_durable(path, to, UINT64_MAX, true, errbuf, errlen);
         if (r < 0) {
             char inner[512];
             snprintf(inner, sizeof(inner), "%s", errbuf ? errbuf : "");
@@ -512,7 +628,7 @@ int cv_cold_put(cv_cold *c, const char *key, const char *path, char *errbuf,
     r = s3_request(c, "PUT", key, in, (uint64_t)st.st_size, sha, NULL, 0, NULL, errbuf,
                    errlen);
     fclose(in);
-    return r < 0 ? r : r / 100 == 2 ? 0 : -EIO;
+    return r < 0 ? r : r / 100 == 2 ? 0 : r == 412 ? -EEXIST : -EIO;
 }
 
 int cv_cold_head(cv_cold *c, const char *key, uint64_t *ret_size, char *errbuf,
@@ -523,6 +639,9 @@ int cv_cold_head(cv_cold *c, const char *key, uint64_t *ret_size, char *errbuf,
         struct stat st;
         if (stat(p, &st) < 0) {
             int e = errno;
+            int t = e == ENOENT ? target_present(c, errbuf, errlen) : 0;
+            if (t < 0)
+                return t;
             cv_errf(errbuf, errlen, "cold target %s: %s: %s", c->target, p, strerror(e));
             return -e;
         }
@@ -533,8 +652,10 @@ int cv_cold_head(cv_cold *c, const char *key, uint64_t *ret_size, char *errbuf,
     int r = s3_request(c, "HEAD", key, NULL, 0, NULL, NULL, 0, &len, errbuf, errlen);
     if (r < 0)
         return r;
-    if (r == 404)
-        return -ENOENT;
+    if (r == 404) {
+        int t = target_present(c, errbuf, errlen); /* a HEAD has no error body */
+        return t < 0 ? t : -ENOENT;
+    }
     if (r / 100 != 2)
         return r == 403 ? -EACCES : -EIO;
     *ret_size = len;
@@ -552,7 +673,12 @@ int cv_cold_get(cv_cold *c, const char *key, const char *path, uint64_t max, cha
     if (!c->s3) {
         char from[PATH_MAX];
         file_path(c, key, from, sizeof(from));
-        r = copy_durable(from, path, max, errbuf, errlen);
+        r = copy_durable(from, path, max, false, errbuf, errlen);
+        if (r == -ENOENT) {
+            int t = target_present(c, errbuf, errlen);
+            if (t < 0)
+                return t;
+        }
         if (r < 0) {
             char inner[512];
             snprintf(inner, sizeof(inner), "%s", errbuf ? errbuf : "");
@@ -561,14 +687,13 @@ int cv_cold_get(cv_cold *c, const char *key, const char *path, uint64_t max, cha
         return r;
     }
     char tmp[PATH_MAX];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int fd = open_private(path, ".tmp", tmp, sizeof(tmp));
     FILE *out = fd >= 0 ? fdopen(fd, "wb") : NULL;
     if (!out) {
-        r = -errno;
+        r = fd < 0 ? fd : -errno;
         if (fd >= 0)
             close(fd);
-        cv_errf(errbuf, errlen, "%s: %s", tmp, strerror(-r));
+        cv_errf(errbuf, errlen, "%s: a temp file beside it: %s", path, strerror(-r));
         return r;
     }
     r = s3_request(c, "GET", key, NULL, 0, NULL, out, max, NULL, errbuf, errlen);
@@ -579,8 +704,10 @@ int cv_cold_get(cv_cold *c, const char *key, const char *path, uint64_t max, cha
     unlink(tmp);
     if (r < 0)
         return r;
-    if (r == 404)
-        return -ENOENT;
+    if (r == 404) {
+        int t = target_present(c, errbuf, errlen);
+        return t < 0 ? t : -ENOENT;
+    }
     if (r == 403)
         return -EACCES;
     if (!ok || r / 100 == 2) {
@@ -590,9 +717,8 @@ int cv_cold_get(cv_cold *c, const char *key, const char *path, uint64_t max, cha
     return -EIO;
 }
 
-/* Compares what a copy holds with what a stub says; NULL or what differs. */
-static const char *stub_mismatch(const cv_applog_cold_stub *want,
-                                 const cv_applog_cold_stub *got) {
+const char *cv_cold_stub_mismatch(const cv_applog_cold_stub *want,
+                                  const cv_applog_cold_stub *got) {
     if (got->bytes != want->bytes)
         return "its size differs";
     if (got->records != want->records || got->last_offset != want->last_offset ||
@@ -609,17 +735,58 @@ int cv_cold_object_key(const cv_cold *c, const char *rel, char *buf, size_t len)
     return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
-/* Reads object `key` back into <cache_dir>/<key>.verify and describes it. */
-static int read_back(cv_cold *c, const char *key, uint64_t max, cv_applog_cold_stub *ret,
-                     char *errbuf, size_t errlen) {
-    char back[PATH_MAX];
-    snprintf(back, sizeof(back), "%s/%s.verify", c->cache_dir, key);
-    int r = cv_cold_get(c, key, back, max, errbuf, errlen);
-    if (r < 0)
+/* Reads object `key` back into a file of this process's own beside
+ * <cache_dir>/<key> and compares it with `want`; when it differs, fetches
+ * it once more (a copy another process was writing is not damage) before
+ * *ret_why says what differs. 0 with *ret_why NULL when it is `want`'s
+ * segment: then the copy is renamed to `keep_as` (or removed when NULL).
+ * Negative when the object cannot be read (errbuf). */
+static int read_back(cv_cold *c, const char *key, const cv_applog_cold_stub *want,
+                     const char *keep_as, const char **ret_why, char *errbuf,
+                     size_t errlen) {
+    char base[PATH_MAX], back[PATH_MAX];
+    if (snprintf(base, sizeof(base), "%s/%s", c->cache_dir, key) >= (int)sizeof(base))
+        return -ENAMETOOLONG;
+    mark_cache(c);
+    int r = make_parents(base);
+    if (r < 0) {
+        cv_errf(errbuf, errlen, "%s: cannot create its directory: %s", base,
+                strerror(-r));
         return r;
-    r = cv_applog_cold_describe(back, ret, NULL, 0);
-    unlink(back);
-    return r < 0 ? 1 : 0; /* 1: it does not read whole */
+    }
+    const char *why = NULL;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        int fd = open_private(base, ".verify", back, sizeof(back));
+        if (fd < 0) {
+            cv_errf(errbuf, errlen, "%s: a temp file beside it: %s", base, strerror(-fd));
+            return fd;
+        }
+        close(fd);
+        r = cv_cold_get(c, key, back, want->bytes, errbuf, errlen);
+        if (r < 0) {
+            unlink(back);
+            if (r != -EFBIG)
+                return r;
+            why = "it is larger than the segment";
+            continue;
+        }
+        cv_applog_cold_stub got;
+        r = cv_applog_cold_describe(back, &got, NULL, 0);
+        why = r < 0 ? "it does not read back whole" : cv_cold_stub_mismatch(want, &got);
+        if (!why && keep_as && rename(back, keep_as) < 0) {
+            r = -errno;
+            unlink(back);
+            cv_errf(errbuf, errlen, "%s: %s", keep_as, strerror(-r));
+            return r;
+        }
+        if (!why && keep_as)
+            break;
+        unlink(back);
+        if (!why)
+            break;
+    }
+    *ret_why = why;
+    return 0;
 }
 
 int cv_cold_ship(cv_cold *c, const char *dir, const char *name, const char *rel,
@@ -634,48 +801,52 @@ int cv_cold_ship(cv_cold *c, const char *dir, const char *name, const char *rel,
         return -ENAMETOOLONG;
     const char *key = st.key;
     /* An object already there is this segment from a pass that stopped
-     * before its stub was written, or another log's: never overwritten. */
+     * before its stub was written, or other bytes: never overwritten. */
     uint64_t size = 0;
     r = cv_cold_head(c, key, &size, errbuf, errlen);
+    if (r == -ENXIO && !c->s3)
+        r = -ENOENT; /* a directory target's first ship: cv_cold_put marks it */
     if (r < 0 && r != -ENOENT)
         return r;
-    cv_applog_cold_stub got;
-    if (r == 0) {
-        int x = size == st.bytes ? read_back(c, key, st.bytes, &got, errbuf, errlen) : 1;
-        if (x < 0 && x != -EFBIG)
-            return x;
-        if (x != 0 || stub_mismatch(&st, &got)) {
-            cv_errf(errbuf, errlen,
-                    "cold target %s: object %s already holds another segment than %s "
-                    "(another log shipping to the same place? give each broker "
-                    "instance a cold.target prefix of its own); not overwritten",
-                    c->target, key, path);
-            return -EEXIST;
-        }
-    } else {
-        if ((r = cv_cold_put(c, key, path, errbuf, errlen)) < 0)
+    bool there = r == 0;
+    if (!there) {
+        /* A put never overwrites (If-None-Match: *, or a link): -EEXIST
+         * when an object appeared since the HEAD (another process shipping
+         * this segment): then it is compared as one already there. */
+        r = cv_cold_put(c, key, path, errbuf, errlen);
+        if (r < 0 && r != -EEXIST)
             return r;
+        there = r == -EEXIST;
         if ((r = cv_cold_head(c, key, &size, errbuf, errlen)) < 0)
             return r;
-        if (size != st.bytes) {
+        if (!there && size != st.bytes) {
             cv_errf(errbuf, errlen,
                     "cold target %s: object %s holds %" PRIu64 " bytes after upload, the "
                     "segment %s %" PRIu64 " (short upload); not marked shipped",
                     c->target, key, size, path, st.bytes);
             return -EIO;
         }
-        /* Read it back: its chain must be the local one's. */
-        int x = read_back(c, key, st.bytes, &got, errbuf, errlen);
-        if (x < 0)
-            return x;
-        const char *why = x ? "it does not read back whole" : stub_mismatch(&st, &got);
-        if (why) {
-            cv_errf(errbuf, errlen,
-                    "cold target %s: object %s read back after upload: %s from segment "
-                    "%s; not marked shipped",
-                    c->target, key, why, path);
-            return -EIO;
-        }
+    }
+    /* Read it back: its chain and bytes must be the local one's. */
+    const char *why = size != st.bytes ? "its size differs" : NULL;
+    if (!why && (r = read_back(c, key, &st, NULL, &why, errbuf, errlen)) < 0)
+        return r;
+    if (why && there) {
+        cv_errf(errbuf, errlen,
+                "cold target %s: object %s is already there with other bytes than "
+                "segment %s (%s): the segment changed after it was shipped (a writer "
+                "rollback), or another log ships to the same place; not overwritten: "
+                "check which copy is right and move the other away, and give each "
+                "broker a cold.target prefix of its own",
+                c->target, key, path, why);
+        return -EEXIST;
+    }
+    if (why) {
+        cv_errf(errbuf, errlen,
+                "cold target %s: object %s read back after upload: %s from segment "
+                "%s; not marked shipped",
+                c->target, key, why, path);
+        return -EIO;
     }
     if ((r = cv_applog_cold_stub_write(dir, &st, errbuf, errlen)) < 0)
         return r;
@@ -683,8 +854,21 @@ int cv_cold_ship(cv_cold *c, const char *dir, const char *name, const char *rel,
     return 0;
 }
 
-int cv_cold_check(cv_cold *c, const cv_applog_cold_stub *st, char *errbuf,
-                  size_t errlen) {
+int cv_cold_check(cv_cold *c, const cv_applog_cold_stub *st, const char *local_path,
+                  char *errbuf, size_t errlen) {
+    if (!c->s3) {
+        char p[PATH_MAX];
+        struct stat a, b;
+        file_path(c, st->key, p, sizeof(p));
+        if (stat(p, &a) == 0 && stat(local_path, &b) == 0 && a.st_dev == b.st_dev &&
+            a.st_ino == b.st_ino) {
+            cv_errf(errbuf, errlen,
+                    "cold target %s: object %s is the local file %s itself (cold.target "
+                    "points into log.dir); not removed",
+                    c->target, p, local_path);
+            return -EEXIST;
+        }
+    }
     uint64_t size = 0;
     int r = cv_cold_head(c, st->key, &size, errbuf, errlen);
     if (r < 0)
@@ -694,6 +878,17 @@ int cv_cold_check(cv_cold *c, const cv_applog_cold_stub *st, char *errbuf,
                 "cold target %s: object %s holds %" PRIu64
                 " bytes, its stub says %" PRIu64,
                 c->target, st->key, size, st->bytes);
+        return -EIO;
+    }
+    /* Removal may come days after the ship: the object is read back whole
+     * and compared with the stub's hashes once more. */
+    const char *why = NULL;
+    if ((r = read_back(c, st->key, st, NULL, &why, errbuf, errlen)) < 0)
+        return r;
+    if (why) {
+        cv_errf(errbuf, errlen,
+                "cold target %s: object %s is not what its stub says was shipped: %s",
+                c->target, st->key, why);
         return -EIO;
     }
     return 0;
@@ -710,12 +905,14 @@ int cv_cold_fetch(void *opaque, const char *stub_path, const cv_applog_cold_stub
     pthread_mutex_lock(&c->lock);
     cv_applog_cold_stub got;
     int r = cv_applog_cold_describe(cache, &got, NULL, 0);
-    if (r == 0 && !stub_mismatch(st, &got)) {
+    if (r == 0 && !cv_cold_stub_mismatch(st, &got)) {
         /* the cache holds it; its time says when it was last used (prune) */
         utimensat(AT_FDCWD, cache, NULL, 0);
         goto done;
     }
+    mark_cache(c);
     r = cv_cold_get(c, st->key, cache, st->bytes, errbuf, errlen);
+    const char *why = NULL;
     if (r == -ENOENT || r == -EFBIG) {
         char inner[600];
         snprintf(inner, sizeof(inner), "%s", errbuf ? errbuf : "");
@@ -729,13 +926,20 @@ int cv_cold_fetch(void *opaque, const char *stub_path, const cv_applog_cold_stub
     if (r < 0)
         goto done;
     r = cv_applog_cold_describe(cache, &got, NULL, 0);
-    const char *why = r < 0 ? "it does not read whole" : stub_mismatch(st, &got);
+    why = r < 0 ? "it does not read whole" : cv_cold_stub_mismatch(st, &got);
     if (why) {
+        /* Once more into a file of our own (another process may have been
+         * writing this copy) before it is called damage. */
+        unlink(cache);
+        r = read_back(c, st->key, st, cache, &why, errbuf, errlen);
+        if (r < 0 && r != -ENOENT && r != -EFBIG)
+            goto done;
+        if (r == 0 && !why)
+            goto done;
         cv_errf(errbuf, errlen,
                 "log segment %s at byte 0: its copy in the cold tier (%s, object %s) is "
                 "not what was shipped: %s (damaged or replaced)",
-                stub_path, c->target, st->key, why);
-        unlink(cache);
+                stub_path, c->target, st->key, why ? why : "it is gone");
         r = -CV_ECORRUPT;
         goto done;
     }
@@ -747,6 +951,95 @@ done:
     return r;
 }
 
+/* ---- where things are ------------------------------------------------------ */
+
+/* The real path of `p` into out[PATH_MAX]: realpath of what exists of it,
+ * the parts that do not exist yet appended as written. */
+static int resolve(const char *p, char *out) {
+    char buf[PATH_MAX];
+    if (snprintf(buf, sizeof(buf), "%s", p) >= (int)sizeof(buf))
+        return -ENAMETOOLONG;
+    size_t l = strlen(buf);
+    while (l > 1 && buf[l - 1] == '/')
+        buf[--l] = '\0';
+    if (realpath(buf, out))
+        return 0;
+    if (errno != ENOENT)
+        return -errno;
+    char *s = strrchr(buf, '/');
+    const char *tail = s ? s + 1 : buf;
+    char parent[PATH_MAX], rp[PATH_MAX];
+    if (!s)
+        snprintf(parent, sizeof(parent), ".");
+    else if (s == buf)
+        snprintf(parent, sizeof(parent), "/");
+    else
+        snprintf(parent, sizeof(parent), "%.*s", (int)(s - buf), buf);
+    int r = resolve(parent, rp);
+    if (r < 0)
+        return r;
+    if (snprintf(out, PATH_MAX, "%s%s%s", rp, strcmp(rp, "/") ? "/" : "", tail) >=
+        PATH_MAX)
+        return -ENAMETOOLONG;
+    return 0;
+}
+
+/* `inner` is `outer` or lies under it; *ret_rest what follows "outer/". */
+static bool within(const char *outer, const char *inner, const char **ret_rest) {
+    size_t l = strlen(outer);
+    if (strcmp(outer, "/") == 0)
+        l = 0;
+    bool in = strncmp(outer, inner, l) == 0 && (inner[l] == '\0' || inner[l] == '/');
+    if (in && ret_rest)
+        *ret_rest = inner[l] ? inner + l + 1 : inner + l;
+    return in;
+}
+
+int cv_cold_check_places(const cv_cold *c, const char *log_dir, char *errbuf,
+                         size_t errlen) {
+    char cache[PATH_MAX], root[PATH_MAX] = "", log[PATH_MAX] = "";
+    int r = resolve(c->cache_dir, cache);
+    if (r == 0 && c->root)
+        r = resolve(c->root, root);
+    if (r == 0 && log_dir && *log_dir)
+        r = resolve(log_dir, log);
+    if (r < 0) {
+        cv_errf(errbuf, errlen, "cold.target %s: cannot resolve its directories: %s",
+                c->target, strerror(-r));
+        return -EINVAL;
+    }
+    const char *rest = NULL;
+    if (*root && *log && (within(root, log, NULL) || within(log, root, NULL))) {
+        cv_errf(errbuf, errlen,
+                "cold.target %s and log.dir %s are the same directory or one holds the "
+                "other: shipping would remove the only copy of each segment; point "
+                "cold.target at a directory outside the log",
+                c->target, log_dir);
+        return -EINVAL;
+    }
+    if (*root && (within(root, cache, NULL) || within(cache, root, NULL))) {
+        cv_errf(
+            errbuf, errlen,
+            "cold.target %s and cold.cache_dir %s are the same directory or one holds "
+            "the other: pruning the cache would remove shipped objects; give them "
+            "separate directories",
+            c->target, c->cache_dir);
+        return -EINVAL;
+    }
+    /* The default cache, <log.dir>/.cold-cache, lies in the log directory
+     * but in none of its partition directories: that is allowed. */
+    if (*log &&
+        (within(cache, log, NULL) || (within(log, cache, &rest) && rest[0] != '.'))) {
+        cv_errf(errbuf, errlen,
+                "cold.cache_dir %s and log.dir %s overlap: pruning the cache would "
+                "remove log segments; leave cold.cache_dir unset (<log.dir>/.cold-cache) "
+                "or point it outside the log",
+                c->cache_dir, log_dir);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 /* ---- the cache ------------------------------------------------------------ */
 
 /* nftw has no argument for its callback: one prune at a time. */
@@ -754,26 +1047,61 @@ static pthread_mutex_t prune_lock = PTHREAD_MUTEX_INITIALIZER;
 static int64_t prune_before;
 static uint64_t prune_removed;
 
+/* A cached copy's name: <20 digits>.cvlog, or a fetch's leftover of one
+ * (<name>.<pid>-<random>.tmp or .verify, or the older <name>.tmp). */
+static bool cache_name(const char *base) {
+    size_t l = strlen(base);
+    if (l < 26 || strncmp(base + 20, ".cvlog", 6) != 0)
+        return false;
+    for (int i = 0; i < 20; i++)
+        if (base[i] < '0' || base[i] > '9')
+            return false;
+    const char *rest = base + 26;
+    size_t rl = strlen(rest);
+    return rl == 0 || (rl >= 4 && strcmp(rest + rl - 4, ".tmp") == 0) ||
+           (rl >= 7 && strcmp(rest + rl - 7, ".verify") == 0);
+}
+
+/* A directory of a log (a seal, or a stub in it): never entered. */
+static bool log_like(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d)
+        return true; /* what cannot be looked at is left alone */
+    bool log = false;
+    for (struct dirent *e; !log && (e = readdir(d));) {
+        size_t l = strlen(e->d_name);
+        log = strcmp(e->d_name, "sealed") == 0 ||
+              (l > 5 && strcmp(e->d_name + l - 5, ".cold") == 0);
+    }
+    closedir(d);
+    return log;
+}
+
 static int prune_one(const char *path, const struct stat *sb, int type, struct FTW *ftw) {
-    (void)ftw;
-    size_t l = strlen(path);
-    bool ours = (l > 6 && strcmp(path + l - 6, ".cvlog") == 0) ||
-                (l > 4 && strcmp(path + l - 4, ".tmp") == 0) ||
-                (l > 7 && strcmp(path + l - 7, ".verify") == 0);
-    if (type == FTW_F && ours && (int64_t)sb->st_mtime < prune_before &&
-        unlink(path) == 0)
+    if (type == FTW_D)
+        return log_like(path) ? FTW_SKIP_SUBTREE : FTW_CONTINUE;
+    if (type == FTW_F && cache_name(path + ftw->base) &&
+        (int64_t)sb->st_mtime < prune_before && unlink(path) == 0)
         prune_removed++;
-    return 0;
+    return FTW_CONTINUE;
 }
 
 int cv_cold_prune_cache(cv_cold *c, int64_t keep_s, uint64_t *ret_removed) {
+    if (ret_removed)
+        *ret_removed = 0;
     if (keep_s < 0)
         return 0;
+    char m[PATH_MAX];
+    snprintf(m, sizeof(m), "%s/" CACHE_MARKER, c->cache_dir);
+    if (access(m, F_OK) != 0)
+        return errno == ENOENT ? 0 : -errno; /* not a cache this made: left alone */
     pthread_mutex_lock(&prune_lock);
     prune_before = (int64_t)time(NULL) - keep_s;
     prune_removed = 0;
-    int r =
-        nftw(c->cache_dir, prune_one, 16, FTW_PHYS) < 0 && errno != ENOENT ? -errno : 0;
+    int r = nftw(c->cache_dir, prune_one, 16, FTW_PHYS | FTW_ACTIONRETVAL) < 0 &&
+                    errno != ENOENT
+                ? -errno
+                : 0;
     if (ret_removed)
         *ret_removed = prune_removed;
     pthread_mutex_unlock(&prune_lock);

@@ -35,14 +35,31 @@ typedef struct cv_cold_conf {
     const char *credentials_file; /* s3: "" = $AWS_ACCESS_KEY_ID/.._SECRET_.. */
     const char *cache_dir;        /* where fetched segments are kept */
     const char *ca_file;          /* s3 over https: "" = the system's store */
+    const char *log_dir;          /* the log it serves (NULL: not checked here) */
 } cv_cold_conf;
 
-/* Parses the target and loads the credentials (no network). -EINVAL with
+/* Parses the target and loads the credentials (no network), and checks
+ * the places (cv_cold_check_places with conf->log_dir). -EINVAL with
  * errbuf saying which key is wrong. The caller frees *ret with
  * cv_cold_free(). */
 int cv_cold_open(const cv_cold_conf *conf, cv_cold **ret, char *errbuf, size_t errlen);
 /* Accepts NULL; returns NULL. */
 cv_cold *cv_cold_free(cv_cold *c);
+
+/* Refuses (-EINVAL, errbuf naming both keys) a directory target that is,
+ * holds or lies in `log_dir` or the cache directory, and a cache
+ * directory that is or holds `log_dir` (or lies in one of its partition
+ * directories): shipping removes local copies and pruning removes cache
+ * files, so these must never be the same files. Paths are compared
+ * resolved (realpath; a part that does not exist yet is taken as
+ * written). `log_dir` may be NULL. */
+int cv_cold_check_places(const cv_cold *c, const char *log_dir, char *errbuf,
+                         size_t errlen);
+
+/* What a copy (`got`, from cv_applog_cold_describe) differs in from what a
+ * stub says was shipped (`want`): NULL when it is the same segment. */
+const char *cv_cold_stub_mismatch(const cv_applog_cold_stub *want,
+                                  const cv_applog_cold_stub *got);
 
 /* The target as the user wrote it (no secrets in it): for messages. */
 const char *cv_cold_target(const cv_cold *c);
@@ -52,14 +69,22 @@ const char *cv_cold_target(const cv_cold *c);
  * relative to the target (<topic>-<partition>/...). -ENAMETOOLONG. */
 int cv_cold_object_key(const cv_cold *c, const char *rel, char *buf, size_t len);
 
-/* Stores the file at `path` as object `key`. */
+/* Stores the file at `path` as object `key`, never over an object that is
+ * there (-EEXIST: S3 If-None-Match: *, a directory target link(2)s the
+ * file into place). A directory target gets its
+ * marker file (<dir>/.chatvault-cold) on the first put: without it the
+ * directory is taken as not there (not mounted), never as lost objects. */
 int cv_cold_put(cv_cold *c, const char *key, const char *path, char *errbuf,
                 size_t errlen);
-/* The object's size; -ENOENT when there is no such object. */
+/* The object's size; -ENOENT when there is no such object (the target
+ * being there), -ENXIO when the target itself is not (no such bucket; a
+ * directory missing or without its marker). */
 int cv_cold_head(cv_cold *c, const char *key, uint64_t *ret_size, char *errbuf,
                  size_t errlen);
 /* Writes the object into the file `path` (created 0600, replaced), at most
- * `max` bytes (-EFBIG past it); -ENOENT when there is no such object. */
+ * `max` bytes (-EFBIG past it); -ENOENT and -ENXIO as cv_cold_head. The
+ * file is written under a name of its own first (several processes may
+ * fetch the same object) and renamed. */
 int cv_cold_get(cv_cold *c, const char *key, const char *path, uint64_t max, char *errbuf,
                 size_t errlen);
 
@@ -76,15 +101,21 @@ int cv_cold_get(cv_cold *c, const char *key, const char *path, uint64_t max, cha
 int cv_cold_ship(cv_cold *c, const char *dir, const char *name, const char *rel,
                  cv_applog_cold_stub *ret, char *errbuf, size_t errlen);
 
-/* Checks that the object a stub names is there with the stub's size
- * (HEAD): what `chatvault cold ship` asks before it removes a local copy. */
-int cv_cold_check(cv_cold *c, const cv_applog_cold_stub *st, char *errbuf, size_t errlen);
+/* What `chatvault cold ship` asks before it removes the local copy
+ * `local_path` of a shipped segment: that the object the stub names is
+ * there and is the stub's segment, read back whole (its hash compared),
+ * and (directory target) that it is not the local file itself. -EIO when
+ * it differs, -ENOENT when it is gone, -EEXIST for the same file. */
+int cv_cold_check(cv_cold *c, const cv_applog_cold_stub *st, const char *local_path,
+                  char *errbuf, size_t errlen);
 
 /* The applog fetch hook (cv_applog_cold_fetch_fn, opaque = the cv_cold):
  * a verified copy of the segment in the cache directory, at
  * <cache_dir>/<key>, fetched when the cache lacks it or holds other bytes.
- * A missing object or one whose bytes differ from the stub is
- * -CV_ECORRUPT (damage); an unreachable target -EHOSTUNREACH. Serialized
+ * A missing object (the target being there) or one whose bytes differ
+ * from the stub, also when fetched again, is -CV_ECORRUPT (damage); an
+ * unreachable target -EHOSTUNREACH, an absent one (no such bucket, a
+ * directory not mounted) -ENXIO: neither is damage. Serialized
  * by a lock of its own (readers may run on several threads). */
 int cv_cold_fetch(void *opaque, const char *stub_path, const cv_applog_cold_stub *st,
                   char *path, size_t pathlen, char *errbuf, size_t errlen);
@@ -118,22 +149,29 @@ typedef struct cv_cold_ship_opts {
 typedef struct cv_cold_ship_stats {
     uint64_t shipped, shipped_bytes, removed, kept;
     uint64_t cache_pruned; /* cached copies removed */
+    uint64_t failed;       /* partitions whose pass stopped at a failure */
 } cv_cold_ship_stats;
 
 /* Ships every sealed broker segment under `log_dir` not shipped yet (see
  * cv_cold_ship), and removes the local copy of each shipped one whose file
  * was last written more than hot_window_s ago, after checking the file
- * against its stub and the object's size (cv_cold_check). The active
- * segment of a directory is never touched. Stops at the first failure
- * (one line in errbuf; nothing after it is shipped or removed), or with
- * -ECANCELED when *stop is set. *ret counts what was done, also on
- * failure. */
+ * against its stub and the object (cv_cold_check). The active segment of
+ * a directory is never touched. First cv_cold_check_places (-EINVAL). A
+ * failure stops its partition (nothing after it there is shipped or
+ * removed); the other partitions go on, and the pass returns the first
+ * failure (one line in errbuf; ret->failed counts the partitions that
+ * failed), or -ECANCELED when *stop is set. *ret counts what was done,
+ * also on failure. */
 int cv_cold_ship_log(cv_cold *c, const char *log_dir, const cv_cold_ship_opts *o,
                      cv_cold_ship_stats *ret, char *errbuf, size_t errlen);
 
 /* Removes the cached copies (and leftovers of fetches) in the cache
  * directory not used for keep_s seconds (each use touches its copy); -1
- * keeps them all. A removed copy is fetched again when next read. */
+ * keeps them all. A removed copy is fetched again when next read. Only a
+ * directory carrying the marker written when the cache was made
+ * (<cache_dir>/.chatvault-cache) is pruned, only names shaped like cache
+ * copies are removed, and no directory holding a `sealed` file or a
+ * *.cold stub (a log's partition directory) is entered. */
 int cv_cold_prune_cache(cv_cold *c, int64_t keep_s, uint64_t *ret_removed);
 
 /* "7d", "12h", "30m", "90s" or a plain number of seconds: the hot window

@@ -3,7 +3,8 @@
  * tier and off-site copy"): every sealed segment not shipped yet goes to
  * the target (cv_cold_ship checks it); past the hot window the local copy
  * of a shipped one is removed, after its file is checked against its stub
- * and the object's size once more. `chatvault cold ship` runs one pass;
+ * and the object read back and compared with the stub once more. A
+ * failure stops its partition; the others go on. `chatvault cold ship` runs one pass;
  * the broker runs one every cold.ship_interval.
  */
 #include "cold/cold.h"
@@ -11,7 +12,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -25,8 +25,10 @@ typedef struct pass {
     const cv_cold_ship_opts *o;
     int64_t now_s;
     cv_cold_ship_stats st;
-    char *errbuf;
+    char *errbuf; /* the first failure */
     size_t errlen;
+    int first;      /* its code, 0 for none */
+    char err[1024]; /* the current partition's failure */
 } pass;
 
 static void emit(pass *p, cv_cold_event_kind kind, const char *path, const char *key,
@@ -35,15 +37,6 @@ static void emit(pass *p, cv_cold_event_kind kind, const char *path, const char 
         return;
     cv_cold_event ev = {.kind = kind, .path = path, .key = key, .stub = st};
     p->o->on_event(p->o->opaque, &ev);
-}
-
-static int fsync_dir(const char *dir) {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int r = fsync(fd) < 0 ? -errno : 0;
-    close(fd);
-    return r;
 }
 
 static int maybe_remove(pass *p, const cv_applog_cold_seg *cs, const char *path,
@@ -59,18 +52,18 @@ static int maybe_remove(pass *p, const cv_applog_cold_seg *cs, const char *path,
     int r = cv_applog_cold_stub_read(stub_path, &stub, err, sizeof(err));
     if (r == 0)
         r = cv_applog_cold_describe(path, &local, err, sizeof(err));
-    if (r == 0 && (local.bytes != stub.bytes ||
-                   sodium_memcmp(local.file_hash, stub.file_hash, 32) != 0)) {
+    const char *why = r == 0 ? cv_cold_stub_mismatch(&stub, &local) : NULL;
+    if (why) {
         snprintf(err, sizeof(err),
-                 "log segment %s differs from what its stub %s says was shipped "
-                 "(remove the stub to ship it again)",
-                 path, stub_path);
+                 "log segment %s differs from what its stub %s says was shipped (%s): "
+                 "it changed after it was shipped; remove the stub to ship it again",
+                 path, stub_path, why);
         r = -CV_ECORRUPT;
     }
     if (r == 0)
-        r = cv_cold_check(p->cold, &stub, err, sizeof(err));
+        r = cv_cold_check(p->cold, &stub, path, err, sizeof(err));
     if (r < 0) {
-        cv_errf(p->errbuf, p->errlen, "%s; the local copy is kept", err);
+        cv_errf(p->err, sizeof(p->err), "%s; the local copy is kept", err);
         return r;
     }
     if (p->o->dry_run) {
@@ -78,9 +71,15 @@ static int maybe_remove(pass *p, const cv_applog_cold_seg *cs, const char *path,
         p->st.removed++;
         return 0;
     }
-    if (unlink(path) < 0 || (r = fsync_dir(cs->dir)) < 0) {
+    if (unlink(path) < 0) {
         r = -errno;
-        cv_errf(p->errbuf, p->errlen, "removing %s: %s", path, strerror(-r));
+        cv_errf(p->err, sizeof(p->err), "removing %s: %s", path, strerror(-r));
+        return r;
+    }
+    if ((r = cv_fsync_dir(cs->dir)) < 0) {
+        cv_errf(p->err, sizeof(p->err),
+                "removed %s, but the fsync of its directory %s failed: %s", path, cs->dir,
+                strerror(-r));
         return r;
     }
     emit(p, CV_COLD_REMOVED, path, stub.key, &stub);
@@ -105,7 +104,8 @@ static int on_seg(void *opaque, const cv_applog_cold_seg *cs) {
         return 0;
     }
     cv_applog_cold_stub st;
-    int r = cv_cold_ship(p->cold, cs->dir, cs->name, cs->key, &st, p->errbuf, p->errlen);
+    int r =
+        cv_cold_ship(p->cold, cs->dir, cs->name, cs->key, &st, p->err, sizeof(p->err));
     if (r < 0)
         return r;
     emit(p, CV_COLD_SHIPPED, path, cs->key, &st);
@@ -120,7 +120,21 @@ static int on_partition(void *opaque, const char *path, const char *topic,
     if ((p->o->topic && strcmp(p->o->topic, topic) != 0) ||
         (p->o->partition >= 0 && p->o->partition != partition))
         return 0;
-    return cv_applog_cold_walk(path, on_seg, p, p->errbuf, p->errlen);
+    p->err[0] = '\0';
+    int r = cv_applog_cold_walk(path, on_seg, p, p->err, sizeof(p->err));
+    if (r == -ECANCELED)
+        return r;
+    /* A failure ends this partition's pass, not the others': a target
+     * that is down fails them all alike, a segment that changed only its
+     * own partition. */
+    if (r < 0) {
+        p->st.failed++;
+        if (!p->first) {
+            p->first = r;
+            cv_errf(p->errbuf, p->errlen, "%s", *p->err ? p->err : strerror(-r));
+        }
+    }
+    return 0;
 }
 
 int cv_cold_ship_log(cv_cold *c, const char *log_dir, const cv_cold_ship_opts *o,
@@ -132,7 +146,11 @@ int cv_cold_ship_log(cv_cold *c, const char *log_dir, const cv_cold_ship_opts *o
               .errlen = errlen};
     if (errbuf && errlen)
         errbuf[0] = '\0';
-    int r = cv_applog_partitions(log_dir, on_partition, &p, errbuf, errlen);
+    int r = cv_cold_check_places(c, log_dir, errbuf, errlen);
+    if (r == 0)
+        r = cv_applog_partitions(log_dir, on_partition, &p, errbuf, errlen);
+    if (r == 0 && p.first)
+        r = p.first;
     if (r == 0 && !o->dry_run) /* a cache it cannot prune is no failure of the pass */
         cv_cold_prune_cache(c, o->cache_keep_s, &p.st.cache_pruned);
     if (ret)

@@ -304,6 +304,17 @@ static int next_row(vctx *c, const unit *u, merge *s) {
     return 0;
 }
 
+/* The log reader stopped because the cold tier's target is unreachable
+ * or not there (no such bucket, a directory not mounted): no damage, a
+ * failure of the run (its error in c->err), so that --repair never moves
+ * aside segments it could not read. */
+static bool target_down(vctx *c, merge *s, int r) {
+    if (r != -ENXIO && r != -EHOSTUNREACH && r != -ETIMEDOUT && r != -EACCES)
+        return false;
+    cv_errf(c->err, c->errlen, "%s", s->lerr);
+    return true;
+}
+
 /* The log reader stopped on damage (s->lerr): reported, and the rest of
  * the partition is not compared. With --repair the damage is moved aside;
  * true when the partition is then to be compared again (*again). */
@@ -446,6 +457,8 @@ static int compare_unit_once(vctx *c, const unit *u, bool *again) {
         goto out;
     r = cv_applog_reader_next(s.lr, &s.rec, s.lerr, sizeof(s.lerr));
     s.has_log = r == 1;
+    if (r < 0 && target_down(c, &s, r))
+        goto out;
     if (r < 0 && log_damaged(c, u, &s, again))
         goto out;
     r = 0;
@@ -458,6 +471,10 @@ static int compare_unit_once(vctx *c, const unit *u, bool *again) {
         if (adv_log) {
             int x = cv_applog_reader_next(s.lr, &s.rec, s.lerr, sizeof(s.lerr));
             s.has_log = x == 1;
+            if (x < 0 && target_down(c, &s, x)) {
+                r = x;
+                goto out;
+            }
             if (x < 0 && log_damaged(c, u, &s, again))
                 goto out;
         }

@@ -110,6 +110,35 @@ try:
        "unreachable endpoint: no segment removed, none marked shipped", os.listdir(pdir))
     ok("testing-secret" not in r.stderr + r.stdout, "the secret key is never printed")
 
+    # A file:// target that is log.dir (or holds it) would make each object
+    # the segment itself: refused as a config error, nothing removed.
+    def cvlogs(d):
+        return sorted(x for x in os.listdir(d) if x.endswith(".cvlog"))
+    for t in ("file://" + log, "file://" + pdir, "file://" + work):
+        r = cv(log, "cold", "ship", target=t, extra=("cold.hot_window=0",))
+        lines = [l for l in r.stderr.splitlines() if l.startswith("chatvault")]
+        ok(r.returncode == 2 and len(lines) == 1 and "log.dir" in lines[0] and
+           cvlogs(pdir) == segs and
+           not [x for x in os.listdir(pdir) if x.endswith(".cold")],
+           "target %s overlapping log.dir: exit 2, one line, nothing removed" % t, r.stderr)
+    # The same with the log named by --log-dir (log.dir elsewhere).
+    r = cv(os.path.join(work, "elsewhere"), "cold", "ship", "--log-dir", log,
+           target="file://" + log, extra=("cold.hot_window=0",))
+    ok(r.returncode == 2 and "log.dir" in r.stderr and cvlogs(pdir) == segs,
+       "--log-dir overlapping the target: exit 2, nothing removed", r.stderr)
+    # A cache directory that is log.dir would be pruned of live segments.
+    old_t = time.time() - 7200
+    for s_ in segs:
+        os.utime(os.path.join(pdir, s_), (old_t, old_t))
+    for cd in (log, pdir):
+        r = cv(log, "cold", "ship", target="file://" + os.path.join(work, "cd-remote"),
+               extra=("cold.cache_dir=" + cd, "cold.cache_keep=0", "cold.hot_window=off"))
+        ok(r.returncode == 2 and "cold.cache_dir" in r.stderr and cvlogs(pdir) == segs,
+           "cold.cache_dir %s inside or equal to the log: exit 2, nothing deleted" % cd,
+           r.stderr)
+    for s_ in segs:
+        os.utime(os.path.join(pdir, s_), None)
+
     # A missing bucket.
     r = cv(log, "cold", "ship", target="s3://no-such-bucket", extra=s3opts)
     ok(r.returncode == 1 and "no such bucket" in r.stderr.lower(),
@@ -169,6 +198,14 @@ try:
     r = cv(log, "log", "check", target=s3, extra=s3opts)
     ok(r.returncode == 0 and "records=900" in r.stdout, "log check passes over cold segments",
        r.stdout + r.stderr)
+    # The bucket gone (here: another name): the target is not there, which
+    # is a runtime failure (exit 1), never damage (exit 3).
+    empty_cache = ("cold.cache_dir=" + os.path.join(work, "empty-cache"),)
+    r = cv(log, "log", "check", target="s3://no-such-bucket", extra=s3opts + empty_cache)
+    ok(r.returncode == 1 and "no such bucket" in r.stderr and "damage" not in r.stderr,
+       "log check with the bucket missing: exit 1, not damage", r.stdout + r.stderr)
+    r = cv(log, "cold", "fetch", target="s3://no-such-bucket", extra=s3opts + empty_cache)
+    ok(r.returncode == 1, "cold fetch with the bucket missing: exit 1", r.stderr)
     # The cache: copies not read for cold.cache_keep are pruned by a pass.
     cache = os.path.join(log, ".cold-cache", "off-site", "chat.general-0")
     cached = sorted(os.listdir(cache))
@@ -258,6 +295,23 @@ try:
     ok(r.returncode == 0 and proj(after2) == proj(before),
        "file:// target: log cat reads everything",
        r.stderr[-2000:])
+    # The directory target not mounted (gone, or an empty mount point
+    # without its marker): exit 1, not damage.
+    shutil.rmtree(os.path.join(log2, ".cold-cache"), ignore_errors=True)
+    os.rename(remote, remote + ".away")
+    r = cv(log2, "log", "check", target="file://" + remote)
+    ok(r.returncode == 1 and "not there" in r.stderr,
+       "file:// target missing: log check exits 1, not 3", r.stdout + r.stderr)
+    os.mkdir(remote)
+    r = cv(log2, "log", "check", target="file://" + remote)
+    ok(r.returncode == 1 and ".chatvault-cold" in r.stderr,
+       "file:// target empty, no marker: exit 1, not 3", r.stdout + r.stderr)
+    os.rmdir(remote)
+    os.rename(remote + ".away", remote)
+    os.unlink(os.path.join(remote, "chat.general-0", segs[1]))
+    r = cv(log2, "log", "check", target="file://" + remote)
+    ok(r.returncode == 3 and segs[1] in r.stderr,
+       "file:// target there, an object missing: damage (exit 3)", r.stdout + r.stderr)
 finally:
     moto.close()
     shutil.rmtree(work, ignore_errors=True)

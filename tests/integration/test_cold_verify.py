@@ -153,3 +153,21 @@ with cvtest.Harness('cold_verify', topics={'chat.c': 1}, partitions=1,
     h.is_(r.returncode, 0, 'verify: the stores agree after the repair')
     r = h.run('log', 'check')
     h.is_(r.returncode, 0, 'log check passes after the repair')
+
+    # The bucket gone (a wrong name, an account's outage): the target is
+    # not there, which is no damage: verify --repair must not quarantine
+    # every cold segment.
+    pdir = os.path.join(h.config_values['log.dir'], 'chat.c-0')
+    before = sorted(os.listdir(pdir))
+    for root, _, files in os.walk(cache):
+        for f in files:
+            os.unlink(os.path.join(root, f))
+    h.write_config(**{'cold.target': 's3://gone/vault', 'cold.endpoint': moto.endpoint,
+                      'cold.credentials_file': cred})
+    r = h.run('verify', '--repair', '--quiet', '--json', timeout=300)
+    h.ok(r.returncode == 1 and 'no such bucket' in r.stderr,
+         'verify --repair with the bucket missing: exit 1, the bucket named',
+         r.stdout[-2000:] + r.stderr[-2000:])
+    h.ok('"log_quarantined":0' in r.stdout or '"log_quarantined"' not in r.stdout,
+         'and nothing is quarantined', r.stdout[-2000:])
+    h.is_(sorted(os.listdir(pdir)), before, 'every stub is still in place')

@@ -8,11 +8,14 @@
  * the stub, never skipped.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "applog/applog.h"
@@ -32,11 +35,11 @@ static void die(const char *what) {
     exit(2);
 }
 
-static void write_log(void) {
+static void write_log_to(const char *dir, int32_t partition) {
     char err[512];
     for (int session = 0; session < 3; session++) {
         cv_applog *log = NULL;
-        if (cv_applog_open(logdir, kr, 8192, &log, err, sizeof(err)) < 0) {
+        if (cv_applog_open(dir, kr, 8192, &log, err, sizeof(err)) < 0) {
             printf("# %s\n", err);
             die("cv_applog_open");
         }
@@ -44,7 +47,8 @@ static void write_log(void) {
             char v[128];
             int n =
                 snprintf(v, sizeof(v), "message %" PRId64 " of the cold tier test", o);
-            cv_applog_entry e = {TOPIC, 0, o, 1700000000000 + o, v, (size_t)n, {0}};
+            cv_applog_entry e = {TOPIC, partition, o,  1700000000000 + o,
+                                 v,     (size_t)n, {0}};
             if (cv_applog_append(log, &e, 1, err, sizeof(err)) < 0)
                 die("cv_applog_append");
         }
@@ -52,9 +56,13 @@ static void write_log(void) {
     }
 }
 
+static void write_log(void) {
+    write_log_to(logdir, 0);
+}
+
 /* Reads the partition; returns the records read, *ret_err the error. */
-static int64_t read_all(int *ret_err, char *err, size_t errlen) {
-    const char *dirs[] = {pdir};
+static int64_t read_dir(const char *dir, int *ret_err, char *err, size_t errlen) {
+    const char *dirs[] = {dir};
     cv_applog_reader *rd = NULL;
     int r = cv_applog_reader_open(dirs, 1, kr, &rd, err, errlen);
     int64_t n = 0;
@@ -66,6 +74,10 @@ static int64_t read_all(int *ret_err, char *err, size_t errlen) {
     *ret_err = r;
     cv_applog_reader_free(rd);
     return n;
+}
+
+static int64_t read_all(int *ret_err, char *err, size_t errlen) {
+    return read_dir(pdir, ret_err, err, errlen);
 }
 
 typedef struct segs {
@@ -114,6 +126,323 @@ static void test_targets(void) {
     tap_ok(cv_cold_open(&nocred, &c, err, sizeof(err)) == -EINVAL &&
                strstr(err, "credentials"),
            "an s3 target without credentials is refused: %s", err);
+}
+
+/* ---- the removal path, the places, an absent target ---------------------- */
+
+static int count_suffix(const char *dir, const char *suffix) {
+    char cmd[700];
+    snprintf(cmd, sizeof(cmd), "ls -1 '%s' 2>/dev/null | grep -c -- '%s$'", dir, suffix);
+    FILE *f = popen(cmd, "r");
+    int n = -1;
+    if (!f || fscanf(f, "%d", &n) != 1)
+        n = -1;
+    if (f)
+        pclose(f);
+    return n;
+}
+
+static void flip_byte(const char *path, long at) {
+    FILE *f = fopen(path, "r+");
+    if (!f)
+        die(path);
+    fseek(f, at, SEEK_SET);
+    int ch = fgetc(f);
+    fseek(f, at, SEEK_SET);
+    fputc(ch ^ 1, f);
+    fclose(f);
+}
+
+static void make_old(const char *path) {
+    struct timespec ts[2] = {{.tv_sec = time(NULL) - 7200},
+                             {.tv_sec = time(NULL) - 7200}};
+    utimensat(AT_FDCWD, path, ts, 0);
+}
+
+static void touch(const char *path) {
+    FILE *f = fopen(path, "w");
+    if (!f)
+        die(path);
+    fputs("x\n", f);
+    fclose(f);
+    make_old(path);
+}
+
+static void test_places(const char *L, const char *R, const char *C) {
+    char err[1024], t[700], p0[700];
+    cv_cold *x = NULL;
+    snprintf(t, sizeof(t), "file://%s", L);
+    cv_cold_conf same = {.target = t, .cache_dir = C, .log_dir = L};
+    tap_ok(cv_cold_open(&same, &x, err, sizeof(err)) == -EINVAL && strstr(err, "log.dir"),
+           "a file target that is log.dir is refused: %s", err);
+    snprintf(t, sizeof(t), "file://%s/" TOPIC "-0/", L);
+    tap_ok(cv_cold_open(&same, &x, err, sizeof(err)) == -EINVAL,
+           "a file target inside log.dir is refused");
+    snprintf(t, sizeof(t), "file://%s", R);
+    cv_cold_conf cl = {.target = t, .cache_dir = L, .log_dir = L};
+    tap_ok(cv_cold_open(&cl, &x, err, sizeof(err)) == -EINVAL &&
+               strstr(err, "cold.cache_dir"),
+           "cold.cache_dir = log.dir is refused: %s", err);
+    snprintf(p0, sizeof(p0), "%s/" TOPIC "-0", L);
+    cl.cache_dir = p0;
+    TAP_IS_INT(cv_cold_open(&cl, &x, err, sizeof(err)), -EINVAL,
+               "a cache inside a partition directory is refused");
+    cl.cache_dir = R;
+    TAP_IS_INT(cv_cold_open(&cl, &x, err, sizeof(err)), -EINVAL,
+               "a cache that is the target is refused");
+    char dflt[700];
+    snprintf(dflt, sizeof(dflt), "%s/.cold-cache", L);
+    cl.cache_dir = dflt;
+    TAP_IS_INT(cv_cold_open(&cl, &x, err, sizeof(err)), 0,
+               "the default cache <log.dir>/.cold-cache is fine");
+    x = cv_cold_free(x);
+
+    /* Opened without log.dir: the pass checks the directory it ships. */
+    snprintf(t, sizeof(t), "file://%s", L);
+    cv_cold_conf nolog = {.target = t, .cache_dir = C};
+    TAP_IS_INT(cv_cold_open(&nolog, &x, err, sizeof(err)), 0, "opens without log_dir");
+    int before = count_suffix(p0, ".cvlog");
+    cv_cold_ship_opts so = {.partition = -1, .hot_window_s = 0, .cache_keep_s = 0};
+    cv_cold_ship_stats ss;
+    tap_ok(cv_cold_ship_log(x, L, &so, &ss, err, sizeof(err)) == -EINVAL &&
+               count_suffix(p0, ".cvlog") == before && count_suffix(p0, ".cold") == 0,
+           "a pass to a target that is the log directory removes nothing: %s", err);
+    x = cv_cold_free(x);
+    nolog.target = "/nonexistent-target";
+    nolog.cache_dir = L;
+    TAP_IS_INT(cv_cold_open(&nolog, &x, err, sizeof(err)), 0, "opens (cache = log)");
+    tap_ok(cv_cold_ship_log(x, L, &so, &ss, err, sizeof(err)) == -EINVAL &&
+               count_suffix(p0, ".cvlog") == before,
+           "a pass with cold.cache_dir = log.dir prunes nothing: %s", err);
+    uint64_t pruned = 9;
+    cv_cold_prune_cache(x, 0, &pruned);
+    tap_ok(pruned == 0 && count_suffix(p0, ".cvlog") == before,
+           "a cache without its marker is never pruned");
+    x = cv_cold_free(x);
+}
+
+/* Two fetchers (as two processes would be: a cv_cold each) of one object
+ * into one cache, the cache copy removed between rounds. */
+typedef struct racer {
+    cv_cold *c;
+    const char *stub, *cache_copy;
+    cv_applog_cold_stub st;
+    int failures;
+    char err[1024];
+} racer;
+
+static void *race(void *arg) {
+    racer *x = arg;
+    for (int i = 0; i < 40; i++) {
+        char got[1024];
+        unlink(x->cache_copy);
+        if (cv_cold_fetch(x->c, x->stub, &x->st, got, sizeof(got), x->err,
+                          sizeof(x->err)) < 0)
+            x->failures++;
+    }
+    return NULL;
+}
+
+static void test_removal(void) {
+    char err[1024], L[400], R[400], C[400], P0[500], P1[500], t[500];
+    snprintf(L, sizeof(L), "%s/rlog", root);
+    snprintf(R, sizeof(R), "%s/rremote", root);
+    snprintf(C, sizeof(C), "%s/rcache", root);
+    snprintf(P0, sizeof(P0), "%s/" TOPIC "-0", L);
+    snprintf(P1, sizeof(P1), "%s/" TOPIC "-1", L);
+    write_log_to(L, 0);
+    write_log_to(L, 1);
+    int n0 = count_suffix(P0, ".cvlog"), n1 = count_suffix(P1, ".cvlog");
+    tap_ok(n0 >= 4 && n1 >= 4, "two partitions of %d and %d segments", n0, n1);
+    test_places(L, R, C);
+
+    segs s = {0};
+    cv_applog_cold_walk(P0, collect, &s, err, sizeof(err));
+    cv_cold *c = NULL;
+    snprintf(t, sizeof(t), "file://%s", R);
+    cv_cold_conf conf = {.target = t, .cache_dir = C, .log_dir = L};
+    TAP_IS_INT(cv_cold_open(&conf, &c, err, sizeof(err)), 0, "the target opens");
+
+    cv_cold_ship_opts so = {.partition = -1, .hot_window_s = 0, .cache_keep_s = -1};
+    cv_cold_ship_stats ss = {0};
+    so.dry_run = true;
+    tap_ok(cv_cold_ship_log(c, L, &so, &ss, err, sizeof(err)) == 0 &&
+               ss.shipped == (uint64_t)(n0 + n1 - 2) &&
+               count_suffix(P0, ".cvlog") == n0 && count_suffix(P0, ".cold") == 0 &&
+               access(R, F_OK) != 0,
+           "a dry run ships and removes nothing");
+    so.dry_run = false;
+    so.hot_window_s = 3600;
+    tap_ok(cv_cold_ship_log(c, L, &so, &ss, err, sizeof(err)) == 0 &&
+               ss.shipped == (uint64_t)(n0 + n1 - 2) && ss.removed == 0 &&
+               count_suffix(P0, ".cvlog") == n0 && count_suffix(P0, ".cold") == n0 - 1,
+           "inside the hot window every segment ships and every local copy is kept: %s",
+           err);
+    char mark[500];
+    snprintf(mark, sizeof(mark), "%s/.chatvault-cold", R);
+    tap_ok(access(mark, F_OK) == 0, "the first ship writes the target's marker");
+
+    /* The object changed (same size) since the ship: the local copy stays;
+     * the failure stops partition 0 only. */
+    char obj0[700], loc0[700], obj1[700];
+    snprintf(obj0, sizeof(obj0), "%s/" TOPIC "-0/%s", R, s.name[0]);
+    snprintf(obj1, sizeof(obj1), "%s/" TOPIC "-0/%s", R, s.name[1]);
+    snprintf(loc0, sizeof(loc0), "%s/%s", P0, s.name[0]);
+    flip_byte(obj0, 300);
+    so.hot_window_s = 0;
+    int r = cv_cold_ship_log(c, L, &so, &ss, err, sizeof(err));
+    tap_ok(r == -EIO && strstr(err, "not what its stub says") &&
+               access(loc0, F_OK) == 0 && count_suffix(P0, ".cvlog") == n0,
+           "an object changed since its ship keeps every local copy of its partition: %s",
+           err);
+    tap_ok(ss.failed == 1 && count_suffix(P1, ".cvlog") == 1 &&
+               ss.removed == (uint64_t)n1 - 1,
+           "the other partition's pass goes on and removes its shipped copies");
+    flip_byte(obj0, 300);
+
+    /* The local copy differs from its stub: refused, kept. */
+    flip_byte(loc0, 300);
+    r = cv_cold_ship_log(c, L, &so, &ss, err, sizeof(err));
+    tap_ok(r < 0 && access(loc0, F_OK) == 0 && strstr(err, "kept"),
+           "a local copy that differs from its stub is kept: %s", err);
+    flip_byte(loc0, 300);
+
+    /* The object is gone, the target there: the local copy is kept. */
+    char away[800];
+    snprintf(away, sizeof(away), "%s.away", obj0);
+    rename(obj0, away);
+    r = cv_cold_ship_log(c, L, &so, &ss, err, sizeof(err));
+    tap_ok(r == -ENOENT && access(loc0, F_OK) == 0,
+           "an object gone from the target keeps the local copy: %s", err);
+    rename(away, obj0);
+
+    r = cv_cold_ship_log(c, L, &so, &ss, err, sizeof(err));
+    char last[700], last_stub[720];
+    snprintf(last, sizeof(last), "%s/%s", P0, s.name[s.n - 1]);
+    snprintf(last_stub, sizeof(last_stub), "%s.cold", last);
+    tap_ok(r == 0 && count_suffix(P0, ".cvlog") == 1 && access(last, F_OK) == 0 &&
+               access(last_stub, F_OK) != 0,
+           "past the hot window the shipped copies go; the last segment, never shipped, "
+           "stays: %s",
+           r ? err : "");
+
+    /* An absent target (not mounted, marker gone) is not damage. */
+    cv_applog_set_cold_fetch(cv_cold_fetch, c);
+    char gone[500];
+    snprintf(gone, sizeof(gone), "%s.unmounted", R);
+    rename(R, gone);
+    int64_t n = read_dir(P0, &r, err, sizeof(err));
+    tap_ok(r == -ENXIO && strstr(err, "not there"),
+           "a missing target directory is -ENXIO, not damage: %s", err);
+    mkdir(R, 0700); /* an empty mount point: no marker, no objects */
+    n = read_dir(P0, &r, err, sizeof(err));
+    tap_ok(r == -ENXIO && strstr(err, ".chatvault-cold"),
+           "an empty target directory without its marker is -ENXIO, not damage: %s", err);
+    rmdir(R);
+    rename(gone, R);
+    /* A leftover at the old fixed temp name does not get in the way. */
+    char oldtmp[800];
+    snprintf(oldtmp, sizeof(oldtmp), "%s/" TOPIC "-0/%s.tmp", C, s.name[0]);
+    mkdir(oldtmp, 0700);
+    n = read_dir(P0, &r, err, sizeof(err));
+    tap_ok(r == 0 && n == N_REC,
+           "with the target back every record reads (%" PRId64 ") %s", n, r ? err : "");
+    rmdir(oldtmp);
+    /* The object gone while the target is there: damage. */
+    snprintf(obj1, sizeof(obj1), "%s/" TOPIC "-0/%s", C, s.name[1]);
+    unlink(obj1);
+    snprintf(obj1, sizeof(obj1), "%s/" TOPIC "-0/%s", R, s.name[1]);
+    unlink(obj1);
+    n = read_dir(P0, &r, err, sizeof(err));
+    TAP_IS_INT(r, -CV_ECORRUPT, "an object missing from a present target is damage");
+    cv_applog_set_cold_fetch(NULL, NULL);
+
+    /* Two fetches of one object at once never see each other's bytes. */
+    {
+        racer a = {0}, b = {0};
+        char stubp[700], copy[800];
+        snprintf(stubp, sizeof(stubp), "%s/%s.cold", P0, s.name[0]);
+        snprintf(copy, sizeof(copy), "%s/" TOPIC "-0/%s", C, s.name[0]);
+        cv_applog_cold_stub_read(stubp, &a.st, err, sizeof(err));
+        b.st = a.st;
+        a.stub = b.stub = stubp;
+        a.cache_copy = b.cache_copy = copy;
+        a.c = c;
+        cv_cold_open(&conf, &b.c, err, sizeof(err));
+        pthread_t ta, tb;
+        pthread_create(&ta, NULL, race, &a);
+        pthread_create(&tb, NULL, race, &b);
+        pthread_join(ta, NULL);
+        pthread_join(tb, NULL);
+        tap_ok(a.failures == 0 && b.failures == 0,
+               "two fetchers of one object into one cache: no false damage (%d, %d) %s",
+               a.failures, b.failures, a.failures ? a.err : b.err);
+        cv_cold_free(b.c);
+    }
+
+    /* The object at a key holds another segment (the segment changed after
+     * its ship, or another log): re-shipping says so, and overwrites
+     * nothing. */
+    {
+        char o2[700], o3[700], st2[700], k[200];
+        snprintf(o2, sizeof(o2), "%s/" TOPIC "-1/%s", R, s.name[1]);
+        snprintf(o3, sizeof(o3), "%s/" TOPIC "-1/%s", R, s.name[2]);
+        snprintf(st2, sizeof(st2), "%s/%s.cold", P1, s.name[1]);
+        char loc[700];
+        snprintf(loc, sizeof(loc), "%s/%s", P1, s.name[1]);
+        /* bring the local copy back from the object, then swap the object */
+        char cmd[4000];
+        snprintf(cmd, sizeof(cmd), "cp '%s' '%s' && cp '%s' '%s' && rm -f '%s'", o2, loc,
+                 o3, o2, st2);
+        if (system(cmd) != 0)
+            die("cp");
+        snprintf(k, sizeof(k), TOPIC "-1/%s", s.name[1]);
+        cv_applog_cold_stub st;
+        tap_ok(cv_cold_ship(c, P1, s.name[1], k, &st, err, sizeof(err)) == -EEXIST &&
+                   strstr(err, "changed after it was shipped") &&
+                   strstr(err, "not overwritten") && access(st2, F_OK) != 0,
+               "an object holding other bytes: -EEXIST saying what happened: %s", err);
+    }
+
+    /* A put never overwrites an object. */
+    {
+        char k[200], o2[700];
+        struct stat before, after;
+        snprintf(k, sizeof(k), TOPIC "-0/%s", s.name[2]);
+        snprintf(o2, sizeof(o2), "%s/%s", R, k);
+        stat(o2, &before);
+        TAP_IS_INT(cv_cold_put(c, k, last, err, sizeof(err)), -EEXIST,
+                   "a put onto an object that is there is -EEXIST");
+        stat(o2, &after);
+        tap_ok(before.st_ino == after.st_ino && before.st_size == after.st_size,
+               "and the object is untouched");
+    }
+
+    /* Pruning: only cache copies, never a log's directory. */
+    char f[800], sub[700];
+    snprintf(f, sizeof(f), "%s/.chatvault-cache", C);
+    tap_ok(access(f, F_OK) == 0, "the cache carries its marker");
+    snprintf(f, sizeof(f), "%s/notes.txt", C);
+    touch(f);
+    snprintf(sub, sizeof(sub), "%s/alog", C);
+    mkdir(sub, 0700);
+    snprintf(f, sizeof(f), "%s/00000000000000000000.cvlog", sub);
+    touch(f);
+    snprintf(f, sizeof(f), "%s/sealed", sub);
+    touch(f);
+    snprintf(f, sizeof(f), "%s/" TOPIC "-0/%s", C, s.name[2]);
+    make_old(f);
+    uint64_t pruned = 0;
+    cv_cold_prune_cache(c, 3600, &pruned);
+    snprintf(sub, sizeof(sub), "%s/alog/00000000000000000000.cvlog", C);
+    char notes[700];
+    snprintf(notes, sizeof(notes), "%s/notes.txt", C);
+    tap_ok(pruned == 1 && access(f, F_OK) != 0 && access(sub, F_OK) == 0 &&
+               access(notes, F_OK) == 0,
+           "prune removes the old cache copy (%" PRIu64 ") and leaves other files and a "
+           "sealed directory alone",
+           pruned);
+    cv_cold_free(c);
 }
 
 int main(void) {
@@ -200,15 +529,16 @@ int main(void) {
         fclose(f);
     }
 
-    /* Ship every sealed one, remove the local copies, read it all back. */
-    for (int i = 1; i < s.n - 1; i++) {
-        snprintf(key, sizeof(key), TOPIC "-0/%s", s.name[i]);
-        if (cv_cold_ship(c, pdir, s.name[i], key, &st, err, sizeof(err)) < 0)
-            printf("# %s\n", err);
-    }
-    for (int i = 0; i < s.n - 1; i++) {
-        snprintf(path, sizeof(path), "%s/%s", pdir, s.name[i]);
-        unlink(path);
+    /* Ship every sealed one and remove the local copies through a pass,
+     * read it all back. */
+    {
+        cv_cold_ship_opts so = {.partition = -1, .hot_window_s = 0, .cache_keep_s = -1};
+        cv_cold_ship_stats ss = {0};
+        int pr = cv_cold_ship_log(c, logdir, &so, &ss, err, sizeof(err));
+        tap_ok(pr == 0 && ss.shipped == (uint64_t)s.n - 2 &&
+                   ss.removed == (uint64_t)s.n - 1,
+               "a pass ships the rest and removes every sealed local copy (%d: %s)", pr,
+               pr ? err : "");
     }
     int r;
     cv_applog_set_cold_fetch(NULL, NULL);
@@ -265,6 +595,7 @@ int main(void) {
 
     cv_applog_set_cold_fetch(NULL, NULL);
     cv_cold_free(c);
+    test_removal();
     cv_keyring_free(kr);
     char cmd[400];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);

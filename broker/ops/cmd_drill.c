@@ -58,7 +58,9 @@ static const cv_cli_spec drill_spec = {
         "reads every restored row back and compares it with the log record it came\n"
         "from, and says pass or fail with the time each step took. The outcome is\n"
         "recorded in chatvault.restore_drills, where /metrics and the dashboard show\n"
-        "the last successful one. Exit 0 passed, 3 failed, 1 could not run.\n",
+        "the last successful one. Exit 0 passed; 3 failed (a row differs or is\n"
+        "missing, the log is damaged, or the selection holds nothing); 2 the scratch\n"
+        "database is the live one or one no drill made; 1 could not run.\n",
     .opts = drill_opts_table,
     .group = &drill_selection,
     .epilog = "The broker runs drills itself every drill.interval_s seconds.\n",

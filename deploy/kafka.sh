@@ -444,6 +444,7 @@ tool() {
     kafka-configs) cls=kafka.admin.ConfigCommand ;;
     kafka-metadata-quorum) cls=org.apache.kafka.tools.MetadataQuorumCommand ;;
     kafka-transactions) cls=org.apache.kafka.tools.TransactionsCommand ;;
+    kafka-producer-perf-test) cls=org.apache.kafka.tools.ProducerPerformance ;;
     kafka-storage) cls=kafka.tools.StorageTool ;;
     *.*) cls=$name ;;
     *) die "tool: unknown tool $name" ;;

@@ -543,6 +543,40 @@ static int target_present(cv_cold *c, char *errbuf, size_t errlen) {
     return 0; /* there (a 403 on the bucket is a policy, not an absence) */
 }
 
+/* nftw has no argument for its callback: a count of the stubs it met. */
+static _Thread_local size_t stubs_seen;
+
+static int count_stub(const char *path, const struct stat *sb, int type, struct FTW *f) {
+    (void)sb;
+    size_t n = strlen(path);
+    if (type == FTW_F && n > 5 && strcmp(path + n - 5, ".cold") == 0)
+        stubs_seen++;
+    (void)f;
+    return stubs_seen ? FTW_STOP : FTW_CONTINUE;
+}
+
+int cv_cold_ready_to_ship(cv_cold *c, const char *log_dir, char *errbuf, size_t errlen) {
+    if (c->s3)
+        return target_present(c, errbuf, errlen);
+    char m[PATH_MAX];
+    snprintf(m, sizeof(m), "%s/" TARGET_MARKER, c->root);
+    if (access(m, F_OK) == 0)
+        return 0;
+    /* No marker: the first ship ever writes it, unless this log shipped
+     * before, and then the target is not what it was (an unmounted mount
+     * point, a moved directory): shipping there would put the "off-site"
+     * copies on this disk and make the earlier ones look lost. */
+    stubs_seen = 0;
+    nftw(log_dir, count_stub, 16, FTW_PHYS | FTW_ACTIONRETVAL);
+    if (!stubs_seen)
+        return 0;
+    cv_errf(errbuf, errlen,
+            "cold target %s is not there: %s is missing (not mounted?), but this log "
+            "shipped segments to it before; nothing shipped, mount it or fix cold.target",
+            c->target, m);
+    return -ENXIO;
+}
+
 /* A directory target's marker, written on its first put. */
 static int mark_target(cv_cold *c, char *errbuf, size_t errlen) {
     char m[PATH_MAX];

@@ -152,6 +152,12 @@ typedef struct cv_cold_ship_stats {
     uint64_t failed;       /* partitions whose pass stopped at a failure */
 } cv_cold_ship_stats;
 
+/* Whether a shipping pass of log_dir may put objects at the target: an
+ * S3 bucket that exists, or a directory with its marker, or one without
+ * it when this log has shipped nothing yet (its first ship writes the
+ * marker). -ENXIO, with errbuf saying so, when the target is not there. */
+int cv_cold_ready_to_ship(cv_cold *c, const char *log_dir, char *errbuf, size_t errlen);
+
 /* Ships every sealed broker segment under `log_dir` not shipped yet (see
  * cv_cold_ship), and removes the local copy of each shipped one whose file
  * was last written more than hot_window_s ago, after checking the file

@@ -148,6 +148,8 @@ int cv_cold_ship_log(cv_cold *c, const char *log_dir, const cv_cold_ship_opts *o
         errbuf[0] = '\0';
     int r = cv_cold_check_places(c, log_dir, errbuf, errlen);
     if (r == 0)
+        r = cv_cold_ready_to_ship(c, log_dir, errbuf, errlen);
+    if (r == 0)
         r = cv_applog_partitions(log_dir, on_partition, &p, errbuf, errlen);
     if (r == 0 && p.first)
         r = p.first;

@@ -306,6 +306,13 @@ try:
     r = cv(log2, "log", "check", target="file://" + remote)
     ok(r.returncode == 1 and ".chatvault-cold" in r.stderr,
        "file:// target empty, no marker: exit 1, not 3", r.stdout + r.stderr)
+    # ... and shipping to it would put the "off-site" copies on this disk and
+    # make the earlier ones look lost: refused, the empty directory untouched.
+    r = cv(log2, "cold", "ship", target="file://" + remote, extra=("cold.hot_window=0",))
+    ok(r.returncode == 1 and "shipped segments to it before" in r.stderr and
+       os.listdir(remote) == [],
+       "cold ship to an empty mount point of a target shipped to before: refused, "
+       "nothing written", r.stdout + r.stderr)
     os.rmdir(remote)
     os.rename(remote + ".away", remote)
     os.unlink(os.path.join(remote, "chat.general-0", segs[1]))

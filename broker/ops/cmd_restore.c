@@ -79,63 +79,92 @@ static const cv_cli_spec restore_spec = {
               "and the\nsame selection.\n",
 };
 
+/* Whether the tables a restore writes exist (a schema version says they
+ * were made, not that nobody dropped one since). */
+static bool tables_there(PGconn *conn) {
+    PGresult *res =
+        PQexec(conn, "SELECT to_regclass('chatvault.messages') IS NOT NULL"
+                     " AND to_regclass('chatvault.message_versions') IS NOT NULL");
+    bool there = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+                 strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    return there;
+}
+
 /* The target: created and migrated with --create; in a dry run, a target
  * that does not exist yet (or has no schema) holds nothing and *ret_conninfo
  * is NULL. CV_EXIT_OK or the exit code after the error. */
 static int restore_target(const restore_opts *o, const char *conninfo,
                           const char **ret_conninfo) {
-    char err[1024];
-    bool exists = true, created = false;
+    char err[1024], db[256];
     *ret_conninfo = conninfo;
-    if (o->create || o->dry_run) {
-        int e = o->create && !o->dry_run
-                    ? cv_pg_create_database(conninfo, NULL, &created, err, sizeof(err))
-                    : cv_pg_database_exists(conninfo, &exists, err, sizeof(err));
-        if (e < 0) {
-            cv_error("restore", "%s", err);
-            return CV_EXIT_FAILURE;
-        }
-    }
-    char db[256];
     if (cv_pg_conninfo_db(conninfo, db, sizeof(db), err, sizeof(err)) < 0) {
         cv_error("restore", "%s", err);
         return CV_EXIT_USAGE;
     }
-    if (!exists) {
-        if (!o->create) {
-            cv_error("restore", "database %s does not exist: add --create", db);
-            return CV_EXIT_FAILURE;
-        }
+    bool exists = false, created = false;
+    if (cv_pg_database_exists(conninfo, &exists, err, sizeof(err)) < 0) {
+        cv_error("restore", "%s", err);
+        return CV_EXIT_FAILURE;
+    }
+    if (!exists && !o->create) {
+        cv_error("restore", "database %s does not exist: add --create", db);
+        return CV_EXIT_FAILURE;
+    }
+    if (!exists && o->dry_run) {
         cv_log(CV_LOG_INFO, "dry run: database would be created", "database=%s", db);
         *ret_conninfo = NULL;
         return CV_EXIT_OK;
     }
-    if (created)
+    if (!exists) {
+        if (cv_pg_create_database(conninfo, NULL, &created, err, sizeof(err)) < 0) {
+            cv_error("restore", "%s", err);
+            return CV_EXIT_FAILURE;
+        }
         cv_log(CV_LOG_INFO, "database created", "database=%s", db);
+    }
     PGconn *conn = cv_pg_connect(conninfo, err, sizeof(err));
     if (!conn) {
         cv_error("restore", "%s", err);
         return CV_EXIT_FAILURE;
     }
-    int from = 0, to = 0, e = 0;
-    if (o->dry_run) {
-        e = cv_pgmigrate_current(conn, &from, err, sizeof(err));
-        if (e == 0 && from == 0) {
-            cv_log(CV_LOG_INFO, "dry run: schema would be created", "database=%s", db);
-            *ret_conninfo = NULL;
-        }
-    } else if (o->create) {
-        e = cv_pgmigrate_apply(conn, &from, &to, err, sizeof(err));
-        if (e == 0 && from != to)
+    int latest = cv_migrations[cv_migrations_count - 1].version, from = 0, to = 0;
+    int rc = CV_EXIT_OK;
+    if (cv_pgmigrate_current(conn, &from, err, sizeof(err)) < 0) {
+        cv_error("restore", "%s", err);
+        rc = CV_EXIT_FAILURE;
+    } else if (from < latest && !o->create) {
+        if (from == 0)
+            cv_error("restore", "database %s has no chatvault schema: add --create", db);
+        else
+            cv_error("restore",
+                     "database %s has schema version %d, this chatvault writes %d: add "
+                     "--create to upgrade it",
+                     db, from, latest);
+        rc = CV_EXIT_FAILURE;
+    } else if (from < latest && o->dry_run) {
+        cv_log(CV_LOG_INFO, "dry run: schema would be created or upgraded",
+               "database=%s from=%d to=%d", db, from, latest);
+        *ret_conninfo = NULL; /* counted as holding nothing */
+    } else if (from < latest) {
+        if (cv_pgmigrate_apply(conn, &from, &to, err, sizeof(err)) < 0) {
+            cv_error("restore", "%s", err);
+            rc = CV_EXIT_FAILURE;
+        } else {
             cv_log(CV_LOG_INFO, "schema migrated", "database=%s from=%d to=%d", db, from,
                    to);
+        }
+    } else if (!tables_there(conn)) {
+        cv_error("restore",
+                 "database %s has chatvault's schema (version %d) but not its "
+                 "chatvault.messages or message_versions (dropped?): restore into a new "
+                 "database (--into CONNINFO --create), or drop schema chatvault there "
+                 "and restore with --create",
+                 db, from);
+        rc = CV_EXIT_FAILURE;
     }
     PQfinish(conn);
-    if (e < 0) {
-        cv_error("restore", "%s", err);
-        return CV_EXIT_FAILURE;
-    }
-    return CV_EXIT_OK;
+    return rc;
 }
 
 /* Every selected message of the log into the target. */
@@ -246,11 +275,17 @@ int cv_cmd_restore(int argc, char **argv) {
     double secs = (double)((cv_now_us() / 1000) - start) / 1000.0;
     char db[256] = "?";
     cv_pg_conninfo_db(conninfo, db, sizeof(db), err, sizeof(err));
-    printf("%s %" PRIu64 " of %" PRIu64 " messages into %s (%" PRIu64
-           " channels) in %.1f s: %" PRIu64 " already there, %" PRIu64
+    if (!st->messages)
+        cv_log(CV_LOG_WARN, "the selection matched no log record",
+               "hint=\"check --channel and the other selectors: chatvault log list shows "
+               "what the log holds\"");
+    /* A record is one version of one message (an edit is a record more). */
+    printf("%s %" PRIu64 " of %" PRIu64 " log records into %s (%" PRIu64
+           " channel%s) in %.1f s: %" PRIu64 " already there, %" PRIu64
            " duplicates, %" PRIu64 " not restorable\n",
            o.dry_run ? "dry run: would restore" : "restored", st->restored, st->messages,
-           db, channels, secs, st->present, st->duplicates, st->invalid);
+           db, channels, channels == 1 ? "" : "s", secs, st->present, st->duplicates,
+           st->invalid);
     cv_log(st->invalid ? CV_LOG_ERROR : CV_LOG_INFO, "restore done",
            "dry_run=%s messages=%" PRIu64 " restored=%" PRIu64 " present=%" PRIu64
            " duplicates=%" PRIu64 " invalid=%" PRIu64 " channels=%" PRIu64

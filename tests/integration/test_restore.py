@@ -42,7 +42,7 @@ def rows(conninfo, where='TRUE', table='messages'):
 
 def summary(r):
     """(restored, of, present) from restore's summary line."""
-    m = re.search(r'restored? (\d+) of (\d+) messages .* (\d+) already there', r.stdout)
+    m = re.search(r'restored? (\d+) of (\d+) log records .* (\d+) already there', r.stdout)
     return tuple(int(x) for x in m.groups()) if m else (None, None, None)
 
 
@@ -126,6 +126,9 @@ with cvtest.Harness('restore', topics={'chat.ra': 2, 'chat.rb': 1}, partitions=2
         h.ok(r.returncode == 1 and 'does not exist' in r.stderr and '--create' in r.stderr
              and errors(r) == 1,
              'a missing database without --create: one-line error', r.stderr)
+        r = h.run('restore', '--into', ci, '--quiet')
+        h.ok(r.returncode == 1 and 'does not exist: add --create' in r.stderr
+             and errors(r) == 1, 'and so without --dry-run', r.stderr)
         r = h.run('restore', '--into', ci, '--create', '--dry-run', '--quiet')
         exists = h.query('SELECT count(*) FROM pg_database WHERE datname = %s', (db,))
         h.ok(r.returncode == 0 and summary(r) == (total, total, 0) and exists[0][0] == 0,
@@ -180,6 +183,24 @@ with cvtest.Harness('restore', topics={'chat.ra': 2, 'chat.rb': 1}, partitions=2
         r = h.run('restore', '--into', ci, '--as-of', 'yesterday-ish', '--quiet')
         h.ok(r.returncode == 2 and '--as-of' in r.stderr, 'a bad --as-of is exit 2',
              r.stderr)
+        db, ci = target('bare')
+        h._admin('CREATE DATABASE %s' % db)
+        for dry in (['--dry-run'], []):
+            r = h.run('restore', '--into', ci, '--quiet', *dry)
+            h.ok(r.returncode == 1 and 'no chatvault schema: add --create' in r.stderr,
+                 'a database without the schema, %s: refused with the hint'
+                 % ('dry run' if dry else 'real run'), r.stderr)
+        r = h.run('restore', '--into', ci, '--create', '--quiet', '--channel', 'rb')
+        h.ok(r.returncode == 0 and summary(r)[0] == len(range(0, FIRST, 3)) + len(range(0, SECOND, 3)),
+             'with --create it gets the schema and the messages', r.stdout + r.stderr)
+        conn = cvtest.psycopg2.connect(ci)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute('DROP TABLE chatvault.messages CASCADE')
+        conn.close()
+        r = h.run('restore', '--into', ci, '--quiet')
+        h.ok(r.returncode == 1 and 'dropped?' in r.stderr and errors(r) == 1,
+             'a dropped chatvault.messages: refused, saying what to do', r.stderr)
         r = h.run('restore', '--into', 'host=127.0.0.1 port=%d dbname=x connect_timeout=5'
                   % cvtest.free_port(), '--quiet')
         h.ok(r.returncode == 1 and 'cannot connect' in r.stderr and errors(r) == 1,

@@ -445,8 +445,11 @@ static int drill_body(drill *d) {
     else if (invalid && !r->detail[0])
         snprintf(r->detail, sizeof(r->detail),
                  "%" PRIu64 " sampled log records are not valid messages", invalid);
-    r->passed = r->selected && !invalid && !r->mismatched && !r->extra &&
-                r->missing <= d->dups && r->verified == r->sampled;
+    /* A record of a message id another record stored first is a duplicate
+     * (acked DUPLICATE when it came), not a row that went missing. */
+    r->missing -= r->missing < d->dups ? r->missing : d->dups;
+    r->passed = r->selected && !invalid && !r->mismatched && !r->extra && !r->missing &&
+                r->verified == r->sampled;
     if (r->passed)
         r->detail[0] = '\0';
     else if (!r->detail[0])
@@ -545,8 +548,12 @@ int cv_drill_run(const cv_drill_conf *conf, cv_drill_result *res, char *errbuf,
                                 sizeof(ignore)) < 0)
             cv_log(CV_LOG_WARN, "scratch database not dropped", "error=\"%s\"", ignore);
     }
-    /* A drill cancelled by a stopping broker proves nothing either way. */
-    if (e != -ECANCELED)
+    /* Not recorded: a drill cancelled by a stopping broker, or refused a
+     * scratch database (a configuration error), proves nothing either way;
+     * nor does an operator's drill of a selection that holds nothing (a
+     * typo must not turn the dashboard red; a scheduled one is recorded). */
+    bool typo = e == 0 && !res->selected && strcmp(conf->trigger, "command") == 0;
+    if (e != -ECANCELED && e != -EPERM && !typo)
         record(&d, live);
     PQfinish(live);
     for (size_t i = 0; i < d.nents; i++) {

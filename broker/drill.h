@@ -56,7 +56,9 @@ typedef struct cv_drill_result {
  * is not a drill's, -EBUSY another drill runs, -ECANCELED conf->stop, else
  * a database or the log unreachable. Verdicts and failures to run are
  * recorded when the live database takes the row (res->recorded); a
- * cancelled drill and one that never started are not. */
+ * cancelled drill, one refused its scratch database or that never started,
+ * and a "command" drill of a selection that holds nothing (a typo) are
+ * not. */
 int cv_drill_run(const cv_drill_conf *conf, cv_drill_result *res, char *errbuf,
                  size_t errlen);
 

@@ -55,6 +55,9 @@ with cvtest.Harness('drill', topics={'chat.da': 2, 'chat.db': 1}, partitions=2,
                                  attributes={'k': 'first'})[1] +
              cvtest.pb.ChatMessage(attributes={'k': 'last'}).SerializeToString())
     prod.send('chat.db', value=twice)
+    # A re-sent id (acked DUPLICATE; the log keeps the record, PostgreSQL
+    # not): a duplicate in the drill too, not a row gone missing.
+    prod.send('chat.db', value=cvtest.chat_message('db', b'again', message_id='m4')[1])
     prod.flush(timeout=120)
     h.is_(h.wait_rows(N + 1), N + 1, 'messages stored')
     versions = EDITS + 10
@@ -78,7 +81,8 @@ with cvtest.Harness('drill', topics={'chat.da': 2, 'chat.db': 1}, partitions=2,
     r = h.run('drill', '--all', '--channel', 'db', '--json', timeout=300)
     out = json.loads(r.stdout) if r.returncode == 0 else {}
     h.ok(out.get('passed') is True and out.get('sampled') == N // 4 + versions + 1 and
-         out.get('selected') == N // 4 + versions + 1 and out.get('channels') == 1 and
+         out.get('selected') == N // 4 + versions + 2 and out.get('missing') == 0 and
+         out.get('verified') == out.get('sampled') and out.get('channels') == 1 and
          out.get('recorded'),
          'drill --all --channel db --json: every version of every message of db restored '
          'and verified',
@@ -101,9 +105,12 @@ with cvtest.Harness('drill', topics={'chat.da': 2, 'chat.db': 1}, partitions=2,
     finally:
         h._admin('DROP DATABASE IF EXISTS %s WITH (FORCE)' % keep)
 
+    before = len(drills(h))
     r = h.run('drill', '--channel', 'nosuch', '--quiet')
     h.ok(r.returncode == 3 and 'FAILED' in r.stdout and 'nothing to restore' in r.stdout,
          'an empty selection fails the drill (it proves nothing)', r.stdout + r.stderr)
+    h.is_(len(drills(h)), before,
+          'but an operator\'s typo is not recorded (the dashboard stays as it was)')
     r = h.run('drill', '--database', h.db, '--quiet')
     h.ok(r.returncode == 2 and 'is the live one' in r.stderr,
          'a scratch database that is the live one is refused (exit 2)', r.stderr)

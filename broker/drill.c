@@ -531,7 +531,9 @@ int cv_drill_run(const cv_drill_conf *conf, cv_drill_result *res, char *errbuf,
                  scratch_db);
         e = -EINVAL;
     } else if (strcmp(PQgetvalue(q, 0, 1), "t") != 0) {
-        snprintf(errbuf, errlen, "another restore drill is running on this database");
+        snprintf(errbuf, errlen,
+                 "another restore drill of database %s is running (one at a time)",
+                 PQgetvalue(q, 0, 0));
         e = -EBUSY;
     }
     PQclear(q);

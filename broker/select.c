@@ -73,9 +73,20 @@ int cv_parse_time_us(const char *s, int64_t *ret_us) {
         memset(&tm, 0, sizeof(tm));
         rest = strptime(s, "%Y-%m-%d", &tm);
     }
+    /* RFC 3339's zone: Z, or an offset from UTC, +HH:MM or -HH:MM */
+    int64_t zone_s = 0;
+    if (rest && (*rest == '+' || *rest == '-') && strlen(rest) == 6 && rest[3] == ':' &&
+        strspn(rest + 1, "0123456789") == 2 && strspn(rest + 4, "0123456789") == 2) {
+        int hh = (rest[1] - '0') * 10 + (rest[2] - '0');
+        int mm = (rest[4] - '0') * 10 + (rest[5] - '0');
+        if (hh > 23 || mm > 59)
+            return -EINVAL;
+        zone_s = (int64_t)(hh * 3600 + mm * 60) * (*rest == '-' ? -1 : 1);
+        rest += 6;
+    }
     if (!rest || (*rest && strcmp(rest, "Z") != 0))
         return -EINVAL;
-    *ret_us = (int64_t)timegm(&tm) * 1000000 + frac;
+    *ret_us = ((int64_t)timegm(&tm) - zone_s) * 1000000 + frac;
     return 0;
 }
 
@@ -197,7 +208,7 @@ int cv_select_opt(cv_select *s, const char *cmd, int opt, const char *arg) {
         if (cv_parse_time_us(arg, opt == CV_SEL_SINCE ? &s->since_us : &s->until_us) <
             0) {
             cv_error(cmd,
-                     "--%s: \"%s\" is not a time (RFC 3339 UTC, a date, "
+                     "--%s: \"%s\" is not a time (RFC 3339 with Z or +HH:MM, a date, "
                      "90s/15m/2h/7d ago, or Unix ms)",
                      opt == CV_SEL_SINCE ? "since" : "until", arg);
             return -1;
@@ -236,7 +247,8 @@ const cv_cli_opt cv_select_opts[] = {
     CV_OPT_CALL("to-offset", 0, "N", "offsets up to N (inclusive)", cv_select_cli_opt,
                 CV_SEL_TO_OFFSET),
     CV_OPT_CALL("since", 0, "TIME",
-                "from TIME (inclusive): RFC 3339 UTC, a date, a duration ago (90s, 15m, "
+                "from TIME (inclusive): RFC 3339 with Z or +HH:MM, a date, a duration "
+                "ago (90s, 15m, "
                 "2h, 7d) or Unix ms",
                 cv_select_cli_opt, CV_SEL_SINCE),
     CV_OPT_CALL("until", 0, "TIME", "before TIME (exclusive), same forms",

@@ -247,10 +247,11 @@ static const cv_cli_opt search_conditions[] = {
                    "a channel, or a shell pattern (\"eu-*\"); repeatable", search_opts,
                    sel, cv_select_cli_opt, CV_SEL_CHANNEL),
     CV_OPT_STR("sender", 0, "S", "sent by S (sender_id)", search_opts, sender),
-    CV_OPT_CALL_AT("since", 0, "TIME",
-                   "sent from TIME (inclusive): RFC 3339 UTC, a date, a duration ago "
-                   "(90s, 15m, 2h, 7d) or Unix ms",
-                   search_opts, sel, cv_select_cli_opt, CV_SEL_SINCE),
+    CV_OPT_CALL_AT(
+        "since", 0, "TIME",
+        "sent from TIME (inclusive): RFC 3339 with Z or +HH:MM, a date, a duration ago "
+        "(90s, 15m, 2h, 7d) or Unix ms",
+        search_opts, sel, cv_select_cli_opt, CV_SEL_SINCE),
     CV_OPT_CALL_AT("until", 0, "TIME", "sent before TIME (exclusive), same forms",
                    search_opts, sel, cv_select_cli_opt, CV_SEL_UNTIL),
     CV_OPT_STR("id", 0, "ID", "the message with this message id", search_opts, id),

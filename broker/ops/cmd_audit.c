@@ -72,7 +72,8 @@ typedef struct audit_opts {
 
 static const cv_cli_opt opts[] = {
     CV_OPT_STR("since", 0, "TIME",
-               "from TIME: RFC 3339 UTC, a date, a duration ago (90s, 15m, 2h, 7d) or "
+               "from TIME: RFC 3339 with Z or +HH:MM, a date, a duration ago (90s, 15m, "
+               "2h, 7d) or "
                "Unix ms",
                audit_opts, since),
     CV_OPT_STR("command", 0, "NAME", "only this command (its first word, e.g. verify)",
@@ -108,7 +109,8 @@ int cv_cmd_audit(int argc, char **argv) {
     cv_audit_filter f = {.since_us = -1, .command = o.command, .limit = (int)o.limit};
     bool json = o.json;
     if (o.since && cv_parse_time_us(o.since, &f.since_us) < 0) {
-        cv_error("audit", "--since %s: not a time (RFC 3339 UTC, a date, 7d, ...)",
+        cv_error("audit",
+                 "--since %s: not a time (RFC 3339 with Z or +HH:MM, a date, 7d, ...)",
                  o.since);
         return CV_EXIT_USAGE;
     }

@@ -213,12 +213,17 @@ int cv_cmd_cold(int argc, char **argv) {
         int r = cv_cold_ship_log(rn.cold, dir, &so, &st, err, sizeof(err));
         if (r < 0)
             cv_error(name, "%s", err);
-        fprintf(stderr,
-                "cold: %s%" PRIu64 " segments shipped (%" PRIu64 " bytes), %" PRIu64
-                " local copies removed, %" PRIu64 " shipped ones kept locally, %" PRIu64
-                " cached copies pruned",
-                o.dry_run ? "(dry run) " : "", st.shipped, st.shipped_bytes, st.removed,
-                st.kept, st.cache_pruned);
+        if (o.dry_run)
+            fprintf(stderr,
+                    "cold: (dry run) %" PRIu64 " segments would be shipped; each local "
+                    "copy goes once shipped, verified and older than cold.hot_window",
+                    st.shipped);
+        else
+            fprintf(stderr,
+                    "cold: %" PRIu64 " segments shipped (%" PRIu64 " bytes), %" PRIu64
+                    " local copies removed, %" PRIu64
+                    " shipped ones kept locally, %" PRIu64 " cached copies pruned",
+                    st.shipped, st.shipped_bytes, st.removed, st.kept, st.cache_pruned);
         if (st.failed)
             fprintf(stderr,
                     "; %" PRIu64 " partitions stopped at a failure (the first above)",

@@ -114,6 +114,8 @@ static void print_outcome(const drill_opts *o, const cv_drill_result *r, const c
            r->channels, db, r->restore_s, r->verify_s);
     if (!r->passed)
         printf("  why: %s\n", r->detail);
+    if (o->keep)
+        printf("  the scratch database %s is kept (--keep): drop it when done\n", db);
 }
 
 int cv_cmd_drill(int argc, char **argv) {

@@ -397,7 +397,7 @@ static int run_check(const plist *pl, const cv_keyring *kr) {
     return code;
 }
 
-/* --since: RFC 3339 UTC time, a date, a duration ago (90s, 15m, 2h, 7d), or
+/* --since: RFC 3339 time (Z or an offset), a date, a duration ago (90s, 15m, 2h, 7d), or
  * Unix milliseconds, read as replay and export read theirs. */
 static int since_opt(const cv_cli_opt *opt, void *dest, const char *cmd,
                      const char *value) {

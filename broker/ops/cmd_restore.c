@@ -212,7 +212,7 @@ int cv_cmd_restore(int argc, char **argv) {
         int64_t t;
         if (cv_parse_time_us(o.as_of, &t) < 0) {
             cv_error("restore",
-                     "--as-of: \"%s\" is not a time (RFC 3339 UTC, a date, "
+                     "--as-of: \"%s\" is not a time (RFC 3339 with Z or +HH:MM, a date, "
                      "90s/15m/2h/7d ago, or Unix ms)",
                      o.as_of);
             goto out;

@@ -28,8 +28,17 @@ static void test_times(void) {
                t >= before - INT64_C(7200000000) - 1000000,
            "2h is two hours before now");
     tap_ok(cv_parse_time_us("yesterday", &t) < 0, "words are refused");
-    tap_ok(cv_parse_time_us("2026-11-22T05:00:00+01:00", &t) < 0,
-           "offsets other than Z are refused");
+    TAP_IS_INT(cv_parse_time_us("2026-11-22T06:00:00+01:00", &t), 0,
+               "an offset from UTC parses");
+    TAP_IS_INT(t, INT64_C(1795323600000000), "... +01:00 is an hour ahead of UTC");
+    TAP_IS_INT(cv_parse_time_us("2026-11-22T00:30:00.25-04:30", &t), 0,
+               "a negative offset, after a fraction");
+    TAP_IS_INT(t, INT64_C(1795323600250000),
+               "... -04:30 is four and a half hours behind");
+    tap_ok(cv_parse_time_us("2026-11-22T05:00:00+24:00", &t) < 0,
+           "an offset of 24 hours is refused");
+    tap_ok(cv_parse_time_us("2026-11-22T05:00:00+0100", &t) < 0,
+           "an offset without its colon is refused");
 }
 
 static void test_options(void) {

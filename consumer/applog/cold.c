@@ -58,19 +58,12 @@ static bool key_ok(const char *k) {
 }
 
 static const char *stub_parse(const char *text, size_t len, cv_applog_cold_stub *st) {
-    if (len == 0 || len >= COLD_STUB_MAX || text[len - 1] != '\n' || memchr(text, 0, len))
-        return "not a cold-tier stub line";
     char line[COLD_STUB_MAX];
-    memcpy(line, text, len - 1);
-    line[len - 1] = '\0';
-    char *sp = strrchr(line, ' ');
-    if (!sp)
-        return "not a cold-tier stub line";
-    unsigned crc;
-    if (sscanf(sp + 1, "%8x", &crc) != 1 || strlen(sp + 1) != 8 ||
-        cv_applog_i_crc32c(line, (size_t)(sp - line)) != crc)
-        return "stub check (CRC32C) mismatch";
-    *sp = '\0';
+    const char *bad =
+        cv_applog_i_crc_line(text, len, line, sizeof(line), "not a cold-tier stub line",
+                             "stub check (CRC32C) mismatch");
+    if (bad)
+        return bad;
     memset(st, 0, sizeof(*st));
     char ch[2 * DIGEST + 2], fh[2 * DIGEST + 2];
     int used = 0;

@@ -85,6 +85,23 @@ static void crc_setup(void) {
     crc32c_fn = crc32c_sw;
 }
 
+const char *cv_applog_i_crc_line(const char *text, size_t len, char *line, size_t cap,
+                                 const char *notline, const char *badcrc) {
+    if (len == 0 || len >= cap || text[len - 1] != '\n' || memchr(text, 0, len))
+        return notline;
+    memcpy(line, text, len - 1);
+    line[len - 1] = '\0';
+    char *sp = strrchr(line, ' ');
+    unsigned crc;
+    if (!sp)
+        return notline;
+    if (sscanf(sp + 1, "%8x", &crc) != 1 || strlen(sp + 1) != 8 ||
+        cv_applog_i_crc32c(line, (size_t)(sp - line)) != crc)
+        return badcrc;
+    *sp = '\0';
+    return NULL;
+}
+
 uint32_t cv_applog_i_crc32c(const void *p, size_t n) {
     return crc32c_fn((const unsigned char *)p, n);
 }

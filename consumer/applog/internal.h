@@ -323,6 +323,12 @@ struct cv_applog {
 /* format.c: the bytes */
 
 uint32_t cv_applog_i_crc32c(const void *p, size_t n);
+/* A checked one-line file (a seal, a cold-tier stub): "<fields> <CRC32C of
+ * the fields, 8 hex digits>\n", shorter than cap. Copies the fields into
+ * line (cap bytes, NUL-terminated) and returns NULL, or notline when it is
+ * no such line, badcrc when the check fails. */
+const char *cv_applog_i_crc_line(const char *text, size_t len, char *line, size_t cap,
+                                 const char *notline, const char *badcrc);
 int cv_applog_i_lib_init(char *errbuf, size_t errlen);
 size_t cv_applog_i_hdr_encode(seghdr *h, unsigned char *out);
 const char *cv_applog_i_hdr_decode(const unsigned char *p, size_t size, seghdr *h);

@@ -35,19 +35,11 @@ static size_t seal_format(const seal *sl, char *buf, size_t len) {
 
 /* Parses a seal line; returns NULL or what is wrong with it. */
 static const char *seal_parse(const char *text, size_t len, seal *sl) {
-    if (len == 0 || len >= SEAL_MAX || text[len - 1] != '\n' || memchr(text, 0, len))
-        return "not a seal line";
     char line[SEAL_MAX];
-    memcpy(line, text, len - 1);
-    line[len - 1] = '\0';
-    char *sp = strrchr(line, ' ');
-    if (!sp)
-        return "not a seal line";
-    unsigned crc;
-    if (sscanf(sp + 1, "%8x", &crc) != 1 || strlen(sp + 1) != 8 ||
-        cv_applog_i_crc32c(line, (size_t)(sp - line)) != crc)
-        return "seal check (CRC32C) mismatch";
-    *sp = '\0';
+    const char *bad = cv_applog_i_crc_line(
+        text, len, line, sizeof(line), "not a seal line", "seal check (CRC32C) mismatch");
+    if (bad)
+        return bad;
     char name[64], hx[2 * DIGEST + 2];
     uint64_t bytes, records;
     int64_t last;

@@ -72,6 +72,7 @@ int cv_cmd_export(int argc, char **argv);
 int cv_cmd_import(int argc, char **argv);
 int cv_cmd_restore(int argc, char **argv);
 int cv_cmd_drill(int argc, char **argv);
+int cv_cmd_retention(int argc, char **argv);
 int cv_cmd_search(int argc, char **argv);
 int cv_cmd_report(int argc, char **argv);
 int cv_cmd_cold(int argc, char **argv);

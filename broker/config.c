@@ -20,6 +20,7 @@
 
 #include "cold/cold.h"
 #include "daemon/http.h"
+#include "retention.h"
 #include "util.h"
 
 typedef enum { PROP_STR, PROP_INT, PROP_ENUM } prop_type;
@@ -311,6 +312,20 @@ static const prop props[] = {
      "postgres.admin_conninfo; dropped and created again by every drill (empty: the live "
      "database's name + _drill)",
      0, 0, NULL, NULL},
+    /* retention (README "Retention classes") */
+    {"retention.classes", PROP_STR, "regular=60d,key=forever",
+     "the retention classes, NAME=RETENTION separated by commas; a retention is a "
+     "duration (60d, 36h, 90m, 600s) or forever",
+     0, 0, NULL, cv_retention_check_classes},
+    {"retention.channels", PROP_STR, "",
+     "which channels are in which class: PATTERN=CLASS separated by commas, a channel "
+     "name or a shell pattern (compliance-*=key); the first match wins",
+     0, 0, NULL, cv_retention_check_channels},
+    {"retention.default_class", PROP_STR, "regular",
+     "the class of every channel retention.channels does not match", 0, 0, NULL, NULL},
+    {"retention.interval_s", PROP_INT, "0",
+     "apply retention from the broker this often (0: off; see chatvault retention)", 0,
+     2592000, NULL, NULL},
     {"shutdown.timeout_ms", PROP_INT, "30000",
      "longest SIGTERM waits for the batch in flight before exiting", 0, 3600000, NULL,
      NULL},

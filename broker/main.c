@@ -26,6 +26,8 @@ static const cv_command commands[] = {
     {"import", cv_cmd_import, "load an export file into PostgreSQL, idempotently"},
     {"restore", cv_cmd_restore,
      "rebuild PostgreSQL from the log: all, a channel or a message, as of a time"},
+    {"retention", cv_cmd_retention,
+     "what each channel's retention class keeps; drop what expired; legal holds"},
     {"drill", cv_cmd_drill,
      "restore a sample into a scratch database and check it against the log"},
     {"search", cv_cmd_search,

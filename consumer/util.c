@@ -326,6 +326,51 @@ int cv_fsync_dir(const char *dir) {
     return r;
 }
 
+int cv_replace_file(const char *path, const void *data, size_t len, const char *what,
+                    char *errbuf, size_t errlen) {
+    char tmp[4096];
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
+        cv_errf(errbuf, errlen, "%s %s: path too long", what, path);
+        return -ENAMETOOLONG;
+    }
+    const char *step = "creating";
+    int r = 0, fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        r = -errno;
+    for (size_t done = 0; r == 0 && done < len;) {
+        ssize_t n = write(fd, (const char *)data + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        step = "writing";
+        if (n < 0)
+            r = -errno;
+        else
+            done += (size_t)n;
+    }
+    if (r == 0 && fdatasync(fd) < 0) {
+        step = "syncing";
+        r = -errno;
+    }
+    if (fd >= 0 && close(fd) < 0 && r == 0) {
+        step = "closing";
+        r = -errno;
+    }
+    if (r == 0 && rename(tmp, path) < 0) {
+        step = "renaming";
+        r = -errno;
+    }
+    if (r < 0) {
+        if (fd >= 0)
+            unlink(tmp);
+        cv_errf(errbuf, errlen, "%s %s: %s %s: %s", what, path, step, tmp, strerror(-r));
+        return r;
+    }
+    if ((r = cv_fsync_parent(path)) < 0)
+        cv_errf(errbuf, errlen, "%s %s: fsync of its directory: %s", what, path,
+                strerror(-r));
+    return r;
+}
+
 int cv_fsync_parent(const char *path) {
     char p[4096];
     if (snprintf(p, sizeof(p), "%s", path) >= (int)sizeof(p))

@@ -104,4 +104,11 @@ int cv_read_file(const char *path, const char *what, size_t max, bool private_fi
 int cv_fsync_dir(const char *dir);
 int cv_fsync_parent(const char *path);
 
+/* Replaces the file at `path` with `len` bytes durably: "<path>.tmp"
+ * written (mode 0600) and fdatasynced, renamed into place, its directory
+ * fsynced. A crash leaves the old file or the new one, never a mix. 0 or a
+ * negative errno with a one-line error naming `what` and `path`. */
+int cv_replace_file(const char *path, const void *data, size_t len, const char *what,
+                    char *errbuf, size_t errlen);
+
 #endif

@@ -17,6 +17,7 @@
 #include "daemon/http.h"
 #include "daemon/indexer.h"
 #include "daemon/probe.h"
+#include "daemon/retsched.h"
 #include "daemon/shipper.h"
 #include "ingest/pipeline.h"
 #include "keyring.h"
@@ -294,6 +295,7 @@ int cv_cmd_broker(int argc, char **argv) {
     cv_indexer *indexer = NULL;
     cv_shipper *shipper = NULL;
     cv_drillsched *drills = NULL;
+    cv_retsched *retention = NULL;
     int64_t probe_ms = cv_config_int(cfg, "probe.interval_ms");
     cv_keyring *keys = NULL;
     const char *embedded = NULL;
@@ -381,6 +383,11 @@ int cv_cmd_broker(int argc, char **argv) {
         rc = de == -EINVAL ? CV_EXIT_USAGE : CV_EXIT_FAILURE;
         goto out;
     }
+    if (cv_retsched_start(cfg, keys, &retention, err, sizeof(err)) < 0) {
+        cv_error("broker", "%s", err);
+        rc = CV_EXIT_USAGE;
+        goto out;
+    }
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
@@ -402,6 +409,7 @@ int cv_cmd_broker(int argc, char **argv) {
     if (rc == CV_EXIT_FAILURE)
         cv_error("broker", "%s", err);
 out:
+    retention = cv_retsched_stop(retention);
     cv_drillsched_stop(drills);
     shipper = cv_shipper_stop(shipper);
     cv_indexer_stop(indexer);

@@ -5,21 +5,17 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
 #include "cold/cold.h"
+#include "daemon/periodic.h"
 
 struct cv_shipper {
-    pthread_t thread;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    atomic_bool stop; /* also read by the pass, between segments */
+    cv_periodic *thread;
     cv_cold *cold;
     char *log_dir;
     int64_t interval_s, hot_window_s, cache_keep_s;
@@ -36,37 +32,23 @@ static void on_event(void *opaque, const cv_cold_event *ev) {
                ev->key);
 }
 
-static void *run(void *arg) {
-    cv_shipper *s = arg;
-    pthread_mutex_lock(&s->lock);
-    while (!atomic_load(&s->stop)) {
-        pthread_mutex_unlock(&s->lock);
-        char err[1024];
-        cv_cold_ship_opts o = {.partition = -1,
-                               .hot_window_s = s->hot_window_s,
-                               .cache_keep_s = s->cache_keep_s,
-                               .on_event = on_event,
-                               .stop = &s->stop};
-        cv_cold_ship_stats st;
-        int r = cv_cold_ship_log(s->cold, s->log_dir, &o, &st, err, sizeof(err));
-        if (r < 0 && r != -ECANCELED)
-            cv_log(CV_LOG_WARN,
-                   "cold tier: shipping failed; retried at the next interval",
-                   "error=\"%s\" retry_in=%" PRId64 "s", err, s->interval_s);
-        else if (st.shipped || st.removed)
-            cv_log(CV_LOG_INFO, "cold tier: pass done",
-                   "shipped=%" PRIu64 " bytes=%" PRIu64 " removed=%" PRIu64, st.shipped,
-                   st.shipped_bytes, st.removed);
-        pthread_mutex_lock(&s->lock);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += s->interval_s;
-        while (!atomic_load(&s->stop) &&
-               pthread_cond_timedwait(&s->cond, &s->lock, &until) != ETIMEDOUT)
-            ;
-    }
-    pthread_mutex_unlock(&s->lock);
-    return NULL;
+static void pass(void *opaque, const atomic_bool *stop) {
+    cv_shipper *s = opaque;
+    char err[1024];
+    cv_cold_ship_opts o = {.partition = -1,
+                           .hot_window_s = s->hot_window_s,
+                           .cache_keep_s = s->cache_keep_s,
+                           .on_event = on_event,
+                           .stop = stop};
+    cv_cold_ship_stats st;
+    int r = cv_cold_ship_log(s->cold, s->log_dir, &o, &st, err, sizeof(err));
+    if (r < 0 && r != -ECANCELED)
+        cv_log(CV_LOG_WARN, "cold tier: shipping failed; retried at the next interval",
+               "error=\"%s\" retry_in=%" PRId64 "s", err, s->interval_s);
+    else if (st.shipped || st.removed)
+        cv_log(CV_LOG_INFO, "cold tier: pass done",
+               "shipped=%" PRIu64 " bytes=%" PRIu64 " removed=%" PRIu64, st.shipped,
+               st.shipped_bytes, st.removed);
 }
 
 int cv_shipper_start(const cv_config *cfg, cv_shipper **ret, char *errbuf,
@@ -92,16 +74,13 @@ int cv_shipper_start(const cv_config *cfg, cv_shipper **ret, char *errbuf,
         free(s);
         return -ENOMEM;
     }
-    pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->cond, NULL);
-    if ((r = pthread_create(&s->thread, NULL, run, s)) != 0) {
-        snprintf(errbuf, errlen, "cold tier: cannot start its thread: %s", strerror(r));
-        pthread_mutex_destroy(&s->lock);
-        pthread_cond_destroy(&s->cond);
+    r = cv_periodic_start("cv-cold-ship", 0, interval * 1000, pass, s, &s->thread, errbuf,
+                          errlen);
+    if (r < 0) {
         cv_cold_free(s->cold);
         free(s->log_dir);
         free(s);
-        return -r;
+        return r;
     }
     *ret = s;
     return 0;
@@ -110,13 +89,7 @@ int cv_shipper_start(const cv_config *cfg, cv_shipper **ret, char *errbuf,
 cv_shipper *cv_shipper_stop(cv_shipper *s) {
     if (!s)
         return NULL;
-    pthread_mutex_lock(&s->lock);
-    atomic_store(&s->stop, true);
-    pthread_cond_signal(&s->cond);
-    pthread_mutex_unlock(&s->lock);
-    pthread_join(s->thread, NULL);
-    pthread_mutex_destroy(&s->lock);
-    pthread_cond_destroy(&s->cond);
+    cv_periodic_stop(s->thread);
     cv_cold_free(s->cold);
     free(s->log_dir);
     free(s);

@@ -27,7 +27,7 @@ typedef struct sent {
 } sent;
 
 typedef struct send_opts {
-    const char *channel, *sender, *id, *content_type, *reply_to;
+    const char *channel, *sender, *id, *content_type, *reply_to, *retention_class;
     Chatvault__V1__ChatMessage__AttributesEntry attrs[MAX_ATTRS];
     Chatvault__V1__ChatMessage__AttributesEntry *attr_ptrs[MAX_ATTRS];
     size_t nattrs;
@@ -284,6 +284,7 @@ static int send_one(rd_kafka_t *rk, const send_opts *o, const char *topic,
     m.reply_to = (char *)(o->reply_to ? o->reply_to : "");
     m.revision = o->revision > 0 ? (uint32_t)o->revision : 0;
     m.deleted = o->deleted;
+    m.retention_class = (char *)(o->retention_class ? o->retention_class : "");
     size_t size = chatvault__v1__chat_message__get_packed_size(&m);
     uint8_t *buf = malloc(size ? size : 1);
     if (!buf) {
@@ -430,6 +431,10 @@ static const cv_cli_opt opts[] = {
                 "send a tombstone of message --id (no BODY; give it a --revision higher "
                 "than the last)",
                 send_opts, deleted),
+    CV_OPT_STR("retention-class", 0, "NAME",
+               "keep the message by retention class NAME when that keeps it longer than "
+               "its channel's class (e.g. key: for good)",
+               send_opts, retention_class),
     CV_OPT_END,
 };
 

@@ -417,4 +417,66 @@ typedef int cv_applog_cold_walk_fn(void *opaque, const cv_applog_cold_seg *cs);
 int cv_applog_cold_walk(const char *partition_dir, cv_applog_cold_walk_fn *fn,
                         void *opaque, char *errbuf, size_t errlen);
 
+/*
+ * Retention (FORMAT.md "Retention"): sealed segments dropped on purpose.
+ * A directory's file "expired" records each one (its offsets, its
+ * header's link and its last record's chain hash), authenticated with a
+ * key of the key file. The reader does not read a recorded segment even
+ * while its file is still there, and takes a segment that chains across
+ * recorded ones as linked; a segment dropped without a record is still
+ * reported missing. Record first, then remove the files.
+ */
+typedef struct cv_applog_expiry {
+    char segment[32]; /* file name in its directory: 20 digits ".cvlog" */
+    int64_t first_offset, last_offset;
+    uint64_t records, bytes;
+    unsigned char prev_chain[CV_APPLOG_DIGEST_BYTES]; /* its header's link */
+    unsigned char last_chain[CV_APPLOG_DIGEST_BYTES]; /* its last record's */
+    int64_t expired_at_us;
+    uint32_t key_id; /* of the key that authenticates the record */
+} cv_applog_expiry;
+
+/* The records of `dir` (a partition or generation directory): 1 with
+ * *ret (caller frees) and *ret_n, 0 when it has none. With keys NULL the
+ * lines are checked by CRC only, else also authenticated; -CV_ECORRUPT
+ * names the line that fails. */
+int cv_applog_expiry_read(const char *dir, const cv_keyring *keys, cv_applog_expiry **ret,
+                          size_t *ret_n, char *errbuf, size_t errlen);
+/* Adds records (authenticated with the newest key) durably; a segment
+ * already recorded is not added twice. */
+int cv_applog_expiry_add(const char *dir, const cv_keyring *keys,
+                         const cv_applog_expiry *add, size_t nadd, char *errbuf,
+                         size_t errlen);
+/* Removes the segment files the records name (those still there) and makes
+ * that durable; *ret_removed: how many were there. */
+int cv_applog_expiry_remove(const char *dir, const cv_applog_expiry *v, size_t n,
+                            uint64_t *ret_removed, char *errbuf, size_t errlen);
+
+/* One sealed segment as retention sees it: where it is, the record that
+ * would stand for it, and what its records are. */
+typedef struct cv_applog_expiry_candidate {
+    char *dir; /* its directory (partition or generation) */
+    cv_applog_expiry e;
+    int64_t newest_ms; /* newest Kafka timestamp of its records (else created) */
+    bool keep;         /* a record's keep callback said so */
+} cv_applog_expiry_candidate;
+/* Reads every record of the partition at `partition_dir` (with keys) and
+ * returns its broker segments that are sealed (not the last of their
+ * directory), local (not only in the cold tier) and outside repair
+ * directories, oldest first. keep(opaque, rec) is asked of every record
+ * of those; a segment is marked keep when any record is. Frees with
+ * cv_applog_expiry_candidates_free. Damage is an error naming it. */
+typedef bool cv_applog_expiry_keep_fn(void *opaque, const cv_applog_record *rec);
+int cv_applog_expiry_candidates(const char *partition_dir, const cv_keyring *keys,
+                                cv_applog_expiry_keep_fn *keep, void *opaque,
+                                cv_applog_expiry_candidate **ret, size_t *ret_n,
+                                char *errbuf, size_t errlen);
+void cv_applog_expiry_candidates_free(cv_applog_expiry_candidate *c, size_t n);
+/* The segments recorded as dropped in the partition's directories (its
+ * own and its generations') whose files are still there: a run that
+ * stopped between recording and removing. */
+int cv_applog_expiry_pending(const char *partition_dir, const cv_keyring *keys,
+                             cv_applog_expiry_candidate **ret, size_t *ret_n,
+                             char *errbuf, size_t errlen);
+
 #endif

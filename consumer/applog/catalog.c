@@ -230,8 +230,12 @@ static int segments_of(const char *dir, bool repair, cv_applog_segment_fn *fn,
     int r = cv_applog_i_list_names(dir, SEG_SUFFIX, &d.names, &d.nseg, errbuf, errlen);
     if (r == 0 && !repair)
         r = cv_applog_i_cold_merge(&d, errbuf, errlen);
+    if (r == 0 && !repair) /* RETENTION: a dropped segment is not listed */
+        r = cv_applog_i_expiry_load(&d, errbuf, errlen);
+    free(d.expired);
     if (r < 0) {
         cv_applog_i_free_names(d.names, d.nseg);
+        free(d.cold);
         return r;
     }
     names = d.names;

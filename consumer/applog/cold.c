@@ -116,41 +116,19 @@ int cv_applog_cold_stub_write(const char *dir, const cv_applog_cold_stub *st,
     int r = cv_applog_i_lib_init(errbuf, errlen);
     if (r < 0)
         return r;
-    char line[COLD_STUB_MAX], path[PATH_MAX], tmp[PATH_MAX];
+    char line[COLD_STUB_MAX], path[PATH_MAX];
     size_t n = stub_format(st, line, sizeof(line));
     if (!n || !key_ok(st->key)) {
         cv_errf(errbuf, errlen, "cold-tier stub for %s/%s: object key \"%s\" not usable",
                 dir, st->name, st->key);
         return -EINVAL;
     }
-    int pl =
-        snprintf(path, sizeof(path), "%s/%s" COLD_SUFFIX_TAIL TMP_SUFFIX, dir, st->name);
+    int pl = snprintf(path, sizeof(path), "%s/%s" COLD_SUFFIX_TAIL, dir, st->name);
     if (pl < 0 || (size_t)pl >= sizeof(path)) {
         cv_errf(errbuf, errlen, "cold-tier stub in %s: path too long", dir);
         return -ENAMETOOLONG;
     }
-    memcpy(tmp, path, (size_t)pl + 1);
-    path[(size_t)pl - strlen(TMP_SUFFIX)] = '\0';
-    int e, fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        goto fail;
-    bool ok = write(fd, line, n) == (ssize_t)n && fdatasync(fd) == 0;
-    e = errno;
-    close(fd);
-    errno = e;
-    if (!ok || rename(tmp, path) < 0)
-        goto fail;
-    if ((r = cv_fsync_dir(dir)) < 0) {
-        cv_errf(errbuf, errlen, "cold-tier stub %s: fsync of its directory: %s", path,
-                strerror(-r));
-        return r;
-    }
-    return 0;
-fail:
-    e = errno;
-    unlink(tmp);
-    cv_errf(errbuf, errlen, "cold-tier stub %s: %s", path, strerror(e));
-    return -e;
+    return cv_replace_file(path, line, n, "cold-tier stub", errbuf, errlen);
 }
 
 int cv_applog_cold_describe(const char *path, cv_applog_cold_stub *ret, char *errbuf,
@@ -293,6 +271,9 @@ static int walk_dir(const char *dir, const char *rel, cv_applog_cold_walk_fn *fn
     int r = cv_applog_i_list_names(dir, SEG_SUFFIX, &d.names, &d.nseg, errbuf, errlen);
     if (r == 0)
         r = cv_applog_i_cold_merge(&d, errbuf, errlen);
+    if (r == 0) /* RETENTION: a dropped segment is not shipped */
+        r = cv_applog_i_expiry_load(&d, errbuf, errlen);
+    free(d.expired);
     for (size_t i = 0; i < d.nseg && r == 0; i++) {
         char key[PATH_MAX];
         snprintf(key, sizeof(key), "%s/%s", rel, d.names[i]);

@@ -169,6 +169,9 @@ typedef struct pdir {
      * segment is the one it names */
     bool has_seal, cur_sealed;
     seal sl;
+    /* segments retention dropped from this directory (RETENTION) */
+    cv_applog_expiry *expired;
+    size_t nexpired;
     int seal_err; /* reported by the first cv_applog_i_pdir_next */
     char *seal_msg;
     /* where the error cv_applog_i_pdir_next returned starts, when one file holds it */
@@ -380,6 +383,11 @@ int cv_applog_i_pdir_next(pdir *d, char *errbuf, size_t errlen);
 /* recovery.c: seals, torn tails */
 
 int cv_applog_i_seal_read(const char *dir, seal *sl, char *errbuf, size_t errlen);
+
+/* expiry.c: segments retention dropped (RETENTION) */
+int cv_applog_i_expiry_load(pdir *d, char *errbuf, size_t errlen);
+bool cv_applog_i_expiry_links(const pdir *d, const char *name);
+int cv_applog_i_expiry_bridges(const pdir *d, const seghdr *h, const char **why);
 
 /* cold.c */
 int cv_applog_i_cold_merge(pdir *d, char *errbuf, size_t errlen);

@@ -32,6 +32,7 @@ void cv_applog_i_pdir_release(pdir *d) {
     free(d->torn_file);
     free(d->seal_msg);
     free(d->dmg_file);
+    free(d->expired);
     cv_buf_release(&d->plain);
     memset(d, 0, sizeof(*d));
 }
@@ -55,10 +56,14 @@ int cv_applog_i_pdir_init(pdir *d, const char *dir, const cv_keyring *keys,
     /* COLD TIER: a segment shipped and removed here is read from its copy. */
     if (!d->repair && (r = cv_applog_i_cold_merge(d, errbuf, errlen)) < 0)
         return r;
+    /* RETENTION: a dropped segment is not read. */
+    if (!d->repair && (r = cv_applog_i_expiry_load(d, errbuf, errlen)) < 0)
+        return r;
     if (!d->repair) {
         char msg[768];
         int x = cv_applog_i_seal_read(dir, &d->sl, msg, sizeof(msg));
-        bool found = false;
+        /* a seal may name a segment retention dropped since */
+        bool found = x == 1 && cv_applog_i_expiry_links(d, d->sl.name);
         for (size_t i = 0; x == 1 && i < d->nseg && !found; i++)
             found = strcmp(d->names[i], d->sl.name) == 0;
         if (x == 1 && !found) {
@@ -116,7 +121,17 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
     char want[NAME_DIGITS + 8];
     snprintf(want, sizeof(want), "%020" PRId64 SEG_SUFFIX, h->first_offset);
     const char *why = NULL;
-    if (strcmp(want, d->names[d->iseg]) != 0)
+    int dropped = 0;
+    if (!d->repair)
+        dropped = cv_applog_i_expiry_bridges(d, h, &why);
+    static const unsigned char zero[DIGEST];
+    if (why)
+        ;
+    else if (!d->any && d->iseg == 0 && d->gen == 0 && d->nexpired > 0 && dropped == 0 &&
+             sodium_memcmp(h->prev_chain, zero, DIGEST) != 0)
+        why = "header links to a segment that is neither here nor recorded as dropped "
+              "by retention (the first segments were removed)";
+    else if (strcmp(want, d->names[d->iseg]) != 0)
         why = "file name does not match the first offset in its header";
     else if (h->repair != d->repair)
         why = h->repair ? "repair segment outside a repair directory"
@@ -126,7 +141,8 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
               "before it";
     else if (d->any && h->first_offset <= d->last_offset)
         why = "first offset does not follow the previous segment";
-    else if (d->any && sodium_memcmp(h->prev_chain, d->chain, DIGEST) != 0 &&
+    else if (d->any && dropped == 0 &&
+             sodium_memcmp(h->prev_chain, d->chain, DIGEST) != 0 &&
              !(d->owner && !d->repair && reader_bridged(d->owner, d, h, path)))
         why = "header does not chain to the previous segment's last record "
               "(segment dropped, replaced or reordered)";

@@ -1,0 +1,518 @@
+/*
+ * applog/expiry.c — sealed segments dropped by retention (FORMAT.md
+ * "Retention"): the record of them that stays in their directory, the
+ * reader's use of it (a segment that chains across dropped ones is not a
+ * missing segment), and finding which sealed segments a retention rule
+ * lets go.
+ *
+ * The record is the file <dir>/expired, one line per dropped segment,
+ * rewritten whole (temp file, fdatasync, rename, fsync of the directory)
+ * before any segment it names is removed. Each line is authenticated with
+ * a key of the key file, so a line cannot be added to hide a deletion by
+ * someone without the keys; the CRC32C at its end tells damage apart from
+ * forgery when the keys are not at hand.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util.h"
+
+#define EXPIRY_FILE "expired"
+#define EXPIRY_MAGIC "cvexp1"
+#define EXPIRY_LINE_MAX 512
+#define EXPIRY_MAC 32
+#define EXPIRY_MAC_CONTEXT "chatvault log expiry record"
+
+/* MAC = BLAKE2b-256 keyed with the key, over the context string and the
+ * line's fields before the MAC. */
+static void expiry_mac(unsigned char *out, const unsigned char *key, const char *fields,
+                       size_t len) {
+    crypto_generichash_state st;
+    crypto_generichash_init(&st, key, CV_KEY_BYTES, EXPIRY_MAC);
+    crypto_generichash_update(&st, (const unsigned char *)EXPIRY_MAC_CONTEXT,
+                              sizeof(EXPIRY_MAC_CONTEXT) - 1);
+    crypto_generichash_update(&st, (const unsigned char *)fields, len);
+    crypto_generichash_final(&st, out, EXPIRY_MAC);
+}
+
+/* The fields of a line, without MAC and CRC. */
+static int expiry_fields(const cv_applog_expiry *e, char *buf, size_t len) {
+    char prev[2 * DIGEST + 1], last[2 * DIGEST + 1];
+    sodium_bin2hex(prev, sizeof(prev), e->prev_chain, DIGEST);
+    sodium_bin2hex(last, sizeof(last), e->last_chain, DIGEST);
+    return snprintf(buf, len,
+                    EXPIRY_MAGIC " %s %" PRId64 " %" PRId64 " %" PRIu64 " %" PRIu64
+                                 " %s %s %" PRId64 " %" PRIu32,
+                    e->segment, e->first_offset, e->last_offset, e->records, e->bytes,
+                    prev, last, e->expired_at_us, e->key_id);
+}
+
+static int expiry_format(const cv_applog_expiry *e, const unsigned char *key, char *buf,
+                         size_t len) {
+    int n = expiry_fields(e, buf, len);
+    if (n < 0 || (size_t)n + 2 * EXPIRY_MAC + 12 >= len)
+        return -ENAMETOOLONG;
+    unsigned char mac[EXPIRY_MAC];
+    expiry_mac(mac, key, buf, (size_t)n);
+    buf[n++] = ' ';
+    sodium_bin2hex(buf + n, len - (size_t)n, mac, EXPIRY_MAC);
+    n += 2 * EXPIRY_MAC;
+    uint32_t c = cv_applog_i_crc32c(buf, (size_t)n);
+    n += snprintf(buf + n, len - (size_t)n, " %08" PRIx32 "\n", c);
+    return n;
+}
+
+/* Parses one line (with its newline) into *e; NULL or what is wrong. */
+static const char *expiry_parse(const char *text, size_t len, const cv_keyring *keys,
+                                cv_applog_expiry *e) {
+    char line[EXPIRY_LINE_MAX];
+    const char *bad =
+        cv_applog_i_crc_line(text, len, line, sizeof(line), "not an expiry line",
+                             "expiry line check (CRC32C) mismatch");
+    if (bad)
+        return bad;
+    char *sp = strrchr(line, ' ');
+    if (!sp)
+        return "malformed expiry line";
+    char machx[2 * EXPIRY_MAC + 2];
+    snprintf(machx, sizeof(machx), "%s", sp + 1);
+    *sp = '\0';
+    char name[32], prev[2 * DIGEST + 2], last[2 * DIGEST + 2];
+    int used = 0;
+    memset(e, 0, sizeof(*e));
+    if (sscanf(line,
+               EXPIRY_MAGIC " %31s %" SCNd64 " %" SCNd64 " %" SCNu64 " %" SCNu64
+                            " %65s %65s %" SCNd64 " %" SCNu32 "%n",
+               name, &e->first_offset, &e->last_offset, &e->records, &e->bytes, prev,
+               last, &e->expired_at_us, &e->key_id, &used) != 9 ||
+        (size_t)used != strlen(line) || !cv_applog_i_is_seg_name(name, SEG_SUFFIX) ||
+        strlen(prev) != 2 * DIGEST || strlen(last) != 2 * DIGEST ||
+        strlen(machx) != 2 * EXPIRY_MAC ||
+        sodium_hex2bin(e->prev_chain, DIGEST, prev, 2 * DIGEST, NULL, NULL, NULL) != 0 ||
+        sodium_hex2bin(e->last_chain, DIGEST, last, 2 * DIGEST, NULL, NULL, NULL) != 0)
+        return "malformed expiry line";
+    snprintf(e->segment, sizeof(e->segment), "%s", name);
+    if (!keys)
+        return NULL;
+    const unsigned char *key = cv_keyring_get(keys, e->key_id);
+    if (!key)
+        return "its key id is not in the key file";
+    unsigned char want[EXPIRY_MAC], got[EXPIRY_MAC];
+    expiry_mac(want, key, line, strlen(line));
+    if (sodium_hex2bin(got, sizeof(got), machx, 2 * EXPIRY_MAC, NULL, NULL, NULL) != 0 ||
+        sodium_memcmp(want, got, EXPIRY_MAC) != 0)
+        return "not authentic (its MAC does not match: written without the key file, or "
+               "changed)";
+    return NULL;
+}
+
+int cv_applog_expiry_read(const char *dir, const cv_keyring *keys, cv_applog_expiry **ret,
+                          size_t *ret_n, char *errbuf, size_t errlen) {
+    *ret = NULL;
+    *ret_n = 0;
+    int r = cv_applog_i_lib_init(errbuf, errlen);
+    if (r < 0)
+        return r;
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof(path), "%s/" EXPIRY_FILE, dir) >= (int)sizeof(path))
+        return -ENAMETOOLONG;
+    struct stat st;
+    if (stat(path, &st) < 0) {
+        if (errno == ENOENT)
+            return 0;
+        int e = errno;
+        cv_errf(errbuf, errlen, "log expiry record %s: %s", path, strerror(e));
+        return -e;
+    }
+    char *text;
+    size_t len;
+    r = cv_read_file(path, "log expiry record", (size_t)st.st_size, false, &text, &len,
+                     errbuf, errlen);
+    if (r < 0)
+        return r;
+    cv_applog_expiry *v = NULL;
+    size_t n = 0, cap = 0, lineno = 0;
+    for (size_t at = 0; at < len && r >= 0;) {
+        const char *nl = memchr(text + at, '\n', len - at);
+        size_t l = nl ? (size_t)(nl - (text + at)) + 1 : len - at;
+        lineno++;
+        if (n == cap) {
+            size_t nc = cap ? 2 * cap : 16;
+            cv_applog_expiry *nv = realloc(v, nc * sizeof(*v));
+            if (!nv) {
+                r = -ENOMEM;
+                break;
+            }
+            v = nv;
+            cap = nc;
+        }
+        const char *why = expiry_parse(text + at, l, keys, &v[n]);
+        if (why) {
+            cv_errf(errbuf, errlen, "log expiry record %s line %zu: %s", path, lineno,
+                    why);
+            r = -CV_ECORRUPT;
+            break;
+        }
+        n++;
+        at += l;
+    }
+    free(text);
+    if (r < 0) {
+        free(v);
+        return r;
+    }
+    *ret = v;
+    *ret_n = n;
+    return 1;
+}
+
+static bool listed(const cv_applog_expiry *v, size_t n, const char *name) {
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i].segment, name) == 0)
+            return true;
+    return false;
+}
+
+int cv_applog_expiry_add(const char *dir, const cv_keyring *keys,
+                         const cv_applog_expiry *add, size_t nadd, char *errbuf,
+                         size_t errlen) {
+    cv_applog_expiry *old;
+    size_t nold;
+    int r = cv_applog_expiry_read(dir, keys, &old, &nold, errbuf, errlen);
+    if (r < 0)
+        return r;
+    uint32_t kid = cv_keyring_newest(keys);
+    const unsigned char *key = cv_keyring_get(keys, kid);
+    size_t total = nold + nadd, used = 0;
+    char *buf = malloc(total * EXPIRY_LINE_MAX + 1);
+    if (!buf) {
+        free(old);
+        return -ENOMEM;
+    }
+    /* Old lines keep the key that wrote them: they are rewritten as read. */
+    for (size_t i = 0; i < total && r >= 0; i++) {
+        cv_applog_expiry e = i < nold ? old[i] : add[i - nold];
+        if (i >= nold) {
+            if (listed(old, nold, e.segment) || listed(add, i - nold, e.segment))
+                continue;
+            e.key_id = kid;
+        }
+        const unsigned char *k = i < nold ? cv_keyring_get(keys, e.key_id) : key;
+        int n = expiry_format(&e, k, buf + used, EXPIRY_LINE_MAX);
+        if (n < 0)
+            r = n;
+        else
+            used += (size_t)n;
+    }
+    free(old);
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/" EXPIRY_FILE, dir);
+    if (r >= 0)
+        r = cv_replace_file(path, buf, used, "log expiry record", errbuf, errlen);
+    else
+        cv_errf(errbuf, errlen, "log expiry record %s: %s", path, strerror(-r));
+    free(buf);
+    return r < 0 ? r : 0;
+}
+
+int cv_applog_expiry_remove(const char *dir, const cv_applog_expiry *v, size_t n,
+                            uint64_t *ret_removed, char *errbuf, size_t errlen) {
+    uint64_t removed = 0;
+    for (size_t i = 0; i < n; i++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/%s", dir, v[i].segment);
+        if (unlink(path) == 0)
+            removed++;
+        else if (errno != ENOENT) {
+            int e = errno;
+            cv_errf(errbuf, errlen, "removing expired log segment %s: %s", path,
+                    strerror(e));
+            return -e;
+        }
+    }
+    if (ret_removed)
+        *ret_removed = removed;
+    if (removed == 0)
+        return 0;
+    int r = cv_fsync_dir(dir);
+    if (r < 0)
+        cv_errf(errbuf, errlen, "fsync of log directory %s: %s", dir, strerror(-r));
+    return r;
+}
+
+/* ---- the reader's side ------------------------------------------------ */
+
+int cv_applog_i_expiry_load(pdir *d, char *errbuf, size_t errlen) {
+    int r =
+        cv_applog_expiry_read(d->dir, d->keys, &d->expired, &d->nexpired, errbuf, errlen);
+    if (r <= 0)
+        return r;
+    /* A segment retention dropped is not read, even while its file is
+     * still there (retention records first, removes after). */
+    size_t k = 0;
+    for (size_t i = 0; i < d->nseg; i++) {
+        if (listed(d->expired, d->nexpired, d->names[i])) {
+            free(d->names[i]);
+            continue;
+        }
+        if (d->cold)
+            d->cold[k] = d->cold[i];
+        d->names[k++] = d->names[i];
+    }
+    d->nseg = k;
+    return 0;
+}
+
+bool cv_applog_i_expiry_links(const pdir *d, const char *name) {
+    for (size_t i = 0; i < d->nexpired; i++)
+        if (strcmp(d->expired[i].segment, name) == 0)
+            return true;
+    return false;
+}
+
+int cv_applog_i_expiry_bridges(const pdir *d, const seghdr *h, const char **why) {
+    static const unsigned char zero[DIGEST];
+    /* Walk back from the segment's link over dropped segments, each of
+     * which must chain to the one before it, to where the directory's
+     * reading stands, or, for its first segment, to the directory's start
+     * or to history before the oldest dropped segment recorded. */
+    const unsigned char *want = h->prev_chain;
+    int64_t below = h->first_offset;
+    size_t steps = 0;
+    *why = NULL;
+    for (;;) {
+        if (d->any && sodium_memcmp(want, d->chain, DIGEST) == 0)
+            return steps > 0;
+        const cv_applog_expiry *e = NULL;
+        for (size_t i = 0; i < d->nexpired && !e; i++)
+            if (sodium_memcmp(d->expired[i].last_chain, want, DIGEST) == 0 &&
+                d->expired[i].last_offset < below)
+                e = &d->expired[i];
+        if (!e) {
+            if (!d->any && steps > 0)
+                return 1;
+            if (steps > 0)
+                *why = "header chains to segments retention dropped, but they do not "
+                       "chain back to the segment before it (segment dropped, replaced "
+                       "or reordered)";
+            return steps > 0 ? -1 : 0;
+        }
+        if (++steps > d->nexpired) {
+            *why = "the expiry record's links form a loop (damaged)";
+            return -1;
+        }
+        want = e->prev_chain;
+        below = e->first_offset;
+        if (!d->any && sodium_memcmp(want, zero, DIGEST) == 0)
+            return 1;
+    }
+}
+
+/* ---- what retention may drop ------------------------------------------ */
+
+void cv_applog_expiry_candidates_free(cv_applog_expiry_candidate *c, size_t n) {
+    for (size_t i = 0; c && i < n; i++)
+        free(c[i].dir);
+    free(c);
+}
+
+/* The directory of `file` when it is the partition directory or one of its
+ * generations (not a repair directory, not a cold-tier cache), else NULL. */
+static char *chain_dir_of(const char *partition_dir, const char *file) {
+    const char *slash = strrchr(file, '/');
+    if (!slash)
+        return NULL;
+    size_t dl = (size_t)(slash - file), pl = strlen(partition_dir);
+    while (pl > 1 && partition_dir[pl - 1] == '/')
+        pl--;
+    if (dl < pl || strncmp(file, partition_dir, pl) != 0)
+        return NULL;
+    const char *rest = file + pl; /* "" or "/gen-..." before the slash */
+    if (dl != pl) {
+        size_t gl = sizeof(GEN_PREFIX) - 1;
+        if (rest[0] != '/' || dl - pl != 1 + gl + NAME_DIGITS ||
+            strncmp(rest + 1, GEN_PREFIX, gl) != 0)
+            return NULL;
+    }
+    char *d = malloc(dl + 1);
+    if (d) {
+        memcpy(d, file, dl);
+        d[dl] = '\0';
+    }
+    return d;
+}
+
+static bool is_file(const cv_applog_expiry_candidate *c, const char *file) {
+    size_t dl = strlen(c->dir);
+    return strncmp(file, c->dir, dl) == 0 && file[dl] == '/' &&
+           strcmp(file + dl + 1, c->e.segment) == 0;
+}
+
+/* Fills what the header says: link, first offset, size, created. */
+static int describe_header(cv_applog_expiry_candidate *c, int64_t *created_us,
+                           char *errbuf, size_t errlen) {
+    char *path = cv_applog_i_path_join(c->dir, c->e.segment);
+    if (!path)
+        return -ENOMEM;
+    seg s;
+    memset(&s, 0, sizeof(s));
+    int r = cv_applog_i_seg_open(&s, path, errbuf, errlen);
+    free(path);
+    if (r < 0)
+        return r;
+    memcpy(c->e.prev_chain, s.h.prev_chain, DIGEST);
+    c->e.first_offset = s.h.first_offset;
+    c->e.bytes = s.size;
+    *created_us = s.h.created_us;
+    cv_applog_i_seg_close(&s);
+    return 0;
+}
+
+int cv_applog_expiry_candidates(const char *partition_dir, const cv_keyring *keys,
+                                cv_applog_expiry_keep_fn *keep, void *opaque,
+                                cv_applog_expiry_candidate **ret, size_t *ret_n,
+                                char *errbuf, size_t errlen) {
+    *ret = NULL;
+    *ret_n = 0;
+    const char *dirs[1] = {partition_dir};
+    cv_applog_reader *rd;
+    int r = cv_applog_reader_open(dirs, 1, keys, &rd, errbuf, errlen);
+    if (r < 0)
+        return r;
+    cv_applog_expiry_candidate *v = NULL;
+    size_t n = 0, cap = 0;
+    cv_applog_record rec;
+    while ((r = cv_applog_reader_next(rd, &rec, errbuf, errlen)) == 1) {
+        const char *name = strrchr(rec.file, '/');
+        name = name ? name + 1 : rec.file;
+        size_t i = n;
+        while (i > 0 && !is_file(&v[i - 1], rec.file))
+            i--;
+        if (i == 0) {
+            char *dir = chain_dir_of(partition_dir, rec.file);
+            if (!dir || strlen(name) >= sizeof(v->e.segment)) {
+                free(dir);
+                continue; /* a repair directory's, or a cold-tier copy */
+            }
+            if (n == cap) {
+                size_t nc = cap ? 2 * cap : 16;
+                cv_applog_expiry_candidate *nv = realloc(v, nc * sizeof(*v));
+                if (!nv) {
+                    free(dir);
+                    r = -ENOMEM;
+                    break;
+                }
+                v = nv;
+                cap = nc;
+            }
+            memset(&v[n], 0, sizeof(v[n]));
+            v[n].dir = dir;
+            snprintf(v[n].e.segment, sizeof(v[n].e.segment), "%s", name);
+            v[n].newest_ms = INT64_MIN;
+            i = ++n;
+        }
+        cv_applog_expiry_candidate *c = &v[i - 1];
+        c->e.records++;
+        c->e.last_offset = rec.offset;
+        memcpy(c->e.last_chain, rec.digest, DIGEST);
+        if (rec.timestamp_ms > c->newest_ms)
+            c->newest_ms = rec.timestamp_ms;
+        if (!c->keep && keep && keep(opaque, &rec))
+            c->keep = true;
+    }
+    cv_applog_reader_free(rd);
+    /* Not the last segment of its directory: a writer may append to it,
+     * and the next segment's link is what the chain continues from. */
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (r < 0) {
+            free(v[i].dir);
+            continue;
+        }
+        char **names = NULL;
+        size_t nn = 0;
+        r = cv_applog_i_list_names(v[i].dir, SEG_SUFFIX, &names, &nn, errbuf, errlen);
+        bool last = r == 0 && (nn == 0 || strcmp(names[nn - 1], v[i].e.segment) <= 0);
+        cv_applog_i_free_names(names, nn);
+        int64_t created_us = 0;
+        if (r == 0 && !last)
+            r = describe_header(&v[i], &created_us, errbuf, errlen);
+        if (r < 0 || last) {
+            free(v[i].dir);
+            continue;
+        }
+        if (v[i].newest_ms < 0)
+            v[i].newest_ms = created_us / 1000;
+        v[k++] = v[i];
+    }
+    if (r < 0) {
+        cv_applog_expiry_candidates_free(v, k);
+        return r;
+    }
+    *ret = v;
+    *ret_n = k;
+    return 0;
+}
+
+/* The recorded segments of one directory whose files are still there. */
+static int pending_in(const char *dir, const cv_keyring *keys,
+                      cv_applog_expiry_candidate **v, size_t *n, char *errbuf,
+                      size_t errlen) {
+    cv_applog_expiry *e;
+    size_t ne;
+    int r = cv_applog_expiry_read(dir, keys, &e, &ne, errbuf, errlen);
+    if (r <= 0)
+        return r;
+    for (size_t i = 0; i < ne && r >= 0; i++) {
+        char *path = cv_applog_i_path_join(dir, e[i].segment);
+        bool there = path && access(path, F_OK) == 0;
+        free(path);
+        if (!there)
+            continue;
+        cv_applog_expiry_candidate *nv = realloc(*v, (*n + 1) * sizeof(**v));
+        char *d = nv ? strdup(dir) : NULL;
+        if (nv)
+            *v = nv;
+        if (!d) {
+            r = -ENOMEM;
+            break;
+        }
+        (*v)[(*n)++] = (cv_applog_expiry_candidate){.dir = d, .e = e[i], .newest_ms = -1};
+    }
+    free(e);
+    return r < 0 ? r : 0;
+}
+
+int cv_applog_expiry_pending(const char *partition_dir, const cv_keyring *keys,
+                             cv_applog_expiry_candidate **ret, size_t *ret_n,
+                             char *errbuf, size_t errlen) {
+    *ret = NULL;
+    *ret_n = 0;
+    char **gens = NULL;
+    size_t ngen = 0;
+    int r = pending_in(partition_dir, keys, ret, ret_n, errbuf, errlen);
+    if (r == 0)
+        r = cv_applog_i_list_gen_dirs(partition_dir, &gens, &ngen, errbuf, errlen);
+    for (size_t i = 0; i < ngen && r == 0; i++) {
+        char *path = cv_applog_i_path_join(partition_dir, gens[i]);
+        r = path ? pending_in(path, keys, ret, ret_n, errbuf, errlen) : -ENOMEM;
+        free(path);
+    }
+    cv_applog_i_free_names(gens, ngen);
+    if (r < 0) {
+        cv_applog_expiry_candidates_free(*ret, *ret_n);
+        *ret = NULL;
+        *ret_n = 0;
+    }
+    return r;
+}

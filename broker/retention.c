@@ -358,7 +358,8 @@ static int one_part(const cv_retention_conf *c, PGconn *conn, const cv_hold_list
     /* What an earlier run recorded and did not finish goes first. */
     cv_applog_expiry_candidate *pend = NULL, *cand = NULL;
     size_t npend = 0, ncand = 0;
-    int r = cv_applog_expiry_pending(pr->path, c->keys, &pend, &npend, errbuf, errlen);
+    int r =
+        cv_applog_expiry_recorded(pr->path, c->keys, true, &pend, &npend, errbuf, errlen);
     /* Message classes only lengthen a channel's retention: a channel kept
      * for good has nothing to read. */
     keep_ctx k = {rules, p.keep_s, 0, c->now_us / 1000};

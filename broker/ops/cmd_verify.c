@@ -140,11 +140,13 @@ static void print_summary(vout *o, const cv_verify_stats *s, const char *what) {
                ",\"duplicates\":%" PRIu64 ",\"gaps\":%" PRIu64 ",\"gap_offsets\":%" PRIu64
                ",\"repaired_postgres\":%" PRIu64 ",\"repaired_log\":%" PRIu64
                ",\"repair_skipped\":%" PRIu64 ",\"log_quarantined\":%" PRIu64
-               "},\"differences\":%" PRIu64 ",\"clean\":%s}\n",
+               ",\"expired_rows\":%" PRIu64 "},\"differences\":%" PRIu64
+               ",\"clean\":%s}\n",
                o->pass, s->partitions, s->pg_rows, s->log_records, s->matched, s->only_pg,
                s->only_log, s->different, s->offsets, s->log_damaged, s->segments_missing,
                s->duplicates, s->gaps, s->gap_offsets, s->repaired_pg, s->repaired_log,
-               s->repair_skipped, s->quarantined, diff, diff ? "false" : "true");
+               s->repair_skipped, s->quarantined, s->expired_rows, diff,
+               diff ? "false" : "true");
         fflush(stdout);
         return;
     }
@@ -155,11 +157,14 @@ static void print_summary(vout *o, const cv_verify_stats *s, const char *what) {
            " matched=%" PRIu64 " only_in_postgres=%" PRIu64 " only_in_log=%" PRIu64
            " different=%" PRIu64 " kafka_offsets=%" PRIu64 " log_damaged=%" PRIu64
            " log_segment_missing=%" PRIu64 " duplicates=%" PRIu64 " gaps=%" PRIu64
-           " gap_offsets=%" PRIu64 "%s",
+           " gap_offsets=%" PRIu64 " expired_rows=%" PRIu64 "%s%s",
            what, s->partitions, s->pg_rows, s->log_records, s->matched, s->only_pg,
            s->only_log, s->different, s->offsets, s->log_damaged, s->segments_missing,
-           s->duplicates, s->gaps, s->gap_offsets,
-           diff && o->pass == 1 ? " next=\"run chatvault verify --repair\"" : "");
+           s->duplicates, s->gaps, s->gap_offsets, s->expired_rows,
+           diff && o->pass == 1 ? " next=\"run chatvault verify --repair\"" : "",
+           s->expired_rows ? " note=\"rows of segments retention dropped remain: run "
+                             "chatvault retention apply to finish\""
+                           : "");
 }
 
 typedef struct verify_opts {

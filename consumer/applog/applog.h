@@ -473,10 +473,11 @@ int cv_applog_expiry_candidates(const char *partition_dir, const cv_keyring *key
                                 char *errbuf, size_t errlen);
 void cv_applog_expiry_candidates_free(cv_applog_expiry_candidate *c, size_t n);
 /* The segments recorded as dropped in the partition's directories (its
- * own and its generations') whose files are still there: a run that
- * stopped between recording and removing. */
-int cv_applog_expiry_pending(const char *partition_dir, const cv_keyring *keys,
-                             cv_applog_expiry_candidate **ret, size_t *ret_n,
-                             char *errbuf, size_t errlen);
+ * own and its generations'); with `present` only those whose files are
+ * still there (a run that stopped between recording and removing). A
+ * partition directory that does not exist has none. */
+int cv_applog_expiry_recorded(const char *partition_dir, const cv_keyring *keys,
+                              bool present, cv_applog_expiry_candidate **ret,
+                              size_t *ret_n, char *errbuf, size_t errlen);
 
 #endif

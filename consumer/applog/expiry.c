@@ -464,10 +464,11 @@ int cv_applog_expiry_candidates(const char *partition_dir, const cv_keyring *key
     return 0;
 }
 
-/* The recorded segments of one directory whose files are still there. */
-static int pending_in(const char *dir, const cv_keyring *keys,
-                      cv_applog_expiry_candidate **v, size_t *n, char *errbuf,
-                      size_t errlen) {
+/* The recorded segments of one directory (only those whose files are
+ * still there, with `present`). */
+static int recorded_in(const char *dir, const cv_keyring *keys, bool present,
+                       cv_applog_expiry_candidate **v, size_t *n, char *errbuf,
+                       size_t errlen) {
     cv_applog_expiry *e;
     size_t ne;
     int r = cv_applog_expiry_read(dir, keys, &e, &ne, errbuf, errlen);
@@ -477,7 +478,7 @@ static int pending_in(const char *dir, const cv_keyring *keys,
         char *path = cv_applog_i_path_join(dir, e[i].segment);
         bool there = path && access(path, F_OK) == 0;
         free(path);
-        if (!there)
+        if (present && !there)
             continue;
         cv_applog_expiry_candidate *nv = realloc(*v, (*n + 1) * sizeof(**v));
         char *d = nv ? strdup(dir) : NULL;
@@ -493,19 +494,19 @@ static int pending_in(const char *dir, const cv_keyring *keys,
     return r < 0 ? r : 0;
 }
 
-int cv_applog_expiry_pending(const char *partition_dir, const cv_keyring *keys,
-                             cv_applog_expiry_candidate **ret, size_t *ret_n,
-                             char *errbuf, size_t errlen) {
+int cv_applog_expiry_recorded(const char *partition_dir, const cv_keyring *keys,
+                              bool present, cv_applog_expiry_candidate **ret,
+                              size_t *ret_n, char *errbuf, size_t errlen) {
     *ret = NULL;
     *ret_n = 0;
     char **gens = NULL;
     size_t ngen = 0;
-    int r = pending_in(partition_dir, keys, ret, ret_n, errbuf, errlen);
+    int r = recorded_in(partition_dir, keys, present, ret, ret_n, errbuf, errlen);
     if (r == 0)
         r = cv_applog_i_list_gen_dirs(partition_dir, &gens, &ngen, errbuf, errlen);
     for (size_t i = 0; i < ngen && r == 0; i++) {
         char *path = cv_applog_i_path_join(partition_dir, gens[i]);
-        r = path ? pending_in(path, keys, ret, ret_n, errbuf, errlen) : -ENOMEM;
+        r = path ? recorded_in(path, keys, present, ret, ret_n, errbuf, errlen) : -ENOMEM;
         free(path);
     }
     cv_applog_i_free_names(gens, ngen);

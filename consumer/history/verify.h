@@ -54,7 +54,13 @@
  *                     not explain. A record acked DUPLICATE is stored in
  *                     neither store, and Kafka's own offsets have gaps
  *                     (transaction markers, compaction), so a gap is a lead
- *                     to follow, not proof of loss.
+ *                     to follow, not proof of loss. Offsets of segments
+ *                     retention dropped are no gap.
+ *   expired_rows      rows at the offsets of a segment retention recorded
+ *                     as dropped (applog/FORMAT.md "Retention") that a run
+ *                     cut short has not deleted yet; not compared, never
+ *                     repaired into the log; the next retention apply
+ *                     deletes them.
  *
  * Repair never deletes nor overwrites: records only in the log are written
  * to PostgreSQL through pgstore (idempotent on (channel, message_id); the
@@ -107,7 +113,8 @@ typedef struct cv_verify_stats {
     uint64_t duplicates; /* log records whose id PostgreSQL holds elsewhere */
     uint64_t gaps, gap_offsets;
     uint64_t repaired_pg, repaired_log, repair_skipped;
-    uint64_t quarantined; /* damaged log files moved aside by --repair */
+    uint64_t quarantined;  /* damaged log files moved aside by --repair */
+    uint64_t expired_rows; /* rows of segments retention dropped, not yet deleted */
 } cv_verify_stats;
 
 /* The findings that make verify fail (exit 3). */

@@ -286,8 +286,48 @@ typedef struct merge {
     vec pg_left, log_left; /* cand: set aside, matched by identity */
     vec only_pg;           /* cand: rows the log holds no record of */
     vec gapv;              /* pairs of offsets: ranges neither store holds */
-    char lerr[512];        /* the log reader's error */
+    /* segments retention recorded as dropped (applog/FORMAT.md
+     * "Retention"): rows at their offsets await that run's deletion */
+    cv_applog_expiry_candidate *expired;
+    size_t nexpired;
+    char lerr[512]; /* the log reader's error */
 } merge;
+
+static bool expired_row(const merge *s, int64_t offset) {
+    for (size_t i = 0; i < s->nexpired; i++)
+        if (offset >= s->expired[i].e.first_offset &&
+            offset <= s->expired[i].e.last_offset)
+            return true;
+    return false;
+}
+
+/* Every log directory's record of segments retention dropped. */
+static int load_expired(vctx *c, const unit *u, merge *s) {
+    const cv_verify_conf *conf = c->conf;
+    for (size_t i = 0; i < conf->nlog_dirs; i++) {
+        char dir[4096];
+        int r = cv_applog_partition_dir(conf->log_dirs[i], u->topic, u->partition, dir,
+                                        sizeof(dir));
+        cv_applog_expiry_candidate *v = NULL;
+        size_t n = 0;
+        if (r == 0)
+            r = cv_applog_expiry_recorded(dir, conf->keys, false, &v, &n, c->err,
+                                          c->errlen);
+        if (r < 0)
+            return r;
+        cv_applog_expiry_candidate *nv =
+            n ? realloc(s->expired, (s->nexpired + n) * sizeof(*nv)) : s->expired;
+        if (n && !nv) {
+            cv_applog_expiry_candidates_free(v, n);
+            return -ENOMEM;
+        }
+        s->expired = nv;
+        memcpy(s->expired + s->nexpired, v, n * sizeof(*v));
+        s->nexpired += n;
+        free(v); /* the entries moved, their dirs with them */
+    }
+    return 0;
+}
 
 /* The next row of the partition (the reader walks the channel's rows of
  * every topic): sets has_pg. */
@@ -295,9 +335,13 @@ static int next_row(vctx *c, const unit *u, merge *s) {
     if (!s->pr)
         return 0;
     int r;
-    while ((r = cv_pgread_next(s->pr, &s->row, c->err, c->errlen)) == 1 &&
-           strcmp(s->row.topic, u->topic) != 0)
-        ;
+    while ((r = cv_pgread_next(s->pr, &s->row, c->err, c->errlen)) == 1) {
+        if (strcmp(s->row.topic, u->topic) != 0)
+            continue;
+        if (!expired_row(s, s->row.offset))
+            break;
+        c->st->expired_rows++;
+    }
     if (r < 0)
         return r;
     s->has_pg = r == 1;
@@ -384,11 +428,29 @@ static int merge_one(vctx *c, const unit *u, merge *s, bool *adv_pg, bool *adv_l
     if (*adv_pg)
         s->max_pg = off;
     if (s->prev >= 0 && off > s->prev + 1) {
-        int64_t *x = vec_push(&s->gapv);
-        if (!x)
+        /* offsets of segments retention dropped are no gap */
+        int64_t a = s->prev + 1, b = off - 1;
+        for (bool moved = true; moved && a <= b;) {
+            moved = false;
+            for (size_t i = 0; i < s->nexpired; i++) {
+                const cv_applog_expiry *e = &s->expired[i].e;
+                if (e->first_offset <= a && a <= e->last_offset) {
+                    a = e->last_offset + 1;
+                    moved = true;
+                }
+                if (e->first_offset <= b && b <= e->last_offset) {
+                    b = e->first_offset - 1;
+                    moved = true;
+                }
+            }
+        }
+        int64_t *x = a <= b ? vec_push(&s->gapv) : NULL;
+        if (a <= b && !x)
             return -ENOMEM;
-        x[0] = s->prev + 1;
-        x[1] = off - 1;
+        if (x) {
+            x[0] = a;
+            x[1] = b;
+        }
     }
     s->prev = off;
     c->since_progress++;
@@ -441,7 +503,9 @@ static int compare_unit_once(vctx *c, const unit *u, bool *again) {
         .gapv = {.size = 2 * sizeof(int64_t)},
     };
     breaks bs = {.c = c, .u = u, .v = {.size = sizeof(cv_applog_break)}};
-    int r = 0;
+    int r = load_expired(c, u, &s);
+    if (r < 0)
+        goto out;
     if (u->pg_rows) {
         cv_pgread_sel sel = cv_verify_i_unit_rows(u);
         sel.digest_only = true;
@@ -503,6 +567,7 @@ out:
     cands_free(&s.pg_left);
     cands_free(&s.log_left);
     cands_free(&s.only_pg);
+    cv_applog_expiry_candidates_free(s.expired, s.nexpired);
     free(s.gapv.v);
     free(bs.v.v);
     return r;

@@ -17,6 +17,8 @@ import os
 import shutil
 import time
 
+import psycopg2
+
 import cvtest
 
 OLD, NEW = 200, 40
@@ -32,6 +34,22 @@ def rows(h, channel, table='chatvault.messages'):
 
 def segments(h, topic):
     return sorted(glob.glob(os.path.join(h.tmp, 'log', topic + '-0', '*.cvlog')))
+
+
+def execute(h, sql):
+    conn = psycopg2.connect(h.conninfo)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+def verify_summary(h):
+    r = h.run('verify', '--json')
+    lines = [json.loads(x) for x in r.stdout.splitlines() if '"summary"' in x]
+    return r.returncode, (lines[-1]['summary'] if lines else {}), r
 
 
 def plan(h, *extra):
@@ -113,6 +131,7 @@ with cvtest.Harness('retention', topics={'chat.' + c: 1 for c in CHANNELS},
          'plan --now in the future: more of reg, still nothing of keyc', later)
 
     # --- apply ------------------------------------------------------------
+    execute(h, "CREATE TABLE saved AS SELECT * FROM chatvault.messages WHERE channel = 'reg'")
     r = h.run('retention', 'apply')
     h.ok(r.returncode == 0 and 'retention apply:' in r.stdout, 'retention apply exits 0',
          r.stdout + r.stderr)
@@ -155,16 +174,30 @@ with cvtest.Harness('retention', topics={'chat.' + c: 1 for c in CHANNELS},
     names = [line.split()[1] for line in open(expired)]
     h.ok(len(names) == reg['segments'], 'the expiry record names each dropped segment',
          names)
+    # (recorded, rows not deleted yet, file still there)
+    first = [line.split() for line in open(expired)][0]
+    lo, hi = int(first[2]), int(first[3])
     keep = segments(h, 'chat.reg')
     shutil.copy(keep[0], os.path.join(h.tmp, 'log', 'chat.reg-0', names[0]))
+    execute(h, 'INSERT INTO chatvault.messages SELECT * FROM saved'
+               ' WHERE kafka_offset BETWEEN %d AND %d' % (lo, hi))
+    h.is_(rows(h, 'reg'), OLD + NEW - reg['rows'] + hi - lo + 1,
+          '(the rows of the first recorded segment are back)')
     r = h.run('log', 'check')
     h.ok(r.returncode == 0, 'a recorded segment still on disk is not read', r.stdout[-300:])
+    rc, summ, r = verify_summary(h)
+    h.ok(rc == 0 and summ.get('expired_rows') == hi - lo + 1 and summ.get('only_in_postgres') == 0,
+         'verify passes: rows of a recorded segment are expired, not only in PostgreSQL',
+         r.stdout[-600:] + r.stderr[-300:])
     r, parts2 = plan(h)
     h.is_(parts2.get('reg', {}).get('pending'), 1, 'plan shows it pending')
     r = h.run('retention', 'apply', '--channel', 'reg')
     h.ok(r.returncode == 0 and not os.path.exists(os.path.join(h.tmp, 'log', 'chat.reg-0',
                                                                names[0])),
          'the next apply removes it', r.stdout + r.stderr)
+    rc, summ, r = verify_summary(h)
+    h.ok(rc == 0 and summ.get('expired_rows') == 0,
+         "and deletes the rows: verify finds none left", r.stdout[-400:])
 
     # --- what must still be detected --------------------------------------
     keep = segments(h, 'chat.reg')

@@ -71,7 +71,7 @@ static const cv_cli_spec spec = {
         "A segment goes when every record in it is older than its channel's class\n"
         "keeps (by Kafka timestamp) and no record names a class of its own that\n"
         "keeps it longer (ChatMessage.retention_class). The last segment of each\n"
-        "partition is never dropped. Every apply, hold and release is audited.\n",
+        "partition is never dropped. Every plan, apply, hold and release is audited.\n",
     .opts = opts,
     .config_keys = "log.dir, log.key_file, postgres.admin_conninfo, retention.classes, "
                    "retention.channels, retention.default_class",
@@ -283,8 +283,8 @@ int cv_cmd_retention(int argc, char **argv) {
         rc = CV_EXIT_USAGE;
         goto out;
     }
-    if (applying)
-        cv_audit_begin(cfg, CV_PG_ADMIN, "retention apply", argc, argv);
+    cv_audit_begin(cfg, applying ? CV_PG_ADMIN : CV_PG_READER,
+                   applying ? "retention apply" : "retention plan", argc, argv);
     cv_envelope_rules env = cv_cli_envelope_rules(cfg);
     run rn = {.o = &o, .name = name};
     cv_progress_init(&rn.prog, applying ? "retention apply" : "retention plan",

@@ -165,6 +165,10 @@ with cvtest.Harness('retention', topics={'chat.' + c: 1 for c in CHANNELS},
          audit[1][1].get('rows') == reg['rows'] + mixed['rows'],
          'apply is audited with its counts', audit)
 
+    planned = h.query("SELECT counts FROM chatvault.audit WHERE command = 'retention plan'"
+                      " AND result = 'ok' ORDER BY at LIMIT 1")
+    h.ok(planned and planned[0][0].get('segments') == reg['segments'] + mixed['segments'],
+         'plan is audited too, with what it found', planned)
     r, again = plan(h)
     h.ok(all(p['segments'] == 0 for p in again.values()),
          'a second plan finds nothing more', again)

@@ -315,9 +315,11 @@ static int load_expired(vctx *c, const unit *u, merge *s) {
                                           c->errlen);
         if (r < 0)
             return r;
+        if (n == 0)
+            continue;
         cv_applog_expiry_candidate *nv =
-            n ? realloc(s->expired, (s->nexpired + n) * sizeof(*nv)) : s->expired;
-        if (n && !nv) {
+            realloc(s->expired, (s->nexpired + n) * sizeof(*nv));
+        if (!nv) {
             cv_applog_expiry_candidates_free(v, n);
             return -ENOMEM;
         }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "applog/applog.h"
 #include "chatvault.pb-c.h"
@@ -302,6 +303,42 @@ static bool selected(const cv_retention_conf *c, const char *channel) {
     return false;
 }
 
+/* Removes what stood for a dropped segment: its file, or for one only in
+ * the cold tier its object, its stub and its fetched copy. */
+static int remove_segment(const cv_retention_conf *c, const cv_applog_expiry_candidate *g,
+                          char *errbuf, size_t errlen) {
+    if (!g->cold)
+        return cv_applog_expiry_remove(g->dir, &g->e, 1, NULL, errbuf, errlen);
+    char stub[4096];
+    snprintf(stub, sizeof(stub), "%s/%s.cold", g->dir, g->e.segment);
+    if (!c->cold) {
+        cv_errf(
+            errbuf, errlen,
+            "expired log segment %s is only in the cold tier: set cold.target so that "
+            "retention can remove it there",
+            stub);
+        return -EINVAL;
+    }
+    cv_applog_cold_stub st;
+    int r = cv_applog_cold_stub_read(stub, &st, errbuf, errlen);
+    if (r < 0)
+        return r;
+    if ((r = cv_cold_delete(c->cold, st.key, errbuf, errlen)) < 0)
+        return r;
+    if (unlink(stub) < 0 && errno != ENOENT) {
+        r = -errno;
+        cv_errf(errbuf, errlen, "removing cold-tier stub %s: %s", stub, strerror(-r));
+        return r;
+    }
+    if ((r = cv_fsync_dir(g->dir)) < 0) {
+        cv_errf(errbuf, errlen, "fsync of log directory %s: %s", g->dir, strerror(-r));
+        return r;
+    }
+    if (g->src)
+        unlink(g->src); /* the copy fetched into the cache */
+    return 0;
+}
+
 /* Records, deletes, removes: the segments of `go` (one directory after
  * another, as the candidates come), in the order retention.h gives. */
 static int apply_part(const cv_retention_conf *c, PGconn *conn, cv_retention_part *p,
@@ -325,7 +362,7 @@ static int apply_part(const cv_retention_conf *c, PGconn *conn, cv_retention_par
         r = cv_pgretention_rows(conn, p->channel, p->topic, p->partition, ranges, ngo,
                                 true, &p->rows, &p->versions, errbuf, errlen);
     for (size_t i = 0; r == 0 && i < ngo; i++)
-        r = cv_applog_expiry_remove(go[i].dir, &go[i].e, 1, NULL, errbuf, errlen);
+        r = remove_segment(c, &go[i], errbuf, errlen);
     free(e);
     free(ranges);
     return r;

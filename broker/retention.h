@@ -92,6 +92,8 @@ typedef struct cv_retention_conf {
     const cv_keyring *keys;
     const char *pg_conninfo; /* the admin's: it deletes */
     const cv_retention_rules *rules;
+    struct cv_cold *cold;         /* the cold tier (cold.target), or NULL: a segment
+                             only there is then not dropped (an error) */
     const cv_envelope_rules *env; /* topic prefix: topic to channel */
     int64_t now_us;
     bool apply;                  /* false: only say what would go */

@@ -10,6 +10,7 @@
 
 #include "access.h"
 #include "cli.h"
+#include "cold/cold.h"
 #include "daemon/periodic.h"
 #include "retention.h"
 #include "util.h"
@@ -19,6 +20,7 @@ struct cv_retsched {
     const cv_config *cfg;
     const cv_keyring *keys;
     cv_retention_rules rules;
+    cv_cold *cold; /* cold.target's, or NULL */
     cv_envelope_rules env;
     int64_t interval_s;
 };
@@ -44,6 +46,7 @@ static void pass(void *opaque, const atomic_bool *stop) {
         .keys = s->keys,
         .pg_conninfo = cv_access_conninfo(s->cfg, CV_PG_ADMIN),
         .rules = &s->rules,
+        .cold = s->cold,
         .env = &s->env,
         .now_us = cv_now_us(),
         .apply = true,
@@ -81,12 +84,15 @@ int cv_retsched_start(const cv_config *cfg, const cv_keyring *keys, cv_retsched 
     s->interval_s = interval;
     s->env = cv_cli_envelope_rules(cfg);
     int r = cv_retention_rules_load(cfg, &s->rules, errbuf, errlen);
+    if (r == 0 && *cv_config_str(cfg, "cold.target"))
+        r = cv_cli_cold_open(cfg, &s->cold, errbuf, errlen);
     if (r == 0)
         r = cv_periodic_start("cv-retention",
                               interval * 1000 < 60000 ? interval * 1000 : 60000,
                               interval * 1000, pass, s, &s->thread, errbuf, errlen);
     if (r < 0) {
         cv_retention_rules_release(&s->rules);
+        cv_cold_free(s->cold);
         free(s);
         return r;
     }
@@ -99,6 +105,7 @@ cv_retsched *cv_retsched_stop(cv_retsched *s) {
         return NULL;
     cv_periodic_stop(s->thread);
     cv_retention_rules_release(&s->rules);
+    cv_cold_free(s->cold);
     free(s);
     return NULL;
 }

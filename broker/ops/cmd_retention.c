@@ -14,6 +14,7 @@
 
 #include "access.h"
 #include "cli.h"
+#include "cold/cold.h"
 #include "keyring.h"
 #include "pg/pgmigrate.h"
 #include "pg/pgretention.h"
@@ -74,7 +75,7 @@ static const cv_cli_spec spec = {
         "partition is never dropped. Every plan, apply, hold and release is audited.\n",
     .opts = opts,
     .config_keys = "log.dir, log.key_file, postgres.admin_conninfo, retention.classes, "
-                   "retention.channels, retention.default_class",
+                   "retention.channels, retention.default_class, cold.target",
     .epilog = "Exit codes: 0 ok, 1 runtime failure (PostgreSQL unreachable, a damaged\n"
               "log segment: see chatvault log check), 2 usage or config error.\n",
 };
@@ -285,6 +286,14 @@ int cv_cmd_retention(int argc, char **argv) {
     }
     cv_audit_begin(cfg, applying ? CV_PG_ADMIN : CV_PG_READER,
                    applying ? "retention apply" : "retention plan", argc, argv);
+    cv_cold *cold = NULL;
+    if (applying && *cv_config_str(cfg, "cold.target") &&
+        cv_cli_cold_open(cfg, &cold, err, sizeof(err)) < 0) {
+        cv_error(name, "%s", err);
+        cv_keyring_free(keys);
+        rc = CV_EXIT_USAGE;
+        goto out;
+    }
     cv_envelope_rules env = cv_cli_envelope_rules(cfg);
     run rn = {.o = &o, .name = name};
     cv_progress_init(&rn.prog, applying ? "retention apply" : "retention plan",
@@ -294,6 +303,7 @@ int cv_cmd_retention(int argc, char **argv) {
         .keys = keys,
         .pg_conninfo = cv_access_conninfo(cfg, applying ? CV_PG_ADMIN : CV_PG_READER),
         .rules = &rules,
+        .cold = cold,
         .env = &env,
         .now_us = now_us,
         .apply = applying,
@@ -327,6 +337,7 @@ int cv_cmd_retention(int argc, char **argv) {
                    st.pending ? " (finished an earlier run's)" : "");
     }
     cv_keyring_free(keys);
+    cv_cold_free(cold);
 out:
     cv_retention_rules_release(&rules);
     cv_config_free(cfg);

@@ -459,11 +459,14 @@ typedef struct cv_applog_expiry_candidate {
     cv_applog_expiry e;
     int64_t newest_ms; /* newest Kafka timestamp of its records (else created) */
     bool keep;         /* a record's keep callback said so */
+    bool cold;         /* only in the cold tier: <dir>/<segment>.cold stands for it */
+    char *src;         /* the file its records were read from (a cold one's
+                          fetched copy); NULL for a pending one */
 } cv_applog_expiry_candidate;
 /* Reads every record of the partition at `partition_dir` (with keys) and
  * returns its broker segments that are sealed (not the last of their
- * directory), local (not only in the cold tier) and outside repair
- * directories, oldest first. keep(opaque, rec) is asked of every record
+ * directory) and outside repair directories, oldest first; one only in the
+ * cold tier is read through the fetch hook and marked cold. keep(opaque, rec) is asked of every record
  * of those; a segment is marked keep when any record is. Frees with
  * cv_applog_expiry_candidates_free. Damage is an error naming it. */
 typedef bool cv_applog_expiry_keep_fn(void *opaque, const cv_applog_record *rec);

@@ -321,9 +321,40 @@ int cv_applog_i_expiry_bridges(const pdir *d, const seghdr *h, const char **why)
 /* ---- what retention may drop ------------------------------------------ */
 
 void cv_applog_expiry_candidates_free(cv_applog_expiry_candidate *c, size_t n) {
-    for (size_t i = 0; c && i < n; i++)
+    for (size_t i = 0; c && i < n; i++) {
         free(c[i].dir);
+        free(c[i].src);
+    }
     free(c);
+}
+
+static bool exists(const char *dir, const char *name, const char *suffix) {
+    char p[PATH_MAX];
+    int l = snprintf(p, sizeof(p), "%s/%s%s", dir, name, suffix);
+    return l > 0 && (size_t)l < sizeof(p) && access(p, F_OK) == 0;
+}
+
+static bool in_repair_dir(const char *file) {
+    char d[PATH_MAX];
+    snprintf(d, sizeof(d), "%s", file);
+    char *slash = strrchr(d, '/');
+    if (slash)
+        *slash = '\0';
+    return slash && cv_applog_i_is_repair_dir(d);
+}
+
+/* The directory of a record read from a fetched cold-tier copy: its
+ * generation's, when a stub there stands for a segment of that name. */
+static char *cold_dir_of(const char *partition_dir, const cv_applog_record *rec,
+                         const char *name) {
+    char d[PATH_MAX];
+    int l = rec->generation ? snprintf(d, sizeof(d), "%s/" GEN_PREFIX "%020" PRId64,
+                                       partition_dir, rec->generation)
+                            : snprintf(d, sizeof(d), "%s", partition_dir);
+    if (l < 0 || (size_t)l >= sizeof(d) || !exists(d, name, COLD_SUFFIX_TAIL) ||
+        exists(d, name, ""))
+        return NULL;
+    return strdup(d);
 }
 
 /* The directory of `file` when it is the partition directory or one of its
@@ -353,21 +384,15 @@ static char *chain_dir_of(const char *partition_dir, const char *file) {
 }
 
 static bool is_file(const cv_applog_expiry_candidate *c, const char *file) {
-    size_t dl = strlen(c->dir);
-    return strncmp(file, c->dir, dl) == 0 && file[dl] == '/' &&
-           strcmp(file + dl + 1, c->e.segment) == 0;
+    return c->src && strcmp(c->src, file) == 0;
 }
 
 /* Fills what the header says: link, first offset, size, created. */
 static int describe_header(cv_applog_expiry_candidate *c, int64_t *created_us,
                            char *errbuf, size_t errlen) {
-    char *path = cv_applog_i_path_join(c->dir, c->e.segment);
-    if (!path)
-        return -ENOMEM;
     seg s;
     memset(&s, 0, sizeof(s));
-    int r = cv_applog_i_seg_open(&s, path, errbuf, errlen);
-    free(path);
+    int r = cv_applog_i_seg_open(&s, c->src, errbuf, errlen);
     if (r < 0)
         return r;
     memcpy(c->e.prev_chain, s.h.prev_chain, DIGEST);
@@ -400,15 +425,20 @@ int cv_applog_expiry_candidates(const char *partition_dir, const cv_keyring *key
             i--;
         if (i == 0) {
             char *dir = chain_dir_of(partition_dir, rec.file);
-            if (!dir || strlen(name) >= sizeof(v->e.segment)) {
+            bool cold = !dir && !in_repair_dir(rec.file) &&
+                        (dir = cold_dir_of(partition_dir, &rec, name));
+            char *src = dir ? strdup(rec.file) : NULL;
+            if (!src || strlen(name) >= sizeof(v->e.segment)) {
                 free(dir);
-                continue; /* a repair directory's, or a cold-tier copy */
+                free(src);
+                continue; /* a repair directory's */
             }
             if (n == cap) {
                 size_t nc = cap ? 2 * cap : 16;
                 cv_applog_expiry_candidate *nv = realloc(v, nc * sizeof(*v));
                 if (!nv) {
                     free(dir);
+                    free(src);
                     r = -ENOMEM;
                     break;
                 }
@@ -417,6 +447,8 @@ int cv_applog_expiry_candidates(const char *partition_dir, const cv_keyring *key
             }
             memset(&v[n], 0, sizeof(v[n]));
             v[n].dir = dir;
+            v[n].src = src;
+            v[n].cold = cold;
             snprintf(v[n].e.segment, sizeof(v[n].e.segment), "%s", name);
             v[n].newest_ms = INT64_MIN;
             i = ++n;
@@ -437,6 +469,7 @@ int cv_applog_expiry_candidates(const char *partition_dir, const cv_keyring *key
     for (size_t i = 0; i < n; i++) {
         if (r < 0) {
             free(v[i].dir);
+            free(v[i].src);
             continue;
         }
         char **names = NULL;
@@ -449,6 +482,7 @@ int cv_applog_expiry_candidates(const char *partition_dir, const cv_keyring *key
             r = describe_header(&v[i], &created_us, errbuf, errlen);
         if (r < 0 || last) {
             free(v[i].dir);
+            free(v[i].src);
             continue;
         }
         if (v[i].newest_ms < 0)
@@ -475,10 +509,9 @@ static int recorded_in(const char *dir, const cv_keyring *keys, bool present,
     if (r <= 0)
         return r;
     for (size_t i = 0; i < ne && r >= 0; i++) {
-        char *path = cv_applog_i_path_join(dir, e[i].segment);
-        bool there = path && access(path, F_OK) == 0;
-        free(path);
-        if (present && !there)
+        bool local = exists(dir, e[i].segment, "");
+        bool cold = !local && exists(dir, e[i].segment, COLD_SUFFIX_TAIL);
+        if (present && !local && !cold)
             continue;
         cv_applog_expiry_candidate *nv = realloc(*v, (*n + 1) * sizeof(**v));
         char *d = nv ? strdup(dir) : NULL;
@@ -488,7 +521,8 @@ static int recorded_in(const char *dir, const cv_keyring *keys, bool present,
             r = -ENOMEM;
             break;
         }
-        (*v)[(*n)++] = (cv_applog_expiry_candidate){.dir = d, .e = e[i], .newest_ms = -1};
+        (*v)[(*n)++] = (cv_applog_expiry_candidate){
+            .dir = d, .e = e[i], .newest_ms = -1, .cold = cold};
     }
     free(e);
     return r < 0 ? r : 0;

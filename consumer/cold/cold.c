@@ -463,6 +463,8 @@ static int s3_request(cv_cold *c, const char *method, const char *key, FILE *in,
         curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)in_size);
     } else if (strcmp(method, "HEAD") == 0) {
         curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+    } else if (strcmp(method, "DELETE") == 0) {
+        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "DELETE");
     }
     CURLcode cr = curl_easy_perform(h);
     long status = 0;
@@ -694,6 +696,33 @@ int cv_cold_head(cv_cold *c, const char *key, uint64_t *ret_size, char *errbuf,
         return r == 403 ? -EACCES : -EIO;
     *ret_size = len;
     return 0;
+}
+
+int cv_cold_delete(cv_cold *c, const char *key, char *errbuf, size_t errlen) {
+    if (!c->s3) {
+        char p[PATH_MAX];
+        file_path(c, key, p, sizeof(p));
+        int t = target_present(c, errbuf, errlen);
+        if (t < 0)
+            return t;
+        if (unlink(p) < 0 && errno != ENOENT) {
+            int e = errno;
+            cv_errf(errbuf, errlen, "cold target %s: removing %s: %s", c->target, p,
+                    strerror(e));
+            return -e;
+        }
+        int fr = cv_fsync_parent(p);
+        if (fr < 0)
+            cv_errf(errbuf, errlen, "cold target %s: fsync after removing %s: %s",
+                    c->target, p, strerror(-fr));
+        return fr;
+    }
+    int r = s3_request(c, "DELETE", key, NULL, 0, NULL, NULL, 0, NULL, errbuf, errlen);
+    if (r < 0)
+        return r;
+    if (r == 404) /* S3 answers 204 for a key that is not there; others 404 */
+        return 0;
+    return r / 100 == 2 ? 0 : r == 403 ? -EACCES : -EIO;
 }
 
 int cv_cold_get(cv_cold *c, const char *key, const char *path, uint64_t max, char *errbuf,

@@ -81,6 +81,9 @@ int cv_cold_put(cv_cold *c, const char *key, const char *path, char *errbuf,
  * directory missing or without its marker). */
 int cv_cold_head(cv_cold *c, const char *key, uint64_t *ret_size, char *errbuf,
                  size_t errlen);
+/* Deletes object `key` (retention: a cold-only segment that expired). 0
+ * also when there was no such object; -ENXIO as cv_cold_head. */
+int cv_cold_delete(cv_cold *c, const char *key, char *errbuf, size_t errlen);
 /* Writes the object into the file `path` (created 0600, replaced), at most
  * `max` bytes (-EFBIG past it); -ENOENT and -ENXIO as cv_cold_head. The
  * file is written under a name of its own first (several processes may

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "applog/applog.h"
 #include "chatvault.pb-c.h"
 #include "cold/cold.h"
@@ -459,6 +460,17 @@ static int one_part(const cv_retention_conf *c, PGconn *conn, const cv_hold_list
     if (c->on_part)
         c->on_part(c->opaque, &p);
     return 0;
+}
+
+void cv_retention_audit_counts(const cv_retention_stats *st) {
+    cv_audit_count("partitions", (int64_t)st->partitions);
+    cv_audit_count("held", (int64_t)st->held);
+    cv_audit_count("segments", (int64_t)st->segments);
+    cv_audit_count("records", (int64_t)st->records);
+    cv_audit_count("bytes", (int64_t)st->bytes);
+    cv_audit_count("rows", (int64_t)st->rows);
+    cv_audit_count("versions", (int64_t)st->versions);
+    cv_audit_count("pending", (int64_t)st->pending);
 }
 
 int cv_retention_run(const cv_retention_conf *c, cv_retention_stats *st, char *errbuf,

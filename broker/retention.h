@@ -106,6 +106,9 @@ typedef struct cv_retention_conf {
                         int32_t partition);
 } cv_retention_conf;
 
+/* Adds the run's counts to the process's audit record (access.h). */
+void cv_retention_audit_counts(const cv_retention_stats *st);
+
 /* Plans (and with conf->apply, applies) retention over every partition of
  * the log. 0 when the run completed, else a negative errno with a one-line
  * error; *ret_stats holds what was done up to then. */

@@ -55,13 +55,7 @@ static void pass(void *opaque, const atomic_bool *stop) {
     cv_retention_stats st;
     char err[1024];
     int r = cv_retention_run(&c, &st, err, sizeof(err));
-    cv_audit_count("partitions", (int64_t)st.partitions);
-    cv_audit_count("held", (int64_t)st.held);
-    cv_audit_count("segments", (int64_t)st.segments);
-    cv_audit_count("records", (int64_t)st.records);
-    cv_audit_count("bytes", (int64_t)st.bytes);
-    cv_audit_count("rows", (int64_t)st.rows);
-    cv_audit_count("versions", (int64_t)st.versions);
+    cv_retention_audit_counts(&st);
     if (r < 0) {
         cv_audit_note_error(err);
         cv_log(CV_LOG_WARN, "retention: pass failed; tried again at the next interval",

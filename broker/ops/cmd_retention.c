@@ -316,13 +316,7 @@ int cv_cmd_retention(int argc, char **argv) {
     cv_retention_stats st;
     int r = cv_retention_run(&rc_conf, &st, err, sizeof(err));
     cv_progress_end(&rn.prog);
-    cv_audit_count("partitions", (int64_t)st.partitions);
-    cv_audit_count("held", (int64_t)st.held);
-    cv_audit_count("segments", (int64_t)st.segments);
-    cv_audit_count("records", (int64_t)st.records);
-    cv_audit_count("bytes", (int64_t)st.bytes);
-    cv_audit_count("rows", (int64_t)st.rows);
-    cv_audit_count("versions", (int64_t)st.versions);
+    cv_retention_audit_counts(&st);
     if (r < 0) {
         cv_error(name, "%s", err);
     } else {

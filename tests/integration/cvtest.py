@@ -280,7 +280,12 @@ class Harness:
             raise RuntimeError('chatvault dev-kafka printed no bootstrap servers')
 
     def _admin(self, sql):
-        conn = psycopg2.connect(PG + ' dbname=postgres')
+        self.execute(sql, PG + ' dbname=postgres')
+
+    def execute(self, sql, conninfo=None):
+        """Runs SQL that returns no rows, committed, on the test database
+        (or CONNINFO's)."""
+        conn = psycopg2.connect(conninfo or self.conninfo)
         conn.autocommit = True
         try:
             with conn.cursor() as cur:

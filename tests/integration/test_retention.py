@@ -17,8 +17,6 @@ import os
 import shutil
 import time
 
-import psycopg2
-
 import cvtest
 
 OLD, NEW = 200, 40
@@ -34,16 +32,6 @@ def rows(h, channel, table='chatvault.messages'):
 
 def segments(h, topic):
     return sorted(glob.glob(os.path.join(h.tmp, 'log', topic + '-0', '*.cvlog')))
-
-
-def execute(h, sql):
-    conn = psycopg2.connect(h.conninfo)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
 
 
 def verify_summary(h):
@@ -131,7 +119,7 @@ with cvtest.Harness('retention', topics={'chat.' + c: 1 for c in CHANNELS},
          'plan --now in the future: more of reg, still nothing of keyc', later)
 
     # --- apply ------------------------------------------------------------
-    execute(h, "CREATE TABLE saved AS SELECT * FROM chatvault.messages WHERE channel = 'reg'")
+    h.execute("CREATE TABLE saved AS SELECT * FROM chatvault.messages WHERE channel = 'reg'")
     r = h.run('retention', 'apply')
     h.ok(r.returncode == 0 and 'retention apply:' in r.stdout, 'retention apply exits 0',
          r.stdout + r.stderr)
@@ -183,7 +171,7 @@ with cvtest.Harness('retention', topics={'chat.' + c: 1 for c in CHANNELS},
     lo, hi = int(first[2]), int(first[3])
     keep = segments(h, 'chat.reg')
     shutil.copy(keep[0], os.path.join(h.tmp, 'log', 'chat.reg-0', names[0]))
-    execute(h, 'INSERT INTO chatvault.messages SELECT * FROM saved'
+    h.execute('INSERT INTO chatvault.messages SELECT * FROM saved'
                ' WHERE kafka_offset BETWEEN %d AND %d' % (lo, hi))
     h.is_(rows(h, 'reg'), OLD + NEW - reg['rows'] + hi - lo + 1,
           '(the rows of the first recorded segment are back)')

@@ -244,6 +244,12 @@ typedef struct keep_ctx {
     int64_t channel_keep_s, cutoff_ms, now_ms;
 } keep_ctx;
 
+/* The Kafka time (ms) before which a retention of keep_s has passed; a
+ * retention longer than the epoch is old has nothing past it. */
+static int64_t cutoff(int64_t now_ms, int64_t keep_s) {
+    return keep_s >= now_ms / 1000 ? INT64_MIN : now_ms - keep_s * 1000;
+}
+
 /* Whether a record keeps its segment: too new, or a class of its own that
  * keeps it longer, or not readable (kept: retention never guesses). */
 static bool keep_record(void *opaque, const cv_applog_record *rec) {
@@ -262,7 +268,7 @@ static bool keep_record(void *opaque, const cv_applog_record *rec) {
         int64_t s = c < 0 ? CV_RETENTION_FOREVER : k->rules->classes[c].keep_s;
         if (s > k->channel_keep_s)
             keep = s == CV_RETENTION_FOREVER || rec->timestamp_ms < 0 ||
-                   rec->timestamp_ms >= k->now_ms - s * 1000;
+                   rec->timestamp_ms >= cutoff(k->now_ms, s);
     }
     chatvault__v1__chat_message__free_unpacked(m, NULL);
     return keep;
@@ -402,7 +408,7 @@ static int one_part(const cv_retention_conf *c, PGconn *conn, const cv_hold_list
      * for good has nothing to read. */
     keep_ctx k = {rules, p.keep_s, 0, c->now_us / 1000};
     if (r == 0 && p.keep_s != CV_RETENTION_FOREVER) {
-        k.cutoff_ms = k.now_ms - p.keep_s * 1000;
+        k.cutoff_ms = cutoff(k.now_ms, p.keep_s);
         r = cv_applog_expiry_candidates(pr->path, c->keys, keep_record, &k, &cand, &ncand,
                                         errbuf, errlen);
     }

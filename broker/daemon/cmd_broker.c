@@ -383,7 +383,7 @@ int cv_cmd_broker(int argc, char **argv) {
         rc = de == -EINVAL ? CV_EXIT_USAGE : CV_EXIT_FAILURE;
         goto out;
     }
-    if (cv_retsched_start(cfg, keys, &retention, err, sizeof(err)) < 0) {
+    if (cv_retsched_start(cfg, keys, metrics, &retention, err, sizeof(err)) < 0) {
         cv_error("broker", "%s", err);
         rc = CV_EXIT_USAGE;
         goto out;

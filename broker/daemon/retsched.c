@@ -21,6 +21,7 @@ struct cv_retsched {
     const cv_keyring *keys;
     cv_retention_rules rules;
     cv_cold *cold; /* cold.target's, or NULL */
+    cv_metrics *metrics;
     cv_envelope_rules env;
     int64_t interval_s;
 };
@@ -56,6 +57,12 @@ static void pass(void *opaque, const atomic_bool *stop) {
     char err[1024];
     int r = cv_retention_run(&c, &st, err, sizeof(err));
     cv_retention_audit_counts(&st);
+    cv_metrics_retention mr = {.interval_s = s->interval_s,
+                               .last_us = cv_now_us(),
+                               .last_ok = r == 0,
+                               .held = st.held};
+    cv_metrics_retention_pass(s->metrics, &mr, st.segments, st.records, st.bytes,
+                              st.rows);
     if (r < 0) {
         cv_audit_note_error(err);
         cv_log(CV_LOG_WARN, "retention: pass failed; tried again at the next interval",
@@ -64,8 +71,8 @@ static void pass(void *opaque, const atomic_bool *stop) {
     cv_audit_end(r < 0 ? CV_EXIT_FAILURE : CV_EXIT_OK);
 }
 
-int cv_retsched_start(const cv_config *cfg, const cv_keyring *keys, cv_retsched **ret,
-                      char *errbuf, size_t errlen) {
+int cv_retsched_start(const cv_config *cfg, const cv_keyring *keys, cv_metrics *metrics,
+                      cv_retsched **ret, char *errbuf, size_t errlen) {
     *ret = NULL;
     int64_t interval = cv_config_int(cfg, "retention.interval_s");
     if (interval <= 0 || !*cv_config_str(cfg, "log.dir") || !keys)
@@ -75,6 +82,7 @@ int cv_retsched_start(const cv_config *cfg, const cv_keyring *keys, cv_retsched 
         return -ENOMEM;
     s->cfg = cfg;
     s->keys = keys;
+    s->metrics = metrics;
     s->interval_s = interval;
     s->env = cv_cli_envelope_rules(cfg);
     int r = cv_retention_rules_load(cfg, &s->rules, errbuf, errlen);

@@ -6,6 +6,7 @@
  * arguments ["schedule"]). Off the ack path: it only drops sealed
  * segments, which the writer never touches again. A failed pass is logged
  * and tried again at the next interval; what it recorded is finished then.
+ * /metrics exports each pass (chatvault_retention_*).
  */
 #ifndef CV_RETSCHED_H
 #define CV_RETSCHED_H
@@ -14,13 +15,15 @@
 
 #include "config.h"
 #include "keyring.h"
+#include "obs/metrics.h"
 
 typedef struct cv_retsched cv_retsched;
 
 /* Starts the thread when the config asks for one (*ret stays NULL when
- * not). -EINVAL with errbuf set for a bad retention.* key. */
-int cv_retsched_start(const cv_config *cfg, const cv_keyring *keys, cv_retsched **ret,
-                      char *errbuf, size_t errlen);
+ * not); each pass is exported on `metrics` (chatvault_retention_*).
+ * -EINVAL with errbuf set for a bad retention.* key. */
+int cv_retsched_start(const cv_config *cfg, const cv_keyring *keys, cv_metrics *metrics,
+                      cv_retsched **ret, char *errbuf, size_t errlen);
 
 /* Stops the thread and frees it. Accepts NULL; returns NULL. */
 cv_retsched *cv_retsched_stop(cv_retsched *s);

@@ -725,6 +725,19 @@ void cv_metrics_kafka_stats(cv_metrics *m, const char *json, size_t len) {
     cv_metrics_kafka_state(m, up, known);
 }
 
+void cv_metrics_retention_pass(cv_metrics *m, const cv_metrics_retention *r,
+                               uint64_t segments, uint64_t records, uint64_t bytes,
+                               uint64_t rows) {
+    pthread_mutex_lock(&m->lock);
+    m->retention = *r;
+    m->retention_known = true;
+    m->retention_segments += segments;
+    m->retention_records += records;
+    m->retention_bytes += bytes;
+    m->retention_rows += rows;
+    pthread_mutex_unlock(&m->lock);
+}
+
 void cv_metrics_set_drill(cv_metrics *m, const cv_metrics_drill *d) {
     pthread_mutex_lock(&m->lock);
     m->drill = *d;

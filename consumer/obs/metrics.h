@@ -168,6 +168,19 @@ typedef struct cv_metrics_drill {
 } cv_metrics_drill;
 void cv_metrics_set_drill(cv_metrics *m, const cv_metrics_drill *d);
 
+/* What the broker's scheduled retention did (broker/daemon/retsched.h);
+ * no retention family is exported before the first call. */
+typedef struct cv_metrics_retention {
+    int64_t interval_s; /* retention.interval_s */
+    int64_t last_us;    /* Unix us the last pass ended */
+    bool last_ok;       /* it completed */
+    uint64_t held;      /* partitions held in the last pass */
+} cv_metrics_retention;
+/* Records a pass: `r` and the counts it dropped (added to the totals). */
+void cv_metrics_retention_pass(cv_metrics *m, const cv_metrics_retention *r,
+                               uint64_t segments, uint64_t records, uint64_t bytes,
+                               uint64_t rows);
+
 /* Ready: the pipeline ticked in the last 3 windows, Kafka is reachable (at
  * least one broker up, or the outage is younger than 5 s), acks can be made (no
  * store is down, or ack.policy = any runs degraded on the other one), no

@@ -187,6 +187,9 @@ struct cv_metrics {
 
     bool drill_known; /* cv_metrics_set_drill was called */
     cv_metrics_drill drill;
+    bool retention_known; /* cv_metrics_retention_pass was called */
+    cv_metrics_retention retention;
+    uint64_t retention_segments, retention_records, retention_bytes, retention_rows;
 
     char *probe_topic; /* NULL: no probe */
     cv_hist probe_latency;

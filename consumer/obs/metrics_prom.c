@@ -349,6 +349,40 @@ out:
     return r;
 }
 
+/* The broker's scheduled retention, once it ran a pass. */
+static int prom_retention(const cv_metrics *m, cv_buf *b) {
+    int r = 0;
+    const cv_metrics_retention *t = &m->retention;
+    if (!m->retention_known)
+        return 0;
+    CK(prom_seconds(b, "chatvault_retention_last_run_timestamp_seconds",
+                    "Unix time the broker's last retention pass ended.",
+                    (double)t->last_us / 1e6));
+    CK(prom_one(b, "chatvault_retention_last_run_ok", "gauge",
+                "1 when the last retention pass completed, 0 when it failed.",
+                t->last_ok));
+    CK(prom_one(b, "chatvault_retention_dropped_segments_total", "counter",
+                "Expired log segments the broker's retention dropped.",
+                (int64_t)m->retention_segments));
+    CK(prom_one(b, "chatvault_retention_dropped_records_total", "counter",
+                "Log records in the segments retention dropped.",
+                (int64_t)m->retention_records));
+    CK(prom_one(b, "chatvault_retention_dropped_bytes_total", "counter",
+                "Bytes of the log segments retention dropped.",
+                (int64_t)m->retention_bytes));
+    CK(prom_one(b, "chatvault_retention_deleted_rows_total", "counter",
+                "PostgreSQL rows (latest versions) retention deleted with them.",
+                (int64_t)m->retention_rows));
+    CK(prom_one(b, "chatvault_retention_held_partitions", "gauge",
+                "Partitions a legal hold kept from expiring in the last pass.",
+                (int64_t)t->held));
+    CK(prom_one(b, "chatvault_retention_interval_seconds", "gauge",
+                "retention.interval_s: how often this broker applies retention.",
+                t->interval_s));
+out:
+    return r;
+}
+
 /* chatvault_store_up and chatvault_store_errors_total, per store. */
 static int prom_stores(const cv_metrics *m, cv_buf *b) {
     int r = 0;
@@ -441,6 +475,7 @@ int cv_metrics_render_prometheus(cv_metrics *m, cv_buf *b) {
     CK(prom_latencies(m, b));
     CK(prom_probe(m, b));
     CK(prom_drill(m, b));
+    CK(prom_retention(m, b));
     CK(prom_stores(m, b));
     CK(prom_log(m, b));
     CK(prom_degraded_kafka(m, b));

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import time
+import urllib.request
 
 import cvtest
 
@@ -227,7 +228,8 @@ with cvtest.Harness('retention', topics={'chat.' + c: 1 for c in CHANNELS},
     h.ok(set(parts3) == {'held'} and parts3['held']['held'] is None and
          parts3['held']['segments'] > 0, 'released, held would expire', parts3)
 
-    h.write_config(**{'retention.interval_s': '1'})
+    port = cvtest.free_port()
+    h.write_config(**{'retention.interval_s': '1', 'http.listen': '127.0.0.1:%d' % port})
     h.start_broker()
     deadline = time.time() + 60
     while rows(h, 'held') == OLD + NEW and time.time() < deadline:
@@ -237,6 +239,13 @@ with cvtest.Harness('retention', topics={'chat.' + c: 1 for c in CHANNELS},
     sched = h.query("SELECT result, arguments FROM chatvault.audit"
                     " WHERE command = 'retention apply' AND arguments = '[\"schedule\"]'")
     h.ok(len(sched) >= 1, 'a scheduled pass is audited', sched)
+    with urllib.request.urlopen('http://127.0.0.1:%d/metrics' % port, timeout=10) as resp:
+        metrics = resp.read().decode()
+    dropped = [l for l in metrics.splitlines()
+               if l.startswith('chatvault_retention_dropped_segments_total ')]
+    h.ok(dropped and int(dropped[0].split()[1]) == parts3['held']['segments'] and
+         'chatvault_retention_last_run_ok 1' in metrics,
+         '/metrics shows what the scheduled pass dropped', dropped)
     prod = h.producer()
     for i in range(20):
         prod.send('chat.reg', value=cvtest.chat_message('reg', b'after %d' % i,

@@ -86,6 +86,10 @@ typedef struct run {
     cv_progress prog;
 } run;
 
+static const char *plural(uint64_t n) {
+    return n == 1 ? "" : "s";
+}
+
 static void on_progress(void *opaque, uint64_t done, uint64_t total, const char *topic,
                         int32_t partition) {
     run *rn = opaque;
@@ -132,11 +136,11 @@ static void on_part(void *opaque, const cv_retention_part *p) {
         printf("nothing expired%s\n",
                p->kept_for_messages ? " (some kept for key messages)" : "");
     else
-        printf("%" PRIu64 " segments, %" PRIu64 " records, %" PRIu64
+        printf("%" PRIu64 " segment%s, %" PRIu64 " record%s, %" PRIu64
                " bytes (offsets %" PRId64 "..%" PRId64 "); %" PRIu64 " rows + %" PRIu64
                " versions in PostgreSQL%s\n",
-               p->segments, p->records, p->bytes, p->first_offset, p->last_offset,
-               p->rows, p->versions,
+               p->segments, plural(p->segments), p->records, plural(p->records), p->bytes,
+               p->first_offset, p->last_offset, p->rows, p->versions,
                p->kept_for_messages ? "; some kept for key messages" : "");
 }
 
@@ -322,13 +326,16 @@ int cv_cmd_retention(int argc, char **argv) {
     } else {
         rc = CV_EXIT_OK;
         if (!o.json)
-            printf("%s: %" PRIu64 " segments, %" PRIu64 " records, %" PRIu64
+            printf("%s: %" PRIu64 " segment%s, %" PRIu64 " record%s, %" PRIu64
                    " bytes of the log and %" PRIu64 " rows + %" PRIu64
                    " versions of PostgreSQL %s; %" PRIu64 " partitions, %" PRIu64
                    " held%s\n",
-                   name, st.segments, st.records, st.bytes, st.rows, st.versions,
-                   applying ? "dropped" : "would go", st.partitions, st.held,
-                   st.pending ? " (finished an earlier run's)" : "");
+                   name, st.segments, plural(st.segments), st.records, plural(st.records),
+                   st.bytes, st.rows, st.versions, applying ? "dropped" : "would go",
+                   st.partitions, st.held,
+                   !st.pending ? ""
+                   : applying  ? " (with what an earlier run left unfinished)"
+                               : " (with what an earlier run left unfinished: pending)");
     }
     cv_keyring_free(keys);
     cv_cold_free(cold);

@@ -274,6 +274,14 @@ static bool keep_record(void *opaque, const cv_applog_record *rec) {
     return keep;
 }
 
+/* PostgreSQL's rows at a dropped segment's offsets are deleted when their
+ * Kafka timestamp is before the channel's cutoff too (retention.h): the
+ * cutoff, within the years a timestamptz holds. */
+static int64_t rows_before(const keep_ctx *k) {
+    return k->cutoff_ms < INT64_C(-62135596800000) ? INT64_C(-62135596800000)
+                                                   : k->cutoff_ms;
+}
+
 typedef struct part_ref {
     char *path, *topic;
     int32_t partition;
@@ -349,8 +357,8 @@ static int remove_segment(const cv_retention_conf *c, const cv_applog_expiry_can
 /* Records, deletes, removes: the segments of `go` (one directory after
  * another, as the candidates come), in the order retention.h gives. */
 static int apply_part(const cv_retention_conf *c, PGconn *conn, cv_retention_part *p,
-                      cv_applog_expiry_candidate *go, size_t ngo, char *errbuf,
-                      size_t errlen) {
+                      cv_applog_expiry_candidate *go, size_t ngo, int64_t before_ms,
+                      char *errbuf, size_t errlen) {
     cv_applog_expiry *e = malloc((ngo ? ngo : 1) * sizeof(*e));
     cv_offset_range *ranges = malloc((ngo ? ngo : 1) * sizeof(*ranges));
     int r = e && ranges ? 0 : -ENOMEM;
@@ -367,7 +375,7 @@ static int apply_part(const cv_retention_conf *c, PGconn *conn, cv_retention_par
         ranges[i] = (cv_offset_range){go[i].e.first_offset, go[i].e.last_offset};
     if (r == 0)
         r = cv_pgretention_rows(conn, p->channel, p->topic, p->partition, ranges, ngo,
-                                true, &p->rows, &p->versions, errbuf, errlen);
+                                before_ms, true, &p->rows, &p->versions, errbuf, errlen);
     for (size_t i = 0; r == 0 && i < ngo; i++)
         r = remove_segment(c, &go[i], errbuf, errlen);
     free(e);
@@ -407,8 +415,8 @@ static int one_part(const cv_retention_conf *c, PGconn *conn, const cv_hold_list
     /* Message classes only lengthen a channel's retention: a channel kept
      * for good has nothing to read. */
     keep_ctx k = {rules, p.keep_s, 0, c->now_us / 1000};
+    k.cutoff_ms = cutoff(k.now_ms, p.keep_s);
     if (r == 0 && p.keep_s != CV_RETENTION_FOREVER) {
-        k.cutoff_ms = cutoff(k.now_ms, p.keep_s);
         r = cv_applog_expiry_candidates(pr->path, c->keys, keep_record, &k, &cand, &ncand,
                                         errbuf, errlen);
     }
@@ -446,10 +454,11 @@ static int one_part(const cv_retention_conf *c, PGconn *conn, const cv_hold_list
             ranges[i] = (cv_offset_range){go[i].e.first_offset, go[i].e.last_offset};
         if (r == 0)
             r = cv_pgretention_rows(conn, channel, pr->topic, pr->partition, ranges, ngo,
-                                    false, &p.rows, &p.versions, errbuf, errlen);
+                                    rows_before(&k), false, &p.rows, &p.versions, errbuf,
+                                    errlen);
         free(ranges);
     } else if (r == 0 && ngo) {
-        r = apply_part(c, conn, &p, go, ngo, errbuf, errlen);
+        r = apply_part(c, conn, &p, go, ngo, rows_before(&k), errbuf, errlen);
     }
     free(go);
     cv_applog_expiry_candidates_free(pend, npend);

@@ -13,7 +13,9 @@
  *
  * What goes: whole sealed segments of the encrypted log, each one whose
  * every record is older than its retention (by Kafka timestamp), and the
- * rows PostgreSQL holds at those segments' Kafka coordinates. The order
+ * rows PostgreSQL holds at those segments' Kafka coordinates that are older
+ * than the channel's retention too (the timestamp keeps the rows of a later
+ * generation that share the offsets when Kafka's offsets started over). The order
  * makes a crash at any point safe to run again: each segment is first
  * recorded as dropped in its directory (cv_applog_expiry_add; from then on
  * no reader reads it and verify does not miss it), then the rows are

@@ -29,7 +29,9 @@ static const char release_sql[] =
 #define RANGES " unnest($4::bigint[], $5::bigint[]) AS r(lo, hi)"
 #define IN_RANGES(t)                                                                     \
     " " t ".channel = $1 AND " t ".kafka_topic = $2 AND " t                              \
-    ".kafka_partition = $3::integer AND " t ".kafka_offset BETWEEN r.lo AND r.hi"
+    ".kafka_partition = $3::integer AND " t ".kafka_offset BETWEEN r.lo AND r.hi"        \
+    " AND (" t ".kafka_timestamp IS NULL OR " t ".kafka_timestamp < "                    \
+    "timestamptz 'epoch' + $6::bigint * interval '1 millisecond')"
 
 static const char count_sql[] =
     "SELECT (SELECT count(*) FROM" RANGES " JOIN chatvault.messages m ON" IN_RANGES(
@@ -125,23 +127,24 @@ static char *array_text(const cv_offset_range *ranges, size_t n, bool last) {
 
 int cv_pgretention_rows(PGconn *conn, const char *channel, const char *topic,
                         int32_t partition, const cv_offset_range *ranges, size_t n,
-                        bool delete, uint64_t *ret_rows, uint64_t *ret_versions,
-                        char *errbuf, size_t errlen) {
+                        int64_t before_ms, bool delete, uint64_t *ret_rows,
+                        uint64_t *ret_versions, char *errbuf, size_t errlen) {
     *ret_rows = *ret_versions = 0;
     if (n == 0)
         return 0;
-    char part[16];
+    char part[16], before[32];
     snprintf(part, sizeof(part), "%" PRId32, partition);
+    snprintf(before, sizeof(before), "%" PRId64, before_ms);
     char *lo = array_text(ranges, n, false), *hi = array_text(ranges, n, true);
     if (!lo || !hi) {
         free(lo);
         free(hi);
         return -ENOMEM;
     }
-    const char *v[5] = {channel, topic, part, lo, hi};
+    const char *v[6] = {channel, topic, part, lo, hi, before};
     int r = 0;
     if (!delete) {
-        PGresult *res = PQexecParams(conn, count_sql, 5, NULL, v, NULL, NULL, 0);
+        PGresult *res = PQexecParams(conn, count_sql, 6, NULL, v, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
             r = cv_pg_i_fail(conn, res, "counting the rows retention would delete",
                              errbuf, errlen);
@@ -156,15 +159,15 @@ int cv_pgretention_rows(PGconn *conn, const char *channel, const char *topic,
     }
     r = exec_count(conn, "BEGIN", 0, NULL, "BEGIN", NULL, errbuf, errlen);
     if (r == 0)
-        r = exec_count(conn, delete_docs_sql, 5, v,
+        r = exec_count(conn, delete_docs_sql, 6, v,
                        "deleting expired rows of chatvault.search_docs", NULL, errbuf,
                        errlen);
     if (r == 0)
-        r = exec_count(conn, delete_messages_sql, 5, v,
+        r = exec_count(conn, delete_messages_sql, 6, v,
                        "deleting expired rows of chatvault.messages", ret_rows, errbuf,
                        errlen);
     if (r == 0)
-        r = exec_count(conn, delete_versions_sql, 5, v,
+        r = exec_count(conn, delete_versions_sql, 6, v,
                        "deleting expired rows of chatvault.message_versions",
                        ret_versions, errbuf, errlen);
     if (r == 0)

@@ -43,11 +43,13 @@ typedef struct cv_offset_range {
 
 /* Counts (with `delete`, deletes in one transaction) the rows of
  * chatvault.messages and chatvault.message_versions of `channel` at
- * `topic`/`partition` with offsets in the ranges, with their search
- * documents and the duplicates recorded there. */
+ * `topic`/`partition` with offsets in the ranges and a Kafka timestamp
+ * before before_ms (or none), with their search documents and the
+ * duplicates recorded there. The timestamp keeps the rows of a later
+ * generation (Kafka's offsets started over) that share the offsets. */
 int cv_pgretention_rows(PGconn *conn, const char *channel, const char *topic,
                         int32_t partition, const cv_offset_range *ranges, size_t n,
-                        bool delete, uint64_t *ret_rows, uint64_t *ret_versions,
-                        char *errbuf, size_t errlen);
+                        int64_t before_ms, bool delete, uint64_t *ret_rows,
+                        uint64_t *ret_versions, char *errbuf, size_t errlen);
 
 #endif

@@ -121,9 +121,17 @@ with cvtest.Harness('retention', topics={'chat.' + c: 1 for c in CHANNELS},
 
     # --- apply ------------------------------------------------------------
     h.execute("CREATE TABLE saved AS SELECT * FROM chatvault.messages WHERE channel = 'reg'")
+    # A row of a later generation (Kafka's offsets started over) at an
+    # offset of an expired segment, but current: it stays.
+    h.execute("INSERT INTO chatvault.messages (channel, message_id, kafka_topic,"
+              " kafka_partition, kafka_offset, kafka_timestamp, body)"
+              " VALUES ('reg', 'later-generation', 'chat.reg', 0, 3, now(), 'x')")
     r = h.run('retention', 'apply')
     h.ok(r.returncode == 0 and 'retention apply:' in r.stdout, 'retention apply exits 0',
          r.stdout + r.stderr)
+    h.is_(h.query("SELECT count(*) FROM chatvault.messages WHERE message_id = 'later-generation'"),
+          [(1,)], 'a current row at an expired offset (a later generation) is kept')
+    h.execute("DELETE FROM chatvault.messages WHERE message_id = 'later-generation'")
     h.is_(rows(h, 'reg'), OLD + NEW - reg.get('rows', 0), "reg's expired rows are gone")
     new_reg = h.query("SELECT count(*) FROM chatvault.messages WHERE channel = 'reg'"
                       " AND message_id LIKE 'reg-new-%%'")[0][0]

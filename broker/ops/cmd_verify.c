@@ -140,13 +140,13 @@ static void print_summary(vout *o, const cv_verify_stats *s, const char *what) {
                ",\"duplicates\":%" PRIu64 ",\"gaps\":%" PRIu64 ",\"gap_offsets\":%" PRIu64
                ",\"repaired_postgres\":%" PRIu64 ",\"repaired_log\":%" PRIu64
                ",\"repair_skipped\":%" PRIu64 ",\"log_quarantined\":%" PRIu64
-               ",\"expired_rows\":%" PRIu64 "},\"differences\":%" PRIu64
-               ",\"clean\":%s}\n",
+               ",\"expired_rows\":%" PRIu64 ",\"expired_records\":%" PRIu64
+               "},\"differences\":%" PRIu64 ",\"clean\":%s}\n",
                o->pass, s->partitions, s->pg_rows, s->log_records, s->matched, s->only_pg,
                s->only_log, s->different, s->offsets, s->log_damaged, s->segments_missing,
                s->duplicates, s->gaps, s->gap_offsets, s->repaired_pg, s->repaired_log,
-               s->repair_skipped, s->quarantined, s->expired_rows, diff,
-               diff ? "false" : "true");
+               s->repair_skipped, s->quarantined, s->expired_rows, s->expired_records,
+               diff, diff ? "false" : "true");
         fflush(stdout);
         return;
     }

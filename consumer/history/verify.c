@@ -156,6 +156,7 @@ static void add_stats(cv_verify_stats *to, const cv_verify_stats *s) {
     to->repaired_log += s->repaired_log;
     to->quarantined += s->quarantined;
     to->expired_rows += s->expired_rows;
+    to->expired_records += s->expired_records;
     to->repair_skipped += s->repair_skipped;
 }
 

@@ -61,6 +61,9 @@
  *                     cut short has not deleted yet; not compared, never
  *                     repaired into the log; the next retention apply
  *                     deletes them.
+ *   expired_records   records of repair directories at the offsets of a
+ *                     segment retention dropped from their generation:
+ *                     expired with the rows they stood for; not compared.
  *
  * Repair never deletes nor overwrites: records only in the log are written
  * to PostgreSQL through pgstore (idempotent on (channel, message_id); the
@@ -113,8 +116,9 @@ typedef struct cv_verify_stats {
     uint64_t duplicates; /* log records whose id PostgreSQL holds elsewhere */
     uint64_t gaps, gap_offsets;
     uint64_t repaired_pg, repaired_log, repair_skipped;
-    uint64_t quarantined;  /* damaged log files moved aside by --repair */
-    uint64_t expired_rows; /* rows of segments retention dropped, not yet deleted */
+    uint64_t quarantined;     /* damaged log files moved aside by --repair */
+    uint64_t expired_rows;    /* rows of segments retention dropped, not yet deleted */
+    uint64_t expired_records; /* repair records at the offsets of dropped segments */
 } cv_verify_stats;
 
 /* The findings that make verify fail (exit 3). */

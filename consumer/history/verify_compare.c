@@ -301,6 +301,35 @@ static bool expired_row(const merge *s, int64_t offset) {
     return false;
 }
 
+/* The generation of the directory an expiry record is in (0: the
+ * partition directory; else its gen-* start). */
+static int64_t dir_generation(const char *dir) {
+    const char *base = strrchr(dir, '/');
+    base = base ? base + 1 : dir;
+    return strncmp(base, "gen-", 4) == 0 ? strtoll(base + 4, NULL, 10) : 0;
+}
+
+/* A record of the log at the offsets of a segment retention dropped from
+ * its generation: one a repair directory holds (verify --repair rebuilt
+ * it), expired with the rows it stood for. */
+static bool expired_record(const merge *s, const cv_applog_record *rec) {
+    for (size_t i = 0; i < s->nexpired; i++)
+        if (rec->offset >= s->expired[i].e.first_offset &&
+            rec->offset <= s->expired[i].e.last_offset &&
+            dir_generation(s->expired[i].dir) == rec->generation)
+            return true;
+    return false;
+}
+
+/* The next log record that is not expired; cv_applog_reader_next's result. */
+static int next_record(vctx *c, merge *s) {
+    int r;
+    while ((r = cv_applog_reader_next(s->lr, &s->rec, s->lerr, sizeof(s->lerr))) == 1 &&
+           expired_record(s, &s->rec))
+        c->st->expired_records++;
+    return r;
+}
+
 /* Every log directory's record of segments retention dropped. */
 static int load_expired(vctx *c, const unit *u, merge *s) {
     const cv_verify_conf *conf = c->conf;
@@ -521,7 +550,7 @@ static int compare_unit_once(vctx *c, const unit *u, bool *again) {
     cv_applog_reader_on_break(s.lr, cv_verify_i_on_break, &bs);
     if ((r = next_row(c, u, &s)) < 0)
         goto out;
-    r = cv_applog_reader_next(s.lr, &s.rec, s.lerr, sizeof(s.lerr));
+    r = next_record(c, &s);
     s.has_log = r == 1;
     if (r < 0 && target_down(c, &s, r))
         goto out;
@@ -535,7 +564,7 @@ static int compare_unit_once(vctx *c, const unit *u, bool *again) {
         if (adv_pg && (r = next_row(c, u, &s)) < 0)
             goto out;
         if (adv_log) {
-            int x = cv_applog_reader_next(s.lr, &s.rec, s.lerr, sizeof(s.lerr));
+            int x = next_record(c, &s);
             s.has_log = x == 1;
             if (x < 0 && target_down(c, &s, x)) {
                 r = x;

@@ -4,11 +4,13 @@
 #include "retention.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include "access.h"
@@ -309,12 +311,12 @@ static int collect_part(void *opaque, const char *path, const char *topic,
     return 0;
 }
 
-static bool selected(const cv_retention_conf *c, const char *channel) {
+static bool selected(const cv_retention_conf *c, const char *channel, bool *seen) {
     if (!c->nchannels)
         return true;
     for (size_t i = 0; i < c->nchannels; i++)
         if (strcmp(c->channels[i], channel) == 0)
-            return true;
+            return seen[i] = true;
     return false;
 }
 
@@ -491,27 +493,67 @@ void cv_retention_audit_counts(const cv_retention_stats *st) {
 int cv_retention_run(const cv_retention_conf *c, cv_retention_stats *st, char *errbuf,
                      size_t errlen) {
     memset(st, 0, sizeof(*st));
+    /* One run at a time per log directory (a command beside the broker's
+     * schedule): each rewrites the directories' expiry records. */
+    char lock_path[4096];
+    snprintf(lock_path, sizeof(lock_path), "%s/.retention.lock", c->log_dir);
+    int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock < 0 && errno != ENOENT) {
+        int e = errno;
+        cv_errf(errbuf, errlen, "retention lock %s: %s", lock_path, strerror(e));
+        return -e;
+    }
+    if (lock >= 0 && flock(lock, LOCK_EX | LOCK_NB) < 0) {
+        int e = errno;
+        close(lock);
+        cv_errf(errbuf, errlen,
+                e == EWOULDBLOCK
+                    ? "another retention run holds %s (the broker's schedule "
+                      "or a chatvault retention apply); try again when it ends"
+                    : "retention lock %s: %s",
+                lock_path, strerror(e));
+        return e == EWOULDBLOCK ? -EBUSY : -e;
+    }
     PGconn *conn = cv_pg_connect(c->pg_conninfo, errbuf, errlen);
-    if (!conn)
+    if (!conn) {
+        if (lock >= 0)
+            close(lock);
         return -CV_ESTORE;
+    }
     cv_hold_list holds;
     int r = cv_pgretention_holds(conn, &holds, errbuf, errlen);
     if (r < 0) {
         PQfinish(conn);
+        if (lock >= 0)
+            close(lock);
         return r;
     }
     part_list parts = {0};
-    r = cv_applog_partitions(c->log_dir, collect_part, &parts, errbuf, errlen);
+    bool *seen = calloc(c->nchannels + 1, sizeof(*seen));
+    r = seen ? cv_applog_partitions(c->log_dir, collect_part, &parts, errbuf, errlen)
+             : -ENOMEM;
     if (r == -ENOMEM)
         cv_errf(errbuf, errlen, "out of memory");
     for (size_t i = 0; r == 0 && i < parts.n; i++) {
+        if (c->stop && atomic_load(c->stop)) {
+            cv_errf(errbuf, errlen, "retention run stopped (the broker stops)");
+            r = -ECANCELED;
+            break;
+        }
         const char *channel = cv_envelope_topic_channel(c->env, parts.v[i].topic);
-        if (!channel || !selected(c, channel))
+        if (!channel || !selected(c, channel, seen))
             continue;
         if (c->on_progress)
             c->on_progress(c->opaque, i, parts.n, parts.v[i].topic, parts.v[i].partition);
         r = one_part(c, conn, &holds, &parts.v[i], channel, st, errbuf, errlen);
     }
+    for (size_t i = 0; r == 0 && i < c->nchannels; i++)
+        if (!seen[i]) {
+            cv_errf(errbuf, errlen, "channel %s: the log under %s has no partition of it",
+                    c->channels[i], c->log_dir);
+            r = -ENOENT;
+        }
+    free(seen);
     if (r == 0 && c->on_progress)
         c->on_progress(c->opaque, parts.n, parts.n, NULL, -1);
     for (size_t i = 0; i < parts.n; i++) {
@@ -521,5 +563,7 @@ int cv_retention_run(const cv_retention_conf *c, cv_retention_stats *st, char *e
     free(parts.v);
     cv_pgretention_holds_free(&holds);
     PQfinish(conn);
+    if (lock >= 0)
+        close(lock); /* and with it the lock */
     return r;
 }

@@ -25,6 +25,7 @@
 #ifndef CV_RETENTION_H
 #define CV_RETENTION_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -99,6 +100,8 @@ typedef struct cv_retention_conf {
     const cv_envelope_rules *env; /* topic prefix: topic to channel */
     int64_t now_us;
     bool apply;                  /* false: only say what would go */
+    const atomic_bool *stop;     /* set by another thread: ends the run between
+                                partitions (-ECANCELED); NULL: never */
     const char *const *channels; /* only these (NULL, 0: every channel) */
     size_t nchannels;
     void *opaque;

@@ -38,7 +38,6 @@ static void on_part(void *opaque, const cv_retention_part *p) {
 }
 
 static void pass(void *opaque, const atomic_bool *stop) {
-    (void)stop; /* a pass is one transaction per partition: it is short */
     cv_retsched *s = opaque;
     char *argv[] = {"retention", "schedule", NULL};
     cv_audit_begin(s->cfg, CV_PG_ADMIN, "retention apply", 2, argv);
@@ -51,6 +50,7 @@ static void pass(void *opaque, const atomic_bool *stop) {
         .env = &s->env,
         .now_us = cv_now_us(),
         .apply = true,
+        .stop = stop,
         .on_part = on_part,
     };
     cv_retention_stats st;
@@ -63,11 +63,13 @@ static void pass(void *opaque, const atomic_bool *stop) {
                                .held = st.held};
     cv_metrics_retention_pass(s->metrics, &mr, st.segments, st.records, st.bytes,
                               st.rows);
-    if (r < 0) {
-        cv_audit_note_error(err);
+    if (r == -EBUSY)
+        cv_log(CV_LOG_INFO, "retention: pass skipped", "reason=\"%s\"", err);
+    else if (r < 0)
         cv_log(CV_LOG_WARN, "retention: pass failed; tried again at the next interval",
                "error=\"%s\" retry_in=%" PRId64 "s", err, s->interval_s);
-    }
+    if (r < 0)
+        cv_audit_note_error(err);
     cv_audit_end(r < 0 ? CV_EXIT_FAILURE : CV_EXIT_OK);
 }
 
@@ -75,6 +77,11 @@ int cv_retsched_start(const cv_config *cfg, const cv_keyring *keys, cv_metrics *
                       cv_retsched **ret, char *errbuf, size_t errlen) {
     *ret = NULL;
     int64_t interval = cv_config_int(cfg, "retention.interval_s");
+    cv_retention_rules check;
+    int r = cv_retention_rules_load(cfg, &check, errbuf, errlen); /* even when off */
+    if (r < 0)
+        return r;
+    cv_retention_rules_release(&check);
     if (interval <= 0 || !*cv_config_str(cfg, "log.dir") || !keys)
         return 0;
     cv_retsched *s = calloc(1, sizeof(*s));
@@ -85,7 +92,7 @@ int cv_retsched_start(const cv_config *cfg, const cv_keyring *keys, cv_metrics *
     s->metrics = metrics;
     s->interval_s = interval;
     s->env = cv_cli_envelope_rules(cfg);
-    int r = cv_retention_rules_load(cfg, &s->rules, errbuf, errlen);
+    r = cv_retention_rules_load(cfg, &s->rules, errbuf, errlen);
     if (r == 0 && *cv_config_str(cfg, "cold.target"))
         r = cv_cli_cold_open(cfg, &s->cold, errbuf, errlen);
     if (r == 0)

@@ -5,6 +5,7 @@
 #include <stdio.h>
 
 #include "cli.h"
+#include "retention.h"
 
 typedef struct config_opts {
     bool example, check;
@@ -40,7 +41,16 @@ int cv_cmd_config(int argc, char **argv) {
         cv_config *cfg = cv_cli_load_config(&cli.config);
         if (!cfg)
             return CV_EXIT_USAGE;
+        /* keys that name each other: retention's classes */
+        cv_retention_rules rules;
+        char err[1024];
+        int r = cv_retention_rules_load(cfg, &rules, err, sizeof(err));
         cv_config_free(cfg);
+        if (r < 0) {
+            cv_error("config", "%s", err);
+            return CV_EXIT_USAGE;
+        }
+        cv_retention_rules_release(&rules);
         printf("configuration is valid\n");
         return CV_EXIT_OK;
     }

@@ -153,7 +153,7 @@ static int holds_cmd(const char *sub, const ret_opts *o, const cv_config *cfg,
                      const char *name) {
     char err[1024];
     bool change = strcmp(sub, "holds") != 0;
-    if (change && o->nchannels != 1) {
+    if (change && (o->nchannels != 1 || !*o->channel[0])) {
         cv_error(name, "give the channel (or shell pattern) with --channel, once");
         return CV_EXIT_USAGE;
     }
@@ -186,7 +186,9 @@ static int holds_cmd(const char *sub, const ret_opts *o, const cv_config *cfg,
             cv_error(name, "%s", err);
             rc = CV_EXIT_FAILURE;
         } else if (r == 0) {
-            cv_error(name, "no hold on %s (chatvault retention holds lists them)",
+            cv_error(name,
+                     "no hold is placed on \"%s\" itself (a hold is released by the name "
+                     "or pattern it was placed on; chatvault retention holds lists them)",
                      o->channel[0]);
             rc = CV_EXIT_USAGE;
         } else {

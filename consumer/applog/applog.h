@@ -457,11 +457,14 @@ int cv_applog_expiry_remove(const char *dir, const cv_applog_expiry *v, size_t n
 typedef struct cv_applog_expiry_candidate {
     char *dir; /* its directory (partition or generation) */
     cv_applog_expiry e;
-    int64_t newest_ms; /* newest Kafka timestamp of its records (else created) */
+    int64_t newest_ms; /* newest Kafka timestamp of its records (see untimed) */
     bool keep;         /* a record's keep callback said so */
     bool cold;         /* only in the cold tier: <dir>/<segment>.cold stands for it */
+    bool untimed;      /* a record has no Kafka timestamp (newest_ms then counts
+                          the file's last change) */
     char *src;         /* the file its records were read from (a cold one's
-                          fetched copy); NULL for a pending one */
+                          fetched copy); NULL for a recorded one */
+    bool pending;      /* recorded as dropped, its file (or stub) still there */
 } cv_applog_expiry_candidate;
 /* Reads every record of the partition at `partition_dir` (with keys) and
  * returns its broker segments that are sealed (not the last of their

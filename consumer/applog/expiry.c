@@ -35,12 +35,32 @@
 
 /* MAC = BLAKE2b-256 keyed with the key, over the context string and the
  * line's fields before the MAC. */
-static void expiry_mac(unsigned char *out, const unsigned char *key, const char *fields,
-                       size_t len) {
+/* The directory a record belongs to, as the MAC binds it: "<topic>-<partition>"
+ * or "<topic>-<partition>/gen-<start>", so a record moved to another
+ * partition or generation does not authenticate there. */
+static void expiry_scope(const char *dir, char *buf, size_t len) {
+    size_t l = strlen(dir);
+    while (l > 1 && dir[l - 1] == '/')
+        l--;
+    const char *end = dir + l, *p = end;
+    while (p > dir && p[-1] != '/')
+        p--;
+    if (strncmp(p, GEN_PREFIX, sizeof(GEN_PREFIX) - 1) == 0 && p > dir) {
+        const char *q = p - 1;
+        while (q > dir && q[-1] != '/')
+            q--;
+        p = q;
+    }
+    snprintf(buf, len, "%.*s", (int)(end - p), p);
+}
+
+static void expiry_mac(unsigned char *out, const unsigned char *key, const char *scope,
+                       const char *fields, size_t len) {
     crypto_generichash_state st;
     crypto_generichash_init(&st, key, CV_KEY_BYTES, EXPIRY_MAC);
     crypto_generichash_update(&st, (const unsigned char *)EXPIRY_MAC_CONTEXT,
-                              sizeof(EXPIRY_MAC_CONTEXT) - 1);
+                              sizeof(EXPIRY_MAC_CONTEXT));
+    crypto_generichash_update(&st, (const unsigned char *)scope, strlen(scope) + 1);
     crypto_generichash_update(&st, (const unsigned char *)fields, len);
     crypto_generichash_final(&st, out, EXPIRY_MAC);
 }
@@ -57,13 +77,13 @@ static int expiry_fields(const cv_applog_expiry *e, char *buf, size_t len) {
                     prev, last, e->expired_at_us, e->key_id);
 }
 
-static int expiry_format(const cv_applog_expiry *e, const unsigned char *key, char *buf,
-                         size_t len) {
+static int expiry_format(const cv_applog_expiry *e, const unsigned char *key,
+                         const char *scope, char *buf, size_t len) {
     int n = expiry_fields(e, buf, len);
     if (n < 0 || (size_t)n + 2 * EXPIRY_MAC + 12 >= len)
         return -ENAMETOOLONG;
     unsigned char mac[EXPIRY_MAC];
-    expiry_mac(mac, key, buf, (size_t)n);
+    expiry_mac(mac, key, scope, buf, (size_t)n);
     buf[n++] = ' ';
     sodium_bin2hex(buf + n, len - (size_t)n, mac, EXPIRY_MAC);
     n += 2 * EXPIRY_MAC;
@@ -74,7 +94,7 @@ static int expiry_format(const cv_applog_expiry *e, const unsigned char *key, ch
 
 /* Parses one line (with its newline) into *e; NULL or what is wrong. */
 static const char *expiry_parse(const char *text, size_t len, const cv_keyring *keys,
-                                cv_applog_expiry *e) {
+                                const char *scope, cv_applog_expiry *e) {
     char line[EXPIRY_LINE_MAX];
     const char *bad =
         cv_applog_i_crc_line(text, len, line, sizeof(line), "not an expiry line",
@@ -108,7 +128,7 @@ static const char *expiry_parse(const char *text, size_t len, const cv_keyring *
     if (!key)
         return "its key id is not in the key file";
     unsigned char want[EXPIRY_MAC], got[EXPIRY_MAC];
-    expiry_mac(want, key, line, strlen(line));
+    expiry_mac(want, key, scope, line, strlen(line));
     if (sodium_hex2bin(got, sizeof(got), machx, 2 * EXPIRY_MAC, NULL, NULL, NULL) != 0 ||
         sodium_memcmp(want, got, EXPIRY_MAC) != 0)
         return "not authentic (its MAC does not match: written without the key file, or "
@@ -140,6 +160,8 @@ int cv_applog_expiry_read(const char *dir, const cv_keyring *keys, cv_applog_exp
                      errbuf, errlen);
     if (r < 0)
         return r;
+    char scope[600];
+    expiry_scope(dir, scope, sizeof(scope));
     cv_applog_expiry *v = NULL;
     size_t n = 0, cap = 0, lineno = 0;
     for (size_t at = 0; at < len && r >= 0;) {
@@ -156,7 +178,7 @@ int cv_applog_expiry_read(const char *dir, const cv_keyring *keys, cv_applog_exp
             v = nv;
             cap = nc;
         }
-        const char *why = expiry_parse(text + at, l, keys, &v[n]);
+        const char *why = expiry_parse(text + at, l, keys, scope, &v[n]);
         if (why) {
             cv_errf(errbuf, errlen, "log expiry record %s line %zu: %s", path, lineno,
                     why);
@@ -191,6 +213,8 @@ int cv_applog_expiry_add(const char *dir, const cv_keyring *keys,
     int r = cv_applog_expiry_read(dir, keys, &old, &nold, errbuf, errlen);
     if (r < 0)
         return r;
+    char scope[600];
+    expiry_scope(dir, scope, sizeof(scope));
     uint32_t kid = cv_keyring_newest(keys);
     const unsigned char *key = cv_keyring_get(keys, kid);
     size_t total = nold + nadd, used = 0;
@@ -208,7 +232,7 @@ int cv_applog_expiry_add(const char *dir, const cv_keyring *keys,
             e.key_id = kid;
         }
         const unsigned char *k = i < nold ? cv_keyring_get(keys, e.key_id) : key;
-        int n = expiry_format(&e, k, buf + used, EXPIRY_LINE_MAX);
+        int n = expiry_format(&e, k, scope, buf + used, EXPIRY_LINE_MAX);
         if (n < 0)
             r = n;
         else
@@ -252,6 +276,37 @@ int cv_applog_expiry_remove(const char *dir, const cv_applog_expiry *v, size_t n
 
 /* ---- the reader's side ------------------------------------------------ */
 
+/* A recorded segment whose file is still there (a run that stopped before
+ * removing it) must be the one recorded: a stale or moved record must not
+ * hide another segment. */
+static int check_still_there(const pdir *d, const char *name, char *errbuf,
+                             size_t errlen) {
+    const cv_applog_expiry *e = NULL;
+    for (size_t i = 0; i < d->nexpired && !e; i++)
+        if (strcmp(d->expired[i].segment, name) == 0)
+            e = &d->expired[i];
+    char *path = cv_applog_i_path_join(d->dir, name);
+    if (!path)
+        return -ENOMEM;
+    seg s;
+    memset(&s, 0, sizeof(s));
+    int r = access(path, F_OK) == 0 ? cv_applog_i_seg_open(&s, path, errbuf, errlen) : 1;
+    if (r == 0) {
+        if (s.h.first_offset != e->first_offset ||
+            sodium_memcmp(s.h.prev_chain, e->prev_chain, DIGEST) != 0) {
+            cv_errf(
+                errbuf, errlen,
+                "log segment %s at byte 0: the expiry record names it as dropped, but "
+                "its header is another segment's (a stale or moved record)",
+                path);
+            r = -CV_ECORRUPT;
+        }
+        cv_applog_i_seg_close(&s);
+    }
+    free(path);
+    return r < 0 ? r : 0;
+}
+
 int cv_applog_i_expiry_load(pdir *d, char *errbuf, size_t errlen) {
     int r =
         cv_applog_expiry_read(d->dir, d->keys, &d->expired, &d->nexpired, errbuf, errlen);
@@ -262,6 +317,12 @@ int cv_applog_i_expiry_load(pdir *d, char *errbuf, size_t errlen) {
     size_t k = 0;
     for (size_t i = 0; i < d->nseg; i++) {
         if (listed(d->expired, d->nexpired, d->names[i])) {
+            if ((r = check_still_there(d, d->names[i], errbuf, errlen)) < 0) {
+                for (size_t j = i; j < d->nseg; j++)
+                    d->names[k++] = d->names[j];
+                d->nseg = k;
+                return r;
+            }
             free(d->names[i]);
             continue;
         }
@@ -278,6 +339,14 @@ bool cv_applog_i_expiry_links(const pdir *d, const char *name) {
         if (strcmp(d->expired[i].segment, name) == 0)
             return true;
     return false;
+}
+
+/* No recorded segment of the directory starts below `first`. */
+static bool oldest(const pdir *d, int64_t first) {
+    for (size_t i = 0; i < d->nexpired; i++)
+        if (d->expired[i].first_offset < first)
+            return false;
+    return true;
 }
 
 int cv_applog_i_expiry_bridges(const pdir *d, const seghdr *h, const char **why) {
@@ -299,13 +368,22 @@ int cv_applog_i_expiry_bridges(const pdir *d, const seghdr *h, const char **why)
                 d->expired[i].last_offset < below)
                 e = &d->expired[i];
         if (!e) {
-            if (!d->any && steps > 0)
+            if (steps == 0)
+                return 0;
+            /* The first segment read: a reading that skipped to a later
+             * segment takes the link on trust; a generation's chain may
+             * start before its oldest recorded segment. The partition
+             * directory's chain starts at zeros (see above). */
+            if (!d->any && (d->iseg > 0 || (d->gen != 0 && oldest(d, below))))
                 return 1;
-            if (steps > 0)
-                *why = "header chains to segments retention dropped, but they do not "
-                       "chain back to the segment before it (segment dropped, replaced "
-                       "or reordered)";
-            return steps > 0 ? -1 : 0;
+            *why = d->any
+                       ? "header chains to segments retention dropped, but they do not "
+                         "chain back to the segment before it (segment dropped, "
+                         "replaced or reordered)"
+                       : "header chains to segments retention dropped, but they do not "
+                         "chain back to the directory's start (a segment between them "
+                         "was removed)";
+            return -1;
         }
         if (++steps > d->nexpired) {
             *why = "the expiry record's links form a loop (damaged)";
@@ -389,7 +467,7 @@ static bool is_file(const cv_applog_expiry_candidate *c, const char *file) {
 
 /* Fills what the header says: link, first offset, size, created. */
 static int describe_header(cv_applog_expiry_candidate *c, int64_t *created_us,
-                           char *errbuf, size_t errlen) {
+                           int64_t *mtime_ms, char *errbuf, size_t errlen) {
     seg s;
     memset(&s, 0, sizeof(s));
     int r = cv_applog_i_seg_open(&s, c->src, errbuf, errlen);
@@ -400,7 +478,62 @@ static int describe_header(cv_applog_expiry_candidate *c, int64_t *created_us,
     c->e.bytes = s.size;
     *created_us = s.h.created_us;
     cv_applog_i_seg_close(&s);
+    struct stat st;
+    *mtime_ms = stat(c->src, &st) == 0
+                    ? (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000
+                    : INT64_MAX;
     return 0;
+}
+
+/* The last segment name of the partition directory and of each of its
+ * generations, taken before reading: every segment named below it was
+ * sealed then, so what the read finds of it is all it will ever hold. */
+typedef struct last_seg {
+    char *dir;
+    char name[NAME_DIGITS + 8];
+} last_seg;
+
+static int snapshot_last(const char *partition_dir, last_seg **ret, size_t *ret_n,
+                         char *errbuf, size_t errlen) {
+    char **gens = NULL;
+    size_t ngen = 0;
+    *ret = NULL;
+    *ret_n = 0;
+    int r = cv_applog_i_list_gen_dirs(partition_dir, &gens, &ngen, errbuf, errlen);
+    last_seg *v = r == 0 ? calloc(ngen + 1, sizeof(*v)) : NULL;
+    if (r == 0 && !v)
+        r = -ENOMEM;
+    for (size_t i = 0; r == 0 && i <= ngen; i++) {
+        v[i].dir = i == 0 ? strdup(partition_dir)
+                          : cv_applog_i_path_join(partition_dir, gens[i - 1]);
+        char **names = NULL;
+        size_t nn = 0;
+        r = v[i].dir ? cv_applog_i_list_names(v[i].dir, SEG_SUFFIX, &names, &nn, errbuf,
+                                              errlen)
+                     : -ENOMEM;
+        if (r == 0 && nn)
+            snprintf(v[i].name, sizeof(v[i].name), "%s", names[nn - 1]);
+        cv_applog_i_free_names(names, nn);
+        *ret_n = i + 1;
+    }
+    cv_applog_i_free_names(gens, ngen);
+    *ret = v;
+    return r;
+}
+
+static void free_last(last_seg *v, size_t n) {
+    for (size_t i = 0; v && i < n; i++)
+        free(v[i].dir);
+    free(v);
+}
+
+/* Sealed when the read began: its directory had a later segment then. */
+static bool sealed_before(const last_seg *v, size_t n, const char *dir,
+                          const char *name) {
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i].dir, dir) == 0)
+            return v[i].name[0] && strcmp(name, v[i].name) < 0;
+    return false;
 }
 
 int cv_applog_expiry_candidates(const char *partition_dir, const cv_keyring *keys,
@@ -409,11 +542,17 @@ int cv_applog_expiry_candidates(const char *partition_dir, const cv_keyring *key
                                 char *errbuf, size_t errlen) {
     *ret = NULL;
     *ret_n = 0;
+    last_seg *lasts;
+    size_t nlasts;
+    int r = snapshot_last(partition_dir, &lasts, &nlasts, errbuf, errlen);
     const char *dirs[1] = {partition_dir};
-    cv_applog_reader *rd;
-    int r = cv_applog_reader_open(dirs, 1, keys, &rd, errbuf, errlen);
-    if (r < 0)
+    cv_applog_reader *rd = NULL;
+    if (r == 0)
+        r = cv_applog_reader_open(dirs, 1, keys, &rd, errbuf, errlen);
+    if (r < 0) {
+        free_last(lasts, nlasts);
         return r;
+    }
     cv_applog_expiry_candidate *v = NULL;
     size_t n = 0, cap = 0;
     cv_applog_record rec;
@@ -459,36 +598,35 @@ int cv_applog_expiry_candidates(const char *partition_dir, const cv_keyring *key
         memcpy(c->e.last_chain, rec.digest, DIGEST);
         if (rec.timestamp_ms > c->newest_ms)
             c->newest_ms = rec.timestamp_ms;
+        if (rec.timestamp_ms < 0)
+            c->untimed = true;
         if (!c->keep && keep && keep(opaque, &rec))
             c->keep = true;
     }
     cv_applog_reader_free(rd);
-    /* Not the last segment of its directory: a writer may append to it,
-     * and the next segment's link is what the chain continues from. */
+    /* Not the last segment of its directory when the read began: a writer
+     * may append to that one, and the next segment's link is what the chain
+     * continues from. */
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        if (r < 0) {
+        bool sealed = r == 0 && sealed_before(lasts, nlasts, v[i].dir, v[i].e.segment);
+        int64_t created_us = 0, mtime_ms = 0;
+        if (sealed)
+            r = describe_header(&v[i], &created_us, &mtime_ms, errbuf, errlen);
+        if (r < 0 || !sealed) {
             free(v[i].dir);
             free(v[i].src);
             continue;
         }
-        char **names = NULL;
-        size_t nn = 0;
-        r = cv_applog_i_list_names(v[i].dir, SEG_SUFFIX, &names, &nn, errbuf, errlen);
-        bool last = r == 0 && (nn == 0 || strcmp(names[nn - 1], v[i].e.segment) <= 0);
-        cv_applog_i_free_names(names, nn);
-        int64_t created_us = 0;
-        if (r == 0 && !last)
-            r = describe_header(&v[i], &created_us, errbuf, errlen);
-        if (r < 0 || last) {
-            free(v[i].dir);
-            free(v[i].src);
-            continue;
-        }
+        /* A record without a Kafka timestamp was written before the file
+         * was last changed: that is its age. */
+        if (v[i].untimed && mtime_ms > v[i].newest_ms)
+            v[i].newest_ms = mtime_ms;
         if (v[i].newest_ms < 0)
             v[i].newest_ms = created_us / 1000;
         v[k++] = v[i];
     }
+    free_last(lasts, nlasts);
     if (r < 0) {
         cv_applog_expiry_candidates_free(v, k);
         return r;
@@ -522,7 +660,7 @@ static int recorded_in(const char *dir, const cv_keyring *keys, bool present,
             break;
         }
         (*v)[(*n)++] = (cv_applog_expiry_candidate){
-            .dir = d, .e = e[i], .newest_ms = -1, .cold = cold};
+            .dir = d, .e = e[i], .newest_ms = -1, .cold = cold, .pending = local || cold};
     }
     free(e);
     return r < 0 ? r : 0;

@@ -46,6 +46,12 @@ int cv_applog_i_pdir_init(pdir *d, const char *dir, const cv_keyring *keys,
     d->skip_below = INT64_MIN;
     d->keys = keys;
     d->repair = cv_applog_i_is_repair_dir(dir);
+    /* GENERATIONS: a gen-* directory's chain starts where the one before
+     * it ended (the reader sets the same again) */
+    const char *base = strrchr(dir, '/');
+    base = base ? base + 1 : dir;
+    if (strncmp(base, GEN_PREFIX, sizeof(GEN_PREFIX) - 1) == 0)
+        d->gen = strtoll(base + sizeof(GEN_PREFIX) - 1, NULL, 10);
     cv_buf_init(&d->plain, FRAME_MAX);
     d->dir = strdup(dir);
     if (!d->dir)
@@ -127,10 +133,11 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
     static const unsigned char zero[DIGEST];
     if (why)
         ;
-    else if (!d->any && d->iseg == 0 && d->gen == 0 && d->nexpired > 0 && dropped == 0 &&
-             sodium_memcmp(h->prev_chain, zero, DIGEST) != 0)
+    else if (!d->any && d->iseg == 0 && d->gen == 0 && !d->repair && dropped == 0 &&
+             sodium_memcmp(h->prev_chain, zero, DIGEST) != 0 &&
+             !(d->owner && reader_bridged(d->owner, d, h, path)))
         why = "header links to a segment that is neither here nor recorded as dropped "
-              "by retention (the first segments were removed)";
+              "by retention (the directory's first segments were removed)";
     else if (strcmp(want, d->names[d->iseg]) != 0)
         why = "file name does not match the first offset in its header";
     else if (h->repair != d->repair)

@@ -293,9 +293,14 @@ typedef struct merge {
     char lerr[512]; /* the log reader's error */
 } merge;
 
+/* A row at the offsets of a segment retention recorded as dropped while the
+ * segment is still there: the run that recorded it stopped before deleting
+ * the rows (it deletes them before it removes the file). Once the file is
+ * gone, the rows left at those offsets are ones retention kept (a later
+ * generation's, say) and are compared as any other. */
 static bool expired_row(const merge *s, int64_t offset) {
     for (size_t i = 0; i < s->nexpired; i++)
-        if (offset >= s->expired[i].e.first_offset &&
+        if (s->expired[i].pending && offset >= s->expired[i].e.first_offset &&
             offset <= s->expired[i].e.last_offset)
             return true;
     return false;
@@ -313,11 +318,15 @@ static int64_t dir_generation(const char *dir) {
  * its generation: one a repair directory holds (verify --repair rebuilt
  * it), expired with the rows it stood for. */
 static bool expired_record(const merge *s, const cv_applog_record *rec) {
-    for (size_t i = 0; i < s->nexpired; i++)
+    for (size_t i = 0; i < s->nexpired; i++) {
+        const char *dir = s->expired[i].dir;
+        size_t dl = strlen(dir);
         if (rec->offset >= s->expired[i].e.first_offset &&
             rec->offset <= s->expired[i].e.last_offset &&
-            dir_generation(s->expired[i].dir) == rec->generation)
+            dir_generation(dir) == rec->generation && strncmp(rec->file, dir, dl) == 0 &&
+            strncmp(rec->file + dl, "/repair-", 8) == 0)
             return true;
+    }
     return false;
 }
 
@@ -342,6 +351,9 @@ static int load_expired(vctx *c, const unit *u, merge *s) {
         if (r == 0)
             r = cv_applog_expiry_recorded(dir, conf->keys, false, &v, &n, c->err,
                                           c->errlen);
+        else
+            cv_errf(c->err, c->errlen, "log directory of %s-%d under %s: path too long",
+                    u->topic, (int)u->partition, conf->log_dirs[i]);
         if (r < 0)
             return r;
         if (n == 0)

@@ -11,6 +11,7 @@ key message; verify passes afterwards. A middle segment removed by hand
 and the first segment left removed by hand are still reported; a changed
 expiry record is damage; a segment file put back after apply is removed by
 the next apply; a released hold lets its channel expire."""
+import fcntl
 import glob
 import json
 import os
@@ -24,6 +25,15 @@ OLD, NEW = 200, 40
 DAY_MS = 86400 * 1000
 CHANNELS = ('reg', 'keyc', 'held', 'mixed')
 KEY_MSG = 'mixed-old-50'
+
+
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
 
 
 def rows(h, channel, table='chatvault.messages'):
@@ -121,6 +131,8 @@ with cvtest.Harness('retention', topics={'chat.' + c: 1 for c in CHANNELS},
 
     # --- apply ------------------------------------------------------------
     h.execute("CREATE TABLE saved AS SELECT * FROM chatvault.messages WHERE channel = 'reg'")
+    backup = os.path.join(h.tmp, 'reg-segments')
+    shutil.copytree(os.path.join(h.tmp, 'log', 'chat.reg-0'), backup)
     # A row of a later generation (Kafka's offsets started over) at an
     # offset of an expired segment, but current: it stays.
     h.execute("INSERT INTO chatvault.messages (channel, message_id, kafka_topic,"
@@ -179,7 +191,8 @@ with cvtest.Harness('retention', topics={'chat.' + c: 1 for c in CHANNELS},
     first = [line.split() for line in open(expired)][0]
     lo, hi = int(first[2]), int(first[3])
     keep = segments(h, 'chat.reg')
-    shutil.copy(keep[0], os.path.join(h.tmp, 'log', 'chat.reg-0', names[0]))
+    shutil.copy(os.path.join(backup, names[0]), os.path.join(h.tmp, 'log', 'chat.reg-0',
+                                                             names[0]))
     h.execute('INSERT INTO chatvault.messages SELECT * FROM saved'
                ' WHERE kafka_offset BETWEEN %d AND %d' % (lo, hi))
     h.is_(rows(h, 'reg'), OLD + NEW - reg['rows'] + hi - lo + 1,
@@ -224,8 +237,46 @@ with cvtest.Harness('retention', topics={'chat.' + c: 1 for c in CHANNELS},
     r = h.run('log', 'check')
     h.ok(r.returncode != 0 and 'expiry record' in (r.stdout + r.stderr),
          'a changed expiry record is damage', (r.stdout + r.stderr)[-400:])
+    # A line changed with its CRC made good again: only the MAC (keyed with
+    # the log key) can tell, and it does.
+    first = text.splitlines()[0].split(' ')
+    first[4] = str(int(first[4]) + 1)                 # the record count
+    body = ' '.join(first[:-1])
+    forged = body + ' %08x\n' % crc32c(body.encode())
+    with open(expired, 'w') as f:
+        f.write(forged + ''.join(l + '\n' for l in text.splitlines()[1:]))
+    r = h.run('log', 'check')
+    h.ok(r.returncode != 0 and 'not authentic' in (r.stdout + r.stderr),
+         'a forged expiry line with a good CRC fails its MAC', (r.stdout + r.stderr)[-400:])
     with open(expired, 'w') as f:
         f.write(text)
+    # The segment mixed keeps for its key message sits between dropped ones:
+    # removing it by hand is reported too.
+    mixed_segs = segments(h, 'chat.mixed')
+    moved = mixed_segs[0] + '.aside'
+    os.rename(mixed_segs[0], moved)
+    r = h.run('log', 'check')
+    h.ok(r.returncode == 3 and 'chat.mixed' in (r.stdout + r.stderr),
+         'the key segment between dropped ones, removed by hand, is reported',
+         (r.stdout + r.stderr)[-600:])
+    os.rename(moved, mixed_segs[0])
+    # So is the first segment of a directory retention never touched.
+    keyc_segs = segments(h, 'chat.keyc')
+    moved = keyc_segs[0] + '.aside'
+    os.rename(keyc_segs[0], moved)
+    r = h.run('log', 'check')
+    h.ok(r.returncode == 3 and 'first segments were removed' in (r.stdout + r.stderr),
+         "a directory's first segment removed by hand is reported",
+         (r.stdout + r.stderr)[-600:])
+    os.rename(moved, keyc_segs[0])
+    r = h.run('log', 'check')
+    h.is_(r.returncode, 0, 'log check passes again with everything back')
+    # One run at a time.
+    with open(os.path.join(h.tmp, 'log', '.retention.lock'), 'a+') as lk:
+        fcntl.flock(lk, fcntl.LOCK_EX)
+        r = h.run('retention', 'apply')
+    h.ok(r.returncode == 1 and 'another retention run' in r.stderr,
+         'a second run at once is refused', r.stderr)
 
     # --- release, and the broker goes on ----------------------------------
     r = h.run('retention', 'release', '--channel', 'held')

@@ -9,7 +9,8 @@
  *     key 2 60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752
  *
  * Blank lines and lines starting with '#' are ignored. A key line is the
- * word "key", the key id (decimal, 1 .. 4294967295) and 64 lowercase or
+ * word "key", the key id (decimal, 1 .. 2147483647; higher ids name channel
+ * data keys, see datakeys.h) and 64 lowercase or
  * uppercase hex digits (32 bytes, an XChaCha20-Poly1305 key), separated by
  * single spaces or tabs. Key ids increase strictly down the file; the last
  * one is the newest and is used for new log segments. Older keys stay so old
@@ -51,6 +52,23 @@ uint32_t cv_keyring_newest(const cv_keyring *keys);
 /* Number of keys and the id of the i-th (oldest first). */
 size_t cv_keyring_count(const cv_keyring *keys);
 uint32_t cv_keyring_id_at(const cv_keyring *keys, size_t i);
+
+/* Data keys (datakeys.h): a ring may carry the data key stores of log
+ * directories, so that every reader finds a channel's key by the key id in
+ * a segment header like a master key. Ids from 2147483648 (CV_DATAKEY_ID_MIN)
+ * are data key ids; master key ids are below. */
+struct cv_datakeys;
+
+/* Attaches a store: the ring owns it from now on and frees it. */
+int cv_keyring_attach(cv_keyring *keys, struct cv_datakeys *dk);
+
+/* The store attached for log directory `log_dir`, or NULL. */
+struct cv_datakeys *cv_keyring_data_keys(const cv_keyring *keys, const char *log_dir);
+
+/* Whether data key `key_id` was erased in an attached store: its topic and
+ * *ret_at_us, or NULL. */
+const char *cv_keyring_erased(const cv_keyring *keys, uint32_t key_id,
+                              int64_t *ret_at_us);
 
 /* Wipes the keys (sodium_memzero) and frees the ring. Accepts NULL; returns
  * NULL. */

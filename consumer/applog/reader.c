@@ -140,7 +140,23 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
     d->key = NULL;
     if (d->keys) {
         d->key = cv_keyring_get(d->keys, h->key_id);
-        if (!d->key) {
+        d->cur_erased = false;
+        const char *et = d->key ? NULL : cv_keyring_erased(d->keys, h->key_id, NULL);
+        if (et && strcmp(et, h->topic) == 0) {
+            /* DATA KEYS: erased on purpose; the chain is still checked */
+            d->cur_erased = true;
+            d->erased_segs++;
+            d->erased_bytes += d->cur.size;
+        } else if (!d->key && h->key_id >= CV_DATAKEY_ID_MIN) {
+            cv_errf(errbuf, errlen,
+                    "log segment %s at byte 12: data key %" PRIu32
+                    " of topic %s is not in %s/" CV_DATAKEYS_FILE
+                    " (or the master key that wraps it is not in the key file)%s",
+                    d->cur.path, h->key_id, h->topic, d->dir,
+                    et ? "; it was erased, but for another topic" : "");
+            cv_applog_i_seg_close(&d->cur);
+            return -ENOKEY;
+        } else if (!d->key) {
             cv_errf(errbuf, errlen,
                     "log segment %s at byte 12: key id %" PRIu32
                     " is not in the key file",
@@ -148,6 +164,8 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
             cv_applog_i_seg_close(&d->cur);
             return -ENOKEY;
         }
+    }
+    if (d->keys && d->key) {
         unsigned char kc[16];
         cv_applog_i_key_check(kc, h->seg_id, d->key);
         if (sodium_memcmp(kc, h->key_check, 16) != 0) {
@@ -261,7 +279,9 @@ static int pdir_next_raw(pdir *d, char *errbuf, size_t errlen) {
         if (r == 1) {
             memcpy(d->chain, d->cur.chain, DIGEST);
             d->last_offset = d->rec.offset;
-            if (d->rec.offset < d->skip_below)
+            if (d->cur_erased)
+                d->erased_records++;
+            if (d->rec.offset < d->skip_below || (d->cur_erased && !d->keep_erased))
                 continue;
             return 1;
         }
@@ -589,4 +609,13 @@ cv_applog_reader *cv_applog_reader_free(cv_applog_reader *r) {
     free(r->bridges);
     free(r);
     return NULL;
+}
+
+void cv_applog_reader_erased(const cv_applog_reader *r, cv_applog_erased *ret) {
+    memset(ret, 0, sizeof(*ret));
+    for (size_t i = 0; i < r->n; i++) {
+        ret->segments += r->dirs[i].erased_segs;
+        ret->bytes += r->dirs[i].erased_bytes;
+        ret->records += r->dirs[i].erased_records;
+    }
 }

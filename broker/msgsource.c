@@ -297,6 +297,13 @@ static int advance_log(cv_src *s, char *errbuf, size_t errlen) {
         if (r < 0)
             return r;
         if (r == 0 || (sel->to_offset >= 0 && s->rec.offset > sel->to_offset)) {
+            cv_applog_erased e;
+            cv_applog_reader_erased(s->lr, &e);
+            if (e.segments) /* DATA KEYS: an erased channel, not damage */
+                cv_log(CV_LOG_INFO,
+                       "erased: skipping the log records of an erased channel",
+                       "dir=\"%s\" erased_segments=%" PRIu64 " erased_records=%" PRIu64,
+                       s->cur->paths[0], e.segments, e.records);
             s->lr = cv_applog_reader_free(s->lr);
             continue;
         }

@@ -326,6 +326,19 @@ static int print_record(cv_buf *b, const cv_applog_record *rec, const logopts *o
     return 0;
 }
 
+/* DATA KEYS: segments of an erased channel are not damage; say so. */
+static void report_erased(const char *cmd, const char *name, cv_applog_reader *rd) {
+    cv_applog_erased e;
+    cv_applog_reader_erased(rd, &e);
+    if (e.segments)
+        cv_log(CV_LOG_INFO,
+               "erased: the channel's key was destroyed, its records "
+               "are unreadable by design",
+               "cmd=\"%s\" partition=%s erased_segments=%" PRIu64
+               " erased_records=%" PRIu64 " erased_bytes=%" PRIu64,
+               cmd, name, e.segments, e.records, e.bytes);
+}
+
 static int run_cat(const logopts *o, const plist *pl, const cv_keyring *kr) {
     char err[1024];
     cv_buf b;
@@ -345,6 +358,8 @@ static int run_cat(const logopts *o, const plist *pl, const cv_keyring *kr) {
             }
         if (rd)
             report_torn("log cat", rd);
+        if (rd)
+            report_erased("log cat", pl->v[i].name, rd);
         cv_applog_reader_free(rd);
         if (r < 0) {
             fflush(stdout);
@@ -379,6 +394,9 @@ static int run_check(const plist *pl, const cv_keyring *kr) {
         if (rd)
             report_torn("log check", rd);
         size_t torn = rd ? cv_applog_reader_torn(rd, 0, NULL, NULL) : 0;
+        cv_applog_erased er = {0};
+        if (rd)
+            cv_applog_reader_erased(rd, &er);
         cv_applog_reader_free(rd);
         if (r < 0) {
             fflush(stdout);
@@ -390,8 +408,12 @@ static int run_check(const plist *pl, const cv_keyring *kr) {
             continue;
         }
         printf(
-            "ok   %s records=%" PRIu64 " first=%" PRId64 " last=%" PRId64 " dirs=%zu%s\n",
+            "ok   %s records=%" PRIu64 " first=%" PRId64 " last=%" PRId64 " dirs=%zu%s",
             pl->v[i].name, n, first, last, pl->v[i].npaths, torn ? " torn_tail=yes" : "");
+        if (er.segments)
+            printf(" erased_segments=%" PRIu64 " erased_records=%" PRIu64, er.segments,
+                   er.records);
+        printf("\n");
     }
     fflush(stdout);
     return code;
@@ -492,6 +514,8 @@ int cv_cmd_log(int argc, char **argv) {
     if (strcmp(sub, "list") != 0) {
         char err[1024];
         int r = cv_keyring_load(key_file, &kr, err, sizeof(err));
+        if (r == 0)
+            r = cv_cli_attach_data_keys(kr, cfg, &o.dirs, err, sizeof(err));
         if (r < 0) {
             cv_error("log", "%s", err);
             code = r == -ENOMEM || r == -EIO ? CV_EXIT_FAILURE : CV_EXIT_USAGE;

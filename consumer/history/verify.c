@@ -155,6 +155,8 @@ static void add_stats(cv_verify_stats *to, const cv_verify_stats *s) {
     to->repaired_pg += s->repaired_pg;
     to->repaired_log += s->repaired_log;
     to->quarantined += s->quarantined;
+    to->erased_segments += s->erased_segments;
+    to->erased_records += s->erased_records;
     to->repair_skipped += s->repair_skipped;
 }
 

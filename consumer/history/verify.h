@@ -108,6 +108,9 @@ typedef struct cv_verify_stats {
     uint64_t gaps, gap_offsets;
     uint64_t repaired_pg, repaired_log, repair_skipped;
     uint64_t quarantined; /* damaged log files moved aside by --repair */
+    /* log segments of erased channels (chatvault erase): passed over by
+     * chain only, neither damage nor a difference */
+    uint64_t erased_segments, erased_records;
 } cv_verify_stats;
 
 /* The findings that make verify fail (exit 3). */

@@ -498,6 +498,12 @@ static int compare_unit_once(vctx *c, const unit *u, bool *again) {
         c->repairing = false;
     }
 out:
+    if (s.lr) {
+        cv_applog_erased e;
+        cv_applog_reader_erased(s.lr, &e);
+        c->st->erased_segments += e.segments;
+        c->st->erased_records += e.records;
+    }
     cv_pgread_free(s.pr);
     cv_applog_reader_free(s.lr);
     cands_free(&s.pg_left);

@@ -211,3 +211,9 @@ with cvtest.Harness('erase', topics={'chat.gone': 2, 'chat.keep': 1},
           0, 'no message of the sender is left in PostgreSQL')
     r, recs = cat(h, '--topic', 'chat.keep')
     h.is_(len(recs), 10, 'the sender\'s log records stay (under the channel key)')
+    # As README says: the log keeps a sender's records, so verify finds them
+    # only in the log (and --repair would bring the rows back).
+    r = h.run('verify', '--quiet', timeout=300)
+    h.ok(r.returncode == 3 and field(r.stderr, 'only_in_log') == '10',
+         'after a sender erasure verify reports the sender\'s log records as '
+         'only_in_log', r.stderr)

@@ -63,7 +63,14 @@ int cv_pgerase(PGconn *conn, const char *channel, const char *sender, bool dry_r
             char what[128];
             snprintf(what, sizeof(what), "erase: %s chatvault.%s",
                      dry_run ? "counting" : "deleting from", cv_pgerase_tables[i]);
+            const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+            bool denied = state && strcmp(state, "42501") == 0;
             r = cv_pg_i_fail(conn, res, what, errbuf, errlen);
+            size_t l = strlen(errbuf);
+            if (denied && l + 1 < errlen)
+                snprintf(errbuf + l, errlen - l,
+                         " (the admin role needs DELETE on it: schemas/0008_erasure.sql "
+                         "grants it)");
             PQclear(PQexec(conn, "ROLLBACK"));
             return r;
         }

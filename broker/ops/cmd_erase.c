@@ -211,6 +211,11 @@ int cv_cmd_erase(int argc, char **argv) {
     rc = CV_EXIT_OK;
     if (whole && (rc = erase_log(&o, cfg, topic, &keys, &er, &sc)) != CV_EXIT_OK)
         goto out;
+    /* Counted now: an erasure that fails at PostgreSQL has destroyed them. */
+    cv_audit_count("data_keys", (int64_t)er.n);
+    cv_audit_count("already_erased_keys", (int64_t)er.already);
+    cv_audit_count("segments", (int64_t)sc.segments);
+    cv_audit_count("bytes", (int64_t)sc.bytes);
     char err[1024];
     rc = CV_EXIT_FAILURE;
     conn = cv_pg_connect(cv_access_conninfo(cfg, CV_PG_ADMIN), err, sizeof(err));
@@ -222,8 +227,7 @@ int cv_cmd_erase(int argc, char **argv) {
         goto out;
     }
     cv_pgerase_counts pc;
-    if (cv_pgerase(conn, whole ? o.channel : o.channel, o.sender, o.dry_run, &pc, err,
-                   sizeof(err)) < 0) {
+    if (cv_pgerase(conn, o.channel, o.sender, o.dry_run, &pc, err, sizeof(err)) < 0) {
         cv_error("erase", "%s%s", err,
                  whole && er.n ? "; the channel's keys are destroyed already: run the "
                                  "same command again to delete its rows"
@@ -251,9 +255,6 @@ int cv_cmd_erase(int argc, char **argv) {
         printf("%s sender=%s channel=%s postgres_rows=%" PRId64
                " log_records=kept (under the channel's key)\n",
                verb, o.sender, o.channel ? o.channel : "*", pc.total);
-    cv_audit_count("data_keys", (int64_t)er.n);
-    cv_audit_count("segments", (int64_t)sc.segments);
-    cv_audit_count("bytes", (int64_t)sc.bytes);
     cv_audit_count("postgres_rows", pc.total);
     rc = CV_EXIT_OK;
 out:

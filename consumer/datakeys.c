@@ -41,12 +41,21 @@ typedef struct dek {
     unsigned char key[CV_KEY_BYTES];
 } dek;
 
+/* An erased sender (see cv_datakeys_erase_sender). */
+typedef struct esender {
+    char *channel; /* "*": every channel */
+    char *sender, *user, *reason;
+    int64_t at_us;
+} esender;
+
 struct cv_datakeys {
     char *dir, *path;
     const cv_keyring *master;
     pthread_mutex_t mu;
     dek **v;
     size_t n, cap;
+    esender *es;
+    size_t nes;
     int lockfd; /* the writers' lock, -1 until taken */
 };
 
@@ -66,6 +75,13 @@ cv_datakeys *cv_datakeys_free(cv_datakeys *dk) {
     for (size_t i = 0; i < dk->n; i++)
         dek_free(dk->v[i]);
     free(dk->v);
+    for (size_t i = 0; i < dk->nes; i++) {
+        free(dk->es[i].channel);
+        free(dk->es[i].sender);
+        free(dk->es[i].user);
+        free(dk->es[i].reason);
+    }
+    free(dk->es);
     if (dk->lockfd >= 0)
         close(dk->lockfd);
     pthread_mutex_destroy(&dk->mu);
@@ -236,6 +252,73 @@ bad:
     return NULL;
 }
 
+static esender *find_sender(const cv_datakeys *dk, const char *channel,
+                            const char *sender) {
+    for (size_t i = 0; i < dk->nes; i++)
+        if (strcmp(dk->es[i].sender, sender) == 0 &&
+            (strcmp(dk->es[i].channel, "*") == 0 ||
+             strcmp(dk->es[i].channel, channel) == 0))
+            return &dk->es[i];
+    return NULL;
+}
+
+/* Adds an erased sender unless one with that channel and sender is there;
+ * takes the strings. */
+static int add_sender(cv_datakeys *dk, esender e) {
+    for (size_t i = 0; i < dk->nes; i++)
+        if (strcmp(dk->es[i].sender, e.sender) == 0 &&
+            strcmp(dk->es[i].channel, e.channel) == 0) {
+            free(e.channel);
+            free(e.sender);
+            free(e.user);
+            free(e.reason);
+            return 0;
+        }
+    esender *n = realloc(dk->es, (dk->nes + 1) * sizeof(*n));
+    if (!n) {
+        free(e.channel);
+        free(e.sender);
+        free(e.user);
+        free(e.reason);
+        return -ENOMEM;
+    }
+    dk->es = n;
+    dk->es[dk->nes++] = e;
+    return 0;
+}
+
+/* "sender CHANNEL SENDER AT USER REASON" */
+static int parse_sender(cv_datakeys *dk, char *line, const char **why) {
+    char *f[7];
+    size_t nf = 0;
+    for (char *save = NULL, *t = strtok_r(line, " \t\r", &save); t && nf < 7;
+         t = strtok_r(NULL, " \t\r", &save))
+        f[nf++] = t;
+    char *end;
+    esender e = {0};
+    if (nf != 6 || (strcmp(f[1], "*") != 0 && !topic_ok(f[1]))) {
+        *why = "expected \"sender CHANNEL SENDER AT USER REASON\"";
+        return -EINVAL;
+    }
+    e.at_us = strtoll(f[3], &end, 10);
+    if (*end) {
+        *why = "bad erasure time";
+        return -EINVAL;
+    }
+    e.channel = strdup(f[1]);
+    e.sender = unescape(f[2]);
+    e.user = unescape(f[4]);
+    e.reason = unescape(f[5]);
+    if (!e.channel || !e.sender || !e.user || !e.reason) {
+        free(e.channel);
+        free(e.sender);
+        free(e.user);
+        free(e.reason);
+        return -ENOMEM;
+    }
+    return add_sender(dk, e);
+}
+
 /* Reads the file and merges what it holds into dk (new ids added; ids
  * erased there are erased here). */
 static int load(cv_datakeys *dk, char *errbuf, size_t errlen) {
@@ -260,6 +343,16 @@ static int load(cv_datakeys *dk, char *errbuf, size_t errlen) {
         if (!*line || *line == '#')
             continue;
         const char *why = NULL;
+        if (strncmp(line, "sender ", 7) == 0) {
+            r = parse_sender(dk, line, &why);
+            if (r == -EINVAL) {
+                cv_errf(errbuf, errlen, "data key store %s:%d is malformed: %s", dk->path,
+                        lineno, why);
+            }
+            if (r < 0)
+                break;
+            continue;
+        }
         dek *d = parse_line(line, &why);
         if (!d) {
             cv_errf(errbuf, errlen, "data key store %s:%d is malformed: %s", dk->path,
@@ -378,6 +471,16 @@ static int store(cv_datakeys *dk, char *errbuf, size_t errlen) {
             r = cv_buf_printf(&b, "dek %" PRIu32 " %s %" PRIu32 " %" PRId64 " %s\n",
                               d->id, d->topic, d->master_id, d->at_us, hex);
         }
+    }
+    for (size_t i = 0; i < dk->nes && r == 0; i++) {
+        const esender *e = &dk->es[i];
+        char *sn = escape(e->sender), *u = escape(e->user), *why = escape(e->reason);
+        r = sn && u && why ? cv_buf_printf(&b, "sender %s %s %" PRId64 " %s %s\n",
+                                           e->channel, sn, e->at_us, u, why)
+                           : -ENOMEM;
+        free(sn);
+        free(u);
+        free(why);
     }
     char *tmp = malloc(strlen(dk->path) + 32);
     int fd = -1;
@@ -619,4 +722,55 @@ out:
         memset(ret, 0, sizeof(*ret));
     }
     return r;
+}
+
+int cv_datakeys_erase_sender(cv_datakeys *dk, const char *channel, const char *sender,
+                             const char *user, const char *reason, bool dry_run,
+                             bool *ret_new, char *errbuf, size_t errlen) {
+    int r = 0, dfd = -1;
+    *ret_new = false;
+    if (channel && !topic_ok(channel)) {
+        cv_errf(errbuf, errlen, "data key store %s: bad channel name", dk->path);
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&dk->mu);
+    if (!dry_run && (dfd = r = lock_dir(dk, errbuf, errlen)) < 0)
+        goto out;
+    if ((r = load(dk, errbuf, errlen)) < 0)
+        goto out;
+    const char *ch = channel ? channel : "*";
+    esender *have = find_sender(dk, ch, sender);
+    if (have && (strcmp(have->channel, "*") == 0 || strcmp(have->channel, ch) == 0))
+        goto out;
+    *ret_new = true;
+    if (dry_run)
+        goto out;
+    esender e = {
+        .channel = strdup(ch),
+        .sender = strndup(sender, TEXT_MAX),
+        .user = strndup(user ? user : "-", TEXT_MAX),
+        .reason = strndup(reason ? reason : "-", TEXT_MAX),
+        .at_us = cv_now_us(),
+    };
+    if ((r = add_sender(dk, e)) == 0)
+        r = store(dk, errbuf, errlen);
+out:
+    if (dfd >= 0)
+        close(dfd);
+    pthread_mutex_unlock(&dk->mu);
+    return r;
+}
+
+bool cv_datakeys_sender_erased(cv_datakeys *dk, const char *channel, const char *sender) {
+    pthread_mutex_lock(&dk->mu);
+    bool b = find_sender(dk, channel, sender) != NULL;
+    pthread_mutex_unlock(&dk->mu);
+    return b;
+}
+
+bool cv_datakeys_any_sender(cv_datakeys *dk) {
+    pthread_mutex_lock(&dk->mu);
+    bool b = dk->nes > 0;
+    pthread_mutex_unlock(&dk->mu);
+    return b;
 }

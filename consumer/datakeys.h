@@ -16,7 +16,8 @@
  * (XChaCha20-Poly1305 nonce 24 ‖ ciphertext 32 ‖ tag 16 under the master
  * key, additional data "chatvault data key" ‖ 0 ‖ id (4, big-endian) ‖
  * topic). An "erased" line is what is left of an erased one: id, topic,
- * erasure time, the OS user and the reason (percent-escaped). Data key ids
+ * erasure time, the OS user and the reason (percent-escaped). A "sender"
+ * line records an erased sender (see cv_datakeys_erase_sender). Data key ids
  * start at CV_DATAKEY_ID_MIN, above every master key id, and are never
  * reused. The newest live key of a topic is its current key.
  *
@@ -83,6 +84,23 @@ typedef struct cv_datakeys_erasure {
 int cv_datakeys_erase(cv_datakeys *dk, const char *topic, const char *user,
                       const char *reason, bool dry_run, cv_datakeys_erasure *ret,
                       char *errbuf, size_t errlen);
+
+/* Sender erasure (`chatvault erase --sender`): the log keeps a sender's
+ * records under the channel's key, so the store keeps a line
+ *     sender <channel, or * for all> <sender id> <at, Unix us> <user> <reason>
+ * and readers that rebuild or hand out messages (replay, export, restore,
+ * drill, verify) pass such a sender's records over. Records one durably
+ * (channel NULL: every channel); nothing when one covering it exists.
+ * *ret_new: whether a line was added. */
+int cv_datakeys_erase_sender(cv_datakeys *dk, const char *channel, const char *sender,
+                             const char *user, const char *reason, bool dry_run,
+                             bool *ret_new, char *errbuf, size_t errlen);
+
+/* Whether `sender` was erased in `channel` (or in every channel). */
+bool cv_datakeys_sender_erased(cv_datakeys *dk, const char *channel, const char *sender);
+
+/* Whether the store records any erased sender (a reader's fast path). */
+bool cv_datakeys_any_sender(cv_datakeys *dk);
 
 /* Wipes the keys and frees the store, releasing its locks. Accepts NULL;
  * returns NULL. */

@@ -442,3 +442,18 @@ const char *cv_keyring_erased(const cv_keyring *keys, uint32_t key_id,
     }
     return NULL;
 }
+
+bool cv_keyring_sender_erased(const cv_keyring *keys, const char *channel,
+                              const char *sender) {
+    for (size_t i = 0; keys && i < keys->ndk; i++)
+        if (cv_datakeys_sender_erased(keys->dk[i], channel, sender))
+            return true;
+    return false;
+}
+
+bool cv_keyring_any_sender_erased(const cv_keyring *keys) {
+    for (size_t i = 0; keys && i < keys->ndk; i++)
+        if (cv_datakeys_any_sender(keys->dk[i]))
+            return true;
+    return false;
+}

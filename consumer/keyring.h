@@ -22,6 +22,7 @@
 #ifndef CV_KEYRING_H
 #define CV_KEYRING_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -69,6 +70,12 @@ struct cv_datakeys *cv_keyring_data_keys(const cv_keyring *keys, const char *log
  * *ret_at_us, or NULL. */
 const char *cv_keyring_erased(const cv_keyring *keys, uint32_t key_id,
                               int64_t *ret_at_us);
+
+/* Whether `sender` was erased in `channel` in an attached store
+ * (cv_datakeys_erase_sender). any_sender: whether any store records one. */
+bool cv_keyring_sender_erased(const cv_keyring *keys, const char *channel,
+                              const char *sender);
+bool cv_keyring_any_sender_erased(const cv_keyring *keys);
 
 /* Wipes the keys (sodium_memzero) and frees the ring. Accepts NULL; returns
  * NULL. */

@@ -4,8 +4,9 @@
  * with them unreadable without touching any other channel's segments
  * (crypto-shredding), and deletes the channel's rows from PostgreSQL in one
  * transaction (consumer/pg/pgerase.h). Erasing a sender deletes that
- * sender's rows only; the log keeps their records, encrypted under the
- * channel's key, until the channel is erased.
+ * sender's rows; the log keeps their records, encrypted under the
+ * channel's key, until the channel is erased, but the store records the
+ * sender first so the readers that hand messages out pass them over.
  *
  * Order: keys first, then rows. A crash between the two leaves keys
  * destroyed and rows in place; running the command again finds no key left
@@ -61,8 +62,11 @@ static const cv_cli_spec erase_spec = {
              "the audit records the command. verify, log cat, replay, export and\n"
              "restore then count the channel's segments as erased, not as damage. New\n"
              "messages to the channel get a new key. Stop the broker(s) writing\n"
-             "log.dir first. --sender erases a sender's rows only. Without --yes\n"
-             "nothing is changed. Running it again finishes an interrupted erasure.\n",
+             "log.dir first. --sender deletes a sender's rows; its log records stay\n"
+             "(under the channel's key) but are recorded as erased, and replay,\n"
+             "export, restore, drill, verify and log cat pass them over. Without\n"
+             "--yes nothing is changed. Running it again finishes an interrupted\n"
+             "erasure.\n",
     .opts = erase_opts_table,
     .config_keys = "log.dir, log.key_file, topics.prefix, postgres.admin_conninfo",
 };
@@ -155,6 +159,31 @@ static int erase_log(const erase_opts *o, const cv_config *cfg, const char *topi
     return CV_EXIT_OK;
 }
 
+/* The log part of a sender erasure: a durable record in the store, so
+ * readers pass the sender's records over. */
+static int erase_sender_log(const erase_opts *o, const cv_config *cfg, cv_keyring **keys,
+                            bool *ret_new) {
+    const char *log_dir = cv_config_str(cfg, "log.dir");
+    char err[1024];
+    if (!*log_dir)
+        return CV_EXIT_OK;
+    int r = cv_cli_load_keys(cfg, NULL, keys, err, sizeof(err));
+    if (r < 0) {
+        cv_error("erase", "%s (log.key_file)", err);
+        return r == -ENOMEM || r == -EIO ? CV_EXIT_FAILURE : CV_EXIT_USAGE;
+    }
+    char user[128];
+    r = cv_datakeys_erase_sender(cv_keyring_data_keys(*keys, log_dir), o->channel,
+                                 o->sender, os_user(user, sizeof(user)),
+                                 o->reason ? o->reason : "-", o->dry_run, ret_new, err,
+                                 sizeof(err));
+    if (r < 0) {
+        cv_error("erase", "%s", err);
+        return CV_EXIT_FAILURE;
+    }
+    return CV_EXIT_OK;
+}
+
 int cv_cmd_erase(int argc, char **argv) {
     erase_opts o = {0};
     cv_cli cli;
@@ -209,7 +238,10 @@ int cv_cmd_erase(int argc, char **argv) {
     seg_count sc = {0};
     PGconn *conn = NULL;
     rc = CV_EXIT_OK;
+    bool sender_new = false;
     if (whole && (rc = erase_log(&o, cfg, topic, &keys, &er, &sc)) != CV_EXIT_OK)
+        goto out;
+    if (!whole && (rc = erase_sender_log(&o, cfg, &keys, &sender_new)) != CV_EXIT_OK)
         goto out;
     /* Counted now: an erasure that fails at PostgreSQL has destroyed them. */
     cv_audit_count("data_keys", (int64_t)er.n);
@@ -221,17 +253,19 @@ int cv_cmd_erase(int argc, char **argv) {
     conn = cv_pg_connect(cv_access_conninfo(cfg, CV_PG_ADMIN), err, sizeof(err));
     if (!conn) {
         cv_error("erase", "%s (%s)%s", err, cv_access_conninfo_key(cfg, CV_PG_ADMIN),
-                 whole && er.n ? "; the channel's keys are destroyed already: run the "
-                                 "same command again to delete its rows"
-                               : "");
+                 (whole && er.n) || sender_new
+                     ? "; the log part is done already: run the same command again to "
+                       "delete the rows"
+                     : "");
         goto out;
     }
     cv_pgerase_counts pc;
     if (cv_pgerase(conn, o.channel, o.sender, o.dry_run, &pc, err, sizeof(err)) < 0) {
         cv_error("erase", "%s%s", err,
-                 whole && er.n ? "; the channel's keys are destroyed already: run the "
-                                 "same command again to delete its rows"
-                               : "");
+                 (whole && er.n) || sender_new
+                     ? "; the log part is done already: run the same command again to "
+                       "delete the rows"
+                     : "");
         goto out;
     }
     for (size_t i = 0; i < CV_PGERASE_TABLES; i++)
@@ -253,8 +287,10 @@ int cv_cmd_erase(int argc, char **argv) {
                pc.total);
     else
         printf("%s sender=%s channel=%s postgres_rows=%" PRId64
-               " log_records=kept (under the channel's key)\n",
-               verb, o.sender, o.channel ? o.channel : "*", pc.total);
+               " log_records=hidden (kept under the channel's key; readers pass them "
+               "over) new_sender_record=%s\n",
+               verb, o.sender, o.channel ? o.channel : "*", pc.total,
+               sender_new ? "yes" : "no");
     cv_audit_count("postgres_rows", pc.total);
     rc = CV_EXIT_OK;
 out:

@@ -240,9 +240,15 @@ static void report_torn(const char *cmd, const cv_applog_reader *rd) {
     }
 }
 
-static int print_record(cv_buf *b, const cv_applog_record *rec, const logopts *o) {
+static int print_record(cv_buf *b, const cv_applog_record *rec, const logopts *o,
+                        const cv_keyring *kr, uint64_t *erased) {
     Chatvault__V1__ChatMessage *m =
         chatvault__v1__chat_message__unpack(NULL, rec->value_len, rec->value);
+    if (m && cv_keyring_sender_erased(kr, m->channel, m->sender_id)) {
+        (*erased)++; /* chatvault erase --sender */
+        chatvault__v1__chat_message__free_unpacked(m, NULL);
+        return 0;
+    }
     if (m && o->channel && strcmp(m->channel, o->channel) != 0) {
         chatvault__v1__chat_message__free_unpacked(m, NULL);
         return 0;
@@ -351,8 +357,9 @@ static int run_cat(const logopts *o, const plist *pl, const cv_keyring *kr) {
         if (r == 0 && o->from_offset >= 0)
             cv_applog_reader_skip_to(rd, o->from_offset);
         cv_applog_record rec;
+        uint64_t erased = 0;
         while (r == 0 && (r = cv_applog_reader_next(rd, &rec, err, sizeof(err))) == 1)
-            if ((r = print_record(&b, &rec, o)) < 0) {
+            if ((r = print_record(&b, &rec, o, kr, &erased)) < 0) {
                 snprintf(err, sizeof(err), "writing to stdout: %s", strerror(-r));
                 break;
             }
@@ -360,6 +367,9 @@ static int run_cat(const logopts *o, const plist *pl, const cv_keyring *kr) {
             report_torn("log cat", rd);
         if (rd)
             report_erased("log cat", pl->v[i].name, rd);
+        if (erased)
+            cv_log(CV_LOG_INFO, "erased: records of erased senders not printed",
+                   "partition=%s records=%" PRIu64, pl->v[i].name, erased);
         cv_applog_reader_free(rd);
         if (r < 0) {
             fflush(stdout);

@@ -227,17 +227,36 @@ with cvtest.Harness('erase', topics={'chat.gone': 2, 'chat.keep': 1},
          all(rec['key_id'] < 2 ** 31 for rec in recs),
          'master-key segments (no data key) still read', r.stderr)
 
-    # sender erasure: rows only
-    r = h.run('erase', '--sender', 's0', '--channel', 'keep', '--yes')
-    h.ok(r.returncode == 0 and field(r.stdout, 'postgres_rows') not in (None, '0'),
+    # sender erasure: rows deleted, log records kept but passed over
+    r = h.run('erase', '--sender', 's0', '--channel', 'keep')
+    h.ok(r.returncode == 2 and 'would delete the PostgreSQL rows of sender s0' in r.stderr,
+         'erase --sender without --yes refuses', r.stderr)
+    r = h.run('erase', '--sender', 's0', '--channel', 'keep', '--yes', '--reason', 'gdpr')
+    h.ok(r.returncode == 0 and field(r.stdout, 'postgres_rows') not in (None, '0') and
+         field(r.stdout, 'new_sender_record') == 'yes',
          'erase --sender deletes the sender\'s rows', r.stdout + r.stderr)
-    h.is_(h.query("SELECT count(*) FROM chatvault.messages WHERE sender_id = 's0'")[0][0],
-          0, 'no message of the sender is left in PostgreSQL')
+    h.is_(h.query("SELECT count(*) FROM chatvault.messages WHERE sender_id = 's0'"
+                  " AND channel = 'keep'")[0][0],
+          0, 'no message of the sender is left in the channel in PostgreSQL')
+    with open(store) as f:
+        h.ok(re.search(r'^sender keep s0 \d+ \S+ gdpr$', f.read(), re.M),
+             'the store records the erased sender')
+    r = h.run('erase', '--sender', 's0', '--channel', 'keep', '--yes')
+    h.ok(r.returncode == 0 and field(r.stdout, 'postgres_rows') == '0' and
+         field(r.stdout, 'new_sender_record') == 'no', 'a second sender erasure is a no-op',
+         r.stdout + r.stderr)
+    kseg = [p for p in os.listdir(os.path.join(log_dir, 'chat.keep-0'))
+            if p.endswith('.cvlog')]
+    h.ok(kseg, 'the channel\'s segments are all still there')
     r, recs = cat(h, '--topic', 'chat.keep')
-    h.is_(len(recs), 10, 'the sender\'s log records stay (under the channel key)')
-    # As README says: the log keeps a sender's records, so verify finds them
-    # only in the log (and --repair would bring the rows back).
+    h.ok(recs == [] and 'erased senders' in r.stderr,
+         'log cat passes the sender\'s records over and says so', r.stderr)
     r = h.run('verify', '--quiet', timeout=300)
-    h.ok(r.returncode == 3 and field(r.stderr, 'only_in_log') == '10',
-         'after a sender erasure verify reports the sender\'s log records as '
-         'only_in_log', r.stderr)
+    h.ok(r.returncode == 0 and field(r.stderr, 'only_in_log') == '0',
+         'verify: the sender\'s log records are not differences', r.stderr)
+    r = h.run('restore', '--channel', 'keep', '--quiet')
+    h.ok(r.returncode == 0, 'restore of the channel', r.stdout + r.stderr)
+    r = h.run('verify', '--repair', '--quiet', timeout=300)
+    h.is_(h.query("SELECT count(*) FROM chatvault.messages WHERE sender_id = 's0'"
+                  " AND channel = 'keep'")[0][0],
+          0, 'restore and verify --repair do not bring the sender back')

@@ -423,6 +423,16 @@ const unsigned char *cv_datakeys_get(cv_datakeys *dk, uint32_t id) {
     return k;
 }
 
+const unsigned char *cv_datakeys_get_topic(cv_datakeys *dk, uint32_t id,
+                                           const char *topic) {
+    pthread_mutex_lock(&dk->mu);
+    dek *d = find(dk, id);
+    const unsigned char *k =
+        d && !d->erased && d->have_key && strcmp(d->topic, topic) == 0 ? d->key : NULL;
+    pthread_mutex_unlock(&dk->mu);
+    return k;
+}
+
 const char *cv_datakeys_erased(cv_datakeys *dk, uint32_t id, int64_t *ret_at_us) {
     pthread_mutex_lock(&dk->mu);
     dek *d = find(dk, id);

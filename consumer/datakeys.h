@@ -57,6 +57,10 @@ const char *cv_datakeys_dir(const cv_datakeys *dk);
  * (or its master key is missing). The pointer lives as long as the store. */
 const unsigned char *cv_datakeys_get(cv_datakeys *dk, uint32_t id);
 
+/* The live key `id` of `topic`, or NULL. */
+const unsigned char *cv_datakeys_get_topic(cv_datakeys *dk, uint32_t id,
+                                           const char *topic);
+
 /* When key `id` was erased: its topic (a pointer that lives as long as the
  * store) and *ret_at_us the erasure time; NULL when it was not. */
 const char *cv_datakeys_erased(cv_datakeys *dk, uint32_t id, int64_t *ret_at_us);

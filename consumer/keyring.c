@@ -457,3 +457,22 @@ bool cv_keyring_any_sender_erased(const cv_keyring *keys) {
             return true;
     return false;
 }
+
+const unsigned char *cv_keyring_data_key(const cv_keyring *keys, uint32_t key_id,
+                                         const char *topic, size_t n) {
+    for (size_t i = 0; key_id >= CV_DATAKEY_ID_MIN && i < keys->ndk; i++) {
+        const unsigned char *k = cv_datakeys_get_topic(keys->dk[i], key_id, topic);
+        if (k && n-- == 0)
+            return k;
+    }
+    return NULL;
+}
+
+bool cv_keyring_erased_for(const cv_keyring *keys, uint32_t key_id, const char *topic) {
+    for (size_t i = 0; key_id >= CV_DATAKEY_ID_MIN && i < keys->ndk; i++) {
+        const char *t = cv_datakeys_erased(keys->dk[i], key_id, NULL);
+        if (t && strcmp(t, topic) == 0)
+            return true;
+    }
+    return false;
+}

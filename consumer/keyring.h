@@ -66,6 +66,17 @@ int cv_keyring_attach(cv_keyring *keys, struct cv_datakeys *dk);
 /* The store attached for log directory `log_dir`, or NULL. */
 struct cv_datakeys *cv_keyring_data_keys(const cv_keyring *keys, const char *log_dir);
 
+/* Stores of several broker instances (log cat --log-dir A --log-dir B) number
+ * their keys alike, so a data key id alone does not name one key: the n-th
+ * (0, 1, ...) live data key of id `key_id` and topic `topic` among the
+ * attached stores, or NULL past the last. The reader takes the one whose
+ * key check matches the segment's. */
+const unsigned char *cv_keyring_data_key(const cv_keyring *keys, uint32_t key_id,
+                                         const char *topic, size_t n);
+
+/* Whether an attached store erased data key `key_id` of `topic`. */
+bool cv_keyring_erased_for(const cv_keyring *keys, uint32_t key_id, const char *topic);
+
 /* Whether data key `key_id` was erased in an attached store: its topic and
  * *ret_at_us, or NULL. */
 const char *cv_keyring_erased(const cv_keyring *keys, uint32_t key_id,

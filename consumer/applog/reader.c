@@ -139,9 +139,40 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
     free(path);
     d->key = NULL;
     if (d->keys) {
-        d->key = cv_keyring_get(d->keys, h->key_id);
         d->cur_erased = false;
-        const char *et = d->key ? NULL : cv_keyring_erased(d->keys, h->key_id, NULL);
+        d->key = NULL;
+        bool data_key = h->key_id >= CV_DATAKEY_ID_MIN, rejected = false;
+        if (data_key) {
+            /* DATA KEYS: instances' stores may share ids; the key check
+             * says which key of this id and topic it is. */
+            const unsigned char *k;
+            for (size_t n = 0;
+                 !d->key && (k = cv_keyring_data_key(d->keys, h->key_id, h->topic, n));
+                 n++) {
+                unsigned char kc[16];
+                cv_applog_i_key_check(kc, h->seg_id, k);
+                if (sodium_memcmp(kc, h->key_check, 16) == 0)
+                    d->key = k;
+                else
+                    rejected = true;
+            }
+        } else {
+            d->key = cv_keyring_get(d->keys, h->key_id);
+        }
+        const char *et = NULL;
+        if (!d->key && data_key && cv_keyring_erased_for(d->keys, h->key_id, h->topic))
+            et = h->topic;
+        else if (!d->key && !rejected)
+            et = cv_keyring_erased(d->keys, h->key_id, NULL);
+        if (rejected && !d->key && !et) {
+            cv_errf(errbuf, errlen,
+                    "log segment %s at byte 104: data key %" PRIu32
+                    " of topic %s is not the key this segment was written with (a "
+                    "store of another log directory?)",
+                    d->cur.path, h->key_id, h->topic);
+            cv_applog_i_seg_close(&d->cur);
+            return -EKEYREJECTED;
+        }
         if (et && strcmp(et, h->topic) == 0) {
             /* DATA KEYS: erased on purpose; the chain is still checked */
             d->cur_erased = true;
@@ -150,9 +181,10 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
         } else if (!d->key && h->key_id >= CV_DATAKEY_ID_MIN) {
             cv_errf(errbuf, errlen,
                     "log segment %s at byte 12: data key %" PRIu32
-                    " of topic %s is not in %s/" CV_DATAKEYS_FILE
-                    " (or the master key that wraps it is not in the key file)%s",
-                    d->cur.path, h->key_id, h->topic, d->dir,
+                    " of topic %s is not in the data key store of its log directory"
+                    " (" CV_DATAKEYS_FILE "), or the master key that wraps it is not in"
+                    " the key file%s",
+                    d->cur.path, h->key_id, h->topic,
                     et ? "; it was erased, but for another topic" : "");
             cv_applog_i_seg_close(&d->cur);
             return -ENOKEY;

@@ -172,6 +172,25 @@ int main(void) {
     tap_ok(memcmp(ka2, copy_a, CV_KEY_BYTES) != 0, "... and new bytes");
     cv_keyring_free(kr);
 
+    /* Two instances' stores number their keys alike: both are candidates. */
+    char logdir2[600];
+    snprintf(logdir2, sizeof(logdir2), "%s/log2", dir);
+    kr = attached("master.key", logdir);
+    cv_datakeys *dk2 = NULL;
+    cv_datakeys_open(logdir2, kr, &dk2, err, sizeof(err));
+    cv_keyring_attach(kr, dk2);
+    uint32_t x = 0;
+    const unsigned char *kx = NULL;
+    cv_datakeys_current(dk2, "chat.b", &x, &kx, err, sizeof(err));
+    TAP_IS_INT(x, CV_DATAKEY_ID_MIN, "a second store starts at the same id");
+    tap_ok(cv_keyring_data_key(kr, x, "chat.b", 0) == kx &&
+               cv_keyring_data_key(kr, x, "chat.b", 1) == NULL,
+           "its id names its own topic's key only");
+    tap_ok(cv_keyring_erased_for(kr, a, "chat.a") &&
+               !cv_keyring_erased_for(kr, a, "chat.b"),
+           "erased is per topic");
+    cv_keyring_free(kr);
+
     /* A master key id in the data key range is refused. */
     char mpath[600];
     snprintf(mpath, sizeof(mpath), "%s/high.key", dir);

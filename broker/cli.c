@@ -3,6 +3,8 @@
  */
 #include "cli.h"
 
+#include "datakeys.h"
+
 #include <curl/curl.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -20,6 +22,7 @@
 #include "access.h"
 #include "applog/applog.h"
 #include "cold/cold.h"
+#include "datakeys.h"
 #include "json.h"
 #include "util.h"
 
@@ -444,6 +447,40 @@ int cv_cli_cold_install(const cv_config *cfg, char *errbuf, size_t errlen) {
 void cv_cli_default_log_dir(cv_cli_log_dirs *d, const cv_config *cfg) {
     if (d->n == 0 && *cv_config_str(cfg, "log.dir"))
         d->dir[d->n++] = cv_config_str(cfg, "log.dir");
+}
+
+static int attach_store(cv_keyring *kr, const char *dir, char *errbuf, size_t errlen) {
+    if (!*dir || cv_keyring_data_keys(kr, dir))
+        return 0;
+    cv_datakeys *dk = NULL;
+    int r = cv_datakeys_open(dir, kr, &dk, errbuf, errlen);
+    if (r == 0 && (r = cv_keyring_attach(kr, dk)) < 0) {
+        cv_errf(errbuf, errlen, "too many log directories for data keys");
+        cv_datakeys_free(dk);
+    }
+    return r;
+}
+
+int cv_cli_attach_data_keys(cv_keyring *kr, const cv_config *cfg,
+                            const cv_cli_log_dirs *ld, char *errbuf, size_t errlen) {
+    int r = attach_store(kr, cv_config_str(cfg, "log.dir"), errbuf, errlen);
+    for (size_t i = 0; r == 0 && ld && i < ld->n; i++)
+        r = attach_store(kr, ld->dir[i], errbuf, errlen);
+    return r;
+}
+
+int cv_cli_load_keys(const cv_config *cfg, const cv_cli_log_dirs *ld, cv_keyring **ret,
+                     char *errbuf, size_t errlen) {
+    cv_keyring *kr = NULL;
+    int r = cv_keyring_load(cv_config_str(cfg, "log.key_file"), &kr, errbuf, errlen);
+    if (r < 0)
+        return r;
+    if ((r = cv_cli_attach_data_keys(kr, cfg, ld, errbuf, errlen)) < 0) {
+        cv_keyring_free(kr);
+        return r;
+    }
+    *ret = kr;
+    return 0;
 }
 
 cv_envelope_rules cv_cli_envelope_rules(const cv_config *cfg) {

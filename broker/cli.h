@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "ingest/envelope.h"
+#include "keyring.h"
 #include "util.h"
 
 /* An http:// or https:// address to GET: host (no brackets for IPv6),
@@ -63,6 +64,7 @@ int cv_cmd_migrate(int argc, char **argv);
 int cv_cmd_send(int argc, char **argv);
 int cv_cmd_config(int argc, char **argv);
 int cv_cmd_keygen(int argc, char **argv);
+int cv_cmd_erase(int argc, char **argv);
 int cv_cmd_log(int argc, char **argv);
 int cv_cmd_lag(int argc, char **argv);
 int cv_cmd_audit(int argc, char **argv);
@@ -243,6 +245,17 @@ typedef struct cv_cli_log_dirs {
 
 /* With no --log-dir given, takes log.dir from `cfg` when it is set. */
 void cv_cli_default_log_dir(cv_cli_log_dirs *d, const cv_config *cfg);
+
+/* Loads log.key_file and attaches to the ring the channel data key store
+ * (consumer/datakeys.h) of log.dir and of every directory in `ld` (may be
+ * NULL), so readers find channels' keys and a writer of one of those
+ * directories seals with them. Errors as cv_keyring_load's, or the store's
+ * (one line in errbuf). The caller owns *ret. */
+int cv_cli_load_keys(const cv_config *cfg, const cv_cli_log_dirs *ld, cv_keyring **ret,
+                     char *errbuf, size_t errlen);
+/* The attaching part of it, for a ring loaded otherwise. */
+int cv_cli_attach_data_keys(cv_keyring *kr, const cv_config *cfg,
+                            const cv_cli_log_dirs *ld, char *errbuf, size_t errlen);
 
 /* The broker's validation rules (topics.*, limits.max_body_bytes), for
  * the tools that decode records as it does; the strings are cfg's. */

@@ -20,6 +20,8 @@ static const cv_command commands[] = {
     {"cold", cv_cmd_cold,
      "ship sealed log segments to S3 or a directory; list and fetch them"},
     {"keygen", cv_cmd_keygen, "add a key to the encrypted log's key file"},
+    {"erase", cv_cmd_erase,
+     "erase a channel (its log keys and rows) or a sender's rows, for good"},
     {"replay", cv_cmd_replay,
      "re-deliver stored messages to Kafka from PostgreSQL or the log"},
     {"export", cv_cmd_export, "write selected messages to JSON Lines with a manifest"},

@@ -30,7 +30,8 @@ typedef struct lpart {
 
 struct cv_src {
     cv_src_conf conf;
-    cv_src_mode mode; /* CV_SRC_LOG when auto found no PostgreSQL */
+    uint64_t erased_sender; /* log records of erased senders passed over */
+    cv_src_mode mode;       /* CV_SRC_LOG when auto found no PostgreSQL */
     PGconn *conn;
     char **chans;
     size_t nchans, ichan;
@@ -297,6 +298,17 @@ static int advance_log(cv_src *s, char *errbuf, size_t errlen) {
         if (r < 0)
             return r;
         if (r == 0 || (sel->to_offset >= 0 && s->rec.offset > sel->to_offset)) {
+            cv_applog_erased e;
+            cv_applog_reader_erased(s->lr, &e);
+            if (s->erased_sender)
+                cv_log(CV_LOG_INFO, "erased: skipping the log records of erased senders",
+                       "dir=\"%s\" records=%" PRIu64, s->cur->paths[0], s->erased_sender);
+            s->erased_sender = 0;
+            if (e.segments) /* DATA KEYS: an erased channel, not damage */
+                cv_log(CV_LOG_INFO,
+                       "erased: skipping the log records of an erased channel",
+                       "dir=\"%s\" erased_segments=%" PRIu64 " erased_records=%" PRIu64,
+                       s->cur->paths[0], e.segments, e.records);
             s->lr = cv_applog_reader_free(s->lr);
             continue;
         }
@@ -310,6 +322,11 @@ static int advance_log(cv_src *s, char *errbuf, size_t errlen) {
                      s->rec.topic, s->rec.partition, s->rec.offset, s->rec.file,
                      s->rec.pos);
             return -EBADMSG;
+        }
+        if (cv_keyring_sender_erased(s->conf.keys, s->cur->channel, s->lm->sender_id)) {
+            /* chatvault erase --sender: never handed out again */
+            s->erased_sender++;
+            continue;
         }
         if (cv_select_match(sel, s->rec.partition, s->rec.offset, s->lm->sent_at_us,
                             s->rec.timestamp_ms, s->cur->channel, s->lm->message_id)) {

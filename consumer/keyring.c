@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "datakeys.h"
 #include "util.h"
 
 #define KEYFILE_MAX (1u << 20) /* a key line is ~80 bytes: 13,000 keys */
@@ -28,9 +29,14 @@ typedef struct key {
     unsigned char bytes[CV_KEY_BYTES];
 } key;
 
+#define MASTER_ID_MAX (CV_DATAKEY_ID_MIN - 1)
+#define STORES_MAX 64
+
 struct cv_keyring {
     key *keys;
     size_t n, cap;
+    cv_datakeys *dk[STORES_MAX];
+    size_t ndk;
 };
 
 cv_keyring *cv_keyring_free(cv_keyring *keys) {
@@ -40,6 +46,8 @@ cv_keyring *cv_keyring_free(cv_keyring *keys) {
         sodium_memzero(keys->keys, keys->cap * sizeof(key));
         free(keys->keys);
     }
+    for (size_t i = 0; i < keys->ndk; i++)
+        cv_datakeys_free(keys->dk[i]);
     free(keys);
     return NULL;
 }
@@ -80,8 +88,8 @@ static int parse_line(char *line, uint32_t *ret_id, unsigned char *ret_key,
     uint64_t id = 0;
     while (*p >= '0' && *p <= '9') {
         id = id * 10 + (uint64_t)(*p++ - '0');
-        if (id > UINT32_MAX) {
-            *ret_why = "key id is above 4294967295";
+        if (id > MASTER_ID_MAX) {
+            *ret_why = "key id is above 2147483647 (higher ids name channel data keys)";
             return -EINVAL;
         }
     }
@@ -257,10 +265,10 @@ static int generate_locked(const char *path, uint32_t *ret_id, char *errbuf,
         return r;
     }
     uint32_t id = kr->n ? kr->keys[kr->n - 1].id : 0;
-    if (id == UINT32_MAX) {
+    if (id == MASTER_ID_MAX) {
         cv_errf(errbuf, errlen,
-                "key file %s: key id 4294967295 is taken; no "
-                "higher id exists",
+                "key file %s: key id 2147483647 is taken; no "
+                "higher master key id exists",
                 path);
         cv_keyring_free(kr);
         return -EOVERFLOW;
@@ -378,6 +386,14 @@ int cv_keyring_generate(const char *path, uint32_t *ret_id, char *errbuf, size_t
 }
 
 const unsigned char *cv_keyring_get(const cv_keyring *keys, uint32_t key_id) {
+    if (key_id >= CV_DATAKEY_ID_MIN) {
+        for (size_t i = 0; i < keys->ndk; i++) {
+            const unsigned char *k = cv_datakeys_get(keys->dk[i], key_id);
+            if (k)
+                return k;
+        }
+        return NULL;
+    }
     size_t lo = 0, hi = keys->n;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
@@ -401,4 +417,62 @@ size_t cv_keyring_count(const cv_keyring *keys) {
 
 uint32_t cv_keyring_id_at(const cv_keyring *keys, size_t i) {
     return i < keys->n ? keys->keys[i].id : 0;
+}
+
+int cv_keyring_attach(cv_keyring *keys, cv_datakeys *dk) {
+    if (keys->ndk == STORES_MAX)
+        return -E2BIG;
+    keys->dk[keys->ndk++] = dk;
+    return 0;
+}
+
+cv_datakeys *cv_keyring_data_keys(const cv_keyring *keys, const char *log_dir) {
+    for (size_t i = 0; i < keys->ndk; i++)
+        if (strcmp(cv_datakeys_dir(keys->dk[i]), log_dir) == 0)
+            return keys->dk[i];
+    return NULL;
+}
+
+const char *cv_keyring_erased(const cv_keyring *keys, uint32_t key_id,
+                              int64_t *ret_at_us) {
+    for (size_t i = 0; key_id >= CV_DATAKEY_ID_MIN && i < keys->ndk; i++) {
+        const char *t = cv_datakeys_erased(keys->dk[i], key_id, ret_at_us);
+        if (t)
+            return t;
+    }
+    return NULL;
+}
+
+bool cv_keyring_sender_erased(const cv_keyring *keys, const char *channel,
+                              const char *sender) {
+    for (size_t i = 0; keys && i < keys->ndk; i++)
+        if (cv_datakeys_sender_erased(keys->dk[i], channel, sender))
+            return true;
+    return false;
+}
+
+bool cv_keyring_any_sender_erased(const cv_keyring *keys) {
+    for (size_t i = 0; keys && i < keys->ndk; i++)
+        if (cv_datakeys_any_sender(keys->dk[i]))
+            return true;
+    return false;
+}
+
+const unsigned char *cv_keyring_data_key(const cv_keyring *keys, uint32_t key_id,
+                                         const char *topic, size_t n) {
+    for (size_t i = 0; key_id >= CV_DATAKEY_ID_MIN && i < keys->ndk; i++) {
+        const unsigned char *k = cv_datakeys_get_topic(keys->dk[i], key_id, topic);
+        if (k && n-- == 0)
+            return k;
+    }
+    return NULL;
+}
+
+bool cv_keyring_erased_for(const cv_keyring *keys, uint32_t key_id, const char *topic) {
+    for (size_t i = 0; key_id >= CV_DATAKEY_ID_MIN && i < keys->ndk; i++) {
+        const char *t = cv_datakeys_erased(keys->dk[i], key_id, NULL);
+        if (t && strcmp(t, topic) == 0)
+            return true;
+    }
+    return false;
 }

@@ -9,7 +9,8 @@
  *     key 2 60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752
  *
  * Blank lines and lines starting with '#' are ignored. A key line is the
- * word "key", the key id (decimal, 1 .. 4294967295) and 64 lowercase or
+ * word "key", the key id (decimal, 1 .. 2147483647; higher ids name channel
+ * data keys, see datakeys.h) and 64 lowercase or
  * uppercase hex digits (32 bytes, an XChaCha20-Poly1305 key), separated by
  * single spaces or tabs. Key ids increase strictly down the file; the last
  * one is the newest and is used for new log segments. Older keys stay so old
@@ -21,6 +22,7 @@
 #ifndef CV_KEYRING_H
 #define CV_KEYRING_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -51,6 +53,40 @@ uint32_t cv_keyring_newest(const cv_keyring *keys);
 /* Number of keys and the id of the i-th (oldest first). */
 size_t cv_keyring_count(const cv_keyring *keys);
 uint32_t cv_keyring_id_at(const cv_keyring *keys, size_t i);
+
+/* Data keys (datakeys.h): a ring may carry the data key stores of log
+ * directories, so that every reader finds a channel's key by the key id in
+ * a segment header like a master key. Ids from 2147483648 (CV_DATAKEY_ID_MIN)
+ * are data key ids; master key ids are below. */
+struct cv_datakeys;
+
+/* Attaches a store: the ring owns it from now on and frees it. */
+int cv_keyring_attach(cv_keyring *keys, struct cv_datakeys *dk);
+
+/* The store attached for log directory `log_dir`, or NULL. */
+struct cv_datakeys *cv_keyring_data_keys(const cv_keyring *keys, const char *log_dir);
+
+/* Stores of several broker instances (log cat --log-dir A --log-dir B) number
+ * their keys alike, so a data key id alone does not name one key: the n-th
+ * (0, 1, ...) live data key of id `key_id` and topic `topic` among the
+ * attached stores, or NULL past the last. The reader takes the one whose
+ * key check matches the segment's. */
+const unsigned char *cv_keyring_data_key(const cv_keyring *keys, uint32_t key_id,
+                                         const char *topic, size_t n);
+
+/* Whether an attached store erased data key `key_id` of `topic`. */
+bool cv_keyring_erased_for(const cv_keyring *keys, uint32_t key_id, const char *topic);
+
+/* Whether data key `key_id` was erased in an attached store: its topic and
+ * *ret_at_us, or NULL. */
+const char *cv_keyring_erased(const cv_keyring *keys, uint32_t key_id,
+                              int64_t *ret_at_us);
+
+/* Whether `sender` was erased in `channel` in an attached store
+ * (cv_datakeys_erase_sender). any_sender: whether any store records one. */
+bool cv_keyring_sender_erased(const cv_keyring *keys, const char *channel,
+                              const char *sender);
+bool cv_keyring_any_sender_erased(const cv_keyring *keys);
 
 /* Wipes the keys (sodium_memzero) and frees the ring. Accepts NULL; returns
  * NULL. */

@@ -204,7 +204,7 @@ static int export_open(export_opts *o, const cv_config *cfg, cv_keyring **keys,
     char err[1024];
     cv_cli_default_log_dir(&o->ld, cfg);
     if (o->mode != CV_SRC_PG && o->ld.n &&
-        cv_keyring_load(cv_config_str(cfg, "log.key_file"), keys, err, sizeof(err)) < 0) {
+        cv_cli_load_keys(cfg, &o->ld, keys, err, sizeof(err)) < 0) {
         if (o->mode == CV_SRC_LOG) {
             cv_error("export", "%s (log.key_file)", err);
             return CV_EXIT_FAILURE;

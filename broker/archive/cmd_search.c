@@ -357,8 +357,7 @@ static int search_log(search_opts *o, const cv_config *cfg, const cv_search_curs
         free(ws.store);
         return CV_EXIT_USAGE;
     }
-    if (cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err, sizeof(err)) <
-        0) {
+    if (cv_cli_load_keys(cfg, &o->ld, &keys, err, sizeof(err)) < 0) {
         cv_error("search", "%s (log.key_file)", err);
         goto out;
     }
@@ -558,8 +557,7 @@ static int check_log(search_opts *o, const cv_config *cfg, cv_search_page *t) {
         cv_error("search", "--check-log: no log directory (log.dir is empty)");
         return -1;
     }
-    if (cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err, sizeof(err)) <
-        0) {
+    if (cv_cli_load_keys(cfg, &o->ld, &keys, err, sizeof(err)) < 0) {
         cv_error("search", "%s (log.key_file)", err);
         return -1;
     }

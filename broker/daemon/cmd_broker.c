@@ -99,7 +99,7 @@ static int load_keys(const cv_config *cfg, cv_keyring **ret) {
     /* A key file that is missing, unreadable or open to others is a
      * configuration error: refuse to start rather than write a log nobody
      * can read, or one anybody can. */
-    if (cv_keyring_load(cv_config_str(cfg, "log.key_file"), ret, err, sizeof(err)) < 0) {
+    if (cv_cli_load_keys(cfg, NULL, ret, err, sizeof(err)) < 0) {
         cv_error("broker", "%s (log.key_file; create one with `chatvault keygen`)", err);
         return -1;
     }

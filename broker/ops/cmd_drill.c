@@ -154,8 +154,7 @@ int cv_cmd_drill(int argc, char **argv) {
         rc = CV_EXIT_USAGE;
         goto out;
     }
-    if (cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err, sizeof(err)) <
-        0) {
+    if (cv_cli_load_keys(cfg, &o.ld, &keys, err, sizeof(err)) < 0) {
         cv_error("drill", "%s (log.key_file)", err);
         goto out;
     }

@@ -240,9 +240,15 @@ static void report_torn(const char *cmd, const cv_applog_reader *rd) {
     }
 }
 
-static int print_record(cv_buf *b, const cv_applog_record *rec, const logopts *o) {
+static int print_record(cv_buf *b, const cv_applog_record *rec, const logopts *o,
+                        const cv_keyring *kr, uint64_t *erased) {
     Chatvault__V1__ChatMessage *m =
         chatvault__v1__chat_message__unpack(NULL, rec->value_len, rec->value);
+    if (m && cv_keyring_sender_erased(kr, m->channel, m->sender_id)) {
+        (*erased)++; /* chatvault erase --sender */
+        chatvault__v1__chat_message__free_unpacked(m, NULL);
+        return 0;
+    }
     if (m && o->channel && strcmp(m->channel, o->channel) != 0) {
         chatvault__v1__chat_message__free_unpacked(m, NULL);
         return 0;
@@ -326,6 +332,19 @@ static int print_record(cv_buf *b, const cv_applog_record *rec, const logopts *o
     return 0;
 }
 
+/* DATA KEYS: segments of an erased channel are not damage; say so. */
+static void report_erased(const char *cmd, const char *name, cv_applog_reader *rd) {
+    cv_applog_erased e;
+    cv_applog_reader_erased(rd, &e);
+    if (e.segments)
+        cv_log(CV_LOG_INFO,
+               "erased: the channel's key was destroyed, its records "
+               "are unreadable by design",
+               "cmd=\"%s\" partition=%s erased_segments=%" PRIu64
+               " erased_records=%" PRIu64 " erased_bytes=%" PRIu64,
+               cmd, name, e.segments, e.records, e.bytes);
+}
+
 static int run_cat(const logopts *o, const plist *pl, const cv_keyring *kr) {
     char err[1024];
     cv_buf b;
@@ -338,13 +357,19 @@ static int run_cat(const logopts *o, const plist *pl, const cv_keyring *kr) {
         if (r == 0 && o->from_offset >= 0)
             cv_applog_reader_skip_to(rd, o->from_offset);
         cv_applog_record rec;
+        uint64_t erased = 0;
         while (r == 0 && (r = cv_applog_reader_next(rd, &rec, err, sizeof(err))) == 1)
-            if ((r = print_record(&b, &rec, o)) < 0) {
+            if ((r = print_record(&b, &rec, o, kr, &erased)) < 0) {
                 snprintf(err, sizeof(err), "writing to stdout: %s", strerror(-r));
                 break;
             }
         if (rd)
             report_torn("log cat", rd);
+        if (rd)
+            report_erased("log cat", pl->v[i].name, rd);
+        if (erased)
+            cv_log(CV_LOG_INFO, "erased: records of erased senders not printed",
+                   "partition=%s records=%" PRIu64, pl->v[i].name, erased);
         cv_applog_reader_free(rd);
         if (r < 0) {
             fflush(stdout);
@@ -379,6 +404,9 @@ static int run_check(const plist *pl, const cv_keyring *kr) {
         if (rd)
             report_torn("log check", rd);
         size_t torn = rd ? cv_applog_reader_torn(rd, 0, NULL, NULL) : 0;
+        cv_applog_erased er = {0};
+        if (rd)
+            cv_applog_reader_erased(rd, &er);
         cv_applog_reader_free(rd);
         if (r < 0) {
             fflush(stdout);
@@ -390,8 +418,12 @@ static int run_check(const plist *pl, const cv_keyring *kr) {
             continue;
         }
         printf(
-            "ok   %s records=%" PRIu64 " first=%" PRId64 " last=%" PRId64 " dirs=%zu%s\n",
+            "ok   %s records=%" PRIu64 " first=%" PRId64 " last=%" PRId64 " dirs=%zu%s",
             pl->v[i].name, n, first, last, pl->v[i].npaths, torn ? " torn_tail=yes" : "");
+        if (er.segments)
+            printf(" erased_segments=%" PRIu64 " erased_records=%" PRIu64, er.segments,
+                   er.records);
+        printf("\n");
     }
     fflush(stdout);
     return code;
@@ -492,6 +524,8 @@ int cv_cmd_log(int argc, char **argv) {
     if (strcmp(sub, "list") != 0) {
         char err[1024];
         int r = cv_keyring_load(key_file, &kr, err, sizeof(err));
+        if (r == 0)
+            r = cv_cli_attach_data_keys(kr, cfg, &o.dirs, err, sizeof(err));
         if (r < 0) {
             cv_error("log", "%s", err);
             code = r == -ENOMEM || r == -EIO ? CV_EXIT_FAILURE : CV_EXIT_USAGE;

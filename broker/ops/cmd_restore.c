@@ -240,8 +240,7 @@ int cv_cmd_restore(int argc, char **argv) {
         rc = CV_EXIT_USAGE;
         goto out;
     }
-    if (cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err, sizeof(err)) <
-        0) {
+    if (cv_cli_load_keys(cfg, &o.ld, &keys, err, sizeof(err)) < 0) {
         cv_error("restore", "%s (log.key_file)", err);
         goto out;
     }

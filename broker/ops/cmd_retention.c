@@ -284,8 +284,10 @@ int cv_cmd_retention(int argc, char **argv) {
     cv_keyring *keys = NULL;
     if (sodium_init() < 0)
         goto out;
-    if (cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err, sizeof(err)) <
-        0) {
+    cv_cli_log_dirs ld = {.n = 0};
+    if (o.log_dir)
+        ld.dir[ld.n++] = o.log_dir;
+    if (cv_cli_load_keys(cfg, &ld, &keys, err, sizeof(err)) < 0) {
         cv_error(name, "%s", err);
         rc = CV_EXIT_USAGE;
         goto out;

@@ -141,12 +141,13 @@ static void print_summary(vout *o, const cv_verify_stats *s, const char *what) {
                ",\"repaired_postgres\":%" PRIu64 ",\"repaired_log\":%" PRIu64
                ",\"repair_skipped\":%" PRIu64 ",\"log_quarantined\":%" PRIu64
                ",\"expired_rows\":%" PRIu64 ",\"expired_records\":%" PRIu64
+               ",\"log_erased_segments\":%" PRIu64 ",\"log_erased_records\":%" PRIu64
                "},\"differences\":%" PRIu64 ",\"clean\":%s}\n",
                o->pass, s->partitions, s->pg_rows, s->log_records, s->matched, s->only_pg,
                s->only_log, s->different, s->offsets, s->log_damaged, s->segments_missing,
                s->duplicates, s->gaps, s->gap_offsets, s->repaired_pg, s->repaired_log,
                s->repair_skipped, s->quarantined, s->expired_rows, s->expired_records,
-               diff, diff ? "false" : "true");
+               s->erased_segments, s->erased_records, diff, diff ? "false" : "true");
         fflush(stdout);
         return;
     }
@@ -157,10 +158,12 @@ static void print_summary(vout *o, const cv_verify_stats *s, const char *what) {
            " matched=%" PRIu64 " only_in_postgres=%" PRIu64 " only_in_log=%" PRIu64
            " different=%" PRIu64 " kafka_offsets=%" PRIu64 " log_damaged=%" PRIu64
            " log_segment_missing=%" PRIu64 " duplicates=%" PRIu64 " gaps=%" PRIu64
-           " gap_offsets=%" PRIu64 " expired_rows=%" PRIu64 "%s%s",
+           " gap_offsets=%" PRIu64 " expired_rows=%" PRIu64
+           " log_erased_segments=%" PRIu64 " log_erased_records=%" PRIu64 "%s%s",
            what, s->partitions, s->pg_rows, s->log_records, s->matched, s->only_pg,
            s->only_log, s->different, s->offsets, s->log_damaged, s->segments_missing,
-           s->duplicates, s->gaps, s->gap_offsets, s->expired_rows,
+           s->duplicates, s->gaps, s->gap_offsets, s->expired_rows, s->erased_segments,
+           s->erased_records,
            diff && o->pass == 1 ? " next=\"run chatvault verify --repair\"" : "",
            s->expired_rows ? " note=\"rows of segments retention dropped remain: run "
                              "chatvault retention apply to finish\""
@@ -280,8 +283,7 @@ int cv_cmd_verify(int argc, char **argv) {
         goto out;
     }
     char err[1024];
-    if (cv_keyring_load(cv_config_str(cfg, "log.key_file"), &keys, err, sizeof(err)) <
-        0) {
+    if (cv_cli_load_keys(cfg, &vo.ld, &keys, err, sizeof(err)) < 0) {
         cv_error("verify", "%s (log.key_file)", err);
         goto out;
     }

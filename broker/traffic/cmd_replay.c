@@ -178,8 +178,7 @@ static int replay_open(replay *rp, cv_cli_log_dirs *ld) {
             cv_error("replay", "--source log needs log.dir (or --log-dir)");
             return CV_EXIT_USAGE;
         }
-        if (ld->n && cv_keyring_load(cv_config_str(rp->cfg, "log.key_file"), &rp->keys,
-                                     err, sizeof(err)) < 0) {
+        if (ld->n && cv_cli_load_keys(rp->cfg, ld, &rp->keys, err, sizeof(err)) < 0) {
             if (o->mode == CV_SRC_LOG) {
                 cv_error("replay", "%s (log.key_file)", err);
                 return CV_EXIT_FAILURE;

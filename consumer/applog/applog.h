@@ -318,6 +318,14 @@ void cv_applog_reader_on_break(cv_applog_reader *r, cv_applog_break_fn *fn, void
 size_t cv_applog_reader_torn(const cv_applog_reader *r, size_t i, const char **ret_file,
                              uint64_t *ret_pos);
 
+/* DATA KEYS (FORMAT.md): segments sealed with a channel data key that was
+ * erased are read by frame check and chain only, and their records are not
+ * returned. What was so passed over so far: */
+typedef struct cv_applog_erased {
+    uint64_t segments, bytes, records;
+} cv_applog_erased;
+void cv_applog_reader_erased(const cv_applog_reader *r, cv_applog_erased *ret);
+
 /* After cv_applog_reader_next failed for damage (-CV_ECORRUPT, -EBADMSG):
  * the file it starts in (a segment, or a partition's seal) and the byte
  * offset there (0 for a header, a broken link or a seal). False when no

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "datakeys.h"
 #include "util.h"
 
 /* ---- the format (FORMAT.md) ----------------------------------------- */
@@ -159,6 +160,11 @@ typedef struct pdir {
     int32_t partition;
     const cv_keyring *keys;
     const unsigned char *key;
+    /* DATA KEYS: the open segment's key was erased; its records are read
+     * by frame check and chain only and not returned, unless keep_erased
+     * (then returned without a value) */
+    bool cur_erased, keep_erased;
+    uint64_t erased_segs, erased_bytes, erased_records;
     int64_t skip_below;
     cv_buf plain;
     /* torn tail seen */
@@ -281,6 +287,7 @@ struct cv_applog {
     const cv_keyring *keys;
     uint32_t key_id;
     const unsigned char *key;
+    struct cv_datakeys *dk; /* DATA KEYS: the channels' keys, or NULL */
     uint64_t segment_bytes;
     int zlevel; /* zstd level of new segments; 0: version-1 segments */
     unsigned char writer_id[16];

@@ -162,8 +162,56 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
     free(path);
     d->key = NULL;
     if (d->keys) {
-        d->key = cv_keyring_get(d->keys, h->key_id);
-        if (!d->key) {
+        d->cur_erased = false;
+        d->key = NULL;
+        bool data_key = h->key_id >= CV_DATAKEY_ID_MIN, rejected = false;
+        if (data_key) {
+            /* DATA KEYS: instances' stores may share ids; the key check
+             * says which key of this id and topic it is. */
+            const unsigned char *k;
+            for (size_t n = 0;
+                 !d->key && (k = cv_keyring_data_key(d->keys, h->key_id, h->topic, n));
+                 n++) {
+                unsigned char kc[16];
+                cv_applog_i_key_check(kc, h->seg_id, k);
+                if (sodium_memcmp(kc, h->key_check, 16) == 0)
+                    d->key = k;
+                else
+                    rejected = true;
+            }
+        } else {
+            d->key = cv_keyring_get(d->keys, h->key_id);
+        }
+        const char *et = NULL;
+        if (!d->key && data_key && cv_keyring_erased_for(d->keys, h->key_id, h->topic))
+            et = h->topic;
+        else if (!d->key && !rejected)
+            et = cv_keyring_erased(d->keys, h->key_id, NULL);
+        if (rejected && !d->key && !et) {
+            cv_errf(errbuf, errlen,
+                    "log segment %s at byte 104: data key %" PRIu32
+                    " of topic %s is not the key this segment was written with (a "
+                    "store of another log directory?)",
+                    d->cur.path, h->key_id, h->topic);
+            cv_applog_i_seg_close(&d->cur);
+            return -EKEYREJECTED;
+        }
+        if (et && strcmp(et, h->topic) == 0) {
+            /* DATA KEYS: erased on purpose; the chain is still checked */
+            d->cur_erased = true;
+            d->erased_segs++;
+            d->erased_bytes += d->cur.size;
+        } else if (!d->key && h->key_id >= CV_DATAKEY_ID_MIN) {
+            cv_errf(errbuf, errlen,
+                    "log segment %s at byte 12: data key %" PRIu32
+                    " of topic %s is not in the data key store of its log directory"
+                    " (" CV_DATAKEYS_FILE "), or the master key that wraps it is not in"
+                    " the key file%s",
+                    d->cur.path, h->key_id, h->topic,
+                    et ? "; it was erased, but for another topic" : "");
+            cv_applog_i_seg_close(&d->cur);
+            return -ENOKEY;
+        } else if (!d->key) {
             cv_errf(errbuf, errlen,
                     "log segment %s at byte 12: key id %" PRIu32
                     " is not in the key file",
@@ -171,6 +219,8 @@ static int pdir_open_next_seg(pdir *d, char *errbuf, size_t errlen) {
             cv_applog_i_seg_close(&d->cur);
             return -ENOKEY;
         }
+    }
+    if (d->keys && d->key) {
         unsigned char kc[16];
         cv_applog_i_key_check(kc, h->seg_id, d->key);
         if (sodium_memcmp(kc, h->key_check, 16) != 0) {
@@ -284,7 +334,9 @@ static int pdir_next_raw(pdir *d, char *errbuf, size_t errlen) {
         if (r == 1) {
             memcpy(d->chain, d->cur.chain, DIGEST);
             d->last_offset = d->rec.offset;
-            if (d->rec.offset < d->skip_below)
+            if (d->cur_erased)
+                d->erased_records++;
+            if (d->rec.offset < d->skip_below || (d->cur_erased && !d->keep_erased))
                 continue;
             return 1;
         }
@@ -612,4 +664,13 @@ cv_applog_reader *cv_applog_reader_free(cv_applog_reader *r) {
     free(r->bridges);
     free(r);
     return NULL;
+}
+
+void cv_applog_reader_erased(const cv_applog_reader *r, cv_applog_erased *ret) {
+    memset(ret, 0, sizeof(*ret));
+    for (size_t i = 0; i < r->n; i++) {
+        ret->segments += r->dirs[i].erased_segs;
+        ret->bytes += r->dirs[i].erased_bytes;
+        ret->records += r->dirs[i].erased_records;
+    }
 }

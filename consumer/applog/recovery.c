@@ -376,6 +376,7 @@ int cv_applog_i_recover_last_segment(cv_applog *log, part *p, char *errbuf,
     p->last = -1;
     pdir d;
     int r = cv_applog_i_pdir_init(&d, p->dir, log->keys, INT64_MAX, errbuf, errlen);
+    d.keep_erased = true; /* DATA KEYS: an erased tail still has its offsets */
     if (r < 0 || !d.nseg) {
         cv_applog_i_pdir_release(&d);
         return r;

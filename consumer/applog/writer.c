@@ -92,6 +92,13 @@ int cv_applog_open(const char *dir, const cv_keyring *keys, uint64_t segment_byt
     log->keys = keys;
     log->key_id = cv_keyring_newest(keys);
     log->key = cv_keyring_get(keys, log->key_id);
+    log->dk = cv_keyring_data_keys(keys, dir);
+    if (log->dk && (r = cv_datakeys_lock_writer(log->dk, errbuf, errlen)) < 0) {
+        pthread_mutex_destroy(&log->spare_mu);
+        free(log->dir);
+        free(log);
+        return r;
+    }
     log->segment_bytes = segment_bytes;
     log->zlevel = default_zlevel;
     cv_applog_set_syscalls(log, NULL);
@@ -195,6 +202,17 @@ static int new_segment(cv_applog *log, part *p, int64_t first_offset, uint16_t v
     seghdr *h = &w->h;
     h->version = version;
     h->key_id = log->key_id;
+    const unsigned char *key = log->key;
+    if (log->dk) {
+        /* DATA KEYS: the segment is sealed with its channel's key, made
+         * durable before the segment is written. */
+        int x = cv_datakeys_current(log->dk, p->topic, &h->key_id, &key, p->jerr,
+                                    sizeof(p->jerr));
+        if (x < 0) {
+            free(w);
+            return -ENOKEY;
+        }
+    }
     h->repair = p->repair;
     if (p->repair)
         memcpy(h->bridge, p->bridge, DIGEST);
@@ -203,8 +221,8 @@ static int new_segment(cv_applog *log, part *p, int64_t first_offset, uint16_t v
     h->first_offset = first_offset;
     h->created_us = cv_now_us();
     memcpy(h->prev_chain, p->chain, DIGEST);
-    cv_applog_i_key_check(h->key_check, h->seg_id, log->key);
-    cv_applog_i_segment_subkey(w->subkey, h->seg_id, log->key);
+    cv_applog_i_key_check(h->key_check, h->seg_id, key);
+    cv_applog_i_segment_subkey(w->subkey, h->seg_id, key);
     h->partition = p->partition;
     h->topic_len = strlen(p->topic);
     memcpy(h->topic, p->topic, h->topic_len + 1);
@@ -383,7 +401,7 @@ void cv_applog_i_part_job(cv_applog *log, part *p) {
                 continue;
             }
         }
-        if ((r = encode(log, into, e, z)) < 0)
+        if ((r = encode(log, into, e, z)) < 0 && r != -ENOKEY)
             snprintf(p->jerr, sizeof(p->jerr),
                      "log %s: cannot encode offset %" PRId64 ": %s", into->dir, e->offset,
                      r == -EMSGSIZE ? "record too large" : strerror(-r));

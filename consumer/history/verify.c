@@ -157,6 +157,8 @@ static void add_stats(cv_verify_stats *to, const cv_verify_stats *s) {
     to->quarantined += s->quarantined;
     to->expired_rows += s->expired_rows;
     to->expired_records += s->expired_records;
+    to->erased_segments += s->erased_segments;
+    to->erased_records += s->erased_records;
     to->repair_skipped += s->repair_skipped;
 }
 

@@ -119,6 +119,9 @@ typedef struct cv_verify_stats {
     uint64_t quarantined;     /* damaged log files moved aside by --repair */
     uint64_t expired_rows;    /* rows of segments retention dropped, not yet deleted */
     uint64_t expired_records; /* repair records at the offsets of dropped segments */
+    /* log segments of erased channels (chatvault erase): passed over by
+     * chain only, neither damage nor a difference */
+    uint64_t erased_segments, erased_records;
 } cv_verify_stats;
 
 /* The findings that make verify fail (exit 3). */

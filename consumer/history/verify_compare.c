@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "chatvault.pb-c.h"
+#include "keyring.h"
 #include "pg/pgread.h"
 #include "pg/pgverify.h"
 #include "util.h"
@@ -533,6 +534,26 @@ static int check_offsets(vctx *c, const unit *u, int64_t max_pg) {
     return 0;
 }
 
+/* The next log record, passing over those of erased senders (chatvault
+ * erase --sender): the log keeps them, PostgreSQL does not, and neither is
+ * a difference (nor anything --repair puts back). */
+static int log_next(vctx *c, const unit *u, merge *s) {
+    for (;;) {
+        int x = next_record(c, s);
+        if (x != 1 || !s->rec.value || !cv_keyring_any_sender_erased(c->conf->keys))
+            return x;
+        Chatvault__V1__ChatMessage *m =
+            chatvault__v1__chat_message__unpack(NULL, s->rec.value_len, s->rec.value);
+        bool skip =
+            m && cv_keyring_sender_erased(c->conf->keys, u->channel, m->sender_id);
+        if (m)
+            chatvault__v1__chat_message__free_unpacked(m, NULL);
+        if (!skip)
+            return x;
+        c->st->erased_records++;
+    }
+}
+
 static int compare_unit_once(vctx *c, const unit *u, bool *again) {
     const cv_verify_conf *conf = c->conf;
     merge s = {
@@ -562,7 +583,7 @@ static int compare_unit_once(vctx *c, const unit *u, bool *again) {
     cv_applog_reader_on_break(s.lr, cv_verify_i_on_break, &bs);
     if ((r = next_row(c, u, &s)) < 0)
         goto out;
-    r = next_record(c, &s);
+    r = log_next(c, u, &s);
     s.has_log = r == 1;
     if (r < 0 && target_down(c, &s, r))
         goto out;
@@ -576,7 +597,7 @@ static int compare_unit_once(vctx *c, const unit *u, bool *again) {
         if (adv_pg && (r = next_row(c, u, &s)) < 0)
             goto out;
         if (adv_log) {
-            int x = next_record(c, &s);
+            int x = log_next(c, u, &s);
             s.has_log = x == 1;
             if (x < 0 && target_down(c, &s, x)) {
                 r = x;
@@ -605,6 +626,12 @@ static int compare_unit_once(vctx *c, const unit *u, bool *again) {
         c->repairing = false;
     }
 out:
+    if (s.lr) {
+        cv_applog_erased e;
+        cv_applog_reader_erased(s.lr, &e);
+        c->st->erased_segments += e.segments;
+        c->st->erased_records += e.records;
+    }
     cv_pgread_free(s.pr);
     cv_applog_reader_free(s.lr);
     cands_free(&s.pg_left);

@@ -341,6 +341,7 @@ with cvtest.Harness('report', topics={'chat.alpha': 2, 'chat.beta': 1},
                     " ALTER TABLE chatvault.messages DROP COLUMN revision,"
                     " DROP COLUMN deleted;"
                     " DROP TABLE chatvault.restore_drills;"
+                    " DROP TABLE chatvault.retention_holds;"
                     " DELETE FROM chatvault.schema_migrations WHERE version >= 4")
     h.migrate()
     again = report_json(h, since_ms)

@@ -446,19 +446,6 @@ const char *cv_datakeys_erased(cv_datakeys *dk, uint32_t id, int64_t *ret_at_us)
     return t;
 }
 
-static int write_all(int fd, const char *p, size_t n) {
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return -errno;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* Writes dk's list to the file durably (temp, fsync, rename, fsync dir). */
 static int store(cv_datakeys *dk, char *errbuf, size_t errlen) {
     cv_buf b;
@@ -506,7 +493,7 @@ static int store(cv_datakeys *dk, char *errbuf, size_t errlen) {
                 strerror(-r));
         goto out;
     }
-    if ((r = write_all(fd, (const char *)b.data, b.len)) < 0 ||
+    if ((r = cv_write_all(fd, (const char *)b.data, b.len)) < 0 ||
         (fsync(fd) < 0 && (r = -errno) < 0)) {
         cv_errf(errbuf, errlen, "data key store %s: writing %s: %s", dk->path, tmp,
                 strerror(-r));

@@ -225,19 +225,6 @@ int cv_keyring_load(const char *path, cv_keyring **ret_keys, char *errbuf,
     return r;
 }
 
-static int write_all(int fd, const char *p, size_t n) {
-    while (n) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return -errno;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* Fsyncs the directory holding `path`. */
 static int fsync_parent(const char *path) {
     char *copy = strdup(path);
@@ -308,7 +295,7 @@ static int generate_locked(const char *path, uint32_t *ret_id, char *errbuf,
                 strerror(-r));
         goto out;
     }
-    if (fchmod(fd, 0600) < 0 || (r = write_all(fd, text, len)) < 0 || fsync(fd) < 0) {
+    if (fchmod(fd, 0600) < 0 || (r = cv_write_all(fd, text, len)) < 0 || fsync(fd) < 0) {
         if (r == 0)
             r = -errno;
         cv_errf(errbuf, errlen, "key file %s: writing %s: %s", path, tmp, strerror(-r));

@@ -326,6 +326,20 @@ int cv_fsync_dir(const char *dir) {
     return r;
 }
 
+int cv_write_all(int fd, const void *p, size_t n) {
+    const char *c = p;
+    while (n) {
+        ssize_t w = write(fd, c, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -errno;
+        c += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
 int cv_replace_file(const char *path, const void *data, size_t len, const char *what,
                     char *errbuf, size_t errlen) {
     char tmp[4096];
@@ -337,15 +351,9 @@ int cv_replace_file(const char *path, const void *data, size_t len, const char *
     int r = 0, fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         r = -errno;
-    for (size_t done = 0; r == 0 && done < len;) {
-        ssize_t n = write(fd, (const char *)data + done, len - done);
-        if (n < 0 && errno == EINTR)
-            continue;
+    if (r == 0) {
         step = "writing";
-        if (n < 0)
-            r = -errno;
-        else
-            done += (size_t)n;
+        r = cv_write_all(fd, data, len);
     }
     if (r == 0 && fdatasync(fd) < 0) {
         step = "syncing";

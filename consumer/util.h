@@ -104,6 +104,10 @@ int cv_read_file(const char *path, const char *what, size_t max, bool private_fi
 int cv_fsync_dir(const char *dir);
 int cv_fsync_parent(const char *path);
 
+/* Writes all `n` bytes to fd (write(2) again after a short write or
+ * EINTR): 0 or a negative errno. */
+int cv_write_all(int fd, const void *p, size_t n);
+
 /* Replaces the file at `path` with `len` bytes durably: "<path>.tmp"
  * written (mode 0600) and fdatasynced, renamed into place, its directory
  * fsynced. A crash leaves the old file or the new one, never a mix. 0 or a

@@ -102,13 +102,18 @@ static void free_audit(cv_audit *a) {
     free(a);
 }
 
-static void who(cv_audit *a) {
+const char *cv_access_os_user(char *buf, size_t len) {
     struct passwd *pw = getpwuid(geteuid());
     const char *u = pw ? pw->pw_name : getenv("USER");
     if (u)
-        snprintf(a->os_user, sizeof(a->os_user), "%s", u);
+        snprintf(buf, len, "%s", u);
     else
-        snprintf(a->os_user, sizeof(a->os_user), "uid %u", (unsigned)geteuid());
+        snprintf(buf, len, "uid %u", (unsigned)geteuid());
+    return buf;
+}
+
+static void who(cv_audit *a) {
+    cv_access_os_user(a->os_user, sizeof(a->os_user));
     if (gethostname(a->host, sizeof(a->host)) != 0)
         a->host[0] = '\0';
     a->host[sizeof(a->host) - 1] = '\0';

@@ -29,6 +29,10 @@ typedef enum cv_pg_role {
     CV_PG_ADMIN,  /* migrate, verify --repair, import */
 } cv_pg_role;
 
+/* The operator running this process, for records (the audit, holds,
+ * erasures): the effective user's name, else "uid N". Returns buf. */
+const char *cv_access_os_user(char *buf, size_t len);
+
 /* The conninfo of ROLE's config key, or postgres.conninfo when that is
  * empty. */
 const char *cv_access_conninfo(const cv_config *cfg, cv_pg_role role);

@@ -14,7 +14,6 @@
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,13 +119,18 @@ static bool channel_ok(const char *s) {
     return true;
 }
 
-static const char *os_user(char *buf, size_t len) {
-    struct passwd *pw = getpwuid(geteuid());
-    if (pw && pw->pw_name)
-        snprintf(buf, len, "%s", pw->pw_name);
-    else
-        snprintf(buf, len, "uid-%ld", (long)geteuid());
-    return buf;
+/* The master and data keys of log.dir: CV_CLI_RUN, CV_EXIT_OK when there
+ * is no log (nothing to do there), or the exit code after the error. */
+static int load_log_keys(const cv_config *cfg, cv_keyring **keys) {
+    char err[1024];
+    if (!*cv_config_str(cfg, "log.dir"))
+        return CV_EXIT_OK;
+    int r = cv_cli_load_keys(cfg, NULL, keys, err, sizeof(err));
+    if (r < 0) {
+        cv_error("erase", "%s (log.key_file)", err);
+        return r == -ENOMEM || r == -EIO ? CV_EXIT_FAILURE : CV_EXIT_USAGE;
+    }
+    return CV_CLI_RUN;
 }
 
 /* The log part of a channel erasure: *ret filled, segments counted. */
@@ -134,16 +138,12 @@ static int erase_log(const erase_opts *o, const cv_config *cfg, const char *topi
                      cv_keyring **keys, cv_datakeys_erasure *er, seg_count *sc) {
     const char *log_dir = cv_config_str(cfg, "log.dir");
     char err[1024];
-    if (!*log_dir)
-        return CV_EXIT_OK;
-    int r = cv_cli_load_keys(cfg, NULL, keys, err, sizeof(err));
-    if (r < 0) {
-        cv_error("erase", "%s (log.key_file)", err);
-        return r == -ENOMEM || r == -EIO ? CV_EXIT_FAILURE : CV_EXIT_USAGE;
-    }
+    int r = load_log_keys(cfg, keys);
+    if (r != CV_CLI_RUN)
+        return r;
     cv_datakeys *dk = cv_keyring_data_keys(*keys, log_dir);
     char user[128];
-    r = cv_datakeys_erase(dk, topic, os_user(user, sizeof(user)),
+    r = cv_datakeys_erase(dk, topic, cv_access_os_user(user, sizeof(user)),
                           o->reason ? o->reason : "-", o->dry_run, er, err, sizeof(err));
     if (r < 0) {
         cv_error("erase", "%s", err);
@@ -165,16 +165,12 @@ static int erase_sender_log(const erase_opts *o, const cv_config *cfg, cv_keyrin
                             bool *ret_new) {
     const char *log_dir = cv_config_str(cfg, "log.dir");
     char err[1024];
-    if (!*log_dir)
-        return CV_EXIT_OK;
-    int r = cv_cli_load_keys(cfg, NULL, keys, err, sizeof(err));
-    if (r < 0) {
-        cv_error("erase", "%s (log.key_file)", err);
-        return r == -ENOMEM || r == -EIO ? CV_EXIT_FAILURE : CV_EXIT_USAGE;
-    }
+    int r = load_log_keys(cfg, keys);
+    if (r != CV_CLI_RUN)
+        return r;
     char user[128];
     r = cv_datakeys_erase_sender(cv_keyring_data_keys(*keys, log_dir), o->channel,
-                                 o->sender, os_user(user, sizeof(user)),
+                                 o->sender, cv_access_os_user(user, sizeof(user)),
                                  o->reason ? o->reason : "-", o->dry_run, ret_new, err,
                                  sizeof(err));
     if (r < 0) {

@@ -5,7 +5,6 @@
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <pwd.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,11 +143,6 @@ static void on_part(void *opaque, const cv_retention_part *p) {
                p->kept_for_messages ? "; some kept for key messages" : "");
 }
 
-static const char *os_user(void) {
-    struct passwd *pw = getpwuid(geteuid());
-    return pw && pw->pw_name ? pw->pw_name : "?";
-}
-
 static int holds_cmd(const char *sub, const ret_opts *o, const cv_config *cfg,
                      const char *name) {
     char err[1024];
@@ -169,8 +163,10 @@ static int holds_cmd(const char *sub, const ret_opts *o, const cv_config *cfg,
     }
     int rc = CV_EXIT_OK;
     if (strcmp(sub, "hold") == 0) {
-        int r = cv_pgretention_hold(conn, o->channel[0], o->reason, os_user(), err,
-                                    sizeof(err));
+        char user[128];
+        int r =
+            cv_pgretention_hold(conn, o->channel[0], o->reason,
+                                cv_access_os_user(user, sizeof(user)), err, sizeof(err));
         if (r < 0) {
             cv_error(name, "%s", err);
             rc = CV_EXIT_FAILURE;

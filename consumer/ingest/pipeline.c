@@ -151,6 +151,11 @@ static void *store_main(void *arg) {
         pthread_mutex_lock(&t->mu);
         t->done = b;
         pthread_cond_broadcast(&t->cv);
+        /* The pipeline thread may be inside a consumer poll: end it, so
+         * the batch's acks go out now rather than when a record arrives or
+         * the poll times out. */
+        if (t->wake)
+            rd_kafka_queue_yield(t->wake);
     }
     pthread_mutex_unlock(&t->mu);
     return NULL;
@@ -429,6 +434,7 @@ static int start_consumer(cv_pipeline *p, rd_kafka_conf_t *cconf, char *errbuf,
     }
     pthread_mutex_init(&p->st.mu, NULL);
     pthread_cond_init(&p->st.cv, NULL);
+    p->st.wake = rd_kafka_queue_get_consumer(p->consumer);
     if (pthread_create(&p->st.tid, NULL, store_main, p) != 0) {
         snprintf(errbuf, errlen, "cannot start the store thread");
         return -EAGAIN;
@@ -585,8 +591,10 @@ int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
             add_record(p, m);
         now = cv_mono_ms();
         /* The batch at the stores is done: ack it now rather than when the
-         * next one is ready, or a quiet channel waits for a busy one. */
-        if (p->storing && (!m || p->fill->n % 256 == 0)) {
+         * next one is ready, or a quiet channel waits for a busy one. (A
+         * look costs one uncontended lock; the store thread's verdict ends
+         * the poll above.) */
+        if (p->storing) {
             batch *done = store_wait(p, 0);
             if (done && complete_stored(p, done))
                 cv_pipeline_i_release_batch(p->fill);
@@ -640,6 +648,8 @@ cv_pipeline *cv_pipeline_free(cv_pipeline *p) {
         pthread_mutex_destroy(&p->st.mu);
         pthread_cond_destroy(&p->st.cv);
     }
+    if (p->st.wake)
+        rd_kafka_queue_destroy(p->st.wake);
     for (int i = 0; i < 2; i++)
         if (p->bufs[i].arena)
             cv_pipeline_i_release_batch(&p->bufs[i]);

@@ -76,6 +76,7 @@ typedef struct store_thread {
     batch *job;  /* handed over, not yet taken */
     batch *done; /* written, verdict in it */
     bool quit, started;
+    rd_kafka_queue_t *wake; /* the consumer's queue: a verdict ends its poll */
 } store_thread;
 
 struct cv_pipeline {

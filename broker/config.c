@@ -227,7 +227,9 @@ static const prop props[] = {
      "most records written to the stores in one batch", 1, 1000000, NULL, NULL},
     {"batch.max_bytes", PROP_INT, "16777216", "most record bytes in one batch", 1024,
      INT64_C(1) << 30, NULL, NULL},
-    {"batch.max_ms", PROP_INT, "20", "longest a batch waits to fill before it is written",
+    {"batch.max_ms", PROP_INT, "0",
+     "longest a batch waits for more records while the stores are idle (0: it goes "
+     "as soon as none are waiting)",
      0, 60000, NULL, NULL},
     {"limits.max_body_bytes", PROP_INT, "1048576",
      "largest accepted message body; larger messages are rejected", 0, INT64_C(1) << 30,

@@ -198,6 +198,26 @@ static void poll_paused(cv_pipeline *p, bool pause) {
     rd_kafka_topic_partition_list_destroy(parts);
 }
 
+/* The observer's tick while the partitions are paused: no fetch brings
+ * news of where they end, so the lag would stand still while messages pile
+ * up in Kafka. Asks for the ends (one ListOffsets per leader, timestamp -1
+ * meaning the latest) and hands them over, about once a second. */
+static void tick_paused(cv_pipeline *p) {
+    int64_t now = cv_mono_ms();
+    if (!p->obs.tick || now - p->last_tick_ms < 1000)
+        return;
+    p->last_tick_ms = now;
+    rd_kafka_topic_partition_list_t *ends = NULL;
+    if (rd_kafka_assignment(p->consumer, &ends) != RD_KAFKA_RESP_ERR_NO_ERROR || !ends)
+        return;
+    for (int i = 0; i < ends->cnt; i++)
+        ends->elems[i].offset = -1;
+    bool ok = ends->cnt > 0 && rd_kafka_offsets_for_times(p->consumer, ends, 500) ==
+                                   RD_KAFKA_RESP_ERR_NO_ERROR;
+    p->obs.tick(p->obs.opaque, p->consumer, ok ? ends : NULL);
+    rd_kafka_topic_partition_list_destroy(ends);
+}
+
 static void serve_while_waiting(cv_pipeline *p, int64_t ms) {
     int64_t until = cv_mono_ms() + ms;
     while (cv_mono_ms() < until && !cv_pipeline_i_stopping(p) && !p->abandon) {
@@ -205,6 +225,7 @@ static void serve_while_waiting(cv_pipeline *p, int64_t ms) {
             rd_kafka_message_t *m = rd_kafka_consumer_poll(p->consumer, 0);
             if (m) /* paused: only errors and events arrive */
                 rd_kafka_message_destroy(m);
+            tick_paused(p);
         }
         cv_acker_poll(p->acker, 50);
         cv_pipeline_i_commit_completed(p, true);
@@ -612,7 +633,7 @@ int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
             last_serve = now;
         }
         if (now - p->last_tick_ms >= 1000) {
-            OBSERVE(p, tick, p->consumer);
+            OBSERVE(p, tick, p->consumer, NULL);
             p->last_tick_ms = now;
         }
     }

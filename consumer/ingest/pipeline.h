@@ -58,8 +58,11 @@ typedef struct cv_pipeline_observer {
     /* Every ack of these records is delivered; their offsets are being
      * committed. */
     void (*acked)(void *opaque, const cv_ack_note *notes, size_t n);
-    /* About once a second: read watermarks, assignment, positions. */
-    void (*tick)(void *opaque, rd_kafka_t *consumer);
+    /* About once a second: read watermarks, assignment, positions. `ends`,
+     * when not NULL, holds end offsets just asked of Kafka (while the
+     * partitions are paused no fetch refreshes the cached watermarks). */
+    void (*tick)(void *opaque, rd_kafka_t *consumer,
+                 const rd_kafka_topic_partition_list_t *ends);
     /* ack.policy = any is running on one store (1) or back on all (0). */
     void (*degraded)(void *opaque, int on);
     /* Kafka's offsets of a partition started over; the log began a new

@@ -461,7 +461,8 @@ typedef struct tp_obs {
     bool have_wm;
 } tp_obs;
 
-static void obs_tick(void *opaque, rd_kafka_t *rk) {
+static void obs_tick(void *opaque, rd_kafka_t *rk,
+                     const rd_kafka_topic_partition_list_t *ends) {
     cv_metrics *m = opaque;
     int64_t now_us = m->now_us(), now_ms = m->mono_ms();
     rd_kafka_topic_partition_list_t *asg = NULL;
@@ -478,6 +479,13 @@ static void obs_tick(void *opaque, rd_kafka_t *rk) {
             obs[i].have_wm = rd_kafka_get_watermark_offsets(rk, tp->topic, tp->partition,
                                                             &obs[i].low, &obs[i].high) ==
                              RD_KAFKA_RESP_ERR_NO_ERROR;
+            const rd_kafka_topic_partition_t *end =
+                ends ? rd_kafka_topic_partition_list_find(ends, tp->topic, tp->partition)
+                     : NULL;
+            if (end && !end->err && end->offset > obs[i].high) {
+                obs[i].high = end->offset;
+                obs[i].have_wm = true;
+            }
         }
     }
     pthread_mutex_lock(&m->lock);

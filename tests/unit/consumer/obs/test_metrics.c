@@ -60,7 +60,7 @@ static void test_observer_lag(void) {
     recs[4].env.reason = CV_REJECT_CHANNEL_MISMATCH;
     snprintf(recs[4].env.error, sizeof(recs[4].env.error), "channel x in topic c");
     o->consumed(o->opaque, recs, 5);
-    o->tick(o->opaque, NULL);
+    o->tick(o->opaque, NULL, NULL);
     cv_buf b;
     cv_buf_init(&b, 1 << 20);
     TAP_IS_INT(cv_metrics_render_lag_json(m, &b), 0, "render json");
@@ -186,7 +186,7 @@ static void test_kafka_stats(void) {
     cv_metrics_conf conf = {.topics_prefix = "chat.", .max_channels = 2, .version = "t"};
     TAP_IS_INT(cv_metrics_new(&conf, &m), 0, "cv_metrics_new (kafka state)");
     const cv_pipeline_observer *o = cv_metrics_observer(m);
-    o->tick(o->opaque, NULL);
+    o->tick(o->opaque, NULL, NULL);
     tap_ok(prom_has(m, "chatvault_kafka_up 1\n") &&
                prom_has(m, "chatvault_kafka_brokers_known 0\n"),
            "before any statistics: kafka up, no broker known");
@@ -324,7 +324,7 @@ static void test_history(void) {
             ack_range(o, "chat.a", 0, 51, 200000);
         else if (k > 50)
             ack_range(o, "chat.a", k, k + 1, 200000);
-        o->tick(o->opaque, NULL);
+        o->tick(o->opaque, NULL, NULL);
         fake_us += 1000000;
     }
     j = render_history(m, NULL, CV_HISTORY_1H, &b);
@@ -367,7 +367,7 @@ static void test_history(void) {
 
     /* Channel b appears later: its series starts then. */
     consume_one(o, "chat.b", 0);
-    o->tick(o->opaque, NULL);
+    o->tick(o->opaque, NULL, NULL);
     fake_us += 1000000;
     j = render_history(m, "b", CV_HISTORY_1H, &b);
     TAP_IS_INT(json_array(j, "t_ms", t_ms, NPTS), 1,
@@ -383,7 +383,7 @@ static void test_history(void) {
 
     /* Past the ring: one hour and more of ticks keeps exactly 3600. */
     for (int k = 0; k < 3700; k++) {
-        o->tick(o->opaque, NULL);
+        o->tick(o->opaque, NULL, NULL);
         fake_us += 1000000;
     }
     j = render_history(m, "a", CV_HISTORY_1H, &b);
@@ -396,7 +396,7 @@ static void test_history(void) {
 
     /* A day and more: the minute ring keeps 1440. */
     for (int k = 0; k < 86400; k++) {
-        o->tick(o->opaque, NULL);
+        o->tick(o->opaque, NULL, NULL);
         fake_us += 1000000;
     }
     j = render_history(m, NULL, CV_HISTORY_24H, &b);

@@ -59,6 +59,7 @@ typedef struct bench_opts {
     long broker_pid;
     const char *backlog_go; /* --backlog GOFILE, or NULL */
     long rate;              /* --rate: msgs/s on a clock; 0: as fast as possible */
+    const char *series;     /* --series FILE, or NULL */
     const char *kafka_props[32];
     int nkafka_props;
 } bench_opts;
@@ -72,6 +73,8 @@ typedef struct ack_state {
     long n;
     unsigned char *seen; /* per message: acks received (saturating) */
     int64_t *latency_us; /* first ack of each message, in arrival order */
+    int64_t *sent_us;    /* its sent_at_us, in the same order */
+    int64_t *ackts_us;   /* the ack record's Kafka timestamp, in the same order */
     long nlatency;
     long by_status[5]; /* index: AckStatus, 0 = other */
     long repeats;      /* acks of a message already acked */
@@ -126,6 +129,11 @@ static void usage(FILE *out) {
                  "publisher that\n"
                  "                          falls behind shows as latency, not as "
                  "a lower rate)\n"
+                 "  --series FILE           write one line per message acked: "
+                 "seconds from the\n"
+                 "                          first send to its send, its sent -> ack "
+                 "ms, and sent ->\n"
+                 "                          the ack record's Kafka timestamp, ms\n"
                  "  -X key=value            extra librdkafka property for both "
                  "clients\n");
 }
@@ -153,6 +161,7 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
                                          {"broker-pid", required_argument, NULL, 'p'},
                                          {"backlog", required_argument, NULL, 'B'},
                                          {"rate", required_argument, NULL, 'r'},
+                                         {"series", required_argument, NULL, 'S'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     *o = (bench_opts){.topic_prefix = "chat.",
@@ -215,6 +224,11 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
         case 'r':
             if (parse_long(optarg, 1, 10000000, &o->rate) < 0)
                 goto bad;
+            break;
+        case 'S':
+            if (!*optarg)
+                goto bad;
+            o->series = optarg;
             break;
         case 'X':
             if (!strchr(optarg, '=') ||
@@ -378,6 +392,8 @@ static void ack_record(ack_state *st, const rd_kafka_message_t *m, int64_t recv_
                 st->seen[seq]++;
         } else {
             st->seen[seq] = 1;
+            st->sent_us[st->nlatency] = ack->sent_at_us;
+            st->ackts_us[st->nlatency] = rd_kafka_message_timestamp(m, NULL) * 1000;
             st->latency_us[st->nlatency++] = recv_us - ack->sent_at_us;
             atomic_store(&st->last_new_mono_us, now_us(CLOCK_MONOTONIC));
             atomic_fetch_add(&st->distinct, 1);
@@ -579,6 +595,31 @@ static double broker_cpu_start(long pid, double *ret_user, double *ret_sys) {
     return cpu;
 }
 
+/* --series: "<s since the first send> <sent -> ack ms> <sent -> the ack
+ * record's Kafka timestamp, ms>" per message, in arrival order: latency over
+ * the run, and (with an ack topic of message.timestamp.type LogAppendTime)
+ * how much of it came after the ack reached Kafka. */
+static int write_series(const char *path, const ack_state *st) {
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    int64_t t0 = INT64_MAX;
+    for (long i = 0; i < st->nlatency; i++)
+        if (st->sent_us[i] < t0)
+            t0 = st->sent_us[i];
+    for (long i = 0; i < st->nlatency; i++)
+        fprintf(f, "%.6f %.3f %.3f\n", (double)(st->sent_us[i] - t0) / 1e6,
+                (double)st->latency_us[i] / 1e3,
+                (double)(st->ackts_us[i] - st->sent_us[i]) / 1e3);
+    bool bad = ferror(f);
+    if (fclose(f) != 0 || bad) {
+        if (!errno)
+            errno = EIO;
+        return -1;
+    }
+    return 0;
+}
+
 static int cmp_i64(const void *a, const void *b) {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return (x > y) - (x < y);
@@ -607,10 +648,12 @@ int main(int argc, char **argv) {
     ack_state acks = {.run_id = run_id, .run_id_len = strlen(run_id), .n = o.messages};
     acks.seen = calloc((size_t)o.messages, 1);
     acks.latency_us = malloc((size_t)o.messages * sizeof(int64_t));
+    acks.sent_us = malloc((size_t)o.messages * sizeof(int64_t));
+    acks.ackts_us = malloc((size_t)o.messages * sizeof(int64_t));
     channel_out *ch = calloc((size_t)o.channels, sizeof(*ch));
     rd_kafka_t *rk = NULL;
     int rc = 1;
-    if (!acks.seen || !acks.latency_us || !ch) {
+    if (!acks.seen || !acks.latency_us || !acks.sent_us || !acks.ackts_us || !ch) {
         fprintf(stderr, "chatvault-bench: out of memory\n");
         goto out;
     }
@@ -726,6 +769,8 @@ int main(int argc, char **argv) {
     double pub_s = (double)(t_published - t_start) / 1e6;
     double e2e_s = (double)(t_last_ack - t_measure) / 1e6;
     double e2e_rate = missing == 0 && e2e_s > 0 ? (double)o.messages / e2e_s : 0;
+    if (o.series && write_series(o.series, &acks) < 0)
+        fprintf(stderr, "chatvault-bench: %s: %s\n", o.series, strerror(errno));
     qsort(acks.latency_us, (size_t)acks.nlatency, sizeof(int64_t), cmp_i64);
     double p50 = percentile_ms(acks.latency_us, acks.nlatency, 0.50);
     double p99 = percentile_ms(acks.latency_us, acks.nlatency, 0.99);
@@ -804,5 +849,7 @@ out:
     free(ch);
     free(acks.seen);
     free(acks.latency_us);
+    free(acks.sent_us);
+    free(acks.ackts_us);
     return rc;
 }

@@ -23,7 +23,9 @@
 # --latency SECONDS: after the run at full speed, the same broker gets three
 # open-loop passes (chatvault-bench --rate) at 10%, 50% and 90% of the rate
 # just measured, SECONDS each, and the summary adds their sent -> ack
-# p50 / p99 / p99.9; latency.py draws them as latency.png in the results.
+# p50 / p99 / p99.9; latency.py draws them as latency.png in the results,
+# and each pass's per-message latencies go to series-rateP.txt
+# (chatvault-bench --series).
 #
 # --backlog measures a drain instead: chatvault-bench publishes all N
 # messages with no broker running (its ack consumer already waits at the ack
@@ -39,7 +41,11 @@
 # CV_KAFKA_DIR), started when not running and stopped afterwards if started
 # here. Its topics are new for every run (names carry the run's time), with
 # replication factor min(N, 3) and min.insync.replicas min(N, 2); chatvault's
-# producer and the bench's publish with acks=all.
+# producer and the bench's publish with acks=all. Before a live run two
+# passes that are not measured warm the new topics (deploy/bench/warm.sh:
+# Kafka stalls once per new partition on its first index entries); a
+# --backlog run publishes its backlog before the broker starts, so the
+# stall falls outside the drain it times.
 #
 # CV_BENCH_PG: libpq conninfo of the PostgreSQL server to use, without dbname
 # (default "host=127.0.0.1 port=55432 user=postgres"). The databases
@@ -109,6 +115,8 @@ bench=$build/deploy/bench/chatvault-bench
 out=$src/deploy/bench/results/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
 export PGOPTIONS="-c client_min_messages=warning"
+# shellcheck source=deploy/bench/warm.sh
+. "$src/deploy/bench/warm.sh" # warm_topics
 
 for tool in psql kcat; do
     command -v $tool >/dev/null || { echo "run.sh: $tool not found" >&2; exit 1; }
@@ -206,6 +214,8 @@ done
 # triggers during a 1M-message run comes at the same point of every run (full
 # page writes after a checkpoint make PostgreSQL's inserts dearer for a while).
 psql -X -q "$pg dbname=postgres" -c CHECKPOINT
+
+extra=0 # messages beyond --messages: the warm-up and the open-loop passes
 
 # 3. The broker, and what measures around it. start_broker starts it (and
 # the other --instances, each with its own log directory and HTTP port);
@@ -332,6 +342,17 @@ if [ "$backlog" = 1 ]; then
 else
     start_broker
     broker_ready
+    if [ "$kafka" = real ]; then
+        # New topics stall Kafka once per partition: warm them first.
+        warm_pass() {
+            start_bench "$@"
+            wait "$bench_pid" || { log "warm-up pass failed; see $out/bench.out"; return 1; }
+            wait "$tail_pid" || true
+            cat "$out/bench.out" >>"$out/bench-warmup.out"
+        }
+        warm_topics warm_pass "$channels" "$partitions" "$ack_partitions" || exit 1
+        extra=$((extra + WARMED))
+    fi
     pg_backends=$(pg_backends_of_broker)
     measure_start
     start_bench --broker-pid "$broker_pid"
@@ -373,7 +394,6 @@ field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$result"; }
 
 # 4b. Latency under partial load: open-loop passes on the same broker.
 latency_rows=()
-extra=0 # messages of the open-loop passes
 if [ "$latency_s" -gt 0 ] && [ "$backlog" = 0 ] && [ "$bench_rc" = 0 ]; then
     max_rate=$(field e2e_msgs_per_s)
     cp "$out/bench.out" "$out/bench-max.out"
@@ -382,7 +402,7 @@ if [ "$latency_s" -gt 0 ] && [ "$backlog" = 0 ] && [ "$bench_rc" = 0 ]; then
         [ "$rate" -ge 1 ] || rate=1
         n=$((rate * latency_s))
         log "open loop at $pct% of $max_rate msgs/s: $rate msgs/s for $latency_s s"
-        start_bench --rate "$rate" --messages "$n"
+        start_bench --rate "$rate" --messages "$n" --series "$out/series-rate$pct.txt"
         wait "$bench_pid" || bench_rc=$?
         wait "$tail_pid" || true
         cp "$out/bench.out" "$out/bench-rate$pct.out"

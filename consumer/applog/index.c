@@ -1,6 +1,6 @@
 /*
  * applog/index.c — what the writer already holds. The in-memory index of
- * recent (offset, digest) pairs of a partition, the records its repair
+ * recent offsets of a partition, the records its repair
  * directories held at open, and the lookup cache that reads a segment
  * from disk to compare a re-delivered record by identity (FORMAT.md
  * "Generations").
@@ -13,22 +13,20 @@
 #include <stdlib.h>
 #include <string.h>
 
-int cv_applog_i_index_push(part *p, int64_t offset, const unsigned char *digest) {
+/* 8 bytes per record, at most 2 * INDEX_KEEP (8192) of them per partition:
+ * 16 MiB for 256 partitions. A digest beside each and 16384 kept made it
+ * up to 335 MiB, which a long drain's peak RSS showed (deploy/bench/README.md
+ * "Memory"). An offset below the index is looked up on disk, as before. */
+int cv_applog_i_index_push(part *p, int64_t offset) {
     if (p->ilen == p->icap) {
         size_t ncap = p->icap ? p->icap * 2 : 1024;
         int64_t *no = realloc(p->ioff, ncap * sizeof(*no));
         if (!no)
             return -ENOMEM;
         p->ioff = no;
-        unsigned char(*nd)[DIGEST] = realloc(p->idig, ncap * sizeof(*nd));
-        if (!nd)
-            return -ENOMEM;
-        p->idig = nd;
         p->icap = ncap;
     }
-    p->ioff[p->ilen] = offset;
-    memcpy(p->idig[p->ilen], digest, DIGEST);
-    p->ilen++;
+    p->ioff[p->ilen++] = offset;
     return 0;
 }
 
@@ -38,7 +36,6 @@ void cv_applog_i_index_trim(part *p) {
         return;
     size_t drop = p->ilen - INDEX_KEEP;
     memmove(p->ioff, p->ioff + drop, INDEX_KEEP * sizeof(*p->ioff));
-    memmove(p->idig, p->idig + drop, INDEX_KEEP * sizeof(*p->idig));
     p->ilen = p->dilen = INDEX_KEEP;
 }
 

@@ -63,7 +63,7 @@
 #define COLD_STUB_MAX 2048
 
 /* The writer's limits. */
-#define INDEX_KEEP 16384 /* recent (offset, digest) pairs kept per partition */
+#define INDEX_KEEP 4096 /* recent offsets kept per partition */
 #define BUF_LIMIT (1u << 30)
 #define WORKERS_MAX 64              /* threads that write partitions in parallel */
 #define SPARE_MAX (WORKERS_MAX + 2) /* segment buffers kept between jobs */
@@ -258,9 +258,9 @@ typedef struct part {
     unsigned char chain[DIGEST], dchain[DIGEST];
     unsigned char bridge[DIGEST]; /* repair: see REPAIR SEGMENTS */
     int64_t last, dlast;
-    /* recent (offset, digest), ascending */
+    /* recent offsets held, ascending (whether an offset is held; the bytes
+     * are compared in the lookup cache below) */
     int64_t *ioff;
-    unsigned char (*idig)[DIGEST];
     size_t ilen, dilen, icap;
     /* (offset, digest, value id) of the segment last looked up on disk, so
      * a re-delivery reads that segment once */
@@ -430,7 +430,7 @@ int cv_applog_i_late_part(cv_applog *log, part *p, part **ret);
 
 /* index.c: what the writer holds */
 
-int cv_applog_i_index_push(part *p, int64_t offset, const unsigned char *digest);
+int cv_applog_i_index_push(part *p, int64_t offset);
 void cv_applog_i_index_trim(part *p);
 int cv_applog_i_load_repair_held(cv_applog *log, part *p);
 size_t cv_applog_i_find_offset(const int64_t *v, size_t n, int64_t offset);

@@ -43,7 +43,6 @@ void cv_applog_i_part_free(part *p) {
     free(p->dir);
     free(p->err);
     free(p->ioff);
-    free(p->idig);
     free(p->coff);
     free(p->cdig);
     free(p->cval);

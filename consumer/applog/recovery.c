@@ -385,7 +385,7 @@ int cv_applog_i_recover_last_segment(cv_applog *log, part *p, char *errbuf,
         r = cv_applog_i_pdir_next(&d, msg, sizeof(msg));
         if (r <= 0)
             break;
-        if ((r = cv_applog_i_index_push(p, d.rec.offset, d.rec.digest)) < 0)
+        if ((r = cv_applog_i_index_push(p, d.rec.offset)) < 0)
             break;
     }
     if (r < 0 && r != -ENOMEM) {

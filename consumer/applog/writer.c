@@ -343,7 +343,7 @@ static int encode(cv_applog *log, part *p, cv_applog_entry *e, zwork *z) {
     cv_be32(f + 4, cv_applog_i_crc32c(f + 8, len - 8));
     cv_applog_i_chain_next(p->chain, p->chain, f, len);
     memcpy(e->digest, p->chain, DIGEST);
-    if ((r = cv_applog_i_index_push(p, e->offset, p->chain)) < 0)
+    if ((r = cv_applog_i_index_push(p, e->offset)) < 0)
         return r;
     w->buf.len += len;
     w->size += len;

@@ -13,8 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* 8 bytes per record, at most 2 * INDEX_KEEP (8192) of them per partition:
- * 16 MiB for 256 partitions. A digest beside each and 16384 kept made it
+/* 8 bytes per record. Trimmed to INDEX_KEEP at each batch's commit once
+ * twice as many are held, so a partition holds 2 * INDEX_KEEP plus one
+ * batch's records at most: with the default batch.max_messages 64-128 KiB,
+ * ~32 MiB for 256 partitions. A digest beside each and 16384 kept made it
  * up to 335 MiB, which a long drain's peak RSS showed (deploy/bench/README.md
  * "Memory"). An offset below the index is looked up on disk, as before. */
 int cv_applog_i_index_push(part *p, int64_t offset) {

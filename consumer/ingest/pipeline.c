@@ -161,6 +161,15 @@ static void *store_main(void *arg) {
     return NULL;
 }
 
+/* Whether the store thread's verdict on p->storing is in (a look: it stays
+ * for store_wait). */
+static bool store_ready(cv_pipeline *p) {
+    pthread_mutex_lock(&p->st.mu);
+    bool ready = p->st.done != NULL;
+    pthread_mutex_unlock(&p->st.mu);
+    return ready;
+}
+
 /* Waits up to `ms` for the store thread's verdict on p->storing; NULL if
  * none yet. */
 static batch *store_wait(cv_pipeline *p, int ms) {
@@ -201,7 +210,9 @@ static void poll_paused(cv_pipeline *p, bool pause) {
 /* The observer's tick while the partitions are paused: no fetch brings
  * news of where they end, so the lag would stand still while messages pile
  * up in Kafka. Asks for the ends (one ListOffsets per leader, timestamp -1
- * meaning the latest) and hands them over, about once a second. */
+ * meaning the latest) and hands them over, about once a second. It blocks
+ * this thread up to 200 ms, and librdkafka answers for all partitions or
+ * none: a tick without them reads the cached watermarks, as outside a pause. */
 static void tick_paused(cv_pipeline *p) {
     int64_t now = cv_mono_ms();
     if (!p->obs.tick || now - p->last_tick_ms < 1000)
@@ -212,7 +223,7 @@ static void tick_paused(cv_pipeline *p) {
         return;
     for (int i = 0; i < ends->cnt; i++)
         ends->elems[i].offset = -1;
-    bool ok = ends->cnt > 0 && rd_kafka_offsets_for_times(p->consumer, ends, 500) ==
+    bool ok = ends->cnt > 0 && rd_kafka_offsets_for_times(p->consumer, ends, 200) ==
                                    RD_KAFKA_RESP_ERR_NO_ERROR;
     p->obs.tick(p->obs.opaque, p->consumer, ok ? ends : NULL);
     rd_kafka_topic_partition_list_destroy(ends);
@@ -591,7 +602,8 @@ int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
         batch *f = p->fill;
         int timeout = p->storing ? 5 : 100;
         int64_t now = cv_mono_ms();
-        if (f->n) {
+        if (f->n && !p->storing) {
+            /* The stores are idle: wait for more only until it is due. */
             int64_t left = f->started_ms + p->max_ms - now;
             timeout = left < timeout ? (left > 0 ? (int)left : 0) : timeout;
         }
@@ -611,22 +623,30 @@ int cv_pipeline_run(cv_pipeline *p, volatile sig_atomic_t *stop, char *errbuf,
         if (m)
             add_record(p, m);
         now = cv_mono_ms();
-        /* The batch at the stores is done: ack it now rather than when the
-         * next one is ready, or a quiet channel waits for a busy one. (A
-         * look costs one uncontended lock; the store thread's verdict ends
-         * the poll above.) */
-        if (p->storing) {
-            batch *done = store_wait(p, 0);
-            if (done && complete_stored(p, done))
-                cv_pipeline_i_release_batch(p->fill);
-        }
-        /* A full batch goes to the stores as soon as they are free; one
-         * that is due (batch.max_ms, or nothing more to read) goes when
-         * they are idle, and meanwhile keeps filling. */
+        /* A batch is due when it is full, or when nothing more is waiting
+         * (the poll came back empty) or batch.max_ms has passed. A full one
+         * goes to the stores as soon as they are free; a due one when they
+         * are idle, and meanwhile it keeps filling. */
         f = p->fill;
-        if (f->n && (f->n >= p->cap || (int64_t)f->bytes >= p->max_bytes ||
-                     (!p->storing && (now - f->started_ms >= p->max_ms || !m))))
+        bool full = f->n >= p->cap || (int64_t)f->bytes >= p->max_bytes;
+        bool due =
+            f->n && (full || !m || (p->max_ms > 0 && now - f->started_ms >= p->max_ms));
+        if (p->storing && store_ready(p)) {
+            /* The batch at the stores is done (its verdict ended the poll
+             * above): hand the due one over first, so the stores do not
+             * wait while that one's acks are produced; otherwise ack it now
+             * rather than when the next one is ready, or a quiet channel
+             * waits for a busy one. */
+            if (due) {
+                submit_fill(p);
+            } else {
+                batch *done = store_wait(p, 0);
+                if (done && complete_stored(p, done))
+                    cv_pipeline_i_release_batch(p->fill);
+            }
+        } else if (due && (full || !p->storing)) {
             submit_fill(p);
+        }
         if (!m || now - last_serve >= 10) {
             cv_acker_poll(p->acker, 0);
             cv_pipeline_i_commit_completed(p, true);

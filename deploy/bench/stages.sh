@@ -58,6 +58,7 @@ done
 for v in "$rate" "$seconds" "$channels" "$partitions" "$ack_partitions"; do
     case $v in '' | *[!0-9]* | 0) echo "stages.sh: $v: want a positive whole number" >&2; exit 2 ;; esac
 done
+[ "$seconds" -ge 2 ] || { echo "stages.sh: --seconds $seconds: want 2 or more (the first is reported apart)" >&2; exit 2; }
 
 src=$(cd "$(dirname "$0")/../.." && pwd)
 build=${CV_BUILD_DIR:-$src/build}
@@ -94,11 +95,16 @@ create() {
         --topic "$1" --partitions "$2" --config message.timestamp.type=LogAppendTime \
         >>"$out/topics.log" 2>&1 || { log "creating $1 failed; see $out/topics.log"; exit 1; }
 }
+cpids=()
 for ((c = 0; c < channels; c++)); do
     create "$(printf 'chat.%s-%02d' "$tag" "$c")" "$partitions" &
+    cpids+=($!)
 done
 create "acks.$tag" "$ack_partitions" &
-wait
+cpids+=($!)
+for pid in "${cpids[@]}"; do
+    wait "$pid" || exit 1
+done
 
 # 2. A fresh database and a broker.
 psql -X -q -v ON_ERROR_STOP=1 "$pg dbname=postgres" \
@@ -125,6 +131,8 @@ for _ in $(seq 600); do
     kill -0 "${pids[0]}" 2>/dev/null || { log "broker exited; see $out/broker.log"; exit 1; }
     sleep 0.1
 done
+grep -q 'partition assigned' "$out/broker.log" ||
+    { log "broker owns no partition after 60 s; see $out/broker.log"; exit 1; }
 
 bench_run() {
     "$bench" --bootstrap "$KAFKA_BOOTSTRAP" --channels "$channels" --channel-prefix "$tag-" \

@@ -299,10 +299,22 @@ fail:
 /* Number of partitions of `topic`, or a negative error. */
 static int partition_count(rd_kafka_t *rk, const char *topic) {
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-    const struct rd_kafka_metadata *md = NULL;
     int n = -ENOENT;
-    if (rkt && rd_kafka_metadata(rk, 0, rkt, &md, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+    /* A topic just created may not be in a busy node's metadata yet: ask
+     * again, for 10 s in all. */
+    int64_t deadline = now_us(CLOCK_MONOTONIC) + 10000000;
+    for (int tries = 0; rkt && n < 0; tries++) {
+        const struct rd_kafka_metadata *md = NULL;
+        if (tries)
+            usleep(500000);
+        int64_t left_ms = (deadline - now_us(CLOCK_MONOTONIC)) / 1000;
+        if (left_ms <= 0)
+            break;
+        if (rd_kafka_metadata(rk, 0, rkt, &md, (int)left_ms) !=
+            RD_KAFKA_RESP_ERR_NO_ERROR)
+            continue;
+        if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
+            md->topics[0].partition_cnt > 0)
             n = md->topics[0].partition_cnt;
         rd_kafka_metadata_destroy(md);
     }
@@ -345,8 +357,18 @@ static int ack_consumer_start(const bench_opts *o, ack_state *st) {
     rd_kafka_topic_partition_list_t *assign = rd_kafka_topic_partition_list_new(parts);
     for (int p = 0; p < parts; p++) {
         int64_t lo, hi;
-        rd_kafka_resp_err_t e =
-            rd_kafka_query_watermark_offsets(st->rk, o->ack_topic, p, &lo, &hi, 10000);
+        /* A partition just created may have no leader yet: ask again. */
+        rd_kafka_resp_err_t e;
+        for (int tries = 0;; tries++) {
+            e = rd_kafka_query_watermark_offsets(st->rk, o->ack_topic, p, &lo, &hi,
+                                                 10000);
+            if (!e || tries == 20 ||
+                (e != RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION &&
+                 e != RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE &&
+                 e != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART))
+                break;
+            usleep(500000);
+        }
         if (e) {
             fprintf(stderr, "chatvault-bench: watermarks of %s [%d]: %s\n", o->ack_topic,
                     p, rd_kafka_err2str(e));
